@@ -1,0 +1,142 @@
+//! Server configuration: flags, `DROVER_*` environment variables and a `drover.toml`
+//! file, in that order of precedence, over built-in defaults.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Options of `drover serve`. Every one is also an environment variable and a key of
+/// the config file (same name, with `_` for `-`).
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// Config file (TOML). Default: ./drover.toml when it exists.
+    #[arg(long, env = "DROVER_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Where Drover keeps its database, compiled plugins and generated secrets [default: ./drover-data]
+    #[arg(long, env = "DROVER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the HTTP listener (admin API, device agent endpoints) [default: 127.0.0.1:8080]
+    #[arg(long, env = "DROVER_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Address of the embedded MQTT broker [default: 127.0.0.1:1883]
+    #[arg(long, env = "DROVER_MQTT_ADDR")]
+    pub mqtt_addr: Option<SocketAddr>,
+    /// Address of the CoAP/UDP listener for LwM2M devices [default: 127.0.0.1:5683]
+    #[arg(long, env = "DROVER_COAP_ADDR")]
+    pub coap_addr: Option<SocketAddr>,
+    /// Database URL: sqlite://PATH or postgres://… [default: SQLite in the data directory]
+    #[arg(long, env = "DROVER_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// External MQTT broker (mqtt://host:port) instead of the embedded one
+    #[arg(long, env = "DROVER_BROKER")]
+    pub broker: Option<String>,
+    /// Log format: text or json [default: text]
+    #[arg(long, env = "DROVER_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub http_addr: SocketAddr,
+    pub mqtt_addr: SocketAddr,
+    pub coap_addr: SocketAddr,
+    pub database_url: String,
+    pub broker: Option<String>,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("--broker `{0}`: expected mqtt://host:port")]
+    Broker(String),
+    #[error("--database-url `{0}`: expected sqlite://PATH or postgres://…")]
+    Database(String),
+}
+
+impl ServeArgs {
+    /// Fill what flags and environment left unset from the config file, then defaults.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            Some(path) => Some(read_file(path)?),
+            None if Path::new("drover.toml").exists() => Some(read_file(Path::new("drover.toml"))?),
+            None => None,
+        }
+        .unwrap_or_default();
+        let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("drover-data"));
+        let database_url = self
+            .database_url
+            .or(file.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("drover.db").display()));
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::Database(database_url));
+        }
+        let broker = self.broker.or(file.broker);
+        if let Some(b) = &broker
+            && (!(b.starts_with("mqtt://") || b.starts_with("tcp://"))
+                || b.split("://").nth(1).is_none_or(str::is_empty))
+        {
+            return Err(ConfigError::Broker(b.clone()));
+        }
+        Ok(Config {
+            http_addr: self.http_addr.or(file.http_addr).unwrap_or_else(|| ([127, 0, 0, 1], 8080).into()),
+            mqtt_addr: self.mqtt_addr.or(file.mqtt_addr).unwrap_or_else(|| ([127, 0, 0, 1], 1883).into()),
+            coap_addr: self.coap_addr.or(file.coap_addr).unwrap_or_else(|| ([127, 0, 0, 1], 5683).into()),
+            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+            data_dir,
+            database_url,
+            broker,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.message().to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("drover.toml");
+        std::fs::write(&file, "http_addr = \"127.0.0.1:9000\"\nmqtt_addr = \"127.0.0.1:9001\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            mqtt_addr: Some("127.0.0.1:9999".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.http_addr.port(), 9000);
+        assert_eq!(c.mqtt_addr.port(), 9999);
+        assert_eq!(c.coap_addr.port(), 5683);
+        assert!(c.database_url.starts_with("sqlite://drover-data"));
+
+        std::fs::write(&file, "http_adr = \"x\"\n").unwrap();
+        let e = ServeArgs { config: Some(file), ..Default::default() }.resolve().unwrap_err();
+        assert!(e.to_string().contains("http_adr"), "{e}");
+        let e = ServeArgs { broker: Some("localhost:1883".into()), ..Default::default() }.resolve().unwrap_err();
+        assert!(e.to_string().contains("--broker"), "{e}");
+    }
+}

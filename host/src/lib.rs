@@ -1,0 +1,8 @@
+//! Drover: a device-management server whose device types, push transports and policy
+//! rules are sandboxed WebAssembly components.
+//!
+//! One module per domain concept; see `docs/` for the design of each seam.
+
+pub mod config;
+pub mod plugins;
+pub mod server;

@@ -1,0 +1,195 @@
+//! Typed calls into device-type plugins: what the rest of the host uses.
+//!
+//! Every call goes through [`Caller::call`](super::runtime::Caller) (fresh store, limits,
+//! fault accounting). A plugin's own refusal of an input (`plugin-error`) is not a fault:
+//! it is the plugin doing its job, and comes back as [`CallError::Rejected`].
+
+use super::bindings::types::{
+    Channel, ChannelKind, Device, DeviceMessage, DeviceTypeInfo, Encoded, Enrollment, Operation, Outbound, PluginError,
+    Reply,
+};
+use super::runtime::{Exports, LoadedPlugin, OutputSize, PluginFault};
+
+/// Why a device-type call gave no result.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The plugin refused the input (malformed, invalid, unknown operation …).
+    #[error("{}", .0.message)]
+    Rejected(PluginError),
+    /// The plugin faulted (trap, CPU, memory, wall-clock or output limit).
+    #[error(transparent)]
+    Fault(#[from] PluginFault),
+    /// The plugin is not a device type.
+    #[error("plugin {0} is not a device type")]
+    WrongKind(String),
+}
+
+fn flatten<T>(r: Result<Result<T, PluginError>, PluginFault>) -> Result<T, CallError> {
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(CallError::Rejected(e)),
+        Err(f) => Err(CallError::Fault(f)),
+    }
+}
+
+macro_rules! device_call {
+    ($self:ident, $name:literal, |$b:ident, $store:ident| $call:expr) => {{
+        let Exports::DeviceType(pre) = &$self.exports else {
+            return Err(CallError::WrongKind($self.label()));
+        };
+        let pre = pre.clone();
+        flatten(
+            $self
+                .caller
+                .call($name, move |$store| {
+                    Box::pin(async move {
+                        let $b = pre.instantiate_async(&mut *$store).await?;
+                        $call.await
+                    })
+                })
+                .await,
+        )
+    }};
+}
+
+impl LoadedPlugin {
+    /// What `describe` said at load, for a device type.
+    pub fn device_type_info(&self) -> Option<&DeviceTypeInfo> {
+        match &self.described {
+            super::runtime::Described::DeviceType(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// Call `describe` again (the registry uses the answer cached at load).
+    pub async fn describe_device_type(&self) -> Result<DeviceTypeInfo, CallError> {
+        device_call!(self, "describe", |b, store| async { b.call_describe(&mut *store).await.map(Ok) })
+    }
+
+    /// Check an operation code and payload an admin is adding.
+    pub async fn validate(&self, code: &str, payload: Option<&str>) -> Result<(), CallError> {
+        let (code, payload) = (code.to_string(), payload.map(str::to_string));
+        device_call!(self, "validate", |b, store| b.call_validate(&mut *store, &code, payload.as_deref()))
+    }
+
+    /// Validate and translate an enrollment request.
+    pub async fn enroll(&self, message: Channel, body: Vec<u8>) -> Result<Enrollment, CallError> {
+        device_call!(self, "enroll", |b, store| b.call_enroll(&mut *store, &message, &body))
+    }
+
+    /// Encode pending operations (oldest first) for a channel.
+    pub async fn encode(
+        &self,
+        device: Device,
+        operations: Vec<Operation>,
+        channel: ChannelKind,
+    ) -> Result<Encoded, CallError> {
+        device_call!(self, "encode", |b, store| b.call_encode(&mut *store, &device, &operations, channel))
+    }
+
+    /// Decode a device message.
+    pub async fn decode(&self, device: Device, message: Channel, body: Vec<u8>) -> Result<DeviceMessage, CallError> {
+        device_call!(self, "decode", |b, store| b.call_decode(&mut *store, &device, &message, &body))
+    }
+}
+
+/// The WIT name of an operation kind (`command`, `profile`, `policy`).
+pub fn kind_name(k: super::bindings::types::OperationKind) -> &'static str {
+    use super::bindings::types::OperationKind as K;
+    match k {
+        K::Command => "command",
+        K::Profile => "profile",
+        K::Policy => "policy",
+    }
+}
+
+/// The WIT name of a delivery mechanism.
+pub fn delivery_name(d: super::bindings::types::Delivery) -> &'static str {
+    use super::bindings::types::Delivery as D;
+    match d {
+        D::Poll => "poll",
+        D::Push => "push",
+        D::WakeUp => "wake-up",
+        D::Coap => "coap",
+    }
+}
+
+fn strings<'a>(it: impl IntoIterator<Item = &'a String>) -> usize {
+    it.into_iter().map(String::len).sum()
+}
+
+fn pairs(p: &[(String, String)]) -> usize {
+    p.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+fn outbound_size(o: &Outbound) -> usize {
+    match o {
+        Outbound::Http(r) => r.body.len() + pairs(&r.headers),
+        Outbound::Mqtt(p) => p.iter().map(|m| m.topic_suffix.len() + m.payload.len()).sum(),
+        Outbound::Coap(r) => r.iter().map(|c| c.path.len() + c.payload.len()).sum(),
+    }
+}
+
+impl<T: OutputSize> OutputSize for Result<T, PluginError> {
+    fn output_size(&self) -> usize {
+        match self {
+            Ok(v) => v.output_size(),
+            Err(e) => e.message.len(),
+        }
+    }
+}
+
+impl OutputSize for () {
+    fn output_size(&self) -> usize {
+        0
+    }
+}
+
+impl OutputSize for DeviceTypeInfo {
+    fn output_size(&self) -> usize {
+        self.name.len()
+            + self.description.len()
+            + strings(&self.content_types)
+            + self
+                .operations
+                .iter()
+                .map(|o| o.code.len() + o.description.len() + o.payload_schema.as_ref().map_or(0, String::len))
+                .sum::<usize>()
+    }
+}
+
+impl OutputSize for Enrollment {
+    fn output_size(&self) -> usize {
+        self.device_id.len() + self.name.as_ref().map_or(0, String::len) + pairs(&self.metadata)
+    }
+}
+
+impl OutputSize for Encoded {
+    fn output_size(&self) -> usize {
+        outbound_size(&self.output) + self.delivered.len() * 8 + self.session.as_ref().map_or(0, Vec::len)
+    }
+}
+
+impl OutputSize for DeviceMessage {
+    fn output_size(&self) -> usize {
+        let results: usize = self.results.iter().map(|r| 16 + r.response.as_ref().map_or(0, String::len)).sum();
+        let telemetry: usize = self.telemetry.iter().map(|t| t.name.len() + 16).sum();
+        let reply = match &self.reply {
+            Reply::Immediate(o) => outbound_size(o),
+            _ => 0,
+        };
+        results + telemetry + pairs(&self.info) + reply + self.session.as_ref().map_or(0, Vec::len)
+    }
+}
+
+impl OutputSize for super::bindings::transport::drover::plugin::transport_types::TransportInfo {
+    fn output_size(&self) -> usize {
+        self.name.len() + self.description.len() + strings(&self.hosts)
+    }
+}
+
+impl OutputSize for super::bindings::policy_rule::drover::plugin::policy_types::RuleInfo {
+    fn output_size(&self) -> usize {
+        self.name.len() + self.description.len() + self.params_schema.as_ref().map_or(0, String::len)
+    }
+}

@@ -1,0 +1,182 @@
+//! The plugin manifest: who a plugin is and what it asks for.
+//!
+//! It travels inside the component as the custom section `drover-manifest` (TOML text,
+//! put there by `drover_sdk::export_*!` from the crate's `plugin.toml`), so one `.wasm`
+//! file is the whole plugin and a signature over the file covers the manifest too.
+//! Custom sections of the component's core modules are found as well, which is where a
+//! Rust `#[link_section]` puts it.
+
+use super::capability::Capability;
+use serde::{Deserialize, Serialize};
+use wasmparser::{Parser, Payload};
+
+/// Name of the custom section holding the manifest (the SDK writes the same name).
+pub const SECTION: &str = "drover-manifest";
+
+/// The contract version this host implements; plugins must declare a compatible one.
+pub const CONTRACT: &str = "0.1.0";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    DeviceType,
+    Transport,
+    PolicyRule,
+}
+
+impl Kind {
+    /// The WIT world a plugin of this kind exports.
+    pub fn world(self) -> &'static str {
+        match self {
+            Kind::DeviceType => "drover:plugin/device-type",
+            Kind::Transport => "drover:plugin/transport",
+            Kind::PolicyRule => "drover:plugin/policy-rule",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::DeviceType => "device-type",
+            Kind::Transport => "transport",
+            Kind::PolicyRule => "policy-rule",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Plugin name: lowercase letters, digits and `-`; a device type's name is its type.
+    pub name: String,
+    /// Semantic version of the plugin.
+    pub version: String,
+    pub kind: Kind,
+    /// The `drover:plugin` contract version it was built against, e.g. `0.1`.
+    pub contract: String,
+    /// Who publishes it; uploads are checked against this publisher's key.
+    pub publisher: String,
+    #[serde(default)]
+    pub description: String,
+    /// Host capabilities it asks for. An admin grants them; imports needing a capability
+    /// that is not both requested and granted make the load fail.
+    #[serde(default)]
+    pub capabilities: Vec<Capability>,
+    /// For transports: the hosts its provider requests may go to.
+    #[serde(default)]
+    pub outbound_hosts: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ManifestError {
+    #[error(
+        "the component has no `{SECTION}` custom section: build it with drover-sdk's export macro and a plugin.toml"
+    )]
+    Missing,
+    #[error("the component has more than one `{SECTION}` section")]
+    Duplicate,
+    #[error("the component is not valid WebAssembly: {0}")]
+    NotWasm(String),
+    #[error("the manifest is not valid: {0}")]
+    Invalid(String),
+    #[error(
+        "the plugin was built against contract drover:plugin@{found}, which this host (drover:plugin@{CONTRACT}) cannot run: rebuild it with a compatible drover-sdk"
+    )]
+    IncompatibleContract { found: String },
+}
+
+impl Manifest {
+    /// Read and check the manifest embedded in component `bytes`.
+    pub fn from_component(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        let mut found: Option<&[u8]> = None;
+        for payload in Parser::new(0).parse_all(bytes) {
+            let payload = payload.map_err(|e| ManifestError::NotWasm(e.to_string()))?;
+            if let Payload::CustomSection(c) = payload
+                && c.name() == SECTION
+            {
+                if found.is_some() {
+                    return Err(ManifestError::Duplicate);
+                }
+                found = Some(c.data());
+            }
+        }
+        let text = std::str::from_utf8(found.ok_or(ManifestError::Missing)?)
+            .map_err(|_| ManifestError::Invalid("not UTF-8 text".into()))?;
+        Self::parse(text)
+    }
+
+    /// Parse and check manifest TOML.
+    pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        let m: Manifest = toml::from_str(text).map_err(|e| ManifestError::Invalid(e.message().to_string()))?;
+        m.check()?;
+        Ok(m)
+    }
+
+    fn check(&self) -> Result<(), ManifestError> {
+        let invalid = |s: String| Err(ManifestError::Invalid(s));
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !self.name.starts_with('-');
+        if !name_ok {
+            return invalid(format!("name `{}`: use 1-64 lowercase letters, digits and -", self.name));
+        }
+        if semver::Version::parse(&self.version).is_err() {
+            return invalid(format!("version `{}` is not a semantic version like 1.2.3", self.version));
+        }
+        if self.publisher.trim().is_empty() {
+            return invalid("publisher is empty".into());
+        }
+        if !contract_compatible(&self.contract) {
+            return Err(ManifestError::IncompatibleContract { found: self.contract.clone() });
+        }
+        Ok(())
+    }
+}
+
+/// Whether a plugin's contract version can run on this host: the same 0.minor (semver
+/// for 0.x), any patch. Accepts `0.1` and `0.1.3`.
+pub fn contract_compatible(version: &str) -> bool {
+    let full = if version.matches('.').count() == 1 { format!("{version}.0") } else { version.to_string() };
+    let (Ok(v), Ok(host)) = (semver::Version::parse(&full), semver::Version::parse(CONTRACT)) else {
+        return false;
+    };
+    v.major == host.major && (host.major > 0 || v.minor == host.minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "android"
+version = "0.1.0"
+kind = "device-type"
+contract = "0.1"
+publisher = "drover"
+capabilities = ["log", "kv"]
+"#;
+
+    #[test]
+    fn parses_and_checks() {
+        let m = Manifest::parse(GOOD).unwrap();
+        assert_eq!(m.kind, Kind::DeviceType);
+        assert_eq!(m.capabilities, vec![Capability::Log, Capability::Kv]);
+        let e = Manifest::parse(&GOOD.replace("0.1\"", "0.2\"")).unwrap_err();
+        assert!(matches!(e, ManifestError::IncompatibleContract { .. }));
+        let e = Manifest::parse(&GOOD.replace("\"android\"", "\"Android!\"")).unwrap_err();
+        assert!(e.to_string().contains("Android!"));
+        let e = Manifest::parse(&GOOD.replace("\"kv\"", "\"teleport\"")).unwrap_err();
+        assert!(e.to_string().contains("teleport"), "{e}");
+    }
+
+    #[test]
+    fn contract_versions() {
+        assert!(contract_compatible("0.1"));
+        assert!(contract_compatible("0.1.7"));
+        assert!(!contract_compatible("0.2.0"));
+        assert!(!contract_compatible("1.0"));
+        assert!(!contract_compatible("x"));
+    }
+}

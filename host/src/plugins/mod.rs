@@ -1,0 +1,32 @@
+//! Plugins: the WebAssembly components that give device types, push transports and
+//! policy rules their meaning. See `docs/plugin-runtime.md` for the design.
+//!
+//! * `manifest`: who a plugin is and what it asks for (embedded custom section);
+//! * `capability`: the host imports, and the one place grants are checked;
+//! * `runtime`: engine, limits, per-call isolation, loading;
+//! * `cache`: compiled artifacts on disk;
+//! * `registry`: the loaded plugins, published atomically;
+//! * `device_type`: typed calls the rest of the host makes;
+//! * `host_imports`: the host side of `log`, `config`, `kv`.
+
+pub mod bindings;
+pub mod cache;
+pub mod capability;
+pub mod device_type;
+mod host_imports;
+pub mod manifest;
+pub mod registry;
+pub mod runtime;
+
+pub use bindings::types;
+pub use capability::{Capability, Grants};
+pub use device_type::CallError;
+pub use manifest::{Kind, Manifest};
+pub use registry::Registry;
+pub use runtime::{Described, Fault, Limits, LoadError, LoadOptions, LoadedPlugin, PluginFault, Runtime};
+
+/// First-party plugins, built for wasm32-wasip2 by `host/build.rs` and embedded in the
+/// binary so a fresh `drover serve` has them without any file beside it.
+pub mod first_party {
+    include!(concat!(env!("OUT_DIR"), "/first_party.rs"));
+}

@@ -1,0 +1,517 @@
+//! The plugin runtime: one engine, a component and its pre-instantiation per plugin
+//! version, and a fresh, limited store for every call.
+//!
+//! The policy in one place:
+//! * **Isolation.** Every call instantiates the plugin anew from its `InstancePre` into a
+//!   new `Store` (the pooling allocator makes that a few microseconds) and drops both when
+//!   the call returns. A trap poisons a store; since no store outlives its call, a faulted
+//!   instance is never entered again and one call cannot see another's memory.
+//! * **CPU time.** Epoch interruption: a thread ticks the engine every [`EPOCH_TICK`]; a
+//!   call's deadline is its CPU budget in ticks, after which the guest traps.
+//! * **Memory.** A per-store limiter refuses growth past the memory limit (and records
+//!   that it did, so the fault is named as a memory fault, not a generic trap).
+//! * **Wall-clock time.** A timeout around the whole call covers time spent in async host
+//!   imports, where epochs do not advance the guest.
+//! * **Output size.** What a call returns is measured before the host uses it.
+
+use super::bindings::{device_type, policy_rule, transport};
+use super::cache::{ArtifactCache, CacheOutcome, sha256_hex};
+use super::capability::{Grants, check_imports, component_imports};
+use super::host_imports::{KvStore, PluginContext};
+use super::manifest::{Kind, Manifest};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// How often the epoch advances. CPU limits are rounded up to whole ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Per-call limits. The defaults suit translating device messages; a plugin that needs
+/// more is doing more than translating.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// CPU time per call.
+    pub cpu: Duration,
+    /// Wall-clock time per call, including host imports.
+    pub wall: Duration,
+    /// Linear memory per instance, in bytes.
+    pub memory: usize,
+    /// Bytes a call may return.
+    pub output: usize,
+    /// Calls that may run at once across all plugins (pooling allocator slots).
+    pub concurrency: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            cpu: Duration::from_millis(200),
+            wall: Duration::from_secs(2),
+            memory: 256 << 20,
+            output: 16 << 20,
+            concurrency: 1000,
+        }
+    }
+}
+
+/// The state of one call's store.
+pub struct CallState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory: MemoryLimiter,
+    pub(crate) plugin: Arc<PluginContext>,
+    pub(crate) log_lines: u32,
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Refuses memory growth past the limit and remembers that it did.
+struct MemoryLimiter {
+    limit: usize,
+    hit: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.hit = true;
+            return Err(wasmtime::format_err!("memory limit of {} MiB reached", self.limit >> 20));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}
+
+/// What went wrong inside a plugin call. Each names the limit that was hit.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum Fault {
+    #[error("exceeded its CPU time limit of {} ms", .0.as_millis())]
+    CpuTime(Duration),
+    #[error("exceeded its wall-clock limit of {} ms", .0.as_millis())]
+    WallClock(Duration),
+    #[error("exceeded its memory limit of {} MiB", .0 >> 20)]
+    Memory(usize),
+    #[error("returned {size} bytes, over its output limit of {limit} bytes")]
+    Output { size: usize, limit: usize },
+    #[error("trapped: {0}")]
+    Trap(String),
+}
+
+/// A fault, with the plugin and function it happened in.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("plugin {plugin}@{version}: `{function}` {fault}")]
+pub struct PluginFault {
+    pub plugin: String,
+    pub version: String,
+    pub function: &'static str,
+    pub fault: Fault,
+}
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot load plugin {label}: {reason}")]
+pub struct LoadError {
+    /// `name@version` when the manifest could be read, else the first 12 hex of the sha256.
+    pub label: String,
+    pub reason: LoadFailure,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadFailure {
+    #[error(transparent)]
+    Manifest(#[from] super::manifest::ManifestError),
+    #[error(transparent)]
+    Grant(#[from] super::capability::GrantError),
+    #[error("the component does not compile: {0}")]
+    Compile(String),
+    #[error("its manifest says kind `{kind}`, but the component does not implement world {}: {detail}", .kind.world())]
+    World { kind: Kind, detail: String },
+    #[error("smoke test failed: {0}")]
+    SmokeTest(String),
+    #[error("describe() names {what} `{described}`, but the manifest names `{manifest}`")]
+    NameMismatch { what: &'static str, described: String, manifest: String },
+}
+
+/// Counters of one plugin version.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub calls: std::sync::atomic::AtomicU64,
+    pub faults: std::sync::atomic::AtomicU64,
+    pub cpu_limit_hits: std::sync::atomic::AtomicU64,
+    pub memory_limit_hits: std::sync::atomic::AtomicU64,
+    pub wall_limit_hits: std::sync::atomic::AtomicU64,
+    pub output_limit_hits: std::sync::atomic::AtomicU64,
+    pub traps: std::sync::atomic::AtomicU64,
+    pub busy_nanos: std::sync::atomic::AtomicU64,
+}
+
+/// A snapshot of [`Stats`] for the API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatsSnapshot {
+    pub calls: u64,
+    pub faults: u64,
+    pub cpu_limit_hits: u64,
+    pub memory_limit_hits: u64,
+    pub wall_limit_hits: u64,
+    pub output_limit_hits: u64,
+    pub traps: u64,
+    pub mean_call_micros: f64,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        use std::sync::atomic::Ordering::Relaxed;
+        let calls = self.calls.load(Relaxed);
+        StatsSnapshot {
+            calls,
+            faults: self.faults.load(Relaxed),
+            cpu_limit_hits: self.cpu_limit_hits.load(Relaxed),
+            memory_limit_hits: self.memory_limit_hits.load(Relaxed),
+            wall_limit_hits: self.wall_limit_hits.load(Relaxed),
+            output_limit_hits: self.output_limit_hits.load(Relaxed),
+            traps: self.traps.load(Relaxed),
+            mean_call_micros: if calls == 0 { 0.0 } else { self.busy_nanos.load(Relaxed) as f64 / calls as f64 / 1e3 },
+        }
+    }
+}
+
+/// The exported world of a loaded plugin: its pre-instantiation.
+#[derive(Clone)]
+pub(crate) enum Exports {
+    DeviceType(device_type::DeviceTypePre<CallState>),
+    Transport(transport::TransportPre<CallState>),
+    PolicyRule(policy_rule::PolicyRulePre<CallState>),
+}
+
+/// What the plugin's `describe` answered at load (the smoke test), kept for the API.
+#[derive(Debug, Clone)]
+pub enum Described {
+    DeviceType(device_type::drover::plugin::types::DeviceTypeInfo),
+    Transport(transport::drover::plugin::transport_types::TransportInfo),
+    PolicyRule(policy_rule::drover::plugin::policy_types::RuleInfo),
+}
+
+/// How long a load took and whether the compiled artifact came from the cache.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadFigures {
+    pub cache: CacheOutcome,
+    pub compile_micros: u64,
+    pub total_micros: u64,
+}
+
+/// One loaded plugin version, ready to call.
+pub struct LoadedPlugin {
+    pub manifest: Manifest,
+    pub sha256: String,
+    pub size: usize,
+    /// Names the component imports.
+    pub imports: Vec<String>,
+    pub granted: Grants,
+    pub loaded_at: SystemTime,
+    pub load: LoadFigures,
+    pub described: Described,
+    pub(crate) exports: Exports,
+    pub(crate) caller: Caller,
+}
+
+/// Everything about a load an admin decides: grants and config values.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    pub grants: Grants,
+    pub config: BTreeMap<String, String>,
+}
+
+pub(crate) type CallFuture<'a, R> = Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>>;
+
+/// Runs calls into one plugin version: makes the store, applies the limits, classifies
+/// faults and counts them.
+pub(crate) struct Caller {
+    pub(crate) ctx: Arc<PluginContext>,
+    pub(crate) limits: Limits,
+    pub(crate) stats: Stats,
+}
+
+/// Measures what a call returned, for the output limit.
+pub(crate) trait OutputSize {
+    fn output_size(&self) -> usize;
+}
+
+impl Caller {
+    /// Run `f` in a fresh store with this plugin's limits. `f` instantiates the plugin
+    /// from its pre-instantiation and makes one call.
+    pub(crate) async fn call<R, F>(&self, function: &'static str, f: F) -> Result<R, PluginFault>
+    where
+        R: OutputSize,
+        F: for<'a> FnOnce(&'a mut Store<CallState>) -> CallFuture<'a, R>,
+        F: Send,
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let started = Instant::now();
+        let stats = &self.stats;
+        stats.calls.fetch_add(1, Relaxed);
+        let engine = self.engine();
+        let state = CallState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            memory: MemoryLimiter { limit: self.limits.memory, hit: false },
+            plugin: self.ctx.clone(),
+            log_lines: 0,
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|s| &mut s.memory);
+        let ticks = self.limits.cpu.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1) as u64;
+        // +1: the first tick may come at once, so N ticks guarantee at least N-1 full periods.
+        store.set_epoch_deadline(ticks + 1);
+        let outcome = tokio::time::timeout(self.limits.wall, f(&mut store)).await;
+        let result = match outcome {
+            Err(_) => {
+                stats.wall_limit_hits.fetch_add(1, Relaxed);
+                Err(Fault::WallClock(self.limits.wall))
+            }
+            Ok(Err(e)) => Err(if store.data().memory.hit {
+                stats.memory_limit_hits.fetch_add(1, Relaxed);
+                Fault::Memory(self.limits.memory)
+            } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+                stats.cpu_limit_hits.fetch_add(1, Relaxed);
+                Fault::CpuTime(self.limits.cpu)
+            } else {
+                stats.traps.fetch_add(1, Relaxed);
+                Fault::Trap(trap_message(&e))
+            }),
+            Ok(Ok(r)) => {
+                let size = r.output_size();
+                if size > self.limits.output {
+                    stats.output_limit_hits.fetch_add(1, Relaxed);
+                    Err(Fault::Output { size, limit: self.limits.output })
+                } else {
+                    Ok(r)
+                }
+            }
+        };
+        drop(store);
+        stats.busy_nanos.fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+        result.map_err(|fault| {
+            stats.faults.fetch_add(1, Relaxed);
+            let f = PluginFault { plugin: self.ctx.name.clone(), version: self.ctx.version.clone(), function, fault };
+            tracing::warn!(target: "plugin", plugin = %f.plugin, version = %f.version, "{f}");
+            f
+        })
+    }
+
+    fn engine(&self) -> &Engine {
+        &self.ctx.engine
+    }
+}
+
+/// The most useful line of a trap: the trap code or the guest's own message, without the
+/// backtrace that wasmtime's top-level Display starts with.
+fn trap_message(e: &wasmtime::Error) -> String {
+    if let Some(trap) = e.downcast_ref::<Trap>() {
+        return trap.to_string();
+    }
+    format!("{:#}", e.root_cause())
+}
+
+/// The engine, the linker and the compiled-artifact cache, shared by every plugin.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<CallState>,
+    limits: Limits,
+    cache: Option<Arc<ArtifactCache>>,
+    /// Key-value stores by plugin name: shared by all versions of a plugin.
+    kv: std::sync::Mutex<BTreeMap<String, Arc<KvStore>>>,
+}
+
+impl Runtime {
+    /// A runtime with `limits`, caching compiled artifacts in `cache_dir` when given.
+    pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(limits.concurrency);
+        pool.total_core_instances(limits.concurrency * 4);
+        pool.total_memories(limits.concurrency * 2);
+        pool.total_tables(limits.concurrency * 2);
+        pool.total_stacks(limits.concurrency);
+        pool.max_memory_size(limits.memory);
+        // Guests built by Rust have one large core module and a few small shims.
+        pool.max_core_instances_per_component(16);
+        pool.max_memories_per_component(4);
+        pool.max_tables_per_component(8);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config)?;
+        spawn_epoch_ticker(&engine);
+
+        let mut linker = Linker::<CallState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        device_type::DeviceType::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+
+        let cache = match cache_dir {
+            Some(dir) => Some(Arc::new(ArtifactCache::open(&dir, &engine)?)),
+            None => None,
+        };
+        Ok(Runtime { engine, linker, limits, cache, kv: Default::default() })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Check, compile, pre-instantiate and smoke-test a plugin. Nothing is published:
+    /// the caller decides what to do with the result (the registry swaps it in).
+    pub async fn load(&self, bytes: &[u8], options: LoadOptions) -> Result<LoadedPlugin, LoadError> {
+        let started = Instant::now();
+        let sha256 = sha256_hex(bytes);
+        let mut label = sha256[..12].to_string();
+        let fail = |label: &str, reason: LoadFailure| LoadError { label: label.to_string(), reason };
+
+        let manifest = Manifest::from_component(bytes).map_err(|e| fail(&label, e.into()))?;
+        label = format!("{}@{}", manifest.name, manifest.version);
+        // Imports are checked before compiling: a refused plugin costs no compile time.
+        let imports = component_imports(bytes)
+            .map_err(|e| fail(&label, LoadFailure::Compile(format!("cannot read imports: {e}"))))?;
+        check_imports(imports.iter().map(String::as_str), &manifest.capabilities, &options.grants)
+            .map_err(|e| fail(&label, e.into()))?;
+
+        let compile_started = Instant::now();
+        let (component, cache) =
+            self.compile(bytes, &sha256).await.map_err(|e| fail(&label, LoadFailure::Compile(e)))?;
+        let compile_micros = compile_started.elapsed().as_micros() as u64;
+
+        let world_err = |e: wasmtime::Error| LoadFailure::World { kind: manifest.kind, detail: format!("{e:#}") };
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| fail(&label, world_err(e)))?;
+        let exports = match manifest.kind {
+            Kind::DeviceType => device_type::DeviceTypePre::new(pre).map(Exports::DeviceType),
+            Kind::Transport => transport::TransportPre::new(pre).map(Exports::Transport),
+            Kind::PolicyRule => policy_rule::PolicyRulePre::new(pre).map(Exports::PolicyRule),
+        }
+        .map_err(|e| fail(&label, world_err(e)))?;
+
+        let caller = Caller {
+            ctx: Arc::new(PluginContext {
+                name: manifest.name.clone(),
+                version: manifest.version.clone(),
+                config: options.config,
+                kv: self.kv_store(&manifest.name),
+                engine: self.engine.clone(),
+            }),
+            limits: self.limits,
+            stats: Stats::default(),
+        };
+        // Smoke test: `describe` must answer within limits and agree with the manifest.
+        let described =
+            describe(&caller, &exports).await.map_err(|e| fail(&label, LoadFailure::SmokeTest(e.to_string())))?;
+        let (what, name) = match &described {
+            Described::DeviceType(i) => ("device type", &i.name),
+            Described::Transport(i) => ("transport", &i.name),
+            Described::PolicyRule(i) => ("rule", &i.name),
+        };
+        if *name != manifest.name {
+            let reason = LoadFailure::NameMismatch { what, described: name.clone(), manifest: manifest.name.clone() };
+            return Err(fail(&label, reason));
+        }
+        Ok(LoadedPlugin {
+            manifest,
+            sha256,
+            size: bytes.len(),
+            imports,
+            granted: options.grants,
+            loaded_at: SystemTime::now(),
+            load: LoadFigures { cache, compile_micros, total_micros: started.elapsed().as_micros() as u64 },
+            described,
+            exports,
+            caller,
+        })
+    }
+
+    async fn compile(&self, bytes: &[u8], sha256: &str) -> Result<(Component, CacheOutcome), String> {
+        // Cranelift is CPU-bound for tens of milliseconds: keep it off the async workers.
+        let engine = self.engine.clone();
+        let bytes = bytes.to_vec();
+        let sha = sha256.to_string();
+        let cache = self.cache.clone();
+        tokio::task::spawn_blocking(move || match cache {
+            Some(c) => c.load_or_compile(&engine, &bytes, &sha),
+            None => Component::new(&engine, &bytes).map(|c| (c, CacheOutcome::Uncached)),
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{e:#}"))
+    }
+
+    fn kv_store(&self, plugin: &str) -> Arc<KvStore> {
+        self.kv.lock().unwrap_or_else(|p| p.into_inner()).entry(plugin.to_string()).or_default().clone()
+    }
+}
+
+async fn describe(caller: &Caller, exports: &Exports) -> Result<Described, PluginFault> {
+    match exports.clone() {
+        Exports::DeviceType(pre) => caller
+            .call("describe", move |store| {
+                Box::pin(async move { pre.instantiate_async(&mut *store).await?.call_describe(&mut *store).await })
+            })
+            .await
+            .map(Described::DeviceType),
+        Exports::Transport(pre) => caller
+            .call("describe", move |store| {
+                Box::pin(async move { pre.instantiate_async(&mut *store).await?.call_describe(&mut *store).await })
+            })
+            .await
+            .map(Described::Transport),
+        Exports::PolicyRule(pre) => caller
+            .call("describe", move |store| {
+                Box::pin(async move { pre.instantiate_async(&mut *store).await?.call_describe(&mut *store).await })
+            })
+            .await
+            .map(Described::PolicyRule),
+    }
+}
+
+impl LoadedPlugin {
+    pub fn kind(&self) -> Kind {
+        self.manifest.kind
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.caller.stats.snapshot()
+    }
+
+    /// `name@version`, for logs and errors.
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.manifest.name, self.manifest.version)
+    }
+}
+
+/// Advance the engine's epoch every [`EPOCH_TICK`] for as long as the engine lives.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("drover-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
+}
