@@ -5,7 +5,7 @@
 //! are keyed by the component's sha256 *and* the engine's compatibility hash (wasmtime
 //! version, target, tunables), so a different host build never reads another's files.
 //!
-//! `Component::deserialize_file` trusts its input completely, so this directory holds
+//! `Component::deserialize` trusts its input completely, so this directory holds
 //! only what `Engine::precompile_component` produced here: files are written under a
 //! temporary name and renamed into place, the directory is private (0700), and a file
 //! that fails to load is removed and recompiled rather than retried.
@@ -66,11 +66,14 @@ impl ArtifactCache {
         sha256: &str,
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
         let path = self.path(sha256);
-        if path.exists() {
+        // Read into memory rather than `deserialize_file`: a mapped file that anything
+        // truncates later would take the host down with SIGBUS. Reading costs a fraction
+        // of a millisecond for a plugin-sized artifact.
+        if let Ok(compiled) = std::fs::read(&path) {
             // SAFETY: files in this directory are written only by `store` below from
             // `Engine::precompile_component` output, and keyed by this engine's
-            // compatibility hash.
-            match unsafe { Component::deserialize_file(engine, &path) } {
+            // compatibility hash; wasmtime checks the header and version as well.
+            match unsafe { Component::deserialize(engine, &compiled) } {
                 Ok(c) => return Ok((c, CacheOutcome::Hit)),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "dropping unreadable compiled artifact");

@@ -6,8 +6,9 @@
 //!   new `Store` (the pooling allocator makes that a few microseconds) and drops both when
 //!   the call returns. A trap poisons a store; since no store outlives its call, a faulted
 //!   instance is never entered again and one call cannot see another's memory.
-//! * **CPU time.** Epoch interruption: a thread ticks the engine every [`EPOCH_TICK`]; a
-//!   call's deadline is its CPU budget in ticks, after which the guest traps.
+//! * **CPU time.** Epoch interruption: a thread ticks the engine every [`EPOCH_TICK`]. At
+//!   each tick a running guest yields to the async executor (so a long call never holds a
+//!   tokio worker) and is charged one tick; past its CPU budget it traps.
 //! * **Memory.** A per-store limiter refuses growth past the memory limit (and records
 //!   that it did, so the fault is named as a memory fault, not a generic trap).
 //! * **Wall-clock time.** A timeout around the whole call covers time spent in async host
@@ -67,6 +68,9 @@ pub struct CallState {
     memory: MemoryLimiter,
     pub(crate) plugin: Arc<PluginContext>,
     pub(crate) log_lines: u32,
+    /// Epoch ticks this call has run for, and whether it ran out of them.
+    ticks: u64,
+    cpu_exhausted: bool,
 }
 
 impl WasiView for CallState {
@@ -269,12 +273,23 @@ impl Caller {
             memory: MemoryLimiter { limit: self.limits.memory, hit: false },
             plugin: self.ctx.clone(),
             log_lines: 0,
+            ticks: 0,
+            cpu_exhausted: false,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.memory);
-        let ticks = self.limits.cpu.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1) as u64;
-        // +1: the first tick may come at once, so N ticks guarantee at least N-1 full periods.
-        store.set_epoch_deadline(ticks + 1);
+        // +1: the first tick may come at once, so N+1 ticks guarantee N full periods.
+        let budget = self.limits.cpu.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |mut ctx| {
+            let state = ctx.data_mut();
+            state.ticks += 1;
+            if state.ticks >= budget {
+                state.cpu_exhausted = true;
+                return Ok(wasmtime::UpdateDeadline::Interrupt);
+            }
+            Ok(wasmtime::UpdateDeadline::Yield(1))
+        });
         let outcome = tokio::time::timeout(self.limits.wall, f(&mut store)).await;
         let result = match outcome {
             Err(_) => {
@@ -284,7 +299,7 @@ impl Caller {
             Ok(Err(e)) => Err(if store.data().memory.hit {
                 stats.memory_limit_hits.fetch_add(1, Relaxed);
                 Fault::Memory(self.limits.memory)
-            } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            } else if store.data().cpu_exhausted {
                 stats.cpu_limit_hits.fetch_add(1, Relaxed);
                 Fault::CpuTime(self.limits.cpu)
             } else {

@@ -1,0 +1,127 @@
+//! The `drover` binary as a user runs it: `serve` on a real port, `plugin inspect`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn drover() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_drover"));
+    // Never pick up a developer's drover.toml or environment.
+    c.env_remove("DROVER_CONFIG").env_remove("DROVER_HTTP_ADDR").env_remove("DROVER_DATA_DIR");
+    c
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `drover serve` and wait (bounded) until /healthz answers.
+fn serve(data: &std::path::Path, port: u16) -> Served {
+    let child = drover()
+        .args(["serve", "--data-dir"])
+        .arg(data)
+        .args(["--http-addr", &format!("127.0.0.1:{port}"), "--mqtt-addr", &format!("127.0.0.1:{}", free_port())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let served = Served(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return served;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("drover serve did not listen on {port} within 60 s");
+}
+
+fn get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn serve_comes_up_with_the_first_party_plugins() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = serve(data.path(), port);
+    let resp = get(port, "/healthz");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains(r#""status":"ok""#) && resp.contains("android@0.1.0"), "{resp}");
+    // The compiled artifact was cached in the data directory.
+    let cached = std::fs::read_dir(data.path().join("cache/compiled")).unwrap().count();
+    assert_eq!(cached, 1);
+}
+
+#[test]
+fn a_taken_port_is_a_clear_error_naming_the_flag() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let data = tempfile::tempdir().unwrap();
+    let out = drover()
+        .args(["serve", "--data-dir"])
+        .arg(data.path())
+        .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--http-addr") && err.contains(&port.to_string()) && err.contains("in use"), "{err}");
+}
+
+#[test]
+fn a_bad_config_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("drover.toml");
+    std::fs::write(&file, "htp_addr = \"127.0.0.1:1\"\n").unwrap();
+    let out = drover().args(["serve", "--config"]).arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("drover.toml") && err.contains("htp_addr"), "{err}");
+}
+
+#[test]
+fn plugin_inspect_prints_manifest_and_describe() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("android.wasm");
+    let (_, bytes) = drover::plugins::first_party::PLUGINS.iter().find(|(n, _)| *n == "android").unwrap();
+    std::fs::write(&file, bytes).unwrap();
+
+    let out = drover().args(["plugin", "inspect", "--json"]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["manifest"]["name"], "android");
+    assert_eq!(v["manifest"]["kind"], "device-type");
+    assert_eq!(v["describe"]["delivery"][0], "poll");
+    let codes: Vec<&str> =
+        v["describe"]["operations"].as_array().unwrap().iter().map(|o| o["code"].as_str().unwrap()).collect();
+    assert!(codes.contains(&"WIFI") && codes.contains(&"WIPE_DATA"), "{codes:?}");
+
+    let out = drover().args(["plugin", "inspect"]).arg(&file).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<String> = BufReader::new(text.as_bytes()).lines().map(Result::unwrap).collect();
+    assert!(lines[0].starts_with("android 0.1.0 (device-type)"), "{text}");
+    assert!(
+        lines.iter().any(|l| l.contains("DEVICE_LOCK") && l.contains("command") && l.contains("payload")),
+        "{text}"
+    );
+
+    std::fs::write(&file, b"not a component").unwrap();
+    let out = drover().args(["plugin", "inspect"]).arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid WebAssembly"));
+}
