@@ -1,1 +1,234 @@
-fn main() {}
+//! Plugin figures, side by side with native code. Run by hand (release build):
+//!
+//!     cargo bench -p drover --bench plugins
+//!
+//! Prints a Markdown table; docs/BENCHMARKS.md records a run. Not run in CI.
+//!
+//! * codec: the Android plugin's encode/decode of ~1 KB real payloads, called natively
+//!   (the same Rust code, linked into this binary) and through Wasm in a reused instance;
+//! * isolated call: what the server does per call (fresh store + instantiate + call + drop);
+//! * load: cold compile and warm-cache load of the component.
+
+use drover::plugins::device_type::ReusedInstance;
+use drover::plugins::types as host;
+use drover::plugins::{Limits, LoadOptions, Runtime};
+use drover_plugin_android::Android;
+use drover_sdk::device_type::Guest;
+use drover_sdk::device_type::drover::plugin::types as guest;
+use std::time::{Duration, Instant};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/android/fixtures");
+
+struct Figures {
+    samples: Vec<Duration>,
+}
+
+impl Figures {
+    fn pct(&self, p: f64) -> f64 {
+        let mut s = self.samples.clone();
+        s.sort();
+        let i = ((s.len() as f64 * p).ceil() as usize).clamp(1, s.len()) - 1;
+        s[i].as_nanos() as f64 / 1e3
+    }
+    fn mean(&self) -> f64 {
+        self.samples.iter().map(|d| d.as_nanos() as f64).sum::<f64>() / self.samples.len() as f64 / 1e3
+    }
+}
+
+/// Time `n` runs of `f` after `n/10` warm-up runs, one sample per run.
+async fn measure<F, Fut>(n: usize, mut f: F) -> Figures
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for _ in 0..n / 10 {
+        f().await;
+    }
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f().await;
+        samples.push(t.elapsed());
+    }
+    Figures { samples }
+}
+
+fn row(what: &str, native: Option<&Figures>, wasm: &Figures) {
+    match native {
+        Some(n) => println!(
+            "| {what} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2}× |",
+            n.pct(0.5),
+            wasm.pct(0.5),
+            wasm.pct(0.99),
+            wasm.mean(),
+            wasm.pct(0.5) / n.pct(0.5)
+        ),
+        None => println!("| {what} | – | {:.2} | {:.2} | {:.2} | – |", wasm.pct(0.5), wasm.pct(0.99), wasm.mean()),
+    }
+}
+
+fn ops_guest() -> Vec<guest::Operation> {
+    // Four operations with real payloads: about 1 KB of JSON on the wire.
+    vec![
+        guest::Operation { id: 1001, code: "DEVICE_LOCK".into(), kind: guest::OperationKind::Command, payload: Some(r#"{"message":"This device is locked by IT. Call the service desk on +44 20 7946 0000 to unlock it.","hardLockEnabled":false}"#.into()) },
+        guest::Operation { id: 1002, code: "NOTIFICATION".into(), kind: guest::OperationKind::Command, payload: Some(r#"{"messageTitle":"Security update","messageText":"A security update will be installed tonight between 01:00 and 03:00. Keep the device charged and connected to Wi-Fi. Unsaved work in open apps may be lost when the device restarts."}"#.into()) },
+        guest::Operation { id: 1003, code: "WIFI".into(), kind: guest::OperationKind::Profile, payload: Some(r#"{"ssid":"corp-secure","type":"wpa2","password":"correct horse battery staple"}"#.into()) },
+        guest::Operation { id: 1004, code: "INSTALL_APPLICATION".into(), kind: guest::OperationKind::Command, payload: Some(r#"{"appIdentifier":"com.example.fieldservice","type":"enterprise","url":"https://apps.example.com/android/fieldservice-4.12.0-release.apk"}"#.into()) },
+    ]
+}
+
+fn ops_host() -> Vec<host::Operation> {
+    ops_guest()
+        .into_iter()
+        .map(|o| host::Operation {
+            id: o.id,
+            code: o.code,
+            kind: match o.kind {
+                guest::OperationKind::Command => host::OperationKind::Command,
+                guest::OperationKind::Profile => host::OperationKind::Profile,
+                guest::OperationKind::Policy => host::OperationKind::Policy,
+            },
+            payload: o.payload,
+        })
+        .collect()
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
+    let android_bytes =
+        drover::plugins::first_party::PLUGINS.iter().find(|(name, _)| *name == "android").map(|(_, b)| *b).unwrap();
+    let results = std::fs::read(format!("{FIXTURES}/results.json")).unwrap();
+
+    // Load figures: a fresh cache directory, then the same again.
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::new(Limits::default(), Some(dir.path().to_path_buf())).unwrap();
+    let cold = rt.load(android_bytes, LoadOptions::default()).await.unwrap();
+    let mut warm_total = Vec::new();
+    for _ in 0..20 {
+        let p = rt.load(android_bytes, LoadOptions::default()).await.unwrap();
+        warm_total.push(Duration::from_micros(p.load.total_micros));
+    }
+    let warm = Figures { samples: warm_total };
+    let plugin = cold;
+
+    let encoded_len = {
+        let Ok(e) = Android::encode(
+            guest::Device { id: "d".into(), metadata: vec![], session: vec![] },
+            ops_guest(),
+            guest::ChannelKind::Http,
+        ) else {
+            panic!()
+        };
+        match e.output {
+            guest::Outbound::Http(r) => r.body.len(),
+            _ => 0,
+        }
+    };
+
+    println!(
+        "component {} KB; encode output {} B; decode input {} B; {n} samples per row\n",
+        android_bytes.len() / 1024,
+        encoded_len,
+        results.len()
+    );
+    println!("| what | native p50 µs | Wasm p50 µs | Wasm p99 µs | Wasm mean µs | Wasm/native p50 |");
+    println!("|---|---|---|---|---|---|");
+
+    // Native: the plugin's own code linked into this binary.
+    let gdev = guest::Device { id: "354956090214718".into(), metadata: vec![], session: vec![] };
+    let gchan = guest::Channel::Http(guest::HttpRequest {
+        method: guest::HttpMethod::Put,
+        path: "pending-operations".into(),
+        query: String::new(),
+        content_type: None,
+        headers: vec![],
+    });
+    let native_enc = measure(n, || {
+        let ops = ops_guest();
+        let d = gdev.clone();
+        async move {
+            std::hint::black_box(Android::encode(d, ops, guest::ChannelKind::Http).ok());
+        }
+    })
+    .await;
+    let native_dec = measure(n, || {
+        let (d, c, b) = (gdev.clone(), gchan.clone(), results.clone());
+        async move {
+            std::hint::black_box(Android::decode(d, c, b).ok());
+        }
+    })
+    .await;
+
+    // Wasm, one instance reused: the codec's own cost.
+    let hdev = host::Device { id: "354956090214718".into(), metadata: vec![], session: vec![] };
+    let hchan = host::Channel::Http(host::HttpRequest {
+        method: host::HttpMethod::Put,
+        path: "pending-operations".into(),
+        query: String::new(),
+        content_type: None,
+        headers: vec![],
+    });
+    let hops = ops_host();
+    let mut inst = ReusedInstance::new(&plugin).await.unwrap();
+    let mut reused_enc = Figures { samples: Vec::with_capacity(n) };
+    for i in 0..n + n / 10 {
+        let t = Instant::now();
+        std::hint::black_box(inst.encode(&hdev, &hops, host::ChannelKind::Http).await.unwrap().ok());
+        if i >= n / 10 {
+            reused_enc.samples.push(t.elapsed());
+        }
+    }
+    let mut reused_dec = Figures { samples: Vec::with_capacity(n) };
+    for i in 0..n + n / 10 {
+        let t = Instant::now();
+        std::hint::black_box(inst.decode(&hdev, &hchan, &results).await.unwrap().ok());
+        if i >= n / 10 {
+            reused_dec.samples.push(t.elapsed());
+        }
+    }
+
+    // Wasm, isolated: fresh store + instantiate + call + drop, as the server does.
+    let iso_enc = measure(n, || {
+        let (d, o) = (hdev.clone(), hops.clone());
+        let p = &plugin;
+        async move {
+            std::hint::black_box(p.encode(d, o, host::ChannelKind::Http).await.ok());
+        }
+    })
+    .await;
+    let iso_dec = measure(n, || {
+        let (d, c, b) = (hdev.clone(), hchan.clone(), results.clone());
+        let p = &plugin;
+        async move {
+            std::hint::black_box(p.decode(d, c, b).await.ok());
+        }
+    })
+    .await;
+    let iso_validate = measure(n, || {
+        let p = &plugin;
+        async move {
+            std::hint::black_box(p.validate("DEVICE_RING", None).await.ok());
+        }
+    })
+    .await;
+
+    row("encode 4 ops (~1 KB), reused instance", Some(&native_enc), &reused_enc);
+    row("decode 4 results (~1 KB), reused instance", Some(&native_dec), &reused_dec);
+    row("encode 4 ops, isolated call", Some(&native_enc), &iso_enc);
+    row("decode 4 results, isolated call", Some(&native_dec), &iso_dec);
+    row("validate (no payload), isolated call", None, &iso_validate);
+    println!();
+    println!("| load | figure |");
+    println!("|---|---|");
+    println!(
+        "| cold: compile + pre-instantiate + smoke test | {:.1} ms (compile {:.1} ms) |",
+        plugin.load.total_micros as f64 / 1e3,
+        plugin.load.compile_micros as f64 / 1e3
+    );
+    println!(
+        "| warm: cached artifact + pre-instantiate + smoke test, p50 / max of 20 | {:.2} ms / {:.2} ms |",
+        warm.pct(0.5) / 1e3,
+        warm.pct(1.0) / 1e3
+    );
+}

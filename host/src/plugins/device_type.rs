@@ -114,6 +114,54 @@ pub fn delivery_name(d: super::bindings::types::Delivery) -> &'static str {
     }
 }
 
+/// Many calls in one instance, with no isolation between them: for benchmarks that
+/// separate the cost of the codec from the cost of a fresh instance, and for tools that
+/// replay recorded payloads. The server never uses it.
+pub struct ReusedInstance {
+    store: wasmtime::Store<super::runtime::CallState>,
+    bindings: super::bindings::device_type::DeviceType,
+}
+
+impl ReusedInstance {
+    /// Instantiate `plugin` once. Calls get no CPU deadline (a benchmark's loop is long).
+    pub async fn new(plugin: &LoadedPlugin) -> Result<ReusedInstance, CallError> {
+        let Exports::DeviceType(pre) = &plugin.exports else {
+            return Err(CallError::WrongKind(plugin.label()));
+        };
+        let mut store = plugin.caller.new_store();
+        store.set_epoch_deadline(u64::MAX / 2);
+        let bindings = pre.instantiate_async(&mut store).await.map_err(|e| fault(plugin, "instantiate", e))?;
+        Ok(ReusedInstance { store, bindings })
+    }
+
+    pub async fn encode(
+        &mut self,
+        device: &Device,
+        ops: &[Operation],
+        channel: ChannelKind,
+    ) -> wasmtime::Result<Result<Encoded, PluginError>> {
+        self.bindings.call_encode(&mut self.store, device, ops, channel).await
+    }
+
+    pub async fn decode(
+        &mut self,
+        device: &Device,
+        message: &Channel,
+        body: &[u8],
+    ) -> wasmtime::Result<Result<DeviceMessage, PluginError>> {
+        self.bindings.call_decode(&mut self.store, device, message, body).await
+    }
+}
+
+fn fault(plugin: &LoadedPlugin, function: &'static str, e: wasmtime::Error) -> CallError {
+    CallError::Fault(PluginFault {
+        plugin: plugin.manifest.name.clone(),
+        version: plugin.manifest.version.clone(),
+        function,
+        fault: super::runtime::Fault::Trap(format!("{e:#}")),
+    })
+}
+
 fn strings<'a>(it: impl IntoIterator<Item = &'a String>) -> usize {
     it.into_iter().map(String::len).sum()
 }

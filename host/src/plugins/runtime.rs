@@ -266,18 +266,7 @@ impl Caller {
         let started = Instant::now();
         let stats = &self.stats;
         stats.calls.fetch_add(1, Relaxed);
-        let engine = self.engine();
-        let state = CallState {
-            wasi: WasiCtx::builder().build(),
-            table: ResourceTable::new(),
-            memory: MemoryLimiter { limit: self.limits.memory, hit: false },
-            plugin: self.ctx.clone(),
-            log_lines: 0,
-            ticks: 0,
-            cpu_exhausted: false,
-        };
-        let mut store = Store::new(engine, state);
-        store.limiter(|s| &mut s.memory);
+        let mut store = self.new_store();
         // +1: the first tick may come at once, so N+1 ticks guarantee N full periods.
         let budget = self.limits.cpu.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1;
         store.set_epoch_deadline(1);
@@ -326,8 +315,21 @@ impl Caller {
         })
     }
 
-    fn engine(&self) -> &Engine {
-        &self.ctx.engine
+    /// A store for calls into this plugin, with its memory limit. No CPU deadline yet:
+    /// `call` sets one per call.
+    pub(crate) fn new_store(&self) -> Store<CallState> {
+        let state = CallState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            memory: MemoryLimiter { limit: self.limits.memory, hit: false },
+            plugin: self.ctx.clone(),
+            log_lines: 0,
+            ticks: 0,
+            cpu_exhausted: false,
+        };
+        let mut store = Store::new(&self.ctx.engine, state);
+        store.limiter(|s| &mut s.memory);
+        store
     }
 }
 
