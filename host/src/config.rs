@@ -32,6 +32,9 @@ pub struct ServeArgs {
     /// External MQTT broker (mqtt://host:port) instead of the embedded one
     #[arg(long, env = "DROVER_BROKER")]
     pub broker: Option<String>,
+    /// Let devices enroll themselves at POST /agent/v1/{type}/enroll [default: true]
+    #[arg(long, env = "DROVER_OPEN_ENROLLMENT")]
+    pub open_enrollment: Option<bool>,
     /// Log format: text or json [default: text]
     #[arg(long, env = "DROVER_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -55,6 +58,10 @@ pub struct Config {
     pub database_url: String,
     pub broker: Option<String>,
     pub log_format: LogFormat,
+    pub open_enrollment: bool,
+    /// The bootstrap admin token from DROVER_ADMIN_TOKEN (environment only, never a flag:
+    /// flags show in process lists).
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +108,8 @@ impl ServeArgs {
             mqtt_addr: self.mqtt_addr.or(file.mqtt_addr).unwrap_or_else(|| ([127, 0, 0, 1], 1883).into()),
             coap_addr: self.coap_addr.or(file.coap_addr).unwrap_or_else(|| ([127, 0, 0, 1], 5683).into()),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+            open_enrollment: self.open_enrollment.or(file.open_enrollment).unwrap_or(true),
+            admin_token: std::env::var("DROVER_ADMIN_TOKEN").ok(),
             data_dir,
             database_url,
             broker,

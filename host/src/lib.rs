@@ -3,6 +3,11 @@
 //!
 //! One module per domain concept; see `docs/` for the design of each seam.
 
+pub mod agent;
+pub mod api;
+pub mod auth;
 pub mod config;
+pub mod ops;
 pub mod plugins;
 pub mod server;
+pub mod store;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 fn drover() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_drover"));
     // Never pick up a developer's drover.toml or environment.
-    c.env_remove("DROVER_CONFIG").env_remove("DROVER_HTTP_ADDR").env_remove("DROVER_DATA_DIR");
+    c.env_remove("DROVER_CONFIG").env_remove("DROVER_HTTP_ADDR").env_remove("DROVER_DATA_DIR").env_remove("DROVER_ADMIN_TOKEN").env_remove("DROVER_DATABASE_URL");
     c
 }
 
@@ -46,9 +46,14 @@ fn serve(data: &std::path::Path, port: u16) -> Served {
 }
 
 fn get(port: u16, path: &str) -> String {
+    get_with_token(port, path, "")
+}
+
+fn get_with_token(port: u16, path: &str, token: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let auth = if token.is_empty() { String::new() } else { format!("Authorization: Bearer {token}\r\n") };
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
@@ -65,6 +70,17 @@ fn serve_comes_up_with_the_first_party_plugins() {
     // The compiled artifact was cached in the data directory.
     let cached = std::fs::read_dir(data.path().join("cache/compiled")).unwrap().count();
     assert_eq!(cached, 1);
+    // A bootstrap admin token was generated, readable by the owner only, and works.
+    let token_file = data.path().join("admin-token");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let resp = get_with_token(port, "/api/v1/plugins", token.trim());
+    assert!(resp.starts_with("HTTP/1.1 200") && resp.contains("\"name\":\"android\""), "{resp}");
+    assert!(get(port, "/api/v1/plugins").starts_with("HTTP/1.1 401"));
 }
 
 #[test]

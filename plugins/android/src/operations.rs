@@ -237,9 +237,14 @@ fn validate_value(entry: &Code, value: &Value) -> Result<(), PayloadError> {
             _ => Err(invalid(code, "this operation takes no payload")),
         };
     }
-    if value.is_null() {
-        return Err(invalid(code, "a payload is required"));
-    }
+    // A code whose payload fields are all optional (DEVICE_LOCK) takes no payload as `{}`.
+    let all_optional = entry.schema.is_some_and(|s| !s.contains("\"required\""));
+    let empty = Value::Object(Default::default());
+    let value = match value {
+        Value::Null if all_optional => &empty,
+        Value::Null => return Err(invalid(code, "a payload is required")),
+        v => v,
+    };
     match code {
         "DEVICE_LOCK" => {
             let l: Lock = parse(code, value)?;
@@ -352,6 +357,8 @@ mod tests {
     #[test]
     fn payloads_are_checked_by_field() {
         assert_eq!(validate("DEVICE_RING", None), Ok(()));
+        assert_eq!(validate("DEVICE_LOCK", None), Ok(()));
+        assert!(matches!(validate("CAMERA", None), Err(PayloadError::Invalid(m)) if m.contains("required")));
         assert_eq!(validate("DEVICE_RING", Some("{}")), Ok(()));
         assert!(
             matches!(validate("DEVICE_RING", Some(r#"{"x":1}"#)), Err(PayloadError::Invalid(m)) if m.contains("takes no payload"))

@@ -1,0 +1,275 @@
+//! Device-facing endpoints: `/agent/v1/{type}/{*path}` routed to the type's plugin.
+//!
+//! The host does not know any device type's paths: `enroll` is the one sub-path it
+//! handles itself (through the plugin's `enroll`); everything else is authenticated by
+//! the device's credential and handed to the plugin's `decode`. Then the host records
+//! what the message carried and answers as the plugin's `reply` says, with pending
+//! operations encoded by the plugin when asked.
+
+use crate::api::ApiError;
+use crate::auth::AuthDevice;
+use crate::ops::Reported;
+use crate::plugins::types::{
+    Channel, ChannelKind, Device, HttpMethod, HttpRequest, Operation, OperationKind, Outbound, Reply, ResultStatus,
+};
+use crate::plugins::{CallError, LoadedPlugin};
+use crate::server::AppState;
+use crate::store::{DeviceRow, NewDevice};
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::{Json, Router};
+use serde_json::json;
+use std::sync::Arc;
+
+/// Credentials issued at enrollment live this long.
+pub const CREDENTIAL_DAYS: i64 = 90;
+
+/// At most this many operations go out in one answer, whatever the plugin allows.
+const MAX_BATCH: i64 = 100;
+
+/// How many times one answer retries `encode` after dropping an operation the plugin
+/// cannot encode (each drop ends that operation in ERROR).
+const MAX_POISON_PER_CALL: usize = 8;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/agent/v1/{device_type}/{*path}", any(agent))
+}
+
+fn plugin_for(state: &AppState, device_type: &str) -> Result<Arc<LoadedPlugin>, ApiError> {
+    state
+        .registry
+        .device_type(device_type)
+        .ok_or_else(|| ApiError::not_found(format!("no device type `{device_type}` is loaded")))
+}
+
+fn http_channel(method: &Method, path: &str, uri: &Uri, headers: &HeaderMap) -> Result<Channel, ApiError> {
+    let method = match *method {
+        Method::GET => HttpMethod::Get,
+        Method::HEAD => HttpMethod::Head,
+        Method::POST => HttpMethod::Post,
+        Method::PUT => HttpMethod::Put,
+        Method::PATCH => HttpMethod::Patch,
+        Method::DELETE => HttpMethod::Delete,
+        ref m => {
+            return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method", format!("{m} is not an agent method")));
+        }
+    };
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    // The plugin never sees credentials: the host has already authenticated the device.
+    let headers = headers
+        .iter()
+        .filter(|(n, _)| *n != header::AUTHORIZATION && *n != header::COOKIE)
+        .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    Ok(Channel::Http(HttpRequest {
+        method,
+        path: path.to_string(),
+        query: uri.query().unwrap_or_default().to_string(),
+        content_type,
+        headers,
+    }))
+}
+
+async fn agent(
+    State(state): State<AppState>,
+    Path((device_type, path)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let (mut parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, state.max_agent_body).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("bodies are limited to {} bytes", state.max_agent_body),
+        )
+    })?;
+    let plugin = plugin_for(&state, &device_type)?;
+    let channel = http_channel(&method, &path, &uri, &headers)?;
+    if path == "enroll" {
+        return enroll(&state, &plugin, &device_type, channel, body).await;
+    }
+    let AuthDevice(device) = AuthDevice::from_request_parts(&mut parts, &state).await?;
+    if device.device_type != device_type {
+        return Err(ApiError::forbidden(format!(
+            "this credential is for a {} device, not {device_type}",
+            device.device_type
+        )));
+    }
+    handle_message(&state, &plugin, &device, channel, body).await
+}
+
+async fn enroll(
+    state: &AppState,
+    plugin: &LoadedPlugin,
+    device_type: &str,
+    channel: Channel,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if !state.open_enrollment {
+        return Err(ApiError::forbidden("self-enrollment is switched off on this server"));
+    }
+    let e = plugin.enroll(channel, body.to_vec()).await?;
+    let ownership = match e.ownership {
+        crate::plugins::types::Ownership::Byod => "BYOD",
+        crate::plugins::types::Ownership::Cope => "COPE",
+    };
+    let metadata = e.metadata.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let push_token =
+        e.push.as_ref().map(|p| json!({"transport": p.transport, "token": p.token, "extra": p.extra}).to_string());
+    let device = state
+        .store
+        .enroll_device(&NewDevice {
+            device_type: device_type.to_string(),
+            name: e.name.clone().unwrap_or_else(|| e.device_id.clone()),
+            device_id: e.device_id,
+            owner: e.owner,
+            ownership: ownership.into(),
+            metadata,
+            push_token,
+        })
+        .await
+        .map_err(|err| match err {
+            crate::store::StoreError::Conflict(what) => ApiError::new(
+                StatusCode::CONFLICT,
+                "already_enrolled",
+                format!("{what} is already enrolled; remove it first to enroll it again"),
+            ),
+            other => other.into(),
+        })?;
+    let (token, hash) = crate::auth::new_token("dev");
+    let expires_in = CREDENTIAL_DAYS * 86_400;
+    state.store.insert_device_credential(device.id, &hash, crate::store::now_ms() + expires_in * 1000).await?;
+    tracing::info!(device_type, device_id = %device.device_id, "device enrolled");
+    let body = json!({
+        "device_type": device.device_type, "device_id": device.device_id, "status": device.status,
+        "access_token": token, "token_type": "Bearer", "expires_in": expires_in,
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+fn plugin_device(d: &DeviceRow) -> Device {
+    Device { id: d.device_id.clone(), metadata: d.metadata_pairs(), session: d.session.clone() }
+}
+
+fn reported(s: ResultStatus) -> Reported {
+    match s {
+        ResultStatus::InProgress => Reported::InProgress,
+        ResultStatus::Completed => Reported::Completed,
+        ResultStatus::Error => Reported::Error,
+        ResultStatus::NotNow => Reported::NotNow,
+    }
+}
+
+/// Decode a device message, record what it carried, answer as the plugin says. A
+/// message the plugin refuses changes nothing (400 with the plugin's words).
+async fn handle_message(
+    state: &AppState,
+    plugin: &LoadedPlugin,
+    device: &DeviceRow,
+    channel: Channel,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let message = plugin.decode(plugin_device(device), channel, body.to_vec()).await.map_err(|e| match e {
+        CallError::Rejected(p) => ApiError::bad_request("bad_device_message", p.message),
+        other => other.into(),
+    })?;
+    if !message.results.is_empty() {
+        let results: Vec<_> =
+            message.results.iter().map(|r| (r.operation_id as i64, reported(r.status), r.response.clone())).collect();
+        let outcomes = state.store.apply_results(device.id, &results).await?;
+        for o in &outcomes {
+            if let crate::store::ResultOutcome::Unknown { operation } = o {
+                tracing::warn!(device_type = %device.device_type, device_id = %device.device_id, operation, "result for an operation this device does not have: ignored");
+            }
+        }
+    }
+    state.store.touch_device(device.id, &message.info, message.session.as_deref()).await?;
+    match message.reply {
+        Reply::None => Ok(StatusCode::OK.into_response()),
+        Reply::Immediate(out) => render(out),
+        Reply::PendingOperations => {
+            let device = state.store.device_by_key(device.id).await?.unwrap_or_else(|| device.clone());
+            pending(state, plugin, &device).await
+        }
+    }
+}
+
+fn kind_of(s: &str) -> OperationKind {
+    match s {
+        "profile" => OperationKind::Profile,
+        "policy" => OperationKind::Policy,
+        _ => OperationKind::Command,
+    }
+}
+
+/// Answer with the device's queued operations, encoded by its plugin, and mark what the
+/// plugin says it carried as delivered. An operation the plugin cannot encode ends in
+/// ERROR (recorded with the plugin's message) so it cannot block the queue.
+async fn pending(state: &AppState, plugin: &LoadedPlugin, device: &DeviceRow) -> Result<Response, ApiError> {
+    let limit = plugin
+        .device_type_info()
+        .and_then(|i| i.max_operations_per_message)
+        .map_or(MAX_BATCH, |m| (m as i64).clamp(1, MAX_BATCH));
+    for _ in 0..=MAX_POISON_PER_CALL {
+        let queued = state.store.queued(device.id, limit).await?;
+        let ops: Vec<Operation> = queued
+            .iter()
+            .map(|q| Operation {
+                id: q.id as u64,
+                code: q.code.clone(),
+                kind: kind_of(&q.kind),
+                payload: q.payload.clone(),
+            })
+            .collect();
+        match plugin.encode(plugin_device(device), ops, ChannelKind::Http).await {
+            Ok(encoded) => {
+                let delivered: Vec<i64> = encoded
+                    .delivered
+                    .iter()
+                    .map(|&id| id as i64)
+                    .filter(|id| queued.iter().any(|q| q.id == *id))
+                    .collect();
+                state.store.mark_delivered(device.id, &delivered, "delivery:poll").await?;
+                if let Some(s) = &encoded.session {
+                    state.store.touch_device(device.id, &[], Some(s)).await?;
+                }
+                return render(encoded.output);
+            }
+            Err(CallError::Rejected(e)) if !queued.is_empty() => {
+                // The oldest queued operation is the one to blame first.
+                let poison = queued[0].id;
+                let response = json!({"error": e.message}).to_string();
+                tracing::warn!(operation = poison, "plugin cannot encode operation: ending it in ERROR: {}", e.message);
+                state.store.fail(device.id, poison, response, "delivery:poll").await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::internal("too many operations the plugin cannot encode in one call"))
+}
+
+fn render(out: Outbound) -> Result<Response, ApiError> {
+    match out {
+        Outbound::Http(r) => {
+            let mut resp = Response::builder().status(
+                StatusCode::from_u16(r.status)
+                    .map_err(|_| ApiError::internal(format!("plugin answered with HTTP status {}", r.status)))?,
+            );
+            if let Some(ct) = r.content_type {
+                resp = resp.header(header::CONTENT_TYPE, ct);
+            }
+            for (k, v) in r.headers {
+                resp = resp.header(k, v);
+            }
+            resp.body(axum::body::Body::from(r.body))
+                .map_err(|e| ApiError::internal(format!("plugin answer is not valid HTTP: {e}")))
+        }
+        _ => Err(ApiError::internal("the plugin answered an HTTP request with a non-HTTP message")),
+    }
+}

@@ -1,0 +1,160 @@
+//! Credentials and roles: admin tokens (viewer < operator < admin) and per-device
+//! access tokens. Every token is 32 random bytes shown once and stored as SHA-256.
+
+use crate::api::ApiError;
+use crate::server::AppState;
+use crate::store::{DeviceRow, Store};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+/// What an admin token may do. Ordered: each role can do what the ones before it can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read everything.
+    Viewer,
+    /// Also add and cancel operations, tag and group devices.
+    Operator,
+    /// Also enroll and remove devices, manage tokens and plugins.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        [Role::Viewer, Role::Operator, Role::Admin].into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// A new random token with a readable prefix (`drv_admin_…`, `drv_dev_…`) and its hash.
+pub fn new_token(prefix: &str) -> (String, String) {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random source");
+    let token = format!("drv_{prefix}_{}", hex::encode(bytes));
+    let hash = hash_token(&token);
+    (token, hash)
+}
+
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+}
+
+/// An authenticated admin-API caller.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub name: String,
+    pub role: Role,
+}
+
+impl Admin {
+    /// Refuse unless the caller's role is at least `role`.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.role >= role {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "token `{}` has role {}; this needs {}",
+                self.name,
+                self.role.as_str(),
+                role.as_str()
+            )))
+        }
+    }
+
+    /// The actor recorded in transitions.
+    pub fn actor(&self) -> String {
+        format!("admin:{}", self.name)
+    }
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)
+            .ok_or_else(|| ApiError::unauthorized("send an admin token: Authorization: Bearer <token>"))?;
+        let (name, role) = state
+            .store
+            .admin_for_token(&hash_token(token))
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("unknown or revoked admin token"))?;
+        let role = Role::parse(&role).ok_or_else(|| ApiError::internal(format!("stored role `{role}` is unknown")))?;
+        Ok(Admin { name, role })
+    }
+}
+
+/// An authenticated device: the bearer of a live device credential.
+pub struct AuthDevice(pub DeviceRow);
+
+impl FromRequestParts<AppState> for AuthDevice {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)
+            .ok_or_else(|| ApiError::unauthorized("send the device's access token: Authorization: Bearer <token>"))?;
+        let device = state
+            .store
+            .device_for_credential(&hash_token(token))
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("unknown, expired or revoked device token"))?;
+        Ok(AuthDevice(device))
+    }
+}
+
+/// Make sure a bootstrap admin token exists: `DROVER_ADMIN_TOKEN` when set, else the
+/// one in `<data-dir>/admin-token` (created with mode 0600 on first start).
+pub async fn bootstrap_admin(store: &Store, data_dir: &Path, from_env: Option<String>) -> anyhow::Result<()> {
+    let token = match from_env.filter(|t| !t.trim().is_empty()) {
+        Some(t) => {
+            tracing::info!("bootstrap admin token taken from DROVER_ADMIN_TOKEN");
+            t.trim().to_string()
+        }
+        None => {
+            let path = data_dir.join("admin-token");
+            match std::fs::read_to_string(&path) {
+                Ok(t) => t.trim().to_string(),
+                Err(_) => {
+                    let (t, _) = new_token("admin");
+                    write_private(&path, &t)?;
+                    tracing::info!(path = %path.display(), "generated the bootstrap admin token");
+                    t
+                }
+            }
+        }
+    };
+    let hash = hash_token(&token);
+    if store.admin_for_token(&hash).await?.is_none() {
+        store.insert_admin_token(&hash, "bootstrap", Role::Admin.as_str()).await?;
+    }
+    tracing::info!(path = %data_dir.join("admin-token").display(), "admin API token ready");
+    Ok(())
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.write_all(b"\n")
+}

@@ -1,0 +1,265 @@
+//! Devices, their tags and groups.
+
+use super::{Backend, Store, StoreError, list_placeholders, now_ms, trusted, values_placeholders, with_pool};
+use serde::Serialize;
+
+/// A device as stored.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct DeviceRow {
+    /// Internal key; APIs address devices by (type, device id).
+    #[serde(skip)]
+    pub id: i64,
+    pub device_type: String,
+    pub device_id: String,
+    pub name: String,
+    pub owner: Option<String>,
+    pub ownership: String,
+    pub status: String,
+    /// JSON object of the device's own reports.
+    #[serde(skip)]
+    pub metadata: String,
+    #[serde(skip)]
+    pub push_token: Option<String>,
+    #[serde(skip)]
+    pub session: Vec<u8>,
+    pub enrolled_at: i64,
+    pub last_seen_at: Option<i64>,
+}
+
+impl DeviceRow {
+    /// Metadata as key/value pairs, for plugin calls.
+    pub fn metadata_pairs(&self) -> Vec<(String, String)> {
+        match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&self.metadata) {
+            Ok(m) => m
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        serde_json::Value::String(s) => s,
+                        v => v.to_string(),
+                    };
+                    (k, v)
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// What enrollment knows about a new device.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    pub device_type: String,
+    pub device_id: String,
+    pub name: String,
+    pub owner: Option<String>,
+    pub ownership: String,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub push_token: Option<String>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct GroupRow {
+    #[serde(skip)]
+    pub id: i64,
+    pub name: String,
+    pub description: String,
+    pub created_at: i64,
+}
+
+const DEVICE_COLUMNS: &str = "id, device_type, device_id, name, owner, ownership, status, metadata, push_token, session, enrolled_at, last_seen_at";
+
+impl Store {
+    /// Create a device, or re-activate one that was removed (re-enrollment keeps its
+    /// history). An active device with the same identity is a conflict.
+    pub async fn enroll_device(&self, d: &NewDevice) -> Result<DeviceRow, StoreError> {
+        let now = now_ms();
+        let metadata = serde_json::Value::Object(d.metadata.clone()).to_string();
+        let sql = format!(
+            "INSERT INTO devices (device_type, device_id, name, owner, ownership, status, metadata, push_token, enrolled_at, last_seen_at)
+             VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $8)
+             ON CONFLICT (device_type, device_id) DO UPDATE SET
+                name = excluded.name, owner = excluded.owner, ownership = excluded.ownership, status = 'active',
+                metadata = excluded.metadata, push_token = excluded.push_token, enrolled_at = excluded.enrolled_at,
+                last_seen_at = excluded.last_seen_at
+             WHERE devices.status = 'removed'
+             RETURNING {DEVICE_COLUMNS}"
+        );
+        let row: Option<DeviceRow> = with_pool!(self, pool => {
+            sqlx::query_as(trusted(&sql))
+                .bind(&d.device_type)
+                .bind(&d.device_id)
+                .bind(&d.name)
+                .bind(&d.owner)
+                .bind(&d.ownership)
+                .bind(&metadata)
+                .bind(&d.push_token)
+                .bind(now)
+                .fetch_optional(pool)
+                .await?
+        });
+        row.ok_or_else(|| StoreError::Conflict(format!("device {}/{}", d.device_type, d.device_id)))
+    }
+
+    pub async fn device(&self, device_type: &str, device_id: &str) -> Result<Option<DeviceRow>, StoreError> {
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE device_type = $1 AND device_id = $2");
+        Ok(
+            with_pool!(self, pool => sqlx::query_as(trusted(&sql)).bind(device_type).bind(device_id).fetch_optional(pool).await?),
+        )
+    }
+
+    pub async fn device_by_key(&self, id: i64) -> Result<Option<DeviceRow>, StoreError> {
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1");
+        Ok(with_pool!(self, pool => sqlx::query_as(trusted(&sql)).bind(id).fetch_optional(pool).await?))
+    }
+
+    /// Devices, filtered, in key order after `after`, at most `limit`.
+    pub async fn list_devices(
+        &self,
+        device_type: Option<&str>,
+        status: Option<&str>,
+        tag: Option<&str>,
+        group: Option<&str>,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<DeviceRow>, StoreError> {
+        let sql = format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices d WHERE id > $1
+               AND ($2 IS NULL OR device_type = $2)
+               AND ($3 IS NULL OR status = $3)
+               AND ($4 IS NULL OR EXISTS (SELECT 1 FROM device_tags t WHERE t.device = d.id AND t.tag = $4))
+               AND ($5 IS NULL OR EXISTS (SELECT 1 FROM group_members m JOIN device_groups g ON g.id = m.group_id
+                                          WHERE m.device = d.id AND g.name = $5))
+             ORDER BY id LIMIT $6"
+        );
+        Ok(with_pool!(self, pool => sqlx::query_as(trusted(&sql))
+            .bind(after).bind(device_type).bind(status).bind(tag).bind(group).bind(limit)
+            .fetch_all(pool).await?))
+    }
+
+    /// Record that a device called in: last seen, merged metadata, new session state.
+    pub async fn touch_device(
+        &self,
+        device: i64,
+        info: &[(String, String)],
+        session: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        with_pool!(self, pool => {
+            if info.is_empty() {
+                sqlx::query("UPDATE devices SET last_seen_at = $1, session = COALESCE($2, session) WHERE id = $3")
+                    .bind(now).bind(session).bind(device).execute(pool).await?;
+            } else {
+                let mut tx = pool.begin().await?;
+                let current: Option<(String,)> = sqlx::query_as("SELECT metadata FROM devices WHERE id = $1")
+                    .bind(device).fetch_optional(&mut *tx).await?;
+                let mut map: serde_json::Map<String, serde_json::Value> =
+                    current.and_then(|(m,)| serde_json::from_str(&m).ok()).unwrap_or_default();
+                for (k, v) in info {
+                    map.insert(k.clone(), serde_json::Value::String(v.clone()));
+                }
+                sqlx::query("UPDATE devices SET last_seen_at = $1, session = COALESCE($2, session), metadata = $3 WHERE id = $4")
+                    .bind(now).bind(session).bind(serde_json::Value::Object(map).to_string()).bind(device)
+                    .execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
+        });
+        Ok(())
+    }
+
+    pub async fn tags(&self, device: i64) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = with_pool!(self, pool => sqlx::query_as("SELECT tag FROM device_tags WHERE device = $1 ORDER BY tag")
+            .bind(device).fetch_all(pool).await?);
+        Ok(rows.into_iter().map(|(t,)| t).collect())
+    }
+
+    /// Replace a device's tags.
+    pub async fn set_tags(&self, device: i64, tags: &[String]) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM device_tags WHERE device = $1").bind(device).execute(&mut *tx).await?;
+            if !tags.is_empty() {
+                let sql = format!("INSERT INTO device_tags (device, tag) VALUES {}", values_placeholders(tags.len(), 2, 1));
+                let mut q = sqlx::query(trusted(&sql));
+                for t in tags {
+                    q = q.bind(device).bind(t);
+                }
+                q.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    pub async fn create_group(&self, name: &str, description: &str) -> Result<GroupRow, StoreError> {
+        let r = with_pool!(self, pool => sqlx::query_as(
+                "INSERT INTO device_groups (name, description, created_at) VALUES ($1, $2, $3) RETURNING id, name, description, created_at")
+            .bind(name).bind(description).bind(now_ms()).fetch_one(pool).await);
+        r.map_err(|e| StoreError::conflict_or(e, || format!("group `{name}`")))
+    }
+
+    pub async fn group(&self, name: &str) -> Result<Option<GroupRow>, StoreError> {
+        Ok(
+            with_pool!(self, pool => sqlx::query_as("SELECT id, name, description, created_at FROM device_groups WHERE name = $1")
+            .bind(name).fetch_optional(pool).await?),
+        )
+    }
+
+    pub async fn groups(&self) -> Result<Vec<GroupRow>, StoreError> {
+        Ok(
+            with_pool!(self, pool => sqlx::query_as("SELECT id, name, description, created_at FROM device_groups ORDER BY name")
+            .fetch_all(pool).await?),
+        )
+    }
+
+    /// Add devices (by key) to a group; members already in it are left alone.
+    pub async fn add_members(&self, group: i64, devices: &[i64]) -> Result<(), StoreError> {
+        for chunk in devices.chunks(500) {
+            let sql = format!(
+                "INSERT INTO group_members (group_id, device) VALUES {} ON CONFLICT DO NOTHING",
+                values_placeholders(chunk.len(), 2, 1)
+            );
+            with_pool!(self, pool => {
+                let mut q = sqlx::query(trusted(&sql));
+                for d in chunk {
+                    q = q.bind(group).bind(*d);
+                }
+                q.execute(pool).await?;
+            });
+        }
+        Ok(())
+    }
+
+    /// Keys of the active devices in groups `groups` or carrying any of `tags`.
+    pub async fn devices_in(&self, groups: &[String], tags: &[String]) -> Result<Vec<i64>, StoreError> {
+        let mut out = Vec::new();
+        if !groups.is_empty() {
+            let sql = format!(
+                "SELECT DISTINCT m.device FROM group_members m JOIN device_groups g ON g.id = m.group_id
+                 JOIN devices d ON d.id = m.device WHERE d.status <> 'removed' AND g.name IN ({}) ORDER BY m.device",
+                list_placeholders(groups.len(), 1)
+            );
+            let rows: Vec<(i64,)> = with_pool!(self, pool => {
+                let mut q = sqlx::query_as(trusted(&sql));
+                for g in groups { q = q.bind(g); }
+                q.fetch_all(pool).await?
+            });
+            out.extend(rows.into_iter().map(|(d,)| d));
+        }
+        if !tags.is_empty() {
+            let sql = format!(
+                "SELECT DISTINCT t.device FROM device_tags t JOIN devices d ON d.id = t.device
+                 WHERE d.status <> 'removed' AND t.tag IN ({}) ORDER BY t.device",
+                list_placeholders(tags.len(), 1)
+            );
+            let rows: Vec<(i64,)> = with_pool!(self, pool => {
+                let mut q = sqlx::query_as(trusted(&sql));
+                for t in tags { q = q.bind(t); }
+                q.fetch_all(pool).await?
+            });
+            out.extend(rows.into_iter().map(|(d,)| d));
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+}

@@ -1,0 +1,160 @@
+//! Storage: the only module that speaks SQL.
+//!
+//! Two backends, SQLite (default) and PostgreSQL, run the same SQL text: every statement
+//! is written once and [`with_pool!`] hands it to the configured backend's pool, where it
+//! is monomorphic (rows decode through `sqlx::FromRow`, which is generic over the
+//! database). The dialects differ only in the migrations (`host/migrations/{sqlite,
+//! postgres}`). See docs/operations.md.
+
+mod devices;
+mod operations;
+mod tokens;
+
+pub use devices::{DeviceRow, GroupRow, NewDevice};
+pub use operations::{ActivityRow, NewActivity, OperationRow, QueuedOperation, ResultOutcome, TransitionRow};
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The database. Cheap to clone (pools are shared).
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+/// Run `$body` with `$pool` bound to the backend's pool. The body is compiled once per
+/// backend, so it must be SQL both understand.
+macro_rules! with_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite($pool) => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_pool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("database URL `{0}`: use sqlite://PATH or postgres://USER@HOST/DB")]
+    Url(String),
+}
+
+impl StoreError {
+    /// Map a unique-constraint violation to `Conflict(what)`.
+    pub(crate) fn conflict_or(e: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
+        match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(what()),
+            _ => StoreError::Db(e),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch: the time format of every table.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Store {
+    /// Connect to `url` (`sqlite://PATH` or `postgres://…`) and apply migrations.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(|_| StoreError::Url(url.into()))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            Self::sqlite(options).await
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url).map_err(|_| StoreError::Url(url.into()))?;
+            Self::postgres(options).await
+        } else {
+            Err(StoreError::Url(url.into()))
+        }
+    }
+
+    pub async fn sqlite(options: SqliteConnectOptions) -> Result<Store, StoreError> {
+        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Store { backend: Backend::Sqlite(pool) })
+    }
+
+    pub async fn postgres(options: PgConnectOptions) -> Result<Store, StoreError> {
+        let pool = PgPoolOptions::new().max_connections(16).connect_with(options).await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Store { backend: Backend::Postgres(pool) })
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn close(&self) {
+        with_pool!(self, pool => pool.close().await)
+    }
+}
+
+/// Mark SQL built at run time as safe. Only for text made from constants and the
+/// placeholder lists below, never from input: every value goes through `.bind`.
+pub(crate) fn trusted(text: &str) -> sqlx::AssertSqlSafe<&str> {
+    sqlx::AssertSqlSafe(text)
+}
+
+/// `($1, $2, …), ($k, …)` for `rows` rows of `cols` columns, numbering from `first`.
+pub(crate) fn values_placeholders(rows: usize, cols: usize, first: usize) -> String {
+    let mut s = String::with_capacity(rows * cols * 5);
+    let mut n = first;
+    for r in 0..rows {
+        if r > 0 {
+            s.push_str(", ");
+        }
+        s.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                s.push_str(", ");
+            }
+            s.push('$');
+            s.push_str(&n.to_string());
+            n += 1;
+        }
+        s.push(')');
+    }
+    s
+}
+
+/// `$first, $first+1, …` for an `IN (…)` list of `n` items.
+pub(crate) fn list_placeholders(n: usize, first: usize) -> String {
+    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn placeholders() {
+        assert_eq!(super::values_placeholders(2, 2, 3), "($3, $4), ($5, $6)");
+        assert_eq!(super::list_placeholders(3, 2), "$2, $3, $4");
+    }
+}

@@ -1,0 +1,351 @@
+//! Activities, operations and their transitions. Every state change goes through
+//! [`crate::ops::next`] and is recorded in `transitions` in the same transaction.
+
+use super::{Backend, Store, StoreError, list_placeholders, now_ms, trusted, values_placeholders, with_pool};
+use crate::ops::{self, Attempts, Event, State};
+use serde::Serialize;
+
+/// What an admin adds.
+#[derive(Debug, Clone)]
+pub struct NewActivity {
+    pub code: String,
+    /// `command`, `profile` or `policy`.
+    pub kind: String,
+    pub payload: Option<String>,
+    pub created_by: String,
+    pub expires_at: Option<i64>,
+    pub max_attempts: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct ActivityRow {
+    pub id: i64,
+    pub code: String,
+    pub kind: String,
+    #[serde(skip)]
+    pub payload: Option<String>,
+    pub created_by: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub max_attempts: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct OperationRow {
+    pub id: i64,
+    pub activity: i64,
+    #[serde(skip)]
+    pub device: i64,
+    pub code: String,
+    pub kind: String,
+    pub state: String,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub expires_at: Option<i64>,
+    /// The device's last response (JSON text).
+    pub response: Option<String>,
+}
+
+/// An operation ready to hand to a plugin's `encode`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct QueuedOperation {
+    pub id: i64,
+    pub code: String,
+    pub kind: String,
+    pub payload: Option<String>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct TransitionRow {
+    pub operation: i64,
+    pub from_state: String,
+    pub to_state: String,
+    pub actor: String,
+    pub at: i64,
+    pub response: Option<String>,
+}
+
+/// What became of one reported result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum ResultOutcome {
+    Applied {
+        operation: i64,
+        from: State,
+        to: State,
+    },
+    /// Nothing changed: a repeated report, or one for a finished operation.
+    Unchanged {
+        operation: i64,
+        state: State,
+    },
+    /// No such operation for this device.
+    Unknown {
+        operation: i64,
+    },
+}
+
+const OP_COLUMNS: &str =
+    "id, activity, device, code, kind, state, attempts, max_attempts, created_at, updated_at, expires_at, response";
+
+impl Store {
+    /// Store an activity and one operation per device in `devices` (keys), in one
+    /// transaction, before anything is delivered. A command supersedes older PENDING
+    /// commands with the same code for the same devices (REPEATED).
+    pub async fn add_activity(&self, a: &NewActivity, devices: &[i64]) -> Result<ActivityRow, StoreError> {
+        let now = now_ms();
+        let actor = a.created_by.clone();
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let activity: ActivityRow = sqlx::query_as(
+                "INSERT INTO activities (code, kind, payload, created_by, created_at, expires_at, max_attempts)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 RETURNING id, code, kind, payload, created_by, created_at, expires_at, max_attempts")
+                .bind(&a.code).bind(&a.kind).bind(&a.payload).bind(&a.created_by).bind(now)
+                .bind(a.expires_at).bind(a.max_attempts)
+                .fetch_one(&mut *tx).await?;
+            for chunk in devices.chunks(500) {
+                if a.kind == "command" {
+                    let list = list_placeholders(chunk.len(), 5);
+                    let transition = format!(
+                        "INSERT INTO transitions (operation, from_state, to_state, actor, at)
+                         SELECT id, state, 'REPEATED', $1, $2 FROM operations
+                         WHERE code = $3 AND kind = 'command' AND state = 'PENDING' AND activity <> $4 AND device IN ({list})");
+                    let update = format!(
+                        "UPDATE operations SET state = 'REPEATED', updated_at = $2
+                         WHERE code = $3 AND kind = 'command' AND state = 'PENDING' AND activity <> $4 AND device IN ({list})
+                           AND $1 = $1");
+                    for sql in [&transition, &update] {
+                        let mut q = sqlx::query(trusted(sql)).bind(&actor).bind(now).bind(&a.code).bind(activity.id);
+                        for d in chunk {
+                            q = q.bind(*d);
+                        }
+                        q.execute(&mut *tx).await?;
+                    }
+                }
+                let sql = format!(
+                    "INSERT INTO operations (activity, device, code, kind, state, attempts, created_at, updated_at, expires_at, max_attempts)
+                     VALUES {}", values_placeholders(chunk.len(), 10, 1));
+                let mut q = sqlx::query(trusted(&sql));
+                for d in chunk {
+                    q = q.bind(activity.id).bind(*d).bind(&a.code).bind(&a.kind).bind("PENDING").bind(0i64)
+                        .bind(now).bind(now).bind(a.expires_at).bind(a.max_attempts);
+                }
+                q.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(activity)
+        })
+    }
+
+    /// A device's queued operations (PENDING or NOTNOW), oldest first, at most `limit`.
+    /// Operations past their TTL are expired first, so they are never offered.
+    pub async fn queued(&self, device: i64, limit: i64) -> Result<Vec<QueuedOperation>, StoreError> {
+        let now = now_ms();
+        self.expire(Some(device), now).await?;
+        Ok(with_pool!(self, pool => sqlx::query_as(
+                "SELECT o.id, o.code, o.kind, a.payload FROM operations o JOIN activities a ON a.id = o.activity
+                 WHERE o.device = $1 AND o.state IN ('PENDING', 'NOTNOW') ORDER BY o.id LIMIT $2")
+            .bind(device).bind(limit).fetch_all(pool).await?))
+    }
+
+    /// Expire live operations past their TTL: one device's, or everyone's (`None`).
+    /// Returns how many expired.
+    pub async fn expire(&self, device: Option<i64>, now: i64) -> Result<u64, StoreError> {
+        let filter = "state IN ('PENDING', 'NOTNOW', 'IN_PROGRESS') AND expires_at IS NOT NULL AND expires_at <= $1
+                      AND ($2 IS NULL OR device = $2)";
+        let transition = format!(
+            "INSERT INTO transitions (operation, from_state, to_state, actor, at)
+             SELECT id, state, 'EXPIRED', 'system', $1 FROM operations WHERE {filter}"
+        );
+        let update = format!("UPDATE operations SET state = 'EXPIRED', updated_at = $1 WHERE {filter}");
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(trusted(&transition)).bind(now).bind(device).execute(&mut *tx).await?;
+            let n = sqlx::query(trusted(&update)).bind(now).bind(device).execute(&mut *tx).await?.rows_affected();
+            tx.commit().await?;
+            Ok(n)
+        })
+    }
+
+    /// Mark operations the device was just given as IN_PROGRESS and count the attempt.
+    /// Only queued operations of this device move; anything else is left alone.
+    pub async fn mark_delivered(&self, device: i64, ids: &[i64], actor: &str) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let list = list_placeholders(ids.len(), 4);
+        let transition = format!(
+            "INSERT INTO transitions (operation, from_state, to_state, actor, at)
+             SELECT id, state, 'IN_PROGRESS', $1, $2 FROM operations
+             WHERE device = $3 AND state IN ('PENDING', 'NOTNOW') AND id IN ({list})"
+        );
+        let update = format!(
+            "UPDATE operations SET state = 'IN_PROGRESS', attempts = attempts + 1, updated_at = $2
+             WHERE device = $3 AND state IN ('PENDING', 'NOTNOW') AND id IN ({list}) AND $1 = $1"
+        );
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for sql in [&transition, &update] {
+                let mut q = sqlx::query(trusted(sql)).bind(actor).bind(now).bind(device);
+                for id in ids {
+                    q = q.bind(*id);
+                }
+                q.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Apply results a device reported, in one transaction. Reports for operations the
+    /// device does not have are `Unknown`; reports that change nothing are `Unchanged`.
+    pub async fn apply_results(
+        &self,
+        device: i64,
+        results: &[(i64, ops::Reported, Option<String>)],
+    ) -> Result<Vec<ResultOutcome>, StoreError> {
+        let events: Vec<_> = results.iter().map(|(id, r, resp)| (*id, Event::Result(*r), resp.clone())).collect();
+        self.apply_events(device, &events, "device").await
+    }
+
+    /// Give up on one operation of a device (its plugin cannot encode it): ERROR now.
+    pub async fn fail(
+        &self,
+        device: i64,
+        operation: i64,
+        response: String,
+        actor: &str,
+    ) -> Result<ResultOutcome, StoreError> {
+        let mut out = self.apply_events(device, &[(operation, Event::Fail, Some(response))], actor).await?;
+        Ok(out.remove(0))
+    }
+
+    /// Move operations of one device by `events`, each through [`ops::next`], recording
+    /// every change as a transition by `actor`; all in one transaction.
+    pub async fn apply_events(
+        &self,
+        device: i64,
+        results: &[(i64, Event, Option<String>)],
+        actor: &str,
+    ) -> Result<Vec<ResultOutcome>, StoreError> {
+        let now = now_ms();
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut out = Vec::with_capacity(results.len());
+            for (id, event, response) in results {
+                let row: Option<(String, i64, i64)> = sqlx::query_as(
+                    "SELECT state, attempts, max_attempts FROM operations WHERE id = $1 AND device = $2")
+                    .bind(*id).bind(device).fetch_optional(&mut *tx).await?;
+                let Some((state, made, max)) = row else {
+                    out.push(ResultOutcome::Unknown { operation: *id });
+                    continue;
+                };
+                let from = State::parse(&state).unwrap_or(State::Error);
+                match ops::next(from, *event, Attempts { made, max }) {
+                    None => out.push(ResultOutcome::Unchanged { operation: *id, state: from }),
+                    Some(to) => {
+                        sqlx::query("UPDATE operations SET state = $1, response = COALESCE($2, response), updated_at = $3
+                                     WHERE id = $4 AND state = $5")
+                            .bind(to.as_str()).bind(response).bind(now).bind(*id).bind(from.as_str())
+                            .execute(&mut *tx).await?;
+                        sqlx::query("INSERT INTO transitions (operation, from_state, to_state, actor, at, response)
+                                     VALUES ($1, $2, $3, $4, $5, $6)")
+                            .bind(*id).bind(from.as_str()).bind(to.as_str()).bind(actor).bind(now).bind(response)
+                            .execute(&mut *tx).await?;
+                        out.push(ResultOutcome::Applied { operation: *id, from, to });
+                    }
+                }
+            }
+            tx.commit().await?;
+            Ok(out)
+        })
+    }
+
+    /// Cancel live operations: one (`operation`), a whole activity, or a device's
+    /// (disenrollment). Returns how many were cancelled.
+    pub async fn cancel(
+        &self,
+        operation: Option<i64>,
+        activity: Option<i64>,
+        device: Option<i64>,
+        actor: &str,
+    ) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let filter = "state IN ('PENDING', 'NOTNOW', 'IN_PROGRESS')
+                      AND ($3 IS NULL OR id = $3) AND ($4 IS NULL OR activity = $4) AND ($5 IS NULL OR device = $5)";
+        let transition = format!(
+            "INSERT INTO transitions (operation, from_state, to_state, actor, at)
+             SELECT id, state, 'CANCELLED', $1, $2 FROM operations WHERE {filter}"
+        );
+        let update = format!("UPDATE operations SET state = 'CANCELLED', updated_at = $2 WHERE {filter} AND $1 = $1");
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut n = 0;
+            for sql in [&transition, &update] {
+                n = sqlx::query(trusted(sql)).bind(actor).bind(now).bind(operation).bind(activity).bind(device)
+                    .execute(&mut *tx).await?.rows_affected();
+            }
+            tx.commit().await?;
+            Ok(n)
+        })
+    }
+
+    /// Disenroll: cancel every live operation, revoke credentials, mark removed.
+    pub async fn disenroll(&self, device: i64, actor: &str) -> Result<u64, StoreError> {
+        let cancelled = self.cancel(None, None, Some(device), actor).await?;
+        let now = now_ms();
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("UPDATE device_credentials SET revoked_at = $1 WHERE device = $2 AND revoked_at IS NULL")
+                .bind(now).bind(device).execute(&mut *tx).await?;
+            sqlx::query("UPDATE devices SET status = 'removed' WHERE id = $1").bind(device).execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        Ok(cancelled)
+    }
+
+    pub async fn operation(&self, id: i64) -> Result<Option<OperationRow>, StoreError> {
+        let sql = format!("SELECT {OP_COLUMNS} FROM operations WHERE id = $1");
+        Ok(with_pool!(self, pool => sqlx::query_as(trusted(&sql)).bind(id).fetch_optional(pool).await?))
+    }
+
+    /// Operations filtered by device, activity and state, in id order after `after`.
+    pub async fn operations(
+        &self,
+        device: Option<i64>,
+        activity: Option<i64>,
+        state: Option<&str>,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<OperationRow>, StoreError> {
+        let sql = format!(
+            "SELECT {OP_COLUMNS} FROM operations WHERE id > $1 AND ($2 IS NULL OR device = $2)
+               AND ($3 IS NULL OR activity = $3) AND ($4 IS NULL OR state = $4) ORDER BY id LIMIT $5"
+        );
+        Ok(with_pool!(self, pool => sqlx::query_as(trusted(&sql))
+            .bind(after).bind(device).bind(activity).bind(state).bind(limit).fetch_all(pool).await?))
+    }
+
+    pub async fn transitions(&self, operation: i64) -> Result<Vec<TransitionRow>, StoreError> {
+        Ok(with_pool!(self, pool => sqlx::query_as(
+                "SELECT operation, from_state, to_state, actor, at, response FROM transitions WHERE operation = $1 ORDER BY id")
+            .bind(operation).fetch_all(pool).await?))
+    }
+
+    pub async fn activity(&self, id: i64) -> Result<Option<ActivityRow>, StoreError> {
+        Ok(with_pool!(self, pool => sqlx::query_as(
+                "SELECT id, code, kind, payload, created_by, created_at, expires_at, max_attempts FROM activities WHERE id = $1")
+            .bind(id).fetch_optional(pool).await?))
+    }
+
+    /// Operation counts per state for an activity.
+    pub async fn activity_counts(&self, id: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(with_pool!(self, pool => sqlx::query_as(
+                "SELECT state, COUNT(*) FROM operations WHERE activity = $1 GROUP BY state ORDER BY state")
+            .bind(id).fetch_all(pool).await?))
+    }
+}

@@ -1,0 +1,49 @@
+//! Stored credentials: device access tokens and admin tokens, by SHA-256 only.
+
+use super::devices::DeviceRow;
+use super::{Backend, Store, StoreError, now_ms, with_pool};
+
+impl Store {
+    pub async fn insert_device_credential(
+        &self,
+        device: i64,
+        token_hash: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        with_pool!(self, pool => sqlx::query(
+                "INSERT INTO device_credentials (token_hash, device, created_at, expires_at) VALUES ($1, $2, $3, $4)")
+            .bind(token_hash).bind(device).bind(now_ms()).bind(expires_at).execute(pool).await.map(|_| ())?);
+        Ok(())
+    }
+
+    /// The device a live (unexpired, unrevoked) credential belongs to, unless removed.
+    pub async fn device_for_credential(&self, token_hash: &str) -> Result<Option<DeviceRow>, StoreError> {
+        Ok(with_pool!(self, pool => sqlx::query_as(
+                "SELECT d.id, d.device_type, d.device_id, d.name, d.owner, d.ownership, d.status, d.metadata,
+                        d.push_token, d.session, d.enrolled_at, d.last_seen_at
+                 FROM device_credentials c JOIN devices d ON d.id = c.device
+                 WHERE c.token_hash = $1 AND c.revoked_at IS NULL AND c.expires_at > $2 AND d.status <> 'removed'")
+            .bind(token_hash).bind(now_ms()).fetch_optional(pool).await?))
+    }
+
+    /// Revoke every credential of a device; returns how many were live.
+    pub async fn revoke_device_credentials(&self, device: i64) -> Result<u64, StoreError> {
+        Ok(with_pool!(self, pool => sqlx::query(
+                "UPDATE device_credentials SET revoked_at = $1 WHERE device = $2 AND revoked_at IS NULL")
+            .bind(now_ms()).bind(device).execute(pool).await?.rows_affected()))
+    }
+
+    pub async fn insert_admin_token(&self, token_hash: &str, name: &str, role: &str) -> Result<(), StoreError> {
+        let r = with_pool!(self, pool => sqlx::query(
+                "INSERT INTO admin_tokens (token_hash, name, role, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(token_hash).bind(name).bind(role).bind(now_ms()).execute(pool).await.map(|_| ()));
+        r.map_err(|e| StoreError::conflict_or(e, || "that admin token".into()))
+    }
+
+    /// `(name, role)` of a live admin token.
+    pub async fn admin_for_token(&self, token_hash: &str) -> Result<Option<(String, String)>, StoreError> {
+        Ok(with_pool!(self, pool => sqlx::query_as(
+                "SELECT name, role FROM admin_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
+            .bind(token_hash).fetch_optional(pool).await?))
+    }
+}

@@ -1,0 +1,375 @@
+//! The operation engine end to end: a real server over HTTP, the real Android plugin,
+//! devices speaking the WSO2 agent's JSON. Every scenario runs on SQLite and PostgreSQL.
+
+use drover_tests::{TestServer, e2e};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/../plugins/android/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// A simulated Android agent.
+struct Agent<'a> {
+    server: &'a TestServer,
+    id: String,
+    token: String,
+}
+
+impl<'a> Agent<'a> {
+    async fn enroll(server: &'a TestServer, id: &str) -> Agent<'a> {
+        let body = fixture("enroll.json").replace("354956090214718", id);
+        let r = server
+            .http
+            .post(server.url("/agent/v1/android/enroll"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["device_id"], id);
+        Agent { server, id: id.into(), token: v["access_token"].as_str().unwrap().into() }
+    }
+
+    /// PUT the agent's results and return (status, body).
+    async fn poll_raw(&self, body: &str) -> (StatusCode, String) {
+        let url = self.server.url(&format!("/agent/v1/android/devices/{}/pending-operations", self.id));
+        let r = self
+            .server
+            .http
+            .put(url)
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.text().await.unwrap())
+    }
+
+    /// Report `results` and return the operations handed out.
+    async fn poll(&self, results: Value) -> Vec<Value> {
+        let (status, body) = self.poll_raw(&results.to_string()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        serde_json::from_str::<Vec<Value>>(&body).unwrap()
+    }
+}
+
+fn result(op: &Value, status: &str, response: Value) -> Value {
+    json!({"id": op["id"], "code": op["code"], "type": op["type"], "status": status, "operationResponse": response})
+}
+
+async fn add(server: &TestServer, body: Value) -> (StatusCode, Value) {
+    let r = server.admin(Method::POST, "/api/v1/operations").json(&body).send().await.unwrap();
+    (r.status(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn add_ok(server: &TestServer, device: &str, code: &str, payload: Value) -> i64 {
+    let (status, v) = add(
+        server,
+        json!({"code": code, "payload": payload, "targets": {"devices": [{"type": "android", "id": device}]}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    v["activity"]["id"].as_i64().unwrap()
+}
+
+async fn get(server: &TestServer, path: &str) -> Value {
+    let r = server.admin(Method::GET, path).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{path}");
+    r.json().await.unwrap()
+}
+
+async fn op(server: &TestServer, id: &Value) -> Value {
+    get(server, &format!("/api/v1/operations/{id}")).await
+}
+
+async fn ops_of_activity(server: &TestServer, activity: i64) -> Vec<Value> {
+    get(server, &format!("/api/v1/operations?activity={activity}")).await["items"].as_array().unwrap().clone()
+}
+
+fn states(transitions: &Value) -> Vec<(String, String, String)> {
+    transitions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["from_state"].as_str().unwrap().into(),
+                t["to_state"].as_str().unwrap().into(),
+                t["actor"].as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
+fn s(a: &str, b: &str, c: &str) -> (String, String, String) {
+    (a.into(), b.into(), c.into())
+}
+
+async fn poll_delivers_and_results_complete(server: &TestServer) {
+    let agent = Agent::enroll(server, "355000000000001").await;
+    assert!(agent.poll(json!([])).await.is_empty(), "nothing queued yet");
+    add_ok(server, &agent.id, "DEVICE_RING", Value::Null).await;
+    let got = agent.poll(json!([])).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["code"], "DEVICE_RING");
+    assert_eq!(got[0]["type"], "COMMAND");
+    assert_eq!(op(server, &got[0]["id"]).await["state"], "IN_PROGRESS");
+
+    let report = json!([result(&got[0], "COMPLETED", json!("rang"))]);
+    assert!(agent.poll(report.clone()).await.is_empty());
+    let done = op(server, &got[0]["id"]).await;
+    assert_eq!(done["state"], "COMPLETED");
+    assert_eq!(done["response"], "\"rang\"");
+    assert_eq!(done["device"], json!({"type": "android", "id": agent.id}));
+    let expected = vec![s("PENDING", "IN_PROGRESS", "delivery:poll"), s("IN_PROGRESS", "COMPLETED", "device")];
+    assert_eq!(states(&done["transitions"]), expected);
+
+    // The same report again changes nothing and records nothing.
+    assert!(agent.poll(report).await.is_empty());
+    assert_eq!(states(&op(server, &got[0]["id"]).await["transitions"]), expected);
+}
+e2e!(poll_delivers_and_results_complete, super::poll_delivers_and_results_complete);
+
+async fn order_and_repeated(server: &TestServer) {
+    let agent = Agent::enroll(server, "355000000000002").await;
+    let first_ring = add_ok(server, &agent.id, "DEVICE_RING", Value::Null).await;
+    add_ok(server, &agent.id, "NOTIFICATION", json!({"messageTitle": "Hi", "messageText": "Update tonight"})).await;
+    add_ok(server, &agent.id, "CAMERA", json!({"enabled": false})).await;
+    let second_ring = add_ok(server, &agent.id, "DEVICE_RING", Value::Null).await;
+    add_ok(server, &agent.id, "DEVICE_LOCK", json!({"message": "Locked by IT"})).await;
+
+    let older = &ops_of_activity(server, first_ring).await[0];
+    assert_eq!(older["state"], "REPEATED");
+    let t = op(server, &older["id"]).await;
+    assert_eq!(states(&t["transitions"]), vec![s("PENDING", "REPEATED", "admin:bootstrap")]);
+
+    let got = agent.poll(json!([])).await;
+    let codes: Vec<&str> = got.iter().map(|o| o["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["NOTIFICATION", "CAMERA", "DEVICE_RING", "DEVICE_LOCK"]);
+    assert_eq!(got[2]["id"], ops_of_activity(server, second_ring).await[0]["id"]);
+    assert_eq!(got[1]["type"], "PROFILE");
+    // The payload reaches the agent as the JSON string it parses.
+    let payload: Value = serde_json::from_str(got[1]["payLoad"].as_str().unwrap()).unwrap();
+    assert_eq!(payload, json!({"enabled": false}));
+    let ids: Vec<i64> = got.iter().map(|o| o["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "adding order: {ids:?}");
+}
+e2e!(order_and_repeated, super::order_and_repeated);
+
+async fn retries_not_now_and_poison(server: &TestServer) {
+    let agent = Agent::enroll(server, "355000000000003").await;
+    let (status, v) = add(
+        server,
+        json!({"code": "REBOOT", "retries": 1, "targets": {"devices": [{"type": "android", "id": agent.id}]}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let got = agent.poll(json!([])).await;
+    // First failure: one retry left, so it is queued again and re-delivered.
+    let again = agent.poll(json!([result(&got[0], "ERROR", json!("busy"))])).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0]["id"], got[0]["id"]);
+    assert!(agent.poll(json!([result(&again[0], "ERROR", json!("still busy"))])).await.is_empty());
+    let o = op(server, &got[0]["id"]).await;
+    assert_eq!(o["state"], "ERROR");
+    assert_eq!(o["attempts"], 2);
+
+    // NOTNOW keeps it queued; the next call offers it again.
+    add_ok(server, &agent.id, "DEVICE_INFO", Value::Null).await;
+    let info = agent.poll(json!([])).await;
+    let offered = agent.poll(json!([result(&info[0], "NOT_NOW", Value::Null)])).await;
+    assert_eq!(offered[0]["id"], info[0]["id"]);
+    assert_eq!(op(server, &info[0]["id"]).await["state"], "IN_PROGRESS");
+    let t = states(&op(server, &info[0]["id"]).await["transitions"]);
+    assert_eq!(t[1], s("IN_PROGRESS", "NOTNOW", "device"));
+    assert_eq!(t[2], s("NOTNOW", "IN_PROGRESS", "delivery:poll"));
+}
+e2e!(retries_not_now_and_poison, super::retries_not_now_and_poison);
+
+async fn cancel_ttl_and_disenroll(server: &TestServer) {
+    let agent = Agent::enroll(server, "355000000000004").await;
+    let a = add_ok(server, &agent.id, "DEVICE_RING", Value::Null).await;
+    let ring = ops_of_activity(server, a).await[0]["id"].clone();
+    let r = server.admin(Method::POST, &format!("/api/v1/operations/{ring}/cancel")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = server.admin(Method::POST, &format!("/api/v1/operations/{ring}/cancel")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert!(agent.poll(json!([])).await.is_empty(), "a cancelled operation is not delivered");
+
+    // TTL: expires before the device calls in.
+    let (status, v) = add(
+        server,
+        json!({"code": "DEVICE_INFO", "ttl_secs": 1, "targets": {"devices": [{"type": "android", "id": agent.id}]}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert!(agent.poll(json!([])).await.is_empty(), "an expired operation is not delivered");
+    let expired = &ops_of_activity(server, v["activity"]["id"].as_i64().unwrap()).await[0];
+    assert_eq!(expired["state"], "EXPIRED");
+
+    // Activity cancel, with counts per state.
+    let act = add_ok(server, &agent.id, "DEVICE_LOCK", Value::Null).await;
+    let r = server.admin(Method::POST, &format!("/api/v1/activities/{act}/cancel")).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["cancelled"], 1);
+    assert_eq!(get(server, &format!("/api/v1/activities/{act}")).await["counts"], json!({"CANCELLED": 1}));
+
+    // Disenrollment cancels what is live and revokes the credential.
+    add_ok(server, &agent.id, "DEVICE_LOCATION", Value::Null).await;
+    let delivered = agent.poll(json!([])).await;
+    let pending = add_ok(server, &agent.id, "DEVICE_INFO", Value::Null).await;
+    let r = server.admin(Method::DELETE, &format!("/api/v1/devices/android/{}", agent.id)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["cancelled_operations"], 2);
+    assert_eq!(op(server, &delivered[0]["id"]).await["state"], "CANCELLED");
+    assert_eq!(ops_of_activity(server, pending).await[0]["state"], "CANCELLED");
+    let (status, _) = agent.poll_raw("[]").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+e2e!(cancel_ttl_and_disenroll, super::cancel_ttl_and_disenroll);
+
+async fn bad_input_changes_nothing(server: &TestServer) {
+    let agent = Agent::enroll(server, "355000000000005").await;
+    let other = Agent::enroll(server, "355000000000006").await;
+    let target = json!({"devices": [{"type": "android", "id": agent.id}]});
+
+    let (st, v) =
+        add(server, json!({"code": "DEVICE_RING", "targets": {"devices": [{"type": "android", "id": "nope"}]}})).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("unknown_device")), "{v}");
+    let (st, v) = add(server, json!({"code": "FLY_AWAY", "targets": target})).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("unknown_operation")), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("FLY_AWAY"));
+    let (st, v) = add(server, json!({"code": "WIPE_DATA", "payload": {"pin": "12"}, "targets": target})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(v["error"]["message"].as_str().unwrap().contains("pin"), "{v}");
+    let r = server
+        .admin(Method::POST, "/api/v1/operations")
+        .header("content-type", "application/json")
+        .body("{\"code\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "malformed_json");
+
+    // Roles: no token, a bad token, a viewer writing.
+    let r = server.http.post(server.url("/api/v1/operations")).json(&json!({})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = server.http.get(server.url("/api/v1/devices")).bearer_auth("drv_admin_forged").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = server
+        .admin(Method::POST, "/api/v1/admin-tokens")
+        .json(&json!({"name": "auditor", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let viewer = r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string();
+    let r = server
+        .http
+        .post(server.url("/api/v1/operations"))
+        .bearer_auth(&viewer)
+        .json(&json!({"code": "DEVICE_RING", "targets": target}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = server.http.get(server.url("/api/v1/devices")).bearer_auth(&viewer).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Device tokens are not admin tokens.
+    let r = server.http.get(server.url("/api/v1/devices")).bearer_auth(&agent.token).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // A delivered operation, then bad reports: nothing may change.
+    add_ok(server, &agent.id, "DEVICE_INFO", Value::Null).await;
+    let got = agent.poll(json!([])).await;
+    let before = op(server, &got[0]["id"]).await;
+    let (st, body) = agent.poll_raw("[{\"id\": \"seven\"}]").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(body.contains("bad_device_message") && body.contains("result 0"), "{body}");
+    let (st, _) = agent.poll_raw("{not json").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    // Another device's token on this device's path: refused by the plugin, nothing changes.
+    let url = server.url(&format!("/agent/v1/android/devices/{}/pending-operations", agent.id));
+    let r = server
+        .http
+        .put(url)
+        .bearer_auth(&other.token)
+        .body(json!([result(&got[0], "COMPLETED", Value::Null)]).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Another device reporting this device's operation on its own path: ignored.
+    assert!(other.poll(json!([result(&got[0], "COMPLETED", Value::Null)])).await.is_empty());
+    assert_eq!(op(server, &got[0]["id"]).await, before, "bad reports changed the operation");
+}
+e2e!(bad_input_changes_nothing, super::bad_input_changes_nothing);
+
+async fn groups_and_tags_fan_out(server: &TestServer) {
+    let a = Agent::enroll(server, "355000000000007").await;
+    let b = Agent::enroll(server, "355000000000008").await;
+    let c = Agent::enroll(server, "355000000000009").await;
+    let r = server.admin(Method::POST, "/api/v1/groups").json(&json!({"name": "field-team"})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = server
+        .admin(Method::POST, "/api/v1/groups/field-team/members")
+        .json(&json!({"devices": [{"type": "android", "id": a.id}, {"type": "android", "id": b.id}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = server
+        .admin(Method::PUT, &format!("/api/v1/devices/android/{}/tags", c.id))
+        .json(&json!({"tags": ["floor-3"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = server
+        .admin(Method::PUT, &format!("/api/v1/devices/android/{}/tags", b.id))
+        .json(&json!({"tags": ["floor-3"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    let (st, v) = add(server, json!({"code": "CAMERA", "payload": {"enabled": false}, "targets": {"groups": ["field-team"], "tags": ["floor-3"]}})).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    assert_eq!(v["operations"], 3, "union of group and tag, each device once");
+    assert_eq!(v["activity"]["kind"], "profile");
+    let act = v["activity"]["id"].as_i64().unwrap();
+    for agent in [&a, &b, &c] {
+        let got = agent.poll(json!([])).await;
+        assert_eq!(got.len(), 1);
+        agent.poll(json!([result(&got[0], "COMPLETED", Value::Null)])).await;
+    }
+    assert_eq!(get(server, &format!("/api/v1/activities/{act}")).await["counts"], json!({"COMPLETED": 3}));
+
+    let listed = get(server, "/api/v1/devices?tag=floor-3").await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2);
+    let listed = get(server, "/api/v1/devices?group=field-team&limit=1").await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    let next = listed["next_after"].as_i64().unwrap();
+    let rest = get(server, &format!("/api/v1/devices?group=field-team&after={next}")).await;
+    assert_eq!(rest["items"].as_array().unwrap().len(), 1);
+    assert_ne!(rest["items"][0]["device_id"], listed["items"][0]["device_id"]);
+
+    let (st, v) =
+        add(server, json!({"code": "CAMERA", "payload": {"enabled": true}, "targets": {"groups": ["nobody"]}})).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("unknown_group")));
+    // Enrolling the same device twice is a conflict, not a second device.
+    let r = server
+        .http
+        .post(server.url("/agent/v1/android/enroll"))
+        .body(fixture("enroll.json").replace("354956090214718", &a.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+}
+e2e!(groups_and_tags_fan_out, super::groups_and_tags_fan_out);
