@@ -84,17 +84,20 @@ impl From<CallError> for ApiError {
     }
 }
 
-/// Malformed JSON bodies become our error shape, naming the problem.
+/// A JSON request body. The content type is not insisted on (curl's `-d` sends a form
+/// type); the body must parse, and an error names the line, column and problem.
 pub struct ApiJson<T>(pub T);
 
 impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(e) => Err(ApiError::bad_request("malformed_json", e.body_text())),
-        }
+        let body = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
+        serde_json::from_slice(&body)
+            .map(ApiJson)
+            .map_err(|e| ApiError::bad_request("malformed_json", format!("request body: {e}")))
     }
 }
 

@@ -7,7 +7,11 @@ use std::time::{Duration, Instant};
 fn drover() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_drover"));
     // Never pick up a developer's drover.toml or environment.
-    c.env_remove("DROVER_CONFIG").env_remove("DROVER_HTTP_ADDR").env_remove("DROVER_DATA_DIR").env_remove("DROVER_ADMIN_TOKEN").env_remove("DROVER_DATABASE_URL");
+    c.env_remove("DROVER_CONFIG")
+        .env_remove("DROVER_HTTP_ADDR")
+        .env_remove("DROVER_DATA_DIR")
+        .env_remove("DROVER_ADMIN_TOKEN")
+        .env_remove("DROVER_DATABASE_URL");
     c
 }
 
