@@ -4,7 +4,7 @@
 use crate::auth::{Admin, Role};
 use crate::plugins::CallError;
 use crate::server::AppState;
-use crate::store::{DeviceRow, NewActivity, StoreError};
+use crate::store::{DeviceRow, MAX_EXPLICIT_DEVICES, NewActivity, StoreError, TargetSet};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -347,27 +347,29 @@ async fn add_operation(
     if !(0..=100).contains(&retries) {
         return Err(ApiError::bad_request("invalid", format!("`retries` is {retries}: use 0 to 100")));
     }
-    for g in &t.groups {
-        if state.store.group(g).await?.is_none() {
-            return Err(ApiError::bad_request("unknown_group", format!("group `{g}` does not exist")));
-        }
+    if t.devices.len() > MAX_EXPLICIT_DEVICES {
+        return Err(ApiError::bad_request(
+            "too_many_devices",
+            format!("{} devices listed; list at most {MAX_EXPLICIT_DEVICES} or target a group", t.devices.len()),
+        ));
     }
-    let mut keys = resolve(&state, &t.devices).await?;
-    keys.extend(state.store.devices_in(&t.groups, &t.tags).await?);
-    keys.sort_unstable();
-    keys.dedup();
-    if keys.is_empty() {
+    let mut targets =
+        TargetSet { devices: resolve(&state, &t.devices).await?, groups: Vec::new(), tags: t.tags.clone() };
+    for g in &t.groups {
+        let group = state
+            .store
+            .group(g)
+            .await?
+            .ok_or_else(|| ApiError::bad_request("unknown_group", format!("group `{g}` does not exist")))?;
+        targets.groups.push(group.id);
+    }
+    let types = state.store.target_types(&targets).await?;
+    if types.is_empty() {
         return Err(ApiError::bad_request("no_targets", "the targets match no enrolled device"));
     }
 
     // Validate once per device type among the targets.
     let payload = req.payload.filter(|p| !p.is_null()).map(|p| p.to_string());
-    let mut types = std::collections::BTreeSet::new();
-    for k in &keys {
-        if let Some(d) = state.store.device_by_key(*k).await? {
-            types.insert(d.device_type);
-        }
-    }
     let mut kind: Option<String> = None;
     for ty in &types {
         let plugin = state.registry.device_type(ty).ok_or_else(|| {
@@ -397,7 +399,7 @@ async fn add_operation(
         kind = kind.or(catalogue);
     }
     let kind = kind.or(req.kind).unwrap_or_else(|| "command".into());
-    let activity = state
+    let (activity, count) = state
         .store
         .add_activity(
             &NewActivity {
@@ -408,10 +410,10 @@ async fn add_operation(
                 expires_at: req.ttl_secs.map(|s| crate::store::now_ms() + s * 1000),
                 max_attempts: retries + 1,
             },
-            &keys,
+            &targets,
         )
         .await?;
-    Ok((StatusCode::CREATED, Json(json!({"activity": activity, "operations": keys.len()}))))
+    Ok((StatusCode::CREATED, Json(json!({"activity": activity, "operations": count}))))
 }
 
 #[derive(Deserialize)]

@@ -1,6 +1,6 @@
 //! Devices, their tags and groups.
 
-use super::{Backend, Store, StoreError, list_placeholders, now_ms, trusted, values_placeholders, with_pool};
+use super::{Backend, Store, StoreError, now_ms, trusted, values_placeholders, with_pool};
 use serde::Serialize;
 
 /// A device as stored.
@@ -69,8 +69,8 @@ pub struct GroupRow {
 const DEVICE_COLUMNS: &str = "id, device_type, device_id, name, owner, ownership, status, metadata, push_token, session, enrolled_at, last_seen_at";
 
 impl Store {
-    /// Create a device, or re-activate one that was removed (re-enrollment keeps its
-    /// history). An active device with the same identity is a conflict.
+    /// Create a device, or activate one that was pre-registered or removed (re-enrollment
+    /// keeps its history). An enrolled device with the same identity is a conflict.
     pub async fn enroll_device(&self, d: &NewDevice) -> Result<DeviceRow, StoreError> {
         let now = now_ms();
         let metadata = serde_json::Value::Object(d.metadata.clone()).to_string();
@@ -81,7 +81,7 @@ impl Store {
                 name = excluded.name, owner = excluded.owner, ownership = excluded.ownership, status = 'active',
                 metadata = excluded.metadata, push_token = excluded.push_token, enrolled_at = excluded.enrolled_at,
                 last_seen_at = excluded.last_seen_at
-             WHERE devices.status = 'removed'
+             WHERE devices.status IN ('removed', 'registered')
              RETURNING {DEVICE_COLUMNS}"
         );
         let row: Option<DeviceRow> = with_pool!(self, pool => {
@@ -229,37 +229,27 @@ impl Store {
         Ok(())
     }
 
-    /// Keys of the active devices in groups `groups` or carrying any of `tags`.
-    pub async fn devices_in(&self, groups: &[String], tags: &[String]) -> Result<Vec<i64>, StoreError> {
-        let mut out = Vec::new();
-        if !groups.is_empty() {
-            let sql = format!(
-                "SELECT DISTINCT m.device FROM group_members m JOIN device_groups g ON g.id = m.group_id
-                 JOIN devices d ON d.id = m.device WHERE d.status <> 'removed' AND g.name IN ({}) ORDER BY m.device",
-                list_placeholders(groups.len(), 1)
-            );
-            let rows: Vec<(i64,)> = with_pool!(self, pool => {
-                let mut q = sqlx::query_as(trusted(&sql));
-                for g in groups { q = q.bind(g); }
-                q.fetch_all(pool).await?
-            });
-            out.extend(rows.into_iter().map(|(d,)| d));
-        }
-        if !tags.is_empty() {
-            let sql = format!(
-                "SELECT DISTINCT t.device FROM device_tags t JOIN devices d ON d.id = t.device
-                 WHERE d.status <> 'removed' AND t.tag IN ({}) ORDER BY t.device",
-                list_placeholders(tags.len(), 1)
-            );
-            let rows: Vec<(i64,)> = with_pool!(self, pool => {
-                let mut q = sqlx::query_as(trusted(&sql));
-                for t in tags { q = q.bind(t); }
-                q.fetch_all(pool).await?
-            });
-            out.extend(rows.into_iter().map(|(d,)| d));
-        }
-        out.sort_unstable();
-        out.dedup();
-        Ok(out)
+    /// Pre-register devices in bulk (status `registered` until they enroll), in one
+    /// transaction; identities that exist already are left alone. Returns how many were new.
+    pub async fn register_devices(&self, devices: &[NewDevice]) -> Result<u64, StoreError> {
+        let now = now_ms();
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut n = 0;
+            for chunk in devices.chunks(500) {
+                let sql = format!(
+                    "INSERT INTO devices (device_type, device_id, name, owner, ownership, status, metadata, enrolled_at)
+                     VALUES {} ON CONFLICT (device_type, device_id) DO NOTHING",
+                    values_placeholders(chunk.len(), 8, 1));
+                let mut q = sqlx::query(trusted(&sql));
+                for d in chunk {
+                    q = q.bind(&d.device_type).bind(&d.device_id).bind(&d.name).bind(&d.owner).bind(&d.ownership)
+                        .bind("registered").bind(serde_json::Value::Object(d.metadata.clone()).to_string()).bind(now);
+                }
+                n += q.execute(&mut *tx).await?.rows_affected();
+            }
+            tx.commit().await?;
+            Ok(n)
+        })
     }
 }

@@ -11,7 +11,10 @@ mod operations;
 mod tokens;
 
 pub use devices::{DeviceRow, GroupRow, NewDevice};
-pub use operations::{ActivityRow, NewActivity, OperationRow, QueuedOperation, ResultOutcome, TransitionRow};
+pub use operations::{
+    ActivityRow, MAX_EXPLICIT_DEVICES, NewActivity, OperationRow, QueuedOperation, ResultOutcome, TargetSet,
+    TransitionRow,
+};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

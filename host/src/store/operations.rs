@@ -1,9 +1,49 @@
 //! Activities, operations and their transitions. Every state change goes through
 //! [`crate::ops::next`] and is recorded in `transitions` in the same transaction.
 
-use super::{Backend, Store, StoreError, list_placeholders, now_ms, trusted, values_placeholders, with_pool};
+use super::{Backend, Store, StoreError, list_placeholders, now_ms, trusted, with_pool};
 use crate::ops::{self, Attempts, Event, State};
 use serde::Serialize;
+
+/// Who an activity is for: the union of devices (keys), groups (keys) and tags.
+/// Removed devices are never targets.
+#[derive(Debug, Clone, Default)]
+pub struct TargetSet {
+    pub devices: Vec<i64>,
+    pub groups: Vec<i64>,
+    pub tags: Vec<String>,
+}
+
+/// Explicit device lists longer than this must use a group (bind-parameter limits).
+pub const MAX_EXPLICIT_DEVICES: usize = 10_000;
+
+impl TargetSet {
+    /// SQL over `devices d` selecting the targets, with parameters numbered from `first`
+    /// in the order devices, groups, tags; and the number of parameters.
+    fn predicate(&self, first: usize) -> (String, usize) {
+        let mut any = vec!["1 = 0".to_string()];
+        let mut n = first;
+        if !self.devices.is_empty() {
+            any.push(format!("d.id IN ({})", list_placeholders(self.devices.len(), n)));
+            n += self.devices.len();
+        }
+        if !self.groups.is_empty() {
+            any.push(format!(
+                "d.id IN (SELECT m.device FROM group_members m WHERE m.group_id IN ({}))",
+                list_placeholders(self.groups.len(), n)
+            ));
+            n += self.groups.len();
+        }
+        if !self.tags.is_empty() {
+            any.push(format!(
+                "d.id IN (SELECT t.device FROM device_tags t WHERE t.tag IN ({}))",
+                list_placeholders(self.tags.len(), n)
+            ));
+            n += self.tags.len();
+        }
+        (format!("d.status <> 'removed' AND ({})", any.join(" OR ")), n - first)
+    }
+}
 
 /// What an admin adds.
 #[derive(Debug, Clone)]
@@ -91,12 +131,28 @@ const OP_COLUMNS: &str =
     "id, activity, device, code, kind, state, attempts, max_attempts, created_at, updated_at, expires_at, response";
 
 impl Store {
-    /// Store an activity and one operation per device in `devices` (keys), in one
-    /// transaction, before anything is delivered. A command supersedes older PENDING
-    /// commands with the same code for the same devices (REPEATED).
-    pub async fn add_activity(&self, a: &NewActivity, devices: &[i64]) -> Result<ActivityRow, StoreError> {
+    /// Store an activity and one operation per targeted device, in one transaction,
+    /// before anything is delivered; returns the activity and how many operations. The
+    /// fan-out is one `INSERT … SELECT` over the target predicate, so a group of 100,000
+    /// devices never travels through the host. A command supersedes older PENDING
+    /// commands with the same code for the devices it reaches (REPEATED).
+    pub async fn add_activity(&self, a: &NewActivity, targets: &TargetSet) -> Result<(ActivityRow, u64), StoreError> {
         let now = now_ms();
-        let actor = a.created_by.clone();
+        let (predicate, _) = targets.predicate(7);
+        let insert = format!(
+            "INSERT INTO operations (activity, device, code, kind, state, attempts, created_at, updated_at, expires_at, max_attempts)
+             SELECT $1, d.id, $2, $3, 'PENDING', 0, $4, $4, $5, $6 FROM devices d WHERE {predicate} ORDER BY d.id");
+        // The older commands: same code, still pending, for a device this activity reached.
+        let older = "o.code = $3 AND o.kind = 'command' AND o.state = 'PENDING' AND o.activity <> $4
+                     AND o.device IN (SELECT n.device FROM operations n WHERE n.activity = $4)";
+        let supersede_log = format!(
+            "INSERT INTO transitions (operation, from_state, to_state, actor, at)
+             SELECT o.id, o.state, 'REPEATED', $1, $2 FROM operations o WHERE {older}"
+        );
+        let supersede = format!(
+            "UPDATE operations SET state = 'REPEATED', updated_at = $2
+             WHERE id IN (SELECT o.id FROM operations o WHERE {older}) AND $1 = $1"
+        );
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let activity: ActivityRow = sqlx::query_as(
@@ -106,38 +162,35 @@ impl Store {
                 .bind(&a.code).bind(&a.kind).bind(&a.payload).bind(&a.created_by).bind(now)
                 .bind(a.expires_at).bind(a.max_attempts)
                 .fetch_one(&mut *tx).await?;
-            for chunk in devices.chunks(500) {
-                if a.kind == "command" {
-                    let list = list_placeholders(chunk.len(), 5);
-                    let transition = format!(
-                        "INSERT INTO transitions (operation, from_state, to_state, actor, at)
-                         SELECT id, state, 'REPEATED', $1, $2 FROM operations
-                         WHERE code = $3 AND kind = 'command' AND state = 'PENDING' AND activity <> $4 AND device IN ({list})");
-                    let update = format!(
-                        "UPDATE operations SET state = 'REPEATED', updated_at = $2
-                         WHERE code = $3 AND kind = 'command' AND state = 'PENDING' AND activity <> $4 AND device IN ({list})
-                           AND $1 = $1");
-                    for sql in [&transition, &update] {
-                        let mut q = sqlx::query(trusted(sql)).bind(&actor).bind(now).bind(&a.code).bind(activity.id);
-                        for d in chunk {
-                            q = q.bind(*d);
-                        }
-                        q.execute(&mut *tx).await?;
-                    }
+            let mut q = sqlx::query(trusted(&insert))
+                .bind(activity.id).bind(&a.code).bind(&a.kind).bind(now).bind(a.expires_at).bind(a.max_attempts);
+            for d in &targets.devices { q = q.bind(*d); }
+            for g in &targets.groups { q = q.bind(*g); }
+            for t in &targets.tags { q = q.bind(t); }
+            let n = q.execute(&mut *tx).await?.rows_affected();
+            if a.kind == "command" {
+                for sql in [&supersede_log, &supersede] {
+                    sqlx::query(trusted(sql)).bind(&a.created_by).bind(now).bind(&a.code).bind(activity.id)
+                        .execute(&mut *tx).await?;
                 }
-                let sql = format!(
-                    "INSERT INTO operations (activity, device, code, kind, state, attempts, created_at, updated_at, expires_at, max_attempts)
-                     VALUES {}", values_placeholders(chunk.len(), 10, 1));
-                let mut q = sqlx::query(trusted(&sql));
-                for d in chunk {
-                    q = q.bind(activity.id).bind(*d).bind(&a.code).bind(&a.kind).bind("PENDING").bind(0i64)
-                        .bind(now).bind(now).bind(a.expires_at).bind(a.max_attempts);
-                }
-                q.execute(&mut *tx).await?;
             }
             tx.commit().await?;
-            Ok(activity)
+            Ok((activity, n))
         })
+    }
+
+    /// The device types among the targets (for validation by each type's plugin).
+    pub async fn target_types(&self, targets: &TargetSet) -> Result<Vec<String>, StoreError> {
+        let (predicate, _) = targets.predicate(1);
+        let sql = format!("SELECT DISTINCT d.device_type FROM devices d WHERE {predicate} ORDER BY d.device_type");
+        let rows: Vec<(String,)> = with_pool!(self, pool => {
+            let mut q = sqlx::query_as(trusted(&sql));
+            for d in &targets.devices { q = q.bind(*d); }
+            for g in &targets.groups { q = q.bind(*g); }
+            for t in &targets.tags { q = q.bind(t); }
+            q.fetch_all(pool).await?
+        });
+        Ok(rows.into_iter().map(|(t,)| t).collect())
     }
 
     /// A device's queued operations (PENDING or NOTNOW), oldest first, at most `limit`.
