@@ -92,7 +92,17 @@ async fn agent(
     let plugin = plugin_for(&state, &device_type)?;
     let channel = http_channel(&method, &path, &uri, &headers)?;
     if path == "enroll" {
-        return enroll(&state, &plugin, &device_type, channel, body).await;
+        // An enrollment token may come as a bearer token or as `?token=` (the QR-code URL).
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::to_string)
+            .or_else(|| {
+                uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token="))).map(str::to_string)
+            });
+        return enroll(&state, &plugin, &device_type, channel, body, token).await;
     }
     let AuthDevice(device) = AuthDevice::from_request_parts(&mut parts, &state).await?;
     if device.device_type != device_type {
@@ -110,11 +120,25 @@ async fn enroll(
     device_type: &str,
     channel: Channel,
     body: Bytes,
+    token: Option<String>,
 ) -> Result<Response, ApiError> {
-    if !state.open_enrollment {
-        return Err(ApiError::forbidden("self-enrollment is switched off on this server"));
-    }
+    // The plugin validates first: a refused request must not use up a token.
     let e = plugin.enroll(channel, body.to_vec()).await?;
+    match token {
+        Some(t) => {
+            if !state.store.consume_enrollment_token(&crate::auth::hash_token(&t), device_type).await? {
+                return Err(ApiError::unauthorized(format!(
+                    "the enrollment token is unknown, expired, used up, or not for {device_type} devices"
+                )));
+            }
+        }
+        None if !state.open_enrollment => {
+            return Err(ApiError::forbidden(
+                "self-enrollment is switched off on this server: enroll with an enrollment token from an admin",
+            ));
+        }
+        None => {}
+    }
     let ownership = match e.ownership {
         crate::plugins::types::Ownership::Byod => "BYOD",
         crate::plugins::types::Ownership::Cope => "COPE",

@@ -115,6 +115,8 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/activities/{id}/cancel", post(cancel_activity))
         .route("/api/v1/plugins", get(list_plugins))
         .route("/api/v1/admin-tokens", post(create_admin_token))
+        .route("/api/v1/enrollment-tokens", post(create_enrollment_token))
+        .route("/api/v1/devices/import", post(import_devices))
 }
 
 #[derive(Deserialize)]
@@ -533,4 +535,113 @@ async fn create_admin_token(
     let (token, hash) = crate::auth::new_token("admin");
     state.store.insert_admin_token(&hash, &t.name, t.role.as_str()).await?;
     Ok((StatusCode::CREATED, Json(json!({"name": t.name, "role": t.role, "token": token}))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewEnrollmentToken {
+    device_type: String,
+    /// How many devices may enroll with it (default 1).
+    uses: Option<i64>,
+    /// Seconds it stays valid (default 7 days).
+    ttl_secs: Option<i64>,
+}
+
+/// Make an enrollment token, also rendered as the enrollment URL a QR code carries.
+async fn create_enrollment_token(
+    State(state): State<AppState>,
+    admin: Admin,
+    headers: axum::http::HeaderMap,
+    ApiJson(t): ApiJson<NewEnrollmentToken>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    admin.require(Role::Admin)?;
+    if state.registry.device_type(&t.device_type).is_none() {
+        return Err(ApiError::bad_request(
+            "unknown_device_type",
+            format!("no device type `{}` is loaded", t.device_type),
+        ));
+    }
+    let uses = t.uses.unwrap_or(1);
+    let ttl = t.ttl_secs.unwrap_or(7 * 86_400);
+    if !(1..=100_000).contains(&uses) || !(1..=365 * 86_400).contains(&ttl) {
+        return Err(ApiError::bad_request("invalid", "`uses` must be 1 to 100000 and `ttl_secs` 1 to 31536000"));
+    }
+    let (token, hash) = crate::auth::new_token("enroll");
+    let expires_at = crate::store::now_ms() + ttl * 1000;
+    state.store.insert_enrollment_token(&hash, &t.device_type, &admin.actor(), expires_at, uses).await?;
+    let host = headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let url = format!("http://{host}/agent/v1/{}/enroll?token={token}", t.device_type);
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({"token": token, "device_type": t.device_type, "uses": uses, "expires_at": expires_at, "enrollment_url": url}),
+        ),
+    ))
+}
+
+/// Bulk pre-registration from CSV: `device_type,device_id[,name[,owner[,ownership]]]`
+/// with a header row. All rows are checked before any is stored; an error names the line.
+async fn import_devices(
+    State(state): State<AppState>,
+    admin: Admin,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    admin.require(Role::Admin)?;
+    let mut reader = csv::ReaderBuilder::new().flexible(true).trim(csv::Trim::All).from_reader(&body[..]);
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| ApiError::bad_request("malformed_csv", format!("header row: {e}")))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let col = |name: &str| header.iter().position(|h| h == name);
+    let (Some(ty_col), Some(id_col)) = (col("device_type"), col("device_id")) else {
+        return Err(ApiError::bad_request(
+            "malformed_csv",
+            "the header row needs `device_type` and `device_id` columns",
+        ));
+    };
+    let (name_col, owner_col, own_col) = (col("name"), col("owner"), col("ownership"));
+    let mut devices = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let line = i + 2;
+        let r = record.map_err(|e| ApiError::bad_request("malformed_csv", format!("line {line}: {e}")))?;
+        let get = |c: Option<usize>| c.and_then(|c| r.get(c)).filter(|v| !v.is_empty()).map(str::to_string);
+        let empty = |what: &str| ApiError::bad_request("invalid", format!("line {line}: `{what}` is empty"));
+        let device_type = get(Some(ty_col)).ok_or_else(|| empty("device_type"))?;
+        let device_id = get(Some(id_col)).ok_or_else(|| empty("device_id"))?;
+        if state.registry.device_type(&device_type).is_none() {
+            return Err(ApiError::bad_request(
+                "unknown_device_type",
+                format!("line {line}: no device type `{device_type}` is loaded"),
+            ));
+        }
+        if device_id.len() > 128 {
+            return Err(ApiError::bad_request(
+                "invalid",
+                format!("line {line}: `device_id` is longer than 128 characters"),
+            ));
+        }
+        let ownership = match get(own_col).map(|o| o.to_ascii_uppercase()).as_deref() {
+            None | Some("COPE") => "COPE",
+            Some("BYOD") => "BYOD",
+            Some(other) => {
+                return Err(ApiError::bad_request(
+                    "invalid",
+                    format!("line {line}: ownership `{other}`: use BYOD or COPE"),
+                ));
+            }
+        };
+        devices.push(crate::store::NewDevice {
+            name: get(name_col).unwrap_or_else(|| device_id.clone()),
+            device_type,
+            device_id,
+            owner: get(owner_col),
+            ownership: ownership.into(),
+            metadata: Default::default(),
+            push_token: None,
+        });
+    }
+    let added = state.store.register_devices(&devices).await?;
+    Ok(Json(json!({"rows": devices.len(), "registered": added, "already_known": devices.len() as u64 - added})))
 }

@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// Let devices enroll themselves at POST /agent/v1/{type}/enroll [default: true]
     #[arg(long, env = "DROVER_OPEN_ENROLLMENT")]
     pub open_enrollment: Option<bool>,
+    /// Delete finished operations and their history after this many days [default: 30]
+    #[arg(long, env = "DROVER_RETENTION_DAYS")]
+    pub retention_days: Option<u32>,
     /// Log format: text or json [default: text]
     #[arg(long, env = "DROVER_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -59,6 +62,7 @@ pub struct Config {
     pub broker: Option<String>,
     pub log_format: LogFormat,
     pub open_enrollment: bool,
+    pub retention_days: u32,
     /// The bootstrap admin token from DROVER_ADMIN_TOKEN (environment only, never a flag:
     /// flags show in process lists).
     pub admin_token: Option<String>,
@@ -109,6 +113,7 @@ impl ServeArgs {
             coap_addr: self.coap_addr.or(file.coap_addr).unwrap_or_else(|| ([127, 0, 0, 1], 5683).into()),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             open_enrollment: self.open_enrollment.or(file.open_enrollment).unwrap_or(true),
+            retention_days: self.retention_days.or(file.retention_days).unwrap_or(30),
             admin_token: std::env::var("DROVER_ADMIN_TOKEN").ok(),
             data_dir,
             database_url,

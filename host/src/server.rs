@@ -23,6 +23,7 @@ pub struct AppState {
 pub struct Server {
     pub state: AppState,
     pub listener: tokio::net::TcpListener,
+    retention: Duration,
 }
 
 impl Server {
@@ -42,7 +43,8 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on {} (--http-addr): choose another address", config.http_addr))?;
         let state = AppState { registry, store, open_enrollment: config.open_enrollment, max_agent_body: 4 << 20 };
-        Ok(Server { state, listener })
+        let retention = Duration::from_secs(u64::from(config.retention_days) * 86_400);
+        Ok(Server { state, listener, retention })
     }
 
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
@@ -52,23 +54,35 @@ impl Server {
     /// Serve until `shutdown` completes.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         tracing::info!(addr = %self.listener.local_addr()?, database = self.state.store.backend(), "HTTP listening");
-        let sweeper = tokio::spawn(expire_periodically(self.state.store.clone()));
+        let sweeper = tokio::spawn(housekeeping(self.state.store.clone(), self.retention));
         let result = axum::serve(self.listener, router(self.state)).with_graceful_shutdown(shutdown).await;
         sweeper.abort();
         Ok(result?)
     }
 }
 
-/// Expire operations past their TTL even for devices that never call in again.
-async fn expire_periodically(store: Store) {
+/// Expire operations past their TTL even for devices that never call in again (every
+/// 10 s), and delete finished operations older than the retention (hourly), so the
+/// tables cannot grow without bound.
+async fn housekeeping(store: Store, retention: Duration) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
+    let mut n: u64 = 0;
     loop {
         tick.tick().await;
-        match store.expire(None, crate::store::now_ms()).await {
+        let now = crate::store::now_ms();
+        match store.expire(None, now).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(expired = n, "operations expired"),
             Err(e) => tracing::warn!("expiring operations failed: {e}"),
         }
+        if n % 360 == 0 {
+            match store.purge_finished(now - retention.as_millis() as i64).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "finished operations past retention deleted"),
+                Err(e) => tracing::warn!("retention purge failed: {e}"),
+            }
+        }
+        n += 1;
     }
 }
 

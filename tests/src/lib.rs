@@ -92,6 +92,11 @@ fn unique(prefix: &str) -> String {
 
 impl TestServer {
     pub async fn start(backend: Backend) -> TestServer {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Start with the test configuration changed by `adjust`.
+    pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut drover::config::Config)) -> TestServer {
         let data = tempfile::tempdir().unwrap();
         let mut pg_schema = None;
         let database_url = match backend {
@@ -111,7 +116,7 @@ impl TestServer {
         std::fs::create_dir_all(data.path().join("cache")).unwrap();
         #[cfg(unix)]
         std::os::unix::fs::symlink(&cache, data.path().join("cache/compiled")).ok();
-        let config = drover::config::Config {
+        let mut config = drover::config::Config {
             data_dir: data.path().to_path_buf(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
             mqtt_addr: "127.0.0.1:0".parse().unwrap(),
@@ -120,8 +125,10 @@ impl TestServer {
             broker: None,
             log_format: drover::config::LogFormat::Text,
             open_enrollment: true,
+            retention_days: 30,
             admin_token: Some(ADMIN_TOKEN.into()),
         };
+        adjust(&mut config);
         std::fs::create_dir_all(&cache).unwrap();
         let server = drover::server::Server::start(&config).await.expect("server starts");
         let base = format!("http://{}", server.local_addr().unwrap());
@@ -163,6 +170,29 @@ impl TestServer {
             }
         }
     }
+}
+
+/// Like [`e2e!`], with the server configuration adjusted by `$adjust` (a fn(&mut Config)).
+#[macro_export]
+macro_rules! e2e_with {
+    ($name:ident, $adjust:path, $scenario:path) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let server = $crate::TestServer::start_with($crate::Backend::Sqlite, $adjust).await;
+                $scenario(&server).await;
+                server.stop().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(backend) = $crate::Backend::postgres() else { return };
+                let server = $crate::TestServer::start_with(backend, $adjust).await;
+                $scenario(&server).await;
+                server.stop().await;
+            }
+        }
+    };
 }
 
 /// Run an end-to-end scenario on SQLite and, when configured, on PostgreSQL:

@@ -69,5 +69,13 @@ async fn bulk_fan_out(server: &TestServer) {
     let queued = store.queued(d.id, 10).await.unwrap();
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].code, "DEVICE_RING");
+
+    // Retention: finished operations older than the cut-off go, with their history;
+    // live ones stay whatever their age.
+    let future = drover::store::now_ms() + 1;
+    assert_eq!(store.purge_finished(future).await.unwrap(), 1000);
+    assert!(store.transitions(sample[0].id).await.unwrap().is_empty());
+    assert!(store.operation(sample[0].id).await.unwrap().is_none());
+    assert_eq!(store.queued(d.id, 10).await.unwrap().len(), 1);
 }
 e2e!(bulk_fan_out, super::bulk_fan_out);

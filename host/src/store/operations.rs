@@ -402,3 +402,23 @@ impl Store {
             .bind(id).fetch_all(pool).await?))
     }
 }
+
+impl Store {
+    /// Retention: delete finished operations (and their transitions) last changed before
+    /// `before`, and activities left without operations. Returns operations deleted.
+    pub async fn purge_finished(&self, before: i64) -> Result<u64, StoreError> {
+        let finished = "state IN ('COMPLETED', 'ERROR', 'CANCELLED', 'REPEATED', 'EXPIRED') AND updated_at < $1";
+        let transitions =
+            format!("DELETE FROM transitions WHERE operation IN (SELECT id FROM operations WHERE {finished})");
+        let operations = format!("DELETE FROM operations WHERE {finished}");
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(trusted(&transitions)).bind(before).execute(&mut *tx).await?;
+            let n = sqlx::query(trusted(&operations)).bind(before).execute(&mut *tx).await?.rows_affected();
+            sqlx::query("DELETE FROM activities WHERE created_at < $1 AND NOT EXISTS (SELECT 1 FROM operations o WHERE o.activity = activities.id)")
+                .bind(before).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(n)
+        })
+    }
+}

@@ -47,3 +47,32 @@ impl Store {
             .bind(token_hash).fetch_optional(pool).await?))
     }
 }
+
+impl Store {
+    pub async fn insert_enrollment_token(
+        &self,
+        token_hash: &str,
+        device_type: &str,
+        created_by: &str,
+        expires_at: i64,
+        uses: i64,
+    ) -> Result<(), StoreError> {
+        with_pool!(self, pool => sqlx::query(
+                "INSERT INTO enrollment_tokens (token_hash, device_type, created_by, created_at, expires_at, uses_left)
+                 VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(token_hash).bind(device_type).bind(created_by).bind(now_ms()).bind(expires_at).bind(uses)
+            .execute(pool).await.map(|_| ())?);
+        Ok(())
+    }
+
+    /// Use up one enrollment of a token for `device_type`. False when the token is
+    /// unknown, expired, used up or for another type. One statement, so two devices
+    /// racing for the last use cannot both win.
+    pub async fn consume_enrollment_token(&self, token_hash: &str, device_type: &str) -> Result<bool, StoreError> {
+        Ok(with_pool!(self, pool => sqlx::query(
+                "UPDATE enrollment_tokens SET uses_left = uses_left - 1
+                 WHERE token_hash = $1 AND device_type = $2 AND uses_left > 0 AND expires_at > $3")
+            .bind(token_hash).bind(device_type).bind(now_ms()).execute(pool).await?.rows_affected())
+            == 1)
+    }
+}

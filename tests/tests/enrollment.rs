@@ -1,0 +1,119 @@
+//! Enrollment methods: open self-enrollment switched off, one-time enrollment tokens (and
+//! their QR-code URL), bulk pre-registration from CSV. SQLite and PostgreSQL.
+
+use drover_tests::{TestServer, e2e_with};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+fn enroll_body(id: &str) -> String {
+    std::fs::read_to_string(format!("{}/../plugins/android/fixtures/enroll.json", env!("CARGO_MANIFEST_DIR")))
+        .unwrap()
+        .replace("354956090214718", id)
+}
+
+fn closed(config: &mut drover::config::Config) {
+    config.open_enrollment = false;
+}
+
+async fn token(server: &TestServer, uses: i64) -> Value {
+    let r = server
+        .admin(Method::POST, "/api/v1/enrollment-tokens")
+        .json(&json!({"device_type": "android", "uses": uses}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json().await.unwrap()
+}
+
+async fn tokens_and_csv(server: &TestServer) {
+    // Self-enrollment is off: a device without a token is refused, and told why.
+    let r = server
+        .http
+        .post(server.url("/agent/v1/android/enroll"))
+        .body(enroll_body("356000000000001"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.text().await.unwrap().contains("enrollment token"));
+
+    // A one-time token, used through its URL.
+    let t = token(server, 1).await;
+    let url = t["enrollment_url"].as_str().unwrap();
+    assert!(url.contains("/agent/v1/android/enroll?token=drv_enroll_"), "{url}");
+    let url = url.replace(&format!("http://{}", server.base.trim_start_matches("http://")), &server.base);
+    // A request the plugin refuses does not use the token up.
+    let r = server.http.post(&url).body("{\"deviceIdentifier\": \"\"}").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = server.http.post(&url).body(enroll_body("356000000000001")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = server.http.post(&url).body(enroll_body("356000000000002")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.text().await.unwrap().contains("used up"));
+
+    // Bulk pre-registration from CSV.
+    let csv = "device_type,device_id,name,owner,ownership\nandroid,356000000000010,Van 10,fleet,COPE\nandroid,356000000000011,,,byod\nandroid,356000000000012\n";
+    let r = server
+        .admin(Method::POST, "/api/v1/devices/import")
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"rows": 3, "registered": 3, "already_known": 0}));
+    let r = server.admin(Method::POST, "/api/v1/devices/import").body(csv).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["already_known"], 3);
+    let bad = "device_type,device_id,ownership\nandroid,356000000000013,COPE\nandroid,356000000000014,PERSONAL\n";
+    let r = server.admin(Method::POST, "/api/v1/devices/import").body(bad).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let msg = r.text().await.unwrap();
+    assert!(msg.contains("line 3") && msg.contains("PERSONAL"), "{msg}");
+    let r = server.admin(Method::GET, "/api/v1/devices/android/356000000000013").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "a refused import stores nothing");
+    let listed: Value =
+        server.admin(Method::GET, "/api/v1/devices?status=registered").send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 3);
+    assert_eq!(listed["items"][1]["ownership"], "BYOD");
+
+    // A pre-registered device enrolls with a token and becomes active.
+    let t = token(server, 5).await;
+    let r = server
+        .http
+        .post(server.url("/agent/v1/android/enroll"))
+        .bearer_auth(t["token"].as_str().unwrap())
+        .body(enroll_body("356000000000010"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let d: Value = server
+        .admin(Method::GET, "/api/v1/devices/android/356000000000010")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["status"], "active");
+
+    // Operators cannot make tokens.
+    let r = server
+        .admin(Method::POST, "/api/v1/admin-tokens")
+        .json(&json!({"name": "ops", "role": "operator"}))
+        .send()
+        .await
+        .unwrap();
+    let op = r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string();
+    let r = server
+        .http
+        .post(server.url("/api/v1/enrollment-tokens"))
+        .bearer_auth(op)
+        .json(&json!({"device_type": "android"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+e2e_with!(tokens_and_csv, super::closed, super::tokens_and_csv);
