@@ -125,13 +125,12 @@ async fn enroll(
     // The plugin validates first: a refused request must not use up a token.
     let e = plugin.enroll(channel, body.to_vec()).await?;
     match token {
-        Some(t) => {
-            if !state.store.consume_enrollment_token(&crate::auth::hash_token(&t), device_type).await? {
-                return Err(ApiError::unauthorized(format!(
-                    "the enrollment token is unknown, expired, used up, or not for {device_type} devices"
-                )));
-            }
+        Some(t) if !state.store.consume_enrollment_token(&crate::auth::hash_token(&t), device_type).await? => {
+            return Err(ApiError::unauthorized(format!(
+                "the enrollment token is unknown, expired, used up, or not for {device_type} devices"
+            )));
         }
+        Some(_) => {}
         None if !state.open_enrollment => {
             return Err(ApiError::forbidden(
                 "self-enrollment is switched off on this server: enroll with an enrollment token from an admin",

@@ -75,7 +75,7 @@ async fn housekeeping(store: Store, retention: Duration) {
             Ok(n) => tracing::info!(expired = n, "operations expired"),
             Err(e) => tracing::warn!("expiring operations failed: {e}"),
         }
-        if n % 360 == 0 {
+        if n.is_multiple_of(360) {
             match store.purge_finished(now - retention.as_millis() as i64).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "finished operations past retention deleted"),
