@@ -1,6 +1,8 @@
 //! Devices, their tags and groups.
 
-use super::{Backend, Store, StoreError, now_ms, trusted, values_placeholders, with_pool};
+use super::{
+    Backend, Filters, Param, Store, StoreError, bind_filters, now_ms, trusted, values_placeholders, with_pool,
+};
 use serde::Serialize;
 
 /// A device as stored.
@@ -122,17 +124,25 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<DeviceRow>, StoreError> {
-        let sql = format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices d WHERE id > $1
-               AND ($2 IS NULL OR device_type = $2)
-               AND ($3 IS NULL OR status = $3)
-               AND ($4 IS NULL OR EXISTS (SELECT 1 FROM device_tags t WHERE t.device = d.id AND t.tag = $4))
-               AND ($5 IS NULL OR EXISTS (SELECT 1 FROM group_members m JOIN device_groups g ON g.id = m.group_id
-                                          WHERE m.device = d.id AND g.name = $5))
-             ORDER BY id LIMIT $6"
-        );
-        Ok(with_pool!(self, pool => sqlx::query_as(trusted(&sql))
-            .bind(after).bind(device_type).bind(status).bind(tag).bind(group).bind(limit)
+        let mut f = Filters::new(3);
+        if let Some(v) = device_type {
+            f.and("device_type = ?", Param::Text(v.into()));
+        }
+        if let Some(v) = status {
+            f.and("status = ?", Param::Text(v.into()));
+        }
+        if let Some(v) = tag {
+            f.and("EXISTS (SELECT 1 FROM device_tags t WHERE t.device = d.id AND t.tag = ?)", Param::Text(v.into()));
+        }
+        if let Some(v) = group {
+            f.and(
+                "EXISTS (SELECT 1 FROM group_members m JOIN device_groups g ON g.id = m.group_id
+                         WHERE m.device = d.id AND g.name = ?)",
+                Param::Text(v.into()),
+            );
+        }
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE id > $1{} ORDER BY id LIMIT $2", f.sql);
+        Ok(with_pool!(self, pool => bind_filters!(sqlx::query_as(trusted(&sql)).bind(after).bind(limit), f)
             .fetch_all(pool).await?))
     }
 

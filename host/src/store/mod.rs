@@ -126,6 +126,52 @@ pub(crate) fn trusted(text: &str) -> sqlx::AssertSqlSafe<&str> {
     sqlx::AssertSqlSafe(text)
 }
 
+/// A value for a filter built at run time.
+pub(crate) enum Param {
+    Int(i64),
+    Text(String),
+}
+
+/// `AND`-ed filters with numbered placeholders, for queries whose filters are optional.
+/// Only the filters given appear in the SQL: `($n IS NULL OR col = $n)` would stop both
+/// planners from using an index, turning a one-device query into a full-table scan.
+pub(crate) struct Filters {
+    next: usize,
+    pub(crate) sql: String,
+    pub(crate) params: Vec<Param>,
+}
+
+impl Filters {
+    /// Filters whose placeholders start at `$first`.
+    pub(crate) fn new(first: usize) -> Filters {
+        Filters { next: first, sql: String::new(), params: Vec::new() }
+    }
+
+    /// Add ` AND <clause>`, where `?` in `clause` stands for this filter's placeholder.
+    pub(crate) fn and(&mut self, clause: &str, value: Param) -> &mut Self {
+        self.sql.push_str(" AND ");
+        self.sql.push_str(&clause.replace('?', &format!("${}", self.next)));
+        self.next += 1;
+        self.params.push(value);
+        self
+    }
+}
+
+/// Bind a [`Filters`]' parameters, in order, to a query.
+macro_rules! bind_filters {
+    ($q:expr, $f:expr) => {{
+        let mut q = $q;
+        for p in &$f.params {
+            q = match p {
+                $crate::store::Param::Int(v) => q.bind(*v),
+                $crate::store::Param::Text(v) => q.bind(v.as_str()),
+            };
+        }
+        q
+    }};
+}
+pub(crate) use bind_filters;
+
 /// `($1, $2, …), ($k, …)` for `rows` rows of `cols` columns, numbering from `first`.
 pub(crate) fn values_placeholders(rows: usize, cols: usize, first: usize) -> String {
     let mut s = String::with_capacity(rows * cols * 5);

@@ -1,7 +1,7 @@
 //! Activities, operations and their transitions. Every state change goes through
 //! [`crate::ops::next`] and is recorded in `transitions` in the same transaction.
 
-use super::{Backend, Store, StoreError, list_placeholders, now_ms, trusted, with_pool};
+use super::{Backend, Filters, Param, Store, StoreError, bind_filters, list_placeholders, now_ms, trusted, with_pool};
 use crate::ops::{self, Attempts, Event, State};
 use serde::Serialize;
 
@@ -143,16 +143,18 @@ impl Store {
             "INSERT INTO operations (activity, device, code, kind, state, attempts, created_at, updated_at, expires_at, max_attempts)
              SELECT $1, d.id, $2, $3, 'PENDING', 0, $4, $4, $5, $6 FROM devices d WHERE {predicate} ORDER BY d.id");
         // The older commands: same code, still pending, for a device this activity reached.
-        let older = "o.code = $3 AND o.kind = 'command' AND o.state = 'PENDING' AND o.activity <> $4
-                     AND o.device IN (SELECT n.device FROM operations n WHERE n.activity = $4)";
+        // Driven from the new activity's rows (by-activity index), probing each device's
+        // queue (queue index), so the cost follows the fan-out, not the table.
+        let older = "SELECT o.id FROM operations n JOIN operations o
+                       ON o.device = n.device AND o.state = 'PENDING' AND o.code = $3 AND o.kind = 'command'
+                      AND o.activity <> $4
+                     WHERE n.activity = $4";
         let supersede_log = format!(
             "INSERT INTO transitions (operation, from_state, to_state, actor, at)
-             SELECT o.id, o.state, 'REPEATED', $1, $2 FROM operations o WHERE {older}"
+             SELECT id, 'PENDING', 'REPEATED', $1, $2 FROM operations WHERE id IN ({older})"
         );
-        let supersede = format!(
-            "UPDATE operations SET state = 'REPEATED', updated_at = $2
-             WHERE id IN (SELECT o.id FROM operations o WHERE {older}) AND $1 = $1"
-        );
+        let supersede =
+            format!("UPDATE operations SET state = 'REPEATED', updated_at = $2 WHERE id IN ({older}) AND $1 = $1");
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let activity: ActivityRow = sqlx::query_as(
@@ -207,8 +209,14 @@ impl Store {
     /// Expire live operations past their TTL: one device's, or everyone's (`None`).
     /// Returns how many expired.
     pub async fn expire(&self, device: Option<i64>, now: i64) -> Result<u64, StoreError> {
-        let filter = "state IN ('PENDING', 'NOTNOW', 'IN_PROGRESS') AND expires_at IS NOT NULL AND expires_at <= $1
-                      AND ($2 IS NULL OR device = $2)";
+        let mut f = Filters::new(2);
+        if let Some(d) = device {
+            f.and("device = ?", Param::Int(d));
+        }
+        let filter = format!(
+            "state IN ('PENDING', 'NOTNOW', 'IN_PROGRESS') AND expires_at IS NOT NULL AND expires_at <= $1{}",
+            f.sql
+        );
         let transition = format!(
             "INSERT INTO transitions (operation, from_state, to_state, actor, at)
              SELECT id, state, 'EXPIRED', 'system', $1 FROM operations WHERE {filter}"
@@ -216,8 +224,8 @@ impl Store {
         let update = format!("UPDATE operations SET state = 'EXPIRED', updated_at = $1 WHERE {filter}");
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            sqlx::query(trusted(&transition)).bind(now).bind(device).execute(&mut *tx).await?;
-            let n = sqlx::query(trusted(&update)).bind(now).bind(device).execute(&mut *tx).await?.rows_affected();
+            bind_filters!(sqlx::query(trusted(&transition)).bind(now), f).execute(&mut *tx).await?;
+            let n = bind_filters!(sqlx::query(trusted(&update)).bind(now), f).execute(&mut *tx).await?.rows_affected();
             tx.commit().await?;
             Ok(n)
         })
@@ -328,8 +336,21 @@ impl Store {
         actor: &str,
     ) -> Result<u64, StoreError> {
         let now = now_ms();
-        let filter = "state IN ('PENDING', 'NOTNOW', 'IN_PROGRESS')
-                      AND ($3 IS NULL OR id = $3) AND ($4 IS NULL OR activity = $4) AND ($5 IS NULL OR device = $5)";
+        let mut f = Filters::new(3);
+        if let Some(v) = operation {
+            f.and("id = ?", Param::Int(v));
+        }
+        if let Some(v) = activity {
+            f.and("activity = ?", Param::Int(v));
+        }
+        if let Some(v) = device {
+            f.and("device = ?", Param::Int(v));
+        }
+        if f.params.is_empty() {
+            // Never cancel everything by accident.
+            return Ok(0);
+        }
+        let filter = format!("state IN ('PENDING', 'NOTNOW', 'IN_PROGRESS'){}", f.sql);
         let transition = format!(
             "INSERT INTO transitions (operation, from_state, to_state, actor, at)
              SELECT id, state, 'CANCELLED', $1, $2 FROM operations WHERE {filter}"
@@ -339,7 +360,7 @@ impl Store {
             let mut tx = pool.begin().await?;
             let mut n = 0;
             for sql in [&transition, &update] {
-                n = sqlx::query(trusted(sql)).bind(actor).bind(now).bind(operation).bind(activity).bind(device)
+                n = bind_filters!(sqlx::query(trusted(sql)).bind(actor).bind(now), f)
                     .execute(&mut *tx).await?.rows_affected();
             }
             tx.commit().await?;
@@ -375,12 +396,19 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<OperationRow>, StoreError> {
-        let sql = format!(
-            "SELECT {OP_COLUMNS} FROM operations WHERE id > $1 AND ($2 IS NULL OR device = $2)
-               AND ($3 IS NULL OR activity = $3) AND ($4 IS NULL OR state = $4) ORDER BY id LIMIT $5"
-        );
-        Ok(with_pool!(self, pool => sqlx::query_as(trusted(&sql))
-            .bind(after).bind(device).bind(activity).bind(state).bind(limit).fetch_all(pool).await?))
+        let mut f = Filters::new(3);
+        if let Some(v) = device {
+            f.and("device = ?", Param::Int(v));
+        }
+        if let Some(v) = activity {
+            f.and("activity = ?", Param::Int(v));
+        }
+        if let Some(v) = state {
+            f.and("state = ?", Param::Text(v.to_string()));
+        }
+        let sql = format!("SELECT {OP_COLUMNS} FROM operations WHERE id > $1{} ORDER BY id LIMIT $2", f.sql);
+        Ok(with_pool!(self, pool => bind_filters!(sqlx::query_as(trusted(&sql)).bind(after).bind(limit), f)
+            .fetch_all(pool).await?))
     }
 
     pub async fn transitions(&self, operation: i64) -> Result<Vec<TransitionRow>, StoreError> {
