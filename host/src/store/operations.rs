@@ -95,6 +95,7 @@ pub struct QueuedOperation {
     pub code: String,
     pub kind: String,
     pub payload: Option<String>,
+    pub expires_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
@@ -143,12 +144,12 @@ impl Store {
             "INSERT INTO operations (activity, device, code, kind, state, attempts, created_at, updated_at, expires_at, max_attempts)
              SELECT $1, d.id, $2, $3, 'PENDING', 0, $4, $4, $5, $6 FROM devices d WHERE {predicate} ORDER BY d.id");
         // The older commands: same code, still pending, for a device this activity reached.
-        // Driven from the new activity's rows (by-activity index), probing each device's
-        // queue (queue index), so the cost follows the fan-out, not the table.
-        let older = "SELECT o.id FROM operations n JOIN operations o
-                       ON o.device = n.device AND o.state = 'PENDING' AND o.code = $3 AND o.kind = 'command'
-                      AND o.activity <> $4
-                     WHERE n.activity = $4";
+        // Read from the partial index of pending operations by (code, device), against the
+        // new activity's devices as an uncorrelated set: both planners hash it (or build an
+        // ephemeral index), whatever their statistics say right after a large fan-out.
+        let older = "SELECT o.id FROM operations o
+                     WHERE o.state = 'PENDING' AND o.code = $3 AND o.kind = 'command' AND o.activity <> $4
+                       AND o.device IN (SELECT n.device FROM operations n WHERE n.activity = $4)";
         let supersede_log = format!(
             "INSERT INTO transitions (operation, from_state, to_state, actor, at)
              SELECT id, 'PENDING', 'REPEATED', $1, $2 FROM operations WHERE id IN ({older})"
@@ -196,14 +197,24 @@ impl Store {
     }
 
     /// A device's queued operations (PENDING or NOTNOW), oldest first, at most `limit`.
-    /// Operations past their TTL are expired first, so they are never offered.
+    /// Operations past their TTL are never offered: if the fetch finds any, they are
+    /// expired and the fetch repeated. In the common case this is one indexed read.
     pub async fn queued(&self, device: i64, limit: i64) -> Result<Vec<QueuedOperation>, StoreError> {
         let now = now_ms();
-        self.expire(Some(device), now).await?;
-        Ok(with_pool!(self, pool => sqlx::query_as(
-                "SELECT o.id, o.code, o.kind, a.payload FROM operations o JOIN activities a ON a.id = o.activity
-                 WHERE o.device = $1 AND o.state IN ('PENDING', 'NOTNOW') ORDER BY o.id LIMIT $2")
-            .bind(device).bind(limit).fetch_all(pool).await?))
+        let fetch = || async {
+            let rows: Vec<QueuedOperation> = with_pool!(self, pool => sqlx::query_as(
+                    "SELECT o.id, o.code, o.kind, a.payload, o.expires_at FROM operations o
+                     JOIN activities a ON a.id = o.activity
+                     WHERE o.device = $1 AND o.state IN ('PENDING', 'NOTNOW') ORDER BY o.id LIMIT $2")
+                .bind(device).bind(limit).fetch_all(pool).await?);
+            Ok::<_, StoreError>(rows)
+        };
+        let rows = fetch().await?;
+        if rows.iter().any(|q| q.expires_at.is_some_and(|e| e <= now)) {
+            self.expire(Some(device), now).await?;
+            return fetch().await;
+        }
+        Ok(rows)
     }
 
     /// Expire live operations past their TTL: one device's, or everyone's (`None`).
