@@ -14,6 +14,9 @@ pub struct TargetSet {
     pub tags: Vec<String>,
 }
 
+/// A fan-out this large refreshes PostgreSQL's statistics before superseding.
+const ANALYZE_AFTER: u64 = 10_000;
+
 /// Explicit device lists longer than this must use a group (bind-parameter limits).
 pub const MAX_EXPLICIT_DEVICES: usize = 10_000;
 
@@ -143,10 +146,8 @@ impl Store {
         let insert = format!(
             "INSERT INTO operations (activity, device, code, kind, state, attempts, created_at, updated_at, expires_at, max_attempts)
              SELECT $1, d.id, $2, $3, 'PENDING', 0, $4, $4, $5, $6 FROM devices d WHERE {predicate} ORDER BY d.id");
-        // The older commands: same code, still pending, for a device this activity reached.
-        // Read from the partial index of pending operations by (code, device), against the
-        // new activity's devices as an uncorrelated set: both planners hash it (or build an
-        // ephemeral index), whatever their statistics say right after a large fan-out.
+        // The older commands: same code, still pending, for a device this activity reached,
+        // against the new activity's devices as an uncorrelated set.
         let older = "SELECT o.id FROM operations o
                      WHERE o.state = 'PENDING' AND o.code = $3 AND o.kind = 'command' AND o.activity <> $4
                        AND o.device IN (SELECT n.device FROM operations n WHERE n.activity = $4)";
@@ -171,6 +172,12 @@ impl Store {
             for g in &targets.groups { q = q.bind(*g); }
             for t in &targets.tags { q = q.bind(t); }
             let n = q.execute(&mut *tx).await?.rows_affected();
+            if a.kind == "command" && n >= ANALYZE_AFTER && matches!(self.backend, Backend::Postgres(_)) {
+                // Right after a large fan-out PostgreSQL has no statistics for the new rows
+                // and plans the superseding join as a nested loop (minutes for 100k
+                // devices). ANALYZE samples the table, in this transaction, in milliseconds.
+                sqlx::query("ANALYZE operations").execute(&mut *tx).await?;
+            }
             if a.kind == "command" {
                 for sql in [&supersede_log, &supersede] {
                     sqlx::query(trusted(sql)).bind(&a.created_by).bind(now).bind(&a.code).bind(activity.id)
