@@ -217,6 +217,11 @@ async fn handle_message(
         Reply::None => Ok(StatusCode::OK.into_response()),
         Reply::Immediate(out) => render(out),
         Reply::PendingOperations => {
+            // Encode sees what this message changed (metadata, session); re-read only then,
+            // so a plain poll costs no extra query.
+            if message.info.is_empty() && message.session.is_none() {
+                return pending(state, plugin, device).await;
+            }
             let device = state.store.device_by_key(device.id).await?.unwrap_or_else(|| device.clone());
             pending(state, plugin, &device).await
         }

@@ -389,14 +389,10 @@ impl Store {
     /// Disenroll: cancel every live operation, revoke credentials, mark removed.
     pub async fn disenroll(&self, device: i64, actor: &str) -> Result<u64, StoreError> {
         let cancelled = self.cancel(None, None, Some(device), actor).await?;
-        let now = now_ms();
-        with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            sqlx::query("UPDATE device_credentials SET revoked_at = $1 WHERE device = $2 AND revoked_at IS NULL")
-                .bind(now).bind(device).execute(&mut *tx).await?;
-            sqlx::query("UPDATE devices SET status = 'removed' WHERE id = $1").bind(device).execute(&mut *tx).await?;
-            tx.commit().await?;
-        });
+        // Revoke first: from here on the device cannot call in to a half-removed record.
+        self.revoke_device_credentials(device).await?;
+        with_pool!(self, pool => sqlx::query("UPDATE devices SET status = 'removed' WHERE id = $1")
+            .bind(device).execute(pool).await.map(|_| ())?);
         Ok(cancelled)
     }
 
