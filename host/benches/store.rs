@@ -47,7 +47,7 @@ macro_rules! bench_backend {
         let t = Instant::now();
         store.register_devices(&devices).await.unwrap();
         let register = t.elapsed();
-        let group = store.create_group("all", "").await.unwrap();
+        let group = store.create_group("all", "", None).await.unwrap();
         let keys: Vec<i64> = {
             let rows: Vec<(i64,)> = sqlx::query_as("SELECT id FROM devices ORDER BY id").fetch_all(&pool).await.unwrap();
             rows.into_iter().map(|(k,)| k).collect()

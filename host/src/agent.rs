@@ -1,8 +1,9 @@
 //! Device-facing endpoints: `/agent/v1/{type}/{*path}` routed to the type's plugin.
 //!
-//! The host does not know any device type's paths: `enroll` is the one sub-path it
-//! handles itself (through the plugin's `enroll`); everything else is authenticated by
-//! the device's credential and handed to the plugin's `decode`. Then the host records
+//! The host does not know any device type's paths. It reserves two sub-paths: `enroll`
+//! (through the plugin's `enroll`) and `credential` (POST: refresh the caller's
+//! credential); everything else is authenticated by the device's credential and handed
+//! to the plugin's `decode`. Then the host records
 //! what the message carried and answers as the plugin's `reply` says, with pending
 //! operations encoded by the plugin when asked.
 
@@ -24,8 +25,12 @@ use axum::{Json, Router};
 use serde_json::json;
 use std::sync::Arc;
 
-/// Credentials issued at enrollment live this long.
+/// Credentials issued at enrollment or refresh live this long.
 pub const CREDENTIAL_DAYS: i64 = 90;
+
+/// After a refresh the old credential keeps working this long (requests in flight, an
+/// answer lost in transit).
+const OLD_CREDENTIAL_GRACE_SECS: i64 = 300;
 
 /// At most this many operations go out in one answer, whatever the plugin allows.
 const MAX_BATCH: i64 = 100;
@@ -104,14 +109,51 @@ async fn agent(
             });
         return enroll(&state, &plugin, &device_type, channel, body, token).await;
     }
-    let AuthDevice(device) = AuthDevice::from_request_parts(&mut parts, &state).await?;
+    let AuthDevice(device, credential) = AuthDevice::from_request_parts(&mut parts, &state).await?;
     if device.device_type != device_type {
         return Err(ApiError::forbidden(format!(
             "this credential is for a {} device, not {device_type}",
             device.device_type
         )));
     }
+    if path == "credential" {
+        if method != Method::POST {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method",
+                "refresh a credential with POST /agent/v1/{type}/credential",
+            ));
+        }
+        return refresh_credential(&state, &device, &credential).await;
+    }
     handle_message(&state, &plugin, &device, channel, body).await
+}
+
+/// The credential answer of enrollment and refresh (OAuth-style field names).
+fn credential_body(device: &DeviceRow, token: &str) -> serde_json::Value {
+    json!({
+        "device_type": device.device_type, "device_id": device.device_id, "status": device.status,
+        "access_token": token, "token_type": "Bearer", "expires_in": CREDENTIAL_DAYS * 86_400,
+    })
+}
+
+/// Issue a new credential to a device that holds a live one; the old one is shortened
+/// to a grace period.
+async fn refresh_credential(state: &AppState, device: &DeviceRow, old_hash: &str) -> Result<Response, ApiError> {
+    let (token, hash) = crate::auth::new_token("dev");
+    let now = crate::store::now_ms();
+    state
+        .store
+        .refresh_device_credential(
+            device.id,
+            old_hash,
+            &hash,
+            now + CREDENTIAL_DAYS * 86_400_000,
+            now + OLD_CREDENTIAL_GRACE_SECS * 1000,
+        )
+        .await?;
+    tracing::info!(device_type = %device.device_type, device_id = %device.device_id, "device credential refreshed");
+    Ok((StatusCode::OK, Json(credential_body(device, &token))).into_response())
 }
 
 async fn enroll(
@@ -166,17 +208,13 @@ async fn enroll(
             other => other.into(),
         })?;
     let (token, hash) = crate::auth::new_token("dev");
-    let expires_in = CREDENTIAL_DAYS * 86_400;
-    state.store.insert_device_credential(device.id, &hash, crate::store::now_ms() + expires_in * 1000).await?;
+    let expires_at = crate::store::now_ms() + CREDENTIAL_DAYS * 86_400_000;
+    state.store.insert_device_credential(device.id, &hash, expires_at).await?;
     tracing::info!(device_type, device_id = %device.device_id, "device enrolled");
-    let body = json!({
-        "device_type": device.device_type, "device_id": device.device_id, "status": device.status,
-        "access_token": token, "token_type": "Bearer", "expires_in": expires_in,
-    });
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    Ok((StatusCode::CREATED, Json(credential_body(&device, &token))).into_response())
 }
 
-fn plugin_device(d: &DeviceRow) -> Device {
+pub(crate) fn plugin_device(d: &DeviceRow) -> Device {
     Device { id: d.device_id.clone(), metadata: d.metadata_pairs(), session: d.session.clone() }
 }
 
@@ -198,6 +236,36 @@ async fn handle_message(
     channel: Channel,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let message = receive(state, plugin, device, channel, &body).await?;
+    match message.reply {
+        Reply::None => Ok(StatusCode::OK.into_response()),
+        Reply::Immediate(out) => render(out),
+        Reply::PendingOperations => {
+            // Encode sees what this message changed (metadata, session); re-read only then,
+            // so a plain poll costs no extra query.
+            let device = if message.info.is_empty() && message.session.is_none() {
+                device.clone()
+            } else {
+                state.store.device_by_key(device.id).await?.unwrap_or_else(|| device.clone())
+            };
+            match encode_queued(state, plugin, &device, ChannelKind::Http, "delivery:poll", false).await? {
+                Some(out) => render(out),
+                None => Ok(StatusCode::OK.into_response()),
+            }
+        }
+    }
+}
+
+/// The part of every device message that does not depend on its channel: decode it with
+/// the plugin, record the results it carries (idempotently), note that the device was
+/// seen with what it reported. Returns the decoded message for the caller to answer.
+pub(crate) async fn receive(
+    state: &AppState,
+    plugin: &LoadedPlugin,
+    device: &DeviceRow,
+    channel: Channel,
+    body: &[u8],
+) -> Result<crate::plugins::types::DeviceMessage, ApiError> {
     let message = plugin.decode(plugin_device(device), channel, body.to_vec()).await.map_err(|e| match e {
         CallError::Rejected(p) => ApiError::bad_request("bad_device_message", p.message),
         other => other.into(),
@@ -213,19 +281,7 @@ async fn handle_message(
         }
     }
     state.store.touch_device(device.id, &message.info, message.session.as_deref()).await?;
-    match message.reply {
-        Reply::None => Ok(StatusCode::OK.into_response()),
-        Reply::Immediate(out) => render(out),
-        Reply::PendingOperations => {
-            // Encode sees what this message changed (metadata, session); re-read only then,
-            // so a plain poll costs no extra query.
-            if message.info.is_empty() && message.session.is_none() {
-                return pending(state, plugin, device).await;
-            }
-            let device = state.store.device_by_key(device.id).await?.unwrap_or_else(|| device.clone());
-            pending(state, plugin, &device).await
-        }
-    }
+    Ok(message)
 }
 
 fn kind_of(s: &str) -> OperationKind {
@@ -236,26 +292,29 @@ fn kind_of(s: &str) -> OperationKind {
     }
 }
 
-/// Answer with the device's queued operations, encoded by its plugin, and mark what the
-/// plugin says it carried as delivered. An operation the plugin cannot encode ends in
-/// ERROR (recorded with the plugin's message) so it cannot block the queue.
-async fn pending(state: &AppState, plugin: &LoadedPlugin, device: &DeviceRow) -> Result<Response, ApiError> {
+/// The device's queued operations encoded by its plugin for `kind`, after marking what
+/// the plugin says it carried as delivered by `actor`. `None` when nothing is queued and
+/// `skip_empty` (a push has nothing to send; a poll still answers "nothing"). An
+/// operation the plugin cannot encode ends in ERROR (recorded with the plugin's message)
+/// so it cannot block the queue.
+pub(crate) async fn encode_queued(
+    state: &AppState,
+    plugin: &LoadedPlugin,
+    device: &DeviceRow,
+    kind: ChannelKind,
+    actor: &str,
+    skip_empty: bool,
+) -> Result<Option<Outbound>, ApiError> {
     let limit = plugin
         .device_type_info()
         .and_then(|i| i.max_operations_per_message)
         .map_or(MAX_BATCH, |m| (m as i64).clamp(1, MAX_BATCH));
     for _ in 0..=MAX_POISON_PER_CALL {
         let queued = state.store.queued(device.id, limit).await?;
-        let ops: Vec<Operation> = queued
-            .iter()
-            .map(|q| Operation {
-                id: q.id as u64,
-                code: q.code.clone(),
-                kind: kind_of(&q.kind),
-                payload: q.payload.clone(),
-            })
-            .collect();
-        match plugin.encode(plugin_device(device), ops, ChannelKind::Http).await {
+        if queued.is_empty() && skip_empty {
+            return Ok(None);
+        }
+        match plugin.encode(plugin_device(device), plugin_operations(&queued), kind).await {
             Ok(encoded) => {
                 let delivered: Vec<i64> = encoded
                     .delivered
@@ -263,23 +322,35 @@ async fn pending(state: &AppState, plugin: &LoadedPlugin, device: &DeviceRow) ->
                     .map(|&id| id as i64)
                     .filter(|id| queued.iter().any(|q| q.id == *id))
                     .collect();
-                state.store.mark_delivered(device.id, &delivered, "delivery:poll").await?;
+                state.store.mark_delivered(device.id, &delivered, actor).await?;
                 if let Some(s) = &encoded.session {
                     state.store.touch_device(device.id, &[], Some(s)).await?;
                 }
-                return render(encoded.output);
+                return Ok(Some(encoded.output));
             }
             Err(CallError::Rejected(e)) if !queued.is_empty() => {
                 // The oldest queued operation is the one to blame first.
                 let poison = queued[0].id;
                 let response = json!({"error": e.message}).to_string();
                 tracing::warn!(operation = poison, "plugin cannot encode operation: ending it in ERROR: {}", e.message);
-                state.store.fail(device.id, poison, response, "delivery:poll").await?;
+                state.store.fail(device.id, poison, response, actor).await?;
             }
             Err(e) => return Err(e.into()),
         }
     }
     Err(ApiError::internal("too many operations the plugin cannot encode in one call"))
+}
+
+pub(crate) fn plugin_operations(queued: &[crate::store::QueuedOperation]) -> Vec<Operation> {
+    queued
+        .iter()
+        .map(|q| Operation {
+            id: q.id as u64,
+            code: q.code.clone(),
+            kind: kind_of(&q.kind),
+            payload: q.payload.clone(),
+        })
+        .collect()
 }
 
 fn render(out: Outbound) -> Result<Response, ApiError> {

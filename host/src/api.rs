@@ -4,14 +4,22 @@
 use crate::auth::{Admin, Role};
 use crate::plugins::CallError;
 use crate::server::AppState;
-use crate::store::{DeviceRow, MAX_EXPLICIT_DEVICES, NewActivity, StoreError, TargetSet};
+use crate::store::{
+    ActivityRow, DeviceQuery, DeviceRow, GroupRow, MAX_EXPLICIT_DEVICES, NewActivity, OperationRow, StoreError,
+    TargetSet, TransitionRow,
+};
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// An error for an API caller: HTTP status, a stable code, a message saying what was wrong.
 #[derive(Debug)]
@@ -42,12 +50,27 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable, e.g. `unknown_operation`, `malformed_json`.
+    code: String,
+    /// What was wrong, for a person.
+    message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
             tracing::error!(code = self.code, "{}", self.message);
         }
-        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+        let body = ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message } };
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -92,7 +115,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        let body = axum::body::Bytes::from_request(req, state)
+        let body = Bytes::from_request(req, state)
             .await
             .map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
         serde_json::from_slice(&body)
@@ -101,28 +124,91 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
     }
 }
 
+/// The admin API's routes and its OpenAPI document, built from the same handler list
+/// (`routes!`), so the document cannot drift from what is served.
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/devices", get(list_devices))
-        .route("/api/v1/devices/{device_type}/{device_id}", get(get_device).delete(remove_device))
-        .route("/api/v1/devices/{device_type}/{device_id}/tags", put(set_tags))
-        .route("/api/v1/groups", get(list_groups).post(create_group))
-        .route("/api/v1/groups/{name}/members", post(add_members))
-        .route("/api/v1/operations", get(list_operations).post(add_operation))
-        .route("/api/v1/operations/{id}", get(get_operation))
-        .route("/api/v1/operations/{id}/cancel", post(cancel_operation))
-        .route("/api/v1/activities/{id}", get(get_activity))
-        .route("/api/v1/activities/{id}/cancel", post(cancel_activity))
-        .route("/api/v1/plugins", get(list_plugins))
-        .route("/api/v1/admin-tokens", post(create_admin_token))
-        .route("/api/v1/enrollment-tokens", post(create_enrollment_token))
-        .route("/api/v1/devices/import", post(import_devices))
+    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(list_devices))
+        .routes(routes!(get_device, remove_device))
+        .routes(routes!(set_tags))
+        .routes(routes!(revoke_credentials))
+        .routes(routes!(import_devices))
+        .routes(routes!(list_groups, create_group))
+        .routes(routes!(get_group, delete_group))
+        .routes(routes!(add_members))
+        .routes(routes!(list_operations, add_operation))
+        .routes(routes!(get_operation))
+        .routes(routes!(cancel_operation))
+        .routes(routes!(list_activities))
+        .routes(routes!(get_activity))
+        .routes(routes!(cancel_activity))
+        .routes(routes!(list_plugins))
+        .routes(routes!(create_admin_token))
+        .routes(routes!(create_enrollment_token))
+        .split_for_parts();
+    let document = Bytes::from(api.to_pretty_json().unwrap_or_default());
+    router.route(
+        "/api/v1/openapi.json",
+        get(move || {
+            let document = document.clone();
+            async move { ([(header::CONTENT_TYPE, "application/json")], document) }
+        }),
+    )
 }
 
-#[derive(Deserialize)]
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Drover admin API",
+        description = "Devices, groups, operations and plugins of a Drover server. Every call takes an \
+                       admin token (`Authorization: Bearer drv_admin_…`) whose role is viewer, operator or admin. \
+                       Errors are `{\"error\": {\"code\", \"message\"}}` with a stable code."
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "devices", description = "Enrolled and pre-registered devices, their tags and credentials"),
+        (name = "groups", description = "Static groups (member lists) and dynamic groups (saved queries)"),
+        (name = "operations", description = "Operations and activities: add, follow, cancel"),
+        (name = "admin", description = "Plugins and tokens"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+/// The error answers every endpoint can give.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum Errors {
+    /// The request is malformed or invalid; the message names the problem.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// No admin token, or an unknown or revoked one.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// The token's role does not allow this.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// What the path names does not exist.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+}
+
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// Return items after this id (the previous page's `next_after`).
     after: Option<i64>,
+    /// Page size, 1 to 1000 (default 100).
     limit: Option<i64>,
 }
 
@@ -132,12 +218,54 @@ impl Page {
     }
 }
 
-fn device_json(d: &DeviceRow, tags: Vec<String>) -> Value {
-    let metadata: Value = serde_json::from_str(&d.metadata).unwrap_or(json!({}));
-    let mut v = serde_json::to_value(d).unwrap_or(json!({}));
-    v["metadata"] = metadata;
-    v["tags"] = json!(tags);
-    v
+/// The `next_after` of a page: the last id when the page is full.
+fn next_after<T>(rows: &[T], limit: i64, id: impl Fn(&T) -> i64) -> Option<i64> {
+    (rows.len() as i64 == limit).then(|| rows.last().map(id)).flatten()
+}
+
+/// A device as the API shows it.
+#[derive(Serialize, ToSchema)]
+struct Device {
+    device_type: String,
+    device_id: String,
+    name: String,
+    owner: Option<String>,
+    /// `BYOD` or `COPE`.
+    ownership: String,
+    /// `registered` (pre-registered, not yet enrolled), `active`, `unreachable` (not seen
+    /// for the configured hours) or `removed`.
+    status: String,
+    /// Milliseconds since the Unix epoch.
+    enrolled_at: i64,
+    last_seen_at: Option<i64>,
+    /// What the device reported about itself.
+    #[schema(value_type = Object)]
+    metadata: Value,
+    tags: Vec<String>,
+}
+
+impl Device {
+    fn new(d: &DeviceRow, tags: Vec<String>) -> Device {
+        Device {
+            device_type: d.device_type.clone(),
+            device_id: d.device_id.clone(),
+            name: d.name.clone(),
+            owner: d.owner.clone(),
+            ownership: d.ownership.clone(),
+            status: d.status.clone(),
+            enrolled_at: d.enrolled_at,
+            last_seen_at: d.last_seen_at,
+            metadata: serde_json::from_str(&d.metadata).unwrap_or(json!({})),
+            tags,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+struct DevicePage {
+    items: Vec<Device>,
+    /// Pass as `after` for the next page; absent on the last page.
+    next_after: Option<i64>,
 }
 
 async fn device_or_404(state: &AppState, device_type: &str, device_id: &str) -> Result<DeviceRow, ApiError> {
@@ -148,117 +276,253 @@ async fn device_or_404(state: &AppState, device_type: &str, device_id: &str) -> 
         .ok_or_else(|| ApiError::not_found(format!("device {device_type}/{device_id} not found")))
 }
 
-#[derive(Deserialize)]
+async fn group_or_404(state: &AppState, name: &str) -> Result<GroupRow, ApiError> {
+    state.store.group(name).await?.ok_or_else(|| ApiError::not_found(format!("group `{name}` not found")))
+}
+
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct DeviceQuery {
+#[into_params(parameter_in = Query)]
+struct DeviceFilter {
+    /// Only devices of this type.
     #[serde(rename = "type")]
+    #[param(rename = "type")]
     device_type: Option<String>,
+    /// Only devices in this status.
     status: Option<String>,
+    /// Only devices with this tag.
     tag: Option<String>,
+    /// Only devices in this group (static or dynamic).
     group: Option<String>,
     after: Option<i64>,
     limit: Option<i64>,
 }
 
+/// List devices, filtered, in pages.
+#[utoipa::path(get, path = "/api/v1/devices", tag = "devices", params(DeviceFilter),
+    responses((status = 200, body = DevicePage), Errors))]
 async fn list_devices(
     State(state): State<AppState>,
     admin: Admin,
-    Query(q): Query<DeviceQuery>,
-) -> Result<Json<Value>, ApiError> {
+    Query(q): Query<DeviceFilter>,
+) -> Result<Json<DevicePage>, ApiError> {
     admin.require(Role::Viewer)?;
     let (after, limit) = Page { after: q.after, limit: q.limit }.bounds();
+    let group = match &q.group {
+        Some(name) => Some(group_or_404(&state, name).await?),
+        None => None,
+    };
     let rows = state
         .store
-        .list_devices(q.device_type.as_deref(), q.status.as_deref(), q.tag.as_deref(), q.group.as_deref(), after, limit)
+        .list_devices(q.device_type.as_deref(), q.status.as_deref(), q.tag.as_deref(), group.as_ref(), after, limit)
         .await?;
     let mut items = Vec::with_capacity(rows.len());
     for d in &rows {
-        items.push(device_json(d, state.store.tags(d.id).await?));
+        items.push(Device::new(d, state.store.tags(d.id).await?));
     }
-    let next = (rows.len() as i64 == limit).then(|| rows.last().map(|d| d.id)).flatten();
-    Ok(Json(json!({"items": items, "next_after": next})))
+    Ok(Json(DevicePage { items, next_after: next_after(&rows, limit, |d| d.id) }))
 }
 
+/// One device.
+#[utoipa::path(get, path = "/api/v1/devices/{device_type}/{device_id}", tag = "devices",
+    params(("device_type" = String, Path), ("device_id" = String, Path)),
+    responses((status = 200, body = Device), Errors))]
 async fn get_device(
     State(state): State<AppState>,
     admin: Admin,
     Path((t, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Device>, ApiError> {
     admin.require(Role::Viewer)?;
     let d = device_or_404(&state, &t, &id).await?;
-    Ok(Json(device_json(&d, state.store.tags(d.id).await?)))
+    Ok(Json(Device::new(&d, state.store.tags(d.id).await?)))
 }
 
-/// Disenroll: every live operation is cancelled, credentials revoked, status removed.
+#[derive(Serialize, ToSchema)]
+struct Removed {
+    device_type: String,
+    device_id: String,
+    status: String,
+    /// Live operations cancelled by the removal.
+    cancelled_operations: u64,
+}
+
+/// Disenroll a device: every live operation is cancelled, its credentials revoked, its
+/// status `removed`. Its history is kept; it may enroll again.
+#[utoipa::path(delete, path = "/api/v1/devices/{device_type}/{device_id}", tag = "devices",
+    params(("device_type" = String, Path), ("device_id" = String, Path)),
+    responses((status = 200, body = Removed), Errors))]
 async fn remove_device(
     State(state): State<AppState>,
     admin: Admin,
     Path((t, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Removed>, ApiError> {
     admin.require(Role::Admin)?;
     let d = device_or_404(&state, &t, &id).await?;
     let cancelled = state.store.disenroll(d.id, &admin.actor()).await?;
-    Ok(Json(json!({"device_type": t, "device_id": id, "status": "removed", "cancelled_operations": cancelled})))
+    Ok(Json(Removed { device_type: t, device_id: id, status: "removed".into(), cancelled_operations: cancelled }))
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, ToSchema)]
+struct Revoked {
+    /// Live credentials revoked.
+    revoked: u64,
+}
+
+/// Revoke every credential of a device (a lost or stolen device). It can no longer call
+/// in; its operations stay queued. Remove it and enroll it again to give it a new one.
+#[utoipa::path(post, path = "/api/v1/devices/{device_type}/{device_id}/revoke-credentials", tag = "devices",
+    params(("device_type" = String, Path), ("device_id" = String, Path)),
+    responses((status = 200, body = Revoked), Errors))]
+async fn revoke_credentials(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path((t, id)): Path<(String, String)>,
+) -> Result<Json<Revoked>, ApiError> {
+    admin.require(Role::Admin)?;
+    let d = device_or_404(&state, &t, &id).await?;
+    let revoked = state.store.revoke_device_credentials(d.id).await?;
+    tracing::info!(device_type = %t, device_id = %id, revoked, actor = %admin.actor(), "device credentials revoked");
+    Ok(Json(Revoked { revoked }))
+}
+
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Tags {
+    /// 1-64 letters, digits and `- _ . : =` each.
     tags: Vec<String>,
 }
 
+fn tag_problem(tag: &str) -> Option<String> {
+    (tag.is_empty() || tag.len() > 64 || !tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:=".contains(&b)))
+        .then(|| format!("tag `{tag}`: use 1-64 letters, digits and - _ . : ="))
+}
+
+/// Replace a device's tags.
+#[utoipa::path(put, path = "/api/v1/devices/{device_type}/{device_id}/tags", tag = "devices",
+    params(("device_type" = String, Path), ("device_id" = String, Path)),
+    request_body = Tags, responses((status = 200, body = Device), Errors))]
 async fn set_tags(
     State(state): State<AppState>,
     admin: Admin,
     Path((t, id)): Path<(String, String)>,
     ApiJson(body): ApiJson<Tags>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Device>, ApiError> {
     admin.require(Role::Operator)?;
-    for tag in &body.tags {
-        if tag.is_empty() || tag.len() > 64 || !tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:=".contains(&b))
-        {
-            return Err(ApiError::bad_request(
-                "invalid",
-                format!("tag `{tag}`: use 1-64 letters, digits and - _ . : ="),
-            ));
-        }
+    if let Some(p) = body.tags.iter().find_map(|t| tag_problem(t)) {
+        return Err(ApiError::bad_request("invalid", p));
     }
     let d = device_or_404(&state, &t, &id).await?;
     let mut tags = body.tags;
     tags.sort();
     tags.dedup();
     state.store.set_tags(d.id, &tags).await?;
-    Ok(Json(device_json(&d, tags)))
+    Ok(Json(Device::new(&d, tags)))
 }
 
-async fn list_groups(State(state): State<AppState>, admin: Admin) -> Result<Json<Value>, ApiError> {
+/// A group as the API shows it.
+#[derive(Serialize, ToSchema)]
+struct Group {
+    name: String,
+    description: String,
+    created_at: i64,
+    /// For a dynamic group, the query its devices match; absent for a static group.
+    query: Option<DeviceQuery>,
+    /// How many live devices it holds now.
+    devices: i64,
+}
+
+impl Group {
+    async fn new(state: &AppState, g: &GroupRow) -> Result<Group, ApiError> {
+        Ok(Group {
+            name: g.name.clone(),
+            description: g.description.clone(),
+            created_at: g.created_at,
+            query: g.query(),
+            devices: state.store.group_size(g).await?,
+        })
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+struct GroupList {
+    items: Vec<Group>,
+}
+
+/// All groups with their current sizes.
+#[utoipa::path(get, path = "/api/v1/groups", tag = "groups", responses((status = 200, body = GroupList), Errors))]
+async fn list_groups(State(state): State<AppState>, admin: Admin) -> Result<Json<GroupList>, ApiError> {
     admin.require(Role::Viewer)?;
-    Ok(Json(json!({"items": state.store.groups().await?})))
+    let mut items = Vec::new();
+    for g in state.store.groups().await? {
+        items.push(Group::new(&state, &g).await?);
+    }
+    Ok(Json(GroupList { items }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewGroup {
+    /// 1 to 128 characters, unique.
     name: String,
     #[serde(default)]
     description: String,
+    /// Makes the group dynamic: its devices are those matching the query when it is used.
+    query: Option<DeviceQuery>,
 }
 
+/// Create a static group (add members later) or a dynamic one (with a query).
+#[utoipa::path(post, path = "/api/v1/groups", tag = "groups", request_body = NewGroup,
+    responses((status = 201, body = Group), (status = 409, description = "The name is taken", body = ErrorBody), Errors))]
 async fn create_group(
     State(state): State<AppState>,
     admin: Admin,
     ApiJson(g): ApiJson<NewGroup>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Group>), ApiError> {
     admin.require(Role::Operator)?;
     if g.name.trim().is_empty() || g.name.len() > 128 {
         return Err(ApiError::bad_request("invalid", "group `name` must be 1 to 128 characters"));
     }
-    let row = state.store.create_group(&g.name, &g.description).await?;
-    Ok((StatusCode::CREATED, Json(serde_json::to_value(row).unwrap_or_default())))
+    if let Some(q) = &g.query {
+        if let Some(p) = q.problem() {
+            return Err(ApiError::bad_request("invalid", format!("`query`: {p}")));
+        }
+        if let Some(p) = q.tags.iter().find_map(|t| tag_problem(t)) {
+            return Err(ApiError::bad_request("invalid", format!("`query`: {p}")));
+        }
+    }
+    let row = state.store.create_group(&g.name, &g.description, g.query.as_ref()).await?;
+    Ok((StatusCode::CREATED, Json(Group::new(&state, &row).await?)))
+}
+
+/// One group with its current size; list its devices with `GET /api/v1/devices?group=`.
+#[utoipa::path(get, path = "/api/v1/groups/{name}", tag = "groups", params(("name" = String, Path)),
+    responses((status = 200, body = Group), Errors))]
+async fn get_group(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(name): Path<String>,
+) -> Result<Json<Group>, ApiError> {
+    admin.require(Role::Viewer)?;
+    let g = group_or_404(&state, &name).await?;
+    Ok(Json(Group::new(&state, &g).await?))
+}
+
+/// Delete a group. Its devices stay, and operations already added for it stay queued.
+#[utoipa::path(delete, path = "/api/v1/groups/{name}", tag = "groups", params(("name" = String, Path)),
+    responses((status = 204, description = "Deleted"), Errors))]
+async fn delete_group(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    admin.require(Role::Operator)?;
+    let g = group_or_404(&state, &name).await?;
+    state.store.delete_group(g.id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// A device named by type and id, as the API addresses devices.
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Serialize, Debug, Clone, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DeviceRef {
     #[serde(rename = "type")]
@@ -266,10 +530,17 @@ struct DeviceRef {
     id: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Members {
     devices: Vec<DeviceRef>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct MembersAdded {
+    group: String,
+    /// Devices named (those already members are left as they are).
+    added: usize,
 }
 
 async fn resolve(state: &AppState, refs: &[DeviceRef]) -> Result<Vec<i64>, ApiError> {
@@ -289,54 +560,81 @@ async fn resolve(state: &AppState, refs: &[DeviceRef]) -> Result<Vec<i64>, ApiEr
     Ok(keys)
 }
 
+/// Add devices to a static group.
+#[utoipa::path(post, path = "/api/v1/groups/{name}/members", tag = "groups", params(("name" = String, Path)),
+    request_body = Members,
+    responses((status = 200, body = MembersAdded),
+              (status = 409, description = "The group is dynamic: its query defines its devices", body = ErrorBody),
+              Errors))]
 async fn add_members(
     State(state): State<AppState>,
     admin: Admin,
     Path(name): Path<String>,
     ApiJson(m): ApiJson<Members>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MembersAdded>, ApiError> {
     admin.require(Role::Operator)?;
-    let group =
-        state.store.group(&name).await?.ok_or_else(|| ApiError::not_found(format!("group `{name}` not found")))?;
+    let group = group_or_404(&state, &name).await?;
+    if group.query.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "dynamic_group",
+            format!("group `{name}` is dynamic: its query defines its devices"),
+        ));
+    }
     let keys = resolve(&state, &m.devices).await?;
     state.store.add_members(group.id, &keys).await?;
-    Ok(Json(json!({"group": name, "added": keys.len()})))
+    Ok(Json(MembersAdded { group: name, added: keys.len() }))
 }
 
 /// Who an operation is for: any mix of devices, groups and tags (union).
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Targets {
     #[serde(default)]
     devices: Vec<DeviceRef>,
+    /// Group names, static or dynamic.
     #[serde(default)]
     groups: Vec<String>,
+    /// Devices with any of these tags.
     #[serde(default)]
     tags: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AddOperation {
+    /// An operation code of the target devices' plugin (e.g. `DEVICE_RING`).
     code: String,
-    /// Any JSON value; passed to the plugin as JSON text.
+    /// Any JSON value; each target type's plugin validates it.
+    #[schema(value_type = Option<Object>)]
     payload: Option<Value>,
-    /// Checked against the plugin's catalogue when given.
+    /// `command`, `profile` or `policy`; checked against the plugin's catalogue when given.
     kind: Option<String>,
     targets: Targets,
     /// Seconds until the operation expires if not finished.
     ttl_secs: Option<i64>,
-    /// Re-deliveries after a failed attempt (default 0).
+    /// Re-deliveries after a failed attempt, 0 to 100 (default 0).
     retries: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Added {
+    activity: ActivityRow,
+    /// Operations stored: one per targeted device.
+    operations: u64,
 }
 
 /// Add an operation: validated by each target type's plugin, then stored (activity and
 /// one operation per device, in one transaction) before any delivery.
+#[utoipa::path(post, path = "/api/v1/operations", tag = "operations", request_body = AddOperation,
+    responses((status = 201, body = Added),
+              (status = 503, description = "No plugin is loaded for a target's device type", body = ErrorBody),
+              Errors))]
 async fn add_operation(
     State(state): State<AppState>,
     admin: Admin,
     ApiJson(req): ApiJson<AddOperation>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Added>), ApiError> {
     admin.require(Role::Operator)?;
     let t = &req.targets;
     if t.devices.is_empty() && t.groups.is_empty() && t.tags.is_empty() {
@@ -356,14 +654,17 @@ async fn add_operation(
         ));
     }
     let mut targets =
-        TargetSet { devices: resolve(&state, &t.devices).await?, groups: Vec::new(), tags: t.tags.clone() };
+        TargetSet { devices: resolve(&state, &t.devices).await?, tags: t.tags.clone(), ..Default::default() };
     for g in &t.groups {
         let group = state
             .store
             .group(g)
             .await?
             .ok_or_else(|| ApiError::bad_request("unknown_group", format!("group `{g}` does not exist")))?;
-        targets.groups.push(group.id);
+        match group.query() {
+            Some(q) => targets.queries.push(q),
+            None => targets.groups.push(group.id),
+        }
     }
     let types = state.store.target_types(&targets).await?;
     if types.is_empty() {
@@ -401,7 +702,7 @@ async fn add_operation(
         kind = kind.or(catalogue);
     }
     let kind = kind.or(req.kind).unwrap_or_else(|| "command".into());
-    let (activity, count) = state
+    let (activity, operations) = state
         .store
         .add_activity(
             &NewActivity {
@@ -415,25 +716,41 @@ async fn add_operation(
             &targets,
         )
         .await?;
-    Ok((StatusCode::CREATED, Json(json!({"activity": activity, "operations": count}))))
+    if let Some(push) = &state.push {
+        push.activity_added(activity.id);
+    }
+    Ok((StatusCode::CREATED, Json(Added { activity, operations })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct OperationQuery {
+#[into_params(parameter_in = Query)]
+struct OperationFilter {
+    /// With `device_id`: one device's operations.
     device_type: Option<String>,
     device_id: Option<String>,
+    /// One activity's operations.
     activity: Option<i64>,
+    /// PENDING, IN_PROGRESS, COMPLETED, ERROR, CANCELLED, REPEATED, NOTNOW or EXPIRED.
     state: Option<String>,
     after: Option<i64>,
     limit: Option<i64>,
 }
 
+#[derive(Serialize, ToSchema)]
+struct OperationPage {
+    items: Vec<OperationRow>,
+    next_after: Option<i64>,
+}
+
+/// Operations by device, activity and state, in adding order, in pages.
+#[utoipa::path(get, path = "/api/v1/operations", tag = "operations", params(OperationFilter),
+    responses((status = 200, body = OperationPage), Errors))]
 async fn list_operations(
     State(state): State<AppState>,
     admin: Admin,
-    Query(q): Query<OperationQuery>,
-) -> Result<Json<Value>, ApiError> {
+    Query(q): Query<OperationFilter>,
+) -> Result<Json<OperationPage>, ApiError> {
     admin.require(Role::Viewer)?;
     let device = match (&q.device_type, &q.device_id) {
         (Some(t), Some(id)) => Some(device_or_404(&state, t, id).await?.id),
@@ -447,33 +764,52 @@ async fn list_operations(
     }
     let (after, limit) = Page { after: q.after, limit: q.limit }.bounds();
     let rows = state.store.operations(device, q.activity, q.state.as_deref(), after, limit).await?;
-    let next = (rows.len() as i64 == limit).then(|| rows.last().map(|o| o.id)).flatten();
-    Ok(Json(json!({"items": rows, "next_after": next})))
+    let next_after = next_after(&rows, limit, |o| o.id);
+    Ok(Json(OperationPage { items: rows, next_after }))
 }
 
+/// An operation with its device and every transition it went through.
+#[derive(Serialize, ToSchema)]
+struct OperationDetail {
+    #[serde(flatten)]
+    operation: OperationRow,
+    device: Option<DeviceRef>,
+    /// Oldest first: from, to, actor, time and the device's response.
+    transitions: Vec<TransitionRow>,
+}
+
+/// One operation and its history.
+#[utoipa::path(get, path = "/api/v1/operations/{id}", tag = "operations", params(("id" = i64, Path)),
+    responses((status = 200, body = OperationDetail), Errors))]
 async fn get_operation(
     State(state): State<AppState>,
     admin: Admin,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OperationDetail>, ApiError> {
     admin.require(Role::Viewer)?;
     let op =
         state.store.operation(id).await?.ok_or_else(|| ApiError::not_found(format!("operation {id} not found")))?;
-    let device = state.store.device_by_key(op.device).await?;
+    let device =
+        state.store.device_by_key(op.device).await?.map(|d| DeviceRef { device_type: d.device_type, id: d.device_id });
     let transitions = state.store.transitions(id).await?;
-    let mut v = serde_json::to_value(&op).unwrap_or_default();
-    if let Some(d) = device {
-        v["device"] = json!({"type": d.device_type, "id": d.device_id});
-    }
-    v["transitions"] = serde_json::to_value(transitions).unwrap_or_default();
-    Ok(Json(v))
+    Ok(Json(OperationDetail { operation: op, device, transitions }))
 }
 
+#[derive(Serialize, ToSchema)]
+struct Cancelled {
+    /// Operations cancelled by this call.
+    cancelled: u64,
+}
+
+/// Cancel one operation that has not finished.
+#[utoipa::path(post, path = "/api/v1/operations/{id}/cancel", tag = "operations", params(("id" = i64, Path)),
+    responses((status = 200, body = Cancelled),
+              (status = 409, description = "The operation has already finished", body = ErrorBody), Errors))]
 async fn cancel_operation(
     State(state): State<AppState>,
     admin: Admin,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Cancelled>, ApiError> {
     admin.require(Role::Operator)?;
     let op =
         state.store.operation(id).await?.ok_or_else(|| ApiError::not_found(format!("operation {id} not found")))?;
@@ -481,79 +817,157 @@ async fn cancel_operation(
     if n == 0 {
         return Err(ApiError::new(StatusCode::CONFLICT, "finished", format!("operation {id} is already {}", op.state)));
     }
-    Ok(Json(json!({"operation": id, "state": "CANCELLED"})))
+    Ok(Json(Cancelled { cancelled: n }))
 }
 
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ActivityFilter {
+    /// Only activities of this operation code.
+    code: Option<String>,
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ActivityPage {
+    items: Vec<ActivityRow>,
+    next_after: Option<i64>,
+}
+
+/// Activities (one per added operation) in adding order, in pages.
+#[utoipa::path(get, path = "/api/v1/activities", tag = "operations", params(ActivityFilter),
+    responses((status = 200, body = ActivityPage), Errors))]
+async fn list_activities(
+    State(state): State<AppState>,
+    admin: Admin,
+    Query(q): Query<ActivityFilter>,
+) -> Result<Json<ActivityPage>, ApiError> {
+    admin.require(Role::Viewer)?;
+    let (after, limit) = Page { after: q.after, limit: q.limit }.bounds();
+    let rows = state.store.activities(q.code.as_deref(), after, limit).await?;
+    let next_after = next_after(&rows, limit, |a| a.id);
+    Ok(Json(ActivityPage { items: rows, next_after }))
+}
+
+/// An activity with its payload and how many of its operations are in each state.
+#[derive(Serialize, ToSchema)]
+struct ActivityDetail {
+    #[serde(flatten)]
+    activity: ActivityRow,
+    #[schema(value_type = Option<Object>)]
+    payload: Value,
+    /// Operations per state, e.g. `{"COMPLETED": 98, "PENDING": 2}`.
+    counts: BTreeMap<String, i64>,
+}
+
+/// One activity with counts per state.
+#[utoipa::path(get, path = "/api/v1/activities/{id}", tag = "operations", params(("id" = i64, Path)),
+    responses((status = 200, body = ActivityDetail), Errors))]
 async fn get_activity(
     State(state): State<AppState>,
     admin: Admin,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ActivityDetail>, ApiError> {
     admin.require(Role::Viewer)?;
     let a = state.store.activity(id).await?.ok_or_else(|| ApiError::not_found(format!("activity {id} not found")))?;
-    let counts: serde_json::Map<String, Value> =
-        state.store.activity_counts(id).await?.into_iter().map(|(s, n)| (s, json!(n))).collect();
-    let mut v = serde_json::to_value(&a).unwrap_or_default();
-    v["payload"] = a.payload.as_deref().and_then(|p| serde_json::from_str(p).ok()).unwrap_or(Value::Null);
-    v["counts"] = Value::Object(counts);
-    Ok(Json(v))
+    let counts = state.store.activity_counts(id).await?.into_iter().collect();
+    let payload = a.payload.as_deref().and_then(|p| serde_json::from_str(p).ok()).unwrap_or(Value::Null);
+    Ok(Json(ActivityDetail { activity: a, payload, counts }))
 }
 
+/// Cancel every unfinished operation of an activity.
+#[utoipa::path(post, path = "/api/v1/activities/{id}/cancel", tag = "operations", params(("id" = i64, Path)),
+    responses((status = 200, body = Cancelled), Errors))]
 async fn cancel_activity(
     State(state): State<AppState>,
     admin: Admin,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Cancelled>, ApiError> {
     admin.require(Role::Operator)?;
     state.store.activity(id).await?.ok_or_else(|| ApiError::not_found(format!("activity {id} not found")))?;
-    let n = state.store.cancel(None, Some(id), None, &admin.actor()).await?;
-    Ok(Json(json!({"activity": id, "cancelled": n})))
+    let cancelled = state.store.cancel(None, Some(id), None, &admin.actor()).await?;
+    Ok(Json(Cancelled { cancelled }))
 }
 
-async fn list_plugins(State(state): State<AppState>, admin: Admin) -> Result<Json<Value>, ApiError> {
+#[derive(Serialize, ToSchema)]
+struct PluginList {
+    /// Name, version, kind, publisher, sha256, capabilities requested and granted.
+    #[schema(value_type = Vec<Object>)]
+    items: Vec<crate::plugins::PluginSummary>,
+}
+
+/// The loaded plugins.
+#[utoipa::path(get, path = "/api/v1/plugins", tag = "admin", responses((status = 200, body = PluginList), Errors))]
+async fn list_plugins(State(state): State<AppState>, admin: Admin) -> Result<Json<PluginList>, ApiError> {
     admin.require(Role::Viewer)?;
-    Ok(Json(json!({"items": state.registry.list()})))
+    Ok(Json(PluginList { items: state.registry.list() }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewAdminToken {
+    /// Who or what uses it (recorded as the actor of what it does).
     name: String,
     role: Role,
 }
 
+#[derive(Serialize, ToSchema)]
+struct AdminTokenCreated {
+    name: String,
+    role: Role,
+    /// Shown in this answer only; stored as a hash.
+    token: String,
+}
+
 /// Create an admin-API token; the token is in this answer only.
+#[utoipa::path(post, path = "/api/v1/admin-tokens", tag = "admin", request_body = NewAdminToken,
+    responses((status = 201, body = AdminTokenCreated), Errors))]
 async fn create_admin_token(
     State(state): State<AppState>,
     admin: Admin,
     ApiJson(t): ApiJson<NewAdminToken>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<AdminTokenCreated>), ApiError> {
     admin.require(Role::Admin)?;
     if t.name.trim().is_empty() || t.name.len() > 64 {
         return Err(ApiError::bad_request("invalid", "`name` must be 1 to 64 characters"));
     }
     let (token, hash) = crate::auth::new_token("admin");
     state.store.insert_admin_token(&hash, &t.name, t.role.as_str()).await?;
-    Ok((StatusCode::CREATED, Json(json!({"name": t.name, "role": t.role, "token": token}))))
+    Ok((StatusCode::CREATED, Json(AdminTokenCreated { name: t.name, role: t.role, token })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewEnrollmentToken {
     device_type: String,
-    /// How many devices may enroll with it (default 1).
+    /// How many devices may enroll with it, 1 to 100000 (default 1).
     uses: Option<i64>,
-    /// Seconds it stays valid (default 7 days).
+    /// Seconds it stays valid (default 7 days, at most a year).
     ttl_secs: Option<i64>,
 }
 
+#[derive(Serialize, ToSchema)]
+struct EnrollmentTokenCreated {
+    /// Shown in this answer only; stored as a hash.
+    token: String,
+    device_type: String,
+    uses: i64,
+    expires_at: i64,
+    /// The enrollment URL with the token, for a QR code.
+    enrollment_url: String,
+}
+
 /// Make an enrollment token, also rendered as the enrollment URL a QR code carries.
+#[utoipa::path(post, path = "/api/v1/enrollment-tokens", tag = "devices", request_body = NewEnrollmentToken,
+    responses((status = 201, body = EnrollmentTokenCreated), Errors))]
 async fn create_enrollment_token(
     State(state): State<AppState>,
     admin: Admin,
     headers: axum::http::HeaderMap,
     ApiJson(t): ApiJson<NewEnrollmentToken>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<EnrollmentTokenCreated>), ApiError> {
     admin.require(Role::Admin)?;
     if state.registry.device_type(&t.device_type).is_none() {
         return Err(ApiError::bad_request(
@@ -569,23 +983,31 @@ async fn create_enrollment_token(
     let (token, hash) = crate::auth::new_token("enroll");
     let expires_at = crate::store::now_ms() + ttl * 1000;
     state.store.insert_enrollment_token(&hash, &t.device_type, &admin.actor(), expires_at, uses).await?;
-    let host = headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-    let url = format!("http://{host}/agent/v1/{}/enroll?token={token}", t.device_type);
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let enrollment_url = format!("http://{host}/agent/v1/{}/enroll?token={token}", t.device_type);
     Ok((
         StatusCode::CREATED,
-        Json(
-            json!({"token": token, "device_type": t.device_type, "uses": uses, "expires_at": expires_at, "enrollment_url": url}),
-        ),
+        Json(EnrollmentTokenCreated { token, device_type: t.device_type, uses, expires_at, enrollment_url }),
     ))
 }
 
-/// Bulk pre-registration from CSV: `device_type,device_id[,name[,owner[,ownership]]]`
-/// with a header row. All rows are checked before any is stored; an error names the line.
-async fn import_devices(
-    State(state): State<AppState>,
-    admin: Admin,
-    body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+#[derive(Serialize, ToSchema)]
+struct Imported {
+    /// Data rows read.
+    rows: usize,
+    /// Devices new to the server.
+    registered: u64,
+    /// Rows naming a device the server already had (left as it was).
+    already_known: u64,
+}
+
+/// Bulk pre-registration from CSV: a header row with `device_type` and `device_id`, and
+/// optionally `name`, `owner`, `ownership` (BYOD or COPE). All rows are checked before
+/// any is stored; an error names the line. Devices are `registered` until they enroll.
+#[utoipa::path(post, path = "/api/v1/devices/import", tag = "devices",
+    request_body(content = String, content_type = "text/csv"),
+    responses((status = 200, body = Imported), Errors))]
+async fn import_devices(State(state): State<AppState>, admin: Admin, body: Bytes) -> Result<Json<Imported>, ApiError> {
     admin.require(Role::Admin)?;
     let mut reader = csv::ReaderBuilder::new().flexible(true).trim(csv::Trim::All).from_reader(&body[..]);
     let header: Vec<String> = reader
@@ -642,6 +1064,6 @@ async fn import_devices(
             push_token: None,
         });
     }
-    let added = state.store.register_devices(&devices).await?;
-    Ok(Json(json!({"rows": devices.len(), "registered": added, "already_known": devices.len() as u64 - added})))
+    let registered = state.store.register_devices(&devices).await?;
+    Ok(Json(Imported { rows: devices.len(), registered, already_known: devices.len() as u64 - registered }))
 }

@@ -10,7 +10,9 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 
 /// What an admin token may do. Ordered: each role can do what the ones before it can.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Read everything.
@@ -98,8 +100,9 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
-/// An authenticated device: the bearer of a live device credential.
-pub struct AuthDevice(pub DeviceRow);
+/// An authenticated device: the bearer of a live device credential, and that
+/// credential's hash (to refresh it).
+pub struct AuthDevice(pub DeviceRow, pub String);
 
 impl FromRequestParts<AppState> for AuthDevice {
     type Rejection = ApiError;
@@ -107,12 +110,13 @@ impl FromRequestParts<AppState> for AuthDevice {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)
             .ok_or_else(|| ApiError::unauthorized("send the device's access token: Authorization: Bearer <token>"))?;
+        let hash = hash_token(token);
         let device = state
             .store
-            .device_for_credential(&hash_token(token))
+            .device_for_credential(&hash)
             .await?
             .ok_or_else(|| ApiError::unauthorized("unknown, expired or revoked device token"))?;
-        Ok(AuthDevice(device))
+        Ok(AuthDevice(device, hash))
     }
 }
 

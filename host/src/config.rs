@@ -38,6 +38,9 @@ pub struct ServeArgs {
     /// Delete finished operations and their history after this many days [default: 30]
     #[arg(long, env = "DROVER_RETENTION_DAYS")]
     pub retention_days: Option<u32>,
+    /// Mark active devices unreachable when not seen for this many hours [default: 24]
+    #[arg(long, env = "DROVER_UNREACHABLE_AFTER_HOURS")]
+    pub unreachable_after_hours: Option<u32>,
     /// Log format: text or json [default: text]
     #[arg(long, env = "DROVER_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -63,6 +66,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub open_enrollment: bool,
     pub retention_days: u32,
+    pub unreachable_after_hours: u32,
     /// The bootstrap admin token from DROVER_ADMIN_TOKEN (environment only, never a flag:
     /// flags show in process lists).
     pub admin_token: Option<String>,
@@ -114,6 +118,7 @@ impl ServeArgs {
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             open_enrollment: self.open_enrollment.or(file.open_enrollment).unwrap_or(true),
             retention_days: self.retention_days.or(file.retention_days).unwrap_or(30),
+            unreachable_after_hours: self.unreachable_after_hours.or(file.unreachable_after_hours).unwrap_or(24).max(1),
             admin_token: std::env::var("DROVER_ADMIN_TOKEN").ok(),
             data_dir,
             database_url,

@@ -1,6 +1,9 @@
 //! `drover serve`: bring the parts up in order and serve until told to stop.
 
 use crate::config::Config;
+use crate::mqtt::Gate;
+use crate::mqtt::broker::EmbeddedBroker;
+use crate::mqtt::delivery::{self, Endpoint, Job, Push};
 use crate::plugins::{Limits, Registry, Runtime};
 use crate::store::Store;
 use anyhow::Context;
@@ -17,13 +20,34 @@ pub struct AppState {
     pub open_enrollment: bool,
     /// Largest device message body accepted.
     pub max_agent_body: usize,
+    /// Push over MQTT (absent only in tests that build a state by hand).
+    pub push: Option<Push>,
 }
 
 /// Everything a running server holds.
 pub struct Server {
     pub state: AppState,
     pub listener: tokio::net::TcpListener,
+    housekeeping: Housekeeping,
+    mqtt: Mqtt,
+}
+
+/// The MQTT side: the embedded broker (unless an external one is used) and the endpoint
+/// Drover's delivery client connects to.
+struct Mqtt {
+    embedded: Option<(EmbeddedBroker, tokio::net::TcpListener, Arc<Gate>)>,
+    endpoint: Endpoint,
+    jobs: tokio::sync::mpsc::UnboundedReceiver<Job>,
+}
+
+/// Most MQTT clients the embedded broker holds (the process may open 20,000 files here).
+const MAX_MQTT_CONNECTIONS: usize = 19_500;
+
+/// What the periodic sweep needs to know.
+#[derive(Clone, Copy)]
+struct Housekeeping {
     retention: Duration,
+    unreachable_after: Duration,
 }
 
 impl Server {
@@ -42,29 +66,81 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen on {} (--http-addr): choose another address", config.http_addr))?;
-        let state = AppState { registry, store, open_enrollment: config.open_enrollment, max_agent_body: 4 << 20 };
-        let retention = Duration::from_secs(u64::from(config.retention_days) * 86_400);
-        Ok(Server { state, listener, retention })
+        let (push, jobs) = Push::channel();
+        let mqtt = match &config.broker {
+            Some(url) => {
+                let endpoint = Endpoint::parse(url)
+                    .with_context(|| format!("--broker `{url}`: expected mqtt://[user:password@]host:port"))?;
+                Mqtt { embedded: None, endpoint, jobs }
+            }
+            None => {
+                let listener = tokio::net::TcpListener::bind(config.mqtt_addr).await.with_context(|| {
+                    format!(
+                        "cannot listen for MQTT on {} (--mqtt-addr): another broker may hold it; choose another address, \
+                         or use it with --broker mqtt://{}",
+                        config.mqtt_addr, config.mqtt_addr
+                    )
+                })?;
+                let port = listener.local_addr()?.port();
+                let (secret, _) = crate::auth::new_token("mqtt");
+                let gate = Arc::new(Gate::new(store.clone(), secret.clone(), push.clone()));
+                let endpoint = Endpoint {
+                    host: "127.0.0.1".into(),
+                    port,
+                    credentials: Some((crate::mqtt::SERVICE_USER.into(), secret)),
+                };
+                Mqtt { embedded: Some((EmbeddedBroker::start(MAX_MQTT_CONNECTIONS), listener, gate)), endpoint, jobs }
+            }
+        };
+        let state = AppState {
+            registry,
+            store,
+            open_enrollment: config.open_enrollment,
+            max_agent_body: 4 << 20,
+            push: Some(push),
+        };
+        let housekeeping = Housekeeping {
+            retention: Duration::from_secs(u64::from(config.retention_days) * 86_400),
+            unreachable_after: Duration::from_secs(u64::from(config.unreachable_after_hours) * 3600),
+        };
+        Ok(Server { state, listener, housekeeping, mqtt })
     }
 
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.listener.local_addr()
     }
 
+    /// Where the embedded MQTT broker listens (`None` with an external broker).
+    pub fn mqtt_addr(&self) -> Option<std::net::SocketAddr> {
+        self.mqtt.embedded.as_ref().and_then(|(_, l, _)| l.local_addr().ok())
+    }
+
     /// Serve until `shutdown` completes.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         tracing::info!(addr = %self.listener.local_addr()?, database = self.state.store.backend(), "HTTP listening");
-        let sweeper = tokio::spawn(housekeeping(self.state.store.clone(), self.retention));
+        let sweeper = tokio::spawn(housekeeping(self.state.store.clone(), self.housekeeping));
+        let Mqtt { embedded, endpoint, jobs } = self.mqtt;
+        let broker = embedded.map(|(broker, listener, gate)| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "MQTT broker listening");
+            }
+            tokio::spawn(broker.serve(listener, gate))
+        });
+        let delivery = tokio::spawn(delivery::run(self.state.clone(), endpoint, jobs));
         let result = axum::serve(self.listener, router(self.state)).with_graceful_shutdown(shutdown).await;
         sweeper.abort();
+        delivery.abort();
+        if let Some(b) = broker {
+            b.abort();
+        }
         Ok(result?)
     }
 }
 
 /// Expire operations past their TTL even for devices that never call in again (every
-/// 10 s), and delete finished operations older than the retention (hourly), so the
-/// tables cannot grow without bound.
-async fn housekeeping(store: Store, retention: Duration) {
+/// 10 s), mark devices unreachable (every minute), and delete finished operations older
+/// than the retention (hourly), so the tables cannot grow without bound.
+async fn housekeeping(store: Store, config: Housekeeping) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     let mut n: u64 = 0;
     loop {
@@ -75,8 +151,15 @@ async fn housekeeping(store: Store, retention: Duration) {
             Ok(n) => tracing::info!(expired = n, "operations expired"),
             Err(e) => tracing::warn!("expiring operations failed: {e}"),
         }
+        if n.is_multiple_of(6) {
+            match store.mark_unreachable(now - config.unreachable_after.as_millis() as i64).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(devices = n, "devices not seen recently marked unreachable"),
+                Err(e) => tracing::warn!("marking unreachable devices failed: {e}"),
+            }
+        }
         if n.is_multiple_of(360) {
-            match store.purge_finished(now - retention.as_millis() as i64).await {
+            match store.purge_finished(now - config.retention.as_millis() as i64).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "finished operations past retention deleted"),
                 Err(e) => tracing::warn!("retention purge failed: {e}"),

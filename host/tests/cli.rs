@@ -104,6 +104,22 @@ fn a_taken_port_is_a_clear_error_naming_the_flag() {
 }
 
 #[test]
+fn a_taken_mqtt_port_names_the_flag_and_the_way_out() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let data = tempfile::tempdir().unwrap();
+    let out = drover()
+        .args(["serve", "--data-dir"])
+        .arg(data.path())
+        .args(["--http-addr", &format!("127.0.0.1:{}", free_port()), "--mqtt-addr", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--mqtt-addr") && err.contains(&port.to_string()) && err.contains("--broker"), "{err}");
+}
+
+#[test]
 fn a_bad_config_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("drover.toml");

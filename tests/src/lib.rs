@@ -77,13 +77,15 @@ pub struct TestServer {
     pub http: reqwest::Client,
     pub data: tempfile::TempDir,
     pub state: drover::server::AppState,
+    /// The embedded MQTT broker's address (`None` with an external broker).
+    pub mqtt: Option<std::net::SocketAddr>,
     /// (server URL, schema) of a PostgreSQL test, dropped at `stop`.
     pg_schema: Option<(String, String)>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-fn unique(prefix: &str) -> String {
+pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
@@ -126,6 +128,7 @@ impl TestServer {
             log_format: drover::config::LogFormat::Text,
             open_enrollment: true,
             retention_days: 30,
+            unreachable_after_hours: 24,
             admin_token: Some(ADMIN_TOKEN.into()),
         };
         adjust(&mut config);
@@ -133,6 +136,7 @@ impl TestServer {
         let server = drover::server::Server::start(&config).await.expect("server starts");
         let base = format!("http://{}", server.local_addr().unwrap());
         let state = server.state.clone();
+        let mqtt = server.mqtt_addr();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             server
@@ -142,7 +146,16 @@ impl TestServer {
                 .await
                 .unwrap();
         });
-        TestServer { base, http: reqwest::Client::new(), data, state, pg_schema, shutdown: Some(tx), task: Some(task) }
+        TestServer {
+            base,
+            http: reqwest::Client::new(),
+            data,
+            state,
+            mqtt,
+            pg_schema,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

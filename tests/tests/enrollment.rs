@@ -1,7 +1,7 @@
 //! Enrollment methods: open self-enrollment switched off, one-time enrollment tokens (and
 //! their QR-code URL), bulk pre-registration from CSV. SQLite and PostgreSQL.
 
-use drover_tests::{TestServer, e2e_with};
+use drover_tests::{TestServer, e2e, e2e_with};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -117,3 +117,70 @@ async fn tokens_and_csv(server: &TestServer) {
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
 }
 e2e_with!(tokens_and_csv, super::closed, super::tokens_and_csv);
+
+async fn poll(server: &TestServer, id: &str, token: &str) -> StatusCode {
+    server
+        .http
+        .put(server.url(&format!("/agent/v1/android/devices/{id}/pending-operations")))
+        .bearer_auth(token)
+        .body("[]")
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Per-device credentials: refresh by the device (the old one keeps a short grace),
+/// revocation by an admin, and the device status that follows what it does.
+async fn credentials(server: &TestServer) {
+    let id = "356000000000020";
+    let r = server.http.post(server.url("/agent/v1/android/enroll")).body(enroll_body(id)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let first: Value = r.json().await.unwrap();
+    let old = first["access_token"].as_str().unwrap().to_string();
+    assert_eq!((first["token_type"].as_str(), first["expires_in"].as_i64()), (Some("Bearer"), Some(90 * 86_400)));
+
+    // Refresh needs a live credential.
+    let refresh = |token: Option<String>| {
+        let mut r = server.http.post(server.url("/agent/v1/android/credential"));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(refresh(None).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(refresh(Some("drv_dev_nope".into())).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let r = refresh(Some(old.clone())).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let new = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    // Both work: the new one for 90 days, the old one for its grace period.
+    assert_eq!(poll(server, id, &new).await, StatusCode::OK);
+    assert_eq!(poll(server, id, &old).await, StatusCode::OK);
+    // Only POST refreshes.
+    let r = server.http.get(server.url("/agent/v1/android/credential")).bearer_auth(&new).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+
+    // Not seen for longer than the limit: unreachable; calling in makes it active again.
+    let key = server.state.store.device("android", id).await.unwrap().unwrap().id;
+    assert_eq!(server.state.store.mark_unreachable(drover::store::now_ms() + 1).await.unwrap(), 1);
+    let status = |v: Value| v["status"].as_str().unwrap().to_string();
+    let get = || async {
+        server.admin(Method::GET, &format!("/api/v1/devices/android/{id}")).send().await.unwrap().json().await.unwrap()
+    };
+    assert_eq!(status(get().await), "unreachable");
+    assert_eq!(poll(server, id, &new).await, StatusCode::OK);
+    assert_eq!(status(get().await), "active");
+    assert!(server.state.store.device_by_key(key).await.unwrap().unwrap().last_seen_at.is_some());
+
+    // An admin revokes every credential of a lost device: it can no longer call in.
+    let r =
+        server.admin(Method::POST, &format!("/api/v1/devices/android/{id}/revoke-credentials")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["revoked"], 2);
+    for t in [&old, &new] {
+        assert_eq!(poll(server, id, t).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(refresh(Some(t.clone())).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    }
+}
+e2e!(credentials, super::credentials);

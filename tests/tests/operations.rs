@@ -373,3 +373,104 @@ async fn groups_and_tags_fan_out(server: &TestServer) {
     assert_eq!(r.status(), StatusCode::CONFLICT);
 }
 e2e!(groups_and_tags_fan_out, super::groups_and_tags_fan_out);
+
+async fn enroll_with_os(server: &TestServer, id: &str, os: &str) -> String {
+    let body = fixture("enroll.json")
+        .replace("354956090214718", id)
+        .replace(r#"{"name": "OS_VERSION", "value": "14"}"#, &format!(r#"{{"name": "OS_VERSION", "value": "{os}"}}"#));
+    let r = server.http.post(server.url("/agent/v1/android/enroll")).body(body).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string()
+}
+
+async fn tag(server: &TestServer, id: &str, tags: Value) {
+    let r = server
+        .admin(Method::PUT, &format!("/api/v1/devices/android/{id}/tags"))
+        .json(&json!({ "tags": tags }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// A dynamic group is a saved query over tags and reported metadata, evaluated each time
+/// it is used: a device that comes to match later is in it without being added.
+async fn dynamic_groups(server: &TestServer) {
+    for (id, os) in [("356000000000001", "14"), ("356000000000002", "13"), ("356000000000003", "14")] {
+        enroll_with_os(server, id, os).await;
+    }
+    tag(server, "356000000000001", json!(["lab"])).await;
+    tag(server, "356000000000002", json!(["lab"])).await;
+    let query = json!({"device_type": "android", "tags": ["lab"], "metadata": {"OS_VERSION": "14"}});
+    let r = server
+        .admin(Method::POST, "/api/v1/groups")
+        .json(&json!({"name": "lab-14", "description": "Lab phones on Android 14", "query": query}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let g: Value = r.json().await.unwrap();
+    assert_eq!((g["devices"].as_i64(), &g["query"]), (Some(1), &query));
+    let members = get(server, "/api/v1/devices?group=lab-14").await;
+    assert_eq!(members["items"].as_array().unwrap().len(), 1);
+    assert_eq!(members["items"][0]["device_id"], "356000000000001");
+
+    // The third phone is tagged later: it is in the group from then on.
+    tag(server, "356000000000003", json!(["lab", "eu"])).await;
+    assert_eq!(get(server, "/api/v1/groups/lab-14").await["devices"], 2);
+    let (st, v) = add(server, json!({"code": "DEVICE_RING", "targets": {"groups": ["lab-14"]}})).await;
+    assert_eq!((st, v["operations"].as_i64()), (StatusCode::CREATED, Some(2)), "{v}");
+    let act = v["activity"]["id"].as_i64().unwrap();
+    let mut reached: Vec<String> = Vec::new();
+    for o in ops_of_activity(server, act).await {
+        reached.push(op(server, &o["id"]).await["device"]["id"].as_str().unwrap().into());
+    }
+    reached.sort();
+    assert_eq!(reached, ["356000000000001", "356000000000003"]);
+
+    // Its members come from its query only.
+    let r = server
+        .admin(Method::POST, "/api/v1/groups/lab-14/members")
+        .json(&json!({"devices": [{"type": "android", "id": "356000000000002"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "dynamic_group");
+
+    // Bad queries are refused with the problem named.
+    for (query, says) in [
+        (json!({}), "no criteria"),
+        (json!({"metadata": {"os version": "14"}}), "metadata key `os version`"),
+        (json!({"ownership": "mine"}), "ownership `mine`"),
+        (json!({"tags": ["no spaces"]}), "tag `no spaces`"),
+    ] {
+        let r = server
+            .admin(Method::POST, "/api/v1/groups")
+            .json(&json!({"name": "bad", "query": query}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{query}");
+        let e: Value = r.json().await.unwrap();
+        assert!(e["error"]["message"].as_str().unwrap().contains(says), "{e}");
+    }
+    let r = server
+        .admin(Method::POST, "/api/v1/groups")
+        .json(&json!({"name": "bad", "query": {"colour": "red"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("colour"));
+
+    // Deleting the group leaves its devices and their queued operations alone.
+    let r = server.admin(Method::DELETE, "/api/v1/groups/lab-14").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = server.admin(Method::GET, "/api/v1/groups/lab-14").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(get(server, &format!("/api/v1/activities/{act}")).await["counts"], json!({"PENDING": 2}));
+    let listed = get(server, "/api/v1/activities?code=DEVICE_RING").await;
+    assert_eq!(listed["items"][0]["id"], act);
+}
+e2e!(dynamic_groups, super::dynamic_groups);

@@ -34,8 +34,8 @@ async fn bulk_fan_out(server: &TestServer) {
     // Registering again adds nothing.
     assert_eq!(store.register_devices(&devices[..10]).await.unwrap(), 0);
 
-    let group = store.create_group("fleet", "").await.unwrap();
-    assert!(matches!(store.create_group("fleet", "").await, Err(StoreError::Conflict(_))));
+    let group = store.create_group("fleet", "", None).await.unwrap();
+    assert!(matches!(store.create_group("fleet", "", None).await, Err(StoreError::Conflict(_))));
     let keys: Vec<i64> = store
         .list_devices(Some("android"), Some("registered"), None, None, 0, 1000)
         .await

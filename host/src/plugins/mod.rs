@@ -22,7 +22,7 @@ pub use bindings::types;
 pub use capability::{Capability, Grants};
 pub use device_type::CallError;
 pub use manifest::{Kind, Manifest};
-pub use registry::Registry;
+pub use registry::{PluginSummary, Registry};
 pub use runtime::{Described, Fault, Limits, LoadError, LoadOptions, LoadedPlugin, PluginFault, Runtime};
 
 /// First-party plugins, built for wasm32-wasip2 by `host/build.rs` and embedded in the

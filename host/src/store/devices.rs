@@ -3,7 +3,8 @@
 use super::{
     Backend, Filters, Param, Store, StoreError, bind_filters, now_ms, trusted, values_placeholders, with_pool,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// A device as stored.
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
@@ -59,14 +60,89 @@ pub struct NewDevice {
     pub push_token: Option<String>,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct GroupRow {
-    #[serde(skip)]
     pub id: i64,
     pub name: String,
     pub description: String,
     pub created_at: i64,
+    /// JSON of a [`DeviceQuery`] for a dynamic group; `None` for a static list.
+    pub query: Option<String>,
 }
+
+impl GroupRow {
+    /// The query of a dynamic group. A stored query that no longer parses (written by a
+    /// newer version) matches nothing rather than everything.
+    pub fn query(&self) -> Option<DeviceQuery> {
+        self.query.as_deref().map(|q| serde_json::from_str(q).unwrap_or_else(|_| DeviceQuery::nothing()))
+    }
+}
+
+/// A saved query over devices: the definition of a dynamic group. Every criterion given
+/// must hold; a device must carry every listed tag and every listed metadata value
+/// (metadata is what the device reported about itself, compared as text).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_type: Option<String>,
+    /// `BYOD` or `COPE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ownership: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl DeviceQuery {
+    fn nothing() -> DeviceQuery {
+        DeviceQuery { device_type: Some(String::new()), ..Default::default() }
+    }
+
+    /// Why this query cannot be saved, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        if self.device_type.is_none() && self.ownership.is_none() && self.tags.is_empty() && self.metadata.is_empty() {
+            return Some("the query has no criteria: give device_type, ownership, tags or metadata".into());
+        }
+        if let Some(o) = self.ownership.as_deref().filter(|o| !matches!(*o, "BYOD" | "COPE")) {
+            return Some(format!("ownership `{o}`: use BYOD or COPE"));
+        }
+        // Keys become JSON paths in SQL parameters; keep them to plain names.
+        self.metadata
+            .keys()
+            .find(|k| {
+                k.is_empty() || k.len() > 64 || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+            })
+            .map(|k| format!("metadata key `{k}`: use 1-64 letters, digits, _ and -"))
+    }
+
+    /// The query as a SQL condition over `devices d`, its values bound through `f`.
+    pub(crate) fn condition(&self, postgres: bool, f: &mut Filters) -> String {
+        let mut all = vec!["1 = 1".to_string()];
+        if let Some(t) = &self.device_type {
+            all.push(format!("d.device_type = {}", f.placeholder(Param::Text(t.clone()))));
+        }
+        if let Some(o) = &self.ownership {
+            all.push(format!("d.ownership = {}", f.placeholder(Param::Text(o.clone()))));
+        }
+        for t in &self.tags {
+            let p = f.placeholder(Param::Text(t.clone()));
+            all.push(format!("EXISTS (SELECT 1 FROM device_tags t WHERE t.device = d.id AND t.tag = {p})"));
+        }
+        for (k, v) in &self.metadata {
+            let field = if postgres {
+                format!("(d.metadata::jsonb ->> {})", f.placeholder(Param::Text(k.clone())))
+            } else {
+                format!("json_extract(d.metadata, {})", f.placeholder(Param::Text(format!("$.\"{k}\""))))
+            };
+            all.push(format!("{field} = {}", f.placeholder(Param::Text(v.clone()))));
+        }
+        format!("({})", all.join(" AND "))
+    }
+}
+
+const GROUP_COLUMNS: &str = "id, name, description, created_at, query";
 
 const DEVICE_COLUMNS: &str = "id, device_type, device_id, name, owner, ownership, status, metadata, push_token, session, enrolled_at, last_seen_at";
 
@@ -120,7 +196,7 @@ impl Store {
         device_type: Option<&str>,
         status: Option<&str>,
         tag: Option<&str>,
-        group: Option<&str>,
+        group: Option<&GroupRow>,
         after: i64,
         limit: i64,
     ) -> Result<Vec<DeviceRow>, StoreError> {
@@ -134,19 +210,35 @@ impl Store {
         if let Some(v) = tag {
             f.and("EXISTS (SELECT 1 FROM device_tags t WHERE t.device = d.id AND t.tag = ?)", Param::Text(v.into()));
         }
-        if let Some(v) = group {
-            f.and(
-                "EXISTS (SELECT 1 FROM group_members m JOIN device_groups g ON g.id = m.group_id
-                         WHERE m.device = d.id AND g.name = ?)",
-                Param::Text(v.into()),
-            );
+        match group.map(|g| (g, g.query())) {
+            Some((_, Some(query))) => {
+                let condition = query.condition(self.is_postgres(), &mut f);
+                f.sql.push_str(&format!(" AND {condition}"));
+            }
+            Some((g, None)) => {
+                f.and(
+                    "EXISTS (SELECT 1 FROM group_members m WHERE m.device = d.id AND m.group_id = ?)",
+                    Param::Int(g.id),
+                );
+            }
+            None => {}
         }
         let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE id > $1{} ORDER BY id LIMIT $2", f.sql);
         Ok(with_pool!(self, pool => bind_filters!(sqlx::query_as(trusted(&sql)).bind(after).bind(limit), f)
             .fetch_all(pool).await?))
     }
 
-    /// Record that a device called in: last seen, merged metadata, new session state.
+    /// Mark active devices not seen since `before` as unreachable; returns how many.
+    /// A scan of the devices table, run about once a minute: an index on `last_seen_at`
+    /// would be rewritten by every poll to speed up this one query.
+    pub async fn mark_unreachable(&self, before: i64) -> Result<u64, StoreError> {
+        Ok(with_pool!(self, pool => sqlx::query(
+                "UPDATE devices SET status = 'unreachable' WHERE status = 'active' AND last_seen_at < $1")
+            .bind(before).execute(pool).await?.rows_affected()))
+    }
+
+    /// Record that a device called in: last seen (an unreachable device is active again),
+    /// merged metadata, new session state.
     pub async fn touch_device(
         &self,
         device: i64,
@@ -156,7 +248,10 @@ impl Store {
         let now = now_ms();
         with_pool!(self, pool => {
             if info.is_empty() {
-                sqlx::query("UPDATE devices SET last_seen_at = $1, session = COALESCE($2, session) WHERE id = $3")
+                sqlx::query(
+                    "UPDATE devices SET last_seen_at = $1, session = COALESCE($2, session),
+                            status = CASE WHEN status = 'unreachable' THEN 'active' ELSE status END
+                     WHERE id = $3")
                     .bind(now).bind(session).bind(device).execute(pool).await?;
             } else {
                 let mut tx = pool.begin().await?;
@@ -167,7 +262,10 @@ impl Store {
                 for (k, v) in info {
                     map.insert(k.clone(), serde_json::Value::String(v.clone()));
                 }
-                sqlx::query("UPDATE devices SET last_seen_at = $1, session = COALESCE($2, session), metadata = $3 WHERE id = $4")
+                sqlx::query(
+                    "UPDATE devices SET last_seen_at = $1, session = COALESCE($2, session), metadata = $3,
+                            status = CASE WHEN status = 'unreachable' THEN 'active' ELSE status END
+                     WHERE id = $4")
                     .bind(now).bind(session).bind(serde_json::Value::Object(map).to_string()).bind(device)
                     .execute(&mut *tx).await?;
                 tx.commit().await?;
@@ -200,25 +298,52 @@ impl Store {
         Ok(())
     }
 
-    pub async fn create_group(&self, name: &str, description: &str) -> Result<GroupRow, StoreError> {
-        let r = with_pool!(self, pool => sqlx::query_as(
-                "INSERT INTO device_groups (name, description, created_at) VALUES ($1, $2, $3) RETURNING id, name, description, created_at")
-            .bind(name).bind(description).bind(now_ms()).fetch_one(pool).await);
+    /// Create a group: a static list, or a dynamic group when `query` is given.
+    pub async fn create_group(
+        &self,
+        name: &str,
+        description: &str,
+        query: Option<&DeviceQuery>,
+    ) -> Result<GroupRow, StoreError> {
+        let query = query.map(|q| serde_json::to_string(q).unwrap_or_default());
+        let sql = format!(
+            "INSERT INTO device_groups (name, description, created_at, query) VALUES ($1, $2, $3, $4) RETURNING {GROUP_COLUMNS}"
+        );
+        let r = with_pool!(self, pool => sqlx::query_as(trusted(&sql))
+            .bind(name).bind(description).bind(now_ms()).bind(&query).fetch_one(pool).await);
         r.map_err(|e| StoreError::conflict_or(e, || format!("group `{name}`")))
     }
 
     pub async fn group(&self, name: &str) -> Result<Option<GroupRow>, StoreError> {
-        Ok(
-            with_pool!(self, pool => sqlx::query_as("SELECT id, name, description, created_at FROM device_groups WHERE name = $1")
-            .bind(name).fetch_optional(pool).await?),
-        )
+        let sql = format!("SELECT {GROUP_COLUMNS} FROM device_groups WHERE name = $1");
+        Ok(with_pool!(self, pool => sqlx::query_as(trusted(&sql)).bind(name).fetch_optional(pool).await?))
     }
 
     pub async fn groups(&self) -> Result<Vec<GroupRow>, StoreError> {
-        Ok(
-            with_pool!(self, pool => sqlx::query_as("SELECT id, name, description, created_at FROM device_groups ORDER BY name")
-            .fetch_all(pool).await?),
-        )
+        let sql = format!("SELECT {GROUP_COLUMNS} FROM device_groups ORDER BY name");
+        Ok(with_pool!(self, pool => sqlx::query_as(trusted(&sql)).fetch_all(pool).await?))
+    }
+
+    /// Delete a group (its devices stay; operations already added stay queued).
+    pub async fn delete_group(&self, id: i64) -> Result<(), StoreError> {
+        with_pool!(self, pool => sqlx::query("DELETE FROM device_groups WHERE id = $1").bind(id).execute(pool).await.map(|_| ())?);
+        Ok(())
+    }
+
+    /// How many live devices a group holds now (for a dynamic group: match its query).
+    pub async fn group_size(&self, group: &GroupRow) -> Result<i64, StoreError> {
+        let mut f = Filters::new(1);
+        let condition = match group.query() {
+            Some(q) => q.condition(self.is_postgres(), &mut f),
+            None => format!(
+                "d.id IN (SELECT m.device FROM group_members m WHERE m.group_id = {})",
+                f.placeholder(Param::Int(group.id))
+            ),
+        };
+        let sql = format!("SELECT COUNT(*) FROM devices d WHERE d.status <> 'removed' AND {condition}");
+        let (n,): (i64,) =
+            with_pool!(self, pool => bind_filters!(sqlx::query_as(trusted(&sql)), f).fetch_one(pool).await?);
+        Ok(n)
     }
 
     /// Add devices (by key) to a group; members already in it are left alone.

@@ -10,7 +10,7 @@ mod devices;
 mod operations;
 mod tokens;
 
-pub use devices::{DeviceRow, GroupRow, NewDevice};
+pub use devices::{DeviceQuery, DeviceRow, GroupRow, NewDevice};
 pub use operations::{
     ActivityRow, MAX_EXPLICIT_DEVICES, NewActivity, OperationRow, QueuedOperation, ResultOutcome, TargetSet,
     TransitionRow,
@@ -115,6 +115,10 @@ impl Store {
         }
     }
 
+    fn is_postgres(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
     pub async fn close(&self) {
         with_pool!(self, pool => pool.close().await)
     }
@@ -149,11 +153,19 @@ impl Filters {
 
     /// Add ` AND <clause>`, where `?` in `clause` stands for this filter's placeholder.
     pub(crate) fn and(&mut self, clause: &str, value: Param) -> &mut Self {
+        let p = self.placeholder(value);
         self.sql.push_str(" AND ");
-        self.sql.push_str(&clause.replace('?', &format!("${}", self.next)));
+        self.sql.push_str(&clause.replace('?', &p));
+        self
+    }
+
+    /// Take the next placeholder for `value` and return it (`$n`), for callers that
+    /// compose their own SQL around it.
+    pub(crate) fn placeholder(&mut self, value: Param) -> String {
+        let p = format!("${}", self.next);
         self.next += 1;
         self.params.push(value);
-        self
+        p
     }
 }
 

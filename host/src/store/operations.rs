@@ -1,17 +1,19 @@
 //! Activities, operations and their transitions. Every state change goes through
 //! [`crate::ops::next`] and is recorded in `transitions` in the same transaction.
 
+use super::devices::DeviceQuery;
 use super::{Backend, Filters, Param, Store, StoreError, bind_filters, list_placeholders, now_ms, trusted, with_pool};
 use crate::ops::{self, Attempts, Event, State};
 use serde::Serialize;
 
-/// Who an activity is for: the union of devices (keys), groups (keys) and tags.
-/// Removed devices are never targets.
+/// Who an activity is for: the union of devices (keys), static groups (keys), tags and
+/// dynamic groups' queries. Removed devices are never targets.
 #[derive(Debug, Clone, Default)]
 pub struct TargetSet {
     pub devices: Vec<i64>,
     pub groups: Vec<i64>,
     pub tags: Vec<String>,
+    pub queries: Vec<DeviceQuery>,
 }
 
 /// A fan-out this large refreshes PostgreSQL's statistics before superseding.
@@ -21,30 +23,31 @@ const ANALYZE_AFTER: u64 = 10_000;
 pub const MAX_EXPLICIT_DEVICES: usize = 10_000;
 
 impl TargetSet {
-    /// SQL over `devices d` selecting the targets, with parameters numbered from `first`
-    /// in the order devices, groups, tags; and the number of parameters.
-    fn predicate(&self, first: usize) -> (String, usize) {
+    /// A SQL condition over `devices d` selecting the targets (in `sql`), with its
+    /// parameters numbered from `first`.
+    fn predicate(&self, postgres: bool, first: usize) -> Filters {
+        let mut f = Filters::new(first);
         let mut any = vec!["1 = 0".to_string()];
-        let mut n = first;
         if !self.devices.is_empty() {
-            any.push(format!("d.id IN ({})", list_placeholders(self.devices.len(), n)));
-            n += self.devices.len();
+            let list: Vec<String> = self.devices.iter().map(|d| f.placeholder(Param::Int(*d))).collect();
+            any.push(format!("d.id IN ({})", list.join(", ")));
         }
         if !self.groups.is_empty() {
+            let list: Vec<String> = self.groups.iter().map(|g| f.placeholder(Param::Int(*g))).collect();
             any.push(format!(
                 "d.id IN (SELECT m.device FROM group_members m WHERE m.group_id IN ({}))",
-                list_placeholders(self.groups.len(), n)
+                list.join(", ")
             ));
-            n += self.groups.len();
         }
         if !self.tags.is_empty() {
-            any.push(format!(
-                "d.id IN (SELECT t.device FROM device_tags t WHERE t.tag IN ({}))",
-                list_placeholders(self.tags.len(), n)
-            ));
-            n += self.tags.len();
+            let list: Vec<String> = self.tags.iter().map(|t| f.placeholder(Param::Text(t.clone()))).collect();
+            any.push(format!("d.id IN (SELECT t.device FROM device_tags t WHERE t.tag IN ({}))", list.join(", ")));
         }
-        (format!("d.status <> 'removed' AND ({})", any.join(" OR ")), n - first)
+        for q in &self.queries {
+            any.push(q.condition(postgres, &mut f));
+        }
+        f.sql = format!("d.status <> 'removed' AND ({})", any.join(" OR "));
+        f
     }
 }
 
@@ -60,7 +63,7 @@ pub struct NewActivity {
     pub max_attempts: i64,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub struct ActivityRow {
     pub id: i64,
     pub code: String,
@@ -73,7 +76,7 @@ pub struct ActivityRow {
     pub max_attempts: i64,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub struct OperationRow {
     pub id: i64,
     pub activity: i64,
@@ -101,7 +104,7 @@ pub struct QueuedOperation {
     pub expires_at: Option<i64>,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub struct TransitionRow {
     pub operation: i64,
     pub from_state: String,
@@ -142,10 +145,10 @@ impl Store {
     /// commands with the same code for the devices it reaches (REPEATED).
     pub async fn add_activity(&self, a: &NewActivity, targets: &TargetSet) -> Result<(ActivityRow, u64), StoreError> {
         let now = now_ms();
-        let (predicate, _) = targets.predicate(7);
+        let predicate = targets.predicate(self.is_postgres(), 7);
         let insert = format!(
             "INSERT INTO operations (activity, device, code, kind, state, attempts, created_at, updated_at, expires_at, max_attempts)
-             SELECT $1, d.id, $2, $3, 'PENDING', 0, $4, $4, $5, $6 FROM devices d WHERE {predicate} ORDER BY d.id");
+             SELECT $1, d.id, $2, $3, 'PENDING', 0, $4, $4, $5, $6 FROM devices d WHERE {} ORDER BY d.id", predicate.sql);
         // The older commands: same code, still pending, for a device this activity reached,
         // against the new activity's devices as an uncorrelated set.
         let older = "SELECT o.id FROM operations o
@@ -166,12 +169,9 @@ impl Store {
                 .bind(&a.code).bind(&a.kind).bind(&a.payload).bind(&a.created_by).bind(now)
                 .bind(a.expires_at).bind(a.max_attempts)
                 .fetch_one(&mut *tx).await?;
-            let mut q = sqlx::query(trusted(&insert))
+            let q = sqlx::query(trusted(&insert))
                 .bind(activity.id).bind(&a.code).bind(&a.kind).bind(now).bind(a.expires_at).bind(a.max_attempts);
-            for d in &targets.devices { q = q.bind(*d); }
-            for g in &targets.groups { q = q.bind(*g); }
-            for t in &targets.tags { q = q.bind(t); }
-            let n = q.execute(&mut *tx).await?.rows_affected();
+            let n = bind_filters!(q, predicate).execute(&mut *tx).await?.rows_affected();
             if a.kind == "command" && n >= ANALYZE_AFTER && matches!(self.backend, Backend::Postgres(_)) {
                 // Right after a large fan-out PostgreSQL has no statistics for the new rows
                 // and plans the superseding join as a nested loop (minutes for 100k
@@ -191,15 +191,11 @@ impl Store {
 
     /// The device types among the targets (for validation by each type's plugin).
     pub async fn target_types(&self, targets: &TargetSet) -> Result<Vec<String>, StoreError> {
-        let (predicate, _) = targets.predicate(1);
-        let sql = format!("SELECT DISTINCT d.device_type FROM devices d WHERE {predicate} ORDER BY d.device_type");
-        let rows: Vec<(String,)> = with_pool!(self, pool => {
-            let mut q = sqlx::query_as(trusted(&sql));
-            for d in &targets.devices { q = q.bind(*d); }
-            for g in &targets.groups { q = q.bind(*g); }
-            for t in &targets.tags { q = q.bind(t); }
-            q.fetch_all(pool).await?
-        });
+        let predicate = targets.predicate(self.is_postgres(), 1);
+        let sql =
+            format!("SELECT DISTINCT d.device_type FROM devices d WHERE {} ORDER BY d.device_type", predicate.sql);
+        let rows: Vec<(String,)> =
+            with_pool!(self, pool => bind_filters!(sqlx::query_as(trusted(&sql)), predicate).fetch_all(pool).await?);
         Ok(rows.into_iter().map(|(t,)| t).collect())
     }
 
@@ -222,6 +218,24 @@ impl Store {
             return fetch().await;
         }
         Ok(rows)
+    }
+
+    /// A device's operations handed out but not yet answered (IN_PROGRESS), oldest first:
+    /// what a push re-sends when the device comes back, in case the last send was lost.
+    pub async fn in_progress(&self, device: i64, limit: i64) -> Result<Vec<QueuedOperation>, StoreError> {
+        Ok(with_pool!(self, pool => sqlx::query_as(
+                "SELECT o.id, o.code, o.kind, a.payload, o.expires_at FROM operations o
+                 JOIN activities a ON a.id = o.activity
+                 WHERE o.device = $1 AND o.state = 'IN_PROGRESS' ORDER BY o.id LIMIT $2")
+            .bind(device).bind(limit).fetch_all(pool).await?))
+    }
+
+    /// The devices (keys) for which an activity still has queued operations.
+    pub async fn activity_queued_devices(&self, activity: i64) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<(i64,)> = with_pool!(self, pool => sqlx::query_as(
+                "SELECT device FROM operations WHERE activity = $1 AND state IN ('PENDING', 'NOTNOW') ORDER BY device")
+            .bind(activity).fetch_all(pool).await?);
+        Ok(rows.into_iter().map(|(d,)| d).collect())
     }
 
     /// Expire live operations past their TTL: one device's, or everyone's (`None`).
@@ -435,6 +449,21 @@ impl Store {
         Ok(with_pool!(self, pool => sqlx::query_as(
                 "SELECT id, code, kind, payload, created_by, created_at, expires_at, max_attempts FROM activities WHERE id = $1")
             .bind(id).fetch_optional(pool).await?))
+    }
+
+    /// Activities in id order after `after`, optionally of one operation code.
+    pub async fn activities(&self, code: Option<&str>, after: i64, limit: i64) -> Result<Vec<ActivityRow>, StoreError> {
+        let mut f = Filters::new(3);
+        if let Some(c) = code {
+            f.and("code = ?", Param::Text(c.to_string()));
+        }
+        let sql = format!(
+            "SELECT id, code, kind, payload, created_by, created_at, expires_at, max_attempts FROM activities
+             WHERE id > $1{} ORDER BY id LIMIT $2",
+            f.sql
+        );
+        Ok(with_pool!(self, pool => bind_filters!(sqlx::query_as(trusted(&sql)).bind(after).bind(limit), f)
+            .fetch_all(pool).await?))
     }
 
     /// Operation counts per state for an activity.

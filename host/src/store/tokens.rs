@@ -26,6 +26,32 @@ impl Store {
             .bind(token_hash).bind(now_ms()).fetch_optional(pool).await?))
     }
 
+    /// Replace a live credential with a new one. The old one stays valid until
+    /// `old_valid_until` (if it would live longer), so a device whose refresh answer was
+    /// lost in transit, or that has requests in flight, is not locked out.
+    pub async fn refresh_device_credential(
+        &self,
+        device: i64,
+        old_hash: &str,
+        new_hash: &str,
+        expires_at: i64,
+        old_valid_until: i64,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO device_credentials (token_hash, device, created_at, expires_at) VALUES ($1, $2, $3, $4)")
+                .bind(new_hash).bind(device).bind(now).bind(expires_at).execute(&mut *tx).await?;
+            sqlx::query(
+                "UPDATE device_credentials SET expires_at = CASE WHEN expires_at > $1 THEN $1 ELSE expires_at END
+                 WHERE token_hash = $2 AND device = $3")
+                .bind(old_valid_until).bind(old_hash).bind(device).execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
     /// Revoke every credential of a device; returns how many were live.
     pub async fn revoke_device_credentials(&self, device: i64) -> Result<u64, StoreError> {
         Ok(with_pool!(self, pool => sqlx::query(

@@ -1,0 +1,341 @@
+//! Drover's own MQTT client: it takes devices' messages (through the same decode path as
+//! polling) and pushes operations to devices that are online.
+//!
+//! A device is online from the moment it subscribes on the embedded broker, or says
+//! `online` on its `status` topic (any broker), until it disconnects or says `offline`.
+//! Operations for an online device are encoded by its plugin, published at QoS 1 and
+//! marked IN_PROGRESS (`delivery:push`); for the others they stay PENDING. When a device
+//! comes online its queue is sent, and so is whatever is IN_PROGRESS without an answer
+//! (the last send may have been lost with a broker or server restart): delivery is at
+//! least once, and results are idempotent.
+
+use super::{Presence, parse_topic};
+use crate::agent::{encode_queued, plugin_device, plugin_operations, receive};
+use crate::plugins::types::{Channel, ChannelKind, MqttMessage, Outbound, Reply};
+use crate::server::AppState;
+use crate::store::DeviceRow;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc};
+
+/// Device messages handled at once; more wait in the broker (back-pressure).
+const CONCURRENT_MESSAGES: usize = 256;
+
+/// The subscription every replica shares: each device message goes to one of them.
+pub const SHARED_FILTER: &str = "$share/drover/drover/+/+/#";
+
+/// Where Drover's client connects.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub credentials: Option<(String, String)>,
+}
+
+impl Endpoint {
+    /// From `mqtt://[user:password@]host:port`.
+    pub fn parse(url: &str) -> Option<Endpoint> {
+        let rest = url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://"))?;
+        let (credentials, hostport) = match rest.rsplit_once('@') {
+            Some((userinfo, hp)) => {
+                let (u, p) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+                (Some((u.to_string(), p.to_string())), hp)
+            }
+            None => (None, rest),
+        };
+        let hostport = hostport.trim_end_matches('/');
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().ok()?),
+            None => (hostport, 1883),
+        };
+        (!host.is_empty()).then(|| Endpoint { host: host.to_string(), port, credentials })
+    }
+}
+
+/// What the rest of the server tells delivery.
+#[derive(Debug)]
+pub enum Job {
+    /// An activity was stored: push it to those of its devices that are online.
+    Activity(i64),
+    Presence(Presence),
+}
+
+/// A handle to push delivery, cheap to clone.
+#[derive(Clone)]
+pub struct Push {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl Push {
+    pub fn channel() -> (Push, mpsc::UnboundedReceiver<Job>) {
+        let (jobs, rx) = mpsc::unbounded_channel();
+        (Push { jobs }, rx)
+    }
+
+    pub fn activity_added(&self, activity: i64) {
+        let _ = self.jobs.send(Job::Activity(activity));
+    }
+
+    pub fn presence(&self, p: Presence) {
+        let _ = self.jobs.send(Job::Presence(p));
+    }
+}
+
+struct Delivery {
+    state: AppState,
+    client: AsyncClient,
+    /// Online devices and how many subscribed sessions each holds (0: said `online`).
+    online: Mutex<HashMap<(String, String), u32>>,
+    /// Topic suffixes Drover publishes on. Its own shared subscription hears them too, and
+    /// such echoes are not device messages.
+    downstream: RwLock<HashSet<String>>,
+}
+
+/// Connect Drover's client and run delivery until the server stops.
+pub async fn run(state: AppState, endpoint: Endpoint, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let mut options = MqttOptions::new(client_id(), endpoint.host.clone(), endpoint.port);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    if let Some((u, p)) = &endpoint.credentials {
+        options.set_credentials(u.clone(), p.clone());
+    }
+    let (client, eventloop) = AsyncClient::new(options, 1024);
+    let delivery = Arc::new(Delivery {
+        state,
+        client,
+        online: Mutex::new(HashMap::new()),
+        downstream: RwLock::new(HashSet::new()),
+    });
+    let pump = tokio::spawn(pump(delivery.clone(), eventloop, endpoint));
+    while let Some(job) = jobs.recv().await {
+        let d = delivery.clone();
+        match job {
+            Job::Activity(id) => {
+                tokio::spawn(async move { d.push_activity(id).await });
+            }
+            Job::Presence(p) => {
+                let came = {
+                    let mut online = d.online.lock().unwrap_or_else(|p| p.into_inner());
+                    match p {
+                        Presence::Subscribed { device_type, device_id } => {
+                            *online.entry((device_type.clone(), device_id.clone())).or_default() += 1;
+                            Some((device_type, device_id))
+                        }
+                        Presence::Online { device_type, device_id } => {
+                            online.entry((device_type.clone(), device_id.clone())).or_default();
+                            Some((device_type, device_id))
+                        }
+                        Presence::Left { device_type, device_id } => {
+                            let key = (device_type, device_id);
+                            if let Some(n) = online.get_mut(&key) {
+                                *n = n.saturating_sub(1);
+                                if *n == 0 {
+                                    online.remove(&key);
+                                }
+                            }
+                            None
+                        }
+                        Presence::Offline { device_type, device_id } => {
+                            online.remove(&(device_type, device_id));
+                            None
+                        }
+                    }
+                };
+                if let Some((device_type, device_id)) = came {
+                    tokio::spawn(async move { d.device_online(&device_type, &device_id).await });
+                }
+            }
+        }
+    }
+    pump.abort();
+}
+
+fn client_id() -> String {
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).expect("the OS random source");
+    format!("drover-{}", hex::encode(b))
+}
+
+/// Drive the client: (re)subscribe on every connection, hand device messages to
+/// handlers. Reconnects by itself after errors, with a pause.
+async fn pump(d: Arc<Delivery>, mut eventloop: EventLoop, endpoint: Endpoint) {
+    let limit = Arc::new(Semaphore::new(CONCURRENT_MESSAGES));
+    let mut connected = false;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                tracing::info!(broker = %format!("{}:{}", endpoint.host, endpoint.port), "MQTT delivery connected");
+                connected = true;
+                // try_: the eventloop drives the request queue, so awaiting here would stall it.
+                if let Err(e) = d.client.try_subscribe(SHARED_FILTER, QoS::AtLeastOnce) {
+                    tracing::error!("cannot subscribe to device topics: {e}");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                // Holding a permit before the next poll makes a flood wait in the broker.
+                let Ok(permit) = limit.clone().acquire_owned().await else { return };
+                let d = d.clone();
+                tokio::spawn(async move {
+                    d.device_message(&p.topic, &p.payload).await;
+                    drop(permit);
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if connected {
+                    tracing::warn!("MQTT delivery lost the broker: {e}; reconnecting");
+                } else {
+                    tracing::debug!("MQTT delivery cannot reach the broker yet: {e}");
+                }
+                connected = false;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+impl Delivery {
+    fn is_online(&self, d: &DeviceRow) -> bool {
+        self.online
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&(d.device_type.clone(), d.device_id.clone()))
+    }
+
+    async fn device_message(&self, topic: &str, payload: &[u8]) {
+        let Some((device_type, device_id, suffix)) = parse_topic(topic) else { return };
+        if suffix == "status" {
+            let p = match payload {
+                b"online" => Presence::Online { device_type: device_type.into(), device_id: device_id.into() },
+                b"offline" => Presence::Offline { device_type: device_type.into(), device_id: device_id.into() },
+                _ => return,
+            };
+            let _ = self.state.push.as_ref().map(|push| push.presence(p));
+            return;
+        }
+        if self.downstream.read().unwrap_or_else(|p| p.into_inner()).contains(suffix) {
+            return;
+        }
+        let (Ok(Some(device)), Some(plugin)) =
+            (self.state.store.device(device_type, device_id).await, self.state.registry.device_type(device_type))
+        else {
+            tracing::debug!(topic, "MQTT message for an unknown device or type: dropped");
+            return;
+        };
+        if device.status == "removed" {
+            return;
+        }
+        let channel = Channel::Mqtt(MqttMessage { topic_suffix: suffix.to_string() });
+        let message = match receive(&self.state, &plugin, &device, channel, payload).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(topic, code = e.code, "device message refused: {}", e.message);
+                return;
+            }
+        };
+        let result = match message.reply {
+            Reply::None => Ok(()),
+            Reply::Immediate(out) => self.publish(&device, out).await,
+            Reply::PendingOperations => self.push_queue(&device).await,
+        };
+        if let Err(e) = result {
+            tracing::warn!(topic, "answering a device over MQTT failed: {e}");
+        }
+    }
+
+    async fn push_activity(&self, activity: i64) {
+        if self.online.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            return;
+        }
+        let devices = match self.state.store.activity_queued_devices(activity).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(activity, "push: cannot read the activity's devices: {e}");
+                return;
+            }
+        };
+        for key in devices {
+            let Ok(Some(device)) = self.state.store.device_by_key(key).await else { continue };
+            if self.is_online(&device)
+                && let Err(e) = self.push_queue(&device).await
+            {
+                tracing::warn!(device_id = %device.device_id, "push failed: {e}");
+            }
+        }
+    }
+
+    /// A device came (back) online: re-send what it has not answered, then its queue.
+    async fn device_online(&self, device_type: &str, device_id: &str) {
+        let Ok(Some(device)) = self.state.store.device(device_type, device_id).await else { return };
+        if let Err(e) = self.resend_in_progress(&device).await {
+            tracing::warn!(device_id, "re-sending unanswered operations failed: {e}");
+        }
+        if let Err(e) = self.push_queue(&device).await {
+            tracing::warn!(device_id, "push failed: {e}");
+        }
+    }
+
+    async fn resend_in_progress(&self, device: &DeviceRow) -> Result<(), String> {
+        let ops = self.state.store.in_progress(device.id, 100).await.map_err(|e| e.to_string())?;
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let plugin = self.state.registry.device_type(&device.device_type).ok_or("no plugin")?;
+        let encoded = plugin
+            .encode(plugin_device(device), plugin_operations(&ops), ChannelKind::Mqtt)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.publish(device, encoded.output).await
+    }
+
+    async fn push_queue(&self, device: &DeviceRow) -> Result<(), String> {
+        let plugin = self.state.registry.device_type(&device.device_type).ok_or("no plugin")?;
+        let out = encode_queued(&self.state, &plugin, device, ChannelKind::Mqtt, "delivery:push", true)
+            .await
+            .map_err(|e| e.message)?;
+        match out {
+            Some(out) => self.publish(device, out).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn publish(&self, device: &DeviceRow, out: Outbound) -> Result<(), String> {
+        let Outbound::Mqtt(messages) = out else {
+            return Err("the plugin answered an MQTT message with a non-MQTT one".into());
+        };
+        for m in messages {
+            if m.topic_suffix.is_empty() || m.topic_suffix.contains(['+', '#']) {
+                return Err(format!("the plugin chose an invalid topic suffix `{}`", m.topic_suffix));
+            }
+            {
+                let known = self.downstream.read().unwrap_or_else(|p| p.into_inner()).contains(&m.topic_suffix);
+                if !known {
+                    self.downstream.write().unwrap_or_else(|p| p.into_inner()).insert(m.topic_suffix.clone());
+                }
+            }
+            let topic = format!("{}{}", super::device_prefix(&device.device_type, &device.device_id), m.topic_suffix);
+            self.client.publish(topic, QoS::AtLeastOnce, false, m.payload).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Endpoint;
+
+    #[test]
+    fn broker_urls() {
+        let e = Endpoint::parse("mqtt://127.0.0.1:1883").unwrap();
+        assert_eq!((e.host.as_str(), e.port, e.credentials), ("127.0.0.1", 1883, None));
+        let e = Endpoint::parse("mqtt://svc:s3cret@broker.example:8883").unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("broker.example", 8883));
+        assert_eq!(e.credentials, Some(("svc".into(), "s3cret".into())));
+        assert_eq!(Endpoint::parse("mqtt://broker").unwrap().port, 1883);
+        assert!(Endpoint::parse("http://broker:1883").is_none());
+        assert!(Endpoint::parse("mqtt://:1883").is_none());
+        assert!(Endpoint::parse("mqtt://h:notaport").is_none());
+    }
+}

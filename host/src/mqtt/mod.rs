@@ -1,0 +1,181 @@
+//! Push over MQTT. See docs/delivery.md.
+//!
+//! Every device owns the topics under `drover/{type}/{device-id}/`: it publishes its
+//! messages there (the suffix, e.g. `reply`, tells the plugin what they are; `status` is
+//! the host's: `online` / `offline`) and subscribes there for what Drover sends it (the
+//! suffix its plugin chose, e.g. `operations`). Drover itself is one more client, with a
+//! shared subscription so that several replicas split the devices' messages.
+//!
+//! Two brokers: the embedded one ([`broker`]: rumqttd's router behind our own front,
+//! which authenticates devices with their credential and enforces the topic rule), or an
+//! external one (`--broker mqtt://…`), whose own ACLs must enforce it.
+
+pub mod broker;
+pub mod delivery;
+
+use crate::store::Store;
+use delivery::Push;
+
+/// The first topic level of everything Drover does over MQTT.
+pub const ROOT: &str = "drover";
+
+/// The user name Drover's own client uses on the embedded broker.
+pub const SERVICE_USER: &str = "drover";
+
+/// `drover/{type}/{id}/`: a device's own topics.
+pub fn device_prefix(device_type: &str, device_id: &str) -> String {
+    format!("{ROOT}/{device_type}/{device_id}/")
+}
+
+/// Split `drover/{type}/{id}/{suffix}`.
+pub fn parse_topic(topic: &str) -> Option<(&str, &str, &str)> {
+    let rest = topic.strip_prefix(ROOT)?.strip_prefix('/')?;
+    let (device_type, rest) = rest.split_once('/')?;
+    let (device_id, suffix) = rest.split_once('/')?;
+    (!device_type.is_empty() && !device_id.is_empty() && !suffix.is_empty()).then_some((device_type, device_id, suffix))
+}
+
+/// What a connected client may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// A device: only its own topics.
+    Device { device_type: String, device_id: String },
+    /// Drover's own delivery client: every topic.
+    Service,
+}
+
+impl Access {
+    /// The client's identity, also its session name in the broker.
+    pub fn name(&self) -> String {
+        match self {
+            Access::Device { device_type, device_id } => format!("{device_type}/{device_id}"),
+            Access::Service => SERVICE_USER.to_string(),
+        }
+    }
+
+    /// The session name in the router: the identity, then the client's own id (a device
+    /// may hold several sessions, never another device's). The router refuses `/`, `+`,
+    /// `$` and `#` in client ids.
+    pub fn session_id(&self, client_id: &str) -> String {
+        let own: String = client_id.chars().map(|c| if matches!(c, '/' | '+' | '$' | '#') { '_' } else { c }).collect();
+        match self {
+            Access::Device { device_type, device_id } => format!("{device_type}:{device_id}:{own}"),
+            Access::Service => format!("{SERVICE_USER}:{own}"),
+        }
+    }
+
+    pub fn may_publish(&self, topic: &str) -> bool {
+        match self {
+            Access::Service => true,
+            Access::Device { device_type, device_id } => topic
+                .strip_prefix(&device_prefix(device_type, device_id))
+                .is_some_and(|s| !s.is_empty() && !s.contains(['+', '#'])),
+        }
+    }
+
+    /// A device may subscribe to filters inside its own prefix only (wildcards after it
+    /// are fine: `drover/android/X/#`). `$share/…` and anything else is refused.
+    pub fn may_subscribe(&self, filter: &str) -> bool {
+        match self {
+            Access::Service => true,
+            Access::Device { device_type, device_id } => {
+                filter.strip_prefix(&device_prefix(device_type, device_id)).is_some_and(|s| !s.is_empty())
+            }
+        }
+    }
+}
+
+/// A device became reachable over MQTT or left. A device may hold several sessions on
+/// the embedded broker: it is online while any of them has subscribed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    /// A session on the embedded broker subscribed (counted).
+    Subscribed { device_type: String, device_id: String },
+    /// That session ended.
+    Left { device_type: String, device_id: String },
+    /// The device said `online` on its `status` topic (any broker).
+    Online { device_type: String, device_id: String },
+    /// The device said `offline`, or its will did.
+    Offline { device_type: String, device_id: String },
+}
+
+/// Who may connect to the embedded broker: devices by their credential, user name
+/// `{type}/{device-id}` and password the access token; Drover's client by a secret made
+/// at start. Tells delivery when devices come and go.
+pub struct Gate {
+    store: Store,
+    service_secret: String,
+    push: Push,
+}
+
+impl Gate {
+    pub fn new(store: Store, service_secret: String, push: Push) -> Gate {
+        Gate { store, service_secret, push }
+    }
+
+    pub async fn authenticate(&self, username: &str, password: &str) -> Option<Access> {
+        if username == SERVICE_USER {
+            let ok: bool = subtle_eq(password.as_bytes(), self.service_secret.as_bytes());
+            return ok.then_some(Access::Service);
+        }
+        let (device_type, device_id) = username.split_once('/')?;
+        if device_id.contains(['/', '+', '#', '$']) || device_type.contains(['+', '#', '$', ':']) {
+            return None;
+        }
+        let device = self.store.device_for_credential(&crate::auth::hash_token(password)).await.ok()??;
+        (device.device_type == device_type && device.device_id == device_id)
+            .then_some(Access::Device { device_type: device.device_type, device_id: device.device_id })
+    }
+
+    /// A session subscribed for the first time (the broker has already taken the
+    /// subscription, so a push from now on reaches it).
+    pub fn subscribed(&self, access: &Access) {
+        if let Access::Device { device_type, device_id } = access {
+            self.push.presence(Presence::Subscribed { device_type: device_type.clone(), device_id: device_id.clone() });
+        }
+    }
+
+    /// A session that had subscribed ended.
+    pub fn left(&self, access: &Access) {
+        if let Access::Device { device_type, device_id } = access {
+            self.push.presence(Presence::Left { device_type: device_type.clone(), device_id: device_id.clone() });
+        }
+    }
+}
+
+/// Equality whose time does not depend on where the inputs differ.
+fn subtle_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_keep_to_their_own_topics() {
+        let a = Access::Device { device_type: "android".into(), device_id: "A1".into() };
+        assert!(a.may_publish("drover/android/A1/reply"));
+        assert!(a.may_publish("drover/android/A1/telemetry/battery"));
+        assert!(!a.may_publish("drover/android/A1/"));
+        assert!(!a.may_publish("drover/android/A2/reply"));
+        assert!(!a.may_publish("drover/android/A1/#"));
+        assert!(!a.may_publish("drover/android/A1"));
+        assert!(!a.may_publish("drover/ios/A1/reply"));
+        assert!(a.may_subscribe("drover/android/A1/operations"));
+        assert!(a.may_subscribe("drover/android/A1/#"));
+        assert!(!a.may_subscribe("drover/android/+/operations"));
+        assert!(!a.may_subscribe("drover/#"));
+        assert!(!a.may_subscribe("#"));
+        assert!(!a.may_subscribe("$share/g/drover/android/A1/#"));
+        assert!(Access::Service.may_subscribe("$share/drover/drover/+/+/+"));
+    }
+
+    #[test]
+    fn topics_parse() {
+        assert_eq!(parse_topic("drover/android/A1/reply"), Some(("android", "A1", "reply")));
+        assert_eq!(parse_topic("drover/android/A1/telemetry/x"), Some(("android", "A1", "telemetry/x")));
+        assert_eq!(parse_topic("drover/android/A1"), None);
+        assert_eq!(parse_topic("other/android/A1/reply"), None);
+    }
+}

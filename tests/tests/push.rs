@@ -1,0 +1,316 @@
+//! Push over MQTT end to end: devices are real MQTT clients (rumqttc, and the mosquitto
+//! command-line clients), on the embedded broker and on the external mosquitto.
+
+use drover_tests::{TestServer, e2e, unique};
+use reqwest::{Method, StatusCode};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/../plugins/android/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+async fn enroll(server: &TestServer, id: &str) -> String {
+    let body = fixture("enroll.json").replace("354956090214718", id);
+    let r = server.http.post(server.url("/agent/v1/android/enroll")).body(body).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string()
+}
+
+async fn ring(server: &TestServer, id: &str) -> i64 {
+    let r = server
+        .admin(Method::POST, "/api/v1/operations")
+        .json(&json!({"code": "DEVICE_RING", "targets": {"devices": [{"type": "android", "id": id}]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let activity = r.json::<Value>().await.unwrap()["activity"]["id"].as_i64().unwrap();
+    let ops: Value = server
+        .admin(Method::GET, &format!("/api/v1/operations?activity={activity}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    ops["items"][0]["id"].as_i64().unwrap()
+}
+
+async fn operation(server: &TestServer, id: i64) -> Value {
+    server.admin(Method::GET, &format!("/api/v1/operations/{id}")).send().await.unwrap().json().await.unwrap()
+}
+
+/// Wait (bounded) until operation `id` is in `state`.
+async fn until_state(server: &TestServer, id: i64, state: &str) -> Value {
+    for _ in 0..300 {
+        let op = operation(server, id).await;
+        if op["state"] == state {
+            return op;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("operation {id} never reached {state}: {}", operation(server, id).await);
+}
+
+enum Seen {
+    Publish(String, Vec<u8>),
+    SubAck(Vec<SubscribeReasonCode>),
+}
+
+/// A device as an MQTT client library sees it.
+struct Device {
+    client: AsyncClient,
+    seen: mpsc::UnboundedReceiver<Seen>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Device {
+    async fn connect(port: u16, client_id: &str, login: Option<(&str, &str)>) -> Result<Device, String> {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+        options.set_keep_alive(Duration::from_secs(10));
+        if let Some((u, p)) = login {
+            options.set_credentials(u, p);
+        }
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let (tx, seen) = mpsc::unbounded_channel();
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        if let Some(r) = ready_tx.take() {
+                            let _ = r.send(Ok(()));
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = tx.send(Seen::Publish(p.topic.clone(), p.payload.to_vec()));
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(s))) => {
+                        let _ = tx.send(Seen::SubAck(s.return_codes));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if let Some(r) = ready_tx.take() {
+                            let _ = r.send(Err(e.to_string()));
+                        }
+                        return;
+                    }
+                }
+            }
+        });
+        tokio::time::timeout(WAIT, ready).await.map_err(|_| "no CONNACK".to_string())?.unwrap()?;
+        Ok(Device { client, seen, task })
+    }
+
+    async fn subscribe(&mut self, filter: &str) -> Vec<SubscribeReasonCode> {
+        self.client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        loop {
+            match tokio::time::timeout(WAIT, self.seen.recv()).await.expect("SUBACK in time").expect("connection open")
+            {
+                Seen::SubAck(codes) => return codes,
+                Seen::Publish(..) => {}
+            }
+        }
+    }
+
+    /// The next message Drover pushed, as the Android agent's JSON.
+    async fn next_push(&mut self) -> (String, Value) {
+        loop {
+            match tokio::time::timeout(WAIT, self.seen.recv()).await.expect("a push in time").expect("connection open")
+            {
+                Seen::Publish(topic, payload) => return (topic, serde_json::from_slice(&payload).unwrap()),
+                Seen::SubAck(_) => {}
+            }
+        }
+    }
+
+    async fn publish(&self, topic: &str, payload: Vec<u8>) {
+        self.client.publish(topic, QoS::AtLeastOnce, false, payload).await.unwrap();
+    }
+
+    /// Vanish without DISCONNECT, as a phone losing its network does.
+    fn drop_connection(self) {
+        self.task.abort();
+    }
+}
+
+fn completed(op: &Value) -> Vec<u8> {
+    json!([{"id": op["id"], "code": op["code"], "type": op["type"], "status": "COMPLETED", "operationResponse": "rang"}])
+        .to_string()
+        .into_bytes()
+}
+
+/// A mosquitto command-line client (a third-party MQTT implementation); returns its exit
+/// status and what it printed.
+async fn mosquitto(tool: &str, port: u16, args: &[&str]) -> (bool, String) {
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(tool)
+            .arg("-h")
+            .arg("127.0.0.1")
+            .arg("-p")
+            .arg(port.to_string())
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("the mosquitto client finishes")
+    .unwrap_or_else(|e| panic!("{tool} could not run ({e}): install the mosquitto-clients package"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+async fn embedded_broker(server: &TestServer) {
+    let port = server.mqtt.expect("the embedded broker runs").port();
+    let (a, b) = ("358000000000001", "358000000000002");
+    let (token_a, token_b) = (enroll(server, a).await, enroll(server, b).await);
+
+    // Credentials: a wrong token, or someone else's identity with a real token, is refused.
+    assert!(Device::connect(port, "x", Some(("android/358000000000001", "drv_dev_wrong"))).await.is_err());
+    assert!(Device::connect(port, "x", Some(("android/358000000000002", &token_a))).await.is_err());
+    assert!(Device::connect(port, "x", None).await.is_err());
+    let (ok, said) = mosquitto(
+        "mosquitto_pub",
+        port,
+        &["-u", "android/358000000000001", "-P", "nope", "-t", "drover/android/358000000000001/reply", "-m", "[]"],
+    )
+    .await;
+    assert!(!ok, "{said}");
+
+    // A device that is online gets its operation pushed at once, and answers on `reply`.
+    let mut dev_a = Device::connect(port, "phone-a", Some(("android/358000000000001", &token_a))).await.unwrap();
+    let codes = dev_a.subscribe("drover/android/358000000000001/operations").await;
+    assert_eq!(codes, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+    let op_a = ring(server, a).await;
+    let (topic, pushed) = dev_a.next_push().await;
+    assert_eq!(topic, "drover/android/358000000000001/operations");
+    assert_eq!((pushed[0]["id"].as_i64(), pushed[0]["code"].as_str()), (Some(op_a), Some("DEVICE_RING")));
+    let op = until_state(server, op_a, "IN_PROGRESS").await;
+    assert_eq!(op["transitions"][0]["actor"], "delivery:push");
+    dev_a.publish("drover/android/358000000000001/reply", completed(&pushed[0])).await;
+    until_state(server, op_a, "COMPLETED").await;
+
+    // Topic ACLs, tested with mosquitto's own clients: A may not read B's operations...
+    let (ok, said) = mosquitto(
+        "mosquitto_sub",
+        port,
+        &[
+            "-u",
+            "android/358000000000001",
+            "-P",
+            &token_a,
+            "-t",
+            "drover/android/358000000000002/operations",
+            "-W",
+            "3",
+        ],
+    )
+    .await;
+    assert!(said.contains("denied"), "{ok} {said}");
+    let codes = dev_a.subscribe("drover/android/+/operations").await;
+    assert_eq!(codes, vec![SubscribeReasonCode::Failure]);
+
+    // ...and B, offline, keeps its operation PENDING.
+    let op_b = ring(server, b).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(operation(server, op_b).await["state"], "PENDING");
+    // A publishing a result in B's name is cut off, and B's operation is untouched.
+    let forged = json!([{"id": op_b, "code": "DEVICE_RING", "type": "COMMAND", "status": "COMPLETED"}]).to_string();
+    let (ok, said) = mosquitto(
+        "mosquitto_pub",
+        port,
+        &[
+            "-u",
+            "android/358000000000001",
+            "-P",
+            &token_a,
+            "-q",
+            "1",
+            "-t",
+            "drover/android/358000000000002/reply",
+            "-m",
+            &forged,
+        ],
+    )
+    .await;
+    assert!(!ok, "a forged publish must not be acknowledged: {said}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(operation(server, op_b).await["state"], "PENDING");
+
+    // B comes online: its queue is pushed.
+    let mut dev_b = Device::connect(port, "phone-b", Some(("android/358000000000002", &token_b))).await.unwrap();
+    dev_b.subscribe("drover/android/358000000000002/operations").await;
+    let (_, pushed) = dev_b.next_push().await;
+    assert_eq!(pushed[0]["id"].as_i64(), Some(op_b));
+    until_state(server, op_b, "IN_PROGRESS").await;
+    // It vanishes before answering; when it is back, the unanswered operation comes again.
+    dev_b.drop_connection();
+    let mut dev_b = Device::connect(port, "phone-b", Some(("android/358000000000002", &token_b))).await.unwrap();
+    dev_b.subscribe("drover/android/358000000000002/operations").await;
+    let (_, again) = dev_b.next_push().await;
+    assert_eq!(again[0]["id"].as_i64(), Some(op_b));
+    dev_b.publish("drover/android/358000000000002/reply", completed(&again[0])).await;
+    let done = until_state(server, op_b, "COMPLETED").await;
+    // Delivered once (PENDING → IN_PROGRESS), completed once: the re-send changed nothing.
+    assert_eq!(done["transitions"].as_array().unwrap().len(), 2, "{done}");
+
+    // A malformed report changes nothing and the connection stays usable.
+    let op_a2 = ring(server, a).await;
+    let (_, pushed) = dev_a.next_push().await;
+    dev_a.publish("drover/android/358000000000001/reply", b"{not json".to_vec()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(operation(server, op_a2).await["state"], "IN_PROGRESS");
+    dev_a.publish("drover/android/358000000000001/reply", completed(&pushed[0])).await;
+    until_state(server, op_a2, "COMPLETED").await;
+}
+e2e!(embedded_broker, super::embedded_broker);
+
+/// The external broker on this machine (mosquitto on 1883), when there is one.
+async fn external_broker() -> Option<u16> {
+    match tokio::net::TcpStream::connect("127.0.0.1:1883").await {
+        Ok(_) => Some(1883),
+        Err(_) => {
+            eprintln!("NOTE: no MQTT broker on 127.0.0.1:1883: the external-broker test was skipped");
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_mosquitto() {
+    let Some(port) = external_broker().await else { return };
+    let server = TestServer::start_with(drover_tests::Backend::Sqlite, |c| {
+        c.broker = Some(format!("mqtt://127.0.0.1:{port}"));
+    })
+    .await;
+    assert!(server.mqtt.is_none(), "no embedded broker with --broker");
+    // Device ids unique per run: the broker is shared with other runs.
+    let id = unique("ext").replace('_', "-");
+    enroll(&server, &id).await;
+    let op_id = ring(&server, &id).await;
+    assert_eq!(operation(&server, op_id).await["state"], "PENDING");
+
+    let mut dev = Device::connect(port, &id, None).await.unwrap();
+    dev.subscribe(&format!("drover/android/{id}/operations")).await;
+    // The device says it is online (as it would after every connect). Drover's client may
+    // still be subscribing, so say it again until the push comes.
+    let mut pushed = None;
+    for _ in 0..40 {
+        dev.publish(&format!("drover/android/{id}/status"), b"online".to_vec()).await;
+        if let Ok(Some(Seen::Publish(_, p))) = tokio::time::timeout(Duration::from_millis(500), dev.seen.recv()).await {
+            pushed = Some(serde_json::from_slice::<Value>(&p).unwrap());
+            break;
+        }
+    }
+    let pushed = pushed.expect("the operation is pushed through mosquitto");
+    assert_eq!(pushed[0]["id"].as_i64(), Some(op_id));
+    dev.publish(&format!("drover/android/{id}/reply"), completed(&pushed[0])).await;
+    until_state(&server, op_id, "COMPLETED").await;
+    server.stop().await;
+}
