@@ -280,6 +280,9 @@ pub(crate) async fn receive(
             }
         }
     }
+    if !message.telemetry.is_empty() {
+        state.store.record_telemetry(device.id, &telemetry_points(&message.telemetry)).await?;
+    }
     state.store.touch_device(device.id, &message.info, message.session.as_deref()).await?;
     Ok(message)
 }
@@ -339,6 +342,27 @@ pub(crate) async fn encode_queued(
         }
     }
     Err(ApiError::internal("too many operations the plugin cannot encode in one call"))
+}
+
+/// Telemetry as stored: a point without a time was measured when received; a number
+/// that is not finite has no JSON form and is dropped.
+fn telemetry_points(points: &[crate::plugins::types::TelemetryPoint]) -> Vec<crate::store::Point> {
+    use crate::plugins::types::TelemetryValue as V;
+    let now = crate::store::now_ms();
+    points
+        .iter()
+        .filter_map(|p| {
+            let value = match &p.value {
+                // WIT numbers are f64; a whole number is shown as the integer it was.
+                V::Number(n) if n.fract() == 0.0 && n.abs() < 9e15 => serde_json::Value::from(*n as i64),
+                V::Number(n) => serde_json::Number::from_f64(*n).map(serde_json::Value::Number)?,
+                V::Text(t) => serde_json::Value::String(t.clone()),
+                V::Boolean(b) => serde_json::Value::Bool(*b),
+            };
+            let at = p.timestamp_ms.and_then(|t| i64::try_from(t).ok()).unwrap_or(now);
+            Some(crate::store::Point { name: p.name.clone(), at, value })
+        })
+        .collect()
 }
 
 pub(crate) fn plugin_operations(queued: &[crate::store::QueuedOperation]) -> Vec<Operation> {

@@ -6,7 +6,7 @@ use crate::plugins::CallError;
 use crate::server::AppState;
 use crate::store::{
     ActivityRow, DeviceQuery, DeviceRow, GroupRow, MAX_EXPLICIT_DEVICES, NewActivity, OperationRow, StoreError,
-    TargetSet, TransitionRow,
+    TargetSet, TelemetryRow, TransitionRow,
 };
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -131,6 +131,7 @@ pub fn router() -> Router<AppState> {
         .routes(routes!(list_devices))
         .routes(routes!(get_device, remove_device))
         .routes(routes!(set_tags))
+        .routes(routes!(device_telemetry))
         .routes(routes!(revoke_credentials))
         .routes(routes!(import_devices))
         .routes(routes!(list_groups, create_group))
@@ -242,6 +243,26 @@ struct Device {
     #[schema(value_type = Object)]
     metadata: Value,
     tags: Vec<String>,
+    /// The newest value of each telemetry name (one device only, not in lists).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    telemetry: Option<Vec<Telemetry>>,
+}
+
+/// A telemetry value.
+#[derive(Serialize, ToSchema)]
+struct Telemetry {
+    name: String,
+    /// When it was measured, milliseconds since the Unix epoch.
+    at: i64,
+    /// As reported: a number, boolean or string.
+    #[schema(value_type = Object)]
+    value: Value,
+}
+
+impl From<TelemetryRow> for Telemetry {
+    fn from(r: TelemetryRow) -> Telemetry {
+        Telemetry { value: serde_json::from_str(&r.value).unwrap_or(Value::Null), name: r.name, at: r.at }
+    }
 }
 
 impl Device {
@@ -257,6 +278,7 @@ impl Device {
             last_seen_at: d.last_seen_at,
             metadata: serde_json::from_str(&d.metadata).unwrap_or(json!({})),
             tags,
+            telemetry: None,
         }
     }
 }
@@ -334,7 +356,47 @@ async fn get_device(
 ) -> Result<Json<Device>, ApiError> {
     admin.require(Role::Viewer)?;
     let d = device_or_404(&state, &t, &id).await?;
-    Ok(Json(Device::new(&d, state.store.tags(d.id).await?)))
+    let mut device = Device::new(&d, state.store.tags(d.id).await?);
+    device.telemetry = Some(state.store.latest_telemetry(d.id).await?.into_iter().map(Telemetry::from).collect());
+    Ok(Json(device))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct TelemetryFilter {
+    /// Only this name, e.g. `battery`.
+    name: Option<String>,
+    /// Only points received before this one (the previous page's `next_before`).
+    before: Option<i64>,
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct TelemetryPage {
+    /// Last received first.
+    items: Vec<Telemetry>,
+    /// Pass as `before` for older points; absent on the last page.
+    next_before: Option<i64>,
+}
+
+/// A device's reported telemetry, last received first.
+#[utoipa::path(get, path = "/api/v1/devices/{device_type}/{device_id}/telemetry", tag = "devices",
+    params(("device_type" = String, Path), ("device_id" = String, Path), TelemetryFilter),
+    responses((status = 200, body = TelemetryPage), Errors))]
+async fn device_telemetry(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path((t, id)): Path<(String, String)>,
+    Query(q): Query<TelemetryFilter>,
+) -> Result<Json<TelemetryPage>, ApiError> {
+    admin.require(Role::Viewer)?;
+    let d = device_or_404(&state, &t, &id).await?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let rows = state.store.telemetry(d.id, q.name.as_deref(), q.before, limit).await?;
+    let next_before = next_after(&rows, limit, |r| r.id);
+    Ok(Json(TelemetryPage { items: rows.into_iter().map(Telemetry::from).collect(), next_before }))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -164,6 +164,11 @@ async fn housekeeping(store: Store, config: Housekeeping) {
                 Ok(n) => tracing::info!(deleted = n, "finished operations past retention deleted"),
                 Err(e) => tracing::warn!("retention purge failed: {e}"),
             }
+            match store.purge_telemetry(now - config.retention.as_millis() as i64).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "telemetry past retention deleted"),
+                Err(e) => tracing::warn!("telemetry retention purge failed: {e}"),
+            }
         }
         n += 1;
     }

@@ -8,6 +8,7 @@
 
 mod devices;
 mod operations;
+mod telemetry;
 mod tokens;
 
 pub use devices::{DeviceQuery, DeviceRow, GroupRow, NewDevice};
@@ -15,6 +16,7 @@ pub use operations::{
     ActivityRow, MAX_EXPLICIT_DEVICES, NewActivity, OperationRow, QueuedOperation, ResultOutcome, TargetSet,
     TransitionRow,
 };
+pub use telemetry::{Point, TelemetryRow};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
