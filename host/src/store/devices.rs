@@ -1,7 +1,7 @@
 //! Devices, their tags and groups.
 
 use super::{
-    Backend, Filters, Param, Store, StoreError, bind_filters, now_ms, trusted, values_placeholders, with_pool,
+    Backend, Filters, Param, Store, StoreError, WriteTx, bind_filters, now_ms, trusted, values_placeholders, with_pool,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -254,7 +254,7 @@ impl Store {
                      WHERE id = $3")
                     .bind(now).bind(session).bind(device).execute(pool).await?;
             } else {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 let current: Option<(String,)> = sqlx::query_as("SELECT metadata FROM devices WHERE id = $1")
                     .bind(device).fetch_optional(&mut *tx).await?;
                 let mut map: serde_json::Map<String, serde_json::Value> =
@@ -283,7 +283,7 @@ impl Store {
     /// Replace a device's tags.
     pub async fn set_tags(&self, device: i64, tags: &[String]) -> Result<(), StoreError> {
         with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query("DELETE FROM device_tags WHERE device = $1").bind(device).execute(&mut *tx).await?;
             if !tags.is_empty() {
                 let sql = format!("INSERT INTO device_tags (device, tag) VALUES {}", values_placeholders(tags.len(), 2, 1));
@@ -369,7 +369,7 @@ impl Store {
     pub async fn register_devices(&self, devices: &[NewDevice]) -> Result<u64, StoreError> {
         let now = now_ms();
         with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let mut n = 0;
             for chunk in devices.chunks(500) {
                 let sql = format!(

@@ -126,6 +126,31 @@ impl Store {
     }
 }
 
+/// Starting a write transaction. SQLite's default (deferred) BEGIN takes the write lock at
+/// the first write: two transactions that both read first and then write deadlock, and
+/// one fails at once with "database is locked" (its busy timeout does not apply). BEGIN
+/// IMMEDIATE takes the lock up front, so concurrent writers wait their turn instead.
+pub(crate) trait WriteTx {
+    type Db: sqlx::Database;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<Output = Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>> + Send;
+}
+
+impl WriteTx for SqlitePool {
+    type Db = sqlx::Sqlite;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+impl WriteTx for PgPool {
+    type Db = sqlx::Postgres;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.begin().await
+    }
+}
+
 /// Mark SQL built at run time as safe. Only for text made from constants and the
 /// placeholder lists below, never from input: every value goes through `.bind`.
 pub(crate) fn trusted(text: &str) -> sqlx::AssertSqlSafe<&str> {

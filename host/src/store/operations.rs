@@ -2,7 +2,9 @@
 //! [`crate::ops::next`] and is recorded in `transitions` in the same transaction.
 
 use super::devices::DeviceQuery;
-use super::{Backend, Filters, Param, Store, StoreError, bind_filters, list_placeholders, now_ms, trusted, with_pool};
+use super::{
+    Backend, Filters, Param, Store, StoreError, WriteTx, bind_filters, list_placeholders, now_ms, trusted, with_pool,
+};
 use crate::ops::{self, Attempts, Event, State};
 use serde::Serialize;
 
@@ -161,7 +163,7 @@ impl Store {
         let supersede =
             format!("UPDATE operations SET state = 'REPEATED', updated_at = $2 WHERE id IN ({older}) AND $1 = $1");
         with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let activity: ActivityRow = sqlx::query_as(
                 "INSERT INTO activities (code, kind, payload, created_by, created_at, expires_at, max_attempts)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -255,7 +257,7 @@ impl Store {
         );
         let update = format!("UPDATE operations SET state = 'EXPIRED', updated_at = $1 WHERE {filter}");
         with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             bind_filters!(sqlx::query(trusted(&transition)).bind(now), f).execute(&mut *tx).await?;
             let n = bind_filters!(sqlx::query(trusted(&update)).bind(now), f).execute(&mut *tx).await?.rows_affected();
             tx.commit().await?;
@@ -281,7 +283,7 @@ impl Store {
              WHERE device = $3 AND state IN ('PENDING', 'NOTNOW') AND id IN ({list}) AND $1 = $1"
         );
         with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             for sql in [&transition, &update] {
                 let mut q = sqlx::query(trusted(sql)).bind(actor).bind(now).bind(device);
                 for id in ids {
@@ -327,7 +329,7 @@ impl Store {
     ) -> Result<Vec<ResultOutcome>, StoreError> {
         let now = now_ms();
         with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let mut out = Vec::with_capacity(results.len());
             for (id, event, response) in results {
                 let row: Option<(String, i64, i64)> = sqlx::query_as(
@@ -389,7 +391,7 @@ impl Store {
         );
         let update = format!("UPDATE operations SET state = 'CANCELLED', updated_at = $2 WHERE {filter} AND $1 = $1");
         with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let mut n = 0;
             for sql in [&transition, &update] {
                 n = bind_filters!(sqlx::query(trusted(sql)).bind(actor).bind(now), f)
@@ -483,7 +485,7 @@ impl Store {
             format!("DELETE FROM transitions WHERE operation IN (SELECT id FROM operations WHERE {finished})");
         let operations = format!("DELETE FROM operations WHERE {finished}");
         with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query(trusted(&transitions)).bind(before).execute(&mut *tx).await?;
             let n = sqlx::query(trusted(&operations)).bind(before).execute(&mut *tx).await?.rows_affected();
             sqlx::query("DELETE FROM activities WHERE created_at < $1 AND NOT EXISTS (SELECT 1 FROM operations o WHERE o.activity = activities.id)")

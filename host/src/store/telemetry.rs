@@ -2,7 +2,9 @@
 //! Every point is kept (under the retention) and the newest value of each name is kept
 //! per device, so "what is it now" is one indexed read.
 
-use super::{Backend, Filters, Param, Store, StoreError, bind_filters, trusted, values_placeholders, with_pool};
+use super::{
+    Backend, Filters, Param, Store, StoreError, WriteTx, bind_filters, trusted, values_placeholders, with_pool,
+};
 use serde::Serialize;
 
 /// One reported value.
@@ -33,7 +35,7 @@ impl Store {
             return Ok(());
         }
         with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             for chunk in points.chunks(200) {
                 let sql = format!(
                     "INSERT INTO telemetry (device, name, at, value, number) VALUES {}",

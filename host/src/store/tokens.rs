@@ -1,7 +1,7 @@
 //! Stored credentials: device access tokens and admin tokens, by SHA-256 only.
 
 use super::devices::DeviceRow;
-use super::{Backend, Store, StoreError, now_ms, with_pool};
+use super::{Backend, Store, StoreError, WriteTx, now_ms, with_pool};
 
 impl Store {
     pub async fn insert_device_credential(
@@ -39,7 +39,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now = now_ms();
         with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query(
                 "INSERT INTO device_credentials (token_hash, device, created_at, expires_at) VALUES ($1, $2, $3, $4)")
                 .bind(new_hash).bind(device).bind(now).bind(expires_at).execute(&mut *tx).await?;

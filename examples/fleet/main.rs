@@ -1,0 +1,406 @@
+//! The fleet simulator: enrolls N simulated Android devices in a running Drover server and
+//! behaves like them, by polling (HTTP) or by push (MQTT), then prints rates and latency
+//! percentiles. The benchmarks in docs/BENCHMARKS.md use it.
+//!
+//!     cargo run --release --example fleet -- --devices 10000 --mode poll
+//!     cargo run --release --example fleet -- --devices 10000 --mode push --mqtt 127.0.0.1:18830
+//!
+//! Each run enrolls fresh devices (ids `<run>-<n>`, a `FLEET` property naming the run) and
+//! targets them with one operation through a dynamic group on that property.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, Semaphore, mpsc};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Each device polls, receives its operation, and reports it on the next poll.
+    Poll,
+    /// Each device holds an MQTT connection, receives its operation by push, answers on `reply`.
+    Push,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Simulate a fleet of devices against a running Drover server")]
+struct Args {
+    /// The server's HTTP address.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// The MQTT broker devices connect to (Drover's embedded one, or the external one).
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt: String,
+    /// An admin token; default: DROVER_ADMIN_TOKEN, else `<data-dir>/admin-token`.
+    #[arg(long, env = "DROVER_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// The server's data directory (for its bootstrap admin token).
+    #[arg(long, default_value = "drover-data")]
+    data_dir: std::path::PathBuf,
+    /// How many devices.
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    /// Device type (the simulator speaks the Android agent's protocol).
+    #[arg(long = "type", default_value = "android")]
+    device_type: String,
+    #[arg(long, value_enum, default_value = "poll")]
+    mode: Mode,
+    /// Requests in flight at once (poll mode, enrollment, MQTT connects).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Devices say `online` on their status topic after subscribing (needed with an
+    /// external broker, where Drover does not see subscriptions).
+    #[arg(long)]
+    announce_online: bool,
+    /// Give up waiting for completion after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout_secs: u64,
+}
+
+const ENROLL: &str = include_str!("../../plugins/android/fixtures/enroll.json");
+
+struct Device {
+    id: String,
+    token: String,
+}
+
+fn bar(len: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn percentiles(name: &str, h: &Histogram<u64>) {
+    let ms = |v: u64| v as f64 / 1000.0;
+    println!(
+        "{name:<28} p50 {:>8.2} ms  p90 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.2} ms  (n={})",
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.9)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.max()),
+        h.len()
+    );
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
+}
+
+struct Admin {
+    http: reqwest::Client,
+    server: String,
+    token: String,
+}
+
+impl Admin {
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+        let mut r = self.http.request(method, format!("{}{path}", self.server)).bearer_auth(&self.token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await?;
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{path}: {status} {v}");
+        }
+        Ok(v)
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.device_type != "android" {
+        bail!("--type {}: the simulator speaks the Android agent's protocol only, for now", args.device_type);
+    }
+    let token = match &args.admin_token {
+        Some(t) => t.clone(),
+        None => std::fs::read_to_string(args.data_dir.join("admin-token"))
+            .with_context(|| format!("no --admin-token, and none in {}/admin-token", args.data_dir.display()))?
+            .trim()
+            .to_string(),
+    };
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
+    let admin = Arc::new(Admin { http: http.clone(), server: args.server.trim_end_matches('/').to_string(), token });
+    admin.send(reqwest::Method::GET, "/api/v1/plugins", None).await.context("the server does not answer")?;
+
+    let run =
+        format!("sim{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() % 0xff_ffff);
+    println!(
+        "fleet {run}: {} {} devices, {:?} mode, server {}",
+        args.devices, args.device_type, args.mode, admin.server
+    );
+
+    let devices = enroll(&args, &admin, &run).await?;
+    let group = format!("fleet-{run}");
+    admin
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/groups",
+            Some(json!({"name": group, "query": {"device_type": "android", "metadata": {"FLEET": run}}})),
+        )
+        .await?;
+    match args.mode {
+        Mode::Poll => poll(&args, &admin, devices, &group).await,
+        Mode::Push => push(&args, &admin, devices, &group).await,
+    }
+}
+
+async fn enroll(args: &Args, admin: &Arc<Admin>, run: &str) -> Result<Vec<Device>> {
+    let pb = bar(args.devices, "enroll");
+    let limit = Arc::new(Semaphore::new(args.concurrency));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(args.devices);
+    for i in 0..args.devices {
+        let id = format!("{run}-{i:06}");
+        let body = ENROLL
+            .replace("354956090214718", &id)
+            .replace(r#""properties": ["#, &format!(r#""properties": [{{"name": "FLEET", "value": "{run}"}}, "#));
+        let (admin, limit, pb) = (admin.clone(), limit.clone(), pb.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = limit.acquire_owned().await?;
+            let r = admin.http.post(format!("{}/agent/v1/android/enroll", admin.server)).body(body).send().await?;
+            let status = r.status();
+            let v: Value = r.json().await?;
+            if !status.is_success() {
+                bail!("enroll {id}: {status} {v}");
+            }
+            pb.inc(1);
+            Ok(Device { id, token: v["access_token"].as_str().unwrap_or_default().to_string() })
+        }));
+    }
+    let mut devices = Vec::with_capacity(args.devices);
+    for t in tasks {
+        devices.push(t.await??);
+    }
+    pb.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    println!("enrolled {} devices in {secs:.2} s ({:.0}/s)", devices.len(), devices.len() as f64 / secs);
+    Ok(devices)
+}
+
+async fn add_ring(admin: &Admin, group: &str) -> Result<(i64, u64)> {
+    let v = admin
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/operations",
+            Some(json!({"code": "DEVICE_RING", "targets": {"groups": [group]}})),
+        )
+        .await?;
+    Ok((v["activity"]["id"].as_i64().unwrap_or_default(), v["operations"].as_u64().unwrap_or_default()))
+}
+
+async fn completed(admin: &Admin, activity: i64) -> Result<u64> {
+    let v = admin.send(reqwest::Method::GET, &format!("/api/v1/activities/{activity}"), None).await?;
+    Ok(v["counts"]["COMPLETED"].as_u64().unwrap_or(0))
+}
+
+fn result_for(op: &Value) -> Value {
+    json!({"id": op["id"], "code": op["code"], "type": op["type"], "status": "COMPLETED", "operationResponse": "rang"})
+}
+
+async fn poll(args: &Args, admin: &Arc<Admin>, devices: Vec<Device>, group: &str) -> Result<()> {
+    let added = Instant::now();
+    let (activity, n) = add_ring(admin, group).await?;
+    println!("one operation to {n} devices stored in {:.1} ms", added.elapsed().as_secs_f64() * 1000.0);
+
+    let devices = Arc::new(devices);
+    let next = Arc::new(AtomicUsize::new(0));
+    let latency = Arc::new(Mutex::new(histogram()));
+    let pb = bar(devices.len() * 2, "polls");
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency {
+        let (devices, next, latency, admin, pb) =
+            (devices.clone(), next.clone(), latency.clone(), admin.clone(), pb.clone());
+        workers.push(tokio::spawn(async move {
+            let mut local = histogram();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(d) = devices.get(i) else { break };
+                let url = format!("{}/agent/v1/android/devices/{}/pending-operations", admin.server, d.id);
+                // First poll: nothing to report, the operation comes back.
+                let t = Instant::now();
+                let r = admin.http.put(&url).bearer_auth(&d.token).body("[]").send().await?;
+                let ops: Value = r.json().await?;
+                local.record(t.elapsed().as_micros().max(1) as u64)?;
+                pb.inc(1);
+                let results: Vec<Value> =
+                    ops.as_array().map(|a| a.iter().map(result_for).collect()).unwrap_or_default();
+                // Second poll: the result goes back.
+                let t = Instant::now();
+                let r =
+                    admin.http.put(&url).bearer_auth(&d.token).body(Value::from(results).to_string()).send().await?;
+                if !r.status().is_success() {
+                    bail!("poll {}: {}", d.id, r.status());
+                }
+                let _ = r.bytes().await?;
+                local.record(t.elapsed().as_micros().max(1) as u64)?;
+                pb.inc(1);
+            }
+            latency.lock().await.add(&local)?;
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for w in workers {
+        w.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    let polls = devices.len() * 2;
+    println!("{polls} polls in {secs:.2} s: {:.0} polls/s with {} in flight", polls as f64 / secs, args.concurrency);
+    percentiles("poll latency", &*latency.lock().await);
+    let done = completed(admin, activity).await?;
+    println!("activity {activity}: {done}/{n} COMPLETED");
+    if done != n {
+        bail!("{} operations did not complete", n - done);
+    }
+    Ok(())
+}
+
+/// Messages a simulated MQTT device sees.
+struct Received {
+    device: usize,
+    at: Instant,
+    payload: Vec<u8>,
+}
+
+async fn push(args: &Args, admin: &Arc<Admin>, devices: Vec<Device>, group: &str) -> Result<()> {
+    let (host, port) = args.mqtt.rsplit_once(':').context("--mqtt: expected host:port")?;
+    let port: u16 = port.parse().context("--mqtt: bad port")?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Received>();
+    let subscribed = Arc::new(AtomicUsize::new(0));
+    let pb = bar(devices.len(), "connect");
+    let started = Instant::now();
+    let mut clients = Vec::with_capacity(devices.len());
+    let limit = Arc::new(Semaphore::new(args.concurrency));
+    for (i, d) in devices.iter().enumerate() {
+        let mut options = MqttOptions::new(format!("sim-{}", d.id), host, port);
+        options.set_credentials(format!("android/{}", d.id), d.token.clone());
+        options.set_keep_alive(Duration::from_secs(60));
+        let (client, mut eventloop) = AsyncClient::new(options, 16);
+        let (tx, subscribed, pb, limit) = (tx.clone(), subscribed.clone(), pb.clone(), limit.clone());
+        let topic = format!("drover/android/{}/operations", d.id);
+        let status = format!("drover/android/{}/status", d.id);
+        let announce = args.announce_online;
+        let c = client.clone();
+        // Connect a bounded number at once, then keep the event loop running.
+        let permit = limit.acquire_owned().await?;
+        tokio::spawn(async move {
+            let mut permit = Some(permit);
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = c.try_subscribe(topic.clone(), QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if announce {
+                            let _ = c.try_publish(status.clone(), QoS::AtLeastOnce, true, "online");
+                        }
+                        subscribed.fetch_add(1, Ordering::Relaxed);
+                        pb.inc(1);
+                        permit.take();
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = tx.send(Received { device: i, at: Instant::now(), payload: p.payload.to_vec() });
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("device {i}: {e}");
+                        permit.take();
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        clients.push(client);
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    while subscribed.load(Ordering::Relaxed) < devices.len() {
+        if Instant::now() > deadline {
+            bail!("only {} of {} devices connected", subscribed.load(Ordering::Relaxed), devices.len());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pb.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    println!("{} devices connected and subscribed in {secs:.2} s", devices.len());
+    // Let Drover take in every subscription before the operation is added.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Drover: add one operation for all; each device answers as soon as it arrives.
+    let pb = bar(devices.len(), "completed");
+    let t0 = Instant::now();
+    let (activity, n) = add_ring(admin, group).await?;
+    let stored = t0.elapsed();
+    let mut to_device = histogram();
+    let mut got = 0;
+    while got < devices.len() {
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        let Ok(Some(m)) = tokio::time::timeout(left, rx.recv()).await else {
+            bail!("only {got} of {} devices received their operation", devices.len());
+        };
+        to_device.record(m.at.duration_since(t0).as_micros().max(1) as u64)?;
+        let ops: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
+        let results: Vec<Value> = ops.as_array().map(|a| a.iter().map(result_for).collect()).unwrap_or_default();
+        let reply = format!("drover/android/{}/reply", devices[m.device].id);
+        clients[m.device].publish(reply, QoS::AtLeastOnce, false, Value::from(results).to_string()).await?;
+        got += 1;
+    }
+    let mut done = 0;
+    while done < n {
+        if Instant::now() > deadline {
+            bail!("{done} of {n} operations COMPLETED before the timeout");
+        }
+        done = completed(admin, activity).await?;
+        pb.set_position(done);
+        if done < n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let all = t0.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    println!("one operation to {n} devices stored in {:.1} ms", stored.as_secs_f64() * 1000.0);
+    println!(
+        "push round trip: {n} operations added → delivered → answered → COMPLETED in {all:.2} s: {:.0} ops/s",
+        n as f64 / all
+    );
+    percentiles("added → at device", &to_device);
+
+    // The bare broker on the same connections: each device publishes on its own topic
+    // (the one it subscribes to) and times the message coming back.
+    let t0 = Instant::now();
+    for (i, c) in clients.iter().enumerate() {
+        let topic = format!("drover/android/{}/operations", devices[i].id);
+        c.publish(topic, QoS::AtLeastOnce, false, b"[]".to_vec()).await?;
+    }
+    let mut bare = histogram();
+    let mut got = 0;
+    while got < devices.len() {
+        let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(args.timeout_secs), rx.recv()).await else {
+            bail!("the bare-broker pass lost messages: {got} of {}", devices.len());
+        };
+        bare.record(m.at.duration_since(t0).as_micros().max(1) as u64)?;
+        got += 1;
+    }
+    let bare_secs = t0.elapsed().as_secs_f64();
+    println!(
+        "bare broker: {} messages published → received in {bare_secs:.2} s: {:.0} msg/s",
+        devices.len(),
+        devices.len() as f64 / bare_secs
+    );
+    percentiles("published → received", &bare);
+    println!("ratio: Drover's push round trip takes {:.1}x the bare broker's time", all / bare_secs);
+    Ok(())
+}
