@@ -79,6 +79,7 @@ pub struct TestServer {
     pub state: drover::server::AppState,
     /// The embedded MQTT broker's address (`None` with an external broker).
     pub mqtt: Option<std::net::SocketAddr>,
+    config: drover::config::Config,
     /// (server URL, schema) of a PostgreSQL test, dropped at `stop`.
     pg_schema: Option<(String, String)>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -133,6 +134,32 @@ impl TestServer {
         };
         adjust(&mut config);
         std::fs::create_dir_all(&cache).unwrap();
+        Self::boot(config, data, pg_schema).await
+    }
+
+    /// Stop the server and start it again on the same data (database, data directory),
+    /// as after a crash or an upgrade. Listeners get new ports.
+    pub async fn restart(mut self) -> TestServer {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        self.state.store.close().await;
+        let (config, data, pg_schema) = (
+            self.config.clone(),
+            std::mem::replace(&mut self.data, tempfile::tempdir().unwrap()),
+            self.pg_schema.take(),
+        );
+        Self::boot(config, data, pg_schema).await
+    }
+
+    async fn boot(
+        config: drover::config::Config,
+        data: tempfile::TempDir,
+        pg_schema: Option<(String, String)>,
+    ) -> TestServer {
         let server = drover::server::Server::start(&config).await.expect("server starts");
         let base = format!("http://{}", server.local_addr().unwrap());
         let state = server.state.clone();
@@ -152,6 +179,7 @@ impl TestServer {
             data,
             state,
             mqtt,
+            config,
             pg_schema,
             shutdown: Some(tx),
             task: Some(task),

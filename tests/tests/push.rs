@@ -314,3 +314,53 @@ async fn external_mosquitto() {
     until_state(&server, op_id, "COMPLETED").await;
     server.stop().await;
 }
+
+/// Nothing is lost when Drover (and with it the embedded broker) restarts: an operation
+/// pushed but not answered, and one added while the device was away, both reach the
+/// device when it reconnects to the new server.
+async fn server_restart(server: TestServer) -> TestServer {
+    let id = "358000000000003";
+    let user = format!("android/{id}");
+    let token = enroll(&server, id).await;
+    let mut dev = Device::connect(server.mqtt.unwrap().port(), "phone-c", Some((&user, &token))).await.unwrap();
+    dev.subscribe(&format!("drover/android/{id}/operations")).await;
+    let first = ring(&server, id).await;
+    let (_, pushed) = dev.next_push().await;
+    assert_eq!(pushed[0]["id"].as_i64(), Some(first));
+    until_state(&server, first, "IN_PROGRESS").await;
+    dev.drop_connection();
+
+    let server = server.restart().await;
+    let second = ring(&server, id).await;
+    assert_eq!(operation(&server, second).await["state"], "PENDING");
+    let mut dev = Device::connect(server.mqtt.unwrap().port(), "phone-c", Some((&user, &token))).await.unwrap();
+    dev.subscribe(&format!("drover/android/{id}/operations")).await;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let (_, ops) = dev.next_push().await;
+        for op in ops.as_array().unwrap() {
+            seen.push(op["id"].as_i64().unwrap());
+            dev.publish(&format!("drover/android/{id}/reply"), completed(op)).await;
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, [first, second]);
+    until_state(&server, first, "COMPLETED").await;
+    until_state(&server, second, "COMPLETED").await;
+    server
+}
+
+mod server_restart {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        let server = drover_tests::TestServer::start(drover_tests::Backend::Sqlite).await;
+        super::server_restart(server).await.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let Some(backend) = drover_tests::Backend::postgres() else { return };
+        let server = drover_tests::TestServer::start(backend).await;
+        super::server_restart(server).await.stop().await;
+    }
+}

@@ -55,9 +55,13 @@ impl EmbeddedBroker {
         EmbeddedBroker { connect }
     }
 
-    /// Accept MQTT clients on `listener` until the task is dropped.
+    /// Accept MQTT clients on `listener` until the task is dropped, which also ends
+    /// every connection (they live in a set owned by this task).
     pub async fn serve(self, listener: TcpListener, auth: Arc<Gate>) {
+        let mut sessions = tokio::task::JoinSet::new();
         loop {
+            // Reap finished sessions so the set does not grow with every connection.
+            while sessions.try_join_next().is_some() {}
             let (stream, peer) = match listener.accept().await {
                 Ok(s) => s,
                 Err(e) => {
@@ -70,7 +74,7 @@ impl EmbeddedBroker {
             let _ = stream.set_nodelay(true);
             let connect = self.connect.clone();
             let auth = auth.clone();
-            tokio::spawn(async move {
+            sessions.spawn(async move {
                 if let Err(e) = session(stream, connect, auth).await {
                     tracing::debug!(%peer, "MQTT connection ended: {e}");
                 }
