@@ -290,6 +290,7 @@ async fn push(args: &Args, admin: &Arc<Admin>, devices: Vec<Device>, group: &str
         options.set_credentials(format!("android/{}", d.id), d.token.clone());
         options.set_keep_alive(Duration::from_secs(60));
         let (client, mut eventloop) = AsyncClient::new(options, 16);
+        eventloop.network_options.set_tcp_nodelay(true);
         let (tx, subscribed, pb, limit) = (tx.clone(), subscribed.clone(), pb.clone(), limit.clone());
         let topic = format!("drover/android/{}/operations", d.id);
         let status = format!("drover/android/{}/status", d.id);

@@ -32,6 +32,9 @@ pub const CREDENTIAL_DAYS: i64 = 90;
 /// answer lost in transit).
 const OLD_CREDENTIAL_GRACE_SECS: i64 = 300;
 
+/// `last_seen_at` is rewritten at most this often by messages that carry nothing else.
+const LAST_SEEN_RESOLUTION_MS: i64 = 30_000;
+
 /// At most this many operations go out in one answer, whatever the plugin allows.
 const MAX_BATCH: i64 = 100;
 
@@ -283,7 +286,13 @@ pub(crate) async fn receive(
     if !message.telemetry.is_empty() {
         state.store.record_telemetry(device.id, &telemetry_points(&message.telemetry)).await?;
     }
-    state.store.touch_device(device.id, &message.info, message.session.as_deref()).await?;
+    // `last_seen_at` to the second is plenty (devices turn unreachable after hours), so a
+    // device calling in again within LAST_SEEN_RESOLUTION with nothing new costs no write.
+    let seen_recently = device.status == "active"
+        && device.last_seen_at.is_some_and(|t| crate::store::now_ms() - t < LAST_SEEN_RESOLUTION_MS);
+    if !(seen_recently && message.info.is_empty() && message.session.is_none()) {
+        state.store.touch_device(device.id, &message.info, message.session.as_deref()).await?;
+    }
     Ok(message)
 }
 

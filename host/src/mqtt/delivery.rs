@@ -23,6 +23,9 @@ use tokio::sync::{Semaphore, mpsc};
 /// Device messages handled at once; more wait in the broker (back-pressure).
 const CONCURRENT_MESSAGES: usize = 256;
 
+/// Devices of one activity pushed at once.
+const PUSH_PARALLEL: usize = 32;
+
 /// The subscription every replica shares: each device message goes to one of them.
 pub const SHARED_FILTER: &str = "$share/drover/drover/+/+/#";
 
@@ -101,7 +104,10 @@ pub async fn run(state: AppState, endpoint: Endpoint, mut jobs: mpsc::UnboundedR
     if let Some((u, p)) = &endpoint.credentials {
         options.set_credentials(u.clone(), p.clone());
     }
-    let (client, eventloop) = AsyncClient::new(options, 1024);
+    let (client, mut eventloop) = AsyncClient::new(options, 1024);
+    // Small packets (publishes, acks) go out at once: with Nagle's algorithm each one
+    // waits for the previous one's TCP acknowledgement.
+    eventloop.network_options.set_tcp_nodelay(true);
     let delivery = Arc::new(Delivery {
         state,
         client,
@@ -113,7 +119,7 @@ pub async fn run(state: AppState, endpoint: Endpoint, mut jobs: mpsc::UnboundedR
         let d = delivery.clone();
         match job {
             Job::Activity(id) => {
-                tokio::spawn(async move { d.push_activity(id).await });
+                tokio::spawn(d.push_activity(id));
             }
             Job::Presence(p) => {
                 let came = {
@@ -245,7 +251,7 @@ impl Delivery {
         }
     }
 
-    async fn push_activity(&self, activity: i64) {
+    async fn push_activity(self: Arc<Self>, activity: i64) {
         if self.online.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
             return;
         }
@@ -256,14 +262,24 @@ impl Delivery {
                 return;
             }
         };
+        // Devices in parallel (each is a few queries and a plugin call), a bounded number
+        // at once so one large activity does not starve device messages.
+        let mut running = tokio::task::JoinSet::new();
         for key in devices {
-            let Ok(Some(device)) = self.state.store.device_by_key(key).await else { continue };
-            if self.is_online(&device)
-                && let Err(e) = self.push_queue(&device).await
-            {
-                tracing::warn!(device_id = %device.device_id, "push failed: {e}");
+            if running.len() >= PUSH_PARALLEL {
+                running.join_next().await;
             }
+            let d = self.clone();
+            running.spawn(async move {
+                let Ok(Some(device)) = d.state.store.device_by_key(key).await else { return };
+                if d.is_online(&device)
+                    && let Err(e) = d.push_queue(&device).await
+                {
+                    tracing::warn!(device_id = %device.device_id, "push failed: {e}");
+                }
+            });
         }
+        while running.join_next().await.is_some() {}
     }
 
     /// A device came (back) online: re-send what it has not answered, then its queue.

@@ -2,6 +2,7 @@
 
 use super::{
     Backend, Filters, Param, Store, StoreError, WriteTx, bind_filters, now_ms, trusted, values_placeholders, with_pool,
+    with_write_pool,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -232,7 +233,7 @@ impl Store {
     /// A scan of the devices table, run about once a minute: an index on `last_seen_at`
     /// would be rewritten by every poll to speed up this one query.
     pub async fn mark_unreachable(&self, before: i64) -> Result<u64, StoreError> {
-        Ok(with_pool!(self, pool => sqlx::query(
+        Ok(with_write_pool!(self, pool => sqlx::query(
                 "UPDATE devices SET status = 'unreachable' WHERE status = 'active' AND last_seen_at < $1")
             .bind(before).execute(pool).await?.rows_affected()))
     }
@@ -246,7 +247,7 @@ impl Store {
         session: Option<&[u8]>,
     ) -> Result<(), StoreError> {
         let now = now_ms();
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             if info.is_empty() {
                 sqlx::query(
                     "UPDATE devices SET last_seen_at = $1, session = COALESCE($2, session),
@@ -282,7 +283,7 @@ impl Store {
 
     /// Replace a device's tags.
     pub async fn set_tags(&self, device: i64, tags: &[String]) -> Result<(), StoreError> {
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             sqlx::query("DELETE FROM device_tags WHERE device = $1").bind(device).execute(&mut *tx).await?;
             if !tags.is_empty() {
@@ -326,7 +327,7 @@ impl Store {
 
     /// Delete a group (its devices stay; operations already added stay queued).
     pub async fn delete_group(&self, id: i64) -> Result<(), StoreError> {
-        with_pool!(self, pool => sqlx::query("DELETE FROM device_groups WHERE id = $1").bind(id).execute(pool).await.map(|_| ())?);
+        with_write_pool!(self, pool => sqlx::query("DELETE FROM device_groups WHERE id = $1").bind(id).execute(pool).await.map(|_| ())?);
         Ok(())
     }
 
@@ -368,7 +369,7 @@ impl Store {
     /// transaction; identities that exist already are left alone. Returns how many were new.
     pub async fn register_devices(&self, devices: &[NewDevice]) -> Result<u64, StoreError> {
         let now = now_ms();
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let mut n = 0;
             for chunk in devices.chunks(500) {

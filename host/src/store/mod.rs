@@ -24,9 +24,14 @@ use sqlx::{PgPool, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
 
+/// SQLite has one writer at a time. Left to itself, a writer that finds the database
+/// locked sleeps in its busy handler (1, 2, 5 … 100 ms), which under concurrent polls
+/// turns a sub-millisecond write into tens of milliseconds. So writes go through a pool
+/// of one connection, where they queue in order without sleeping, and reads through a
+/// pool of several (WAL lets them run beside the writer). PostgreSQL has one pool.
 #[derive(Clone)]
 enum Backend {
-    Sqlite(SqlitePool),
+    Sqlite { read: SqlitePool, write: SqlitePool },
     Postgres(PgPool),
 }
 
@@ -41,12 +46,23 @@ pub struct Store {
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.backend {
-            Backend::Sqlite($pool) => $body,
+            Backend::Sqlite { read: $pool, .. } => $body,
             Backend::Postgres($pool) => $body,
         }
     };
 }
 pub(crate) use with_pool;
+
+/// Like [`with_pool!`], for code that writes: SQLite's single-connection write pool.
+macro_rules! with_write_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite { write: $pool, .. } => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_write_pool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -98,9 +114,15 @@ impl Store {
     }
 
     pub async fn sqlite(options: SqliteConnectOptions) -> Result<Store, StoreError> {
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Store { backend: Backend::Sqlite(pool) })
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            // Writers wait their turn here; only a stuck database takes this long.
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&write).await?;
+        let read = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+        Ok(Store { backend: Backend::Sqlite { read, write } })
     }
 
     pub async fn postgres(options: PgConnectOptions) -> Result<Store, StoreError> {
@@ -112,7 +134,7 @@ impl Store {
     /// `sqlite` or `postgres`.
     pub fn backend(&self) -> &'static str {
         match self.backend {
-            Backend::Sqlite(_) => "sqlite",
+            Backend::Sqlite { .. } => "sqlite",
             Backend::Postgres(_) => "postgres",
         }
     }
@@ -122,7 +144,8 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        with_pool!(self, pool => pool.close().await)
+        with_pool!(self, pool => pool.close().await);
+        with_write_pool!(self, pool => pool.close().await);
     }
 }
 

@@ -4,6 +4,7 @@
 use super::devices::DeviceQuery;
 use super::{
     Backend, Filters, Param, Store, StoreError, WriteTx, bind_filters, list_placeholders, now_ms, trusted, with_pool,
+    with_write_pool,
 };
 use crate::ops::{self, Attempts, Event, State};
 use serde::Serialize;
@@ -162,7 +163,7 @@ impl Store {
         );
         let supersede =
             format!("UPDATE operations SET state = 'REPEATED', updated_at = $2 WHERE id IN ({older}) AND $1 = $1");
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let activity: ActivityRow = sqlx::query_as(
                 "INSERT INTO activities (code, kind, payload, created_by, created_at, expires_at, max_attempts)
@@ -256,7 +257,7 @@ impl Store {
              SELECT id, state, 'EXPIRED', 'system', $1 FROM operations WHERE {filter}"
         );
         let update = format!("UPDATE operations SET state = 'EXPIRED', updated_at = $1 WHERE {filter}");
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             bind_filters!(sqlx::query(trusted(&transition)).bind(now), f).execute(&mut *tx).await?;
             let n = bind_filters!(sqlx::query(trusted(&update)).bind(now), f).execute(&mut *tx).await?.rows_affected();
@@ -282,7 +283,7 @@ impl Store {
             "UPDATE operations SET state = 'IN_PROGRESS', attempts = attempts + 1, updated_at = $2
              WHERE device = $3 AND state IN ('PENDING', 'NOTNOW') AND id IN ({list}) AND $1 = $1"
         );
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             for sql in [&transition, &update] {
                 let mut q = sqlx::query(trusted(sql)).bind(actor).bind(now).bind(device);
@@ -328,7 +329,7 @@ impl Store {
         actor: &str,
     ) -> Result<Vec<ResultOutcome>, StoreError> {
         let now = now_ms();
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let mut out = Vec::with_capacity(results.len());
             for (id, event, response) in results {
@@ -390,7 +391,7 @@ impl Store {
              SELECT id, state, 'CANCELLED', $1, $2 FROM operations WHERE {filter}"
         );
         let update = format!("UPDATE operations SET state = 'CANCELLED', updated_at = $2 WHERE {filter} AND $1 = $1");
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let mut n = 0;
             for sql in [&transition, &update] {
@@ -407,7 +408,7 @@ impl Store {
         let cancelled = self.cancel(None, None, Some(device), actor).await?;
         // Revoke first: from here on the device cannot call in to a half-removed record.
         self.revoke_device_credentials(device).await?;
-        with_pool!(self, pool => sqlx::query("UPDATE devices SET status = 'removed' WHERE id = $1")
+        with_write_pool!(self, pool => sqlx::query("UPDATE devices SET status = 'removed' WHERE id = $1")
             .bind(device).execute(pool).await.map(|_| ())?);
         Ok(cancelled)
     }
@@ -484,7 +485,7 @@ impl Store {
         let transitions =
             format!("DELETE FROM transitions WHERE operation IN (SELECT id FROM operations WHERE {finished})");
         let operations = format!("DELETE FROM operations WHERE {finished}");
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             sqlx::query(trusted(&transitions)).bind(before).execute(&mut *tx).await?;
             let n = sqlx::query(trusted(&operations)).bind(before).execute(&mut *tx).await?.rows_affected();

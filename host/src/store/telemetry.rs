@@ -4,6 +4,7 @@
 
 use super::{
     Backend, Filters, Param, Store, StoreError, WriteTx, bind_filters, trusted, values_placeholders, with_pool,
+    with_write_pool,
 };
 use serde::Serialize;
 
@@ -34,7 +35,7 @@ impl Store {
         if points.is_empty() {
             return Ok(());
         }
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             for chunk in points.chunks(200) {
                 let sql = format!(
@@ -110,7 +111,7 @@ impl Store {
 
     /// Retention: delete points older than `before`; returns how many.
     pub async fn purge_telemetry(&self, before: i64) -> Result<u64, StoreError> {
-        Ok(with_pool!(self, pool => sqlx::query("DELETE FROM telemetry WHERE at < $1")
+        Ok(with_write_pool!(self, pool => sqlx::query("DELETE FROM telemetry WHERE at < $1")
             .bind(before).execute(pool).await?.rows_affected()))
     }
 }

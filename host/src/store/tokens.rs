@@ -1,7 +1,7 @@
 //! Stored credentials: device access tokens and admin tokens, by SHA-256 only.
 
 use super::devices::DeviceRow;
-use super::{Backend, Store, StoreError, WriteTx, now_ms, with_pool};
+use super::{Backend, Store, StoreError, WriteTx, now_ms, with_pool, with_write_pool};
 
 impl Store {
     pub async fn insert_device_credential(
@@ -10,7 +10,7 @@ impl Store {
         token_hash: &str,
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        with_pool!(self, pool => sqlx::query(
+        with_write_pool!(self, pool => sqlx::query(
                 "INSERT INTO device_credentials (token_hash, device, created_at, expires_at) VALUES ($1, $2, $3, $4)")
             .bind(token_hash).bind(device).bind(now_ms()).bind(expires_at).execute(pool).await.map(|_| ())?);
         Ok(())
@@ -38,7 +38,7 @@ impl Store {
         old_valid_until: i64,
     ) -> Result<(), StoreError> {
         let now = now_ms();
-        with_pool!(self, pool => {
+        with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             sqlx::query(
                 "INSERT INTO device_credentials (token_hash, device, created_at, expires_at) VALUES ($1, $2, $3, $4)")
@@ -54,13 +54,13 @@ impl Store {
 
     /// Revoke every credential of a device; returns how many were live.
     pub async fn revoke_device_credentials(&self, device: i64) -> Result<u64, StoreError> {
-        Ok(with_pool!(self, pool => sqlx::query(
+        Ok(with_write_pool!(self, pool => sqlx::query(
                 "UPDATE device_credentials SET revoked_at = $1 WHERE device = $2 AND revoked_at IS NULL")
             .bind(now_ms()).bind(device).execute(pool).await?.rows_affected()))
     }
 
     pub async fn insert_admin_token(&self, token_hash: &str, name: &str, role: &str) -> Result<(), StoreError> {
-        let r = with_pool!(self, pool => sqlx::query(
+        let r = with_write_pool!(self, pool => sqlx::query(
                 "INSERT INTO admin_tokens (token_hash, name, role, created_at) VALUES ($1, $2, $3, $4)")
             .bind(token_hash).bind(name).bind(role).bind(now_ms()).execute(pool).await.map(|_| ()));
         r.map_err(|e| StoreError::conflict_or(e, || "that admin token".into()))
@@ -83,7 +83,7 @@ impl Store {
         expires_at: i64,
         uses: i64,
     ) -> Result<(), StoreError> {
-        with_pool!(self, pool => sqlx::query(
+        with_write_pool!(self, pool => sqlx::query(
                 "INSERT INTO enrollment_tokens (token_hash, device_type, created_by, created_at, expires_at, uses_left)
                  VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(token_hash).bind(device_type).bind(created_by).bind(now_ms()).bind(expires_at).bind(uses)
@@ -95,7 +95,7 @@ impl Store {
     /// unknown, expired, used up or for another type. One statement, so two devices
     /// racing for the last use cannot both win.
     pub async fn consume_enrollment_token(&self, token_hash: &str, device_type: &str) -> Result<bool, StoreError> {
-        Ok(with_pool!(self, pool => sqlx::query(
+        Ok(with_write_pool!(self, pool => sqlx::query(
                 "UPDATE enrollment_tokens SET uses_left = uses_left - 1
                  WHERE token_hash = $1 AND device_type = $2 AND uses_left > 0 AND expires_at > $3")
             .bind(token_hash).bind(device_type).bind(now_ms()).execute(pool).await?.rows_affected())
