@@ -4,7 +4,13 @@
 use std::path::PathBuf;
 
 /// (device type / plugin name, cargo package) of every first-party plugin.
-const FIRST_PARTY: &[(&str, &str)] = &[("android", "drover-plugin-android")];
+const FIRST_PARTY: &[(&str, &str)] = &[
+    ("android", "drover-plugin-android"),
+    ("fcm", "drover-plugin-fcm"),
+    ("apns", "drover-plugin-apns"),
+    ("wns", "drover-plugin-wns"),
+    ("webhook", "drover-plugin-webhook"),
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());

@@ -11,7 +11,8 @@ use crate::api::ApiError;
 use crate::auth::AuthDevice;
 use crate::ops::Reported;
 use crate::plugins::types::{
-    Channel, ChannelKind, Device, HttpMethod, HttpRequest, Operation, OperationKind, Outbound, Reply, ResultStatus,
+    Channel, ChannelKind, CheckIn, Device, HttpMethod, HttpRequest, Operation, OperationKind, Outbound, Reply,
+    ResultStatus,
 };
 use crate::plugins::{CallError, LoadedPlugin};
 use crate::server::AppState;
@@ -188,8 +189,7 @@ async fn enroll(
         crate::plugins::types::Ownership::Cope => "COPE",
     };
     let metadata = e.metadata.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-    let push_token =
-        e.push.as_ref().map(|p| json!({"transport": p.transport, "token": p.token, "extra": p.extra}).to_string());
+    let push_token = e.push.as_ref().map(crate::wakeup::token_json);
     let device = state
         .store
         .enroll_device(&NewDevice {
@@ -282,6 +282,11 @@ pub(crate) async fn receive(
                 tracing::warn!(device_type = %device.device_type, device_id = %device.device_id, operation, "result for an operation this device does not have: ignored");
             }
         }
+    }
+    if let Some(CheckIn::TokenUpdate(t)) = &message.check_in {
+        // A new token also revives one the provider had refused.
+        state.store.set_push_token(device.id, Some(&crate::wakeup::token_json(t))).await?;
+        tracing::info!(device_type = %device.device_type, device_id = %device.device_id, transport = %t.transport, "push token updated");
     }
     if !message.telemetry.is_empty() {
         state.store.record_telemetry(device.id, &telemetry_points(&message.telemetry)).await?;

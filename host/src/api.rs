@@ -144,6 +144,7 @@ pub fn router() -> Router<AppState> {
         .routes(routes!(get_activity))
         .routes(routes!(cancel_activity))
         .routes(routes!(list_plugins))
+        .routes(routes!(get_plugin_settings, put_plugin_settings))
         .routes(routes!(create_admin_token))
         .routes(routes!(create_enrollment_token))
         .split_for_parts();
@@ -246,6 +247,11 @@ struct Device {
     /// The newest value of each telemetry name (one device only, not in lists).
     #[serde(skip_serializing_if = "Option::is_none")]
     telemetry: Option<Vec<Telemetry>>,
+    /// The transport plugin that wakes it (`fcm`, `apns` …), if it has a push token.
+    push_transport: Option<String>,
+    /// Its last or next wake-up (one device only, not in lists).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wake_up: Option<crate::store::WakeupRow>,
 }
 
 /// A telemetry value.
@@ -279,6 +285,12 @@ impl Device {
             metadata: serde_json::from_str(&d.metadata).unwrap_or(json!({})),
             tags,
             telemetry: None,
+            push_transport: d
+                .push_token
+                .as_deref()
+                .and_then(|t| serde_json::from_str::<Value>(t).ok())
+                .and_then(|v| v["transport"].as_str().map(str::to_string)),
+            wake_up: None,
         }
     }
 }
@@ -358,6 +370,7 @@ async fn get_device(
     let d = device_or_404(&state, &t, &id).await?;
     let mut device = Device::new(&d, state.store.tags(d.id).await?);
     device.telemetry = Some(state.store.latest_telemetry(d.id).await?.into_iter().map(Telemetry::from).collect());
+    device.wake_up = state.store.wakeup(d.id).await?;
     Ok(Json(device))
 }
 
@@ -781,6 +794,7 @@ async fn add_operation(
     if let Some(push) = &state.push {
         push.activity_added(activity.id);
     }
+    state.wakeup.activity_added(&state, activity.id);
     Ok((StatusCode::CREATED, Json(Added { activity, operations })))
 }
 
@@ -965,6 +979,91 @@ struct PluginList {
 async fn list_plugins(State(state): State<AppState>, admin: Admin) -> Result<Json<PluginList>, ApiError> {
     admin.require(Role::Viewer)?;
     Ok(Json(PluginList { items: state.registry.list() }))
+}
+
+/// Config keys whose values the API never shows back.
+fn secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["token", "secret", "password", "key", "credential"].iter().any(|s| k.contains(s))
+}
+
+fn loaded_plugin(state: &AppState, name: &str) -> Result<std::sync::Arc<crate::plugins::LoadedPlugin>, ApiError> {
+    state.registry.get(name).ok_or_else(|| ApiError::not_found(format!("no plugin `{name}` is loaded")))
+}
+
+/// What an admin set for a plugin. Values of secret-looking keys (token, secret,
+/// password, key, credential) are shown as `***`.
+#[utoipa::path(get, path = "/api/v1/plugins/{name}/settings", tag = "admin", params(("name" = String, Path)),
+    responses((status = 200, body = crate::wakeup::PluginSettings), Errors))]
+async fn get_plugin_settings(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(name): Path<String>,
+) -> Result<Json<crate::wakeup::PluginSettings>, ApiError> {
+    admin.require(Role::Viewer)?;
+    loaded_plugin(&state, &name)?;
+    let mut s = state.settings.get(&name);
+    for (k, v) in s.config.iter_mut() {
+        if secret_key(k) {
+            *v = "***".into();
+        }
+    }
+    Ok(Json(s))
+}
+
+/// Replace what an admin sets for a plugin: config values (live: the next call sees
+/// them), the hosts a transport may send to (each within its manifest's
+/// `outbound_hosts`), and redirects of provider hosts to other base URLs.
+#[utoipa::path(put, path = "/api/v1/plugins/{name}/settings", tag = "admin", params(("name" = String, Path)),
+    request_body = crate::wakeup::PluginSettings,
+    responses((status = 200, body = crate::wakeup::PluginSettings), Errors))]
+async fn put_plugin_settings(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(name): Path<String>,
+    ApiJson(settings): ApiJson<crate::wakeup::PluginSettings>,
+) -> Result<Json<crate::wakeup::PluginSettings>, ApiError> {
+    admin.require(Role::Admin)?;
+    let plugin = loaded_plugin(&state, &name)?;
+    let declared = &plugin.manifest.outbound_hosts;
+    for h in &settings.granted_hosts {
+        if !crate::plugins::transport::grant_within(declared, h) {
+            return Err(ApiError::bad_request(
+                "invalid",
+                format!(
+                    "`granted_hosts`: `{h}` is not within what plugin {name} declares (outbound_hosts: {declared:?})"
+                ),
+            ));
+        }
+    }
+    for (host, base) in &settings.redirects {
+        if !settings.granted_hosts.iter().any(|g| crate::plugins::transport::host_matches(g, host)) {
+            return Err(ApiError::bad_request("invalid", format!("`redirects`: `{host}` is not a granted host")));
+        }
+        let ok = reqwest::Url::parse(base).is_ok_and(|u| {
+            matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.path() == "/" && u.query().is_none()
+        });
+        if !ok {
+            return Err(ApiError::bad_request(
+                "invalid",
+                format!("`redirects`: `{base}` for `{host}` must be a base URL like https://gateway.example:8443"),
+            ));
+        }
+    }
+    state
+        .store
+        .put_plugin_settings(&crate::store::SettingsRow {
+            plugin: name.clone(),
+            config: serde_json::to_string(&settings.config).unwrap_or_default(),
+            granted_hosts: serde_json::to_string(&settings.granted_hosts).unwrap_or_default(),
+            redirects: serde_json::to_string(&settings.redirects).unwrap_or_default(),
+            updated_at: crate::store::now_ms(),
+        })
+        .await?;
+    state.registry.runtime().set_config(&name, settings.config.clone());
+    state.settings.set(&name, settings);
+    tracing::info!(plugin = %name, actor = %admin.name, "plugin settings changed");
+    get_plugin_settings(State(state), admin, Path(name)).await
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -12,3 +12,4 @@ pub mod ops;
 pub mod plugins;
 pub mod server;
 pub mod store;
+pub mod wakeup;

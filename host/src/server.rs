@@ -22,6 +22,10 @@ pub struct AppState {
     pub max_agent_body: usize,
     /// Push over MQTT (absent only in tests that build a state by hand).
     pub push: Option<Push>,
+    /// Wake-ups through transport plugins.
+    pub wakeup: crate::wakeup::WakeUp,
+    /// What admins set for plugins: config values, granted hosts, redirects.
+    pub settings: Arc<crate::wakeup::Settings>,
 }
 
 /// Everything a running server holds.
@@ -63,6 +67,12 @@ impl Server {
         let runtime = Runtime::new(Limits::default(), Some(config.data_dir.join("cache").join("compiled")))?;
         let registry = Arc::new(Registry::new(Arc::new(runtime)));
         registry.install_first_party().await?;
+        let settings = Arc::new(crate::wakeup::Settings::default());
+        for row in store.plugin_settings().await? {
+            let s = crate::wakeup::PluginSettings::from_row(&row);
+            registry.runtime().set_config(&row.plugin, s.config.clone());
+            settings.set(&row.plugin, s);
+        }
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen on {} (--http-addr): choose another address", config.http_addr))?;
@@ -98,6 +108,8 @@ impl Server {
             open_enrollment: config.open_enrollment,
             max_agent_body: 4 << 20,
             push: Some(push),
+            wakeup: crate::wakeup::WakeUp::default(),
+            settings,
         };
         let housekeeping = Housekeeping {
             retention: Duration::from_secs(u64::from(config.retention_days) * 86_400),
@@ -127,9 +139,11 @@ impl Server {
             tokio::spawn(broker.serve(listener, gate))
         });
         let delivery = tokio::spawn(delivery::run(self.state.clone(), endpoint, jobs));
+        let wakeups = tokio::spawn(crate::wakeup::run(self.state.clone(), self.state.wakeup.clone()));
         let result = axum::serve(self.listener, router(self.state)).with_graceful_shutdown(shutdown).await;
         sweeper.abort();
         delivery.abort();
+        wakeups.abort();
         if let Some(b) = broker {
             b.abort();
         }

@@ -259,3 +259,112 @@ macro_rules! e2e {
         }
     };
 }
+
+/// A real HTTP server on loopback standing in for a push provider (FCM, APNs, WNS, a
+/// webhook endpoint): it records every request and answers from a script.
+pub mod provider {
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    /// One request as the provider received it.
+    #[derive(Debug, Clone)]
+    pub struct Received {
+        pub method: String,
+        /// Path and query.
+        pub uri: String,
+        pub headers: Vec<(String, String)>,
+        pub body: Vec<u8>,
+        pub at: Instant,
+    }
+
+    impl Received {
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        }
+
+        pub fn json(&self) -> serde_json::Value {
+            serde_json::from_slice(&self.body).expect("the request body is JSON")
+        }
+    }
+
+    /// An answer: status, headers, body.
+    pub type Answer = (u16, Vec<(&'static str, &'static str)>, &'static str);
+
+    #[derive(Default)]
+    struct Inner {
+        received: Vec<Received>,
+        script: VecDeque<Answer>,
+    }
+
+    pub struct Provider {
+        /// `http://127.0.0.1:PORT`.
+        pub base: String,
+        inner: Arc<Mutex<Inner>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Provider {
+        /// Start a provider that answers `script` in order, then 200 with an empty body.
+        pub async fn start(script: Vec<Answer>) -> Provider {
+            let inner = Arc::new(Mutex::new(Inner { received: vec![], script: script.into() }));
+            let shared = inner.clone();
+            let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+                let shared = shared.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default().to_vec();
+                    let received = Received {
+                        method: parts.method.to_string(),
+                        uri: parts.uri.to_string(),
+                        headers: parts
+                            .headers
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+                            .collect(),
+                        body,
+                        at: Instant::now(),
+                    };
+                    let (status, headers, body) = {
+                        let mut i = shared.lock().unwrap();
+                        i.received.push(received);
+                        i.script.pop_front().unwrap_or((200, vec![], ""))
+                    };
+                    let mut r = axum::response::Response::builder().status(status);
+                    for (k, v) in headers {
+                        r = r.header(k, v);
+                    }
+                    r.body(axum::body::Body::from(body)).unwrap()
+                }
+            });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            let task = tokio::spawn(async move {
+                axum::serve(listener, app).await.unwrap();
+            });
+            Provider { base, inner, task }
+        }
+
+        pub fn received(&self) -> Vec<Received> {
+            self.inner.lock().unwrap().received.clone()
+        }
+
+        /// Wait (bounded, 15 s) until at least `n` requests arrived; returns them all.
+        pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+            for _ in 0..300 {
+                let r = self.received();
+                if r.len() >= n {
+                    return r;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("the provider got {} requests, expected {n}", self.received().len());
+        }
+    }
+
+    impl Drop for Provider {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+}

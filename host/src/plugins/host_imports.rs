@@ -7,7 +7,7 @@
 
 use super::bindings::device_type::drover::plugin::{config, kv, log, types};
 use super::runtime::CallState;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// Longest log line kept; the rest is cut, so a plugin cannot flood the host log.
@@ -58,7 +58,7 @@ impl KvStore {
 pub struct PluginContext {
     pub name: String,
     pub version: String,
-    pub config: BTreeMap<String, String>,
+    pub config: std::sync::Arc<super::runtime::PluginConfig>,
     pub kv: std::sync::Arc<KvStore>,
     /// The engine calls are made on (kept here so a call needs only this context).
     pub engine: wasmtime::Engine,
@@ -94,7 +94,7 @@ impl log::Host for CallState {
 
 impl config::Host for CallState {
     async fn get(&mut self, key: String) -> Option<String> {
-        self.plugin.config.get(&key).cloned()
+        self.plugin.config.read().unwrap_or_else(|p| p.into_inner()).get(&key).cloned()
     }
 }
 

@@ -6,7 +6,7 @@
 //! * `runtime`: engine, limits, per-call isolation, loading;
 //! * `cache`: compiled artifacts on disk;
 //! * `registry`: the loaded plugins, published atomically;
-//! * `device_type`: typed calls the rest of the host makes;
+//! * `device_type`, `transport`: typed calls the rest of the host makes;
 //! * `host_imports`: the host side of `log`, `config`, `kv`.
 
 pub mod bindings;
@@ -17,6 +17,7 @@ mod host_imports;
 pub mod manifest;
 pub mod registry;
 pub mod runtime;
+pub mod transport;
 
 pub use bindings::types;
 pub use capability::{Capability, Grants};

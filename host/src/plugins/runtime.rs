@@ -350,7 +350,13 @@ pub struct Runtime {
     cache: Option<Arc<ArtifactCache>>,
     /// Key-value stores by plugin name: shared by all versions of a plugin.
     kv: std::sync::Mutex<BTreeMap<String, Arc<KvStore>>>,
+    /// Config values by plugin name, shared by all versions and changed live: an admin's
+    /// new setting reaches the next call without a reload.
+    configs: std::sync::Mutex<BTreeMap<String, Arc<PluginConfig>>>,
 }
+
+/// A plugin's config values.
+pub type PluginConfig = std::sync::RwLock<BTreeMap<String, String>>;
 
 impl Runtime {
     /// A runtime with `limits`, caching compiled artifacts in `cache_dir` when given.
@@ -392,7 +398,7 @@ impl Runtime {
             Some(dir) => Some(Arc::new(ArtifactCache::open(&dir, &engine)?)),
             None => None,
         };
-        Ok(Runtime { engine, linker, limits, cache, kv: Default::default() })
+        Ok(Runtime { engine, linker, limits, cache, kv: Default::default(), configs: Default::default() })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -437,7 +443,7 @@ impl Runtime {
             ctx: Arc::new(PluginContext {
                 name: manifest.name.clone(),
                 version: manifest.version.clone(),
-                config: options.config,
+                config: self.config_of(&manifest.name, options.config),
                 kv: self.kv_store(&manifest.name),
                 engine: self.engine.clone(),
             }),
@@ -483,6 +489,22 @@ impl Runtime {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("{e:#}"))
+    }
+
+    /// Replace plugin `name`'s config values; calls that start afterwards see them.
+    pub fn set_config(&self, name: &str, values: BTreeMap<String, String>) {
+        let config = self.config_of(name, BTreeMap::new());
+        *config.write().unwrap_or_else(|p| p.into_inner()) = values;
+    }
+
+    /// Plugin `name`'s config values; `initial` replaces them when not empty.
+    fn config_of(&self, name: &str, initial: BTreeMap<String, String>) -> Arc<PluginConfig> {
+        let config =
+            self.configs.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_string()).or_default().clone();
+        if !initial.is_empty() {
+            *config.write().unwrap_or_else(|p| p.into_inner()) = initial;
+        }
+        config
     }
 
     fn kv_store(&self, plugin: &str) -> Arc<KvStore> {

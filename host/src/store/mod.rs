@@ -10,6 +10,7 @@ mod devices;
 mod operations;
 mod telemetry;
 mod tokens;
+mod wakeups;
 
 pub use devices::{DeviceQuery, DeviceRow, GroupRow, NewDevice};
 pub use operations::{
@@ -17,6 +18,7 @@ pub use operations::{
     TransitionRow,
 };
 pub use telemetry::{Point, TelemetryRow};
+pub use wakeups::{DueWakeup, SettingsRow, WakeupRow};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

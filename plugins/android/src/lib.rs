@@ -10,9 +10,9 @@ pub mod wire;
 
 use drover_sdk::device_type::Guest;
 use drover_sdk::device_type::drover::plugin::types::{
-    Channel, ChannelKind, Delivery, Device, DeviceMessage, DeviceTypeInfo, Encoded, Enrollment, HttpMethod,
+    Channel, ChannelKind, CheckIn, Delivery, Device, DeviceMessage, DeviceTypeInfo, Encoded, Enrollment, HttpMethod,
     HttpResponse, MqttPublish, Operation, OperationCode, OperationKind, OperationResult, Outbound, Ownership,
-    PluginError, Reply, ResultStatus, TelemetryPoint, TelemetryValue,
+    PluginError, PushToken, Reply, ResultStatus, TelemetryPoint, TelemetryValue,
 };
 use operations::{Kind, PayloadError};
 use serde_json::Value;
@@ -136,11 +136,17 @@ impl Guest for Android {
                 }
             }
             Route::Info => {
-                msg.info = wire::decode_info(&body)
+                let mut info: Vec<(String, String)> = wire::decode_info(&body)
                     .map_err(PluginError::malformed)?
                     .into_iter()
                     .map(|p| (p.name.clone(), p.value_text()))
                     .collect();
+                // The agent reports a new FCM registration token as a property; it is a
+                // push token, not metadata to show.
+                if let Some(token) = take_fcm_token(&mut info) {
+                    msg.check_in = Some(CheckIn::TokenUpdate(token));
+                }
+                msg.info = info;
             }
             Route::Telemetry => {
                 let (ts, values) = wire::decode_telemetry(&body).map_err(PluginError::malformed)?;
@@ -237,14 +243,27 @@ fn enrollment(req: wire::EnrollRequest) -> Result<Enrollment, PluginError> {
     if let Some(d) = req.description.filter(|d| !d.is_empty()) {
         metadata.push(("description".into(), d));
     }
+    let push = take_fcm_token(&mut metadata);
     Ok(Enrollment {
         device_id: id.to_string(),
         name: req.name.filter(|n| !n.trim().is_empty()),
         ownership,
         owner: req.enrolment_info.owner.filter(|o| !o.is_empty()),
         metadata,
-        push: None,
+        push,
     })
+}
+
+/// Property the agent reports its FCM registration token in (at enrollment and whenever
+/// Firebase rotates it).
+pub const FCM_TOKEN: &str = "FCM_TOKEN";
+
+/// Remove the FCM token property from `props`, as a push token for the `fcm` transport.
+fn take_fcm_token(props: &mut Vec<(String, String)>) -> Option<PushToken> {
+    let i = props.iter().position(|(k, _)| k == FCM_TOKEN)?;
+    let (_, token) = props.remove(i);
+    let token = token.trim().to_string();
+    (!token.is_empty()).then(|| PushToken { transport: "fcm".into(), token, extra: vec![] })
 }
 
 fn is_version(v: &str) -> bool {

@@ -199,3 +199,35 @@ fn describe_lists_the_required_codes() {
         assert!(d.operations.iter().any(|o| o.code == code), "{code} missing");
     }
 }
+
+#[test]
+fn fcm_token_is_a_push_token_not_metadata() {
+    let body = String::from_utf8(fixture("enroll.json"))
+        .unwrap()
+        .replace(r#""properties": ["#, r#""properties": [{"name": "FCM_TOKEN", "value": "dK3x:APA91bH"},"#);
+    assert!(body.contains("FCM_TOKEN"), "the fixture's property list moved");
+    let e = Android::enroll(
+        Channel::Http(HttpRequest {
+            method: HttpMethod::Post,
+            path: "enroll".into(),
+            query: String::new(),
+            content_type: Some(JSON.into()),
+            headers: vec![],
+        }),
+        body.into_bytes(),
+    )
+    .unwrap();
+    let push = e.push.expect("push token");
+    assert_eq!((push.transport.as_str(), push.token.as_str()), ("fcm", "dK3x:APA91bH"));
+    assert!(!e.metadata.iter().any(|(k, _)| k == FCM_TOKEN));
+
+    let m = Android::decode(
+        device(),
+        put("devices/354956090214718/info"),
+        br#"{"properties": [{"name": "FCM_TOKEN", "value": "new-token"}, {"name": "BATTERY_LEVEL", "value": "80"}]}"#
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(matches!(m.check_in, Some(CheckIn::TokenUpdate(ref t)) if t.token == "new-token"));
+    assert_eq!(m.info, vec![("BATTERY_LEVEL".to_string(), "80".to_string())]);
+}

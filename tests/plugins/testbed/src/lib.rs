@@ -1,6 +1,6 @@
 //! A device type that misbehaves on request, to prove the host's limits. `decode`'s body
 //! names the behaviour: `spin`, `alloc`, `trap`, `big`, `log`, `kv:KEY=VALUE`,
-//! `config:KEY`, `count`; anything else is echoed back as info. With config `describe = "spin"`
+//! `config:KEY`, `count`, `token:TRANSPORT:TOKEN|K=V…` (a push-token update); anything else is echoed back as info. With config `describe = "spin"`
 //! even the load-time smoke test spins.
 
 use drover_sdk::device_type::drover::plugin::types::*;
@@ -36,7 +36,7 @@ impl Guest for Testbed {
                 description: "echo".into(),
                 payload_schema: None,
             }],
-            delivery: vec![Delivery::Poll],
+            delivery: vec![Delivery::Poll, Delivery::WakeUp],
             content_types: vec!["text/plain".into()],
             max_operations_per_message: Some(1),
         }
@@ -93,6 +93,16 @@ impl Guest for Testbed {
                 kv::set(k, v.as_bytes()).map_err(PluginError::invalid)?;
                 let back = kv::get(k).unwrap_or_default();
                 Ok(message(vec![(k.into(), String::from_utf8_lossy(&back).into())]))
+            }
+            t if t.starts_with("token:") => {
+                // `token:TRANSPORT:TOKEN|Key=Value|…`: a push-token update (TokenUpdate).
+                let (transport, rest) = t[6..].split_once(':').ok_or_else(|| PluginError::invalid("token:T:TOKEN"))?;
+                let mut parts = rest.split('|');
+                let token = parts.next().unwrap_or_default().to_string();
+                let extra = parts.filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect();
+                let mut m = message(vec![]);
+                m.check_in = Some(CheckIn::TokenUpdate(PushToken { transport: transport.into(), token, extra }));
+                Ok(m)
             }
             t if t.starts_with("config:") => {
                 let k = &t[7..];

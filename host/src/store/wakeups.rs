@@ -1,0 +1,163 @@
+//! Wake-ups and plugin settings.
+//!
+//! A wake-up row says "this device's push provider must be told to make it call in". It
+//! is written in the database, not kept in memory, so a restart (or another replica)
+//! carries on with the same schedule and backoff. See docs/delivery.md.
+
+use super::{Backend, Store, StoreError, now_ms, with_pool, with_write_pool};
+use serde::Serialize;
+
+/// A device's wake-up state, as the API shows it.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
+pub struct WakeupRow {
+    /// `scheduled`, `sent` or `failed`.
+    pub state: String,
+    /// When the next attempt is due (scheduled only), ms since the Unix epoch.
+    pub due_at: Option<i64>,
+    /// Attempts since it was last scheduled.
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub last_attempt_at: Option<i64>,
+}
+
+/// A wake-up claimed for sending.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DueWakeup {
+    pub device: i64,
+    /// Attempts before this one.
+    pub attempts: i32,
+}
+
+/// What an admin set for a plugin (JSON texts as stored).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SettingsRow {
+    pub plugin: String,
+    pub config: String,
+    pub granted_hosts: String,
+    pub redirects: String,
+    pub updated_at: i64,
+}
+
+/// The upsert both scheduling statements share: a device already scheduled keeps its due
+/// time (and so its backoff); one that was sent or failed is scheduled afresh.
+const SCHEDULE_CONFLICT: &str = "ON CONFLICT (device) DO UPDATE SET state = 'scheduled', due_at = excluded.due_at,
+         attempts = 0, last_error = NULL
+     WHERE wakeups.state <> 'scheduled'";
+
+impl Store {
+    /// Schedule a wake-up, due now, for every device of `activity` that has a pending
+    /// operation and a push token. Returns how many rows were written.
+    pub async fn schedule_activity_wakeups(&self, activity: i64) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let sql = format!(
+            "INSERT INTO wakeups (device, state, due_at, attempts, created_at)
+             SELECT DISTINCT o.device, 'scheduled', $1, 0, $1 FROM operations o JOIN devices d ON d.id = o.device
+             WHERE o.activity = $2 AND o.state = 'PENDING' AND d.push_token IS NOT NULL AND d.status <> 'removed'
+             {SCHEDULE_CONFLICT}"
+        );
+        with_write_pool!(self, pool => {
+            Ok(sqlx::query(super::trusted(&sql)).bind(now).bind(activity).execute(pool).await?.rows_affected())
+        })
+    }
+
+    /// Schedule a wake-up for every device with pending operations and a push token
+    /// (at start: an activity stored just before a crash still gets its wake-ups).
+    pub async fn schedule_pending_wakeups(&self) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let sql = format!(
+            "INSERT INTO wakeups (device, state, due_at, attempts, created_at)
+             SELECT d.id, 'scheduled', $1, 0, $1 FROM devices d
+             WHERE d.push_token IS NOT NULL AND d.status <> 'removed'
+               AND EXISTS (SELECT 1 FROM operations o WHERE o.device = d.id AND o.state = 'PENDING')
+             {SCHEDULE_CONFLICT}"
+        );
+        with_write_pool!(self, pool => {
+            Ok(sqlx::query(super::trusted(&sql)).bind(now).execute(pool).await?.rows_affected())
+        })
+    }
+
+    /// Claim up to `limit` due wake-ups: their due time moves `lease_ms` ahead, so a
+    /// sender that dies mid-way leaves them to be tried again, not lost.
+    pub async fn claim_wakeups(&self, limit: i64, lease_ms: i64) -> Result<Vec<DueWakeup>, StoreError> {
+        let now = now_ms();
+        with_write_pool!(self, pool => {
+            Ok(sqlx::query_as::<_, DueWakeup>(
+                "UPDATE wakeups SET due_at = $1
+                 WHERE state = 'scheduled' AND due_at <= $2 AND device IN
+                     (SELECT device FROM wakeups WHERE state = 'scheduled' AND due_at <= $2 ORDER BY due_at LIMIT $3)
+                 RETURNING device, attempts")
+                .bind(now + lease_ms).bind(now).bind(limit).fetch_all(pool).await?)
+        })
+    }
+
+    /// When the earliest scheduled wake-up is due, if any.
+    pub async fn next_wakeup_due(&self) -> Result<Option<i64>, StoreError> {
+        with_pool!(self, pool => {
+            let (due,): (Option<i64>,) =
+                sqlx::query_as("SELECT MIN(due_at) FROM wakeups WHERE state = 'scheduled'").fetch_one(pool).await?;
+            Ok(due)
+        })
+    }
+
+    /// Record an attempt: `state` is `sent`, `failed` or `scheduled` (a retry due at `due_at`).
+    pub async fn wakeup_attempted(
+        &self,
+        device: i64,
+        state: &str,
+        due_at: Option<i64>,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        with_write_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE wakeups SET state = $1, due_at = $2, last_error = $3, last_attempt_at = $4, attempts = attempts + 1
+                 WHERE device = $5")
+                .bind(state).bind(due_at).bind(error).bind(now).bind(device).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Forget a device's wake-up (nothing is left to wake it for).
+    pub async fn drop_wakeup(&self, device: i64) -> Result<(), StoreError> {
+        with_write_pool!(self, pool => {
+            sqlx::query("DELETE FROM wakeups WHERE device = $1").bind(device).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    pub async fn wakeup(&self, device: i64) -> Result<Option<WakeupRow>, StoreError> {
+        with_pool!(self, pool => {
+            Ok(sqlx::query_as::<_, WakeupRow>(
+                "SELECT state, due_at, attempts, last_error, last_attempt_at FROM wakeups WHERE device = $1")
+                .bind(device).fetch_optional(pool).await?)
+        })
+    }
+
+    /// Replace a device's push token (`None`: it has none, or the provider said it is dead).
+    pub async fn set_push_token(&self, device: i64, token: Option<&str>) -> Result<(), StoreError> {
+        with_write_pool!(self, pool => {
+            sqlx::query("UPDATE devices SET push_token = $1 WHERE id = $2").bind(token).bind(device).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    pub async fn plugin_settings(&self) -> Result<Vec<SettingsRow>, StoreError> {
+        with_pool!(self, pool => {
+            Ok(sqlx::query_as::<_, SettingsRow>(
+                "SELECT plugin, config, granted_hosts, redirects, updated_at FROM plugin_settings ORDER BY plugin")
+                .fetch_all(pool).await?)
+        })
+    }
+
+    pub async fn put_plugin_settings(&self, row: &SettingsRow) -> Result<(), StoreError> {
+        with_write_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO plugin_settings (plugin, config, granted_hosts, redirects, updated_at) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (plugin) DO UPDATE SET config = excluded.config, granted_hosts = excluded.granted_hosts,
+                     redirects = excluded.redirects, updated_at = excluded.updated_at")
+                .bind(&row.plugin).bind(&row.config).bind(&row.granted_hosts).bind(&row.redirects).bind(row.updated_at)
+                .execute(pool).await?;
+        });
+        Ok(())
+    }
+}

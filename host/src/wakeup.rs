@@ -1,0 +1,379 @@
+//! Wake-up: telling a device, through its push provider, to call in now.
+//!
+//! When an activity is stored, each of its devices that has a push token gets a wake-up
+//! row (`store/wakeups.rs`). This module's sender claims due rows, asks the device's
+//! transport plugin (named by the token: `fcm`, `apns`, `wns`, `webhook`) to build the
+//! provider request, checks the request's host against what the plugin's manifest
+//! declares and an admin granted, performs it, and lets the plugin classify the answer:
+//! delivered, retry (after the provider's Retry-After or our backoff), invalid token (the
+//! host forgets the token until the device reports a new one) or failed. Operations stay
+//! PENDING throughout: a wake-up only makes the device poll. See docs/delivery.md.
+
+use crate::plugins::bindings::transport::drover::plugin::transport_types::{
+    ProviderOutcome, PushMessage as WakeMessage,
+};
+use crate::plugins::transport::host_matches;
+use crate::plugins::types::{Delivery, HttpMethod, PushToken};
+use crate::plugins::{CallError, Kind, LoadedPlugin};
+use crate::server::AppState;
+use crate::store::{DeviceRow, DueWakeup, SettingsRow};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+
+/// Wake-ups claimed per round.
+const BATCH: i64 = 64;
+/// Provider requests in flight at once.
+const PARALLEL: usize = 32;
+/// A claimed wake-up not finished within this is tried again (a sender that died).
+const LEASE_MS: i64 = 60_000;
+/// First retry after this; doubles per attempt up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// A provider's Retry-After is honoured up to this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// Provider answers are read up to this size (they are short JSON or empty).
+const MAX_ANSWER: usize = 64 << 10;
+/// The sender looks for due wake-ups at least this often.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
+
+/// What an admin set for one plugin, as the sender uses it.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSettings {
+    /// Config values the plugin reads (`config.get`): API keys, project ids, topics.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Hosts a transport may send to: names or `*.domain` patterns, each within what its
+    /// manifest declares.
+    #[serde(default)]
+    pub granted_hosts: Vec<String>,
+    /// Provider host → base URL (`http(s)://host[:port]`) its requests go to instead:
+    /// an egress gateway, a provider sandbox, a test server. Path and query are kept.
+    #[serde(default)]
+    pub redirects: BTreeMap<String, String>,
+}
+
+impl PluginSettings {
+    pub fn from_row(row: &SettingsRow) -> PluginSettings {
+        PluginSettings {
+            config: serde_json::from_str(&row.config).unwrap_or_default(),
+            granted_hosts: serde_json::from_str(&row.granted_hosts).unwrap_or_default(),
+            redirects: serde_json::from_str(&row.redirects).unwrap_or_default(),
+        }
+    }
+}
+
+/// Settings of every plugin, by name; read on every wake-up, written by the API.
+#[derive(Default)]
+pub struct Settings(RwLock<BTreeMap<String, PluginSettings>>);
+
+impl Settings {
+    pub fn get(&self, plugin: &str) -> PluginSettings {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).get(plugin).cloned().unwrap_or_default()
+    }
+
+    pub fn set(&self, plugin: &str, settings: PluginSettings) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).insert(plugin.to_string(), settings);
+    }
+}
+
+/// A handle to the sender, cheap to clone.
+#[derive(Clone, Default)]
+pub struct WakeUp {
+    notify: Arc<Notify>,
+}
+
+impl WakeUp {
+    /// An activity was stored: schedule wake-ups for its devices that have push tokens.
+    pub fn activity_added(&self, state: &AppState, activity: i64) {
+        let (store, notify) = (state.store.clone(), self.notify.clone());
+        tokio::spawn(async move {
+            match store.schedule_activity_wakeups(activity).await {
+                Ok(0) => {}
+                Ok(_) => notify.notify_one(),
+                Err(e) => tracing::warn!(activity, "scheduling wake-ups failed: {e}"),
+            }
+        });
+    }
+}
+
+/// Run the sender until the server stops.
+pub async fn run(state: AppState, wakeup: WakeUp) {
+    match state.store.schedule_pending_wakeups().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(devices = n, "wake-ups scheduled for devices with pending operations"),
+        Err(e) => tracing::warn!("scheduling wake-ups at start failed: {e}"),
+    }
+    let http = match reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(15))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("drover/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("wake-up is off: cannot build the HTTP client: {e}");
+            return;
+        }
+    };
+    let permits = Arc::new(Semaphore::new(PARALLEL));
+    loop {
+        let due = match state.store.claim_wakeups(BATCH, LEASE_MS).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("claiming wake-ups failed: {e}");
+                Vec::new()
+            }
+        };
+        let full = due.len() as i64 == BATCH;
+        for w in due {
+            let Ok(permit) = permits.clone().acquire_owned().await else { return };
+            let (state, http, notify) = (state.clone(), http.clone(), wakeup.notify.clone());
+            tokio::spawn(async move {
+                if send(&state, &http, w).await {
+                    // A retry may be due sooner than the loop's next look.
+                    notify.notify_one();
+                }
+                drop(permit);
+            });
+        }
+        if full {
+            continue;
+        }
+        let wait = match state.store.next_wakeup_due().await {
+            Ok(Some(due)) => {
+                Duration::from_millis((due - crate::store::now_ms()).clamp(0, IDLE_CHECK.as_millis() as i64) as u64)
+            }
+            _ => IDLE_CHECK,
+        };
+        tokio::select! {
+            _ = wakeup.notify.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// The backoff before attempt `attempts + 1`: 1 s, 2 s, 4 s … up to 5 min, with up to
+/// 10% jitter so a provider outage does not end in a synchronized stampede.
+fn backoff(attempts: i32) -> Duration {
+    let base = FIRST_BACKOFF.saturating_mul(1u32 << attempts.clamp(0, 16)).min(MAX_BACKOFF);
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    base + base.mul_f64(f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX) / 10.0)
+}
+
+/// What became of one attempt.
+enum Attempt {
+    /// Nothing to do (no device, no pending operation, no token): the row goes.
+    Moot(&'static str),
+    Sent,
+    /// Try again; `after` from the provider, else backoff.
+    Retry {
+        after: Option<Duration>,
+        error: String,
+    },
+    InvalidToken(String),
+    Failed(String),
+}
+
+/// One attempt for one device, recorded. True when it is to be retried.
+async fn send(state: &AppState, http: &reqwest::Client, w: DueWakeup) -> bool {
+    let device = match state.store.device_by_key(w.device).await {
+        Ok(Some(d)) => d,
+        Ok(None) => return false,
+        Err(e) => {
+            tracing::warn!(device = w.device, "wake-up: reading the device failed: {e}");
+            return false;
+        }
+    };
+    let attempt = attempt(state, http, &device).await;
+    let retrying = matches!(attempt, Attempt::Retry { .. });
+    let (id, ty) = (&device.device_id, &device.device_type);
+    let now = crate::store::now_ms();
+    let result = match attempt {
+        Attempt::Moot(why) => {
+            tracing::debug!(device_type = %ty, device_id = %id, "wake-up not needed: {why}");
+            state.store.drop_wakeup(device.id).await
+        }
+        Attempt::Sent => {
+            tracing::info!(device_type = %ty, device_id = %id, attempt = w.attempts + 1, "wake-up sent");
+            state.store.wakeup_attempted(device.id, "sent", None, None).await
+        }
+        Attempt::Retry { after, error } => {
+            let after = after.map(|a| a.clamp(FIRST_BACKOFF, MAX_RETRY_AFTER)).unwrap_or_else(|| backoff(w.attempts));
+            tracing::warn!(device_type = %ty, device_id = %id, attempt = w.attempts + 1, retry_in_ms = after.as_millis() as u64, "wake-up not delivered: {error}");
+            let due = now + after.as_millis() as i64;
+            state.store.wakeup_attempted(device.id, "scheduled", Some(due), Some(&error)).await
+        }
+        Attempt::InvalidToken(why) => {
+            tracing::warn!(device_type = %ty, device_id = %id, "push token refused by the provider, forgotten until the device reports a new one: {why}");
+            let error = format!("invalid push token: {why}");
+            match state.store.set_push_token(device.id, None).await {
+                Ok(()) => state.store.wakeup_attempted(device.id, "failed", None, Some(&error)).await,
+                Err(e) => Err(e),
+            }
+        }
+        Attempt::Failed(why) => {
+            tracing::warn!(device_type = %ty, device_id = %id, "wake-up failed for good: {why}");
+            state.store.wakeup_attempted(device.id, "failed", None, Some(&why)).await
+        }
+    };
+    if let Err(e) = result {
+        tracing::warn!(device_type = %ty, device_id = %id, "recording a wake-up attempt failed: {e}");
+    }
+    retrying
+}
+
+fn parse_token(device: &DeviceRow) -> Option<PushToken> {
+    let v: serde_json::Value = serde_json::from_str(device.push_token.as_deref()?).ok()?;
+    let extra = v["extra"]
+        .as_array()
+        .map(|a| {
+            a.iter().filter_map(|p| Some((p.get(0)?.as_str()?.to_string(), p.get(1)?.as_str()?.to_string()))).collect()
+        })
+        .unwrap_or_default();
+    Some(PushToken { transport: v["transport"].as_str()?.to_string(), token: v["token"].as_str()?.to_string(), extra })
+}
+
+/// The stored form of a push token.
+pub fn token_json(t: &PushToken) -> String {
+    serde_json::json!({"transport": t.transport, "token": t.token, "extra": t.extra}).to_string()
+}
+
+async fn attempt(state: &AppState, http: &reqwest::Client, device: &DeviceRow) -> Attempt {
+    let retry = |error: String| Attempt::Retry { after: None, error };
+    if device.status == "removed" {
+        return Attempt::Moot("the device was removed");
+    }
+    match state.store.queued(device.id, 1).await {
+        Ok(q) if q.is_empty() => return Attempt::Moot("nothing is pending"),
+        Ok(_) => {}
+        Err(e) => return retry(format!("reading the queue: {e}")),
+    }
+    let wakes = state
+        .registry
+        .device_type(&device.device_type)
+        .and_then(|p| p.device_type_info().map(|i| i.delivery.contains(&Delivery::WakeUp)));
+    match wakes {
+        None => return retry(format!("no device type `{}` is loaded", device.device_type)),
+        Some(false) => return Attempt::Moot("its device type is not woken up"),
+        Some(true) => {}
+    }
+    let Some(token) = parse_token(device) else { return Attempt::Moot("it has no push token") };
+    let Some(transport) = state.registry.get(&token.transport).filter(|p| p.kind() == Kind::Transport) else {
+        return retry(format!("no transport plugin `{}` is loaded", token.transport));
+    };
+    let message = WakeMessage {
+        device_type: device.device_type.clone(),
+        device_id: device.device_id.clone(),
+        token,
+        payload: None,
+    };
+    let request = match transport.build_request(message).await {
+        Ok(r) => r,
+        // Usually a setting the admin has not made yet: retried, so fixing it is enough.
+        Err(CallError::Rejected(e)) => {
+            return retry(format!("{} cannot build the request: {}", transport.label(), e.message));
+        }
+        Err(e) => return retry(e.to_string()),
+    };
+    let settings = state.settings.get(&transport.manifest.name);
+    let url = match allowed_url(&transport, &settings, &request.url) {
+        Ok(u) => u,
+        Err(e) => return retry(e),
+    };
+    let method = match request.method {
+        HttpMethod::Get => reqwest::Method::GET,
+        HttpMethod::Head => reqwest::Method::HEAD,
+        HttpMethod::Post => reqwest::Method::POST,
+        HttpMethod::Put => reqwest::Method::PUT,
+        HttpMethod::Patch => reqwest::Method::PATCH,
+        HttpMethod::Delete => reqwest::Method::DELETE,
+    };
+    let mut builder = http.request(method, url.clone());
+    for (k, v) in &request.headers {
+        builder = builder.header(k.as_str(), v.as_str());
+    }
+    let response = match builder.body(request.body).send().await {
+        Ok(r) => r,
+        Err(e) => return retry(format!("{url}: {e}")),
+    };
+    let status = response.status().as_u16();
+    let headers: Vec<(String, String)> = response
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let body = read_capped(response).await;
+    match transport.classify(status, headers, body).await {
+        Ok(ProviderOutcome::Delivered) => Attempt::Sent,
+        Ok(ProviderOutcome::Retry(after)) => Attempt::Retry {
+            after: after.map(|s| Duration::from_secs(u64::from(s))),
+            error: format!("the provider answered HTTP {status}"),
+        },
+        Ok(ProviderOutcome::InvalidToken(why)) => Attempt::InvalidToken(why),
+        Ok(ProviderOutcome::Failed(why)) => Attempt::Failed(why),
+        Err(e) => retry(e.to_string()),
+    }
+}
+
+async fn read_capped(mut response: reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        body.extend_from_slice(&chunk[..chunk.len().min(MAX_ANSWER - body.len())]);
+        if body.len() >= MAX_ANSWER {
+            break;
+        }
+    }
+    body
+}
+
+/// The URL to send a plugin's request to: its host must be declared by the manifest and
+/// granted by an admin; an admin's redirect for that host then applies.
+pub fn allowed_url(plugin: &LoadedPlugin, settings: &PluginSettings, url: &str) -> Result<reqwest::Url, String> {
+    let name = &plugin.manifest.name;
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{name} built an invalid URL `{url}`: {e}"))?;
+    if !matches!(parsed.scheme(), "https" | "http") {
+        return Err(format!("{name} built a `{}` URL; only http(s) is sent", parsed.scheme()));
+    }
+    let host = parsed.host_str().unwrap_or_default().to_string();
+    if !plugin.manifest.outbound_hosts.iter().any(|p| host_matches(p, &host)) {
+        return Err(format!(
+            "{name} asked to send to `{host}`, which its manifest does not declare (outbound_hosts: {:?})",
+            plugin.manifest.outbound_hosts
+        ));
+    }
+    if !settings.granted_hosts.iter().any(|p| host_matches(p, &host)) {
+        return Err(format!(
+            "host `{host}` is not granted to plugin {name}: an admin grants it with PUT /api/v1/plugins/{name}/settings (granted_hosts)"
+        ));
+    }
+    match settings.redirects.get(&host) {
+        None => Ok(parsed),
+        Some(base) => {
+            let mut target =
+                reqwest::Url::parse(base).map_err(|e| format!("redirect for `{host}` is not a URL: {e}"))?;
+            target.set_path(parsed.path());
+            target.set_query(parsed.query());
+            Ok(target)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        let b0 = backoff(0);
+        assert!(b0 >= Duration::from_secs(1) && b0 <= Duration::from_millis(1100), "{b0:?}");
+        let b3 = backoff(3);
+        assert!(b3 >= Duration::from_secs(8) && b3 <= Duration::from_millis(8800), "{b3:?}");
+        assert!(backoff(30) <= MAX_BACKOFF.mul_f64(1.1));
+        assert!(backoff(30) >= MAX_BACKOFF);
+    }
+}

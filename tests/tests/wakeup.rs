@@ -1,0 +1,347 @@
+//! Wake-up end to end: a device with a push token gets an operation, Drover asks its
+//! transport plugin (fcm, apns, wns, webhook: the real first-party components) for the
+//! provider request and sends it to a real HTTP server on loopback standing in for the
+//! provider (through an admin's redirect), which records it. Asserted: the exact
+//! requests, grants, retry with backoff, invalid tokens, and that operations stay
+//! PENDING until the device polls.
+
+use drover::plugins::{Capability, LoadOptions};
+use drover_tests::provider::Provider;
+use drover_tests::{TestServer, components, e2e, unique};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/../plugins/android/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// Enroll an Android device whose agent reports FCM token `fcm`; returns its credential.
+async fn enroll_android(server: &TestServer, id: &str, fcm: &str) -> String {
+    let body = fixture("enroll.json")
+        .replace("354956090214718", id)
+        .replace(r#""properties": ["#, &format!(r#""properties": [{{"name": "FCM_TOKEN", "value": "{fcm}"}},"#));
+    let r = server.http.post(server.url("/agent/v1/android/enroll")).body(body).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string()
+}
+
+async fn settings(server: &TestServer, plugin: &str, body: Value) -> reqwest::Response {
+    server.admin(Method::PUT, &format!("/api/v1/plugins/{plugin}/settings")).json(&body).send().await.unwrap()
+}
+
+/// Add `code` for one device; returns the operation id.
+async fn add(server: &TestServer, device_type: &str, id: &str, code: &str) -> i64 {
+    let r = server
+        .admin(Method::POST, "/api/v1/operations")
+        .json(&json!({"code": code, "targets": {"devices": [{"type": device_type, "id": id}]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let activity = r.json::<Value>().await.unwrap()["activity"]["id"].as_i64().unwrap();
+    get(server, &format!("/api/v1/operations?activity={activity}")).await["items"][0]["id"]
+        .as_i64()
+        .expect("operation id")
+}
+
+async fn get(server: &TestServer, path: &str) -> Value {
+    server.admin(Method::GET, path).send().await.unwrap().json().await.unwrap()
+}
+
+/// Wait (bounded) until the device's wake-up is in `state`.
+async fn until_wakeup(server: &TestServer, device: &str, state: &str) -> Value {
+    for _ in 0..300 {
+        let d = get(server, &format!("/api/v1/devices/{device}")).await;
+        if d["wake_up"]["state"] == state {
+            return d;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("wake-up of {device} never reached {state}: {}", get(server, &format!("/api/v1/devices/{device}")).await);
+}
+
+async fn fcm_settings(server: &TestServer, provider: &Provider) {
+    let r = settings(
+        server,
+        "fcm",
+        json!({
+            "config": {"project_id": "drover-test", "access_token": "ya29.test-token"},
+            "granted_hosts": ["fcm.googleapis.com"],
+            "redirects": {"fcm.googleapis.com": provider.base},
+        }),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+}
+
+/// FCM: the exact HTTP v1 request; the operation stays PENDING until the device polls.
+async fn fcm_wakes_an_android_device(server: &TestServer) {
+    let provider = Provider::start(vec![]).await;
+    fcm_settings(server, &provider).await;
+    let id = unique("fcm");
+    let token = enroll_android(server, &id, "dK3x:APA91bHun4MxP5egoKMwt2KZFBaFUH").await;
+    let d = get(server, &format!("/api/v1/devices/android/{id}")).await;
+    assert_eq!(d["push_transport"], "fcm");
+    assert!(d["metadata"].get("FCM_TOKEN").is_none(), "the token is not shown as metadata: {d}");
+
+    let op = add(server, "android", &id, "DEVICE_RING").await;
+    let got = provider.wait_for(1).await;
+    let r = &got[0];
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.uri, "/v1/projects/drover-test/messages:send");
+    assert_eq!(r.header("authorization"), Some("Bearer ya29.test-token"));
+    assert_eq!(r.header("content-type"), Some("application/json; charset=utf-8"));
+    assert_eq!(
+        r.json(),
+        json!({"message": {
+            "token": "dK3x:APA91bHun4MxP5egoKMwt2KZFBaFUH",
+            "data": {"drover": "wake-up", "device_type": "android", "device_id": id},
+            "android": {"priority": "high"},
+        }})
+    );
+    let d = until_wakeup(server, &format!("android/{id}"), "sent").await;
+    assert_eq!(d["wake_up"]["attempts"], 1);
+    assert_eq!(get(server, &format!("/api/v1/operations/{op}")).await["state"], "PENDING");
+
+    // Woken, the device polls and gets its operation.
+    let r = server
+        .http
+        .put(server.url(&format!("/agent/v1/android/devices/{id}/pending-operations")))
+        .bearer_auth(&token)
+        .body("[]")
+        .send()
+        .await
+        .unwrap();
+    let ops: Value = r.json().await.unwrap();
+    assert_eq!(ops[0]["id"], op);
+    assert_eq!(get(server, &format!("/api/v1/operations/{op}")).await["state"], "IN_PROGRESS");
+    // Nothing is pending now: no second wake-up went out.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(provider.received().len(), 1);
+}
+e2e!(fcm_wake_up, super::fcm_wakes_an_android_device);
+
+/// A provider that fails is retried with backoff; the operation stays PENDING.
+async fn provider_failures_are_retried(server: &TestServer) {
+    let provider = Provider::start(vec![
+        (
+            503,
+            vec![],
+            r#"{"error":{"code":503,"status":"UNAVAILABLE","message":"The service is currently unavailable."}}"#,
+        ),
+        (500, vec![], ""),
+    ])
+    .await;
+    fcm_settings(server, &provider).await;
+    let id = unique("retry");
+    enroll_android(server, &id, "tok-retry").await;
+    let op = add(server, "android", &id, "DEVICE_RING").await;
+    let got = provider.wait_for(3).await;
+    // Backoff: about 1 s, then about 2 s (each with up to 10% jitter).
+    let (first, second) = (got[1].at - got[0].at, got[2].at - got[1].at);
+    assert!(first >= Duration::from_millis(950) && first < Duration::from_millis(1800), "{first:?}");
+    assert!(second >= Duration::from_millis(1950) && second < Duration::from_millis(3300), "{second:?}");
+    assert!(got.iter().all(|r| r.json()["message"]["token"] == "tok-retry"));
+    let d = until_wakeup(server, &format!("android/{id}"), "sent").await;
+    assert_eq!(d["wake_up"]["attempts"], 3);
+    assert_eq!(get(server, &format!("/api/v1/operations/{op}")).await["state"], "PENDING");
+
+    // While retrying, the device record says why.
+    let provider = Provider::start(vec![(503, vec![("retry-after", "30")], "")]).await;
+    fcm_settings(server, &provider).await;
+    let id = unique("later");
+    enroll_android(server, &id, "tok-later").await;
+    add(server, "android", &id, "DEVICE_RING").await;
+    provider.wait_for(1).await;
+    let d = until_wakeup(server, &format!("android/{id}"), "scheduled").await;
+    let due = d["wake_up"]["due_at"].as_i64().unwrap() - d["wake_up"]["last_attempt_at"].as_i64().unwrap();
+    assert!((29_000..=31_000).contains(&due), "Retry-After 30 s honoured: {d}");
+    assert!(d["wake_up"]["last_error"].as_str().unwrap().contains("503"), "{d}");
+}
+e2e!(provider_retry, super::provider_failures_are_retried);
+
+/// A token the provider refuses is forgotten until the device reports a new one.
+async fn invalid_tokens_are_forgotten(server: &TestServer) {
+    let unregistered = r#"{"error":{"code":404,"message":"Requested entity was not found.","status":"NOT_FOUND","details":[{"@type":"type.googleapis.com/google.firebase.fcm.v1.FcmError","errorCode":"UNREGISTERED"}]}}"#;
+    let provider = Provider::start(vec![(404, vec![], unregistered)]).await;
+    fcm_settings(server, &provider).await;
+    let id = unique("stale");
+    let credential = enroll_android(server, &id, "stale-token").await;
+    let op = add(server, "android", &id, "DEVICE_RING").await;
+    provider.wait_for(1).await;
+    let d = until_wakeup(server, &format!("android/{id}"), "failed").await;
+    assert!(d["push_transport"].is_null(), "{d}");
+    assert!(d["wake_up"]["last_error"].as_str().unwrap().contains("UNREGISTERED"), "{d}");
+    assert_eq!(get(server, &format!("/api/v1/operations/{op}")).await["state"], "PENDING");
+
+    // The agent reports a fresh token (device info); the next operation wakes it with it.
+    let r = server
+        .http
+        .put(server.url(&format!("/agent/v1/android/devices/{id}/info")))
+        .bearer_auth(&credential)
+        .body(r#"{"properties": [{"name": "FCM_TOKEN", "value": "fresh-token"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    add(server, "android", &id, "DEVICE_LOCK").await;
+    let got = provider.wait_for(2).await;
+    assert_eq!(got[1].json()["message"]["token"], "fresh-token");
+    until_wakeup(server, &format!("android/{id}"), "sent").await;
+}
+e2e!(invalid_token, super::invalid_tokens_are_forgotten);
+
+/// Nothing goes to a host an admin has not granted; granting it lets the retry through.
+async fn only_granted_hosts_are_contacted(server: &TestServer) {
+    let provider = Provider::start(vec![]).await;
+    // A grant outside what the manifest declares is refused, naming the host.
+    let r = settings(server, "fcm", json!({"granted_hosts": ["evil.example"]})).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("evil.example"));
+    let r =
+        settings(server, "fcm", json!({"granted_hosts": [], "redirects": {"fcm.googleapis.com": provider.base}})).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "a redirect for an ungranted host");
+
+    let r = settings(server, "fcm", json!({"config": {"project_id": "drover-test", "access_token": "t"}})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let shown = get(server, "/api/v1/plugins/fcm/settings").await;
+    assert_eq!(shown["config"], json!({"project_id": "drover-test", "access_token": "***"}), "secrets are not shown");
+    let id = unique("grant");
+    enroll_android(server, &id, "tok-grant").await;
+    add(server, "android", &id, "DEVICE_RING").await;
+    let d = until_wakeup(server, &format!("android/{id}"), "scheduled").await;
+    let mut d = d;
+    for _ in 0..100 {
+        if d["wake_up"]["last_error"].is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        d = get(server, &format!("/api/v1/devices/android/{id}")).await;
+    }
+    assert!(d["wake_up"]["last_error"].as_str().unwrap().contains("not granted"), "{d}");
+    assert!(provider.received().is_empty());
+
+    fcm_settings(server, &provider).await;
+    provider.wait_for(1).await;
+    until_wakeup(server, &format!("android/{id}"), "sent").await;
+}
+e2e!(granted_hosts, super::only_granted_hosts_are_contacted);
+
+/// A device of the testbed type (hot-loaded) reporting a push token of `transport`.
+async fn testbed_device(server: &TestServer, transport_token: &str) -> String {
+    if server.state.registry.device_type("testbed").is_none() {
+        let options =
+            LoadOptions { grants: [Capability::Log, Capability::Kv, Capability::Config].into(), ..Default::default() };
+        server.state.registry.install(&drover_tests::component(components::TESTBED), options).await.unwrap();
+    }
+    let id = unique("tb");
+    let r = server.http.post(server.url("/agent/v1/testbed/enroll")).body(id.clone()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let credential = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+    let r = server
+        .http
+        .post(server.url("/agent/v1/testbed/checkin"))
+        .bearer_auth(&credential)
+        .body(format!("token:{transport_token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    id
+}
+
+/// APNs, WNS and the generic webhook: the exact provider requests.
+async fn apns_wns_and_webhook_requests(server: &TestServer) {
+    // APNs: the MDM push, token from TokenUpdate's base64 form turned into hex.
+    let apns = Provider::start(vec![]).await;
+    let r = settings(
+        server,
+        "apns",
+        json!({"granted_hosts": ["api.push.apple.com"], "redirects": {"api.push.apple.com": apns.base}}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let id = testbed_device(
+        server,
+        "apns:3q2+7wABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhs=|PushMagic=4E5B8F1A-0C1D-4B4F-9C3A-6B1F5D2E7A90|Topic=com.apple.mgmt.External.2b6d1f0e",
+    )
+    .await;
+    add(server, "testbed", &id, "ECHO").await;
+    let r = &apns.wait_for(1).await[0];
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.uri, "/3/device/deadbeef000102030405060708090a0b0c0d0e0f101112131415161718191a1b");
+    assert_eq!(r.header("apns-push-type"), Some("mdm"));
+    assert_eq!(r.header("apns-topic"), Some("com.apple.mgmt.External.2b6d1f0e"));
+    assert_eq!(r.header("apns-priority"), Some("10"));
+    assert_eq!(r.json(), json!({"mdm": "4E5B8F1A-0C1D-4B4F-9C3A-6B1F5D2E7A90"}));
+    until_wakeup(server, &format!("testbed/{id}"), "sent").await;
+
+    // WNS: a raw push to the device's channel URI (any *.notify.windows.com host granted).
+    let wns = Provider::start(vec![(200, vec![("x-wns-status", "received")], "")]).await;
+    let r = settings(
+        server,
+        "wns",
+        json!({
+            "config": {"access_token": "EgAaAQMAAAAEgAAAC"},
+            "granted_hosts": ["*.notify.windows.com"],
+            "redirects": {"db5p.notify.windows.com": wns.base},
+        }),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let id = testbed_device(server, "wns:https://db5p.notify.windows.com/?token=AwYAAABvX2bZ").await;
+    add(server, "testbed", &id, "ECHO").await;
+    let r = &wns.wait_for(1).await[0];
+    assert_eq!(r.uri, "/?token=AwYAAABvX2bZ");
+    assert_eq!(r.header("x-wns-type"), Some("wns/raw"));
+    assert_eq!(r.header("authorization"), Some("Bearer EgAaAQMAAAAEgAAAC"));
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(r.body, b"wake-up");
+    until_wakeup(server, &format!("testbed/{id}"), "sent").await;
+
+    // Webhook: JSON to the admin's endpoint, with the shared secret.
+    let hook = Provider::start(vec![(204, vec![], "")]).await;
+    let r = settings(
+        server,
+        "webhook",
+        json!({
+            "config": {"url": "https://hooks.example.com/drover/wake", "secret": "s3cret"},
+            "granted_hosts": ["hooks.example.com"],
+            "redirects": {"hooks.example.com": hook.base},
+        }),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let id = testbed_device(server, "webhook:gw-7|gateway=lora-3").await;
+    add(server, "testbed", &id, "ECHO").await;
+    let r = &hook.wait_for(1).await[0];
+    assert_eq!(r.uri, "/drover/wake");
+    assert_eq!(r.header("authorization"), Some("Bearer s3cret"));
+    assert_eq!(
+        r.json(),
+        json!({"event": "wake-up", "device_type": "testbed", "device_id": id, "token": "gw-7",
+               "extra": {"gateway": "lora-3"}, "payload": null})
+    );
+    until_wakeup(server, &format!("testbed/{id}"), "sent").await;
+}
+e2e!(transports, super::apns_wns_and_webhook_requests);
+
+/// Settings and scheduled wake-ups survive a restart: a wake-up due while the server was
+/// down goes out when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wake_ups_survive_a_restart() {
+    let server = TestServer::start(drover_tests::Backend::Sqlite).await;
+    let provider = Provider::start(vec![(503, vec![("retry-after", "2")], "")]).await;
+    fcm_settings(&server, &provider).await;
+    let id = unique("restart");
+    enroll_android(&server, &id, "tok-restart").await;
+    add(&server, "android", &id, "DEVICE_RING").await;
+    provider.wait_for(1).await;
+    until_wakeup(&server, &format!("android/{id}"), "scheduled").await;
+    let server = server.restart().await;
+    let got = provider.wait_for(2).await;
+    assert_eq!(got[1].header("authorization"), Some("Bearer ya29.test-token"), "settings were kept");
+    until_wakeup(&server, &format!("android/{id}"), "sent").await;
+    server.stop().await;
+}
