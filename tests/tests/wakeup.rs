@@ -210,8 +210,7 @@ async fn only_granted_hosts_are_contacted(server: &TestServer) {
     let id = unique("grant");
     enroll_android(server, &id, "tok-grant").await;
     add(server, "android", &id, "DEVICE_RING").await;
-    let d = until_wakeup(server, &format!("android/{id}"), "scheduled").await;
-    let mut d = d;
+    let mut d = until_wakeup(server, &format!("android/{id}"), "scheduled").await;
     for _ in 0..100 {
         if d["wake_up"]["last_error"].is_string() {
             break;

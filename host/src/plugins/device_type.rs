@@ -24,7 +24,8 @@ pub enum CallError {
     WrongKind(String),
 }
 
-fn flatten<T>(r: Result<Result<T, PluginError>, PluginFault>) -> Result<T, CallError> {
+/// A call's result with the plugin's own refusal and a fault told apart.
+pub(super) fn flatten<T>(r: Result<Result<T, PluginError>, PluginFault>) -> Result<T, CallError> {
     match r {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(CallError::Rejected(e)),

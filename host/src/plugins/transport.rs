@@ -5,7 +5,7 @@ use super::bindings::transport::drover::plugin::transport_types::{
     ProviderOutcome, ProviderRequest, PushMessage, TransportInfo,
 };
 use super::bindings::types::Header;
-use super::device_type::CallError;
+use super::device_type::{CallError, flatten};
 use super::runtime::{Described, Exports, LoadedPlugin, OutputSize};
 
 impl LoadedPlugin {
@@ -23,19 +23,15 @@ impl LoadedPlugin {
             return Err(CallError::WrongKind(self.label()));
         };
         let pre = pre.clone();
-        let r = self
-            .caller
-            .call("build-request", move |store| {
-                Box::pin(async move {
-                    pre.instantiate_async(&mut *store).await?.call_build_request(&mut *store, &message).await
+        flatten(
+            self.caller
+                .call("build-request", move |store| {
+                    Box::pin(async move {
+                        pre.instantiate_async(&mut *store).await?.call_build_request(&mut *store, &message).await
+                    })
                 })
-            })
-            .await;
-        match r {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(CallError::Rejected(e)),
-            Err(f) => Err(CallError::Fault(f)),
-        }
+                .await,
+        )
     }
 
     /// What the provider's answer means.
