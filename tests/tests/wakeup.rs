@@ -170,7 +170,10 @@ async fn invalid_tokens_are_forgotten(server: &TestServer) {
     let credential = enroll_android(server, &id, "stale-token").await;
     let op = add(server, "android", &id, "DEVICE_RING").await;
     provider.wait_for(1).await;
-    let d = until_wakeup(server, &format!("android/{id}"), "failed").await;
+    until_wakeup(server, &format!("android/{id}"), "failed").await;
+    // Read again: one GET reads the device row before its wake-up row, and the token is
+    // forgotten just before the wake-up is marked failed.
+    let d = get(server, &format!("/api/v1/devices/android/{id}")).await;
     assert!(d["push_transport"].is_null(), "{d}");
     assert!(d["wake_up"]["last_error"].as_str().unwrap().contains("UNREGISTERED"), "{d}");
     assert_eq!(get(server, &format!("/api/v1/operations/{op}")).await["state"], "PENDING");

@@ -7,6 +7,7 @@
 //! postgres}`). See docs/operations.md.
 
 mod devices;
+mod commit;
 mod operations;
 mod telemetry;
 mod tokens;
@@ -41,6 +42,8 @@ enum Backend {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// Group commit of delivery writes (`commit.rs`); `None` inside the committer itself.
+    committer: Option<commit::Committer>,
 }
 
 /// Run `$body` with `$pool` bound to the backend's pool. The body is compiled once per
@@ -124,13 +127,18 @@ impl Store {
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&write).await?;
         let read = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
-        Ok(Store { backend: Backend::Sqlite { read, write } })
+        Ok(Store::with_committer(Backend::Sqlite { read, write }))
     }
 
     pub async fn postgres(options: PgConnectOptions) -> Result<Store, StoreError> {
         let pool = PgPoolOptions::new().max_connections(16).connect_with(options).await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Store { backend: Backend::Postgres(pool) })
+        Ok(Store::with_committer(Backend::Postgres(pool)))
+    }
+
+    fn with_committer(backend: Backend) -> Store {
+        let committer = commit::Committer::start(Store { backend: backend.clone(), committer: None });
+        Store { backend, committer: Some(committer) }
     }
 
     /// `sqlite` or `postgres`.

@@ -6,6 +6,7 @@ use super::{
     Backend, Filters, Param, Store, StoreError, WriteTx, bind_filters, list_placeholders, now_ms, trusted, with_pool,
     with_write_pool,
 };
+use super::commit::{Write, Written};
 use crate::ops::{self, Attempts, Event, State};
 use serde::Serialize;
 
@@ -267,34 +268,13 @@ impl Store {
     }
 
     /// Mark operations the device was just given as IN_PROGRESS and count the attempt.
-    /// Only queued operations of this device move; anything else is left alone.
+    /// Only queued operations of this device move; anything else is left alone. Written
+    /// in a group commit with other devices' (`commit.rs`).
     pub async fn mark_delivered(&self, device: i64, ids: &[i64], actor: &str) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
-        let now = now_ms();
-        let list = list_placeholders(ids.len(), 4);
-        let transition = format!(
-            "INSERT INTO transitions (operation, from_state, to_state, actor, at)
-             SELECT id, state, 'IN_PROGRESS', $1, $2 FROM operations
-             WHERE device = $3 AND state IN ('PENDING', 'NOTNOW') AND id IN ({list})"
-        );
-        let update = format!(
-            "UPDATE operations SET state = 'IN_PROGRESS', attempts = attempts + 1, updated_at = $2
-             WHERE device = $3 AND state IN ('PENDING', 'NOTNOW') AND id IN ({list}) AND $1 = $1"
-        );
-        with_write_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
-            for sql in [&transition, &update] {
-                let mut q = sqlx::query(trusted(sql)).bind(actor).bind(now).bind(device);
-                for id in ids {
-                    q = q.bind(*id);
-                }
-                q.execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-        });
-        Ok(())
+        self.grouped(Write::Deliver { device, ids: ids.to_vec(), actor: actor.to_string() }).await.map(|_| ())
     }
 
     /// Apply results a device reported, in one transaction. Reports for operations the
@@ -328,36 +308,72 @@ impl Store {
         results: &[(i64, Event, Option<String>)],
         actor: &str,
     ) -> Result<Vec<ResultOutcome>, StoreError> {
+        match self.grouped(Write::Events { device, events: results.to_vec(), actor: actor.to_string() }).await? {
+            Written::Events(out) => Ok(out),
+            Written::Delivered => Err(StoreError::Db(sqlx::Error::Protocol("group commit answered out of order".into()))),
+        }
+    }
+
+    /// Run `writes` in one transaction, in order; the group committer's unit of work.
+    pub(super) async fn write_group(&self, writes: &[Write]) -> Result<Vec<Written>, StoreError> {
         let now = now_ms();
         with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            let mut out = Vec::with_capacity(results.len());
-            for (id, event, response) in results {
-                let row: Option<(String, i64, i64)> = sqlx::query_as(
-                    "SELECT state, attempts, max_attempts FROM operations WHERE id = $1 AND device = $2")
-                    .bind(*id).bind(device).fetch_optional(&mut *tx).await?;
-                let Some((state, made, max)) = row else {
-                    out.push(ResultOutcome::Unknown { operation: *id });
-                    continue;
-                };
-                let from = State::parse(&state).unwrap_or(State::Error);
-                match ops::next(from, *event, Attempts { made, max }) {
-                    None => out.push(ResultOutcome::Unchanged { operation: *id, state: from }),
-                    Some(to) => {
-                        sqlx::query("UPDATE operations SET state = $1, response = COALESCE($2, response), updated_at = $3
-                                     WHERE id = $4 AND state = $5")
-                            .bind(to.as_str()).bind(response).bind(now).bind(*id).bind(from.as_str())
-                            .execute(&mut *tx).await?;
-                        sqlx::query("INSERT INTO transitions (operation, from_state, to_state, actor, at, response)
-                                     VALUES ($1, $2, $3, $4, $5, $6)")
-                            .bind(*id).bind(from.as_str()).bind(to.as_str()).bind(actor).bind(now).bind(response)
-                            .execute(&mut *tx).await?;
-                        out.push(ResultOutcome::Applied { operation: *id, from, to });
+            let mut written = Vec::with_capacity(writes.len());
+            for w in writes {
+                match w {
+                    Write::Deliver { device, ids, actor } => {
+                        let list = list_placeholders(ids.len(), 4);
+                        let transition = format!(
+                            "INSERT INTO transitions (operation, from_state, to_state, actor, at)
+                             SELECT id, state, 'IN_PROGRESS', $1, $2 FROM operations
+                             WHERE device = $3 AND state IN ('PENDING', 'NOTNOW') AND id IN ({list})"
+                        );
+                        let update = format!(
+                            "UPDATE operations SET state = 'IN_PROGRESS', attempts = attempts + 1, updated_at = $2
+                             WHERE device = $3 AND state IN ('PENDING', 'NOTNOW') AND id IN ({list}) AND $1 = $1"
+                        );
+                        for sql in [&transition, &update] {
+                            let mut q = sqlx::query(trusted(sql)).bind(actor).bind(now).bind(*device);
+                            for id in ids {
+                                q = q.bind(*id);
+                            }
+                            q.execute(&mut *tx).await?;
+                        }
+                        written.push(Written::Delivered);
+                    }
+                    Write::Events { device, events, actor } => {
+                        let mut out = Vec::with_capacity(events.len());
+                        for (id, event, response) in events {
+                            let row: Option<(String, i64, i64)> = sqlx::query_as(
+                                "SELECT state, attempts, max_attempts FROM operations WHERE id = $1 AND device = $2")
+                                .bind(*id).bind(*device).fetch_optional(&mut *tx).await?;
+                            let Some((state, made, max)) = row else {
+                                out.push(ResultOutcome::Unknown { operation: *id });
+                                continue;
+                            };
+                            let from = State::parse(&state).unwrap_or(State::Error);
+                            match ops::next(from, *event, Attempts { made, max }) {
+                                None => out.push(ResultOutcome::Unchanged { operation: *id, state: from }),
+                                Some(to) => {
+                                    sqlx::query("UPDATE operations SET state = $1, response = COALESCE($2, response), updated_at = $3
+                                                 WHERE id = $4 AND state = $5")
+                                        .bind(to.as_str()).bind(response).bind(now).bind(*id).bind(from.as_str())
+                                        .execute(&mut *tx).await?;
+                                    sqlx::query("INSERT INTO transitions (operation, from_state, to_state, actor, at, response)
+                                                 VALUES ($1, $2, $3, $4, $5, $6)")
+                                        .bind(*id).bind(from.as_str()).bind(to.as_str()).bind(actor).bind(now).bind(response)
+                                        .execute(&mut *tx).await?;
+                                    out.push(ResultOutcome::Applied { operation: *id, from, to });
+                                }
+                            }
+                        }
+                        written.push(Written::Events(out));
                     }
                 }
             }
             tx.commit().await?;
-            Ok(out)
+            Ok(written)
         })
     }
 

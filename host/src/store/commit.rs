@@ -1,0 +1,98 @@
+//! Group commit: the hot writes of delivery (operations handed to a device; results a
+//! device reported) from many devices share one transaction.
+//!
+//! Why: on SQLite every write goes through one connection (`mod.rs`), and every statement
+//! is a round trip to sqlx's worker thread for it, so BEGIN and COMMIT per device were a
+//! third of the writer's work; on PostgreSQL each COMMIT waits for its WAL flush. One task
+//! takes whatever writes are waiting, runs them in order in one transaction, and answers
+//! each caller: under load batches grow by themselves, and a lone write waits for nobody.
+//! If a batch fails, its writes are retried one by one, so one bad write cannot fail the
+//! others'.
+
+use super::{ResultOutcome, Store, StoreError};
+use crate::ops::Event;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most writes in one transaction (a transaction should stay short: readers on
+/// PostgreSQL and the next batch wait for it).
+const MAX_GROUP: usize = 128;
+
+/// A write that may share a transaction with other devices' writes.
+#[derive(Debug, Clone)]
+pub(crate) enum Write {
+    /// Operations handed to a device: IN_PROGRESS, attempt counted.
+    Deliver { device: i64, ids: Vec<i64>, actor: String },
+    /// Events on a device's operations (results it reported, a plugin's refusal).
+    Events { device: i64, events: Vec<(i64, Event, Option<String>)>, actor: String },
+}
+
+/// What a [`Write`] did.
+#[derive(Debug)]
+pub(crate) enum Written {
+    Delivered,
+    Events(Vec<ResultOutcome>),
+}
+
+type Job = (Write, oneshot::Sender<Result<Written, StoreError>>);
+
+/// The sending side of the group committer, held by every clone of the store.
+#[derive(Clone)]
+pub(crate) struct Committer(mpsc::UnboundedSender<Job>);
+
+impl Committer {
+    /// Start the committer for `store` (which must not itself have one: the task writes
+    /// directly). It ends when the last store holding the committer is dropped.
+    pub(crate) fn start(store: Store) -> Committer {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(store, rx));
+        Committer(tx)
+    }
+}
+
+async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let writes: Vec<Write> = batch.iter().map(|(w, _)| w.clone()).collect();
+        match store.write_group(&writes).await {
+            Ok(written) => {
+                for ((_, reply), w) in batch.drain(..).zip(written) {
+                    let _ = reply.send(Ok(w));
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                let (_, reply) = batch.pop().expect("one job");
+                let _ = reply.send(Err(e));
+            }
+            Err(e) => {
+                tracing::debug!(writes = batch.len(), "group commit failed ({e}); writing one by one");
+                for (w, reply) in batch.drain(..) {
+                    let r = store.write_group(std::slice::from_ref(&w)).await.map(|mut v| v.remove(0));
+                    let _ = reply.send(r);
+                }
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Write `w` in the next group commit.
+    pub(crate) async fn grouped(&self, w: Write) -> Result<Written, StoreError> {
+        let Some(committer) = &self.committer else {
+            return self.write_group(std::slice::from_ref(&w)).await.map(|mut v| v.remove(0));
+        };
+        let (reply, answer) = oneshot::channel();
+        committer.0.send((w.clone(), reply)).map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError::Db(sqlx::Error::PoolClosed)
+}
