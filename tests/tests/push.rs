@@ -364,3 +364,145 @@ mod server_restart {
         super::server_restart(server).await.stop().await;
     }
 }
+
+/// A mosquitto of the test's own (the real broker binary), configured the way
+/// docs/delivery.md tells operators to: password file with the devices' tokens and the
+/// one-line ACL pattern. Stopped and started again on the same port to test a broker restart.
+struct Mosquitto {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+
+impl Mosquitto {
+    /// Configure a broker on `port` for `users` (name, password).
+    fn configure(port: u16, users: &[(&str, &str)]) -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let passwd = dir.path().join("passwd");
+        for (i, (user, password)) in users.iter().enumerate() {
+            let mut cmd = std::process::Command::new("mosquitto_passwd");
+            if i == 0 {
+                cmd.arg("-c");
+            }
+            let ok = cmd.arg("-b").arg(&passwd).arg(user).arg(password).status().unwrap().success();
+            assert!(ok, "mosquitto_passwd for {user}");
+        }
+        let acl = dir.path().join("acl");
+        std::fs::write(&acl, "user drover\ntopic readwrite drover/#\n\npattern readwrite drover/%u/#\n").unwrap();
+        let conf = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nacl_file {}\npersistence false\nuser root\n",
+            passwd.display(),
+            acl.display()
+        );
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
+        Mosquitto { dir, port, child: None }
+    }
+
+    async fn start(&mut self) {
+        let child = tokio::process::Command::new(MOSQUITTO)
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start mosquitto");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("mosquitto did not start listening on {}", self.port);
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+            let _ = c.wait().await;
+        }
+    }
+}
+
+/// Through an external mosquitto set up as the docs say: a device cannot subscribe to
+/// another device's topics (the broker's ACL), and an operation added while the broker is
+/// down is pushed once the broker and the device are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_acl_and_restart() {
+    // Device ids are fixed here: this broker is the test's own.
+    let (a, b) = ("358000000000010", "358000000000011");
+    // Drover first (it waits for the broker), so the devices' tokens are known for the
+    // broker's password file.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    if !std::path::Path::new(MOSQUITTO).exists() {
+        eprintln!("NOTE: {MOSQUITTO} is not installed: the mosquitto ACL and restart test was skipped");
+        return;
+    }
+    let server = TestServer::start_with(drover_tests::Backend::Sqlite, |c| {
+        c.broker = Some(format!("mqtt://drover:service-secret@127.0.0.1:{port}"));
+    })
+    .await;
+    let (token_a, token_b) = (enroll(&server, a).await, enroll(&server, b).await);
+    let (user_a, user_b) = (format!("android/{a}"), format!("android/{b}"));
+    let mut broker =
+        Mosquitto::configure(port, &[("drover", "service-secret"), (&user_a, &token_a), (&user_b, &token_b)]);
+    broker.start().await;
+
+    // A wrong password is refused by the broker.
+    assert!(Device::connect(port, "intruder", Some((&user_a, "not-the-token"))).await.is_err());
+    // Device B tries to read A's operations. Mosquitto may grant the SUBSCRIBE and check
+    // read access per message instead: what counts is that nothing of A's reaches B.
+    let mut dev_b = Device::connect(port, "phone-b", Some((&user_b, &token_b))).await.unwrap();
+    dev_b.subscribe(&format!("drover/android/{a}/operations")).await;
+
+    let mut dev_a = Device::connect(port, "phone-a", Some((&user_a, &token_a))).await.unwrap();
+    assert_eq!(
+        dev_a.subscribe(&format!("drover/android/{a}/operations")).await,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    let first_op = ring(&server, a).await;
+    let pushed = announce_until_pushed(&mut dev_a, a).await;
+    assert_eq!(pushed[0]["id"].as_i64(), Some(first_op));
+    // B writes a forged result on A's reply topic: the broker drops it.
+    dev_b.publish(&format!("drover/android/{a}/reply"), completed(&pushed[0])).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(operation(&server, first_op).await["state"], "IN_PROGRESS", "a forged result changed nothing");
+    assert!(dev_b.seen.try_recv().is_err(), "B received nothing of A's");
+    dev_a.publish(&format!("drover/android/{a}/reply"), completed(&pushed[0])).await;
+    until_state(&server, first_op, "COMPLETED").await;
+
+    // The broker goes away; an operation added meanwhile stays PENDING.
+    broker.stop().await;
+    dev_a.drop_connection();
+    dev_b.drop_connection();
+    let second_op = ring(&server, a).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(operation(&server, second_op).await["state"], "PENDING");
+
+    // Back (no persistence: sessions and subscriptions are gone). Drover reconnects and
+    // resubscribes by itself; the device reconnects and says it is online.
+    broker.start().await;
+    let mut dev_a = Device::connect(port, "phone-a", Some((&user_a, &token_a))).await.unwrap();
+    dev_a.subscribe(&format!("drover/android/{a}/operations")).await;
+    let pushed = announce_until_pushed(&mut dev_a, a).await;
+    assert_eq!(pushed[0]["id"].as_i64(), Some(second_op));
+    dev_a.publish(&format!("drover/android/{a}/reply"), completed(&pushed[0])).await;
+    until_state(&server, second_op, "COMPLETED").await;
+    server.stop().await;
+    broker.stop().await;
+}
+
+/// Say `online` on the device's status topic until Drover pushes (Drover's client may still
+/// be (re)subscribing when the first announcement goes out).
+async fn announce_until_pushed(dev: &mut Device, id: &str) -> Value {
+    for _ in 0..40 {
+        dev.publish(&format!("drover/android/{id}/status"), b"online".to_vec()).await;
+        if let Ok(Some(Seen::Publish(_, p))) = tokio::time::timeout(Duration::from_millis(500), dev.seen.recv()).await {
+            return serde_json::from_slice::<Value>(&p).unwrap();
+        }
+    }
+    panic!("nothing was pushed to {id}");
+}

@@ -192,6 +192,10 @@ async fn pump(d: Arc<Delivery>, mut eventloop: EventLoop, endpoint: Endpoint) {
             Err(e) => {
                 if connected {
                     tracing::warn!("MQTT delivery lost the broker: {e}; reconnecting");
+                    // Whoever was online is cut off too (on the embedded broker: gone with it)
+                    // and announces itself again after reconnecting. Until then operations
+                    // stay PENDING instead of being handed to a client that cannot send them.
+                    d.online.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 } else {
                     tracing::debug!("MQTT delivery cannot reach the broker yet: {e}");
                 }

@@ -6,8 +6,8 @@
 //! database). The dialects differ only in the migrations (`host/migrations/{sqlite,
 //! postgres}`). See docs/operations.md.
 
-mod devices;
 mod commit;
+mod devices;
 mod operations;
 mod telemetry;
 mod tokens;

@@ -1,12 +1,12 @@
 //! Activities, operations and their transitions. Every state change goes through
 //! [`crate::ops::next`] and is recorded in `transitions` in the same transaction.
 
+use super::commit::{Write, Written};
 use super::devices::DeviceQuery;
 use super::{
     Backend, Filters, Param, Store, StoreError, WriteTx, bind_filters, list_placeholders, now_ms, trusted, with_pool,
     with_write_pool,
 };
-use super::commit::{Write, Written};
 use crate::ops::{self, Attempts, Event, State};
 use serde::Serialize;
 
@@ -310,7 +310,9 @@ impl Store {
     ) -> Result<Vec<ResultOutcome>, StoreError> {
         match self.grouped(Write::Events { device, events: results.to_vec(), actor: actor.to_string() }).await? {
             Written::Events(out) => Ok(out),
-            Written::Delivered => Err(StoreError::Db(sqlx::Error::Protocol("group commit answered out of order".into()))),
+            Written::Delivered => {
+                Err(StoreError::Db(sqlx::Error::Protocol("group commit answered out of order".into())))
+            }
         }
     }
 
