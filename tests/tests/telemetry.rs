@@ -2,7 +2,7 @@
 //! client on the embedded broker); every point is kept, the newest of each name is on
 //! the device record, and bad reports change nothing. SQLite and PostgreSQL.
 
-use drover_tests::{TestServer, e2e};
+use drover_tests::{TestServer, e2e, e2e_with};
 use reqwest::{Method, StatusCode};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
@@ -114,4 +114,10 @@ async fn telemetry(server: &TestServer) {
     let all = get(server, &format!("/api/v1/devices/android/{id}/telemetry")).await;
     assert_eq!(all["items"].as_array().unwrap().len(), count + 1);
 }
-e2e!(telemetry, super::telemetry);
+/// The fixtures carry the times they were recorded at (2025). With the default 30-day
+/// retention the server's first sweep may delete them mid-test, so keep them here.
+fn keep_old_points(c: &mut drover::config::Config) {
+    c.retention_days = 36_500;
+}
+
+e2e_with!(telemetry, super::keep_old_points, super::telemetry);
