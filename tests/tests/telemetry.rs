@@ -2,7 +2,7 @@
 //! client on the embedded broker); every point is kept, the newest of each name is on
 //! the device record, and bad reports change nothing. SQLite and PostgreSQL.
 
-use drover_tests::{TestServer, e2e, e2e_with};
+use drover_tests::{TestServer, e2e_with};
 use reqwest::{Method, StatusCode};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
