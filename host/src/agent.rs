@@ -48,10 +48,19 @@ pub fn router() -> Router<AppState> {
 }
 
 fn plugin_for(state: &AppState, device_type: &str) -> Result<Arc<LoadedPlugin>, ApiError> {
-    state
-        .registry
-        .device_type(device_type)
-        .ok_or_else(|| ApiError::not_found(format!("no device type `{device_type}` is loaded")))
+    if let Some(p) = state.registry.device_type(device_type) {
+        return Ok(p);
+    }
+    match state.registry.suspension(device_type) {
+        // Nothing is decoded, so nothing the device sent is half-applied; its operations
+        // stay queued for when the plugin serves again.
+        Some(why) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "plugin_suspended",
+            format!("the `{device_type}` plugin is suspended ({why}); try again later"),
+        )),
+        None => Err(ApiError::not_found(format!("no device type `{device_type}` is loaded"))),
+    }
 }
 
 fn http_channel(method: &Method, path: &str, uri: &Uri, headers: &HeaderMap) -> Result<Channel, ApiError> {

@@ -41,6 +41,18 @@ pub struct ServeArgs {
     /// Mark active devices unreachable when not seen for this many hours [default: 24]
     #[arg(long, env = "DROVER_UNREACHABLE_AFTER_HOURS")]
     pub unreachable_after_hours: Option<u32>,
+    /// Plugin faults are counted over this many seconds [default: 60]
+    #[arg(long, env = "DROVER_PLUGIN_FAULT_WINDOW_SECS")]
+    pub plugin_fault_window_secs: Option<u64>,
+    /// Fault rate within the window at which a new plugin version is rolled back, or a plugin suspended [default: 0.5]
+    #[arg(long, env = "DROVER_PLUGIN_FAULT_RATE")]
+    pub plugin_fault_rate: Option<f64>,
+    /// Fewest faults within the window before the fault rate counts [default: 10]
+    #[arg(long, env = "DROVER_PLUGIN_MIN_FAULTS")]
+    pub plugin_min_faults: Option<u64>,
+    /// A plugin version serving for less than this many seconds is rolled back rather than suspended [default: 600]
+    #[arg(long, env = "DROVER_PLUGIN_PROBATION_SECS")]
+    pub plugin_probation_secs: Option<u64>,
     /// Log format: text or json [default: text]
     #[arg(long, env = "DROVER_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -67,6 +79,8 @@ pub struct Config {
     pub open_enrollment: bool,
     pub retention_days: u32,
     pub unreachable_after_hours: u32,
+    /// When the plugin catalog rolls back or suspends a faulting plugin by itself.
+    pub fault_policy: crate::plugins::catalog::FaultPolicy,
     /// The bootstrap admin token from DROVER_ADMIN_TOKEN (environment only, never a flag:
     /// flags show in process lists).
     pub admin_token: Option<String>,
@@ -119,6 +133,21 @@ impl ServeArgs {
             open_enrollment: self.open_enrollment.or(file.open_enrollment).unwrap_or(true),
             retention_days: self.retention_days.or(file.retention_days).unwrap_or(30),
             unreachable_after_hours: self.unreachable_after_hours.or(file.unreachable_after_hours).unwrap_or(24).max(1),
+            fault_policy: {
+                let d = crate::plugins::catalog::FaultPolicy::default();
+                crate::plugins::catalog::FaultPolicy {
+                    window: self
+                        .plugin_fault_window_secs
+                        .or(file.plugin_fault_window_secs)
+                        .map_or(d.window, |s| std::time::Duration::from_secs(s.max(1))),
+                    rate: self.plugin_fault_rate.or(file.plugin_fault_rate).unwrap_or(d.rate).clamp(0.0, 1.0),
+                    min_faults: self.plugin_min_faults.or(file.plugin_min_faults).unwrap_or(d.min_faults).max(1),
+                    probation: self
+                        .plugin_probation_secs
+                        .or(file.plugin_probation_secs)
+                        .map_or(d.probation, std::time::Duration::from_secs),
+                }
+            },
             admin_token: std::env::var("DROVER_ADMIN_TOKEN").ok(),
             data_dir,
             database_url,

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use drover::config::{LogFormat, ServeArgs};
 use drover::plugins::device_type::{delivery_name, kind_name};
-use drover::plugins::{Described, Limits, LoadOptions, Manifest, Runtime};
+use drover::plugins::{Described, Limits, LoadOptions, Manifest, Runtime, signing};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,6 +35,54 @@ enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Make an Ed25519 publisher key pair: PREFIX.key (private, mode 0600) and PREFIX.pub.
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long, default_value = "drover-publisher")]
+        out: PathBuf,
+    },
+    /// Sign a component with a publisher's private key; writes FILE.sig (base64).
+    Sign {
+        /// The plugin component (.wasm).
+        file: PathBuf,
+        /// The private key (PKCS#8 PEM, from `drover plugin keygen` or openssl).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the signature [default: FILE.sig]
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Upload a signed component to a running server, which verifies, loads and publishes it.
+    Install {
+        /// The plugin component (.wasm).
+        file: PathBuf,
+        /// Its signature [default: FILE.sig when it exists; none otherwise]
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Register a publisher's public key on a running server, so uploads it signed are taken.
+    Trust {
+        /// The public key file (SPKI PEM, PREFIX.pub from `drover plugin keygen`).
+        key: PathBuf,
+        /// The publisher name the plugins' manifests carry.
+        #[arg(long)]
+        publisher: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+/// Which server an admin command talks to.
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// The server's base URL.
+    #[arg(long, env = "DROVER_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// An admin token (role admin).
+    #[arg(long, env = "DROVER_ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
 }
 
 fn main() -> ExitCode {
@@ -43,7 +91,13 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
-            Command::Plugin { command: PluginCommand::Inspect { file, json } } => inspect(file, json).await,
+            Command::Plugin { command } => match command {
+                PluginCommand::Inspect { file, json } => inspect(file, json).await,
+                PluginCommand::Keygen { out } => keygen(out),
+                PluginCommand::Sign { file, key, out } => sign(file, key, out),
+                PluginCommand::Install { file, signature, server } => install(file, signature, server).await,
+                PluginCommand::Trust { key, publisher, server } => trust(key, publisher, server).await,
+            },
         }
     });
     match result {
@@ -152,5 +206,126 @@ async fn inspect(file: PathBuf, json: bool) -> anyhow::Result<()> {
     } else {
         println!("describe  {}", serde_json::to_string(&describe)?);
     }
+    Ok(())
+}
+
+fn read(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+}
+
+fn keygen(out: PathBuf) -> anyhow::Result<()> {
+    let (private, public) = signing::generate()?;
+    let key_path = out.with_extension("key");
+    let pub_path = out.with_extension("pub");
+    for p in [&key_path, &pub_path] {
+        if p.exists() {
+            anyhow::bail!("{} exists: not overwriting a key (choose another --out)", p.display());
+        }
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(&mut options.open(&key_path)?, private.as_bytes())?;
+    std::fs::write(&pub_path, &public)?;
+    let id = signing::key_id(&signing::parse_public_key(&public)?);
+    println!("private key  {} (keep it secret)", key_path.display());
+    println!("public key   {}", pub_path.display());
+    println!("key id       {id}");
+    println!("next: drover plugin trust {} --publisher <name in plugin.toml>", pub_path.display());
+    Ok(())
+}
+
+fn sign(file: PathBuf, key: PathBuf, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let component = read(&file)?;
+    // Refuse to sign what no server would take: the manifest must be readable.
+    let manifest = Manifest::from_component(&component)?;
+    let private =
+        String::from_utf8(read(&key)?).map_err(|_| anyhow::anyhow!("{} is not a PEM text file", key.display()))?;
+    let signature = signing::sign(&private, &component)?;
+    let out = out.unwrap_or_else(|| sig_path(&file));
+    std::fs::write(&out, signing::encode_signature(&signature) + "\n")?;
+    let id = signing::key_id(&signing::parse_public_key(&signing::public_of(&private)?)?);
+    println!("signed {}@{} (publisher {}) with key {id}", manifest.name, manifest.version, manifest.publisher);
+    println!("signature    {}", out.display());
+    Ok(())
+}
+
+fn sig_path(file: &std::path::Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".sig");
+    PathBuf::from(name)
+}
+
+fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder().timeout(std::time::Duration::from_secs(300)).build()?)
+}
+
+/// The server's answer as JSON, or an error carrying its error message.
+async fn answer(response: reqwest::Response) -> anyhow::Result<serde_json::Value> {
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        let message = body["error"]["message"].as_str().unwrap_or("no error message");
+        let code = body["error"]["code"].as_str().unwrap_or("");
+        anyhow::bail!("the server answered {status} {code}: {message}");
+    }
+    Ok(body)
+}
+
+async fn install(file: PathBuf, signature: Option<PathBuf>, server: ServerArgs) -> anyhow::Result<()> {
+    let component = read(&file)?;
+    let signature = match signature {
+        Some(p) => Some(read(&p)?),
+        None if sig_path(&file).exists() => Some(read(&sig_path(&file))?),
+        None => None,
+    };
+    let mut form = reqwest::multipart::Form::new()
+        .part("component", reqwest::multipart::Part::bytes(component).file_name("plugin.wasm"));
+    if let Some(s) = signature {
+        form = form.part("signature", reqwest::multipart::Part::bytes(s).file_name("plugin.wasm.sig"));
+    }
+    let url = format!("{}/api/v1/plugins", server.server.trim_end_matches('/'));
+    let response = client()?
+        .post(&url)
+        .bearer_auth(&server.token)
+        .multipart(form)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
+    let body = answer(response).await?;
+    let p = &body["plugin"];
+    if body["unchanged"].as_bool() == Some(true) {
+        println!(
+            "{}@{} is already serving: nothing changed",
+            p["name"].as_str().unwrap_or("?"),
+            p["version"].as_str().unwrap_or("?")
+        );
+    } else {
+        println!(
+            "{}@{} serving (signed by {}, {:.0} ms from upload to serving; previous version {})",
+            p["name"].as_str().unwrap_or("?"),
+            p["version"].as_str().unwrap_or("?"),
+            body["signed_by"].as_str().unwrap_or("nobody: unsigned"),
+            body["upload_to_serving_ms"].as_f64().unwrap_or(0.0),
+            p["previous_version"].as_str().unwrap_or("none"),
+        );
+    }
+    Ok(())
+}
+
+async fn trust(key: PathBuf, publisher: String, server: ServerArgs) -> anyhow::Result<()> {
+    let public_key =
+        String::from_utf8(read(&key)?).map_err(|_| anyhow::anyhow!("{} is not a PEM text file", key.display()))?;
+    let url = format!("{}/api/v1/publisher-keys", server.server.trim_end_matches('/'));
+    let response = client()?
+        .post(&url)
+        .bearer_auth(&server.token)
+        .json(&serde_json::json!({"publisher": publisher, "public_key": public_key}))
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
+    let body = answer(response).await?;
+    println!("trusted key {} for publisher {}", body["key_id"].as_str().unwrap_or("?"), publisher);
     Ok(())
 }

@@ -26,6 +26,8 @@ pub struct AppState {
     pub wakeup: crate::wakeup::WakeUp,
     /// What admins set for plugins: config values, granted hosts, redirects.
     pub settings: Arc<crate::wakeup::Settings>,
+    /// Uploads, rollback, grants and the breaker, kept in the database.
+    pub catalog: Arc<crate::plugins::catalog::Catalog>,
 }
 
 /// Everything a running server holds.
@@ -43,6 +45,9 @@ struct Mqtt {
     endpoint: Endpoint,
     jobs: tokio::sync::mpsc::UnboundedReceiver<Job>,
 }
+
+/// How often a replica looks for plugin changes made by others and at plugin faults.
+const CATALOG_TICK: Duration = Duration::from_secs(1);
 
 /// Most MQTT clients the embedded broker holds (the process may open 20,000 files here).
 const MAX_MQTT_CONNECTIONS: usize = 19_500;
@@ -66,7 +71,9 @@ impl Server {
         crate::auth::bootstrap_admin(&store, &config.data_dir, config.admin_token.clone()).await?;
         let runtime = Runtime::new(Limits::default(), Some(config.data_dir.join("cache").join("compiled")))?;
         let registry = Arc::new(Registry::new(Arc::new(runtime)));
-        registry.install_first_party().await?;
+        let catalog = crate::plugins::catalog::Catalog::open(store.clone(), registry.clone(), config.fault_policy)
+            .await
+            .context("cannot load the plugin catalog")?;
         let settings = Arc::new(crate::wakeup::Settings::default());
         for row in store.plugin_settings().await? {
             let s = crate::wakeup::PluginSettings::from_row(&row);
@@ -110,6 +117,7 @@ impl Server {
             push: Some(push),
             wakeup: crate::wakeup::WakeUp::default(),
             settings,
+            catalog,
         };
         let housekeeping = Housekeeping {
             retention: Duration::from_secs(u64::from(config.retention_days) * 86_400),
@@ -131,6 +139,7 @@ impl Server {
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         tracing::info!(addr = %self.listener.local_addr()?, database = self.state.store.backend(), "HTTP listening");
         let sweeper = tokio::spawn(housekeeping(self.state.store.clone(), self.housekeeping));
+        let catalog = self.state.catalog.spawn_watch(CATALOG_TICK);
         let Mqtt { embedded, endpoint, jobs } = self.mqtt;
         let broker = embedded.map(|(broker, listener, gate)| {
             if let Ok(addr) = listener.local_addr() {
@@ -142,6 +151,7 @@ impl Server {
         let wakeups = tokio::spawn(crate::wakeup::run(self.state.clone(), self.state.wakeup.clone()));
         let result = axum::serve(self.listener, router(self.state)).with_graceful_shutdown(shutdown).await;
         sweeper.abort();
+        catalog.abort();
         delivery.abort();
         wakeups.abort();
         if let Some(b) = broker {

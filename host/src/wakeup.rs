@@ -263,8 +263,8 @@ async fn attempt(state: &AppState, http: &reqwest::Client, device: &DeviceRow) -
         Some(true) => {}
     }
     let Some(token) = parse_token(device) else { return Attempt::Moot("it has no push token") };
-    let Some(transport) = state.registry.get(&token.transport).filter(|p| p.kind() == Kind::Transport) else {
-        return retry(format!("no transport plugin `{}` is loaded", token.transport));
+    let Some(transport) = state.registry.serving(&token.transport).filter(|p| p.kind() == Kind::Transport) else {
+        return retry(format!("no transport plugin `{}` is serving (not loaded, or suspended)", token.transport));
     };
     let message = WakeMessage {
         device_type: device.device_type.clone(),

@@ -30,6 +30,28 @@ pub fn cache_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/test-cache/compiled"))
 }
 
+/// `component` as another version of itself: the manifest's `version = "…"` rewritten
+/// in place. The new version must have the same length, so every section length still
+/// holds; the result is a valid component with another sha256, as a rebuild would be.
+pub fn with_version(component: &[u8], version: &str) -> Vec<u8> {
+    let manifest = drover::plugins::Manifest::from_component(component).expect("a plugin component");
+    let old = format!("version = \"{}\"", manifest.version);
+    let new = format!("version = \"{version}\"");
+    assert_eq!(old.len(), new.len(), "with_version: {version} must be as long as {}", manifest.version);
+    // Every copy: the manifest section, and the text the SDK's static leaves in data.
+    let mut out = component.to_vec();
+    let mut found = false;
+    let mut at = 0;
+    while let Some(i) = out[at..].windows(old.len()).position(|w| w == old.as_bytes()) {
+        out[at + i..at + i + new.len()].copy_from_slice(new.as_bytes());
+        at += i + new.len();
+        found = true;
+    }
+    assert!(found, "the manifest's version line");
+    assert_eq!(drover::plugins::Manifest::from_component(&out).unwrap().version, version);
+    out
+}
+
 /// One runtime with default limits for all tests of a binary.
 pub fn runtime() -> Arc<Runtime> {
     static RUNTIME: OnceLock<Arc<Runtime>> = OnceLock::new();
@@ -130,6 +152,7 @@ impl TestServer {
             open_enrollment: true,
             retention_days: 30,
             unreachable_after_hours: 24,
+            fault_policy: Default::default(),
             admin_token: Some(ADMIN_TOKEN.into()),
         };
         adjust(&mut config);

@@ -6,17 +6,21 @@
 //! * `runtime`: engine, limits, per-call isolation, loading;
 //! * `cache`: compiled artifacts on disk;
 //! * `registry`: the loaded plugins, published atomically;
+//! * `catalog`: uploads, rollback, grants and the breaker, kept in the database;
+//! * `signing`: Ed25519 signatures of components;
 //! * `device_type`, `transport`: typed calls the rest of the host makes;
 //! * `host_imports`: the host side of `log`, `config`, `kv`.
 
 pub mod bindings;
 pub mod cache;
 pub mod capability;
+pub mod catalog;
 pub mod device_type;
 mod host_imports;
 pub mod manifest;
 pub mod registry;
 pub mod runtime;
+pub mod signing;
 pub mod transport;
 
 pub use bindings::types;

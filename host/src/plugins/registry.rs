@@ -11,10 +11,17 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::UNIX_EPOCH;
 
+/// The versions of one plugin name that are loaded, side by side.
 struct Slot {
-    current: Arc<LoadedPlugin>,
-    previous: Option<Arc<LoadedPlugin>>,
+    /// Oldest first; the last serves. Rollback pops back to the one before.
+    versions: Vec<Arc<LoadedPlugin>>,
+    /// Why it was suspended (by the breaker or an admin): calls are refused, devices'
+    /// operations stay queued.
+    suspended: Option<String>,
 }
+
+/// How many versions of a name stay loaded for instant rollback.
+pub const MAX_VERSIONS: usize = 5;
 
 pub struct Registry {
     runtime: Arc<Runtime>,
@@ -31,14 +38,19 @@ pub struct PluginSummary {
     pub description: String,
     pub sha256: String,
     pub size: usize,
+    /// `active`, or `suspended` (see `suspended_reason`).
     pub state: &'static str,
+    pub suspended_reason: Option<String>,
     pub loaded_at_unix_ms: u64,
     pub capabilities_requested: Vec<Capability>,
     pub capabilities_granted: Vec<Capability>,
     pub imports: Vec<String>,
     pub load: super::runtime::LoadFigures,
     pub stats: StatsSnapshot,
+    /// The version a rollback returns to.
     pub previous_version: Option<String>,
+    /// Every loaded version, oldest first (the last serves).
+    pub loaded_versions: Vec<String>,
 }
 
 impl Registry {
@@ -53,31 +65,66 @@ impl Registry {
     /// Load `bytes` and, if it loads, publish it as the current version of its name.
     pub async fn install(&self, bytes: &[u8], options: LoadOptions) -> Result<Arc<LoadedPlugin>, LoadError> {
         let plugin = Arc::new(self.runtime.load(bytes, options).await?);
+        log_loaded(&plugin);
         self.publish(plugin.clone());
-        tracing::info!(
-            plugin = %plugin.manifest.name, version = %plugin.manifest.version, kind = %plugin.manifest.kind,
-            sha256 = %plugin.sha256, cache = ?plugin.load.cache, load_ms = plugin.load.total_micros as f64 / 1e3,
-            "plugin loaded"
-        );
         Ok(plugin)
     }
 
-    /// Make `plugin` the current version of its name.
+    /// Make `plugin` the current version of its name, keeping the one before for rollback.
     pub fn publish(&self, plugin: Arc<LoadedPlugin>) {
         let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
-        let name = plugin.manifest.name.clone();
-        let previous = slots.remove(&name).map(|s| s.current);
-        slots.insert(name, Slot { current: plugin, previous });
+        let slot =
+            slots.entry(plugin.manifest.name.clone()).or_insert_with(|| Slot { versions: Vec::new(), suspended: None });
+        if slot.versions.last().is_some_and(|c| c.sha256 == plugin.sha256 && c.granted == plugin.granted) {
+            return;
+        }
+        slot.versions.push(plugin);
+        if slot.versions.len() > MAX_VERSIONS {
+            slot.versions.remove(0);
+        }
+        slot.suspended = None;
     }
 
-    /// The current version of plugin `name`.
+    /// Replace everything loaded for `name` (oldest first) and its suspension: how the
+    /// catalog makes this replica match the event log.
+    pub fn set(&self, name: &str, versions: Vec<Arc<LoadedPlugin>>, suspended: Option<String>) {
+        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        if versions.is_empty() {
+            slots.remove(name);
+        } else {
+            slots.insert(name.to_string(), Slot { versions, suspended });
+        }
+    }
+
+    /// Every loaded version of `name`, oldest first, and its suspension.
+    pub fn versions(&self, name: &str) -> (Vec<Arc<LoadedPlugin>>, Option<String>) {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        slots.get(name).map_or((Vec::new(), None), |s| (s.versions.clone(), s.suspended.clone()))
+    }
+
+    /// The current version of plugin `name`, suspended or not (for admins).
     pub fn get(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
-        self.slots.read().unwrap_or_else(|p| p.into_inner()).get(name).map(|s| s.current.clone())
+        self.slots.read().unwrap_or_else(|p| p.into_inner()).get(name).and_then(|s| s.versions.last().cloned())
     }
 
-    /// The current device-type plugin for device type `name`.
+    /// The current version of plugin `name` if it may be called (not suspended).
+    pub fn serving(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        slots.get(name).filter(|s| s.suspended.is_none()).and_then(|s| s.versions.last().cloned())
+    }
+
+    /// Why plugin `name` is suspended, if it is.
+    pub fn suspension(&self, name: &str) -> Option<String> {
+        self.slots.read().unwrap_or_else(|p| p.into_inner()).get(name).and_then(|s| s.suspended.clone())
+    }
+
+    /// The serving device-type plugin for device type `name`.
     pub fn device_type(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
-        self.get(name).filter(|p| p.kind() == Kind::DeviceType)
+        self.serving(name).filter(|p| p.kind() == Kind::DeviceType)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.slots.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
     }
 
     /// Install the first-party plugins embedded in the binary, granting what each asks
@@ -86,24 +133,19 @@ impl Registry {
         for (name, bytes) in super::first_party::PLUGINS {
             let manifest = super::manifest::Manifest::from_component(bytes)
                 .map_err(|e| LoadError { label: name.to_string(), reason: e.into() })?;
-            let grants: Grants = manifest
-                .capabilities
-                .iter()
-                .copied()
-                .filter(|c| !matches!(c, Capability::Filesystem | Capability::Network))
-                .collect();
-            self.install(bytes, LoadOptions { grants, ..Default::default() }).await?;
+            self.install(bytes, LoadOptions { grants: first_party_grants(&manifest), ..Default::default() }).await?;
         }
         Ok(())
     }
 
+    /// Every plugin name's current version.
     pub fn list(&self) -> Vec<PluginSummary> {
         let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
         slots
             .values()
-            .map(|s| {
-                let p = &s.current;
-                PluginSummary {
+            .filter_map(|s| {
+                let p = s.versions.last()?;
+                Some(PluginSummary {
                     name: p.manifest.name.clone(),
                     version: p.manifest.version.clone(),
                     kind: p.manifest.kind,
@@ -111,16 +153,37 @@ impl Registry {
                     description: p.manifest.description.clone(),
                     sha256: p.sha256.clone(),
                     size: p.size,
-                    state: "active",
+                    state: if s.suspended.is_some() { "suspended" } else { "active" },
+                    suspended_reason: s.suspended.clone(),
                     loaded_at_unix_ms: p.loaded_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
                     capabilities_requested: p.manifest.capabilities.clone(),
                     capabilities_granted: p.granted.iter().copied().collect(),
                     imports: p.imports.clone(),
                     load: p.load.clone(),
                     stats: p.stats(),
-                    previous_version: s.previous.as_ref().map(|p| p.manifest.version.clone()),
-                }
+                    previous_version: s.versions.iter().rev().nth(1).map(|p| p.manifest.version.clone()),
+                    loaded_versions: s.versions.iter().map(|p| p.manifest.version.clone()).collect(),
+                })
             })
             .collect()
     }
+}
+
+/// What a first-party plugin is granted unless an admin says otherwise: what it asks
+/// for, except filesystem and network access, which no first-party plugin needs.
+pub fn first_party_grants(manifest: &super::manifest::Manifest) -> Grants {
+    manifest
+        .capabilities
+        .iter()
+        .copied()
+        .filter(|c| !matches!(c, Capability::Filesystem | Capability::Network))
+        .collect()
+}
+
+pub(crate) fn log_loaded(plugin: &LoadedPlugin) {
+    tracing::info!(
+        plugin = %plugin.manifest.name, version = %plugin.manifest.version, kind = %plugin.manifest.kind,
+        sha256 = %plugin.sha256, cache = ?plugin.load.cache, load_ms = plugin.load.total_micros as f64 / 1e3,
+        "plugin loaded"
+    );
 }

@@ -6,6 +6,7 @@
 //! database). The dialects differ only in the migrations (`host/migrations/{sqlite,
 //! postgres}`). See docs/operations.md.
 
+mod catalog;
 mod commit;
 mod devices;
 mod operations;
@@ -13,6 +14,7 @@ mod telemetry;
 mod tokens;
 mod wakeups;
 
+pub use catalog::{ComponentRow, NewPluginEvent, PluginEventRow, PublisherKeyRow};
 pub use devices::{DeviceQuery, DeviceRow, GroupRow, NewDevice};
 pub use operations::{
     ActivityRow, MAX_EXPLICIT_DEVICES, NewActivity, OperationRow, QueuedOperation, ResultOutcome, TargetSet,

@@ -21,6 +21,8 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+mod plugins;
+
 /// An error for an API caller: HTTP status, a stable code, a message saying what was wrong.
 #[derive(Debug)]
 pub struct ApiError {
@@ -143,12 +145,22 @@ pub fn router() -> Router<AppState> {
         .routes(routes!(list_activities))
         .routes(routes!(get_activity))
         .routes(routes!(cancel_activity))
-        .routes(routes!(list_plugins))
+        .routes(routes!(plugins::list_plugins, plugins::upload_plugin))
+        .routes(routes!(plugins::get_plugin))
+        .routes(routes!(plugins::rollback_plugin))
+        .routes(routes!(plugins::suspend_plugin))
+        .routes(routes!(plugins::enable_plugin))
+        .routes(routes!(plugins::get_grants, plugins::put_grants))
+        .routes(routes!(plugins::list_keys, plugins::add_key))
+        .routes(routes!(plugins::remove_key))
+        .routes(routes!(plugins::get_settings, plugins::put_settings))
         .routes(routes!(get_plugin_settings, put_plugin_settings))
         .routes(routes!(create_admin_token))
         .routes(routes!(create_enrollment_token))
         .split_for_parts();
     let document = Bytes::from(api.to_pretty_json().unwrap_or_default());
+    // Uploads are the large bodies; every handler authenticates before reading its body.
+    let router = router.layer(axum::extract::DefaultBodyLimit::max(plugins::MAX_UPLOAD));
     router.route(
         "/api/v1/openapi.json",
         get(move || {
@@ -172,7 +184,8 @@ pub fn router() -> Router<AppState> {
         (name = "devices", description = "Enrolled and pre-registered devices, their tags and credentials"),
         (name = "groups", description = "Static groups (member lists) and dynamic groups (saved queries)"),
         (name = "operations", description = "Operations and activities: add, follow, cancel"),
-        (name = "admin", description = "Plugins and tokens"),
+        (name = "plugins", description = "Plugin uploads, versions, rollback, suspension, grants and publisher keys"),
+        (name = "admin", description = "Plugin settings, tokens, server settings"),
     )
 )]
 struct ApiDoc;
@@ -965,20 +978,6 @@ async fn cancel_activity(
     state.store.activity(id).await?.ok_or_else(|| ApiError::not_found(format!("activity {id} not found")))?;
     let cancelled = state.store.cancel(None, Some(id), None, &admin.actor()).await?;
     Ok(Json(Cancelled { cancelled }))
-}
-
-#[derive(Serialize, ToSchema)]
-struct PluginList {
-    /// Name, version, kind, publisher, sha256, capabilities requested and granted.
-    #[schema(value_type = Vec<Object>)]
-    items: Vec<crate::plugins::PluginSummary>,
-}
-
-/// The loaded plugins.
-#[utoipa::path(get, path = "/api/v1/plugins", tag = "admin", responses((status = 200, body = PluginList), Errors))]
-async fn list_plugins(State(state): State<AppState>, admin: Admin) -> Result<Json<PluginList>, ApiError> {
-    admin.require(Role::Viewer)?;
-    Ok(Json(PluginList { items: state.registry.list() }))
 }
 
 /// Config keys whose values the API never shows back.

@@ -1,0 +1,540 @@
+//! The plugin platform end to end, over HTTP on a real server: signed, unsigned and
+//! tampered uploads; versions side by side, manual and automatic rollback; grants; the
+//! breaker; persistence across restart; a hot swap under concurrent device traffic with
+//! zero failed requests. Components are the real first-party Android plugin and the
+//! testbed plugin, re-versioned in place (`with_version`) as a rebuild would be.
+
+use drover::plugins::catalog::FaultPolicy;
+use drover::plugins::signing;
+use drover_tests::{TestServer, component, components, e2e, e2e_with, unique, with_version};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/../plugins/android/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// A publisher key pair, registered on the server for `publisher`.
+struct Publisher {
+    private: String,
+    key_id: String,
+}
+
+async fn publisher(server: &TestServer, name: &str) -> Publisher {
+    let (private, public) = signing::generate().unwrap();
+    let r = server
+        .admin(Method::POST, "/api/v1/publisher-keys")
+        .json(&json!({"publisher": name, "public_key": public}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let key_id = r.json::<Value>().await.unwrap()["key_id"].as_str().unwrap().to_string();
+    Publisher { private, key_id }
+}
+
+impl Publisher {
+    fn sign(&self, component: &[u8]) -> Vec<u8> {
+        signing::encode_signature(&signing::sign(&self.private, component).unwrap()).into_bytes()
+    }
+}
+
+async fn upload(server: &TestServer, component: &[u8], signature: Option<Vec<u8>>) -> (StatusCode, Value) {
+    let mut form = reqwest::multipart::Form::new()
+        .part("component", reqwest::multipart::Part::bytes(component.to_vec()).file_name("plugin.wasm"));
+    if let Some(s) = signature {
+        form = form.part("signature", reqwest::multipart::Part::bytes(s));
+    }
+    let r = server.admin(Method::POST, "/api/v1/plugins").multipart(form).send().await.unwrap();
+    (r.status(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn post(server: &TestServer, path: &str) -> (StatusCode, Value) {
+    let r = server.admin(Method::POST, path).send().await.unwrap();
+    (r.status(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(server: &TestServer, path: &str) -> Value {
+    let r = server.admin(Method::GET, path).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "GET {path}");
+    r.json().await.unwrap()
+}
+
+fn android() -> Vec<u8> {
+    drover_tests::android().to_vec()
+}
+
+/// Enroll an Android device; returns (id, credential).
+async fn enroll(server: &TestServer) -> (String, String) {
+    let id = unique("dev");
+    let body = fixture("enroll.json").replace("354956090214718", &id);
+    let r = server.http.post(server.url("/agent/v1/android/enroll")).body(body).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    (id, r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string())
+}
+
+async fn poll(server: &TestServer, id: &str, token: &str) -> reqwest::Response {
+    server
+        .http
+        .put(server.url(&format!("/agent/v1/android/devices/{id}/pending-operations")))
+        .bearer_auth(token)
+        .body("[]")
+        .send()
+        .await
+        .unwrap()
+}
+
+fn error_code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+fn error_message(v: &Value) -> String {
+    v["error"]["message"].as_str().unwrap_or("").to_string()
+}
+
+async fn signatures(server: &TestServer) {
+    let v011 = with_version(&android(), "0.1.1");
+
+    // Unsigned, while unsigned uploads are not allowed.
+    let (status, v) = upload(server, &v011, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(error_code(&v), "unsigned_plugin");
+    assert!(error_message(&v).contains("publisher `drover`"), "{v}");
+
+    // Signed, but no key is registered for its publisher.
+    let stranger = publisher(server, "acme").await;
+    let (status, v) = upload(server, &v011, Some(stranger.sign(&v011))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&v), "bad_signature");
+    assert!(error_message(&v).contains("no key is registered for its publisher `drover`"), "{v}");
+
+    // Signed by the publisher's registered key: serving, the first-party version kept.
+    let drover = publisher(server, "drover").await;
+    let (status, v) = upload(server, &v011, Some(drover.sign(&v011))).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(v["plugin"]["version"], "0.1.1");
+    assert_eq!(v["plugin"]["previous_version"], "0.1.0");
+    assert_eq!(v["signed_by"], drover.key_id.as_str());
+    assert!(v["upload_to_serving_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        get(server, "/healthz").await["plugins"].as_array().unwrap().iter().filter(|p| *p == "android@0.1.1").count(),
+        1
+    );
+
+    // The same upload again changes nothing.
+    let (status, v) = upload(server, &v011, Some(drover.sign(&v011))).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["unchanged"], true);
+
+    // Tampered: changed after signing (here its version; any byte would do).
+    let v012 = with_version(&android(), "0.1.2");
+    let signature = drover.sign(&v012);
+    let tampered = with_version(&v012, "0.1.3");
+    let (status, v) = upload(server, &tampered, Some(signature.clone())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&v), "bad_signature");
+    assert!(error_message(&v).contains("does not match"), "{v}");
+    // A signature that is not one at all.
+    let (status, v) = upload(server, &v012, Some(b"not a signature".to_vec())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_message(&v).contains("64 bytes"), "{v}");
+    // Signed by the other publisher's key: not valid for publisher drover.
+    let (status, v) = upload(server, &v012, Some(stranger.sign(&v012))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&v), "bad_signature");
+    assert_eq!(
+        get(server, "/api/v1/plugins/android").await["plugin"]["version"],
+        "0.1.1",
+        "nothing refused was published"
+    );
+
+    // Not a component at all.
+    let (status, v) = upload(server, b"\0asm garbage", Some(drover.sign(b"\0asm garbage"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&v), "invalid_plugin");
+
+    // Versions are immutable: 0.1.1 with other content is refused.
+    let other = {
+        // Same version text, other bytes: the testbed would have another name, so take
+        // android 0.1.1 and change a byte of its description instead.
+        let mut b = v011.clone();
+        let at = b.windows(7).position(|w| w == b"Android").expect("description mentions Android");
+        b[at] = b'a';
+        b
+    };
+    let (status, v) = upload(server, &other, Some(drover.sign(&other))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert!(error_message(&v).contains("immutable"), "{v}");
+
+    // An admin allows unsigned uploads: taken, recorded as unsigned.
+    let r = server
+        .admin(Method::PUT, "/api/v1/settings")
+        .json(&json!({"allow_unsigned_plugins": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (status, v) = upload(server, &v012, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(v["signed_by"], Value::Null);
+    // A bad signature is still refused: it is evidence of tampering.
+    let v013 = with_version(&android(), "0.1.3");
+    let (status, _) = upload(server, &v013, Some(drover.sign(&v012))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Devices are served by what was published.
+    let (id, token) = enroll(server).await;
+    assert_eq!(poll(server, &id, &token).await.status(), StatusCode::OK);
+    let detail = get(server, "/api/v1/plugins/android").await;
+    let uploaded: Vec<_> = detail["components"].as_array().unwrap().iter().map(|c| c["version"].clone()).collect();
+    assert_eq!(uploaded, [json!("0.1.2"), json!("0.1.1")]);
+
+    // A viewer cannot upload.
+    let viewer = server
+        .admin(Method::POST, "/api/v1/admin-tokens")
+        .json(&json!({"name": "v", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let form = reqwest::multipart::Form::new().part("component", reqwest::multipart::Part::bytes(v013.clone()));
+    let r = server.http.post(server.url("/api/v1/plugins")).bearer_auth(viewer).multipart(form).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+e2e!(signed_unsigned_and_tampered_uploads, super::signatures);
+
+/// A signature made by openssl (a third-party implementation) with a key openssl made.
+async fn openssl_signature(server: &TestServer) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.pem");
+    let file = dir.path().join("p.wasm");
+    let sig = dir.path().join("p.sig");
+    let v = with_version(&android(), "0.1.4");
+    std::fs::write(&file, &v).unwrap();
+    let ok = |c: &mut std::process::Command| assert!(c.status().expect("openssl runs").success());
+    ok(std::process::Command::new("openssl").args(["genpkey", "-algorithm", "ed25519", "-out"]).arg(&key));
+    let public = std::process::Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(&key).output().unwrap();
+    ok(std::process::Command::new("openssl")
+        .args(["pkeyutl", "-sign", "-rawin", "-inkey"])
+        .arg(&key)
+        .arg("-in")
+        .arg(&file)
+        .arg("-out")
+        .arg(&sig));
+    let r = server
+        .admin(Method::POST, "/api/v1/publisher-keys")
+        .json(&json!({"publisher": "drover", "public_key": String::from_utf8(public.stdout).unwrap()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (status, body) = upload(server, &v, Some(std::fs::read(&sig).unwrap())).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+e2e!(openssl_signed_upload, super::openssl_signature);
+
+async fn rollback_and_restart(server: TestServer) {
+    let drover = publisher(&server, "drover").await;
+    for v in ["0.1.1", "0.1.2"] {
+        let c = with_version(&android(), v);
+        let (status, body) = upload(&server, &c, Some(drover.sign(&c))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let p = get(&server, "/api/v1/plugins/android").await["plugin"].clone();
+    assert_eq!(p["loaded_versions"], json!(["0.1.0", "0.1.1", "0.1.2"]));
+
+    let (status, v) = post(&server, "/api/v1/plugins/android/rollback").await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["version"], "0.1.1");
+    assert_eq!(v["previous_version"], "0.1.0");
+    let (id, token) = enroll(&server).await;
+    assert_eq!(poll(&server, &id, &token).await.status(), StatusCode::OK);
+
+    // What an admin did survives a restart: 0.1.1 serves, 0.1.0 behind it.
+    let server = server.restart().await;
+    let p = get(&server, "/api/v1/plugins/android").await;
+    assert_eq!(p["plugin"]["version"], "0.1.1");
+    assert_eq!(p["plugin"]["loaded_versions"], json!(["0.1.0", "0.1.1"]));
+    let kinds: Vec<_> =
+        p["history"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap().to_string()).collect();
+    assert_eq!(kinds, ["rollback", "install", "install", "install"]);
+    assert_eq!(p["history"][3]["actor"], "first-party");
+    assert_eq!(poll(&server, &id, &token).await.status(), StatusCode::OK);
+
+    let (status, v) = post(&server, "/api/v1/plugins/android/rollback").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["version"], "0.1.0");
+    let (status, v) = post(&server, "/api/v1/plugins/android/rollback").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(error_message(&v).contains("no earlier version"), "{v}");
+    let (status, _) = post(&server, "/api/v1/plugins/nosuch/rollback").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    server.stop().await;
+}
+
+mod rollback_survives_restart {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        let server = drover_tests::TestServer::start(drover_tests::Backend::Sqlite).await;
+        super::rollback_and_restart(server).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let Some(backend) = drover_tests::Backend::postgres() else { return };
+        let server = drover_tests::TestServer::start(backend).await;
+        super::rollback_and_restart(server).await;
+    }
+}
+
+async fn grants(server: &TestServer) {
+    let testbed = component(components::TESTBED);
+    let tests = publisher(server, "drover-tests").await;
+    // Nothing granted yet: refused, naming the import and the capability.
+    let (status, v) = upload(server, &testbed, Some(tests.sign(&testbed))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(error_code(&v), "plugin_refused");
+    assert!(error_message(&v).contains("capability `"), "{v}");
+    assert!(server.state.registry.get("testbed").is_none());
+
+    // Grants may be given before the plugin exists.
+    let r = server
+        .admin(Method::PUT, "/api/v1/plugins/testbed/grants")
+        .json(&json!({"capabilities": ["log", "kv"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (status, v) = upload(server, &testbed, Some(tests.sign(&testbed))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "config is still not granted: {v}");
+    assert!(error_message(&v).contains("`config`"), "{v}");
+
+    let r = server
+        .admin(Method::PUT, "/api/v1/plugins/testbed/grants")
+        .json(&json!({"capabilities": ["log", "kv", "config"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (status, v) = upload(server, &testbed, Some(tests.sign(&testbed))).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(v["plugin"]["capabilities_granted"], json!(["log", "config", "kv"]));
+
+    // Taking back what it imports is refused, and changes nothing.
+    let r = server
+        .admin(Method::PUT, "/api/v1/plugins/testbed/grants")
+        .json(&json!({"capabilities": ["log"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let g = get(server, "/api/v1/plugins/testbed/grants").await;
+    assert_eq!(g["capabilities"], json!(["log", "config", "kv"]));
+    // Granting more (clock) reloads it with the new set.
+    let r = server
+        .admin(Method::PUT, "/api/v1/plugins/testbed/grants")
+        .json(&json!({"capabilities": ["log", "kv", "config", "clock"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        get(server, "/api/v1/plugins/testbed").await["plugin"]["capabilities_granted"],
+        json!(["log", "config", "kv", "clock"])
+    );
+    let r = server
+        .admin(Method::PUT, "/api/v1/plugins/testbed/grants")
+        .json(&json!({"capabilities": ["sockets"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("unknown capability `sockets`"));
+}
+e2e!(grants_decide_what_links, super::grants);
+
+/// Ten versions published while devices poll as fast as they can: not one request fails.
+async fn hot_swap(server: &TestServer) {
+    let drover = publisher(server, "drover").await;
+    let mut devices = Vec::new();
+    for _ in 0..8 {
+        devices.push(enroll(server).await);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut pollers = Vec::new();
+    for (id, token) in devices {
+        let (http, url) =
+            (server.http.clone(), server.url(&format!("/agent/v1/android/devices/{id}/pending-operations")));
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        pollers.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let r = http.put(&url).bearer_auth(&token).body("[]").send().await;
+                match r {
+                    Ok(r) if r.status() == StatusCode::OK => ok.fetch_add(1, Ordering::Relaxed),
+                    Ok(r) => {
+                        eprintln!("failed poll: {} {}", r.status(), r.text().await.unwrap_or_default());
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                    Err(e) => {
+                        eprintln!("failed poll: {e}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    let versions = ["0.1.1", "0.1.2", "0.1.3", "0.1.4", "0.1.5", "0.1.6", "0.1.7", "0.1.8", "0.1.9", "0.2.0"];
+    for v in versions {
+        let before = ok.load(Ordering::Relaxed);
+        let c = with_version(&android(), v);
+        let (status, body) = upload(server, &c, Some(drover.sign(&c))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        // Let some polls land on each version.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ok.load(Ordering::Relaxed) < before + 20 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let (status, _) = post(server, "/api/v1/plugins/android/rollback").await;
+    assert_eq!(status, StatusCode::OK);
+    stop.store(true, Ordering::Relaxed);
+    for p in pollers {
+        p.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed during swaps");
+    assert!(ok.load(Ordering::Relaxed) >= 200, "polls ran during the swaps: {}", ok.load(Ordering::Relaxed));
+    let p = get(server, "/api/v1/plugins/android").await["plugin"].clone();
+    assert_eq!(p["version"], "0.1.9");
+    // Five versions stay loaded side by side: 0.1.5 … 0.1.9 after the rollback.
+    assert_eq!(p["loaded_versions"], json!(["0.1.5", "0.1.6", "0.1.7", "0.1.8", "0.1.9"]), "{p}");
+}
+e2e!(hot_swap_under_load_fails_nothing, super::hot_swap);
+
+fn quick_breaker(c: &mut drover::config::Config) {
+    c.fault_policy =
+        FaultPolicy { window: Duration::from_secs(30), rate: 0.5, min_faults: 3, probation: Duration::from_secs(600) };
+}
+
+async fn testbed_device(server: &TestServer) -> (String, String) {
+    let id = unique("tb");
+    let r = server.http.post(server.url("/agent/v1/testbed/enroll")).body(id.clone()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    (id.clone(), r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string())
+}
+
+async fn testbed_call(server: &TestServer, id: &str, token: &str, body: &str) -> StatusCode {
+    server
+        .http
+        .put(server.url(&format!("/agent/v1/testbed/devices/{id}/pending-operations")))
+        .bearer_auth(token)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Wait (bounded) until plugin `name` reports `field == want`.
+async fn wait_plugin(server: &TestServer, name: &str, field: &str, want: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = get(server, &format!("/api/v1/plugins/{name}")).await;
+        if p["plugin"][field] == want {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "{name}.{field} never became {want}: {p}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn breaker(server: &TestServer) {
+    let tests = publisher(server, "drover-tests").await;
+    let r = server
+        .admin(Method::PUT, "/api/v1/plugins/testbed/grants")
+        .json(&json!({"capabilities": ["log", "kv", "config"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v1 = component(components::TESTBED);
+    let v2 = with_version(&v1, "0.2.0");
+    for c in [&v1, &v2] {
+        let (status, body) = upload(server, c, Some(tests.sign(c))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (id, token) = testbed_device(server).await;
+    // An operation queued for the device: it must survive everything below.
+    let r = server
+        .admin(Method::POST, "/api/v1/operations")
+        .json(&json!({"code": "ECHO", "targets": {"devices": [{"type": "testbed", "id": id}]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let activity = r.json::<Value>().await.unwrap()["activity"]["id"].as_i64().unwrap();
+
+    // The new version faults (the device's messages make it trap): rolled back to 0.1.0.
+    for _ in 0..4 {
+        assert_eq!(testbed_call(server, &id, &token, "trap").await, StatusCode::BAD_GATEWAY);
+    }
+    let p = wait_plugin(server, "testbed", "version", "0.1.0").await;
+    assert_eq!(p["history"][0]["kind"], "auto-rollback", "{p}");
+    assert_eq!(p["history"][0]["actor"], "breaker");
+    assert!(p["history"][0]["reason"].as_str().unwrap().contains("faults in"), "{p}");
+
+    // 0.1.0 faults too, with nothing before it: suspended.
+    for _ in 0..4 {
+        testbed_call(server, &id, &token, "trap").await;
+    }
+    let p = wait_plugin(server, "testbed", "state", "suspended").await;
+    assert!(p["plugin"]["suspended_reason"].as_str().unwrap().contains("faults in"), "{p}");
+    assert_eq!(testbed_call(server, &id, &token, "hello").await, StatusCode::SERVICE_UNAVAILABLE);
+
+    // Nothing was lost: the operation is still queued.
+    let ops = get(server, &format!("/api/v1/operations?activity={activity}")).await;
+    assert_eq!(ops["items"][0]["state"], "PENDING", "{ops}");
+
+    // An admin re-enables it: served again.
+    let (status, v) = post(server, "/api/v1/plugins/testbed/enable").await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], "active");
+    assert_eq!(testbed_call(server, &id, &token, "hello").await, StatusCode::OK);
+
+    // Suspended by an admin by hand, and enabled again.
+    let (status, v) = post(server, "/api/v1/plugins/testbed/suspend").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["state"], "suspended");
+    assert_eq!(testbed_call(server, &id, &token, "hello").await, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _) = post(server, "/api/v1/plugins/testbed/enable").await;
+    assert_eq!(status, StatusCode::OK);
+}
+e2e_with!(breaker_rolls_back_then_suspends, super::quick_breaker, super::breaker);
+
+async fn keys_api(server: &TestServer) {
+    let p = publisher(server, "acme").await;
+    let keys = get(server, "/api/v1/publisher-keys").await;
+    assert_eq!(keys["items"][0]["key_id"], p.key_id.as_str());
+    let r = server
+        .admin(Method::POST, "/api/v1/publisher-keys")
+        .json(&json!({"publisher": "acme", "public_key": "not a key"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("public_key"));
+    let r = server.admin(Method::DELETE, &format!("/api/v1/publisher-keys/{}", p.key_id)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = server.admin(Method::DELETE, &format!("/api/v1/publisher-keys/{}", p.key_id)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+e2e!(publisher_keys, super::keys_api);
