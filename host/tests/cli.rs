@@ -164,3 +164,77 @@ fn plugin_inspect_prints_manifest_and_describe() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid WebAssembly"));
 }
+
+/// `bytes` with every `from` replaced by `to` (same length, so the component stays valid).
+fn replace_all(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let mut out = bytes.to_vec();
+    let mut at = 0;
+    while let Some(i) = out[at..].windows(from.len()).position(|w| w == from.as_bytes()) {
+        out[at + i..at + i + to.len()].copy_from_slice(to.as_bytes());
+        at += i + to.len();
+    }
+    assert_ne!(out, bytes, "`{from}` not found");
+    out
+}
+
+#[test]
+fn keygen_trust_sign_install_publishes_a_plugin() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = serve(data.path(), port);
+    let token = std::fs::read_to_string(data.path().join("admin-token")).unwrap().trim().to_string();
+    let server = format!("http://127.0.0.1:{port}");
+    let run = |args: &[&str]| {
+        let out = drover().args(args).env("DROVER_SERVER", &server).env("DROVER_ADMIN_TOKEN", &token).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let prefix = work.path().join("acme");
+    let p = |s: &std::path::Path| s.to_str().unwrap().to_string();
+
+    let (ok, out, err) = run(&["plugin", "keygen", "--out", &p(&prefix)]);
+    assert!(ok, "{err}");
+    assert!(out.contains("key id"), "{out}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(prefix.with_extension("key")).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    // Never overwrites a key.
+    let (ok, _, err) = run(&["plugin", "keygen", "--out", &p(&prefix)]);
+    assert!(!ok && err.contains("not overwriting"), "{err}");
+
+    let (ok, out, err) = run(&["plugin", "trust", &p(&prefix.with_extension("pub")), "--publisher", "drover"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("trusted key"), "{out}");
+
+    let (_, android) = drover::plugins::first_party::PLUGINS.iter().find(|(n, _)| *n == "android").unwrap();
+    let file = work.path().join("android.wasm");
+    std::fs::write(&file, replace_all(android, "version = \"0.1.0\"", "version = \"0.1.7\"")).unwrap();
+
+    // Unsigned: refused by the server, with its reason.
+    let (ok, _, err) = run(&["plugin", "install", &p(&file)]);
+    assert!(!ok && err.contains("unsigned_plugin"), "{err}");
+
+    let (ok, out, err) = run(&["plugin", "sign", &p(&file), "--key", &p(&prefix.with_extension("key"))]);
+    assert!(ok, "{err}");
+    assert!(out.contains("signed android@0.1.7"), "{out}");
+    let (ok, out, err) = run(&["plugin", "install", &p(&file)]);
+    assert!(ok, "{err}");
+    assert!(out.contains("android@0.1.7 serving") && out.contains("previous version 0.1.0"), "{out}");
+    assert!(get(port, "/healthz").contains("android@0.1.7"));
+    let (ok, out, _) = run(&["plugin", "install", &p(&file)]);
+    assert!(ok && out.contains("already serving"), "{out}");
+
+    // Changed after signing: refused, and 0.1.7 keeps serving.
+    let tampered = replace_all(&std::fs::read(&file).unwrap(), "version = \"0.1.7\"", "version = \"0.1.8\"");
+    std::fs::write(&file, tampered).unwrap();
+    let (ok, _, err) = run(&["plugin", "install", &p(&file)]);
+    assert!(!ok && err.contains("bad_signature") && err.contains("does not match"), "{err}");
+    assert!(get(port, "/healthz").contains("android@0.1.7"));
+}
