@@ -509,6 +509,9 @@ async fn breaker(server: &TestServer) {
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["state"], "active");
     assert_eq!(testbed_call(server, &id, &token, "hello").await, StatusCode::OK);
+    // Its faults from before are forgiven: the breaker's next looks do not suspend it again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(get(server, "/api/v1/plugins/testbed").await["plugin"]["state"], "active");
 
     // Suspended by an admin by hand, and enabled again.
     let (status, v) = post(server, "/api/v1/plugins/testbed/suspend").await;

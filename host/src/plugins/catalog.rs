@@ -449,7 +449,12 @@ impl Catalog {
         let current =
             self.registry.get(name).ok_or_else(|| CatalogError::NotFound(format!("no plugin `{name}` is loaded")))?;
         self.append(name, "enable", Some(&current), None, actor).await?;
-        self.samples.lock().unwrap_or_else(|p| p.into_inner()).remove(&current.sha256);
+        // Faults from before the suspension are forgiven: the window starts now.
+        let s = current.stats();
+        self.samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(current.sha256.clone(), VecDeque::from([(Instant::now(), s.calls, s.faults)]));
         self.sync_locked(&mut applied).await?;
         tracing::info!(plugin = %current.label(), actor, "plugin enabled");
         Ok(())
@@ -506,21 +511,23 @@ impl Catalog {
             for name in self.registry.names() {
                 let Some(p) = self.registry.serving(&name) else { continue };
                 let s = p.stats();
-                let ring = samples.entry(p.sha256.clone()).or_default();
+                let ring = samples.entry(p.sha256.clone()).or_insert_with(|| {
+                    // First look at this version: its counters started at zero when it
+                    // loaded, so a version loaded within the window counts from its load.
+                    let age = p.loaded_at.elapsed().unwrap_or_default();
+                    let first = match now.checked_sub(age) {
+                        Some(loaded) if age < self.policy.window => (loaded, 0, 0),
+                        _ => (now, s.calls, s.faults),
+                    };
+                    VecDeque::from([first])
+                });
                 ring.push_back((now, s.calls, s.faults));
-                while ring.front().is_some_and(|(t, _, _)| now.duration_since(*t) > self.policy.window) {
+                // Keep one sample at or before the window's start: the baseline.
+                while ring.get(1).is_some_and(|(t, _, _)| now.duration_since(*t) >= self.policy.window) {
                     ring.pop_front();
                 }
-                // The oldest sample in the window is the baseline; a version younger than
-                // the window counts from its load (its counters started at zero).
-                let (calls, faults) = match ring.front() {
-                    Some((t, c, f)) if ring.len() > 1 || now.duration_since(*t) >= self.policy.window => {
-                        (s.calls - c, s.faults - f)
-                    }
-                    _ => (s.calls, s.faults),
-                };
-                let young = p.loaded_at.elapsed().unwrap_or_default() < self.policy.window;
-                let (calls, faults) = if young { (s.calls, s.faults) } else { (calls, faults) };
+                let (_, c0, f0) = ring.front().copied().unwrap_or((now, s.calls, s.faults));
+                let (calls, faults) = (s.calls.saturating_sub(c0), s.faults.saturating_sub(f0));
                 if faults >= self.policy.min_faults && calls > 0 && faults as f64 / calls as f64 >= self.policy.rate {
                     let since =
                         self.serving_since.lock().unwrap_or_else(|p| p.into_inner()).get(&name).copied().unwrap_or(0);
