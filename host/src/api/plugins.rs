@@ -161,6 +161,9 @@ fn reason(body: &[u8]) -> Result<Option<String>, ApiError> {
     }
     let r: Reason = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("malformed_json", format!("request body: {e}")))?;
+    if r.reason.as_ref().is_some_and(|t| t.len() > 1000) {
+        return Err(ApiError::bad_request("invalid", "`reason`: at most 1000 characters"));
+    }
     Ok(r.reason)
 }
 
