@@ -7,6 +7,7 @@ pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod metrics;
 pub mod mqtt;
 pub mod ops;
 pub mod plugins;

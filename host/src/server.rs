@@ -215,6 +215,7 @@ fn redact(url: &str) -> String {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(crate::metrics::metrics))
         .merge(crate::api::router())
         .merge(crate::agent::router())
         .with_state(state)

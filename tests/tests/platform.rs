@@ -541,3 +541,40 @@ async fn keys_api(server: &TestServer) {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
 e2e!(publisher_keys, super::keys_api);
+
+/// `/metrics`: per plugin version calls, faults, a call-duration histogram, serving and
+/// suspended, in OpenMetrics text; a viewer token is needed.
+async fn metrics(server: &TestServer) {
+    let (id, token) = enroll(server).await;
+    for _ in 0..3 {
+        assert_eq!(poll(server, &id, &token).await.status(), StatusCode::OK);
+    }
+    let r = server.http.get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = server.admin(Method::GET, "/metrics").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    let text = r.text().await.unwrap();
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix).and_then(|rest| rest.trim().parse::<f64>().ok()))
+            .unwrap_or_else(|| panic!("no `{prefix}` in:\n{text}"))
+    };
+    let labels = r#"{plugin="android",version="0.1.0"}"#;
+    // Enroll (1) + 3 polls × decode and encode (6) + the load-time describe (1), at least.
+    assert!(value(&format!("drover_plugin_calls_total{labels}")) >= 8.0, "{text}");
+    assert_eq!(value(&format!("drover_plugin_faults_total{labels}")), 0.0);
+    let count = value(&format!("drover_plugin_call_duration_seconds_count{labels}"));
+    assert_eq!(count, value(&format!("drover_plugin_calls_total{labels}")));
+    assert!(
+        text.contains(r#"drover_plugin_call_duration_seconds_bucket{le="+Inf",plugin="android",version="0.1.0"}"#)
+            || text
+                .contains(r#"drover_plugin_call_duration_seconds_bucket{plugin="android",version="0.1.0",le="+Inf"}"#),
+        "{text}"
+    );
+    assert_eq!(value(&format!("drover_plugin_serving{labels}")), 1.0);
+    assert_eq!(value(&format!("drover_plugin_suspended{labels}")), 0.0);
+    assert!(text.contains(r#"drover_plugin_calls_total{plugin="fcm",version="0.1.0"}"#), "{text}");
+    assert!(text.trim_end().ends_with("# EOF"), "OpenMetrics ends with # EOF");
+}
+e2e!(prometheus_metrics, super::metrics);

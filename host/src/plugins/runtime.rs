@@ -150,7 +150,7 @@ pub enum LoadFailure {
 }
 
 /// Counters of one plugin version.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     pub calls: std::sync::atomic::AtomicU64,
     pub faults: std::sync::atomic::AtomicU64,
@@ -160,6 +160,28 @@ pub struct Stats {
     pub output_limit_hits: std::sync::atomic::AtomicU64,
     pub traps: std::sync::atomic::AtomicU64,
     pub busy_nanos: std::sync::atomic::AtomicU64,
+    /// Call durations in seconds (faulted calls included), for `/metrics`.
+    pub latency: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            calls: Default::default(),
+            faults: Default::default(),
+            cpu_limit_hits: Default::default(),
+            memory_limit_hits: Default::default(),
+            wall_limit_hits: Default::default(),
+            output_limit_hits: Default::default(),
+            traps: Default::default(),
+            busy_nanos: Default::default(),
+            // 50 µs … 3.3 s: a decode takes tens of microseconds, the CPU limit is 200 ms,
+            // the wall-clock limit 2 s.
+            latency: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 17),
+            ),
+        }
+    }
 }
 
 /// A snapshot of [`Stats`] for the API.
@@ -306,7 +328,9 @@ impl Caller {
             }
         };
         drop(store);
-        stats.busy_nanos.fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+        let elapsed = started.elapsed();
+        stats.busy_nanos.fetch_add(elapsed.as_nanos() as u64, Relaxed);
+        stats.latency.observe(elapsed.as_secs_f64());
         result.map_err(|fault| {
             stats.faults.fetch_add(1, Relaxed);
             let f = PluginFault { plugin: self.ctx.name.clone(), version: self.ctx.version.clone(), function, fault };
