@@ -35,6 +35,19 @@ enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Create a plugin crate from the SDK template: it builds and passes its own tests as generated.
+    New {
+        /// Plugin name (lowercase letters, digits, -); a device type's name is its type.
+        name: String,
+        #[arg(long, value_enum, default_value = "device-type")]
+        kind: KindArg,
+        /// Directory to create [default: ./NAME]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Take drover-sdk from this checkout's sdk/ directory instead of crates.io.
+        #[arg(long)]
+        sdk_path: Option<PathBuf>,
+    },
     /// Make an Ed25519 publisher key pair: PREFIX.key (private, mode 0600) and PREFIX.pub.
     Keygen {
         /// Path prefix of the two files.
@@ -74,6 +87,13 @@ enum PluginCommand {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KindArg {
+    DeviceType,
+    Transport,
+    PolicyRule,
+}
+
 /// Which server an admin command talks to.
 #[derive(clap::Args)]
 struct ServerArgs {
@@ -93,6 +113,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Plugin { command } => match command {
                 PluginCommand::Inspect { file, json } => inspect(file, json).await,
+                PluginCommand::New { name, kind, dir, sdk_path } => new_plugin(name, kind, dir, sdk_path),
                 PluginCommand::Keygen { out } => keygen(out),
                 PluginCommand::Sign { file, key, out } => sign(file, key, out),
                 PluginCommand::Install { file, signature, server } => install(file, signature, server).await,
@@ -327,5 +348,33 @@ async fn trust(key: PathBuf, publisher: String, server: ServerArgs) -> anyhow::R
         .map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
     let body = answer(response).await?;
     println!("trusted key {} for publisher {}", body["key_id"].as_str().unwrap_or("?"), publisher);
+    Ok(())
+}
+
+fn new_plugin(name: String, kind: KindArg, dir: Option<PathBuf>, sdk_path: Option<PathBuf>) -> anyhow::Result<()> {
+    use drover::plugins::Kind;
+    use drover::plugins::template::{Sdk, generate};
+    let kind = match kind {
+        KindArg::DeviceType => Kind::DeviceType,
+        KindArg::Transport => Kind::Transport,
+        KindArg::PolicyRule => Kind::PolicyRule,
+    };
+    let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+    let sdk = match sdk_path {
+        Some(p) => {
+            let p = std::fs::canonicalize(&p).map_err(|e| anyhow::anyhow!("--sdk-path {}: {e}", p.display()))?;
+            if !p.join("Cargo.toml").exists() {
+                anyhow::bail!("--sdk-path {}: no Cargo.toml there (point it at a Drover checkout's sdk/)", p.display());
+            }
+            Sdk::Path(p)
+        }
+        None => Sdk::Registry,
+    };
+    let files = generate(&name, kind, &dir, &sdk)?;
+    println!("created {kind} plugin `{name}` in {}:", dir.display());
+    for f in files {
+        println!("  {}", f.display());
+    }
+    println!("next: cd {} && cargo test && cargo build --release --target wasm32-wasip2", dir.display());
     Ok(())
 }

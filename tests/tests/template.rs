@@ -1,63 +1,49 @@
-//! The plugin template builds into a component that loads and answers, so it cannot rot.
+//! `drover plugin new` for each kind: the generated crate passes its own native tests,
+//! builds into a component, loads and answers. So the templates cannot rot.
 
+use drover::plugins::template::{Sdk, generate};
 use drover::plugins::types::{Channel, HttpMethod, HttpRequest};
-use drover::plugins::{Capability, LoadOptions};
+use drover::plugins::{Capability, Described, Kind, LoadOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
+fn cargo(dir: &Path, args: &[&str], target_dir: &Path) {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(dir)
+        .args(args)
+        .env("CARGO_TARGET_DIR", target_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "`cargo {}` failed in {}:\n{}\n{}",
+        args.join(" "),
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
-fn render(dir: &Path, name: &str, sdk: &Path) {
-    let manifest = std::fs::read_to_string(dir.join("Cargo.toml.template")).unwrap();
-    std::fs::remove_file(dir.join("Cargo.toml.template")).unwrap();
-    // Outside this repository the SDK comes from crates.io; here, from the checkout.
-    let manifest = manifest.replace(
-        r#"drover-sdk = { version = "0.1", features = ["device-type"] }"#,
-        &format!(r#"drover-sdk = {{ path = {:?}, features = ["device-type"] }}"#, sdk.display().to_string()),
-    );
-    let manifest = manifest.replace("{{name}}", name);
-    std::fs::write(dir.join("Cargo.toml"), format!("{manifest}\n[workspace]\n")).unwrap();
-    for file in ["plugin.toml", "src/lib.rs", "README.md"] {
-        let p = dir.join(file);
-        let text = std::fs::read_to_string(&p)
-            .unwrap()
-            .replace("{{name}}", name)
-            .replace("{{crate}}", &name.replace('-', "_"));
-        std::fs::write(p, text).unwrap();
-    }
+/// Generate `name` of `kind`, run its tests natively, build its component; the bytes.
+fn generated(name: &str, kind: Kind) -> Vec<u8> {
+    let workspace = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let dir = workspace.join("target/template-check").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    generate(name, kind, &dir, &Sdk::Path(workspace.join("sdk").canonicalize().unwrap())).unwrap();
+    // The workspace's lock file pins the same dependency versions CI already fetched.
+    std::fs::copy(workspace.join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    // Shared target directories: dependencies compile once for all kinds (and the wasm
+    // side shares the first-party plugins' build).
+    cargo(&dir, &["test", "--quiet"], &workspace.join("target/template-native"));
+    let target = workspace.join("target/wasm");
+    cargo(&dir, &["build", "--release", "--target", "wasm32-wasip2"], &target);
+    std::fs::read(target.join(format!("wasm32-wasip2/release/{}.wasm", name.replace('-', "_")))).unwrap()
 }
 
 #[tokio::test]
-async fn the_template_builds_loads_and_answers() {
-    let workspace = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-    let dir = workspace.join("target/template-check/acme-tracker");
-    let _ = std::fs::remove_dir_all(&dir);
-    copy_dir(&workspace.join("sdk/template"), &dir);
-    render(&dir, "acme-tracker", &workspace.join("sdk"));
-    // The workspace's lock file pins the same dependency versions CI already fetched.
-    std::fs::copy(workspace.join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
-
-    let target = workspace.join("target/wasm");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&dir)
-        .args(["build", "--release", "--target", "wasm32-wasip2"])
-        .env("CARGO_TARGET_DIR", &target)
-        .status()
-        .unwrap();
-    assert!(status.success(), "the template did not build");
-    let bytes = std::fs::read(target.join("wasm32-wasip2/release/acme_tracker.wasm")).unwrap();
-
+async fn every_kind_generates_tests_builds_loads_and_answers() {
+    // Device type.
+    let bytes = generated("acme-tracker", Kind::DeviceType);
     let options = LoadOptions { grants: [Capability::Log].into(), ..Default::default() };
     let plugin = drover_tests::runtime().load(&bytes, options).await.unwrap();
     assert_eq!(plugin.manifest.name, "acme-tracker");
@@ -71,4 +57,34 @@ async fn the_template_builds_loads_and_answers() {
     });
     let e = plugin.enroll(chan, br#"{"id": "tracker-7"}"#.to_vec()).await.unwrap();
     assert_eq!(e.device_id, "tracker-7");
+
+    // Transport: builds the provider request from the admin's setting.
+    let bytes = generated("acme-push", Kind::Transport);
+    let options = LoadOptions { grants: [Capability::Config].into(), ..Default::default() };
+    let runtime = drover_tests::runtime();
+    runtime.set_config("acme-push", [("api_key".to_string(), "k-1".to_string())].into());
+    let plugin = runtime.load(&bytes, options).await.unwrap();
+    assert_eq!(plugin.manifest.outbound_hosts, ["push.example.com"]);
+    let request = plugin
+        .build_request(drover::plugins::bindings::transport::drover::plugin::transport_types::PushMessage {
+            device_type: "acme-tracker".into(),
+            device_id: "tracker-7".into(),
+            token: drover::plugins::types::PushToken {
+                transport: "acme-push".into(),
+                token: "t".into(),
+                extra: vec![],
+            },
+            payload: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(request.url, "https://push.example.com/v1/wake");
+
+    // Policy rule: loads as its world; describe (the smoke test) names it.
+    let bytes = generated("acme-battery", Kind::PolicyRule);
+    let plugin = drover_tests::runtime().load(&bytes, LoadOptions::default()).await.unwrap();
+    match &plugin.described {
+        Described::PolicyRule(i) => assert_eq!(i.name, "acme-battery"),
+        _ => panic!("not a policy rule"),
+    }
 }

@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod registry;
 pub mod runtime;
 pub mod signing;
+pub mod template;
 pub mod transport;
 
 pub use bindings::types;

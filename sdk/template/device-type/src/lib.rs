@@ -86,3 +86,48 @@ impl Guest for Plugin {
 
 #[cfg(target_arch = "wasm32")]
 drover_sdk::export_device_type!(Plugin);
+
+// Native tests: `cargo test` runs the plugin's logic on your machine, no server needed.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(path: &str) -> Channel {
+        Channel::Http(HttpRequest {
+            method: HttpMethod::Post,
+            path: path.into(),
+            query: String::new(),
+            content_type: Some("application/json".into()),
+            headers: vec![],
+        })
+    }
+
+    #[test]
+    fn describes_itself() {
+        let info = Plugin::describe();
+        assert_eq!(info.name, "{{name}}");
+        assert!(info.operations.iter().any(|o| o.code == "REBOOT"));
+    }
+
+    #[test]
+    fn validates_operations() {
+        assert!(Plugin::validate("REBOOT".into(), None).is_ok());
+        assert!(Plugin::validate("REBOOT".into(), Some("{}".into())).is_err());
+        assert!(Plugin::validate("FLY".into(), None).is_err());
+    }
+
+    #[test]
+    fn enrolls_and_refuses_garbage() {
+        let e = Plugin::enroll(http("enroll"), br#"{"id": "unit-1"}"#.to_vec()).unwrap();
+        assert_eq!(e.device_id, "unit-1");
+        assert!(Plugin::enroll(http("enroll"), b"not json".to_vec()).is_err());
+    }
+
+    #[test]
+    fn decodes_results() {
+        let device = Device { id: "unit-1".into(), metadata: vec![], session: vec![] };
+        let m = Plugin::decode(device, http("poll"), br#"[{"id": 7, "status": "COMPLETED"}]"#.to_vec()).unwrap();
+        assert_eq!(m.results.len(), 1);
+        assert_eq!(m.results[0].operation_id, 7);
+    }
+}
