@@ -35,7 +35,8 @@ struct Args {
     /// Polls per second held during the run.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
-    /// Cold swaps, then as many rollback + warm re-publish pairs.
+    /// Cold swaps, then as many rollback + warm re-publish pairs (0: poll 12 s without
+    /// swapping, the baseline).
     #[arg(long, default_value_t = 10)]
     swaps: usize,
 }
@@ -178,6 +179,10 @@ async fn main() -> Result<()> {
     let started = Instant::now();
     let ok_before = ok.load(Ordering::Relaxed);
 
+    if args.swaps == 0 {
+        // The baseline: the same steady polling with nothing swapped.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+    }
     let (major, minor) = (1 + run % 9, (run / 9) % 10);
     let mut cold = Vec::new();
     let mut last = Vec::new();
@@ -212,7 +217,7 @@ async fn main() -> Result<()> {
     let h = latency.lock().await;
     let polls = ok.load(Ordering::Relaxed) - ok_before;
     println!(
-        "polls during swaps: {polls} in {:.1} s = {:.0}/s; failed requests: {}; poll latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "polls: {polls} in {:.1} s = {:.0}/s; failed requests: {}; poll latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         elapsed.as_secs_f64(),
         polls as f64 / elapsed.as_secs_f64(),
         failed.load(Ordering::Relaxed),
@@ -220,14 +225,16 @@ async fn main() -> Result<()> {
         h.value_at_quantile(0.99) as f64 / 1e3,
         h.max() as f64 / 1e3,
     );
-    summary("cold (new version, compile)", &cold);
-    summary("warm (cached artifact)", &warm);
-    rollbacks.sort_by(f64::total_cmp);
-    println!(
-        "rollback request round trip   median {:.1} ms, max {:.1} ms",
-        rollbacks[rollbacks.len() / 2],
-        rollbacks[rollbacks.len() - 1]
-    );
+    if !cold.is_empty() {
+        summary("cold (new version, compile)", &cold);
+        summary("warm (cached artifact)", &warm);
+        rollbacks.sort_by(f64::total_cmp);
+        println!(
+            "rollback request round trip   median {:.1} ms, max {:.1} ms",
+            rollbacks[rollbacks.len() / 2],
+            rollbacks[rollbacks.len() - 1]
+        );
+    }
     if failed.load(Ordering::Relaxed) > 0 {
         bail!("requests failed during swaps");
     }

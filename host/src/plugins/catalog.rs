@@ -129,8 +129,13 @@ fn embedded(name: &str) -> Option<&'static [u8]> {
     super::first_party::PLUGINS.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
 }
 
+/// The first-party components shipped in this binary, by sha256 (hashed once).
 fn embedded_by_sha(sha: &str) -> Option<&'static [u8]> {
-    super::first_party::PLUGINS.iter().map(|(_, b)| *b).find(|b| sha256_hex(b) == sha)
+    static SHAS: std::sync::OnceLock<Vec<(String, &'static [u8])>> = std::sync::OnceLock::new();
+    SHAS.get_or_init(|| super::first_party::PLUGINS.iter().map(|(_, b)| (sha256_hex(b), *b)).collect())
+        .iter()
+        .find(|(s, _)| s == sha)
+        .map(|(_, b)| *b)
 }
 
 impl Catalog {
@@ -259,19 +264,26 @@ impl Catalog {
         sha: &str,
         loaded: &[Arc<LoadedPlugin>],
     ) -> Result<Option<Arc<LoadedPlugin>>, CatalogError> {
-        let stored = self.store.component_bytes(sha).await?;
-        let (bytes, first_party): (Vec<u8>, bool) = match (stored, embedded_by_sha(sha)) {
-            (Some(b), _) => (b, false),
-            (None, Some(b)) => (b.to_vec(), true),
+        // Already loaded with the grants it should have: no bytes to read, nothing to load.
+        // (First-party means: these exact bytes ship in this binary.)
+        if let Some(p) = loaded.iter().find(|p| p.sha256 == sha) {
+            let grants = self.grants_for(&p.manifest, embedded_by_sha(sha).is_some()).await?;
+            if p.granted == grants {
+                return Ok(Some(p.clone()));
+            }
+        }
+        let bytes: Vec<u8> = match (embedded_by_sha(sha), self.store.component_bytes(sha).await?) {
+            (Some(b), _) => b.to_vec(),
+            (None, Some(b)) => b,
             // A first-party version recorded by an older binary: this binary's replaces it.
             (None, None) => match embedded(name) {
-                Some(b) => (b.to_vec(), true),
+                Some(b) => b.to_vec(),
                 None => return Ok(None),
             },
         };
         let sha = sha256_hex(&bytes);
         let manifest = Manifest::from_component(&bytes).map_err(|e| CatalogError::Manifest(e.to_string()))?;
-        let grants = self.grants_for(&manifest, first_party).await?;
+        let grants = self.grants_for(&manifest, embedded_by_sha(&sha).is_some()).await?;
         if let Some(p) = loaded.iter().find(|p| p.sha256 == sha && p.granted == grants) {
             return Ok(Some(p.clone()));
         }
@@ -348,7 +360,7 @@ impl Catalog {
                 return Ok(Uploaded { plugin: current, unchanged: true, signed_by });
             }
         }
-        let grants = self.grants_for(&manifest, false).await?;
+        let grants = self.grants_for(&manifest, embedded_by_sha(&sha).is_some()).await?;
         let plugin = Arc::new(
             self.registry.runtime().load(bytes, LoadOptions { grants: grants.clone(), ..Default::default() }).await?,
         );
