@@ -1,5 +1,6 @@
 //! `drover plugin new` for each kind: the generated crate passes its own native tests,
-//! builds into a component, loads and answers. So the templates cannot rot.
+//! builds into a component, loads and answers; the device type is then signed, installed
+//! on a server and operates a device. So the templates cannot rot.
 
 use drover::plugins::template::{Sdk, generate};
 use drover::plugins::types::{Channel, HttpMethod, HttpRequest};
@@ -40,7 +41,7 @@ fn generated(name: &str, kind: Kind) -> Vec<u8> {
     std::fs::read(target.join(format!("wasm32-wasip2/release/{}.wasm", name.replace('-', "_")))).unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_generates_tests_builds_loads_and_answers() {
     // Device type.
     let bytes = generated("acme-tracker", Kind::DeviceType);
@@ -57,6 +58,7 @@ async fn every_kind_generates_tests_builds_loads_and_answers() {
     });
     let e = plugin.enroll(chan, br#"{"id": "tracker-7"}"#.to_vec()).await.unwrap();
     assert_eq!(e.device_id, "tracker-7");
+    operate(&bytes).await;
 
     // Transport: builds the provider request from the admin's setting.
     let bytes = generated("acme-push", Kind::Transport);
@@ -87,4 +89,64 @@ async fn every_kind_generates_tests_builds_loads_and_answers() {
         Described::PolicyRule(i) => assert_eq!(i.name, "acme-battery"),
         _ => panic!("not a policy rule"),
     }
+}
+
+/// The generated device type, signed and installed on a real server, serves a device:
+/// enroll, an operation, a poll that delivers it, a result that completes it.
+async fn operate(component: &[u8]) {
+    use reqwest::{Method, StatusCode};
+    use serde_json::{Value, json};
+    let server = drover_tests::TestServer::start(drover_tests::Backend::Sqlite).await;
+    let (private, public) = drover::plugins::signing::generate().unwrap();
+    // The template's manifest says `publisher = "you"` and asks for `log`.
+    let r = server
+        .admin(Method::POST, "/api/v1/publisher-keys")
+        .json(&json!({"publisher": "you", "public_key": public}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = server
+        .admin(Method::PUT, "/api/v1/plugins/acme-tracker/grants")
+        .json(&json!({"capabilities": ["log"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let signature =
+        drover::plugins::signing::encode_signature(&drover::plugins::signing::sign(&private, component).unwrap());
+    let form = reqwest::multipart::Form::new()
+        .part("component", reqwest::multipart::Part::bytes(component.to_vec()))
+        .part("signature", reqwest::multipart::Part::text(signature));
+    let r = server.admin(Method::POST, "/api/v1/plugins").multipart(form).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+
+    let r = server
+        .http
+        .post(server.url("/agent/v1/acme-tracker/enroll"))
+        .body(r#"{"id": "tracker-7"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let token = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+    let r = server
+        .admin(Method::POST, "/api/v1/operations")
+        .json(&json!({"code": "REBOOT", "targets": {"devices": [{"type": "acme-tracker", "id": "tracker-7"}]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let poll =
+        |body: String| server.http.put(server.url("/agent/v1/acme-tracker/poll")).bearer_auth(&token).body(body).send();
+    let ops: Vec<Value> = poll("[]".into()).await.unwrap().json().await.unwrap();
+    assert_eq!(ops.len(), 1);
+    assert_eq!(ops[0]["code"], "REBOOT");
+    let id = ops[0]["id"].as_i64().unwrap();
+    let r = poll(json!([{"id": id, "status": "COMPLETED"}]).to_string()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let op: Value =
+        server.admin(Method::GET, &format!("/api/v1/operations/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(op["state"], "COMPLETED", "{op}");
+    server.stop().await;
 }
