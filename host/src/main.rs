@@ -48,6 +48,14 @@ enum PluginCommand {
         #[arg(long)]
         sdk_path: Option<PathBuf>,
     },
+    /// Run a device-type plugin against recorded device payloads (FIXTURES/cases.toml), no server.
+    Test {
+        /// The plugin component (.wasm).
+        file: PathBuf,
+        /// Directory with the payloads and cases.toml.
+        #[arg(long)]
+        fixtures: PathBuf,
+    },
     /// Make an Ed25519 publisher key pair: PREFIX.key (private, mode 0600) and PREFIX.pub.
     Keygen {
         /// Path prefix of the two files.
@@ -114,6 +122,7 @@ fn main() -> ExitCode {
             Command::Plugin { command } => match command {
                 PluginCommand::Inspect { file, json } => inspect(file, json).await,
                 PluginCommand::New { name, kind, dir, sdk_path } => new_plugin(name, kind, dir, sdk_path),
+                PluginCommand::Test { file, fixtures } => test_plugin(file, fixtures).await,
                 PluginCommand::Keygen { out } => keygen(out),
                 PluginCommand::Sign { file, key, out } => sign(file, key, out),
                 PluginCommand::Install { file, signature, server } => install(file, signature, server).await,
@@ -376,5 +385,25 @@ fn new_plugin(name: String, kind: KindArg, dir: Option<PathBuf>, sdk_path: Optio
         println!("  {}", f.display());
     }
     println!("next: cd {} && cargo test && cargo build --release --target wasm32-wasip2", dir.display());
+    Ok(())
+}
+
+async fn test_plugin(file: PathBuf, fixtures: PathBuf) -> anyhow::Result<()> {
+    let bytes = read(&file)?;
+    let manifest = Manifest::from_component(&bytes)?;
+    // Like inspect: what the manifest asks for is granted, so the plugin runs as it would
+    // once an admin granted it.
+    let runtime = Runtime::new(Limits::default(), None)?;
+    let options = LoadOptions { grants: manifest.capabilities.iter().copied().collect(), ..Default::default() };
+    let plugin = runtime.load(&bytes, options).await?;
+    let outcomes = drover::plugins::fixtures::run(&plugin, &fixtures).await?;
+    let failed = outcomes.iter().filter(|o| !o.passed).count();
+    for o in &outcomes {
+        println!("{} {:<28} {:<7} {}", if o.passed { "ok  " } else { "FAIL" }, o.file, o.call, o.detail);
+    }
+    println!("{}: {} passed, {} failed", plugin.label(), outcomes.len() - failed, failed);
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} fixture cases failed", outcomes.len());
+    }
     Ok(())
 }

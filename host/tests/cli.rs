@@ -238,3 +238,40 @@ fn keygen_trust_sign_install_publishes_a_plugin() {
     assert!(!ok && err.contains("bad_signature") && err.contains("does not match"), "{err}");
     assert!(get(port, "/healthz").contains("android@0.1.7"));
 }
+
+#[test]
+fn plugin_test_runs_recorded_payloads_without_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = |name: &str| {
+        let file = dir.path().join(format!("{name}.wasm"));
+        let (_, bytes) = drover::plugins::first_party::PLUGINS.iter().find(|(n, _)| *n == name).unwrap();
+        std::fs::write(&file, bytes).unwrap();
+        file
+    };
+    let android = plugin("android");
+    let fixtures = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/android/fixtures"));
+    let out = drover().args(["plugin", "test"]).arg(&android).arg("--fixtures").arg(&fixtures).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("5 passed, 0 failed") && text.contains("refused as expected"), "{text}");
+
+    // A case whose expectation the plugin does not meet fails the run, naming why.
+    let wrong = dir.path().join("wrong");
+    std::fs::create_dir(&wrong).unwrap();
+    std::fs::copy(fixtures.join("results.json"), wrong.join("results.json")).unwrap();
+    std::fs::write(
+        wrong.join("cases.toml"),
+        "[[case]]\nfile = \"results.json\"\npath = \"pending-operations\"\nresults = 9\n",
+    )
+    .unwrap();
+    let out = drover().args(["plugin", "test"]).arg(&android).arg("--fixtures").arg(&wrong).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(text.contains("FAIL") && text.contains("the case wants 9"), "{text}");
+
+    // No cases.toml; a transport: clear errors.
+    let out = drover().args(["plugin", "test"]).arg(&android).arg("--fixtures").arg(dir.path()).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cases.toml"));
+    let out = drover().args(["plugin", "test"]).arg(plugin("fcm")).arg("--fixtures").arg(&fixtures).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a device type"));
+}

@@ -16,6 +16,7 @@ pub mod cache;
 pub mod capability;
 pub mod catalog;
 pub mod device_type;
+pub mod fixtures;
 mod host_imports;
 pub mod manifest;
 pub mod registry;
