@@ -58,6 +58,12 @@ async fn every_kind_generates_tests_builds_loads_and_answers() {
     });
     let e = plugin.enroll(chan, br#"{"id": "tracker-7"}"#.to_vec()).await.unwrap();
     assert_eq!(e.device_id, "tracker-7");
+    // Its recorded payloads pass `drover plugin test` as generated.
+    let fixtures =
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/template-check/acme-tracker/fixtures"));
+    let outcomes = drover::plugins::fixtures::run(&plugin, &fixtures).await.unwrap();
+    assert_eq!(outcomes.len(), 3);
+    assert!(outcomes.iter().all(|o| o.passed), "{outcomes:?}");
     operate(&bytes).await;
 
     // Transport: builds the provider request from the admin's setting.

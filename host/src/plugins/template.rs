@@ -9,21 +9,25 @@ use std::path::{Path, PathBuf};
 const README: &str = include_str!("../../../sdk/template/README.md");
 
 /// (path in the crate, text) of each kind's files.
-fn files(kind: Kind) -> [(&'static str, &'static str); 4] {
+fn files(kind: Kind) -> Vec<(&'static str, &'static str)> {
     match kind {
-        Kind::DeviceType => [
+        Kind::DeviceType => vec![
             ("Cargo.toml", include_str!("../../../sdk/template/device-type/Cargo.toml.template")),
             ("plugin.toml", include_str!("../../../sdk/template/device-type/plugin.toml")),
             ("src/lib.rs", include_str!("../../../sdk/template/device-type/src/lib.rs")),
             ("README.md", README),
+            ("fixtures/cases.toml", include_str!("../../../sdk/template/device-type/fixtures/cases.toml")),
+            ("fixtures/enroll.json", include_str!("../../../sdk/template/device-type/fixtures/enroll.json")),
+            ("fixtures/results.json", include_str!("../../../sdk/template/device-type/fixtures/results.json")),
+            ("fixtures/malformed.json", include_str!("../../../sdk/template/device-type/fixtures/malformed.json")),
         ],
-        Kind::Transport => [
+        Kind::Transport => vec![
             ("Cargo.toml", include_str!("../../../sdk/template/transport/Cargo.toml.template")),
             ("plugin.toml", include_str!("../../../sdk/template/transport/plugin.toml")),
             ("src/lib.rs", include_str!("../../../sdk/template/transport/src/lib.rs")),
             ("README.md", README),
         ],
-        Kind::PolicyRule => [
+        Kind::PolicyRule => vec![
             ("Cargo.toml", include_str!("../../../sdk/template/policy-rule/Cargo.toml.template")),
             ("plugin.toml", include_str!("../../../sdk/template/policy-rule/plugin.toml")),
             ("src/lib.rs", include_str!("../../../sdk/template/policy-rule/src/lib.rs")),
