@@ -56,6 +56,16 @@ enum PluginCommand {
         #[arg(long)]
         fixtures: PathBuf,
     },
+    /// Add a manifest (plugin.toml) to a component built without drover-sdk (componentize-py, jco …).
+    Embed {
+        /// The component (.wasm); rewritten in place unless --out is given.
+        file: PathBuf,
+        /// The manifest (TOML, as the SDK's plugin.toml).
+        #[arg(long)]
+        manifest: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Make an Ed25519 publisher key pair: PREFIX.key (private, mode 0600) and PREFIX.pub.
     Keygen {
         /// Path prefix of the two files.
@@ -123,6 +133,7 @@ fn main() -> ExitCode {
                 PluginCommand::Inspect { file, json } => inspect(file, json).await,
                 PluginCommand::New { name, kind, dir, sdk_path } => new_plugin(name, kind, dir, sdk_path),
                 PluginCommand::Test { file, fixtures } => test_plugin(file, fixtures).await,
+                PluginCommand::Embed { file, manifest, out } => embed(file, manifest, out),
                 PluginCommand::Keygen { out } => keygen(out),
                 PluginCommand::Sign { file, key, out } => sign(file, key, out),
                 PluginCommand::Install { file, signature, server } => install(file, signature, server).await,
@@ -405,5 +416,17 @@ async fn test_plugin(file: PathBuf, fixtures: PathBuf) -> anyhow::Result<()> {
     if failed > 0 {
         anyhow::bail!("{failed} of {} fixture cases failed", outcomes.len());
     }
+    Ok(())
+}
+
+fn embed(file: PathBuf, manifest: PathBuf, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let component = read(&file)?;
+    let text =
+        String::from_utf8(read(&manifest)?).map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", manifest.display()))?;
+    let with = Manifest::embed(&component, &text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let m = Manifest::from_component(&with)?;
+    let out = out.unwrap_or(file);
+    std::fs::write(&out, &with)?;
+    println!("{}: manifest of {}@{} ({}) embedded", out.display(), m.name, m.version, m.kind);
     Ok(())
 }

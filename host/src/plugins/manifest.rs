@@ -106,6 +106,39 @@ impl Manifest {
         Self::parse(text)
     }
 
+    /// `component` with manifest `text` added as its `drover-manifest` custom section:
+    /// how a component built by another language's toolchain (componentize-py, jco)
+    /// becomes a plugin. The text is checked first; a component that already carries a
+    /// manifest is refused (replacing one would hide what was signed before).
+    pub fn embed(component: &[u8], text: &str) -> Result<Vec<u8>, ManifestError> {
+        Self::parse(text)?;
+        match Self::from_component(component) {
+            Err(ManifestError::Missing) => {}
+            Err(e @ ManifestError::NotWasm(_)) => return Err(e),
+            _ => return Err(ManifestError::Duplicate),
+        }
+        // A custom section (id 0) may stand anywhere in a component: append one.
+        fn leb128(mut n: usize, out: &mut Vec<u8>) {
+            loop {
+                let byte = (n & 0x7f) as u8;
+                n >>= 7;
+                out.push(if n == 0 { byte } else { byte | 0x80 });
+                if n == 0 {
+                    return;
+                }
+            }
+        }
+        let mut content = Vec::new();
+        leb128(SECTION.len(), &mut content);
+        content.extend_from_slice(SECTION.as_bytes());
+        content.extend_from_slice(text.as_bytes());
+        let mut out = component.to_vec();
+        out.push(0);
+        leb128(content.len(), &mut out);
+        out.extend_from_slice(&content);
+        Ok(out)
+    }
+
     /// Parse and check manifest TOML.
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
         let m: Manifest = toml::from_str(text).map_err(|e| ManifestError::Invalid(e.message().to_string()))?;

@@ -396,10 +396,13 @@ impl Runtime {
         pool.total_tables(limits.concurrency * 2);
         pool.total_stacks(limits.concurrency);
         pool.max_memory_size(limits.memory);
-        // Guests built by Rust have one large core module and a few small shims.
-        pool.max_core_instances_per_component(16);
-        pool.max_memories_per_component(4);
-        pool.max_tables_per_component(8);
+        // Guests built by Rust have one large core module and a few small shims; guests
+        // built by componentize-py (CPython and its adapters) have 38 core instances and
+        // several memories and tables. These are per-component checks: the pool's totals
+        // above bound what is reserved.
+        pool.max_core_instances_per_component(64);
+        pool.max_memories_per_component(16);
+        pool.max_tables_per_component(32);
         // A fresh instance per call is cheap only if its memory is too. By default a slot's
         // memory is reset with madvise on every drop, and the next call page-faults it all
         // back in (with TLB shootdowns): that was most of an isolated call's cost. Keeping
