@@ -243,6 +243,15 @@ e2e!(openssl_signed_upload, super::openssl_signature);
 
 async fn rollback_and_restart(server: TestServer) {
     let drover = publisher(&server, "drover").await;
+    // An admin's grant change comes first: the first-party version must still be recorded
+    // when the first upload replaces it, so rollback can return to it.
+    let r = server
+        .admin(Method::PUT, "/api/v1/plugins/android/grants")
+        .json(&json!({"capabilities": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
     for v in ["0.1.1", "0.1.2"] {
         let c = with_version(&android(), v);
         let (status, body) = upload(&server, &c, Some(drover.sign(&c))).await;
@@ -265,7 +274,7 @@ async fn rollback_and_restart(server: TestServer) {
     assert_eq!(p["plugin"]["loaded_versions"], json!(["0.1.0", "0.1.1"]));
     let kinds: Vec<_> =
         p["history"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap().to_string()).collect();
-    assert_eq!(kinds, ["rollback", "install", "install", "install"]);
+    assert_eq!(kinds, ["rollback", "install", "install", "install", "regrant"]);
     assert_eq!(p["history"][3]["actor"], "first-party");
     assert_eq!(poll(&server, &id, &token).await.status(), StatusCode::OK);
 

@@ -168,14 +168,6 @@ impl Catalog {
         Ok(catalog)
     }
 
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
-    }
-
-    pub fn policy(&self) -> FaultPolicy {
-        self.policy
-    }
-
     /// Apply events appended since the last sync (by this replica or another).
     pub async fn sync(&self) -> Result<(), CatalogError> {
         let mut applied = self.applied.lock().await;
@@ -379,8 +371,9 @@ impl Catalog {
             StoreError::Conflict(what) => CatalogError::Conflict(what),
             e => e.into(),
         })?;
-        // The first upload over a first-party plugin records it, so rollback can return to it.
-        if self.store.plugin_history(&manifest.name, 1).await?.is_empty()
+        // The first upload over a first-party plugin records it, so rollback can return to
+        // it (its name may have events already: grants, a suspension; but no install).
+        if !self.store.plugin_history(&manifest.name, 100_000).await?.iter().any(|e| e.kind == "install")
             && let Some(current) = self.registry.get(&manifest.name)
         {
             self.append(&manifest.name, "install", Some(&current), None, "first-party").await?;
