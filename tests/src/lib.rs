@@ -209,6 +209,11 @@ impl TestServer {
         }
     }
 
+    /// The database this server uses: start another server on it for a second replica.
+    pub fn database_url(&self) -> String {
+        self.config.database_url.clone()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -587,3 +587,34 @@ async fn metrics(server: &TestServer) {
     assert!(text.trim_end().ends_with("# EOF"), "OpenMetrics ends with # EOF");
 }
 e2e!(prometheus_metrics, super::metrics);
+
+/// Two replicas on one database: what an admin does on one, the other serves within its
+/// next sync (every second), with no restart.
+async fn replicas(a: &TestServer) {
+    let url = a.database_url();
+    let backend = if url.starts_with("sqlite:") {
+        drover_tests::Backend::Sqlite
+    } else {
+        drover_tests::Backend::postgres().expect("a PostgreSQL test server")
+    };
+    let b = TestServer::start_with(backend, move |c| c.database_url = url).await;
+    let drover = publisher(a, "drover").await;
+    let v = with_version(&android(), "0.1.1");
+    let (status, body) = upload(a, &v, Some(drover.sign(&v))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.state.registry.get("android").map(|p| p.manifest.version.clone()).as_deref() != Some("0.1.1") {
+        assert!(Instant::now() < deadline, "replica b never served android 0.1.1");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And back: a rollback on b reaches a.
+    let (status, _) = post(&b, "/api/v1/plugins/android/rollback").await;
+    assert_eq!(status, StatusCode::OK);
+    while a.state.registry.get("android").map(|p| p.manifest.version.clone()).as_deref() != Some("0.1.0") {
+        assert!(Instant::now() < deadline, "replica a never followed the rollback");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.stop().await;
+}
+e2e!(another_replica_follows_the_catalog, super::replicas);
