@@ -6,6 +6,7 @@ use std::path::PathBuf;
 /// (device type / plugin name, cargo package) of every first-party plugin.
 const FIRST_PARTY: &[(&str, &str)] = &[
     ("android", "drover-plugin-android"),
+    ("esp8266", "drover-plugin-esp8266"),
     ("fcm", "drover-plugin-fcm"),
     ("apns", "drover-plugin-apns"),
     ("wns", "drover-plugin-wns"),
