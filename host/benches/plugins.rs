@@ -7,12 +7,15 @@
 //! * codec: the Android plugin's encode/decode of ~1 KB real payloads, called natively
 //!   (the same Rust code, linked into this binary) and through Wasm in a reused instance;
 //! * isolated call: what the server does per call (fresh store + instantiate + call + drop);
-//! * load: cold compile and warm-cache load of the component.
+//! * load: cold compile and warm-cache load of the component;
+//! * esp8266: its JSON and binary codecs on the recorded board messages, native and
+//!   isolated Wasm calls.
 
 use drover::plugins::device_type::ReusedInstance;
 use drover::plugins::types as host;
 use drover::plugins::{Limits, LoadOptions, Runtime};
 use drover_plugin_android::Android;
+use drover_plugin_esp8266::Esp8266;
 use drover_sdk::device_type::Guest;
 use drover_sdk::device_type::drover::plugin::types as guest;
 use std::time::{Duration, Instant};
@@ -231,4 +234,88 @@ async fn main() {
         warm.pct(0.5) / 1e3,
         warm.pct(1.0) / 1e3
     );
+    esp8266(&rt, n).await;
+}
+
+/// The esp8266 plugin on its recorded messages: native against isolated Wasm calls.
+async fn esp8266(rt: &Runtime, n: usize) {
+    let bytes = drover::plugins::first_party::PLUGINS.iter().find(|(name, _)| *name == "esp8266").unwrap().1;
+    let plugin = rt.load(bytes, LoadOptions::default()).await.unwrap();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/esp8266/fixtures");
+    let ops = [
+        ("REBOOT", None),
+        ("LED", Some(r#"{"state":"blink"}"#)),
+        ("SET_INTERVAL", Some(r#"{"seconds":60}"#)),
+        (
+            "FIRMWARE_UPDATE",
+            Some(
+                r#"{"url":"https://fw.example/esp/1.1.0.bin","sha256":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08","size":412304,"version":"1.1.0"}"#,
+            ),
+        ),
+    ];
+    let gops: Vec<guest::Operation> = ops
+        .iter()
+        .enumerate()
+        .map(|(i, (c, p))| guest::Operation {
+            id: 100 + i as u64,
+            code: (*c).into(),
+            kind: guest::OperationKind::Command,
+            payload: p.map(str::to_string),
+        })
+        .collect();
+    let hops: Vec<host::Operation> = ops
+        .iter()
+        .enumerate()
+        .map(|(i, (c, p))| host::Operation {
+            id: 100 + i as u64,
+            code: (*c).into(),
+            kind: host::OperationKind::Command,
+            payload: p.map(str::to_string),
+        })
+        .collect();
+    println!("\nesp8266 ({} KB component)\n", bytes.len() / 1024);
+    println!("| what | native p50 µs | Wasm p50 µs | Wasm p99 µs | Wasm mean µs | Wasm/native p50 |");
+    println!("|---|---|---|---|---|---|");
+    for (label, encoding) in [("encode 4 ops, JSON frame", "json"), ("encode 4 ops, binary frame", "binary")] {
+        let meta = vec![("encoding".to_string(), encoding.to_string())];
+        let gdev = guest::Device { id: "esp-00a1b2c3".into(), metadata: meta.clone(), session: vec![] };
+        let hdev = host::Device { id: "esp-00a1b2c3".into(), metadata: meta, session: vec![] };
+        let native = measure(n, || {
+            let (d, o) = (gdev.clone(), gops.clone());
+            async move {
+                std::hint::black_box(Esp8266::encode(d, o, guest::ChannelKind::Mqtt).ok());
+            }
+        })
+        .await;
+        let wasm = measure(n, || {
+            let (d, o, p) = (hdev.clone(), hops.clone(), &plugin);
+            async move {
+                std::hint::black_box(p.encode(d, o, host::ChannelKind::Mqtt).await.ok());
+            }
+        })
+        .await;
+        row(&format!("{label}, isolated call"), Some(&native), &wasm);
+    }
+    for (file, topic) in [("reply.json", "reply"), ("telemetry.json", "telemetry"), ("telemetry.bin", "bin")] {
+        let body = std::fs::read(format!("{dir}/{file}")).unwrap();
+        let gdev = guest::Device { id: "esp-00a1b2c3".into(), metadata: vec![], session: vec![] };
+        let hdev = host::Device { id: "esp-00a1b2c3".into(), metadata: vec![], session: vec![] };
+        let gchan = guest::Channel::Mqtt(guest::MqttMessage { topic_suffix: topic.into() });
+        let hchan = host::Channel::Mqtt(host::MqttMessage { topic_suffix: topic.into() });
+        let native = measure(n, || {
+            let (d, c, b) = (gdev.clone(), gchan.clone(), body.clone());
+            async move {
+                std::hint::black_box(Esp8266::decode(d, c, b).ok());
+            }
+        })
+        .await;
+        let wasm = measure(n, || {
+            let (d, c, b, p) = (hdev.clone(), hchan.clone(), body.clone(), &plugin);
+            async move {
+                std::hint::black_box(p.decode(d, c, b).await.ok());
+            }
+        })
+        .await;
+        row(&format!("decode {file} ({} B), isolated call", body.len()), Some(&native), &wasm);
+    }
 }
