@@ -223,6 +223,34 @@ impl TestServer {
         self.http.request(method, self.url(path)).bearer_auth(ADMIN_TOKEN)
     }
 
+    /// Install `component` as an admin would: trust a fresh key for `publisher`, grant
+    /// plugin `name` its `capabilities`, upload the component signed. Panics unless it serves.
+    pub async fn install_signed(&self, name: &str, publisher: &str, capabilities: &[&str], component: &[u8]) {
+        use drover::plugins::signing;
+        use reqwest::{Method, StatusCode};
+        let (private, public) = signing::generate().unwrap();
+        let r = self
+            .admin(Method::POST, "/api/v1/publisher-keys")
+            .json(&serde_json::json!({"publisher": publisher, "public_key": public}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let r = self
+            .admin(Method::PUT, &format!("/api/v1/plugins/{name}/grants"))
+            .json(&serde_json::json!({"capabilities": capabilities}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let signature = signing::encode_signature(&signing::sign(&private, component).unwrap());
+        let form = reqwest::multipart::Form::new()
+            .part("component", reqwest::multipart::Part::bytes(component.to_vec()))
+            .part("signature", reqwest::multipart::Part::text(signature));
+        let r = self.admin(Method::POST, "/api/v1/plugins").multipart(form).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    }
+
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());

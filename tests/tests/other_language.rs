@@ -4,7 +4,7 @@
 //! (CI installs it), else it is looked up on PATH; without it the test says it skipped,
 //! except in CI, where that is a failure.
 
-use drover::plugins::{Capability, LoadOptions, Manifest, signing};
+use drover::plugins::{Capability, LoadOptions, Manifest};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -51,27 +51,7 @@ async fn a_python_device_type_builds_tests_installs_and_operates() {
 
     // Signed, installed, used by a device.
     let server = drover_tests::TestServer::start(drover_tests::Backend::Sqlite).await;
-    let (private, public) = signing::generate().unwrap();
-    let r = server
-        .admin(Method::POST, "/api/v1/publisher-keys")
-        .json(&json!({"publisher": "you", "public_key": public}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let r = server
-        .admin(Method::PUT, "/api/v1/plugins/py-tracker/grants")
-        .json(&json!({"capabilities": ["log", "config", "kv"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let signature = signing::encode_signature(&signing::sign(&private, &component).unwrap());
-    let form = reqwest::multipart::Form::new()
-        .part("component", reqwest::multipart::Part::bytes(component.clone()))
-        .part("signature", reqwest::multipart::Part::text(signature));
-    let r = server.admin(Method::POST, "/api/v1/plugins").multipart(form).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    server.install_signed("py-tracker", "you", &["log", "config", "kv"], &component).await;
 
     let r = server
         .http

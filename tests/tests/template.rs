@@ -103,29 +103,8 @@ async fn operate(component: &[u8]) {
     use reqwest::{Method, StatusCode};
     use serde_json::{Value, json};
     let server = drover_tests::TestServer::start(drover_tests::Backend::Sqlite).await;
-    let (private, public) = drover::plugins::signing::generate().unwrap();
     // The template's manifest says `publisher = "you"` and asks for `log`.
-    let r = server
-        .admin(Method::POST, "/api/v1/publisher-keys")
-        .json(&json!({"publisher": "you", "public_key": public}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let r = server
-        .admin(Method::PUT, "/api/v1/plugins/acme-tracker/grants")
-        .json(&json!({"capabilities": ["log"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let signature =
-        drover::plugins::signing::encode_signature(&drover::plugins::signing::sign(&private, component).unwrap());
-    let form = reqwest::multipart::Form::new()
-        .part("component", reqwest::multipart::Part::bytes(component.to_vec()))
-        .part("signature", reqwest::multipart::Part::text(signature));
-    let r = server.admin(Method::POST, "/api/v1/plugins").multipart(form).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    server.install_signed("acme-tracker", "you", &["log"], component).await;
 
     let r = server
         .http
