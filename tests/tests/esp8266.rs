@@ -208,6 +208,29 @@ async fn json_board(server: &TestServer) {
     }
     assert_eq!(device(server, &board.id).await["metadata"]["firmware"], "1.1.0");
 
+    // A board's messages are handled in the order it sent them: a burst of progress
+    // reports then `done`, sent back to back, ends COMPLETED with the last progress (100)
+    // as the latest value.
+    let ota = json!({"url": "https://fw.example/esp/1.2.0.bin", "sha256": SHA, "size": 412304, "version": "1.2.0"});
+    let (_, fw) = add(server, &board.id, "FIRMWARE_UPDATE", Some(ota)).await;
+    board.next().await;
+    let fw_id = fw["id"].as_i64().unwrap();
+    until(server, fw_id, "IN_PROGRESS").await;
+    for p in 1..=40 {
+        board.publish("ota", json!({"id": fw_id, "state": "downloading", "progress": p}).to_string()).await;
+    }
+    board.publish("ota", json!({"id": fw_id, "state": "done", "progress": 100, "version": "1.2.0"}).to_string()).await;
+    until(server, fw_id, "COMPLETED").await;
+    for _ in 0..100 {
+        if device(server, &board.id).await["metadata"]["firmware"] == "1.2.0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let d = device(server, &board.id).await;
+    assert_eq!(d["metadata"]["firmware"], "1.2.0");
+    assert_eq!(latest(&d, "ota.progress"), 100.0, "{d}");
+
     // Telemetry, JSON.
     board.publish("telemetry", r#"{"ts": 1763790000, "temp": 23.5, "hum": 41.2, "rssi": -61}"#).await;
     for _ in 0..100 {

@@ -18,10 +18,17 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 
-/// Device messages handled at once; more wait in the broker (back-pressure).
-const CONCURRENT_MESSAGES: usize = 256;
+/// Device messages are handled in order per device, in parallel across devices: each
+/// device hashes to one of this many queues, each handled in order. (MQTT keeps one
+/// client's order; handling every message in its own task did not: a firmware update's
+/// `done` could be overtaken by the `downloading` sent before it.)
+const SHARDS: usize = 256;
+
+/// Messages waiting per queue; when one is full the pump waits, and so does the broker
+/// (back-pressure).
+const SHARD_QUEUE: usize = 32;
 
 /// Devices of one activity pushed at once.
 const PUSH_PARALLEL: usize = 32;
@@ -158,6 +165,15 @@ pub async fn run(state: AppState, endpoint: Endpoint, mut jobs: mpsc::UnboundedR
     pump.abort();
 }
 
+/// The queue of the device a topic (`drover/{type}/{id}/…`) belongs to.
+fn shard_of(topic: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let device = topic.splitn(4, '/').take(3).collect::<Vec<_>>();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    device.hash(&mut h);
+    (h.finish() % SHARDS as u64) as usize
+}
+
 fn client_id() -> String {
     let mut b = [0u8; 6];
     getrandom::fill(&mut b).expect("the OS random source");
@@ -167,7 +183,19 @@ fn client_id() -> String {
 /// Drive the client: (re)subscribe on every connection, hand device messages to
 /// handlers. Reconnects by itself after errors, with a pause.
 async fn pump(d: Arc<Delivery>, mut eventloop: EventLoop, endpoint: Endpoint) {
-    let limit = Arc::new(Semaphore::new(CONCURRENT_MESSAGES));
+    // The queues end with this task: dropping the senders closes them.
+    let shards: Vec<mpsc::Sender<(String, bytes::Bytes)>> = (0..SHARDS)
+        .map(|_| {
+            let (tx, mut rx) = mpsc::channel::<(String, bytes::Bytes)>(SHARD_QUEUE);
+            let d = d.clone();
+            tokio::spawn(async move {
+                while let Some((topic, payload)) = rx.recv().await {
+                    d.device_message(&topic, &payload).await;
+                }
+            });
+            tx
+        })
+        .collect();
     let mut connected = false;
     loop {
         match eventloop.poll().await {
@@ -180,13 +208,9 @@ async fn pump(d: Arc<Delivery>, mut eventloop: EventLoop, endpoint: Endpoint) {
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                // Holding a permit before the next poll makes a flood wait in the broker.
-                let Ok(permit) = limit.clone().acquire_owned().await else { return };
-                let d = d.clone();
-                tokio::spawn(async move {
-                    d.device_message(&p.topic, &p.payload).await;
-                    drop(permit);
-                });
+                if shards[shard_of(&p.topic)].send((p.topic, p.payload)).await.is_err() {
+                    return;
+                }
             }
             Ok(_) => {}
             Err(e) => {
