@@ -5,7 +5,6 @@
 //! requests, grants, retry with backoff, invalid tokens, and that operations stay
 //! PENDING until the device polls.
 
-use drover::plugins::{Capability, LoadOptions};
 use drover_tests::provider::Provider;
 use drover_tests::{TestServer, components, e2e, unique};
 use reqwest::{Method, StatusCode};
@@ -233,9 +232,8 @@ e2e!(granted_hosts, super::only_granted_hosts_are_contacted);
 /// A device of the testbed type (hot-loaded) reporting a push token of `transport`.
 async fn testbed_device(server: &TestServer, transport_token: &str) -> String {
     if server.state.registry.device_type("testbed").is_none() {
-        let options =
-            LoadOptions { grants: [Capability::Log, Capability::Kv, Capability::Config].into(), ..Default::default() };
-        server.state.registry.install(&drover_tests::component(components::TESTBED), options).await.unwrap();
+        let testbed = drover_tests::component(components::TESTBED);
+        server.install_signed("testbed", "drover-tests", &["log", "kv", "config"], &testbed).await;
     }
     let id = unique("tb");
     let r = server.http.post(server.url("/agent/v1/testbed/enroll")).body(id.clone()).send().await.unwrap();

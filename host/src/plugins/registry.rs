@@ -1,12 +1,13 @@
 //! The registry of loaded plugins: what is serving now, by name.
 //!
-//! Publishing swaps an `Arc` under a short write lock; a call clones the `Arc` of the
-//! version current when it starts and finishes on it even if a newer version is published
-//! meanwhile. The previous version is kept for rollback.
+//! The catalog (`catalog.rs`) decides what each name serves and sets it here: swapping
+//! the stack of versions takes a short write lock; a call clones the `Arc` of the version
+//! current when it starts and finishes on it even if a newer version is published
+//! meanwhile. Earlier versions stay loaded for rollback.
 
 use super::capability::{Capability, Grants};
 use super::manifest::Kind;
-use super::runtime::{LoadError, LoadOptions, LoadedPlugin, Runtime, StatsSnapshot};
+use super::runtime::{LoadedPlugin, Runtime, StatsSnapshot};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::UNIX_EPOCH;
@@ -62,29 +63,6 @@ impl Registry {
         &self.runtime
     }
 
-    /// Load `bytes` and, if it loads, publish it as the current version of its name.
-    pub async fn install(&self, bytes: &[u8], options: LoadOptions) -> Result<Arc<LoadedPlugin>, LoadError> {
-        let plugin = Arc::new(self.runtime.load(bytes, options).await?);
-        log_loaded(&plugin);
-        self.publish(plugin.clone());
-        Ok(plugin)
-    }
-
-    /// Make `plugin` the current version of its name, keeping the one before for rollback.
-    pub fn publish(&self, plugin: Arc<LoadedPlugin>) {
-        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
-        let slot =
-            slots.entry(plugin.manifest.name.clone()).or_insert_with(|| Slot { versions: Vec::new(), suspended: None });
-        if slot.versions.last().is_some_and(|c| c.sha256 == plugin.sha256 && c.granted == plugin.granted) {
-            return;
-        }
-        slot.versions.push(plugin);
-        if slot.versions.len() > MAX_VERSIONS {
-            slot.versions.remove(0);
-        }
-        slot.suspended = None;
-    }
-
     /// Replace everything loaded for `name` (oldest first) and its suspension: how the
     /// catalog makes this replica match the event log.
     pub fn set(&self, name: &str, versions: Vec<Arc<LoadedPlugin>>, suspended: Option<String>) {
@@ -125,17 +103,6 @@ impl Registry {
 
     pub fn names(&self) -> Vec<String> {
         self.slots.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
-    }
-
-    /// Install the first-party plugins embedded in the binary, granting what each asks
-    /// for except filesystem and network access, which no first-party plugin needs.
-    pub async fn install_first_party(&self) -> Result<(), LoadError> {
-        for (name, bytes) in super::first_party::PLUGINS {
-            let manifest = super::manifest::Manifest::from_component(bytes)
-                .map_err(|e| LoadError { label: name.to_string(), reason: e.into() })?;
-            self.install(bytes, LoadOptions { grants: first_party_grants(&manifest), ..Default::default() }).await?;
-        }
-        Ok(())
     }
 
     /// Every plugin name's current version.
