@@ -223,6 +223,29 @@ impl TestServer {
         self.http.request(method, self.url(path)).bearer_auth(ADMIN_TOKEN)
     }
 
+    /// Operation `id` as the admin API shows it.
+    pub async fn operation(&self, id: i64) -> serde_json::Value {
+        self.admin(reqwest::Method::GET, &format!("/api/v1/operations/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Wait (15 s at most) until operation `id` is in `state`; the operation then.
+    pub async fn until_state(&self, id: i64, state: &str) -> serde_json::Value {
+        for _ in 0..300 {
+            let op = self.operation(id).await;
+            if op["state"] == state {
+                return op;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("operation {id} never reached {state}: {}", self.operation(id).await);
+    }
+
     /// Install `component` as an admin would: trust a fresh key for `publisher`, grant
     /// plugin `name` its `capabilities`, upload the component signed. Panics unless it serves.
     pub async fn install_signed(&self, name: &str, publisher: &str, capabilities: &[&str], component: &[u8]) {

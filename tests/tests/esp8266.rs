@@ -103,21 +103,6 @@ async fn add(server: &TestServer, board: &str, code: &str, payload: Option<Value
     (status, ops["items"][0].clone())
 }
 
-async fn operation(server: &TestServer, id: i64) -> Value {
-    server.admin(Method::GET, &format!("/api/v1/operations/{id}")).send().await.unwrap().json().await.unwrap()
-}
-
-async fn until(server: &TestServer, id: i64, state: &str) -> Value {
-    for _ in 0..300 {
-        let op = operation(server, id).await;
-        if op["state"] == state {
-            return op;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("operation {id} never reached {state}: {}", operation(server, id).await);
-}
-
 async fn device(server: &TestServer, id: &str) -> Value {
     server.admin(Method::GET, &format!("/api/v1/devices/esp8266/{id}")).send().await.unwrap().json().await.unwrap()
 }
@@ -147,9 +132,9 @@ async fn json_board(server: &TestServer) {
     assert_eq!(topic, format!("drover/esp8266/{}/cmd", board.id));
     let frame: Value = serde_json::from_slice(&frame).unwrap();
     assert_eq!(frame["ops"][0], json!({"id": led["id"], "op": "led", "state": "blink"}));
-    until(server, led["id"].as_i64().unwrap(), "IN_PROGRESS").await;
+    server.until_state(led["id"].as_i64().unwrap(), "IN_PROGRESS").await;
     board.publish("reply", json!({"results": [{"id": led["id"], "status": "ok"}]}).to_string()).await;
-    until(server, led["id"].as_i64().unwrap(), "COMPLETED").await;
+    server.until_state(led["id"].as_i64().unwrap(), "COMPLETED").await;
 
     // SET_INTERVAL refused by the board: ERROR with its reason.
     let (_, interval) = add(server, &board.id, "SET_INTERVAL", Some(json!({"seconds": 60}))).await;
@@ -161,19 +146,19 @@ async fn json_board(server: &TestServer) {
             json!({"results": [{"id": interval["id"], "status": "error", "error": "flash busy"}]}).to_string(),
         )
         .await;
-    let op = until(server, interval["id"].as_i64().unwrap(), "ERROR").await;
+    let op = server.until_state(interval["id"].as_i64().unwrap(), "ERROR").await;
     assert!(op.to_string().contains("flash busy"), "{op}");
 
     // A malformed reply changes nothing: REBOOT stays IN_PROGRESS, then completes.
     let (_, reboot) = add(server, &board.id, "REBOOT", None).await;
     board.next().await;
-    until(server, reboot["id"].as_i64().unwrap(), "IN_PROGRESS").await;
+    server.until_state(reboot["id"].as_i64().unwrap(), "IN_PROGRESS").await;
     board.publish("reply", "{\"results\": [{\"id\": ").await;
     board.publish("reply", json!({"results": [{"id": reboot["id"], "status": "maybe"}]}).to_string()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(operation(server, reboot["id"].as_i64().unwrap()).await["state"], "IN_PROGRESS");
+    assert_eq!(server.operation(reboot["id"].as_i64().unwrap()).await["state"], "IN_PROGRESS");
     board.publish("reply", json!({"results": [{"id": reboot["id"], "status": "ok"}]}).to_string()).await;
-    until(server, reboot["id"].as_i64().unwrap(), "COMPLETED").await;
+    server.until_state(reboot["id"].as_i64().unwrap(), "COMPLETED").await;
 
     // Firmware update: pushed with URL, sha256, size; progress keeps it IN_PROGRESS and is
     // recorded; `done` completes it and the board's firmware version is updated.
@@ -196,9 +181,9 @@ async fn json_board(server: &TestServer) {
         }
         assert_eq!(latest(&device(server, &board.id).await, "ota.progress"), p);
     }
-    assert_eq!(operation(server, fw_id).await["state"], "IN_PROGRESS");
+    assert_eq!(server.operation(fw_id).await["state"], "IN_PROGRESS");
     board.publish("ota", json!({"id": fw_id, "state": "done", "progress": 100, "version": "1.1.0"}).to_string()).await;
-    until(server, fw_id, "COMPLETED").await;
+    server.until_state(fw_id, "COMPLETED").await;
     // The result is recorded first, then what the message reported about the board.
     for _ in 0..100 {
         if device(server, &board.id).await["metadata"]["firmware"] == "1.1.0" {
@@ -215,12 +200,12 @@ async fn json_board(server: &TestServer) {
     let (_, fw) = add(server, &board.id, "FIRMWARE_UPDATE", Some(ota)).await;
     board.next().await;
     let fw_id = fw["id"].as_i64().unwrap();
-    until(server, fw_id, "IN_PROGRESS").await;
+    server.until_state(fw_id, "IN_PROGRESS").await;
     for p in 1..=40 {
         board.publish("ota", json!({"id": fw_id, "state": "downloading", "progress": p}).to_string()).await;
     }
     board.publish("ota", json!({"id": fw_id, "state": "done", "progress": 100, "version": "1.2.0"}).to_string()).await;
-    until(server, fw_id, "COMPLETED").await;
+    server.until_state(fw_id, "COMPLETED").await;
     for _ in 0..100 {
         if device(server, &board.id).await["metadata"]["firmware"] == "1.2.0" {
             break;
@@ -261,13 +246,13 @@ async fn binary_board(server: &TestServer) {
     board.publish("bin", vec![0x11, 0, 0]).await;
     board.publish("bin", vec![0x7f]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    until(server, id as i64, "IN_PROGRESS").await;
+    server.until_state(id as i64, "IN_PROGRESS").await;
 
     let mut result = vec![0x11];
     result.extend_from_slice(&id.to_be_bytes());
     result.extend_from_slice(&[0, 100]);
     board.publish("bin", result).await;
-    until(server, id as i64, "COMPLETED").await;
+    server.until_state(id as i64, "COMPLETED").await;
 
     let mut telemetry = vec![0x10];
     telemetry.extend_from_slice(&1_763_790_000u32.to_be_bytes());

@@ -41,22 +41,6 @@ async fn ring(server: &TestServer, id: &str) -> i64 {
     ops["items"][0]["id"].as_i64().unwrap()
 }
 
-async fn operation(server: &TestServer, id: i64) -> Value {
-    server.admin(Method::GET, &format!("/api/v1/operations/{id}")).send().await.unwrap().json().await.unwrap()
-}
-
-/// Wait (bounded) until operation `id` is in `state`.
-async fn until_state(server: &TestServer, id: i64, state: &str) -> Value {
-    for _ in 0..300 {
-        let op = operation(server, id).await;
-        if op["state"] == state {
-            return op;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("operation {id} never reached {state}: {}", operation(server, id).await);
-}
-
 enum Seen {
     Publish(String, Vec<u8>),
     SubAck(Vec<SubscribeReasonCode>),
@@ -191,10 +175,10 @@ async fn embedded_broker(server: &TestServer) {
     let (topic, pushed) = dev_a.next_push().await;
     assert_eq!(topic, "drover/android/358000000000001/operations");
     assert_eq!((pushed[0]["id"].as_i64(), pushed[0]["code"].as_str()), (Some(op_a), Some("DEVICE_RING")));
-    let op = until_state(server, op_a, "IN_PROGRESS").await;
+    let op = server.until_state(op_a, "IN_PROGRESS").await;
     assert_eq!(op["transitions"][0]["actor"], "delivery:push");
     dev_a.publish("drover/android/358000000000001/reply", completed(&pushed[0])).await;
-    until_state(server, op_a, "COMPLETED").await;
+    server.until_state(op_a, "COMPLETED").await;
 
     // Topic ACLs, tested with mosquitto's own clients: A may not read B's operations...
     let (ok, said) = mosquitto(
@@ -219,7 +203,7 @@ async fn embedded_broker(server: &TestServer) {
     // ...and B, offline, keeps its operation PENDING.
     let op_b = ring(server, b).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(operation(server, op_b).await["state"], "PENDING");
+    assert_eq!(server.operation(op_b).await["state"], "PENDING");
     // A publishing a result in B's name is cut off, and B's operation is untouched.
     let forged = json!([{"id": op_b, "code": "DEVICE_RING", "type": "COMMAND", "status": "COMPLETED"}]).to_string();
     let (ok, said) = mosquitto(
@@ -241,14 +225,14 @@ async fn embedded_broker(server: &TestServer) {
     .await;
     assert!(!ok, "a forged publish must not be acknowledged: {said}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(operation(server, op_b).await["state"], "PENDING");
+    assert_eq!(server.operation(op_b).await["state"], "PENDING");
 
     // B comes online: its queue is pushed.
     let mut dev_b = Device::connect(port, "phone-b", Some(("android/358000000000002", &token_b))).await.unwrap();
     dev_b.subscribe("drover/android/358000000000002/operations").await;
     let (_, pushed) = dev_b.next_push().await;
     assert_eq!(pushed[0]["id"].as_i64(), Some(op_b));
-    until_state(server, op_b, "IN_PROGRESS").await;
+    server.until_state(op_b, "IN_PROGRESS").await;
     // It vanishes before answering; when it is back, the unanswered operation comes again.
     dev_b.drop_connection();
     let mut dev_b = Device::connect(port, "phone-b", Some(("android/358000000000002", &token_b))).await.unwrap();
@@ -256,7 +240,7 @@ async fn embedded_broker(server: &TestServer) {
     let (_, again) = dev_b.next_push().await;
     assert_eq!(again[0]["id"].as_i64(), Some(op_b));
     dev_b.publish("drover/android/358000000000002/reply", completed(&again[0])).await;
-    let done = until_state(server, op_b, "COMPLETED").await;
+    let done = server.until_state(op_b, "COMPLETED").await;
     // Delivered once (PENDING → IN_PROGRESS), completed once: the re-send changed nothing.
     assert_eq!(done["transitions"].as_array().unwrap().len(), 2, "{done}");
 
@@ -265,9 +249,9 @@ async fn embedded_broker(server: &TestServer) {
     let (_, pushed) = dev_a.next_push().await;
     dev_a.publish("drover/android/358000000000001/reply", b"{not json".to_vec()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(operation(server, op_a2).await["state"], "IN_PROGRESS");
+    assert_eq!(server.operation(op_a2).await["state"], "IN_PROGRESS");
     dev_a.publish("drover/android/358000000000001/reply", completed(&pushed[0])).await;
-    until_state(server, op_a2, "COMPLETED").await;
+    server.until_state(op_a2, "COMPLETED").await;
 }
 e2e!(embedded_broker, super::embedded_broker);
 
@@ -294,7 +278,7 @@ async fn external_mosquitto() {
     let id = unique("ext").replace('_', "-");
     enroll(&server, &id).await;
     let op_id = ring(&server, &id).await;
-    assert_eq!(operation(&server, op_id).await["state"], "PENDING");
+    assert_eq!(server.operation(op_id).await["state"], "PENDING");
 
     let mut dev = Device::connect(port, &id, None).await.unwrap();
     dev.subscribe(&format!("drover/android/{id}/operations")).await;
@@ -311,7 +295,7 @@ async fn external_mosquitto() {
     let pushed = pushed.expect("the operation is pushed through mosquitto");
     assert_eq!(pushed[0]["id"].as_i64(), Some(op_id));
     dev.publish(&format!("drover/android/{id}/reply"), completed(&pushed[0])).await;
-    until_state(&server, op_id, "COMPLETED").await;
+    server.until_state(op_id, "COMPLETED").await;
     server.stop().await;
 }
 
@@ -327,12 +311,12 @@ async fn server_restart(server: TestServer) -> TestServer {
     let first = ring(&server, id).await;
     let (_, pushed) = dev.next_push().await;
     assert_eq!(pushed[0]["id"].as_i64(), Some(first));
-    until_state(&server, first, "IN_PROGRESS").await;
+    server.until_state(first, "IN_PROGRESS").await;
     dev.drop_connection();
 
     let server = server.restart().await;
     let second = ring(&server, id).await;
-    assert_eq!(operation(&server, second).await["state"], "PENDING");
+    assert_eq!(server.operation(second).await["state"], "PENDING");
     let mut dev = Device::connect(server.mqtt.unwrap().port(), "phone-c", Some((&user, &token))).await.unwrap();
     dev.subscribe(&format!("drover/android/{id}/operations")).await;
     let mut seen = Vec::new();
@@ -345,8 +329,8 @@ async fn server_restart(server: TestServer) -> TestServer {
     }
     seen.sort();
     assert_eq!(seen, [first, second]);
-    until_state(&server, first, "COMPLETED").await;
-    until_state(&server, second, "COMPLETED").await;
+    server.until_state(first, "COMPLETED").await;
+    server.until_state(second, "COMPLETED").await;
     server
 }
 
@@ -469,10 +453,10 @@ async fn mosquitto_acl_and_restart() {
     // B writes a forged result on A's reply topic: the broker drops it.
     dev_b.publish(&format!("drover/android/{a}/reply"), completed(&pushed[0])).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(operation(&server, first_op).await["state"], "IN_PROGRESS", "a forged result changed nothing");
+    assert_eq!(server.operation(first_op).await["state"], "IN_PROGRESS", "a forged result changed nothing");
     assert!(dev_b.seen.try_recv().is_err(), "B received nothing of A's");
     dev_a.publish(&format!("drover/android/{a}/reply"), completed(&pushed[0])).await;
-    until_state(&server, first_op, "COMPLETED").await;
+    server.until_state(first_op, "COMPLETED").await;
 
     // The broker goes away; an operation added meanwhile stays PENDING.
     broker.stop().await;
@@ -480,7 +464,7 @@ async fn mosquitto_acl_and_restart() {
     dev_b.drop_connection();
     let second_op = ring(&server, a).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(operation(&server, second_op).await["state"], "PENDING");
+    assert_eq!(server.operation(second_op).await["state"], "PENDING");
 
     // Back (no persistence: sessions and subscriptions are gone). Drover reconnects and
     // resubscribes by itself; the device reconnects and says it is online.
@@ -490,7 +474,7 @@ async fn mosquitto_acl_and_restart() {
     let pushed = announce_until_pushed(&mut dev_a, a).await;
     assert_eq!(pushed[0]["id"].as_i64(), Some(second_op));
     dev_a.publish(&format!("drover/android/{a}/reply"), completed(&pushed[0])).await;
-    until_state(&server, second_op, "COMPLETED").await;
+    server.until_state(second_op, "COMPLETED").await;
     server.stop().await;
     broker.stop().await;
 }
