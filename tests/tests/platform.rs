@@ -52,6 +52,11 @@ async fn upload(server: &TestServer, component: &[u8], signature: Option<Vec<u8>
     (r.status(), r.json().await.unwrap_or(Value::Null))
 }
 
+async fn put_grants(server: &TestServer, plugin: &str, capabilities: Value) -> reqwest::Response {
+    let path = format!("/api/v1/plugins/{plugin}/grants");
+    server.admin(Method::PUT, &path).json(&json!({ "capabilities": capabilities })).send().await.unwrap()
+}
+
 async fn post(server: &TestServer, path: &str) -> (StatusCode, Value) {
     let r = server.admin(Method::POST, path).send().await.unwrap();
     (r.status(), r.json().await.unwrap_or(Value::Null))
@@ -245,12 +250,7 @@ async fn rollback_and_restart(server: TestServer) {
     let drover = publisher(&server, "drover").await;
     // An admin's grant change comes first: the first-party version must still be recorded
     // when the first upload replaces it, so rollback can return to it.
-    let r = server
-        .admin(Method::PUT, "/api/v1/plugins/android/grants")
-        .json(&json!({"capabilities": []}))
-        .send()
-        .await
-        .unwrap();
+    let r = put_grants(&server, "android", json!([])).await;
     assert_eq!(r.status(), StatusCode::OK);
     for v in ["0.1.1", "0.1.2"] {
         let c = with_version(&android(), v);
@@ -315,56 +315,31 @@ async fn grants(server: &TestServer) {
     assert!(server.state.registry.get("testbed").is_none());
 
     // Grants may be given before the plugin exists.
-    let r = server
-        .admin(Method::PUT, "/api/v1/plugins/testbed/grants")
-        .json(&json!({"capabilities": ["log", "kv"]}))
-        .send()
-        .await
-        .unwrap();
+    let r = put_grants(server, "testbed", json!(["log", "kv"])).await;
     assert_eq!(r.status(), StatusCode::OK);
     let (status, v) = upload(server, &testbed, Some(tests.sign(&testbed))).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "config is still not granted: {v}");
     assert!(error_message(&v).contains("`config`"), "{v}");
 
-    let r = server
-        .admin(Method::PUT, "/api/v1/plugins/testbed/grants")
-        .json(&json!({"capabilities": ["log", "kv", "config"]}))
-        .send()
-        .await
-        .unwrap();
+    let r = put_grants(server, "testbed", json!(["log", "kv", "config"])).await;
     assert_eq!(r.status(), StatusCode::OK);
     let (status, v) = upload(server, &testbed, Some(tests.sign(&testbed))).await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
     assert_eq!(v["plugin"]["capabilities_granted"], json!(["log", "config", "kv"]));
 
     // Taking back what it imports is refused, and changes nothing.
-    let r = server
-        .admin(Method::PUT, "/api/v1/plugins/testbed/grants")
-        .json(&json!({"capabilities": ["log"]}))
-        .send()
-        .await
-        .unwrap();
+    let r = put_grants(server, "testbed", json!(["log"])).await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let g = get(server, "/api/v1/plugins/testbed/grants").await;
     assert_eq!(g["capabilities"], json!(["log", "config", "kv"]));
     // Granting more (clock) reloads it with the new set.
-    let r = server
-        .admin(Method::PUT, "/api/v1/plugins/testbed/grants")
-        .json(&json!({"capabilities": ["log", "kv", "config", "clock"]}))
-        .send()
-        .await
-        .unwrap();
+    let r = put_grants(server, "testbed", json!(["log", "kv", "config", "clock"])).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(
         get(server, "/api/v1/plugins/testbed").await["plugin"]["capabilities_granted"],
         json!(["log", "config", "kv", "clock"])
     );
-    let r = server
-        .admin(Method::PUT, "/api/v1/plugins/testbed/grants")
-        .json(&json!({"capabilities": ["sockets"]}))
-        .send()
-        .await
-        .unwrap();
+    let r = put_grants(server, "testbed", json!(["sockets"])).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert!(r.text().await.unwrap().contains("unknown capability `sockets`"));
 }
@@ -468,12 +443,7 @@ async fn wait_plugin(server: &TestServer, name: &str, field: &str, want: &str) -
 
 async fn breaker(server: &TestServer) {
     let tests = publisher(server, "drover-tests").await;
-    let r = server
-        .admin(Method::PUT, "/api/v1/plugins/testbed/grants")
-        .json(&json!({"capabilities": ["log", "kv", "config"]}))
-        .send()
-        .await
-        .unwrap();
+    let r = put_grants(server, "testbed", json!(["log", "kv", "config"])).await;
     assert_eq!(r.status(), StatusCode::OK);
     let v1 = component(components::TESTBED);
     let v2 = with_version(&v1, "0.2.0");
