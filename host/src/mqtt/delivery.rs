@@ -168,9 +168,10 @@ pub async fn run(state: AppState, endpoint: Endpoint, mut jobs: mpsc::UnboundedR
 /// The queue of the device a topic (`drover/{type}/{id}/…`) belongs to.
 fn shard_of(topic: &str) -> usize {
     use std::hash::{Hash, Hasher};
-    let device = topic.splitn(4, '/').take(3).collect::<Vec<_>>();
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    device.hash(&mut h);
+    for part in topic.splitn(4, '/').take(3) {
+        part.hash(&mut h);
+    }
     (h.finish() % SHARDS as u64) as usize
 }
 
