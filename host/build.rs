@@ -7,6 +7,7 @@ use std::path::PathBuf;
 const FIRST_PARTY: &[(&str, &str)] = &[
     ("android", "drover-plugin-android"),
     ("esp8266", "drover-plugin-esp8266"),
+    ("ios", "drover-plugin-ios"),
     ("fcm", "drover-plugin-fcm"),
     ("apns", "drover-plugin-apns"),
     ("wns", "drover-plugin-wns"),

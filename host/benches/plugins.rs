@@ -9,13 +9,15 @@
 //! * isolated call: what the server does per call (fresh store + instantiate + call + drop);
 //! * load: cold compile and warm-cache load of the component;
 //! * esp8266: its JSON and binary codecs on the recorded board messages, native and
-//!   isolated Wasm calls.
+//!   isolated Wasm calls;
+//! * ios: Apple MDM command plists and the recorded check-ins and reports, likewise.
 
 use drover::plugins::device_type::ReusedInstance;
 use drover::plugins::types as host;
 use drover::plugins::{Limits, LoadOptions, Runtime};
 use drover_plugin_android::Android;
 use drover_plugin_esp8266::Esp8266;
+use drover_plugin_ios::Ios;
 use drover_sdk::device_type::Guest;
 use drover_sdk::device_type::drover::plugin::types as guest;
 use std::time::{Duration, Instant};
@@ -235,6 +237,7 @@ async fn main() {
         warm.pct(1.0) / 1e3
     );
     esp8266(&rt, n).await;
+    ios(&rt, n).await;
 }
 
 /// The esp8266 plugin on its recorded messages: native against isolated Wasm calls.
@@ -313,6 +316,100 @@ async fn esp8266(rt: &Runtime, n: usize) {
             let (d, c, b, p) = (hdev.clone(), hchan.clone(), body.clone(), &plugin);
             async move {
                 std::hint::black_box(p.decode(d, c, b).await.ok());
+            }
+        })
+        .await;
+        row(&format!("decode {file} ({} B), isolated call", body.len()), Some(&native), &wasm);
+    }
+}
+
+/// The ios plugin: command plists (one per answer) and the recorded Apple MDM messages,
+/// native against isolated Wasm calls.
+async fn ios(rt: &Runtime, n: usize) {
+    let bytes = drover::plugins::first_party::PLUGINS.iter().find(|(name, _)| *name == "ios").unwrap().1;
+    let manifest = drover::plugins::Manifest::from_component(bytes).unwrap();
+    let options = LoadOptions { grants: manifest.capabilities.iter().copied().collect(), ..Default::default() };
+    let plugin = rt.load(bytes, options).await.unwrap();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/ios/fixtures");
+    let udid = "00008120-001A2D3E0C38802E";
+    let gdev = guest::Device { id: udid.into(), metadata: vec![], session: vec![] };
+    let hdev = host::Device { id: udid.into(), metadata: vec![], session: vec![] };
+    println!("\nios ({} KB component)\n", bytes.len() / 1024);
+    println!("| what | native p50 µs | Wasm p50 µs | Wasm p99 µs | Wasm mean µs | Wasm/native p50 |");
+    println!("|---|---|---|---|---|---|");
+    let policy = r#"{"identifier":"com.example.baseline","name":"Baseline","restrictions":{"allowCamera":false,"allowScreenShot":false},"passcode":{"minLength":6,"requireAlphanumeric":true}}"#;
+    for (label, code, payload) in [
+        (
+            "encode DeviceLock",
+            Some("DeviceLock"),
+            Some(r#"{"Message":"Return to IT","PhoneNumber":"+94 11 555 0100"}"#),
+        ),
+        ("encode POLICY_BUNDLE (builds a profile)", Some("POLICY_BUNDLE"), Some(policy)),
+        ("encode nothing left (empty answer)", None, None),
+    ] {
+        let gops: Vec<guest::Operation> = code
+            .map(|c| guest::Operation {
+                id: 105,
+                code: c.into(),
+                kind: guest::OperationKind::Command,
+                payload: payload.map(str::to_string),
+            })
+            .into_iter()
+            .collect();
+        let hops: Vec<host::Operation> = code
+            .map(|c| host::Operation {
+                id: 105,
+                code: c.into(),
+                kind: host::OperationKind::Command,
+                payload: payload.map(str::to_string),
+            })
+            .into_iter()
+            .collect();
+        let native = measure(n, || {
+            let (d, o) = (gdev.clone(), gops.clone());
+            async move {
+                std::hint::black_box(Ios::encode(d, o, guest::ChannelKind::Http).ok());
+            }
+        })
+        .await;
+        let wasm = measure(n, || {
+            let (d, o, p) = (hdev.clone(), hops.clone(), &plugin);
+            async move {
+                std::hint::black_box(p.encode(d, o, host::ChannelKind::Http).await.unwrap().output);
+            }
+        })
+        .await;
+        row(&format!("{label}, isolated call"), Some(&native), &wasm);
+    }
+    for file in ["idle.plist", "token-update.plist", "ack-device-information.plist", "error.plist"] {
+        let body = std::fs::read(format!("{dir}/{file}")).unwrap();
+        let request = |path: &str| (path.to_string(), String::new(), Some("application/x-apple-aspen-mdm".to_string()));
+        let (path, query, content_type) = request("server");
+        let gchan = guest::Channel::Http(guest::HttpRequest {
+            method: guest::HttpMethod::Put,
+            path: path.clone(),
+            query: query.clone(),
+            content_type: content_type.clone(),
+            headers: vec![],
+        });
+        let hchan = host::Channel::Http(host::HttpRequest {
+            method: host::HttpMethod::Put,
+            path,
+            query,
+            content_type,
+            headers: vec![],
+        });
+        let native = measure(n, || {
+            let (d, c, b) = (gdev.clone(), gchan.clone(), body.clone());
+            async move {
+                std::hint::black_box(Ios::decode(d, c, b).unwrap());
+            }
+        })
+        .await;
+        let wasm = measure(n, || {
+            let (d, c, b, p) = (hdev.clone(), hchan.clone(), body.clone(), &plugin);
+            async move {
+                std::hint::black_box(p.decode(d, c, b).await.unwrap());
             }
         })
         .await;

@@ -113,7 +113,7 @@ macro_rules! bench_backend {
             x ^= x << 13; x ^= x >> 7; x ^= x << 17;
             let k = keys[(x % keys.len() as u64) as usize];
             let t = Instant::now();
-            let q = store.queued(k, 100).await.unwrap();
+            let q = store.queued(k, 100, false).await.unwrap();
             via_store.push(t.elapsed());
             assert!(!q.is_empty());
             let t = Instant::now();

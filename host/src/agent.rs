@@ -260,7 +260,12 @@ async fn handle_message(
             } else {
                 state.store.device_by_key(device.id).await?.unwrap_or_else(|| device.clone())
             };
-            match encode_queued(state, plugin, &device, ChannelKind::Http, "delivery:poll", false).await? {
+            // A device that just said "not now" is not asked the same again in this
+            // exchange (it would only say it again): it gets the next PENDING operation or
+            // the "nothing left" answer; its NOTNOW ones are offered on its next call.
+            let said_not_now = message.results.iter().any(|r| r.status == ResultStatus::NotNow);
+            let queue = Queue { skip_empty: false, skip_not_now: said_not_now };
+            match encode_queued(state, plugin, &device, ChannelKind::Http, "delivery:poll", queue).await? {
                 Some(out) => render(out),
                 None => Ok(StatusCode::OK.into_response()),
             }
@@ -292,6 +297,13 @@ pub(crate) async fn receive(
             }
         }
     }
+    if let Some(CheckIn::CheckOut) = &message.check_in {
+        // The device left management (Apple CheckOut, LwM2M de-register): as an admin's
+        // removal, with the device as the actor. Results it carried are recorded first.
+        let cancelled = state.store.disenroll(device.id, "device:check-out").await?;
+        tracing::info!(device_type = %device.device_type, device_id = %device.device_id, cancelled, "device checked out");
+        return Ok(message);
+    }
     if let Some(CheckIn::TokenUpdate(t)) = &message.check_in {
         // A new token also revives one the provider had refused.
         state.store.set_push_token(device.id, Some(&crate::wakeup::token_json(t))).await?;
@@ -318,26 +330,34 @@ fn kind_of(s: &str) -> OperationKind {
     }
 }
 
+/// Which of a device's queued operations `encode_queued` takes.
+#[derive(Clone, Copy)]
+pub(crate) struct Queue {
+    /// Answer `None` when nothing is queued (a push has nothing to send; a poll still
+    /// answers "nothing").
+    pub skip_empty: bool,
+    /// Leave NOTNOW operations out (the device just said "not now").
+    pub skip_not_now: bool,
+}
+
 /// The device's queued operations encoded by its plugin for `kind`, after marking what
-/// the plugin says it carried as delivered by `actor`. `None` when nothing is queued and
-/// `skip_empty` (a push has nothing to send; a poll still answers "nothing"). An
-/// operation the plugin cannot encode ends in ERROR (recorded with the plugin's message)
-/// so it cannot block the queue.
+/// the plugin says it carried as delivered by `actor`. An operation the plugin cannot
+/// encode ends in ERROR (recorded with the plugin's message) so it cannot block the queue.
 pub(crate) async fn encode_queued(
     state: &AppState,
     plugin: &LoadedPlugin,
     device: &DeviceRow,
     kind: ChannelKind,
     actor: &str,
-    skip_empty: bool,
+    queue: Queue,
 ) -> Result<Option<Outbound>, ApiError> {
     let limit = plugin
         .device_type_info()
         .and_then(|i| i.max_operations_per_message)
         .map_or(MAX_BATCH, |m| (m as i64).clamp(1, MAX_BATCH));
     for _ in 0..=MAX_POISON_PER_CALL {
-        let queued = state.store.queued(device.id, limit).await?;
-        if queued.is_empty() && skip_empty {
+        let queued = state.store.queued(device.id, limit, queue.skip_not_now).await?;
+        if queued.is_empty() && queue.skip_empty {
             return Ok(None);
         }
         match plugin.encode(plugin_device(device), plugin_operations(&queued), kind).await {

@@ -248,7 +248,7 @@ async fn attempt(state: &AppState, http: &reqwest::Client, device: &DeviceRow) -
     if device.status == "removed" {
         return Attempt::Moot("the device was removed");
     }
-    match state.store.queued(device.id, 1).await {
+    match state.store.queued(device.id, 1, false).await {
         Ok(q) if q.is_empty() => return Attempt::Moot("nothing is pending"),
         Ok(_) => {}
         Err(e) => return retry(format!("reading the queue: {e}")),

@@ -178,10 +178,14 @@ async fn retries_not_now_and_poison(server: &TestServer) {
     assert_eq!(o["state"], "ERROR");
     assert_eq!(o["attempts"], 2);
 
-    // NOTNOW keeps it queued; the next call offers it again.
+    // NOTNOW keeps it queued; it is not offered in the answer to the NOT_NOW itself (the
+    // device would only refuse it again), but on the next call.
     add_ok(server, &agent.id, "DEVICE_INFO", Value::Null).await;
     let info = agent.poll(json!([])).await;
     let offered = agent.poll(json!([result(&info[0], "NOT_NOW", Value::Null)])).await;
+    assert!(offered.is_empty(), "{offered:?}");
+    assert_eq!(op(server, &info[0]["id"]).await["state"], "NOTNOW");
+    let offered = agent.poll(json!([])).await;
     assert_eq!(offered[0]["id"], info[0]["id"]);
     assert_eq!(op(server, &info[0]["id"]).await["state"], "IN_PROGRESS");
     let t = states(&op(server, &info[0]["id"]).await["transitions"]);

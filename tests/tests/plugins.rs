@@ -341,3 +341,26 @@ async fn concurrent_calls_are_isolated() {
     }
     assert_eq!(ids, (0..64).collect::<Vec<u64>>());
 }
+
+/// Every first-party device type passes its recorded payloads (`plugins/*/fixtures`,
+/// as `drover plugin test` runs them) through its real compiled component.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_party_device_types_pass_their_fixtures() {
+    let mut checked = Vec::new();
+    for (name, bytes) in drover::plugins::first_party::PLUGINS {
+        let dir = std::path::PathBuf::from(format!("{}/../plugins/{name}/fixtures", env!("CARGO_MANIFEST_DIR")));
+        if !dir.join("cases.toml").exists() {
+            continue;
+        }
+        let manifest = drover::plugins::Manifest::from_component(bytes).unwrap();
+        let options = LoadOptions { grants: manifest.capabilities.iter().copied().collect(), ..Default::default() };
+        let plugin = runtime().load(bytes, options).await.unwrap();
+        let outcomes = drover::plugins::fixtures::run(&plugin, &dir).await.unwrap();
+        let failed: Vec<_> = outcomes.iter().filter(|o| !o.passed).collect();
+        assert!(failed.is_empty(), "{name}: {failed:#?}");
+        checked.push(*name);
+    }
+    for name in ["android", "esp8266", "ios"] {
+        assert!(checked.contains(&name), "{name} has fixtures: {checked:?}");
+    }
+}

@@ -66,7 +66,7 @@ async fn bulk_fan_out(server: &TestServer) {
     assert_eq!(d.status, "active");
     assert!(matches!(store.enroll_device(&device(7)).await, Err(StoreError::Conflict(_))));
     // Its queue is the newer ring only.
-    let queued = store.queued(d.id, 10).await.unwrap();
+    let queued = store.queued(d.id, 10, false).await.unwrap();
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].code, "DEVICE_RING");
 
@@ -76,6 +76,6 @@ async fn bulk_fan_out(server: &TestServer) {
     assert_eq!(store.purge_finished(future).await.unwrap(), 1000);
     assert!(store.transitions(sample[0].id).await.unwrap().is_empty());
     assert!(store.operation(sample[0].id).await.unwrap().is_none());
-    assert_eq!(store.queued(d.id, 10).await.unwrap().len(), 1);
+    assert_eq!(store.queued(d.id, 10, false).await.unwrap().len(), 1);
 }
 e2e!(bulk_fan_out, super::bulk_fan_out);

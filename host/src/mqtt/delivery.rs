@@ -10,7 +10,7 @@
 //! least once, and results are idempotent.
 
 use super::{Presence, parse_topic};
-use crate::agent::{encode_queued, plugin_device, plugin_operations, receive};
+use crate::agent::{Queue, encode_queued, plugin_device, plugin_operations, receive};
 use crate::plugins::types::{Channel, ChannelKind, MqttMessage, Outbound, Reply};
 use crate::server::AppState;
 use crate::store::DeviceRow;
@@ -337,9 +337,16 @@ impl Delivery {
 
     async fn push_queue(&self, device: &DeviceRow) -> Result<(), String> {
         let plugin = self.state.registry.device_type(&device.device_type).ok_or("no plugin")?;
-        let out = encode_queued(&self.state, &plugin, device, ChannelKind::Mqtt, "delivery:push", true)
-            .await
-            .map_err(|e| e.message)?;
+        let out = encode_queued(
+            &self.state,
+            &plugin,
+            device,
+            ChannelKind::Mqtt,
+            "delivery:push",
+            Queue { skip_empty: true, skip_not_now: false },
+        )
+        .await
+        .map_err(|e| e.message)?;
         match out {
             Some(out) => self.publish(device, out).await,
             None => Ok(()),

@@ -14,6 +14,8 @@
 //! results = 3                             # how many operation results it must decode
 //! telemetry = 1                           # how many telemetry points
 //! info = ["OS_VERSION"]                   # info keys it must report
+//! check_in = "token-update"               # authenticate | token-update | heartbeat | check-out | none
+//! reply = "pending-operations"            # none | pending-operations | immediate
 //! ```
 //!
 //! Cases run in order and share one device, as a real one would: enrolling sets its id
@@ -49,6 +51,8 @@ struct Case {
     telemetry: Option<usize>,
     #[serde(default)]
     info: Vec<String>,
+    check_in: Option<String>,
+    reply: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,18 +186,33 @@ pub async fn run(plugin: &LoadedPlugin, dir: &Path) -> Result<Vec<Outcome>, Fixt
                             format!("{}:{s}", r.operation_id)
                         })
                         .collect();
+                    let check_in_name = match &m.check_in {
+                        None => "none",
+                        Some(CheckIn::Authenticate) => "authenticate",
+                        Some(CheckIn::TokenUpdate(_)) => "token-update",
+                        Some(CheckIn::Heartbeat) => "heartbeat",
+                        Some(CheckIn::CheckOut) => "check-out",
+                    };
+                    if let Some(want) = &case.check_in
+                        && want != check_in_name
+                    {
+                        checks.push(format!("check-in is {check_in_name}, the case wants {want}"));
+                    }
                     let check_in = match &m.check_in {
                         None => String::new(),
-                        Some(CheckIn::Authenticate) => ", check-in authenticate".into(),
                         Some(CheckIn::TokenUpdate(t)) => format!(", token update for {}", t.transport),
-                        Some(CheckIn::Heartbeat) => ", heartbeat".into(),
-                        Some(CheckIn::CheckOut) => ", check-out".into(),
+                        Some(_) => format!(", check-in {check_in_name}"),
                     };
                     let reply = match &m.reply {
                         Reply::None => "none",
-                        Reply::PendingOperations => "pending operations",
+                        Reply::PendingOperations => "pending-operations",
                         Reply::Immediate(_) => "immediate",
                     };
+                    if let Some(want) = &case.reply
+                        && want != reply
+                    {
+                        checks.push(format!("reply is {reply}, the case wants {want}"));
+                    }
                     let detail = format!(
                         "{} results [{}], {} telemetry, {} info{check_in}; reply: {reply}",
                         m.results.len(),

@@ -203,16 +203,26 @@ impl Store {
         Ok(rows.into_iter().map(|(t,)| t).collect())
     }
 
-    /// A device's queued operations (PENDING or NOTNOW), oldest first, at most `limit`.
-    /// Operations past their TTL are never offered: if the fetch finds any, they are
-    /// expired and the fetch repeated. In the common case this is one indexed read.
-    pub async fn queued(&self, device: i64, limit: i64) -> Result<Vec<QueuedOperation>, StoreError> {
+    /// A device's queued operations (PENDING, and NOTNOW unless `skip_not_now`), oldest
+    /// first, at most `limit`.
+    pub async fn queued(
+        &self,
+        device: i64,
+        limit: i64,
+        skip_not_now: bool,
+    ) -> Result<Vec<QueuedOperation>, StoreError> {
         let now = now_ms();
+        let sql = if skip_not_now {
+            "SELECT o.id, o.code, o.kind, a.payload, o.expires_at FROM operations o
+             JOIN activities a ON a.id = o.activity
+             WHERE o.device = $1 AND o.state = 'PENDING' ORDER BY o.id LIMIT $2"
+        } else {
+            "SELECT o.id, o.code, o.kind, a.payload, o.expires_at FROM operations o
+             JOIN activities a ON a.id = o.activity
+             WHERE o.device = $1 AND o.state IN ('PENDING', 'NOTNOW') ORDER BY o.id LIMIT $2"
+        };
         let fetch = || async {
-            let rows: Vec<QueuedOperation> = with_pool!(self, pool => sqlx::query_as(
-                    "SELECT o.id, o.code, o.kind, a.payload, o.expires_at FROM operations o
-                     JOIN activities a ON a.id = o.activity
-                     WHERE o.device = $1 AND o.state IN ('PENDING', 'NOTNOW') ORDER BY o.id LIMIT $2")
+            let rows: Vec<QueuedOperation> = with_pool!(self, pool => sqlx::query_as(sql)
                 .bind(device).bind(limit).fetch_all(pool).await?);
             Ok::<_, StoreError>(rows)
         };
