@@ -8,6 +8,7 @@ const FIRST_PARTY: &[(&str, &str)] = &[
     ("android", "drover-plugin-android"),
     ("esp8266", "drover-plugin-esp8266"),
     ("ios", "drover-plugin-ios"),
+    ("windows", "drover-plugin-windows"),
     ("fcm", "drover-plugin-fcm"),
     ("apns", "drover-plugin-apns"),
     ("wns", "drover-plugin-wns"),

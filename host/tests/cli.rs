@@ -71,12 +71,12 @@ fn serve_comes_up_with_the_first_party_plugins() {
     let resp = get(port, "/healthz");
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains(r#""status":"ok""#) && resp.contains("android@0.1.0"), "{resp}");
-    for transport in ["esp8266", "ios", "fcm", "apns", "wns", "webhook"] {
+    for transport in ["esp8266", "ios", "windows", "fcm", "apns", "wns", "webhook"] {
         assert!(resp.contains(&format!("{transport}@0.1.0")), "{resp}");
     }
     // The compiled artifacts were cached in the data directory, one per plugin.
     let cached = std::fs::read_dir(data.path().join("cache/compiled")).unwrap().count();
-    assert_eq!(cached, 7);
+    assert_eq!(cached, 8);
     // A bootstrap admin token was generated, readable by the owner only, and works.
     let token_file = data.path().join("admin-token");
     #[cfg(unix)]

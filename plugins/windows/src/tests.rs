@@ -1,0 +1,185 @@
+//! The SyncML codec and session logic natively, against the recorded messages.
+
+use super::*;
+use drover_sdk::device_type::drover::plugin::types::{ErrorCode, HttpMethod, HttpRequest};
+
+const DEV: &str = "7F3A2B1C9D8E4F60A1B2C3D4E5F60718";
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+fn http() -> Channel {
+    Channel::Http(HttpRequest {
+        method: HttpMethod::Post,
+        path: "ManagementServer/MDM.svc".into(),
+        query: String::new(),
+        content_type: Some(syncml::CONTENT_TYPE.into()),
+        headers: vec![],
+    })
+}
+
+fn op(id: u64, code: &str, payload: Option<&str>) -> Operation {
+    Operation { id, code: code.into(), kind: OperationKind::Command, payload: payload.map(str::to_string) }
+}
+
+/// Run one exchange: decode `body` with `session`, then encode `ops`; returns the new
+/// session, the decoded message and Drover's answer parsed back.
+fn exchange(session: Vec<u8>, body: &[u8], ops: Vec<Operation>) -> (Vec<u8>, DeviceMessage, Message, Vec<u64>) {
+    let device = Device { id: DEV.into(), metadata: vec![], session };
+    let m = Windows::decode(device.clone(), http(), body.to_vec()).unwrap();
+    let device = Device { session: m.session.clone().unwrap(), ..device };
+    let e = Windows::encode(device, ops, ChannelKind::Http).unwrap();
+    let Outbound::Http(r) = e.output else { panic!() };
+    assert_eq!(r.content_type.as_deref(), Some(syncml::CONTENT_TYPE));
+    (e.session.unwrap(), m, syncml::parse(&r.body).unwrap(), e.delivered)
+}
+
+#[test]
+fn enrollment_reads_dev_info() {
+    let e = Windows::enroll(http(), fixture("session-open.xml")).unwrap();
+    assert_eq!(e.device_id, DEV);
+    assert!(e.metadata.contains(&("Man".into(), "Dell Inc.".into())));
+    assert!(e.metadata.contains(&("Mod".into(), "Latitude 7440".into())));
+    let e = Windows::enroll(http(), fixture("unenroll.xml")).unwrap_err();
+    assert!(e.message.contains("no ./DevInfo values"), "{}", e.message);
+}
+
+#[test]
+fn a_session_spans_messages_and_maps_statuses_to_operations() {
+    let ops = vec![
+        op(101, "DevDetail", None),
+        op(102, "DeviceStatus", None),
+        op(103, "PushChannel", None),
+        op(104, "Reboot", None),
+    ];
+    let (session, first, answer, delivered) = exchange(vec![], &fixture("session-open.xml"), ops);
+    assert!(first.results.is_empty());
+    assert!(first.info.contains(&("LoginStatus".into(), "user".into())));
+    assert_eq!(delivered, vec![101, 102, 103, 104]);
+    // Drover's message 1: Status for the header and the three client commands, then the four commands.
+    assert_eq!(answer.session_id, "1A");
+    assert_eq!(answer.msg_id, 1);
+    assert_eq!(answer.target, DEV);
+    assert_eq!(answer.source, "https://mdm.example.com/agent/v1/windows/ManagementServer/MDM.svc");
+    let names: Vec<&str> = answer.commands.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["Status", "Status", "Status", "Status", "Get", "Get", "Get", "Exec"]);
+    let hdr = &answer.commands[0];
+    assert_eq!(
+        (hdr.msg_ref, hdr.cmd_ref, hdr.cmd.as_deref(), hdr.data.as_deref()),
+        (Some(1), Some(0), Some("SyncHdr"), Some("200"))
+    );
+    assert_eq!(answer.commands[3].cmd_ref, Some(4), "the Replace with DevInfo");
+    assert_eq!(answer.commands[4].cmd_id, 5);
+    assert_eq!(answer.commands[7].items[0].target.as_deref(), Some("./Device/Vendor/MSFT/Reboot/RebootNow"));
+    assert!(answer.is_final);
+
+    // The device's message 2 answers them (the recorded fixture uses exactly these CmdIDs).
+    let (session, second, answer, delivered) = exchange(session, &fixture("results.xml"), vec![]);
+    assert!(delivered.is_empty());
+    let by_id = |id: u64| second.results.iter().find(|r| r.operation_id == id).unwrap();
+    assert_eq!(by_id(101).status, ResultStatus::Completed);
+    let info: serde_json::Value = serde_json::from_str(by_id(101).response.as_deref().unwrap()).unwrap();
+    assert_eq!(info["results"][0], json!({"uri": "./DevDetail/SwV", "format": "chr", "data": "10.0.22631.4460"}));
+    assert_eq!(by_id(104).status, ResultStatus::Error);
+    let reboot: serde_json::Value = serde_json::from_str(by_id(104).response.as_deref().unwrap()).unwrap();
+    assert_eq!(reboot, json!({"status": 405, "meaning": "command not allowed", "cmd": "Exec"}));
+    assert!(second.info.contains(&("SwV".into(), "10.0.22631.4460".into())));
+    assert!(matches!(second.telemetry[0].value, TelemetryValue::Number(v) if v == 76.0));
+    let Some(CheckIn::TokenUpdate(t)) = &second.check_in else { panic!("{:?}", second.check_in) };
+    assert_eq!(
+        (t.transport.as_str(), t.token.as_str()),
+        ("wns", "https://db5p.notify.windows.com/?token=AwYAAABvX2bZ")
+    );
+    // Drover's message 2: Status for the header and the three Results, nothing else.
+    assert_eq!(answer.msg_id, 2);
+    assert!(answer.commands.iter().all(|c| c.name == "Status" && c.msg_ref == Some(2)));
+    assert_eq!(answer.commands.len(), 4);
+    let s: Session = serde_json::from_slice(&session).unwrap();
+    assert!(s.sent.is_empty() && s.owed.is_empty());
+}
+
+#[test]
+fn commands_left_unanswered_when_a_new_session_starts_are_offered_again() {
+    let (session, _, _, _) = exchange(vec![], &fixture("session-open.xml"), vec![op(7, "RemoteLock", None)]);
+    let next = String::from_utf8(fixture("session-open.xml")).unwrap().replace("<SessionID>1A<", "<SessionID>1B<");
+    let (_, m, _, _) = exchange(session, next.as_bytes(), vec![]);
+    assert_eq!(m.results.len(), 1);
+    assert_eq!((m.results[0].operation_id, m.results[0].status), (7, ResultStatus::NotNow));
+}
+
+#[test]
+fn payloads_become_the_right_commands() {
+    let c = operations::command("CameraPolicy", Some(r#"{"allowed":false}"#)).unwrap();
+    assert_eq!(c.name, "Replace");
+    assert_eq!(c.items[0].target.as_deref(), Some("./Device/Vendor/MSFT/Policy/Config/Camera/AllowCamera"));
+    assert_eq!((c.items[0].format.as_deref(), c.items[0].data.as_deref()), (Some("int"), Some("0")));
+    let c = operations::command("RemoteWipe", Some(r#"{"protected":true}"#)).unwrap();
+    assert_eq!(c.items[0].target.as_deref(), Some("./Device/Vendor/MSFT/RemoteWipe/doWipeProtected"));
+    let c = operations::command(
+        "POLICY_BUNDLE",
+        Some(r#"{"settings":[{"uri":"./Device/Vendor/MSFT/Policy/Config/Experience/AllowCortana","format":"int","data":"0"},{"uri":"./Device/Vendor/MSFT/Policy/Config/Bluetooth/AllowDiscoverableMode","format":"int","data":"0"}]}"#),
+    )
+    .unwrap();
+    assert_eq!(c.items.len(), 2);
+    // Data with markup is escaped on the wire and read back as sent.
+    let c = operations::command(
+        "Replace",
+        Some(r#"{"uri":"./Vendor/MSFT/Test/Blob","format":"xml","data":"<a b=\"1\">&</a>"}"#),
+    )
+    .unwrap();
+    let m = Message {
+        session_id: "1".into(),
+        msg_id: 1,
+        target: DEV.into(),
+        source: "https://x".into(),
+        commands: vec![Command { cmd_id: 1, ..c }],
+        is_final: true,
+    };
+    let back = syncml::parse(&syncml::write(&m)).unwrap();
+    assert_eq!(back, m);
+}
+
+#[test]
+fn validate_names_what_is_wrong() {
+    let e = Windows::validate("Wipe".into(), None).unwrap_err();
+    assert_eq!(e.code, ErrorCode::UnknownOperation);
+    let e = Windows::validate("Get".into(), Some(r#"{"uris":["/DevDetail/SwV"]}"#.into())).unwrap_err();
+    assert!(e.message.contains("is not an OMA-URI"), "{}", e.message);
+    let e = Windows::validate("Replace".into(), Some(r#"{"uri":"./A/../B","data":"1"}"#.into())).unwrap_err();
+    assert!(e.message.contains("`..` segment"), "{}", e.message);
+    let e = Windows::validate("Replace".into(), Some(r#"{"uri":"./A/B","data":"1","format":"integer"}"#.into()))
+        .unwrap_err();
+    assert!(e.message.contains("`format` `integer`"), "{}", e.message);
+    let e = Windows::validate("CameraPolicy".into(), None).unwrap_err();
+    assert!(e.message.contains("missing field `allowed`"), "{}", e.message);
+    for c in operations::CODES {
+        if let Some(s) = c.schema {
+            serde_json::from_str::<serde_json::Value>(s).unwrap();
+        }
+    }
+}
+
+#[test]
+fn malformed_messages_are_refused_naming_the_problem() {
+    let device = Device { id: DEV.into(), metadata: vec![], session: vec![] };
+    let refuse = |name: &str| Windows::decode(device.clone(), http(), fixture(name)).unwrap_err();
+    let e = refuse("truncated.xml");
+    assert_eq!(e.code, ErrorCode::Malformed);
+    assert!(e.message.contains("not well-formed XML"), "{}", e.message);
+    assert!(refuse("wrong-protocol.xml").message.contains("DM/1.1"));
+    assert!(refuse("status-not-a-code.xml").message.contains("no numeric <Data> code"));
+    let other = Device { id: "0000".into(), metadata: vec![], session: vec![] };
+    let e = Windows::decode(other, http(), fixture("session-open.xml")).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Invalid);
+    let e =
+        Windows::decode(device, http(), b"<SyncML xmlns='SYNCML:SYNCML1.2'><SyncBody/></SyncML>".to_vec()).unwrap_err();
+    assert!(e.message.contains("no <SyncHdr>"), "{}", e.message);
+}
+
+#[test]
+fn a_check_out_is_the_unenrollment_alert() {
+    let device = Device { id: DEV.into(), metadata: vec![], session: vec![] };
+    let m = Windows::decode(device, http(), fixture("unenroll.xml")).unwrap();
+    assert!(matches!(m.check_in, Some(CheckIn::CheckOut)));
+}
