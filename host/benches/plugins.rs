@@ -10,7 +10,8 @@
 //! * load: cold compile and warm-cache load of the component;
 //! * esp8266: its JSON and binary codecs on the recorded board messages, native and
 //!   isolated Wasm calls;
-//! * ios: Apple MDM command plists and the recorded check-ins and reports, likewise.
+//! * ios: Apple MDM command plists and the recorded check-ins and reports, likewise;
+//! * windows: a SyncML answer with commands, and the recorded session messages.
 
 use drover::plugins::device_type::ReusedInstance;
 use drover::plugins::types as host;
@@ -18,6 +19,7 @@ use drover::plugins::{Limits, LoadOptions, Runtime};
 use drover_plugin_android::Android;
 use drover_plugin_esp8266::Esp8266;
 use drover_plugin_ios::Ios;
+use drover_plugin_windows::Windows;
 use drover_sdk::device_type::Guest;
 use drover_sdk::device_type::drover::plugin::types as guest;
 use std::time::{Duration, Instant};
@@ -238,6 +240,7 @@ async fn main() {
     );
     esp8266(&rt, n).await;
     ios(&rt, n).await;
+    windows(&rt, n).await;
 }
 
 /// The esp8266 plugin on its recorded messages: native against isolated Wasm calls.
@@ -403,6 +406,97 @@ async fn ios(rt: &Runtime, n: usize) {
             let (d, c, b) = (gdev.clone(), gchan.clone(), body.clone());
             async move {
                 std::hint::black_box(Ios::decode(d, c, b).unwrap());
+            }
+        })
+        .await;
+        let wasm = measure(n, || {
+            let (d, c, b, p) = (hdev.clone(), hchan.clone(), body.clone(), &plugin);
+            async move {
+                std::hint::black_box(p.decode(d, c, b).await.unwrap());
+            }
+        })
+        .await;
+        row(&format!("decode {file} ({} B), isolated call", body.len()), Some(&native), &wasm);
+    }
+}
+
+/// The windows plugin: its answer in an open session (statuses plus commands), and the
+/// recorded client messages, native against isolated Wasm calls.
+async fn windows(rt: &Runtime, n: usize) {
+    let bytes = drover::plugins::first_party::PLUGINS.iter().find(|(name, _)| *name == "windows").unwrap().1;
+    let plugin = rt.load(bytes, LoadOptions::default()).await.unwrap();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/windows/fixtures");
+    let id = "7F3A2B1C9D8E4F60A1B2C3D4E5F60718";
+    println!("\nwindows ({} KB component)\n", bytes.len() / 1024);
+    println!("| what | native p50 µs | Wasm p50 µs | Wasm p99 µs | Wasm mean µs | Wasm/native p50 |");
+    println!("|---|---|---|---|---|---|");
+    let open = std::fs::read(format!("{dir}/session-open.xml")).unwrap();
+    let fresh = guest::Device { id: id.into(), metadata: vec![], session: vec![] };
+    let gchan = guest::Channel::Http(guest::HttpRequest {
+        method: guest::HttpMethod::Post,
+        path: "ManagementServer/MDM.svc".into(),
+        query: String::new(),
+        content_type: Some("application/vnd.syncml.dm+xml".into()),
+        headers: vec![],
+    });
+    let hchan = host::Channel::Http(host::HttpRequest {
+        method: host::HttpMethod::Post,
+        path: "ManagementServer/MDM.svc".into(),
+        query: String::new(),
+        content_type: Some("application/vnd.syncml.dm+xml".into()),
+        headers: vec![],
+    });
+    // The session after the device's first message: what encode answers in.
+    let session = Windows::decode(fresh.clone(), gchan.clone(), open.clone()).unwrap().session.unwrap();
+    let codes =
+        [("DevDetail", None), ("DeviceStatus", None), ("CameraPolicy", Some(r#"{"allowed":false}"#)), ("Reboot", None)];
+    let gops: Vec<guest::Operation> = codes
+        .iter()
+        .enumerate()
+        .map(|(i, (c, p))| guest::Operation {
+            id: 101 + i as u64,
+            code: (*c).into(),
+            kind: guest::OperationKind::Command,
+            payload: p.map(str::to_string),
+        })
+        .collect();
+    let hops: Vec<host::Operation> = codes
+        .iter()
+        .enumerate()
+        .map(|(i, (c, p))| host::Operation {
+            id: 101 + i as u64,
+            code: (*c).into(),
+            kind: host::OperationKind::Command,
+            payload: p.map(str::to_string),
+        })
+        .collect();
+    let gdev = guest::Device { id: id.into(), metadata: vec![], session: session.clone() };
+    let hdev = host::Device { id: id.into(), metadata: vec![], session: session.clone() };
+    let native = measure(n, || {
+        let (d, o) = (gdev.clone(), gops.clone());
+        async move {
+            std::hint::black_box(Windows::encode(d, o, guest::ChannelKind::Http).unwrap());
+        }
+    })
+    .await;
+    let wasm = measure(n, || {
+        let (d, o, p) = (hdev.clone(), hops.clone(), &plugin);
+        async move {
+            std::hint::black_box(p.encode(d, o, host::ChannelKind::Http).await.unwrap());
+        }
+    })
+    .await;
+    row("encode 4 statuses + 4 commands, isolated call", Some(&native), &wasm);
+    // The session in which results.xml answers: the same four commands sent as CmdID 5–8.
+    let after = Windows::encode(gdev.clone(), gops.clone(), guest::ChannelKind::Http).unwrap().session.unwrap();
+    for (file, session) in [("session-open.xml", vec![]), ("results.xml", after)] {
+        let body = std::fs::read(format!("{dir}/{file}")).unwrap();
+        let gdev = guest::Device { id: id.into(), metadata: vec![], session: session.clone() };
+        let hdev = host::Device { id: id.into(), metadata: vec![], session };
+        let native = measure(n, || {
+            let (d, c, b) = (gdev.clone(), gchan.clone(), body.clone());
+            async move {
+                std::hint::black_box(Windows::decode(d, c, b).unwrap());
             }
         })
         .await;
