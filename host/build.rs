@@ -9,6 +9,7 @@ const FIRST_PARTY: &[(&str, &str)] = &[
     ("esp8266", "drover-plugin-esp8266"),
     ("ios", "drover-plugin-ios"),
     ("windows", "drover-plugin-windows"),
+    ("lwm2m", "drover-plugin-lwm2m"),
     ("fcm", "drover-plugin-fcm"),
     ("apns", "drover-plugin-apns"),
     ("wns", "drover-plugin-wns"),

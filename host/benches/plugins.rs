@@ -11,7 +11,9 @@
 //! * esp8266: its JSON and binary codecs on the recorded board messages, native and
 //!   isolated Wasm calls;
 //! * ios: Apple MDM command plists and the recorded check-ins and reports, likewise;
-//! * windows: a SyncML answer with commands, and the recorded session messages.
+//! * windows: a SyncML answer with commands, and the recorded session messages;
+//! * lwm2m: CoAP requests for operations, and TLV / SenML answers (the specification's
+//!   Device example) and a firmware notification.
 
 use drover::plugins::device_type::ReusedInstance;
 use drover::plugins::types as host;
@@ -19,6 +21,7 @@ use drover::plugins::{Limits, LoadOptions, Runtime};
 use drover_plugin_android::Android;
 use drover_plugin_esp8266::Esp8266;
 use drover_plugin_ios::Ios;
+use drover_plugin_lwm2m::Lwm2m;
 use drover_plugin_windows::Windows;
 use drover_sdk::device_type::Guest;
 use drover_sdk::device_type::drover::plugin::types as guest;
@@ -241,6 +244,7 @@ async fn main() {
     esp8266(&rt, n).await;
     ios(&rt, n).await;
     windows(&rt, n).await;
+    lwm2m(&rt, n).await;
 }
 
 /// The esp8266 plugin on its recorded messages: native against isolated Wasm calls.
@@ -497,6 +501,98 @@ async fn windows(rt: &Runtime, n: usize) {
             let (d, c, b) = (gdev.clone(), gchan.clone(), body.clone());
             async move {
                 std::hint::black_box(Windows::decode(d, c, b).unwrap());
+            }
+        })
+        .await;
+        let wasm = measure(n, || {
+            let (d, c, b, p) = (hdev.clone(), hchan.clone(), body.clone(), &plugin);
+            async move {
+                std::hint::black_box(p.decode(d, c, b).await.unwrap());
+            }
+        })
+        .await;
+        row(&format!("decode {file} ({} B), isolated call", body.len()), Some(&native), &wasm);
+    }
+}
+
+/// The lwm2m plugin: operations as CoAP requests, and the recorded answers.
+async fn lwm2m(rt: &Runtime, n: usize) {
+    let bytes = drover::plugins::first_party::PLUGINS.iter().find(|(name, _)| *name == "lwm2m").unwrap().1;
+    let plugin = rt.load(bytes, LoadOptions::default()).await.unwrap();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/lwm2m/fixtures");
+    let id = "urn:dev:os:0023C7-000001";
+    let gdev = guest::Device { id: id.into(), metadata: vec![], session: vec![] };
+    let hdev = host::Device { id: id.into(), metadata: vec![], session: vec![] };
+    println!("\nlwm2m ({} KB component)\n", bytes.len() / 1024);
+    println!("| what | native p50 µs | Wasm p50 µs | Wasm p99 µs | Wasm mean µs | Wasm/native p50 |");
+    println!("|---|---|---|---|---|---|");
+    let codes = [
+        ("DeviceInfo", None),
+        ("Write", Some(r#"{"path":"1/0/1","value":300,"format":"tlv"}"#)),
+        ("Observe", Some(r#"{"path":"3/0/9"}"#)),
+        ("FIRMWARE_UPDATE", Some(r#"{"uri":"coap://fw.example.com/esp/2.1.0.bin"}"#)),
+    ];
+    let gops: Vec<guest::Operation> = codes
+        .iter()
+        .enumerate()
+        .map(|(i, (c, p))| guest::Operation {
+            id: 101 + i as u64,
+            code: (*c).into(),
+            kind: guest::OperationKind::Command,
+            payload: p.map(str::to_string),
+        })
+        .collect();
+    let hops: Vec<host::Operation> = codes
+        .iter()
+        .enumerate()
+        .map(|(i, (c, p))| host::Operation {
+            id: 101 + i as u64,
+            code: (*c).into(),
+            kind: host::OperationKind::Command,
+            payload: p.map(str::to_string),
+        })
+        .collect();
+    let native = measure(n, || {
+        let (d, o) = (gdev.clone(), gops.clone());
+        async move {
+            std::hint::black_box(Lwm2m::encode(d, o, guest::ChannelKind::Coap).unwrap());
+        }
+    })
+    .await;
+    let wasm = measure(n, || {
+        let (d, o, p) = (hdev.clone(), hops.clone(), &plugin);
+        async move {
+            std::hint::black_box(p.encode(d, o, host::ChannelKind::Coap).await.unwrap());
+        }
+    })
+    .await;
+    row("encode 4 ops (5 CoAP requests), isolated call", Some(&native), &wasm);
+    for (file, path, format) in [
+        ("device-read.tlv", "3/0", 11542u16),
+        ("device-read.senml.json", "3/0", 110),
+        ("firmware-done.tlv", "5/0", 11542),
+    ] {
+        let body = std::fs::read(format!("{dir}/{file}")).unwrap();
+        let gchan = guest::Channel::Coap(guest::CoapMessage {
+            method: None,
+            code: 205,
+            path: path.into(),
+            query: vec![],
+            content_format: Some(format),
+            operation_id: Some(101),
+        });
+        let hchan = host::Channel::Coap(host::CoapMessage {
+            method: None,
+            code: 205,
+            path: path.into(),
+            query: vec![],
+            content_format: Some(format),
+            operation_id: Some(101),
+        });
+        let native = measure(n, || {
+            let (d, c, b) = (gdev.clone(), gchan.clone(), body.clone());
+            async move {
+                std::hint::black_box(Lwm2m::decode(d, c, b).unwrap());
             }
         })
         .await;

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod api;
 pub mod auth;
+pub mod coap;
 pub mod config;
 pub mod metrics;
 pub mod mqtt;

@@ -28,6 +28,8 @@ pub struct AppState {
     pub settings: Arc<crate::wakeup::Settings>,
     /// Uploads, rollback, grants and the breaker, kept in the database.
     pub catalog: Arc<crate::plugins::catalog::Catalog>,
+    /// CoAP for LwM2M devices (absent only in tests that build a state by hand).
+    pub coap: Option<crate::coap::Coap>,
 }
 
 /// Everything a running server holds.
@@ -109,6 +111,7 @@ impl Server {
                 Mqtt { embedded: Some((EmbeddedBroker::start(MAX_MQTT_CONNECTIONS), listener, gate)), endpoint, jobs }
             }
         };
+        let coap = crate::coap::Coap::bind(config.coap_addr).await?;
         let state = AppState {
             registry,
             store,
@@ -118,6 +121,7 @@ impl Server {
             wakeup: crate::wakeup::WakeUp::default(),
             settings,
             catalog,
+            coap: Some(coap),
         };
         let housekeeping = Housekeeping {
             retention: Duration::from_secs(u64::from(config.retention_days) * 86_400),
@@ -128,6 +132,11 @@ impl Server {
 
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where the CoAP listener for LwM2M devices is bound.
+    pub fn coap_addr(&self) -> Option<std::net::SocketAddr> {
+        self.state.coap.as_ref().and_then(|c| c.local_addr().ok())
     }
 
     /// Where the embedded MQTT broker listens (`None` with an external broker).
@@ -149,11 +158,15 @@ impl Server {
         });
         let delivery = tokio::spawn(delivery::run(self.state.clone(), endpoint, jobs));
         let wakeups = tokio::spawn(crate::wakeup::run(self.state.clone(), self.state.wakeup.clone()));
+        let coap = self.state.coap.clone().map(|c| tokio::spawn(c.run(self.state.clone())));
         let result = axum::serve(self.listener, router(self.state)).with_graceful_shutdown(shutdown).await;
         sweeper.abort();
         catalog.abort();
         delivery.abort();
         wakeups.abort();
+        if let Some(c) = coap {
+            c.abort();
+        }
         if let Some(b) = broker {
             b.abort();
         }

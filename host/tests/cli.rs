@@ -19,6 +19,10 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+fn free_udp() -> String {
+    format!("127.0.0.1:{}", std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+}
+
 struct Served(Child);
 
 impl Drop for Served {
@@ -34,6 +38,7 @@ fn serve(data: &std::path::Path, port: u16) -> Served {
         .args(["serve", "--data-dir"])
         .arg(data)
         .args(["--http-addr", &format!("127.0.0.1:{port}"), "--mqtt-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--coap-addr", &free_udp()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -71,12 +76,12 @@ fn serve_comes_up_with_the_first_party_plugins() {
     let resp = get(port, "/healthz");
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains(r#""status":"ok""#) && resp.contains("android@0.1.0"), "{resp}");
-    for transport in ["esp8266", "ios", "windows", "fcm", "apns", "wns", "webhook"] {
+    for transport in ["esp8266", "ios", "windows", "lwm2m", "fcm", "apns", "wns", "webhook"] {
         assert!(resp.contains(&format!("{transport}@0.1.0")), "{resp}");
     }
     // The compiled artifacts were cached in the data directory, one per plugin.
     let cached = std::fs::read_dir(data.path().join("cache/compiled")).unwrap().count();
-    assert_eq!(cached, 8);
+    assert_eq!(cached, 9);
     // A bootstrap admin token was generated, readable by the owner only, and works.
     let token_file = data.path().join("admin-token");
     #[cfg(unix)]
@@ -120,6 +125,28 @@ fn a_taken_mqtt_port_names_the_flag_and_the_way_out() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--mqtt-addr") && err.contains(&port.to_string()) && err.contains("--broker"), "{err}");
+}
+
+#[test]
+fn a_taken_coap_port_names_the_flag() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let out = drover()
+        .args(["serve", "--data-dir"])
+        .arg(data.path())
+        .args([
+            "--http-addr",
+            &format!("127.0.0.1:{}", free_port()),
+            "--mqtt-addr",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .args(["--coap-addr", &addr.to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--coap-addr") && err.contains(&addr.to_string()), "{err}");
 }
 
 #[test]

@@ -101,6 +101,8 @@ pub struct TestServer {
     pub state: drover::server::AppState,
     /// The embedded MQTT broker's address (`None` with an external broker).
     pub mqtt: Option<std::net::SocketAddr>,
+    /// Where LwM2M devices register (CoAP over UDP).
+    pub coap: std::net::SocketAddr,
     config: drover::config::Config,
     /// (server URL, schema) of a PostgreSQL test, dropped at `stop`.
     pg_schema: Option<(String, String)>,
@@ -187,6 +189,7 @@ impl TestServer {
         let base = format!("http://{}", server.local_addr().unwrap());
         let state = server.state.clone();
         let mqtt = server.mqtt_addr();
+        let coap = server.coap_addr().expect("the CoAP listener");
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             server
@@ -202,6 +205,7 @@ impl TestServer {
             data,
             state,
             mqtt,
+            coap,
             config,
             pg_schema,
             shutdown: Some(tx),

@@ -360,7 +360,7 @@ async fn first_party_device_types_pass_their_fixtures() {
         assert!(failed.is_empty(), "{name}: {failed:#?}");
         checked.push(*name);
     }
-    for name in ["android", "esp8266", "ios", "windows"] {
+    for name in ["android", "esp8266", "ios", "windows", "lwm2m"] {
         assert!(checked.contains(&name), "{name} has fixtures: {checked:?}");
     }
 }

@@ -808,6 +808,9 @@ async fn add_operation(
         push.activity_added(activity.id);
     }
     state.wakeup.activity_added(&state, activity.id);
+    if let Some(coap) = &state.coap {
+        coap.activity_added(&state, activity.id);
+    }
     Ok((StatusCode::CREATED, Json(Added { activity, operations })))
 }
 

@@ -10,6 +10,9 @@
 //! method = "PUT"                          # [enroll: POST, decode: PUT]
 //! content_type = "application/json"       # [none]
 //! topic = "reply"                         # decode an MQTT message with this topic suffix instead of HTTP
+//! coap = "3/0"                            # a CoAP response to a request on this path (enroll: the registration, `rd`)
+//! code = 205                              # the CoAP response code [205]; `query` and `format` (content format) too
+//! operation = 7                           # the operation the CoAP response answers [1]
 //! expect = "ok"                           # ok | error [default: ok]
 //! results = 3                             # how many operation results it must decode
 //! telemetry = 1                           # how many telemetry points
@@ -24,7 +27,9 @@
 
 use super::CallError;
 use super::runtime::LoadedPlugin;
-use super::types::{Channel, CheckIn, Device, HttpMethod, HttpRequest, MqttMessage, Reply, ResultStatus};
+use super::types::{
+    Channel, CheckIn, CoapMessage, CoapMethod, Device, HttpMethod, HttpRequest, MqttMessage, Reply, ResultStatus,
+};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -45,6 +50,12 @@ struct Case {
     method: Option<String>,
     content_type: Option<String>,
     topic: Option<String>,
+    coap: Option<String>,
+    code: Option<u16>,
+    #[serde(default)]
+    query: Vec<String>,
+    format: Option<u16>,
+    operation: Option<u64>,
     #[serde(default)]
     expect: Option<String>,
     results: Option<usize>,
@@ -122,9 +133,17 @@ pub async fn run(plugin: &LoadedPlugin, dir: &Path) -> Result<Vec<Outcome>, Fixt
             outcomes.push(bad(format!("`method = {:?}` is not an HTTP method", case.method)));
             continue;
         };
-        let channel = match &case.topic {
-            Some(t) => Channel::Mqtt(MqttMessage { topic_suffix: t.clone() }),
-            None => Channel::Http(HttpRequest {
+        let channel = match (&case.topic, &case.coap) {
+            (Some(t), _) => Channel::Mqtt(MqttMessage { topic_suffix: t.clone() }),
+            (None, Some(path)) => Channel::Coap(CoapMessage {
+                method: (call == "enroll").then_some(CoapMethod::Post),
+                code: if call == "enroll" { 0 } else { case.code.unwrap_or(205) },
+                path: path.clone(),
+                query: case.query.clone(),
+                content_format: case.format,
+                operation_id: (call != "enroll").then_some(case.operation.unwrap_or(1)),
+            }),
+            (None, None) => Channel::Http(HttpRequest {
                 method: http_method,
                 path: case
                     .path

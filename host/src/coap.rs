@@ -1,0 +1,647 @@
+//! CoAP over UDP for LwM2M devices (`--coap-addr`): the LwM2M registration interface
+//! (register, update, de-register on `/rd`, with lifetime, binding and queue mode) and
+//! the server-initiated requests operations become (Read, Write, Execute, Observe).
+//!
+//! The host owns the transport; the device type's plugin (the one whose `describe` lists
+//! `delivery: coap`) validates registrations (`enroll` with the CoAP channel), encodes
+//! operations as CoAP requests and decodes the responses, exactly as for HTTP and MQTT.
+//! Each request carries a fresh token; the response (piggybacked on the ACK, or separate)
+//! and every Observe notification come back with it and are decoded for the operation
+//! the token was made for. Confirmable requests are retransmitted (RFC 7252: 2 s, doubling,
+//! 4 times); a request never answered puts its operation back in the queue (NOTNOW), to
+//! be sent again at the device's next update.
+//!
+//! Registrations are soft state, kept in memory: after a restart an update gets 4.04 and
+//! the client registers again (as the LwM2M specification has it). A device in queue
+//! mode (`b=UQ`) is sent to only right after it registered or updated, when it listens.
+
+use crate::agent::{Queue, encode_queued, receive};
+use crate::plugins::types::{Channel, ChannelKind, CoapMessage, CoapMethod, CoapRequest, Delivery, Outbound, Reply};
+use crate::server::AppState;
+use crate::store::{DeviceRow, NewDevice};
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+
+/// RFC 7252 transmission parameters.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_RETRANSMIT: u32 = 4;
+
+/// A registration lives `lt` seconds (default 86400) after its last update.
+const DEFAULT_LIFETIME: u64 = 86_400;
+
+/// Largest datagram read (CoAP over UDP stays well under it).
+const MAX_DATAGRAM: usize = 64 * 1024;
+
+/// What the server keeps per registered endpoint.
+#[derive(Debug, Clone)]
+struct Registration {
+    device: i64,
+    device_type: String,
+    device_id: String,
+    addr: SocketAddr,
+    lifetime: Duration,
+    binding: String,
+    updated: Instant,
+}
+
+impl Registration {
+    fn queue_mode(&self) -> bool {
+        self.binding.contains('Q')
+    }
+}
+
+/// A request Drover sent, awaiting its response (or, for an Observe, its notifications).
+#[derive(Debug, Clone)]
+struct Exchange {
+    device: i64,
+    request: CoapRequest,
+    addr: SocketAddr,
+    message_id: u16,
+    bytes: Vec<u8>,
+    /// An ACK (empty or piggybacked) arrived: no more retransmissions.
+    acked: bool,
+    tries: u32,
+    next_at: Instant,
+    timeout: Duration,
+}
+
+struct Inner {
+    socket: UdpSocket,
+    registrations: Mutex<HashMap<String, Registration>>,
+    /// Device key → registration id.
+    by_device: Mutex<HashMap<i64, String>>,
+    /// Token → exchange.
+    exchanges: Mutex<HashMap<Vec<u8>, Exchange>>,
+    /// Observe requests to re-establish when a device registers again: device key →
+    /// (operation, request).
+    observing: Mutex<HashMap<i64, Vec<CoapRequest>>>,
+    next_message_id: AtomicU16,
+    next_token: AtomicU64,
+    next_registration: AtomicU64,
+}
+
+/// The CoAP side of a server, cheap to clone.
+#[derive(Clone)]
+pub struct Coap {
+    inner: Arc<Inner>,
+}
+
+fn code_number(c: MessageClass) -> u16 {
+    let raw: u8 = c.into();
+    u16::from(raw >> 5) * 100 + u16::from(raw & 0x1f)
+}
+
+fn method(m: CoapMethod) -> RequestType {
+    match m {
+        CoapMethod::Get => RequestType::Get,
+        CoapMethod::Post => RequestType::Post,
+        CoapMethod::Put => RequestType::Put,
+        CoapMethod::Delete => RequestType::Delete,
+        CoapMethod::Fetch => RequestType::Fetch,
+        CoapMethod::Ipatch => RequestType::IPatch,
+    }
+}
+
+fn uri_path(p: &Packet) -> Vec<String> {
+    p.get_option(CoapOption::UriPath)
+        .map(|l| l.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+        .unwrap_or_default()
+}
+
+fn uri_query(p: &Packet) -> Vec<String> {
+    p.get_option(CoapOption::UriQuery)
+        .map(|l| l.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+        .unwrap_or_default()
+}
+
+fn uint_option(p: &Packet, o: CoapOption) -> Option<u32> {
+    p.get_first_option(o).map(|v| v.iter().fold(0u32, |a, b| (a << 8) | u32::from(*b)))
+}
+
+fn uint_bytes(v: u32) -> Vec<u8> {
+    let b = v.to_be_bytes();
+    let skip = b.iter().take_while(|x| **x == 0).count();
+    b[skip..].to_vec()
+}
+
+impl Coap {
+    /// Bind the UDP socket (a clear error naming the flag when the address is taken).
+    pub async fn bind(addr: SocketAddr) -> anyhow::Result<Coap> {
+        let socket = UdpSocket::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen for CoAP on {addr} (--coap-addr): {e}; choose another address")
+        })?;
+        let seed = crate::store::now_ms() as u64;
+        Ok(Coap {
+            inner: Arc::new(Inner {
+                socket,
+                registrations: Mutex::new(HashMap::new()),
+                by_device: Mutex::new(HashMap::new()),
+                exchanges: Mutex::new(HashMap::new()),
+                observing: Mutex::new(HashMap::new()),
+                next_message_id: AtomicU16::new(seed as u16),
+                next_token: AtomicU64::new(seed.rotate_left(17)),
+                next_registration: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.socket.local_addr()
+    }
+
+    /// An activity was stored: send it to its registered devices that listen now.
+    pub fn activity_added(&self, state: &AppState, activity: i64) {
+        let (coap, state) = (self.clone(), state.clone());
+        tokio::spawn(async move {
+            let Ok(devices) = state.store.activity_queued_devices(activity).await else { return };
+            for device in devices {
+                let listening = {
+                    let by_device = coap.inner.by_device.lock().unwrap_or_else(|p| p.into_inner());
+                    let regs = coap.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
+                    by_device.get(&device).and_then(|id| regs.get(id)).is_some_and(|r| !r.queue_mode())
+                };
+                if listening {
+                    coap.deliver(&state, device).await;
+                }
+            }
+        });
+    }
+
+    /// Receive datagrams and keep retransmitting until the server stops (the task is
+    /// aborted).
+    pub async fn run(self, state: AppState) {
+        if let Ok(addr) = self.local_addr() {
+            tracing::info!(%addr, "CoAP listening");
+        }
+        tokio::join!(self.clone().retransmit(state.clone()), self.receive(state));
+    }
+
+    async fn receive(self, state: AppState) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let (n, from) = match self.inner.socket.recv_from(&mut buf).await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("CoAP receive failed: {e}");
+                    continue;
+                }
+            };
+            let packet = match Packet::from_bytes(&buf[..n]) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::debug!(%from, "not a CoAP message: {e}");
+                    continue;
+                }
+            };
+            // Each datagram is handled on its own; a device's exchanges are short.
+            let (coap, state) = (self.clone(), state.clone());
+            tokio::spawn(async move { coap.datagram(&state, packet, from).await });
+        }
+    }
+
+    async fn send(&self, packet: &Packet, to: SocketAddr) {
+        match packet.to_bytes() {
+            Ok(bytes) => {
+                if let Err(e) = self.inner.socket.send_to(&bytes, to).await {
+                    tracing::warn!(%to, "CoAP send failed: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("CoAP message not encodable: {e:?}"),
+        }
+    }
+
+    /// A piggybacked response to `request`.
+    fn reply(request: &Packet, code: ResponseType) -> Packet {
+        let mut p = Packet::new();
+        p.header.set_version(1);
+        p.header.set_type(if request.header.get_type() == MessageType::Confirmable {
+            MessageType::Acknowledgement
+        } else {
+            MessageType::NonConfirmable
+        });
+        p.header.message_id = request.header.message_id;
+        p.header.code = MessageClass::Response(code);
+        p.set_token(request.get_token().to_vec());
+        p
+    }
+
+    async fn datagram(&self, state: &AppState, packet: Packet, from: SocketAddr) {
+        match packet.header.code {
+            MessageClass::Request(_) => {
+                let answer = self.registration_interface(state, &packet, from).await;
+                let registered_or_updated =
+                    matches!(answer.header.code, MessageClass::Response(ResponseType::Created | ResponseType::Changed));
+                self.send(&answer, from).await;
+                if registered_or_updated {
+                    // The device listens now (queue mode: only now).
+                    let device = self.device_of(from, &packet);
+                    if let Some(device) = device {
+                        self.deliver(state, device).await;
+                    }
+                }
+            }
+            MessageClass::Response(_) => self.response(state, packet, from).await,
+            MessageClass::Empty => {
+                // An empty ACK (a separate response follows) or a RST (the device refused
+                // the request or no longer wants an observation).
+                let mut exchanges = self.inner.exchanges.lock().unwrap_or_else(|p| p.into_inner());
+                let found = exchanges
+                    .iter()
+                    .find(|(_, x)| x.message_id == packet.header.message_id && x.addr == from)
+                    .map(|(t, _)| t.clone());
+                if let Some(token) = found {
+                    if packet.header.get_type() == MessageType::Reset {
+                        exchanges.remove(&token);
+                    } else if let Some(x) = exchanges.get_mut(&token) {
+                        x.acked = true;
+                    }
+                }
+            }
+            MessageClass::Reserved(_) => {}
+        }
+    }
+
+    /// The device a just-answered register/update is for.
+    fn device_of(&self, from: SocketAddr, _packet: &Packet) -> Option<i64> {
+        let regs = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
+        regs.values().filter(|r| r.addr == from).max_by_key(|r| r.updated).map(|r| r.device)
+    }
+
+    fn plugin_for_coap(state: &AppState) -> Option<(String, Arc<crate::plugins::LoadedPlugin>)> {
+        // The CoAP device type: `lwm2m` if it serves, else any serving type that says coap.
+        if let Some(p) = state.registry.device_type("lwm2m") {
+            return Some(("lwm2m".into(), p));
+        }
+        state.registry.names().into_iter().find_map(|name| {
+            let p = state.registry.device_type(&name)?;
+            p.device_type_info()?.delivery.contains(&Delivery::Coap).then_some((name, p))
+        })
+    }
+
+    /// `POST /rd` (register), `POST /rd/{id}` (update), `DELETE /rd/{id}` (de-register).
+    async fn registration_interface(&self, state: &AppState, packet: &Packet, from: SocketAddr) -> Packet {
+        let path = uri_path(packet);
+        let query = uri_query(packet);
+        let MessageClass::Request(m) = packet.header.code else { unreachable!("a request") };
+        let answer = |code: ResponseType, diagnostic: &str| {
+            let mut p = Coap::reply(packet, code);
+            if !diagnostic.is_empty() {
+                p.payload = diagnostic.as_bytes().to_vec();
+            }
+            p
+        };
+        match (m, path.iter().map(String::as_str).collect::<Vec<_>>().as_slice()) {
+            (RequestType::Post, ["rd"]) => match self.register(state, packet, query, from).await {
+                Ok(id) => {
+                    let mut p = answer(ResponseType::Created, "");
+                    p.add_option(CoapOption::LocationPath, b"rd".to_vec());
+                    p.add_option(CoapOption::LocationPath, id.into_bytes());
+                    p
+                }
+                Err((code, why)) => answer(code, &why),
+            },
+            (RequestType::Post, ["rd", id]) => match self.update(state, id, &query, from).await {
+                Ok(()) => answer(ResponseType::Changed, ""),
+                Err((code, why)) => answer(code, &why),
+            },
+            (RequestType::Delete, ["rd", id]) => {
+                let removed = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).remove(*id);
+                match removed {
+                    Some(r) => {
+                        self.inner.by_device.lock().unwrap_or_else(|p| p.into_inner()).remove(&r.device);
+                        tracing::info!(device_type = %r.device_type, device_id = %r.device_id, "LwM2M de-registered");
+                        answer(ResponseType::Deleted, "")
+                    }
+                    None => answer(ResponseType::NotFound, "no such registration"),
+                }
+            }
+            _ => answer(ResponseType::NotFound, "Drover serves the registration interface on /rd"),
+        }
+    }
+
+    async fn register(
+        &self,
+        state: &AppState,
+        packet: &Packet,
+        query: Vec<String>,
+        from: SocketAddr,
+    ) -> Result<String, (ResponseType, String)> {
+        let Some((device_type, plugin)) = Coap::plugin_for_coap(state) else {
+            return Err((ResponseType::ServiceUnavailable, "no CoAP device type is loaded".into()));
+        };
+        let channel = Channel::Coap(CoapMessage {
+            method: Some(CoapMethod::Post),
+            code: 0,
+            path: "rd".into(),
+            query: query.clone(),
+            content_format: uint_option(packet, CoapOption::ContentFormat).map(|v| v as u16),
+            operation_id: None,
+        });
+        let e = plugin.enroll(channel, packet.payload.clone()).await.map_err(|e| match e {
+            crate::plugins::CallError::Rejected(p) => (ResponseType::BadRequest, p.message),
+            other => (ResponseType::InternalServerError, other.to_string()),
+        })?;
+        let internal = |e: crate::store::StoreError| (ResponseType::InternalServerError, e.to_string());
+        let existing = state.store.device(&device_type, &e.device_id).await.map_err(internal)?;
+        let metadata: Vec<(String, String)> = e.metadata.clone();
+        let device = match existing {
+            Some(d) if d.status == "active" || d.status == "unreachable" => {
+                state.store.touch_device(d.id, &metadata, None).await.map_err(internal)?;
+                d
+            }
+            Some(d) if d.status == "registered" || state.open_enrollment => {
+                self.enroll(state, &device_type, &e, &metadata).await.map_err(internal)?.unwrap_or(d)
+            }
+            None if state.open_enrollment => {
+                self.enroll(state, &device_type, &e, &metadata)
+                    .await
+                    .map_err(internal)?
+                    .ok_or((ResponseType::InternalServerError, "enrollment did not create the device".into()))?
+            }
+            _ => {
+                return Err((
+                    ResponseType::Forbidden,
+                    format!(
+                        "endpoint `{}` is not known: an admin pre-registers it, or turns on open enrollment",
+                        e.device_id
+                    ),
+                ));
+            }
+        };
+        let lifetime = query
+            .iter()
+            .find_map(|q| q.strip_prefix("lt="))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(DEFAULT_LIFETIME);
+        let binding = query.iter().find_map(|q| q.strip_prefix("b=")).unwrap_or("U").to_string();
+        let id = format!("{:x}", self.inner.next_registration.fetch_add(1, Ordering::Relaxed));
+        let registration = Registration {
+            device: device.id,
+            device_type: device_type.clone(),
+            device_id: device.device_id.clone(),
+            addr: from,
+            lifetime: Duration::from_secs(lifetime),
+            binding,
+            updated: Instant::now(),
+        };
+        let old = self.inner.by_device.lock().unwrap_or_else(|p| p.into_inner()).insert(device.id, id.clone());
+        {
+            let mut regs = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(old) = old {
+                regs.remove(&old);
+            }
+            regs.insert(id.clone(), registration);
+        }
+        tracing::info!(device_type, device_id = %device.device_id, %from, lifetime, "LwM2M registered");
+        // A new registration forgets the device's observations: re-establish them.
+        let observes = self.inner.observing.lock().unwrap_or_else(|p| p.into_inner()).remove(&device.id);
+        for r in observes.unwrap_or_default() {
+            self.request(device.id, r, from).await;
+        }
+        Ok(id)
+    }
+
+    async fn enroll(
+        &self,
+        state: &AppState,
+        device_type: &str,
+        e: &crate::plugins::types::Enrollment,
+        metadata: &[(String, String)],
+    ) -> Result<Option<DeviceRow>, crate::store::StoreError> {
+        let d = state
+            .store
+            .enroll_device(&NewDevice {
+                device_type: device_type.into(),
+                device_id: e.device_id.clone(),
+                name: e.name.clone().unwrap_or_else(|| e.device_id.clone()),
+                owner: e.owner.clone(),
+                ownership: "COPE".into(),
+                metadata: metadata.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect(),
+                push_token: None,
+            })
+            .await?;
+        tracing::info!(device_type, device_id = %d.device_id, "device enrolled by LwM2M registration");
+        Ok(Some(d))
+    }
+
+    async fn update(
+        &self,
+        state: &AppState,
+        id: &str,
+        query: &[String],
+        from: SocketAddr,
+    ) -> Result<(), (ResponseType, String)> {
+        let device = {
+            let mut regs = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(r) = regs.get_mut(id) else {
+                // Unknown (expired, or the server restarted): the client registers again.
+                return Err((ResponseType::NotFound, "no such registration: register again".into()));
+            };
+            r.addr = from;
+            r.updated = Instant::now();
+            for q in query {
+                if let Some(lt) = q.strip_prefix("lt=").and_then(|v| v.parse().ok()) {
+                    r.lifetime = Duration::from_secs(lt);
+                }
+                if let Some(b) = q.strip_prefix("b=") {
+                    r.binding = b.to_string();
+                }
+            }
+            r.device
+        };
+        state
+            .store
+            .touch_device(device, &[], None)
+            .await
+            .map_err(|e| (ResponseType::InternalServerError, e.to_string()))
+    }
+
+    /// Send the device's queue as CoAP requests.
+    async fn deliver(&self, state: &AppState, device: i64) {
+        let Ok(Some(row)) = state.store.device_by_key(device).await else { return };
+        let Some(plugin) = state.registry.device_type(&row.device_type) else { return };
+        let addr = {
+            let by_device = self.inner.by_device.lock().unwrap_or_else(|p| p.into_inner());
+            let regs = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
+            by_device.get(&device).and_then(|id| regs.get(id)).map(|r| r.addr)
+        };
+        let Some(addr) = addr else { return };
+        let queue = Queue { skip_empty: true, skip_not_now: false };
+        match encode_queued(state, &plugin, &row, ChannelKind::Coap, "delivery:coap", queue).await {
+            Ok(Some(Outbound::Coap(requests))) => {
+                for r in requests {
+                    self.request(device, r, addr).await;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(device_id = %row.device_id, "CoAP delivery failed: {}", e.message),
+        }
+    }
+
+    /// Send one request for an operation (confirmable, a fresh token), remembered until
+    /// answered.
+    async fn request(&self, device: i64, r: CoapRequest, addr: SocketAddr) {
+        let token = self.inner.next_token.fetch_add(1, Ordering::Relaxed).to_be_bytes().to_vec();
+        let message_id = self.inner.next_message_id.fetch_add(1, Ordering::Relaxed);
+        let mut p = Packet::new();
+        p.header.set_version(1);
+        p.header.set_type(MessageType::Confirmable);
+        p.header.message_id = message_id;
+        p.header.code = MessageClass::Request(method(r.method));
+        p.set_token(token.clone());
+        if let Some(o) = r.observe {
+            p.add_option(CoapOption::Observe, if o { vec![] } else { vec![1] });
+        }
+        for segment in r.path.split('/').filter(|s| !s.is_empty()) {
+            p.add_option(CoapOption::UriPath, segment.as_bytes().to_vec());
+        }
+        if let Some(cf) = r.content_format {
+            p.add_option(CoapOption::ContentFormat, uint_bytes(u32::from(cf)));
+        }
+        if let Some(a) = r.accept {
+            p.add_option(CoapOption::Accept, uint_bytes(u32::from(a)));
+        }
+        p.payload = r.payload.clone();
+        let bytes = match p.to_bytes() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(operation = r.operation_id, "CoAP request not encodable: {e:?}");
+                return;
+            }
+        };
+        if r.observe == Some(true) {
+            let mut observing = self.inner.observing.lock().unwrap_or_else(|p| p.into_inner());
+            let list = observing.entry(device).or_default();
+            list.retain(|o| !(o.operation_id == r.operation_id && o.path == r.path));
+            list.push(r.clone());
+        }
+        self.inner.exchanges.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            token,
+            Exchange {
+                device,
+                request: r,
+                addr,
+                message_id,
+                bytes: bytes.clone(),
+                acked: false,
+                tries: 0,
+                next_at: Instant::now() + ACK_TIMEOUT,
+                timeout: ACK_TIMEOUT,
+            },
+        );
+        if let Err(e) = self.inner.socket.send_to(&bytes, addr).await {
+            tracing::warn!(%addr, "CoAP send failed: {e}");
+        }
+    }
+
+    /// A response (piggybacked, separate, or an Observe notification).
+    async fn response(&self, state: &AppState, packet: Packet, from: SocketAddr) {
+        let token = packet.get_token().to_vec();
+        let is_notification = packet.get_first_option(CoapOption::Observe).is_some();
+        let exchange = {
+            let mut exchanges = self.inner.exchanges.lock().unwrap_or_else(|p| p.into_inner());
+            match exchanges.get_mut(&token) {
+                Some(x) if x.request.observe == Some(true) && is_notification => {
+                    x.acked = true;
+                    Some(x.clone())
+                }
+                Some(_) => exchanges.remove(&token),
+                None => None,
+            }
+        };
+        // A separate response or notification that is confirmable wants an empty ACK.
+        if packet.header.get_type() == MessageType::Confirmable {
+            let mut ack = Packet::new();
+            ack.header.set_version(1);
+            ack.header.set_type(if exchange.is_some() { MessageType::Acknowledgement } else { MessageType::Reset });
+            ack.header.message_id = packet.header.message_id;
+            ack.header.code = MessageClass::Empty;
+            self.send(&ack, from).await;
+        }
+        let Some(x) = exchange else {
+            tracing::debug!(%from, "CoAP response with an unknown token: ignored");
+            return;
+        };
+        let Ok(Some(device)) = state.store.device_by_key(x.device).await else { return };
+        let Some(plugin) = state.registry.device_type(&device.device_type) else { return };
+        let channel = Channel::Coap(CoapMessage {
+            method: None,
+            code: code_number(packet.header.code),
+            path: x.request.path.clone(),
+            query: vec![],
+            content_format: uint_option(&packet, CoapOption::ContentFormat).map(|v| v as u16),
+            operation_id: Some(x.request.operation_id),
+        });
+        match receive(state, &plugin, &device, channel, &packet.payload).await {
+            Ok(message) => {
+                if let Reply::Immediate(Outbound::Coap(requests)) = message.reply {
+                    for r in requests {
+                        self.request(device.id, r, from).await;
+                    }
+                }
+            }
+            // A payload the plugin refuses changes nothing; the operation waits as it was.
+            Err(e) => tracing::warn!(
+                device_id = %device.device_id, operation = x.request.operation_id,
+                "CoAP response refused: {}", e.message
+            ),
+        }
+    }
+
+    /// Retransmit unacknowledged requests; give up after MAX_RETRANSMIT and put the
+    /// operation back in the queue. Drop registrations past their lifetime.
+    async fn retransmit(self, state: AppState) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            let mut resend = Vec::new();
+            let mut given_up = Vec::new();
+            {
+                let mut exchanges = self.inner.exchanges.lock().unwrap_or_else(|p| p.into_inner());
+                exchanges.retain(|_, x| {
+                    if x.acked || x.next_at > now {
+                        return true;
+                    }
+                    if x.tries >= MAX_RETRANSMIT {
+                        given_up.push((x.device, x.request.operation_id));
+                        return false;
+                    }
+                    x.tries += 1;
+                    x.timeout *= 2;
+                    x.next_at = now + x.timeout;
+                    resend.push((x.bytes.clone(), x.addr));
+                    true
+                });
+            }
+            for (bytes, addr) in resend {
+                let _ = self.inner.socket.send_to(&bytes, addr).await;
+            }
+            for (device, operation) in given_up {
+                tracing::warn!(operation, "CoAP request never answered: the operation goes back to the queue");
+                let note = serde_json::json!({"note": "the device did not answer the CoAP request"}).to_string();
+                let _ = state
+                    .store
+                    .apply_results(device, &[(operation as i64, crate::ops::Reported::NotNow, Some(note))])
+                    .await;
+            }
+            let mut regs = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
+            let expired: Vec<String> = regs
+                .iter()
+                .filter(|(_, r)| now.duration_since(r.updated) > r.lifetime)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for id in expired {
+                if let Some(r) = regs.remove(&id) {
+                    self.inner.by_device.lock().unwrap_or_else(|p| p.into_inner()).remove(&r.device);
+                    tracing::info!(device_id = %r.device_id, "LwM2M registration expired");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! LwM2M end to end over real CoAP/UDP with the first-party lwm2m plugin.
+//!
+//! * A third-party client, lwm2m-node-lib from npm (`tests/lwm2m/client.js`, installed by
+//!   `.ci/run`), registers, is read (text), written and executed, updates and
+//!   de-registers. It is lenient and legacy (text only, LwM2M 1.0), so:
+//! * a strict client written here with coap-lite answers in TLV and SenML JSON (the
+//!   specification's own Device example), serves Observe notifications, runs a firmware
+//!   update by Package URI through states 0–3 to its Update Result, uses queue mode, and
+//!   sends a malformed TLV answer that changes nothing.
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use drover_tests::{TestServer, e2e, unique};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/../plugins/lwm2m/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+async fn add(server: &TestServer, ep: &str, code: &str, payload: Option<Value>) -> i64 {
+    let mut body = json!({"code": code, "targets": {"devices": [{"type": "lwm2m", "id": ep}]}});
+    if let Some(p) = payload {
+        body["payload"] = p;
+    }
+    let r = server.admin(Method::POST, "/api/v1/operations").json(&body).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{code}: {}", r.text().await.unwrap());
+    let activity = r.json::<Value>().await.unwrap()["activity"]["id"].as_i64().unwrap();
+    let ops: Value = server
+        .admin(Method::GET, &format!("/api/v1/operations?activity={activity}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    ops["items"][0]["id"].as_i64().unwrap()
+}
+
+async fn device(server: &TestServer, ep: &str) -> Value {
+    server.admin(Method::GET, &format!("/api/v1/devices/lwm2m/{ep}")).send().await.unwrap().json().await.unwrap()
+}
+
+fn telemetry(device: &Value, name: &str) -> Option<Value> {
+    device["telemetry"].as_array()?.iter().find(|t| t["name"] == name).map(|t| t["value"].clone())
+}
+
+fn response(op: &Value) -> Value {
+    serde_json::from_str(op["response"].as_str().unwrap_or("null")).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// The third-party client.
+
+struct NodeClient {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl NodeClient {
+    /// Start it, or `None` when lwm2m-node-lib is not installed here (CI installs it).
+    async fn start(coap: SocketAddr, ep: &str) -> Option<NodeClient> {
+        use tokio::io::AsyncBufReadExt;
+        let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/lwm2m"));
+        if !dir.join("node_modules/lwm2m-node-lib").exists() {
+            assert!(std::env::var_os("CI").is_none(), "CI must install lwm2m-node-lib (npm ci in tests/lwm2m)");
+            eprintln!("skipped: lwm2m-node-lib is not installed (npm ci --prefix tests/lwm2m)");
+            return None;
+        }
+        let mut child = tokio::process::Command::new("node")
+            .arg("client.js")
+            .args([coap.ip().to_string(), coap.port().to_string(), ep.to_string()])
+            .current_dir(&dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs");
+        let stdin = child.stdin.take().unwrap();
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        Some(NodeClient { child, stdin, lines })
+    }
+
+    /// Wait (bounded) for a line starting with `prefix`.
+    async fn expect(&mut self, prefix: &str) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("the client never said `{prefix}`"))
+                .unwrap()
+                .unwrap_or_else(|| panic!("the client ended before saying `{prefix}`"));
+            assert!(!line.starts_with("error"), "{line}");
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+
+    async fn say(&mut self, command: &str) {
+        use tokio::io::AsyncWriteExt;
+        self.stdin.write_all(format!("{command}\n").as_bytes()).await.unwrap();
+    }
+}
+
+async fn third_party_client(server: &TestServer) {
+    let ep = format!("urn:dev:os:{}", unique("node"));
+    let Some(mut client) = NodeClient::start(server.coap, &ep).await else { return };
+    assert!(client.expect("registered").await.starts_with("registered rd/"));
+    let d = device(server, &ep).await;
+    assert_eq!(d["status"], "active");
+    assert_eq!(d["metadata"]["objects"], "3/0");
+    assert_eq!(d["metadata"]["lwm2m_version"], "1.0");
+
+    let read = add(server, &ep, "Read", Some(json!({"path": "3/0/9", "format": "text"}))).await;
+    client.expect("read /3/0/9").await;
+    let op = server.until_state(read, "COMPLETED").await;
+    assert_eq!(response(&op)["values"]["3/0/9 BatteryLevel"], 87);
+    let write = add(server, &ep, "Write", Some(json!({"path": "3/0/14", "value": "+05:30"}))).await;
+    assert_eq!(client.expect("write").await, "write /3/0/14 +05:30");
+    server.until_state(write, "COMPLETED").await;
+    let reboot = add(server, &ep, "Reboot", None).await;
+    assert_eq!(client.expect("execute").await, "execute /3/0/4");
+    server.until_state(reboot, "COMPLETED").await;
+    // What was written is there when read back.
+    let back = add(server, &ep, "Read", Some(json!({"path": "3/0/14", "format": "text"}))).await;
+    assert_eq!(response(&server.until_state(back, "COMPLETED").await)["values"]["3/0/14 UTCOffset"], "+05:30");
+    assert_eq!(telemetry(&device(server, &ep).await, "battery"), Some(json!(87)));
+    // A path the client does not have: the error is the result.
+    let missing = add(server, &ep, "Read", Some(json!({"path": "3/0/21", "format": "text"}))).await;
+    let op = server.until_state(missing, "ERROR").await;
+    assert_eq!(response(&op)["code"], "4.04", "{op}");
+
+    client.say("update").await;
+    client.expect("updated").await;
+    client.say("deregister").await;
+    client.expect("deregistered").await;
+    // De-registered: the device stays, and what is added waits for its next registration.
+    let later = add(server, &ep, "Reboot", None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.operation(later).await["state"], "PENDING");
+    assert_eq!(device(server, &ep).await["status"], "active");
+    let _ = client.child.kill().await;
+}
+e2e!(third_party_client, super::third_party_client);
+
+// ---------------------------------------------------------------------------------------
+// The strict client.
+
+struct Strict {
+    socket: UdpSocket,
+    server: SocketAddr,
+    ep: String,
+    location: String,
+    mid: u16,
+}
+
+impl Strict {
+    async fn register(server: SocketAddr, ep: &str, binding: &str) -> Strict {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut s = Strict { socket, server, ep: ep.into(), location: String::new(), mid: 100 };
+        let mut p = s.request(RequestType::Post, &["rd"]);
+        for q in [format!("ep={ep}"), "lt=300".into(), "lwm2m=1.1".into(), format!("b={binding}")] {
+            p.add_option(CoapOption::UriQuery, q.into_bytes());
+        }
+        p.add_option(CoapOption::ContentFormat, vec![40]);
+        p.payload = fixture("register.link");
+        let answer = s.exchange(p).await;
+        assert_eq!(answer.header.code, MessageClass::Response(ResponseType::Created), "{answer:?}");
+        let location: Vec<String> = answer
+            .get_option(CoapOption::LocationPath)
+            .unwrap()
+            .iter()
+            .map(|v| String::from_utf8(v.clone()).unwrap())
+            .collect();
+        assert_eq!(location[0], "rd");
+        s.location = location[1].clone();
+        s
+    }
+
+    fn request(&mut self, method: RequestType, path: &[&str]) -> Packet {
+        self.mid += 1;
+        let mut p = Packet::new();
+        p.header.set_version(1);
+        p.header.set_type(MessageType::Confirmable);
+        p.header.message_id = self.mid;
+        p.header.code = MessageClass::Request(method);
+        p.set_token(self.mid.to_be_bytes().to_vec());
+        for s in path {
+            p.add_option(CoapOption::UriPath, s.as_bytes().to_vec());
+        }
+        p
+    }
+
+    /// Send a request to the server and wait for its piggybacked answer (requests the
+    /// server sends meanwhile are not expected here).
+    async fn exchange(&self, p: Packet) -> Packet {
+        self.socket.send_to(&p.to_bytes().unwrap(), self.server).await.unwrap();
+        loop {
+            let got = self.receive().await;
+            if got.header.message_id == p.header.message_id && got.header.get_type() == MessageType::Acknowledgement {
+                return got;
+            }
+        }
+    }
+
+    async fn receive(&self) -> Packet {
+        let mut buf = vec![0u8; 4096];
+        let (n, _) =
+            tokio::time::timeout(WAIT, self.socket.recv_from(&mut buf)).await.expect("a CoAP message in time").unwrap();
+        Packet::from_bytes(&buf[..n]).unwrap()
+    }
+
+    /// The next request the server sends.
+    async fn next(&self) -> Packet {
+        loop {
+            let p = self.receive().await;
+            if matches!(p.header.code, MessageClass::Request(_)) {
+                return p;
+            }
+        }
+    }
+
+    async fn update(&mut self) -> Packet {
+        let location = self.location.clone();
+        let p = self.request(RequestType::Post, &["rd", &location]);
+        self.exchange(p).await
+    }
+
+    /// Answer `req` (piggybacked on the ACK).
+    async fn answer(
+        &self,
+        req: &Packet,
+        code: ResponseType,
+        format: Option<u16>,
+        observe: Option<u32>,
+        payload: Vec<u8>,
+    ) {
+        let mut p = Packet::new();
+        p.header.set_version(1);
+        p.header.set_type(MessageType::Acknowledgement);
+        p.header.message_id = req.header.message_id;
+        p.header.code = MessageClass::Response(code);
+        p.set_token(req.get_token().to_vec());
+        if let Some(o) = observe {
+            p.add_option(CoapOption::Observe, vec![o as u8]);
+        }
+        if let Some(f) = format {
+            p.add_option(CoapOption::ContentFormat, f.to_be_bytes().iter().copied().skip_while(|b| *b == 0).collect());
+        }
+        p.payload = payload;
+        self.socket.send_to(&p.to_bytes().unwrap(), self.server).await.unwrap();
+    }
+
+    /// A confirmable Observe notification on `token`; waits for the server's ACK.
+    async fn notify(&mut self, token: &[u8], seq: u8, payload: Vec<u8>) {
+        self.mid += 1;
+        let mut p = Packet::new();
+        p.header.set_version(1);
+        p.header.set_type(MessageType::Confirmable);
+        p.header.message_id = self.mid;
+        p.header.code = MessageClass::Response(ResponseType::Content);
+        p.set_token(token.to_vec());
+        p.add_option(CoapOption::Observe, vec![seq]);
+        p.add_option(CoapOption::ContentFormat, 11542u16.to_be_bytes().to_vec());
+        p.payload = payload;
+        let ack = self.exchange(p).await;
+        assert_eq!(ack.header.code, MessageClass::Empty);
+    }
+}
+
+fn path(p: &Packet) -> String {
+    p.get_option(CoapOption::UriPath)
+        .map(|l| l.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect::<Vec<_>>().join("/"))
+        .unwrap_or_default()
+}
+
+fn uint(p: &Packet, o: CoapOption) -> Option<u32> {
+    p.get_first_option(o).map(|v| v.iter().fold(0u32, |a, b| (a << 8) | u32::from(*b)))
+}
+
+fn firmware(state: u8, result: u8) -> Vec<u8> {
+    let uri = b"coap://fw.example.com/esp/2.1.0.bin";
+    let mut v = vec![0xC8, 1, uri.len() as u8];
+    v.extend_from_slice(uri);
+    v.extend_from_slice(&[0xC1, 3, state, 0xC1, 5, result]);
+    v
+}
+
+async fn strict_client(server: &TestServer) {
+    let ep = format!("urn:imei:{}", unique("strict").len() * 1000 + std::process::id() as usize);
+    let mut dev = Strict::register(server.coap, &ep, "U").await;
+    assert_eq!(device(server, &ep).await["metadata"]["objects"], "1/0,3/0,5/0,3303/0");
+
+    // Read /3/0 in TLV (the specification's example) and in SenML JSON.
+    let info = add(server, &ep, "DeviceInfo", None).await;
+    let req = dev.next().await;
+    assert_eq!((path(&req), uint(&req, CoapOption::Accept)), ("3/0".into(), Some(11542)));
+    dev.answer(&req, ResponseType::Content, Some(11542), None, fixture("device-read.tlv")).await;
+    let op = server.until_state(info, "COMPLETED").await;
+    assert_eq!(response(&op)["values"]["3/0/7/1 PowerSourceVoltage"], 5000, "{op}");
+    let d = device(server, &ep).await;
+    assert_eq!(d["metadata"]["Manufacturer"], "Open Mobile Alliance");
+    assert_eq!(telemetry(&d, "battery"), Some(json!(100)));
+    let senml = add(server, &ep, "Read", Some(json!({"path": "3/0", "format": "senml"}))).await;
+    let req = dev.next().await;
+    assert_eq!(uint(&req, CoapOption::Accept), Some(110));
+    dev.answer(&req, ResponseType::Content, Some(110), None, fixture("device-read.senml.json")).await;
+    let op = server.until_state(senml, "COMPLETED").await;
+    assert_eq!(response(&op)["values"]["3/0/13 CurrentTime"], 1367491215);
+
+    // A malformed TLV answer is refused: the operation stays as it was.
+    let bad = add(server, &ep, "Read", Some(json!({"path": "3/0"}))).await;
+    let req = dev.next().await;
+    dev.answer(&req, ResponseType::Content, Some(11542), None, fixture("truncated.tlv")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.operation(bad).await["state"], "IN_PROGRESS");
+
+    // Write in TLV; Execute.
+    let w = add(server, &ep, "Write", Some(json!({"path": "1/0/1", "value": 300, "format": "tlv"}))).await;
+    let req = dev.next().await;
+    assert_eq!((path(&req), uint(&req, CoapOption::ContentFormat)), ("1/0/1".into(), Some(11542)));
+    assert_eq!(req.payload, [0xC2, 0x01, 0x01, 0x2C]);
+    dev.answer(&req, ResponseType::Changed, None, None, vec![]).await;
+    server.until_state(w, "COMPLETED").await;
+
+    // Observe: the first answer completes the operation, every notification is telemetry.
+    let observe = add(server, &ep, "Observe", Some(json!({"path": "3/0/9", "format": "text"}))).await;
+    let req = dev.next().await;
+    assert_eq!((path(&req), uint(&req, CoapOption::Observe)), ("3/0/9".into(), Some(0)));
+    dev.answer(&req, ResponseType::Content, Some(0), Some(1), b"64".to_vec()).await;
+    server.until_state(observe, "COMPLETED").await;
+    let token = req.get_token().to_vec();
+    let mut p = Packet::new();
+    p.header.set_version(1);
+    p.header.set_type(MessageType::Confirmable);
+    p.header.message_id = 4242;
+    p.header.code = MessageClass::Response(ResponseType::Content);
+    p.set_token(token);
+    p.add_option(CoapOption::Observe, vec![2]);
+    p.add_option(CoapOption::ContentFormat, vec![]);
+    p.payload = b"61".to_vec();
+    let ack = dev.exchange(p).await;
+    assert_eq!(ack.header.code, MessageClass::Empty, "the notification is acknowledged");
+    for _ in 0..100 {
+        if telemetry(&device(server, &ep).await, "battery") == Some(json!(61)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(telemetry(&device(server, &ep).await, "battery"), Some(json!(61)));
+
+    // Firmware update by Package URI: write, observe /5/0, downloading, downloaded →
+    // Drover executes Update → updating → idle with Update Result 1.
+    let fw = add(server, &ep, "FIRMWARE_UPDATE", Some(json!({"uri": "coap://fw.example.com/esp/2.1.0.bin"}))).await;
+    let write = dev.next().await;
+    assert_eq!((path(&write), write.payload.as_slice()), ("5/0/1".into(), &b"coap://fw.example.com/esp/2.1.0.bin"[..]));
+    dev.answer(&write, ResponseType::Changed, None, None, vec![]).await;
+    let obs = dev.next().await;
+    assert_eq!((path(&obs), uint(&obs, CoapOption::Observe)), ("5/0".into(), Some(0)));
+    dev.answer(&obs, ResponseType::Content, Some(11542), Some(1), firmware(0, 0)).await;
+    let token = obs.get_token().to_vec();
+    dev.notify(&token, 2, firmware(1, 0)).await;
+    dev.notify(&token, 3, firmware(2, 0)).await;
+    let exec = dev.next().await;
+    assert_eq!((exec.header.code, path(&exec)), (MessageClass::Request(RequestType::Post), "5/0/2".into()));
+    dev.answer(&exec, ResponseType::Changed, None, None, vec![]).await;
+    dev.notify(&token, 4, firmware(3, 0)).await;
+    assert_eq!(server.operation(fw).await["state"], "IN_PROGRESS");
+    dev.notify(&token, 5, firmware(0, 1)).await;
+    let op = server.until_state(fw, "COMPLETED").await;
+    assert_eq!(response(&op)["meaning"], "firmware updated successfully");
+    assert_eq!(telemetry(&device(server, &ep).await, "firmware.update_result"), Some(json!(1)));
+
+    // Errors from the device are results.
+    let missing = add(server, &ep, "Execute", Some(json!({"path": "3/0/99"}))).await;
+    let req = dev.next().await;
+    dev.answer(&req, ResponseType::NotFound, None, None, vec![]).await;
+    server.until_state(missing, "ERROR").await;
+}
+e2e!(strict_client, super::strict_client);
+
+/// Queue mode: operations wait until the device's next update; an update for a
+/// registration the server does not know is told to register again.
+async fn queue_mode(server: &TestServer) {
+    let ep = format!("urn:dev:queue:{}", std::process::id());
+    let mut dev = Strict::register(server.coap, &ep, "UQ").await;
+    let reboot = add(server, &ep, "Reboot", None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.operation(reboot).await["state"], "PENDING", "a sleeping device is not sent to");
+    let answer = dev.update().await;
+    assert_eq!(answer.header.code, MessageClass::Response(ResponseType::Changed));
+    let req = dev.next().await;
+    assert_eq!(path(&req), "3/0/4");
+    dev.answer(&req, ResponseType::Changed, None, None, vec![]).await;
+    server.until_state(reboot, "COMPLETED").await;
+
+    dev.location = "ffff".into();
+    let answer = dev.update().await;
+    assert_eq!(answer.header.code, MessageClass::Response(ResponseType::NotFound));
+    // De-register, then a fresh registration works.
+    let location = dev.location.clone();
+    let p = dev.request(RequestType::Delete, &["rd", &location]);
+    assert_eq!(dev.exchange(p).await.header.code, MessageClass::Response(ResponseType::NotFound));
+    let again = Strict::register(server.coap, &dev.ep, "U").await;
+    assert_ne!(again.location, "");
+}
+e2e!(queue_mode, super::queue_mode);
+
+fn closed(config: &mut drover::config::Config) {
+    config.open_enrollment = false;
+}
+
+/// Without open enrollment, only endpoints an admin pre-registered may register.
+async fn registration_needs_a_known_endpoint(server: &TestServer) {
+    let ep = format!("urn:dev:known:{}", std::process::id());
+    let socket_test = async |expect: ResponseType| {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut s = Strict { socket, server: server.coap, ep: ep.clone(), location: String::new(), mid: 7 };
+        let mut p = s.request(RequestType::Post, &["rd"]);
+        p.add_option(CoapOption::UriQuery, format!("ep={ep}").into_bytes());
+        p.payload = fixture("register.link");
+        let answer = s.exchange(p).await;
+        assert_eq!(answer.header.code, MessageClass::Response(expect), "{}", String::from_utf8_lossy(&answer.payload));
+        answer
+    };
+    let refused = socket_test(ResponseType::Forbidden).await;
+    assert!(String::from_utf8_lossy(&refused.payload).contains("pre-registers"));
+    let r = server
+        .admin(Method::POST, "/api/v1/devices/import")
+        .header("content-type", "text/csv")
+        .body(format!("device_type,device_id\nlwm2m,{ep}\n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    socket_test(ResponseType::Created).await;
+    assert_eq!(device(server, &ep).await["status"], "active");
+}
+drover_tests::e2e_with!(known_endpoints, super::closed, super::registration_needs_a_known_endpoint);
