@@ -266,6 +266,14 @@ impl Coap {
         }
     }
 
+    /// Drop the device's pointer to registration `id`, unless it registered anew since.
+    fn forget(&self, device: i64, id: &str) {
+        let mut by_device = self.inner.by_device.lock().unwrap_or_else(|p| p.into_inner());
+        if by_device.get(&device).is_some_and(|current| current == id) {
+            by_device.remove(&device);
+        }
+    }
+
     /// The device a just-answered register/update is for.
     fn device_of(&self, from: SocketAddr, _packet: &Packet) -> Option<i64> {
         let regs = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
@@ -313,7 +321,7 @@ impl Coap {
                 let removed = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).remove(*id);
                 match removed {
                     Some(r) => {
-                        self.inner.by_device.lock().unwrap_or_else(|p| p.into_inner()).remove(&r.device);
+                        self.forget(r.device, id);
                         tracing::info!(device_type = %r.device_type, device_id = %r.device_id, "LwM2M de-registered");
                         answer(ResponseType::Deleted, "")
                     }
@@ -398,7 +406,25 @@ impl Coap {
             regs.insert(id.clone(), registration);
         }
         tracing::info!(device_type, device_id = %device.device_id, %from, lifetime, "LwM2M registered");
-        // A new registration forgets the device's observations: re-establish them.
+        // A new registration forgets the device's observations and exchanges (the client
+        // starts afresh): drop their tokens, then re-establish the observations.
+        let unanswered: Vec<u64> = {
+            let mut exchanges = self.inner.exchanges.lock().unwrap_or_else(|p| p.into_inner());
+            let lost = exchanges
+                .values()
+                .filter(|x| x.device == device.id && x.request.observe.is_none())
+                .map(|x| x.request.operation_id)
+                .collect();
+            exchanges.retain(|_, x| x.device != device.id);
+            lost
+        };
+        // Requests the device never answered go back to the queue and out again below.
+        let note = serde_json::json!({"note": "the device registered again before answering"}).to_string();
+        let back: Vec<_> =
+            unanswered.iter().map(|op| (*op as i64, crate::ops::Reported::NotNow, Some(note.clone()))).collect();
+        if !back.is_empty() {
+            state.store.apply_results(device.id, &back).await.map_err(internal)?;
+        }
         let observes = self.inner.observing.lock().unwrap_or_else(|p| p.into_inner()).remove(&device.id);
         for r in observes.unwrap_or_default() {
             self.request(device.id, r, from).await;
@@ -514,11 +540,23 @@ impl Coap {
                 return;
             }
         };
-        if r.observe == Some(true) {
-            let mut observing = self.inner.observing.lock().unwrap_or_else(|p| p.into_inner());
-            let list = observing.entry(device).or_default();
-            list.retain(|o| !(o.operation_id == r.operation_id && o.path == r.path));
-            list.push(r.clone());
+        match r.observe {
+            Some(true) => {
+                let mut observing = self.inner.observing.lock().unwrap_or_else(|p| p.into_inner());
+                let list = observing.entry(device).or_default();
+                list.retain(|o| !(o.operation_id == r.operation_id && o.path == r.path));
+                list.push(r.clone());
+            }
+            Some(false) => {
+                // Cancelling: forget the observation of that path, here and for re-registration.
+                if let Some(list) = self.inner.observing.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&device) {
+                    list.retain(|o| o.path != r.path);
+                }
+                self.inner.exchanges.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, x| {
+                    !(x.device == device && x.request.observe == Some(true) && x.request.path == r.path)
+                });
+            }
+            None => {}
         }
         self.inner.exchanges.lock().unwrap_or_else(|p| p.into_inner()).insert(
             token,
@@ -630,17 +668,19 @@ impl Coap {
                     .apply_results(device, &[(operation as i64, crate::ops::Reported::NotNow, Some(note))])
                     .await;
             }
-            let mut regs = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
-            let expired: Vec<String> = regs
-                .iter()
-                .filter(|(_, r)| now.duration_since(r.updated) > r.lifetime)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for id in expired {
-                if let Some(r) = regs.remove(&id) {
-                    self.inner.by_device.lock().unwrap_or_else(|p| p.into_inner()).remove(&r.device);
-                    tracing::info!(device_id = %r.device_id, "LwM2M registration expired");
-                }
+            // One lock at a time (elsewhere `by_device` is taken before `registrations`).
+            let expired: Vec<(String, Registration)> = {
+                let mut regs = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
+                let ids: Vec<String> = regs
+                    .iter()
+                    .filter(|(_, r)| now.duration_since(r.updated) > r.lifetime)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                ids.into_iter().filter_map(|id| regs.remove(&id).map(|r| (id, r))).collect()
+            };
+            for (id, r) in expired {
+                self.forget(r.device, &id);
+                tracing::info!(device_id = %r.device_id, "LwM2M registration expired");
             }
         }
     }

@@ -410,6 +410,36 @@ async fn queue_mode(server: &TestServer) {
     assert_eq!(dev.exchange(p).await.header.code, MessageClass::Response(ResponseType::NotFound));
     let again = Strict::register(server.coap, &dev.ep, "U").await;
     assert_ne!(again.location, "");
+
+    // A request the device never answered, then it registers again (it rebooted): the
+    // request goes out again to the new registration, and the observation is renewed.
+    let observe = add(server, &dev.ep, "Observe", Some(json!({"path": "3/0/9", "format": "text"}))).await;
+    let req = again.next().await;
+    again.answer(&req, ResponseType::Content, Some(0), Some(1), b"70".to_vec()).await;
+    server.until_state(observe, "COMPLETED").await;
+    let read = add(server, &dev.ep, "Read", Some(json!({"path": "3/0/0", "format": "text"}))).await;
+    let unanswered = again.next().await;
+    assert_eq!(path(&unanswered), "3/0/0");
+    let rebooted = Strict::register(server.coap, &dev.ep, "U").await;
+    let mut paths = Vec::new();
+    for _ in 0..2 {
+        let req = rebooted.next().await;
+        paths.push((path(&req), uint(&req, CoapOption::Observe)));
+        let body = if path(&req) == "3/0/9" { b"69".to_vec() } else { b"Open Mobile Alliance".to_vec() };
+        let observe = uint(&req, CoapOption::Observe).map(|_| 1);
+        rebooted.answer(&req, ResponseType::Content, Some(0), observe, body).await;
+    }
+    paths.sort();
+    assert_eq!(paths, [("3/0/0".to_string(), None), ("3/0/9".to_string(), Some(0))]);
+    let op = server.until_state(read, "COMPLETED").await;
+    assert_eq!(response(&op)["values"]["3/0/0 Manufacturer"], "Open Mobile Alliance");
+    for _ in 0..100 {
+        if telemetry(&device(server, &dev.ep).await, "battery") == Some(json!(69)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(telemetry(&device(server, &dev.ep).await, "battery"), Some(json!(69)), "the renewed observation");
 }
 e2e!(queue_mode, super::queue_mode);
 
