@@ -163,10 +163,14 @@ struct Strict {
 
 impl Strict {
     async fn register(server: SocketAddr, ep: &str, binding: &str) -> Strict {
+        Strict::register_for(server, ep, binding, 300).await
+    }
+
+    async fn register_for(server: SocketAddr, ep: &str, binding: &str, lifetime: u32) -> Strict {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let mut s = Strict { socket, server, ep: ep.into(), location: String::new(), mid: 100 };
         let mut p = s.request(RequestType::Post, &["rd"]);
-        for q in [format!("ep={ep}"), "lt=300".into(), "lwm2m=1.1".into(), format!("b={binding}")] {
+        for q in [format!("ep={ep}"), format!("lt={lifetime}"), "lwm2m=1.1".into(), format!("b={binding}")] {
             p.add_option(CoapOption::UriQuery, q.into_bytes());
         }
         p.add_option(CoapOption::ContentFormat, vec![40]);
@@ -404,6 +408,10 @@ async fn queue_mode(server: &TestServer) {
     dev.location = "ffff".into();
     let answer = dev.update().await;
     assert_eq!(answer.header.code, MessageClass::Response(ResponseType::NotFound));
+    // A registration past its lifetime is gone: its update is told to register again.
+    let mut short = Strict::register_for(server.coap, &format!("{}-short", dev.ep), "U", 1).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(short.update().await.header.code, MessageClass::Response(ResponseType::NotFound));
     // De-register, then a fresh registration works.
     let location = dev.location.clone();
     let p = dev.request(RequestType::Delete, &["rd", &location]);
