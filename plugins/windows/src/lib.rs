@@ -37,6 +37,10 @@ pub struct Session {
     pub sent: Vec<Sent>,
     /// Statuses Drover owes for the device's last message.
     pub owed: Vec<Owed>,
+    /// The device's last message had no `<Final/>`: its package continues in the next
+    /// message, and Drover asks for it (Alert 1222) instead of sending commands.
+    #[serde(default)]
+    pub more: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -195,6 +199,7 @@ pub fn decode(device: &Device, body: &[u8]) -> Result<DeviceMessage, PluginError
         session = Session { id: m.session_id.clone(), server: m.target.clone(), ..Default::default() };
     }
     session.client_msg = m.msg_id;
+    session.more = !m.is_final;
     session.owed = vec![Owed { cmd_ref: 0, cmd: "SyncHdr".into(), code: 200 }];
 
     let mut statuses: BTreeMap<(u32, u32), u16> = BTreeMap::new();
@@ -351,7 +356,23 @@ pub fn encode(device: &Device, operations: &[Operation]) -> Result<Encoded, Plug
         });
     }
     let mut delivered = Vec::new();
-    for op in operations {
+    if session.more {
+        // The device's package is not complete: ask for its next message (Alert 1222,
+        // "next message"); commands wait until it has said everything.
+        cmd_id += 1;
+        commands.push(Command {
+            name: "Alert".into(),
+            cmd_id,
+            data: Some("1222".into()),
+            items: vec![Item {
+                target: Some(device.id.clone()),
+                source: Some(session.server.clone()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    }
+    for op in operations.iter().filter(|_| !session.more) {
         let mut c = operations::command(&op.code, op.payload.as_deref())
             .map_err(|e| PluginError::invalid(format!("operation {}: {e}", op.id)))?;
         cmd_id += 1;

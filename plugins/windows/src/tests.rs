@@ -183,3 +183,18 @@ fn a_check_out_is_the_unenrollment_alert() {
     let m = Windows::decode(device, http(), fixture("unenroll.xml")).unwrap();
     assert!(matches!(m.check_in, Some(CheckIn::CheckOut)));
 }
+
+#[test]
+fn a_package_without_final_is_asked_for_its_next_message() {
+    let open = String::from_utf8(fixture("session-open.xml")).unwrap().replace("<Final/>", "");
+    let (session, _, answer, delivered) = exchange(vec![], open.as_bytes(), vec![op(5, "Reboot", None)]);
+    assert!(delivered.is_empty(), "no commands before the device's package is complete");
+    let alert = answer.commands.iter().find(|c| c.name == "Alert").expect("Alert 1222");
+    assert_eq!(alert.data.as_deref(), Some("1222"));
+    // The rest of the package, with Final: now the command goes out.
+    let rest = String::from_utf8(fixture("session-open.xml")).unwrap().replace("<MsgID>1</MsgID>", "<MsgID>2</MsgID>");
+    let (_, _, answer, delivered) = exchange(session, rest.as_bytes(), vec![op(5, "Reboot", None)]);
+    assert_eq!(delivered, vec![5]);
+    assert!(answer.commands.iter().any(|c| c.name == "Exec"));
+    assert!(!answer.commands.iter().any(|c| c.name == "Alert"));
+}
