@@ -247,362 +247,268 @@ async fn main() {
     lwm2m(&rt, n).await;
 }
 
-/// The esp8266 plugin on its recorded messages: native against isolated Wasm calls.
-async fn esp8266(rt: &Runtime, n: usize) {
-    let bytes = drover::plugins::first_party::PLUGINS.iter().find(|(name, _)| *name == "esp8266").unwrap().1;
-    let plugin = rt.load(bytes, LoadOptions::default()).await.unwrap();
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/esp8266/fixtures");
-    let ops = [
-        ("REBOOT", None),
-        ("LED", Some(r#"{"state":"blink"}"#)),
-        ("SET_INTERVAL", Some(r#"{"seconds":60}"#)),
-        (
-            "FIRMWARE_UPDATE",
-            Some(
-                r#"{"url":"https://fw.example/esp/1.1.0.bin","sha256":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08","size":412304,"version":"1.1.0"}"#,
-            ),
-        ),
-    ];
-    let gops: Vec<guest::Operation> = ops
-        .iter()
-        .enumerate()
-        .map(|(i, (c, p))| guest::Operation {
-            id: 100 + i as u64,
-            code: (*c).into(),
-            kind: guest::OperationKind::Command,
-            payload: p.map(str::to_string),
-        })
-        .collect();
-    let hops: Vec<host::Operation> = ops
-        .iter()
-        .enumerate()
-        .map(|(i, (c, p))| host::Operation {
-            id: 100 + i as u64,
-            code: (*c).into(),
-            kind: host::OperationKind::Command,
-            payload: p.map(str::to_string),
-        })
-        .collect();
-    println!("\nesp8266 ({} KB component)\n", bytes.len() / 1024);
-    println!("| what | native p50 µs | Wasm p50 µs | Wasm p99 µs | Wasm mean µs | Wasm/native p50 |");
-    println!("|---|---|---|---|---|---|");
-    for (label, encoding) in [("encode 4 ops, JSON frame", "json"), ("encode 4 ops, binary frame", "binary")] {
-        let meta = vec![("encoding".to_string(), encoding.to_string())];
-        let gdev = guest::Device { id: "esp-00a1b2c3".into(), metadata: meta.clone(), session: vec![] };
-        let hdev = host::Device { id: "esp-00a1b2c3".into(), metadata: meta, session: vec![] };
-        let native = measure(n, || {
-            let (d, o) = (gdev.clone(), gops.clone());
-            async move {
-                std::hint::black_box(Esp8266::encode(d, o, guest::ChannelKind::Mqtt).ok());
-            }
-        })
-        .await;
-        let wasm = measure(n, || {
-            let (d, o, p) = (hdev.clone(), hops.clone(), &plugin);
-            async move {
-                std::hint::black_box(p.encode(d, o, host::ChannelKind::Mqtt).await.ok());
-            }
-        })
-        .await;
-        row(&format!("{label}, isolated call"), Some(&native), &wasm);
-    }
-    for (file, topic) in [("reply.json", "reply"), ("telemetry.json", "telemetry"), ("telemetry.bin", "bin")] {
-        let body = std::fs::read(format!("{dir}/{file}")).unwrap();
-        let gdev = guest::Device { id: "esp-00a1b2c3".into(), metadata: vec![], session: vec![] };
-        let hdev = host::Device { id: "esp-00a1b2c3".into(), metadata: vec![], session: vec![] };
-        let gchan = guest::Channel::Mqtt(guest::MqttMessage { topic_suffix: topic.into() });
-        let hchan = host::Channel::Mqtt(host::MqttMessage { topic_suffix: topic.into() });
-        let native = measure(n, || {
-            let (d, c, b) = (gdev.clone(), gchan.clone(), body.clone());
-            async move {
-                std::hint::black_box(Esp8266::decode(d, c, b).ok());
-            }
-        })
-        .await;
-        let wasm = measure(n, || {
-            let (d, c, b, p) = (hdev.clone(), hchan.clone(), body.clone(), &plugin);
-            async move {
-                std::hint::black_box(p.decode(d, c, b).await.ok());
-            }
-        })
-        .await;
-        row(&format!("decode {file} ({} B), isolated call", body.len()), Some(&native), &wasm);
-    }
-}
+type NativeEncode =
+    fn(guest::Device, Vec<guest::Operation>, guest::ChannelKind) -> Result<guest::Encoded, guest::PluginError>;
+type NativeDecode = fn(guest::Device, guest::Channel, Vec<u8>) -> Result<guest::DeviceMessage, guest::PluginError>;
 
-/// The ios plugin: command plists (one per answer) and the recorded Apple MDM messages,
-/// native against isolated Wasm calls.
-async fn ios(rt: &Runtime, n: usize) {
-    let bytes = drover::plugins::first_party::PLUGINS.iter().find(|(name, _)| *name == "ios").unwrap().1;
+/// A first-party plugin loaded with the capabilities its manifest asks for.
+async fn first_party(rt: &Runtime, name: &str) -> (drover::plugins::LoadedPlugin, usize) {
+    let bytes = drover::plugins::first_party::PLUGINS.iter().find(|(n, _)| *n == name).unwrap().1;
     let manifest = drover::plugins::Manifest::from_component(bytes).unwrap();
     let options = LoadOptions { grants: manifest.capabilities.iter().copied().collect(), ..Default::default() };
-    let plugin = rt.load(bytes, options).await.unwrap();
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/ios/fixtures");
-    let udid = "00008120-001A2D3E0C38802E";
-    let gdev = guest::Device { id: udid.into(), metadata: vec![], session: vec![] };
-    let hdev = host::Device { id: udid.into(), metadata: vec![], session: vec![] };
-    println!("\nios ({} KB component)\n", bytes.len() / 1024);
+    println!("\n{name} ({} KB component)\n", bytes.len() / 1024);
     println!("| what | native p50 µs | Wasm p50 µs | Wasm p99 µs | Wasm mean µs | Wasm/native p50 |");
     println!("|---|---|---|---|---|---|");
-    let policy = r#"{"identifier":"com.example.baseline","name":"Baseline","restrictions":{"allowCamera":false,"allowScreenShot":false},"passcode":{"minLength":6,"requireAlphanumeric":true}}"#;
-    for (label, code, payload) in [
-        (
-            "encode DeviceLock",
-            Some("DeviceLock"),
-            Some(r#"{"Message":"Return to IT","PhoneNumber":"+94 11 555 0100"}"#),
-        ),
-        ("encode POLICY_BUNDLE (builds a profile)", Some("POLICY_BUNDLE"), Some(policy)),
-        ("encode nothing left (empty answer)", None, None),
-    ] {
-        let gops: Vec<guest::Operation> = code
-            .map(|c| guest::Operation {
-                id: 105,
-                code: c.into(),
-                kind: guest::OperationKind::Command,
-                payload: payload.map(str::to_string),
-            })
-            .into_iter()
-            .collect();
-        let hops: Vec<host::Operation> = code
-            .map(|c| host::Operation {
-                id: 105,
-                code: c.into(),
-                kind: host::OperationKind::Command,
-                payload: payload.map(str::to_string),
-            })
-            .into_iter()
-            .collect();
-        let native = measure(n, || {
-            let (d, o) = (gdev.clone(), gops.clone());
-            async move {
-                std::hint::black_box(Ios::encode(d, o, guest::ChannelKind::Http).ok());
-            }
-        })
-        .await;
-        let wasm = measure(n, || {
-            let (d, o, p) = (hdev.clone(), hops.clone(), &plugin);
-            async move {
-                std::hint::black_box(p.encode(d, o, host::ChannelKind::Http).await.unwrap().output);
-            }
-        })
-        .await;
-        row(&format!("{label}, isolated call"), Some(&native), &wasm);
-    }
-    for file in ["idle.plist", "token-update.plist", "ack-device-information.plist", "error.plist"] {
-        let body = std::fs::read(format!("{dir}/{file}")).unwrap();
-        let request = |path: &str| (path.to_string(), String::new(), Some("application/x-apple-aspen-mdm".to_string()));
-        let (path, query, content_type) = request("server");
-        let gchan = guest::Channel::Http(guest::HttpRequest {
-            method: guest::HttpMethod::Put,
-            path: path.clone(),
-            query: query.clone(),
-            content_type: content_type.clone(),
-            headers: vec![],
-        });
-        let hchan = host::Channel::Http(host::HttpRequest {
-            method: host::HttpMethod::Put,
-            path,
-            query,
-            content_type,
-            headers: vec![],
-        });
-        let native = measure(n, || {
-            let (d, c, b) = (gdev.clone(), gchan.clone(), body.clone());
-            async move {
-                std::hint::black_box(Ios::decode(d, c, b).unwrap());
-            }
-        })
-        .await;
-        let wasm = measure(n, || {
-            let (d, c, b, p) = (hdev.clone(), hchan.clone(), body.clone(), &plugin);
-            async move {
-                std::hint::black_box(p.decode(d, c, b).await.unwrap());
-            }
-        })
-        .await;
-        row(&format!("decode {file} ({} B), isolated call", body.len()), Some(&native), &wasm);
-    }
+    (rt.load(bytes, options).await.unwrap(), bytes.len())
 }
 
-/// The windows plugin: its answer in an open session (statuses plus commands), and the
-/// recorded client messages, native against isolated Wasm calls.
-async fn windows(rt: &Runtime, n: usize) {
-    let bytes = drover::plugins::first_party::PLUGINS.iter().find(|(name, _)| *name == "windows").unwrap().1;
-    let plugin = rt.load(bytes, LoadOptions::default()).await.unwrap();
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/windows/fixtures");
-    let id = "7F3A2B1C9D8E4F60A1B2C3D4E5F60718";
-    println!("\nwindows ({} KB component)\n", bytes.len() / 1024);
-    println!("| what | native p50 µs | Wasm p50 µs | Wasm p99 µs | Wasm mean µs | Wasm/native p50 |");
-    println!("|---|---|---|---|---|---|");
-    let open = std::fs::read(format!("{dir}/session-open.xml")).unwrap();
-    let fresh = guest::Device { id: id.into(), metadata: vec![], session: vec![] };
-    let gchan = guest::Channel::Http(guest::HttpRequest {
-        method: guest::HttpMethod::Post,
-        path: "ManagementServer/MDM.svc".into(),
-        query: String::new(),
-        content_type: Some("application/vnd.syncml.dm+xml".into()),
-        headers: vec![],
-    });
-    let hchan = host::Channel::Http(host::HttpRequest {
-        method: host::HttpMethod::Post,
-        path: "ManagementServer/MDM.svc".into(),
-        query: String::new(),
-        content_type: Some("application/vnd.syncml.dm+xml".into()),
-        headers: vec![],
-    });
-    // The session after the device's first message: what encode answers in.
-    let session = Windows::decode(fresh.clone(), gchan.clone(), open.clone()).unwrap().session.unwrap();
-    let codes =
-        [("DevDetail", None), ("DeviceStatus", None), ("CameraPolicy", Some(r#"{"allowed":false}"#)), ("Reboot", None)];
-    let gops: Vec<guest::Operation> = codes
+fn fixture(plugin: &str, file: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/../plugins/{plugin}/fixtures/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// The same device in the guest's and the host's bindings (distinct types).
+fn device(id: &str, metadata: Vec<(String, String)>, session: Vec<u8>) -> (guest::Device, host::Device) {
+    (
+        guest::Device { id: id.into(), metadata: metadata.clone(), session: session.clone() },
+        host::Device { id: id.into(), metadata, session },
+    )
+}
+
+/// Operations `first`, `first + 1` … with these codes and payloads, in both bindings.
+fn operations(codes: &[(&str, Option<&str>)], first: u64) -> (Vec<guest::Operation>, Vec<host::Operation>) {
+    let guest = codes
         .iter()
         .enumerate()
         .map(|(i, (c, p))| guest::Operation {
-            id: 101 + i as u64,
+            id: first + i as u64,
             code: (*c).into(),
             kind: guest::OperationKind::Command,
             payload: p.map(str::to_string),
         })
         .collect();
-    let hops: Vec<host::Operation> = codes
+    let host = codes
         .iter()
         .enumerate()
         .map(|(i, (c, p))| host::Operation {
-            id: 101 + i as u64,
+            id: first + i as u64,
             code: (*c).into(),
             kind: host::OperationKind::Command,
             payload: p.map(str::to_string),
         })
         .collect();
-    let gdev = guest::Device { id: id.into(), metadata: vec![], session: session.clone() };
-    let hdev = host::Device { id: id.into(), metadata: vec![], session: session.clone() };
+    (guest, host)
+}
+
+fn http(method: &str, path: &str, content_type: &str) -> (guest::Channel, host::Channel) {
+    let (gm, hm) = match method {
+        "POST" => (guest::HttpMethod::Post, host::HttpMethod::Post),
+        _ => (guest::HttpMethod::Put, host::HttpMethod::Put),
+    };
+    (
+        guest::Channel::Http(guest::HttpRequest {
+            method: gm,
+            path: path.into(),
+            query: String::new(),
+            content_type: Some(content_type.into()),
+            headers: vec![],
+        }),
+        host::Channel::Http(host::HttpRequest {
+            method: hm,
+            path: path.into(),
+            query: String::new(),
+            content_type: Some(content_type.into()),
+            headers: vec![],
+        }),
+    )
+}
+
+fn mqtt(topic: &str) -> (guest::Channel, host::Channel) {
+    (
+        guest::Channel::Mqtt(guest::MqttMessage { topic_suffix: topic.into() }),
+        host::Channel::Mqtt(host::MqttMessage { topic_suffix: topic.into() }),
+    )
+}
+
+/// A CoAP 2.05 response on `path` in content format `format`, for operation 101.
+fn coap(path: &str, format: u16) -> (guest::Channel, host::Channel) {
+    (
+        guest::Channel::Coap(guest::CoapMessage {
+            method: None,
+            code: 205,
+            path: path.into(),
+            query: vec![],
+            content_format: Some(format),
+            operation_id: Some(101),
+        }),
+        host::Channel::Coap(host::CoapMessage {
+            method: None,
+            code: 205,
+            path: path.into(),
+            query: vec![],
+            content_format: Some(format),
+            operation_id: Some(101),
+        }),
+    )
+}
+
+fn kinds(kind: host::ChannelKind) -> guest::ChannelKind {
+    match kind {
+        host::ChannelKind::Http => guest::ChannelKind::Http,
+        host::ChannelKind::Mqtt => guest::ChannelKind::Mqtt,
+        host::ChannelKind::Coap => guest::ChannelKind::Coap,
+    }
+}
+
+/// One row: `encode` natively and as an isolated Wasm call, on the same input.
+#[allow(clippy::too_many_arguments)]
+async fn encode_row(
+    n: usize,
+    label: &str,
+    native: NativeEncode,
+    plugin: &drover::plugins::LoadedPlugin,
+    (gdev, hdev): &(guest::Device, host::Device),
+    (gops, hops): &(Vec<guest::Operation>, Vec<host::Operation>),
+    kind: host::ChannelKind,
+) {
     let native = measure(n, || {
         let (d, o) = (gdev.clone(), gops.clone());
         async move {
-            std::hint::black_box(Windows::encode(d, o, guest::ChannelKind::Http).unwrap());
+            std::hint::black_box(native(d, o, kinds(kind)).unwrap());
         }
     })
     .await;
     let wasm = measure(n, || {
-        let (d, o, p) = (hdev.clone(), hops.clone(), &plugin);
+        let (d, o) = (hdev.clone(), hops.clone());
         async move {
-            std::hint::black_box(p.encode(d, o, host::ChannelKind::Http).await.unwrap());
+            std::hint::black_box(plugin.encode(d, o, kind).await.unwrap());
         }
     })
     .await;
-    row("encode 4 statuses + 4 commands, isolated call", Some(&native), &wasm);
+    row(&format!("{label}, isolated call"), Some(&native), &wasm);
+}
+
+/// One row: `decode` of `body` natively and as an isolated Wasm call.
+async fn decode_row(
+    n: usize,
+    native: NativeDecode,
+    plugin: &drover::plugins::LoadedPlugin,
+    (gdev, hdev): &(guest::Device, host::Device),
+    (gchan, hchan): &(guest::Channel, host::Channel),
+    file: &str,
+    body: &[u8],
+) {
+    let native = measure(n, || {
+        let (d, c, b) = (gdev.clone(), gchan.clone(), body.to_vec());
+        async move {
+            std::hint::black_box(native(d, c, b).unwrap());
+        }
+    })
+    .await;
+    let wasm = measure(n, || {
+        let (d, c, b) = (hdev.clone(), hchan.clone(), body.to_vec());
+        async move {
+            std::hint::black_box(plugin.decode(d, c, b).await.unwrap());
+        }
+    })
+    .await;
+    row(&format!("decode {file} ({} B), isolated call", body.len()), Some(&native), &wasm);
+}
+
+/// The esp8266 plugin on its recorded messages: native against isolated Wasm calls.
+async fn esp8266(rt: &Runtime, n: usize) {
+    let (plugin, _) = first_party(rt, "esp8266").await;
+    let ops = operations(
+        &[
+            ("REBOOT", None),
+            ("LED", Some(r#"{"state":"blink"}"#)),
+            ("SET_INTERVAL", Some(r#"{"seconds":60}"#)),
+            (
+                "FIRMWARE_UPDATE",
+                Some(
+                    r#"{"url":"https://fw.example/esp/1.1.0.bin","sha256":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08","size":412304,"version":"1.1.0"}"#,
+                ),
+            ),
+        ],
+        100,
+    );
+    for (label, encoding) in [("encode 4 ops, JSON frame", "json"), ("encode 4 ops, binary frame", "binary")] {
+        let dev = device("esp-00a1b2c3", vec![("encoding".into(), encoding.into())], vec![]);
+        encode_row(n, label, Esp8266::encode, &plugin, &dev, &ops, host::ChannelKind::Mqtt).await;
+    }
+    let dev = device("esp-00a1b2c3", vec![], vec![]);
+    for (file, topic) in [("reply.json", "reply"), ("telemetry.json", "telemetry"), ("telemetry.bin", "bin")] {
+        decode_row(n, Esp8266::decode, &plugin, &dev, &mqtt(topic), file, &fixture("esp8266", file)).await;
+    }
+}
+
+/// The ios plugin: command plists (one per answer) and the recorded Apple MDM messages.
+async fn ios(rt: &Runtime, n: usize) {
+    let (plugin, _) = first_party(rt, "ios").await;
+    let dev = device("00008120-001A2D3E0C38802E", vec![], vec![]);
+    let policy = r#"{"identifier":"com.example.baseline","name":"Baseline","restrictions":{"allowCamera":false,"allowScreenShot":false},"passcode":{"minLength":6,"requireAlphanumeric":true}}"#;
+    let lock = r#"{"Message":"Return to IT","PhoneNumber":"+94 11 555 0100"}"#;
+    for (label, codes) in [
+        ("encode DeviceLock", vec![("DeviceLock", Some(lock))]),
+        ("encode POLICY_BUNDLE (builds a profile)", vec![("POLICY_BUNDLE", Some(policy))]),
+        ("encode nothing left (empty answer)", vec![]),
+    ] {
+        encode_row(n, label, Ios::encode, &plugin, &dev, &operations(&codes, 105), host::ChannelKind::Http).await;
+    }
+    let chan = http("PUT", "server", "application/x-apple-aspen-mdm");
+    for file in ["idle.plist", "token-update.plist", "ack-device-information.plist", "error.plist"] {
+        decode_row(n, Ios::decode, &plugin, &dev, &chan, file, &fixture("ios", file)).await;
+    }
+}
+
+/// The windows plugin: its answer in an open session (statuses plus commands), and the
+/// recorded client messages.
+async fn windows(rt: &Runtime, n: usize) {
+    let (plugin, _) = first_party(rt, "windows").await;
+    let id = "7F3A2B1C9D8E4F60A1B2C3D4E5F60718";
+    let chan = http("POST", "ManagementServer/MDM.svc", "application/vnd.syncml.dm+xml");
+    let open = fixture("windows", "session-open.xml");
+    // The session after the device's first message: what encode answers in.
+    let session = Windows::decode(device(id, vec![], vec![]).0, chan.0.clone(), open).unwrap().session.unwrap();
+    let ops = operations(
+        &[
+            ("DevDetail", None),
+            ("DeviceStatus", None),
+            ("CameraPolicy", Some(r#"{"allowed":false}"#)),
+            ("Reboot", None),
+        ],
+        101,
+    );
+    let dev = device(id, vec![], session);
+    let label = "encode 4 statuses + 4 commands (2.1 KB of SyncML)";
+    encode_row(n, label, Windows::encode, &plugin, &dev, &ops, host::ChannelKind::Http).await;
     // The session in which results.xml answers: the same four commands sent as CmdID 5–8.
-    let after = Windows::encode(gdev.clone(), gops.clone(), guest::ChannelKind::Http).unwrap().session.unwrap();
+    let after = Windows::encode(dev.0.clone(), ops.0.clone(), guest::ChannelKind::Http).unwrap().session.unwrap();
     for (file, session) in [("session-open.xml", vec![]), ("results.xml", after)] {
-        let body = std::fs::read(format!("{dir}/{file}")).unwrap();
-        let gdev = guest::Device { id: id.into(), metadata: vec![], session: session.clone() };
-        let hdev = host::Device { id: id.into(), metadata: vec![], session };
-        let native = measure(n, || {
-            let (d, c, b) = (gdev.clone(), gchan.clone(), body.clone());
-            async move {
-                std::hint::black_box(Windows::decode(d, c, b).unwrap());
-            }
-        })
-        .await;
-        let wasm = measure(n, || {
-            let (d, c, b, p) = (hdev.clone(), hchan.clone(), body.clone(), &plugin);
-            async move {
-                std::hint::black_box(p.decode(d, c, b).await.unwrap());
-            }
-        })
-        .await;
-        row(&format!("decode {file} ({} B), isolated call", body.len()), Some(&native), &wasm);
+        let dev = device(id, vec![], session);
+        decode_row(n, Windows::decode, &plugin, &dev, &chan, file, &fixture("windows", file)).await;
     }
 }
 
 /// The lwm2m plugin: operations as CoAP requests, and the recorded answers.
 async fn lwm2m(rt: &Runtime, n: usize) {
-    let bytes = drover::plugins::first_party::PLUGINS.iter().find(|(name, _)| *name == "lwm2m").unwrap().1;
-    let plugin = rt.load(bytes, LoadOptions::default()).await.unwrap();
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/lwm2m/fixtures");
-    let id = "urn:dev:os:0023C7-000001";
-    let gdev = guest::Device { id: id.into(), metadata: vec![], session: vec![] };
-    let hdev = host::Device { id: id.into(), metadata: vec![], session: vec![] };
-    println!("\nlwm2m ({} KB component)\n", bytes.len() / 1024);
-    println!("| what | native p50 µs | Wasm p50 µs | Wasm p99 µs | Wasm mean µs | Wasm/native p50 |");
-    println!("|---|---|---|---|---|---|");
-    let codes = [
-        ("DeviceInfo", None),
-        ("Write", Some(r#"{"path":"1/0/1","value":300,"format":"tlv"}"#)),
-        ("Observe", Some(r#"{"path":"3/0/9"}"#)),
-        ("FIRMWARE_UPDATE", Some(r#"{"uri":"coap://fw.example.com/esp/2.1.0.bin"}"#)),
-    ];
-    let gops: Vec<guest::Operation> = codes
-        .iter()
-        .enumerate()
-        .map(|(i, (c, p))| guest::Operation {
-            id: 101 + i as u64,
-            code: (*c).into(),
-            kind: guest::OperationKind::Command,
-            payload: p.map(str::to_string),
-        })
-        .collect();
-    let hops: Vec<host::Operation> = codes
-        .iter()
-        .enumerate()
-        .map(|(i, (c, p))| host::Operation {
-            id: 101 + i as u64,
-            code: (*c).into(),
-            kind: host::OperationKind::Command,
-            payload: p.map(str::to_string),
-        })
-        .collect();
-    let native = measure(n, || {
-        let (d, o) = (gdev.clone(), gops.clone());
-        async move {
-            std::hint::black_box(Lwm2m::encode(d, o, guest::ChannelKind::Coap).unwrap());
-        }
-    })
-    .await;
-    let wasm = measure(n, || {
-        let (d, o, p) = (hdev.clone(), hops.clone(), &plugin);
-        async move {
-            std::hint::black_box(p.encode(d, o, host::ChannelKind::Coap).await.unwrap());
-        }
-    })
-    .await;
-    row("encode 4 ops (5 CoAP requests), isolated call", Some(&native), &wasm);
+    let (plugin, _) = first_party(rt, "lwm2m").await;
+    let dev = device("urn:dev:os:0023C7-000001", vec![], vec![]);
+    let ops = operations(
+        &[
+            ("DeviceInfo", None),
+            ("Write", Some(r#"{"path":"1/0/1","value":300,"format":"tlv"}"#)),
+            ("Observe", Some(r#"{"path":"3/0/9"}"#)),
+            ("FIRMWARE_UPDATE", Some(r#"{"uri":"coap://fw.example.com/esp/2.1.0.bin"}"#)),
+        ],
+        101,
+    );
+    let label = "encode 4 ops (5 CoAP requests)";
+    encode_row(n, label, Lwm2m::encode, &plugin, &dev, &ops, host::ChannelKind::Coap).await;
     for (file, path, format) in [
         ("device-read.tlv", "3/0", 11542u16),
         ("device-read.senml.json", "3/0", 110),
         ("firmware-done.tlv", "5/0", 11542),
     ] {
-        let body = std::fs::read(format!("{dir}/{file}")).unwrap();
-        let gchan = guest::Channel::Coap(guest::CoapMessage {
-            method: None,
-            code: 205,
-            path: path.into(),
-            query: vec![],
-            content_format: Some(format),
-            operation_id: Some(101),
-        });
-        let hchan = host::Channel::Coap(host::CoapMessage {
-            method: None,
-            code: 205,
-            path: path.into(),
-            query: vec![],
-            content_format: Some(format),
-            operation_id: Some(101),
-        });
-        let native = measure(n, || {
-            let (d, c, b) = (gdev.clone(), gchan.clone(), body.clone());
-            async move {
-                std::hint::black_box(Lwm2m::decode(d, c, b).unwrap());
-            }
-        })
-        .await;
-        let wasm = measure(n, || {
-            let (d, c, b, p) = (hdev.clone(), hchan.clone(), body.clone(), &plugin);
-            async move {
-                std::hint::black_box(p.decode(d, c, b).await.unwrap());
-            }
-        })
-        .await;
-        row(&format!("decode {file} ({} B), isolated call", body.len()), Some(&native), &wasm);
+        decode_row(n, Lwm2m::decode, &plugin, &dev, &coap(path, format), file, &fixture("lwm2m", file)).await;
     }
 }

@@ -227,6 +227,34 @@ impl TestServer {
         self.http.request(method, self.url(path)).bearer_auth(ADMIN_TOKEN)
     }
 
+    /// Add `code` (with `payload`) for one device as an admin; the operation's id.
+    pub async fn add_operation(
+        &self,
+        device_type: &str,
+        device_id: &str,
+        code: &str,
+        payload: Option<serde_json::Value>,
+    ) -> i64 {
+        use reqwest::{Method, StatusCode};
+        let mut body =
+            serde_json::json!({"code": code, "targets": {"devices": [{"type": device_type, "id": device_id}]}});
+        if let Some(p) = payload {
+            body["payload"] = p;
+        }
+        let r = self.admin(Method::POST, "/api/v1/operations").json(&body).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{code}: {}", r.text().await.unwrap());
+        let activity = r.json::<serde_json::Value>().await.unwrap()["activity"]["id"].as_i64().unwrap();
+        let path = format!("/api/v1/operations?activity={activity}");
+        let ops: serde_json::Value = self.admin(Method::GET, &path).send().await.unwrap().json().await.unwrap();
+        ops["items"][0]["id"].as_i64().expect("the activity's operation")
+    }
+
+    /// A device as the admin API shows it (metadata, telemetry, wake-up …).
+    pub async fn device(&self, device_type: &str, device_id: &str) -> serde_json::Value {
+        let path = format!("/api/v1/devices/{device_type}/{device_id}");
+        self.admin(reqwest::Method::GET, &path).send().await.unwrap().json().await.unwrap()
+    }
+
     /// Operation `id` as the admin API shows it.
     pub async fn operation(&self, id: i64) -> serde_json::Value {
         self.admin(reqwest::Method::GET, &format!("/api/v1/operations/{id}"))

@@ -124,25 +124,6 @@ impl<'a> Iphone<'a> {
     }
 }
 
-async fn add(server: &TestServer, udid: &str, code: &str, payload: Option<Value>) -> i64 {
-    let mut body = json!({"code": code, "targets": {"devices": [{"type": "ios", "id": udid}]}});
-    if let Some(p) = payload {
-        body["payload"] = p;
-    }
-    let r = server.admin(Method::POST, "/api/v1/operations").json(&body).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED, "{code}: {}", r.text().await.unwrap());
-    let activity = r.json::<Value>().await.unwrap()["activity"]["id"].as_i64().unwrap();
-    let ops: Value = server
-        .admin(Method::GET, &format!("/api/v1/operations?activity={activity}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    ops["items"][0]["id"].as_i64().unwrap()
-}
-
 /// An operation's recorded response (JSON text in the API) as JSON.
 fn response(op: &Value) -> Value {
     serde_json::from_str(op["response"].as_str().expect("a response")).unwrap()
@@ -219,14 +200,7 @@ async fn every_operation(server: &TestServer) {
     let phone = Iphone::enroll(server).await;
     let (s, body) = phone.check_in("token-update.plist").await;
     assert_eq!((s, body.len()), (StatusCode::OK, 0), "a check-in is answered with an empty 200");
-    let device: Value = server
-        .admin(Method::GET, &format!("/api/v1/devices/ios/{}", phone.udid))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let device = server.device("ios", &phone.udid).await;
     assert_eq!(device["push_transport"], "apns");
     assert_eq!(device["metadata"]["OSVersion"], "17.4.1");
     assert_eq!(device["ownership"], "COPE");
@@ -253,7 +227,7 @@ async fn every_operation(server: &TestServer) {
     ];
     let mut ids = Vec::new();
     for (code, payload, _) in &ops {
-        ids.push(add(server, &phone.udid, code, payload.clone()).await);
+        ids.push(server.add_operation("ios", &phone.udid, code, payload.clone()).await);
     }
 
     // The wake-up: APNs gets the MDM push for this device's token.
@@ -299,14 +273,7 @@ async fn every_operation(server: &TestServer) {
     assert_eq!(response(&info)["QueryResponses"]["BuildVersion"], "21F79", "{info}");
     let apps = server.operation(ids[5]).await;
     assert_eq!(response(&apps)["InstalledApplicationList"][0]["Identifier"], "com.apple.mobilesafari");
-    let device: Value = server
-        .admin(Method::GET, &format!("/api/v1/devices/ios/{}", phone.udid))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let device = server.device("ios", &phone.udid).await;
     assert_eq!(device["metadata"]["OSVersion"], "17.5", "DeviceInformation updates the record");
     let battery = device["telemetry"].as_array().unwrap().iter().find(|t| t["name"] == "battery").cloned();
     assert_eq!(battery.map(|b| b["value"].clone()), Some(json!(81)), "{device}");
@@ -317,8 +284,8 @@ e2e!(every_operation, super::every_operation);
 /// malformed and foreign reports change nothing; CheckOut removes the device.
 async fn not_now_errors_and_check_out(server: &TestServer) {
     let phone = Iphone::enroll(server).await;
-    let lock = add(server, &phone.udid, "DeviceLock", None).await;
-    let list = add(server, &phone.udid, "ProfileList", None).await;
+    let lock = server.add_operation("ios", &phone.udid, "DeviceLock", None).await;
+    let list = server.add_operation("ios", &phone.udid, "ProfileList", None).await;
 
     let first = phone.report("Idle", None, plist::Dictionary::new()).await.unwrap();
     assert_eq!(first["Command"]["RequestType"], "DeviceLock");
@@ -361,18 +328,11 @@ async fn not_now_errors_and_check_out(server: &TestServer) {
     assert_eq!(response(&op)["ErrorChain"][0]["ErrorDomain"], "MCProfileErrorDomain", "{op}");
 
     // CheckOut: the device leaves; what was queued for it is cancelled; it cannot call in.
-    let erase = add(server, &phone.udid, "EraseDevice", None).await;
+    let erase = server.add_operation("ios", &phone.udid, "EraseDevice", None).await;
     let (s, _) = phone.check_in("checkout.plist").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(server.operation(erase).await["state"], "CANCELLED");
-    let device: Value = server
-        .admin(Method::GET, &format!("/api/v1/devices/ios/{}", phone.udid))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let device = server.device("ios", &phone.udid).await;
     assert_eq!(device["status"], "removed");
     let (s, _) = phone.raw(fixture("idle.plist").replace(FIXTURE_UDID, &phone.udid).into_bytes()).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);

@@ -22,29 +22,6 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("{}/../plugins/lwm2m/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
-async fn add(server: &TestServer, ep: &str, code: &str, payload: Option<Value>) -> i64 {
-    let mut body = json!({"code": code, "targets": {"devices": [{"type": "lwm2m", "id": ep}]}});
-    if let Some(p) = payload {
-        body["payload"] = p;
-    }
-    let r = server.admin(Method::POST, "/api/v1/operations").json(&body).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED, "{code}: {}", r.text().await.unwrap());
-    let activity = r.json::<Value>().await.unwrap()["activity"]["id"].as_i64().unwrap();
-    let ops: Value = server
-        .admin(Method::GET, &format!("/api/v1/operations?activity={activity}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    ops["items"][0]["id"].as_i64().unwrap()
-}
-
-async fn device(server: &TestServer, ep: &str) -> Value {
-    server.admin(Method::GET, &format!("/api/v1/devices/lwm2m/{ep}")).send().await.unwrap().json().await.unwrap()
-}
-
 fn telemetry(device: &Value, name: &str) -> Option<Value> {
     device["telemetry"].as_array()?.iter().find(|t| t["name"] == name).map(|t| t["value"].clone())
 }
@@ -113,27 +90,27 @@ async fn third_party_client(server: &TestServer) {
     let ep = format!("urn:dev:os:{}", unique("node"));
     let Some(mut client) = NodeClient::start(server.coap, &ep).await else { return };
     assert!(client.expect("registered").await.starts_with("registered rd/"));
-    let d = device(server, &ep).await;
+    let d = server.device("lwm2m", &ep).await;
     assert_eq!(d["status"], "active");
     assert_eq!(d["metadata"]["objects"], "3/0");
     assert_eq!(d["metadata"]["lwm2m_version"], "1.0");
 
-    let read = add(server, &ep, "Read", Some(json!({"path": "3/0/9", "format": "text"}))).await;
+    let read = server.add_operation("lwm2m", &ep, "Read", Some(json!({"path": "3/0/9", "format": "text"}))).await;
     client.expect("read /3/0/9").await;
     let op = server.until_state(read, "COMPLETED").await;
     assert_eq!(response(&op)["values"]["3/0/9 BatteryLevel"], 87);
-    let write = add(server, &ep, "Write", Some(json!({"path": "3/0/14", "value": "+05:30"}))).await;
+    let write = server.add_operation("lwm2m", &ep, "Write", Some(json!({"path": "3/0/14", "value": "+05:30"}))).await;
     assert_eq!(client.expect("write").await, "write /3/0/14 +05:30");
     server.until_state(write, "COMPLETED").await;
-    let reboot = add(server, &ep, "Reboot", None).await;
+    let reboot = server.add_operation("lwm2m", &ep, "Reboot", None).await;
     assert_eq!(client.expect("execute").await, "execute /3/0/4");
     server.until_state(reboot, "COMPLETED").await;
     // What was written is there when read back.
-    let back = add(server, &ep, "Read", Some(json!({"path": "3/0/14", "format": "text"}))).await;
+    let back = server.add_operation("lwm2m", &ep, "Read", Some(json!({"path": "3/0/14", "format": "text"}))).await;
     assert_eq!(response(&server.until_state(back, "COMPLETED").await)["values"]["3/0/14 UTCOffset"], "+05:30");
-    assert_eq!(telemetry(&device(server, &ep).await, "battery"), Some(json!(87)));
+    assert_eq!(telemetry(&server.device("lwm2m", &ep).await, "battery"), Some(json!(87)));
     // A path the client does not have: the error is the result.
-    let missing = add(server, &ep, "Read", Some(json!({"path": "3/0/21", "format": "text"}))).await;
+    let missing = server.add_operation("lwm2m", &ep, "Read", Some(json!({"path": "3/0/21", "format": "text"}))).await;
     let op = server.until_state(missing, "ERROR").await;
     assert_eq!(response(&op)["code"], "4.04", "{op}");
 
@@ -142,10 +119,10 @@ async fn third_party_client(server: &TestServer) {
     client.say("deregister").await;
     client.expect("deregistered").await;
     // De-registered: the device stays, and what is added waits for its next registration.
-    let later = add(server, &ep, "Reboot", None).await;
+    let later = server.add_operation("lwm2m", &ep, "Reboot", None).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(server.operation(later).await["state"], "PENDING");
-    assert_eq!(device(server, &ep).await["status"], "active");
+    assert_eq!(server.device("lwm2m", &ep).await["status"], "active");
     let _ = client.child.kill().await;
 }
 e2e!(third_party_client, super::third_party_client);
@@ -300,19 +277,19 @@ fn firmware(state: u8, result: u8) -> Vec<u8> {
 async fn strict_client(server: &TestServer) {
     let ep = format!("urn:imei:{}", unique("strict").len() * 1000 + std::process::id() as usize);
     let mut dev = Strict::register(server.coap, &ep, "U").await;
-    assert_eq!(device(server, &ep).await["metadata"]["objects"], "1/0,3/0,5/0,3303/0");
+    assert_eq!(server.device("lwm2m", &ep).await["metadata"]["objects"], "1/0,3/0,5/0,3303/0");
 
     // Read /3/0 in TLV (the specification's example) and in SenML JSON.
-    let info = add(server, &ep, "DeviceInfo", None).await;
+    let info = server.add_operation("lwm2m", &ep, "DeviceInfo", None).await;
     let req = dev.next().await;
     assert_eq!((path(&req), uint(&req, CoapOption::Accept)), ("3/0".into(), Some(11542)));
     dev.answer(&req, ResponseType::Content, Some(11542), None, fixture("device-read.tlv")).await;
     let op = server.until_state(info, "COMPLETED").await;
     assert_eq!(response(&op)["values"]["3/0/7/1 PowerSourceVoltage"], 5000, "{op}");
-    let d = device(server, &ep).await;
+    let d = server.device("lwm2m", &ep).await;
     assert_eq!(d["metadata"]["Manufacturer"], "Open Mobile Alliance");
     assert_eq!(telemetry(&d, "battery"), Some(json!(100)));
-    let senml = add(server, &ep, "Read", Some(json!({"path": "3/0", "format": "senml"}))).await;
+    let senml = server.add_operation("lwm2m", &ep, "Read", Some(json!({"path": "3/0", "format": "senml"}))).await;
     let req = dev.next().await;
     assert_eq!(uint(&req, CoapOption::Accept), Some(110));
     dev.answer(&req, ResponseType::Content, Some(110), None, fixture("device-read.senml.json")).await;
@@ -320,14 +297,16 @@ async fn strict_client(server: &TestServer) {
     assert_eq!(response(&op)["values"]["3/0/13 CurrentTime"], 1367491215);
 
     // A malformed TLV answer is refused: the operation stays as it was.
-    let bad = add(server, &ep, "Read", Some(json!({"path": "3/0"}))).await;
+    let bad = server.add_operation("lwm2m", &ep, "Read", Some(json!({"path": "3/0"}))).await;
     let req = dev.next().await;
     dev.answer(&req, ResponseType::Content, Some(11542), None, fixture("truncated.tlv")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(server.operation(bad).await["state"], "IN_PROGRESS");
 
     // Write in TLV; Execute.
-    let w = add(server, &ep, "Write", Some(json!({"path": "1/0/1", "value": 300, "format": "tlv"}))).await;
+    let w = server
+        .add_operation("lwm2m", &ep, "Write", Some(json!({"path": "1/0/1", "value": 300, "format": "tlv"})))
+        .await;
     let req = dev.next().await;
     assert_eq!((path(&req), uint(&req, CoapOption::ContentFormat)), ("1/0/1".into(), Some(11542)));
     assert_eq!(req.payload, [0xC2, 0x01, 0x01, 0x2C]);
@@ -335,7 +314,7 @@ async fn strict_client(server: &TestServer) {
     server.until_state(w, "COMPLETED").await;
 
     // Observe: the first answer completes the operation, every notification is telemetry.
-    let observe = add(server, &ep, "Observe", Some(json!({"path": "3/0/9", "format": "text"}))).await;
+    let observe = server.add_operation("lwm2m", &ep, "Observe", Some(json!({"path": "3/0/9", "format": "text"}))).await;
     let req = dev.next().await;
     assert_eq!((path(&req), uint(&req, CoapOption::Observe)), ("3/0/9".into(), Some(0)));
     dev.answer(&req, ResponseType::Content, Some(0), Some(1), b"64".to_vec()).await;
@@ -353,16 +332,18 @@ async fn strict_client(server: &TestServer) {
     let ack = dev.exchange(p).await;
     assert_eq!(ack.header.code, MessageClass::Empty, "the notification is acknowledged");
     for _ in 0..100 {
-        if telemetry(&device(server, &ep).await, "battery") == Some(json!(61)) {
+        if telemetry(&server.device("lwm2m", &ep).await, "battery") == Some(json!(61)) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(telemetry(&device(server, &ep).await, "battery"), Some(json!(61)));
+    assert_eq!(telemetry(&server.device("lwm2m", &ep).await, "battery"), Some(json!(61)));
 
     // Firmware update by Package URI: write, observe /5/0, downloading, downloaded →
     // Drover executes Update → updating → idle with Update Result 1.
-    let fw = add(server, &ep, "FIRMWARE_UPDATE", Some(json!({"uri": "coap://fw.example.com/esp/2.1.0.bin"}))).await;
+    let fw = server
+        .add_operation("lwm2m", &ep, "FIRMWARE_UPDATE", Some(json!({"uri": "coap://fw.example.com/esp/2.1.0.bin"})))
+        .await;
     let write = dev.next().await;
     assert_eq!((path(&write), write.payload.as_slice()), ("5/0/1".into(), &b"coap://fw.example.com/esp/2.1.0.bin"[..]));
     dev.answer(&write, ResponseType::Changed, None, None, vec![]).await;
@@ -380,10 +361,10 @@ async fn strict_client(server: &TestServer) {
     dev.notify(&token, 5, firmware(0, 1)).await;
     let op = server.until_state(fw, "COMPLETED").await;
     assert_eq!(response(&op)["meaning"], "firmware updated successfully");
-    assert_eq!(telemetry(&device(server, &ep).await, "firmware.update_result"), Some(json!(1)));
+    assert_eq!(telemetry(&server.device("lwm2m", &ep).await, "firmware.update_result"), Some(json!(1)));
 
     // Errors from the device are results.
-    let missing = add(server, &ep, "Execute", Some(json!({"path": "3/0/99"}))).await;
+    let missing = server.add_operation("lwm2m", &ep, "Execute", Some(json!({"path": "3/0/99"}))).await;
     let req = dev.next().await;
     dev.answer(&req, ResponseType::NotFound, None, None, vec![]).await;
     server.until_state(missing, "ERROR").await;
@@ -395,7 +376,7 @@ e2e!(strict_client, super::strict_client);
 async fn queue_mode(server: &TestServer) {
     let ep = format!("urn:dev:queue:{}", std::process::id());
     let mut dev = Strict::register(server.coap, &ep, "UQ").await;
-    let reboot = add(server, &ep, "Reboot", None).await;
+    let reboot = server.add_operation("lwm2m", &ep, "Reboot", None).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(server.operation(reboot).await["state"], "PENDING", "a sleeping device is not sent to");
     let answer = dev.update().await;
@@ -421,11 +402,12 @@ async fn queue_mode(server: &TestServer) {
 
     // A request the device never answered, then it registers again (it rebooted): the
     // request goes out again to the new registration, and the observation is renewed.
-    let observe = add(server, &dev.ep, "Observe", Some(json!({"path": "3/0/9", "format": "text"}))).await;
+    let observe =
+        server.add_operation("lwm2m", &dev.ep, "Observe", Some(json!({"path": "3/0/9", "format": "text"}))).await;
     let req = again.next().await;
     again.answer(&req, ResponseType::Content, Some(0), Some(1), b"70".to_vec()).await;
     server.until_state(observe, "COMPLETED").await;
-    let read = add(server, &dev.ep, "Read", Some(json!({"path": "3/0/0", "format": "text"}))).await;
+    let read = server.add_operation("lwm2m", &dev.ep, "Read", Some(json!({"path": "3/0/0", "format": "text"}))).await;
     let unanswered = again.next().await;
     assert_eq!(path(&unanswered), "3/0/0");
     let rebooted = Strict::register(server.coap, &dev.ep, "U").await;
@@ -442,12 +424,16 @@ async fn queue_mode(server: &TestServer) {
     let op = server.until_state(read, "COMPLETED").await;
     assert_eq!(response(&op)["values"]["3/0/0 Manufacturer"], "Open Mobile Alliance");
     for _ in 0..100 {
-        if telemetry(&device(server, &dev.ep).await, "battery") == Some(json!(69)) {
+        if telemetry(&server.device("lwm2m", &dev.ep).await, "battery") == Some(json!(69)) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(telemetry(&device(server, &dev.ep).await, "battery"), Some(json!(69)), "the renewed observation");
+    assert_eq!(
+        telemetry(&server.device("lwm2m", &dev.ep).await, "battery"),
+        Some(json!(69)),
+        "the renewed observation"
+    );
 }
 e2e!(queue_mode, super::queue_mode);
 
@@ -479,6 +465,6 @@ async fn registration_needs_a_known_endpoint(server: &TestServer) {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
     socket_test(ResponseType::Created).await;
-    assert_eq!(device(server, &ep).await["status"], "active");
+    assert_eq!(server.device("lwm2m", &ep).await["status"], "active");
 }
 drover_tests::e2e_with!(known_endpoints, super::closed, super::registration_needs_a_known_endpoint);

@@ -2,7 +2,7 @@
 //! command-line clients), on the embedded broker and on the external mosquitto.
 
 use drover_tests::{TestServer, e2e, unique};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -22,23 +22,7 @@ async fn enroll(server: &TestServer, id: &str) -> String {
 }
 
 async fn ring(server: &TestServer, id: &str) -> i64 {
-    let r = server
-        .admin(Method::POST, "/api/v1/operations")
-        .json(&json!({"code": "DEVICE_RING", "targets": {"devices": [{"type": "android", "id": id}]}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let activity = r.json::<Value>().await.unwrap()["activity"]["id"].as_i64().unwrap();
-    let ops: Value = server
-        .admin(Method::GET, &format!("/api/v1/operations?activity={activity}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    ops["items"][0]["id"].as_i64().unwrap()
+    server.add_operation("android", id, "DEVICE_RING", None).await
 }
 
 enum Seen {

@@ -143,29 +143,6 @@ fn commands(answer: &Value) -> Vec<Value> {
     answer["commands"].as_array().unwrap().iter().filter(|c| c["name"] != "Status").cloned().collect()
 }
 
-async fn add(server: &TestServer, id: &str, code: &str, payload: Option<Value>) -> i64 {
-    let mut body = json!({"code": code, "targets": {"devices": [{"type": "windows", "id": id}]}});
-    if let Some(p) = payload {
-        body["payload"] = p;
-    }
-    let r = server.admin(Method::POST, "/api/v1/operations").json(&body).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED, "{code}: {}", r.text().await.unwrap());
-    let activity = r.json::<Value>().await.unwrap()["activity"]["id"].as_i64().unwrap();
-    let ops: Value = server
-        .admin(Method::GET, &format!("/api/v1/operations?activity={activity}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    ops["items"][0]["id"].as_i64().unwrap()
-}
-
-async fn device(server: &TestServer, id: &str) -> Value {
-    server.admin(Method::GET, &format!("/api/v1/devices/windows/{id}")).send().await.unwrap().json().await.unwrap()
-}
-
 /// Status (and Results) the client sends for Drover's commands: `code` per command.
 fn answers(
     msg_ref: &str,
@@ -234,10 +211,10 @@ async fn every_operation(server: &TestServer) {
     assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
 
     let mut pc = Pc::enroll(server).await;
-    assert_eq!(device(server, &pc.id).await["metadata"]["Mod"], "Latitude 7440");
+    assert_eq!(server.device("windows", &pc.id).await["metadata"]["Mod"], "Latitude 7440");
 
     // Session 1: the device checks in; Drover asks for its push channel.
-    let channel = add(server, &pc.id, "PushChannel", None).await;
+    let channel = server.add_operation("windows", &pc.id, "PushChannel", None).await;
     let answer = pc.open("1201").await;
     let cmds = commands(&answer);
     assert_eq!(cmds.len(), 1, "{answer}");
@@ -247,7 +224,7 @@ async fn every_operation(server: &TestServer) {
     let answer = pc.send(&answers(&msg, &cmds, |_| 200, tree)).await;
     assert!(commands(&answer).is_empty(), "nothing more: the session ends");
     assert_eq!(server.operation(channel).await["state"], "COMPLETED");
-    assert_eq!(device(server, &pc.id).await["push_transport"], "wns");
+    assert_eq!(server.device("windows", &pc.id).await["push_transport"], "wns");
 
     // Every listed operation; the device is woken through WNS.
     let ops = [
@@ -272,7 +249,7 @@ async fn every_operation(server: &TestServer) {
     ];
     let mut ids = Vec::new();
     for (code, payload, _, _) in &ops {
-        ids.push(add(server, &pc.id, code, payload.clone()).await);
+        ids.push(server.add_operation("windows", &pc.id, code, payload.clone()).await);
     }
     let push = &wns.wait_for(1).await[0];
     assert_eq!(push.uri, "/?token=AwYAAABvX2bZ");
@@ -316,7 +293,7 @@ async fn every_operation(server: &TestServer) {
     let detail = server.operation(ids[3]).await;
     let response: Value = serde_json::from_str(detail["response"].as_str().unwrap()).unwrap();
     assert_eq!(response["results"][0]["data"], "10.0.22631.4460");
-    let d = device(server, &pc.id).await;
+    let d = server.device("windows", &pc.id).await;
     assert_eq!(d["metadata"]["SwV"], "10.0.22631.4460", "DevDetail updates the record");
     let battery = d["telemetry"].as_array().unwrap().iter().find(|t| t["name"] == "battery").cloned();
     assert_eq!(battery.map(|b| b["value"].clone()), Some(json!(76)));
@@ -335,11 +312,11 @@ async fn futures_states(server: &TestServer, ids: &[i64]) -> Vec<Value> {
 /// unenrollment alert removes the device.
 async fn malformed_dropped_sessions_and_unenrollment(server: &TestServer) {
     let mut pc = Pc::enroll(server).await;
-    let lock = add(server, &pc.id, "RemoteLock", None).await;
+    let lock = server.add_operation("windows", &pc.id, "RemoteLock", None).await;
     let answer = pc.open("1201").await;
     assert_eq!(commands(&answer).len(), 1);
     assert_eq!(server.operation(lock).await["state"], "IN_PROGRESS");
-    let reboot = add(server, &pc.id, "Reboot", None).await;
+    let reboot = server.add_operation("windows", &pc.id, "Reboot", None).await;
 
     // Malformed: refused with the reason; nothing queued or in flight changes.
     for (body, why) in [
@@ -374,7 +351,7 @@ async fn malformed_dropped_sessions_and_unenrollment(server: &TestServer) {
     // The user unenrolls on the device: a generic alert; the device is removed.
     let (s, _) = pc.post(fixture("unenroll.xml").replace(FIXTURE_DEV, &pc.id)).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(device(server, &pc.id).await["status"], "removed");
+    assert_eq!(server.device("windows", &pc.id).await["status"], "removed");
     assert_eq!(server.operation(lock).await["state"], "CANCELLED");
     let (s, _) = pc.post(fixture("unenroll.xml").replace(FIXTURE_DEV, &pc.id)).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
