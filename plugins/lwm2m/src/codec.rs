@@ -46,7 +46,16 @@ fn path_text(p: &[u16]) -> String {
 }
 
 /// Decode a TLV payload that answers a request on `base` (the request's path).
-pub fn decode_tlv(base: &[u16], mut bytes: &[u8], out: &mut Values) -> Result<(), String> {
+pub fn decode_tlv(base: &[u16], bytes: &[u8], out: &mut Values) -> Result<(), String> {
+    nested_tlv(base, bytes, out, 0)
+}
+
+/// TLVs nest at most object instance → multiple resource → resource instance; deeper
+/// nesting is refused rather than followed (a hostile payload could nest thousands).
+fn nested_tlv(base: &[u16], mut bytes: &[u8], out: &mut Values, depth: u8) -> Result<(), String> {
+    if depth > 2 {
+        return Err("TLV nested deeper than object instance, resource and resource instance".into());
+    }
     while !bytes.is_empty() {
         let t = bytes[0];
         let kind = t >> 6;
@@ -75,9 +84,9 @@ pub fn decode_tlv(base: &[u16], mut bytes: &[u8], out: &mut Values) -> Result<()
         // Where this TLV sits depends on what the request addressed.
         match kind {
             // Object instance (a request on an object).
-            0b00 => decode_tlv(&[base[0], id], value, out)?,
+            0b00 => nested_tlv(&[base[0], id], value, out, depth + 1)?,
             // Multiple resource: its resource instances follow, inside.
-            0b10 => decode_tlv(&join(&instance(base), id), value, out)?,
+            0b10 => nested_tlv(&join(&instance(base), id), value, out, depth + 1)?,
             // Resource with value.
             0b11 => {
                 let path = join(&instance(base), id);

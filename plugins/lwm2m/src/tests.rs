@@ -145,3 +145,17 @@ fn registration_is_validated() {
     assert!(reg(vec!["ep=a b"], b"</3/0>").unwrap_err().message.contains("endpoint name"));
     assert!(reg(vec!["ep=x"], b"3/0").unwrap_err().message.contains("is not a link"));
 }
+
+#[test]
+fn deeply_nested_tlv_is_refused() {
+    // Object instance inside object instance inside …: 200 levels.
+    let mut payload = vec![0xC1, 0x09, 0x64];
+    for _ in 0..200 {
+        let mut outer = vec![0x10, 0x00];
+        outer.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        outer.extend_from_slice(&payload);
+        payload = outer;
+    }
+    let e = codec::decode("3", Some(codec::TLV), &payload).unwrap_err();
+    assert!(e.contains("nested deeper"), "{e}");
+}
