@@ -298,8 +298,9 @@ pub(crate) async fn receive(
         }
     }
     if let Some(CheckIn::CheckOut) = &message.check_in {
-        // The device left management (Apple CheckOut, LwM2M de-register): as an admin's
-        // removal, with the device as the actor. Results it carried are recorded first.
+        // The device left management (Apple CheckOut, the Windows unenrollment alert): as
+        // an admin's removal, with the device as the actor. Results it carried are
+        // recorded first.
         let cancelled = state.store.disenroll(device.id, "device:check-out").await?;
         tracing::info!(device_type = %device.device_type, device_id = %device.device_id, cancelled, "device checked out");
         return Ok(message);

@@ -156,6 +156,10 @@ impl Coap {
 
     /// An activity was stored: send it to its registered devices that listen now.
     pub fn activity_added(&self, state: &AppState, activity: i64) {
+        // Most servers have no LwM2M device registered: then there is nobody to ask about.
+        if self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            return;
+        }
         let (coap, state) = (self.clone(), state.clone());
         tokio::spawn(async move {
             let Ok(devices) = state.store.activity_queued_devices(activity).await else { return };
