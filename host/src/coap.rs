@@ -237,16 +237,11 @@ impl Coap {
     async fn datagram(&self, state: &AppState, packet: Packet, from: SocketAddr) {
         match packet.header.code {
             MessageClass::Request(_) => {
-                let answer = self.registration_interface(state, &packet, from).await;
-                let registered_or_updated =
-                    matches!(answer.header.code, MessageClass::Response(ResponseType::Created | ResponseType::Changed));
+                let (answer, listening) = self.registration_interface(state, &packet, from).await;
                 self.send(&answer, from).await;
-                if registered_or_updated {
-                    // The device listens now (queue mode: only now).
-                    let device = self.device_of(from, &packet);
-                    if let Some(device) = device {
-                        self.deliver(state, device).await;
-                    }
+                // A device that just registered or updated listens now (queue mode: only now).
+                if let Some(device) = listening {
+                    self.deliver(state, device).await;
                 }
             }
             MessageClass::Response(_) => self.response(state, packet, from).await,
@@ -278,12 +273,6 @@ impl Coap {
         }
     }
 
-    /// The device a just-answered register/update is for.
-    fn device_of(&self, from: SocketAddr, _packet: &Packet) -> Option<i64> {
-        let regs = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
-        regs.values().filter(|r| r.addr == from).max_by_key(|r| r.updated).map(|r| r.device)
-    }
-
     fn plugin_for_coap(state: &AppState) -> Option<(String, Arc<crate::plugins::LoadedPlugin>)> {
         // The CoAP device type: `lwm2m` if it serves, else any serving type that says coap.
         if let Some(p) = state.registry.device_type("lwm2m") {
@@ -296,7 +285,13 @@ impl Coap {
     }
 
     /// `POST /rd` (register), `POST /rd/{id}` (update), `DELETE /rd/{id}` (de-register).
-    async fn registration_interface(&self, state: &AppState, packet: &Packet, from: SocketAddr) -> Packet {
+    /// The answer, and the device that registered or updated (it listens now).
+    async fn registration_interface(
+        &self,
+        state: &AppState,
+        packet: &Packet,
+        from: SocketAddr,
+    ) -> (Packet, Option<i64>) {
         let path = uri_path(packet);
         let query = uri_query(packet);
         let MessageClass::Request(m) = packet.header.code else { unreachable!("a request") };
@@ -309,17 +304,17 @@ impl Coap {
         };
         match (m, path.iter().map(String::as_str).collect::<Vec<_>>().as_slice()) {
             (RequestType::Post, ["rd"]) => match self.register(state, packet, query, from).await {
-                Ok(id) => {
+                Ok((id, device)) => {
                     let mut p = answer(ResponseType::Created, "");
                     p.add_option(CoapOption::LocationPath, b"rd".to_vec());
                     p.add_option(CoapOption::LocationPath, id.into_bytes());
-                    p
+                    (p, Some(device))
                 }
-                Err((code, why)) => answer(code, &why),
+                Err((code, why)) => (answer(code, &why), None),
             },
             (RequestType::Post, ["rd", id]) => match self.update(state, id, &query, from).await {
-                Ok(()) => answer(ResponseType::Changed, ""),
-                Err((code, why)) => answer(code, &why),
+                Ok(device) => (answer(ResponseType::Changed, ""), Some(device)),
+                Err((code, why)) => (answer(code, &why), None),
             },
             (RequestType::Delete, ["rd", id]) => {
                 let removed = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).remove(*id);
@@ -327,12 +322,12 @@ impl Coap {
                     Some(r) => {
                         self.forget(r.device, id);
                         tracing::info!(device_type = %r.device_type, device_id = %r.device_id, "LwM2M de-registered");
-                        answer(ResponseType::Deleted, "")
+                        (answer(ResponseType::Deleted, ""), None)
                     }
-                    None => answer(ResponseType::NotFound, "no such registration"),
+                    None => (answer(ResponseType::NotFound, "no such registration"), None),
                 }
             }
-            _ => answer(ResponseType::NotFound, "Drover serves the registration interface on /rd"),
+            _ => (answer(ResponseType::NotFound, "Drover serves the registration interface on /rd"), None),
         }
     }
 
@@ -342,7 +337,7 @@ impl Coap {
         packet: &Packet,
         query: Vec<String>,
         from: SocketAddr,
-    ) -> Result<String, (ResponseType, String)> {
+    ) -> Result<(String, i64), (ResponseType, String)> {
         let Some((device_type, plugin)) = Coap::plugin_for_coap(state) else {
             return Err((ResponseType::ServiceUnavailable, "no CoAP device type is loaded".into()));
         };
@@ -433,7 +428,7 @@ impl Coap {
         for r in observes.unwrap_or_default() {
             self.request(device.id, r, from).await;
         }
-        Ok(id)
+        Ok((id, device.id))
     }
 
     async fn enroll(
@@ -465,7 +460,7 @@ impl Coap {
         id: &str,
         query: &[String],
         from: SocketAddr,
-    ) -> Result<(), (ResponseType, String)> {
+    ) -> Result<i64, (ResponseType, String)> {
         let device = {
             let mut regs = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
             let Some(r) = regs.get_mut(id) else {
@@ -488,7 +483,8 @@ impl Coap {
             .store
             .touch_device(device, &[], None)
             .await
-            .map_err(|e| (ResponseType::InternalServerError, e.to_string()))
+            .map_err(|e| (ResponseType::InternalServerError, e.to_string()))?;
+        Ok(device)
     }
 
     /// Send the device's queue as CoAP requests.
