@@ -376,6 +376,9 @@ e2e!(strict_client, super::strict_client);
 async fn queue_mode(server: &TestServer) {
     let ep = format!("urn:dev:queue:{}", std::process::id());
     let mut dev = Strict::register(server.coap, &ep, "UQ").await;
+    // Right after registering the device listens, and the server sends its queue then:
+    // let that moment pass (it is empty), so what is added next finds the device asleep.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let reboot = server.add_operation("lwm2m", &ep, "Reboot", None).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(server.operation(reboot).await["state"], "PENDING", "a sleeping device is not sent to");
