@@ -287,24 +287,18 @@ pub(crate) async fn receive(
         CallError::Rejected(p) => ApiError::bad_request("bad_device_message", p.message),
         other => other.into(),
     })?;
-    if !message.results.is_empty() {
-        let results: Vec<_> =
-            message.results.iter().map(|r| (r.operation_id as i64, reported(r.status), r.response.clone())).collect();
-        let outcomes = state.store.apply_results(device.id, &results).await?;
-        for o in &outcomes {
-            if let crate::store::ResultOutcome::Unknown { operation } = o {
-                tracing::warn!(device_type = %device.device_type, device_id = %device.device_id, operation, "result for an operation this device does not have: ignored");
-            }
-        }
-    }
     if let Some(CheckIn::CheckOut) = &message.check_in {
         // The device left management (Apple CheckOut, the Windows unenrollment alert): as
         // an admin's removal, with the device as the actor. Results it carried are
         // recorded first.
+        record_results(state, device, &message).await?;
         let cancelled = state.store.disenroll(device.id, "device:check-out").await?;
         tracing::info!(device_type = %device.device_type, device_id = %device.device_id, cancelled, "device checked out");
         return Ok(message);
     }
+    // What the device says about itself goes in before its results: whoever sees an
+    // operation COMPLETED (an admin, a rollout) then also sees what it changed (a
+    // firmware version, the values of a DeviceInfo read).
     if let Some(CheckIn::TokenUpdate(t)) = &message.check_in {
         // A new token also revives one the provider had refused.
         state.store.set_push_token(device.id, Some(&crate::wakeup::token_json(t))).await?;
@@ -320,7 +314,27 @@ pub(crate) async fn receive(
     if !(seen_recently && message.info.is_empty() && message.session.is_none()) {
         state.store.touch_device(device.id, &message.info, message.session.as_deref()).await?;
     }
+    record_results(state, device, &message).await?;
     Ok(message)
+}
+
+/// Record the results a message carried (idempotently: a repeated report changes nothing).
+async fn record_results(
+    state: &AppState,
+    device: &DeviceRow,
+    message: &crate::plugins::types::DeviceMessage,
+) -> Result<(), ApiError> {
+    if message.results.is_empty() {
+        return Ok(());
+    }
+    let results: Vec<_> =
+        message.results.iter().map(|r| (r.operation_id as i64, reported(r.status), r.response.clone())).collect();
+    for o in state.store.apply_results(device.id, &results).await? {
+        if let crate::store::ResultOutcome::Unknown { operation } = o {
+            tracing::warn!(device_type = %device.device_type, device_id = %device.device_id, operation, "result for an operation this device does not have: ignored");
+        }
+    }
+    Ok(())
 }
 
 fn kind_of(s: &str) -> OperationKind {

@@ -1,5 +1,6 @@
 //! The storage seam itself, on SQLite and PostgreSQL: bulk pre-registration, set-based
-//! fan-out with REPEATED, and enrollment of pre-registered devices.
+//! fan-out with REPEATED, enrollment of pre-registered devices, and delivery writes (the
+//! group commit) racing admin writes.
 
 use drover::store::{NewActivity, NewDevice, StoreError, TargetSet};
 use drover_tests::{TestServer, e2e};
@@ -78,4 +79,59 @@ async fn bulk_fan_out(server: &TestServer) {
     assert!(store.operation(sample[0].id).await.unwrap().is_none());
     assert_eq!(store.queued(d.id, 10, false).await.unwrap().len(), 1);
 }
+/// Delivery writes (the group committer; on SQLite its own connection) while admin writes
+/// (the write pool) run at once: on SQLite these are two writers of one file. Nothing may
+/// fail or be lost, and every operation's history must be whole.
+async fn delivery_beside_admin_writes(server: &TestServer) {
+    use drover::ops::Reported;
+    let store = &server.state.store;
+    let devices: Vec<NewDevice> = (0..200).map(device).collect();
+    store.register_devices(&devices).await.unwrap();
+    let mut keys = Vec::new();
+    for d in &devices {
+        keys.push(store.enroll_device(d).await.unwrap().id);
+    }
+    let targets = TargetSet { devices: keys.clone(), ..Default::default() };
+    let (activity, n) = store.add_activity(&ring("admin:a"), &targets).await.unwrap();
+    assert_eq!(n, 200);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for &key in &keys {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let queued = store.queued(key, 10, false).await?;
+            let ids: Vec<i64> = queued.iter().map(|q| q.id).collect();
+            store.mark_delivered(key, &ids, "delivery:poll").await?;
+            let results: Vec<_> = ids.iter().map(|&id| (id, Reported::Completed, Some("{}".to_string()))).collect();
+            store.apply_results(key, &results).await.map(|_| ())
+        });
+    }
+    // Admin writes meanwhile: tags, device info, another activity for half the fleet.
+    let half = TargetSet { devices: keys[..100].to_vec(), ..Default::default() };
+    for (i, &key) in keys.iter().enumerate().step_by(10) {
+        store.set_tags(key, &[format!("t{i}")]).await.unwrap();
+        store.touch_device(key, &[("battery".into(), "50".into())], None).await.unwrap();
+    }
+    let mut profile = ring("admin:b");
+    profile.code = "WIFI".into();
+    profile.kind = "profile".into();
+    let (second, n) = store.add_activity(&profile, &half).await.unwrap();
+    assert_eq!(n, 100);
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap().unwrap();
+    }
+
+    assert_eq!(store.activity_counts(activity.id).await.unwrap(), vec![("COMPLETED".to_string(), 200)]);
+    assert_eq!(store.activity_counts(second.id).await.unwrap(), vec![("PENDING".to_string(), 100)]);
+    for op in store.operations(None, Some(activity.id), None, 0, 200).await.unwrap() {
+        let path: Vec<_> =
+            store.transitions(op.id).await.unwrap().into_iter().map(|t| (t.from_state, t.to_state)).collect();
+        let expected = [("PENDING", "IN_PROGRESS"), ("IN_PROGRESS", "COMPLETED")].map(|(a, b)| (a.into(), b.into()));
+        assert_eq!(path, expected, "operation {}", op.id);
+    }
+    let tagged = store.device_by_key(keys[10]).await.unwrap().unwrap();
+    assert!(tagged.metadata.contains("battery"), "{}", tagged.metadata);
+}
+
 e2e!(bulk_fan_out, super::bulk_fan_out);
+e2e!(delivery_beside_admin_writes, super::delivery_beside_admin_writes);

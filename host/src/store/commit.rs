@@ -8,8 +8,13 @@
 //! each caller: under load batches grow by themselves, and a lone write waits for nobody.
 //! If a batch fails, its writes are retried one by one, so one bad write cannot fail the
 //! others'.
+//!
+//! On SQLite the committer is a thread of its own with its own connection, and its
+//! statements are direct calls (`direct.rs` says why); on PostgreSQL it is a task using
+//! the pool.
 
-use super::{ResultOutcome, Store, StoreError};
+use super::direct::Writer;
+use super::{ResultOutcome, Store, StoreError, now_ms};
 use crate::ops::Event;
 use tokio::sync::{mpsc, oneshot};
 
@@ -47,36 +52,82 @@ impl Committer {
         tokio::spawn(run(store, rx));
         Committer(tx)
     }
+
+    /// Start SQLite's committer thread. It ends when the last store holding the committer
+    /// is dropped.
+    pub(crate) fn start_sqlite(mut writer: Writer) -> Committer {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        std::thread::Builder::new()
+            .name("drover-commit".into())
+            .spawn(move || {
+                let mut batch = Vec::with_capacity(MAX_GROUP);
+                while let Some(first) = rx.blocking_recv() {
+                    fill(&mut batch, first, &mut rx);
+                    let writes: Vec<Write> = batch.iter().map(|(w, _)| w.clone()).collect();
+                    match writer.write_group(&writes, now_ms()) {
+                        Err(e) if batch.len() > 1 => {
+                            retrying(batch.len(), &e);
+                            for (w, reply) in batch.drain(..) {
+                                let r = writer.write_group(std::slice::from_ref(&w), now_ms());
+                                let _ = reply.send(r.map(|mut v| v.remove(0)));
+                            }
+                        }
+                        result => answer(&mut batch, result),
+                    }
+                }
+            })
+            .expect("spawning the SQLite commit thread");
+        Committer(tx)
+    }
+}
+
+/// `first` and whatever else is waiting, up to [`MAX_GROUP`].
+fn fill(batch: &mut Vec<Job>, first: Job, rx: &mut mpsc::UnboundedReceiver<Job>) {
+    batch.push(first);
+    while batch.len() < MAX_GROUP {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Answer every caller of `batch` from `result`. A failed batch of several is retried
+/// one by one by the caller (one bad write must not fail the others), so an error here
+/// answers a batch of one.
+fn answer(batch: &mut Vec<Job>, result: Result<Vec<Written>, StoreError>) {
+    match result {
+        Ok(written) => {
+            for ((_, reply), w) in batch.drain(..).zip(written) {
+                let _ = reply.send(Ok(w));
+            }
+        }
+        Err(e) => {
+            if let Some((_, reply)) = batch.pop() {
+                let _ = reply.send(Err(e));
+            }
+            batch.clear();
+        }
+    }
+}
+
+fn retrying(n: usize, e: &StoreError) {
+    tracing::debug!(writes = n, "group commit failed ({e}); writing one by one");
 }
 
 async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+        fill(&mut batch, first, &mut rx);
         let writes: Vec<Write> = batch.iter().map(|(w, _)| w.clone()).collect();
         match store.write_group(&writes).await {
-            Ok(written) => {
-                for ((_, reply), w) in batch.drain(..).zip(written) {
-                    let _ = reply.send(Ok(w));
-                }
-            }
-            Err(e) if batch.len() == 1 => {
-                let (_, reply) = batch.pop().expect("one job");
-                let _ = reply.send(Err(e));
-            }
-            Err(e) => {
-                tracing::debug!(writes = batch.len(), "group commit failed ({e}); writing one by one");
+            Err(e) if batch.len() > 1 => {
+                retrying(batch.len(), &e);
                 for (w, reply) in batch.drain(..) {
-                    let r = store.write_group(std::slice::from_ref(&w)).await.map(|mut v| v.remove(0));
-                    let _ = reply.send(r);
+                    let _ = reply.send(store.write_group(std::slice::from_ref(&w)).await.map(|mut v| v.remove(0)));
                 }
             }
+            result => answer(&mut batch, result),
         }
     }
 }

@@ -163,7 +163,7 @@ impl Store {
              WHERE devices.status IN ('removed', 'registered')
              RETURNING {DEVICE_COLUMNS}"
         );
-        let row: Option<DeviceRow> = with_pool!(self, pool => {
+        let row: Option<DeviceRow> = with_write_pool!(self, pool => {
             sqlx::query_as(trusted(&sql))
                 .bind(&d.device_type)
                 .bind(&d.device_id)
@@ -180,6 +180,9 @@ impl Store {
     }
 
     pub async fn device(&self, device_type: &str, device_id: &str) -> Result<Option<DeviceRow>, StoreError> {
+        if let Some(direct) = self.direct() {
+            return direct.read(|c| super::direct::device(c, device_type, device_id));
+        }
         let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE device_type = $1 AND device_id = $2");
         Ok(
             with_pool!(self, pool => sqlx::query_as(trusted(&sql)).bind(device_type).bind(device_id).fetch_optional(pool).await?),
@@ -187,6 +190,9 @@ impl Store {
     }
 
     pub async fn device_by_key(&self, id: i64) -> Result<Option<DeviceRow>, StoreError> {
+        if let Some(direct) = self.direct() {
+            return direct.read(|c| super::direct::device_by_key(c, id));
+        }
         let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1");
         Ok(with_pool!(self, pool => sqlx::query_as(trusted(&sql)).bind(id).fetch_optional(pool).await?))
     }

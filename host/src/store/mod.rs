@@ -9,6 +9,7 @@
 mod catalog;
 mod commit;
 mod devices;
+mod direct;
 mod operations;
 mod telemetry;
 mod tokens;
@@ -33,10 +34,12 @@ use std::time::Duration;
 /// locked sleeps in its busy handler (1, 2, 5 … 100 ms), which under concurrent polls
 /// turns a sub-millisecond write into tens of milliseconds. So writes go through a pool
 /// of one connection, where they queue in order without sleeping, and reads through a
-/// pool of several (WAL lets them run beside the writer). PostgreSQL has one pool.
+/// pool of several (WAL lets them run beside the writer). The hot path of delivery reads
+/// through `direct` instead and commits its batches on the write pool's connection
+/// (`direct.rs` says why). PostgreSQL has one pool.
 #[derive(Clone)]
 enum Backend {
-    Sqlite { read: SqlitePool, write: SqlitePool },
+    Sqlite { read: SqlitePool, write: SqlitePool, direct: std::sync::Arc<direct::Readers> },
     Postgres(PgPool),
 }
 
@@ -75,6 +78,8 @@ pub(crate) use with_write_pool;
 pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0} already exists")]
@@ -128,8 +133,9 @@ impl Store {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&write).await?;
+        let direct = std::sync::Arc::new(direct::Readers::new(options.get_filename().to_path_buf()));
         let read = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
-        Ok(Store::with_committer(Backend::Sqlite { read, write }))
+        Ok(Store::with_committer(Backend::Sqlite { read, write, direct }))
     }
 
     pub async fn postgres(options: PgConnectOptions) -> Result<Store, StoreError> {
@@ -139,7 +145,10 @@ impl Store {
     }
 
     fn with_committer(backend: Backend) -> Store {
-        let committer = commit::Committer::start(Store { backend: backend.clone(), committer: None });
+        let committer = match &backend {
+            Backend::Sqlite { direct, .. } => commit::Committer::start_sqlite(direct::Writer::new(direct.path())),
+            Backend::Postgres(_) => commit::Committer::start(Store { backend: backend.clone(), committer: None }),
+        };
         Store { backend, committer: Some(committer) }
     }
 
@@ -153,6 +162,14 @@ impl Store {
 
     fn is_postgres(&self) -> bool {
         matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// SQLite's direct readers (`direct.rs`); `None` on PostgreSQL.
+    fn direct(&self) -> Option<&direct::Readers> {
+        match &self.backend {
+            Backend::Sqlite { direct, .. } => Some(direct),
+            Backend::Postgres(_) => None,
+        }
     }
 
     pub async fn close(&self) {

@@ -212,20 +212,8 @@ impl Store {
         skip_not_now: bool,
     ) -> Result<Vec<QueuedOperation>, StoreError> {
         let now = now_ms();
-        let sql = if skip_not_now {
-            "SELECT o.id, o.code, o.kind, a.payload, o.expires_at FROM operations o
-             JOIN activities a ON a.id = o.activity
-             WHERE o.device = $1 AND o.state = 'PENDING' ORDER BY o.id LIMIT $2"
-        } else {
-            "SELECT o.id, o.code, o.kind, a.payload, o.expires_at FROM operations o
-             JOIN activities a ON a.id = o.activity
-             WHERE o.device = $1 AND o.state IN ('PENDING', 'NOTNOW') ORDER BY o.id LIMIT $2"
-        };
-        let fetch = || async {
-            let rows: Vec<QueuedOperation> = with_pool!(self, pool => sqlx::query_as(sql)
-                .bind(device).bind(limit).fetch_all(pool).await?);
-            Ok::<_, StoreError>(rows)
-        };
+        let states = if skip_not_now { "'PENDING'" } else { "'PENDING', 'NOTNOW'" };
+        let fetch = || self.operations_in(device, limit, states);
         let rows = fetch().await?;
         if rows.iter().any(|q| q.expires_at.is_some_and(|e| e <= now)) {
             self.expire(Some(device), now).await?;
@@ -237,11 +225,25 @@ impl Store {
     /// A device's operations handed out but not yet answered (IN_PROGRESS), oldest first:
     /// what a push re-sends when the device comes back, in case the last send was lost.
     pub async fn in_progress(&self, device: i64, limit: i64) -> Result<Vec<QueuedOperation>, StoreError> {
-        Ok(with_pool!(self, pool => sqlx::query_as(
-                "SELECT o.id, o.code, o.kind, a.payload, o.expires_at FROM operations o
-                 JOIN activities a ON a.id = o.activity
-                 WHERE o.device = $1 AND o.state = 'IN_PROGRESS' ORDER BY o.id LIMIT $2")
-            .bind(device).bind(limit).fetch_all(pool).await?))
+        self.operations_in(device, limit, "'IN_PROGRESS'").await
+    }
+
+    /// A device's operations in `states` (a constant list of quoted states), oldest first.
+    async fn operations_in(
+        &self,
+        device: i64,
+        limit: i64,
+        states: &'static str,
+    ) -> Result<Vec<QueuedOperation>, StoreError> {
+        if let Some(direct) = self.direct() {
+            return direct.read(|c| super::direct::operations_in(c, device, limit, states));
+        }
+        let sql = format!(
+            "SELECT o.id, o.code, o.kind, a.payload, o.expires_at FROM operations o
+             JOIN activities a ON a.id = o.activity
+             WHERE o.device = $1 AND o.state IN ({states}) ORDER BY o.id LIMIT $2"
+        );
+        Ok(with_pool!(self, pool => sqlx::query_as(trusted(&sql)).bind(device).bind(limit).fetch_all(pool).await?))
     }
 
     /// The devices (keys) for which an activity still has queued operations.

@@ -18,6 +18,9 @@ impl Store {
 
     /// The device a live (unexpired, unrevoked) credential belongs to, unless removed.
     pub async fn device_for_credential(&self, token_hash: &str) -> Result<Option<DeviceRow>, StoreError> {
+        if let Some(direct) = self.direct() {
+            return direct.read(|c| super::direct::device_for_credential(c, token_hash, now_ms()));
+        }
         Ok(with_pool!(self, pool => sqlx::query_as(
                 "SELECT d.id, d.device_type, d.device_id, d.name, d.owner, d.ownership, d.status, d.metadata,
                         d.push_token, d.session, d.enrolled_at, d.last_seen_at

@@ -1,0 +1,299 @@
+//! Direct SQLite calls for the delivery hot path: the reads every device message makes
+//! and the group commit of delivery writes.
+//!
+//! Why: sqlx runs each SQLite connection on a thread of its own, and every statement is
+//! a round trip to that thread and back (two thread wake-ups, and each row of an answer
+//! crosses a channel). A poll profile put ~40% of the server's CPU in the kernel switching
+//! threads and ~2% in SQLite itself (docs/BENCHMARKS.md). For the few statements every
+//! poll and every push runs, that hand-off is most of the cost, so on SQLite they run here
+//! instead, through rusqlite on the calling thread:
+//!
+//! * **Reads** use connections of our own to the same file ([`Readers`]), opened
+//!   `query_only`, with their prepared statements kept. A read of one device's row or
+//!   queue is a few microseconds (an index lookup in a database that is in the page
+//!   cache), so it runs inline on the async worker rather than paying a hand-off longer
+//!   than itself. WAL lets these readers run beside the writer, as the sqlx read pool does.
+//! * **Group-commit writes** run on a thread of their own with a connection of their own
+//!   ([`Writer`]): the committer takes every waiting delivery write and runs them as one
+//!   transaction, each statement a direct call. A first version borrowed the sqlx write
+//!   pool's connection per batch (`lock_handle`); waiting for the pool and for sqlx's
+//!   thread to let go of the handle took three quarters of the committer's time, so it was
+//!   the bottleneck of every poll. Admin writes still go through the sqlx write pool, so
+//!   there are two writers: SQLite makes one wait (busy timeout) while the other commits,
+//!   and both keep their transactions short.
+//!
+//! Everything else (admin API, fan-out, migrations) stays on sqlx, and PostgreSQL is not
+//! affected: there the cost is network round trips, which this cannot remove. The SQL here
+//! is the SQLite twin of statements in `operations.rs`, `devices.rs` and `tokens.rs`;
+//! the same test suite runs against both backends, so the twins are held to one behaviour.
+
+use super::commit::{Write, Written};
+use super::{DeviceRow, QueuedOperation, ResultOutcome, StoreError};
+use crate::ops::{self, Attempts, State};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Idle reader connections kept open; more are opened when more threads read at once
+/// (at most one per thread that reads: reads never await while holding one).
+const MAX_IDLE_READERS: usize = 16;
+
+/// Prepared statements kept per connection (the hot path uses fewer than ten texts; the
+/// IN lists of deliveries vary with the number of operations).
+const STATEMENT_CACHE: usize = 64;
+
+/// What both kinds of direct connection share.
+fn tune(c: &Connection) -> rusqlite::Result<()> {
+    c.busy_timeout(Duration::from_secs(10))?;
+    // Plans must not depend on bound values. Without this, SQLite marks a statement whose
+    // `LIMIT ?` it could specialise as expired on every new binding and re-prepares it at
+    // the next step: that re-prepare was 16% of a poll's CPU (the queue read).
+    c.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    c.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    // Every commit by another connection empties this one's page cache (WAL), so a read
+    // after a write fetches its pages again: through a memory map, not a read() each.
+    c.pragma_update(None, "mmap_size", MMAP_BYTES)?;
+    Ok(())
+}
+
+/// Bytes of the database file each direct connection maps (address space, not memory).
+const MMAP_BYTES: i64 = 1 << 30;
+
+/// Reader connections to one SQLite database file.
+pub(super) struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    pub(super) fn new(path: PathBuf) -> Readers {
+        Readers { path, idle: Mutex::new(Vec::new()) }
+    }
+
+    pub(super) fn path(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    fn open(&self) -> rusqlite::Result<Connection> {
+        // Opened read-write but `query_only`: a read-only open could not create the WAL
+        // index if the file's last other connection had just removed it.
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        tune(&conn)?;
+        conn.pragma_update(None, "query_only", true)?;
+        Ok(conn)
+    }
+
+    /// Run `f` on an idle reader (opening one if none is idle).
+    pub(super) fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => self.open()?,
+        };
+        let result = f(&conn);
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        Ok(result?)
+    }
+}
+
+fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
+    Ok(DeviceRow {
+        id: r.get(0)?,
+        device_type: r.get(1)?,
+        device_id: r.get(2)?,
+        name: r.get(3)?,
+        owner: r.get(4)?,
+        ownership: r.get(5)?,
+        status: r.get(6)?,
+        metadata: r.get(7)?,
+        push_token: r.get(8)?,
+        session: r.get(9)?,
+        enrolled_at: r.get(10)?,
+        last_seen_at: r.get(11)?,
+    })
+}
+
+fn queued_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedOperation> {
+    Ok(QueuedOperation { id: r.get(0)?, code: r.get(1)?, kind: r.get(2)?, payload: r.get(3)?, expires_at: r.get(4)? })
+}
+
+/// `Store::device_for_credential`.
+pub(super) fn device_for_credential(c: &Connection, token_hash: &str, now: i64) -> rusqlite::Result<Option<DeviceRow>> {
+    c.prepare_cached(
+        "SELECT d.id, d.device_type, d.device_id, d.name, d.owner, d.ownership, d.status, d.metadata,
+                d.push_token, d.session, d.enrolled_at, d.last_seen_at
+         FROM device_credentials c JOIN devices d ON d.id = c.device
+         WHERE c.token_hash = ?1 AND c.revoked_at IS NULL AND c.expires_at > ?2 AND d.status <> 'removed'",
+    )?
+    .query_row(params![token_hash, now], device_row)
+    .optional()
+}
+
+/// `Store::device_by_key`.
+pub(super) fn device_by_key(c: &Connection, id: i64) -> rusqlite::Result<Option<DeviceRow>> {
+    c.prepare_cached(
+        "SELECT id, device_type, device_id, name, owner, ownership, status, metadata, push_token, session,
+                enrolled_at, last_seen_at
+         FROM devices WHERE id = ?1",
+    )?
+    .query_row(params![id], device_row)
+    .optional()
+}
+
+/// `Store::device`.
+pub(super) fn device(c: &Connection, device_type: &str, device_id: &str) -> rusqlite::Result<Option<DeviceRow>> {
+    c.prepare_cached(
+        "SELECT id, device_type, device_id, name, owner, ownership, status, metadata, push_token, session,
+                enrolled_at, last_seen_at
+         FROM devices WHERE device_type = ?1 AND device_id = ?2",
+    )?
+    .query_row(params![device_type, device_id], device_row)
+    .optional()
+}
+
+/// A device's operations in `states` (a constant list), oldest first, with payloads.
+pub(super) fn operations_in(
+    c: &Connection,
+    device: i64,
+    limit: i64,
+    states: &'static str,
+) -> rusqlite::Result<Vec<QueuedOperation>> {
+    let sql = format!(
+        "SELECT o.id, o.code, o.kind, a.payload, o.expires_at FROM operations o
+         JOIN activities a ON a.id = o.activity
+         WHERE o.device = ?1 AND o.state IN ({states}) ORDER BY o.id LIMIT ?2"
+    );
+    let mut stmt = c.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![device, limit], queued_row)?;
+    rows.collect()
+}
+
+/// The group committer's own connection to the database file, opened on first use and
+/// again after a failure. It lives on the committer's thread (`commit.rs`).
+pub(super) struct Writer {
+    path: PathBuf,
+    conn: Option<Connection>,
+}
+
+impl Writer {
+    pub(super) fn new(path: PathBuf) -> Writer {
+        Writer { path, conn: None }
+    }
+
+    /// Run `writes` in one transaction, returning what each did.
+    pub(super) fn write_group(&mut self, writes: &[Write], now: i64) -> Result<Vec<Written>, StoreError> {
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                // The sqlx write pool's connection (admin writes) is the other writer; its
+                // transactions are short, so waiting for it is the rare case.
+                tune(&c)?;
+                // As the sqlx connections (`Store::connect`): WAL is the file's, these are
+                // per connection. NORMAL: a commit is durable at the next checkpoint, not
+                // fsynced each time (an fsync per batch took ~1 ms here).
+                c.pragma_update(None, "synchronous", "NORMAL")?;
+                c.pragma_update(None, "foreign_keys", true)?;
+                self.conn.insert(c)
+            }
+        };
+        let result = write_group_on(conn, writes, now);
+        if result.is_err() {
+            // The transaction rolled back; the connection itself may be at fault (an I/O
+            // error, a replaced file), so the next batch opens a fresh one. Failures are rare.
+            self.conn = None;
+        }
+        Ok(result?)
+    }
+}
+
+fn write_group_on(db: &mut Connection, writes: &[Write], now: i64) -> rusqlite::Result<Vec<Written>> {
+    // IMMEDIATE for the reason `WriteTx` gives; a failed batch rolls back when `tx` drops.
+    let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut written = Vec::with_capacity(writes.len());
+    for w in writes {
+        match w {
+            Write::Deliver { device, ids, actor } => {
+                let list = (4..4 + ids.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+                let transition = format!(
+                    "INSERT INTO transitions (operation, from_state, to_state, actor, at)
+                     SELECT id, state, 'IN_PROGRESS', ?1, ?2 FROM operations
+                     WHERE device = ?3 AND state IN ('PENDING', 'NOTNOW') AND id IN ({list})"
+                );
+                let update = format!(
+                    "UPDATE operations SET state = 'IN_PROGRESS', attempts = attempts + 1, updated_at = ?2
+                     WHERE device = ?3 AND state IN ('PENDING', 'NOTNOW') AND id IN ({list}) AND ?1 = ?1"
+                );
+                for sql in [&transition, &update] {
+                    let values = [
+                        rusqlite::types::Value::Text(actor.clone()),
+                        rusqlite::types::Value::Integer(now),
+                        rusqlite::types::Value::Integer(*device),
+                    ]
+                    .into_iter()
+                    .chain(ids.iter().map(|&id| rusqlite::types::Value::Integer(id)));
+                    tx.prepare_cached(sql)?.execute(params_from_iter(values))?;
+                }
+                written.push(Written::Delivered);
+            }
+            Write::Events { device, events, actor } => {
+                let mut out = Vec::with_capacity(events.len());
+                for (id, event, response) in events {
+                    let row: Option<(String, i64, i64)> = tx
+                        .prepare_cached(
+                            "SELECT state, attempts, max_attempts FROM operations WHERE id = ?1 AND device = ?2",
+                        )?
+                        .query_row(params![id, device], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .optional()?;
+                    let Some((state, made, max)) = row else {
+                        out.push(ResultOutcome::Unknown { operation: *id });
+                        continue;
+                    };
+                    let from = State::parse(&state).unwrap_or(State::Error);
+                    match ops::next(from, *event, Attempts { made, max }) {
+                        None => out.push(ResultOutcome::Unchanged { operation: *id, state: from }),
+                        Some(to) => {
+                            tx.prepare_cached(
+                                "UPDATE operations SET state = ?1, response = COALESCE(?2, response), updated_at = ?3
+                                 WHERE id = ?4 AND state = ?5",
+                            )?
+                            .execute(params![
+                                to.as_str(),
+                                response,
+                                now,
+                                id,
+                                from.as_str()
+                            ])?;
+                            tx.prepare_cached(
+                                "INSERT INTO transitions (operation, from_state, to_state, actor, at, response)
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                            )?
+                            .execute(params![
+                                id,
+                                from.as_str(),
+                                to.as_str(),
+                                actor,
+                                now,
+                                response
+                            ])?;
+                            out.push(ResultOutcome::Applied { operation: *id, from, to });
+                        }
+                    }
+                }
+                written.push(Written::Events(out));
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(written)
+}
