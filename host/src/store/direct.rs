@@ -103,6 +103,14 @@ impl Readers {
     }
 }
 
+/// A `DeviceRow`'s columns in `device_row`'s order. A macro so that every statement stays
+/// one literal for `prepare_cached`.
+macro_rules! device_columns {
+    () => {
+        "id, device_type, device_id, name, owner, ownership, status, metadata, push_token, session, enrolled_at, last_seen_at"
+    };
+}
+
 fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
     Ok(DeviceRow {
         id: r.get(0)?,
@@ -126,36 +134,26 @@ fn queued_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedOperation> {
 
 /// `Store::device_for_credential`.
 pub(super) fn device_for_credential(c: &Connection, token_hash: &str, now: i64) -> rusqlite::Result<Option<DeviceRow>> {
-    c.prepare_cached(
-        "SELECT d.id, d.device_type, d.device_id, d.name, d.owner, d.ownership, d.status, d.metadata,
-                d.push_token, d.session, d.enrolled_at, d.last_seen_at
-         FROM device_credentials c JOIN devices d ON d.id = c.device
-         WHERE c.token_hash = ?1 AND c.revoked_at IS NULL AND c.expires_at > ?2 AND d.status <> 'removed'",
-    )?
-    .query_row(params![token_hash, now], device_row)
-    .optional()
+    // `token_hash` is the credentials' key: at most one device.
+    const SQL: &str = concat!(
+        "SELECT ",
+        device_columns!(),
+        " FROM devices WHERE status <> 'removed' AND id = (SELECT device FROM device_credentials
+          WHERE token_hash = ?1 AND revoked_at IS NULL AND expires_at > ?2)"
+    );
+    c.prepare_cached(SQL)?.query_row(params![token_hash, now], device_row).optional()
 }
 
 /// `Store::device_by_key`.
 pub(super) fn device_by_key(c: &Connection, id: i64) -> rusqlite::Result<Option<DeviceRow>> {
-    c.prepare_cached(
-        "SELECT id, device_type, device_id, name, owner, ownership, status, metadata, push_token, session,
-                enrolled_at, last_seen_at
-         FROM devices WHERE id = ?1",
-    )?
-    .query_row(params![id], device_row)
-    .optional()
+    const SQL: &str = concat!("SELECT ", device_columns!(), " FROM devices WHERE id = ?1");
+    c.prepare_cached(SQL)?.query_row(params![id], device_row).optional()
 }
 
 /// `Store::device`.
 pub(super) fn device(c: &Connection, device_type: &str, device_id: &str) -> rusqlite::Result<Option<DeviceRow>> {
-    c.prepare_cached(
-        "SELECT id, device_type, device_id, name, owner, ownership, status, metadata, push_token, session,
-                enrolled_at, last_seen_at
-         FROM devices WHERE device_type = ?1 AND device_id = ?2",
-    )?
-    .query_row(params![device_type, device_id], device_row)
-    .optional()
+    const SQL: &str = concat!("SELECT ", device_columns!(), " FROM devices WHERE device_type = ?1 AND device_id = ?2");
+    c.prepare_cached(SQL)?.query_row(params![device_type, device_id], device_row).optional()
 }
 
 /// A device's operations in `states` (a constant list), oldest first, with payloads.
