@@ -51,14 +51,14 @@ fn tune(c: &Connection) -> rusqlite::Result<()> {
     // the next step: that re-prepare was 16% of a poll's CPU (the queue read).
     c.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     c.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    // Every commit by another connection empties this one's page cache (WAL), so a read
-    // after a write fetches its pages again: through a memory map, not a read() each.
-    c.pragma_update(None, "mmap_size", MMAP_BYTES)?;
+    // No memory map. In WAL mode, a read transaction that finds the database changed since
+    // its last one unmaps the whole file (`sqlite3PagerSharedLock`), and the next page it
+    // reads maps it again and faults it in: under a steady stream of commits that is every
+    // read. With a 1 GiB map, munmap/mmap and their page faults were ~8% of a poll's CPU;
+    // pread of the few pages a read touches costs less (docs/BENCHMARKS.md).
+    c.pragma_update(None, "mmap_size", 0)?;
     Ok(())
 }
-
-/// Bytes of the database file each direct connection maps (address space, not memory).
-const MMAP_BYTES: i64 = 1 << 30;
 
 /// Reader connections to one SQLite database file.
 pub(super) struct Readers {
