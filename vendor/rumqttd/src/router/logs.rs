@@ -67,6 +67,12 @@ pub struct DataLog {
     /// for every new filter), which is quadratic in the number of devices when each
     /// subscribes to its own topic.
     wildcard_filters: Vec<(Filter, FilterIdx)>,
+    /// Drover patch: the filters each connection has been parked on. Upstream's `clean`
+    /// visits every filter's waiters when a connection goes, which is quadratic when
+    /// every device has filters of its own and many devices disconnect at once (a
+    /// network blip, a server restart). An entry may outlive its waiter (a waiter is also
+    /// taken when data arrives); `clean` then finds nothing there, which is harmless.
+    parked_on: HashMap<ConnectionId, Vec<FilterIdx>>,
 }
 
 fn is_wildcard(filter: &str) -> bool {
@@ -102,6 +108,7 @@ impl DataLog {
             filter_indexes,
             retained_publishes,
             wildcard_filters,
+            parked_on: HashMap::new(),
         })
     }
 
@@ -266,15 +273,23 @@ impl DataLog {
         // filter as `request` is "done", that is, the subscriber has caught up. In other words,
         // there has been atleast 1 call to `native_readv` for the same filter, which means if
         // `native_readv` hasn't paniced, so this won't panic either.
-        let data = self.native.get_mut(request.filter_idx).unwrap();
+        let filter_idx = request.filter_idx;
+        let data = self.native.get_mut(filter_idx).unwrap();
         data.waiters.register(id, request);
+        let parked = self.parked_on.entry(id).or_default();
+        if !parked.contains(&filter_idx) {
+            parked.push(filter_idx);
+        }
     }
 
-    /// Cleanup a connection from all the waiters
+    /// Cleanup a connection from all the waiters (Drover patch: only the filters it was
+    /// parked on)
     pub fn clean(&mut self, id: ConnectionId) -> Vec<DataRequest> {
         let mut inflight = Vec::new();
-        for (_, data) in self.native.iter_mut() {
-            inflight.append(&mut data.waiters.remove(id));
+        for filter_idx in self.parked_on.remove(&id).unwrap_or_default() {
+            if let Some(data) = self.native.get_mut(filter_idx) {
+                inflight.append(&mut data.waiters.remove(id));
+            }
         }
 
         inflight
