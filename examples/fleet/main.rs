@@ -4,6 +4,10 @@
 //!
 //!     cargo run --release --example fleet -- --devices 10000 --mode poll
 //!     cargo run --release --example fleet -- --devices 10000 --mode push --mqtt 127.0.0.1:18830
+//!     cargo run --release --example fleet -- --devices 10000 --mode floor --server http://127.0.0.1:18090
+//!
+//! `floor` sends poll mode's requests to the `http-floor` example (a server that only
+//! answers), for the HTTP floor the poll figure is compared with.
 //!
 //! Each run enrolls fresh devices (ids `<run>-<n>`, a `FLEET` property naming the run) and
 //! targets them with one operation through a dynamic group on that property.
@@ -25,6 +29,9 @@ enum Mode {
     Poll,
     /// Each device holds an MQTT connection, receives its operation by push, answers on `reply`.
     Push,
+    /// The requests of `poll` against the `http-floor` example, which only answers: the
+    /// HTTP floor the poll figure is compared with. Nothing is enrolled.
+    Floor,
 }
 
 #[derive(Parser, Debug)]
@@ -124,6 +131,12 @@ async fn main() -> Result<()> {
     if args.device_type != "android" {
         bail!("--type {}: the simulator speaks the Android agent's protocol only, for now", args.device_type);
     }
+    if args.mode == Mode::Floor {
+        let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
+        let devices = (0..args.devices).map(|i| Device { id: format!("floor-{i:06}"), token: "floor".into() }).collect();
+        println!("fleet floor: {} devices, server {}", args.devices, args.server);
+        return poll_loop(&args, &http, args.server.trim_end_matches('/'), devices).await.map(|_| ());
+    }
     let token = match &args.admin_token {
         Some(t) => t.clone(),
         None => std::fs::read_to_string(args.data_dir.join("admin-token"))
@@ -154,6 +167,7 @@ async fn main() -> Result<()> {
     match args.mode {
         Mode::Poll => poll(&args, &admin, devices, &group).await,
         Mode::Push => push(&args, &admin, devices, &group).await,
+        Mode::Floor => unreachable!("handled before enrolling"),
     }
 }
 
@@ -215,6 +229,18 @@ async fn poll(args: &Args, admin: &Arc<Admin>, devices: Vec<Device>, group: &str
     let (activity, n) = add_ring(admin, group).await?;
     println!("one operation to {n} devices stored in {:.1} ms", added.elapsed().as_secs_f64() * 1000.0);
 
+    poll_loop(args, &admin.http, &admin.server, devices).await?;
+    let done = completed(admin, activity).await?;
+    println!("activity {activity}: {done}/{n} COMPLETED");
+    if done != n {
+        bail!("{} operations did not complete", n - done);
+    }
+    Ok(())
+}
+
+/// Every device polls twice (the first poll gets its operation, the second reports it),
+/// `--concurrency` at once; prints the rate and the latency percentiles.
+async fn poll_loop(args: &Args, http: &reqwest::Client, server: &str, devices: Vec<Device>) -> Result<f64> {
     let devices = Arc::new(devices);
     let next = Arc::new(AtomicUsize::new(0));
     let latency = Arc::new(Mutex::new(histogram()));
@@ -222,17 +248,17 @@ async fn poll(args: &Args, admin: &Arc<Admin>, devices: Vec<Device>, group: &str
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
-        let (devices, next, latency, admin, pb) =
-            (devices.clone(), next.clone(), latency.clone(), admin.clone(), pb.clone());
+        let (devices, next, latency, http, server, pb) =
+            (devices.clone(), next.clone(), latency.clone(), http.clone(), server.to_string(), pb.clone());
         workers.push(tokio::spawn(async move {
             let mut local = histogram();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(d) = devices.get(i) else { break };
-                let url = format!("{}/agent/v1/android/devices/{}/pending-operations", admin.server, d.id);
+                let url = format!("{server}/agent/v1/android/devices/{}/pending-operations", d.id);
                 // First poll: nothing to report, the operation comes back.
                 let t = Instant::now();
-                let r = admin.http.put(&url).bearer_auth(&d.token).body("[]").send().await?;
+                let r = http.put(&url).bearer_auth(&d.token).body("[]").send().await?;
                 let ops: Value = r.json().await?;
                 local.record(t.elapsed().as_micros().max(1) as u64)?;
                 pb.inc(1);
@@ -240,8 +266,7 @@ async fn poll(args: &Args, admin: &Arc<Admin>, devices: Vec<Device>, group: &str
                     ops.as_array().map(|a| a.iter().map(result_for).collect()).unwrap_or_default();
                 // Second poll: the result goes back.
                 let t = Instant::now();
-                let r =
-                    admin.http.put(&url).bearer_auth(&d.token).body(Value::from(results).to_string()).send().await?;
+                let r = http.put(&url).bearer_auth(&d.token).body(Value::from(results).to_string()).send().await?;
                 if !r.status().is_success() {
                     bail!("poll {}: {}", d.id, r.status());
                 }
@@ -259,14 +284,10 @@ async fn poll(args: &Args, admin: &Arc<Admin>, devices: Vec<Device>, group: &str
     let secs = started.elapsed().as_secs_f64();
     pb.finish_and_clear();
     let polls = devices.len() * 2;
-    println!("{polls} polls in {secs:.2} s: {:.0} polls/s with {} in flight", polls as f64 / secs, args.concurrency);
+    let rate = polls as f64 / secs;
+    println!("{polls} polls in {secs:.2} s: {rate:.0} polls/s with {} in flight", args.concurrency);
     percentiles("poll latency", &*latency.lock().await);
-    let done = completed(admin, activity).await?;
-    println!("activity {activity}: {done}/{n} COMPLETED");
-    if done != n {
-        bail!("{} operations did not complete", n - done);
-    }
-    Ok(())
+    Ok(rate)
 }
 
 /// Messages a simulated MQTT device sees.
