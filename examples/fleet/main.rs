@@ -133,7 +133,8 @@ async fn main() -> Result<()> {
     }
     if args.mode == Mode::Floor {
         let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
-        let devices = (0..args.devices).map(|i| Device { id: format!("floor-{i:06}"), token: "floor".into() }).collect();
+        let devices =
+            (0..args.devices).map(|i| Device { id: format!("floor-{i:06}"), token: "floor".into() }).collect();
         println!("fleet floor: {} devices, server {}", args.devices, args.server);
         return poll_loop(&args, &http, args.server.trim_end_matches('/'), devices).await.map(|_| ());
     }
