@@ -39,8 +39,19 @@ struct Device {
 
 impl Device {
     async fn connect(port: u16, client_id: &str, login: Option<(&str, &str)>) -> Result<Device, String> {
+        Device::connect_session(port, client_id, login, true).await
+    }
+
+    /// `clean: false` asks the broker for a persistent session.
+    async fn connect_session(
+        port: u16,
+        client_id: &str,
+        login: Option<(&str, &str)>,
+        clean: bool,
+    ) -> Result<Device, String> {
         let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(10));
+        options.set_clean_session(clean);
         if let Some((u, p)) = login {
             options.set_credentials(u, p);
         }
@@ -316,6 +327,43 @@ async fn server_restart(server: TestServer) -> TestServer {
     server.until_state(first, "COMPLETED").await;
     server.until_state(second, "COMPLETED").await;
     server
+}
+
+/// A device with a persistent session (clean_session = false) that vanishes keeps its
+/// subscription in the broker: reconnected, without subscribing again, it gets what is
+/// published on its topic. The router must hand the vanished connection's parked read back
+/// to the saved session; the patched `DataLog::clean` (vendor/README.md) finds it through
+/// the filters the connection was parked on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_session_keeps_its_subscription_across_a_drop() {
+    let server = TestServer::start(drover_tests::Backend::Sqlite).await;
+    let port = server.mqtt.expect("the embedded broker runs").port();
+    let id = "358000000000077";
+    let token = enroll(&server, id).await;
+    let login = Some(("android/358000000000077", token.as_str()));
+    let topic = "drover/android/358000000000077/operations";
+
+    let mut dev = Device::connect_session(port, "phone-77", login, false).await.unwrap();
+    assert_eq!(dev.subscribe(topic).await, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+    // Caught up with its (empty) topic, the connection waits in the router for data.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    dev.drop_connection();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Another device connects in between and takes the router's freed connection slot: a
+    // read left parked under that slot would now feed this device the first one's topic.
+    let other = "358000000000078";
+    let other_token = enroll(&server, other).await;
+    let mut bystander =
+        Device::connect(port, "phone-78", Some(("android/358000000000078", other_token.as_str()))).await.unwrap();
+    bystander.subscribe("drover/android/358000000000078/operations").await;
+
+    let mut dev = Device::connect_session(port, "phone-77", login, false).await.unwrap();
+    dev.publish(topic, b"[]".to_vec()).await;
+    let (got, payload) = dev.next_push().await;
+    assert_eq!((got.as_str(), payload), (topic, json!([])));
+    let leaked = tokio::time::timeout(Duration::from_millis(500), bystander.seen.recv()).await;
+    assert!(leaked.is_err(), "another device's message reached the bystander");
+    server.stop().await;
 }
 
 mod server_restart {
