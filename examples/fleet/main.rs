@@ -136,7 +136,7 @@ async fn main() -> Result<()> {
         let devices =
             (0..args.devices).map(|i| Device { id: format!("floor-{i:06}"), token: "floor".into() }).collect();
         println!("fleet floor: {} devices, server {}", args.devices, args.server);
-        return poll_loop(&args, &http, args.server.trim_end_matches('/'), devices).await.map(|_| ());
+        return poll_loop(&args, &http, args.server.trim_end_matches('/'), devices).await;
     }
     let token = match &args.admin_token {
         Some(t) => t.clone(),
@@ -241,7 +241,7 @@ async fn poll(args: &Args, admin: &Arc<Admin>, devices: Vec<Device>, group: &str
 
 /// Every device polls twice (the first poll gets its operation, the second reports it),
 /// `--concurrency` at once; prints the rate and the latency percentiles.
-async fn poll_loop(args: &Args, http: &reqwest::Client, server: &str, devices: Vec<Device>) -> Result<f64> {
+async fn poll_loop(args: &Args, http: &reqwest::Client, server: &str, devices: Vec<Device>) -> Result<()> {
     let devices = Arc::new(devices);
     let next = Arc::new(AtomicUsize::new(0));
     let latency = Arc::new(Mutex::new(histogram()));
@@ -285,10 +285,9 @@ async fn poll_loop(args: &Args, http: &reqwest::Client, server: &str, devices: V
     let secs = started.elapsed().as_secs_f64();
     pb.finish_and_clear();
     let polls = devices.len() * 2;
-    let rate = polls as f64 / secs;
-    println!("{polls} polls in {secs:.2} s: {rate:.0} polls/s with {} in flight", args.concurrency);
+    println!("{polls} polls in {secs:.2} s: {:.0} polls/s with {} in flight", polls as f64 / secs, args.concurrency);
     percentiles("poll latency", &*latency.lock().await);
-    Ok(rate)
+    Ok(())
 }
 
 /// Messages a simulated MQTT device sees.

@@ -350,7 +350,7 @@ async fn persistent_session_keeps_its_subscription_across_a_drop() {
     dev.drop_connection();
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Another device connects in between and takes the router's freed connection slot: a
-    // read left parked under that slot would now feed this device the first one's topic.
+    // read left parked under that slot could feed it the first one's topic.
     let other = "358000000000078";
     let other_token = enroll(&server, other).await;
     let mut bystander =
