@@ -151,12 +151,25 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DROVER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    use tracing_subscriber::prelude::*;
+    let asked = std::env::var("DROVER_LOG").ok();
+    let filter = asked
+        .as_deref()
+        .and_then(|s| tracing_subscriber::EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    // rumqttd's router opens a span for every packet it routes, at ERROR level so that any
+    // filter keeps it, with its fields formatted into a string each time. The router is one
+    // thread that every MQTT message goes through, and those spans were a third of its CPU
+    // during a push to 10,000 devices (docs/BENCHMARKS.md). Its events still log; its spans
+    // only when DROVER_LOG names rumqttd (someone debugging the broker).
+    let router_spans = asked.as_deref().is_some_and(|s| s.contains("rumqttd"));
+    let quiet = tracing_subscriber::filter::filter_fn(move |m| {
+        router_spans || !(m.is_span() && m.target().starts_with("rumqttd"))
+    });
+    let registry = tracing_subscriber::registry().with(quiet).with(filter);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).init(),
+        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json()).init(),
     }
 }
 
