@@ -11,6 +11,12 @@
 //! 4 times); a request never answered puts its operation back in the queue (NOTNOW), to
 //! be sent again at the device's next update.
 //!
+//! A confirmable message that arrives again from the same endpoint with the same message
+//! id (the peer did not get Drover's ACK, or the network duplicated it) is not handled
+//! again: Drover answers with the bytes it answered the first time (RFC 7252 §4.5), so a
+//! retransmitted Register does not make a second registration and a retransmitted
+//! notification is not recorded twice.
+//!
 //! Registrations are soft state, kept in memory: after a restart an update gets 4.04 and
 //! the client registers again (as the LwM2M specification has it). A device in queue
 //! mode (`b=UQ`) is sent to only right after it registered or updated, when it listens.
@@ -36,6 +42,22 @@ const DEFAULT_LIFETIME: u64 = 86_400;
 
 /// Largest datagram read (CoAP over UDP stays well under it).
 const MAX_DATAGRAM: usize = 64 * 1024;
+
+/// How long a peer's confirmable message id is remembered for deduplication: RFC 7252's
+/// EXCHANGE_LIFETIME, the longest a retransmission of it can arrive.
+const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
+
+/// At most this many message ids are remembered; past it (a flood of datagrams from
+/// ever-new addresses) new ones are handled without deduplication rather than growing
+/// memory without bound.
+const MAX_SEEN: usize = 200_000;
+
+/// A confirmable message received from a peer, and what Drover answered (`None` while it
+/// is still being handled: a duplicate then gets nothing and retransmits again later).
+struct Seen {
+    at: Instant,
+    answer: Option<Vec<u8>>,
+}
 
 /// What the server keeps per registered endpoint.
 #[derive(Debug, Clone)]
@@ -83,6 +105,8 @@ struct Inner {
     next_message_id: AtomicU16,
     next_token: AtomicU64,
     next_registration: AtomicU64,
+    /// (peer, message id) of confirmable messages received lately → Drover's answer.
+    seen: Mutex<HashMap<(SocketAddr, u16), Seen>>,
 }
 
 /// The CoAP side of a server, cheap to clone.
@@ -146,6 +170,7 @@ impl Coap {
                 next_message_id: AtomicU16::new(seed as u16),
                 next_token: AtomicU64::new(seed.rotate_left(17)),
                 next_registration: AtomicU64::new(1),
+                seen: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -202,15 +227,61 @@ impl Coap {
                     continue;
                 }
             };
+            if self.duplicate(&packet, from).await {
+                continue;
+            }
             // Each datagram is handled on its own; a device's exchanges are short.
             let (coap, state) = (self.clone(), state.clone());
             tokio::spawn(async move { coap.datagram(&state, packet, from).await });
         }
     }
 
+    /// Whether `packet` is a confirmable message already received from `from`; if so, the
+    /// answer given to it then is sent again. Otherwise it is remembered as seen.
+    async fn duplicate(&self, packet: &Packet, from: SocketAddr) -> bool {
+        let confirmable = packet.header.get_type() == MessageType::Confirmable
+            && matches!(packet.header.code, MessageClass::Request(_) | MessageClass::Response(_));
+        if !confirmable {
+            return false;
+        }
+        let key = (from, packet.header.message_id);
+        let again = {
+            let mut seen = self.inner.seen.lock().unwrap_or_else(|p| p.into_inner());
+            match seen.get(&key) {
+                Some(s) => Some(s.answer.clone()),
+                None => {
+                    if seen.len() < MAX_SEEN {
+                        seen.insert(key, Seen { at: Instant::now(), answer: None });
+                    }
+                    None
+                }
+            }
+        };
+        let Some(answer) = again else { return false };
+        tracing::debug!(%from, message_id = key.1, "duplicate CoAP message: answered as before");
+        if let Some(bytes) = answer
+            && let Err(e) = self.inner.socket.send_to(&bytes, from).await
+        {
+            tracing::warn!(%from, "CoAP send failed: {e}");
+        }
+        true
+    }
+
     async fn send(&self, packet: &Packet, to: SocketAddr) {
         match packet.to_bytes() {
             Ok(bytes) => {
+                // An ACK or RST carries the id of the peer's confirmable message it answers:
+                // kept, a retransmission of that message gets these same bytes.
+                if matches!(packet.header.get_type(), MessageType::Acknowledgement | MessageType::Reset)
+                    && let Some(s) = self
+                        .inner
+                        .seen
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_mut(&(to, packet.header.message_id))
+                {
+                    s.answer = Some(bytes.clone());
+                }
                 if let Err(e) = self.inner.socket.send_to(&bytes, to).await {
                     tracing::warn!(%to, "CoAP send failed: {e}");
                 }
@@ -635,6 +706,7 @@ impl Coap {
     /// operation back in the queue. Drop registrations past their lifetime.
     async fn retransmit(self, state: AppState) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut sweeps: u32 = 0;
         loop {
             tick.tick().await;
             let now = Instant::now();
@@ -681,6 +753,15 @@ impl Coap {
             for (id, r) in expired {
                 self.forget(r.device, &id);
                 tracing::info!(device_id = %r.device_id, "LwM2M registration expired");
+            }
+            // Every 10 s is often enough to forget old message ids.
+            sweeps += 1;
+            if sweeps.is_multiple_of(40) {
+                self.inner
+                    .seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|_, s| now.duration_since(s.at) < EXCHANGE_LIFETIME);
             }
         }
     }

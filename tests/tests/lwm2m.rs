@@ -371,6 +371,75 @@ async fn strict_client(server: &TestServer) {
 }
 e2e!(strict_client, super::strict_client);
 
+/// A confirmable message that arrives again (the device missed Drover's ACK and
+/// retransmitted) is answered with the same bytes and handled once (RFC 7252 §4.5): a
+/// retransmitted Register makes no second registration, a retransmitted notification is
+/// not recorded twice.
+async fn retransmissions(server: &TestServer) {
+    let ep = format!("urn:imei:{}", 7_000_000 + std::process::id() as usize);
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut dev = Strict { socket, server: server.coap, ep: ep.clone(), location: String::new(), mid: 500 };
+    let mut p = dev.request(RequestType::Post, &["rd"]);
+    for q in [format!("ep={ep}"), "lt=300".into(), "lwm2m=1.1".into(), "b=U".into()] {
+        p.add_option(CoapOption::UriQuery, q.into_bytes());
+    }
+    p.add_option(CoapOption::ContentFormat, vec![40]);
+    p.payload = fixture("register.link");
+    let first = dev.exchange(p.clone()).await;
+    assert_eq!(first.header.code, MessageClass::Response(ResponseType::Created), "{first:?}");
+    let again = dev.exchange(p).await;
+    assert_eq!(again.to_bytes().unwrap(), first.to_bytes().unwrap(), "the retransmitted Register gets the same answer");
+    dev.location = String::from_utf8(first.get_option(CoapOption::LocationPath).unwrap().back().unwrap().clone()).unwrap();
+    // The registration the device holds is the one that serves: an update on it is known.
+    let updated = dev.update().await;
+    assert_eq!(updated.header.code, MessageClass::Response(ResponseType::Changed), "{updated:?}");
+
+    // An observation, then one notification sent twice with the same message id.
+    let observe = server.add_operation("lwm2m", &ep, "Observe", Some(json!({"path": "3/0/9", "format": "text"}))).await;
+    let req = dev.next().await;
+    dev.answer(&req, ResponseType::Content, Some(0), Some(1), b"64".to_vec()).await;
+    server.until_state(observe, "COMPLETED").await;
+    let notification = |message_id: u16, seq: u8, value: &[u8]| {
+        let mut n = Packet::new();
+        n.header.set_version(1);
+        n.header.set_type(MessageType::Confirmable);
+        n.header.message_id = message_id;
+        n.header.code = MessageClass::Response(ResponseType::Content);
+        n.set_token(req.get_token().to_vec());
+        n.add_option(CoapOption::Observe, vec![seq]);
+        n.add_option(CoapOption::ContentFormat, vec![]);
+        n.payload = value.to_vec();
+        n
+    };
+    let ack = dev.exchange(notification(4343, 2, b"61")).await;
+    assert_eq!(ack.header.code, MessageClass::Empty);
+    let ack_again = dev.exchange(notification(4343, 2, b"61")).await;
+    assert_eq!(ack_again.to_bytes().unwrap(), ack.to_bytes().unwrap(), "the duplicate is acknowledged the same");
+    // A later notification (a new message id) is recorded: once it shows, the duplicate
+    // would have too.
+    dev.exchange(notification(4344, 3, b"58")).await;
+    let battery = || async {
+        let r = server
+            .admin(Method::GET, &format!("/api/v1/devices/lwm2m/{ep}/telemetry?name=battery"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let page: Value = r.json().await.unwrap();
+        page["items"].as_array().unwrap().iter().map(|p| p["value"].clone()).collect::<Vec<Value>>()
+    };
+    for _ in 0..100 {
+        if battery().await.first() == Some(&json!(58)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let values = battery().await;
+    assert_eq!(values.first(), Some(&json!(58)), "{values:?}");
+    assert_eq!(values.iter().filter(|v| **v == json!(61)).count(), 1, "the notification recorded once: {values:?}");
+}
+e2e!(retransmissions, super::retransmissions);
+
 /// Queue mode: operations wait until the device's next update; an update for a
 /// registration the server does not know is told to register again.
 async fn queue_mode(server: &TestServer) {
