@@ -389,7 +389,8 @@ async fn retransmissions(server: &TestServer) {
     assert_eq!(first.header.code, MessageClass::Response(ResponseType::Created), "{first:?}");
     let again = dev.exchange(p).await;
     assert_eq!(again.to_bytes().unwrap(), first.to_bytes().unwrap(), "the retransmitted Register gets the same answer");
-    dev.location = String::from_utf8(first.get_option(CoapOption::LocationPath).unwrap().back().unwrap().clone()).unwrap();
+    dev.location =
+        String::from_utf8(first.get_option(CoapOption::LocationPath).unwrap().back().unwrap().clone()).unwrap();
     // The registration the device holds is the one that serves: an update on it is known.
     let updated = dev.update().await;
     assert_eq!(updated.header.code, MessageClass::Response(ResponseType::Changed), "{updated:?}");
