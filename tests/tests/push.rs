@@ -363,6 +363,13 @@ async fn persistent_session_keeps_its_subscription_across_a_drop() {
     assert_eq!((got.as_str(), payload), (topic, json!([])));
     let leaked = tokio::time::timeout(Duration::from_millis(500), bystander.seen.recv()).await;
     assert!(leaked.is_err(), "another device's message reached the bystander");
+
+    // The resumed session has not subscribed again (it need not): Drover counts the device
+    // online all the same and pushes its operation at once.
+    let op = ring(&server, id).await;
+    let (got, pushed) = dev.next_push().await;
+    assert_eq!((got.as_str(), pushed[0]["id"].as_i64()), (topic, Some(op)));
+    assert_eq!(server.until_state(op, "IN_PROGRESS").await["transitions"][0]["actor"], "delivery:push");
     server.stop().await;
 }
 

@@ -148,17 +148,25 @@ async fn session(stream: TcpStream, connect: Connector, auth: Arc<Gate>) -> Resu
     // take over another's session by reusing its client id.
     let router_id = access.session_id(&c.client_id);
     let (mut tx, mut rx, ack) = connect(&router_id, c.clean_session).map_err(|e| format!("router: {e}"))?;
-    if let Some(p) = Option::<Packet>::from(ack) {
+    let ack = Option::<Packet>::from(ack);
+    // A persistent session the router kept (`session_present`) holds the device's
+    // subscriptions: it is reachable from now on without subscribing again, as MQTT
+    // clients resuming a session do not (MQTT 3.1.1 §3.1.2.4).
+    let resumed = matches!(&ack, Some(Packet::ConnAck(ConnAck { session_present: true, .. }, _)));
+    if let Some(p) = ack {
         wire.queue(p)?;
     }
     wire.flush().await?;
-    tracing::debug!(client = %router_id, "MQTT client connected");
+    tracing::debug!(client = %router_id, resumed, "MQTT client connected");
 
     let keep_alive = match c.keep_alive {
         0 => Duration::from_secs(24 * 3600),
         k => Duration::from_millis(u64::from(k) * 1500),
     };
-    let mut subscribed = false;
+    let mut subscribed = resumed;
+    if resumed {
+        auth.subscribed(&access);
+    }
     let result = run(&mut wire, &mut tx, &mut rx, &access, &auth, keep_alive, &mut subscribed).await;
     let clean_end = matches!(result, Ok(true));
     if !clean_end && let Some(w) = will {
