@@ -1,7 +1,8 @@
 //! Hot swap under load: devices poll a running Drover server at a steady rate while the
 //! Android plugin is replaced by new signed versions (cold: never compiled) and then, after
-//! rollbacks, re-published (warm: the compiled artifact is cached). Prints failed requests,
-//! the poll rate and latency held during the swaps, and upload-to-serving times.
+//! rollbacks, re-published (warm: the compiled artifact is cached); last, Android is rolled
+//! back while a new ESP8266 version compiles. Prints failed requests, the poll rate and
+//! latency held during the swaps, upload-to-serving times and rollback round trips.
 //!
 //!     cargo run --release --example swap -- --server http://127.0.0.1:18080 --data-dir /tmp/benchdata
 //!
@@ -209,6 +210,36 @@ async fn main() -> Result<()> {
         warm.push(upload(&http, &args, &token, last.clone(), sig.clone()).await?);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // Rollbacks while another plugin's new version compiles: the catalog's lock (which
+    // orders every change) must not wait for a compile. Each rollback starts 30 ms into a
+    // cold upload of an ESP8266 version (compiling takes ~250 ms); Android is then
+    // re-published (warm).
+    let esp8266 = drover::plugins::first_party::PLUGINS.iter().find(|(n, _)| *n == "esp8266").unwrap().1;
+    let esp_current = drover::plugins::Manifest::from_component(esp8266)?.version;
+    let mut contended = Vec::new();
+    for i in 0..args.swaps.min(5) {
+        let component = with_version(esp8266, &esp_current, &format!("{major}.{minor}.{i}"));
+        let esp_sig = signing::encode_signature(&signing::sign(&private, &component)?);
+        let rollback = async {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let t = Instant::now();
+            let r = http
+                .post(format!("{}/api/v1/plugins/android/rollback", args.server))
+                .bearer_auth(&token)
+                .send()
+                .await?;
+            if !r.status().is_success() {
+                bail!("rollback: {}", r.text().await?);
+            }
+            Ok(t.elapsed().as_secs_f64() * 1e3)
+        };
+        let (uploaded, rolled_back) = tokio::join!(upload(&http, &args, &token, component, esp_sig), rollback);
+        uploaded?;
+        contended.push(rolled_back?);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        upload(&http, &args, &token, last.clone(), sig.clone()).await?;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     poller.await?;
@@ -233,6 +264,13 @@ async fn main() -> Result<()> {
             "rollback request round trip   median {:.1} ms, max {:.1} ms",
             rollbacks[rollbacks.len() / 2],
             rollbacks[rollbacks.len() - 1]
+        );
+        contended.sort_by(f64::total_cmp);
+        println!(
+            "rollback while another plugin compiles: median {:.1} ms, max {:.1} ms (n={})",
+            contended[contended.len() / 2],
+            contended[contended.len() - 1],
+            contended.len()
         );
     }
     if failed.load(Ordering::Relaxed) > 0 {

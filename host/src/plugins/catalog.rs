@@ -336,9 +336,20 @@ impl Catalog {
             None => return Err(CatalogError::Unsigned { label, publisher: manifest.publisher.clone() }),
         };
 
+        // Compile, pre-instantiate and smoke-test before taking the catalog's lock: that
+        // takes ~250 ms for a Rust plugin and seconds for a large one, and meanwhile the
+        // lock orders every other change (rollbacks, grants, the fault breaker's
+        // suspensions, other replicas' events). If the grants change before the lock is
+        // taken, the version loaded here is not used: the replay below loads it again with
+        // the new ones (`preloaded` is keyed by sha and grants).
+        let sha = sha256_hex(bytes);
+        let grants = self.grants_for(&manifest, embedded_by_sha(&sha).is_some()).await?;
+        let plugin = Arc::new(
+            self.registry.runtime().load(bytes, LoadOptions { grants: grants.clone(), ..Default::default() }).await?,
+        );
+
         let mut applied = self.applied.lock().await;
         self.sync_locked(&mut applied).await?;
-        let sha = sha256_hex(bytes);
         if let Some(current) = self.registry.get(&manifest.name) {
             if current.kind() != manifest.kind {
                 return Err(CatalogError::Conflict(format!(
@@ -352,10 +363,6 @@ impl Catalog {
                 return Ok(Uploaded { plugin: current, unchanged: true, signed_by });
             }
         }
-        let grants = self.grants_for(&manifest, embedded_by_sha(&sha).is_some()).await?;
-        let plugin = Arc::new(
-            self.registry.runtime().load(bytes, LoadOptions { grants: grants.clone(), ..Default::default() }).await?,
-        );
         log_loaded(&plugin);
         let row = ComponentRow {
             sha256: sha.clone(),
