@@ -336,13 +336,19 @@ impl Catalog {
             None => return Err(CatalogError::Unsigned { label, publisher: manifest.publisher.clone() }),
         };
 
+        // A name's kind and an unchanged re-upload are answered before compiling, as they
+        // were when the compile ran under the lock (after catching up with the log).
+        let sha = sha256_hex(bytes);
+        self.sync().await?;
+        if let Some(done) = self.already(&manifest, &sha, &signed_by)? {
+            return Ok(done);
+        }
         // Compile, pre-instantiate and smoke-test before taking the catalog's lock: that
         // takes ~250 ms for a Rust plugin and seconds for a large one, and meanwhile the
         // lock orders every other change (rollbacks, grants, the fault breaker's
         // suspensions, other replicas' events). If the grants change before the lock is
         // taken, the version loaded here is not used: the replay below loads it again with
         // the new ones (`preloaded` is keyed by sha and grants).
-        let sha = sha256_hex(bytes);
         let grants = self.grants_for(&manifest, embedded_by_sha(&sha).is_some()).await?;
         let plugin = Arc::new(
             self.registry.runtime().load(bytes, LoadOptions { grants: grants.clone(), ..Default::default() }).await?,
@@ -350,18 +356,9 @@ impl Catalog {
 
         let mut applied = self.applied.lock().await;
         self.sync_locked(&mut applied).await?;
-        if let Some(current) = self.registry.get(&manifest.name) {
-            if current.kind() != manifest.kind {
-                return Err(CatalogError::Conflict(format!(
-                    "plugin `{}` is a {}; this component is a {}: a name keeps its kind",
-                    manifest.name,
-                    current.kind(),
-                    manifest.kind
-                )));
-            }
-            if current.sha256 == sha && self.registry.suspension(&manifest.name).is_none() {
-                return Ok(Uploaded { plugin: current, unchanged: true, signed_by });
-            }
+        // Again: another upload (here or on another replica) may have published meanwhile.
+        if let Some(done) = self.already(&manifest, &sha, &signed_by)? {
+            return Ok(done);
         }
         log_loaded(&plugin);
         let row = ComponentRow {
@@ -390,6 +387,30 @@ impl Catalog {
         self.sync_locked(&mut applied).await?;
         tracing::info!(plugin = %plugin.label(), actor, signed_by = ?signed_by, "plugin published");
         Ok(Uploaded { plugin, unchanged: false, signed_by })
+    }
+
+    /// What an upload of `sha` amounts to without publishing anything: a conflict when the
+    /// name serves another kind, `unchanged` when this very component already serves
+    /// (and is not suspended); `None` when it is to be published.
+    fn already(
+        &self,
+        manifest: &Manifest,
+        sha: &str,
+        signed_by: &Option<String>,
+    ) -> Result<Option<Uploaded>, CatalogError> {
+        let Some(current) = self.registry.get(&manifest.name) else { return Ok(None) };
+        if current.kind() != manifest.kind {
+            return Err(CatalogError::Conflict(format!(
+                "plugin `{}` is a {}; this component is a {}: a name keeps its kind",
+                manifest.name,
+                current.kind(),
+                manifest.kind
+            )));
+        }
+        if current.sha256 == sha && self.registry.suspension(&manifest.name).is_none() {
+            return Ok(Some(Uploaded { plugin: current, unchanged: true, signed_by: signed_by.clone() }));
+        }
+        Ok(None)
     }
 
     async fn append(
