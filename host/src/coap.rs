@@ -316,6 +316,19 @@ impl Coap {
                 }
             }
             MessageClass::Response(_) => self.response(state, packet, from).await,
+            MessageClass::Empty if packet.header.get_type() == MessageType::Confirmable => {
+                // An empty confirmable message is a "CoAP ping" (RFC 7252 §4.3): the answer
+                // is a RST with its message id. Devices use it to check that the server
+                // still knows them before they send anything that matters.
+                let mut rst = Packet::new();
+                rst.header.set_version(1);
+                rst.header.set_type(MessageType::Reset);
+                rst.header.code = MessageClass::Empty;
+                rst.header.message_id = packet.header.message_id;
+                self.send(&rst, from).await;
+            }
+            // An empty non-confirmable message means nothing (RFC 7252 §4.3): ignored.
+            MessageClass::Empty if packet.header.get_type() == MessageType::NonConfirmable => {}
             MessageClass::Empty => {
                 // An empty ACK (a separate response follows) or a RST (the device refused
                 // the request or no longer wants an observation).
