@@ -16,7 +16,7 @@ use crate::plugins::types::{
 };
 use crate::plugins::{CallError, LoadedPlugin};
 use crate::server::AppState;
-use crate::store::{DeviceRow, NewDevice};
+use crate::store::{DeviceRow, NewDevice, QueuedOperation};
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
@@ -122,14 +122,9 @@ async fn agent(
             });
         return enroll(&state, &plugin, &device_type, channel, body, token).await;
     }
-    let AuthDevice(device, credential) = AuthDevice::from_request_parts(&mut parts, &state).await?;
-    if device.device_type != device_type {
-        return Err(ApiError::forbidden(format!(
-            "this credential is for a {} device, not {device_type}",
-            device.device_type
-        )));
-    }
     if path == "credential" {
+        let AuthDevice(device, credential) = AuthDevice::from_request_parts(&mut parts, &state).await?;
+        same_type(&device, &device_type)?;
         if method != Method::POST {
             return Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -139,7 +134,35 @@ async fn agent(
         }
         return refresh_credential(&state, &device, &credential).await;
     }
-    handle_message(&state, &plugin, &device, channel, body).await
+    // The device and its queue in one read: most messages are polls, which need both.
+    let credential = crate::auth::device_token_hash(&parts)?;
+    let (device, queue) = state
+        .store
+        .device_and_queue_for_credential(&credential, queue_limit(&plugin))
+        .await?
+        .ok_or_else(crate::auth::unknown_device_token)?;
+    same_type(&device, &device_type)?;
+    handle_message(&state, &plugin, &device, channel, body, queue).await
+}
+
+/// A credential is good only at its own device type's paths.
+fn same_type(device: &DeviceRow, device_type: &str) -> Result<(), ApiError> {
+    if device.device_type != device_type {
+        return Err(ApiError::forbidden(format!(
+            "this credential is for a {} device, not {device_type}",
+            device.device_type
+        )));
+    }
+    Ok(())
+}
+
+/// How many queued operations one answer may carry: the plugin's `max-operations-per-
+/// message`, within 1 ..= MAX_BATCH.
+fn queue_limit(plugin: &LoadedPlugin) -> i64 {
+    plugin
+        .device_type_info()
+        .and_then(|i| i.max_operations_per_message)
+        .map_or(MAX_BATCH, |m| (m as i64).clamp(1, MAX_BATCH))
 }
 
 /// The credential answer of enrollment and refresh (OAuth-style field names).
@@ -247,8 +270,9 @@ async fn handle_message(
     device: &DeviceRow,
     channel: Channel,
     body: Bytes,
+    queue: Vec<QueuedOperation>,
 ) -> Result<Response, ApiError> {
-    let message = receive(state, plugin, device, channel, &body).await?;
+    let (message, queue_changed) = receive_noting(state, plugin, device, channel, &body).await?;
     match message.reply {
         Reply::None => Ok(StatusCode::OK.into_response()),
         Reply::Immediate(out) => render(out),
@@ -264,13 +288,35 @@ async fn handle_message(
             // exchange (it would only say it again): it gets the next PENDING operation or
             // the "nothing left" answer; its NOTNOW ones are offered on its next call.
             let said_not_now = message.results.iter().any(|r| r.status == ResultStatus::NotNow);
-            let queue = Queue { skip_empty: false, skip_not_now: said_not_now };
-            match encode_queued(state, plugin, &device, ChannelKind::Http, "delivery:poll", queue).await? {
+            let which = Queue { skip_empty: false, skip_not_now: said_not_now };
+            let read = (!queue_changed).then(|| still_queued(queue, which, queue_limit(plugin))).flatten();
+            match encode_from(state, plugin, &device, ChannelKind::Http, "delivery:poll", which, read).await? {
                 Some(out) => render(out),
                 None => Ok(StatusCode::OK.into_response()),
             }
         }
     }
+}
+
+/// What of a queue read before the message was recorded can stand for a read after it,
+/// or `None` when the store must be read again: an operation in it has expired (`queued`
+/// expires it), or leaving out the NOTNOW ones shortened a full read (more may wait
+/// behind it). The caller has already checked that the message's results moved no
+/// operation into or out of the queue.
+fn still_queued(mut read: Vec<QueuedOperation>, which: Queue, limit: i64) -> Option<Vec<QueuedOperation>> {
+    let now = crate::store::now_ms();
+    if read.iter().any(|q| q.expires_at.is_some_and(|e| e <= now)) {
+        return None;
+    }
+    if which.skip_not_now {
+        let full = read.len() as i64 >= limit;
+        let before = read.len();
+        read.retain(|q| q.state != "NOTNOW");
+        if full && read.len() < before {
+            return None;
+        }
+    }
+    Some(read)
 }
 
 /// The part of every device message that does not depend on its channel: decode it with
@@ -283,6 +329,18 @@ pub(crate) async fn receive(
     channel: Channel,
     body: &[u8],
 ) -> Result<crate::plugins::types::DeviceMessage, ApiError> {
+    receive_noting(state, plugin, device, channel, body).await.map(|(message, _)| message)
+}
+
+/// [`receive`], also telling whether the results it recorded moved an operation into or
+/// out of the device's queue (PENDING, NOTNOW).
+async fn receive_noting(
+    state: &AppState,
+    plugin: &LoadedPlugin,
+    device: &DeviceRow,
+    channel: Channel,
+    body: &[u8],
+) -> Result<(crate::plugins::types::DeviceMessage, bool), ApiError> {
     let message = plugin.decode(plugin_device(device), channel, body.to_vec()).await.map_err(|e| match e {
         CallError::Rejected(p) => ApiError::bad_request("bad_device_message", p.message),
         other => other.into(),
@@ -294,7 +352,7 @@ pub(crate) async fn receive(
         record_results(state, device, &message).await?;
         let cancelled = state.store.disenroll(device.id, "device:check-out").await?;
         tracing::info!(device_type = %device.device_type, device_id = %device.device_id, cancelled, "device checked out");
-        return Ok(message);
+        return Ok((message, true));
     }
     // What the device says about itself goes in before its results: whoever sees an
     // operation COMPLETED (an admin, a rollout) then also sees what it changed (a
@@ -314,27 +372,35 @@ pub(crate) async fn receive(
     if !(seen_recently && message.info.is_empty() && message.session.is_none()) {
         state.store.touch_device(device.id, &message.info, message.session.as_deref()).await?;
     }
-    record_results(state, device, &message).await?;
-    Ok(message)
+    let queue_changed = record_results(state, device, &message).await?;
+    Ok((message, queue_changed))
 }
 
 /// Record the results a message carried (idempotently: a repeated report changes nothing).
+/// Returns whether one moved an operation into or out of the queue (PENDING, NOTNOW).
 async fn record_results(
     state: &AppState,
     device: &DeviceRow,
     message: &crate::plugins::types::DeviceMessage,
-) -> Result<(), ApiError> {
+) -> Result<bool, ApiError> {
+    use crate::ops::State;
     if message.results.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let results: Vec<_> =
         message.results.iter().map(|r| (r.operation_id as i64, reported(r.status), r.response.clone())).collect();
+    let queued = |s: State| matches!(s, State::Pending | State::NotNow);
+    let mut queue_changed = false;
     for o in state.store.apply_results(device.id, &results).await? {
-        if let crate::store::ResultOutcome::Unknown { operation } = o {
-            tracing::warn!(device_type = %device.device_type, device_id = %device.device_id, operation, "result for an operation this device does not have: ignored");
+        match o {
+            crate::store::ResultOutcome::Unknown { operation } => {
+                tracing::warn!(device_type = %device.device_type, device_id = %device.device_id, operation, "result for an operation this device does not have: ignored");
+            }
+            crate::store::ResultOutcome::Applied { from, to, .. } => queue_changed |= queued(from) || queued(to),
+            crate::store::ResultOutcome::Unchanged { .. } => {}
         }
     }
-    Ok(())
+    Ok(queue_changed)
 }
 
 fn kind_of(s: &str) -> OperationKind {
@@ -366,12 +432,25 @@ pub(crate) async fn encode_queued(
     actor: &str,
     queue: Queue,
 ) -> Result<Option<Outbound>, ApiError> {
-    let limit = plugin
-        .device_type_info()
-        .and_then(|i| i.max_operations_per_message)
-        .map_or(MAX_BATCH, |m| (m as i64).clamp(1, MAX_BATCH));
+    encode_from(state, plugin, device, kind, actor, queue, None).await
+}
+
+/// [`encode_queued`], starting from `read` when the caller has read the queue already.
+async fn encode_from(
+    state: &AppState,
+    plugin: &LoadedPlugin,
+    device: &DeviceRow,
+    kind: ChannelKind,
+    actor: &str,
+    queue: Queue,
+    mut read: Option<Vec<QueuedOperation>>,
+) -> Result<Option<Outbound>, ApiError> {
+    let limit = queue_limit(plugin);
     for _ in 0..=MAX_POISON_PER_CALL {
-        let queued = state.store.queued(device.id, limit, queue.skip_not_now).await?;
+        let queued = match read.take() {
+            Some(q) => q,
+            None => state.store.queued(device.id, limit, queue.skip_not_now).await?,
+        };
         if queued.is_empty() && queue.skip_empty {
             return Ok(None);
         }

@@ -108,16 +108,22 @@ impl FromRequestParts<AppState> for AuthDevice {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts)
-            .ok_or_else(|| ApiError::unauthorized("send the device's access token: Authorization: Bearer <token>"))?;
-        let hash = hash_token(token);
-        let device = state
-            .store
-            .device_for_credential(&hash)
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("unknown, expired or revoked device token"))?;
+        let hash = device_token_hash(parts)?;
+        let device = state.store.device_for_credential(&hash).await?.ok_or_else(unknown_device_token)?;
         Ok(AuthDevice(device, hash))
     }
+}
+
+/// The hash of the device credential a request bears.
+pub fn device_token_hash(parts: &Parts) -> Result<String, ApiError> {
+    let token = bearer(parts)
+        .ok_or_else(|| ApiError::unauthorized("send the device's access token: Authorization: Bearer <token>"))?;
+    Ok(hash_token(token))
+}
+
+/// The answer to a device credential that is not live.
+pub fn unknown_device_token() -> ApiError {
+    ApiError::unauthorized("unknown, expired or revoked device token")
 }
 
 /// Make sure a bootstrap admin token exists: `DROVER_ADMIN_TOKEN` when set, else the

@@ -95,6 +95,11 @@ impl Readers {
             None => self.open()?,
         };
         let result = f(&conn);
+        // A connection left inside a transaction (a failed ROLLBACK) would pin an old
+        // snapshot for whoever reads next: close it instead of keeping it.
+        if !conn.is_autocommit() {
+            return Ok(result?);
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE_READERS {
             idle.push(conn);
@@ -129,7 +134,14 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
 }
 
 fn queued_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedOperation> {
-    Ok(QueuedOperation { id: r.get(0)?, code: r.get(1)?, kind: r.get(2)?, payload: r.get(3)?, expires_at: r.get(4)? })
+    Ok(QueuedOperation {
+        id: r.get(0)?,
+        code: r.get(1)?,
+        kind: r.get(2)?,
+        payload: r.get(3)?,
+        expires_at: r.get(4)?,
+        state: r.get(5)?,
+    })
 }
 
 /// `Store::device_for_credential`.
@@ -142,6 +154,31 @@ pub(super) fn device_for_credential(c: &Connection, token_hash: &str, now: i64) 
           WHERE token_hash = ?1 AND revoked_at IS NULL AND expires_at > ?2)"
     );
     c.prepare_cached(SQL)?.query_row(params![token_hash, now], device_row).optional()
+}
+
+/// `Store::device_and_queue_for_credential`: both reads in one read transaction.
+pub(super) fn device_and_queue_for_credential(
+    c: &Connection,
+    token_hash: &str,
+    now: i64,
+    limit: i64,
+) -> rusqlite::Result<Option<(DeviceRow, Vec<QueuedOperation>)>> {
+    // Outside a transaction every statement is a read transaction of its own, and each
+    // one takes the WAL's read lock and, when anything was committed since (under load,
+    // always), checks the WAL index and drops this connection's page cache. Prepared
+    // and kept like the reads: `execute_batch` would parse BEGIN again every time.
+    c.prepare_cached("BEGIN")?.execute([])?;
+    let read = (|| -> rusqlite::Result<Option<(DeviceRow, Vec<QueuedOperation>)>> {
+        let Some(device) = device_for_credential(c, token_hash, now)? else {
+            return Ok(None);
+        };
+        let queue = operations_in(c, device.id, limit, "'PENDING', 'NOTNOW'")?;
+        Ok(Some((device, queue)))
+    })();
+    let end = c.prepare_cached("COMMIT").and_then(|mut s| s.execute([]));
+    let read = read?;
+    end?;
+    Ok(read)
 }
 
 /// `Store::device_by_key`.
@@ -164,7 +201,7 @@ pub(super) fn operations_in(
     states: &'static str,
 ) -> rusqlite::Result<Vec<QueuedOperation>> {
     let sql = format!(
-        "SELECT o.id, o.code, o.kind, a.payload, o.expires_at FROM operations o
+        "SELECT o.id, o.code, o.kind, a.payload, o.expires_at, o.state FROM operations o
          JOIN activities a ON a.id = o.activity
          WHERE o.device = ?1 AND o.state IN ({states}) ORDER BY o.id LIMIT ?2"
     );

@@ -106,6 +106,8 @@ pub struct QueuedOperation {
     pub kind: String,
     pub payload: Option<String>,
     pub expires_at: Option<i64>,
+    /// `PENDING`, `NOTNOW` or `IN_PROGRESS`: which of the queried states it is in.
+    pub state: String,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
@@ -239,7 +241,7 @@ impl Store {
             return direct.read(|c| super::direct::operations_in(c, device, limit, states));
         }
         let sql = format!(
-            "SELECT o.id, o.code, o.kind, a.payload, o.expires_at FROM operations o
+            "SELECT o.id, o.code, o.kind, a.payload, o.expires_at, o.state FROM operations o
              JOIN activities a ON a.id = o.activity
              WHERE o.device = $1 AND o.state IN ({states}) ORDER BY o.id LIMIT $2"
         );

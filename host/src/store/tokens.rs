@@ -1,7 +1,9 @@
 //! Stored credentials: device access tokens and admin tokens, by SHA-256 only.
 
 use super::devices::DeviceRow;
+use super::operations::QueuedOperation;
 use super::{Backend, Store, StoreError, WriteTx, now_ms, with_pool, with_write_pool};
+use sqlx::{FromRow, Row};
 
 impl Store {
     pub async fn insert_device_credential(
@@ -27,6 +29,66 @@ impl Store {
                  FROM device_credentials c JOIN devices d ON d.id = c.device
                  WHERE c.token_hash = $1 AND c.revoked_at IS NULL AND c.expires_at > $2 AND d.status <> 'removed'")
             .bind(token_hash).bind(now_ms()).fetch_optional(pool).await?))
+    }
+
+    /// What a device message needs before its plugin sees it, read together: the device a
+    /// live credential belongs to (as [`Store::device_for_credential`]) and its queue, the
+    /// PENDING and NOTNOW operations oldest first, at most `limit` (as [`Store::queued`],
+    /// but without expiring: a caller that finds an expired one reads `queued` instead).
+    ///
+    /// Why together: a poll needs both, and each read has a fixed cost larger than its
+    /// work. On SQLite that is a read transaction (the WAL's read lock and, after any
+    /// commit, the page cache checked again); on PostgreSQL a round trip. A message that
+    /// is not a poll reads a few rows it does not use.
+    pub async fn device_and_queue_for_credential(
+        &self,
+        token_hash: &str,
+        limit: i64,
+    ) -> Result<Option<(DeviceRow, Vec<QueuedOperation>)>, StoreError> {
+        let now = now_ms();
+        let pool = match &self.backend {
+            Backend::Sqlite { direct, .. } => {
+                return direct.read(|c| super::direct::device_and_queue_for_credential(c, token_hash, now, limit));
+            }
+            Backend::Postgres(pool) => pool,
+        };
+        // One row per queued operation (or one with NULLs when none is), each with the
+        // device's columns.
+        let rows = sqlx::query(
+            "SELECT d.id, d.device_type, d.device_id, d.name, d.owner, d.ownership, d.status, d.metadata,
+                    d.push_token, d.session, d.enrolled_at, d.last_seen_at,
+                    q.id AS op_id, q.code AS op_code, q.kind AS op_kind, q.payload AS op_payload,
+                    q.expires_at AS op_expires_at, q.state AS op_state
+             FROM device_credentials c JOIN devices d ON d.id = c.device
+             LEFT JOIN LATERAL (
+                 SELECT o.id, o.code, o.kind, a.payload, o.expires_at, o.state FROM operations o
+                 JOIN activities a ON a.id = o.activity
+                 WHERE o.device = d.id AND o.state IN ('PENDING', 'NOTNOW') ORDER BY o.id LIMIT $3
+             ) q ON true
+             WHERE c.token_hash = $1 AND c.revoked_at IS NULL AND c.expires_at > $2 AND d.status <> 'removed'
+             ORDER BY q.id",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+        let Some(first) = rows.first() else { return Ok(None) };
+        let device = DeviceRow::from_row(first)?;
+        let mut queue = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if let Some(id) = r.try_get::<Option<i64>, _>("op_id")? {
+                queue.push(QueuedOperation {
+                    id,
+                    code: r.try_get("op_code")?,
+                    kind: r.try_get("op_kind")?,
+                    payload: r.try_get("op_payload")?,
+                    expires_at: r.try_get("op_expires_at")?,
+                    state: r.try_get("op_state")?,
+                });
+            }
+        }
+        Ok(Some((device, queue)))
     }
 
     /// Replace a live credential with a new one. The old one stays valid until
