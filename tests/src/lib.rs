@@ -35,10 +35,25 @@ pub fn cache_dir() -> PathBuf {
 /// holds; the result is a valid component with another sha256, as a rebuild would be.
 pub fn with_version(component: &[u8], version: &str) -> Vec<u8> {
     let manifest = drover::plugins::Manifest::from_component(component).expect("a plugin component");
-    let old = format!("version = \"{}\"", manifest.version);
-    let new = format!("version = \"{version}\"");
-    assert_eq!(old.len(), new.len(), "with_version: {version} must be as long as {}", manifest.version);
-    // Every copy: the manifest section, and the text the SDK's static leaves in data.
+    let out = with_manifest_value(component, "version", &manifest.version, version);
+    assert_eq!(drover::plugins::Manifest::from_component(&out).unwrap().version, version);
+    out
+}
+
+/// `component` with its manifest's name changed to `name`, which must be as long as the
+/// old one. Nothing else changes (what its `describe` says may then disagree).
+pub fn with_name(component: &[u8], name: &str) -> Vec<u8> {
+    let manifest = drover::plugins::Manifest::from_component(component).expect("a plugin component");
+    let out = with_manifest_value(component, "name", &manifest.name, name);
+    assert_eq!(drover::plugins::Manifest::from_component(&out).unwrap().name, name);
+    out
+}
+
+/// Replace `key = "old"` by `key = "new"` in every copy: the manifest section, and the
+/// text the SDK's static leaves in data.
+fn with_manifest_value(component: &[u8], key: &str, old: &str, new: &str) -> Vec<u8> {
+    let (old, new) = (format!("{key} = \"{old}\""), format!("{key} = \"{new}\""));
+    assert_eq!(old.len(), new.len(), "{new} must be as long as {old}");
     let mut out = component.to_vec();
     let mut found = false;
     let mut at = 0;
@@ -47,8 +62,7 @@ pub fn with_version(component: &[u8], version: &str) -> Vec<u8> {
         at += i + new.len();
         found = true;
     }
-    assert!(found, "the manifest's version line");
-    assert_eq!(drover::plugins::Manifest::from_component(&out).unwrap().version, version);
+    assert!(found, "the manifest's {key} line");
     out
 }
 

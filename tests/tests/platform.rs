@@ -174,6 +174,14 @@ async fn signatures(server: &TestServer) {
     assert_eq!(status, StatusCode::CONFLICT, "{v}");
     assert!(error_message(&v).contains("immutable"), "{v}");
 
+    // A name keeps its kind: a transport named `android` does not replace the device type.
+    let webhook = drover::plugins::first_party::PLUGINS.iter().find(|(n, _)| *n == "webhook").unwrap().1;
+    let impostor = drover_tests::with_name(webhook, "android");
+    let (status, v) = upload(server, &impostor, Some(drover.sign(&impostor))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert!(error_message(&v).contains("a name keeps its kind"), "{v}");
+    assert_eq!(get(server, "/api/v1/plugins/android").await["plugin"]["kind"], "device-type");
+
     // An admin allows unsigned uploads: taken, recorded as unsigned.
     let r = server
         .admin(Method::PUT, "/api/v1/settings")
