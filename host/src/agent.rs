@@ -16,7 +16,7 @@ use crate::plugins::types::{
 };
 use crate::plugins::{CallError, LoadedPlugin};
 use crate::server::AppState;
-use crate::store::{DeviceRow, NewDevice, QueuedOperation};
+use crate::store::{DeviceKey, DeviceRow, NewDevice, QueuedOperation};
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
@@ -37,7 +37,7 @@ const OLD_CREDENTIAL_GRACE_SECS: i64 = 300;
 const LAST_SEEN_RESOLUTION_MS: i64 = 30_000;
 
 /// At most this many operations go out in one answer, whatever the plugin allows.
-const MAX_BATCH: i64 = 100;
+pub(crate) const MAX_BATCH: i64 = 100;
 
 /// How many times one answer retries `encode` after dropping an operation the plugin
 /// cannot encode (each drop ends that operation in ERROR).
@@ -138,7 +138,7 @@ async fn agent(
     let credential = crate::auth::device_token_hash(&parts)?;
     let (device, queue) = state
         .store
-        .device_and_queue_for_credential(&credential, queue_limit(&plugin))
+        .device_and_queue(DeviceKey::Credential(&credential), queue_limit(&plugin))
         .await?
         .ok_or_else(crate::auth::unknown_device_token)?;
     same_type(&device, &device_type)?;
@@ -158,7 +158,7 @@ fn same_type(device: &DeviceRow, device_type: &str) -> Result<(), ApiError> {
 
 /// How many queued operations one answer may carry: the plugin's `max-operations-per-
 /// message`, within 1 ..= MAX_BATCH.
-fn queue_limit(plugin: &LoadedPlugin) -> i64 {
+pub(crate) fn queue_limit(plugin: &LoadedPlugin) -> i64 {
     plugin
         .device_type_info()
         .and_then(|i| i.max_operations_per_message)
@@ -289,7 +289,8 @@ async fn handle_message(
             // the "nothing left" answer; its NOTNOW ones are offered on its next call.
             let said_not_now = message.results.iter().any(|r| r.status == ResultStatus::NotNow);
             let which = Queue { skip_empty: false, skip_not_now: said_not_now };
-            let read = (!queue_changed).then(|| still_queued(queue, which, queue_limit(plugin))).flatten();
+            let limit = queue_limit(plugin);
+            let read = still_queued(queue, limit, queue_changed, which, limit);
             match encode_from(state, plugin, &device, ChannelKind::Http, "delivery:poll", which, read).await? {
                 Some(out) => render(out),
                 None => Ok(StatusCode::OK.into_response()),
@@ -298,24 +299,32 @@ async fn handle_message(
     }
 }
 
-/// What of a queue read before the message was recorded can stand for a read after it,
-/// or `None` when the store must be read again: an operation in it has expired (`queued`
-/// expires it), or leaving out the NOTNOW ones shortened a full read (more may wait
-/// behind it). The caller has already checked that the message's results moved no
-/// operation into or out of the queue.
-fn still_queued(mut read: Vec<QueuedOperation>, which: Queue, limit: i64) -> Option<Vec<QueuedOperation>> {
+/// What of a queue read earlier (with `read_limit`) can stand for a read now, cut to the
+/// plugin's `limit`; `None` when the store must be read again. That is when the results
+/// of a message recorded since moved an operation into or out of the queue (`changed`),
+/// when an operation in it has expired (`queued` expires it), or when leaving out the
+/// NOTNOW ones shortened a full read (more may wait behind it).
+pub(crate) fn still_queued(
+    mut read: Vec<QueuedOperation>,
+    read_limit: i64,
+    changed: bool,
+    which: Queue,
+    limit: i64,
+) -> Option<Vec<QueuedOperation>> {
     let now = crate::store::now_ms();
-    if read.iter().any(|q| q.expires_at.is_some_and(|e| e <= now)) {
+    if changed || read.iter().any(|q| q.expires_at.is_some_and(|e| e <= now)) {
         return None;
     }
     if which.skip_not_now {
-        let full = read.len() as i64 >= limit;
+        let full = read.len() as i64 >= read_limit;
         let before = read.len();
         read.retain(|q| q.state != "NOTNOW");
         if full && read.len() < before {
             return None;
         }
     }
+    // Oldest first: the first `limit` are what a read with `limit` would have returned.
+    read.truncate(usize::try_from(limit).unwrap_or(0));
     Some(read)
 }
 
@@ -334,7 +343,7 @@ pub(crate) async fn receive(
 
 /// [`receive`], also telling whether the results it recorded moved an operation into or
 /// out of the device's queue (PENDING, NOTNOW).
-async fn receive_noting(
+pub(crate) async fn receive_noting(
     state: &AppState,
     plugin: &LoadedPlugin,
     device: &DeviceRow,
@@ -436,7 +445,7 @@ pub(crate) async fn encode_queued(
 }
 
 /// [`encode_queued`], starting from `read` when the caller has read the queue already.
-async fn encode_from(
+pub(crate) async fn encode_from(
     state: &AppState,
     plugin: &LoadedPlugin,
     device: &DeviceRow,

@@ -10,10 +10,12 @@
 //! least once, and results are idempotent.
 
 use super::{Presence, parse_topic};
-use crate::agent::{Queue, encode_queued, plugin_device, plugin_operations, receive};
+use crate::agent::{
+    MAX_BATCH, Queue, encode_from, plugin_device, plugin_operations, queue_limit, receive_noting, still_queued,
+};
 use crate::plugins::types::{Channel, ChannelKind, MqttMessage, Outbound, Reply};
 use crate::server::AppState;
-use crate::store::DeviceRow;
+use crate::store::{DeviceKey, DeviceRow, QueuedOperation};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -32,6 +34,9 @@ const SHARD_QUEUE: usize = 32;
 
 /// Devices of one activity pushed at once.
 const PUSH_PARALLEL: usize = 32;
+
+/// What a push takes from the queue: nothing to send is no message at all.
+const PUSH_QUEUE: Queue = Queue { skip_empty: true, skip_not_now: false };
 
 /// The subscription every replica shares: each device message goes to one of them.
 pub const SHARED_FILTER: &str = "$share/drover/drover/+/+/#";
@@ -253,17 +258,23 @@ impl Delivery {
         if self.downstream.read().unwrap_or_else(|p| p.into_inner()).contains(suffix) {
             return;
         }
-        let (Ok(Some(device)), Some(plugin)) =
-            (self.state.store.device(device_type, device_id).await, self.state.registry.device_type(device_type))
+        let Some(plugin) = self.state.registry.device_type(device_type) else {
+            tracing::debug!(topic, "MQTT message for a type no plugin serves: dropped");
+            return;
+        };
+        // The device and its queue in one read, as a poll does (agent.rs).
+        let limit = queue_limit(&plugin);
+        let Ok(Some((device, queue))) =
+            self.state.store.device_and_queue(DeviceKey::Name(device_type, device_id), limit).await
         else {
-            tracing::debug!(topic, "MQTT message for an unknown device or type: dropped");
+            tracing::debug!(topic, "MQTT message for an unknown device: dropped");
             return;
         };
         if device.status == "removed" {
             return;
         }
         let channel = Channel::Mqtt(MqttMessage { topic_suffix: suffix.to_string() });
-        let message = match receive(&self.state, &plugin, &device, channel, payload).await {
+        let (message, queue_changed) = match receive_noting(&self.state, &plugin, &device, channel, payload).await {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(topic, code = e.code, "device message refused: {}", e.message);
@@ -273,7 +284,10 @@ impl Delivery {
         let result = match message.reply {
             Reply::None => Ok(()),
             Reply::Immediate(out) => self.publish(&device, out).await,
-            Reply::PendingOperations => self.push_queue(&device).await,
+            Reply::PendingOperations => {
+                let read = still_queued(queue, limit, queue_changed, PUSH_QUEUE, limit);
+                self.push_queue_from(&device, read).await
+            }
         };
         if let Err(e) = result {
             tracing::warn!(topic, "answering a device over MQTT failed: {e}");
@@ -300,9 +314,17 @@ impl Delivery {
             }
             let d = self.clone();
             running.spawn(async move {
-                let Ok(Some(device)) = d.state.store.device_by_key(key).await else { return };
+                // The device and its queue in one read. Its plugin (and so how many
+                // operations one message may carry) is known only from the device, so
+                // read as many as any plugin may take; `still_queued` cuts it down.
+                let Ok(Some((device, queue))) = d.state.store.device_and_queue(DeviceKey::Key(key), MAX_BATCH).await
+                else {
+                    return;
+                };
+                let limit = d.state.registry.device_type(&device.device_type).map_or(MAX_BATCH, |p| queue_limit(&p));
+                let read = still_queued(queue, MAX_BATCH, false, PUSH_QUEUE, limit);
                 if d.is_online(&device)
-                    && let Err(e) = d.push_queue(&device).await
+                    && let Err(e) = d.push_queue_from(&device, read).await
                 {
                     tracing::warn!(device_id = %device.device_id, "push failed: {e}");
                 }
@@ -336,17 +358,15 @@ impl Delivery {
     }
 
     async fn push_queue(&self, device: &DeviceRow) -> Result<(), String> {
+        self.push_queue_from(device, None).await
+    }
+
+    /// Push the device's queue, starting from `read` when it was read already.
+    async fn push_queue_from(&self, device: &DeviceRow, read: Option<Vec<QueuedOperation>>) -> Result<(), String> {
         let plugin = self.state.registry.device_type(&device.device_type).ok_or("no plugin")?;
-        let out = encode_queued(
-            &self.state,
-            &plugin,
-            device,
-            ChannelKind::Mqtt,
-            "delivery:push",
-            Queue { skip_empty: true, skip_not_now: false },
-        )
-        .await
-        .map_err(|e| e.message)?;
+        let out = encode_from(&self.state, &plugin, device, ChannelKind::Mqtt, "delivery:push", PUSH_QUEUE, read)
+            .await
+            .map_err(|e| e.message)?;
         match out {
             Some(out) => self.publish(device, out).await,
             None => Ok(()),

@@ -28,7 +28,7 @@
 //! the same test suite runs against both backends, so the twins are held to one behaviour.
 
 use super::commit::{Write, Written};
-use super::{DeviceRow, QueuedOperation, ResultOutcome, StoreError};
+use super::{DeviceKey, DeviceRow, QueuedOperation, ResultOutcome, StoreError};
 use crate::ops::{self, Attempts, State};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 use std::path::PathBuf;
@@ -156,10 +156,10 @@ pub(super) fn device_for_credential(c: &Connection, token_hash: &str, now: i64) 
     c.prepare_cached(SQL)?.query_row(params![token_hash, now], device_row).optional()
 }
 
-/// `Store::device_and_queue_for_credential`: both reads in one read transaction.
-pub(super) fn device_and_queue_for_credential(
+/// `Store::device_and_queue`: both reads in one read transaction.
+pub(super) fn device_and_queue(
     c: &Connection,
-    token_hash: &str,
+    which: DeviceKey<'_>,
     now: i64,
     limit: i64,
 ) -> rusqlite::Result<Option<(DeviceRow, Vec<QueuedOperation>)>> {
@@ -169,9 +169,12 @@ pub(super) fn device_and_queue_for_credential(
     // and kept like the reads: `execute_batch` would parse BEGIN again every time.
     c.prepare_cached("BEGIN")?.execute([])?;
     let read = (|| -> rusqlite::Result<Option<(DeviceRow, Vec<QueuedOperation>)>> {
-        let Some(device) = device_for_credential(c, token_hash, now)? else {
-            return Ok(None);
+        let device = match which {
+            DeviceKey::Credential(token_hash) => device_for_credential(c, token_hash, now)?,
+            DeviceKey::Key(id) => device_by_key(c, id)?,
+            DeviceKey::Name(device_type, device_id) => device(c, device_type, device_id)?,
         };
+        let Some(device) = device else { return Ok(None) };
         let queue = operations_in(c, device.id, limit, "'PENDING', 'NOTNOW'")?;
         Ok(Some((device, queue)))
     })();

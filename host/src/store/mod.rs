@@ -22,6 +22,7 @@ pub use operations::{
     TransitionRow,
 };
 pub use telemetry::{Point, TelemetryRow};
+pub use tokens::DeviceKey;
 pub use wakeups::{DueWakeup, SettingsRow, WakeupRow};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
