@@ -291,7 +291,7 @@ async fn handle_message(
             let which = Queue { skip_empty: false, skip_not_now: said_not_now };
             let limit = queue_limit(plugin);
             let read = still_queued(queue, limit, queue_changed, which, limit);
-            match encode_from(state, plugin, &device, ChannelKind::Http, "delivery:poll", which, read).await? {
+            match encode_queued(state, plugin, &device, ChannelKind::Http, "delivery:poll", which, read).await? {
                 Some(out) => render(out),
                 None => Ok(StatusCode::OK.into_response()),
             }
@@ -433,19 +433,8 @@ pub(crate) struct Queue {
 /// The device's queued operations encoded by its plugin for `kind`, after marking what
 /// the plugin says it carried as delivered by `actor`. An operation the plugin cannot
 /// encode ends in ERROR (recorded with the plugin's message) so it cannot block the queue.
+/// `read` is the queue when the caller has read it already (see [`still_queued`]).
 pub(crate) async fn encode_queued(
-    state: &AppState,
-    plugin: &LoadedPlugin,
-    device: &DeviceRow,
-    kind: ChannelKind,
-    actor: &str,
-    queue: Queue,
-) -> Result<Option<Outbound>, ApiError> {
-    encode_from(state, plugin, device, kind, actor, queue, None).await
-}
-
-/// [`encode_queued`], starting from `read` when the caller has read the queue already.
-pub(crate) async fn encode_from(
     state: &AppState,
     plugin: &LoadedPlugin,
     device: &DeviceRow,

@@ -582,7 +582,7 @@ impl Coap {
         };
         let Some(addr) = addr else { return };
         let queue = Queue { skip_empty: true, skip_not_now: false };
-        match encode_queued(state, &plugin, &row, ChannelKind::Coap, "delivery:coap", queue).await {
+        match encode_queued(state, &plugin, &row, ChannelKind::Coap, "delivery:coap", queue, None).await {
             Ok(Some(Outbound::Coap(requests))) => {
                 for r in requests {
                     self.request(device, r, addr).await;

@@ -11,7 +11,7 @@
 
 use super::{Presence, parse_topic};
 use crate::agent::{
-    MAX_BATCH, Queue, encode_from, plugin_device, plugin_operations, queue_limit, receive_noting, still_queued,
+    MAX_BATCH, Queue, encode_queued, plugin_device, plugin_operations, queue_limit, receive_noting, still_queued,
 };
 use crate::plugins::types::{Channel, ChannelKind, MqttMessage, Outbound, Reply};
 use crate::server::AppState;
@@ -286,7 +286,7 @@ impl Delivery {
             Reply::Immediate(out) => self.publish(&device, out).await,
             Reply::PendingOperations => {
                 let read = still_queued(queue, limit, queue_changed, PUSH_QUEUE, limit);
-                self.push_queue_from(&device, read).await
+                self.push_queue(&device, read).await
             }
         };
         if let Err(e) = result {
@@ -324,7 +324,7 @@ impl Delivery {
                 let limit = d.state.registry.device_type(&device.device_type).map_or(MAX_BATCH, |p| queue_limit(&p));
                 let read = still_queued(queue, MAX_BATCH, false, PUSH_QUEUE, limit);
                 if d.is_online(&device)
-                    && let Err(e) = d.push_queue_from(&device, read).await
+                    && let Err(e) = d.push_queue(&device, read).await
                 {
                     tracing::warn!(device_id = %device.device_id, "push failed: {e}");
                 }
@@ -339,7 +339,7 @@ impl Delivery {
         if let Err(e) = self.resend_in_progress(&device).await {
             tracing::warn!(device_id, "re-sending unanswered operations failed: {e}");
         }
-        if let Err(e) = self.push_queue(&device).await {
+        if let Err(e) = self.push_queue(&device, None).await {
             tracing::warn!(device_id, "push failed: {e}");
         }
     }
@@ -357,14 +357,10 @@ impl Delivery {
         self.publish(device, encoded.output).await
     }
 
-    async fn push_queue(&self, device: &DeviceRow) -> Result<(), String> {
-        self.push_queue_from(device, None).await
-    }
-
-    /// Push the device's queue, starting from `read` when it was read already.
-    async fn push_queue_from(&self, device: &DeviceRow, read: Option<Vec<QueuedOperation>>) -> Result<(), String> {
+    /// Push the device's queue (`read`, when the caller has read it already).
+    async fn push_queue(&self, device: &DeviceRow, read: Option<Vec<QueuedOperation>>) -> Result<(), String> {
         let plugin = self.state.registry.device_type(&device.device_type).ok_or("no plugin")?;
-        let out = encode_from(&self.state, &plugin, device, ChannelKind::Mqtt, "delivery:push", PUSH_QUEUE, read)
+        let out = encode_queued(&self.state, &plugin, device, ChannelKind::Mqtt, "delivery:push", PUSH_QUEUE, read)
             .await
             .map_err(|e| e.message)?;
         match out {
