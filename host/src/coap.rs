@@ -47,15 +47,22 @@ const MAX_DATAGRAM: usize = 64 * 1024;
 /// EXCHANGE_LIFETIME, the longest a retransmission of it can arrive.
 const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
 
+/// The same for a non-confirmable message id: RFC 7252's NON_LIFETIME. A peer may use the
+/// id again after it, so it must not be remembered longer.
+const NON_LIFETIME: Duration = Duration::from_secs(145);
+
 /// At most this many message ids are remembered; past it (a flood of datagrams from
 /// ever-new addresses) new ones are handled without deduplication rather than growing
 /// memory without bound.
 const MAX_SEEN: usize = 200_000;
 
-/// A confirmable message received from a peer, and what Drover answered (`None` while it
-/// is still being handled: a duplicate then gets nothing and retransmits again later).
+/// A message received from a peer, and what Drover answered (`None` while it is still
+/// being handled, or for a non-confirmable message, which gets no ACK: a duplicate then
+/// gets nothing).
 struct Seen {
     at: Instant,
+    /// How long its id is remembered: [`EXCHANGE_LIFETIME`] or [`NON_LIFETIME`].
+    lifetime: Duration,
     answer: Option<Vec<u8>>,
 }
 
@@ -236,22 +243,28 @@ impl Coap {
         }
     }
 
-    /// Whether `packet` is a confirmable message already received from `from`; if so, the
-    /// answer given to it then is sent again. Otherwise it is remembered as seen.
+    /// Whether `packet` is a request or response already received from `from` (RFC 7252
+    /// §4.5). A confirmable one gets the answer given to it then, again; a non-confirmable
+    /// one is silently ignored. A new one is remembered as seen.
     async fn duplicate(&self, packet: &Packet, from: SocketAddr) -> bool {
-        let confirmable = packet.header.get_type() == MessageType::Confirmable
-            && matches!(packet.header.code, MessageClass::Request(_) | MessageClass::Response(_));
-        if !confirmable {
+        let lifetime = match packet.header.get_type() {
+            MessageType::Confirmable => EXCHANGE_LIFETIME,
+            MessageType::NonConfirmable => NON_LIFETIME,
+            _ => return false,
+        };
+        if !matches!(packet.header.code, MessageClass::Request(_) | MessageClass::Response(_)) {
             return false;
         }
         let key = (from, packet.header.message_id);
+        let now = Instant::now();
         let again = {
             let mut seen = self.inner.seen.lock().unwrap_or_else(|p| p.into_inner());
             match seen.get(&key) {
-                Some(s) => Some(s.answer.clone()),
-                None => {
-                    if seen.len() < MAX_SEEN {
-                        seen.insert(key, Seen { at: Instant::now(), answer: None });
+                // Past its lifetime (not swept yet) the id may be in use again: a new message.
+                Some(s) if now.duration_since(s.at) < s.lifetime => Some(s.answer.clone()),
+                _ => {
+                    if seen.len() < MAX_SEEN || seen.contains_key(&key) {
+                        seen.insert(key, Seen { at: now, lifetime, answer: None });
                     }
                     None
                 }
@@ -774,7 +787,7 @@ impl Coap {
                     .seen
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .retain(|_, s| now.duration_since(s.at) < EXCHANGE_LIFETIME);
+                    .retain(|_, s| now.duration_since(s.at) < s.lifetime);
             }
         }
     }

@@ -374,7 +374,8 @@ e2e!(strict_client, super::strict_client);
 /// A confirmable message that arrives again (the device missed Drover's ACK and
 /// retransmitted) is answered with the same bytes and handled once (RFC 7252 §4.5): a
 /// retransmitted Register makes no second registration, a retransmitted notification is
-/// not recorded twice. And a CoAP ping (an empty confirmable message, §4.3) gets a RST.
+/// not recorded twice, nor is a non-confirmable one that arrives twice. And a CoAP ping
+/// (an empty confirmable message, §4.3) gets a RST.
 async fn retransmissions(server: &TestServer) {
     let ep = format!("urn:imei:{}", 7_000_000 + std::process::id() as usize);
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -443,6 +444,19 @@ async fn retransmissions(server: &TestServer) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let values = battery().await;
     assert_eq!(values.iter().filter(|v| **v == json!(61)).count(), 1, "the notification recorded once: {values:?}");
+
+    // A non-confirmable notification that arrives twice (no ACK to resend) is recorded once.
+    let mut non = notification(4345, 4, b"55");
+    non.header.set_type(MessageType::NonConfirmable);
+    for _ in 0..2 {
+        dev.socket.send_to(&non.to_bytes().unwrap(), server.coap).await.unwrap();
+    }
+    recorded(json!(55)).await;
+    dev.exchange(notification(4346, 5, b"52")).await;
+    recorded(json!(52)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let values = battery().await;
+    assert_eq!(values.iter().filter(|v| **v == json!(55)).count(), 1, "recorded once: {values:?}");
 
     // A CoAP ping: version 1, CON, no token, code 0.00, message id 0x1234.
     dev.socket.send_to(&[0x40, 0x00, 0x12, 0x34], server.coap).await.unwrap();
