@@ -531,3 +531,46 @@ fn render(out: Outbound) -> Result<Response, ApiError> {
         _ => Err(ApiError::internal("the plugin answered an HTTP request with a non-HTTP message")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Queue, still_queued};
+    use crate::store::QueuedOperation;
+
+    fn op(id: i64, state: &str, expires_at: Option<i64>) -> QueuedOperation {
+        QueuedOperation { id, code: "C".into(), kind: "command".into(), payload: None, expires_at, state: state.into() }
+    }
+
+    fn ids(q: Option<Vec<QueuedOperation>>) -> Option<Vec<i64>> {
+        q.map(|q| q.iter().map(|o| o.id).collect())
+    }
+
+    const ALL: Queue = Queue { skip_empty: false, skip_not_now: false };
+    const NOT_NOW: Queue = Queue { skip_empty: false, skip_not_now: true };
+
+    #[test]
+    fn an_early_read_stands_when_nothing_moved() {
+        let read = vec![op(1, "PENDING", None), op(2, "NOTNOW", None), op(3, "PENDING", None)];
+        assert_eq!(ids(still_queued(read.clone(), 100, false, ALL, 100)), Some(vec![1, 2, 3]));
+        // Cut to what the plugin takes, oldest first.
+        assert_eq!(ids(still_queued(read.clone(), 100, false, ALL, 1)), Some(vec![1]));
+        // A full read with no NOTNOW in it stands as it is.
+        assert_eq!(ids(still_queued(vec![op(1, "PENDING", None)], 1, false, NOT_NOW, 1)), Some(vec![1]));
+        // A read that was not full holds every queued operation: leaving out NOTNOW is exact.
+        assert_eq!(ids(still_queued(read, 100, false, NOT_NOW, 100)), Some(vec![1, 3]));
+    }
+
+    #[test]
+    fn the_store_is_read_again_when_the_early_read_may_be_wrong() {
+        let read = vec![op(1, "PENDING", None)];
+        // The message's results moved an operation into or out of the queue.
+        assert_eq!(ids(still_queued(read, 100, true, ALL, 100)), None);
+        // An operation in it has expired (`queued` expires it first).
+        let expired = vec![op(1, "PENDING", Some(crate::store::now_ms() - 1)), op(2, "PENDING", None)];
+        assert_eq!(ids(still_queued(expired, 100, false, ALL, 100)), None);
+        // A full read shortened by leaving out NOTNOW: a PENDING one may wait behind it.
+        assert_eq!(ids(still_queued(vec![op(1, "NOTNOW", None)], 1, false, NOT_NOW, 1)), None);
+        let later = vec![op(1, "PENDING", Some(crate::store::now_ms() + 60_000))];
+        assert_eq!(ids(still_queued(later, 100, false, ALL, 100)), Some(vec![1]), "not expired yet");
+    }
+}
