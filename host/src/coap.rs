@@ -160,6 +160,16 @@ fn uint_bytes(v: u32) -> Vec<u8> {
     b[skip..].to_vec()
 }
 
+/// An empty ACK or RST for message `message_id`: code 0.00, no token, no payload.
+fn empty(kind: MessageType, message_id: u16) -> Packet {
+    let mut p = Packet::new();
+    p.header.set_version(1);
+    p.header.set_type(kind);
+    p.header.code = MessageClass::Empty;
+    p.header.message_id = message_id;
+    p
+}
+
 impl Coap {
     /// Bind the UDP socket (a clear error naming the flag when the address is taken).
     pub async fn bind(addr: SocketAddr) -> anyhow::Result<Coap> {
@@ -333,12 +343,7 @@ impl Coap {
                 // An empty confirmable message is a "CoAP ping" (RFC 7252 §4.3): the answer
                 // is a RST with its message id. Devices use it to check that the server
                 // still knows them before they send anything that matters.
-                let mut rst = Packet::new();
-                rst.header.set_version(1);
-                rst.header.set_type(MessageType::Reset);
-                rst.header.code = MessageClass::Empty;
-                rst.header.message_id = packet.header.message_id;
-                self.send(&rst, from).await;
+                self.send(&empty(MessageType::Reset, packet.header.message_id), from).await;
             }
             // An empty non-confirmable message means nothing (RFC 7252 §4.3): ignored.
             MessageClass::Empty if packet.header.get_type() == MessageType::NonConfirmable => {}
@@ -691,12 +696,8 @@ impl Coap {
         };
         // A separate response or notification that is confirmable wants an empty ACK.
         if packet.header.get_type() == MessageType::Confirmable {
-            let mut ack = Packet::new();
-            ack.header.set_version(1);
-            ack.header.set_type(if exchange.is_some() { MessageType::Acknowledgement } else { MessageType::Reset });
-            ack.header.message_id = packet.header.message_id;
-            ack.header.code = MessageClass::Empty;
-            self.send(&ack, from).await;
+            let kind = if exchange.is_some() { MessageType::Acknowledgement } else { MessageType::Reset };
+            self.send(&empty(kind, packet.header.message_id), from).await;
         }
         let Some(x) = exchange else {
             tracing::debug!(%from, "CoAP response with an unknown token: ignored");

@@ -18,11 +18,10 @@ mod wakeups;
 pub use catalog::{ComponentRow, NewPluginEvent, PluginEventRow, PublisherKeyRow};
 pub use devices::{DeviceQuery, DeviceRow, GroupRow, NewDevice};
 pub use operations::{
-    ActivityRow, MAX_EXPLICIT_DEVICES, NewActivity, OperationRow, QueuedOperation, ResultOutcome, TargetSet,
+    ActivityRow, DeviceKey, MAX_EXPLICIT_DEVICES, NewActivity, OperationRow, QueuedOperation, ResultOutcome, TargetSet,
     TransitionRow,
 };
 pub use telemetry::{Point, TelemetryRow};
-pub use tokens::DeviceKey;
 pub use wakeups::{DueWakeup, SettingsRow, WakeupRow};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -1,20 +1,7 @@
 //! Stored credentials: device access tokens and admin tokens, by SHA-256 only.
 
 use super::devices::DeviceRow;
-use super::operations::QueuedOperation;
 use super::{Backend, Store, StoreError, WriteTx, now_ms, with_pool, with_write_pool};
-
-/// How a device is named when it is read with its queue ([`Store::device_and_queue`]).
-#[derive(Debug, Clone, Copy)]
-pub enum DeviceKey<'a> {
-    /// The hash of a live credential it bears (removed devices are not found).
-    Credential(&'a str),
-    /// Its row's key.
-    Key(i64),
-    /// Its type and id.
-    Name(&'a str, &'a str),
-}
-use sqlx::{FromRow, Row};
 
 impl Store {
     pub async fn insert_device_credential(
@@ -40,85 +27,6 @@ impl Store {
                  FROM device_credentials c JOIN devices d ON d.id = c.device
                  WHERE c.token_hash = $1 AND c.revoked_at IS NULL AND c.expires_at > $2 AND d.status <> 'removed'")
             .bind(token_hash).bind(now_ms()).fetch_optional(pool).await?))
-    }
-
-    /// What a device message needs before its plugin sees it, read together: the device
-    /// (as [`Store::device_for_credential`], [`Store::device_by_key`] or [`Store::device`])
-    /// and its queue, the PENDING and NOTNOW operations oldest first, at most `limit` (as
-    /// [`Store::queued`], but without expiring: a caller that finds an expired one reads
-    /// `queued` instead).
-    ///
-    /// Why together: a poll, and a push, need both, and each read has a fixed cost larger
-    /// than its work. On SQLite that is a read transaction (the WAL's read lock and, after
-    /// any commit, the page cache checked again); on PostgreSQL a round trip. A message
-    /// that is not a poll reads a few rows it does not use.
-    pub async fn device_and_queue(
-        &self,
-        which: DeviceKey<'_>,
-        limit: i64,
-    ) -> Result<Option<(DeviceRow, Vec<QueuedOperation>)>, StoreError> {
-        let now = now_ms();
-        let pool = match &self.backend {
-            Backend::Sqlite { direct, .. } => {
-                return direct.read(|c| super::direct::device_and_queue(c, which, now, limit));
-            }
-            Backend::Postgres(pool) => pool,
-        };
-        // One row per queued operation (or one with NULLs when none is), each with the
-        // device's columns.
-        macro_rules! device_and_queue {
-            ($from_where:literal) => {
-                concat!(
-                    "SELECT d.id, d.device_type, d.device_id, d.name, d.owner, d.ownership, d.status, d.metadata,
-                            d.push_token, d.session, d.enrolled_at, d.last_seen_at,
-                            q.id AS op_id, q.code AS op_code, q.kind AS op_kind, q.payload AS op_payload,
-                            q.expires_at AS op_expires_at, q.state AS op_state ",
-                    $from_where,
-                    " LEFT JOIN LATERAL (
-                         SELECT o.id, o.code, o.kind, a.payload, o.expires_at, o.state FROM operations o
-                         JOIN activities a ON a.id = o.activity
-                         WHERE o.device = d.id AND o.state IN ('PENDING', 'NOTNOW') ORDER BY o.id LIMIT $1
-                     ) q ON true
-                     WHERE ",
-                )
-            };
-        }
-        let query = match which {
-            DeviceKey::Credential(token_hash) => sqlx::query(concat!(
-                device_and_queue!("FROM device_credentials c JOIN devices d ON d.id = c.device"),
-                "c.token_hash = $2 AND c.revoked_at IS NULL AND c.expires_at > $3 AND d.status <> 'removed' ORDER BY q.id"
-            ))
-            .bind(limit)
-            .bind(token_hash)
-            .bind(now),
-            DeviceKey::Key(id) => {
-                sqlx::query(concat!(device_and_queue!("FROM devices d"), "d.id = $2 ORDER BY q.id")).bind(limit).bind(id)
-            }
-            DeviceKey::Name(device_type, device_id) => sqlx::query(concat!(
-                device_and_queue!("FROM devices d"),
-                "d.device_type = $2 AND d.device_id = $3 ORDER BY q.id"
-            ))
-            .bind(limit)
-            .bind(device_type)
-            .bind(device_id),
-        };
-        let rows = query.fetch_all(pool).await?;
-        let Some(first) = rows.first() else { return Ok(None) };
-        let device = DeviceRow::from_row(first)?;
-        let mut queue = Vec::with_capacity(rows.len());
-        for r in &rows {
-            if let Some(id) = r.try_get::<Option<i64>, _>("op_id")? {
-                queue.push(QueuedOperation {
-                    id,
-                    code: r.try_get("op_code")?,
-                    kind: r.try_get("op_kind")?,
-                    payload: r.try_get("op_payload")?,
-                    expires_at: r.try_get("op_expires_at")?,
-                    state: r.try_get("op_state")?,
-                });
-            }
-        }
-        Ok(Some((device, queue)))
     }
 
     /// Replace a live credential with a new one. The old one stays valid until
