@@ -28,6 +28,7 @@ async fn ring(server: &TestServer, id: &str) -> i64 {
 enum Seen {
     Publish(String, Vec<u8>),
     SubAck(Vec<SubscribeReasonCode>),
+    UnsubAck,
 }
 
 /// A device as an MQTT client library sees it.
@@ -35,6 +36,8 @@ struct Device {
     client: AsyncClient,
     seen: mpsc::UnboundedReceiver<Seen>,
     task: tokio::task::JoinHandle<()>,
+    /// The broker's CONNACK said `session_present`.
+    resumed: bool,
 }
 
 impl Device {
@@ -62,9 +65,9 @@ impl Device {
             let mut ready_tx = Some(ready_tx);
             loop {
                 match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    Ok(Event::Incoming(Packet::ConnAck(a))) => {
                         if let Some(r) = ready_tx.take() {
-                            let _ = r.send(Ok(()));
+                            let _ = r.send(Ok(a.session_present));
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -72,6 +75,9 @@ impl Device {
                     }
                     Ok(Event::Incoming(Packet::SubAck(s))) => {
                         let _ = tx.send(Seen::SubAck(s.return_codes));
+                    }
+                    Ok(Event::Incoming(Packet::UnsubAck(_))) => {
+                        let _ = tx.send(Seen::UnsubAck);
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -83,8 +89,8 @@ impl Device {
                 }
             }
         });
-        tokio::time::timeout(WAIT, ready).await.map_err(|_| "no CONNACK".to_string())?.unwrap()?;
-        Ok(Device { client, seen, task })
+        let resumed = tokio::time::timeout(WAIT, ready).await.map_err(|_| "no CONNACK".to_string())?.unwrap()?;
+        Ok(Device { client, seen, task, resumed })
     }
 
     async fn subscribe(&mut self, filter: &str) -> Vec<SubscribeReasonCode> {
@@ -93,7 +99,21 @@ impl Device {
             match tokio::time::timeout(WAIT, self.seen.recv()).await.expect("SUBACK in time").expect("connection open")
             {
                 Seen::SubAck(codes) => return codes,
-                Seen::Publish(..) => {}
+                Seen::Publish(..) | Seen::UnsubAck => {}
+            }
+        }
+    }
+
+    async fn unsubscribe(&mut self, filter: &str) {
+        self.client.unsubscribe(filter).await.unwrap();
+        loop {
+            match tokio::time::timeout(WAIT, self.seen.recv())
+                .await
+                .expect("UNSUBACK in time")
+                .expect("connection open")
+            {
+                Seen::UnsubAck => return,
+                Seen::Publish(..) | Seen::SubAck(_) => {}
             }
         }
     }
@@ -104,7 +124,7 @@ impl Device {
             match tokio::time::timeout(WAIT, self.seen.recv()).await.expect("a push in time").expect("connection open")
             {
                 Seen::Publish(topic, payload) => return (topic, serde_json::from_slice(&payload).unwrap()),
-                Seen::SubAck(_) => {}
+                Seen::SubAck(_) | Seen::UnsubAck => {}
             }
         }
     }
@@ -370,6 +390,49 @@ async fn persistent_session_keeps_its_subscription_across_a_drop() {
     let (got, pushed) = dev.next_push().await;
     assert_eq!((got.as_str(), pushed[0]["id"].as_i64()), (topic, Some(op)));
     assert_eq!(server.until_state(op, "IN_PROGRESS").await["transitions"][0]["actor"], "delivery:push");
+    server.stop().await;
+}
+
+/// A device is reachable on the embedded broker only while a session of its holds a
+/// subscription: a resumed persistent session that never subscribed is not (a push to it
+/// would reach nobody), and neither is one that unsubscribed. What is added meanwhile stays
+/// PENDING and goes out when the device subscribes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reachable_only_while_subscribed() {
+    let server = TestServer::start(drover_tests::Backend::Sqlite).await;
+    let port = server.mqtt.expect("the embedded broker runs").port();
+    let id = "358000000000079";
+    let token = enroll(&server, id).await;
+    let login = Some(("android/358000000000079", token.as_str()));
+    let topic = "drover/android/358000000000079/operations";
+
+    let dev = Device::connect_session(port, "phone-79", login, false).await.unwrap();
+    assert!(!dev.resumed);
+    dev.drop_connection();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut dev = Device::connect_session(port, "phone-79", login, false).await.unwrap();
+    assert!(dev.resumed, "the broker kept the persistent session");
+
+    let op = ring(&server, id).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.operation(op).await["state"], "PENDING", "pushed to a session without a subscription");
+    assert_eq!(dev.subscribe(topic).await, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+    let (got, pushed) = dev.next_push().await;
+    assert_eq!((got.as_str(), pushed[0]["id"].as_i64()), (topic, Some(op)));
+    server.until_state(op, "IN_PROGRESS").await;
+
+    dev.unsubscribe(topic).await;
+    let later = ring(&server, id).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.operation(later).await["state"], "PENDING", "pushed after the device unsubscribed");
+    dev.subscribe(topic).await;
+    // Coming back sends what is unanswered first, then the queue: the first operation again.
+    let mut seen = Vec::new();
+    while !seen.contains(&later) {
+        let (_, pushed) = dev.next_push().await;
+        seen.extend(pushed.as_array().unwrap().iter().filter_map(|o| o["id"].as_i64()));
+    }
+    assert!(seen.contains(&op), "the unanswered operation is sent again: {seen:?}");
     server.stop().await;
 }
 

@@ -17,7 +17,9 @@ use rumqttd::protocol::{
     SubscribeReasonCode,
 };
 use rumqttd::{Notification, Router, RouterConfig};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -35,7 +37,68 @@ type Connector = Arc<dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification)
 /// A running embedded broker.
 pub struct EmbeddedBroker {
     connect: Connector,
+    sessions: Arc<Sessions>,
 }
+
+/// The subscription filters each session holds in the router, by the router's client id.
+///
+/// Why: a persistent session that the router resumes (`session_present`) is reachable at
+/// once only if it holds a subscription; one that never subscribed is not, and a push to it
+/// would be acknowledged by the router and reach nobody. The router does not say which
+/// filters a resumed session holds, so the front keeps the count itself. A client that
+/// reconnects with the same id takes the session over while the old connection is still
+/// being torn down; `owner` makes the old connection's late changes no-ops.
+#[derive(Default)]
+struct Sessions(Mutex<HashMap<String, Held>>);
+
+struct Held {
+    owner: u64,
+    filters: HashSet<String>,
+}
+
+impl Sessions {
+    /// Connection `owner` opened session `id`; whether it holds a subscription already
+    /// (only a resumed session can).
+    fn open(&self, id: &str, owner: u64, resumed: bool) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(id) {
+            Some(held) if resumed => {
+                held.owner = owner;
+                !held.filters.is_empty()
+            }
+            _ => {
+                map.insert(id.to_string(), Held { owner, filters: HashSet::new() });
+                false
+            }
+        }
+    }
+
+    /// Apply a SUBSCRIBE (`add`) or UNSUBSCRIBE; whether the session holds any filter after.
+    fn change<'a>(&self, id: &str, owner: u64, filters: impl Iterator<Item = &'a str>, add: bool) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(held) = map.get_mut(id).filter(|h| h.owner == owner) else { return false };
+        for f in filters {
+            if add {
+                held.filters.insert(f.to_string());
+            } else {
+                held.filters.remove(f);
+            }
+        }
+        !held.filters.is_empty()
+    }
+
+    /// Connection `owner` ended: the router forgets a clean session, and a persistent one
+    /// without filters needs no entry.
+    fn close(&self, id: &str, owner: u64, clean: bool) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(id).is_some_and(|h| h.owner == owner && (clean || h.filters.is_empty())) {
+            map.remove(id);
+        }
+    }
+}
+
+/// Numbers the connections, for [`Sessions`].
+static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
 
 impl EmbeddedBroker {
     /// Start the router (on its own thread, as rumqttd does).
@@ -52,7 +115,7 @@ impl EmbeddedBroker {
         let connect: Connector = Arc::new(move |client_id, clean| {
             LinkBuilder::new(client_id, router_tx.clone()).clean_session(clean).build().map_err(|e| e.to_string())
         });
-        EmbeddedBroker { connect }
+        EmbeddedBroker { connect, sessions: Arc::default() }
     }
 
     /// Accept MQTT clients on `listener` until the task is dropped, which also ends
@@ -73,9 +136,10 @@ impl EmbeddedBroker {
             };
             let _ = stream.set_nodelay(true);
             let connect = self.connect.clone();
+            let held = self.sessions.clone();
             let auth = auth.clone();
             sessions.spawn(async move {
-                if let Err(e) = session(stream, connect, auth).await {
+                if let Err(e) = session(stream, connect, held, auth).await {
                     tracing::debug!(%peer, "MQTT connection ended: {e}");
                 }
             });
@@ -122,7 +186,7 @@ fn refuse(code: ConnectReturnCode) -> Packet {
     Packet::ConnAck(ConnAck { session_present: false, code }, None)
 }
 
-async fn session(stream: TcpStream, connect: Connector, auth: Arc<Gate>) -> Result<(), String> {
+async fn session(stream: TcpStream, connect: Connector, held: Arc<Sessions>, auth: Arc<Gate>) -> Result<(), String> {
     let mut wire = Wire { stream, read: BytesMut::with_capacity(1024), write: BytesMut::with_capacity(1024) };
     let first = tokio::time::timeout(CONNECT_TIMEOUT, wire.next()).await.map_err(|_| "no CONNECT in time")??;
     let Some(Packet::Connect(c, _, will, _, login)) = first else {
@@ -149,9 +213,9 @@ async fn session(stream: TcpStream, connect: Connector, auth: Arc<Gate>) -> Resu
     let router_id = access.session_id(&c.client_id);
     let (mut tx, mut rx, ack) = connect(&router_id, c.clean_session).map_err(|e| format!("router: {e}"))?;
     let ack = Option::<Packet>::from(ack);
-    // A persistent session the router kept (`session_present`) holds the device's
-    // subscriptions: it is reachable from now on without subscribing again, as MQTT
-    // clients resuming a session do not (MQTT 3.1.1 §3.1.2.4).
+    // A persistent session the router kept (`session_present`) keeps the device's
+    // subscriptions: if it holds one, the device is reachable from now on without
+    // subscribing again, as MQTT clients resuming a session do not (MQTT 3.1.1 §3.1.2.4).
     let resumed = matches!(&ack, Some(Packet::ConnAck(ConnAck { session_present: true, .. }, _)));
     if let Some(p) = ack {
         wire.queue(p)?;
@@ -163,11 +227,13 @@ async fn session(stream: TcpStream, connect: Connector, auth: Arc<Gate>) -> Resu
         0 => Duration::from_secs(24 * 3600),
         k => Duration::from_millis(u64::from(k) * 1500),
     };
-    let mut subscribed = resumed;
-    if resumed {
+    let owner = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+    let subscribed = held.open(&router_id, owner, resumed);
+    if subscribed {
         auth.subscribed(&access);
     }
-    let result = run(&mut wire, &mut tx, &mut rx, &access, &auth, keep_alive, &mut subscribed).await;
+    let mut link = Link { id: router_id, owner, held, access: &access, auth: &auth, subscribed };
+    let result = run(&mut wire, &mut tx, &mut rx, &mut link, keep_alive).await;
     let clean_end = matches!(result, Ok(true));
     if !clean_end && let Some(w) = will {
         // A client that vanished without DISCONNECT leaves its will (checked above).
@@ -176,10 +242,39 @@ async fn session(stream: TcpStream, connect: Connector, auth: Arc<Gate>) -> Resu
     // DISCONNECT ends the session in the router (rumqttd keeps a persistent one).
     let _ =
         tx.send(Packet::Disconnect(Disconnect { reason_code: DisconnectReasonCode::NormalDisconnection }, None)).await;
-    if subscribed {
+    link.held.close(&link.id, link.owner, c.clean_session);
+    if link.subscribed {
         auth.left(&access);
     }
     result.map(|_| ())
+}
+
+/// One connection's session, as presence sees it.
+struct Link<'a> {
+    /// The router's client id.
+    id: String,
+    /// This connection's number.
+    owner: u64,
+    held: Arc<Sessions>,
+    access: &'a Access,
+    auth: &'a Gate,
+    /// This connection counts the device online: its session holds a subscription.
+    subscribed: bool,
+}
+
+impl Link<'_> {
+    /// The router took a SUBSCRIBE (`add`) or UNSUBSCRIBE: tell delivery when the device
+    /// became reachable here, or stopped being.
+    fn changed<'f>(&mut self, filters: impl Iterator<Item = &'f str>, add: bool) {
+        let holds = self.held.change(&self.id, self.owner, filters, add);
+        if holds && !self.subscribed {
+            self.subscribed = true;
+            self.auth.subscribed(self.access);
+        } else if !holds && self.subscribed {
+            self.subscribed = false;
+            self.auth.left(self.access);
+        }
+    }
 }
 
 fn publish_will(tx: &mut LinkTx, w: LastWill) {
@@ -191,11 +286,10 @@ async fn run(
     wire: &mut Wire,
     tx: &mut LinkTx,
     rx: &mut LinkRx,
-    access: &Access,
-    auth: &Gate,
+    link: &mut Link<'_>,
     keep_alive: Duration,
-    subscribed: &mut bool,
 ) -> Result<bool, String> {
+    let access = link.access;
     loop {
         tokio::select! {
             packet = tokio::time::timeout(keep_alive, wire.next()) => {
@@ -220,11 +314,14 @@ async fn run(
                             wire.flush().await?;
                             continue;
                         }
+                        let filters: Vec<String> = s.filters.iter().map(|f| f.path.clone()).collect();
                         tx.send(Packet::Subscribe(s, props)).await.map_err(|e| e.to_string())?;
-                        if !*subscribed {
-                            *subscribed = true;
-                            auth.subscribed(access);
-                        }
+                        link.changed(filters.iter().map(String::as_str), true);
+                    }
+                    Packet::Unsubscribe(u, props) => {
+                        let filters = u.filters.clone();
+                        tx.send(Packet::Unsubscribe(u, props)).await.map_err(|e| e.to_string())?;
+                        link.changed(filters.iter().map(String::as_str), false);
                     }
                     Packet::Connect(..) => return Err("a second CONNECT".into()),
                     other => {
@@ -246,5 +343,36 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sessions;
+
+    #[test]
+    fn a_session_holds_what_it_subscribed_across_connections() {
+        let s = Sessions::default();
+        // A persistent session that never subscribed holds nothing when resumed.
+        assert!(!s.open("android:A:c", 1, false));
+        s.close("android:A:c", 1, false);
+        assert!(!s.open("android:A:c", 2, true));
+        assert!(s.change("android:A:c", 2, ["drover/android/A/operations"].into_iter(), true));
+        s.close("android:A:c", 2, false);
+        assert!(s.open("android:A:c", 3, true), "resumed with its subscription");
+        // A reconnect with the same id takes the session over; the old connection's late
+        // changes and its close leave the new one's alone.
+        assert!(s.open("android:A:c", 4, true));
+        assert!(!s.change("android:A:c", 3, ["drover/android/A/operations"].into_iter(), false));
+        s.close("android:A:c", 3, true);
+        assert!(
+            !s.change("android:A:c", 4, ["drover/android/A/operations"].into_iter(), false),
+            "unsubscribed: holds nothing"
+        );
+        assert!(s.change("android:A:c", 4, ["drover/android/A/#"].into_iter(), true));
+        // A clean session starts empty and leaves nothing behind.
+        assert!(!s.open("android:A:c", 5, false));
+        s.close("android:A:c", 5, true);
+        assert!(!s.open("android:A:c", 6, true));
     }
 }
