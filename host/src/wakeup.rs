@@ -53,6 +53,16 @@ pub struct PluginSettings {
     /// an egress gateway, a provider sandbox, a test server. Path and query are kept.
     #[serde(default)]
     pub redirects: BTreeMap<String, String>,
+    /// The TLS client identity the host presents to this plugin's provider hosts: PEM
+    /// certificate chain and private key (APNs takes MDM pushes only from the MDM push
+    /// certificate). The plugin never sees it; the API shows only the certificates, and
+    /// taking back what it shows keeps the stored key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_identity: Option<String>,
+    /// Certificate authorities (PEM) that provider hosts, or what they are redirected to,
+    /// are verified against besides the public roots: a gateway or sandbox with a private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_ca: Option<String>,
 }
 
 impl PluginSettings {
@@ -61,7 +71,85 @@ impl PluginSettings {
             config: serde_json::from_str(&row.config).unwrap_or_default(),
             granted_hosts: serde_json::from_str(&row.granted_hosts).unwrap_or_default(),
             redirects: serde_json::from_str(&row.redirects).unwrap_or_default(),
+            client_identity: row.client_identity.clone(),
+            trusted_ca: row.trusted_ca.clone(),
         }
+    }
+
+    /// These settings with a client identity's private key left out.
+    pub fn shown(mut self) -> PluginSettings {
+        self.client_identity = self.client_identity.as_deref().map(certificates);
+        self
+    }
+}
+
+/// The HTTP client for provider requests: no redirects followed (a redirect could leave
+/// the granted hosts), bounded times, and the plugin's TLS settings when it has any.
+/// Errors name the setting at fault.
+pub fn provider_client(settings: &PluginSettings) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(15))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("drover/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = &settings.client_identity {
+        let identity = reqwest::Identity::from_pem(pem.as_bytes())
+            .map_err(|e| format!("`client_identity`: {e} (expected PEM: the certificate chain and its private key)"))?;
+        builder = builder.identity(identity);
+    }
+    if let Some(pem) = &settings.trusted_ca {
+        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+            .map_err(|e| format!("`trusted_ca`: {e} (expected PEM certificates)"))?;
+        if certs.is_empty() {
+            return Err("`trusted_ca`: no PEM certificate in it".into());
+        }
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    // Building checks the identity: a key that does not belong to the certificate fails here.
+    builder.build().map_err(|e| {
+        let what = if settings.client_identity.is_some() { "client_identity" } else { "trusted_ca" };
+        format!("`{what}`: {}", error_chain(&e))
+    })
+}
+
+/// The `CERTIFICATE` blocks of a PEM text, without anything else (a private key).
+pub fn certificates(pem: &str) -> String {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = String::new();
+    let mut rest = pem;
+    while let Some(start) = rest.find(BEGIN) {
+        let Some(len) = rest[start..].find(END) else { break };
+        out.push_str(&rest[start..start + len + END.len()]);
+        out.push('\n');
+        rest = &rest[start + len + END.len()..];
+    }
+    out
+}
+
+/// Provider clients of plugins with TLS settings of their own, built when first needed
+/// and again when the settings change (keeping a client keeps its connections: APNs
+/// wants one HTTP/2 connection reused, not a handshake per push).
+#[derive(Default)]
+struct Clients(std::sync::Mutex<BTreeMap<String, (PluginSettings, reqwest::Client)>>);
+
+impl Clients {
+    fn get(&self, default: &reqwest::Client, plugin: &str, s: &PluginSettings) -> Result<reqwest::Client, String> {
+        if s.client_identity.is_none() && s.trusted_ca.is_none() {
+            return Ok(default.clone());
+        }
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((built_for, client)) = map.get(plugin)
+            && built_for.client_identity == s.client_identity
+            && built_for.trusted_ca == s.trusted_ca
+        {
+            return Ok(client.clone());
+        }
+        let client = provider_client(s)?;
+        map.insert(plugin.to_string(), (s.clone(), client.clone()));
+        Ok(client)
     }
 }
 
@@ -106,14 +194,8 @@ pub async fn run(state: AppState, wakeup: WakeUp) {
         Ok(n) => tracing::info!(devices = n, "wake-ups scheduled for devices with pending operations"),
         Err(e) => tracing::warn!("scheduling wake-ups at start failed: {e}"),
     }
-    let http = match reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(15))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("drover/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
-        Ok(c) => c,
+    let http = match provider_client(&PluginSettings::default()) {
+        Ok(c) => Http { default: c, own: Arc::new(Clients::default()) },
         Err(e) => {
             tracing::error!("wake-up is off: cannot build the HTTP client: {e}");
             return;
@@ -179,8 +261,15 @@ enum Attempt {
     Failed(String),
 }
 
+/// The clients provider requests go out on.
+#[derive(Clone)]
+struct Http {
+    default: reqwest::Client,
+    own: Arc<Clients>,
+}
+
 /// One attempt for one device, recorded. True when it is to be retried.
-async fn send(state: &AppState, http: &reqwest::Client, w: DueWakeup) -> bool {
+async fn send(state: &AppState, http: &Http, w: DueWakeup) -> bool {
     let device = match state.store.device_by_key(w.device).await {
         Ok(Some(d)) => d,
         Ok(None) => return false,
@@ -243,7 +332,7 @@ pub fn token_json(t: &PushToken) -> String {
     serde_json::json!({"transport": t.transport, "token": t.token, "extra": t.extra}).to_string()
 }
 
-async fn attempt(state: &AppState, http: &reqwest::Client, device: &DeviceRow) -> Attempt {
+async fn attempt(state: &AppState, http: &Http, device: &DeviceRow) -> Attempt {
     let retry = |error: String| Attempt::Retry { after: None, error };
     if device.status == "removed" {
         return Attempt::Moot("the device was removed");
@@ -293,13 +382,18 @@ async fn attempt(state: &AppState, http: &reqwest::Client, device: &DeviceRow) -
         HttpMethod::Patch => reqwest::Method::PATCH,
         HttpMethod::Delete => reqwest::Method::DELETE,
     };
-    let mut builder = http.request(method, url.clone());
+    let client = match http.own.get(&http.default, &transport.manifest.name, &settings) {
+        Ok(c) => c,
+        Err(e) => return retry(format!("plugin {} settings: {e}", transport.manifest.name)),
+    };
+    let mut builder = client.request(method, url.clone());
     for (k, v) in &request.headers {
         builder = builder.header(k.as_str(), v.as_str());
     }
     let response = match builder.body(request.body).send().await {
         Ok(r) => r,
-        Err(e) => return retry(format!("{url}: {e}")),
+        // The cause chain says what failed (a refused TLS handshake, a timeout).
+        Err(e) => return retry(format!("{url}: {}", error_chain(&e))),
     };
     let status = response.status().as_u16();
     let headers: Vec<(String, String)> = response
@@ -318,6 +412,17 @@ async fn attempt(state: &AppState, http: &reqwest::Client, device: &DeviceRow) -
         Ok(ProviderOutcome::Failed(why)) => Attempt::Failed(why),
         Err(e) => retry(e.to_string()),
     }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 async fn read_capped(mut response: reqwest::Response) -> Vec<u8> {

@@ -386,7 +386,8 @@ macro_rules! e2e {
 }
 
 /// A real HTTP server on loopback standing in for a push provider (FCM, APNs, WNS, a
-/// webhook endpoint): it records every request and answers from a script.
+/// webhook endpoint): it records every request and answers from a script. Plain HTTP, or
+/// TLS with HTTP/2 only and a client certificate required, as APNs is.
 pub mod provider {
     use std::collections::VecDeque;
     use std::sync::{Arc, Mutex};
@@ -401,6 +402,10 @@ pub mod provider {
         pub headers: Vec<(String, String)>,
         pub body: Vec<u8>,
         pub at: Instant,
+        /// `HTTP/1.1`, `HTTP/2.0`.
+        pub version: String,
+        /// DER of the certificate the client presented (TLS providers).
+        pub client_certificate: Option<Vec<u8>>,
     }
 
     impl Received {
@@ -420,48 +425,65 @@ pub mod provider {
     struct Inner {
         received: Vec<Received>,
         script: VecDeque<Answer>,
+        /// TLS handshakes that failed (no client certificate, an unknown one).
+        refused: usize,
+    }
+
+    /// A TLS provider's own certificate and key, and the CA its clients' certificates
+    /// must chain to. PEM.
+    pub struct Tls {
+        pub cert: String,
+        pub key: String,
+        pub client_ca: String,
     }
 
     pub struct Provider {
-        /// `http://127.0.0.1:PORT`.
+        /// `http://127.0.0.1:PORT` (`https://` for TLS).
         pub base: String,
         inner: Arc<Mutex<Inner>>,
         task: tokio::task::JoinHandle<()>,
     }
 
+    /// The recording handler; `client_certificate` is the connection's.
+    fn app(shared: Arc<Mutex<Inner>>, client_certificate: Option<Vec<u8>>) -> axum::Router {
+        axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let shared = shared.clone();
+            let client_certificate = client_certificate.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default().to_vec();
+                let received = Received {
+                    method: parts.method.to_string(),
+                    uri: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+                    headers: parts
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+                        .collect(),
+                    body,
+                    at: Instant::now(),
+                    version: format!("{:?}", parts.version),
+                    client_certificate,
+                };
+                let (status, headers, body) = {
+                    let mut i = shared.lock().unwrap();
+                    i.received.push(received);
+                    i.script.pop_front().unwrap_or((200, vec![], ""))
+                };
+                let mut r = axum::response::Response::builder().status(status);
+                for (k, v) in headers {
+                    r = r.header(k, v);
+                }
+                r.body(axum::body::Body::from(body)).unwrap()
+            }
+        })
+    }
+
     impl Provider {
         /// Start a provider that answers `script` in order, then 200 with an empty body.
         pub async fn start(script: Vec<Answer>) -> Provider {
-            let inner = Arc::new(Mutex::new(Inner { received: vec![], script: script.into() }));
-            let shared = inner.clone();
-            let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-                let shared = shared.clone();
-                async move {
-                    let (parts, body) = req.into_parts();
-                    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default().to_vec();
-                    let received = Received {
-                        method: parts.method.to_string(),
-                        uri: parts.uri.to_string(),
-                        headers: parts
-                            .headers
-                            .iter()
-                            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
-                            .collect(),
-                        body,
-                        at: Instant::now(),
-                    };
-                    let (status, headers, body) = {
-                        let mut i = shared.lock().unwrap();
-                        i.received.push(received);
-                        i.script.pop_front().unwrap_or((200, vec![], ""))
-                    };
-                    let mut r = axum::response::Response::builder().status(status);
-                    for (k, v) in headers {
-                        r = r.header(k, v);
-                    }
-                    r.body(axum::body::Body::from(body)).unwrap()
-                }
-            });
+            let inner = Arc::new(Mutex::new(Inner { script: script.into(), ..Default::default() }));
+            let app = app(inner.clone(), None);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let base = format!("http://{}", listener.local_addr().unwrap());
             let task = tokio::spawn(async move {
@@ -470,8 +492,64 @@ pub mod provider {
             Provider { base, inner, task }
         }
 
+        /// As [`Provider::start`], over TLS: HTTP/2 only (ALPN `h2`), and a client
+        /// certificate issued by `tls.client_ca` is required.
+        pub async fn start_tls(script: Vec<Answer>, tls: Tls) -> Provider {
+            use rustls::pki_types::pem::PemObject;
+            use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+            let ring = Arc::new(rustls::crypto::ring::default_provider());
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(tls.client_ca.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), ring.clone())
+                .build()
+                .unwrap();
+            let certs: Vec<_> = CertificateDer::pem_slice_iter(tls.cert.as_bytes()).map(Result::unwrap).collect();
+            let key = PrivateKeyDer::from_pem_slice(tls.key.as_bytes()).unwrap();
+            let mut config = rustls::ServerConfig::builder_with_provider(ring)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(certs, key)
+                .unwrap();
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+
+            let inner = Arc::new(Mutex::new(Inner { script: script.into(), ..Default::default() }));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("https://{}", listener.local_addr().unwrap());
+            let shared = inner.clone();
+            let task = tokio::spawn(async move {
+                let mut connections = tokio::task::JoinSet::new();
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let (acceptor, shared) = (acceptor.clone(), shared.clone());
+                    connections.spawn(async move {
+                        let stream = match acceptor.accept(tcp).await {
+                            Ok(s) => s,
+                            Err(_) => {
+                                shared.lock().unwrap().refused += 1;
+                                return;
+                            }
+                        };
+                        let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
+                        let service = hyper_util::service::TowerToHyperService::new(app(shared, cert));
+                        let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+            Provider { base, inner, task }
+        }
+
         pub fn received(&self) -> Vec<Received> {
             self.inner.lock().unwrap().received.clone()
+        }
+
+        /// TLS handshakes refused so far.
+        pub fn refused(&self) -> usize {
+            self.inner.lock().unwrap().refused
         }
 
         /// Wait (bounded, 15 s) until at least `n` requests arrived; returns them all.

@@ -5,7 +5,7 @@
 //! requests, grants, retry with backoff, invalid tokens, and that operations stay
 //! PENDING until the device polls.
 
-use drover_tests::provider::Provider;
+use drover_tests::provider::{Provider, Tls};
 use drover_tests::{TestServer, components, e2e, unique};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -326,6 +326,160 @@ async fn apns_wns_and_webhook_requests(server: &TestServer) {
     until_wakeup(server, &format!("testbed/{id}"), "sent").await;
 }
 e2e!(transports, super::apns_wns_and_webhook_requests);
+
+/// A certificate authority in a temporary directory, and certificates it issues (EC P-256),
+/// made by the openssl command-line tool.
+struct Pki(tempfile::TempDir);
+
+impl Pki {
+    fn new() -> Pki {
+        let pki = Pki(tempfile::tempdir().unwrap());
+        pki.openssl(
+            &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+                .into_iter()
+                .chain(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=Drover test CA"])
+                .collect::<Vec<_>>(),
+        );
+        pki
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = std::process::Command::new("openssl").args(args).current_dir(self.0.path()).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.0.path().join(file)).unwrap()
+    }
+
+    fn ca(&self) -> String {
+        self.read("ca.pem")
+    }
+
+    /// A certificate for `subject` with `extensions` (openssl's extension file syntax);
+    /// returns (certificate, private key), PEM.
+    fn issue(&self, name: &str, subject: &str, extensions: &str) -> (String, String) {
+        let (key, csr, cert, ext) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
+        std::fs::write(self.0.path().join(&ext), extensions).unwrap();
+        self.openssl(
+            &["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+                .into_iter()
+                .chain(["-keyout", &key, "-out", &csr, "-subj", subject])
+                .collect::<Vec<_>>(),
+        );
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &cert,
+            "-extfile",
+            &ext,
+        ]);
+        (self.read(&cert), self.read(&key))
+    }
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
+}
+
+/// APNs takes an MDM push only over HTTP/2 from a client presenting the MDM push
+/// certificate. The provider here is the same: TLS, ALPN `h2` only, a client certificate
+/// required. Without the identity the handshake is refused and the wake-up retried; once an
+/// admin sets it, the retry presents it. The API never shows the key.
+async fn apns_presents_the_push_certificate(server: &TestServer) {
+    let pki = Pki::new();
+    let (provider_cert, provider_key) =
+        pki.issue("provider", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
+    let (push_cert, push_key) =
+        pki.issue("push", "/UID=com.apple.mgmt.External.2b6d1f0e/CN=APSP:2b6d1f0e", "extendedKeyUsage=clientAuth\n");
+    let apns = Provider::start_tls(
+        vec![],
+        Tls { cert: provider_cert.clone(), key: provider_key.clone(), client_ca: pki.ca() },
+    )
+    .await;
+    let mut body = json!({
+        "config": {"auth_token": "eyJhbGciOiJFUzI1NiJ9.test"},
+        "granted_hosts": ["api.push.apple.com"],
+        "redirects": {"api.push.apple.com": apns.base},
+        "trusted_ca": pki.ca(),
+    });
+    let r = settings(server, "apns", body.clone()).await;
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let token = "apns:3q2+7wABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhs=|PushMagic=4E5B8F1A-0C1D-4B4F-9C3A-6B1F5D2E7A90|Topic=com.apple.mgmt.External.2b6d1f0e";
+    let id = testbed_device(server, token).await;
+    add(server, "testbed", &id, "ECHO").await;
+
+    // No client certificate: the provider refuses the handshake; the wake-up waits to retry.
+    let d = until_wakeup(server, &format!("testbed/{id}"), "scheduled").await;
+    for _ in 0..300 {
+        if apns.refused() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(apns.refused() > 0 && apns.received().is_empty(), "{d}");
+
+    body["client_identity"] = json!(format!("{push_cert}{push_key}"));
+    let r = settings(server, "apns", body.clone()).await;
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let r = &apns.wait_for(1).await[0];
+    assert_eq!(r.version, "HTTP/2.0");
+    assert_eq!(r.client_certificate.as_deref(), Some(der(&push_cert).as_slice()));
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.uri, "/3/device/deadbeef000102030405060708090a0b0c0d0e0f101112131415161718191a1b");
+    assert_eq!(r.header("apns-push-type"), Some("mdm"));
+    assert_eq!(r.header("apns-topic"), Some("com.apple.mgmt.External.2b6d1f0e"));
+    assert_eq!(r.json(), json!({"mdm": "4E5B8F1A-0C1D-4B4F-9C3A-6B1F5D2E7A90"}));
+    until_wakeup(server, &format!("testbed/{id}"), "sent").await;
+
+    // The API shows the certificate, never the key, and `***` for a secret config value;
+    // writing back what it shows keeps both.
+    let shown = get(server, "/api/v1/plugins/apns/settings").await;
+    assert_eq!(shown["config"]["auth_token"], "***");
+    let identity = shown["client_identity"].as_str().unwrap();
+    assert!(identity.contains("BEGIN CERTIFICATE") && !identity.contains("PRIVATE KEY"), "{identity}");
+    assert_eq!(der(identity), der(&push_cert));
+    let r = settings(server, "apns", shown.clone()).await;
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let id = testbed_device(server, token).await;
+    add(server, "testbed", &id, "ECHO").await;
+    let r = &apns.wait_for(2).await[1];
+    assert_eq!(r.client_certificate.as_deref(), Some(der(&push_cert).as_slice()));
+    assert_eq!(r.header("authorization"), Some("bearer eyJhbGciOiJFUzI1NiJ9.test"));
+
+    // Bad input names the setting, and nothing changes.
+    let mut wrong = body.clone();
+    wrong["client_identity"] = json!(format!("{push_cert}{provider_key}"));
+    let r = settings(server, "apns", wrong).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let e = r.text().await.unwrap();
+    assert!(e.contains("client_identity"), "{e}");
+    // A certificate without its key (not the one stored, whose key would be kept).
+    let mut wrong = body.clone();
+    wrong["client_identity"] = json!(provider_cert);
+    let e = settings(server, "apns", wrong).await.text().await.unwrap();
+    assert!(e.contains("client_identity") && e.contains("private key"), "{e}");
+    let mut wrong = body.clone();
+    wrong["trusted_ca"] = json!("not a certificate");
+    let r = settings(server, "apns", wrong).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("trusted_ca"));
+    assert_eq!(get(server, "/api/v1/plugins/apns/settings").await, shown);
+}
+e2e!(apns_client_identity, super::apns_presents_the_push_certificate);
 
 /// Settings and scheduled wake-ups survive a restart: a wake-up due while the server was
 /// down goes out when it is back.

@@ -1004,7 +1004,7 @@ async fn get_plugin_settings(
 ) -> Result<Json<crate::wakeup::PluginSettings>, ApiError> {
     admin.require(Role::Viewer)?;
     loaded_plugin(&state, &name)?;
-    let mut s = state.settings.get(&name);
+    let mut s = state.settings.get(&name).shown();
     for (k, v) in s.config.iter_mut() {
         if secret_key(k) {
             *v = "***".into();
@@ -1015,7 +1015,10 @@ async fn get_plugin_settings(
 
 /// Replace what an admin sets for a plugin: config values (live: the next call sees
 /// them), the hosts a transport may send to (each within its manifest's
-/// `outbound_hosts`), and redirects of provider hosts to other base URLs.
+/// `outbound_hosts`), redirects of provider hosts to other base URLs, and the TLS client
+/// identity and extra certificate authorities of its provider requests. What GET shows in
+/// place of a secret (`***`, a client identity's certificates without its key) keeps the
+/// stored secret, so a read-modify-write changes only what it changes.
 #[utoipa::path(put, path = "/api/v1/plugins/{name}/settings", tag = "admin", params(("name" = String, Path)),
     request_body = crate::wakeup::PluginSettings,
     responses((status = 200, body = crate::wakeup::PluginSettings), Errors))]
@@ -1023,10 +1026,25 @@ async fn put_plugin_settings(
     State(state): State<AppState>,
     admin: Admin,
     Path(name): Path<String>,
-    ApiJson(settings): ApiJson<crate::wakeup::PluginSettings>,
+    ApiJson(mut settings): ApiJson<crate::wakeup::PluginSettings>,
 ) -> Result<Json<crate::wakeup::PluginSettings>, ApiError> {
     admin.require(Role::Admin)?;
     let plugin = loaded_plugin(&state, &name)?;
+    let stored = state.settings.get(&name);
+    for (k, v) in settings.config.iter_mut() {
+        if v == "***"
+            && secret_key(k)
+            && let Some(kept) = stored.config.get(k)
+        {
+            v.clone_from(kept);
+        }
+    }
+    if let (Some(given), Some(kept)) = (&settings.client_identity, &stored.client_identity)
+        && crate::wakeup::certificates(kept) == *given
+    {
+        settings.client_identity = Some(kept.clone());
+    }
+    crate::wakeup::provider_client(&settings).map_err(|e| ApiError::bad_request("invalid", e))?;
     let declared = &plugin.manifest.outbound_hosts;
     for h in &settings.granted_hosts {
         if !crate::plugins::transport::grant_within(declared, h) {
@@ -1059,6 +1077,8 @@ async fn put_plugin_settings(
             config: serde_json::to_string(&settings.config).unwrap_or_default(),
             granted_hosts: serde_json::to_string(&settings.granted_hosts).unwrap_or_default(),
             redirects: serde_json::to_string(&settings.redirects).unwrap_or_default(),
+            client_identity: settings.client_identity.clone(),
+            trusted_ca: settings.trusted_ca.clone(),
             updated_at: crate::store::now_ms(),
         })
         .await?;

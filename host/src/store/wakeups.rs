@@ -35,6 +35,10 @@ pub struct SettingsRow {
     pub config: String,
     pub granted_hosts: String,
     pub redirects: String,
+    /// PEM: certificate chain and private key (never shown to the plugin).
+    pub client_identity: Option<String>,
+    /// PEM: certificate authorities trusted besides the public roots.
+    pub trusted_ca: Option<String>,
     pub updated_at: i64,
 }
 
@@ -144,7 +148,8 @@ impl Store {
     pub async fn plugin_settings(&self) -> Result<Vec<SettingsRow>, StoreError> {
         with_pool!(self, pool => {
             Ok(sqlx::query_as::<_, SettingsRow>(
-                "SELECT plugin, config, granted_hosts, redirects, updated_at FROM plugin_settings ORDER BY plugin")
+                "SELECT plugin, config, granted_hosts, redirects, client_identity, trusted_ca, updated_at
+                 FROM plugin_settings ORDER BY plugin")
                 .fetch_all(pool).await?)
         })
     }
@@ -152,10 +157,13 @@ impl Store {
     pub async fn put_plugin_settings(&self, row: &SettingsRow) -> Result<(), StoreError> {
         with_write_pool!(self, pool => {
             sqlx::query(
-                "INSERT INTO plugin_settings (plugin, config, granted_hosts, redirects, updated_at) VALUES ($1, $2, $3, $4, $5)
+                "INSERT INTO plugin_settings (plugin, config, granted_hosts, redirects, client_identity, trusted_ca, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (plugin) DO UPDATE SET config = excluded.config, granted_hosts = excluded.granted_hosts,
-                     redirects = excluded.redirects, updated_at = excluded.updated_at")
-                .bind(&row.plugin).bind(&row.config).bind(&row.granted_hosts).bind(&row.redirects).bind(row.updated_at)
+                     redirects = excluded.redirects, client_identity = excluded.client_identity,
+                     trusted_ca = excluded.trusted_ca, updated_at = excluded.updated_at")
+                .bind(&row.plugin).bind(&row.config).bind(&row.granted_hosts).bind(&row.redirects)
+                .bind(&row.client_identity).bind(&row.trusted_ca).bind(row.updated_at)
                 .execute(pool).await?;
         });
         Ok(())

@@ -9,7 +9,8 @@
 //! Admin settings: `environment` (`production`, the default, or `sandbox`), `topic` (used
 //! when the device's token carries none), `auth_token` (a provider JWT; only for
 //! token-based authentication, which Apple does not accept for MDM topics: those need
-//! the MDM push certificate as the TLS client identity).
+//! the MDM push certificate as the TLS client identity, which the host presents from the
+//! admin's `client_identity` setting; this plugin never sees it).
 //!
 //! Reference: "Sending notification requests to APNs" and "Handling notification
 //! responses from APNs" (developer.apple.com), and the MDM protocol's push section.
