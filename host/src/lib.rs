@@ -10,6 +10,7 @@ pub mod coap;
 pub mod config;
 pub mod metrics;
 pub mod mqtt;
+pub mod oauth;
 pub mod ops;
 pub mod plugins;
 pub mod server;

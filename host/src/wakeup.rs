@@ -9,6 +9,7 @@
 //! host forgets the token until the device reports a new one) or failed. Operations stay
 //! PENDING throughout: a wake-up only makes the device poll. See docs/delivery.md.
 
+use crate::oauth::{OAuth, Tokens};
 use crate::plugins::bindings::transport::drover::plugin::transport_types::{
     ProviderOutcome, PushMessage as WakeMessage,
 };
@@ -63,6 +64,10 @@ pub struct PluginSettings {
     /// are verified against besides the public roots: a gateway or sandbox with a private CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trusted_ca: Option<String>,
+    /// What the host obtains access tokens with, renewing them as they expire; the plugin
+    /// reads the current one as config value `access_token` (`oauth.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<OAuth>,
 }
 
 impl PluginSettings {
@@ -73,12 +78,14 @@ impl PluginSettings {
             redirects: serde_json::from_str(&row.redirects).unwrap_or_default(),
             client_identity: row.client_identity.clone(),
             trusted_ca: row.trusted_ca.clone(),
+            oauth: row.oauth.as_deref().and_then(|o| serde_json::from_str(o).ok()),
         }
     }
 
-    /// These settings with a client identity's private key left out.
+    /// These settings with private keys and secrets left out.
     pub fn shown(mut self) -> PluginSettings {
         self.client_identity = self.client_identity.as_deref().map(certificates);
+        self.oauth = self.oauth.map(OAuth::shown);
         self
     }
 }
@@ -195,7 +202,7 @@ pub async fn run(state: AppState, wakeup: WakeUp) {
         Err(e) => tracing::warn!("scheduling wake-ups at start failed: {e}"),
     }
     let http = match provider_client(&PluginSettings::default()) {
-        Ok(c) => Http { default: c, own: Arc::new(Clients::default()) },
+        Ok(c) => Http { default: c, own: Arc::new(Clients::default()), tokens: Arc::new(Tokens::default()) },
         Err(e) => {
             tracing::error!("wake-up is off: cannot build the HTTP client: {e}");
             return;
@@ -266,6 +273,7 @@ enum Attempt {
 struct Http {
     default: reqwest::Client,
     own: Arc<Clients>,
+    tokens: Arc<Tokens>,
 }
 
 /// One attempt for one device, recorded. True when it is to be retried.
@@ -361,6 +369,23 @@ async fn attempt(state: &AppState, http: &Http, device: &DeviceRow) -> Attempt {
         token,
         payload: None,
     };
+    let name = &transport.manifest.name;
+    let settings = state.settings.get(name);
+    let client = match http.own.get(&http.default, name, &settings) {
+        Ok(c) => c,
+        Err(e) => return retry(format!("plugin {name} settings: {e}")),
+    };
+    // A token the host obtains goes into the plugin's config before it builds the request.
+    if let Some(oauth) = &settings.oauth {
+        match http.tokens.get(&client, name, oauth).await {
+            Ok(token) => {
+                let mut config = settings.config.clone();
+                config.insert("access_token".into(), token);
+                state.registry.runtime().set_config(name, config);
+            }
+            Err(e) => return retry(format!("plugin {name}: no access token: {e}")),
+        }
+    }
     let request = match transport.build_request(message).await {
         Ok(r) => r,
         // Usually a setting the admin has not made yet: retried, so fixing it is enough.
@@ -369,7 +394,6 @@ async fn attempt(state: &AppState, http: &Http, device: &DeviceRow) -> Attempt {
         }
         Err(e) => return retry(e.to_string()),
     };
-    let settings = state.settings.get(&transport.manifest.name);
     let url = match allowed_url(&transport, &settings, &request.url) {
         Ok(u) => u,
         Err(e) => return retry(e),
@@ -382,10 +406,6 @@ async fn attempt(state: &AppState, http: &Http, device: &DeviceRow) -> Attempt {
         HttpMethod::Patch => reqwest::Method::PATCH,
         HttpMethod::Delete => reqwest::Method::DELETE,
     };
-    let client = match http.own.get(&http.default, &transport.manifest.name, &settings) {
-        Ok(c) => c,
-        Err(e) => return retry(format!("plugin {} settings: {e}", transport.manifest.name)),
-    };
     let mut builder = client.request(method, url.clone());
     for (k, v) in &request.headers {
         builder = builder.header(k.as_str(), v.as_str());
@@ -396,6 +416,10 @@ async fn attempt(state: &AppState, http: &Http, device: &DeviceRow) -> Attempt {
         Err(e) => return retry(format!("{url}: {}", error_chain(&e))),
     };
     let status = response.status().as_u16();
+    if status == 401 && settings.oauth.is_some() {
+        // Revoked or expired early: the retry gets a new token.
+        http.tokens.forget(name).await;
+    }
     let headers: Vec<(String, String)> = response
         .headers()
         .iter()
@@ -414,7 +438,8 @@ async fn attempt(state: &AppState, http: &Http, device: &DeviceRow) -> Attempt {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its causes, `: `-separated (reqwest's own message omits the cause).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

@@ -481,6 +481,166 @@ async fn apns_presents_the_push_certificate(server: &TestServer) {
 }
 e2e!(apns_client_identity, super::apns_presents_the_push_certificate);
 
+/// The `application/x-www-form-urlencoded` body of a request, as pairs.
+fn form(r: &drover_tests::provider::Received) -> std::collections::BTreeMap<String, String> {
+    let body = String::from_utf8(r.body.clone()).unwrap();
+    reqwest::Url::parse(&format!("http://form/?{body}")).unwrap().query_pairs().into_owned().collect()
+}
+
+/// FCM access tokens live an hour: the host mints them from a Google service account key
+/// (an RS256 assertion, RFC 7523), keeps them, and mints a new one when FCM answers 401.
+/// WNS's come from OAuth client credentials. The plugin reads the token as config
+/// `access_token`; the API never shows the key or the secret.
+async fn provider_tokens_are_minted_and_renewed(server: &TestServer) {
+    let keys = tempfile::tempdir().unwrap();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(keys.path()).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key"]);
+    openssl(&["pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
+    let private_key = std::fs::read_to_string(keys.path().join("sa.key")).unwrap();
+
+    let token_endpoint = Provider::start(vec![
+        (
+            200,
+            vec![("content-type", "application/json")],
+            r#"{"access_token":"ya29.first","expires_in":3599,"token_type":"Bearer"}"#,
+        ),
+        (
+            200,
+            vec![("content-type", "application/json")],
+            r#"{"access_token":"ya29.second","expires_in":3599,"token_type":"Bearer"}"#,
+        ),
+    ])
+    .await;
+    // FCM refuses the first token (revoked early): the host drops it and mints another.
+    let fcm = Provider::start(vec![(401, vec![], r#"{"error":{"code":401,"status":"UNAUTHENTICATED"}}"#)]).await;
+    let token_uri = format!("{}/token", token_endpoint.base);
+    let service_account = json!({
+        "type": "service_account",
+        "project_id": "drover-test",
+        "private_key_id": "3f1c0de5",
+        "private_key": private_key,
+        "client_email": "drover-push@drover-test.iam.gserviceaccount.com",
+        "client_id": "104729384756",
+        "token_uri": token_uri,
+    });
+    let body = json!({
+        "config": {"project_id": "drover-test"},
+        "granted_hosts": ["fcm.googleapis.com"],
+        "redirects": {"fcm.googleapis.com": fcm.base},
+        "oauth": {"service_account": service_account, "scope": "https://www.googleapis.com/auth/firebase.messaging"},
+    });
+    let r = settings(server, "fcm", body.clone()).await;
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+
+    let id = unique("oauth");
+    enroll_android(server, &id, "tok-oauth").await;
+    add(server, "android", &id, "DEVICE_RING").await;
+    let sent = fcm.wait_for(2).await;
+    assert_eq!(sent[0].header("authorization"), Some("Bearer ya29.first"));
+    assert_eq!(sent[1].header("authorization"), Some("Bearer ya29.second"));
+    until_wakeup(server, &format!("android/{id}"), "sent").await;
+
+    // The exchange: a JWT bearer grant whose assertion openssl verifies with the public key.
+    let exchanges = token_endpoint.received();
+    assert_eq!(exchanges.len(), 2);
+    assert_eq!(exchanges[0].uri, "/token");
+    assert_eq!(exchanges[0].header("content-type"), Some("application/x-www-form-urlencoded"));
+    let f = form(&exchanges[0]);
+    assert_eq!(f["grant_type"], "urn:ietf:params:oauth:grant-type:jwt-bearer");
+    let parts: Vec<&str> = f["assertion"].split('.').collect();
+    assert_eq!(parts.len(), 3);
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header: Value = serde_json::from_slice(&b64.decode(parts[0]).unwrap()).unwrap();
+    assert_eq!(header, json!({"typ": "JWT", "alg": "RS256", "kid": "3f1c0de5"}));
+    let claims: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    assert_eq!(claims["iss"], "drover-push@drover-test.iam.gserviceaccount.com");
+    assert_eq!(claims["scope"], "https://www.googleapis.com/auth/firebase.messaging");
+    assert_eq!(claims["aud"], token_uri);
+    assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 3600);
+    std::fs::write(keys.path().join("signed"), format!("{}.{}", parts[0], parts[1])).unwrap();
+    std::fs::write(keys.path().join("sig"), b64.decode(parts[2]).unwrap()).unwrap();
+    let verified = openssl(&["dgst", "-sha256", "-verify", "sa.pub", "-signature", "sig", "signed"]);
+    assert!(verified.contains("Verified OK"), "{verified}");
+
+    // The token is kept: another wake-up makes no exchange. Writing back what GET shows
+    // (the key as `***`) keeps the key, and the token with it.
+    let shown = get(server, "/api/v1/plugins/fcm/settings").await;
+    assert_eq!(shown["oauth"]["service_account"]["private_key"], "***");
+    assert_eq!(shown["oauth"]["service_account"]["client_email"], service_account["client_email"]);
+    let r = settings(server, "fcm", shown.clone()).await;
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let id = unique("oauth");
+    enroll_android(server, &id, "tok-oauth-2").await;
+    add(server, "android", &id, "DEVICE_RING").await;
+    assert_eq!(fcm.wait_for(3).await[2].header("authorization"), Some("Bearer ya29.second"));
+    assert_eq!(token_endpoint.received().len(), 2);
+
+    // Bad input names the problem, and nothing changes.
+    let mut wrong = body.clone();
+    wrong["oauth"]["service_account"]["private_key"] =
+        json!("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n");
+    let r = settings(server, "fcm", wrong).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let e = r.text().await.unwrap();
+    assert!(e.contains("oauth.service_account.private_key"), "{e}");
+    let mut wrong = body.clone();
+    wrong["oauth"]["client_id"] = json!("also-this");
+    let e = settings(server, "fcm", wrong).await.text().await.unwrap();
+    assert!(e.contains("either `service_account`"), "{e}");
+    assert_eq!(get(server, "/api/v1/plugins/fcm/settings").await, shown);
+
+    // WNS: client credentials at the token endpoint, the token as the bearer.
+    let live = Provider::start(vec![(
+        200,
+        vec![("content-type", "application/json")],
+        r#"{"token_type":"bearer","access_token":"EgAcAQMAAAAALYAAY/c+Huwi3Fv4Ck10UrKNmtxRO6Njk2MgA=","expires_in":86400}"#,
+    )])
+    .await;
+    let wns = Provider::start(vec![(200, vec![("x-wns-status", "received")], "")]).await;
+    let r = settings(
+        server,
+        "wns",
+        json!({
+            "granted_hosts": ["*.notify.windows.com"],
+            "redirects": {"db5p.notify.windows.com": wns.base},
+            "oauth": {
+                "token_url": format!("{}/accesstoken.srf", live.base),
+                "client_id": "ms-app://s-1-15-2-2972962901-2322836549",
+                "client_secret": "Vex8L9WOFZuj95euaLrvSH7XyoDhLJc7",
+                "scope": "notify.windows.com",
+            },
+        }),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    assert_eq!(get(server, "/api/v1/plugins/wns/settings").await["oauth"]["client_secret"], "***");
+    let id = testbed_device(server, "wns:https://db5p.notify.windows.com/?token=AwYAAABvX2bZ").await;
+    add(server, "testbed", &id, "ECHO").await;
+    let push = &wns.wait_for(1).await[0];
+    assert_eq!(push.header("authorization"), Some("Bearer EgAcAQMAAAAALYAAY/c+Huwi3Fv4Ck10UrKNmtxRO6Njk2MgA="));
+    let exchange = &live.received()[0];
+    assert_eq!(exchange.uri, "/accesstoken.srf");
+    assert_eq!(
+        form(exchange),
+        [
+            ("client_id", "ms-app://s-1-15-2-2972962901-2322836549"),
+            ("client_secret", "Vex8L9WOFZuj95euaLrvSH7XyoDhLJc7"),
+            ("grant_type", "client_credentials"),
+            ("scope", "notify.windows.com"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    );
+    until_wakeup(server, &format!("testbed/{id}"), "sent").await;
+}
+e2e!(provider_tokens, super::provider_tokens_are_minted_and_renewed);
+
 /// Settings and scheduled wake-ups survive a restart: a wake-up due while the server was
 /// down goes out when it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

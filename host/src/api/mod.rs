@@ -1044,6 +1044,12 @@ async fn put_plugin_settings(
     {
         settings.client_identity = Some(kept.clone());
     }
+    if let (Some(given), Some(kept)) = (settings.oauth.as_mut(), &stored.oauth) {
+        given.keep_secrets(kept);
+    }
+    if let Some(oauth) = &settings.oauth {
+        oauth.check().map_err(|e| ApiError::bad_request("invalid", e))?;
+    }
     crate::wakeup::provider_client(&settings).map_err(|e| ApiError::bad_request("invalid", e))?;
     let declared = &plugin.manifest.outbound_hosts;
     for h in &settings.granted_hosts {
@@ -1079,6 +1085,7 @@ async fn put_plugin_settings(
             redirects: serde_json::to_string(&settings.redirects).unwrap_or_default(),
             client_identity: settings.client_identity.clone(),
             trusted_ca: settings.trusted_ca.clone(),
+            oauth: settings.oauth.as_ref().and_then(|o| serde_json::to_string(o).ok()),
             updated_at: crate::store::now_ms(),
         })
         .await?;

@@ -39,6 +39,8 @@ pub struct SettingsRow {
     pub client_identity: Option<String>,
     /// PEM: certificate authorities trusted besides the public roots.
     pub trusted_ca: Option<String>,
+    /// JSON: how the host obtains access tokens (`oauth.rs`).
+    pub oauth: Option<String>,
     pub updated_at: i64,
 }
 
@@ -148,7 +150,7 @@ impl Store {
     pub async fn plugin_settings(&self) -> Result<Vec<SettingsRow>, StoreError> {
         with_pool!(self, pool => {
             Ok(sqlx::query_as::<_, SettingsRow>(
-                "SELECT plugin, config, granted_hosts, redirects, client_identity, trusted_ca, updated_at
+                "SELECT plugin, config, granted_hosts, redirects, client_identity, trusted_ca, oauth, updated_at
                  FROM plugin_settings ORDER BY plugin")
                 .fetch_all(pool).await?)
         })
@@ -157,13 +159,14 @@ impl Store {
     pub async fn put_plugin_settings(&self, row: &SettingsRow) -> Result<(), StoreError> {
         with_write_pool!(self, pool => {
             sqlx::query(
-                "INSERT INTO plugin_settings (plugin, config, granted_hosts, redirects, client_identity, trusted_ca, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                "INSERT INTO plugin_settings
+                     (plugin, config, granted_hosts, redirects, client_identity, trusted_ca, oauth, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (plugin) DO UPDATE SET config = excluded.config, granted_hosts = excluded.granted_hosts,
                      redirects = excluded.redirects, client_identity = excluded.client_identity,
-                     trusted_ca = excluded.trusted_ca, updated_at = excluded.updated_at")
+                     trusted_ca = excluded.trusted_ca, oauth = excluded.oauth, updated_at = excluded.updated_at")
                 .bind(&row.plugin).bind(&row.config).bind(&row.granted_hosts).bind(&row.redirects)
-                .bind(&row.client_identity).bind(&row.trusted_ca).bind(row.updated_at)
+                .bind(&row.client_identity).bind(&row.trusted_ca).bind(&row.oauth).bind(row.updated_at)
                 .execute(pool).await?;
         });
         Ok(())

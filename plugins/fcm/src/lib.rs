@@ -3,8 +3,9 @@
 //! A wake-up is a high-priority *data* message (no notification is shown; the agent's
 //! messaging service receives it and calls in). Admin settings (plugin config):
 //! `project_id` (the Firebase project) and `access_token` (an OAuth 2.0 token for the
-//! `firebase.messaging` scope, e.g. from `gcloud auth print-access-token` or a workload
-//! identity sidecar that refreshes it).
+//! `firebase.messaging` scope). The host keeps `access_token` fresh when an admin gives it
+//! the project's service account key (`oauth` in the plugin settings, host/src/oauth.rs);
+//! otherwise it is whatever an admin or a sidecar last set.
 //!
 //! Reference: <https://firebase.google.com/docs/reference/fcm/rest/v1/projects.messages/send>
 //! and the error codes at
