@@ -205,7 +205,7 @@ impl Coap {
         let (coap, state) = (self.clone(), state.clone());
         tokio::spawn(async move {
             let Ok(devices) = state.store.activity_queued_devices(activity).await else { return };
-            for device in devices {
+            for (device, ..) in devices {
                 let listening = {
                     let by_device = coap.inner.by_device.lock().unwrap_or_else(|p| p.into_inner());
                     let regs = coap.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());

@@ -305,6 +305,16 @@ impl Delivery {
                 return;
             }
         };
+        // Only the online ones are read further: an activity for a large fleet of which a
+        // few are connected costs one read per connected device, not per device.
+        let devices: Vec<i64> = {
+            let online = self.online.lock().unwrap_or_else(|p| p.into_inner());
+            devices
+                .into_iter()
+                .filter(|(_, t, i)| online.contains_key(&(t.clone(), i.clone())))
+                .map(|(k, ..)| k)
+                .collect()
+        };
         // Devices in parallel (each is a few queries and a plugin call), a bounded number
         // at once so one large activity does not starve device messages.
         let mut running = tokio::task::JoinSet::new();

@@ -339,12 +339,13 @@ impl Store {
         Ok(with_pool!(self, pool => sqlx::query_as(trusted(&sql)).bind(device).bind(limit).fetch_all(pool).await?))
     }
 
-    /// The devices (keys) for which an activity still has queued operations.
-    pub async fn activity_queued_devices(&self, activity: i64) -> Result<Vec<i64>, StoreError> {
-        let rows: Vec<(i64,)> = with_pool!(self, pool => sqlx::query_as(
-                "SELECT device FROM operations WHERE activity = $1 AND state IN ('PENDING', 'NOTNOW') ORDER BY device")
-            .bind(activity).fetch_all(pool).await?);
-        Ok(rows.into_iter().map(|(d,)| d).collect())
+    /// The devices for which an activity still has queued operations: key, type and id
+    /// (so a caller can tell which are reachable before reading anything more of them).
+    pub async fn activity_queued_devices(&self, activity: i64) -> Result<Vec<(i64, String, String)>, StoreError> {
+        Ok(with_pool!(self, pool => sqlx::query_as(
+                "SELECT o.device, d.device_type, d.device_id FROM operations o JOIN devices d ON d.id = o.device
+                 WHERE o.activity = $1 AND o.state IN ('PENDING', 'NOTNOW') ORDER BY o.device")
+            .bind(activity).fetch_all(pool).await?))
     }
 
     /// Expire live operations past their TTL: one device's, or everyone's (`None`).
