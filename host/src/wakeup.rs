@@ -382,6 +382,13 @@ async fn attempt(state: &AppState, http: &Http, device: &DeviceRow) -> Attempt {
                 let mut config = settings.config.clone();
                 config.insert("access_token".into(), token);
                 state.registry.runtime().set_config(name, config);
+                // An admin may have changed the settings during the exchange: then theirs
+                // stand (the API sets settings before config, so this sees the change).
+                let now = state.settings.get(name);
+                if now.oauth != settings.oauth || now.config != settings.config {
+                    state.registry.runtime().set_config(name, now.config);
+                    return retry(format!("plugin {name}: settings changed during the token exchange"));
+                }
             }
             Err(e) => return retry(format!("plugin {name}: no access token: {e}")),
         }

@@ -1089,8 +1089,11 @@ async fn put_plugin_settings(
             updated_at: crate::store::now_ms(),
         })
         .await?;
-    state.registry.runtime().set_config(&name, settings.config.clone());
+    // Settings first, then the plugin's config: a wake-up that minted a token under the
+    // old settings checks them again after putting it in (wakeup.rs).
+    let config = settings.config.clone();
     state.settings.set(&name, settings);
+    state.registry.runtime().set_config(&name, config);
     tracing::info!(plugin = %name, actor = %admin.name, "plugin settings changed");
     get_plugin_settings(State(state), admin, Path(name)).await
 }
