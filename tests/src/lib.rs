@@ -427,6 +427,8 @@ pub mod provider {
         script: VecDeque<Answer>,
         /// TLS handshakes that failed (no client certificate, an unknown one).
         refused: usize,
+        /// How long each answer waits after the request is recorded.
+        delay: Duration,
     }
 
     /// A TLS provider's own certificate and key, and the CA its clients' certificates
@@ -465,11 +467,13 @@ pub mod provider {
                     version: format!("{:?}", parts.version),
                     client_certificate,
                 };
-                let (status, headers, body) = {
+                let (status, headers, body, delay) = {
                     let mut i = shared.lock().unwrap();
                     i.received.push(received);
-                    i.script.pop_front().unwrap_or((200, vec![], ""))
+                    let (status, headers, body) = i.script.pop_front().unwrap_or((200, vec![], ""));
+                    (status, headers, body, i.delay)
                 };
+                tokio::time::sleep(delay).await;
                 let mut r = axum::response::Response::builder().status(status);
                 for (k, v) in headers {
                     r = r.header(k, v);
@@ -545,6 +549,11 @@ pub mod provider {
 
         pub fn received(&self) -> Vec<Received> {
             self.inner.lock().unwrap().received.clone()
+        }
+
+        /// From now on, answer each request `delay` after receiving it (a slow provider).
+        pub fn slow(&self, delay: Duration) {
+            self.inner.lock().unwrap().delay = delay;
         }
 
         /// TLS handshakes refused so far.

@@ -641,6 +641,40 @@ async fn provider_tokens_are_minted_and_renewed(server: &TestServer) {
 }
 e2e!(provider_tokens, super::provider_tokens_are_minted_and_renewed);
 
+/// An admin who replaces the settings while a token exchange is under way wins: the token
+/// minted under the old settings is not used, and does not stay in the plugin's config.
+async fn settings_changed_during_an_exchange_stand(server: &TestServer) {
+    let token_endpoint = Provider::start(vec![(
+        200,
+        vec![("content-type", "application/json")],
+        r#"{"access_token":"ya29.minted","expires_in":3599}"#,
+    )])
+    .await;
+    token_endpoint.slow(Duration::from_millis(1500));
+    let fcm = Provider::start(vec![]).await;
+    let mut body = json!({
+        "config": {"project_id": "drover-test"},
+        "granted_hosts": ["fcm.googleapis.com"],
+        "redirects": {"fcm.googleapis.com": fcm.base},
+        "oauth": {"token_url": format!("{}/token", token_endpoint.base), "client_id": "drover",
+                  "client_secret": "s3cret", "scope": "https://www.googleapis.com/auth/firebase.messaging"},
+    });
+    assert_eq!(settings(server, "fcm", body.clone()).await.status(), StatusCode::OK);
+    let id = unique("race");
+    enroll_android(server, &id, "tok-race").await;
+    add(server, "android", &id, "DEVICE_RING").await;
+    token_endpoint.wait_for(1).await;
+    // The exchange is under way: the admin switches to a token of their own.
+    body.as_object_mut().unwrap().remove("oauth");
+    body["config"]["access_token"] = json!("ya29.manual");
+    assert_eq!(settings(server, "fcm", body).await.status(), StatusCode::OK);
+    let sent = fcm.wait_for(1).await;
+    until_wakeup(server, &format!("android/{id}"), "sent").await;
+    assert_eq!(sent[0].header("authorization"), Some("Bearer ya29.manual"));
+    assert_eq!(fcm.received().len(), 1);
+}
+e2e!(settings_race, super::settings_changed_during_an_exchange_stand);
+
 /// Settings and scheduled wake-ups survive a restart: a wake-up due while the server was
 /// down goes out when it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
