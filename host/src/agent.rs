@@ -350,7 +350,14 @@ pub(crate) async fn receive_noting(
     channel: Channel,
     body: &[u8],
 ) -> Result<(crate::plugins::types::DeviceMessage, bool), ApiError> {
-    let message = plugin.decode(plugin_device(device), channel, body.to_vec()).await.map_err(|e| match e {
+    let kind = match &channel {
+        Channel::Http(_) => ChannelKind::Http,
+        Channel::Mqtt(_) => ChannelKind::Mqtt,
+        Channel::Coap(_) => ChannelKind::Coap,
+    };
+    let decoded = plugin.decode(plugin_device(device), channel, body.to_vec()).await;
+    state.stats.message(kind, matches!(decoded, Err(CallError::Rejected(_))));
+    let message = decoded.map_err(|e| match e {
         CallError::Rejected(p) => ApiError::bad_request("bad_device_message", p.message),
         other => other.into(),
     })?;
@@ -461,6 +468,7 @@ pub(crate) async fn encode_queued(
                     .filter(|id| queued.iter().any(|q| q.id == *id))
                     .collect();
                 state.store.mark_delivered(device.id, &delivered, actor).await?;
+                state.stats.sent(kind, delivered.len());
                 if let Some(s) = &encoded.session {
                     state.store.touch_device(device.id, &[], Some(s)).await?;
                 }

@@ -30,6 +30,8 @@ pub struct AppState {
     pub catalog: Arc<crate::plugins::catalog::Catalog>,
     /// CoAP for LwM2M devices (absent only in tests that build a state by hand).
     pub coap: Option<crate::coap::Coap>,
+    /// Delivery counts for `/metrics`.
+    pub stats: Arc<crate::metrics::DeliveryStats>,
 }
 
 /// Everything a running server holds.
@@ -122,6 +124,7 @@ impl Server {
             settings,
             catalog,
             coap: Some(coap),
+            stats: Arc::default(),
         };
         let housekeeping = Housekeeping {
             retention: Duration::from_secs(u64::from(config.retention_days) * 86_400),

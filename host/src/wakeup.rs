@@ -288,6 +288,16 @@ async fn send(state: &AppState, http: &Http, w: DueWakeup) -> bool {
     };
     let attempt = attempt(state, http, &device).await;
     let retrying = matches!(attempt, Attempt::Retry { .. });
+    let outcome = match &attempt {
+        Attempt::Moot(_) => None,
+        Attempt::Sent => Some("sent"),
+        Attempt::Retry { .. } => Some("retry"),
+        Attempt::InvalidToken(_) => Some("invalid_token"),
+        Attempt::Failed(_) => Some("failed"),
+    };
+    if let (Some(outcome), Some(token)) = (outcome, parse_token(&device)) {
+        state.stats.wakeup(&token.transport, outcome);
+    }
     let (id, ty) = (&device.device_id, &device.device_type);
     let now = crate::store::now_ms();
     let result = match attempt {

@@ -530,12 +530,23 @@ async fn keys_api(server: &TestServer) {
 e2e!(publisher_keys, super::keys_api);
 
 /// `/metrics`: per plugin version calls, faults, a call-duration histogram, serving and
-/// suspended, in OpenMetrics text; a viewer token is needed.
+/// suspended; delivery counts by channel; in OpenMetrics text; a viewer token is needed.
 async fn metrics(server: &TestServer) {
     let (id, token) = enroll(server).await;
     for _ in 0..3 {
         assert_eq!(poll(server, &id, &token).await.status(), StatusCode::OK);
     }
+    server.add_operation("android", &id, "DEVICE_RING", None).await;
+    assert_eq!(poll(server, &id, &token).await.status(), StatusCode::OK);
+    let malformed = server
+        .http
+        .put(server.url(&format!("/agent/v1/android/devices/{id}/pending-operations")))
+        .bearer_auth(&token)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
     let r = server.http.get(server.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let r = server.admin(Method::GET, "/metrics").send().await.unwrap();
@@ -562,6 +573,13 @@ async fn metrics(server: &TestServer) {
     assert_eq!(value(&format!("drover_plugin_serving{labels}")), 1.0);
     assert_eq!(value(&format!("drover_plugin_suspended{labels}")), 0.0);
     assert!(text.contains(r#"drover_plugin_calls_total{plugin="fcm",version="0.1.0"}"#), "{text}");
+    // Delivery: five polls, one of them malformed; one operation sent.
+    assert_eq!(value(r#"drover_device_messages_total{channel="http"}"#), 5.0);
+    assert_eq!(value(r#"drover_device_messages_refused_total{channel="http"}"#), 1.0);
+    assert_eq!(value(r#"drover_operations_sent_total{channel="http"}"#), 1.0);
+    assert_eq!(value(r#"drover_operations_sent_total{channel="mqtt"}"#), 0.0);
+    assert_eq!(value("drover_push_online_devices"), 0.0);
+    assert!(text.contains("# TYPE drover_wakeup_attempts counter"), "{text}");
     assert!(text.trim_end().ends_with("# EOF"), "OpenMetrics ends with # EOF");
 }
 e2e!(prometheus_metrics, super::metrics);

@@ -139,6 +139,14 @@ impl Device {
     }
 }
 
+/// One value from `/metrics`.
+async fn metric(server: &TestServer, name: &str) -> f64 {
+    let text = server.admin(reqwest::Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok()))
+        .unwrap_or_else(|| panic!("no `{name}` in:\n{text}"))
+}
+
 fn completed(op: &Value) -> Vec<u8> {
     json!([{"id": op["id"], "code": op["code"], "type": op["type"], "status": "COMPLETED", "operationResponse": "rang"}])
         .to_string()
@@ -420,11 +428,14 @@ async fn reachable_only_while_subscribed() {
     let (got, pushed) = dev.next_push().await;
     assert_eq!((got.as_str(), pushed[0]["id"].as_i64()), (topic, Some(op)));
     server.until_state(op, "IN_PROGRESS").await;
+    assert_eq!(metric(&server, "drover_push_online_devices").await, 1.0);
+    assert_eq!(metric(&server, r#"drover_operations_sent_total{channel="mqtt"}"#).await, 1.0);
 
     dev.unsubscribe(topic).await;
     let later = ring(&server, id).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(server.operation(later).await["state"], "PENDING", "pushed after the device unsubscribed");
+    assert_eq!(metric(&server, "drover_push_online_devices").await, 0.0);
     dev.subscribe(topic).await;
     // Coming back sends what is unanswered first, then the queue: the first operation again.
     let mut seen = Vec::new();

@@ -118,6 +118,11 @@ async fn fcm_wakes_an_android_device(server: &TestServer) {
     // Nothing is pending now: no second wake-up went out.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(provider.received().len(), 1);
+    let metrics = server.admin(Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l == r#"drover_wakeup_attempts_total{transport="fcm",outcome="sent"} 1"#),
+        "{metrics}"
+    );
 }
 e2e!(fcm_wake_up, super::fcm_wakes_an_android_device);
 

@@ -136,7 +136,7 @@ pub async fn run(state: AppState, endpoint: Endpoint, mut jobs: mpsc::UnboundedR
             Job::Presence(p) => {
                 let came = {
                     let mut online = d.online.lock().unwrap_or_else(|p| p.into_inner());
-                    match p {
+                    let came = match p {
                         Presence::Subscribed { device_type, device_id } => {
                             *online.entry((device_type.clone(), device_id.clone())).or_default() += 1;
                             Some((device_type, device_id))
@@ -159,7 +159,9 @@ pub async fn run(state: AppState, endpoint: Endpoint, mut jobs: mpsc::UnboundedR
                             online.remove(&(device_type, device_id));
                             None
                         }
-                    }
+                    };
+                    d.state.stats.online.store(online.len() as i64, std::sync::atomic::Ordering::Relaxed);
+                    came
                 };
                 if let Some((device_type, device_id)) = came {
                     tokio::spawn(async move { d.device_online(&device_type, &device_id).await });
@@ -226,6 +228,7 @@ async fn pump(d: Arc<Delivery>, mut eventloop: EventLoop, endpoint: Endpoint) {
                     // and announces itself again after reconnecting. Until then operations
                     // stay PENDING instead of being handed to a client that cannot send them.
                     d.online.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    d.state.stats.online.store(0, std::sync::atomic::Ordering::Relaxed);
                 } else {
                     tracing::debug!("MQTT delivery cannot reach the broker yet: {e}");
                 }
