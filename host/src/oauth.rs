@@ -25,8 +25,6 @@ use std::time::{Duration, Instant};
 const GOOGLE_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
 /// An assertion's lifetime (Google accepts at most one hour).
 const ASSERTION_SECS: u64 = 3600;
-/// Token endpoint answers are read up to this size.
-const MAX_ANSWER: usize = 64 << 10;
 
 /// How the host obtains access tokens for a plugin.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -219,8 +217,8 @@ async fn mint(http: &reqwest::Client, oauth: &OAuth) -> Result<(String, Duration
         .await
         .map_err(|e| format!("token endpoint {url}: {}", crate::wakeup::error_chain(&e)))?;
     let status = response.status();
-    let body = response.bytes().await.map_err(|e| format!("token endpoint {url}: {e}"))?;
-    let body = &body[..body.len().min(MAX_ANSWER)];
+    let body = crate::wakeup::read_capped(response).await;
+    let body = body.as_slice();
     if !status.is_success() {
         let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
         return Err(format!("token endpoint {url} answered HTTP {}: {text}", status.as_u16()));
@@ -230,6 +228,7 @@ async fn mint(http: &reqwest::Client, oauth: &OAuth) -> Result<(String, Duration
     if answer.access_token.is_empty() {
         return Err(format!("token endpoint {url} answered an empty access_token"));
     }
-    // No lifetime given: assume the shortest common one (an hour).
-    Ok((answer.access_token, Duration::from_secs(answer.expires_in.unwrap_or(3600).max(1))))
+    // No lifetime given: assume the shortest common one (an hour). Kept at most a day,
+    // whatever the endpoint says (a huge value must not overflow the renewal time).
+    Ok((answer.access_token, Duration::from_secs(answer.expires_in.unwrap_or(3600).clamp(1, 86_400))))
 }

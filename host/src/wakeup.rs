@@ -296,7 +296,10 @@ async fn send(state: &AppState, http: &Http, w: DueWakeup) -> bool {
         Attempt::Failed(_) => Some("failed"),
     };
     if let (Some(outcome), Some(token)) = (outcome, parse_token(&device)) {
-        state.stats.wakeup(&token.transport, outcome);
+        // The device names its transport: only a serving plugin's name becomes a label, so
+        // a device cannot grow the metric with names of its own.
+        let serving = state.registry.serving(&token.transport).is_some_and(|p| p.kind() == Kind::Transport);
+        state.stats.wakeup(if serving { &token.transport } else { "unknown" }, outcome);
     }
     let (id, ty) = (&device.device_id, &device.device_type);
     let now = crate::store::now_ms();
@@ -467,7 +470,8 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-async fn read_capped(mut response: reqwest::Response) -> Vec<u8> {
+/// A provider's (or token endpoint's) answer, up to [`MAX_ANSWER`] bytes.
+pub(crate) async fn read_capped(mut response: reqwest::Response) -> Vec<u8> {
     let mut body = Vec::new();
     while let Ok(Some(chunk)) = response.chunk().await {
         body.extend_from_slice(&chunk[..chunk.len().min(MAX_ANSWER - body.len())]);
