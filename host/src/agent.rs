@@ -34,7 +34,7 @@ pub const CREDENTIAL_DAYS: i64 = 90;
 const OLD_CREDENTIAL_GRACE_SECS: i64 = 300;
 
 /// `last_seen_at` is rewritten at most this often by messages that carry nothing else.
-const LAST_SEEN_RESOLUTION_MS: i64 = 30_000;
+pub(crate) const LAST_SEEN_RESOLUTION_MS: i64 = 30_000;
 
 /// At most this many operations go out in one answer, whatever the plugin allows.
 pub(crate) const MAX_BATCH: i64 = 100;

@@ -232,6 +232,21 @@ impl TestServer {
         self.config.database_url.clone()
     }
 
+    /// Run one statement on this server's database, as an operator at the console would:
+    /// for a state no API makes (a device last seen an hour ago).
+    pub async fn sql(&self, statement: &str) {
+        use sqlx::Connection;
+        let url = self.database_url();
+        let statement = sqlx::AssertSqlSafe(statement.to_string());
+        if url.starts_with("sqlite:") {
+            let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::query(statement).execute(&mut c).await.unwrap();
+        } else {
+            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::query(statement).execute(&mut c).await.unwrap();
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -126,6 +126,67 @@ async fn fcm_wakes_an_android_device(server: &TestServer) {
 }
 e2e!(fcm_wake_up, super::fcm_wakes_an_android_device);
 
+/// A device woken a moment ago that has not called in is not woken again for the next
+/// activity (it gets everything when it calls in); after it called in, the next activity
+/// wakes it at once.
+async fn one_push_per_call_in(server: &TestServer) {
+    let provider = Provider::start(vec![]).await;
+    fcm_settings(server, &provider).await;
+    let id = unique("once");
+    let token = enroll_android(server, &id, "tok-once").await;
+    // Last seen an hour ago: a phone asleep in a drawer.
+    server.sql(&format!("UPDATE devices SET last_seen_at = last_seen_at - 3600000 WHERE device_id = '{id}'")).await;
+    let first = add(server, "android", &id, "DEVICE_RING").await;
+    provider.wait_for(1).await;
+    let d = until_wakeup(server, &format!("android/{id}"), "sent").await;
+    let pushed_at = d["wake_up"]["last_attempt_at"].as_i64().unwrap();
+
+    let second = add(server, "android", &id, "DEVICE_LOCK").await;
+    let d = until_wakeup(server, &format!("android/{id}"), "deferred").await;
+    assert_eq!(d["wake_up"]["due_at"].as_i64(), Some(pushed_at + 60_000), "{d}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(provider.received().len(), 1, "woken twice before calling in");
+
+    // It calls in and gets both.
+    let r = server
+        .http
+        .put(server.url(&format!("/agent/v1/android/devices/{id}/pending-operations")))
+        .bearer_auth(&token)
+        .body("[]")
+        .send()
+        .await
+        .unwrap();
+    let ops: Value = r.json().await.unwrap();
+    let ids: Vec<i64> = ops.as_array().unwrap().iter().filter_map(|o| o["id"].as_i64()).collect();
+    assert_eq!(ids, vec![first, second]);
+
+    // Having called in, it is woken at once for the next one.
+    add(server, "android", &id, "DEVICE_MUTE").await;
+    provider.wait_for(2).await;
+    until_wakeup(server, &format!("android/{id}"), "sent").await;
+
+    // A device that does not call in (the push was lost) is woken again when its minute
+    // is up: here the minute is made to have passed.
+    let id = unique("lost");
+    enroll_android(server, &id, "tok-lost").await;
+    server.sql(&format!("UPDATE devices SET last_seen_at = last_seen_at - 3600000 WHERE device_id = '{id}'")).await;
+    add(server, "android", &id, "DEVICE_RING").await;
+    provider.wait_for(3).await;
+    until_wakeup(server, &format!("android/{id}"), "sent").await;
+    add(server, "android", &id, "DEVICE_LOCK").await;
+    until_wakeup(server, &format!("android/{id}"), "deferred").await;
+    server
+        .sql(&format!(
+            "UPDATE wakeups SET due_at = due_at - 60000, last_attempt_at = last_attempt_at - 60000
+             WHERE device = (SELECT id FROM devices WHERE device_id = '{id}')"
+        ))
+        .await;
+    let got = provider.wait_for(4).await;
+    assert_eq!(got[3].json()["message"]["token"], "tok-lost");
+    until_wakeup(server, &format!("android/{id}"), "sent").await;
+}
+e2e!(one_push_per_call_in, super::one_push_per_call_in);
+
 /// A provider that fails is retried with backoff; the operation stays PENDING.
 async fn provider_failures_are_retried(server: &TestServer) {
     let provider = Provider::start(vec![

@@ -10,9 +10,10 @@ use serde::Serialize;
 /// A device's wake-up state, as the API shows it.
 #[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub struct WakeupRow {
-    /// `scheduled`, `sent` or `failed`.
+    /// `scheduled`, `sent`, `deferred` (woken a moment ago and not called in since: woken
+    /// again at `due_at` unless it calls in first) or `failed`.
     pub state: String,
-    /// When the next attempt is due (scheduled only), ms since the Unix epoch.
+    /// When the next attempt is due (scheduled and deferred only), ms since the Unix epoch.
     pub due_at: Option<i64>,
     /// Attempts since it was last scheduled.
     pub attempts: i32,
@@ -45,10 +46,38 @@ pub struct SettingsRow {
 }
 
 /// The upsert both scheduling statements share: a device already scheduled keeps its due
-/// time (and so its backoff); one that was sent or failed is scheduled afresh.
-const SCHEDULE_CONFLICT: &str = "ON CONFLICT (device) DO UPDATE SET state = 'scheduled', due_at = excluded.due_at,
-         attempts = 0, last_error = NULL
-     WHERE wakeups.state <> 'scheduled'";
+/// time (and so its backoff); one that failed is scheduled afresh, and so is one that was
+/// sent, unless it was woken less than [`WAKE_AGAIN_MS`] ago and has not called in since.
+/// That device is about to call in and will get everything pending then, so a second push
+/// now would only spend the provider's quota (and Apple throttles MDM pushes): its row is
+/// `deferred` until [`WAKE_AGAIN_MS`] after the last push, and then woken again in case
+/// that push was lost (providers promise no delivery), unless it called in meanwhile
+/// (nothing pending: the sender drops the row). A deferred row is looked at again by the
+/// next activity, so a device that has called in since is woken at once.
+///
+/// "Not called in since" errs towards waking: `last_seen_at` moves only when it is
+/// `agent::LAST_SEEN_RESOLUTION_MS` (30 s) old, so a device seen up to that long before
+/// its last wake-up counts as maybe called in since.
+fn schedule_conflict() -> String {
+    let wait = format!(
+        "wakeups.state IN ('sent', 'deferred') AND wakeups.last_attempt_at > excluded.due_at - {again}
+         AND COALESCE((SELECT s.last_seen_at FROM devices s WHERE s.id = wakeups.device), 0)
+             < wakeups.last_attempt_at - {seen}",
+        again = WAKE_AGAIN_MS,
+        seen = crate::agent::LAST_SEEN_RESOLUTION_MS,
+    );
+    format!(
+        "ON CONFLICT (device) DO UPDATE SET
+             state = CASE WHEN {wait} THEN 'deferred' ELSE 'scheduled' END,
+             due_at = CASE WHEN {wait} THEN wakeups.last_attempt_at + {again} ELSE excluded.due_at END,
+             attempts = 0, last_error = NULL
+         WHERE wakeups.state <> 'scheduled'",
+        again = WAKE_AGAIN_MS,
+    )
+}
+
+/// A device woken this recently that has not called in since is not woken again yet.
+pub const WAKE_AGAIN_MS: i64 = 60_000;
 
 impl Store {
     /// Schedule a wake-up, due now, for every device of `activity` that has a pending
@@ -59,7 +88,8 @@ impl Store {
             "INSERT INTO wakeups (device, state, due_at, attempts, created_at)
              SELECT DISTINCT o.device, 'scheduled', $1, 0, $1 FROM operations o JOIN devices d ON d.id = o.device
              WHERE o.activity = $2 AND o.state = 'PENDING' AND d.push_token IS NOT NULL AND d.status <> 'removed'
-             {SCHEDULE_CONFLICT}"
+             {conflict}",
+            conflict = schedule_conflict()
         );
         with_write_pool!(self, pool => {
             Ok(sqlx::query(super::trusted(&sql)).bind(now).bind(activity).execute(pool).await?.rows_affected())
@@ -75,22 +105,25 @@ impl Store {
              SELECT d.id, 'scheduled', $1, 0, $1 FROM devices d
              WHERE d.push_token IS NOT NULL AND d.status <> 'removed'
                AND EXISTS (SELECT 1 FROM operations o WHERE o.device = d.id AND o.state = 'PENDING')
-             {SCHEDULE_CONFLICT}"
+             {conflict}",
+            conflict = schedule_conflict()
         );
         with_write_pool!(self, pool => {
             Ok(sqlx::query(super::trusted(&sql)).bind(now).execute(pool).await?.rows_affected())
         })
     }
 
-    /// Claim up to `limit` due wake-ups: their due time moves `lease_ms` ahead, so a
-    /// sender that dies mid-way leaves them to be tried again, not lost.
+    /// Claim up to `limit` due wake-ups (deferred ones whose time has come too): their due
+    /// time moves `lease_ms` ahead, so a sender that dies mid-way leaves them to be tried
+    /// again, not lost.
     pub async fn claim_wakeups(&self, limit: i64, lease_ms: i64) -> Result<Vec<DueWakeup>, StoreError> {
         let now = now_ms();
         with_write_pool!(self, pool => {
             Ok(sqlx::query_as::<_, DueWakeup>(
-                "UPDATE wakeups SET due_at = $1
-                 WHERE state = 'scheduled' AND due_at <= $2 AND device IN
-                     (SELECT device FROM wakeups WHERE state = 'scheduled' AND due_at <= $2 ORDER BY due_at LIMIT $3)
+                "UPDATE wakeups SET state = 'scheduled', due_at = $1
+                 WHERE state IN ('scheduled', 'deferred') AND due_at <= $2 AND device IN
+                     (SELECT device FROM wakeups WHERE state IN ('scheduled', 'deferred') AND due_at <= $2
+                      ORDER BY due_at LIMIT $3)
                  RETURNING device, attempts")
                 .bind(now + lease_ms).bind(now).bind(limit).fetch_all(pool).await?)
         })
@@ -100,7 +133,7 @@ impl Store {
     pub async fn next_wakeup_due(&self) -> Result<Option<i64>, StoreError> {
         with_pool!(self, pool => {
             let (due,): (Option<i64>,) =
-                sqlx::query_as("SELECT MIN(due_at) FROM wakeups WHERE state = 'scheduled'").fetch_one(pool).await?;
+                sqlx::query_as("SELECT MIN(due_at) FROM wakeups WHERE state IN ('scheduled', 'deferred')").fetch_one(pool).await?;
             Ok(due)
         })
     }
