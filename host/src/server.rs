@@ -161,12 +161,14 @@ impl Server {
         });
         let delivery = tokio::spawn(delivery::run(self.state.clone(), endpoint, jobs));
         let wakeups = tokio::spawn(crate::wakeup::run(self.state.clone(), self.state.wakeup.clone()));
+        let settings = tokio::spawn(crate::wakeup::follow_settings(self.state.clone(), CATALOG_TICK));
         let coap = self.state.coap.clone().map(|c| tokio::spawn(c.run(self.state.clone())));
         let result = axum::serve(self.listener, router(self.state)).with_graceful_shutdown(shutdown).await;
         sweeper.abort();
         catalog.abort();
         delivery.abort();
         wakeups.abort();
+        settings.abort();
         if let Some(c) = coap {
             c.abort();
         }

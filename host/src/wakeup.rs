@@ -40,7 +40,7 @@ const MAX_ANSWER: usize = 64 << 10;
 const IDLE_CHECK: Duration = Duration::from_secs(5);
 
 /// What an admin set for one plugin, as the sender uses it.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginSettings {
     /// Config values the plugin reads (`config.get`): API keys, project ids, topics.
@@ -87,6 +87,35 @@ impl PluginSettings {
         self.client_identity = self.client_identity.as_deref().map(certificates);
         self.oauth = self.oauth.map(OAuth::shown);
         self
+    }
+}
+
+/// Follow what admins set on any replica: settings are written to the database by the
+/// replica that took the PUT and read back here by every replica, every `every`. A plugin
+/// whose stored settings differ from what this replica holds gets them, config included
+/// (the next plugin call sees them).
+pub async fn follow_settings(state: AppState, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let rows = match state.store.plugin_settings().await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!("reading plugin settings failed (retried): {e}");
+                continue;
+            }
+        };
+        for row in rows {
+            let stored = PluginSettings::from_row(&row);
+            if state.settings.get(&row.plugin) != stored {
+                tracing::info!(plugin = %row.plugin, "plugin settings changed on another replica: applied");
+                // Settings before config, as the API does (see `attempt`).
+                let config = stored.config.clone();
+                state.settings.set(&row.plugin, stored);
+                state.registry.runtime().set_config(&row.plugin, config);
+            }
+        }
     }
 }
 

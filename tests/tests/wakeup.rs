@@ -219,7 +219,15 @@ async fn provider_failures_are_retried(server: &TestServer) {
     enroll_android(server, &id, "tok-later").await;
     add(server, "android", &id, "DEVICE_RING").await;
     provider.wait_for(1).await;
-    let d = until_wakeup(server, &format!("android/{id}"), "scheduled").await;
+    // The row is `scheduled` before the attempt too: wait for the attempt's record.
+    let mut d = until_wakeup(server, &format!("android/{id}"), "scheduled").await;
+    for _ in 0..300 {
+        if d["wake_up"]["last_attempt_at"].is_i64() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        d = get(server, &format!("/api/v1/devices/android/{id}")).await;
+    }
     let due = d["wake_up"]["due_at"].as_i64().unwrap() - d["wake_up"]["last_attempt_at"].as_i64().unwrap();
     assert!((29_000..=31_000).contains(&due), "Retry-After 30 s honoured: {d}");
     assert!(d["wake_up"]["last_error"].as_str().unwrap().contains("503"), "{d}");
@@ -740,6 +748,34 @@ async fn settings_changed_during_an_exchange_stand(server: &TestServer) {
     assert_eq!(fcm.received().len(), 1);
 }
 e2e!(settings_race, super::settings_changed_during_an_exchange_stand);
+
+/// Settings an admin puts on one replica reach the others (they share the database) within
+/// a second or so, with no restart.
+async fn settings_reach_every_replica(a: &TestServer) {
+    let url = a.database_url();
+    let backend = if url.starts_with("sqlite:") {
+        drover_tests::Backend::Sqlite
+    } else {
+        drover_tests::Backend::postgres().expect("a PostgreSQL test server")
+    };
+    let b = TestServer::start_with(backend, move |c| c.database_url = url).await;
+    let r =
+        settings(a, "fcm", json!({"config": {"project_id": "replicated"}, "granted_hosts": ["fcm.googleapis.com"]}))
+            .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        seen = get(&b, "/api/v1/plugins/fcm/settings").await;
+        if seen["config"]["project_id"] == "replicated" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen["config"]["project_id"], "replicated", "replica b never saw the settings: {seen}");
+    assert_eq!(seen["granted_hosts"], json!(["fcm.googleapis.com"]));
+    b.stop().await;
+}
+e2e!(settings_replicate, super::settings_reach_every_replica);
 
 /// Settings and scheduled wake-ups survive a restart: a wake-up due while the server was
 /// down goes out when it is back.
