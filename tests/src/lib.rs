@@ -232,6 +232,17 @@ impl TestServer {
         self.config.database_url.clone()
     }
 
+    /// Another server on this one's database: a second replica.
+    pub async fn replica(&self) -> TestServer {
+        let url = self.database_url();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::postgres().expect("a PostgreSQL test server")
+        };
+        TestServer::start_with(backend, move |c| c.database_url = url).await
+    }
+
     /// Run one statement on this server's database, as an operator at the console would:
     /// for a state no API makes (a device last seen an hour ago).
     pub async fn sql(&self, statement: &str) {

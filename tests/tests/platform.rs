@@ -587,13 +587,7 @@ e2e!(prometheus_metrics, super::metrics);
 /// Two replicas on one database: what an admin does on one, the other serves within its
 /// next sync (every second), with no restart.
 async fn replicas(a: &TestServer) {
-    let url = a.database_url();
-    let backend = if url.starts_with("sqlite:") {
-        drover_tests::Backend::Sqlite
-    } else {
-        drover_tests::Backend::postgres().expect("a PostgreSQL test server")
-    };
-    let b = TestServer::start_with(backend, move |c| c.database_url = url).await;
+    let b = a.replica().await;
     let drover = publisher(a, "drover").await;
     let v = with_version(&android(), "0.1.1");
     let (status, body) = upload(a, &v, Some(drover.sign(&v))).await;

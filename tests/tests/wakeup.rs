@@ -25,6 +25,20 @@ async fn enroll_android(server: &TestServer, id: &str, fcm: &str) -> String {
     r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string()
 }
 
+/// An Android device's poll with no results; returns the operations it got.
+async fn poll(server: &TestServer, id: &str, token: &str) -> Value {
+    let r = server
+        .http
+        .put(server.url(&format!("/agent/v1/android/devices/{id}/pending-operations")))
+        .bearer_auth(token)
+        .body("[]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
 async fn settings(server: &TestServer, plugin: &str, body: Value) -> reqwest::Response {
     server.admin(Method::PUT, &format!("/api/v1/plugins/{plugin}/settings")).json(&body).send().await.unwrap()
 }
@@ -104,15 +118,7 @@ async fn fcm_wakes_an_android_device(server: &TestServer) {
     assert_eq!(get(server, &format!("/api/v1/operations/{op}")).await["state"], "PENDING");
 
     // Woken, the device polls and gets its operation.
-    let r = server
-        .http
-        .put(server.url(&format!("/agent/v1/android/devices/{id}/pending-operations")))
-        .bearer_auth(&token)
-        .body("[]")
-        .send()
-        .await
-        .unwrap();
-    let ops: Value = r.json().await.unwrap();
+    let ops = poll(server, &id, &token).await;
     assert_eq!(ops[0]["id"], op);
     assert_eq!(get(server, &format!("/api/v1/operations/{op}")).await["state"], "IN_PROGRESS");
     // Nothing is pending now: no second wake-up went out.
@@ -148,15 +154,7 @@ async fn one_push_per_call_in(server: &TestServer) {
     assert_eq!(provider.received().len(), 1, "woken twice before calling in");
 
     // It calls in and gets both.
-    let r = server
-        .http
-        .put(server.url(&format!("/agent/v1/android/devices/{id}/pending-operations")))
-        .bearer_auth(&token)
-        .body("[]")
-        .send()
-        .await
-        .unwrap();
-    let ops: Value = r.json().await.unwrap();
+    let ops = poll(server, &id, &token).await;
     let ids: Vec<i64> = ops.as_array().unwrap().iter().filter_map(|o| o["id"].as_i64()).collect();
     assert_eq!(ids, vec![first, second]);
 
@@ -752,13 +750,7 @@ e2e!(settings_race, super::settings_changed_during_an_exchange_stand);
 /// Settings an admin puts on one replica reach the others (they share the database) within
 /// a second or so, with no restart.
 async fn settings_reach_every_replica(a: &TestServer) {
-    let url = a.database_url();
-    let backend = if url.starts_with("sqlite:") {
-        drover_tests::Backend::Sqlite
-    } else {
-        drover_tests::Backend::postgres().expect("a PostgreSQL test server")
-    };
-    let b = TestServer::start_with(backend, move |c| c.database_url = url).await;
+    let b = a.replica().await;
     let r =
         settings(a, "fcm", json!({"config": {"project_id": "replicated"}, "granted_hosts": ["fcm.googleapis.com"]}))
             .await;
