@@ -15,6 +15,9 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
 use indicatif::{ProgressBar, ProgressStyle};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
@@ -132,11 +135,10 @@ async fn main() -> Result<()> {
         bail!("--type {}: the simulator speaks the Android agent's protocol only, for now", args.device_type);
     }
     if args.mode == Mode::Floor {
-        let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
         let devices =
             (0..args.devices).map(|i| Device { id: format!("floor-{i:06}"), token: "floor".into() }).collect();
         println!("fleet floor: {} devices, server {}", args.devices, args.server);
-        return poll_loop(&args, &http, args.server.trim_end_matches('/'), devices).await;
+        return poll_loop(&args, &args.server, devices).await;
     }
     let token = match &args.admin_token {
         Some(t) => t.clone(),
@@ -230,7 +232,7 @@ async fn poll(args: &Args, admin: &Arc<Admin>, devices: Vec<Device>, group: &str
     let (activity, n) = add_ring(admin, group).await?;
     println!("one operation to {n} devices stored in {:.1} ms", added.elapsed().as_secs_f64() * 1000.0);
 
-    poll_loop(args, &admin.http, &admin.server, devices).await?;
+    poll_loop(args, &admin.server, devices).await?;
     let done = completed(admin, activity).await?;
     println!("activity {activity}: {done}/{n} COMPLETED");
     if done != n {
@@ -240,38 +242,36 @@ async fn poll(args: &Args, admin: &Arc<Admin>, devices: Vec<Device>, group: &str
 }
 
 /// Every device polls twice (the first poll gets its operation, the second reports it),
-/// `--concurrency` at once; prints the rate and the latency percentiles.
-async fn poll_loop(args: &Args, http: &reqwest::Client, server: &str, devices: Vec<Device>) -> Result<()> {
+/// `--concurrency` at once; prints the rate, the latency percentiles and the simulator's
+/// own CPU per poll.
+async fn poll_loop(args: &Args, server: &str, devices: Vec<Device>) -> Result<()> {
     let devices = Arc::new(devices);
     let next = Arc::new(AtomicUsize::new(0));
     let latency = Arc::new(Mutex::new(histogram()));
     let pb = bar(devices.len() * 2, "polls");
+    let cpu = own_cpu();
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
-        let (devices, next, latency, http, server, pb) =
-            (devices.clone(), next.clone(), latency.clone(), http.clone(), server.to_string(), pb.clone());
+        let (devices, next, latency, server, pb) =
+            (devices.clone(), next.clone(), latency.clone(), server.to_string(), pb.clone());
         workers.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&server).await?;
             let mut local = histogram();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(d) = devices.get(i) else { break };
-                let url = format!("{server}/agent/v1/android/devices/{}/pending-operations", d.id);
+                let path = format!("/agent/v1/android/devices/{}/pending-operations", d.id);
                 // First poll: nothing to report, the operation comes back.
                 let t = Instant::now();
-                let r = http.put(&url).bearer_auth(&d.token).body("[]").send().await?;
-                let ops: Value = r.json().await?;
+                let ops: Value = serde_json::from_slice(&conn.put(&path, &d.token, "[]".into()).await?)?;
                 local.record(t.elapsed().as_micros().max(1) as u64)?;
                 pb.inc(1);
                 let results: Vec<Value> =
                     ops.as_array().map(|a| a.iter().map(result_for).collect()).unwrap_or_default();
                 // Second poll: the result goes back.
                 let t = Instant::now();
-                let r = http.put(&url).bearer_auth(&d.token).body(Value::from(results).to_string()).send().await?;
-                if !r.status().is_success() {
-                    bail!("poll {}: {}", d.id, r.status());
-                }
-                let _ = r.bytes().await?;
+                conn.put(&path, &d.token, Value::from(results).to_string()).await?;
                 local.record(t.elapsed().as_micros().max(1) as u64)?;
                 pb.inc(1);
             }
@@ -283,11 +283,71 @@ async fn poll_loop(args: &Args, http: &reqwest::Client, server: &str, devices: V
         w.await??;
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = own_cpu().zip(cpu).map(|(after, before)| after - before);
     pb.finish_and_clear();
     let polls = devices.len() * 2;
     println!("{polls} polls in {secs:.2} s: {:.0} polls/s with {} in flight", polls as f64 / secs, args.concurrency);
     percentiles("poll latency", &*latency.lock().await);
+    if let Some(cpu) = cpu {
+        println!(
+            "simulator CPU: {:.2} cores, {:.0} µs per poll",
+            cpu.as_secs_f64() / secs,
+            cpu.as_secs_f64() * 1e6 / polls as f64
+        );
+    }
     Ok(())
+}
+
+/// One simulated device connection for polling: hyper's HTTP/1.1 connection, one request
+/// at a time, as a device's agent keeps one. Not reqwest, whose pool and per-request
+/// machinery cost the simulator about as much CPU as the HTTP floor's server (measured in
+/// docs/BENCHMARKS.md): the simulator shares the machine with the server it measures, so
+/// every microsecond it spends is one the server does not get.
+struct Conn {
+    send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    authority: String,
+}
+
+impl Conn {
+    async fn open(server: &str) -> Result<Conn> {
+        let authority = server
+            .strip_prefix("http://")
+            .with_context(|| format!("--server {server}: poll mode speaks plain http:// to the server"))?
+            .trim_end_matches('/')
+            .to_string();
+        let tcp = tokio::net::TcpStream::connect(&authority).await.with_context(|| format!("connect {authority}"))?;
+        tcp.set_nodelay(true)?;
+        let (send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(connection);
+        Ok(Conn { send, authority })
+    }
+
+    /// PUT `body` to `path` as the device holding `token`; the answer's body, which must
+    /// come with a success status.
+    async fn put(&mut self, path: &str, token: &str, body: String) -> Result<Bytes> {
+        self.send.ready().await.with_context(|| format!("PUT {path}: the server closed the connection"))?;
+        let request = hyper::Request::put(path)
+            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Full::new(Bytes::from(body)))?;
+        let answer = self.send.send_request(request).await.with_context(|| format!("PUT {path}"))?;
+        let status = answer.status();
+        let body = answer.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!("PUT {path}: {status} {}", String::from_utf8_lossy(&body));
+        }
+        Ok(body)
+    }
+}
+
+/// This process's CPU time (user + system) so far, where /proc tells it (Linux).
+fn own_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; the fields after its ')' are fixed.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // The kernel reports in USER_HZ, 100 on every Linux architecture Drover runs on.
+    Some(Duration::from_millis(ticks * 10))
 }
 
 /// Messages a simulated MQTT device sees.

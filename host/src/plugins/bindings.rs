@@ -11,6 +11,34 @@ pub mod device_type {
         imports: { default: async },
         exports: { default: async },
     });
+
+    impl<T: Send + 'static> DeviceTypePre<T> {
+        /// [`DeviceTypePre::instantiate_async`] without its second type check. The
+        /// generated `instantiate_async` type-checks all five exports again at every
+        /// instantiation (`DeviceTypeIndices::load`), though `DeviceTypePre::new` checked
+        /// each one against this component's instance type at load, and every instance of
+        /// a component has that type: the world's exports use no resources, the only
+        /// types that differ between instances. Device-type calls instantiate afresh for
+        /// every call, two per poll, and the repeated check was ~3% of a poll's server CPU
+        /// (docs/BENCHMARKS.md).
+        pub async fn instantiate_checked_at_load(
+            &self,
+            mut store: impl wasmtime::AsContextMut<Data = T>,
+        ) -> wasmtime::Result<DeviceType> {
+            let instance = self.instance_pre.instantiate_async(&mut store).await?;
+            let indices = &self.indices;
+            let mut export = |index: &wasmtime::component::ComponentExportIndex, name: &str| {
+                instance.get_func(&mut store, index).ok_or_else(|| wasmtime::format_err!("no export `{name}`"))
+            };
+            Ok(DeviceType {
+                describe: export(&indices.describe, "describe")?,
+                validate: export(&indices.validate, "validate")?,
+                enroll: export(&indices.enroll, "enroll")?,
+                encode: export(&indices.encode, "encode")?,
+                decode: export(&indices.decode, "decode")?,
+            })
+        }
+    }
 }
 
 pub mod transport {

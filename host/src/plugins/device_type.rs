@@ -44,7 +44,7 @@ macro_rules! device_call {
                 .caller
                 .call($name, move |$store| {
                     Box::pin(async move {
-                        let $b = pre.instantiate_async(&mut *$store).await?;
+                        let $b = pre.instantiate_checked_at_load(&mut *$store).await?;
                         $call.await
                     })
                 })
