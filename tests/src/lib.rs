@@ -262,6 +262,19 @@ impl TestServer {
         format!("{}{path}", self.base)
     }
 
+    /// An Android device's poll (`PUT …/pending-operations`) as the device holding
+    /// `token`, carrying `body` (its results in the agent's JSON; `[]` for none).
+    pub async fn poll_android(&self, id: &str, token: &str, body: &str) -> reqwest::Response {
+        self.http
+            .put(self.url(&format!("/agent/v1/android/devices/{id}/pending-operations")))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// An admin-API request with the bootstrap token.
     pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http.request(method, self.url(path)).bearer_auth(ADMIN_TOKEN)

@@ -119,15 +119,7 @@ async fn tokens_and_csv(server: &TestServer) {
 e2e_with!(tokens_and_csv, super::closed, super::tokens_and_csv);
 
 async fn poll(server: &TestServer, id: &str, token: &str) -> StatusCode {
-    server
-        .http
-        .put(server.url(&format!("/agent/v1/android/devices/{id}/pending-operations")))
-        .bearer_auth(token)
-        .body("[]")
-        .send()
-        .await
-        .unwrap()
-        .status()
+    server.poll_android(id, token, "[]").await.status()
 }
 
 /// Per-device credentials: refresh by the device (the old one keeps a short grace),

@@ -35,17 +35,7 @@ impl<'a> Agent<'a> {
 
     /// PUT the agent's results and return (status, body).
     async fn poll_raw(&self, body: &str) -> (StatusCode, String) {
-        let url = self.server.url(&format!("/agent/v1/android/devices/{}/pending-operations", self.id));
-        let r = self
-            .server
-            .http
-            .put(url)
-            .bearer_auth(&self.token)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
+        let r = self.server.poll_android(&self.id, &self.token, body).await;
         (r.status(), r.text().await.unwrap())
     }
 
@@ -298,15 +288,8 @@ async fn bad_input_changes_nothing(server: &TestServer) {
     let (st, _) = agent.poll_raw("{not json").await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     // Another device's token on this device's path: refused by the plugin, nothing changes.
-    let url = server.url(&format!("/agent/v1/android/devices/{}/pending-operations", agent.id));
-    let r = server
-        .http
-        .put(url)
-        .bearer_auth(&other.token)
-        .body(json!([result(&got[0], "COMPLETED", Value::Null)]).to_string())
-        .send()
-        .await
-        .unwrap();
+    let body = json!([result(&got[0], "COMPLETED", Value::Null)]).to_string();
+    let r = server.poll_android(&agent.id, &other.token, &body).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     // Another device reporting this device's operation on its own path: ignored.
     assert!(other.poll(json!([result(&got[0], "COMPLETED", Value::Null)])).await.is_empty());

@@ -82,14 +82,7 @@ async fn enroll(server: &TestServer) -> (String, String) {
 }
 
 async fn poll(server: &TestServer, id: &str, token: &str) -> reqwest::Response {
-    server
-        .http
-        .put(server.url(&format!("/agent/v1/android/devices/{id}/pending-operations")))
-        .bearer_auth(token)
-        .body("[]")
-        .send()
-        .await
-        .unwrap()
+    server.poll_android(id, token, "[]").await
 }
 
 fn error_code(v: &Value) -> &str {
@@ -538,14 +531,7 @@ async fn metrics(server: &TestServer) {
     }
     server.add_operation("android", &id, "DEVICE_RING", None).await;
     assert_eq!(poll(server, &id, &token).await.status(), StatusCode::OK);
-    let malformed = server
-        .http
-        .put(server.url(&format!("/agent/v1/android/devices/{id}/pending-operations")))
-        .bearer_auth(&token)
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let malformed = server.poll_android(&id, &token, "{not json").await;
     assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
     let r = server.http.get(server.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);

@@ -27,14 +27,7 @@ async fn enroll_android(server: &TestServer, id: &str, fcm: &str) -> String {
 
 /// An Android device's poll with no results; returns the operations it got.
 async fn poll(server: &TestServer, id: &str, token: &str) -> Value {
-    let r = server
-        .http
-        .put(server.url(&format!("/agent/v1/android/devices/{id}/pending-operations")))
-        .bearer_auth(token)
-        .body("[]")
-        .send()
-        .await
-        .unwrap();
+    let r = server.poll_android(id, token, "[]").await;
     assert_eq!(r.status(), StatusCode::OK);
     r.json().await.unwrap()
 }
