@@ -57,14 +57,19 @@ async fn get(server: &TestServer, path: &str) -> Value {
 
 /// Wait (bounded) until the device's wake-up is in `state`.
 async fn until_wakeup(server: &TestServer, device: &str, state: &str) -> Value {
+    until_device(server, device, &format!("wake-up state {state}"), |d| d["wake_up"]["state"] == state).await
+}
+
+/// Wait (bounded) until the device's record (`type/id`) satisfies `done`; the record.
+async fn until_device(server: &TestServer, device: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     for _ in 0..300 {
         let d = get(server, &format!("/api/v1/devices/{device}")).await;
-        if d["wake_up"]["state"] == state {
+        if done(&d) {
             return d;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("wake-up of {device} never reached {state}: {}", get(server, &format!("/api/v1/devices/{device}")).await);
+    panic!("{device} never reached {what}: {}", get(server, &format!("/api/v1/devices/{device}")).await);
 }
 
 async fn fcm_settings(server: &TestServer, provider: &Provider) {
@@ -211,14 +216,9 @@ async fn provider_failures_are_retried(server: &TestServer) {
     add(server, "android", &id, "DEVICE_RING").await;
     provider.wait_for(1).await;
     // The row is `scheduled` before the attempt too: wait for the attempt's record.
-    let mut d = until_wakeup(server, &format!("android/{id}"), "scheduled").await;
-    for _ in 0..300 {
-        if d["wake_up"]["last_attempt_at"].is_i64() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        d = get(server, &format!("/api/v1/devices/android/{id}")).await;
-    }
+    let device = format!("android/{id}");
+    until_wakeup(server, &device, "scheduled").await;
+    let d = until_device(server, &device, "a recorded attempt", |d| d["wake_up"]["last_attempt_at"].is_i64()).await;
     let due = d["wake_up"]["due_at"].as_i64().unwrap() - d["wake_up"]["last_attempt_at"].as_i64().unwrap();
     assert!((29_000..=31_000).contains(&due), "Retry-After 30 s honoured: {d}");
     assert!(d["wake_up"]["last_error"].as_str().unwrap().contains("503"), "{d}");
@@ -277,14 +277,9 @@ async fn only_granted_hosts_are_contacted(server: &TestServer) {
     let id = unique("grant");
     enroll_android(server, &id, "tok-grant").await;
     add(server, "android", &id, "DEVICE_RING").await;
-    let mut d = until_wakeup(server, &format!("android/{id}"), "scheduled").await;
-    for _ in 0..100 {
-        if d["wake_up"]["last_error"].is_string() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        d = get(server, &format!("/api/v1/devices/android/{id}")).await;
-    }
+    let device = format!("android/{id}");
+    until_wakeup(server, &device, "scheduled").await;
+    let d = until_device(server, &device, "a recorded error", |d| d["wake_up"]["last_error"].is_string()).await;
     assert!(d["wake_up"]["last_error"].as_str().unwrap().contains("not granted"), "{d}");
     assert!(provider.received().is_empty());
 
