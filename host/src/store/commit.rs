@@ -75,26 +75,25 @@ impl Committer {
         std::thread::Builder::new()
             .name("drover-commit".into())
             .spawn(move || {
-                let mut batch = Vec::with_capacity(MAX_GROUP);
+                let mut batch = Batch::default();
                 let mut last_end = std::time::Instant::now();
                 while let Some(first) = rx.blocking_recv() {
-                    fill(&mut batch, first, &mut rx);
-                    if batch.len() < LINGER_BELOW && last_end.elapsed() < BUSY_WITHIN {
+                    batch.fill(first, &mut rx);
+                    if batch.writes.len() < LINGER_BELOW && last_end.elapsed() < BUSY_WITHIN {
                         std::thread::sleep(LINGER);
                         if let Ok(job) = rx.try_recv() {
-                            fill(&mut batch, job, &mut rx);
+                            batch.fill(job, &mut rx);
                         }
                     }
-                    let writes: Vec<Write> = batch.iter().map(|(w, _)| w.clone()).collect();
-                    match writer.write_group(&writes, now_ms()) {
-                        Err(e) if batch.len() > 1 => {
-                            retrying(batch.len(), &e);
-                            for (w, reply) in batch.drain(..) {
+                    match writer.write_group(&batch.writes, now_ms()) {
+                        Err(e) if batch.writes.len() > 1 => {
+                            retrying(batch.writes.len(), &e);
+                            for (w, reply) in batch.drain() {
                                 let r = writer.write_group(std::slice::from_ref(&w), now_ms());
                                 let _ = reply.send(r.map(|mut v| v.remove(0)));
                             }
                         }
-                        result => answer(&mut batch, result),
+                        result => batch.answer(result),
                     }
                     last_end = std::time::Instant::now();
                 }
@@ -104,32 +103,47 @@ impl Committer {
     }
 }
 
-/// `first` and whatever else is waiting, up to [`MAX_GROUP`].
-fn fill(batch: &mut Vec<Job>, first: Job, rx: &mut mpsc::UnboundedReceiver<Job>) {
-    batch.push(first);
-    while batch.len() < MAX_GROUP {
-        match rx.try_recv() {
-            Ok(job) => batch.push(job),
-            Err(_) => break,
-        }
-    }
+/// The writes of one transaction, and where each one's outcome goes. Two vectors, so
+/// that the writes are handed to `write_group` as they are, without a copy.
+#[derive(Default)]
+struct Batch {
+    writes: Vec<Write>,
+    replies: Vec<oneshot::Sender<Result<Written, StoreError>>>,
 }
 
-/// Answer every caller of `batch` from `result`. A failed batch of several is retried
-/// one by one by the caller (one bad write must not fail the others), so an error here
-/// answers a batch of one.
-fn answer(batch: &mut Vec<Job>, result: Result<Vec<Written>, StoreError>) {
-    match result {
-        Ok(written) => {
-            for ((_, reply), w) in batch.drain(..).zip(written) {
-                let _ = reply.send(Ok(w));
-            }
+impl Batch {
+    /// `first` and whatever else is waiting, up to [`MAX_GROUP`].
+    fn fill(&mut self, first: Job, rx: &mut mpsc::UnboundedReceiver<Job>) {
+        let mut next = Some(first);
+        while let Some((w, reply)) = next {
+            self.writes.push(w);
+            self.replies.push(reply);
+            next = if self.writes.len() < MAX_GROUP { rx.try_recv().ok() } else { None };
         }
-        Err(e) => {
-            if let Some((_, reply)) = batch.pop() {
-                let _ = reply.send(Err(e));
+    }
+
+    /// Each write with its caller, emptying the batch.
+    fn drain(&mut self) -> impl Iterator<Item = Job> + '_ {
+        self.writes.drain(..).zip(self.replies.drain(..))
+    }
+
+    /// Answer every caller from `result`. A failed batch of several is retried one by one
+    /// by the caller (one bad write must not fail the others), so an error here answers a
+    /// batch of one.
+    fn answer(&mut self, result: Result<Vec<Written>, StoreError>) {
+        self.writes.clear();
+        match result {
+            Ok(written) => {
+                for (reply, w) in self.replies.drain(..).zip(written) {
+                    let _ = reply.send(Ok(w));
+                }
             }
-            batch.clear();
+            Err(e) => {
+                if let Some(reply) = self.replies.pop() {
+                    let _ = reply.send(Err(e));
+                }
+                self.replies.clear();
+            }
         }
     }
 }
@@ -139,18 +153,17 @@ fn retrying(n: usize, e: &StoreError) {
 }
 
 async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Job>) {
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_GROUP);
+    let mut batch = Batch::default();
     while let Some(first) = rx.recv().await {
-        fill(&mut batch, first, &mut rx);
-        let writes: Vec<Write> = batch.iter().map(|(w, _)| w.clone()).collect();
-        match store.write_group(&writes).await {
-            Err(e) if batch.len() > 1 => {
-                retrying(batch.len(), &e);
-                for (w, reply) in batch.drain(..) {
+        batch.fill(first, &mut rx);
+        match store.write_group(&batch.writes).await {
+            Err(e) if batch.writes.len() > 1 => {
+                retrying(batch.writes.len(), &e);
+                for (w, reply) in batch.drain() {
                     let _ = reply.send(store.write_group(std::slice::from_ref(&w)).await.map(|mut v| v.remove(0)));
                 }
             }
-            result => answer(&mut batch, result),
+            result => batch.answer(result),
         }
     }
 }
@@ -162,7 +175,7 @@ impl Store {
             return self.write_group(std::slice::from_ref(&w)).await.map(|mut v| v.remove(0));
         };
         let (reply, answer) = oneshot::channel();
-        committer.0.send((w.clone(), reply)).map_err(|_| closed())?;
+        committer.0.send((w, reply)).map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
     }
 }
