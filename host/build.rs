@@ -24,6 +24,9 @@ fn main() {
         watched.push(workspace.join("plugins").join(name));
     }
     drover_sdk_build::rerun_if_changed(&watched);
+    // `sqlx::migrate!` embeds the migrations at compile time, but cargo does not know it
+    // reads them: without this a new migration file alone would not rebuild the host.
+    drover_sdk_build::rerun_if_changed(&[manifest_dir.join("migrations")]);
 
     let packages: Vec<&str> = FIRST_PARTY.iter().map(|(_, p)| *p).collect();
     let built = drover_sdk_build::build_components(&workspace, &packages);
