@@ -133,5 +133,17 @@ async fn delivery_beside_admin_writes(server: &TestServer) {
     assert!(tagged.metadata.contains("battery"), "{}", tagged.metadata);
 }
 
+/// Every poll and push reads a device's queue: that read must stay one range of the partial
+/// index `operations_queued`, with no sort. Its statement and the index's `WHERE` must agree
+/// word for word for SQLite to use the index, so a change to either shows here.
+async fn queue_read_on_its_index(server: &TestServer) {
+    let plan = server.state.store.queue_plan().await.unwrap();
+    assert!(plan.contains("operations_queued"), "the queue read does not use operations_queued:\n{plan}");
+    let sorts = plan.contains("TEMP B-TREE")
+        || plan.lines().any(|l| l.trim_start().starts_with("Sort") || l.contains("-> Sort"));
+    assert!(!sorts, "the queue read sorts:\n{plan}");
+}
+
 e2e!(bulk_fan_out, super::bulk_fan_out);
+e2e!(queue_read_on_its_index, super::queue_read_on_its_index);
 e2e!(delivery_beside_admin_writes, super::delivery_beside_admin_writes);

@@ -203,14 +203,27 @@ pub(super) fn operations_in(
     limit: i64,
     states: &'static str,
 ) -> rusqlite::Result<Vec<QueuedOperation>> {
-    let sql = format!(
+    let mut stmt = c.prepare_cached(&queue_sql(states))?;
+    let rows = stmt.query_map(params![device, limit], queued_row)?;
+    rows.collect()
+}
+
+/// The statement of [`operations_in`]. For PENDING and NOTNOW its `IN` list must stay
+/// word for word the `WHERE` of the partial index `operations_queued` (migration 0010), or
+/// SQLite cannot use it; `tests/tests/store.rs` checks the plan.
+pub(super) fn queue_sql(states: &str) -> String {
+    format!(
         "SELECT o.id, o.code, o.kind, a.payload, o.expires_at, o.state FROM operations o
          JOIN activities a ON a.id = o.activity
          WHERE o.device = ?1 AND o.state IN ({states}) ORDER BY o.id LIMIT ?2"
-    );
-    let mut stmt = c.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![device, limit], queued_row)?;
-    rows.collect()
+    )
+}
+
+/// SQLite's plan for `sql` (`EXPLAIN QUERY PLAN`), one step per line.
+pub(super) fn plan(c: &Connection, sql: &str) -> rusqlite::Result<String> {
+    let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+    let steps = stmt.query_map(params![0, 10], |r| r.get::<_, String>(3))?;
+    Ok(steps.collect::<rusqlite::Result<Vec<_>>>()?.join("\n"))
 }
 
 /// The group committer's own connection to the database file, opened on first use and

@@ -331,12 +331,29 @@ impl Store {
         if let Some(direct) = self.direct() {
             return direct.read(|c| super::direct::operations_in(c, device, limit, states));
         }
-        let sql = format!(
-            "SELECT o.id, o.code, o.kind, a.payload, o.expires_at, o.state FROM operations o
-             JOIN activities a ON a.id = o.activity
-             WHERE o.device = $1 AND o.state IN ({states}) ORDER BY o.id LIMIT $2"
-        );
+        let sql = queue_sql(states);
         Ok(with_pool!(self, pool => sqlx::query_as(trusted(&sql)).bind(device).bind(limit).fetch_all(pool).await?))
+    }
+
+    /// The database's plan for reading a device's queue (PENDING and NOTNOW), as it
+    /// explains it: for tests that the read stays on its index (`operations_queued`).
+    #[doc(hidden)]
+    pub async fn queue_plan(&self) -> Result<String, StoreError> {
+        const QUEUED: &str = "'PENDING', 'NOTNOW'";
+        let pool = match &self.backend {
+            Backend::Sqlite { direct, .. } => {
+                return direct.read(|c| super::direct::plan(c, &super::direct::queue_sql(QUEUED)));
+            }
+            Backend::Postgres(pool) => pool,
+        };
+        let mut tx = pool.begin().await?;
+        // The tests' tables are tiny, and on a tiny table a sequential scan is cheapest
+        // whatever the indexes: ask which index PostgreSQL picks when it must pick one.
+        sqlx::query("SET LOCAL enable_seqscan = off").execute(&mut *tx).await?;
+        let explain = format!("EXPLAIN {}", queue_sql(QUEUED));
+        let rows: Vec<(String,)> =
+            sqlx::query_as(trusted(&explain)).bind(0_i64).bind(10_i64).fetch_all(&mut *tx).await?;
+        Ok(rows.into_iter().map(|(line,)| line).collect::<Vec<_>>().join("\n"))
     }
 
     /// The devices for which an activity still has queued operations: key, type and id
@@ -619,4 +636,15 @@ impl Store {
             Ok(n)
         })
     }
+}
+
+/// The statement of `operations_in` on the sqlx path (PostgreSQL; `direct.rs` has SQLite's
+/// twin). For PENDING and NOTNOW its `IN` list is the `WHERE` of the partial index
+/// `operations_queued` (migration 0010).
+fn queue_sql(states: &str) -> String {
+    format!(
+        "SELECT o.id, o.code, o.kind, a.payload, o.expires_at, o.state FROM operations o
+         JOIN activities a ON a.id = o.activity
+         WHERE o.device = $1 AND o.state IN ({states}) ORDER BY o.id LIMIT $2"
+    )
 }
