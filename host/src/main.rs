@@ -162,15 +162,20 @@ fn init_tracing(format: LogFormat) {
     // thread that every MQTT message goes through, and those spans were a third of its CPU
     // during a push to 10,000 devices (docs/BENCHMARKS.md). Its events still log; its spans
     // only when DROVER_LOG names rumqttd (someone debugging the broker).
-    let router_spans = asked.as_deref().is_some_and(|s| s.contains("rumqttd"));
-    let quiet = tracing_subscriber::filter::filter_fn(move |m| {
-        router_spans || !(m.is_span() && m.target().starts_with("rumqttd"))
-    });
-    let registry = tracing_subscriber::registry().with(quiet).with(filter);
+    let registry = tracing_subscriber::registry().with(broker_spans(asked.as_deref())).with(filter);
     match format {
         LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).init(),
         LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json()).init(),
     }
+}
+
+/// Drops rumqttd's spans unless `asked` (DROVER_LOG) names rumqttd; keeps everything else,
+/// rumqttd's events included. See `init_tracing` for why.
+fn broker_spans(
+    asked: Option<&str>,
+) -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool + Send + Sync + 'static> {
+    let router_spans = asked.is_some_and(|s| s.contains("rumqttd"));
+    tracing_subscriber::filter::filter_fn(move |m| router_spans || !(m.is_span() && m.target().starts_with("rumqttd")))
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -442,4 +447,57 @@ fn embed(file: PathBuf, manifest: PathBuf, out: Option<PathBuf>) -> anyhow::Resu
     std::fs::write(&out, &with)?;
     println!("{}: manifest of {}@{} ({}) embedded", out.display(), m.name, m.version, m.kind);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    use tracing_subscriber::prelude::*;
+
+    /// Counts the spans and events that reach the layers after the filter.
+    #[derive(Clone, Default)]
+    struct Seen {
+        spans: Arc<AtomicUsize>,
+        events: Arc<AtomicUsize>,
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Seen {
+        fn on_new_span(
+            &self,
+            _: &tracing::span::Attributes<'_>,
+            _: &tracing::span::Id,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            self.spans.fetch_add(1, Relaxed);
+        }
+        fn on_event(&self, _: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            self.events.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// (spans, events) seen of one rumqttd span with an event inside it and one span and
+    /// event of Drover's, with DROVER_LOG set to `asked`.
+    fn seen(asked: Option<&str>) -> (usize, usize) {
+        let seen = Seen::default();
+        let subscriber = tracing_subscriber::registry().with(super::broker_spans(asked)).with(seen.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            // As rumqttd's router opens them: ERROR level, so that no level filter drops it.
+            let router = tracing::error_span!(target: "rumqttd::router::routing", "incoming_publish", client_id = 7);
+            router.in_scope(|| tracing::info!(target: "rumqttd::router::routing", "publish routed"));
+            let ours = tracing::info_span!(target: "drover::mqtt", "delivery");
+            ours.in_scope(|| tracing::info!(target: "drover::mqtt", "operation published"));
+        });
+        (seen.spans.load(Relaxed), seen.events.load(Relaxed))
+    }
+
+    #[test]
+    fn broker_spans_dropped_unless_asked_for() {
+        // rumqttd's span is dropped; its event and everything of Drover's are kept.
+        assert_eq!(seen(None), (1, 2));
+        assert_eq!(seen(Some("info")), (1, 2));
+        assert_eq!(seen(Some("drover=debug")), (1, 2));
+        // Someone debugging the broker gets its spans.
+        assert_eq!(seen(Some("info,rumqttd=debug")), (2, 2));
+    }
 }
