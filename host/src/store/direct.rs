@@ -175,7 +175,7 @@ pub(super) fn device_and_queue(
             DeviceKey::Name(device_type, device_id) => device(c, device_type, device_id)?,
         };
         let Some(device) = device else { return Ok(None) };
-        let queue = operations_in(c, device.id, limit, "'PENDING', 'NOTNOW'")?;
+        let queue = operations_in(c, device.id, limit, super::queued_states!())?;
         Ok(Some((device, queue)))
     })();
     let end = c.prepare_cached("COMMIT").and_then(|mut s| s.execute([]));
@@ -208,9 +208,8 @@ pub(super) fn operations_in(
     rows.collect()
 }
 
-/// The statement of [`operations_in`]. For PENDING and NOTNOW its `IN` list must stay
-/// word for word the `WHERE` of the partial index `operations_queued` (migration 0010), or
-/// SQLite cannot use it; `tests/tests/store.rs` checks the plan.
+/// The statement of [`operations_in`]. For the queue, `states` is
+/// [`queued_states!`](super::queued_states), the `WHERE` of its partial index.
 pub(super) fn queue_sql(states: &str) -> String {
     format!(
         "SELECT o.id, o.code, o.kind, a.payload, o.expires_at, o.state FROM operations o
@@ -219,7 +218,8 @@ pub(super) fn queue_sql(states: &str) -> String {
     )
 }
 
-/// SQLite's plan for `sql` (`EXPLAIN QUERY PLAN`), one step per line.
+/// SQLite's plan for `sql` (`EXPLAIN QUERY PLAN`), one step per line; `sql` takes the two
+/// parameters of [`queue_sql`] (a device key and a limit).
 pub(super) fn plan(c: &Connection, sql: &str) -> rusqlite::Result<String> {
     let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
     let steps = stmt.query_map(params![0, 10], |r| r.get::<_, String>(3))?;

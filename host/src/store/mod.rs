@@ -203,6 +203,17 @@ impl WriteTx for PgPool {
     }
 }
 
+/// The states of a device's queue, as the queue reads list them. A macro, so that the
+/// LATERAL statement's `concat!` can use it too. The partial index `operations_queued`
+/// (migration 0010) has this list, word for word, as its `WHERE`: SQLite uses the index only
+/// for a query whose `IN` list matches it. `tests/tests/store.rs` checks the plan.
+macro_rules! queued_states {
+    () => {
+        "'PENDING', 'NOTNOW'"
+    };
+}
+pub(crate) use queued_states;
+
 /// Mark SQL built at run time as safe. Only for text made from constants and the
 /// placeholder lists below, never from input: every value goes through `.bind`.
 pub(crate) fn trusted(text: &str) -> sqlx::AssertSqlSafe<&str> {

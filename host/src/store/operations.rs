@@ -226,7 +226,7 @@ impl Store {
         skip_not_now: bool,
     ) -> Result<Vec<QueuedOperation>, StoreError> {
         let now = now_ms();
-        let states = if skip_not_now { "'PENDING'" } else { "'PENDING', 'NOTNOW'" };
+        let states = if skip_not_now { "'PENDING'" } else { super::queued_states!() };
         let fetch = || self.operations_in(device, limit, states);
         let rows = fetch().await?;
         if rows.iter().any(|q| q.expires_at.is_some_and(|e| e <= now)) {
@@ -271,7 +271,9 @@ impl Store {
                     " LEFT JOIN LATERAL (
                          SELECT o.id, o.code, o.kind, a.payload, o.expires_at, o.state FROM operations o
                          JOIN activities a ON a.id = o.activity
-                         WHERE o.device = d.id AND o.state IN ('PENDING', 'NOTNOW') ORDER BY o.id LIMIT $1
+                         WHERE o.device = d.id AND o.state IN (",
+                    super::queued_states!(),
+                    ") ORDER BY o.id LIMIT $1
                      ) q ON true
                      WHERE ",
                 )
@@ -339,7 +341,7 @@ impl Store {
     /// explains it: for tests that the read stays on its index (`operations_queued`).
     #[doc(hidden)]
     pub async fn queue_plan(&self) -> Result<String, StoreError> {
-        const QUEUED: &str = "'PENDING', 'NOTNOW'";
+        const QUEUED: &str = super::queued_states!();
         let pool = match &self.backend {
             Backend::Sqlite { direct, .. } => {
                 return direct.read(|c| super::direct::plan(c, &super::direct::queue_sql(QUEUED)));
@@ -639,8 +641,7 @@ impl Store {
 }
 
 /// The statement of `operations_in` on the sqlx path (PostgreSQL; `direct.rs` has SQLite's
-/// twin). For PENDING and NOTNOW its `IN` list is the `WHERE` of the partial index
-/// `operations_queued` (migration 0010).
+/// twin). For the queue, `states` is [`queued_states!`](super::queued_states).
 fn queue_sql(states: &str) -> String {
     format!(
         "SELECT o.id, o.code, o.kind, a.payload, o.expires_at, o.state FROM operations o
