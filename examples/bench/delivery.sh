@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The delivery benchmarks of docs/BENCHMARKS.md, as they are run: a fresh release server
+# and the fleet simulator on this machine, with the server's CPU over the measured phase
+# read from /proc. Build first:
+#
+#   cargo build --release -p drover -p drover-examples --bins --examples
+#
+# Usage:
+#   examples/bench/delivery.sh MODE [BUILD ...]
+#
+#   MODE   poll      10,000 devices, one operation each, 64 polls in flight (SQLite)
+#          poll-pg   the same on PostgreSQL (a fresh database `drover_bench` each run)
+#          push      10,000 devices on the embedded broker, one operation each at once
+#          push-ext  the same through the external mosquitto on 127.0.0.1:1883
+#          floor     the HTTP floor: `http-floor` answering the same requests
+#   BUILD  a directory holding `drover`, `fleet` and `http-floor` (default: target/release
+#          and its examples). Give two or more to run them in turn, round after round: this
+#          machine's speed moves by more than most changes do from one minute to the next,
+#          so builds are compared only within a round.
+#
+# Environment: DEVICES (10000; floor 200000), ROUNDS (1), CONCURRENCY (64),
+# PG_URL (postgres://postgres@127.0.0.1:5432). Everything binds to 127.0.0.1; the ports
+# are fixed (HTTP 18080, MQTT 18830, CoAP 15683, floor 18090), so run one at a time.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+mode=${1:?"usage: examples/bench/delivery.sh poll|poll-pg|push|push-ext|floor [BUILD ...]"}
+shift
+builds=("$@")
+if [ ${#builds[@]} -eq 0 ]; then
+    mkdir -p target/bench/current
+    cp target/release/drover target/release/examples/fleet target/release/examples/http-floor target/bench/current/
+    builds=(target/bench/current)
+fi
+for bin in "${builds[@]}"; do
+    for exe in drover fleet http-floor; do
+        [ -x "$bin/$exe" ] || { echo "$bin/$exe is missing: a BUILD directory holds drover, fleet and http-floor" >&2; exit 2; }
+    done
+done
+rounds=${ROUNDS:-1}
+concurrency=${CONCURRENCY:-64}
+pg_url=${PG_URL:-postgres://postgres@127.0.0.1:5432}
+data=$(mktemp -d)
+log=$data/fleet.log
+trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "$data"' EXIT
+ulimit -n 20000
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+wait_for() { # file pattern: bounded wait for the simulator to reach its measured phase
+    for _ in $(seq 1 6000); do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        sleep 0.02
+    done
+    echo "the simulator never printed '$2':" >&2
+    cat "$1" >&2
+    return 1
+}
+
+one_run() { # build
+    local bin=$1 devices args=() server_args=() hz
+    hz=$(getconf CLK_TCK)
+    rm -rf "$data/server"
+    mkdir -p "$data/server"
+    if [ "$mode" = floor ]; then
+        devices=${DEVICES:-200000}
+        "$bin/http-floor" --addr 127.0.0.1:18090 >"$data/server.log" 2>&1 &
+        server=$!
+        sleep 0.5
+        "$bin/fleet" --mode floor --server http://127.0.0.1:18090 --devices "$devices" \
+            --concurrency "$concurrency" >"$log" 2>&1
+        kill "$server"
+        wait "$server" 2>/dev/null || true
+        grep -E "polls/s|poll latency|simulator CPU" "$log"
+        return
+    fi
+    devices=${DEVICES:-10000}
+    case $mode in
+    poll | poll-pg) args=(--mode poll --concurrency "$concurrency") ;;
+    push) args=(--mqtt 127.0.0.1:18830 --mode push --timeout-secs 400) ;;
+    push-ext)
+        args=(--mqtt 127.0.0.1:1883 --mode push --announce-online --timeout-secs 400)
+        server_args=(--broker mqtt://127.0.0.1:1883)
+        ;;
+    *)
+        echo "unknown mode $mode" >&2
+        exit 2
+        ;;
+    esac
+    if [ "$mode" = poll-pg ]; then
+        psql -q "$pg_url/test" -c "DROP DATABASE IF EXISTS drover_bench" -c "CREATE DATABASE drover_bench" >/dev/null
+        server_args=(--database-url "$pg_url/drover_bench")
+    fi
+    "$bin/drover" serve --data-dir "$data/server" --http-addr 127.0.0.1:18080 --mqtt-addr 127.0.0.1:18830 \
+        --coap-addr 127.0.0.1:15683 "${server_args[@]}" >"$data/server.log" 2>&1 &
+    server=$!
+    for _ in $(seq 1 300); do
+        curl -sf http://127.0.0.1:18080/healthz >/dev/null && break
+        sleep 0.1
+    done
+    "$bin/fleet" --server http://127.0.0.1:18080 --data-dir "$data/server" --devices "$devices" "${args[@]}" \
+        >"$log" 2>&1 &
+    local fleet=$! t0 t1
+    # Poll: from the end of setup (operations stored) to the simulator's exit. Push: from
+    # the devices connected; that phase also holds the bare-broker passes.
+    case $mode in poll*) wait_for "$log" "stored in" ;; *) wait_for "$log" "connected and subscribed" ;; esac
+    t0=$(ticks "$server")
+    wait "$fleet"
+    t1=$(ticks "$server")
+    kill "$server"
+    wait "$server" 2>/dev/null || true
+    grep -E "polls/s|ops/s|poll latency|added → at device|round trips/s|msg/s|simulator CPU" "$log"
+    case $mode in
+    poll*) echo "server CPU: $(((t1 - t0) * 1000000 / hz / (2 * devices))) µs per poll" ;;
+    *) echo "server CPU over the push phase: $(((t1 - t0) * 1000 / hz)) ms" ;;
+    esac
+}
+
+for round in $(seq 1 "$rounds"); do
+    for bin in "${builds[@]}"; do
+        echo "== round $round: $bin ($mode)"
+        one_run "$bin"
+    done
+done
