@@ -22,15 +22,26 @@
 # PG_URL (postgres://postgres@127.0.0.1:5432). Everything binds to 127.0.0.1; the ports
 # are fixed (HTTP 18080, MQTT 18830, CoAP 15683, floor 18090), so run one at a time.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-
-mode=${1:?"usage: examples/bench/delivery.sh poll|poll-pg|push|push-ext|floor [BUILD ...]"}
+usage="usage: examples/bench/delivery.sh poll|poll-pg|push|push-ext|floor [BUILD ...]"
+mode=${1:?$usage}
 shift
-builds=("$@")
+case $mode in poll | poll-pg | push | push-ext | floor) ;; *)
+    echo "$usage" >&2
+    exit 2
+    ;;
+esac
+# BUILD directories are taken relative to where the script was started.
+builds=()
+for b in "$@"; do builds+=("$(realpath "$b")"); done
+cd "$(dirname "$0")/../.."
 if [ ${#builds[@]} -eq 0 ]; then
+    # The current release build, copied so that a rebuild during the run cannot change it.
+    for exe in target/release/drover target/release/examples/fleet target/release/examples/http-floor; do
+        [ -x "$exe" ] || { echo "$exe is missing: cargo build --release -p drover -p drover-examples --bins --examples" >&2; exit 2; }
+    done
     mkdir -p target/bench/current
     cp target/release/drover target/release/examples/fleet target/release/examples/http-floor target/bench/current/
-    builds=(target/bench/current)
+    builds=("$PWD/target/bench/current")
 fi
 for bin in "${builds[@]}"; do
     for exe in drover fleet http-floor; do
@@ -43,17 +54,19 @@ pg_url=${PG_URL:-postgres://postgres@127.0.0.1:5432}
 data=$(mktemp -d)
 log=$data/fleet.log
 trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "$data"' EXIT
-ulimit -n 20000
+# 10,000 and more MQTT connections (and the 19,000-connection run) need the descriptors.
+ulimit -n 20000 2>/dev/null || echo "warning: cannot raise the open-file limit to 20000 ($(ulimit -n))" >&2
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-wait_for() { # file pattern: bounded wait for the simulator to reach its measured phase
+wait_for() { # pid file pattern: bounded wait for the simulator to reach its measured phase
     for _ in $(seq 1 6000); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
+        grep -q "$3" "$2" 2>/dev/null && return 0
+        kill -0 "$1" 2>/dev/null || break
         sleep 0.02
     done
-    echo "the simulator never printed '$2':" >&2
-    cat "$1" >&2
+    echo "the simulator never printed '$3':" >&2
+    cat "$2" "$data/server.log" >&2
     return 1
 }
 
@@ -82,10 +95,6 @@ one_run() { # build
         args=(--mqtt 127.0.0.1:1883 --mode push --announce-online --timeout-secs 400)
         server_args=(--broker mqtt://127.0.0.1:1883)
         ;;
-    *)
-        echo "unknown mode $mode" >&2
-        exit 2
-        ;;
     esac
     if [ "$mode" = poll-pg ]; then
         psql -q "$pg_url/test" -c "DROP DATABASE IF EXISTS drover_bench" -c "CREATE DATABASE drover_bench" >/dev/null
@@ -95,7 +104,8 @@ one_run() { # build
         --coap-addr 127.0.0.1:15683 "${server_args[@]}" >"$data/server.log" 2>&1 &
     server=$!
     for _ in $(seq 1 300); do
-        curl -sf http://127.0.0.1:18080/healthz >/dev/null && break
+        curl -sf --max-time 1 http://127.0.0.1:18080/healthz >/dev/null && break
+        kill -0 "$server" 2>/dev/null || { cat "$data/server.log" >&2; echo "the server did not start" >&2; return 1; }
         sleep 0.1
     done
     "$bin/fleet" --server http://127.0.0.1:18080 --data-dir "$data/server" --devices "$devices" "${args[@]}" \
@@ -103,9 +113,9 @@ one_run() { # build
     local fleet=$! t0 t1
     # Poll: from the end of setup (operations stored) to the simulator's exit. Push: from
     # the devices connected; that phase also holds the bare-broker passes.
-    case $mode in poll*) wait_for "$log" "stored in" ;; *) wait_for "$log" "connected and subscribed" ;; esac
+    case $mode in poll*) wait_for "$fleet" "$log" "stored in" ;; *) wait_for "$fleet" "$log" "connected and subscribed" ;; esac
     t0=$(ticks "$server")
-    wait "$fleet"
+    wait "$fleet" || { cat "$log" >&2; echo "the simulator failed" >&2; return 1; }
     t1=$(ticks "$server")
     kill "$server"
     wait "$server" 2>/dev/null || true
