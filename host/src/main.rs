@@ -151,6 +151,7 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
     let asked = std::env::var("DROVER_LOG").ok();
     let filter = asked
@@ -164,9 +165,21 @@ fn init_tracing(format: LogFormat) {
     // only when DROVER_LOG names rumqttd (someone debugging the broker).
     let registry = tracing_subscriber::registry().with(broker_spans(asked.as_deref())).with(filter);
     match format {
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).init(),
+        // Colours only on a terminal: a log that goes to a file, a pipe, journald or a
+        // container runtime must not carry escape codes. NO_COLOR (no-color.org) turns
+        // them off on a terminal too.
+        LogFormat::Text => {
+            let ansi = log_colours(std::io::stdout().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
+            registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi)).init()
+        }
         LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json()).init(),
     }
+}
+
+/// Whether the text log is coloured: on a terminal, unless `NO_COLOR` is set to anything
+/// but the empty string (as no-color.org says).
+fn log_colours(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Drops rumqttd's spans unless `asked` (DROVER_LOG) names rumqttd; keeps everything else,
@@ -499,5 +512,14 @@ mod tests {
         assert_eq!(seen(Some("drover=debug")), (1, 2));
         // Someone debugging the broker gets its spans.
         assert_eq!(seen(Some("info,rumqttd=debug")), (2, 2));
+    }
+
+    #[test]
+    fn log_colours_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(super::log_colours(true, None));
+        assert!(!super::log_colours(false, None), "a file, a pipe, journald");
+        assert!(!super::log_colours(true, Some(OsStr::new("1"))), "NO_COLOR set");
+        assert!(super::log_colours(true, Some(OsStr::new(""))), "NO_COLOR empty counts as unset");
     }
 }

@@ -112,6 +112,25 @@ fn a_taken_port_is_a_clear_error_naming_the_flag() {
 }
 
 #[test]
+fn a_log_that_is_not_a_terminal_has_no_colour_codes() {
+    // Under systemd, a container runtime or `> drover.log`, stdout is not a terminal:
+    // escape codes there garble every line. Here stdout is a pipe; the run ends early on a
+    // taken port, after it has logged.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let out = drover()
+        .env_remove("NO_COLOR")
+        .args(["serve", "--data-dir"])
+        .arg(data.path())
+        .args(["--http-addr", &taken.local_addr().unwrap().to_string()])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("starting drover") && log.contains("INFO"), "{log}");
+    assert!(!log.contains('\x1b'), "escape codes in a log written to a pipe: {log:?}");
+}
+
+#[test]
 fn a_taken_mqtt_port_names_the_flag_and_the_way_out() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
