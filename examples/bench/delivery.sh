@@ -108,6 +108,10 @@ one_run() { # build
         kill -0 "$server" 2>/dev/null || { cat "$data/server.log" >&2; echo "the server did not start" >&2; return 1; }
         sleep 0.1
     done
+    # The last run's log must be gone before `wait_for` looks: the simulator's shell
+    # truncates it only once it runs, and a stale "stored in" would start the CPU count
+    # during enrollment.
+    rm -f "$log"
     "$bin/fleet" --server http://127.0.0.1:18080 --data-dir "$data/server" --devices "$devices" "${args[@]}" \
         >"$log" 2>&1 &
     local fleet=$! t0 t1
