@@ -28,24 +28,36 @@ pub struct DeviceRow {
     pub session: Vec<u8>,
     pub enrolled_at: i64,
     pub last_seen_at: Option<i64>,
+    /// `metadata` as plugin calls take it, parsed at the first call: a device message
+    /// makes two (decode, then encode) with the same row. A row is what was read and is
+    /// not changed in place (a changed device is read again), so this cannot go stale.
+    #[sqlx(skip)]
+    #[serde(skip)]
+    pub(super) metadata_pairs: std::sync::OnceLock<Vec<(String, String)>>,
 }
 
 impl DeviceRow {
     /// Metadata as key/value pairs, for plugin calls.
     pub fn metadata_pairs(&self) -> Vec<(String, String)> {
-        match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&self.metadata) {
-            Ok(m) => m
-                .into_iter()
-                .map(|(k, v)| {
-                    let v = match v {
-                        serde_json::Value::String(s) => s,
-                        v => v.to_string(),
-                    };
-                    (k, v)
-                })
-                .collect(),
-            Err(_) => Vec::new(),
-        }
+        self.metadata_pairs.get_or_init(|| parse_metadata(&self.metadata)).clone()
+    }
+}
+
+/// A device's stored metadata (a JSON object) as key/value pairs: strings as they are,
+/// other values as JSON; anything but an object as no metadata.
+fn parse_metadata(json: &str) -> Vec<(String, String)> {
+    match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(json) {
+        Ok(m) => m
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    serde_json::Value::String(s) => s,
+                    v => v.to_string(),
+                };
+                (k, v)
+            })
+            .collect(),
+        Err(_) => Vec::new(),
     }
 }
 
@@ -393,5 +405,21 @@ impl Store {
             tx.commit().await?;
             Ok(n)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_metadata;
+
+    #[test]
+    fn metadata_reaches_plugins_as_text_pairs() {
+        let pairs = parse_metadata(r#"{"model":"Pixel 8","battery":87,"rooted":false,"sim":{"mcc":"262"}}"#);
+        let expected = [("battery", "87"), ("model", "Pixel 8"), ("rooted", "false"), ("sim", r#"{"mcc":"262"}"#)];
+        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(pairs, expected);
+        // A value that is not an object (a row written by hand, a newer format) is no metadata.
+        assert!(parse_metadata("[1, 2]").is_empty());
+        assert!(parse_metadata("").is_empty());
     }
 }

@@ -130,6 +130,7 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
         session: r.get(9)?,
         enrolled_at: r.get(10)?,
         last_seen_at: r.get(11)?,
+        metadata_pairs: Default::default(),
     })
 }
 
