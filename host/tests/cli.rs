@@ -120,6 +120,8 @@ fn a_log_that_is_not_a_terminal_has_no_colour_codes() {
     let data = tempfile::tempdir().unwrap();
     let out = drover()
         .env_remove("NO_COLOR")
+        .env_remove("DROVER_LOG")
+        .env_remove("DROVER_LOG_FORMAT")
         .args(["serve", "--data-dir"])
         .arg(data.path())
         .args(["--http-addr", &taken.local_addr().unwrap().to_string()])
