@@ -203,7 +203,9 @@ async fn main() {
         let (d, o) = (hdev.clone(), hops.clone());
         let p = &plugin;
         async move {
-            std::hint::black_box(p.encode(d, o, host::ChannelKind::Http).await.ok());
+            std::hint::black_box(
+                p.encode(drover::plugins::Source::Device(1), d, o, host::ChannelKind::Http).await.ok(),
+            );
         }
     })
     .await;
@@ -211,7 +213,7 @@ async fn main() {
         let (d, c, b) = (hdev.clone(), hchan.clone(), results.clone());
         let p = &plugin;
         async move {
-            std::hint::black_box(p.decode(d, c, b).await.ok());
+            std::hint::black_box(p.decode(drover::plugins::Source::Device(1), d, c, b).await.ok());
         }
     })
     .await;
@@ -380,7 +382,7 @@ async fn encode_row(
     let wasm = measure(n, || {
         let (d, o) = (hdev.clone(), hops.clone());
         async move {
-            std::hint::black_box(plugin.encode(d, o, kind).await.unwrap());
+            std::hint::black_box(plugin.encode(drover::plugins::Source::Device(1), d, o, kind).await.unwrap());
         }
     })
     .await;
@@ -407,7 +409,7 @@ async fn decode_row(
     let wasm = measure(n, || {
         let (d, c, b) = (hdev.clone(), hchan.clone(), body.to_vec());
         async move {
-            std::hint::black_box(plugin.decode(d, c, b).await.unwrap());
+            std::hint::black_box(plugin.decode(drover::plugins::Source::Device(1), d, c, b).await.unwrap());
         }
     })
     .await;

@@ -45,7 +45,7 @@ macro_rules! bench_backend {
             })
             .collect();
         let t = Instant::now();
-        store.register_devices(&devices).await.unwrap();
+        store.register_devices(&devices, true, "bench").await.unwrap();
         let register = t.elapsed();
         let group = store.create_group("all", "", None).await.unwrap();
         let keys: Vec<i64> = {

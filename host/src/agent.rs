@@ -14,7 +14,7 @@ use crate::plugins::types::{
     Channel, ChannelKind, CheckIn, Device, HttpMethod, HttpRequest, Operation, OperationKind, Outbound, Reply,
     ResultStatus,
 };
-use crate::plugins::{CallError, LoadedPlugin};
+use crate::plugins::{CallError, LoadedPlugin, Source};
 use crate::server::AppState;
 use crate::store::{DeviceKey, DeviceRow, NewDevice, QueuedOperation};
 use axum::body::Bytes;
@@ -120,7 +120,9 @@ async fn agent(
             .or_else(|| {
                 uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token="))).map(str::to_string)
             });
-        return enroll(&state, &plugin, &device_type, channel, body, token).await;
+        // No credential yet: a fault its body causes is charged to the peer's address.
+        let peer = request_peer(&parts);
+        return enroll(&state, &plugin, &device_type, Source::Peer(peer), channel, body, token).await;
     }
     if path == "credential" {
         let AuthDevice(device, credential) = AuthDevice::from_request_parts(&mut parts, &state).await?;
@@ -192,29 +194,43 @@ async fn refresh_credential(state: &AppState, device: &DeviceRow, old_hash: &str
     Ok((StatusCode::OK, Json(credential_body(device, &token))).into_response())
 }
 
+/// The address a request came from (the connection's peer; behind a load balancer, the
+/// balancer's). Unspecified when the server was not served with connection info.
+fn request_peer(parts: &axum::http::request::Parts) -> std::net::IpAddr {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
+}
+
 async fn enroll(
     state: &AppState,
     plugin: &LoadedPlugin,
     device_type: &str,
+    source: Source,
     channel: Channel,
     body: Bytes,
     token: Option<String>,
 ) -> Result<Response, ApiError> {
+    bounded(&body)?;
     // The plugin validates first: a refused request must not use up a token.
-    let e = plugin.enroll(channel, body.to_vec()).await?;
-    match token {
-        Some(t) if !state.store.consume_enrollment_token(&crate::auth::hash_token(&t), device_type).await? => {
-            return Err(ApiError::unauthorized(format!(
-                "the enrollment token is unknown, expired, used up, or not for {device_type} devices"
-            )));
+    let e = plugin.enroll(source, channel, body.to_vec()).await?;
+    use crate::enrollment::{Credential, Decision, decide};
+    let claim = state.store.claim_of(device_type, &e.device_id).await?;
+    let credential = if token.is_some() { Credential::Token } else { Credential::None };
+    match decide(claim.as_ref(), credential, state.open_enrollment) {
+        Decision::AlreadyEnrolled => return Err(already_enrolled(device_type, &e.device_id)),
+        Decision::Refused(why) => return Err(ApiError::forbidden(why)),
+        Decision::Open => {}
+        Decision::Token { import_batch } => {
+            let hash = crate::auth::hash_token(token.as_deref().unwrap_or_default());
+            if !state.store.consume_enrollment_token(&hash, device_type, import_batch.as_deref()).await? {
+                return Err(ApiError::unauthorized(format!(
+                    "the enrollment token is unknown, expired, used up, not for {device_type} devices, or made for \
+                     an import this device is not in"
+                )));
+            }
         }
-        Some(_) => {}
-        None if !state.open_enrollment => {
-            return Err(ApiError::forbidden(
-                "self-enrollment is switched off on this server: enroll with an enrollment token from an admin",
-            ));
-        }
-        None => {}
     }
     let ownership = match e.ownership {
         crate::plugins::types::Ownership::Byod => "BYOD",
@@ -222,6 +238,7 @@ async fn enroll(
     };
     let metadata = e.metadata.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
     let push_token = e.push.as_ref().map(crate::wakeup::token_json);
+    let e_device_id = e.device_id.clone();
     let device = state
         .store
         .enroll_device(&NewDevice {
@@ -235,11 +252,7 @@ async fn enroll(
         })
         .await
         .map_err(|err| match err {
-            crate::store::StoreError::Conflict(what) => ApiError::new(
-                StatusCode::CONFLICT,
-                "already_enrolled",
-                format!("{what} is already enrolled; remove it first to enroll it again"),
-            ),
+            crate::store::StoreError::Conflict(_) => already_enrolled(device_type, &e_device_id),
             other => other.into(),
         })?;
     let (token, hash) = crate::auth::new_token("dev");
@@ -247,6 +260,19 @@ async fn enroll(
     state.store.insert_device_credential(device.id, &hash, expires_at).await?;
     tracing::info!(device_type, device_id = %device.device_id, "device enrolled");
     Ok((StatusCode::CREATED, Json(credential_body(&device, &token))).into_response())
+}
+
+fn already_enrolled(device_type: &str, device_id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "already_enrolled",
+        format!("device {device_type}/{device_id} is already enrolled; an admin removes it first to enroll it again"),
+    )
+}
+
+/// A body's shape checked before any plugin parses it (`bounds`).
+fn bounded(body: &[u8]) -> Result<(), ApiError> {
+    crate::bounds::check(body).map_err(|e| ApiError::bad_request("body_refused", e.to_string()))
 }
 
 pub(crate) fn plugin_device(d: &DeviceRow) -> Device {
@@ -355,7 +381,11 @@ pub(crate) async fn receive_noting(
         Channel::Mqtt(_) => ChannelKind::Mqtt,
         Channel::Coap(_) => ChannelKind::Coap,
     };
-    let decoded = plugin.decode(plugin_device(device), channel, body.to_vec()).await;
+    if let Err(e) = bounded(body) {
+        state.stats.message(kind, true);
+        return Err(e);
+    }
+    let decoded = plugin.decode(Source::Device(device.id), plugin_device(device), channel, body.to_vec()).await;
     state.stats.message(kind, matches!(decoded, Err(CallError::Rejected(_))));
     let message = decoded.map_err(|e| match e {
         CallError::Rejected(p) => ApiError::bad_request("bad_device_message", p.message),
@@ -459,7 +489,7 @@ pub(crate) async fn encode_queued(
         if queued.is_empty() && queue.skip_empty {
             return Ok(None);
         }
-        match plugin.encode(plugin_device(device), plugin_operations(&queued), kind).await {
+        match plugin.encode(Source::Device(device.id), plugin_device(device), plugin_operations(&queued), kind).await {
             Ok(encoded) => {
                 let delivered: Vec<i64> = encoded
                     .delivered

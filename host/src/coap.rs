@@ -28,10 +28,13 @@ use crate::store::{DeviceRow, NewDevice};
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
+
+/// Why an update or de-registration from an address other than the registration's is refused.
+const MOVED: &str = "this registration was made from another host: only that host may update or end it";
 
 /// RFC 7252 transmission parameters.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -110,8 +113,9 @@ struct Inner {
     /// (operation, request).
     observing: Mutex<HashMap<i64, Vec<CoapRequest>>>,
     next_message_id: AtomicU16,
-    next_token: AtomicU64,
-    next_registration: AtomicU64,
+    /// A registration for a live endpoint, an update or a de-registration from another
+    /// address than the registration's is accepted (`--coap-allow-address-change`).
+    allow_address_change: bool,
     /// (peer, message id) of confirmable messages received lately → Drover's answer.
     seen: Mutex<HashMap<(SocketAddr, u16), Seen>>,
 }
@@ -120,6 +124,21 @@ struct Inner {
 #[derive(Clone)]
 pub struct Coap {
     inner: Arc<Inner>,
+}
+
+/// Whether two addresses are the same host: the same IP, whatever the port. A client that
+/// rebooted, or whose NAT mapping was renewed, comes back from a new port of the same
+/// address; registrations, updates and de-registrations follow it there. (A response must
+/// come from exactly where its request went.)
+fn same_host(a: SocketAddr, b: SocketAddr) -> bool {
+    a.ip() == b.ip()
+}
+
+/// `N` bytes from the OS random source.
+fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).expect("the OS random source");
+    b
 }
 
 fn code_number(c: MessageClass) -> u16 {
@@ -172,11 +191,11 @@ fn empty(kind: MessageType, message_id: u16) -> Packet {
 
 impl Coap {
     /// Bind the UDP socket (a clear error naming the flag when the address is taken).
-    pub async fn bind(addr: SocketAddr) -> anyhow::Result<Coap> {
+    pub async fn bind(addr: SocketAddr, allow_address_change: bool) -> anyhow::Result<Coap> {
         let socket = UdpSocket::bind(addr).await.map_err(|e| {
             anyhow::anyhow!("cannot listen for CoAP on {addr} (--coap-addr): {e}; choose another address")
         })?;
-        let seed = crate::store::now_ms() as u64;
+        let seed = random::<2>();
         Ok(Coap {
             inner: Arc::new(Inner {
                 socket,
@@ -184,9 +203,8 @@ impl Coap {
                 by_device: Mutex::new(HashMap::new()),
                 exchanges: Mutex::new(HashMap::new()),
                 observing: Mutex::new(HashMap::new()),
-                next_message_id: AtomicU16::new(seed as u16),
-                next_token: AtomicU64::new(seed.rotate_left(17)),
-                next_registration: AtomicU64::new(1),
+                next_message_id: AtomicU16::new(u16::from_be_bytes(seed)),
+                allow_address_change,
                 seen: Mutex::new(HashMap::new()),
             }),
         })
@@ -367,6 +385,13 @@ impl Coap {
         }
     }
 
+    /// The device's current registration.
+    fn registration_of(&self, device: i64) -> Option<Registration> {
+        let by_device = self.inner.by_device.lock().unwrap_or_else(|p| p.into_inner());
+        let regs = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
+        by_device.get(&device).and_then(|id| regs.get(id)).cloned()
+    }
+
     /// Drop the device's pointer to registration `id`, unless it registered anew since.
     fn forget(&self, device: i64, id: &str) {
         let mut by_device = self.inner.by_device.lock().unwrap_or_else(|p| p.into_inner());
@@ -419,7 +444,15 @@ impl Coap {
                 Err((code, why)) => (answer(code, &why), None),
             },
             (RequestType::Delete, ["rd", id]) => {
-                let removed = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).remove(*id);
+                let removed = {
+                    let mut regs = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
+                    match regs.get(*id) {
+                        Some(r) if !same_host(r.addr, from) && !self.inner.allow_address_change => {
+                            return (answer(ResponseType::Forbidden, MOVED), None);
+                        }
+                        _ => regs.remove(*id),
+                    }
+                };
                 match removed {
                     Some(r) => {
                         self.forget(r.device, id);
@@ -451,35 +484,65 @@ impl Coap {
             content_format: uint_option(packet, CoapOption::ContentFormat).map(|v| v as u16),
             operation_id: None,
         });
-        let e = plugin.enroll(channel, packet.payload.clone()).await.map_err(|e| match e {
+        crate::bounds::check(&packet.payload).map_err(|e| (ResponseType::BadRequest, e.to_string()))?;
+        let source = crate::plugins::Source::Peer(from.ip());
+        let e = plugin.enroll(source, channel, packet.payload.clone()).await.map_err(|e| match e {
             crate::plugins::CallError::Rejected(p) => (ResponseType::BadRequest, p.message),
+            crate::plugins::CallError::Fault(f) => match f.fault {
+                crate::plugins::Fault::Held(_) => (ResponseType::TooManyRequests, f.to_string()),
+                crate::plugins::Fault::Busy(_) => (ResponseType::ServiceUnavailable, f.to_string()),
+                _ => (ResponseType::UnprocessableEntity, f.to_string()),
+            },
             other => (ResponseType::InternalServerError, other.to_string()),
         })?;
         let internal = |e: crate::store::StoreError| (ResponseType::InternalServerError, e.to_string());
         let existing = state.store.device(&device_type, &e.device_id).await.map_err(internal)?;
+        // A live registration of this endpoint from another address stands: without DTLS an
+        // endpoint name is no credential, and the first registration's address is all that
+        // tells the device from someone who learned its name.
+        if let Some(d) = &existing
+            && !self.inner.allow_address_change
+            && let Some(r) = self.registration_of(d.id)
+            && !same_host(r.addr, from)
+            && r.updated.elapsed() <= r.lifetime
+        {
+            tracing::warn!(device_id = %d.device_id, %from, registered_from = %r.addr, "LwM2M registration from another address refused");
+            return Err((
+                ResponseType::Forbidden,
+                format!(
+                    "endpoint `{}` is registered from another host; it can register from here once that \
+                     registration ends (de-registration or lifetime), or when the server allows address changes",
+                    d.device_id
+                ),
+            ));
+        }
         let metadata: Vec<(String, String)> = e.metadata.clone();
         let device = match existing {
             Some(d) if d.status == "active" || d.status == "unreachable" => {
                 state.store.touch_device(d.id, &metadata, None).await.map_err(internal)?;
                 d
             }
-            Some(d) if d.status == "registered" || state.open_enrollment => {
-                self.enroll(state, &device_type, &e, &metadata).await.map_err(internal)?.unwrap_or(d)
-            }
-            None if state.open_enrollment => {
-                self.enroll(state, &device_type, &e, &metadata)
-                    .await
-                    .map_err(internal)?
-                    .ok_or((ResponseType::InternalServerError, "enrollment did not create the device".into()))?
-            }
             _ => {
-                return Err((
-                    ResponseType::Forbidden,
-                    format!(
-                        "endpoint `{}` is not known: an admin pre-registers it, or turns on open enrollment",
-                        e.device_id
-                    ),
-                ));
+                // LwM2M carries no enrollment token: the identity is claimed by the rule
+                // for self-enrollment (a pre-registered one only if its import allowed it).
+                use crate::enrollment::{Credential, Decision, decide};
+                let claim = state.store.claim_of(&device_type, &e.device_id).await.map_err(internal)?;
+                match decide(claim.as_ref(), Credential::None, state.open_enrollment) {
+                    Decision::Open => self
+                        .enroll(state, &device_type, &e, &metadata)
+                        .await
+                        .map_err(internal)?
+                        .ok_or((ResponseType::InternalServerError, "enrollment did not create the device".into()))?,
+                    Decision::Refused(why) => {
+                        return Err((ResponseType::Forbidden, format!("endpoint `{}`: {why}", e.device_id)));
+                    }
+                    Decision::AlreadyEnrolled | Decision::Token { .. } => {
+                        return Err((
+                            ResponseType::Forbidden,
+                            format!("endpoint `{}` is already enrolled", e.device_id),
+                        ));
+                    }
+                }
             }
         };
         let lifetime = query
@@ -488,7 +551,8 @@ impl Coap {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(DEFAULT_LIFETIME);
         let binding = query.iter().find_map(|q| q.strip_prefix("b=")).unwrap_or("U").to_string();
-        let id = format!("{:x}", self.inner.next_registration.fetch_add(1, Ordering::Relaxed));
+        // Unguessable: whoever knows a registration's id could otherwise update it or end it.
+        let id = hex::encode(random::<8>());
         let registration = Registration {
             device: device.id,
             device_type: device_type.clone(),
@@ -569,6 +633,9 @@ impl Coap {
                 // Unknown (expired, or the server restarted): the client registers again.
                 return Err((ResponseType::NotFound, "no such registration: register again".into()));
             };
+            if !same_host(r.addr, from) && !self.inner.allow_address_change {
+                return Err((ResponseType::Forbidden, MOVED.into()));
+            }
             r.addr = from;
             r.updated = Instant::now();
             for q in query {
@@ -614,7 +681,8 @@ impl Coap {
     /// Send one request for an operation (confirmable, a fresh token), remembered until
     /// answered.
     async fn request(&self, device: i64, r: CoapRequest, addr: SocketAddr) {
-        let token = self.inner.next_token.fetch_add(1, Ordering::Relaxed).to_be_bytes().to_vec();
+        // Unguessable (RFC 7252 §5.3.1, RFC 9175): a response is matched by its token.
+        let token = random::<8>().to_vec();
         let message_id = self.inner.next_message_id.fetch_add(1, Ordering::Relaxed);
         let mut p = Packet::new();
         p.header.set_version(1);
@@ -686,6 +754,9 @@ impl Coap {
         let exchange = {
             let mut exchanges = self.inner.exchanges.lock().unwrap_or_else(|p| p.into_inner());
             match exchanges.get_mut(&token) {
+                // Only the address the request went to may answer it: a token is not a
+                // credential, and another host that learned one must not answer for the device.
+                Some(x) if x.addr != from => None,
                 Some(x) if x.request.observe == Some(true) && is_notification => {
                     x.acked = true;
                     Some(x.clone())

@@ -32,6 +32,9 @@ pub struct ServeArgs {
     /// External MQTT broker (mqtt://host:port) instead of the embedded one
     #[arg(long, env = "DROVER_BROKER")]
     pub broker: Option<String>,
+    /// Accept a LwM2M registration, update or de-registration for a live endpoint from another address than its registration's (clients behind a NAT whose port changes). Without DTLS, anyone who knows an endpoint's name can then take it over [default: false]
+    #[arg(long, env = "DROVER_COAP_ALLOW_ADDRESS_CHANGE")]
+    pub coap_allow_address_change: Option<bool>,
     /// Let devices enroll themselves at POST /agent/v1/{type}/enroll [default: true]
     #[arg(long, env = "DROVER_OPEN_ENROLLMENT")]
     pub open_enrollment: Option<bool>,
@@ -50,6 +53,15 @@ pub struct ServeArgs {
     /// Fewest faults within the window before the fault rate counts [default: 10]
     #[arg(long, env = "DROVER_PLUGIN_MIN_FAULTS")]
     pub plugin_min_faults: Option<u64>,
+    /// Fewest distinct devices (or admins) whose input made a plugin fault within the window before it is rolled back or suspended [default: 3]
+    #[arg(long, env = "DROVER_PLUGIN_MIN_SOURCES")]
+    pub plugin_min_sources: Option<usize>,
+    /// Faults one sender's input may cause within a minute before its calls into plugins are refused (429) [default: 3]
+    #[arg(long, env = "DROVER_SOURCE_HOLD_FAULTS")]
+    pub source_hold_faults: Option<u32>,
+    /// How long such a sender is refused, in seconds [default: 60]
+    #[arg(long, env = "DROVER_SOURCE_HOLD_SECS")]
+    pub source_hold_secs: Option<u64>,
     /// A plugin version serving for less than this many seconds is rolled back rather than suspended [default: 600]
     #[arg(long, env = "DROVER_PLUGIN_PROBATION_SECS")]
     pub plugin_probation_secs: Option<u64>,
@@ -73,6 +85,8 @@ pub struct Config {
     pub http_addr: SocketAddr,
     pub mqtt_addr: SocketAddr,
     pub coap_addr: SocketAddr,
+    /// See [`ServeArgs::coap_allow_address_change`].
+    pub coap_allow_address_change: bool,
     pub database_url: String,
     pub broker: Option<String>,
     pub log_format: LogFormat,
@@ -81,6 +95,8 @@ pub struct Config {
     pub unreachable_after_hours: u32,
     /// When the plugin catalog rolls back or suspends a faulting plugin by itself.
     pub fault_policy: crate::plugins::catalog::FaultPolicy,
+    /// When a sender whose input makes plugins fault is refused for a while.
+    pub hold_policy: crate::plugins::sources::HoldPolicy,
     /// The bootstrap admin token from DROVER_ADMIN_TOKEN (environment only, never a flag:
     /// flags show in process lists).
     pub admin_token: Option<String>,
@@ -129,6 +145,10 @@ impl ServeArgs {
             http_addr: self.http_addr.or(file.http_addr).unwrap_or_else(|| ([127, 0, 0, 1], 8080).into()),
             mqtt_addr: self.mqtt_addr.or(file.mqtt_addr).unwrap_or_else(|| ([127, 0, 0, 1], 1883).into()),
             coap_addr: self.coap_addr.or(file.coap_addr).unwrap_or_else(|| ([127, 0, 0, 1], 5683).into()),
+            coap_allow_address_change: self
+                .coap_allow_address_change
+                .or(file.coap_allow_address_change)
+                .unwrap_or(false),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             open_enrollment: self.open_enrollment.or(file.open_enrollment).unwrap_or(true),
             retention_days: self.retention_days.or(file.retention_days).unwrap_or(30),
@@ -142,10 +162,22 @@ impl ServeArgs {
                         .map_or(d.window, |s| std::time::Duration::from_secs(s.max(1))),
                     rate: self.plugin_fault_rate.or(file.plugin_fault_rate).unwrap_or(d.rate).clamp(0.0, 1.0),
                     min_faults: self.plugin_min_faults.or(file.plugin_min_faults).unwrap_or(d.min_faults).max(1),
+                    min_sources: self.plugin_min_sources.or(file.plugin_min_sources).unwrap_or(d.min_sources).max(1),
                     probation: self
                         .plugin_probation_secs
                         .or(file.plugin_probation_secs)
                         .map_or(d.probation, std::time::Duration::from_secs),
+                }
+            },
+            hold_policy: {
+                let d = crate::plugins::sources::HoldPolicy::default();
+                crate::plugins::sources::HoldPolicy {
+                    faults: self.source_hold_faults.or(file.source_hold_faults).unwrap_or(d.faults).max(1),
+                    window: d.window,
+                    hold: self
+                        .source_hold_secs
+                        .or(file.source_hold_secs)
+                        .map_or(d.hold, std::time::Duration::from_secs),
                 }
             },
             admin_token: std::env::var("DROVER_ADMIN_TOKEN").ok(),

@@ -6,8 +6,10 @@
 pub mod agent;
 pub mod api;
 pub mod auth;
+pub mod bounds;
 pub mod coap;
 pub mod config;
+pub mod enrollment;
 pub mod metrics;
 pub mod mqtt;
 pub mod oauth;

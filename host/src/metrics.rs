@@ -152,6 +152,11 @@ type Counter = (&'static str, &'static str, fn(&crate::plugins::runtime::Stats) 
 const COUNTERS: &[Counter] = &[
     ("drover_plugin_calls", "Calls into the plugin version", |s| &s.calls),
     ("drover_plugin_faults", "Calls that faulted (any kind below)", |s| &s.faults),
+    ("drover_plugin_charged_faults", "Faults on input from devices and admins: what the breaker judges", |s| {
+        &s.charged_faults
+    }),
+    ("drover_plugin_busy", "Calls refused without running: every instance slot in use", |s| &s.busy),
+    ("drover_plugin_held", "Calls refused without running: their sender is held for earlier faults", |s| &s.held),
     ("drover_plugin_traps", "Calls that trapped (panic, unreachable …)", |s| &s.traps),
     ("drover_plugin_cpu_limit_hits", "Calls stopped at the CPU-time limit", |s| &s.cpu_limit_hits),
     ("drover_plugin_memory_limit_hits", "Calls stopped at the memory limit", |s| &s.memory_limit_hits),

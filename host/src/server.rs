@@ -73,7 +73,8 @@ impl Server {
             .await
             .with_context(|| format!("cannot open the database (--database-url {})", redact(&config.database_url)))?;
         crate::auth::bootstrap_admin(&store, &config.data_dir, config.admin_token.clone()).await?;
-        let runtime = Runtime::new(Limits::default(), Some(config.data_dir.join("cache").join("compiled")))?;
+        let runtime = Runtime::new(Limits::default(), Some(config.data_dir.join("cache").join("compiled")))?
+            .with_hold_policy(config.hold_policy);
         let registry = Arc::new(Registry::new(Arc::new(runtime)));
         let catalog = crate::plugins::catalog::Catalog::open(store.clone(), registry.clone(), config.fault_policy)
             .await
@@ -113,7 +114,7 @@ impl Server {
                 Mqtt { embedded: Some((EmbeddedBroker::start(MAX_MQTT_CONNECTIONS), listener, gate)), endpoint, jobs }
             }
         };
-        let coap = crate::coap::Coap::bind(config.coap_addr).await?;
+        let coap = crate::coap::Coap::bind(config.coap_addr, config.coap_allow_address_change).await?;
         let state = AppState {
             registry,
             store,
@@ -163,7 +164,12 @@ impl Server {
         let wakeups = tokio::spawn(crate::wakeup::run(self.state.clone(), self.state.wakeup.clone()));
         let settings = tokio::spawn(crate::wakeup::follow_settings(self.state.clone(), CATALOG_TICK));
         let coap = self.state.coap.clone().map(|c| tokio::spawn(c.run(self.state.clone())));
-        let result = axum::serve(self.listener, router(self.state)).with_graceful_shutdown(shutdown).await;
+        let result = axum::serve(
+            self.listener,
+            router(self.state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
         sweeper.abort();
         catalog.abort();
         delivery.abort();

@@ -162,6 +162,7 @@ impl TestServer {
             http_addr: "127.0.0.1:0".parse().unwrap(),
             mqtt_addr: "127.0.0.1:0".parse().unwrap(),
             coap_addr: "127.0.0.1:0".parse().unwrap(),
+            coap_allow_address_change: false,
             database_url,
             broker: None,
             log_format: drover::config::LogFormat::Text,
@@ -169,6 +170,7 @@ impl TestServer {
             retention_days: 30,
             unreachable_after_hours: 24,
             fault_policy: Default::default(),
+            hold_policy: Default::default(),
             admin_token: Some(ADMIN_TOKEN.into()),
         };
         adjust(&mut config);

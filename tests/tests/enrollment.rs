@@ -62,7 +62,10 @@ async fn tokens_and_csv(server: &TestServer) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(r.json::<Value>().await.unwrap(), json!({"rows": 3, "registered": 3, "already_known": 0}));
+    let imported: Value = r.json().await.unwrap();
+    assert_eq!((imported["rows"].as_u64(), imported["registered"].as_u64()), (Some(3), Some(3)), "{imported}");
+    assert_eq!((imported["already_known"].as_u64(), imported["self_enroll"].as_bool()), (Some(0), Some(false)));
+    assert!(imported["batch"].as_str().unwrap().starts_with("imp_"), "{imported}");
     let r = server.admin(Method::POST, "/api/v1/devices/import").body(csv).send().await.unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["already_known"], 3);
     let bad = "device_type,device_id,ownership\nandroid,356000000000013,COPE\nandroid,356000000000014,PERSONAL\n";
@@ -176,3 +179,108 @@ async fn credentials(server: &TestServer) {
     }
 }
 e2e!(credentials, super::credentials);
+
+async fn enroll(server: &TestServer, id: &str, token: Option<&str>) -> reqwest::Response {
+    let mut r = server.http.post(server.url("/agent/v1/android/enroll")).body(enroll_body(id));
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    r.send().await.unwrap()
+}
+
+async fn import(server: &TestServer, ids: &[&str], self_enroll: bool) -> String {
+    let csv = format!("device_type,device_id\n{}", ids.iter().map(|i| format!("android,{i}\n")).collect::<String>());
+    let path = if self_enroll { "/api/v1/devices/import?self_enroll=true" } else { "/api/v1/devices/import" };
+    let r = server.admin(Method::POST, path).body(csv).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json::<Value>().await.unwrap()["batch"].as_str().unwrap().to_string()
+}
+
+async fn enrollment_token(server: &TestServer, body: Value) -> String {
+    let r = server.admin(Method::POST, "/api/v1/enrollment-tokens").json(&body).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string()
+}
+
+/// Under open self-enrollment, knowing a device's id is not enough to become it (issue
+/// 21, item 2): a pre-registered identity is claimed with an enrollment token (one for
+/// its import, or a general one) unless its import allowed self-enrollment, and a removed
+/// device's tags, static groups and session do not pass to whoever enrolls its id next,
+/// unless an admin restores it.
+async fn identities_are_not_handed_out(server: &TestServer) {
+    let (serial, other) = ("357000000000001", "357000000000002");
+    let batch = import(server, &[serial], false).await;
+    let other_batch = import(server, &[other], false).await;
+    let ring = server.add_operation("android", serial, "DEVICE_RING", None).await;
+
+    // A stranger who read the serial off a box is refused, and nothing is handed out.
+    let r = enroll(server, serial, None).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.text().await.unwrap().contains("pre-registered"));
+    assert_eq!(server.device("android", serial).await["status"], "registered");
+    assert_eq!(server.operation(ring).await["state"], "PENDING");
+
+    // A token made for another import does not claim it, and is not used up trying.
+    let wrong = enrollment_token(server, json!({"device_type": "android", "import_batch": other_batch})).await;
+    assert_eq!(enroll(server, serial, Some(&wrong)).await.status(), StatusCode::UNAUTHORIZED);
+    // ...nor a brand-new identity outside its import.
+    assert_eq!(enroll(server, "357000000000099", Some(&wrong)).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(enroll(server, other, Some(&wrong)).await.status(), StatusCode::CREATED);
+
+    // The token for its own import claims it; the device gets what was queued for it.
+    let right = enrollment_token(server, json!({"device_type": "android", "import_batch": batch})).await;
+    let r = enroll(server, serial, Some(&right)).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let credential = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+    let polled: Value = server.poll_android(serial, &credential, "[]").await.json().await.unwrap();
+    assert_eq!(polled[0]["id"].as_i64(), Some(ring));
+    // Enrolled: refused to everyone, token or not.
+    let general = enrollment_token(server, json!({"device_type": "android", "uses": 5})).await;
+    assert_eq!(enroll(server, serial, Some(&general)).await.status(), StatusCode::CONFLICT);
+    assert_eq!(enroll(server, serial, None).await.status(), StatusCode::CONFLICT);
+
+    // An import may let its devices claim their own identities.
+    let open = "357000000000003";
+    import(server, &[open], true).await;
+    assert_eq!(enroll(server, open, None).await.status(), StatusCode::CREATED);
+
+    // A removed device's id enrolled again starts clean: no tags, no static groups.
+    let gone = "357000000000004";
+    assert_eq!(enroll(server, gone, None).await.status(), StatusCode::CREATED);
+    let path = format!("/api/v1/devices/android/{gone}");
+    let r = server.admin(Method::PUT, &format!("{path}/tags")).json(&json!({"tags": ["vip"]})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let group = drover_tests::unique("execs");
+    let r = server.admin(Method::POST, "/api/v1/groups").json(&json!({"name": group})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = server
+        .admin(Method::POST, &format!("/api/v1/groups/{group}/members"))
+        .json(&json!({"devices": [{"type": "android", "id": gone}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    assert_eq!(server.admin(Method::DELETE, &path).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(enroll(server, gone, None).await.status(), StatusCode::CREATED);
+    let d = server.device("android", gone).await;
+    assert_eq!((d["status"].as_str(), d["tags"].clone()), (Some("active"), json!([])), "{d}");
+    let g: Value =
+        server.admin(Method::GET, &format!("/api/v1/groups/{group}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(g["devices"], 0, "{g}");
+
+    // Restored by an admin, a removed device keeps what it had, and is claimed with a token.
+    let back = "357000000000005";
+    assert_eq!(enroll(server, back, None).await.status(), StatusCode::CREATED);
+    let path = format!("/api/v1/devices/android/{back}");
+    server.admin(Method::PUT, &format!("{path}/tags")).json(&json!({"tags": ["vip"]})).send().await.unwrap();
+    server.admin(Method::DELETE, &path).send().await.unwrap();
+    let r = server.admin(Method::POST, &format!("{path}/restore")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "registered");
+    let r = server.admin(Method::POST, &format!("{path}/restore")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT, "only a removed device is restored");
+    assert_eq!(enroll(server, back, None).await.status(), StatusCode::FORBIDDEN);
+    assert_eq!(enroll(server, back, Some(&general)).await.status(), StatusCode::CREATED);
+    assert_eq!(server.device("android", back).await["tags"], json!(["vip"]));
+}
+e2e!(identities_are_not_handed_out, super::identities_are_not_handed_out);

@@ -338,3 +338,43 @@ async fn not_now_errors_and_check_out(server: &TestServer) {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
 e2e!(not_now_errors_and_check_out, super::not_now_errors_and_check_out);
+
+/// Unauthenticated input cannot suspend the iOS plugin (issue 21, item 3): twenty
+/// enrollments whose plist nests thousands of levels deep (which traps a recursive
+/// parser) are refused before the plugin parses them, and a real iPhone enrolls after.
+async fn deep_plists_are_refused_before_the_plugin(server: &TestServer) {
+    let nest = 5000;
+    let deep = fixture("authenticate.plist").replace(
+        "<key>UDID</key>",
+        &format!("<key>Deep</key>{}{}<key>UDID</key>", "<array>".repeat(nest), "</array>".repeat(nest)),
+    );
+    for _ in 0..20 {
+        let r = server
+            .http
+            .put(server.url("/agent/v1/ios/enroll"))
+            .header("content-type", "application/x-apple-aspen-mdm-checkin")
+            .body(deep.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "body_refused", "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("deeper than 64"), "{body}");
+    }
+    // An entity declaration (the start of a "billion laughs") is refused too.
+    let bomb = fixture("authenticate.plist").replace(
+        "<plist version=\"1.0\">",
+        "<!DOCTYPE lolz [<!ENTITY lol \"lol\"><!ENTITY lol2 \"&lol;&lol;&lol;\">]><plist version=\"1.0\">",
+    );
+    let r = server.http.put(server.url("/agent/v1/ios/enroll")).body(bomb).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("ENTITY"));
+
+    let p: Value = server.admin(Method::GET, "/api/v1/plugins/ios").send().await.unwrap().json().await.unwrap();
+    assert_eq!(p["plugin"]["state"], "active", "{p}");
+    assert_eq!(p["plugin"]["stats"]["faults"], 0, "{p}");
+    // Refused bodies do not hold the sender either: a real enrollment from it succeeds.
+    Iphone::enroll(server).await;
+}
+e2e!(deep_plists_are_refused_before_the_plugin, super::deep_plists_are_refused_before_the_plugin);

@@ -545,28 +545,103 @@ fn closed(config: &mut drover::config::Config) {
 
 /// Without open enrollment, only endpoints an admin pre-registered may register.
 async fn registration_needs_a_known_endpoint(server: &TestServer) {
-    let ep = format!("urn:dev:known:{}", std::process::id());
-    let socket_test = async |expect: ResponseType| {
+    let register = async |ep: &str, expect: ResponseType| {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let mut s = Strict { socket, server: server.coap, ep: ep.clone(), location: String::new(), mid: 7 };
+        let mut s = Strict { socket, server: server.coap, ep: ep.to_string(), location: String::new(), mid: 7 };
         let mut p = s.request(RequestType::Post, &["rd"]);
         p.add_option(CoapOption::UriQuery, format!("ep={ep}").into_bytes());
         p.payload = fixture("register.link");
         let answer = s.exchange(p).await;
         assert_eq!(answer.header.code, MessageClass::Response(expect), "{}", String::from_utf8_lossy(&answer.payload));
-        answer
+        String::from_utf8_lossy(&answer.payload).into_owned()
     };
-    let refused = socket_test(ResponseType::Forbidden).await;
-    assert!(String::from_utf8_lossy(&refused.payload).contains("pre-registers"));
-    let r = server
-        .admin(Method::POST, "/api/v1/devices/import")
-        .header("content-type", "text/csv")
-        .body(format!("device_type,device_id\nlwm2m,{ep}\n"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
-    socket_test(ResponseType::Created).await;
-    assert_eq!(server.device("lwm2m", &ep).await["status"], "active");
+    let import = async |ep: &str, query: &str| {
+        let r = server
+            .admin(Method::POST, &format!("/api/v1/devices/import{query}"))
+            .header("content-type", "text/csv")
+            .body(format!("device_type,device_id\nlwm2m,{ep}\n"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    };
+    let (ep, open) = (format!("urn:dev:known:{}", std::process::id()), format!("urn:dev:open:{}", std::process::id()));
+    assert!(register(&ep, ResponseType::Forbidden).await.contains("self-enrollment is switched off"));
+    // Pre-registered without self-enrollment: LwM2M carries no enrollment token, so still no.
+    import(&ep, "").await;
+    assert!(register(&ep, ResponseType::Forbidden).await.contains("pre-registered"));
+    // Imported with self-enrollment allowed: it registers.
+    import(&open, "?self_enroll=true").await;
+    register(&open, ResponseType::Created).await;
+    assert_eq!(server.device("lwm2m", &open).await["status"], "active");
 }
 drover_tests::e2e_with!(known_endpoints, super::closed, super::registration_needs_a_known_endpoint);
+
+/// Another host cannot take a registered endpoint over (issue 21, item 1): registering its
+/// name again, updating or ending its registration, or answering a request sent to it with
+/// the right token (which only the address the request went to may answer). Registration ids and tokens cannot be guessed from earlier ones.
+async fn endpoint_takeover_refused(server: &TestServer) {
+    let ep = format!("urn:imei:{}", 8_000_000 + std::process::id() as usize);
+    let mut dev = Strict::register(server.coap, &ep, "U").await;
+    // Another host: 127.0.0.2 (all of 127/8 is this machine's loopback).
+    let socket = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let mut thief = Strict { socket, server: server.coap, ep: ep.clone(), location: String::new(), mid: 900 };
+
+    // A registration of the same name from another address is refused; the device's stands.
+    let mut p = thief.request(RequestType::Post, &["rd"]);
+    for q in [format!("ep={ep}"), "lt=300".into(), "lwm2m=1.1".into(), "b=U".into()] {
+        p.add_option(CoapOption::UriQuery, q.into_bytes());
+    }
+    p.payload = fixture("register.link");
+    let answer = thief.exchange(p).await;
+    assert_eq!(answer.header.code, MessageClass::Response(ResponseType::Forbidden), "{answer:?}");
+    assert!(String::from_utf8_lossy(&answer.payload).contains("another host"), "{answer:?}");
+
+    // Its registration id, even when known, works only from its own address.
+    let location = dev.location.clone();
+    let p = thief.request(RequestType::Post, &["rd", &location]);
+    assert_eq!(thief.exchange(p).await.header.code, MessageClass::Response(ResponseType::Forbidden));
+    let p = thief.request(RequestType::Delete, &["rd", &location]);
+    assert_eq!(thief.exchange(p).await.header.code, MessageClass::Response(ResponseType::Forbidden));
+    assert_eq!(dev.update().await.header.code, MessageClass::Response(ResponseType::Changed));
+
+    // A request's token, even when known, is answered only by the device.
+    let read = server.add_operation("lwm2m", &ep, "Read", Some(json!({"path": "3/0/9", "format": "text"}))).await;
+    let req = dev.next().await;
+    let mut forged = Packet::new();
+    forged.header.set_version(1);
+    forged.header.set_type(MessageType::NonConfirmable);
+    forged.header.message_id = 31337;
+    forged.header.code = MessageClass::Response(ResponseType::Content);
+    forged.set_token(req.get_token().to_vec());
+    forged.add_option(CoapOption::ContentFormat, vec![]);
+    forged.payload = b"1".to_vec();
+    thief.socket.send_to(&forged.to_bytes().unwrap(), server.coap).await.unwrap();
+    // Nor from another port of the device's own host: only from where the request went.
+    let neighbour = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    neighbour.send_to(&forged.to_bytes().unwrap(), server.coap).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.operation(read).await["state"], "IN_PROGRESS", "a forged answer was taken");
+    dev.answer(&req, ResponseType::Content, Some(0), None, b"87".to_vec()).await;
+    let op = server.until_state(read, "COMPLETED").await;
+    assert_eq!(response(&op)["values"]["3/0/9 BatteryLevel"], 87, "{op}");
+
+    // Unguessable: 64-bit registration ids and tokens, not a counter.
+    assert_eq!(location.len(), 16, "{location}");
+    let second = server.add_operation("lwm2m", &ep, "Read", Some(json!({"path": "3/0/9", "format": "text"}))).await;
+    let next = dev.next().await;
+    assert_eq!((req.get_token().len(), next.get_token().len()), (8, 8));
+    let (a, b) = (
+        u64::from_be_bytes(req.get_token().try_into().unwrap()),
+        u64::from_be_bytes(next.get_token().try_into().unwrap()),
+    );
+    assert!(b.wrapping_sub(a) > 1 << 20, "tokens follow each other: {a:x} then {b:x}");
+    dev.answer(&next, ResponseType::Content, Some(0), None, b"86".to_vec()).await;
+    server.until_state(second, "COMPLETED").await;
+
+    // Once the device de-registers, its name may register from elsewhere.
+    let p = dev.request(RequestType::Delete, &["rd", &location]);
+    assert_eq!(dev.exchange(p).await.header.code, MessageClass::Response(ResponseType::Deleted));
+    Strict::register(server.coap, &ep, "U").await;
+}
+e2e!(endpoint_takeover_refused, super::endpoint_takeover_refused);

@@ -406,8 +406,13 @@ async fn hot_swap(server: &TestServer) {
 e2e!(hot_swap_under_load_fails_nothing, super::hot_swap);
 
 fn quick_breaker(c: &mut drover::config::Config) {
-    c.fault_policy =
-        FaultPolicy { window: Duration::from_secs(30), rate: 0.5, min_faults: 3, probation: Duration::from_secs(600) };
+    c.fault_policy = FaultPolicy {
+        window: Duration::from_secs(30),
+        rate: 0.3,
+        min_faults: 3,
+        min_sources: 3,
+        probation: Duration::from_secs(600),
+    };
 }
 
 async fn testbed_device(server: &TestServer) -> (String, String) {
@@ -452,7 +457,12 @@ async fn breaker(server: &TestServer) {
         let (status, body) = upload(server, c, Some(tests.sign(c))).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
-    let (id, token) = testbed_device(server).await;
+    // Faults count against a version only when several devices' input causes them.
+    let mut devices = Vec::new();
+    for _ in 0..4 {
+        devices.push(testbed_device(server).await);
+    }
+    let (id, token) = devices[0].clone();
     // An operation queued for the device: it must survive everything below.
     let r = server
         .admin(Method::POST, "/api/v1/operations")
@@ -463,21 +473,22 @@ async fn breaker(server: &TestServer) {
     assert_eq!(r.status(), StatusCode::CREATED);
     let activity = r.json::<Value>().await.unwrap()["activity"]["id"].as_i64().unwrap();
 
-    // The new version faults (the device's messages make it trap): rolled back to 0.1.0.
-    for _ in 0..4 {
-        assert_eq!(testbed_call(server, &id, &token, "trap").await, StatusCode::BAD_GATEWAY);
+    // The new version faults (the devices' messages make it trap): rolled back to 0.1.0.
+    // Each device's faulting request is refused with a 422 naming the fault.
+    for (id, token) in &devices {
+        assert_eq!(testbed_call(server, id, token, "trap").await, StatusCode::UNPROCESSABLE_ENTITY);
     }
     let p = wait_plugin(server, "testbed", "version", "0.1.0").await;
     assert_eq!(p["history"][0]["kind"], "auto-rollback", "{p}");
     assert_eq!(p["history"][0]["actor"], "breaker");
-    assert!(p["history"][0]["reason"].as_str().unwrap().contains("faults in"), "{p}");
+    assert!(p["history"][0]["reason"].as_str().unwrap().contains("faults from 4 devices"), "{p}");
 
     // 0.1.0 faults too, with nothing before it: suspended.
-    for _ in 0..4 {
-        testbed_call(server, &id, &token, "trap").await;
+    for (id, token) in &devices {
+        testbed_call(server, id, token, "trap").await;
     }
     let p = wait_plugin(server, "testbed", "state", "suspended").await;
-    assert!(p["plugin"]["suspended_reason"].as_str().unwrap().contains("faults in"), "{p}");
+    assert!(p["plugin"]["suspended_reason"].as_str().unwrap().contains("faults from"), "{p}");
     assert_eq!(testbed_call(server, &id, &token, "hello").await, StatusCode::SERVICE_UNAVAILABLE);
 
     // Nothing was lost: the operation is still queued.
@@ -502,6 +513,63 @@ async fn breaker(server: &TestServer) {
     assert_eq!(status, StatusCode::OK);
 }
 e2e_with!(breaker_rolls_back_then_suspends, super::quick_breaker, super::breaker);
+
+/// One source cannot suspend a device type for everyone (issue 21, item 3). A device whose
+/// messages make the plugin fault, and unauthenticated enrollments that do, are refused
+/// (422, then 429 with Retry-After once the sender is held) without counting against the
+/// version: it stays active and keeps serving other devices and other senders.
+async fn one_source_cannot_suspend_a_plugin(server: &TestServer) {
+    let tests = publisher(server, "drover-tests").await;
+    let r = put_grants(server, "testbed", json!(["log", "kv", "config"])).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v1 = component(components::TESTBED);
+    let (status, body) = upload(server, &v1, Some(tests.sign(&v1))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (bad, bad_token) = testbed_device(server).await;
+    let (good, good_token) = testbed_device(server).await;
+
+    // One device, many faults: held after three, and the version is not judged by it.
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        seen.push(testbed_call(server, &bad, &bad_token, "trap").await);
+    }
+    assert_eq!(&seen[..3], [StatusCode::UNPROCESSABLE_ENTITY; 3]);
+    assert!(seen[3..].iter().all(|s| *s == StatusCode::TOO_MANY_REQUESTS), "{seen:?}");
+    let r = server
+        .http
+        .put(server.url(&format!("/agent/v1/testbed/devices/{bad}/pending-operations")))
+        .bearer_auth(&bad_token)
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+
+    // Unauthenticated enrollments that make the plugin trap, from another address (a
+    // client bound to 127.0.0.2): refused and held, never counted against the version.
+    let stranger = reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, 2])).build().unwrap();
+    let url = server.url("/agent/v1/testbed/enroll");
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        seen.push(stranger.post(&url).body("trap").send().await.unwrap().status());
+    }
+    assert_eq!(&seen[..3], [StatusCode::UNPROCESSABLE_ENTITY; 3]);
+    assert!(seen[3..].iter().all(|s| *s == StatusCode::TOO_MANY_REQUESTS), "{seen:?}");
+
+    // The breaker looks several times: the plugin stays active and serves everyone else.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let p = get(server, "/api/v1/plugins/testbed").await;
+    assert_eq!(p["plugin"]["state"], "active", "{p}");
+    assert_eq!(testbed_call(server, &good, &good_token, "hello").await, StatusCode::OK);
+    let (id, _) = testbed_device(server).await;
+    assert!(!id.is_empty());
+    let stats = &p["plugin"]["stats"];
+    assert_eq!((stats["faults"].as_u64(), stats["charged_faults"].as_u64()), (Some(6), Some(3)), "{p}");
+    assert_eq!(stats["held"].as_u64(), Some(35), "{p}");
+}
+e2e_with!(one_source_cannot_suspend_a_plugin, super::quick_breaker, super::one_source_cannot_suspend_a_plugin);
 
 async fn keys_api(server: &TestServer) {
     let p = publisher(server, "acme").await;

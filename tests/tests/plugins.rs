@@ -43,7 +43,9 @@ async fn load_testbed() -> LoadedPlugin {
 }
 
 async fn testbed_decode(p: &LoadedPlugin, body: &str) -> Result<Vec<(String, String)>, CallError> {
-    p.decode(device("t1"), http(HttpMethod::Put, "x"), body.as_bytes().to_vec()).await.map(|m| m.info)
+    p.decode(drover::plugins::Source::Admin, device("t1"), http(HttpMethod::Put, "x"), body.as_bytes().to_vec())
+        .await
+        .map(|m| m.info)
 }
 
 fn fault(r: Result<Vec<(String, String)>, CallError>) -> (Fault, String) {
@@ -67,6 +69,7 @@ async fn android_decodes_a_real_poll_through_wasm() {
     let p = load_android().await;
     let m = p
         .decode(
+            drover::plugins::Source::Admin,
             device("354956090214718"),
             http(HttpMethod::Put, "devices/354956090214718/pending-operations"),
             fixture("results.json"),
@@ -105,7 +108,7 @@ async fn android_encodes_exactly_the_fixture_through_wasm() {
         },
         Operation { id: 107, code: "DEVICE_RING".into(), kind: OperationKind::Command, payload: None },
     ];
-    let e = p.encode(device("354956090214718"), ops, ChannelKind::Http).await.unwrap();
+    let e = p.encode(drover::plugins::Source::Admin, device("354956090214718"), ops, ChannelKind::Http).await.unwrap();
     assert_eq!(e.delivered, vec![105, 106, 107]);
     let Outbound::Http(resp) = e.output else { panic!("expected an HTTP response") };
     let got: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
@@ -116,7 +119,10 @@ async fn android_encodes_exactly_the_fixture_through_wasm() {
 #[tokio::test]
 async fn android_enrolls_and_validates_through_wasm() {
     let p = load_android().await;
-    let e = p.enroll(http(HttpMethod::Post, "enroll"), fixture("enroll.json")).await.unwrap();
+    let e = p
+        .enroll(drover::plugins::Source::Admin, http(HttpMethod::Post, "enroll"), fixture("enroll.json"))
+        .await
+        .unwrap();
     assert_eq!(e.device_id, "354956090214718");
 
     match p.validate("FLY_AWAY", None).await {
@@ -138,7 +144,14 @@ async fn android_enrolls_and_validates_through_wasm() {
 #[tokio::test]
 async fn malformed_device_input_is_a_clear_rejection() {
     let p = load_android().await;
-    let r = p.decode(device("d"), http(HttpMethod::Put, "pending-operations"), b"[{\"id\": \"seven\"}]".to_vec()).await;
+    let r = p
+        .decode(
+            drover::plugins::Source::Admin,
+            device("d"),
+            http(HttpMethod::Put, "pending-operations"),
+            b"[{\"id\": \"seven\"}]".to_vec(),
+        )
+        .await;
     match r {
         Err(CallError::Rejected(e)) => {
             assert!(e.code == ErrorCode::Malformed && e.message.contains("result 0"), "{e:?}")
@@ -330,9 +343,16 @@ async fn concurrent_calls_are_isolated() {
         let p = p.clone();
         tokio::spawn(async move {
             let body = format!(r#"[{{"id":{i},"code":"DEVICE_RING","status":"COMPLETED"}}]"#);
-            p.decode(device("d"), http(HttpMethod::Put, "pending-operations"), body.into_bytes()).await.unwrap().results
-                [0]
-            .operation_id
+            p.decode(
+                drover::plugins::Source::Admin,
+                device("d"),
+                http(HttpMethod::Put, "pending-operations"),
+                body.into_bytes(),
+            )
+            .await
+            .unwrap()
+            .results[0]
+                .operation_id
         })
     });
     let mut ids = Vec::new();

@@ -447,6 +447,47 @@ async fn reachable_only_while_subscribed() {
     server.stop().await;
 }
 
+/// Two devices whose identity and client id join to the same text (`A:x` + `c` and `A` +
+/// `x:c`) get two sessions: the second cannot resume the first's persistent session, with
+/// its subscription and the pushes queued in it (issue 21, item 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_names_of_two_devices_never_collide() {
+    let server = TestServer::start(drover_tests::Backend::Sqlite).await;
+    let port = server.mqtt.expect("the embedded broker runs").port();
+    let (victim, attacker) = ("35800000000:x", "35800000000");
+    let victim_token = enroll(&server, victim).await;
+    let attacker_token = enroll(&server, attacker).await;
+    let topic = format!("drover/android/{victim}/operations");
+
+    let victim_login = format!("android/{victim}");
+    let mut dev = Device::connect_session(port, "c", Some((&victim_login, &victim_token)), false).await.unwrap();
+    assert_eq!(dev.subscribe(&topic).await, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    dev.drop_connection();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let attacker_login = format!("android/{attacker}");
+    let mut thief =
+        Device::connect_session(port, "x:c", Some((&attacker_login, &attacker_token)), false).await.unwrap();
+    assert!(!thief.resumed, "the attacker resumed the victim's persistent session");
+    // The victim publishes on its own topic from a second client (mosquitto_pub): the
+    // message waits in its persistent session, and must not reach the attacker.
+    let (ok, out) = mosquitto(
+        "mosquitto_pub",
+        port,
+        &["-i", "second", "-u", &victim_login, "-P", &victim_token, "-q", "1", "-t", &topic, "-m", "[]"],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let leaked = tokio::time::timeout(Duration::from_millis(700), thief.seen.recv()).await;
+    assert!(leaked.is_err(), "the victim's message reached the attacker's session");
+
+    // The victim's own session is still there for it.
+    let dev = Device::connect_session(port, "c", Some((&victim_login, &victim_token)), false).await.unwrap();
+    assert!(dev.resumed, "the victim's persistent session was kept");
+    server.stop().await;
+}
+
 mod server_restart {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite() {

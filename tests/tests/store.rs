@@ -31,9 +31,9 @@ fn ring(by: &str) -> NewActivity {
 async fn bulk_fan_out(server: &TestServer) {
     let store = &server.state.store;
     let devices: Vec<NewDevice> = (0..1000).map(device).collect();
-    assert_eq!(store.register_devices(&devices).await.unwrap(), 1000);
+    assert_eq!(store.register_devices(&devices, false, "b1").await.unwrap(), 1000);
     // Registering again adds nothing.
-    assert_eq!(store.register_devices(&devices[..10]).await.unwrap(), 0);
+    assert_eq!(store.register_devices(&devices[..10], false, "b1").await.unwrap(), 0);
 
     let group = store.create_group("fleet", "", None).await.unwrap();
     assert!(matches!(store.create_group("fleet", "", None).await, Err(StoreError::Conflict(_))));
@@ -86,7 +86,7 @@ async fn delivery_beside_admin_writes(server: &TestServer) {
     use drover::ops::Reported;
     let store = &server.state.store;
     let devices: Vec<NewDevice> = (0..200).map(device).collect();
-    store.register_devices(&devices).await.unwrap();
+    store.register_devices(&devices, false, "b1").await.unwrap();
     let mut keys = Vec::new();
     for d in &devices {
         keys.push(store.enroll_device(d).await.unwrap().id);

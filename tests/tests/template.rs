@@ -56,7 +56,7 @@ async fn every_kind_generates_tests_builds_loads_and_answers() {
         content_type: None,
         headers: vec![],
     });
-    let e = plugin.enroll(chan, br#"{"id": "tracker-7"}"#.to_vec()).await.unwrap();
+    let e = plugin.enroll(drover::plugins::Source::Admin, chan, br#"{"id": "tracker-7"}"#.to_vec()).await.unwrap();
     assert_eq!(e.device_id, "tracker-7");
     // Its recorded payloads pass `drover plugin test` as generated.
     let fixtures =

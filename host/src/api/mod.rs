@@ -2,7 +2,7 @@
 //! `{"error": {"code": "<stable code>", "message": "<what was wrong>"}}`.
 
 use crate::auth::{Admin, Role};
-use crate::plugins::CallError;
+use crate::plugins::{CallError, Fault, PluginFault};
 use crate::server::AppState;
 use crate::store::{
     ActivityRow, DeviceQuery, DeviceRow, GroupRow, MAX_EXPLICIT_DEVICES, NewActivity, OperationRow, StoreError,
@@ -29,11 +29,17 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), retry_after: None }
+    }
+    pub fn retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after = Some(seconds.max(1));
+        self
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -72,7 +78,10 @@ impl IntoResponse for ApiError {
             tracing::error!(code = self.code, "{}", self.message);
         }
         let body = ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message } };
-        (self.status, Json(body)).into_response()
+        match self.retry_after {
+            Some(s) => (self.status, [(header::RETRY_AFTER, s.to_string())], Json(body)).into_response(),
+            None => (self.status, Json(body)).into_response(),
+        }
     }
 }
 
@@ -103,7 +112,17 @@ impl From<CallError> for ApiError {
                 };
                 ApiError::bad_request(code, p.message)
             }
-            CallError::Fault(f) => ApiError::new(StatusCode::BAD_GATEWAY, "plugin_fault", f.to_string()),
+            // Back-pressure, not a fault: every instance slot is in use.
+            CallError::Fault(f @ PluginFault { fault: Fault::Busy(_), .. }) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", f.to_string()).retry_after(1)
+            }
+            // The sender's input made plugins fault repeatedly: refused for a while.
+            CallError::Fault(f @ PluginFault { fault: Fault::Held(retry), .. }) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "held", f.to_string()).retry_after(retry.as_secs())
+            }
+            // The input made the plugin hit a limit or trap: this request is refused; the
+            // fault is charged to its sender (plugins::sources).
+            CallError::Fault(f) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "plugin_fault", f.to_string()),
             CallError::WrongKind(p) => ApiError::internal(format!("plugin {p} is not a device type")),
         }
     }
@@ -135,6 +154,7 @@ pub fn router() -> Router<AppState> {
         .routes(routes!(set_tags))
         .routes(routes!(device_telemetry))
         .routes(routes!(revoke_credentials))
+        .routes(routes!(restore_device))
         .routes(routes!(import_devices))
         .routes(routes!(list_groups, create_group))
         .routes(routes!(get_group, delete_group))
@@ -448,6 +468,31 @@ async fn remove_device(
     let d = device_or_404(&state, &t, &id).await?;
     let cancelled = state.store.disenroll(d.id, &admin.actor()).await?;
     Ok(Json(Removed { device_type: t, device_id: id, status: "removed".into(), cancelled_operations: cancelled }))
+}
+
+/// Bring a removed device back as it was: its tags and static groups kept, its status
+/// `registered` until it enrolls again, with an enrollment token. (Enrolled again without
+/// a restore, a removed identity starts clean: nothing of the old device passes to
+/// whoever enrolls it.)
+#[utoipa::path(post, path = "/api/v1/devices/{device_type}/{device_id}/restore", tag = "devices",
+    params(("device_type" = String, Path), ("device_id" = String, Path)),
+    responses((status = 200, body = Device), Errors))]
+async fn restore_device(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path((t, id)): Path<(String, String)>,
+) -> Result<Json<Device>, ApiError> {
+    admin.require(Role::Admin)?;
+    let d = device_or_404(&state, &t, &id).await?;
+    if !state.store.restore_device(d.id).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_removed",
+            format!("device {t}/{id} is {}, not removed: there is nothing to restore", d.status),
+        ));
+    }
+    let d = device_or_404(&state, &t, &id).await?;
+    Ok(Json(Device::new(&d, state.store.tags(d.id).await?)))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -1135,6 +1180,8 @@ async fn create_admin_token(
 #[serde(deny_unknown_fields)]
 struct NewEnrollmentToken {
     device_type: String,
+    /// Claim only the devices of this import (`batch` in the import's answer).
+    import_batch: Option<String>,
     /// How many devices may enroll with it, 1 to 100000 (default 1).
     uses: Option<i64>,
     /// Seconds it stays valid (default 7 days, at most a year).
@@ -1175,7 +1222,10 @@ async fn create_enrollment_token(
     }
     let (token, hash) = crate::auth::new_token("enroll");
     let expires_at = crate::store::now_ms() + ttl * 1000;
-    state.store.insert_enrollment_token(&hash, &t.device_type, &admin.actor(), expires_at, uses).await?;
+    state
+        .store
+        .insert_enrollment_token(&hash, &t.device_type, &admin.actor(), expires_at, uses, t.import_batch.as_deref())
+        .await?;
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
     let enrollment_url = format!("http://{host}/agent/v1/{}/enroll?token={token}", t.device_type);
     Ok((
@@ -1192,15 +1242,35 @@ struct Imported {
     registered: u64,
     /// Rows naming a device the server already had (left as it was).
     already_known: u64,
+    /// This import's id: an enrollment token made with it claims only these devices.
+    batch: String,
+    /// Whether devices may claim these identities without an enrollment token.
+    self_enroll: bool,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ImportParams {
+    /// Let these devices enroll without an enrollment token (default false: a device id
+    /// proves nothing, so a pre-registered identity is claimed with a token). LwM2M
+    /// devices, which cannot carry a token, need it.
+    self_enroll: Option<bool>,
 }
 
 /// Bulk pre-registration from CSV: a header row with `device_type` and `device_id`, and
 /// optionally `name`, `owner`, `ownership` (BYOD or COPE). All rows are checked before
-/// any is stored; an error names the line. Devices are `registered` until they enroll.
-#[utoipa::path(post, path = "/api/v1/devices/import", tag = "devices",
+/// any is stored; an error names the line. Devices are `registered` until they enroll,
+/// with an enrollment token unless `self_enroll=true`.
+#[utoipa::path(post, path = "/api/v1/devices/import", tag = "devices", params(ImportParams),
     request_body(content = String, content_type = "text/csv"),
     responses((status = 200, body = Imported), Errors))]
-async fn import_devices(State(state): State<AppState>, admin: Admin, body: Bytes) -> Result<Json<Imported>, ApiError> {
+async fn import_devices(
+    State(state): State<AppState>,
+    admin: Admin,
+    Query(params): Query<ImportParams>,
+    body: Bytes,
+) -> Result<Json<Imported>, ApiError> {
     admin.require(Role::Admin)?;
     let mut reader = csv::ReaderBuilder::new().flexible(true).trim(csv::Trim::All).from_reader(&body[..]);
     let header: Vec<String> = reader
@@ -1257,6 +1327,14 @@ async fn import_devices(State(state): State<AppState>, admin: Admin, body: Bytes
             push_token: None,
         });
     }
-    let registered = state.store.register_devices(&devices).await?;
-    Ok(Json(Imported { rows: devices.len(), registered, already_known: devices.len() as u64 - registered }))
+    let self_enroll = params.self_enroll.unwrap_or(false);
+    let batch = format!("imp_{}", &crate::auth::new_token("batch").1[..16]);
+    let registered = state.store.register_devices(&devices, self_enroll, &batch).await?;
+    Ok(Json(Imported {
+        rows: devices.len(),
+        registered,
+        already_known: devices.len() as u64 - registered,
+        batch,
+        self_enroll,
+    }))
 }

@@ -364,7 +364,12 @@ impl Delivery {
         }
         let plugin = self.state.registry.device_type(&device.device_type).ok_or("no plugin")?;
         let encoded = plugin
-            .encode(plugin_device(device), plugin_operations(&ops), ChannelKind::Mqtt)
+            .encode(
+                crate::plugins::Source::Device(device.id),
+                plugin_device(device),
+                plugin_operations(&ops),
+                ChannelKind::Mqtt,
+            )
             .await
             .map_err(|e| e.to_string())?;
         self.publish(device, encoded.output).await

@@ -54,12 +54,16 @@ impl Access {
     }
 
     /// The session name in the router: the identity, then the client's own id (a device
-    /// may hold several sessions, never another device's). The router refuses `/`, `+`,
-    /// `$` and `#` in client ids.
+    /// may hold several sessions, never another device's). Each part is escaped so that it
+    /// holds no `:`, which separates them: device `A:x` with client `c` and device `A` with
+    /// client `x:c` must not meet in one session. The router refuses `/`, `+`, `$` and `#`
+    /// in client ids, so those are escaped too.
     pub fn session_id(&self, client_id: &str) -> String {
-        let own: String = client_id.chars().map(|c| if matches!(c, '/' | '+' | '$' | '#') { '_' } else { c }).collect();
+        let own = session_part(client_id);
         match self {
-            Access::Device { device_type, device_id } => format!("{device_type}:{device_id}:{own}"),
+            Access::Device { device_type, device_id } => {
+                format!("{}:{}:{own}", session_part(device_type), session_part(device_id))
+            }
             Access::Service => format!("{SERVICE_USER}:{own}"),
         }
     }
@@ -83,6 +87,19 @@ impl Access {
             }
         }
     }
+}
+
+/// `part` with `%`, `:` and the characters the router refuses percent-encoded: an
+/// injective encoding whose output holds no `:`.
+fn session_part(part: &str) -> String {
+    let mut out = String::with_capacity(part.len());
+    for c in part.chars() {
+        match c {
+            '%' | ':' | '/' | '+' | '$' | '#' => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A device became reachable over MQTT or left. A device may hold several sessions on
@@ -170,6 +187,19 @@ mod tests {
         assert!(!a.may_subscribe("#"));
         assert!(!a.may_subscribe("$share/g/drover/android/A1/#"));
         assert!(Access::Service.may_subscribe("$share/drover/drover/+/+/+"));
+    }
+
+    #[test]
+    fn session_names_cannot_collide() {
+        let device = |id: &str| Access::Device { device_type: "android".into(), device_id: id.into() };
+        // Chosen to collide under `{type}:{id}:{client}`.
+        assert_ne!(device("A:x").session_id("c"), device("A").session_id("x:c"));
+        assert_ne!(device("A").session_id("x%3Ac"), device("A").session_id("x:c"));
+        assert_ne!(Access::Service.session_id("android:A:c"), device("A").session_id("c"));
+        // Characters the router refuses never reach it.
+        let name = device("A").session_id("a/b+c$d#e");
+        assert!(!name.contains(['/', '+', '$', '#']), "{name}");
+        assert_ne!(device("A").session_id("a/b"), device("A").session_id("a_b"));
     }
 
     #[test]

@@ -52,7 +52,12 @@ pub struct FaultPolicy {
     /// Fault rate (faults / calls in the window) at or above which it acts.
     pub rate: f64,
     /// Fewest faults in the window before it acts (a single early fault is not a trend).
+    /// Only faults on input from authenticated sources count (`sources`).
     pub min_faults: u64,
+    /// Fewest distinct sources (devices, admins) whose input faulted within the window
+    /// before it acts: one device that keeps sending what the plugin cannot handle says
+    /// something about that device, not about the version.
+    pub min_sources: usize,
     /// A version this recent, with an earlier one loaded, is rolled back; otherwise the
     /// plugin is suspended (the breaker).
     pub probation: Duration,
@@ -60,7 +65,13 @@ pub struct FaultPolicy {
 
 impl Default for FaultPolicy {
     fn default() -> Self {
-        FaultPolicy { window: Duration::from_secs(60), rate: 0.5, min_faults: 10, probation: Duration::from_secs(600) }
+        FaultPolicy {
+            window: Duration::from_secs(60),
+            rate: 0.5,
+            min_faults: 10,
+            min_sources: 3,
+            probation: Duration::from_secs(600),
+        }
     }
 }
 
@@ -487,7 +498,8 @@ impl Catalog {
         self.samples
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(current.sha256.clone(), VecDeque::from([(Instant::now(), s.calls, s.faults)]));
+            .insert(current.sha256.clone(), VecDeque::from([(Instant::now(), s.calls, s.charged_faults)]));
+        current.caller.stats.faulting.clear();
         self.sync_locked(&mut applied).await?;
         tracing::info!(plugin = %current.label(), actor, "plugin enabled");
         Ok(())
@@ -550,24 +562,29 @@ impl Catalog {
                     let age = p.loaded_at.elapsed().unwrap_or_default();
                     let first = match now.checked_sub(age) {
                         Some(loaded) if age < self.policy.window => (loaded, 0, 0),
-                        _ => (now, s.calls, s.faults),
+                        _ => (now, s.calls, s.charged_faults),
                     };
                     VecDeque::from([first])
                 });
-                ring.push_back((now, s.calls, s.faults));
+                ring.push_back((now, s.calls, s.charged_faults));
                 // Keep one sample at or before the window's start: the baseline.
                 while ring.get(1).is_some_and(|(t, _, _)| now.duration_since(*t) >= self.policy.window) {
                     ring.pop_front();
                 }
-                let (_, c0, f0) = ring.front().copied().unwrap_or((now, s.calls, s.faults));
-                let (calls, faults) = (s.calls.saturating_sub(c0), s.faults.saturating_sub(f0));
-                if faults >= self.policy.min_faults && calls > 0 && faults as f64 / calls as f64 >= self.policy.rate {
+                let (_, c0, f0) = ring.front().copied().unwrap_or((now, s.calls, s.charged_faults));
+                let (calls, faults) = (s.calls.saturating_sub(c0), s.charged_faults.saturating_sub(f0));
+                let sources = p.caller.stats.faulting.sources_within(self.policy.window);
+                if faults >= self.policy.min_faults
+                    && sources >= self.policy.min_sources
+                    && calls > 0
+                    && faults as f64 / calls as f64 >= self.policy.rate
+                {
                     let since =
                         self.serving_since.lock().unwrap_or_else(|p| p.into_inner()).get(&name).copied().unwrap_or(0);
                     let recent = now_ms() - since < self.policy.probation.as_millis() as i64;
                     let has_previous = self.registry.versions(&name).0.len() > 1;
                     let why = format!(
-                        "{faults} faults in {calls} calls ({:.0}%) within {} s (threshold {:.0}%)",
+                        "{faults} faults from {sources} devices in {calls} calls ({:.0}%) within {} s (threshold {:.0}%)",
                         faults as f64 * 100.0 / calls as f64,
                         self.policy.window.as_secs(),
                         self.policy.rate * 100.0

@@ -9,6 +9,7 @@ use super::bindings::types::{
     Reply,
 };
 use super::runtime::{Exports, LoadedPlugin, OutputSize, PluginFault};
+use super::sources::Source;
 
 /// Why a device-type call gave no result.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +35,7 @@ pub(super) fn flatten<T>(r: Result<Result<T, PluginError>, PluginFault>) -> Resu
 }
 
 macro_rules! device_call {
-    ($self:ident, $name:literal, |$b:ident, $store:ident| $call:expr) => {{
+    ($self:ident, $name:literal, $source:expr, |$b:ident, $store:ident| $call:expr) => {{
         let Exports::DeviceType(pre) = &$self.exports else {
             return Err(CallError::WrongKind($self.label()));
         };
@@ -42,7 +43,7 @@ macro_rules! device_call {
         flatten(
             $self
                 .caller
-                .call($name, move |$store| {
+                .call($name, $source, move |$store| {
                     Box::pin(async move {
                         let $b = pre.instantiate_checked_at_load(&mut *$store).await?;
                         $call.await
@@ -64,33 +65,45 @@ impl LoadedPlugin {
 
     /// Call `describe` again (the registry uses the answer cached at load).
     pub async fn describe_device_type(&self) -> Result<DeviceTypeInfo, CallError> {
-        device_call!(self, "describe", |b, store| async { b.call_describe(&mut *store).await.map(Ok) })
+        device_call!(self, "describe", Source::Admin, |b, store| async { b.call_describe(&mut *store).await.map(Ok) })
     }
 
     /// Check an operation code and payload an admin is adding.
     pub async fn validate(&self, code: &str, payload: Option<&str>) -> Result<(), CallError> {
         let (code, payload) = (code.to_string(), payload.map(str::to_string));
-        device_call!(self, "validate", |b, store| b.call_validate(&mut *store, &code, payload.as_deref()))
+        device_call!(self, "validate", Source::Admin, |b, store| b.call_validate(
+            &mut *store,
+            &code,
+            payload.as_deref()
+        ))
     }
 
-    /// Validate and translate an enrollment request.
-    pub async fn enroll(&self, message: Channel, body: Vec<u8>) -> Result<Enrollment, CallError> {
-        device_call!(self, "enroll", |b, store| b.call_enroll(&mut *store, &message, &body))
+    /// Validate and translate an enrollment request from `source` (its peer, or the
+    /// device when it already holds a credential).
+    pub async fn enroll(&self, source: Source, message: Channel, body: Vec<u8>) -> Result<Enrollment, CallError> {
+        device_call!(self, "enroll", source, |b, store| b.call_enroll(&mut *store, &message, &body))
     }
 
     /// Encode pending operations (oldest first) for a channel.
     pub async fn encode(
         &self,
+        source: Source,
         device: Device,
         operations: Vec<Operation>,
         channel: ChannelKind,
     ) -> Result<Encoded, CallError> {
-        device_call!(self, "encode", |b, store| b.call_encode(&mut *store, &device, &operations, channel))
+        device_call!(self, "encode", source, |b, store| b.call_encode(&mut *store, &device, &operations, channel))
     }
 
-    /// Decode a device message.
-    pub async fn decode(&self, device: Device, message: Channel, body: Vec<u8>) -> Result<DeviceMessage, CallError> {
-        device_call!(self, "decode", |b, store| b.call_decode(&mut *store, &device, &message, &body))
+    /// Decode a device message; `source` is the device that sent it.
+    pub async fn decode(
+        &self,
+        source: Source,
+        device: Device,
+        message: Channel,
+        body: Vec<u8>,
+    ) -> Result<DeviceMessage, CallError> {
+        device_call!(self, "decode", source, |b, store| b.call_decode(&mut *store, &device, &message, &body))
     }
 }
 

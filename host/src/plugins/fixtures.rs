@@ -156,7 +156,7 @@ pub async fn run(plugin: &LoadedPlugin, dir: &Path) -> Result<Vec<Outcome>, Fixt
             }),
         };
         let (answer, mut checks): (Result<String, CallError>, Vec<String>) = match call.as_str() {
-            "enroll" => match plugin.enroll(channel, body).await {
+            "enroll" => match plugin.enroll(super::Source::Admin, channel, body).await {
                 Ok(e) => {
                     device.id = e.device_id.clone();
                     device.metadata = e.metadata.clone();
@@ -165,7 +165,7 @@ pub async fn run(plugin: &LoadedPlugin, dir: &Path) -> Result<Vec<Outcome>, Fixt
                 }
                 Err(e) => (Err(e), vec![]),
             },
-            "decode" => match plugin.decode(device.clone(), channel, body).await {
+            "decode" => match plugin.decode(super::Source::Admin, device.clone(), channel, body).await {
                 Ok(m) => {
                     let mut checks = Vec::new();
                     if let Some(n) = case.results

@@ -8,6 +8,7 @@
 //! * `registry`: the loaded plugins, published atomically;
 //! * `catalog`: uploads, rollback, grants and the breaker, kept in the database;
 //! * `signing`: Ed25519 signatures of components;
+//! * `sources`: whose input a call works on, what its faults are charged to, held sources;
 //! * `device_type`, `transport`: typed calls the rest of the host makes;
 //! * `host_imports`: the host side of `log`, `config`, `kv`.
 
@@ -22,6 +23,7 @@ pub mod manifest;
 pub mod registry;
 pub mod runtime;
 pub mod signing;
+pub mod sources;
 pub mod template;
 pub mod transport;
 
@@ -31,6 +33,7 @@ pub use device_type::CallError;
 pub use manifest::{Kind, Manifest};
 pub use registry::{PluginSummary, Registry};
 pub use runtime::{Described, Fault, Limits, LoadError, LoadOptions, LoadedPlugin, PluginFault, Runtime};
+pub use sources::Source;
 
 /// First-party plugins, built for wasm32-wasip2 by `host/build.rs` and embedded in the
 /// binary so a fresh `drover serve` has them without any file beside it.

@@ -20,6 +20,7 @@ use super::cache::{ArtifactCache, CacheOutcome, sha256_hex};
 use super::capability::{Grants, check_imports, component_imports};
 use super::host_imports::{KvStore, PluginContext};
 use super::manifest::{Kind, Manifest};
+use super::sources::{HoldPolicy, Holds, Source};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -112,6 +113,20 @@ pub enum Fault {
     Output { size: usize, limit: usize },
     #[error("trapped: {0}")]
     Trap(String),
+    /// Not a fault of the plugin: every instance slot was in use (back-pressure). Not counted.
+    #[error("was not called: all {0} instance slots are in use; try again shortly")]
+    Busy(u32),
+    /// Not run at all: input from this source made plugins fault too often lately
+    /// (`sources::Holds`). Not counted against the plugin.
+    #[error("was not called: input from this sender made plugins fault repeatedly; try again in {} s", .0.as_secs().max(1))]
+    Held(Duration),
+}
+
+impl Fault {
+    /// A refusal before or instead of running the plugin, not something the plugin did.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Fault::Busy(_) | Fault::Held(_))
+    }
 }
 
 /// A fault, with the plugin and function it happened in.
@@ -153,7 +168,15 @@ pub enum LoadFailure {
 #[derive(Debug)]
 pub struct Stats {
     pub calls: std::sync::atomic::AtomicU64,
+    /// Every fault, whoever's input caused it.
     pub faults: std::sync::atomic::AtomicU64,
+    /// Faults on input from authenticated sources (devices, admins): what the breaker judges.
+    pub charged_faults: std::sync::atomic::AtomicU64,
+    /// Calls refused without running: no free instance slot, or a held source.
+    pub busy: std::sync::atomic::AtomicU64,
+    pub held: std::sync::atomic::AtomicU64,
+    /// Which authenticated sources faulted lately, for the breaker.
+    pub faulting: super::sources::FaultLedger,
     pub cpu_limit_hits: std::sync::atomic::AtomicU64,
     pub memory_limit_hits: std::sync::atomic::AtomicU64,
     pub wall_limit_hits: std::sync::atomic::AtomicU64,
@@ -169,6 +192,10 @@ impl Default for Stats {
         Stats {
             calls: Default::default(),
             faults: Default::default(),
+            charged_faults: Default::default(),
+            busy: Default::default(),
+            held: Default::default(),
+            faulting: Default::default(),
             cpu_limit_hits: Default::default(),
             memory_limit_hits: Default::default(),
             wall_limit_hits: Default::default(),
@@ -189,6 +216,13 @@ impl Default for Stats {
 pub struct StatsSnapshot {
     pub calls: u64,
     pub faults: u64,
+    /// Faults on input from devices and admins (the breaker's count); the rest came from
+    /// unauthenticated requests.
+    pub charged_faults: u64,
+    /// Calls refused for want of an instance slot.
+    pub busy: u64,
+    /// Calls refused because their source was held.
+    pub held: u64,
     pub cpu_limit_hits: u64,
     pub memory_limit_hits: u64,
     pub wall_limit_hits: u64,
@@ -204,6 +238,9 @@ impl Stats {
         StatsSnapshot {
             calls,
             faults: self.faults.load(Relaxed),
+            charged_faults: self.charged_faults.load(Relaxed),
+            busy: self.busy.load(Relaxed),
+            held: self.held.load(Relaxed),
             cpu_limit_hits: self.cpu_limit_hits.load(Relaxed),
             memory_limit_hits: self.memory_limit_hits.load(Relaxed),
             wall_limit_hits: self.wall_limit_hits.load(Relaxed),
@@ -268,6 +305,8 @@ pub(crate) struct Caller {
     pub(crate) ctx: Arc<PluginContext>,
     pub(crate) limits: Limits,
     pub(crate) stats: Stats,
+    /// Held sources, shared by every plugin of the runtime.
+    pub(crate) holds: Arc<Holds>,
 }
 
 /// Measures what a call returned, for the output limit.
@@ -278,15 +317,21 @@ pub(crate) trait OutputSize {
 impl Caller {
     /// Run `f` in a fresh store with this plugin's limits. `f` instantiates the plugin
     /// from its pre-instantiation and makes one call.
-    pub(crate) async fn call<R, F>(&self, function: &'static str, f: F) -> Result<R, PluginFault>
+    pub(crate) async fn call<R, F>(&self, function: &'static str, source: Source, f: F) -> Result<R, PluginFault>
     where
         R: OutputSize,
         F: for<'a> FnOnce(&'a mut Store<CallState>) -> CallFuture<'a, R>,
         F: Send,
     {
         use std::sync::atomic::Ordering::Relaxed;
-        let started = Instant::now();
         let stats = &self.stats;
+        let refuse =
+            |fault| PluginFault { plugin: self.ctx.name.clone(), version: self.ctx.version.clone(), function, fault };
+        if let Err(retry) = self.holds.check(source) {
+            stats.held.fetch_add(1, Relaxed);
+            return Err(refuse(Fault::Held(retry)));
+        }
+        let started = Instant::now();
         stats.calls.fetch_add(1, Relaxed);
         let mut store = self.new_store();
         // +1: the first tick may come at once, so N+1 ticks guarantee N full periods.
@@ -306,6 +351,13 @@ impl Caller {
             Err(_) => {
                 stats.wall_limit_hits.fetch_add(1, Relaxed);
                 Err(Fault::WallClock(self.limits.wall))
+            }
+            // Every slot of the pooling allocator in use: the server is busy, the plugin
+            // did nothing wrong.
+            Ok(Err(e)) if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() => {
+                stats.busy.fetch_add(1, Relaxed);
+                stats.calls.fetch_sub(1, Relaxed);
+                return Err(refuse(Fault::Busy(self.limits.concurrency)));
             }
             Ok(Err(e)) => Err(if store.data().memory.hit {
                 stats.memory_limit_hits.fetch_add(1, Relaxed);
@@ -332,9 +384,16 @@ impl Caller {
         stats.busy_nanos.fetch_add(elapsed.as_nanos() as u64, Relaxed);
         stats.latency.observe(elapsed.as_secs_f64());
         result.map_err(|fault| {
+            // Charged to whoever sent the input; against the version only when that sender
+            // is authenticated (see `sources`).
             stats.faults.fetch_add(1, Relaxed);
-            let f = PluginFault { plugin: self.ctx.name.clone(), version: self.ctx.version.clone(), function, fault };
-            tracing::warn!(target: "plugin", plugin = %f.plugin, version = %f.version, "{f}");
+            if source.charges_version() {
+                stats.charged_faults.fetch_add(1, Relaxed);
+                stats.faulting.record(source);
+            }
+            let held = self.holds.charge(source);
+            let f = refuse(fault);
+            tracing::warn!(target: "plugin", plugin = %f.plugin, version = %f.version, ?source, held, "{f}");
             f
         })
     }
@@ -377,6 +436,8 @@ pub struct Runtime {
     /// Config values by plugin name, shared by all versions and changed live: an admin's
     /// new setting reaches the next call without a reload.
     configs: std::sync::Mutex<BTreeMap<String, Arc<PluginConfig>>>,
+    /// Sources held for the faults their input caused, across every plugin.
+    holds: Arc<Holds>,
 }
 
 /// A plugin's config values.
@@ -425,7 +486,21 @@ impl Runtime {
             Some(dir) => Some(Arc::new(ArtifactCache::open(&dir, &engine)?)),
             None => None,
         };
-        Ok(Runtime { engine, linker, limits, cache, kv: Default::default(), configs: Default::default() })
+        Ok(Runtime {
+            engine,
+            linker,
+            limits,
+            cache,
+            kv: Default::default(),
+            configs: Default::default(),
+            holds: Arc::new(Holds::new(HoldPolicy::default())),
+        })
+    }
+
+    /// Set when a source is held for the faults its input causes (before plugins load).
+    pub fn with_hold_policy(mut self, policy: HoldPolicy) -> Runtime {
+        self.holds = Arc::new(Holds::new(policy));
+        self
     }
 
     pub fn engine(&self) -> &Engine {
@@ -476,6 +551,7 @@ impl Runtime {
             }),
             limits: self.limits,
             stats: Stats::default(),
+            holds: self.holds.clone(),
         };
         // Smoke test: `describe` must answer within limits and agree with the manifest.
         let described =
@@ -542,19 +618,19 @@ impl Runtime {
 async fn describe(caller: &Caller, exports: &Exports) -> Result<Described, PluginFault> {
     match exports.clone() {
         Exports::DeviceType(pre) => caller
-            .call("describe", move |store| {
+            .call("describe", Source::Admin, move |store| {
                 Box::pin(async move { pre.instantiate_async(&mut *store).await?.call_describe(&mut *store).await })
             })
             .await
             .map(Described::DeviceType),
         Exports::Transport(pre) => caller
-            .call("describe", move |store| {
+            .call("describe", Source::Admin, move |store| {
                 Box::pin(async move { pre.instantiate_async(&mut *store).await?.call_describe(&mut *store).await })
             })
             .await
             .map(Described::Transport),
         Exports::PolicyRule(pre) => caller
-            .call("describe", move |store| {
+            .call("describe", Source::Admin, move |store| {
                 Box::pin(async move { pre.instantiate_async(&mut *store).await?.call_describe(&mut *store).await })
             })
             .await

@@ -7,6 +7,7 @@ use super::bindings::transport::drover::plugin::transport_types::{
 use super::bindings::types::Header;
 use super::device_type::{CallError, flatten};
 use super::runtime::{Described, Exports, LoadedPlugin, OutputSize};
+use super::sources::Source;
 
 impl LoadedPlugin {
     /// What `describe` said at load, for a transport.
@@ -25,7 +26,7 @@ impl LoadedPlugin {
         let pre = pre.clone();
         flatten(
             self.caller
-                .call("build-request", move |store| {
+                .call("build-request", Source::Admin, move |store| {
                     Box::pin(async move {
                         pre.instantiate_async(&mut *store).await?.call_build_request(&mut *store, &message).await
                     })
@@ -46,7 +47,7 @@ impl LoadedPlugin {
         };
         let pre = pre.clone();
         self.caller
-            .call("classify", move |store| {
+            .call("classify", Source::Admin, move |store| {
                 Box::pin(async move {
                     pre.instantiate_async(&mut *store).await?.call_classify(&mut *store, status, &headers, &body).await
                 })

@@ -73,6 +73,16 @@ pub struct NewDevice {
     pub push_token: Option<String>,
 }
 
+/// Who may claim an identity (see `Store::claim_of`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub status: String,
+    /// The import let the device claim it without an enrollment token.
+    pub self_enroll: bool,
+    /// The import it came from: a token made for that import claims it.
+    pub import_batch: Option<String>,
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct GroupRow {
     pub id: i64,
@@ -160,8 +170,16 @@ const GROUP_COLUMNS: &str = "id, name, description, created_at, query";
 const DEVICE_COLUMNS: &str = "id, device_type, device_id, name, owner, ownership, status, metadata, push_token, session, enrolled_at, last_seen_at";
 
 impl Store {
-    /// Create a device, or activate one that was pre-registered or removed (re-enrollment
-    /// keeps its history). An enrolled device with the same identity is a conflict.
+    /// Create a device, or activate one that was pre-registered or removed. An enrolled
+    /// device with the same identity is a conflict. Whether the caller may claim the
+    /// identity is decided before (`claim_of`, the enrollment token).
+    ///
+    /// A removed identity enrolled again is a new device that happens to reuse a name: it
+    /// keeps the old record's history (operations, transitions), but none of what was
+    /// *granted* to the old device: its tags and static groups are dropped and its plugin
+    /// session is cleared. (Its credentials were revoked and its operations cancelled when
+    /// it was removed.) An admin who wants the old device back restores it first
+    /// (`restore_device`), which keeps them.
     pub async fn enroll_device(&self, d: &NewDevice) -> Result<DeviceRow, StoreError> {
         let now = now_ms();
         let metadata = serde_json::Value::Object(d.metadata.clone()).to_string();
@@ -171,12 +189,23 @@ impl Store {
              ON CONFLICT (device_type, device_id) DO UPDATE SET
                 name = excluded.name, owner = excluded.owner, ownership = excluded.ownership, status = 'active',
                 metadata = excluded.metadata, push_token = excluded.push_token, enrolled_at = excluded.enrolled_at,
-                last_seen_at = excluded.last_seen_at
+                last_seen_at = excluded.last_seen_at,
+                session = CASE WHEN devices.status = 'removed' THEN $9 ELSE devices.session END,
+                self_enroll = 0, import_batch = NULL
              WHERE devices.status IN ('removed', 'registered')
              RETURNING {DEVICE_COLUMNS}"
         );
         let row: Option<DeviceRow> = with_write_pool!(self, pool => {
-            sqlx::query_as(trusted(&sql))
+            let mut tx = pool.begin_write().await?;
+            for leftovers in [
+                "DELETE FROM device_tags WHERE device IN
+                    (SELECT id FROM devices WHERE device_type = $1 AND device_id = $2 AND status = 'removed')",
+                "DELETE FROM group_members WHERE device IN
+                    (SELECT id FROM devices WHERE device_type = $1 AND device_id = $2 AND status = 'removed')",
+            ] {
+                sqlx::query(leftovers).bind(&d.device_type).bind(&d.device_id).execute(&mut *tx).await?;
+            }
+            let row = sqlx::query_as(trusted(&sql))
                 .bind(&d.device_type)
                 .bind(&d.device_id)
                 .bind(&d.name)
@@ -185,10 +214,32 @@ impl Store {
                 .bind(&metadata)
                 .bind(&d.push_token)
                 .bind(now)
-                .fetch_optional(pool)
-                .await?
+                .bind(Vec::<u8>::new())
+                .fetch_optional(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            row
         });
         row.ok_or_else(|| StoreError::Conflict(format!("device {}/{}", d.device_type, d.device_id)))
+    }
+
+    /// What decides who may claim an identity: its status, whether its import let devices
+    /// claim it themselves, and the import it came from.
+    pub async fn claim_of(&self, device_type: &str, device_id: &str) -> Result<Option<Claim>, StoreError> {
+        let row: Option<(String, i64, Option<String>)> = with_pool!(self, pool => sqlx::query_as(
+                "SELECT status, self_enroll, import_batch FROM devices WHERE device_type = $1 AND device_id = $2")
+            .bind(device_type).bind(device_id).fetch_optional(pool).await?);
+        Ok(row.map(|(status, self_enroll, import_batch)| Claim { status, self_enroll: self_enroll != 0, import_batch }))
+    }
+
+    /// Bring a removed device back as it was (tags, static groups), `registered` until it
+    /// enrolls again with an enrollment token. False when it is not removed.
+    pub async fn restore_device(&self, device: i64) -> Result<bool, StoreError> {
+        Ok(with_write_pool!(self, pool => sqlx::query(
+                "UPDATE devices SET status = 'registered', self_enroll = 0, import_batch = NULL
+                 WHERE id = $1 AND status = 'removed'")
+            .bind(device).execute(pool).await?.rows_affected())
+            == 1)
     }
 
     pub async fn device(&self, device_type: &str, device_id: &str) -> Result<Option<DeviceRow>, StoreError> {
@@ -385,20 +436,28 @@ impl Store {
 
     /// Pre-register devices in bulk (status `registered` until they enroll), in one
     /// transaction; identities that exist already are left alone. Returns how many were new.
-    pub async fn register_devices(&self, devices: &[NewDevice]) -> Result<u64, StoreError> {
+    /// They are claimed with an enrollment token (one made for `batch`, or any for their
+    /// type), or without one when `self_enroll`.
+    pub async fn register_devices(
+        &self,
+        devices: &[NewDevice],
+        self_enroll: bool,
+        batch: &str,
+    ) -> Result<u64, StoreError> {
         let now = now_ms();
         with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let mut n = 0;
-            for chunk in devices.chunks(500) {
+            for chunk in devices.chunks(400) {
                 let sql = format!(
-                    "INSERT INTO devices (device_type, device_id, name, owner, ownership, status, metadata, enrolled_at)
+                    "INSERT INTO devices (device_type, device_id, name, owner, ownership, status, metadata, enrolled_at, self_enroll, import_batch)
                      VALUES {} ON CONFLICT (device_type, device_id) DO NOTHING",
-                    values_placeholders(chunk.len(), 8, 1));
+                    values_placeholders(chunk.len(), 10, 1));
                 let mut q = sqlx::query(trusted(&sql));
                 for d in chunk {
                     q = q.bind(&d.device_type).bind(&d.device_id).bind(&d.name).bind(&d.owner).bind(&d.ownership)
-                        .bind("registered").bind(serde_json::Value::Object(d.metadata.clone()).to_string()).bind(now);
+                        .bind("registered").bind(serde_json::Value::Object(d.metadata.clone()).to_string()).bind(now)
+                        .bind(i64::from(self_enroll)).bind(batch);
                 }
                 n += q.execute(&mut *tx).await?.rows_affected();
             }

@@ -16,7 +16,7 @@ mod tokens;
 mod wakeups;
 
 pub use catalog::{ComponentRow, NewPluginEvent, PluginEventRow, PublisherKeyRow};
-pub use devices::{DeviceQuery, DeviceRow, GroupRow, NewDevice};
+pub use devices::{Claim, DeviceQuery, DeviceRow, GroupRow, NewDevice};
 pub use operations::{
     ActivityRow, DeviceKey, MAX_EXPLICIT_DEVICES, NewActivity, OperationRow, QueuedOperation, ResultOutcome, TargetSet,
     TransitionRow,

@@ -85,23 +85,32 @@ impl Store {
         created_by: &str,
         expires_at: i64,
         uses: i64,
+        import_batch: Option<&str>,
     ) -> Result<(), StoreError> {
         with_write_pool!(self, pool => sqlx::query(
-                "INSERT INTO enrollment_tokens (token_hash, device_type, created_by, created_at, expires_at, uses_left)
-                 VALUES ($1, $2, $3, $4, $5, $6)")
+                "INSERT INTO enrollment_tokens (token_hash, device_type, created_by, created_at, expires_at, uses_left, import_batch)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(token_hash).bind(device_type).bind(created_by).bind(now_ms()).bind(expires_at).bind(uses)
+            .bind(import_batch)
             .execute(pool).await.map(|_| ())?);
         Ok(())
     }
 
     /// Use up one enrollment of a token for `device_type`. False when the token is
     /// unknown, expired, used up or for another type. One statement, so two devices
-    /// racing for the last use cannot both win.
-    pub async fn consume_enrollment_token(&self, token_hash: &str, device_type: &str) -> Result<bool, StoreError> {
+    /// racing for the last use cannot both win. A token made for one import claims only
+    /// identities of `import_batch` (the identity's import; `None` for a new identity).
+    pub async fn consume_enrollment_token(
+        &self,
+        token_hash: &str,
+        device_type: &str,
+        import_batch: Option<&str>,
+    ) -> Result<bool, StoreError> {
         Ok(with_write_pool!(self, pool => sqlx::query(
                 "UPDATE enrollment_tokens SET uses_left = uses_left - 1
-                 WHERE token_hash = $1 AND device_type = $2 AND uses_left > 0 AND expires_at > $3")
-            .bind(token_hash).bind(device_type).bind(now_ms()).execute(pool).await?.rows_affected())
+                 WHERE token_hash = $1 AND device_type = $2 AND uses_left > 0 AND expires_at > $3
+                   AND (import_batch IS NULL OR import_batch = $4)")
+            .bind(token_hash).bind(device_type).bind(now_ms()).bind(import_batch).execute(pool).await?.rows_affected())
             == 1)
     }
 }

@@ -1,5 +1,5 @@
 //! A device type that misbehaves on request, to prove the host's limits. `decode`'s body
-//! names the behaviour: `spin`, `alloc`, `trap`, `big`, `log`, `kv:KEY=VALUE`,
+//! names the behaviour (and an enrollment whose body is `trap` traps): `spin`, `alloc`, `trap`, `big`, `log`, `kv:KEY=VALUE`,
 //! `config:KEY`, `count`, `token:TRANSPORT:TOKEN|K=V…` (a push-token update); anything else is echoed back as info. With config `describe = "spin"`
 //! even the load-time smoke test spins.
 
@@ -48,6 +48,9 @@ impl Guest for Testbed {
 
     fn enroll(_message: Channel, body: Vec<u8>) -> Result<Enrollment, PluginError> {
         let id = String::from_utf8(body).map_err(|_| PluginError::malformed("not UTF-8"))?;
+        if id == "trap" {
+            panic!("testbed was told to trap while enrolling");
+        }
         Ok(Enrollment {
             device_id: id,
             name: None,
