@@ -397,6 +397,11 @@ pub(crate) async fn receive_noting(
         // recorded first.
         record_results(state, device, &message).await?;
         let cancelled = state.store.disenroll(device.id, "device:check-out").await?;
+        state.events.publish(crate::events::Event::DeviceRemoved {
+            device: device.id,
+            device_type: device.device_type.clone(),
+            device_id: device.device_id.clone(),
+        });
         tracing::info!(device_type = %device.device_type, device_id = %device.device_id, cancelled, "device checked out");
         return Ok((message, true));
     }

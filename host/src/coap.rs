@@ -242,7 +242,28 @@ impl Coap {
         if let Ok(addr) = self.local_addr() {
             tracing::info!(%addr, "CoAP listening");
         }
-        tokio::join!(self.clone().retransmit(state.clone()), self.receive(state));
+        let events = state.events.subscribe();
+        tokio::join!(self.clone().retransmit(state.clone()), self.clone().follow(events), self.receive(state));
+    }
+
+    /// A device whose credentials were revoked, or that was removed, loses its
+    /// registration at once: nothing more is sent to it, and its pending exchanges and
+    /// observations are forgotten. (A removed device that registers again is a new device;
+    /// a revoked one registers again only as the enrollment rule allows.)
+    async fn follow(self, mut events: tokio::sync::broadcast::Receiver<crate::events::Event>) {
+        while let Some(event) = crate::events::next(&mut events, "coap").await {
+            let device = match event {
+                crate::events::Event::CredentialsRevoked { device, .. }
+                | crate::events::Event::DeviceRemoved { device, .. } => device,
+            };
+            let id = self.inner.by_device.lock().unwrap_or_else(|p| p.into_inner()).remove(&device);
+            if let Some(id) = id {
+                self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                tracing::info!(device, "LwM2M registration ended: credentials revoked or device removed");
+            }
+            self.inner.exchanges.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, x| x.device != device);
+            self.inner.observing.lock().unwrap_or_else(|p| p.into_inner()).remove(&device);
+        }
     }
 
     async fn receive(self, state: AppState) {

@@ -10,6 +10,7 @@ pub mod bounds;
 pub mod coap;
 pub mod config;
 pub mod enrollment;
+pub mod events;
 pub mod metrics;
 pub mod mqtt;
 pub mod oauth;

@@ -32,6 +32,8 @@ pub struct AppState {
     pub coap: Option<crate::coap::Coap>,
     /// Delivery counts for `/metrics`.
     pub stats: Arc<crate::metrics::DeliveryStats>,
+    /// Domain events, for the fronts that react to them.
+    pub events: crate::events::Events,
 }
 
 /// Everything a running server holds.
@@ -89,6 +91,7 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on {} (--http-addr): choose another address", config.http_addr))?;
         let (push, jobs) = Push::channel();
+        let events = crate::events::Events::default();
         let mqtt = match &config.broker {
             Some(url) => {
                 let endpoint = Endpoint::parse(url)
@@ -126,6 +129,7 @@ impl Server {
             catalog,
             coap: Some(coap),
             stats: Arc::default(),
+            events,
         };
         let housekeeping = Housekeeping {
             retention: Duration::from_secs(u64::from(config.retention_days) * 86_400),
@@ -158,7 +162,7 @@ impl Server {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "MQTT broker listening");
             }
-            tokio::spawn(broker.serve(listener, gate))
+            tokio::spawn(broker.serve(listener, gate, self.state.events.subscribe()))
         });
         let delivery = tokio::spawn(delivery::run(self.state.clone(), endpoint, jobs));
         let wakeups = tokio::spawn(crate::wakeup::run(self.state.clone(), self.state.wakeup.clone()));

@@ -488,6 +488,73 @@ async fn session_names_of_two_devices_never_collide() {
     server.stop().await;
 }
 
+/// Revoking a device's credentials ends its live MQTT connection at once, and so does
+/// removing it, which also drops its persistent session (issue 21, item 5). A third-party
+/// client (mosquitto_sub) is the device; it is left to reconnect as it would.
+async fn revocation_ends_live_sessions(server: &TestServer) {
+    let port = server.mqtt.expect("the embedded broker runs").port();
+    let id = format!("3580000{}", std::process::id() % 100_000_000);
+    let token = enroll(server, &id).await;
+    let login = format!("android/{id}");
+    let topic = format!("drover/android/{id}/operations");
+    let mut sub = tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", &login, "-P", &token])
+        .args(["-i", "phone", "-q", "1", "-t", &topic, "-v"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto_sub runs: install the mosquitto-clients package");
+    // Online: a push reaches it.
+    for _ in 0..100 {
+        if metric(server, "drover_push_online_devices").await == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = ring(server, &id).await;
+    server.until_state(first, "IN_PROGRESS").await;
+
+    let r = server
+        .admin(reqwest::Method::POST, &format!("/api/v1/devices/android/{id}/revoke-credentials"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // The connection is cut; mosquitto_sub's reconnection is refused, and it gives up.
+    let exit = tokio::time::timeout(WAIT, sub.wait()).await.expect("mosquitto_sub was disconnected").unwrap();
+    assert!(!exit.success(), "{exit:?}");
+    assert_eq!(metric(server, "drover_push_online_devices").await, 0.0);
+    let later = ring(server, &id).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.operation(later).await["state"], "PENDING", "pushed to a revoked device");
+    let login = Some((login.as_str(), token.as_str()));
+    assert!(Device::connect(port, "phone", login).await.is_err(), "a revoked credential connected");
+
+    // Removed: its persistent session goes with it.
+    let other = format!("3590000{}", std::process::id() % 100_000_000);
+    let token = enroll(server, &other).await;
+    let other_login = format!("android/{other}");
+    let login = Some((other_login.as_str(), token.as_str()));
+    let mut dev = Device::connect_session(port, "tablet", login, false).await.unwrap();
+    dev.subscribe(&format!("drover/android/{other}/operations")).await;
+    let r = server.admin(reqwest::Method::DELETE, &format!("/api/v1/devices/android/{other}")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let closed = tokio::time::timeout(WAIT, async {
+        while let Some(seen) = dev.seen.recv().await {
+            drop(seen);
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the removed device's connection stayed up");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Whoever enrolls the id next starts with no session of the old device's.
+    let token = enroll(server, &other).await;
+    let login = Some((other_login.as_str(), token.as_str()));
+    let dev = Device::connect_session(port, "tablet", login, false).await.unwrap();
+    assert!(!dev.resumed, "the removed device's persistent session passed to the new one");
+}
+e2e!(revocation_ends_live_sessions, super::revocation_ends_live_sessions);
+
 mod server_restart {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite() {

@@ -467,6 +467,11 @@ async fn remove_device(
     admin.require(Role::Admin)?;
     let d = device_or_404(&state, &t, &id).await?;
     let cancelled = state.store.disenroll(d.id, &admin.actor()).await?;
+    state.events.publish(crate::events::Event::DeviceRemoved {
+        device: d.id,
+        device_type: t.clone(),
+        device_id: id.clone(),
+    });
     Ok(Json(Removed { device_type: t, device_id: id, status: "removed".into(), cancelled_operations: cancelled }))
 }
 
@@ -502,7 +507,8 @@ struct Revoked {
 }
 
 /// Revoke every credential of a device (a lost or stolen device). It can no longer call
-/// in; its operations stay queued. Remove it and enroll it again to give it a new one.
+/// in, and its live MQTT connections and LwM2M registration end at once; its operations
+/// stay queued. Remove it and enroll it again to give it a new one.
 #[utoipa::path(post, path = "/api/v1/devices/{device_type}/{device_id}/revoke-credentials", tag = "devices",
     params(("device_type" = String, Path), ("device_id" = String, Path)),
     responses((status = 200, body = Revoked), Errors))]
@@ -515,6 +521,8 @@ async fn revoke_credentials(
     let d = device_or_404(&state, &t, &id).await?;
     let revoked = state.store.revoke_device_credentials(d.id).await?;
     tracing::info!(device_type = %t, device_id = %id, revoked, actor = %admin.actor(), "device credentials revoked");
+    // Its live sessions end too (the embedded broker's connections, a LwM2M registration).
+    state.events.publish(crate::events::Event::CredentialsRevoked { device: d.id, device_type: t, device_id: id });
     Ok(Json(Revoked { revoked }))
 }
 

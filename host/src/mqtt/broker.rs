@@ -38,6 +38,46 @@ type Connector = Arc<dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification)
 pub struct EmbeddedBroker {
     connect: Connector,
     sessions: Arc<Sessions>,
+    live: Arc<Live>,
+}
+
+/// The live connections of each device, so that revoking its credentials or removing it
+/// ends them at once (a connection was authenticated once, at CONNECT).
+#[derive(Default)]
+struct Live(Mutex<HashMap<(String, String), Vec<Kick>>>);
+
+/// A connection's number, and how to end it.
+type Kick = (u64, Arc<tokio::sync::Notify>);
+
+impl Live {
+    fn register(&self, access: &Access, owner: u64) -> Option<Arc<tokio::sync::Notify>> {
+        let Access::Device { device_type, device_id } = access else { return None };
+        let kick = Arc::new(tokio::sync::Notify::new());
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry((device_type.clone(), device_id.clone())).or_default().push((owner, kick.clone()));
+        Some(kick)
+    }
+
+    fn unregister(&self, access: &Access, owner: u64) {
+        let Access::Device { device_type, device_id } = access else { return };
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (device_type.clone(), device_id.clone());
+        if let Some(list) = map.get_mut(&key) {
+            list.retain(|(o, _)| *o != owner);
+            if list.is_empty() {
+                map.remove(&key);
+            }
+        }
+    }
+
+    /// End every connection of a device; how many there were. (`notify_one` keeps a
+    /// permit, so a connection not waiting at this instant ends at its next turn.)
+    fn kick(&self, device_type: &str, device_id: &str) -> usize {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let list = map.get(&(device_type.to_string(), device_id.to_string()));
+        list.iter().flat_map(|l| l.iter()).for_each(|(_, k)| k.notify_one());
+        list.map_or(0, Vec::len)
+    }
 }
 
 /// The subscription filters each session holds in the router, by the router's client id.
@@ -115,17 +155,69 @@ impl EmbeddedBroker {
         let connect: Connector = Arc::new(move |client_id, clean| {
             LinkBuilder::new(client_id, router_tx.clone()).clean_session(clean).build().map_err(|e| e.to_string())
         });
-        EmbeddedBroker { connect, sessions: Arc::default() }
+        EmbeddedBroker { connect, sessions: Arc::default(), live: Arc::default() }
+    }
+
+    /// A device's credentials were revoked or it was removed: end its connections. A
+    /// removed device's persistent sessions go too, with what is queued in them, so that
+    /// nothing of them passes to whoever enrolls its id next.
+    fn on_event(&self, event: &crate::events::Event) {
+        let (device_type, device_id) = event.device();
+        let ended = self.live.kick(device_type, device_id);
+        tracing::info!(device_type, device_id, connections = ended, "MQTT connections of the device ended");
+        if let crate::events::Event::DeviceRemoved { .. } = event {
+            let prefix =
+                Access::Device { device_type: device_type.into(), device_id: device_id.into() }.session_prefix();
+            let ids: Vec<String> = {
+                let map = self.sessions.0.lock().unwrap_or_else(|p| p.into_inner());
+                map.keys().filter(|k| k.starts_with(&prefix)).cloned().collect()
+            };
+            let connect = self.connect.clone();
+            tokio::spawn(async move {
+                // Let the kicked connections finish their teardown first.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                for id in ids {
+                    // A clean session with the same id replaces the persistent one; its
+                    // DISCONNECT then makes the router forget it.
+                    if let Ok((mut tx, _rx, _)) = connect(&id, true) {
+                        let disconnect = Disconnect { reason_code: DisconnectReasonCode::NormalDisconnection };
+                        let _ = tx.send(Packet::Disconnect(disconnect, None)).await;
+                    }
+                }
+            });
+        }
     }
 
     /// Accept MQTT clients on `listener` until the task is dropped, which also ends
     /// every connection (they live in a set owned by this task).
-    pub async fn serve(self, listener: TcpListener, auth: Arc<Gate>) {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        auth: Arc<Gate>,
+        events: tokio::sync::broadcast::Receiver<crate::events::Event>,
+    ) {
         let mut sessions = tokio::task::JoinSet::new();
+        let mut events = Some(events);
         loop {
             // Reap finished sessions so the set does not grow with every connection.
             while sessions.try_join_next().is_some() {}
-            let (stream, peer) = match listener.accept().await {
+            let next_event = async {
+                match events.as_mut() {
+                    Some(rx) => crate::events::next(rx, "mqtt broker").await,
+                    None => std::future::pending().await,
+                }
+            };
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                event = next_event => {
+                    match event {
+                        Some(e) => self.on_event(&e),
+                        None => events = None,
+                    }
+                    continue;
+                }
+            };
+            let (stream, peer) = match accepted {
                 Ok(s) => s,
                 Err(e) => {
                     // Out of file descriptors, most likely: back off instead of spinning.
@@ -137,9 +229,10 @@ impl EmbeddedBroker {
             let _ = stream.set_nodelay(true);
             let connect = self.connect.clone();
             let held = self.sessions.clone();
+            let live = self.live.clone();
             let auth = auth.clone();
             sessions.spawn(async move {
-                if let Err(e) = session(stream, connect, held, auth).await {
+                if let Err(e) = session(stream, connect, held, live, auth).await {
                     tracing::debug!(%peer, "MQTT connection ended: {e}");
                 }
             });
@@ -186,7 +279,13 @@ fn refuse(code: ConnectReturnCode) -> Packet {
     Packet::ConnAck(ConnAck { session_present: false, code }, None)
 }
 
-async fn session(stream: TcpStream, connect: Connector, held: Arc<Sessions>, auth: Arc<Gate>) -> Result<(), String> {
+async fn session(
+    stream: TcpStream,
+    connect: Connector,
+    held: Arc<Sessions>,
+    live: Arc<Live>,
+    auth: Arc<Gate>,
+) -> Result<(), String> {
     let mut wire = Wire { stream, read: BytesMut::with_capacity(1024), write: BytesMut::with_capacity(1024) };
     let first = tokio::time::timeout(CONNECT_TIMEOUT, wire.next()).await.map_err(|_| "no CONNECT in time")??;
     let Some(Packet::Connect(c, _, will, _, login)) = first else {
@@ -228,12 +327,14 @@ async fn session(stream: TcpStream, connect: Connector, held: Arc<Sessions>, aut
         k => Duration::from_millis(u64::from(k) * 1500),
     };
     let owner = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+    let kick = live.register(&access, owner);
     let subscribed = held.open(&router_id, owner, resumed);
     if subscribed {
         auth.subscribed(&access);
     }
     let mut link = Link { id: router_id, owner, held, access: &access, auth: &auth, subscribed };
-    let result = run(&mut wire, &mut tx, &mut rx, &mut link, keep_alive).await;
+    let result = run(&mut wire, &mut tx, &mut rx, &mut link, keep_alive, kick.as_deref()).await;
+    live.unregister(&access, owner);
     let clean_end = matches!(result, Ok(true));
     if !clean_end && let Some(w) = will {
         // A client that vanished without DISCONNECT leaves its will (checked above).
@@ -288,21 +389,39 @@ async fn run(
     rx: &mut LinkRx,
     link: &mut Link<'_>,
     keep_alive: Duration,
+    kick: Option<&tokio::sync::Notify>,
 ) -> Result<bool, String> {
     let access = link.access;
+    let kicked = async {
+        match kick {
+            Some(k) => k.notified().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(kicked);
     loop {
         tokio::select! {
+            () = &mut kicked => {
+                // Its credentials were revoked or it was removed: the connection ends now.
+                return Err(format!("{}: credentials revoked or device removed", access.name()));
+            }
             packet = tokio::time::timeout(keep_alive, wire.next()) => {
                 let Some(packet) = packet.map_err(|_| "keep-alive expired")?? else {
                     return Ok(false);
                 };
                 match packet {
                     Packet::Disconnect(..) => return Ok(true),
-                    Packet::Publish(p, _) => {
+                    Packet::Publish(mut p, _) => {
                         let topic = String::from_utf8_lossy(&p.topic).into_owned();
                         if !access.may_publish(&topic) {
                             tracing::warn!(client = %access.name(), topic, "publish outside the client's topics: disconnected");
                             return Err(format!("publish to `{topic}` is not allowed"));
+                        }
+                        // A device's message is for Drover, now: none is kept for later
+                        // subscribers. Retained messages would pile up without bound and
+                        // outlive the device (reaching whoever enrolls its id next).
+                        if matches!(access, Access::Device { .. }) {
+                            p.retain = false;
                         }
                         tx.send(Packet::Publish(p, None)).await.map_err(|e| e.to_string())?;
                     }

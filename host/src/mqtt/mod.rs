@@ -68,6 +68,11 @@ impl Access {
         }
     }
 
+    /// What every session name of this device starts with (`session_id` of any client id).
+    pub fn session_prefix(&self) -> String {
+        self.session_id("")
+    }
+
     pub fn may_publish(&self, topic: &str) -> bool {
         match self {
             Access::Service => true,
