@@ -99,17 +99,13 @@ async fn agent(
     headers: HeaderMap,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    // Nothing of the body is read before the request is authenticated (or, for an
+    // enrollment, with a limit fit for an unauthenticated sender).
     let (mut parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, state.max_agent_body).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("bodies are limited to {} bytes", state.max_agent_body),
-        )
-    })?;
     let plugin = plugin_for(&state, &device_type)?;
     let channel = http_channel(&method, &path, &uri, &headers)?;
     if path == "enroll" {
+        let body = read_body(&state, body, MAX_ENROLL_BODY).await?;
         // An enrollment token may come as a bearer token or as `?token=` (the QR-code URL).
         let token = parts
             .headers
@@ -144,7 +140,29 @@ async fn agent(
         .await?
         .ok_or_else(crate::auth::unknown_device_token)?;
     same_type(&device, &device_type)?;
+    let body = read_body(&state, body, state.max_agent_body).await?;
     handle_message(&state, &plugin, &device, channel, body, queue).await
+}
+
+/// Largest enrollment request: it comes before any credential. (An Apple Authenticate
+/// check-in is about 2 KiB, a Windows enrollment SOAP message about 10.)
+pub const MAX_ENROLL_BODY: usize = 64 << 10;
+
+/// Read a request body of at most `limit` bytes within the body timeout.
+async fn read_body(state: &AppState, body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the request body did not arrive within {} s", state.body_timeout.as_secs()),
+        )),
+        Ok(Err(_)) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("this request's body is limited to {limit} bytes"),
+        )),
+        Ok(Ok(b)) => Ok(b),
+    }
 }
 
 /// A credential is good only at its own device type's paths.
@@ -270,6 +288,24 @@ fn already_enrolled(device_type: &str, device_id: &str) -> ApiError {
     )
 }
 
+/// What one device message may carry. A poll answers at most [`MAX_BATCH`] operations,
+/// so results beyond a few batches are not results of anything Drover sent.
+pub const MAX_RESULTS: usize = 1000;
+pub const MAX_TELEMETRY: usize = 1000;
+pub const MAX_INFO: usize = 256;
+
+/// Which cap a decoded message is over, if any.
+fn over_caps(m: &crate::plugins::types::DeviceMessage) -> Option<String> {
+    let caps = [
+        (m.results.len(), MAX_RESULTS, "results"),
+        (m.telemetry.len(), MAX_TELEMETRY, "telemetry points"),
+        (m.info.len(), MAX_INFO, "device information values"),
+    ];
+    caps.iter().find(|(n, cap, _)| n > cap).map(|(n, cap, what)| {
+        format!("a device message may carry at most {cap} {what}; this one carried {n}: nothing of it was recorded")
+    })
+}
+
 /// A body's shape checked before any plugin parses it (`bounds`).
 fn bounded(body: &[u8]) -> Result<(), ApiError> {
     crate::bounds::check(body).map_err(|e| ApiError::bad_request("body_refused", e.to_string()))
@@ -391,6 +427,11 @@ pub(crate) async fn receive_noting(
         CallError::Rejected(p) => ApiError::bad_request("bad_device_message", p.message),
         other => other.into(),
     })?;
+    // Bounded before anything is recorded: a message over a cap changes nothing.
+    if let Some(why) = over_caps(&message) {
+        state.stats.message(kind, true);
+        return Err(ApiError::bad_request("too_many", why));
+    }
     if let Some(CheckIn::CheckOut) = &message.check_in {
         // The device left management (Apple CheckOut, the Windows unenrollment alert): as
         // an admin's removal, with the device as the actor. Results it carried are
@@ -522,8 +563,12 @@ pub(crate) async fn encode_queued(
     Err(ApiError::internal("too many operations the plugin cannot encode in one call"))
 }
 
-/// Telemetry as stored: a point without a time was measured when received; a number
-/// that is not finite has no JSON form and is dropped.
+/// How far ahead of the server's clock a device's clock may be.
+pub const MAX_CLOCK_SKEW_MS: i64 = 10 * 60 * 1000;
+
+/// Telemetry as stored: a point without a time (or with one more than
+/// [`MAX_CLOCK_SKEW_MS`] ahead) was measured when received; a number that is not finite has
+/// no JSON form and is dropped.
 fn telemetry_points(points: &[crate::plugins::types::TelemetryPoint]) -> Vec<crate::store::Point> {
     use crate::plugins::types::TelemetryValue as V;
     let now = crate::store::now_ms();
@@ -537,7 +582,13 @@ fn telemetry_points(points: &[crate::plugins::types::TelemetryPoint]) -> Vec<cra
                 V::Text(t) => serde_json::Value::String(t.clone()),
                 V::Boolean(b) => serde_json::Value::Bool(*b),
             };
-            let at = p.timestamp_ms.and_then(|t| i64::try_from(t).ok()).unwrap_or(now);
+            // A time in the future beyond clock skew would never be purged by retention
+            // and would pin the latest value for ever: such a point counts as measured now.
+            let at = p
+                .timestamp_ms
+                .and_then(|t| i64::try_from(t).ok())
+                .filter(|t| *t <= now + MAX_CLOCK_SKEW_MS)
+                .unwrap_or(now);
             Some(crate::store::Point { name: p.name.clone(), at, value })
         })
         .collect()

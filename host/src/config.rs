@@ -65,10 +65,26 @@ pub struct ServeArgs {
     /// A plugin version serving for less than this many seconds is rolled back rather than suspended [default: 600]
     #[arg(long, env = "DROVER_PLUGIN_PROBATION_SECS")]
     pub plugin_probation_secs: Option<u64>,
+    /// HTTP connections served at once; one more gets 503 [default: 4096]
+    #[arg(long, env = "DROVER_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// Seconds a client has to send a request's head; also how long an idle kept-alive connection stays open [default: 20]
+    #[arg(long, env = "DROVER_HTTP_HEADER_TIMEOUT_SECS")]
+    pub http_header_timeout_secs: Option<u64>,
+    /// Seconds a client has to send a request's body [default: 30]
+    #[arg(long, env = "DROVER_HTTP_BODY_TIMEOUT_SECS")]
+    pub http_body_timeout_secs: Option<u64>,
+    /// MQTT connections the embedded broker holds at once (the process may open 20,000 files in all) [default: 12000]
+    #[arg(long, env = "DROVER_MQTT_MAX_CONNECTIONS")]
+    pub mqtt_max_connections: Option<usize>,
     /// Log format: text or json [default: text]
     #[arg(long, env = "DROVER_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
 }
+
+/// MQTT connections by default: with 4,096 HTTP connections and the database pools, within
+/// the 20,000 files a process may open here.
+pub const DEFAULT_MQTT_MAX_CONNECTIONS: usize = 12_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -97,6 +113,10 @@ pub struct Config {
     pub fault_policy: crate::plugins::catalog::FaultPolicy,
     /// When a sender whose input makes plugins fault is refused for a while.
     pub hold_policy: crate::plugins::sources::HoldPolicy,
+    /// Bounds of the HTTP listener.
+    pub http: crate::http_listener::Limits,
+    /// Connections the embedded MQTT broker holds at once.
+    pub mqtt_max_connections: usize,
     /// The bootstrap admin token from DROVER_ADMIN_TOKEN (environment only, never a flag:
     /// flags show in process lists).
     pub admin_token: Option<String>,
@@ -180,6 +200,29 @@ impl ServeArgs {
                         .map_or(d.hold, std::time::Duration::from_secs),
                 }
             },
+            http: {
+                let d = crate::http_listener::Limits::default();
+                crate::http_listener::Limits {
+                    max_connections: self
+                        .http_max_connections
+                        .or(file.http_max_connections)
+                        .unwrap_or(d.max_connections)
+                        .max(1),
+                    header_timeout: self
+                        .http_header_timeout_secs
+                        .or(file.http_header_timeout_secs)
+                        .map_or(d.header_timeout, |s| std::time::Duration::from_secs(s.max(1))),
+                    body_timeout: self
+                        .http_body_timeout_secs
+                        .or(file.http_body_timeout_secs)
+                        .map_or(d.body_timeout, |s| std::time::Duration::from_secs(s.max(1))),
+                }
+            },
+            mqtt_max_connections: self
+                .mqtt_max_connections
+                .or(file.mqtt_max_connections)
+                .unwrap_or(DEFAULT_MQTT_MAX_CONNECTIONS)
+                .max(1),
             admin_token: std::env::var("DROVER_ADMIN_TOKEN").ok(),
             data_dir,
             database_url,

@@ -11,6 +11,7 @@ pub mod coap;
 pub mod config;
 pub mod enrollment;
 pub mod events;
+pub mod http_listener;
 pub mod metrics;
 pub mod mqtt;
 pub mod oauth;

@@ -51,7 +51,8 @@ fn channel_index(kind: ChannelKind) -> usize {
 }
 
 impl DeliveryStats {
-    /// A device message came in over `kind`; `refused`: its plugin could not decode it.
+    /// A device message came in over `kind`; `refused`: its plugin could not decode it, or
+    /// it was over a limit.
     pub fn message(&self, kind: ChannelKind, refused: bool) {
         self.messages[channel_index(kind)].fetch_add(1, Relaxed);
         if refused {
@@ -88,7 +89,11 @@ impl Collector for Delivery {
                 "Device messages received (polls, MQTT messages, CoAP requests)",
                 &self.0.messages,
             ),
-            ("drover_device_messages_refused", "Device messages the plugin could not decode", &self.0.refused),
+            (
+                "drover_device_messages_refused",
+                "Device messages refused: undecodable, over a limit, or sent faster than served",
+                &self.0.refused,
+            ),
             ("drover_operations_sent", "Operations handed to devices (marked IN_PROGRESS)", &self.0.sent),
         ];
         for (name, help, counts) in by_channel {

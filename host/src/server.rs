@@ -18,8 +18,10 @@ pub struct AppState {
     pub store: Store,
     /// Devices may enroll themselves (`POST /agent/v1/{type}/enroll`).
     pub open_enrollment: bool,
-    /// Largest device message body accepted.
+    /// Largest device message body accepted (from an authenticated device).
     pub max_agent_body: usize,
+    /// How long a handler waits for a request body.
+    pub body_timeout: Duration,
     /// Push over MQTT (absent only in tests that build a state by hand).
     pub push: Option<Push>,
     /// Wake-ups through transport plugins.
@@ -42,6 +44,7 @@ pub struct Server {
     pub listener: tokio::net::TcpListener,
     housekeeping: Housekeeping,
     mqtt: Mqtt,
+    http: crate::http_listener::Limits,
 }
 
 /// The MQTT side: the embedded broker (unless an external one is used) and the endpoint
@@ -54,9 +57,6 @@ struct Mqtt {
 
 /// How often a replica looks for plugin changes made by others and at plugin faults.
 const CATALOG_TICK: Duration = Duration::from_secs(1);
-
-/// Most MQTT clients the embedded broker holds (the process may open 20,000 files here).
-const MAX_MQTT_CONNECTIONS: usize = 19_500;
 
 /// What the periodic sweep needs to know.
 #[derive(Clone, Copy)]
@@ -114,7 +114,11 @@ impl Server {
                     port,
                     credentials: Some((crate::mqtt::SERVICE_USER.into(), secret)),
                 };
-                Mqtt { embedded: Some((EmbeddedBroker::start(MAX_MQTT_CONNECTIONS), listener, gate)), endpoint, jobs }
+                Mqtt {
+                    embedded: Some((EmbeddedBroker::start(config.mqtt_max_connections), listener, gate)),
+                    endpoint,
+                    jobs,
+                }
             }
         };
         let coap = crate::coap::Coap::bind(config.coap_addr, config.coap_allow_address_change).await?;
@@ -123,6 +127,7 @@ impl Server {
             store,
             open_enrollment: config.open_enrollment,
             max_agent_body: 4 << 20,
+            body_timeout: config.http.body_timeout,
             push: Some(push),
             wakeup: crate::wakeup::WakeUp::default(),
             settings,
@@ -135,7 +140,7 @@ impl Server {
             retention: Duration::from_secs(u64::from(config.retention_days) * 86_400),
             unreachable_after: Duration::from_secs(u64::from(config.unreachable_after_hours) * 3600),
         };
-        Ok(Server { state, listener, housekeeping, mqtt })
+        Ok(Server { state, listener, housekeeping, mqtt, http: config.http })
     }
 
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
@@ -168,12 +173,7 @@ impl Server {
         let wakeups = tokio::spawn(crate::wakeup::run(self.state.clone(), self.state.wakeup.clone()));
         let settings = tokio::spawn(crate::wakeup::follow_settings(self.state.clone(), CATALOG_TICK));
         let coap = self.state.coap.clone().map(|c| tokio::spawn(c.run(self.state.clone())));
-        let result = axum::serve(
-            self.listener,
-            router(self.state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        let result = crate::http_listener::serve(self.listener, router(self.state), self.http, shutdown).await;
         sweeper.abort();
         catalog.abort();
         delivery.abort();

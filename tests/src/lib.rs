@@ -171,6 +171,8 @@ impl TestServer {
             unreachable_after_hours: 24,
             fault_policy: Default::default(),
             hold_policy: Default::default(),
+            http: Default::default(),
+            mqtt_max_connections: drover::config::DEFAULT_MQTT_MAX_CONNECTIONS,
             admin_token: Some(ADMIN_TOKEN.into()),
         };
         adjust(&mut config);

@@ -39,7 +39,13 @@ pub struct EmbeddedBroker {
     connect: Connector,
     sessions: Arc<Sessions>,
     live: Arc<Live>,
+    /// Client connections held at once; one more is refused at once.
+    max_connections: usize,
 }
+
+/// CONNACK "server unavailable" (MQTT 3.1.1 §3.2.2.3, return code 3), for a connection over
+/// the cap. Written without reading its CONNECT: a client reads it after sending one.
+const UNAVAILABLE: [u8; 4] = [0x20, 0x02, 0x00, 0x03];
 
 /// The live connections of each device, so that revoking its credentials or removing it
 /// ends them at once (a connection was authenticated once, at CONNECT).
@@ -141,10 +147,12 @@ impl Sessions {
 static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
 
 impl EmbeddedBroker {
-    /// Start the router (on its own thread, as rumqttd does).
+    /// Start the router (on its own thread, as rumqttd does) for `max_connections` clients.
     pub fn start(max_connections: usize) -> EmbeddedBroker {
         let config = RouterConfig {
-            max_connections,
+            // Drover's own delivery client, and the links that drop a removed device's
+            // sessions, come on top of the clients.
+            max_connections: max_connections + 16,
             // Undelivered QoS 1 messages a session may hold before the oldest are dropped.
             max_outgoing_packet_count: 200,
             max_segment_size: 16 << 20,
@@ -155,7 +163,7 @@ impl EmbeddedBroker {
         let connect: Connector = Arc::new(move |client_id, clean| {
             LinkBuilder::new(client_id, router_tx.clone()).clean_session(clean).build().map_err(|e| e.to_string())
         });
-        EmbeddedBroker { connect, sessions: Arc::default(), live: Arc::default() }
+        EmbeddedBroker { connect, sessions: Arc::default(), live: Arc::default(), max_connections }
     }
 
     /// A device's credentials were revoked or it was removed: end its connections. A
@@ -226,6 +234,14 @@ impl EmbeddedBroker {
                     continue;
                 }
             };
+            if sessions.len() >= self.max_connections {
+                tracing::debug!(%peer, "MQTT connection over the cap: refused");
+                tokio::spawn(async move {
+                    let mut stream = stream;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&UNAVAILABLE)).await;
+                });
+                continue;
+            }
             let _ = stream.set_nodelay(true);
             let connect = self.connect.clone();
             let held = self.sessions.clone();

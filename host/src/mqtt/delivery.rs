@@ -32,6 +32,11 @@ const SHARDS: usize = 256;
 /// (back-pressure).
 const SHARD_QUEUE: usize = 32;
 
+/// Messages of one device waiting in the intake at most. Past it the device's further
+/// messages are dropped (counted as refused): otherwise one device sending faster than it
+/// is served fills its queue, the pump waits on it, and every other device waits too.
+const DEVICE_BACKLOG: usize = 8;
+
 /// Devices of one activity pushed at once.
 const PUSH_PARALLEL: usize = 32;
 
@@ -106,6 +111,16 @@ struct Delivery {
     /// Topic suffixes Drover publishes on. Its own shared subscription hears them too, and
     /// such echoes are not device messages.
     downstream: RwLock<HashSet<String>>,
+    /// Messages waiting in the intake, by device (`drover/{type}/{id}`).
+    backlog: Mutex<HashMap<String, usize>>,
+}
+
+/// `drover/{type}/{id}` of a device topic: whose message it is.
+fn device_of(topic: &str) -> &str {
+    match topic.match_indices('/').nth(2) {
+        Some((i, _)) => &topic[..i],
+        None => topic,
+    }
 }
 
 /// Connect Drover's client and run delivery until the server stops.
@@ -125,6 +140,7 @@ pub async fn run(state: AppState, endpoint: Endpoint, mut jobs: mpsc::UnboundedR
         client,
         online: Mutex::new(HashMap::new()),
         downstream: RwLock::new(HashSet::new()),
+        backlog: Mutex::new(HashMap::new()),
     });
     let pump = tokio::spawn(pump(delivery.clone(), eventloop, endpoint));
     while let Some(job) = jobs.recv().await {
@@ -199,6 +215,7 @@ async fn pump(d: Arc<Delivery>, mut eventloop: EventLoop, endpoint: Endpoint) {
             tokio::spawn(async move {
                 while let Some((topic, payload)) = rx.recv().await {
                     d.device_message(&topic, &payload).await;
+                    d.taken(&topic);
                 }
             });
             tx
@@ -216,6 +233,9 @@ async fn pump(d: Arc<Delivery>, mut eventloop: EventLoop, endpoint: Endpoint) {
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                if !d.admit(&p.topic) {
+                    continue;
+                }
                 if shards[shard_of(&p.topic)].send((p.topic, p.payload)).await.is_err() {
                     return;
                 }
@@ -240,6 +260,38 @@ async fn pump(d: Arc<Delivery>, mut eventloop: EventLoop, endpoint: Endpoint) {
 }
 
 impl Delivery {
+    /// Count a device's message into the intake, unless it has [`DEVICE_BACKLOG`] waiting.
+    /// Echoes of Drover's own publishes are not device messages: never admitted.
+    fn admit(&self, topic: &str) -> bool {
+        let device = device_of(topic);
+        let suffix = topic.get(device.len() + 1..).unwrap_or_default();
+        if self.downstream.read().unwrap_or_else(|p| p.into_inner()).contains(suffix) {
+            return false;
+        }
+        let mut backlog = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
+        let n = backlog.entry(device.to_string()).or_default();
+        if *n >= DEVICE_BACKLOG {
+            drop(backlog);
+            self.state.stats.message(ChannelKind::Mqtt, true);
+            tracing::debug!(topic, "device sends faster than it is served: message dropped");
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// A device's message left the intake.
+    fn taken(&self, topic: &str) {
+        let mut backlog = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
+        let key = device_of(topic);
+        if let Some(n) = backlog.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                backlog.remove(key);
+            }
+        }
+    }
+
     fn is_online(&self, d: &DeviceRow) -> bool {
         self.online
             .lock()
@@ -410,7 +462,14 @@ impl Delivery {
 
 #[cfg(test)]
 mod tests {
-    use super::Endpoint;
+    use super::{Endpoint, device_of};
+
+    #[test]
+    fn a_message_belongs_to_the_device_of_its_topic() {
+        assert_eq!(device_of("drover/android/A1/reply"), "drover/android/A1");
+        assert_eq!(device_of("drover/android/A1/telemetry/x"), "drover/android/A1");
+        assert_eq!(device_of("drover/android"), "drover/android");
+    }
 
     #[test]
     fn broker_urls() {

@@ -54,14 +54,16 @@ impl Store {
                 q.execute(&mut *tx).await?;
             }
             // One row per name in the upsert: PostgreSQL refuses to touch a row twice.
-            let mut latest: Vec<&Point> = Vec::new();
+            // By name in a map: linear in the points, inside the write transaction.
+            let mut newest: std::collections::HashMap<&str, &Point> = std::collections::HashMap::new();
             for p in points {
-                match latest.iter_mut().find(|l| l.name == p.name) {
-                    Some(l) if l.at <= p.at => *l = p,
-                    Some(_) => {}
-                    None => latest.push(p),
+                let l = newest.entry(p.name.as_str()).or_insert(p);
+                if l.at <= p.at {
+                    *l = p;
                 }
             }
+            let mut latest: Vec<&Point> = newest.into_values().collect();
+            latest.sort_by(|a, b| a.name.cmp(&b.name));
             for chunk in latest.chunks(200) {
                 let sql = format!(
                     "INSERT INTO telemetry_latest (device, name, at, value) VALUES {}

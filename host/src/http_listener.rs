@@ -1,0 +1,115 @@
+//! The HTTP listener: accept connections and serve the router on each, within limits.
+//!
+//! `axum::serve` has neither a cap on connections nor a timer for hyper's header-read
+//! timeout, so a client that opens connections and sends nothing (or a header a byte a
+//! minute) holds a file descriptor for ever: the process has 20,000, shared with the MQTT
+//! broker's connections. Here:
+//!
+//! * at most [`Limits::max_connections`] connections at once; one more gets an immediate
+//!   `503` with `Retry-After` and is closed, rather than waiting unseen in the backlog;
+//! * a request's head must arrive within [`Limits::header_timeout`]. hyper's timer starts
+//!   when it waits for a head, which includes a kept-alive connection waiting for its next
+//!   request, so the same limit closes idle connections;
+//! * bodies are read by the handlers, each with its own size limit and a timeout
+//!   (`agent.rs`), after the request is authenticated.
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Bounds of the HTTP listener (configurable: `--http-max-connections`,
+/// `--http-header-timeout-secs`, `--http-body-timeout-secs`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    /// How long a handler waits for a request body.
+    pub body_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_connections: 4096, header_timeout: Duration::from_secs(20), body_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// What a connection over the cap is told before it is closed.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-type: application/json\r\n\
+content-length: 88\r\nconnection: close\r\n\r\n\
+{\"error\":{\"code\":\"busy\",\"message\":\"too many connections to this server; try again\"}}\n";
+
+/// How long in-flight requests may take to finish once shutdown begins.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Serve `app` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, most likely: back off instead of spinning.
+                    tracing::warn!("HTTP accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "HTTP connection over the cap: answered 503");
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut stream = stream;
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
+            });
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = tower::ServiceExt::map_request(app.clone(), move |mut r: axum::extract::Request<_>| {
+            r.extensions_mut().insert(ConnectInfo(peer));
+            r
+        });
+        let connection = http.serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(service),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, "HTTP connection ended: {e}");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::warn!("HTTP connections still open {} s after shutdown began: closed", DRAIN.as_secs());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_busy_answer_is_well_formed() {
+        let text = std::str::from_utf8(super::BUSY).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let length: usize = head.lines().find_map(|l| l.strip_prefix("content-length: ")).unwrap().parse().unwrap();
+        assert_eq!(body.len(), length);
+        serde_json::from_str::<serde_json::Value>(body).unwrap();
+    }
+}
