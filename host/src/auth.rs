@@ -140,7 +140,7 @@ pub async fn bootstrap_admin(store: &Store, data_dir: &Path, from_env: Option<St
                 Ok(t) => t.trim().to_string(),
                 Err(_) => {
                     let (t, _) = new_token("admin");
-                    write_private(&path, &t)?;
+                    crate::files::write_private(&path, format!("{t}\n").as_bytes())?;
                     tracing::info!(path = %path.display(), "generated the bootstrap admin token");
                     t
                 }
@@ -153,18 +153,4 @@ pub async fn bootstrap_admin(store: &Store, data_dir: &Path, from_env: Option<St
     }
     tracing::info!(path = %data_dir.join("admin-token").display(), "admin API token ready");
     Ok(())
-}
-
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut f = options.open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.write_all(b"\n")
 }

@@ -77,6 +77,12 @@ pub struct ServeArgs {
     /// MQTT connections the embedded broker holds at once (the process may open 20,000 files in all) [default: 12000]
     #[arg(long, env = "DROVER_MQTT_MAX_CONNECTIONS")]
     pub mqtt_max_connections: Option<usize>,
+    /// File holding the key that seals secrets stored in the database (64 hex digits; made on first start). DROVER_SECRET_KEY (environment only) takes precedence [default: DATA_DIR/secret.key]
+    #[arg(long, env = "DROVER_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
+    /// The key before a rotation: secrets sealed with it are sealed again with the new key at start
+    #[arg(long, env = "DROVER_PREVIOUS_SECRET_KEY_FILE")]
+    pub previous_secret_key_file: Option<PathBuf>,
     /// Log format: text or json [default: text]
     #[arg(long, env = "DROVER_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -117,6 +123,11 @@ pub struct Config {
     pub http: crate::http_listener::Limits,
     /// Connections the embedded MQTT broker holds at once.
     pub mqtt_max_connections: usize,
+    /// Where the key sealing stored secrets is (`secrets.rs`), and the one before a rotation.
+    pub secret_key_file: PathBuf,
+    pub previous_secret_key_file: Option<PathBuf>,
+    /// The sealing key from DROVER_SECRET_KEY (environment only, never a flag).
+    pub secret_key: Option<String>,
     /// The bootstrap admin token from DROVER_ADMIN_TOKEN (environment only, never a flag:
     /// flags show in process lists).
     pub admin_token: Option<String>,
@@ -128,9 +139,9 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("--broker `{0}`: expected mqtt://host:port")]
+    #[error("--broker `{}`: expected mqtt://host:port", crate::secrets::redact_url(.0))]
     Broker(String),
-    #[error("--database-url `{0}`: expected sqlite://PATH or postgres://…")]
+    #[error("--database-url `{}`: expected sqlite://PATH or postgres://…", crate::secrets::redact_url(.0))]
     Database(String),
 }
 
@@ -223,6 +234,12 @@ impl ServeArgs {
                 .or(file.mqtt_max_connections)
                 .unwrap_or(DEFAULT_MQTT_MAX_CONNECTIONS)
                 .max(1),
+            secret_key_file: self
+                .secret_key_file
+                .or(file.secret_key_file)
+                .unwrap_or_else(|| data_dir.join("secret.key")),
+            previous_secret_key_file: self.previous_secret_key_file.or(file.previous_secret_key_file),
+            secret_key: std::env::var("DROVER_SECRET_KEY").ok().filter(|k| !k.trim().is_empty()),
             admin_token: std::env::var("DROVER_ADMIN_TOKEN").ok(),
             data_dir,
             database_url,

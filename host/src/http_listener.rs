@@ -38,7 +38,7 @@ impl Default for Limits {
 
 /// What a connection over the cap is told before it is closed.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-type: application/json\r\n\
-content-length: 88\r\nconnection: close\r\n\r\n\
+content-length: 85\r\nconnection: close\r\n\r\n\
 {\"error\":{\"code\":\"busy\",\"message\":\"too many connections to this server; try again\"}}\n";
 
 /// How long in-flight requests may take to finish once shutdown begins.

@@ -194,7 +194,7 @@ fn broker_spans(
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
     init_tracing(config.log_format);
-    tracing::info!(data_dir = %config.data_dir.display(), database = %config.database_url, "starting drover {}", env!("CARGO_PKG_VERSION"));
+    tracing::info!(data_dir = %config.data_dir.display(), database = %drover::secrets::redact_url(&config.database_url), "starting drover {}", env!("CARGO_PKG_VERSION"));
     let server = drover::server::Server::start(&config).await?;
     server.serve(shutdown_signal()).await
 }

@@ -69,11 +69,28 @@ impl Server {
     /// Open the store, start the plugin runtime, install the first-party plugins, make
     /// sure an admin token exists, and bind the listeners. Returns once ready to serve.
     pub async fn start(config: &Config) -> anyhow::Result<Server> {
-        std::fs::create_dir_all(&config.data_dir)
+        crate::files::private_dir(&config.data_dir)
             .with_context(|| format!("cannot create data directory {} (--data-dir)", config.data_dir.display()))?;
+        let sealer = crate::secrets::Sealer::load(
+            config.secret_key.as_deref(),
+            &config.secret_key_file,
+            config.previous_secret_key_file.as_deref(),
+        )?;
         let store = Store::connect(&config.database_url)
             .await
-            .with_context(|| format!("cannot open the database (--database-url {})", redact(&config.database_url)))?;
+            .with_context(|| {
+                format!(
+                    "cannot open the database (--database-url {})",
+                    crate::secrets::redact_url(&config.database_url)
+                )
+            })?
+            .with_sealer(sealer);
+        crate::files::private_sqlite(&config.database_url)
+            .context("cannot restrict the database files to mode 0600")?;
+        match store.reseal_secrets().await.context("cannot seal the secrets stored in the database")? {
+            0 => {}
+            n => tracing::info!(plugins = n, "secrets in the database sealed with the current key"),
+        }
         crate::auth::bootstrap_admin(&store, &config.data_dir, config.admin_token.clone()).await?;
         let runtime = Runtime::new(Limits::default(), Some(config.data_dir.join("cache").join("compiled")))?
             .with_hold_policy(config.hold_policy);
@@ -94,8 +111,9 @@ impl Server {
         let events = crate::events::Events::default();
         let mqtt = match &config.broker {
             Some(url) => {
-                let endpoint = Endpoint::parse(url)
-                    .with_context(|| format!("--broker `{url}`: expected mqtt://[user:password@]host:port"))?;
+                let endpoint = Endpoint::parse(url).with_context(|| {
+                    format!("--broker `{}`: expected mqtt://[user:password@]host:port", crate::secrets::redact_url(url))
+                })?;
                 Mqtt { embedded: None, endpoint, jobs }
             }
             None => {
@@ -223,20 +241,6 @@ async fn housekeeping(store: Store, config: Housekeeping) {
             }
         }
         n += 1;
-    }
-}
-
-/// A database URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
     }
 }
 

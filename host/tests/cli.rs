@@ -11,7 +11,9 @@ fn drover() -> Command {
         .env_remove("DROVER_HTTP_ADDR")
         .env_remove("DROVER_DATA_DIR")
         .env_remove("DROVER_ADMIN_TOKEN")
-        .env_remove("DROVER_DATABASE_URL");
+        .env_remove("DROVER_DATABASE_URL")
+        .env_remove("DROVER_SECRET_KEY")
+        .env_remove("DROVER_BROKER");
     c
 }
 
@@ -322,4 +324,51 @@ fn plugin_test_runs_recorded_payloads_without_a_server() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cases.toml"));
     let out = drover().args(["plugin", "test"]).arg(plugin("fcm")).arg("--fixtures").arg(&fixtures).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a device type"));
+}
+
+#[test]
+fn passwords_in_urls_are_never_printed() {
+    let data = tempfile::tempdir().unwrap();
+    // A database that cannot be reached: the error names the URL, without its password.
+    let out = drover()
+        .args(["serve", "--data-dir"])
+        .arg(data.path())
+        .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--database-url", "postgres://drover:hunter2@127.0.0.1:1/drover"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(all.contains("postgres://drover:***@127.0.0.1:1/drover"), "{all}");
+    assert!(!all.contains("hunter2"), "a password was printed: {all}");
+    // A broker URL of the wrong form is named without its password too.
+    let out = drover()
+        .args(["serve", "--data-dir"])
+        .arg(data.path())
+        .args(["--broker", "amqp://svc:hunter3@broker:5672"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(all.contains("--broker") && !all.contains("hunter3"), "{all}");
+}
+
+#[cfg(unix)]
+#[test]
+fn the_data_directory_and_its_secrets_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let data = parent.path().join("data");
+    // As a careless `mkdir` under umask 022 leaves it.
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = free_port();
+    let _served = serve(&data, port);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    for f in ["drover.db", "drover.db-wal", "secret.key", "admin-token"] {
+        assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+    }
+    let key = std::fs::read_to_string(data.join("secret.key")).unwrap();
+    assert_eq!(key.trim().len(), 64, "{key}");
 }

@@ -173,6 +173,9 @@ impl TestServer {
             hold_policy: Default::default(),
             http: Default::default(),
             mqtt_max_connections: drover::config::DEFAULT_MQTT_MAX_CONNECTIONS,
+            secret_key_file: data.path().join("secret.key"),
+            previous_secret_key_file: None,
+            secret_key: None,
             admin_token: Some(ADMIN_TOKEN.into()),
         };
         adjust(&mut config);

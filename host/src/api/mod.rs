@@ -1036,18 +1036,24 @@ async fn cancel_activity(
     Ok(Json(Cancelled { cancelled }))
 }
 
-/// Config keys whose values the API never shows back.
-fn secret_key(key: &str) -> bool {
+/// Config keys whose values the API never shows back: those the plugin's manifest declares
+/// secret (`secret_config`), and, for a plugin that declares none or forgets one, those
+/// whose names look secret.
+fn secret_key(plugin: &crate::plugins::LoadedPlugin, key: &str) -> bool {
+    if plugin.manifest.secret_config.iter().any(|k| k == key) {
+        return true;
+    }
     let k = key.to_ascii_lowercase();
-    ["token", "secret", "password", "key", "credential"].iter().any(|s| k.contains(s))
+    ["token", "secret", "password", "key", "credential", "private", "pass", "auth"].iter().any(|s| k.contains(s))
 }
 
 fn loaded_plugin(state: &AppState, name: &str) -> Result<std::sync::Arc<crate::plugins::LoadedPlugin>, ApiError> {
     state.registry.get(name).ok_or_else(|| ApiError::not_found(format!("no plugin `{name}` is loaded")))
 }
 
-/// What an admin set for a plugin. Values of secret-looking keys (token, secret,
-/// password, key, credential) are shown as `***`.
+/// What an admin set for a plugin. Values of secret keys (declared in the plugin's
+/// manifest as `secret_config`, or named like token, secret, password, key, credential)
+/// are shown as `***`.
 #[utoipa::path(get, path = "/api/v1/plugins/{name}/settings", tag = "admin", params(("name" = String, Path)),
     responses((status = 200, body = crate::wakeup::PluginSettings), Errors))]
 async fn get_plugin_settings(
@@ -1056,10 +1062,10 @@ async fn get_plugin_settings(
     Path(name): Path<String>,
 ) -> Result<Json<crate::wakeup::PluginSettings>, ApiError> {
     admin.require(Role::Viewer)?;
-    loaded_plugin(&state, &name)?;
+    let plugin = loaded_plugin(&state, &name)?;
     let mut s = state.settings.get(&name).shown();
     for (k, v) in s.config.iter_mut() {
-        if secret_key(k) {
+        if secret_key(&plugin, k) {
             *v = "***".into();
         }
     }
@@ -1086,7 +1092,7 @@ async fn put_plugin_settings(
     let stored = state.settings.get(&name);
     for (k, v) in settings.config.iter_mut() {
         if v == "***"
-            && secret_key(k)
+            && secret_key(&plugin, k)
             && let Some(kept) = stored.config.get(k)
         {
             v.clone_from(kept);

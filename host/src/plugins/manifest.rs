@@ -66,6 +66,10 @@ pub struct Manifest {
     /// For transports: the hosts its provider requests may go to.
     #[serde(default)]
     pub outbound_hosts: Vec<String>,
+    /// Config keys whose values are secrets (access tokens, passwords): the admin API
+    /// never shows them back. (Keys whose names look secret are masked as well.)
+    #[serde(default)]
+    pub secret_config: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]

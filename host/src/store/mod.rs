@@ -49,6 +49,8 @@ pub struct Store {
     backend: Backend,
     /// Group commit of delivery writes (`commit.rs`); `None` inside the committer itself.
     committer: Option<commit::Committer>,
+    /// Seals the secrets stored in the database (`secrets.rs`); without a key, none.
+    sealer: std::sync::Arc<crate::secrets::Sealer>,
 }
 
 /// Run `$body` with `$pool` bound to the backend's pool. The body is compiled once per
@@ -86,8 +88,10 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0} not found")]
     NotFound(String),
-    #[error("database URL `{0}`: use sqlite://PATH or postgres://USER@HOST/DB")]
+    #[error("database URL `{}`: use sqlite://PATH or postgres://USER@HOST/DB", crate::secrets::redact_url(.0))]
     Url(String),
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
 }
 
 impl StoreError {
@@ -147,9 +151,19 @@ impl Store {
     fn with_committer(backend: Backend) -> Store {
         let committer = match &backend {
             Backend::Sqlite { direct, .. } => commit::Committer::start_sqlite(direct::Writer::new(direct.path())),
-            Backend::Postgres(_) => commit::Committer::start(Store { backend: backend.clone(), committer: None }),
+            Backend::Postgres(_) => commit::Committer::start(Store {
+                backend: backend.clone(),
+                committer: None,
+                sealer: Default::default(),
+            }),
         };
-        Store { backend, committer: Some(committer) }
+        Store { backend, committer: Some(committer), sealer: Default::default() }
+    }
+
+    /// Seal secrets with `sealer` from now on.
+    pub fn with_sealer(mut self, sealer: crate::secrets::Sealer) -> Store {
+        self.sealer = std::sync::Arc::new(sealer);
+        self
     }
 
     /// `sqlite` or `postgres`.

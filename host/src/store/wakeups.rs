@@ -180,7 +180,12 @@ impl Store {
         Ok(())
     }
 
+    /// What admins set for plugins, its secrets opened (`secrets.rs`).
     pub async fn plugin_settings(&self) -> Result<Vec<SettingsRow>, StoreError> {
+        self.plugin_settings_sealed().await?.into_iter().map(|r| self.open_settings(r)).collect()
+    }
+
+    async fn plugin_settings_sealed(&self) -> Result<Vec<SettingsRow>, StoreError> {
         with_pool!(self, pool => {
             Ok(sqlx::query_as::<_, SettingsRow>(
                 "SELECT plugin, config, granted_hosts, redirects, client_identity, trusted_ca, oauth, updated_at
@@ -189,7 +194,15 @@ impl Store {
         })
     }
 
+    /// Store what an admin set for a plugin, its secrets sealed: the config values, the
+    /// TLS client identity (it holds a private key) and the OAuth settings (a service
+    /// account's private key, a client secret). Hosts, redirects and CAs are not secret.
     pub async fn put_plugin_settings(&self, row: &SettingsRow) -> Result<(), StoreError> {
+        let sealer = &self.sealer;
+        let place = |field: &str| format!("{}/{field}", row.plugin);
+        let config = sealer.seal(&place("config"), &row.config);
+        let client_identity = row.client_identity.as_deref().map(|v| sealer.seal(&place("client_identity"), v));
+        let oauth = row.oauth.as_deref().map(|v| sealer.seal(&place("oauth"), v));
         with_write_pool!(self, pool => {
             sqlx::query(
                 "INSERT INTO plugin_settings
@@ -198,10 +211,40 @@ impl Store {
                  ON CONFLICT (plugin) DO UPDATE SET config = excluded.config, granted_hosts = excluded.granted_hosts,
                      redirects = excluded.redirects, client_identity = excluded.client_identity,
                      trusted_ca = excluded.trusted_ca, oauth = excluded.oauth, updated_at = excluded.updated_at")
-                .bind(&row.plugin).bind(&row.config).bind(&row.granted_hosts).bind(&row.redirects)
-                .bind(&row.client_identity).bind(&row.trusted_ca).bind(&row.oauth).bind(row.updated_at)
+                .bind(&row.plugin).bind(&config).bind(&row.granted_hosts).bind(&row.redirects)
+                .bind(&client_identity).bind(&row.trusted_ca).bind(&oauth).bind(row.updated_at)
                 .execute(pool).await?;
         });
         Ok(())
+    }
+
+    fn open_settings(&self, mut row: SettingsRow) -> Result<SettingsRow, StoreError> {
+        let sealer = &self.sealer;
+        let place = |field: &str| format!("{}/{field}", row.plugin);
+        row.config = sealer.open(&place("config"), &row.config)?;
+        if let Some(v) = &row.client_identity {
+            row.client_identity = Some(sealer.open(&place("client_identity"), v)?);
+        }
+        if let Some(v) = &row.oauth {
+            row.oauth = Some(sealer.open(&place("oauth"), v)?);
+        }
+        Ok(row)
+    }
+
+    /// Seal again, with the current key, every secret stored in the clear (before sealing
+    /// existed) or with a previous key (a rotation). Returns how many plugins' settings.
+    pub async fn reseal_secrets(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for row in self.plugin_settings_sealed().await? {
+            let stale = !self.sealer.is_current(&row.config)
+                || row.client_identity.as_deref().is_some_and(|v| !self.sealer.is_current(v))
+                || row.oauth.as_deref().is_some_and(|v| !self.sealer.is_current(v));
+            if stale {
+                let open = self.open_settings(row)?;
+                self.put_plugin_settings(&open).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 }
