@@ -247,7 +247,13 @@ impl TestServer {
         } else {
             Backend::postgres().expect("a PostgreSQL test server")
         };
-        TestServer::start_with(backend, move |c| c.database_url = url).await
+        // Replicas of one database share the key that seals its secrets (docs/security.md).
+        let key = self.config.secret_key_file.clone();
+        TestServer::start_with(backend, move |c| {
+            c.database_url = url;
+            c.secret_key_file = key;
+        })
+        .await
     }
 
     /// Run one statement on this server's database, as an operator at the console would:

@@ -263,6 +263,36 @@ async fn a_spinning_plugin_does_not_starve_other_calls() {
     assert!(spinner.await.unwrap_err().is_cancelled());
 }
 
+/// Every instance slot in use is back-pressure, not a fault of the plugin (issue 21, item
+/// 3): the call is refused at once as `Busy` (503 with Retry-After at the API), counted as
+/// busy and never as a fault, so a burst of traffic cannot trip the breaker.
+#[tokio::test]
+async fn every_instance_slot_in_use_is_back_pressure_not_a_fault() {
+    let limits = Limits {
+        cpu: std::time::Duration::from_secs(10),
+        wall: std::time::Duration::from_secs(20),
+        concurrency: 1,
+        ..Limits::default()
+    };
+    let rt = Runtime::new(limits, Some(drover_tests::cache_dir())).unwrap();
+    let p = Arc::new(rt.load(&component(components::TESTBED), testbed_grants()).await.unwrap());
+    let spinner = tokio::spawn({
+        let p = p.clone();
+        async move { testbed_decode(&p, "spin").await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!spinner.is_finished(), "the spinner holds the only slot");
+    let (f, msg) = fault(testbed_decode(&p, "hello").await);
+    assert_eq!(f, Fault::Busy(1));
+    assert!(msg.contains("instance slots are in use"), "{msg}");
+    let stats = p.stats();
+    assert_eq!((stats.busy, stats.faults, stats.charged_faults), (1, 0, 0), "{stats:?}");
+    spinner.abort();
+    let _ = spinner.await;
+    // The slot is free again.
+    assert!(testbed_decode(&p, "hello").await.is_ok());
+}
+
 async fn refusal(bytes: &[u8], options: LoadOptions) -> String {
     match runtime().load(bytes, options).await {
         Ok(p) => panic!("{} loaded but should have been refused", p.label()),

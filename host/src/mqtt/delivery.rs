@@ -28,14 +28,16 @@ use tokio::sync::mpsc;
 /// `done` could be overtaken by the `downloading` sent before it.)
 const SHARDS: usize = 256;
 
-/// Messages waiting per queue; when one is full the pump waits, and so does the broker
-/// (back-pressure).
-const SHARD_QUEUE: usize = 32;
-
 /// Messages of one device waiting in the intake at most. Past it the device's further
-/// messages are dropped (counted as refused): otherwise one device sending faster than it
-/// is served fills its queue, the pump waits on it, and every other device waits too.
-const DEVICE_BACKLOG: usize = 8;
+/// messages are dropped (counted as refused). A queue is shared by many devices, and a
+/// queue with a fixed length would make the pump wait on the one device that filled it,
+/// and every other device with it; so the queues are unbounded and each device's share is
+/// bounded instead. A burst of a few hundred (firmware progress reports) passes whole.
+const DEVICE_BACKLOG: usize = 256;
+
+/// Bytes of device messages waiting in the intake, all devices together. Past it the pump
+/// waits, and so does the broker (back-pressure): the server as a whole is behind.
+const INTAKE_BYTES: usize = 256 << 20;
 
 /// Devices of one activity pushed at once.
 const PUSH_PARALLEL: usize = 32;
@@ -208,14 +210,18 @@ fn client_id() -> String {
 /// handlers. Reconnects by itself after errors, with a pause.
 async fn pump(d: Arc<Delivery>, mut eventloop: EventLoop, endpoint: Endpoint) {
     // The queues end with this task: dropping the senders closes them.
-    let shards: Vec<mpsc::Sender<(String, bytes::Bytes)>> = (0..SHARDS)
+    type Waiting = (String, bytes::Bytes, tokio::sync::OwnedSemaphorePermit);
+    // Counted in KiB, so a permit count stays small.
+    let budget = Arc::new(tokio::sync::Semaphore::new(INTAKE_BYTES >> 10));
+    let shards: Vec<mpsc::UnboundedSender<Waiting>> = (0..SHARDS)
         .map(|_| {
-            let (tx, mut rx) = mpsc::channel::<(String, bytes::Bytes)>(SHARD_QUEUE);
+            let (tx, mut rx) = mpsc::unbounded_channel::<Waiting>();
             let d = d.clone();
             tokio::spawn(async move {
-                while let Some((topic, payload)) = rx.recv().await {
+                while let Some((topic, payload, permit)) = rx.recv().await {
                     d.device_message(&topic, &payload).await;
                     d.taken(&topic);
+                    drop(permit);
                 }
             });
             tx
@@ -236,7 +242,9 @@ async fn pump(d: Arc<Delivery>, mut eventloop: EventLoop, endpoint: Endpoint) {
                 if !d.admit(&p.topic) {
                     continue;
                 }
-                if shards[shard_of(&p.topic)].send((p.topic, p.payload)).await.is_err() {
+                let kib = u32::try_from(p.payload.len() >> 10).unwrap_or(u32::MAX).max(1);
+                let Ok(permit) = budget.clone().acquire_many_owned(kib).await else { return };
+                if shards[shard_of(&p.topic)].send((p.topic, p.payload, permit)).is_err() {
                     return;
                 }
             }
