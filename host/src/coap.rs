@@ -248,8 +248,9 @@ impl Coap {
 
     /// A device whose credentials were revoked, or that was removed, loses its
     /// registration at once: nothing more is sent to it, and its pending exchanges and
-    /// observations are forgotten. (A removed device that registers again is a new device;
-    /// a revoked one registers again only as the enrollment rule allows.)
+    /// observations are forgotten. (A removed device that registers again is a new device,
+    /// as the enrollment rule allows. Plain CoAP has no credential, so a revoked device,
+    /// still enrolled, may register again: docs/security.md.)
     async fn follow(self, mut events: tokio::sync::broadcast::Receiver<crate::events::Event>) {
         while let Some(event) = crate::events::next(&mut events, "coap").await {
             let device = match event {
