@@ -275,6 +275,16 @@ impl TestServer {
         format!("{}{path}", self.base)
     }
 
+    /// Enroll an Android device `id` by open self-enrollment (the agent's real enrollment
+    /// request, `plugins/android/fixtures/enroll.json`); its access token.
+    pub async fn enroll_android(&self, id: &str) -> String {
+        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/android/fixtures/enroll.json");
+        let body = std::fs::read_to_string(fixture).unwrap().replace("354956090214718", id);
+        let r = self.http.post(self.url("/agent/v1/android/enroll")).body(body).send().await.unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::CREATED, "enrolling {id}");
+        r.json::<serde_json::Value>().await.unwrap()["access_token"].as_str().unwrap().to_string()
+    }
+
     /// An Android device's poll (`PUT …/pending-operations`) as the device holding
     /// `token`, carrying `body` (its results in the agent's JSON; `[]` for none).
     pub async fn poll_android(&self, id: &str, token: &str, body: &str) -> reqwest::Response {

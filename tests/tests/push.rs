@@ -10,15 +10,8 @@ use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-fn fixture(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/../plugins/android/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
-}
-
 async fn enroll(server: &TestServer, id: &str) -> String {
-    let body = fixture("enroll.json").replace("354956090214718", id);
-    let r = server.http.post(server.url("/agent/v1/android/enroll")).body(body).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string()
+    server.enroll_android(id).await
 }
 
 async fn ring(server: &TestServer, id: &str) -> i64 {

@@ -9,13 +9,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 async fn enroll(server: &TestServer, id: &str) -> String {
-    let body =
-        std::fs::read_to_string(format!("{}/../plugins/android/fixtures/enroll.json", env!("CARGO_MANIFEST_DIR")))
-            .unwrap()
-            .replace("354956090214718", id);
-    let r = server.http.post(server.url("/agent/v1/android/enroll")).body(body).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string()
+    server.enroll_android(id).await
 }
 
 async fn get(server: &TestServer, path: &str) -> Value {
