@@ -113,8 +113,14 @@ struct Delivery {
     /// Topic suffixes Drover publishes on. Its own shared subscription hears them too, and
     /// such echoes are not device messages.
     downstream: RwLock<HashSet<String>>,
-    /// Messages waiting in the intake, by device (`drover/{type}/{id}`).
-    backlog: Mutex<HashMap<String, usize>>,
+    /// Messages waiting in the intake, by a hash of the device (`drover/{type}/{id}`): no
+    /// allocation per message; two devices sharing a hash would only share a share.
+    backlog: Mutex<HashMap<u64, usize>>,
+}
+
+fn device_hash(device: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(device)
 }
 
 /// `drover/{type}/{id}` of a device topic: whose message it is.
@@ -277,7 +283,7 @@ impl Delivery {
             return false;
         }
         let mut backlog = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
-        let n = backlog.entry(device.to_string()).or_default();
+        let n = backlog.entry(device_hash(device)).or_default();
         if *n >= DEVICE_BACKLOG {
             drop(backlog);
             self.state.stats.message(ChannelKind::Mqtt, true);
@@ -291,11 +297,11 @@ impl Delivery {
     /// A device's message left the intake.
     fn taken(&self, topic: &str) {
         let mut backlog = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
-        let key = device_of(topic);
-        if let Some(n) = backlog.get_mut(key) {
+        let key = device_hash(device_of(topic));
+        if let Some(n) = backlog.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
-                backlog.remove(key);
+                backlog.remove(&key);
             }
         }
     }

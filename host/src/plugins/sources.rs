@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Who sent the input a plugin call works on.
@@ -87,16 +88,24 @@ struct Record {
 pub struct Holds {
     policy: HoldPolicy,
     records: Mutex<HashMap<Source, Record>>,
+    /// When the last hold ends, in ms after `epoch`: every plugin call checks its source,
+    /// and while nobody is held that check is one atomic read instead of a shared lock.
+    holds_until: AtomicU64,
+    epoch: Instant,
 }
 
 impl Holds {
     pub fn new(policy: HoldPolicy) -> Holds {
-        Holds { policy, records: Mutex::new(HashMap::new()) }
+        Holds { policy, records: Mutex::new(HashMap::new()), holds_until: AtomicU64::new(0), epoch: Instant::now() }
     }
 
     /// `Err(retry after)` while `source` is held. The admin is never held.
     pub fn check(&self, source: Source) -> Result<(), Duration> {
         if source == Source::Admin {
+            return Ok(());
+        }
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        if self.holds_until.load(Ordering::Relaxed) < now_ms {
             return Ok(());
         }
         let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
@@ -133,6 +142,8 @@ impl Holds {
         r.faults += 1;
         if r.faults >= self.policy.faults {
             r.held_until = Some(now + self.policy.hold);
+            let until_ms = (now + self.policy.hold).duration_since(self.epoch).as_millis() as u64 + 1;
+            self.holds_until.fetch_max(until_ms, Ordering::Relaxed);
             r.faults = 0;
             r.window_start = now;
             return true;
