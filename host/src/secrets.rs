@@ -110,11 +110,6 @@ impl Sealer {
         Sealer { current: Some(Key::new(&key)), previous: vec![] }
     }
 
-    /// The current key's id, when there is one.
-    pub fn key_id(&self) -> Option<&str> {
-        self.current.as_ref().map(|k| k.id.as_str())
-    }
-
     /// Seal `plain`, bound to `place` (e.g. `fcm/config`).
     pub fn seal(&self, place: &str, plain: &str) -> String {
         let Some(k) = &self.current else { return plain.to_string() };
@@ -192,8 +187,12 @@ mod tests {
         assert_eq!(s.open("fcm/config", &sealed).unwrap(), r#"{"access_token":"ya29.secret"}"#);
         assert_ne!(s.seal("fcm/config", "x"), s.seal("fcm/config", "x"), "a fresh nonce each time");
         assert!(matches!(s.open("apns/config", &sealed), Err(SecretError::Damaged(_))));
+        // One character of the sealed data changed (to another one: never the same).
+        let at = sealed.len() / 2;
+        let flipped = if &sealed[at..=at] == "A" { "B" } else { "A" };
         let mut tampered = sealed.clone();
-        tampered.replace_range(tampered.len() - 3..tampered.len() - 2, "A");
+        tampered.replace_range(at..=at, flipped);
+        assert_ne!(tampered, sealed);
         assert!(s.open("fcm/config", &tampered).is_err());
         let other = Sealer::with_key([8; 32]);
         assert!(matches!(other.open("fcm/config", &sealed), Err(SecretError::UnknownKey(_))));
