@@ -118,6 +118,8 @@ struct Delivery {
     backlog: Mutex<HashMap<u64, usize>>,
 }
 
+/// Which device a message is from, as a number: its queue (`key % SHARDS`) and its share of
+/// the intake are kept by it.
 fn device_hash(device: &str) -> u64 {
     use std::hash::{BuildHasher, BuildHasherDefault};
     BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(device)
@@ -196,16 +198,6 @@ pub async fn run(state: AppState, endpoint: Endpoint, mut jobs: mpsc::UnboundedR
     pump.abort();
 }
 
-/// The queue of the device a topic (`drover/{type}/{id}/…`) belongs to.
-fn shard_of(topic: &str) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for part in topic.splitn(4, '/').take(3) {
-        part.hash(&mut h);
-    }
-    (h.finish() % SHARDS as u64) as usize
-}
-
 fn client_id() -> String {
     let mut b = [0u8; 6];
     getrandom::fill(&mut b).expect("the OS random source");
@@ -216,7 +208,7 @@ fn client_id() -> String {
 /// handlers. Reconnects by itself after errors, with a pause.
 async fn pump(d: Arc<Delivery>, mut eventloop: EventLoop, endpoint: Endpoint) {
     // The queues end with this task: dropping the senders closes them.
-    type Waiting = (String, bytes::Bytes, tokio::sync::OwnedSemaphorePermit);
+    type Waiting = (u64, String, bytes::Bytes, tokio::sync::OwnedSemaphorePermit);
     // Counted in KiB, so a permit count stays small.
     let budget = Arc::new(tokio::sync::Semaphore::new(INTAKE_BYTES >> 10));
     let shards: Vec<mpsc::UnboundedSender<Waiting>> = (0..SHARDS)
@@ -224,9 +216,9 @@ async fn pump(d: Arc<Delivery>, mut eventloop: EventLoop, endpoint: Endpoint) {
             let (tx, mut rx) = mpsc::unbounded_channel::<Waiting>();
             let d = d.clone();
             tokio::spawn(async move {
-                while let Some((topic, payload, permit)) = rx.recv().await {
+                while let Some((device, topic, payload, permit)) = rx.recv().await {
                     d.device_message(&topic, &payload).await;
-                    d.taken(&topic);
+                    d.taken(device);
                     drop(permit);
                 }
             });
@@ -245,12 +237,11 @@ async fn pump(d: Arc<Delivery>, mut eventloop: EventLoop, endpoint: Endpoint) {
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if !d.admit(&p.topic) {
-                    continue;
-                }
+                let Some(device) = d.admit(&p.topic) else { continue };
                 let kib = u32::try_from(p.payload.len() >> 10).unwrap_or(u32::MAX).max(1);
                 let Ok(permit) = budget.clone().acquire_many_owned(kib).await else { return };
-                if shards[shard_of(&p.topic)].send((p.topic, p.payload, permit)).is_err() {
+                let shard = (device % SHARDS as u64) as usize;
+                if shards[shard].send((device, p.topic, p.payload, permit)).is_err() {
                     return;
                 }
             }
@@ -275,29 +266,30 @@ async fn pump(d: Arc<Delivery>, mut eventloop: EventLoop, endpoint: Endpoint) {
 
 impl Delivery {
     /// Count a device's message into the intake, unless it has [`DEVICE_BACKLOG`] waiting.
-    /// Echoes of Drover's own publishes are not device messages: never admitted.
-    fn admit(&self, topic: &str) -> bool {
+    /// Echoes of Drover's own publishes are not device messages: never admitted. The
+    /// device's hash when admitted.
+    fn admit(&self, topic: &str) -> Option<u64> {
         let device = device_of(topic);
         let suffix = topic.get(device.len() + 1..).unwrap_or_default();
         if self.downstream.read().unwrap_or_else(|p| p.into_inner()).contains(suffix) {
-            return false;
+            return None;
         }
+        let key = device_hash(device);
         let mut backlog = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
-        let n = backlog.entry(device_hash(device)).or_default();
+        let n = backlog.entry(key).or_default();
         if *n >= DEVICE_BACKLOG {
             drop(backlog);
             self.state.stats.message(ChannelKind::Mqtt, true);
             tracing::debug!(topic, "device sends faster than it is served: message dropped");
-            return false;
+            return None;
         }
         *n += 1;
-        true
+        Some(key)
     }
 
-    /// A device's message left the intake.
-    fn taken(&self, topic: &str) {
+    /// A message of device `key` left the intake.
+    fn taken(&self, key: u64) {
         let mut backlog = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
-        let key = device_hash(device_of(topic));
         if let Some(n) = backlog.get_mut(&key) {
             *n -= 1;
             if *n == 0 {

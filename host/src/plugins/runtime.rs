@@ -122,13 +122,6 @@ pub enum Fault {
     Held(Duration),
 }
 
-impl Fault {
-    /// A refusal before or instead of running the plugin, not something the plugin did.
-    pub fn is_refusal(&self) -> bool {
-        matches!(self, Fault::Busy(_) | Fault::Held(_))
-    }
-}
-
 /// A fault, with the plugin and function it happened in.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("plugin {plugin}@{version}: `{function}` {fault}")]
