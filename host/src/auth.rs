@@ -1,11 +1,8 @@
 //! Credentials and roles: admin tokens (viewer < operator < admin) and per-device
 //! access tokens. Every token is 32 random bytes shown once and stored as SHA-256.
+//! (How a request presents them is the HTTP front's: `http/extract.rs`.)
 
-use crate::api::ApiError;
-use crate::server::AppState;
-use crate::store::{DeviceRow, Store};
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
+use crate::store::Store;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
@@ -48,82 +45,6 @@ pub fn new_token(prefix: &str) -> (String, String) {
 
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
-}
-
-/// An authenticated admin-API caller.
-#[derive(Debug, Clone)]
-pub struct Admin {
-    pub name: String,
-    pub role: Role,
-}
-
-impl Admin {
-    /// Refuse unless the caller's role is at least `role`.
-    pub fn require(&self, role: Role) -> Result<(), ApiError> {
-        if self.role >= role {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(format!(
-                "token `{}` has role {}; this needs {}",
-                self.name,
-                self.role.as_str(),
-                role.as_str()
-            )))
-        }
-    }
-
-    /// The actor recorded in transitions.
-    pub fn actor(&self) -> String {
-        format!("admin:{}", self.name)
-    }
-}
-
-impl FromRequestParts<AppState> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts)
-            .ok_or_else(|| ApiError::unauthorized("send an admin token: Authorization: Bearer <token>"))?;
-        let (name, role) = state
-            .store
-            .admin_for_token(&hash_token(token))
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("unknown or revoked admin token"))?;
-        let role = Role::parse(&role).ok_or_else(|| ApiError::internal(format!("stored role `{role}` is unknown")))?;
-        Ok(Admin { name, role })
-    }
-}
-
-/// An authenticated device: the bearer of a live device credential, and that
-/// credential's hash (to refresh it).
-pub struct AuthDevice(pub DeviceRow, pub String);
-
-impl FromRequestParts<AppState> for AuthDevice {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let hash = device_token_hash(parts)?;
-        let device = state.store.device_for_credential(&hash).await?.ok_or_else(unknown_device_token)?;
-        Ok(AuthDevice(device, hash))
-    }
-}
-
-/// The hash of the device credential a request bears.
-pub fn device_token_hash(parts: &Parts) -> Result<String, ApiError> {
-    let token = bearer(parts)
-        .ok_or_else(|| ApiError::unauthorized("send the device's access token: Authorization: Bearer <token>"))?;
-    Ok(hash_token(token))
-}
-
-/// The answer to a device credential that is not live.
-pub fn unknown_device_token() -> ApiError {
-    ApiError::unauthorized("unknown, expired or revoked device token")
 }
 
 /// Make sure a bootstrap admin token exists: `DROVER_ADMIN_TOKEN` when set, else the

@@ -120,7 +120,7 @@ pub struct Config {
     /// When a sender whose input makes plugins fault is refused for a while.
     pub hold_policy: crate::plugins::sources::HoldPolicy,
     /// Bounds of the HTTP listener.
-    pub http: crate::http_listener::Limits,
+    pub http: HttpLimits,
     /// Connections the embedded MQTT broker holds at once.
     pub mqtt_max_connections: usize,
     /// Where the key sealing stored secrets is (`secrets.rs`), and the one before a rotation.
@@ -212,8 +212,8 @@ impl ServeArgs {
                 }
             },
             http: {
-                let d = crate::http_listener::Limits::default();
-                crate::http_listener::Limits {
+                let d = HttpLimits::default();
+                HttpLimits {
                     max_connections: self
                         .http_max_connections
                         .or(file.http_max_connections)
@@ -278,5 +278,25 @@ mod tests {
         assert!(e.to_string().contains("http_adr"), "{e}");
         let e = ServeArgs { broker: Some("localhost:1883".into()), ..Default::default() }.resolve().unwrap_err();
         assert!(e.to_string().contains("--broker"), "{e}");
+    }
+}
+
+/// Bounds of the HTTP listener (configurable: `--http-max-connections`,
+/// `--http-header-timeout-secs`, `--http-body-timeout-secs`).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub header_timeout: std::time::Duration,
+    /// How long a handler waits for a request body.
+    pub body_timeout: std::time::Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 4096,
+            header_timeout: std::time::Duration::from_secs(20),
+            body_timeout: std::time::Duration::from_secs(30),
+        }
     }
 }

@@ -15,8 +15,30 @@
 //!   the admin queued for it. Open self-enrollment does not change this.
 //! * **Enrolled** (active, unreachable): refused, `already_enrolled`. Removing it first is
 //!   an admin's act.
+//!
+//! Around the rule, the enrollment service every front uses: [`admit`] (the rule, the
+//! token, the device row, the event) for the HTTP agent and LwM2M registration alike;
+//! [`enroll`] and [`refresh`] issue device credentials; [`revoke`], [`remove`] and
+//! [`restore`] are the admin's acts, [`import_csv`] the bulk pre-registration.
 
-use crate::store::Claim;
+use crate::core::Core;
+use crate::error::{Error, Result};
+use crate::events::Event;
+use crate::plugins::types::{Channel, Enrollment};
+use crate::plugins::{LoadedPlugin, Source};
+use crate::store::{Claim, DeviceRow, NewDevice, StoreError};
+
+/// Credentials issued at enrollment or refresh live this long.
+pub const CREDENTIAL_DAYS: i64 = 90;
+
+/// After a refresh the old credential keeps working this long (requests in flight, an
+/// answer lost in transit).
+const OLD_CREDENTIAL_GRACE_SECS: i64 = 300;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// A device id is at most this long (it is printed on devices and typed by admins).
+pub const MAX_DEVICE_ID: usize = 128;
 
 /// What an enrollment brings to the claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +84,243 @@ pub fn decide(claim: Option<&Claim>, credential: Credential, open_enrollment: bo
             "self-enrollment is switched off on this server: enroll with an enrollment token from an admin",
         ),
     }
+}
+
+/// A device credential just issued: shown to the device once, stored as a hash.
+pub struct Issued {
+    pub device: DeviceRow,
+    pub token: String,
+    pub expires_in_secs: i64,
+}
+
+/// Let a device the plugin has accepted (`e`) claim its identity, by the rule: with the
+/// enrollment `token` it brought, if any. Creates (or claims) the device row and tells
+/// `DeviceEnrolled`; `channel` names the front for the event and the log.
+pub async fn admit(
+    core: &Core,
+    device_type: &str,
+    e: &Enrollment,
+    token: Option<&str>,
+    channel: &'static str,
+) -> Result<DeviceRow> {
+    let claim = core.store.claim_of(device_type, &e.device_id).await?;
+    let credential = if token.is_some() { Credential::Token } else { Credential::None };
+    match decide(claim.as_ref(), credential, core.open_enrollment) {
+        Decision::AlreadyEnrolled => return Err(already_enrolled(device_type, &e.device_id)),
+        Decision::Refused(why) => return Err(Error::forbidden(why)),
+        Decision::Open => {}
+        Decision::Token { import_batch } => {
+            let hash = crate::auth::hash_token(token.unwrap_or_default());
+            if !core.store.consume_enrollment_token(&hash, device_type, import_batch.as_deref()).await? {
+                return Err(Error::unauthenticated(format!(
+                    "the enrollment token is unknown, expired, used up, not for {device_type} devices, or made for \
+                     an import this device is not in"
+                )));
+            }
+        }
+    }
+    let ownership = match e.ownership {
+        crate::plugins::types::Ownership::Byod => "BYOD",
+        crate::plugins::types::Ownership::Cope => "COPE",
+    };
+    let device = core
+        .store
+        .enroll_device(&NewDevice {
+            device_type: device_type.to_string(),
+            name: e.name.clone().unwrap_or_else(|| e.device_id.clone()),
+            device_id: e.device_id.clone(),
+            owner: e.owner.clone(),
+            ownership: ownership.into(),
+            metadata: e.metadata.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect(),
+            push_token: e.push.as_ref().map(crate::push_token::to_json),
+        })
+        .await
+        .map_err(|err| match err {
+            StoreError::Conflict(_) => already_enrolled(device_type, &e.device_id),
+            other => other.into(),
+        })?;
+    tracing::info!(device_type, device_id = %device.device_id, channel, "device enrolled");
+    core.events.publish(Event::DeviceEnrolled {
+        device: device.id,
+        device_type: device.device_type.clone(),
+        device_id: device.device_id.clone(),
+        channel,
+    });
+    Ok(device)
+}
+
+/// Enroll a device from its enrollment request (`body` over `channel`): the plugin
+/// validates it first (a refused request uses up no token), then [`admit`], then a
+/// credential is issued. A fault the body causes is charged to `source` (the peer: there
+/// is no device yet).
+pub async fn enroll(
+    core: &Core,
+    plugin: &LoadedPlugin,
+    device_type: &str,
+    source: Source,
+    channel: Channel,
+    body: &[u8],
+    token: Option<&str>,
+) -> Result<Issued> {
+    crate::delivery::bounded(body)?;
+    let e = plugin.enroll(source, channel, body.to_vec()).await?;
+    let device = admit(core, device_type, &e, token, "http").await?;
+    let (token, hash) = crate::auth::new_token("dev");
+    let expires_at = crate::store::now_ms() + CREDENTIAL_DAYS * DAY_MS;
+    core.store.insert_device_credential(device.id, &hash, expires_at).await?;
+    Ok(Issued { device, token, expires_in_secs: CREDENTIAL_DAYS * 86_400 })
+}
+
+/// Issue a new credential to a device that holds a live one (`old_hash`); the old one is
+/// shortened to a grace period.
+pub async fn refresh(core: &Core, device: &DeviceRow, old_hash: &str) -> Result<Issued> {
+    let (token, hash) = crate::auth::new_token("dev");
+    let now = crate::store::now_ms();
+    core.store
+        .refresh_device_credential(
+            device.id,
+            old_hash,
+            &hash,
+            now + CREDENTIAL_DAYS * DAY_MS,
+            now + OLD_CREDENTIAL_GRACE_SECS * 1000,
+        )
+        .await?;
+    tracing::info!(device_type = %device.device_type, device_id = %device.device_id, "device credential refreshed");
+    Ok(Issued { device: device.clone(), token, expires_in_secs: CREDENTIAL_DAYS * 86_400 })
+}
+
+/// Revoke every credential of a device (lost or stolen): it can no longer call in, and
+/// its live sessions end (the fronts hear `CredentialsRevoked`). Its operations stay
+/// queued. Returns how many live credentials were revoked.
+pub async fn revoke(core: &Core, device: &DeviceRow, actor: &str) -> Result<u64> {
+    let revoked = core.store.revoke_device_credentials(device.id).await?;
+    tracing::info!(device_type = %device.device_type, device_id = %device.device_id, revoked, actor, "device credentials revoked");
+    core.events.publish(Event::CredentialsRevoked {
+        device: device.id,
+        device_type: device.device_type.clone(),
+        device_id: device.device_id.clone(),
+    });
+    Ok(revoked)
+}
+
+/// Disenroll a device (an admin's removal, or its own check-out): every live operation
+/// cancelled, its credentials revoked, status `removed`, its sessions ended. Its history
+/// is kept. Returns how many operations were cancelled.
+pub async fn remove(core: &Core, device: &DeviceRow, actor: &str) -> Result<u64> {
+    let cancelled = core.store.disenroll(device.id, actor).await?;
+    tracing::info!(device_type = %device.device_type, device_id = %device.device_id, cancelled, actor, "device removed");
+    if cancelled > 0 {
+        core.events.publish(Event::OperationsCancelled {
+            operation: None,
+            activity: None,
+            device: Some(device.id),
+            count: cancelled,
+            actor: actor.to_string(),
+        });
+    }
+    core.events.publish(Event::DeviceRemoved {
+        device: device.id,
+        device_type: device.device_type.clone(),
+        device_id: device.device_id.clone(),
+    });
+    Ok(cancelled)
+}
+
+/// Bring a removed device back as it was (tags, static groups), `registered` until it
+/// enrolls again with an enrollment token.
+pub async fn restore(core: &Core, device: &DeviceRow) -> Result<DeviceRow> {
+    if !core.store.restore_device(device.id).await? {
+        return Err(Error::conflict(
+            "not_removed",
+            format!(
+                "device {}/{} is {}, not removed: there is nothing to restore",
+                device.device_type, device.device_id, device.status
+            ),
+        ));
+    }
+    core.events.publish(Event::DeviceStatusChanged {
+        device: device.id,
+        device_type: device.device_type.clone(),
+        device_id: device.device_id.clone(),
+        status: "registered".into(),
+    });
+    core.store.device_by_key(device.id).await?.ok_or_else(|| Error::not_found("the restored device is gone"))
+}
+
+/// What a bulk pre-registration did.
+pub struct Imported {
+    /// Data rows read.
+    pub rows: usize,
+    /// Devices new to the server.
+    pub registered: u64,
+    /// This import's id: an enrollment token made with it claims only these devices.
+    pub batch: String,
+}
+
+/// Bulk pre-registration from CSV: a header row with `device_type` and `device_id`, and
+/// optionally `name`, `owner`, `ownership` (BYOD or COPE). Every row is checked before any
+/// is stored; an error names the line. Devices are `registered` until they enroll, with an
+/// enrollment token unless `self_enroll`.
+pub async fn import_csv(core: &Core, csv_text: &[u8], self_enroll: bool) -> Result<Imported> {
+    let mut reader = csv::ReaderBuilder::new().flexible(true).trim(csv::Trim::All).from_reader(csv_text);
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| Error::invalid("malformed_csv", format!("header row: {e}")))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let col = |name: &str| header.iter().position(|h| h == name);
+    let (Some(ty_col), Some(id_col)) = (col("device_type"), col("device_id")) else {
+        return Err(Error::invalid("malformed_csv", "the header row needs `device_type` and `device_id` columns"));
+    };
+    let (name_col, owner_col, own_col) = (col("name"), col("owner"), col("ownership"));
+    let mut devices = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let line = i + 2;
+        let r = record.map_err(|e| Error::invalid("malformed_csv", format!("line {line}: {e}")))?;
+        let get = |c: Option<usize>| c.and_then(|c| r.get(c)).filter(|v| !v.is_empty()).map(str::to_string);
+        let empty = |what: &str| Error::invalid("invalid", format!("line {line}: `{what}` is empty"));
+        let device_type = get(Some(ty_col)).ok_or_else(|| empty("device_type"))?;
+        let device_id = get(Some(id_col)).ok_or_else(|| empty("device_id"))?;
+        if core.registry.device_type(&device_type).is_none() {
+            return Err(Error::invalid(
+                "unknown_device_type",
+                format!("line {line}: no device type `{device_type}` is loaded"),
+            ));
+        }
+        if device_id.len() > MAX_DEVICE_ID {
+            return Err(Error::invalid(
+                "invalid",
+                format!("line {line}: `device_id` is longer than {MAX_DEVICE_ID} characters"),
+            ));
+        }
+        let ownership = match get(own_col).map(|o| o.to_ascii_uppercase()).as_deref() {
+            None | Some("COPE") => "COPE",
+            Some("BYOD") => "BYOD",
+            Some(other) => {
+                return Err(Error::invalid("invalid", format!("line {line}: ownership `{other}`: use BYOD or COPE")));
+            }
+        };
+        devices.push(NewDevice {
+            name: get(name_col).unwrap_or_else(|| device_id.clone()),
+            device_type,
+            device_id,
+            owner: get(owner_col),
+            ownership: ownership.into(),
+            metadata: Default::default(),
+            push_token: None,
+        });
+    }
+    let batch = format!("imp_{}", &crate::auth::new_token("batch").1[..16]);
+    let registered = core.store.register_devices(&devices, self_enroll, &batch).await?;
+    Ok(Imported { rows: devices.len(), registered, batch })
+}
+
+fn already_enrolled(device_type: &str, device_id: &str) -> Error {
+    Error::conflict(
+        "already_enrolled",
+        format!("device {device_type}/{device_id} is already enrolled; an admin removes it first to enroll it again"),
+    )
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! front by name. A front that must react (the embedded broker ends a revoked device's
 //! connections, CoAP forgets a removed device's registration) subscribes.
 //!
+//! Services publish; fronts and later features (policies, rollouts, webhooks) listen.
+//!
 //! In-process and best effort: a listener that falls more than [`CAPACITY`] events behind
 //! misses the oldest (and logs it). The durable event log with webhooks is issue 24; these
 //! events are what it will record.
@@ -13,20 +15,53 @@ pub const CAPACITY: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// An activity and its operations were stored (one per targeted device).
+    ActivityAdded { activity: i64, code: String, operations: u64, actor: String },
+    /// Unfinished operations were cancelled: one (`operation`), an activity's, or a
+    /// device's (at its removal).
+    OperationsCancelled {
+        operation: Option<i64>,
+        activity: Option<i64>,
+        device: Option<i64>,
+        count: u64,
+        actor: String,
+    },
+    /// An operation moved from one state to another (delivered, reported on, failed).
+    /// `from` is absent where the store does not say (a delivery: PENDING or NOTNOW).
+    OperationChanged {
+        operation: i64,
+        device: i64,
+        from: Option<crate::ops::State>,
+        to: crate::ops::State,
+        actor: String,
+    },
+    /// A device enrolled (or claimed its pre-registered identity).
+    DeviceEnrolled { device: i64, device_type: String, device_id: String, channel: &'static str },
+    /// A device called in (told at most once per `store::LAST_SEEN_RESOLUTION_MS`).
+    DeviceSeen { device: i64 },
+    /// A device's status changed other than by enrollment or removal: unreachable after
+    /// silence, active again, registered again by a restore.
+    DeviceStatusChanged { device: i64, device_type: String, device_id: String, status: String },
     /// Every credential of a device was revoked (a lost or stolen device). It stays
     /// enrolled; its live sessions must end.
     CredentialsRevoked { device: i64, device_type: String, device_id: String },
     /// A device left management: removed by an admin, or it checked out. Its sessions end
     /// and nothing of them may pass to whoever enrolls its id next.
     DeviceRemoved { device: i64, device_type: String, device_id: String },
+    /// A plugin's catalog changed, on this replica or another: `change` is `install`
+    /// (published), `rollback`, `auto-rollback`, `suspend`, `enable` or `regrant`.
+    PluginChanged { plugin: String, change: String, version: Option<String>, actor: String },
 }
 
 impl Event {
-    /// `(device type, device id)` of the device the event is about.
-    pub fn device(&self) -> (&str, &str) {
+    /// `(device type, device id)` of the device the event names, for those that name one.
+    pub fn device(&self) -> Option<(&str, &str)> {
         match self {
             Event::CredentialsRevoked { device_type, device_id, .. }
-            | Event::DeviceRemoved { device_type, device_id, .. } => (device_type, device_id),
+            | Event::DeviceRemoved { device_type, device_id, .. }
+            | Event::DeviceEnrolled { device_type, device_id, .. }
+            | Event::DeviceStatusChanged { device_type, device_id, .. } => Some((device_type, device_id)),
+            _ => None,
         }
     }
 }
@@ -46,6 +81,14 @@ impl Events {
         tracing::debug!(?event, "event");
         // No listener is not an error: a server without a broker has nobody to tell.
         let _ = self.0.send(event);
+    }
+
+    /// Publish what `event` builds, if anyone listens (the hot path builds nothing for
+    /// nobody).
+    pub fn publish_with(&self, event: impl FnOnce() -> Event) {
+        if self.0.receiver_count() > 0 {
+            self.publish(event());
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {

@@ -215,9 +215,9 @@ async fn mint(http: &reqwest::Client, oauth: &OAuth) -> Result<(String, Duration
         .form(&form)
         .send()
         .await
-        .map_err(|e| format!("token endpoint {url}: {}", crate::wakeup::error_chain(&e)))?;
+        .map_err(|e| format!("token endpoint {url}: {}", crate::egress::error_chain(&e)))?;
     let status = response.status();
-    let body = crate::wakeup::read_capped(response).await;
+    let body = crate::egress::read_capped(response).await;
     let body = body.as_slice();
     if !status.is_success() {
         let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();

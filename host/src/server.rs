@@ -1,42 +1,18 @@
 //! `drover serve`: bring the parts up in order and serve until told to stop.
 
+//!
+//! The composition root: it builds the core (`core.rs`) and each front on it (HTTP, MQTT,
+//! CoAP, the wake-up sender), and is the only file that knows them all.
+
 use crate::config::Config;
+use crate::core::Core;
+use crate::http::AppState;
 use crate::mqtt::Gate;
 use crate::mqtt::broker::EmbeddedBroker;
 use crate::mqtt::delivery::{self, Endpoint, Job, Push};
-use crate::plugins::{Limits, Registry, Runtime};
-use crate::store::Store;
 use anyhow::Context;
-use axum::{Json, Router, extract::State, routing::get};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Shared state of the HTTP handlers.
-#[derive(Clone)]
-pub struct AppState {
-    pub registry: Arc<Registry>,
-    pub store: Store,
-    /// Devices may enroll themselves (`POST /agent/v1/{type}/enroll`).
-    pub open_enrollment: bool,
-    /// Largest device message body accepted (from an authenticated device).
-    pub max_agent_body: usize,
-    /// How long a handler waits for a request body.
-    pub body_timeout: Duration,
-    /// Push over MQTT (absent only in tests that build a state by hand).
-    pub push: Option<Push>,
-    /// Wake-ups through transport plugins.
-    pub wakeup: crate::wakeup::WakeUp,
-    /// What admins set for plugins: config values, granted hosts, redirects.
-    pub settings: Arc<crate::wakeup::Settings>,
-    /// Uploads, rollback, grants and the breaker, kept in the database.
-    pub catalog: Arc<crate::plugins::catalog::Catalog>,
-    /// CoAP for LwM2M devices (absent only in tests that build a state by hand).
-    pub coap: Option<crate::coap::Coap>,
-    /// Delivery counts for `/metrics`.
-    pub stats: Arc<crate::metrics::DeliveryStats>,
-    /// Domain events, for the fronts that react to them.
-    pub events: crate::events::Events,
-}
 
 /// Everything a running server holds.
 pub struct Server {
@@ -44,7 +20,8 @@ pub struct Server {
     pub listener: tokio::net::TcpListener,
     housekeeping: Housekeeping,
     mqtt: Mqtt,
-    http: crate::http_listener::Limits,
+    coap: crate::coap::Coap,
+    http: crate::http::listener::Limits,
 }
 
 /// The MQTT side: the embedded broker (unless an external one is used) and the endpoint
@@ -52,6 +29,7 @@ pub struct Server {
 struct Mqtt {
     embedded: Option<(EmbeddedBroker, tokio::net::TcpListener, Arc<Gate>)>,
     endpoint: Endpoint,
+    push: Push,
     jobs: tokio::sync::mpsc::UnboundedReceiver<Job>,
 }
 
@@ -69,52 +47,17 @@ impl Server {
     /// Open the store, start the plugin runtime, install the first-party plugins, make
     /// sure an admin token exists, and bind the listeners. Returns once ready to serve.
     pub async fn start(config: &Config) -> anyhow::Result<Server> {
-        crate::files::private_dir(&config.data_dir)
-            .with_context(|| format!("cannot create data directory {} (--data-dir)", config.data_dir.display()))?;
-        let sealer = crate::secrets::Sealer::load(
-            config.secret_key.as_deref(),
-            &config.secret_key_file,
-            config.previous_secret_key_file.as_deref(),
-        )?;
-        let store = Store::connect(&config.database_url)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot open the database (--database-url {})",
-                    crate::secrets::redact_url(&config.database_url)
-                )
-            })?
-            .with_sealer(sealer);
-        crate::files::private_sqlite(&config.database_url)
-            .context("cannot restrict the database files to mode 0600")?;
-        match store.reseal_secrets().await.context("cannot seal the secrets stored in the database")? {
-            0 => {}
-            n => tracing::info!(plugins = n, "secrets in the database sealed with the current key"),
-        }
-        crate::auth::bootstrap_admin(&store, &config.data_dir, config.admin_token.clone()).await?;
-        let runtime = Runtime::new(Limits::default(), Some(config.data_dir.join("cache").join("compiled")))?
-            .with_hold_policy(config.hold_policy);
-        let registry = Arc::new(Registry::new(Arc::new(runtime)));
-        let catalog = crate::plugins::catalog::Catalog::open(store.clone(), registry.clone(), config.fault_policy)
-            .await
-            .context("cannot load the plugin catalog")?;
-        let settings = Arc::new(crate::wakeup::Settings::default());
-        for row in store.plugin_settings().await? {
-            let s = crate::wakeup::PluginSettings::from_row(&row);
-            registry.runtime().set_config(&row.plugin, s.config.clone());
-            settings.set(&row.plugin, s);
-        }
+        let core = Core::open(config).await?;
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen on {} (--http-addr): choose another address", config.http_addr))?;
         let (push, jobs) = Push::channel();
-        let events = crate::events::Events::default();
         let mqtt = match &config.broker {
             Some(url) => {
                 let endpoint = Endpoint::parse(url).with_context(|| {
                     format!("--broker `{}`: expected mqtt://[user:password@]host:port", crate::secrets::redact_url(url))
                 })?;
-                Mqtt { embedded: None, endpoint, jobs }
+                Mqtt { embedded: None, endpoint, push, jobs }
             }
             None => {
                 let listener = tokio::net::TcpListener::bind(config.mqtt_addr).await.with_context(|| {
@@ -126,7 +69,7 @@ impl Server {
                 })?;
                 let port = listener.local_addr()?.port();
                 let (secret, _) = crate::auth::new_token("mqtt");
-                let gate = Arc::new(Gate::new(store.clone(), secret.clone(), push.clone()));
+                let gate = Arc::new(Gate::new(core.store.clone(), secret.clone(), push.clone()));
                 let endpoint = Endpoint {
                     host: "127.0.0.1".into(),
                     port,
@@ -135,30 +78,19 @@ impl Server {
                 Mqtt {
                     embedded: Some((EmbeddedBroker::start(config.mqtt_max_connections), listener, gate)),
                     endpoint,
+                    push,
                     jobs,
                 }
             }
         };
         let coap = crate::coap::Coap::bind(config.coap_addr, config.coap_allow_address_change).await?;
-        let state = AppState {
-            registry,
-            store,
-            open_enrollment: config.open_enrollment,
-            max_agent_body: 4 << 20,
-            body_timeout: config.http.body_timeout,
-            push: Some(push),
-            wakeup: crate::wakeup::WakeUp::default(),
-            settings,
-            catalog,
-            coap: Some(coap),
-            stats: Arc::default(),
-            events,
-        };
+        let state =
+            AppState { core, max_agent_body: crate::http::MAX_AGENT_BODY, body_timeout: config.http.body_timeout };
         let housekeeping = Housekeeping {
             retention: Duration::from_secs(u64::from(config.retention_days) * 86_400),
             unreachable_after: Duration::from_secs(u64::from(config.unreachable_after_hours) * 3600),
         };
-        Ok(Server { state, listener, housekeeping, mqtt, http: config.http })
+        Ok(Server { state, listener, housekeeping, mqtt, coap, http: config.http })
     }
 
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
@@ -167,7 +99,7 @@ impl Server {
 
     /// Where the CoAP listener for LwM2M devices is bound.
     pub fn coap_addr(&self) -> Option<std::net::SocketAddr> {
-        self.state.coap.as_ref().and_then(|c| c.local_addr().ok())
+        self.coap.local_addr().ok()
     }
 
     /// Where the embedded MQTT broker listens (`None` with an external broker).
@@ -178,28 +110,33 @@ impl Server {
     /// Serve until `shutdown` completes.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         tracing::info!(addr = %self.listener.local_addr()?, database = self.state.store.backend(), "HTTP listening");
-        let sweeper = tokio::spawn(housekeeping(self.state.store.clone(), self.housekeeping));
-        let catalog = self.state.catalog.spawn_watch(CATALOG_TICK);
-        let Mqtt { embedded, endpoint, jobs } = self.mqtt;
+        let core = self.state.core.clone();
+        // Every front that follows events subscribes here, before the first request is
+        // taken, so none misses an event.
+        let events = &core.events;
+        let (broker_events, push_events, wakeup_events, coap_events) =
+            (events.subscribe(), events.subscribe(), events.subscribe(), events.subscribe());
+        let sweeper = tokio::spawn(housekeeping(core.clone(), self.housekeeping));
+        let catalog = core.catalog.spawn_watch(CATALOG_TICK);
+        let Mqtt { embedded, endpoint, push, jobs } = self.mqtt;
         let broker = embedded.map(|(broker, listener, gate)| {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "MQTT broker listening");
             }
-            tokio::spawn(broker.serve(listener, gate, self.state.events.subscribe()))
+            tokio::spawn(broker.serve(listener, gate, broker_events))
         });
-        let delivery = tokio::spawn(delivery::run(self.state.clone(), endpoint, jobs));
-        let wakeups = tokio::spawn(crate::wakeup::run(self.state.clone(), self.state.wakeup.clone()));
-        let settings = tokio::spawn(crate::wakeup::follow_settings(self.state.clone(), CATALOG_TICK));
-        let coap = self.state.coap.clone().map(|c| tokio::spawn(c.run(self.state.clone())));
-        let result = crate::http_listener::serve(self.listener, router(self.state), self.http, shutdown).await;
+        let delivery = tokio::spawn(delivery::run(core.clone(), endpoint, push, jobs, push_events));
+        let wakeups = tokio::spawn(crate::wakeup::run(core.clone(), wakeup_events));
+        let settings = tokio::spawn(crate::plugin_settings::follow(core.clone(), CATALOG_TICK));
+        let coap = tokio::spawn(self.coap.run(core.clone(), coap_events));
+        let result =
+            crate::http::listener::serve(self.listener, crate::http::router(self.state), self.http, shutdown).await;
         sweeper.abort();
         catalog.abort();
         delivery.abort();
         wakeups.abort();
         settings.abort();
-        if let Some(c) = coap {
-            c.abort();
-        }
+        coap.abort();
         if let Some(b) = broker {
             b.abort();
         }
@@ -210,7 +147,8 @@ impl Server {
 /// Expire operations past their TTL even for devices that never call in again (every
 /// 10 s), mark devices unreachable (every minute), and delete finished operations older
 /// than the retention (hourly), so the tables cannot grow without bound.
-async fn housekeeping(store: Store, config: Housekeeping) {
+async fn housekeeping(core: Core, config: Housekeeping) {
+    let store = &core.store;
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     let mut n: u64 = 0;
     loop {
@@ -242,21 +180,4 @@ async fn housekeeping(store: Store, config: Housekeeping) {
         }
         n += 1;
     }
-}
-
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(crate::metrics::metrics))
-        .merge(crate::api::router())
-        .merge(crate::agent::router())
-        .with_state(state)
-}
-
-/// Liveness and a one-line picture of what is loaded.
-async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let plugins: Vec<_> = state.registry.list().into_iter().map(|p| format!("{}@{}", p.name, p.version)).collect();
-    Json(serde_json::json!({
-        "status": "ok", "version": env!("CARGO_PKG_VERSION"), "database": state.store.backend(), "plugins": plugins,
-    }))
 }

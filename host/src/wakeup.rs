@@ -9,19 +9,20 @@
 //! host forgets the token until the device reports a new one) or failed. Operations stay
 //! PENDING throughout: a wake-up only makes the device poll. See docs/delivery.md.
 
-use crate::oauth::{OAuth, Tokens};
+use crate::core::Core;
+use crate::egress::{Clients, allowed_url, error_chain, provider_client, read_capped};
+use crate::events::Event;
+use crate::oauth::Tokens;
+use crate::plugin_settings::PluginSettings;
 use crate::plugins::bindings::transport::drover::plugin::transport_types::{
     ProviderOutcome, PushMessage as WakeMessage,
 };
-use crate::plugins::transport::host_matches;
-use crate::plugins::types::{Delivery, HttpMethod, PushToken};
-use crate::plugins::{CallError, Kind, LoadedPlugin};
-use crate::server::AppState;
-use crate::store::{DeviceRow, DueWakeup, SettingsRow};
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use crate::plugins::types::{Delivery, HttpMethod};
+use crate::plugins::{CallError, Kind};
+use crate::store::{DeviceRow, DueWakeup};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, broadcast};
 
 /// Wake-ups claimed per round.
 const BATCH: i64 = 64;
@@ -34,185 +35,16 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// A provider's Retry-After is honoured up to this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
-/// Provider answers are read up to this size (they are short JSON or empty).
-const MAX_ANSWER: usize = 64 << 10;
 /// The sender looks for due wake-ups at least this often.
 const IDLE_CHECK: Duration = Duration::from_secs(5);
 
-/// What an admin set for one plugin, as the sender uses it.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PluginSettings {
-    /// Config values the plugin reads (`config.get`): API keys, project ids, topics.
-    #[serde(default)]
-    pub config: BTreeMap<String, String>,
-    /// Hosts a transport may send to: names or `*.domain` patterns, each within what its
-    /// manifest declares.
-    #[serde(default)]
-    pub granted_hosts: Vec<String>,
-    /// Provider host → base URL (`http(s)://host[:port]`) its requests go to instead:
-    /// an egress gateway, a provider sandbox, a test server. Path and query are kept.
-    #[serde(default)]
-    pub redirects: BTreeMap<String, String>,
-    /// The TLS client identity the host presents to this plugin's provider hosts: PEM
-    /// certificate chain and private key (APNs takes MDM pushes only from the MDM push
-    /// certificate). The plugin never sees it; the API shows only the certificates, and
-    /// taking back what it shows keeps the stored key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_identity: Option<String>,
-    /// Certificate authorities (PEM) that provider hosts, or what they are redirected to,
-    /// are verified against besides the public roots: a gateway or sandbox with a private CA.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trusted_ca: Option<String>,
-    /// What the host obtains access tokens with, renewing them as they expire; the plugin
-    /// reads the current one as config value `access_token` (`oauth.rs`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub oauth: Option<OAuth>,
-}
-
-impl PluginSettings {
-    pub fn from_row(row: &SettingsRow) -> PluginSettings {
-        PluginSettings {
-            config: serde_json::from_str(&row.config).unwrap_or_default(),
-            granted_hosts: serde_json::from_str(&row.granted_hosts).unwrap_or_default(),
-            redirects: serde_json::from_str(&row.redirects).unwrap_or_default(),
-            client_identity: row.client_identity.clone(),
-            trusted_ca: row.trusted_ca.clone(),
-            oauth: row.oauth.as_deref().and_then(|o| serde_json::from_str(o).ok()),
-        }
-    }
-
-    /// These settings with private keys and secrets left out.
-    pub fn shown(mut self) -> PluginSettings {
-        self.client_identity = self.client_identity.as_deref().map(certificates);
-        self.oauth = self.oauth.map(OAuth::shown);
-        self
-    }
-}
-
-/// Follow what admins set on any replica: settings are written to the database by the
-/// replica that took the PUT and read back here by every replica, every `every`. A plugin
-/// whose stored settings differ from what this replica holds gets them, config included
-/// (the next plugin call sees them).
-pub async fn follow_settings(state: AppState, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let rows = match state.store.plugin_settings().await {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::warn!("reading plugin settings failed (retried): {e}");
-                continue;
-            }
-        };
-        for row in rows {
-            let stored = PluginSettings::from_row(&row);
-            if state.settings.get(&row.plugin) != stored {
-                tracing::info!(plugin = %row.plugin, "plugin settings changed on another replica: applied");
-                // Settings before config, as the API does (see `attempt`).
-                let config = stored.config.clone();
-                state.settings.set(&row.plugin, stored);
-                state.registry.runtime().set_config(&row.plugin, config);
-            }
-        }
-    }
-}
-
-/// The HTTP client for provider requests: no redirects followed (a redirect could leave
-/// the granted hosts), bounded times, and the plugin's TLS settings when it has any.
-/// Errors name the setting at fault.
-pub fn provider_client(settings: &PluginSettings) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(15))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("drover/", env!("CARGO_PKG_VERSION")));
-    if let Some(pem) = &settings.client_identity {
-        let identity = reqwest::Identity::from_pem(pem.as_bytes())
-            .map_err(|e| format!("`client_identity`: {e} (expected PEM: the certificate chain and its private key)"))?;
-        builder = builder.identity(identity);
-    }
-    if let Some(pem) = &settings.trusted_ca {
-        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-            .map_err(|e| format!("`trusted_ca`: {e} (expected PEM certificates)"))?;
-        if certs.is_empty() {
-            return Err("`trusted_ca`: no PEM certificate in it".into());
-        }
-        for c in certs {
-            builder = builder.add_root_certificate(c);
-        }
-    }
-    // Building checks the identity: a key that does not belong to the certificate fails here.
-    builder.build().map_err(|e| {
-        let what = if settings.client_identity.is_some() { "client_identity" } else { "trusted_ca" };
-        format!("`{what}`: {}", error_chain(&e))
-    })
-}
-
-/// The `CERTIFICATE` blocks of a PEM text, without anything else (a private key).
-pub fn certificates(pem: &str) -> String {
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    const END: &str = "-----END CERTIFICATE-----";
-    let mut out = String::new();
-    let mut rest = pem;
-    while let Some(start) = rest.find(BEGIN) {
-        let Some(len) = rest[start..].find(END) else { break };
-        out.push_str(&rest[start..start + len + END.len()]);
-        out.push('\n');
-        rest = &rest[start + len + END.len()..];
-    }
-    out
-}
-
-/// Provider clients of plugins with TLS settings of their own, built when first needed
-/// and again when the settings change (keeping a client keeps its connections: APNs
-/// wants one HTTP/2 connection reused, not a handshake per push).
-#[derive(Default)]
-struct Clients(std::sync::Mutex<BTreeMap<String, (PluginSettings, reqwest::Client)>>);
-
-impl Clients {
-    fn get(&self, default: &reqwest::Client, plugin: &str, s: &PluginSettings) -> Result<reqwest::Client, String> {
-        if s.client_identity.is_none() && s.trusted_ca.is_none() {
-            return Ok(default.clone());
-        }
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((built_for, client)) = map.get(plugin)
-            && built_for.client_identity == s.client_identity
-            && built_for.trusted_ca == s.trusted_ca
-        {
-            return Ok(client.clone());
-        }
-        let client = provider_client(s)?;
-        map.insert(plugin.to_string(), (s.clone(), client.clone()));
-        Ok(client)
-    }
-}
-
-/// Settings of every plugin, by name; read on every wake-up, written by the API.
-#[derive(Default)]
-pub struct Settings(RwLock<BTreeMap<String, PluginSettings>>);
-
-impl Settings {
-    pub fn get(&self, plugin: &str) -> PluginSettings {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).get(plugin).cloned().unwrap_or_default()
-    }
-
-    pub fn set(&self, plugin: &str, settings: PluginSettings) {
-        self.0.write().unwrap_or_else(|p| p.into_inner()).insert(plugin.to_string(), settings);
-    }
-}
-
-/// A handle to the sender, cheap to clone.
-#[derive(Clone, Default)]
-pub struct WakeUp {
-    notify: Arc<Notify>,
-}
-
-impl WakeUp {
-    /// An activity was stored: schedule wake-ups for its devices that have push tokens.
-    pub fn activity_added(&self, state: &AppState, activity: i64) {
-        let (store, notify) = (state.store.clone(), self.notify.clone());
+/// Schedule wake-ups for the devices of each activity added (on this replica), and nudge
+/// the sender. Other replicas' activities are found by the sender's periodic look at
+/// what is due.
+async fn follow(state: Core, notify: Arc<Notify>, mut events: broadcast::Receiver<Event>) {
+    while let Some(event) = crate::events::next(&mut events, "wake-up").await {
+        let Event::ActivityAdded { activity, .. } = event else { continue };
+        let (store, notify) = (state.store.clone(), notify.clone());
         tokio::spawn(async move {
             match store.schedule_activity_wakeups(activity).await {
                 Ok(0) => {}
@@ -224,7 +56,12 @@ impl WakeUp {
 }
 
 /// Run the sender until the server stops.
-pub async fn run(state: AppState, wakeup: WakeUp) {
+/// `events` is subscribed by the caller before the server takes requests, so no activity
+/// is missed.
+pub async fn run(state: Core, events: broadcast::Receiver<Event>) {
+    let notify = Arc::new(Notify::new());
+    let follower = tokio::spawn(follow(state.clone(), notify.clone(), events));
+    let _stop_with_me = AbortOnDrop(follower);
     match state.store.schedule_pending_wakeups().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(devices = n, "wake-ups scheduled for devices with pending operations"),
@@ -249,7 +86,7 @@ pub async fn run(state: AppState, wakeup: WakeUp) {
         let full = due.len() as i64 == BATCH;
         for w in due {
             let Ok(permit) = permits.clone().acquire_owned().await else { return };
-            let (state, http, notify) = (state.clone(), http.clone(), wakeup.notify.clone());
+            let (state, http, notify) = (state.clone(), http.clone(), notify.clone());
             tokio::spawn(async move {
                 if send(&state, &http, w).await {
                     // A retry may be due sooner than the loop's next look.
@@ -268,7 +105,7 @@ pub async fn run(state: AppState, wakeup: WakeUp) {
             _ => IDLE_CHECK,
         };
         tokio::select! {
-            _ = wakeup.notify.notified() => {}
+            _ = notify.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -306,7 +143,7 @@ struct Http {
 }
 
 /// One attempt for one device, recorded. True when it is to be retried.
-async fn send(state: &AppState, http: &Http, w: DueWakeup) -> bool {
+async fn send(state: &Core, http: &Http, w: DueWakeup) -> bool {
     let device = match state.store.device_by_key(w.device).await {
         Ok(Some(d)) => d,
         Ok(None) => return false,
@@ -324,7 +161,7 @@ async fn send(state: &AppState, http: &Http, w: DueWakeup) -> bool {
         Attempt::InvalidToken(_) => Some("invalid_token"),
         Attempt::Failed(_) => Some("failed"),
     };
-    if let (Some(outcome), Some(token)) = (outcome, parse_token(&device)) {
+    if let (Some(outcome), Some(token)) = (outcome, crate::push_token::of(&device)) {
         // The device names its transport: only a serving plugin's name becomes a label, so
         // a device cannot grow the metric with names of its own.
         let serving = state.registry.serving(&token.transport).is_some_and(|p| p.kind() == Kind::Transport);
@@ -366,23 +203,7 @@ async fn send(state: &AppState, http: &Http, w: DueWakeup) -> bool {
     retrying
 }
 
-fn parse_token(device: &DeviceRow) -> Option<PushToken> {
-    let v: serde_json::Value = serde_json::from_str(device.push_token.as_deref()?).ok()?;
-    let extra = v["extra"]
-        .as_array()
-        .map(|a| {
-            a.iter().filter_map(|p| Some((p.get(0)?.as_str()?.to_string(), p.get(1)?.as_str()?.to_string()))).collect()
-        })
-        .unwrap_or_default();
-    Some(PushToken { transport: v["transport"].as_str()?.to_string(), token: v["token"].as_str()?.to_string(), extra })
-}
-
-/// The stored form of a push token.
-pub fn token_json(t: &PushToken) -> String {
-    serde_json::json!({"transport": t.transport, "token": t.token, "extra": t.extra}).to_string()
-}
-
-async fn attempt(state: &AppState, http: &Http, device: &DeviceRow) -> Attempt {
+async fn attempt(state: &Core, http: &Http, device: &DeviceRow) -> Attempt {
     let retry = |error: String| Attempt::Retry { after: None, error };
     if device.status == "removed" {
         return Attempt::Moot("the device was removed");
@@ -401,7 +222,7 @@ async fn attempt(state: &AppState, http: &Http, device: &DeviceRow) -> Attempt {
         Some(false) => return Attempt::Moot("its device type is not woken up"),
         Some(true) => {}
     }
-    let Some(token) = parse_token(device) else { return Attempt::Moot("it has no push token") };
+    let Some(token) = crate::push_token::of(device) else { return Attempt::Moot("it has no push token") };
     let Some(transport) = state.registry.serving(&token.transport).filter(|p| p.kind() == Kind::Transport) else {
         return retry(format!("no transport plugin `{}` is serving (not loaded, or suspended)", token.transport));
     };
@@ -487,59 +308,12 @@ async fn attempt(state: &AppState, http: &Http, device: &DeviceRow) -> Attempt {
     }
 }
 
-/// An error and its causes, `: `-separated (reqwest's own message omits the cause).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
-}
+/// Ends a task when dropped: the event follower stops with the sender.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
-/// A provider's (or token endpoint's) answer, up to [`MAX_ANSWER`] bytes.
-pub(crate) async fn read_capped(mut response: reqwest::Response) -> Vec<u8> {
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        body.extend_from_slice(&chunk[..chunk.len().min(MAX_ANSWER - body.len())]);
-        if body.len() >= MAX_ANSWER {
-            break;
-        }
-    }
-    body
-}
-
-/// The URL to send a plugin's request to: its host must be declared by the manifest and
-/// granted by an admin; an admin's redirect for that host then applies.
-pub fn allowed_url(plugin: &LoadedPlugin, settings: &PluginSettings, url: &str) -> Result<reqwest::Url, String> {
-    let name = &plugin.manifest.name;
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{name} built an invalid URL `{url}`: {e}"))?;
-    if !matches!(parsed.scheme(), "https" | "http") {
-        return Err(format!("{name} built a `{}` URL; only http(s) is sent", parsed.scheme()));
-    }
-    let host = parsed.host_str().unwrap_or_default().to_string();
-    if !plugin.manifest.outbound_hosts.iter().any(|p| host_matches(p, &host)) {
-        return Err(format!(
-            "{name} asked to send to `{host}`, which its manifest does not declare (outbound_hosts: {:?})",
-            plugin.manifest.outbound_hosts
-        ));
-    }
-    if !settings.granted_hosts.iter().any(|p| host_matches(p, &host)) {
-        return Err(format!(
-            "host `{host}` is not granted to plugin {name}: an admin grants it with PUT /api/v1/plugins/{name}/settings (granted_hosts)"
-        ));
-    }
-    match settings.redirects.get(&host) {
-        None => Ok(parsed),
-        Some(base) => {
-            let mut target =
-                reqwest::Url::parse(base).map_err(|e| format!("redirect for `{host}` is not a URL: {e}"))?;
-            target.set_path(parsed.path());
-            target.set_query(parsed.query());
-            Ok(target)
-        }
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

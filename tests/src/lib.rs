@@ -112,7 +112,7 @@ pub struct TestServer {
     pub base: String,
     pub http: reqwest::Client,
     pub data: tempfile::TempDir,
-    pub state: drover::server::AppState,
+    pub state: drover::core::Core,
     /// The embedded MQTT broker's address (`None` with an external broker).
     pub mqtt: Option<std::net::SocketAddr>,
     /// Where LwM2M devices register (CoAP over UDP).
@@ -208,7 +208,7 @@ impl TestServer {
     ) -> TestServer {
         let server = drover::server::Server::start(&config).await.expect("server starts");
         let base = format!("http://{}", server.local_addr().unwrap());
-        let state = server.state.clone();
+        let state = server.state.core.clone();
         let mqtt = server.mqtt_addr();
         let coap = server.coap_addr().expect("the CoAP listener");
         let (tx, rx) = tokio::sync::oneshot::channel();

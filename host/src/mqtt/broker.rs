@@ -170,7 +170,13 @@ impl EmbeddedBroker {
     /// removed device's persistent sessions go too, with what is queued in them, so that
     /// nothing of them passes to whoever enrolls its id next.
     fn on_event(&self, event: &crate::events::Event) {
-        let (device_type, device_id) = event.device();
+        use crate::events::Event;
+        let (Event::CredentialsRevoked { device_type, device_id, .. }
+        | Event::DeviceRemoved { device_type, device_id, .. }) = event
+        else {
+            return;
+        };
+        let (device_type, device_id) = (device_type.as_str(), device_id.as_str());
         let ended = self.live.kick(device_type, device_id);
         tracing::info!(device_type, device_id, connections = ended, "MQTT connections of the device ended");
         if let crate::events::Event::DeviceRemoved { .. } = event {

@@ -10,11 +10,11 @@
 //! least once, and results are idempotent.
 
 use super::{Presence, parse_topic};
-use crate::agent::{
+use crate::core::Core;
+use crate::delivery::{
     MAX_BATCH, Queue, encode_queued, plugin_device, plugin_operations, queue_limit, receive_noting, still_queued,
 };
 use crate::plugins::types::{Channel, ChannelKind, MqttMessage, Outbound, Reply};
-use crate::server::AppState;
 use crate::store::{DeviceKey, DeviceRow, QueuedOperation};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use std::collections::{HashMap, HashSet};
@@ -44,6 +44,9 @@ const PUSH_PARALLEL: usize = 32;
 
 /// What a push takes from the queue: nothing to send is no message at all.
 const PUSH_QUEUE: Queue = Queue { skip_empty: true, skip_not_now: false };
+
+/// Who delivered, as transitions record it.
+const PUSH_ACTOR: &str = "delivery:push";
 
 /// The subscription every replica shares: each device message goes to one of them.
 pub const SHARED_FILTER: &str = "$share/drover/drover/+/+/#";
@@ -76,11 +79,9 @@ impl Endpoint {
     }
 }
 
-/// What the rest of the server tells delivery.
+/// What the broker's gate tells delivery: who came online or left.
 #[derive(Debug)]
 pub enum Job {
-    /// An activity was stored: push it to those of its devices that are online.
-    Activity(i64),
     Presence(Presence),
 }
 
@@ -96,17 +97,15 @@ impl Push {
         (Push { jobs }, rx)
     }
 
-    pub fn activity_added(&self, activity: i64) {
-        let _ = self.jobs.send(Job::Activity(activity));
-    }
-
     pub fn presence(&self, p: Presence) {
         let _ = self.jobs.send(Job::Presence(p));
     }
 }
 
 struct Delivery {
-    state: AppState,
+    state: Core,
+    /// Where `status` topics tell presence (as the embedded broker's gate does).
+    presence: Push,
     client: AsyncClient,
     /// Online devices and how many subscribed sessions each holds (0: said `online`).
     online: Mutex<HashMap<(String, String), u32>>,
@@ -133,8 +132,16 @@ fn device_of(topic: &str) -> &str {
     }
 }
 
-/// Connect Drover's client and run delivery until the server stops.
-pub async fn run(state: AppState, endpoint: Endpoint, mut jobs: mpsc::UnboundedReceiver<Job>) {
+/// Connect Drover's client and run delivery until the server stops: presence from `jobs`
+/// (and `status` topics, through `push`), new activities from `events` (subscribed by the
+/// caller before the server takes requests, so none is missed).
+pub async fn run(
+    state: Core,
+    endpoint: Endpoint,
+    push: Push,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    mut events: tokio::sync::broadcast::Receiver<crate::events::Event>,
+) {
     let mut options = MqttOptions::new(client_id(), endpoint.host.clone(), endpoint.port);
     options.set_keep_alive(Duration::from_secs(30));
     options.set_max_packet_size(1 << 20, 1 << 20);
@@ -147,18 +154,29 @@ pub async fn run(state: AppState, endpoint: Endpoint, mut jobs: mpsc::UnboundedR
     eventloop.network_options.set_tcp_nodelay(true);
     let delivery = Arc::new(Delivery {
         state,
+        presence: push,
         client,
         online: Mutex::new(HashMap::new()),
         downstream: RwLock::new(HashSet::new()),
         backlog: Mutex::new(HashMap::new()),
     });
     let pump = tokio::spawn(pump(delivery.clone(), eventloop, endpoint));
-    while let Some(job) = jobs.recv().await {
+    loop {
+        let job = tokio::select! {
+            job = jobs.recv() => job,
+            event = crate::events::next(&mut events, "mqtt push") => match event {
+                // An activity was stored: push it to those of its devices that are online.
+                Some(crate::events::Event::ActivityAdded { activity, .. }) => {
+                    tokio::spawn(delivery.clone().push_activity(activity));
+                    continue;
+                }
+                Some(_) => continue,
+                None => None,
+            },
+        };
+        let Some(job) = job else { break };
         let d = delivery.clone();
         match job {
-            Job::Activity(id) => {
-                tokio::spawn(d.push_activity(id));
-            }
             Job::Presence(p) => {
                 let came = {
                     let mut online = d.online.lock().unwrap_or_else(|p| p.into_inner());
@@ -313,17 +331,20 @@ impl Delivery {
                 b"offline" => Presence::Offline { device_type: device_type.into(), device_id: device_id.into() },
                 _ => return,
             };
-            let _ = self.state.push.as_ref().map(|push| push.presence(p));
+            self.presence.presence(p);
             return;
         }
         if self.downstream.read().unwrap_or_else(|p| p.into_inner()).contains(suffix) {
             return;
         }
-        let Some(plugin) = self.state.registry.device_type(device_type) else {
-            tracing::debug!(topic, "MQTT message for a type no plugin serves: dropped");
-            return;
+        let plugin = match self.state.device_type(device_type) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(topic, "MQTT message dropped: {}", e.message);
+                return;
+            }
         };
-        // The device and its queue in one read, as a poll does (agent.rs).
+        // The device and its queue in one read, as a poll does (http/agent.rs).
         let limit = queue_limit(&plugin);
         let Ok(Some((device, queue))) =
             self.state.store.device_and_queue(DeviceKey::Name(device_type, device_id), limit).await
@@ -436,7 +457,7 @@ impl Delivery {
     /// Push the device's queue (`read`, when the caller has read it already).
     async fn push_queue(&self, device: &DeviceRow, read: Option<Vec<QueuedOperation>>) -> Result<(), String> {
         let plugin = self.state.registry.device_type(&device.device_type).ok_or("no plugin")?;
-        let out = encode_queued(&self.state, &plugin, device, ChannelKind::Mqtt, "delivery:push", PUSH_QUEUE, read)
+        let out = encode_queued(&self.state, &plugin, device, ChannelKind::Mqtt, PUSH_ACTOR, PUSH_QUEUE, read)
             .await
             .map_err(|e| e.message)?;
         match out {

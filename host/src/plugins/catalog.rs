@@ -87,6 +87,8 @@ pub struct Catalog {
     store: Store,
     registry: Arc<Registry>,
     policy: FaultPolicy,
+    /// Where applied changes are told (`Event::PluginChanged`).
+    events: crate::events::Events,
     /// Id of the last event applied; held while changing, so changes apply in order.
     applied: tokio::sync::Mutex<i64>,
     /// Versions an upload or a regrant loaded just before appending its event, so that
@@ -157,11 +159,13 @@ impl Catalog {
         store: Store,
         registry: Arc<Registry>,
         policy: FaultPolicy,
+        events: crate::events::Events,
     ) -> Result<Arc<Catalog>, CatalogError> {
         let catalog = Arc::new(Catalog {
             store,
             registry,
             policy,
+            events,
             applied: tokio::sync::Mutex::new(0),
             preloaded: Mutex::default(),
             serving_since: Mutex::default(),
@@ -193,6 +197,15 @@ impl Catalog {
         }
         if let Some(last) = events.last() {
             *applied = last.id;
+        }
+        // Told once applied, whichever replica made the change.
+        for e in events {
+            self.events.publish(crate::events::Event::PluginChanged {
+                plugin: e.name,
+                change: e.kind,
+                version: e.version,
+                actor: e.actor,
+            });
         }
         Ok(())
     }

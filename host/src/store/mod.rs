@@ -105,6 +105,10 @@ impl StoreError {
 }
 
 /// Milliseconds since the Unix epoch: the time format of every table.
+/// `last_seen_at` is rewritten at most this often by device messages that carry nothing
+/// else (devices turn unreachable after hours; a write per poll would be waste).
+pub const LAST_SEEN_RESOLUTION_MS: i64 = 30_000;
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }

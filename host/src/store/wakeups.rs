@@ -56,7 +56,7 @@ pub struct SettingsRow {
 /// next activity, so a device that has called in since is woken at once.
 ///
 /// "Not called in since" errs towards waking: `last_seen_at` moves only when it is
-/// `agent::LAST_SEEN_RESOLUTION_MS` (30 s) old, so a device seen up to that long before
+/// `LAST_SEEN_RESOLUTION_MS` (30 s) old, so a device seen up to that long before
 /// its last wake-up counts as maybe called in since.
 fn schedule_conflict() -> String {
     let wait = format!(
@@ -64,7 +64,7 @@ fn schedule_conflict() -> String {
          AND COALESCE((SELECT s.last_seen_at FROM devices s WHERE s.id = wakeups.device), 0)
              < wakeups.last_attempt_at - {seen}",
         again = WAKE_AGAIN_MS,
-        seen = crate::agent::LAST_SEEN_RESOLUTION_MS,
+        seen = super::LAST_SEEN_RESOLUTION_MS,
     );
     format!(
         "ON CONFLICT (device) DO UPDATE SET

@@ -11,7 +11,7 @@
 //!   when it waits for a head, which includes a kept-alive connection waiting for its next
 //!   request, so the same limit closes idle connections;
 //! * bodies are read by the handlers, each with its own size limit and a timeout
-//!   (`agent.rs`), after the request is authenticated.
+//!   (`http/agent.rs`), after the request is authenticated.
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -20,21 +20,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-/// Bounds of the HTTP listener (configurable: `--http-max-connections`,
-/// `--http-header-timeout-secs`, `--http-body-timeout-secs`).
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_connections: usize,
-    pub header_timeout: Duration,
-    /// How long a handler waits for a request body.
-    pub body_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits { max_connections: 4096, header_timeout: Duration::from_secs(20), body_timeout: Duration::from_secs(30) }
-    }
-}
+pub use crate::config::HttpLimits as Limits;
 
 /// What a connection over the cap is told before it is closed.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-type: application/json\r\n\

@@ -6,15 +6,13 @@
 //! suspended. Counted by the runtime as it calls (`runtime::Stats`); read at scrape
 //! time by a collector, so nothing is registered or unregistered as versions come and go.
 //!
-//! Delivery ([`DeliveryStats`], counted since the process started): device messages
+//! Delivery (`stats::DeliveryStats`, counted since the process started): device messages
 //! received and refused and operations sent, by channel; wake-up attempts by transport
 //! and outcome; devices online for push.
 
-use crate::api::ApiError;
-use crate::auth::{Admin, Role};
-use crate::plugins::types::ChannelKind;
+use super::{ApiError, AppState, Viewer};
 use crate::plugins::{LoadedPlugin, Registry};
-use crate::server::AppState;
+use crate::stats::{CHANNELS, DeliveryStats};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -27,79 +25,28 @@ use prometheus_client::registry::Unit;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// The channels, as label values, in the order of the counters' arrays.
-const CHANNELS: [&str; 3] = ["http", "mqtt", "coap"];
-
-/// Delivery counts, shared by the server's parts that deliver.
-#[derive(Default)]
-pub struct DeliveryStats {
-    messages: [AtomicU64; 3],
-    refused: [AtomicU64; 3],
-    sent: [AtomicU64; 3],
-    /// Wake-up attempts by (transport, outcome).
-    wakeups: std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), u64>>,
-    /// Devices online for push now.
-    pub online: std::sync::atomic::AtomicI64,
-}
-
-fn channel_index(kind: ChannelKind) -> usize {
-    match kind {
-        ChannelKind::Http => 0,
-        ChannelKind::Mqtt => 1,
-        ChannelKind::Coap => 2,
-    }
-}
-
-impl DeliveryStats {
-    /// A device message came in over `kind`; `refused`: its plugin could not decode it, or
-    /// it was over a limit.
-    pub fn message(&self, kind: ChannelKind, refused: bool) {
-        self.messages[channel_index(kind)].fetch_add(1, Relaxed);
-        if refused {
-            self.refused[channel_index(kind)].fetch_add(1, Relaxed);
-        }
-    }
-
-    /// `n` operations were handed to a device over `kind` (marked IN_PROGRESS).
-    pub fn sent(&self, kind: ChannelKind, n: usize) {
-        self.sent[channel_index(kind)].fetch_add(n as u64, Relaxed);
-    }
-
-    /// A wake-up attempt through `transport` ended in `outcome`.
-    pub fn wakeup(&self, transport: &str, outcome: &'static str) {
-        *self.wakeups.lock().unwrap_or_else(|p| p.into_inner()).entry((transport.to_string(), outcome)).or_default() +=
-            1;
-    }
-}
-
 #[derive(Debug)]
 struct Delivery(Arc<DeliveryStats>);
 
-impl std::fmt::Debug for DeliveryStats {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DeliveryStats")
-    }
-}
-
 impl Collector for Delivery {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let by_channel: [(&str, &str, &[AtomicU64; 3]); 3] = [
+        let by_channel: [(&str, &str, [u64; 3]); 3] = [
             (
                 "drover_device_messages",
                 "Device messages received (polls, MQTT messages, CoAP requests)",
-                &self.0.messages,
+                self.0.messages_by_channel(),
             ),
             (
                 "drover_device_messages_refused",
                 "Device messages refused: undecodable, over a limit, or sent faster than served",
-                &self.0.refused,
+                self.0.refused_by_channel(),
             ),
-            ("drover_operations_sent", "Operations handed to devices (marked IN_PROGRESS)", &self.0.sent),
+            ("drover_operations_sent", "Operations handed to devices (marked IN_PROGRESS)", self.0.sent_by_channel()),
         ];
         for (name, help, counts) in by_channel {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (channel, count) in CHANNELS.iter().zip(counts) {
-                ConstCounter::new(count.load(Relaxed)).encode(family.encode_family(&[("channel", *channel)])?)?;
+                ConstCounter::new(count).encode(family.encode_family(&[("channel", *channel)])?)?;
             }
         }
         let mut family = encoder.encode_descriptor(
@@ -108,7 +55,7 @@ impl Collector for Delivery {
             None,
             MetricType::Counter,
         )?;
-        let wakeups = self.0.wakeups.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let wakeups = self.0.wakeups();
         for ((transport, outcome), n) in wakeups {
             ConstCounter::new(n)
                 .encode(family.encode_family(&[("transport", transport.as_str()), ("outcome", outcome)])?)?;
@@ -126,8 +73,7 @@ impl Collector for Delivery {
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-pub async fn metrics(State(state): State<AppState>, admin: Admin) -> Result<impl IntoResponse, ApiError> {
-    admin.require(Role::Viewer)?;
+pub async fn metrics(State(state): State<AppState>, _: Viewer) -> Result<impl IntoResponse, ApiError> {
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(Plugins(state.registry.clone())));
     registry.register_collector(Box::new(Delivery(state.stats.clone())));

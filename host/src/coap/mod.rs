@@ -21,10 +21,10 @@
 //! the client registers again (as the LwM2M specification has it). A device in queue
 //! mode (`b=UQ`) is sent to only right after it registered or updated, when it listens.
 
-use crate::agent::{Queue, encode_queued, receive};
+use crate::core::Core;
+use crate::delivery::{Queue, encode_queued, receive};
+use crate::error::Kind;
 use crate::plugins::types::{Channel, ChannelKind, CoapMessage, CoapMethod, CoapRequest, Delivery, Outbound, Reply};
-use crate::server::AppState;
-use crate::store::{DeviceRow, NewDevice};
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -215,7 +215,7 @@ impl Coap {
     }
 
     /// An activity was stored: send it to its registered devices that listen now.
-    pub fn activity_added(&self, state: &AppState, activity: i64) {
+    fn activity_added(&self, state: &Core, activity: i64) {
         // Most servers have no LwM2M device registered: then there is nobody to ask about.
         if self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
             return;
@@ -238,12 +238,16 @@ impl Coap {
 
     /// Receive datagrams and keep retransmitting until the server stops (the task is
     /// aborted).
-    pub async fn run(self, state: AppState) {
+    /// `events` is subscribed by the caller before the server takes requests.
+    pub async fn run(self, state: Core, events: tokio::sync::broadcast::Receiver<crate::events::Event>) {
         if let Ok(addr) = self.local_addr() {
             tracing::info!(%addr, "CoAP listening");
         }
-        let events = state.events.subscribe();
-        tokio::join!(self.clone().retransmit(state.clone()), self.clone().follow(events), self.receive(state));
+        tokio::join!(
+            self.clone().retransmit(state.clone()),
+            self.clone().follow(state.clone(), events),
+            self.receive(state)
+        );
     }
 
     /// A device whose credentials were revoked, or that was removed, loses its
@@ -251,11 +255,17 @@ impl Coap {
     /// observations are forgotten. (A removed device that registers again is a new device,
     /// as the enrollment rule allows. Plain CoAP has no credential, so a revoked device,
     /// still enrolled, may register again: docs/security.md.)
-    async fn follow(self, mut events: tokio::sync::broadcast::Receiver<crate::events::Event>) {
+    /// New activities go out to the registered devices that listen.
+    async fn follow(self, state: Core, mut events: tokio::sync::broadcast::Receiver<crate::events::Event>) {
+        use crate::events::Event;
         while let Some(event) = crate::events::next(&mut events, "coap").await {
             let device = match event {
-                crate::events::Event::CredentialsRevoked { device, .. }
-                | crate::events::Event::DeviceRemoved { device, .. } => device,
+                Event::CredentialsRevoked { device, .. } | Event::DeviceRemoved { device, .. } => device,
+                Event::ActivityAdded { activity, .. } => {
+                    self.activity_added(&state, activity);
+                    continue;
+                }
+                _ => continue,
             };
             let id = self.inner.by_device.lock().unwrap_or_else(|p| p.into_inner()).remove(&device);
             if let Some(id) = id {
@@ -267,7 +277,7 @@ impl Coap {
         }
     }
 
-    async fn receive(self, state: AppState) {
+    async fn receive(self, state: Core) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
             let (n, from) = match self.inner.socket.recv_from(&mut buf).await {
@@ -368,7 +378,7 @@ impl Coap {
         p
     }
 
-    async fn datagram(&self, state: &AppState, packet: Packet, from: SocketAddr) {
+    async fn datagram(&self, state: &Core, packet: Packet, from: SocketAddr) {
         match packet.header.code {
             MessageClass::Request(_) => {
                 let (answer, listening) = self.registration_interface(state, &packet, from).await;
@@ -422,7 +432,7 @@ impl Coap {
         }
     }
 
-    fn plugin_for_coap(state: &AppState) -> Option<(String, Arc<crate::plugins::LoadedPlugin>)> {
+    fn plugin_for_coap(state: &Core) -> Option<(String, Arc<crate::plugins::LoadedPlugin>)> {
         // The CoAP device type: `lwm2m` if it serves, else any serving type that says coap.
         if let Some(p) = state.registry.device_type("lwm2m") {
             return Some(("lwm2m".into(), p));
@@ -435,12 +445,7 @@ impl Coap {
 
     /// `POST /rd` (register), `POST /rd/{id}` (update), `DELETE /rd/{id}` (de-register).
     /// The answer, and the device that registered or updated (it listens now).
-    async fn registration_interface(
-        &self,
-        state: &AppState,
-        packet: &Packet,
-        from: SocketAddr,
-    ) -> (Packet, Option<i64>) {
+    async fn registration_interface(&self, state: &Core, packet: &Packet, from: SocketAddr) -> (Packet, Option<i64>) {
         let path = uri_path(packet);
         let query = uri_query(packet);
         let MessageClass::Request(m) = packet.header.code else { unreachable!("a request") };
@@ -490,7 +495,7 @@ impl Coap {
 
     async fn register(
         &self,
-        state: &AppState,
+        state: &Core,
         packet: &Packet,
         query: Vec<String>,
         from: SocketAddr,
@@ -542,29 +547,19 @@ impl Coap {
         let device = match existing {
             Some(d) if d.status == "active" || d.status == "unreachable" => {
                 state.store.touch_device(d.id, &metadata, None).await.map_err(internal)?;
+                crate::delivery::seen(state, &d);
                 d
             }
             _ => {
                 // LwM2M carries no enrollment token: the identity is claimed by the rule
                 // for self-enrollment (a pre-registered one only if its import allowed it).
-                use crate::enrollment::{Credential, Decision, decide};
-                let claim = state.store.claim_of(&device_type, &e.device_id).await.map_err(internal)?;
-                match decide(claim.as_ref(), Credential::None, state.open_enrollment) {
-                    Decision::Open => self
-                        .enroll(state, &device_type, &e, &metadata)
-                        .await
-                        .map_err(internal)?
-                        .ok_or((ResponseType::InternalServerError, "enrollment did not create the device".into()))?,
-                    Decision::Refused(why) => {
-                        return Err((ResponseType::Forbidden, format!("endpoint `{}`: {why}", e.device_id)));
-                    }
-                    Decision::AlreadyEnrolled | Decision::Token { .. } => {
-                        return Err((
-                            ResponseType::Forbidden,
-                            format!("endpoint `{}` is already enrolled", e.device_id),
-                        ));
-                    }
-                }
+                crate::enrollment::admit(state, &device_type, &e, None, "coap").await.map_err(|err| {
+                    let code = match err.kind {
+                        Kind::Internal => ResponseType::InternalServerError,
+                        _ => ResponseType::Forbidden,
+                    };
+                    (code, format!("endpoint `{}`: {}", e.device_id, err.message))
+                })?
             }
         };
         let lifetime = query
@@ -619,32 +614,9 @@ impl Coap {
         Ok((id, device.id))
     }
 
-    async fn enroll(
-        &self,
-        state: &AppState,
-        device_type: &str,
-        e: &crate::plugins::types::Enrollment,
-        metadata: &[(String, String)],
-    ) -> Result<Option<DeviceRow>, crate::store::StoreError> {
-        let d = state
-            .store
-            .enroll_device(&NewDevice {
-                device_type: device_type.into(),
-                device_id: e.device_id.clone(),
-                name: e.name.clone().unwrap_or_else(|| e.device_id.clone()),
-                owner: e.owner.clone(),
-                ownership: "COPE".into(),
-                metadata: metadata.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect(),
-                push_token: None,
-            })
-            .await?;
-        tracing::info!(device_type, device_id = %d.device_id, "device enrolled by LwM2M registration");
-        Ok(Some(d))
-    }
-
     async fn update(
         &self,
-        state: &AppState,
+        state: &Core,
         id: &str,
         query: &[String],
         from: SocketAddr,
@@ -675,13 +647,14 @@ impl Coap {
             .touch_device(device, &[], None)
             .await
             .map_err(|e| (ResponseType::InternalServerError, e.to_string()))?;
+        state.events.publish_with(|| crate::events::Event::DeviceSeen { device });
         Ok(device)
     }
 
     /// Send the device's queue as CoAP requests.
-    async fn deliver(&self, state: &AppState, device: i64) {
+    async fn deliver(&self, state: &Core, device: i64) {
         let Ok(Some(row)) = state.store.device_by_key(device).await else { return };
-        let Some(plugin) = state.registry.device_type(&row.device_type) else { return };
+        let Ok(plugin) = state.device_type(&row.device_type) else { return };
         let addr = {
             let by_device = self.inner.by_device.lock().unwrap_or_else(|p| p.into_inner());
             let regs = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
@@ -770,7 +743,7 @@ impl Coap {
     }
 
     /// A response (piggybacked, separate, or an Observe notification).
-    async fn response(&self, state: &AppState, packet: Packet, from: SocketAddr) {
+    async fn response(&self, state: &Core, packet: Packet, from: SocketAddr) {
         let token = packet.get_token().to_vec();
         let is_notification = packet.get_first_option(CoapOption::Observe).is_some();
         let exchange = {
@@ -797,7 +770,7 @@ impl Coap {
             return;
         };
         let Ok(Some(device)) = state.store.device_by_key(x.device).await else { return };
-        let Some(plugin) = state.registry.device_type(&device.device_type) else { return };
+        let Ok(plugin) = state.device_type(&device.device_type) else { return };
         let channel = Channel::Coap(CoapMessage {
             method: None,
             code: code_number(packet.header.code),
@@ -824,7 +797,7 @@ impl Coap {
 
     /// Retransmit unacknowledged requests; give up after MAX_RETRANSMIT and put the
     /// operation back in the queue. Drop registrations past their lifetime.
-    async fn retransmit(self, state: AppState) {
+    async fn retransmit(self, state: Core) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut sweeps: u32 = 0;
         loop {

@@ -1,15 +1,16 @@
 //! The plugin platform's admin API: upload, versions, rollback, suspension, grants,
 //! publisher keys and the unsigned-upload setting (docs/plugin-platform.md).
 
-use super::{ApiError, ApiJson, Errors};
-use crate::auth::{Admin, Role};
+use super::api::Errors;
+use super::{Administrator, ApiError, ApiJson, AppState, Viewer};
 use crate::plugins::catalog::{ALLOW_UNSIGNED, CatalogError, parse_grants};
 use crate::plugins::{PluginSummary, signing};
-use crate::server::AppState;
+
+use super::Path;
 use crate::store::{ComponentRow, PluginEventRow, PublisherKeyRow, now_ms};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Multipart, Path, State};
+use axum::extract::{Multipart, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -42,8 +43,7 @@ pub(super) struct PluginList {
 
 /// The loaded plugins.
 #[utoipa::path(get, path = "/api/v1/plugins", tag = "plugins", responses((status = 200, body = PluginList), Errors))]
-pub(super) async fn list_plugins(State(state): State<AppState>, admin: Admin) -> Result<Json<PluginList>, ApiError> {
-    admin.require(Role::Viewer)?;
+pub(super) async fn list_plugins(State(state): State<AppState>, _: Viewer) -> Result<Json<PluginList>, ApiError> {
     Ok(Json(PluginList { items: state.registry.list() }))
 }
 
@@ -73,11 +73,10 @@ pub(super) struct Uploaded {
         Errors))]
 pub(super) async fn upload_plugin(
     State(state): State<AppState>,
-    admin: Admin,
+    Administrator(admin): Administrator,
     mut form: Multipart,
 ) -> Result<(StatusCode, Json<Uploaded>), ApiError> {
     let started = std::time::Instant::now();
-    admin.require(Role::Admin)?;
     let (mut component, mut signature) = (None, None);
     while let Some(field) =
         form.next_field().await.map_err(|e| ApiError::bad_request("malformed_upload", e.body_text()))?
@@ -137,10 +136,9 @@ pub(super) struct PluginDetail {
     responses((status = 200, body = PluginDetail), Errors))]
 pub(super) async fn get_plugin(
     State(state): State<AppState>,
-    admin: Admin,
+    _: Viewer,
     Path(name): Path<String>,
 ) -> Result<Json<PluginDetail>, ApiError> {
-    admin.require(Role::Viewer)?;
     let plugin = summary(&state, &name)?;
     let (components, history) = state.catalog.describe(&name).await?;
     Ok(Json(PluginDetail { plugin, components, history }))
@@ -175,11 +173,10 @@ fn reason(body: &[u8]) -> Result<Option<String>, ApiError> {
         (status = 409, description = "No earlier version is loaded", body = super::ErrorBody), Errors))]
 pub(super) async fn rollback_plugin(
     State(state): State<AppState>,
-    admin: Admin,
+    Administrator(admin): Administrator,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<PluginSummary>, ApiError> {
-    admin.require(Role::Admin)?;
     let reason = reason(&body)?;
     state.catalog.rollback(&name, &admin.actor(), reason.as_deref(), false).await?;
     Ok(Json(summary(&state, &name)?))
@@ -192,11 +189,10 @@ pub(super) async fn rollback_plugin(
     responses((status = 200, body = Object, description = "The plugin, suspended"), Errors))]
 pub(super) async fn suspend_plugin(
     State(state): State<AppState>,
-    admin: Admin,
+    Administrator(admin): Administrator,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<PluginSummary>, ApiError> {
-    admin.require(Role::Admin)?;
     let reason = reason(&body)?.unwrap_or_else(|| format!("suspended by {}", admin.actor()));
     state.catalog.suspend(&name, &reason, &admin.actor()).await?;
     Ok(Json(summary(&state, &name)?))
@@ -207,10 +203,9 @@ pub(super) async fn suspend_plugin(
     responses((status = 200, body = Object, description = "The plugin, serving"), Errors))]
 pub(super) async fn enable_plugin(
     State(state): State<AppState>,
-    admin: Admin,
+    Administrator(admin): Administrator,
     Path(name): Path<String>,
 ) -> Result<Json<PluginSummary>, ApiError> {
-    admin.require(Role::Admin)?;
     state.catalog.enable(&name, &admin.actor()).await?;
     Ok(Json(summary(&state, &name)?))
 }
@@ -230,10 +225,9 @@ pub(super) struct GrantList {
     responses((status = 200, body = GrantList), Errors))]
 pub(super) async fn get_grants(
     State(state): State<AppState>,
-    admin: Admin,
+    _: Viewer,
     Path(name): Path<String>,
 ) -> Result<Json<GrantList>, ApiError> {
-    admin.require(Role::Viewer)?;
     let stored = state.catalog.stored_grants(&name).await?;
     let set_by_admin = stored.is_some();
     let grants = match stored {
@@ -254,14 +248,13 @@ pub(super) async fn get_grants(
     request_body = GrantList, responses((status = 200, body = GrantList), Errors))]
 pub(super) async fn put_grants(
     State(state): State<AppState>,
-    admin: Admin,
+    Administrator(admin): Administrator,
     Path(name): Path<String>,
     ApiJson(list): ApiJson<GrantList>,
 ) -> Result<Json<GrantList>, ApiError> {
-    admin.require(Role::Admin)?;
     let grants = parse_grants(&list.capabilities).map_err(|m| ApiError::bad_request("invalid", m))?;
     state.catalog.set_grants(&name, grants, &admin.actor()).await?;
-    get_grants(State(state), admin, Path(name)).await
+    get_grants(State(state), Viewer(admin), Path(name)).await
 }
 
 #[derive(Serialize, ToSchema)]
@@ -281,8 +274,7 @@ pub(super) struct NewKey {
 
 /// Publisher keys whose signatures uploads are checked against.
 #[utoipa::path(get, path = "/api/v1/publisher-keys", tag = "plugins", responses((status = 200, body = KeyList), Errors))]
-pub(super) async fn list_keys(State(state): State<AppState>, admin: Admin) -> Result<Json<KeyList>, ApiError> {
-    admin.require(Role::Viewer)?;
+pub(super) async fn list_keys(State(state): State<AppState>, _: Viewer) -> Result<Json<KeyList>, ApiError> {
     Ok(Json(KeyList { items: state.store.publisher_keys().await? }))
 }
 
@@ -291,10 +283,9 @@ pub(super) async fn list_keys(State(state): State<AppState>, admin: Admin) -> Re
     responses((status = 201, body = PublisherKeyRow), Errors))]
 pub(super) async fn add_key(
     State(state): State<AppState>,
-    admin: Admin,
+    Administrator(admin): Administrator,
     ApiJson(key): ApiJson<NewKey>,
 ) -> Result<(StatusCode, Json<PublisherKeyRow>), ApiError> {
-    admin.require(Role::Admin)?;
     if key.publisher.trim().is_empty() || key.publisher.len() > 128 || key.publisher.trim() != key.publisher {
         return Err(ApiError::bad_request("invalid", "`publisher`: 1-128 characters, as plugin manifests name it"));
     }
@@ -317,10 +308,9 @@ pub(super) async fn add_key(
     responses((status = 204, description = "Removed"), Errors))]
 pub(super) async fn remove_key(
     State(state): State<AppState>,
-    admin: Admin,
+    Administrator(admin): Administrator,
     Path(key_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    admin.require(Role::Admin)?;
     if !state.store.remove_publisher_key(&key_id).await? {
         return Err(ApiError::not_found(format!("no publisher key `{key_id}`")));
     }
@@ -337,11 +327,7 @@ pub(super) struct ServerSettings {
 
 /// Server-wide settings.
 #[utoipa::path(get, path = "/api/v1/settings", tag = "admin", responses((status = 200, body = ServerSettings), Errors))]
-pub(super) async fn get_settings(
-    State(state): State<AppState>,
-    admin: Admin,
-) -> Result<Json<ServerSettings>, ApiError> {
-    admin.require(Role::Viewer)?;
+pub(super) async fn get_settings(State(state): State<AppState>, _: Viewer) -> Result<Json<ServerSettings>, ApiError> {
     let allow = state.store.server_setting(ALLOW_UNSIGNED).await?.as_deref() == Some("true");
     Ok(Json(ServerSettings { allow_unsigned_plugins: allow }))
 }
@@ -351,10 +337,9 @@ pub(super) async fn get_settings(
     responses((status = 200, body = ServerSettings), Errors))]
 pub(super) async fn put_settings(
     State(state): State<AppState>,
-    admin: Admin,
+    Administrator(admin): Administrator,
     ApiJson(s): ApiJson<ServerSettings>,
 ) -> Result<Json<ServerSettings>, ApiError> {
-    admin.require(Role::Admin)?;
     state.store.put_server_setting(ALLOW_UNSIGNED, if s.allow_unsigned_plugins { "true" } else { "false" }).await?;
     tracing::warn!(actor = %admin.actor(), allow_unsigned_plugins = s.allow_unsigned_plugins, "server settings changed");
     Ok(Json(s))

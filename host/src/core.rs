@@ -1,0 +1,104 @@
+//! The core: what every service works on, and nothing of any front. The HTTP API, the
+//! device agent, MQTT, CoAP, the wake-up sender, tests (and next the console and the
+//! admin CLI) all hold a [`Core`] and call the services with it (`operations`,
+//! `enrollment`, `delivery`, `plugin_settings`); the services tell what happened on
+//! [`Core::events`].
+//!
+//! docs/architecture.md draws the layers and who may import whom.
+
+use crate::config::Config;
+use crate::events::Events;
+use crate::plugin_settings::{PluginSettings, Settings};
+use crate::plugins::catalog::Catalog;
+use crate::plugins::{Limits, LoadedPlugin, Registry, Runtime};
+use crate::stats::DeliveryStats;
+use crate::store::Store;
+use anyhow::Context;
+use std::sync::Arc;
+
+/// Shared domain state: cheap to clone, one per server.
+#[derive(Clone)]
+pub struct Core {
+    pub store: Store,
+    pub registry: Arc<Registry>,
+    /// Uploads, rollback, grants and the breaker, kept in the database.
+    pub catalog: Arc<Catalog>,
+    /// What admins set for plugins: config values, granted hosts, redirects.
+    pub settings: Arc<Settings>,
+    /// Delivery counts for `/metrics`.
+    pub stats: Arc<DeliveryStats>,
+    /// Domain events, for whoever reacts to them.
+    pub events: Events,
+    /// Devices may enroll themselves without an enrollment token.
+    pub open_enrollment: bool,
+}
+
+impl Core {
+    /// Open the data directory and the store (sealing secrets with the configured key),
+    /// make sure an admin token exists, start the plugin runtime and bring the catalog
+    /// and plugin settings to what the database says. Binds nothing.
+    pub async fn open(config: &Config) -> anyhow::Result<Core> {
+        crate::files::private_dir(&config.data_dir)
+            .with_context(|| format!("cannot create data directory {} (--data-dir)", config.data_dir.display()))?;
+        let sealer = crate::secrets::Sealer::load(
+            config.secret_key.as_deref(),
+            &config.secret_key_file,
+            config.previous_secret_key_file.as_deref(),
+        )?;
+        let store = Store::connect(&config.database_url)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the database (--database-url {})",
+                    crate::secrets::redact_url(&config.database_url)
+                )
+            })?
+            .with_sealer(sealer);
+        crate::files::private_sqlite(&config.database_url)
+            .context("cannot restrict the database files to mode 0600")?;
+        match store.reseal_secrets().await.context("cannot seal the secrets stored in the database")? {
+            0 => {}
+            n => tracing::info!(plugins = n, "secrets in the database sealed with the current key"),
+        }
+        crate::auth::bootstrap_admin(&store, &config.data_dir, config.admin_token.clone()).await?;
+        let runtime = Runtime::new(Limits::default(), Some(config.data_dir.join("cache").join("compiled")))?
+            .with_hold_policy(config.hold_policy);
+        let registry = Arc::new(Registry::new(Arc::new(runtime)));
+        let events = Events::default();
+        let catalog = Catalog::open(store.clone(), registry.clone(), config.fault_policy, events.clone())
+            .await
+            .context("cannot load the plugin catalog")?;
+        let settings = Arc::new(Settings::default());
+        for row in store.plugin_settings().await? {
+            let s = PluginSettings::from_row(&row);
+            registry.runtime().set_config(&row.plugin, s.config.clone());
+            settings.set(&row.plugin, s);
+        }
+        Ok(Core {
+            store,
+            registry,
+            catalog,
+            settings,
+            stats: Arc::default(),
+            events,
+            open_enrollment: config.open_enrollment,
+        })
+    }
+
+    /// The plugin serving `device_type`, by the one rule every front follows: a suspended
+    /// plugin serves nothing, so nothing a device sends is half-applied and its
+    /// operations stay queued for when the plugin serves again.
+    pub fn device_type(&self, device_type: &str) -> crate::error::Result<Arc<LoadedPlugin>> {
+        use crate::error::Error;
+        if let Some(p) = self.registry.device_type(device_type) {
+            return Ok(p);
+        }
+        match self.registry.suspension(device_type) {
+            Some(why) => Err(Error::unavailable(
+                "plugin_suspended",
+                format!("the `{device_type}` plugin is suspended ({why}); try again later"),
+            )),
+            None => Err(Error::not_found(format!("no device type `{device_type}` is loaded"))),
+        }
+    }
+}

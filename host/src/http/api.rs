@@ -1,0 +1,140 @@
+//! The admin REST API under `/api/v1`. JSON in and out; errors are
+//! `{"error": {"code": "<stable code>", "message": "<what was wrong>"}}`.
+
+use super::{AppState, ErrorBody, devices, enrollment, groups, operations, plugin_settings, plugins, tokens};
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::header;
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+/// The admin API's routes and its OpenAPI document, built from the same handler list
+/// (`routes!`), so the document cannot drift from what is served.
+pub(super) fn router() -> Router<AppState> {
+    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(devices::list_devices))
+        .routes(routes!(devices::get_device, devices::remove_device))
+        .routes(routes!(devices::set_tags))
+        .routes(routes!(devices::device_telemetry))
+        .routes(routes!(devices::revoke_credentials))
+        .routes(routes!(devices::restore_device))
+        .routes(routes!(enrollment::import_devices))
+        .routes(routes!(groups::list_groups, groups::create_group))
+        .routes(routes!(groups::get_group, groups::delete_group))
+        .routes(routes!(groups::add_members))
+        .routes(routes!(operations::list_operations, operations::add_operation))
+        .routes(routes!(operations::get_operation))
+        .routes(routes!(operations::cancel_operation))
+        .routes(routes!(operations::list_activities))
+        .routes(routes!(operations::get_activity))
+        .routes(routes!(operations::cancel_activity))
+        .routes(routes!(plugins::list_plugins, plugins::upload_plugin))
+        .routes(routes!(plugins::get_plugin))
+        .routes(routes!(plugins::rollback_plugin))
+        .routes(routes!(plugins::suspend_plugin))
+        .routes(routes!(plugins::enable_plugin))
+        .routes(routes!(plugins::get_grants, plugins::put_grants))
+        .routes(routes!(plugins::list_keys, plugins::add_key))
+        .routes(routes!(plugins::remove_key))
+        .routes(routes!(plugins::get_settings, plugins::put_settings))
+        .routes(routes!(plugin_settings::get_plugin_settings, plugin_settings::put_plugin_settings))
+        .routes(routes!(tokens::create_admin_token))
+        .routes(routes!(enrollment::create_enrollment_token))
+        .split_for_parts();
+    let document = Bytes::from(api.to_pretty_json().unwrap_or_default());
+    // Uploads are the large bodies; every handler authenticates before reading its body.
+    let router = router.layer(axum::extract::DefaultBodyLimit::max(plugins::MAX_UPLOAD));
+    router.route(
+        "/api/v1/openapi.json",
+        get(move || {
+            let document = document.clone();
+            async move { ([(header::CONTENT_TYPE, "application/json")], document) }
+        }),
+    )
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Drover admin API",
+        description = "Devices, groups, operations and plugins of a Drover server. Every call takes an \
+                       admin token (`Authorization: Bearer drv_admin_…`) whose role is viewer, operator or admin. \
+                       Errors are `{\"error\": {\"code\", \"message\"}}` with a stable code."
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "devices", description = "Enrolled and pre-registered devices, their tags and credentials"),
+        (name = "groups", description = "Static groups (member lists) and dynamic groups (saved queries)"),
+        (name = "operations", description = "Operations and activities: add, follow, cancel"),
+        (name = "plugins", description = "Plugin uploads, versions, rollback, suspension, grants and publisher keys"),
+        (name = "admin", description = "Plugin settings, tokens, server settings"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+/// The error answers every endpoint can give.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(super) enum Errors {
+    /// The request is malformed or invalid; the message names the problem.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// No admin token, or an unknown or revoked one.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// The token's role does not allow this.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// What the path names does not exist.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct Page {
+    /// Return items after this id (the previous page's `next_after`).
+    pub after: Option<i64>,
+    /// Page size, 1 to 1000 (default 100).
+    pub limit: Option<i64>,
+}
+
+impl Page {
+    pub fn bounds(&self) -> (i64, i64) {
+        (self.after.unwrap_or(0), self.limit.unwrap_or(100).clamp(1, 1000))
+    }
+}
+
+/// The `next_after` of a page: the last id when the page is full.
+pub(super) fn next_after<T>(rows: &[T], limit: i64, id: impl Fn(&T) -> i64) -> Option<i64> {
+    (rows.len() as i64 == limit).then(|| rows.last().map(id)).flatten()
+}
+
+/// A device named by type and id, as the API addresses devices.
+#[derive(Deserialize, Serialize, Debug, Clone, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DeviceRef {
+    #[serde(rename = "type")]
+    pub device_type: String,
+    pub id: String,
+}
+
+impl From<&DeviceRef> for crate::operations::DeviceName {
+    fn from(r: &DeviceRef) -> Self {
+        crate::operations::DeviceName { device_type: r.device_type.clone(), device_id: r.id.clone() }
+    }
+}

@@ -1,0 +1,289 @@
+//! `/api/v1/devices`: list, read, tag, revoke, remove and restore devices, and read their
+//! telemetry.
+
+use super::api::{Errors, Page, next_after};
+use super::{Administrator, ApiError, ApiJson, AppState, Operator, Viewer};
+use super::{Path, Query};
+use crate::store::{DeviceRow, GroupRow, TelemetryRow};
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+
+/// A device as the API shows it.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Device {
+    device_type: String,
+    device_id: String,
+    name: String,
+    owner: Option<String>,
+    /// `BYOD` or `COPE`.
+    ownership: String,
+    /// `registered` (pre-registered, not yet enrolled), `active`, `unreachable` (not seen
+    /// for the configured hours) or `removed`.
+    status: String,
+    /// Milliseconds since the Unix epoch.
+    enrolled_at: i64,
+    last_seen_at: Option<i64>,
+    /// What the device reported about itself.
+    #[schema(value_type = Object)]
+    metadata: Value,
+    tags: Vec<String>,
+    /// The newest value of each telemetry name (one device only, not in lists).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    telemetry: Option<Vec<Telemetry>>,
+    /// The transport plugin that wakes it (`fcm`, `apns` …), if it has a push token.
+    push_transport: Option<String>,
+    /// Its last or next wake-up (one device only, not in lists).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wake_up: Option<crate::store::WakeupRow>,
+}
+
+/// A telemetry value.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Telemetry {
+    name: String,
+    /// When it was measured, milliseconds since the Unix epoch.
+    at: i64,
+    /// As reported: a number, boolean or string.
+    #[schema(value_type = Object)]
+    value: Value,
+}
+
+impl From<TelemetryRow> for Telemetry {
+    fn from(r: TelemetryRow) -> Telemetry {
+        Telemetry { value: serde_json::from_str(&r.value).unwrap_or(Value::Null), name: r.name, at: r.at }
+    }
+}
+
+impl Device {
+    pub(super) fn new(d: &DeviceRow, tags: Vec<String>) -> Device {
+        Device {
+            device_type: d.device_type.clone(),
+            device_id: d.device_id.clone(),
+            name: d.name.clone(),
+            owner: d.owner.clone(),
+            ownership: d.ownership.clone(),
+            status: d.status.clone(),
+            enrolled_at: d.enrolled_at,
+            last_seen_at: d.last_seen_at,
+            metadata: serde_json::from_str(&d.metadata).unwrap_or(json!({})),
+            tags,
+            telemetry: None,
+            push_transport: crate::push_token::transport(d.push_token.as_deref()),
+            wake_up: None,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct DevicePage {
+    items: Vec<Device>,
+    /// Pass as `after` for the next page; absent on the last page.
+    next_after: Option<i64>,
+}
+
+pub(super) async fn device_or_404(state: &AppState, device_type: &str, device_id: &str) -> Result<DeviceRow, ApiError> {
+    state
+        .store
+        .device(device_type, device_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("device {device_type}/{device_id} not found")))
+}
+
+pub(super) async fn group_or_404(state: &AppState, name: &str) -> Result<GroupRow, ApiError> {
+    state.store.group(name).await?.ok_or_else(|| ApiError::not_found(format!("group `{name}` not found")))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct DeviceFilter {
+    /// Only devices of this type.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    device_type: Option<String>,
+    /// Only devices in this status.
+    status: Option<String>,
+    /// Only devices with this tag.
+    tag: Option<String>,
+    /// Only devices in this group (static or dynamic).
+    group: Option<String>,
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// List devices, filtered, in pages.
+#[utoipa::path(get, path = "/api/v1/devices", tag = "devices", params(DeviceFilter),
+    responses((status = 200, body = DevicePage), Errors))]
+pub(super) async fn list_devices(
+    State(state): State<AppState>,
+    _: Viewer,
+    Query(q): Query<DeviceFilter>,
+) -> Result<Json<DevicePage>, ApiError> {
+    let (after, limit) = Page { after: q.after, limit: q.limit }.bounds();
+    let group = match &q.group {
+        Some(name) => Some(group_or_404(&state, name).await?),
+        None => None,
+    };
+    let rows = state
+        .store
+        .list_devices(q.device_type.as_deref(), q.status.as_deref(), q.tag.as_deref(), group.as_ref(), after, limit)
+        .await?;
+    let mut items = Vec::with_capacity(rows.len());
+    for d in &rows {
+        items.push(Device::new(d, state.store.tags(d.id).await?));
+    }
+    Ok(Json(DevicePage { items, next_after: next_after(&rows, limit, |d| d.id) }))
+}
+
+/// One device.
+#[utoipa::path(get, path = "/api/v1/devices/{device_type}/{device_id}", tag = "devices",
+    params(("device_type" = String, Path), ("device_id" = String, Path)),
+    responses((status = 200, body = Device), Errors))]
+pub(super) async fn get_device(
+    State(state): State<AppState>,
+    _: Viewer,
+    Path((t, id)): Path<(String, String)>,
+) -> Result<Json<Device>, ApiError> {
+    let d = device_or_404(&state, &t, &id).await?;
+    let mut device = Device::new(&d, state.store.tags(d.id).await?);
+    device.telemetry = Some(state.store.latest_telemetry(d.id).await?.into_iter().map(Telemetry::from).collect());
+    device.wake_up = state.store.wakeup(d.id).await?;
+    Ok(Json(device))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct TelemetryFilter {
+    /// Only this name, e.g. `battery`.
+    name: Option<String>,
+    /// Only points received before this one (the previous page's `next_before`).
+    before: Option<i64>,
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct TelemetryPage {
+    /// Last received first.
+    items: Vec<Telemetry>,
+    /// Pass as `before` for older points; absent on the last page.
+    next_before: Option<i64>,
+}
+
+/// A device's reported telemetry, last received first.
+#[utoipa::path(get, path = "/api/v1/devices/{device_type}/{device_id}/telemetry", tag = "devices",
+    params(("device_type" = String, Path), ("device_id" = String, Path), TelemetryFilter),
+    responses((status = 200, body = TelemetryPage), Errors))]
+pub(super) async fn device_telemetry(
+    State(state): State<AppState>,
+    _: Viewer,
+    Path((t, id)): Path<(String, String)>,
+    Query(q): Query<TelemetryFilter>,
+) -> Result<Json<TelemetryPage>, ApiError> {
+    let d = device_or_404(&state, &t, &id).await?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let rows = state.store.telemetry(d.id, q.name.as_deref(), q.before, limit).await?;
+    let next_before = next_after(&rows, limit, |r| r.id);
+    Ok(Json(TelemetryPage { items: rows.into_iter().map(Telemetry::from).collect(), next_before }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct Removed {
+    device_type: String,
+    device_id: String,
+    status: String,
+    /// Live operations cancelled by the removal.
+    cancelled_operations: u64,
+}
+
+/// Disenroll a device: every live operation is cancelled, its credentials revoked, its
+/// status `removed`. Its history is kept; it may enroll again.
+#[utoipa::path(delete, path = "/api/v1/devices/{device_type}/{device_id}", tag = "devices",
+    params(("device_type" = String, Path), ("device_id" = String, Path)),
+    responses((status = 200, body = Removed), Errors))]
+pub(super) async fn remove_device(
+    State(state): State<AppState>,
+    Administrator(admin): Administrator,
+    Path((t, id)): Path<(String, String)>,
+) -> Result<Json<Removed>, ApiError> {
+    let d = device_or_404(&state, &t, &id).await?;
+    let cancelled = crate::enrollment::remove(&state, &d, &admin.actor()).await?;
+    Ok(Json(Removed { device_type: t, device_id: id, status: "removed".into(), cancelled_operations: cancelled }))
+}
+
+/// Bring a removed device back as it was: its tags and static groups kept, its status
+/// `registered` until it enrolls again, with an enrollment token. (Enrolled again without
+/// a restore, a removed identity starts clean: nothing of the old device passes to
+/// whoever enrolls it.)
+#[utoipa::path(post, path = "/api/v1/devices/{device_type}/{device_id}/restore", tag = "devices",
+    params(("device_type" = String, Path), ("device_id" = String, Path)),
+    responses((status = 200, body = Device), Errors))]
+pub(super) async fn restore_device(
+    State(state): State<AppState>,
+    _: Administrator,
+    Path((t, id)): Path<(String, String)>,
+) -> Result<Json<Device>, ApiError> {
+    let d = device_or_404(&state, &t, &id).await?;
+    let d = crate::enrollment::restore(&state, &d).await?;
+    Ok(Json(Device::new(&d, state.store.tags(d.id).await?)))
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct Revoked {
+    /// Live credentials revoked.
+    revoked: u64,
+}
+
+/// Revoke every credential of a device (a lost or stolen device). It can no longer call
+/// in, and its live MQTT connections and LwM2M registration end at once; its operations
+/// stay queued. Remove it and enroll it again to give it a new one.
+#[utoipa::path(post, path = "/api/v1/devices/{device_type}/{device_id}/revoke-credentials", tag = "devices",
+    params(("device_type" = String, Path), ("device_id" = String, Path)),
+    responses((status = 200, body = Revoked), Errors))]
+pub(super) async fn revoke_credentials(
+    State(state): State<AppState>,
+    Administrator(admin): Administrator,
+    Path((t, id)): Path<(String, String)>,
+) -> Result<Json<Revoked>, ApiError> {
+    let d = device_or_404(&state, &t, &id).await?;
+    // Its live sessions end too (the embedded broker's connections, a LwM2M registration).
+    let revoked = crate::enrollment::revoke(&state, &d, &admin.actor()).await?;
+    Ok(Json(Revoked { revoked }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Tags {
+    /// 1-64 letters, digits and `- _ . : =` each.
+    tags: Vec<String>,
+}
+
+pub(super) fn tag_problem(tag: &str) -> Option<String> {
+    (tag.is_empty() || tag.len() > 64 || !tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:=".contains(&b)))
+        .then(|| format!("tag `{tag}`: use 1-64 letters, digits and - _ . : ="))
+}
+
+/// Replace a device's tags.
+#[utoipa::path(put, path = "/api/v1/devices/{device_type}/{device_id}/tags", tag = "devices",
+    params(("device_type" = String, Path), ("device_id" = String, Path)),
+    request_body = Tags, responses((status = 200, body = Device), Errors))]
+pub(super) async fn set_tags(
+    State(state): State<AppState>,
+    _: Operator,
+    Path((t, id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<Tags>,
+) -> Result<Json<Device>, ApiError> {
+    if let Some(p) = body.tags.iter().find_map(|t| tag_problem(t)) {
+        return Err(ApiError::bad_request("invalid", p));
+    }
+    let d = device_or_404(&state, &t, &id).await?;
+    let mut tags = body.tags;
+    tags.sort();
+    tags.dedup();
+    state.store.set_tags(d.id, &tags).await?;
+    Ok(Json(Device::new(&d, tags)))
+}

@@ -1,0 +1,158 @@
+//! What handlers take from a request before they run: a JSON body with a JSON error, the
+//! admin caller with the role a handler needs (one typed extractor per role, so a
+//! handler states its role in its signature), and the device behind a device credential.
+
+use super::{ApiError, AppState};
+use crate::auth::{Role, hash_token};
+use crate::store::DeviceRow;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts};
+use axum::http::request::Parts;
+
+/// A JSON request body. The content type is not insisted on (curl's `-d` sends a form
+/// type); the body must parse, and an error names the line, column and problem.
+pub struct ApiJson<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::bad_request("malformed_json", e.body_text()))?;
+        serde_json::from_slice(&body)
+            .map(ApiJson)
+            .map_err(|e| ApiError::bad_request("malformed_json", format!("request body: {e}")))
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+}
+
+/// An authenticated admin-API caller.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub name: String,
+    pub role: Role,
+}
+
+impl Admin {
+    /// The actor recorded in transitions.
+    pub fn actor(&self) -> String {
+        format!("admin:{}", self.name)
+    }
+
+    /// The caller of `parts`, if its role is at least `role`.
+    async fn with_role(parts: &Parts, state: &AppState, role: Role) -> Result<Admin, ApiError> {
+        let token = bearer(parts)
+            .ok_or_else(|| ApiError::unauthorized("send an admin token: Authorization: Bearer <token>"))?;
+        let (name, stored) = state
+            .store
+            .admin_for_token(&hash_token(token))
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("unknown or revoked admin token"))?;
+        let has =
+            Role::parse(&stored).ok_or_else(|| ApiError::internal(format!("stored role `{stored}` is unknown")))?;
+        if has < role {
+            return Err(ApiError::forbidden(format!(
+                "token `{name}` has role {}; this needs {}",
+                has.as_str(),
+                role.as_str()
+            )));
+        }
+        Ok(Admin { name, role: has })
+    }
+}
+
+/// One extractor per role: `Viewer(admin): Viewer` in a handler's arguments lets in any
+/// admin token whose role is at least viewer.
+macro_rules! role_extractor {
+    ($(#[$doc:meta])* $name:ident, $role:expr) => {
+        $(#[$doc])*
+        pub struct $name(pub Admin);
+
+        impl FromRequestParts<AppState> for $name {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+                Admin::with_role(parts, state, $role).await.map($name)
+            }
+        }
+    };
+}
+
+role_extractor!(
+    /// A caller that may read everything.
+    Viewer,
+    Role::Viewer
+);
+role_extractor!(
+    /// A caller that may also add and cancel operations, tag and group devices.
+    Operator,
+    Role::Operator
+);
+role_extractor!(
+    /// A caller that may also enroll and remove devices, manage tokens and plugins.
+    Administrator,
+    Role::Admin
+);
+
+/// An authenticated device: the bearer of a live device credential, and that
+/// credential's hash (to refresh it).
+pub struct AuthDevice(pub DeviceRow, pub String);
+
+impl FromRequestParts<AppState> for AuthDevice {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let hash = device_token_hash(parts)?;
+        let device = state.store.device_for_credential(&hash).await?.ok_or_else(unknown_device_token)?;
+        Ok(AuthDevice(device, hash))
+    }
+}
+
+/// The hash of the device credential a request bears.
+pub fn device_token_hash(parts: &Parts) -> Result<String, ApiError> {
+    let token = bearer(parts)
+        .ok_or_else(|| ApiError::unauthorized("send the device's access token: Authorization: Bearer <token>"))?;
+    Ok(hash_token(token))
+}
+
+/// The answer to a device credential that is not live.
+pub fn unknown_device_token() -> ApiError {
+    ApiError::unauthorized("unknown, expired or revoked device token")
+}
+
+/// Query parameters, refused with the JSON error body the API promises (axum's own
+/// extractor answers `text/plain`): `invalid_query` naming the parameter and problem.
+pub struct Query<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Query(q.0))
+            .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+    }
+}
+
+/// Path parameters, refused with the JSON error body: `invalid_path` (an id that is not
+/// a number, or past the largest one).
+pub struct Path<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state).await.map(|p| Path(p.0)).map_err(|e| {
+            let status = e.status();
+            let code = if status.is_server_error() { "internal" } else { "invalid_path" };
+            ApiError::new(status, code, e.body_text())
+        })
+    }
+}

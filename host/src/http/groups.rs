@@ -1,0 +1,149 @@
+//! `/api/v1/groups`: static groups (member lists) and dynamic groups (saved queries).
+
+use super::Path;
+use super::api::{DeviceRef, Errors};
+use super::devices::{group_or_404, tag_problem};
+use super::{ApiError, ApiJson, AppState, ErrorBody, Operator, Viewer};
+use crate::store::{DeviceQuery, GroupRow};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A group as the API shows it.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Group {
+    name: String,
+    description: String,
+    created_at: i64,
+    /// For a dynamic group, the query its devices match; absent for a static group.
+    query: Option<DeviceQuery>,
+    /// How many live devices it holds now.
+    devices: i64,
+}
+
+impl Group {
+    async fn new(state: &AppState, g: &GroupRow) -> Result<Group, ApiError> {
+        Ok(Group {
+            name: g.name.clone(),
+            description: g.description.clone(),
+            created_at: g.created_at,
+            query: g.query(),
+            devices: state.store.group_size(g).await?,
+        })
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct GroupList {
+    items: Vec<Group>,
+}
+
+/// All groups with their current sizes.
+#[utoipa::path(get, path = "/api/v1/groups", tag = "groups", responses((status = 200, body = GroupList), Errors))]
+pub(super) async fn list_groups(State(state): State<AppState>, _: Viewer) -> Result<Json<GroupList>, ApiError> {
+    let mut items = Vec::new();
+    for g in state.store.groups().await? {
+        items.push(Group::new(&state, &g).await?);
+    }
+    Ok(Json(GroupList { items }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewGroup {
+    /// 1 to 128 characters, unique.
+    name: String,
+    #[serde(default)]
+    description: String,
+    /// Makes the group dynamic: its devices are those matching the query when it is used.
+    query: Option<DeviceQuery>,
+}
+
+/// Create a static group (add members later) or a dynamic one (with a query).
+#[utoipa::path(post, path = "/api/v1/groups", tag = "groups", request_body = NewGroup,
+    responses((status = 201, body = Group), (status = 409, description = "The name is taken", body = ErrorBody), Errors))]
+pub(super) async fn create_group(
+    State(state): State<AppState>,
+    _: Operator,
+    ApiJson(g): ApiJson<NewGroup>,
+) -> Result<(StatusCode, Json<Group>), ApiError> {
+    if g.name.trim().is_empty() || g.name.len() > 128 {
+        return Err(ApiError::bad_request("invalid", "group `name` must be 1 to 128 characters"));
+    }
+    if let Some(q) = &g.query {
+        if let Some(p) = q.problem() {
+            return Err(ApiError::bad_request("invalid", format!("`query`: {p}")));
+        }
+        if let Some(p) = q.tags.iter().find_map(|t| tag_problem(t)) {
+            return Err(ApiError::bad_request("invalid", format!("`query`: {p}")));
+        }
+    }
+    let row = state.store.create_group(&g.name, &g.description, g.query.as_ref()).await?;
+    Ok((StatusCode::CREATED, Json(Group::new(&state, &row).await?)))
+}
+
+/// One group with its current size; list its devices with `GET /api/v1/devices?group=`.
+#[utoipa::path(get, path = "/api/v1/groups/{name}", tag = "groups", params(("name" = String, Path)),
+    responses((status = 200, body = Group), Errors))]
+pub(super) async fn get_group(
+    State(state): State<AppState>,
+    _: Viewer,
+    Path(name): Path<String>,
+) -> Result<Json<Group>, ApiError> {
+    let g = group_or_404(&state, &name).await?;
+    Ok(Json(Group::new(&state, &g).await?))
+}
+
+/// Delete a group. Its devices stay, and operations already added for it stay queued.
+#[utoipa::path(delete, path = "/api/v1/groups/{name}", tag = "groups", params(("name" = String, Path)),
+    responses((status = 204, description = "Deleted"), Errors))]
+pub(super) async fn delete_group(
+    State(state): State<AppState>,
+    _: Operator,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let g = group_or_404(&state, &name).await?;
+    state.store.delete_group(g.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Members {
+    devices: Vec<DeviceRef>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct MembersAdded {
+    group: String,
+    /// Devices named (those already members are left as they are).
+    added: usize,
+}
+
+/// Add devices to a static group.
+#[utoipa::path(post, path = "/api/v1/groups/{name}/members", tag = "groups", params(("name" = String, Path)),
+    request_body = Members,
+    responses((status = 200, body = MembersAdded),
+              (status = 409, description = "The group is dynamic: its query defines its devices", body = ErrorBody),
+              Errors))]
+pub(super) async fn add_members(
+    State(state): State<AppState>,
+    _: Operator,
+    Path(name): Path<String>,
+    ApiJson(m): ApiJson<Members>,
+) -> Result<Json<MembersAdded>, ApiError> {
+    let group = group_or_404(&state, &name).await?;
+    if group.query.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "dynamic_group",
+            format!("group `{name}` is dynamic: its query defines its devices"),
+        ));
+    }
+    let names: Vec<_> = m.devices.iter().map(Into::into).collect();
+    let keys = crate::operations::resolve(&state, &names).await?;
+    state.store.add_members(group.id, &keys).await?;
+    Ok(Json(MembersAdded { group: name, added: keys.len() }))
+}

@@ -1,0 +1,66 @@
+//! The HTTP front: the admin API under `/api/v1` (one resource per file), the device
+//! agent under `/agent/v1`, `/metrics` and `/healthz`. Handlers parse, call a service or
+//! read the store, and map errors (`error.rs`); no delivery or enrollment logic lives here.
+
+mod agent;
+mod api;
+mod devices;
+mod enrollment;
+mod error;
+mod extract;
+mod groups;
+pub mod listener;
+mod metrics;
+mod operations;
+mod plugin_settings;
+mod plugins;
+mod tokens;
+
+pub use error::{ApiError, ErrorBody};
+pub use extract::{Admin, Administrator, ApiJson, AuthDevice, Operator, Path, Query, Viewer};
+
+use crate::core::Core;
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use std::time::Duration;
+
+/// Shared state of the HTTP handlers: the core, and what only HTTP needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub core: Core,
+    /// Largest device message body accepted (from an authenticated device).
+    pub max_agent_body: usize,
+    /// How long a handler waits for a request body.
+    pub body_timeout: Duration,
+}
+
+/// Handlers read the core's parts (`state.store`, `state.registry` …) directly.
+impl std::ops::Deref for AppState {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+/// Largest device message accepted by default (4 MiB: an Apple MDM answer with an
+/// installed-application list, a Windows SyncML package).
+pub const MAX_AGENT_BODY: usize = 4 << 20;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::metrics))
+        .merge(api::router())
+        .merge(agent::router())
+        .with_state(state)
+}
+
+/// Liveness and a one-line picture of what is loaded.
+async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let plugins: Vec<_> = state.registry.list().into_iter().map(|p| format!("{}@{}", p.name, p.version)).collect();
+    Json(serde_json::json!({
+        "status": "ok", "version": env!("CARGO_PKG_VERSION"), "database": state.store.backend(), "plugins": plugins,
+    }))
+}

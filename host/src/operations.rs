@@ -1,0 +1,173 @@
+//! The operations service: add an operation for devices, groups and tags, and cancel
+//! operations, from any front (the admin API today; policies, rollouts and the console
+//! next). An added operation is validated by each target type's plugin and stored
+//! (activity and one operation per device, in one transaction) before anything is
+//! delivered; delivery fronts hear `ActivityAdded` and take it from there.
+//!
+//! The state machine each operation then follows is `ops.rs`.
+
+use crate::core::Core;
+use crate::error::{Error, Result};
+use crate::events::Event;
+use crate::store::{ActivityRow, MAX_EXPLICIT_DEVICES, NewActivity, TargetSet};
+
+/// A device named by type and id, as admins address devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceName {
+    pub device_type: String,
+    pub device_id: String,
+}
+
+/// Who an operation is for: any mix of devices, groups (static or dynamic) and tags
+/// (union).
+#[derive(Debug, Clone, Default)]
+pub struct Targets {
+    pub devices: Vec<DeviceName>,
+    pub groups: Vec<String>,
+    pub tags: Vec<String>,
+}
+
+/// An operation to add.
+#[derive(Debug, Clone)]
+pub struct NewOperation {
+    /// An operation code of the target devices' plugin (e.g. `DEVICE_RING`).
+    pub code: String,
+    /// JSON text; each target type's plugin validates it.
+    pub payload: Option<String>,
+    /// `command`, `profile` or `policy`; checked against the plugin's catalogue when given.
+    pub kind: Option<String>,
+    pub targets: Targets,
+    /// Seconds until the operation expires if not finished.
+    pub ttl_secs: Option<i64>,
+    /// Re-deliveries after a failed attempt.
+    pub retries: i64,
+}
+
+/// Re-deliveries an operation may ask for at most.
+pub const MAX_RETRIES: i64 = 100;
+
+/// Add an operation for its targets on behalf of `actor`; returns the activity and how
+/// many operations were stored (one per targeted device).
+pub async fn add(core: &Core, op: NewOperation, actor: &str) -> Result<(ActivityRow, u64)> {
+    let t = &op.targets;
+    if t.devices.is_empty() && t.groups.is_empty() && t.tags.is_empty() {
+        return Err(Error::invalid("invalid", "`targets` names no devices, groups or tags"));
+    }
+    if let Some(ttl) = op.ttl_secs.filter(|t| *t <= 0) {
+        return Err(Error::invalid("invalid", format!("`ttl_secs` is {ttl}: it must be positive")));
+    }
+    if !(0..=MAX_RETRIES).contains(&op.retries) {
+        return Err(Error::invalid("invalid", format!("`retries` is {}: use 0 to {MAX_RETRIES}", op.retries)));
+    }
+    if t.devices.len() > MAX_EXPLICIT_DEVICES {
+        return Err(Error::invalid(
+            "too_many_devices",
+            format!("{} devices listed; list at most {MAX_EXPLICIT_DEVICES} or target a group", t.devices.len()),
+        ));
+    }
+    let mut targets =
+        TargetSet { devices: resolve(core, &t.devices).await?, tags: t.tags.clone(), ..Default::default() };
+    for g in &t.groups {
+        let group = core
+            .store
+            .group(g)
+            .await?
+            .ok_or_else(|| Error::invalid("unknown_group", format!("group `{g}` does not exist")))?;
+        match group.query() {
+            Some(q) => targets.queries.push(q),
+            None => targets.groups.push(group.id),
+        }
+    }
+    let types = core.store.target_types(&targets).await?;
+    if types.is_empty() {
+        return Err(Error::invalid("no_targets", "the targets match no enrolled device"));
+    }
+
+    // Validate once per device type among the targets.
+    let mut kind: Option<String> = None;
+    for ty in &types {
+        let plugin = core
+            .registry
+            .device_type(ty)
+            .ok_or_else(|| Error::unavailable("no_plugin", format!("no plugin is loaded for device type `{ty}`")))?;
+        plugin.validate(&op.code, op.payload.as_deref()).await.map_err(|e| Error::from(e).context(ty))?;
+        let catalogue = plugin
+            .device_type_info()
+            .and_then(|i| i.operations.iter().find(|o| o.code == op.code))
+            .map(|o| crate::plugins::device_type::kind_name(o.kind).to_string());
+        if let (Some(k), Some(want)) = (&catalogue, &op.kind)
+            && k != want
+        {
+            return Err(Error::invalid("invalid", format!("{ty}: `{}` is a {k} operation, not a {want}", op.code)));
+        }
+        kind = kind.or(catalogue);
+    }
+    let kind = kind.or(op.kind).unwrap_or_else(|| "command".into());
+    let code = op.code.clone();
+    let (activity, operations) = core
+        .store
+        .add_activity(
+            &NewActivity {
+                code: op.code,
+                kind,
+                payload: op.payload,
+                created_by: actor.to_string(),
+                expires_at: op.ttl_secs.map(|s| crate::store::now_ms() + s * 1000),
+                max_attempts: op.retries + 1,
+            },
+            &targets,
+        )
+        .await?;
+    core.events.publish(Event::ActivityAdded { activity: activity.id, code, operations, actor: actor.to_string() });
+    Ok((activity, operations))
+}
+
+/// The devices named, each of which must be enrolled (not removed).
+pub async fn resolve(core: &Core, names: &[DeviceName]) -> Result<Vec<i64>> {
+    let mut keys = Vec::with_capacity(names.len());
+    for n in names {
+        match core.store.device(&n.device_type, &n.device_id).await? {
+            Some(d) if d.status != "removed" => keys.push(d.id),
+            _ => {
+                return Err(Error::invalid(
+                    "unknown_device",
+                    format!("device {}/{} is not enrolled", n.device_type, n.device_id),
+                ));
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// Cancel one unfinished operation; `finished` (a conflict) when it has already ended.
+pub async fn cancel_operation(core: &Core, id: i64, actor: &str) -> Result<u64> {
+    let op = core.store.operation(id).await?.ok_or_else(|| Error::not_found(format!("operation {id} not found")))?;
+    let n = core.store.cancel(Some(id), None, None, actor).await?;
+    if n == 0 {
+        return Err(Error::conflict("finished", format!("operation {id} is already {}", op.state)));
+    }
+    core.events.publish(Event::OperationsCancelled {
+        operation: Some(id),
+        activity: None,
+        device: Some(op.device),
+        count: n,
+        actor: actor.to_string(),
+    });
+    Ok(n)
+}
+
+/// Cancel every unfinished operation of an activity; returns how many.
+pub async fn cancel_activity(core: &Core, id: i64, actor: &str) -> Result<u64> {
+    core.store.activity(id).await?.ok_or_else(|| Error::not_found(format!("activity {id} not found")))?;
+    let n = core.store.cancel(None, Some(id), None, actor).await?;
+    if n > 0 {
+        core.events.publish(Event::OperationsCancelled {
+            operation: None,
+            activity: Some(id),
+            device: None,
+            count: n,
+            actor: actor.to_string(),
+        });
+    }
+    Ok(n)
+}

@@ -1,0 +1,212 @@
+//! What admins set for each plugin: config values, granted hosts, redirects, the TLS
+//! client identity and extra CAs of its provider requests, and how the host obtains its
+//! access tokens. Written through the API (any replica), kept in the database, followed
+//! by every replica ([`follow`]), read by the wake-up sender and the runtime's config.
+
+use crate::core::Core;
+use crate::egress::certificates;
+use crate::error::{Error, Result};
+use crate::oauth::OAuth;
+use crate::plugins::LoadedPlugin;
+use crate::store::SettingsRow;
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+use std::time::Duration;
+
+/// What an admin set for one plugin, as the sender uses it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSettings {
+    /// Config values the plugin reads (`config.get`): API keys, project ids, topics.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Hosts a transport may send to: names or `*.domain` patterns, each within what its
+    /// manifest declares.
+    #[serde(default)]
+    pub granted_hosts: Vec<String>,
+    /// Provider host → base URL (`http(s)://host[:port]`) its requests go to instead:
+    /// an egress gateway, a provider sandbox, a test server. Path and query are kept.
+    #[serde(default)]
+    pub redirects: BTreeMap<String, String>,
+    /// The TLS client identity the host presents to this plugin's provider hosts: PEM
+    /// certificate chain and private key (APNs takes MDM pushes only from the MDM push
+    /// certificate). The plugin never sees it; the API shows only the certificates, and
+    /// taking back what it shows keeps the stored key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_identity: Option<String>,
+    /// Certificate authorities (PEM) that provider hosts, or what they are redirected to,
+    /// are verified against besides the public roots: a gateway or sandbox with a private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_ca: Option<String>,
+    /// What the host obtains access tokens with, renewing them as they expire; the plugin
+    /// reads the current one as config value `access_token` (`oauth.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<OAuth>,
+}
+
+impl PluginSettings {
+    pub fn from_row(row: &SettingsRow) -> PluginSettings {
+        PluginSettings {
+            config: serde_json::from_str(&row.config).unwrap_or_default(),
+            granted_hosts: serde_json::from_str(&row.granted_hosts).unwrap_or_default(),
+            redirects: serde_json::from_str(&row.redirects).unwrap_or_default(),
+            client_identity: row.client_identity.clone(),
+            trusted_ca: row.trusted_ca.clone(),
+            oauth: row.oauth.as_deref().and_then(|o| serde_json::from_str(o).ok()),
+        }
+    }
+
+    /// These settings with private keys and secrets left out.
+    pub fn shown(mut self) -> PluginSettings {
+        self.client_identity = self.client_identity.as_deref().map(certificates);
+        self.oauth = self.oauth.map(OAuth::shown);
+        self
+    }
+}
+
+/// Follow what admins set on any replica: settings are written to the database by the
+/// replica that took the PUT and read back here by every replica, every `every`. A plugin
+/// whose stored settings differ from what this replica holds gets them, config included
+/// (the next plugin call sees them).
+pub async fn follow(state: Core, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let rows = match state.store.plugin_settings().await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!("reading plugin settings failed (retried): {e}");
+                continue;
+            }
+        };
+        for row in rows {
+            let stored = PluginSettings::from_row(&row);
+            if state.settings.get(&row.plugin) != stored {
+                tracing::info!(plugin = %row.plugin, "plugin settings changed on another replica: applied");
+                // Settings before config, as the API does (see `attempt`).
+                let config = stored.config.clone();
+                state.settings.set(&row.plugin, stored);
+                state.registry.runtime().set_config(&row.plugin, config);
+            }
+        }
+    }
+}
+
+/// Settings of every plugin, by name; read on every wake-up, written by the API.
+#[derive(Default)]
+pub struct Settings(RwLock<BTreeMap<String, PluginSettings>>);
+
+impl Settings {
+    pub fn get(&self, plugin: &str) -> PluginSettings {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).get(plugin).cloned().unwrap_or_default()
+    }
+
+    pub fn set(&self, plugin: &str, settings: PluginSettings) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).insert(plugin.to_string(), settings);
+    }
+}
+
+/// Config keys whose values the API never shows back: those the plugin's manifest declares
+/// secret (`secret_config`), and, for a plugin that declares none or forgets one, those
+/// whose names look secret.
+pub fn secret_key(plugin: &crate::plugins::LoadedPlugin, key: &str) -> bool {
+    if plugin.manifest.secret_config.iter().any(|k| k == key) {
+        return true;
+    }
+    let k = key.to_ascii_lowercase();
+    ["token", "secret", "password", "key", "credential", "private", "pass", "auth"].iter().any(|s| k.contains(s))
+}
+
+fn loaded(state: &Core, name: &str) -> Result<std::sync::Arc<LoadedPlugin>> {
+    state.registry.get(name).ok_or_else(|| Error::not_found(format!("no plugin `{name}` is loaded")))
+}
+
+/// What an admin set for plugin `name`, as shown back: secrets (declared in the plugin's
+/// manifest as `secret_config`, or named like token, secret, password, key, credential)
+/// as `***`, a client identity's certificates without its key.
+pub fn shown(state: &Core, name: &str) -> Result<PluginSettings> {
+    let plugin = loaded(state, name)?;
+    let mut s = state.settings.get(name).shown();
+    for (k, v) in s.config.iter_mut() {
+        if secret_key(&plugin, k) {
+            *v = "***".into();
+        }
+    }
+    Ok(s)
+}
+
+/// Replace what an admin sets for plugin `name` (live: the next call sees it), each part
+/// checked: granted hosts within the manifest's `outbound_hosts`, redirects only of
+/// granted hosts to base URLs, TLS material and OAuth settings that parse. What [`shown`]
+/// shows in place of a secret keeps the stored secret, so a read-modify-write changes
+/// only what it changes.
+pub async fn put(state: &Core, name: &str, mut settings: PluginSettings, actor: &str) -> Result<()> {
+    let plugin = loaded(state, name)?;
+    let stored = state.settings.get(name);
+    for (k, v) in settings.config.iter_mut() {
+        if v == "***"
+            && secret_key(&plugin, k)
+            && let Some(kept) = stored.config.get(k)
+        {
+            v.clone_from(kept);
+        }
+    }
+    if let (Some(given), Some(kept)) = (&settings.client_identity, &stored.client_identity)
+        && certificates(kept) == *given
+    {
+        settings.client_identity = Some(kept.clone());
+    }
+    if let (Some(given), Some(kept)) = (settings.oauth.as_mut(), &stored.oauth) {
+        given.keep_secrets(kept);
+    }
+    if let Some(oauth) = &settings.oauth {
+        oauth.check().map_err(|e| Error::invalid("invalid", e))?;
+    }
+    crate::egress::provider_client(&settings).map_err(|e| Error::invalid("invalid", e))?;
+    let declared = &plugin.manifest.outbound_hosts;
+    for h in &settings.granted_hosts {
+        if !crate::plugins::transport::grant_within(declared, h) {
+            return Err(Error::invalid(
+                "invalid",
+                format!(
+                    "`granted_hosts`: `{h}` is not within what plugin {name} declares (outbound_hosts: {declared:?})"
+                ),
+            ));
+        }
+    }
+    for (host, base) in &settings.redirects {
+        if !settings.granted_hosts.iter().any(|g| crate::plugins::transport::host_matches(g, host)) {
+            return Err(Error::invalid("invalid", format!("`redirects`: `{host}` is not a granted host")));
+        }
+        let ok = reqwest::Url::parse(base).is_ok_and(|u| {
+            matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.path() == "/" && u.query().is_none()
+        });
+        if !ok {
+            return Err(Error::invalid(
+                "invalid",
+                format!("`redirects`: `{base}` for `{host}` must be a base URL like https://gateway.example:8443"),
+            ));
+        }
+    }
+    state
+        .store
+        .put_plugin_settings(&crate::store::SettingsRow {
+            plugin: name.to_string(),
+            config: serde_json::to_string(&settings.config).unwrap_or_default(),
+            granted_hosts: serde_json::to_string(&settings.granted_hosts).unwrap_or_default(),
+            redirects: serde_json::to_string(&settings.redirects).unwrap_or_default(),
+            client_identity: settings.client_identity.clone(),
+            trusted_ca: settings.trusted_ca.clone(),
+            oauth: settings.oauth.as_ref().and_then(|o| serde_json::to_string(o).ok()),
+            updated_at: crate::store::now_ms(),
+        })
+        .await?;
+    // Settings first, then the plugin's config: a wake-up that minted a token under the
+    // old settings checks them again after putting it in (wakeup.rs).
+    let config = settings.config.clone();
+    state.settings.set(name, settings);
+    state.registry.runtime().set_config(name, config);
+    tracing::info!(plugin = %name, actor, "plugin settings changed");
+    Ok(())
+}
