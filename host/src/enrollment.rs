@@ -35,7 +35,9 @@ pub const CREDENTIAL_DAYS: i64 = 90;
 /// answer lost in transit).
 const OLD_CREDENTIAL_GRACE_SECS: i64 = 300;
 
-const DAY_MS: i64 = 86_400_000;
+/// A day, in the units credentials and tokens are counted in.
+pub const DAY_SECS: i64 = 86_400;
+const DAY_MS: i64 = DAY_SECS * 1000;
 
 /// A device id is at most this long (it is printed on devices and typed by admins).
 pub const MAX_DEVICE_ID: usize = 128;
@@ -168,7 +170,7 @@ pub async fn enroll(
     let (token, hash) = crate::auth::new_token("dev");
     let expires_at = crate::store::now_ms() + CREDENTIAL_DAYS * DAY_MS;
     core.store.insert_device_credential(device.id, &hash, expires_at).await?;
-    Ok(Issued { device, token, expires_in_secs: CREDENTIAL_DAYS * 86_400 })
+    Ok(Issued { device, token, expires_in_secs: CREDENTIAL_DAYS * DAY_SECS })
 }
 
 /// Issue a new credential to a device that holds a live one (`old_hash`); the old one is
@@ -186,7 +188,7 @@ pub async fn refresh(core: &Core, device: &DeviceRow, old_hash: &str) -> Result<
         )
         .await?;
     tracing::info!(device_type = %device.device_type, device_id = %device.device_id, "device credential refreshed");
-    Ok(Issued { device: device.clone(), token, expires_in_secs: CREDENTIAL_DAYS * 86_400 })
+    Ok(Issued { device: device.clone(), token, expires_in_secs: CREDENTIAL_DAYS * DAY_SECS })
 }
 
 /// Revoke every credential of a device (lost or stolen): it can no longer call in, and

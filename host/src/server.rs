@@ -87,7 +87,7 @@ impl Server {
         let state =
             AppState { core, max_agent_body: crate::http::MAX_AGENT_BODY, body_timeout: config.http.body_timeout };
         let housekeeping = Housekeeping {
-            retention: Duration::from_secs(u64::from(config.retention_days) * 86_400),
+            retention: Duration::from_secs(u64::from(config.retention_days) * crate::enrollment::DAY_SECS as u64),
             unreachable_after: Duration::from_secs(u64::from(config.unreachable_after_hours) * 3600),
         };
         Ok(Server { state, listener, housekeeping, mqtt, coap, http: config.http })

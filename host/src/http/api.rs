@@ -103,6 +103,10 @@ pub(super) enum Errors {
     NotFound(ErrorBody),
 }
 
+/// Items per page unless asked otherwise, and at most.
+pub(super) const DEFAULT_PAGE: i64 = 100;
+pub(super) const MAX_PAGE: i64 = 1000;
+
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -115,7 +119,7 @@ pub(super) struct Page {
 
 impl Page {
     pub fn bounds(&self) -> (i64, i64) {
-        (self.after.unwrap_or(0), self.limit.unwrap_or(100).clamp(1, 1000))
+        (self.after.unwrap_or(0), self.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE))
     }
 }
 

@@ -1,7 +1,7 @@
 //! `/api/v1/devices`: list, read, tag, revoke, remove and restore devices, and read their
 //! telemetry.
 
-use super::api::{Errors, Page, next_after};
+use super::api::{DEFAULT_PAGE, Errors, MAX_PAGE, Page, next_after};
 use super::{Administrator, ApiError, ApiJson, AppState, Operator, Viewer};
 use super::{Path, Query};
 use crate::store::{DeviceRow, GroupRow, TelemetryRow};
@@ -185,7 +185,7 @@ pub(super) async fn device_telemetry(
     Query(q): Query<TelemetryFilter>,
 ) -> Result<Json<TelemetryPage>, ApiError> {
     let d = device_or_404(&state, &t, &id).await?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     let rows = state.store.telemetry(d.id, q.name.as_deref(), q.before, limit).await?;
     let next_before = next_after(&rows, limit, |r| r.id);
     Ok(Json(TelemetryPage { items: rows.into_iter().map(Telemetry::from).collect(), next_before }))
@@ -221,7 +221,9 @@ pub(super) async fn remove_device(
 /// whoever enrolls it.)
 #[utoipa::path(post, path = "/api/v1/devices/{device_type}/{device_id}/restore", tag = "devices",
     params(("device_type" = String, Path), ("device_id" = String, Path)),
-    responses((status = 200, body = Device), Errors))]
+    responses((status = 200, body = Device),
+              (status = 409, description = "The device is not removed: there is nothing to restore", body = super::ErrorBody),
+              Errors))]
 pub(super) async fn restore_device(
     State(state): State<AppState>,
     _: Administrator,
@@ -259,12 +261,8 @@ pub(super) async fn revoke_credentials(
 #[serde(deny_unknown_fields)]
 pub(super) struct Tags {
     /// 1-64 letters, digits and `- _ . : =` each.
+    #[schema(schema_with = crate::store::tag_list_schema)]
     tags: Vec<String>,
-}
-
-pub(super) fn tag_problem(tag: &str) -> Option<String> {
-    (tag.is_empty() || tag.len() > 64 || !tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:=".contains(&b)))
-        .then(|| format!("tag `{tag}`: use 1-64 letters, digits and - _ . : ="))
 }
 
 /// Replace a device's tags.
@@ -277,7 +275,7 @@ pub(super) async fn set_tags(
     Path((t, id)): Path<(String, String)>,
     ApiJson(body): ApiJson<Tags>,
 ) -> Result<Json<Device>, ApiError> {
-    if let Some(p) = body.tags.iter().find_map(|t| tag_problem(t)) {
+    if let Some(p) = body.tags.iter().find_map(|t| crate::store::tag_problem(t)) {
         return Err(ApiError::bad_request("invalid", p));
     }
     let d = device_or_404(&state, &t, &id).await?;

@@ -4,12 +4,19 @@
 use super::Query;
 use super::api::Errors;
 use super::{Administrator, ApiError, ApiJson, AppState};
+use crate::enrollment::DAY_SECS;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+
+/// How long an enrollment token stays valid unless asked otherwise, and at most.
+const DEFAULT_TOKEN_TTL_SECS: i64 = 7 * DAY_SECS;
+const MAX_TOKEN_TTL_SECS: i64 = 365 * DAY_SECS;
+/// How many devices one enrollment token may enroll at most.
+const MAX_TOKEN_USES: i64 = 100_000;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -18,8 +25,10 @@ pub(super) struct NewEnrollmentToken {
     /// Claim only the devices of this import (`batch` in the import's answer).
     import_batch: Option<String>,
     /// How many devices may enroll with it, 1 to 100000 (default 1).
+    #[schema(minimum = 1, maximum = 100000)]
     uses: Option<i64>,
     /// Seconds it stays valid (default 7 days, at most a year).
+    #[schema(minimum = 1, maximum = 31536000)]
     ttl_secs: Option<i64>,
 }
 
@@ -50,8 +59,8 @@ pub(super) async fn create_enrollment_token(
         ));
     }
     let uses = t.uses.unwrap_or(1);
-    let ttl = t.ttl_secs.unwrap_or(7 * 86_400);
-    if !(1..=100_000).contains(&uses) || !(1..=365 * 86_400).contains(&ttl) {
+    let ttl = t.ttl_secs.unwrap_or(DEFAULT_TOKEN_TTL_SECS);
+    if !(1..=MAX_TOKEN_USES).contains(&uses) || !(1..=MAX_TOKEN_TTL_SECS).contains(&ttl) {
         return Err(ApiError::bad_request("invalid", "`uses` must be 1 to 100000 and `ttl_secs` 1 to 31536000"));
     }
     let (token, hash) = crate::auth::new_token("enroll");

@@ -2,7 +2,7 @@
 
 use super::Path;
 use super::api::{DeviceRef, Errors};
-use super::devices::{group_or_404, tag_problem};
+use super::devices::group_or_404;
 use super::{ApiError, ApiJson, AppState, ErrorBody, Operator, Viewer};
 use crate::store::{DeviceQuery, GroupRow};
 use axum::Json;
@@ -53,7 +53,8 @@ pub(super) async fn list_groups(State(state): State<AppState>, _: Viewer) -> Res
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewGroup {
-    /// 1 to 128 characters, unique.
+    /// 1 to 128 characters, not only spaces; unique.
+    #[schema(min_length = 1, max_length = 128, pattern = r"\S")]
     name: String,
     #[serde(default)]
     description: String,
@@ -76,7 +77,7 @@ pub(super) async fn create_group(
         if let Some(p) = q.problem() {
             return Err(ApiError::bad_request("invalid", format!("`query`: {p}")));
         }
-        if let Some(p) = q.tags.iter().find_map(|t| tag_problem(t)) {
+        if let Some(p) = q.tags.iter().find_map(|t| crate::store::tag_problem(t)) {
             return Err(ApiError::bad_request("invalid", format!("`query`: {p}")));
         }
     }

@@ -40,8 +40,10 @@ pub(super) struct AddOperation {
     kind: Option<String>,
     targets: Targets,
     /// Seconds until the operation expires if not finished.
+    #[schema(minimum = 1)]
     ttl_secs: Option<i64>,
     /// Re-deliveries after a failed attempt, 0 to 100 (default 0).
+    #[schema(minimum = 0, maximum = 100)]
     retries: Option<i64>,
 }
 

@@ -48,6 +48,17 @@ pub(super) async fn list_plugins(State(state): State<AppState>, _: Viewer) -> Re
 }
 
 #[derive(Serialize, ToSchema)]
+pub(super) struct UploadForm {
+    /// The component: a `.wasm` file built for wasm32-wasip2.
+    #[schema(value_type = String, format = Binary)]
+    component: Vec<u8>,
+    /// Its Ed25519 signature (`drover plugin sign`, or 64 raw bytes), unless the server
+    /// takes unsigned uploads.
+    #[schema(value_type = Option<String>, format = Binary)]
+    signature: Option<Vec<u8>>,
+}
+
+#[derive(Serialize, ToSchema)]
 pub(super) struct Uploaded {
     /// The plugin as it now serves.
     #[schema(value_type = Object)]
@@ -66,7 +77,7 @@ pub(super) struct Uploaded {
 /// registered for the manifest's publisher, compiled, smoke-tested, stored, then
 /// published atomically: calls in flight finish on the version they started on.
 #[utoipa::path(post, path = "/api/v1/plugins", tag = "plugins",
-    request_body(content_type = "multipart/form-data", description = "`component` (the .wasm file) and `signature`"),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses((status = 201, body = Uploaded), (status = 200, description = "Already serving", body = Uploaded),
         (status = 409, description = "That name and version exist with other content, or the name has another kind", body = super::ErrorBody),
         (status = 422, description = "The component does not load (imports, world, smoke test)", body = super::ErrorBody),
@@ -74,8 +85,10 @@ pub(super) struct Uploaded {
 pub(super) async fn upload_plugin(
     State(state): State<AppState>,
     Administrator(admin): Administrator,
-    mut form: Multipart,
+    form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<(StatusCode, Json<Uploaded>), ApiError> {
+    // axum's own rejection is text/plain; the API answers its JSON error.
+    let mut form = form.map_err(|e| ApiError::bad_request("malformed_upload", e.body_text()))?;
     let started = std::time::Instant::now();
     let (mut component, mut signature) = (None, None);
     while let Some(field) =
@@ -147,9 +160,24 @@ pub(super) async fn get_plugin(
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Reason {
-    /// Why, for the history.
+    /// Why, for the history (at most 1000 characters).
     #[serde(default)]
+    #[schema(max_length = 1000)]
     reason: Option<String>,
+}
+
+/// A capability a plugin may be granted (docs/plugin-runtime.md).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)] // only its schema is used: grants are parsed by `parse_grants`
+pub(super) enum CapabilityName {
+    Log,
+    Config,
+    Kv,
+    Clock,
+    Random,
+    Filesystem,
+    Network,
 }
 
 /// The optional `{"reason": …}` body of rollback and suspend.
@@ -157,12 +185,14 @@ fn reason(body: &[u8]) -> Result<Option<String>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let r: Reason = serde_json::from_slice(body)
+    // `null` is no reason, as an empty body is (the document says the body is optional).
+    let r: Option<Reason> = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("malformed_json", format!("request body: {e}")))?;
-    if r.reason.as_ref().is_some_and(|t| t.len() > 1000) {
+    let reason = r.and_then(|r| r.reason);
+    if reason.as_ref().is_some_and(|t| t.chars().count() > 1000) {
         return Err(ApiError::bad_request("invalid", "`reason`: at most 1000 characters"));
     }
-    Ok(r.reason)
+    Ok(reason)
 }
 
 /// Return to the version that served before the current one, at once (it stays loaded
@@ -214,6 +244,7 @@ pub(super) async fn enable_plugin(
 #[serde(deny_unknown_fields)]
 pub(super) struct GrantList {
     /// Capabilities granted: log, config, kv, clock, random, filesystem, network.
+    #[schema(value_type = Vec<CapabilityName>)]
     capabilities: Vec<String>,
     /// Whether an admin set these (`false`: defaults, first-party plugins only).
     #[serde(default)]
@@ -265,7 +296,9 @@ pub(super) struct KeyList {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewKey {
-    /// The publisher name plugins signed by this key must carry in their manifest.
+    /// The publisher name plugins signed by this key must carry in their manifest: 1 to
+    /// 128 characters, without spaces at either end.
+    #[schema(min_length = 1, max_length = 128, pattern = r"^\S(.*\S)?$")]
     publisher: String,
     /// Ed25519 public key: SubjectPublicKeyInfo PEM (`drover plugin keygen`, `openssl pkey -pubout`)
     /// or the 32 raw bytes in base64.

@@ -12,7 +12,9 @@ use utoipa::ToSchema;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewAdminToken {
-    /// Who or what uses it (recorded as the actor of what it does).
+    /// Who or what uses it (recorded as the actor of what it does): 1 to 64 characters,
+    /// not only spaces.
+    #[schema(min_length = 1, max_length = 64, pattern = r"\S")]
     name: String,
     role: Role,
 }

@@ -437,7 +437,7 @@ impl Delivery {
     }
 
     async fn resend_in_progress(&self, device: &DeviceRow) -> Result<(), String> {
-        let ops = self.state.store.in_progress(device.id, 100).await.map_err(|e| e.to_string())?;
+        let ops = self.state.store.in_progress(device.id, MAX_BATCH).await.map_err(|e| e.to_string())?;
         if ops.is_empty() {
             return Ok(());
         }

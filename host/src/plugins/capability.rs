@@ -61,7 +61,7 @@ pub enum ImportNeed {
 pub fn classify_import(name: &str) -> ImportNeed {
     let (path, version) = name.split_once('@').unwrap_or((name, ""));
     if let Some(iface) = path.strip_prefix("drover:plugin/") {
-        if !super::manifest::contract_compatible(version) {
+        if !super::contract::contract_compatible(version) {
             return ImportNeed::OtherContract(version.to_string());
         }
         return match iface {
@@ -107,7 +107,7 @@ pub enum GrantError {
     NotGranted { import: String, capability: Capability },
     #[error(
         "imports `{import}` from contract drover:plugin@{version}; this host speaks drover:plugin@{}",
-        super::manifest::CONTRACT
+        super::contract::CONTRACT
     )]
     OtherContract { import: String, version: String },
     #[error("imports `{import}`, which Drover does not provide to plugins")]

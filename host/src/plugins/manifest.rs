@@ -13,8 +13,7 @@ use wasmparser::{Parser, Payload};
 /// Name of the custom section holding the manifest (the SDK writes the same name).
 pub const SECTION: &str = "drover-manifest";
 
-/// The contract version this host implements; plugins must declare a compatible one.
-pub const CONTRACT: &str = "0.1.0";
+pub use super::contract::{CONTRACT, contract_compatible};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -170,16 +169,6 @@ impl Manifest {
         }
         Ok(())
     }
-}
-
-/// Whether a plugin's contract version can run on this host: the same 0.minor (semver
-/// for 0.x), any patch. Accepts `0.1` and `0.1.3`.
-pub fn contract_compatible(version: &str) -> bool {
-    let full = if version.matches('.').count() == 1 { format!("{version}.0") } else { version.to_string() };
-    let (Ok(v), Ok(host)) = (semver::Version::parse(&full), semver::Version::parse(CONTRACT)) else {
-        return false;
-    };
-    v.major == host.major && (host.major > 0 || v.minor == host.minor)
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@ pub mod bindings;
 pub mod cache;
 pub mod capability;
 pub mod catalog;
+pub mod context;
+pub mod contract;
 pub mod device_type;
 pub mod fixtures;
 mod host_imports;

@@ -18,7 +18,8 @@
 use super::bindings::{device_type, policy_rule, transport};
 use super::cache::{ArtifactCache, CacheOutcome, sha256_hex};
 use super::capability::{Grants, check_imports, component_imports};
-use super::host_imports::{KvStore, PluginContext};
+pub use super::context::PluginConfig;
+use super::context::{KvStore, PluginContext};
 use super::manifest::{Kind, Manifest};
 use super::sources::{HoldPolicy, Holds, Source};
 use std::collections::BTreeMap;
@@ -432,9 +433,6 @@ pub struct Runtime {
     /// Sources held for the faults their input caused, across every plugin.
     holds: Arc<Holds>,
 }
-
-/// A plugin's config values.
-pub type PluginConfig = std::sync::RwLock<BTreeMap<String, String>>;
 
 impl Runtime {
     /// A runtime with `limits`, caching compiled artifacts in `cache_dir` when given.

@@ -14,8 +14,8 @@
 //! the pool.
 
 use super::direct::Writer;
-use super::{ResultOutcome, Store, StoreError, now_ms};
-use crate::ops::Event;
+use super::writes::{Write, Written};
+use super::{Store, StoreError, now_ms};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most writes in one transaction (a transaction should stay short: readers on
@@ -36,22 +36,6 @@ const LINGER: std::time::Duration = std::time::Duration::from_micros(300);
 const LINGER_BELOW: usize = 16;
 /// See [`LINGER`].
 const BUSY_WITHIN: std::time::Duration = std::time::Duration::from_millis(2);
-
-/// A write that may share a transaction with other devices' writes.
-#[derive(Debug, Clone)]
-pub(crate) enum Write {
-    /// Operations handed to a device: IN_PROGRESS, attempt counted.
-    Deliver { device: i64, ids: Vec<i64>, actor: String },
-    /// Events on a device's operations (results it reported, a plugin's refusal).
-    Events { device: i64, events: Vec<(i64, Event, Option<String>)>, actor: String },
-}
-
-/// What a [`Write`] did.
-#[derive(Debug)]
-pub(crate) enum Written {
-    Delivered,
-    Events(Vec<ResultOutcome>),
-}
 
 type Job = (Write, oneshot::Sender<Result<Written, StoreError>>);
 

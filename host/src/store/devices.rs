@@ -113,9 +113,33 @@ pub struct DeviceQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ownership: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(schema_with = tag_list_schema)]
     pub tags: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+}
+
+/// What a device tag may be: 1-64 letters, digits and `- _ . : =` ([`tag_problem`]).
+pub const TAG_PATTERN: &str = "^[A-Za-z0-9_.:=-]{1,64}$";
+
+/// Why `tag` is not a tag, if it is not.
+pub fn tag_problem(tag: &str) -> Option<String> {
+    (tag.is_empty() || tag.len() > 64 || !tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:=".contains(&b)))
+        .then(|| format!("tag `{tag}`: use 1-64 letters, digits and - _ . : ="))
+}
+
+/// The OpenAPI schema of a list of tags: each matches [`TAG_PATTERN`].
+pub fn tag_list_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(TAG_PATTERN))
+                .min_length(Some(1))
+                .max_length(Some(64)),
+        )
+        .build()
 }
 
 impl DeviceQuery {

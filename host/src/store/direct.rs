@@ -27,7 +27,7 @@
 //! is the SQLite twin of statements in `operations.rs`, `devices.rs` and `tokens.rs`;
 //! the same test suite runs against both backends, so the twins are held to one behaviour.
 
-use super::commit::{Write, Written};
+use super::writes::{Write, Written};
 use super::{DeviceKey, DeviceRow, QueuedOperation, ResultOutcome, StoreError};
 use crate::ops::{self, Attempts, State};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};

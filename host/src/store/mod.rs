@@ -14,9 +14,10 @@ mod operations;
 mod telemetry;
 mod tokens;
 mod wakeups;
+mod writes;
 
 pub use catalog::{ComponentRow, NewPluginEvent, PluginEventRow, PublisherKeyRow};
-pub use devices::{Claim, DeviceQuery, DeviceRow, GroupRow, NewDevice};
+pub use devices::{Claim, DeviceQuery, DeviceRow, GroupRow, NewDevice, TAG_PATTERN, tag_list_schema, tag_problem};
 pub use operations::{
     ActivityRow, DeviceKey, MAX_EXPLICIT_DEVICES, NewActivity, OperationRow, QueuedOperation, ResultOutcome, TargetSet,
     TransitionRow,

@@ -1,8 +1,8 @@
 //! Activities, operations and their transitions. Every state change goes through
 //! [`crate::ops::next`] and is recorded in `transitions` in the same transaction.
 
-use super::commit::{Write, Written};
 use super::devices::{DeviceQuery, DeviceRow};
+use super::writes::{Write, Written};
 use super::{
     Backend, Filters, Param, Store, StoreError, WriteTx, bind_filters, list_placeholders, now_ms, trusted, with_pool,
     with_write_pool,
