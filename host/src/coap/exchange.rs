@@ -1,0 +1,257 @@
+//! Server-initiated exchanges: operations encoded as CoAP requests (`delivery::
+//! encode_queued`), their retransmission, and the responses and notifications decoded for
+//! the operation their token was made for (`delivery::receive`).
+
+use super::*;
+
+/// RFC 7252 transmission parameters.
+pub(super) const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub(super) const MAX_RETRANSMIT: u32 = 4;
+
+/// A request Drover sent, awaiting its response (or, for an Observe, its notifications).
+#[derive(Debug, Clone)]
+pub(super) struct Exchange {
+    pub(super) device: i64,
+    pub(super) request: CoapRequest,
+    pub(super) addr: SocketAddr,
+    pub(super) message_id: u16,
+    pub(super) bytes: Vec<u8>,
+    /// An ACK (empty or piggybacked) arrived: no more retransmissions.
+    pub(super) acked: bool,
+    pub(super) tries: u32,
+    pub(super) next_at: Instant,
+    pub(super) timeout: Duration,
+}
+
+impl Coap {
+    /// An activity was stored: send it to its registered devices that listen now.
+    pub(super) fn activity_added(&self, state: &Core, activity: i64) {
+        // Most servers have no LwM2M device registered: then there is nobody to ask about.
+        if self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            return;
+        }
+        let (coap, state) = (self.clone(), state.clone());
+        tokio::spawn(async move {
+            let Ok(devices) = state.store.activity_queued_devices(activity).await else { return };
+            for (device, ..) in devices {
+                let listening = {
+                    let by_device = coap.inner.by_device.lock().unwrap_or_else(|p| p.into_inner());
+                    let regs = coap.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
+                    by_device.get(&device).and_then(|id| regs.get(id)).is_some_and(|r| !r.queue_mode())
+                };
+                if listening {
+                    coap.deliver(&state, device).await;
+                }
+            }
+        });
+    }
+
+    /// Send the device's queue as CoAP requests.
+    pub(super) async fn deliver(&self, state: &Core, device: i64) {
+        let Ok(Some(row)) = state.store.device_by_key(device).await else { return };
+        let Ok(plugin) = state.device_type(&row.device_type) else { return };
+        let addr = {
+            let by_device = self.inner.by_device.lock().unwrap_or_else(|p| p.into_inner());
+            let regs = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
+            by_device.get(&device).and_then(|id| regs.get(id)).map(|r| r.addr)
+        };
+        let Some(addr) = addr else { return };
+        let queue = Queue { skip_empty: true, skip_not_now: false };
+        match encode_queued(state, &plugin, &row, ChannelKind::Coap, "delivery:coap", queue, None).await {
+            Ok(Some(Outbound::Coap(requests))) => {
+                for r in requests {
+                    self.request(device, r, addr).await;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(device_id = %row.device_id, "CoAP delivery failed: {}", e.message),
+        }
+    }
+
+    /// Send one request for an operation (confirmable, a fresh token), remembered until
+    /// answered.
+    pub(super) async fn request(&self, device: i64, r: CoapRequest, addr: SocketAddr) {
+        // Unguessable (RFC 7252 §5.3.1, RFC 9175): a response is matched by its token.
+        let token = random::<8>().to_vec();
+        let message_id = self.inner.next_message_id.fetch_add(1, Ordering::Relaxed);
+        let mut p = Packet::new();
+        p.header.set_version(1);
+        p.header.set_type(MessageType::Confirmable);
+        p.header.message_id = message_id;
+        p.header.code = MessageClass::Request(method(r.method));
+        p.set_token(token.clone());
+        if let Some(o) = r.observe {
+            p.add_option(CoapOption::Observe, if o { vec![] } else { vec![1] });
+        }
+        for segment in r.path.split('/').filter(|s| !s.is_empty()) {
+            p.add_option(CoapOption::UriPath, segment.as_bytes().to_vec());
+        }
+        if let Some(cf) = r.content_format {
+            p.add_option(CoapOption::ContentFormat, uint_bytes(u32::from(cf)));
+        }
+        if let Some(a) = r.accept {
+            p.add_option(CoapOption::Accept, uint_bytes(u32::from(a)));
+        }
+        p.payload = r.payload.clone();
+        let bytes = match p.to_bytes() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(operation = r.operation_id, "CoAP request not encodable: {e:?}");
+                return;
+            }
+        };
+        match r.observe {
+            Some(true) => {
+                let mut observing = self.inner.observing.lock().unwrap_or_else(|p| p.into_inner());
+                let list = observing.entry(device).or_default();
+                list.retain(|o| !(o.operation_id == r.operation_id && o.path == r.path));
+                list.push(r.clone());
+            }
+            Some(false) => {
+                // Cancelling: forget the observation of that path, here and for re-registration.
+                if let Some(list) = self.inner.observing.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&device) {
+                    list.retain(|o| o.path != r.path);
+                }
+                self.inner.exchanges.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, x| {
+                    !(x.device == device && x.request.observe == Some(true) && x.request.path == r.path)
+                });
+            }
+            None => {}
+        }
+        self.inner.exchanges.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            token,
+            Exchange {
+                device,
+                request: r,
+                addr,
+                message_id,
+                bytes: bytes.clone(),
+                acked: false,
+                tries: 0,
+                next_at: Instant::now() + ACK_TIMEOUT,
+                timeout: ACK_TIMEOUT,
+            },
+        );
+        if let Err(e) = self.inner.socket.send_to(&bytes, addr).await {
+            tracing::warn!(%addr, "CoAP send failed: {e}");
+        }
+    }
+
+    /// A response (piggybacked, separate, or an Observe notification).
+    pub(super) async fn response(&self, state: &Core, packet: Packet, from: SocketAddr) {
+        let token = packet.get_token().to_vec();
+        let is_notification = packet.get_first_option(CoapOption::Observe).is_some();
+        let exchange = {
+            let mut exchanges = self.inner.exchanges.lock().unwrap_or_else(|p| p.into_inner());
+            match exchanges.get_mut(&token) {
+                // Only the address the request went to may answer it: a token is not a
+                // credential, and another host that learned one must not answer for the device.
+                Some(x) if x.addr != from => None,
+                Some(x) if x.request.observe == Some(true) && is_notification => {
+                    x.acked = true;
+                    Some(x.clone())
+                }
+                Some(_) => exchanges.remove(&token),
+                None => None,
+            }
+        };
+        // A separate response or notification that is confirmable wants an empty ACK.
+        if packet.header.get_type() == MessageType::Confirmable {
+            let kind = if exchange.is_some() { MessageType::Acknowledgement } else { MessageType::Reset };
+            self.send(&empty(kind, packet.header.message_id), from).await;
+        }
+        let Some(x) = exchange else {
+            tracing::debug!(%from, "CoAP response with an unknown token: ignored");
+            return;
+        };
+        let Ok(Some(device)) = state.store.device_by_key(x.device).await else { return };
+        let Ok(plugin) = state.device_type(&device.device_type) else { return };
+        let channel = Channel::Coap(CoapMessage {
+            method: None,
+            code: code_number(packet.header.code),
+            path: x.request.path.clone(),
+            query: vec![],
+            content_format: uint_option(&packet, CoapOption::ContentFormat).map(|v| v as u16),
+            operation_id: Some(x.request.operation_id),
+        });
+        match receive(state, &plugin, &device, channel, &packet.payload).await {
+            Ok(message) => {
+                if let Reply::Immediate(Outbound::Coap(requests)) = message.reply {
+                    for r in requests {
+                        self.request(device.id, r, from).await;
+                    }
+                }
+            }
+            // A payload the plugin refuses changes nothing; the operation waits as it was.
+            Err(e) => tracing::warn!(
+                device_id = %device.device_id, operation = x.request.operation_id,
+                "CoAP response refused: {}", e.message
+            ),
+        }
+    }
+
+    /// Retransmit unacknowledged requests; give up after MAX_RETRANSMIT and put the
+    /// operation back in the queue. Drop registrations past their lifetime.
+    pub(super) async fn retransmit(self, state: Core) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut sweeps: u32 = 0;
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            let mut resend = Vec::new();
+            let mut given_up = Vec::new();
+            {
+                let mut exchanges = self.inner.exchanges.lock().unwrap_or_else(|p| p.into_inner());
+                exchanges.retain(|_, x| {
+                    if x.acked || x.next_at > now {
+                        return true;
+                    }
+                    if x.tries >= MAX_RETRANSMIT {
+                        given_up.push((x.device, x.request.operation_id));
+                        return false;
+                    }
+                    x.tries += 1;
+                    x.timeout *= 2;
+                    x.next_at = now + x.timeout;
+                    resend.push((x.bytes.clone(), x.addr));
+                    true
+                });
+            }
+            for (bytes, addr) in resend {
+                let _ = self.inner.socket.send_to(&bytes, addr).await;
+            }
+            for (device, operation) in given_up {
+                tracing::warn!(operation, "CoAP request never answered: the operation goes back to the queue");
+                let note = serde_json::json!({"note": "the device did not answer the CoAP request"}).to_string();
+                let _ = state
+                    .store
+                    .apply_results(device, &[(operation as i64, crate::ops::Reported::NotNow, Some(note))])
+                    .await;
+            }
+            // One lock at a time (elsewhere `by_device` is taken before `registrations`).
+            let expired: Vec<(String, Registration)> = {
+                let mut regs = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
+                let ids: Vec<String> = regs
+                    .iter()
+                    .filter(|(_, r)| now.duration_since(r.updated) > r.lifetime)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                ids.into_iter().filter_map(|id| regs.remove(&id).map(|r| (id, r))).collect()
+            };
+            for (id, r) in expired {
+                self.forget(r.device, &id);
+                tracing::info!(device_id = %r.device_id, "LwM2M registration expired");
+            }
+            // Every 10 s is often enough to forget old message ids.
+            sweeps += 1;
+            if sweeps.is_multiple_of(40) {
+                self.inner
+                    .seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|_, s| now.duration_since(s.at) < s.lifetime);
+            }
+        }
+    }
+}
