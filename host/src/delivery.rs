@@ -235,7 +235,7 @@ fn device_actor(device: &DeviceRow) -> String {
 /// Tell that a device was seen (its `last_seen_at` was written), and that it is active
 /// again if it had been marked unreachable.
 pub fn seen(state: &Core, device: &DeviceRow) {
-    state.events.publish_with(|| Event::DeviceSeen { device: device.id });
+    state.events.publish_frequent(|| Event::DeviceSeen { device: device.id });
     if device.status == "unreachable" {
         state.events.publish(Event::DeviceStatusChanged {
             device: device.id,
@@ -268,7 +268,7 @@ async fn record_results(
             }
             crate::store::ResultOutcome::Applied { operation, from, to } => {
                 queue_changed |= queued(from) || queued(to);
-                state.events.publish_with(|| Event::OperationChanged {
+                state.events.publish_frequent(|| Event::OperationChanged {
                     operation,
                     device: device.id,
                     from: Some(from),
@@ -333,7 +333,7 @@ pub async fn encode_queued(
                 state.store.mark_delivered(device.id, &delivered, actor).await?;
                 state.stats.sent(kind, delivered.len());
                 for &operation in &delivered {
-                    state.events.publish_with(|| Event::OperationChanged {
+                    state.events.publish_frequent(|| Event::OperationChanged {
                         operation,
                         device: device.id,
                         from: None,
@@ -352,7 +352,7 @@ pub async fn encode_queued(
                 let response = json!({"error": e.message}).to_string();
                 tracing::warn!(operation = poison, "plugin cannot encode operation: ending it in ERROR: {}", e.message);
                 state.store.fail(device.id, poison, response, actor).await?;
-                state.events.publish_with(|| Event::OperationChanged {
+                state.events.publish_frequent(|| Event::OperationChanged {
                     operation: poison,
                     device: device.id,
                     from: None,

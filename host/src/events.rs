@@ -54,6 +54,11 @@ pub enum Event {
 }
 
 impl Event {
+    /// Whether this event comes per operation or per device message (its own channel).
+    pub fn is_frequent(&self) -> bool {
+        matches!(self, Event::OperationChanged { .. } | Event::DeviceSeen { .. })
+    }
+
     /// `(device type, device id)` of the device the event names, for those that name one.
     pub fn device(&self) -> Option<(&str, &str)> {
         match self {
@@ -66,33 +71,50 @@ impl Event {
     }
 }
 
-/// The bus: cheap to clone, one per server.
+/// The bus: cheap to clone, one per server. Two channels: the events of things that
+/// happen now and then (activities, enrollments, removals, plugin changes), which the
+/// fronts follow, and the frequent ones (`OperationChanged` per delivered or reported
+/// operation, `DeviceSeen`), which only a listener that needs them subscribes to. A front
+/// that wakes for every operation it ignores costs the push path a tenth of its
+/// throughput (docs/BENCHMARKS.md, issue 22); a frequent event nobody listens to is never
+/// even built.
 #[derive(Clone)]
-pub struct Events(broadcast::Sender<Event>);
+pub struct Events {
+    main: broadcast::Sender<Event>,
+    frequent: broadcast::Sender<Event>,
+}
 
 impl Default for Events {
     fn default() -> Self {
-        Events(broadcast::channel(CAPACITY).0)
+        Events { main: broadcast::channel(CAPACITY).0, frequent: broadcast::channel(CAPACITY).0 }
     }
 }
 
 impl Events {
+    /// Tell `event` to the listeners of its channel.
     pub fn publish(&self, event: Event) {
         tracing::debug!(?event, "event");
+        let channel = if event.is_frequent() { &self.frequent } else { &self.main };
         // No listener is not an error: a server without a broker has nobody to tell.
-        let _ = self.0.send(event);
+        let _ = channel.send(event);
     }
 
-    /// Publish what `event` builds, if anyone listens (the hot path builds nothing for
-    /// nobody).
-    pub fn publish_with(&self, event: impl FnOnce() -> Event) {
-        if self.0.receiver_count() > 0 {
+    /// Publish the frequent event `event` builds, if anyone listens to frequent events
+    /// (the hot path builds nothing for nobody).
+    pub fn publish_frequent(&self, event: impl FnOnce() -> Event) {
+        if self.frequent.receiver_count() > 0 {
             self.publish(event());
         }
     }
 
+    /// The events that happen now and then (all but the frequent ones).
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.0.subscribe()
+        self.main.subscribe()
+    }
+
+    /// The frequent events: `OperationChanged`, `DeviceSeen`.
+    pub fn subscribe_frequent(&self) -> broadcast::Receiver<Event> {
+        self.frequent.subscribe()
     }
 }
 

@@ -264,7 +264,7 @@ impl Coap {
             .touch_device(device, &[], None)
             .await
             .map_err(|e| (ResponseType::InternalServerError, e.to_string()))?;
-        state.events.publish_with(|| crate::events::Event::DeviceSeen { device });
+        state.events.publish_frequent(|| crate::events::Event::DeviceSeen { device });
         Ok(device)
     }
 }
