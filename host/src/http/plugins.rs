@@ -166,20 +166,6 @@ pub(super) struct Reason {
     reason: Option<String>,
 }
 
-/// A capability a plugin may be granted (docs/plugin-runtime.md).
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-#[allow(dead_code)] // only its schema is used: grants are parsed by `parse_grants`
-pub(super) enum CapabilityName {
-    Log,
-    Config,
-    Kv,
-    Clock,
-    Random,
-    Filesystem,
-    Network,
-}
-
 /// The optional `{"reason": …}` body of rollback and suspend.
 fn reason(body: &[u8]) -> Result<Option<String>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -244,7 +230,7 @@ pub(super) async fn enable_plugin(
 #[serde(deny_unknown_fields)]
 pub(super) struct GrantList {
     /// Capabilities granted: log, config, kv, clock, random, filesystem, network.
-    #[schema(value_type = Vec<CapabilityName>)]
+    #[schema(value_type = Vec<crate::plugins::Capability>)]
     capabilities: Vec<String>,
     /// Whether an admin set these (`false`: defaults, first-party plugins only).
     #[serde(default)]
