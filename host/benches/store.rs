@@ -39,7 +39,7 @@ macro_rules! bench_backend {
                 device_id: format!("35{i:013}"),
                 name: format!("device {i}"),
                 owner: None,
-                ownership: "COPE".into(),
+                ownership: drover::device::Ownership::Cope,
                 metadata: Default::default(),
                 push_token: None,
             })
@@ -59,12 +59,12 @@ macro_rules! bench_backend {
         let mut fan_profile = Vec::new();
         let mut fan_command = Vec::new();
         for i in 0..5 {
-            let profile = NewActivity { code: "CAMERA".into(), kind: "profile".into(), payload: Some(format!("{{\"enabled\":{}}}", i % 2 == 0)), created_by: "bench".into(), expires_at: None, max_attempts: 1 };
+            let profile = NewActivity { code: "CAMERA".into(), kind: drover::ops::Kind::Profile, payload: Some(format!("{{\"enabled\":{}}}", i % 2 == 0)), created_by: "bench".into(), expires_at: None, max_attempts: 1 };
             let t = Instant::now();
             let (_, n) = store.add_activity(&profile, &targets).await.unwrap();
             fan_profile.push(t.elapsed());
             assert_eq!(n as usize, DEVICES);
-            let command = NewActivity { code: "DEVICE_RING".into(), kind: "command".into(), payload: None, created_by: "bench".into(), expires_at: None, max_attempts: 1 };
+            let command = NewActivity { code: "DEVICE_RING".into(), kind: drover::ops::Kind::Command, payload: None, created_by: "bench".into(), expires_at: None, max_attempts: 1 };
             let t = Instant::now();
             store.add_activity(&command, &targets).await.unwrap();
             fan_command.push(t.elapsed());

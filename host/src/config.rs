@@ -145,6 +145,37 @@ pub enum ConfigError {
     Database(String),
 }
 
+impl Config {
+    /// A server for this machine alone: every listener on loopback at a port the OS
+    /// picks, SQLite in `data_dir`, every other setting at its default and no admin
+    /// token. For tests and for embedding the core (`core::Core::open`); change fields
+    /// as needed.
+    pub fn local(data_dir: &Path) -> Config {
+        let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+        Config {
+            data_dir: data_dir.to_path_buf(),
+            http_addr: loopback,
+            mqtt_addr: loopback,
+            coap_addr: loopback,
+            coap_allow_address_change: false,
+            database_url: format!("sqlite://{}?mode=rwc", data_dir.join("drover.db").display()),
+            broker: None,
+            log_format: LogFormat::default(),
+            open_enrollment: true,
+            retention_days: 30,
+            unreachable_after_hours: 24,
+            fault_policy: Default::default(),
+            hold_policy: Default::default(),
+            http: Default::default(),
+            mqtt_max_connections: DEFAULT_MQTT_MAX_CONNECTIONS,
+            secret_key_file: data_dir.join("secret.key"),
+            previous_secret_key_file: None,
+            secret_key: None,
+            admin_token: None,
+        }
+    }
+}
+
 impl ServeArgs {
     /// Fill what flags and environment left unset from the config file, then defaults.
     pub fn resolve(self) -> Result<Config, ConfigError> {

@@ -14,11 +14,12 @@
 //! [`Error`](crate::error::Error)s to their protocol.
 
 use crate::core::Core;
+use crate::device::Status;
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::ops::Reported;
 use crate::plugins::types::{
-    Channel, ChannelKind, CheckIn, Device, DeviceMessage, Operation, OperationKind, Outbound, Reply, ResultStatus,
+    Channel, ChannelKind, CheckIn, Device, DeviceMessage, Operation, Outbound, Reply, ResultStatus,
 };
 use crate::plugins::{CallError, LoadedPlugin, Source};
 use crate::store::{DeviceRow, QueuedOperation};
@@ -214,7 +215,7 @@ pub async fn receive_noting(
     }
     // `last_seen_at` to the second is plenty (devices turn unreachable after hours), so a
     // device calling in again within LAST_SEEN_RESOLUTION with nothing new costs no write.
-    let seen_recently = device.status == "active"
+    let seen_recently = device.status == Status::Active
         && device.last_seen_at.is_some_and(|t| crate::store::now_ms() - t < LAST_SEEN_RESOLUTION_MS);
     if !(seen_recently && message.info.is_empty() && message.session.is_none()) {
         state.store.touch_device(device.id, &message.info, message.session.as_deref()).await?;
@@ -236,12 +237,12 @@ fn device_actor(device: &DeviceRow) -> String {
 /// again if it had been marked unreachable.
 pub fn seen(state: &Core, device: &DeviceRow) {
     state.events.publish_frequent(|| Event::DeviceSeen { device: device.id });
-    if device.status == "unreachable" {
+    if device.status == Status::Unreachable {
         state.events.publish(Event::DeviceStatusChanged {
             device: device.id,
             device_type: device.device_type.clone(),
             device_id: device.device_id.clone(),
-            status: "active".into(),
+            status: Status::Active,
         });
     }
 }
@@ -280,14 +281,6 @@ async fn record_results(
         }
     }
     Ok(queue_changed)
-}
-
-fn kind_of(s: &str) -> OperationKind {
-    match s {
-        "profile" => OperationKind::Profile,
-        "policy" => OperationKind::Policy,
-        _ => OperationKind::Command,
-    }
 }
 
 /// Which of a device's queued operations `encode_queued` takes.
@@ -400,12 +393,7 @@ fn telemetry_points(points: &[crate::plugins::types::TelemetryPoint]) -> Vec<cra
 pub fn plugin_operations(queued: &[crate::store::QueuedOperation]) -> Vec<Operation> {
     queued
         .iter()
-        .map(|q| Operation {
-            id: q.id as u64,
-            code: q.code.clone(),
-            kind: kind_of(&q.kind),
-            payload: q.payload.clone(),
-        })
+        .map(|q| Operation { id: q.id as u64, code: q.code.clone(), kind: q.kind.into(), payload: q.payload.clone() })
         .collect()
 }
 
@@ -415,7 +403,14 @@ mod tests {
     use crate::store::QueuedOperation;
 
     fn op(id: i64, state: &str, expires_at: Option<i64>) -> QueuedOperation {
-        QueuedOperation { id, code: "C".into(), kind: "command".into(), payload: None, expires_at, state: state.into() }
+        QueuedOperation {
+            id,
+            code: "C".into(),
+            kind: crate::ops::Kind::Command,
+            payload: None,
+            expires_at,
+            state: state.into(),
+        }
     }
 
     fn ids(q: Option<Vec<QueuedOperation>>) -> Option<Vec<i64>> {

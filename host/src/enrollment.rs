@@ -22,6 +22,7 @@
 //! [`restore`] are the admin's acts, [`import_csv`] the bulk pre-registration.
 
 use crate::core::Core;
+use crate::device::{Ownership, Status};
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::plugins::types::{Channel, Enrollment};
@@ -69,14 +70,14 @@ pub enum Decision {
 /// Decide whether an enrollment with `credential` may claim an identity in `claim`
 /// (`None`: never seen), on a server with `open_enrollment`.
 pub fn decide(claim: Option<&Claim>, credential: Credential, open_enrollment: bool) -> Decision {
-    let status = claim.map(|c| c.status.as_str());
+    let status = claim.map(|c| c.status);
     match (status, credential) {
-        (Some("active" | "unreachable"), _) => Decision::AlreadyEnrolled,
-        (Some("registered"), Credential::Token) => {
+        (Some(Status::Active | Status::Unreachable), _) => Decision::AlreadyEnrolled,
+        (Some(Status::Registered), Credential::Token) => {
             Decision::Token { import_batch: claim.and_then(|c| c.import_batch.clone()) }
         }
-        (Some("registered"), Credential::None) if claim.is_some_and(|c| c.self_enroll) => Decision::Open,
-        (Some("registered"), Credential::None) => Decision::Refused(
+        (Some(Status::Registered), Credential::None) if claim.is_some_and(|c| c.self_enroll) => Decision::Open,
+        (Some(Status::Registered), Credential::None) => Decision::Refused(
             "this device was pre-registered by an admin: enroll it with an enrollment token (or the admin imports it \
              with self-enrollment allowed)",
         ),
@@ -121,10 +122,6 @@ pub async fn admit(
             }
         }
     }
-    let ownership = match e.ownership {
-        crate::plugins::types::Ownership::Byod => "BYOD",
-        crate::plugins::types::Ownership::Cope => "COPE",
-    };
     let device = core
         .store
         .enroll_device(&NewDevice {
@@ -132,7 +129,7 @@ pub async fn admit(
             name: e.name.clone().unwrap_or_else(|| e.device_id.clone()),
             device_id: e.device_id.clone(),
             owner: e.owner.clone(),
-            ownership: ownership.into(),
+            ownership: e.ownership.into(),
             metadata: e.metadata.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect(),
             push_token: e.push.as_ref().map(crate::push_token::to_json),
         })
@@ -244,7 +241,7 @@ pub async fn restore(core: &Core, device: &DeviceRow) -> Result<DeviceRow> {
         device: device.id,
         device_type: device.device_type.clone(),
         device_id: device.device_id.clone(),
-        status: "registered".into(),
+        status: Status::Registered,
     });
     core.store.device_by_key(device.id).await?.ok_or_else(|| Error::not_found("the restored device is gone"))
 }
@@ -296,19 +293,19 @@ pub async fn import_csv(core: &Core, csv_text: &[u8], self_enroll: bool) -> Resu
                 format!("line {line}: `device_id` is longer than {MAX_DEVICE_ID} characters"),
             ));
         }
-        let ownership = match get(own_col).map(|o| o.to_ascii_uppercase()).as_deref() {
-            None | Some("COPE") => "COPE",
-            Some("BYOD") => "BYOD",
-            Some(other) => {
-                return Err(Error::invalid("invalid", format!("line {line}: ownership `{other}`: use BYOD or COPE")));
-            }
+        // Case does not matter in a spreadsheet; the error names the value as written.
+        let ownership = match get(own_col) {
+            None => Ownership::Cope,
+            Some(o) => Ownership::parse(&o.to_ascii_uppercase()).map_err(|_| {
+                Error::invalid("invalid", format!("line {line}: {}", Ownership::parse(&o).unwrap_err()))
+            })?,
         };
         devices.push(NewDevice {
             name: get(name_col).unwrap_or_else(|| device_id.clone()),
             device_type,
             device_id,
             owner: get(owner_col),
-            ownership: ownership.into(),
+            ownership,
             metadata: Default::default(),
             push_token: None,
         });
@@ -330,7 +327,7 @@ mod tests {
     use super::*;
 
     fn claim(status: &str, self_enroll: bool, batch: Option<&str>) -> Claim {
-        Claim { status: status.into(), self_enroll, import_batch: batch.map(Into::into) }
+        Claim { status: Status::parse(status).unwrap(), self_enroll, import_batch: batch.map(Into::into) }
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub enum Event {
     DeviceSeen { device: i64 },
     /// A device's status changed other than by enrollment or removal: unreachable after
     /// silence, active again, registered again by a restore.
-    DeviceStatusChanged { device: i64, device_type: String, device_id: String, status: String },
+    DeviceStatusChanged { device: i64, device_type: String, device_id: String, status: crate::device::Status },
     /// Every credential of a device was revoked (a lost or stolen device). It stays
     /// enrolled; its live sessions must end.
     CredentialsRevoked { device: i64, device_type: String, device_id: String },

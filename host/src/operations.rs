@@ -7,8 +7,10 @@
 //! The state machine each operation then follows is `ops.rs`.
 
 use crate::core::Core;
+use crate::device::Status;
 use crate::error::{Error, Result};
 use crate::events::Event;
+use crate::ops::Kind;
 use crate::store::{ActivityRow, MAX_EXPLICIT_DEVICES, NewActivity, TargetSet};
 
 /// A device named by type and id, as admins address devices.
@@ -34,8 +36,8 @@ pub struct NewOperation {
     pub code: String,
     /// JSON text; each target type's plugin validates it.
     pub payload: Option<String>,
-    /// `command`, `profile` or `policy`; checked against the plugin's catalogue when given.
-    pub kind: Option<String>,
+    /// Checked against the plugin's catalogue when given.
+    pub kind: Option<Kind>,
     pub targets: Targets,
     /// Seconds until the operation expires if not finished.
     pub ttl_secs: Option<i64>,
@@ -84,7 +86,7 @@ pub async fn add(core: &Core, op: NewOperation, actor: &str) -> Result<(Activity
     }
 
     // Validate once per device type among the targets.
-    let mut kind: Option<String> = None;
+    let mut kind: Option<Kind> = None;
     for ty in &types {
         let plugin = core
             .registry
@@ -94,15 +96,15 @@ pub async fn add(core: &Core, op: NewOperation, actor: &str) -> Result<(Activity
         let catalogue = plugin
             .device_type_info()
             .and_then(|i| i.operations.iter().find(|o| o.code == op.code))
-            .map(|o| crate::plugins::device_type::kind_name(o.kind).to_string());
-        if let (Some(k), Some(want)) = (&catalogue, &op.kind)
+            .map(|o| Kind::from(o.kind));
+        if let (Some(k), Some(want)) = (catalogue, op.kind)
             && k != want
         {
             return Err(Error::invalid("invalid", format!("{ty}: `{}` is a {k} operation, not a {want}", op.code)));
         }
         kind = kind.or(catalogue);
     }
-    let kind = kind.or(op.kind).unwrap_or_else(|| "command".into());
+    let kind = kind.or(op.kind).unwrap_or(Kind::Command);
     let code = op.code.clone();
     let (activity, operations) = core
         .store
@@ -127,7 +129,7 @@ pub async fn resolve(core: &Core, names: &[DeviceName]) -> Result<Vec<i64>> {
     let mut keys = Vec::with_capacity(names.len());
     for n in names {
         match core.store.device(&n.device_type, &n.device_id).await? {
-            Some(d) if d.status != "removed" => keys.push(d.id),
+            Some(d) if d.status != Status::Removed => keys.push(d.id),
             _ => {
                 return Err(Error::invalid(
                     "unknown_device",

@@ -3,6 +3,17 @@
 
 use serde::{Deserialize, Serialize};
 
+text_enum! {
+    /// What an operation is to the device: a one-off command, a profile (configuration it
+    /// keeps), or a policy. Only a command is superseded by a newer one of its code
+    /// (`REPEATED`); the plugin's catalogue says which kind each code is.
+    pub enum Kind ("kind") {
+        Command = "command",
+        Profile = "profile",
+        Policy = "policy",
+    }
+}
+
 /// Where an operation is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

@@ -205,7 +205,7 @@ async fn send(state: &Core, http: &Http, w: DueWakeup) -> bool {
 
 async fn attempt(state: &Core, http: &Http, device: &DeviceRow) -> Attempt {
     let retry = |error: String| Attempt::Retry { after: None, error };
-    if device.status == "removed" {
+    if device.status == crate::device::Status::Removed {
         return Attempt::Moot("the device was removed");
     }
     match state.store.queued(device.id, 1, false).await {

@@ -12,25 +12,9 @@ use std::net::IpAddr;
 
 fn config(data: &std::path::Path) -> drover::config::Config {
     drover::config::Config {
-        data_dir: data.to_path_buf(),
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        mqtt_addr: "127.0.0.1:0".parse().unwrap(),
-        coap_addr: "127.0.0.1:0".parse().unwrap(),
-        coap_allow_address_change: false,
-        database_url: format!("sqlite://{}?mode=rwc", data.join("drover.db").display()),
-        broker: None,
-        log_format: drover::config::LogFormat::Text,
         open_enrollment: false,
-        retention_days: 30,
-        unreachable_after_hours: 24,
-        fault_policy: Default::default(),
-        hold_policy: Default::default(),
-        http: Default::default(),
-        mqtt_max_connections: drover::config::DEFAULT_MQTT_MAX_CONNECTIONS,
-        secret_key_file: data.join("secret.key"),
-        previous_secret_key_file: None,
-        secret_key: None,
         admin_token: Some("drv_admin_services_test".into()),
+        ..drover::config::Config::local(data)
     }
 }
 

@@ -158,25 +158,9 @@ impl TestServer {
         #[cfg(unix)]
         std::os::unix::fs::symlink(&cache, data.path().join("cache/compiled")).ok();
         let mut config = drover::config::Config {
-            data_dir: data.path().to_path_buf(),
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            mqtt_addr: "127.0.0.1:0".parse().unwrap(),
-            coap_addr: "127.0.0.1:0".parse().unwrap(),
-            coap_allow_address_change: false,
             database_url,
-            broker: None,
-            log_format: drover::config::LogFormat::Text,
-            open_enrollment: true,
-            retention_days: 30,
-            unreachable_after_hours: 24,
-            fault_policy: Default::default(),
-            hold_policy: Default::default(),
-            http: Default::default(),
-            mqtt_max_connections: drover::config::DEFAULT_MQTT_MAX_CONNECTIONS,
-            secret_key_file: data.path().join("secret.key"),
-            previous_secret_key_file: None,
-            secret_key: None,
             admin_token: Some(ADMIN_TOKEN.into()),
+            ..drover::config::Config::local(data.path())
         };
         adjust(&mut config);
         std::fs::create_dir_all(&cache).unwrap();

@@ -11,7 +11,7 @@ fn device(i: usize) -> NewDevice {
         device_id: format!("bulk-{i:05}"),
         name: format!("Bulk {i}"),
         owner: None,
-        ownership: "COPE".into(),
+        ownership: drover::device::Ownership::Cope,
         metadata: Default::default(),
         push_token: None,
     }
@@ -20,7 +20,7 @@ fn device(i: usize) -> NewDevice {
 fn ring(by: &str) -> NewActivity {
     NewActivity {
         code: "DEVICE_RING".into(),
-        kind: "command".into(),
+        kind: drover::ops::Kind::Command,
         payload: None,
         created_by: by.into(),
         expires_at: None,
@@ -38,7 +38,7 @@ async fn bulk_fan_out(server: &TestServer) {
     let group = store.create_group("fleet", "", None).await.unwrap();
     assert!(matches!(store.create_group("fleet", "", None).await, Err(StoreError::Conflict(_))));
     let keys: Vec<i64> = store
-        .list_devices(Some("android"), Some("registered"), None, None, 0, 1000)
+        .list_devices(Some("android"), Some(drover::device::Status::Registered), None, None, 0, 1000)
         .await
         .unwrap()
         .iter()
@@ -114,7 +114,7 @@ async fn delivery_beside_admin_writes(server: &TestServer) {
     }
     let mut profile = ring("admin:b");
     profile.code = "WIFI".into();
-    profile.kind = "profile".into();
+    profile.kind = drover::ops::Kind::Profile;
     let (second, n) = store.add_activity(&profile, &half).await.unwrap();
     assert_eq!(n, 100);
     while let Some(r) = tasks.join_next().await {

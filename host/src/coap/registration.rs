@@ -162,7 +162,7 @@ impl Coap {
         }
         let metadata: Vec<(String, String)> = e.metadata.clone();
         let device = match existing {
-            Some(d) if d.status == "active" || d.status == "unreachable" => {
+            Some(d) if d.status.is_enrolled() => {
                 state.store.touch_device(d.id, &metadata, None).await.map_err(internal)?;
                 crate::delivery::seen(state, &d);
                 d

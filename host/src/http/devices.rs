@@ -4,6 +4,7 @@
 use super::api::{DEFAULT_PAGE, Errors, MAX_PAGE, Page, next_after};
 use super::{Administrator, ApiError, ApiJson, AppState, Operator, Viewer};
 use super::{Path, Query};
+use crate::device::{Ownership, Status};
 use crate::store::{DeviceRow, GroupRow, TelemetryRow};
 use axum::Json;
 use axum::extract::State;
@@ -19,10 +20,10 @@ pub(super) struct Device {
     name: String,
     owner: Option<String>,
     /// `BYOD` or `COPE`.
-    ownership: String,
+    ownership: Ownership,
     /// `registered` (pre-registered, not yet enrolled), `active`, `unreachable` (not seen
     /// for the configured hours) or `removed`.
-    status: String,
+    status: Status,
     /// Milliseconds since the Unix epoch.
     enrolled_at: i64,
     last_seen_at: Option<i64>,
@@ -64,8 +65,8 @@ impl Device {
             device_id: d.device_id.clone(),
             name: d.name.clone(),
             owner: d.owner.clone(),
-            ownership: d.ownership.clone(),
-            status: d.status.clone(),
+            ownership: d.ownership,
+            status: d.status,
             enrolled_at: d.enrolled_at,
             last_seen_at: d.last_seen_at,
             metadata: serde_json::from_str(&d.metadata).unwrap_or(json!({})),
@@ -105,7 +106,7 @@ pub(super) struct DeviceFilter {
     #[param(rename = "type")]
     device_type: Option<String>,
     /// Only devices in this status.
-    status: Option<String>,
+    status: Option<Status>,
     /// Only devices with this tag.
     tag: Option<String>,
     /// Only devices in this group (static or dynamic).
@@ -129,7 +130,7 @@ pub(super) async fn list_devices(
     };
     let rows = state
         .store
-        .list_devices(q.device_type.as_deref(), q.status.as_deref(), q.tag.as_deref(), group.as_ref(), after, limit)
+        .list_devices(q.device_type.as_deref(), q.status, q.tag.as_deref(), group.as_ref(), after, limit)
         .await?;
     let mut items = Vec::with_capacity(rows.len());
     for d in &rows {
@@ -195,7 +196,7 @@ pub(super) async fn device_telemetry(
 pub(super) struct Removed {
     device_type: String,
     device_id: String,
-    status: String,
+    status: Status,
     /// Live operations cancelled by the removal.
     cancelled_operations: u64,
 }
@@ -212,7 +213,7 @@ pub(super) async fn remove_device(
 ) -> Result<Json<Removed>, ApiError> {
     let d = device_or_404(&state, &t, &id).await?;
     let cancelled = crate::enrollment::remove(&state, &d, &admin.actor()).await?;
-    Ok(Json(Removed { device_type: t, device_id: id, status: "removed".into(), cancelled_operations: cancelled }))
+    Ok(Json(Removed { device_type: t, device_id: id, status: Status::Removed, cancelled_operations: cancelled }))
 }
 
 /// Bring a removed device back as it was: its tags and static groups kept, its status

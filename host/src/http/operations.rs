@@ -36,8 +36,9 @@ pub(super) struct AddOperation {
     /// Any JSON value; each target type's plugin validates it.
     #[schema(value_type = Option<Object>)]
     payload: Option<Value>,
-    /// `command`, `profile` or `policy`; checked against the plugin's catalogue when given.
-    kind: Option<String>,
+    /// Checked against the plugin's catalogue when given; by default the catalogue's kind
+    /// for the code, or `command`.
+    kind: Option<crate::ops::Kind>,
     targets: Targets,
     /// Seconds until the operation expires if not finished.
     #[schema(minimum = 1)]

@@ -352,7 +352,7 @@ impl Delivery {
             tracing::debug!(topic, "MQTT message for an unknown device: dropped");
             return;
         };
-        if device.status == "removed" {
+        if device.status == crate::device::Status::Removed {
             return;
         }
         let channel = Channel::Mqtt(MqttMessage { topic_suffix: suffix.to_string() });

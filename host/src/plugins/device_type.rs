@@ -107,14 +107,31 @@ impl LoadedPlugin {
     }
 }
 
+impl From<super::bindings::types::OperationKind> for crate::ops::Kind {
+    fn from(k: super::bindings::types::OperationKind) -> crate::ops::Kind {
+        use super::bindings::types::OperationKind as K;
+        match k {
+            K::Command => crate::ops::Kind::Command,
+            K::Profile => crate::ops::Kind::Profile,
+            K::Policy => crate::ops::Kind::Policy,
+        }
+    }
+}
+
+impl From<crate::ops::Kind> for super::bindings::types::OperationKind {
+    fn from(k: crate::ops::Kind) -> super::bindings::types::OperationKind {
+        use super::bindings::types::OperationKind as K;
+        match k {
+            crate::ops::Kind::Command => K::Command,
+            crate::ops::Kind::Profile => K::Profile,
+            crate::ops::Kind::Policy => K::Policy,
+        }
+    }
+}
+
 /// The WIT name of an operation kind (`command`, `profile`, `policy`).
 pub fn kind_name(k: super::bindings::types::OperationKind) -> &'static str {
-    use super::bindings::types::OperationKind as K;
-    match k {
-        K::Command => "command",
-        K::Profile => "profile",
-        K::Policy => "policy",
-    }
+    crate::ops::Kind::from(k).as_str()
 }
 
 /// The WIT name of a delivery mechanism.

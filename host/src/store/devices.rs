@@ -1,9 +1,10 @@
 //! Devices, their tags and groups.
 
 use super::{
-    Backend, Filters, Param, Store, StoreError, WriteTx, bind_filters, now_ms, trusted, values_placeholders, with_pool,
-    with_write_pool,
+    Backend, Filters, Param, Store, StoreError, WriteTx, bind_filters, decode, now_ms, trusted, values_placeholders,
+    with_pool, with_write_pool,
 };
+use crate::device::{Ownership, Status};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -17,8 +18,10 @@ pub struct DeviceRow {
     pub device_id: String,
     pub name: String,
     pub owner: Option<String>,
-    pub ownership: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub ownership: Ownership,
+    #[sqlx(try_from = "String")]
+    pub status: Status,
     /// JSON object of the device's own reports.
     #[serde(skip)]
     pub metadata: String,
@@ -68,7 +71,7 @@ pub struct NewDevice {
     pub device_id: String,
     pub name: String,
     pub owner: Option<String>,
-    pub ownership: String,
+    pub ownership: Ownership,
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub push_token: Option<String>,
 }
@@ -76,7 +79,7 @@ pub struct NewDevice {
 /// Who may claim an identity (see `Store::claim_of`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
-    pub status: String,
+    pub status: Status,
     /// The import let the device claim it without an enrollment token.
     pub self_enroll: bool,
     /// The import it came from: a token made for that import claims it.
@@ -109,9 +112,8 @@ impl GroupRow {
 pub struct DeviceQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_type: Option<String>,
-    /// `BYOD` or `COPE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ownership: Option<String>,
+    pub ownership: Option<Ownership>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(schema_with = tag_list_schema)]
     pub tags: Vec<String>,
@@ -152,9 +154,6 @@ impl DeviceQuery {
         if self.device_type.is_none() && self.ownership.is_none() && self.tags.is_empty() && self.metadata.is_empty() {
             return Some("the query has no criteria: give device_type, ownership, tags or metadata".into());
         }
-        if let Some(o) = self.ownership.as_deref().filter(|o| !matches!(*o, "BYOD" | "COPE")) {
-            return Some(format!("ownership `{o}`: use BYOD or COPE"));
-        }
         // Keys become JSON paths in SQL parameters; keep them to plain names.
         self.metadata
             .keys()
@@ -171,7 +170,7 @@ impl DeviceQuery {
             all.push(format!("d.device_type = {}", f.placeholder(Param::Text(t.clone()))));
         }
         if let Some(o) = &self.ownership {
-            all.push(format!("d.ownership = {}", f.placeholder(Param::Text(o.clone()))));
+            all.push(format!("d.ownership = {}", f.placeholder(Param::Text(o.as_str().into()))));
         }
         for t in &self.tags {
             let p = f.placeholder(Param::Text(t.clone()));
@@ -234,7 +233,7 @@ impl Store {
                 .bind(&d.device_id)
                 .bind(&d.name)
                 .bind(&d.owner)
-                .bind(&d.ownership)
+                .bind(d.ownership.as_str())
                 .bind(&metadata)
                 .bind(&d.push_token)
                 .bind(now)
@@ -253,7 +252,10 @@ impl Store {
         let row: Option<(String, i64, Option<String>)> = with_pool!(self, pool => sqlx::query_as(
                 "SELECT status, self_enroll, import_batch FROM devices WHERE device_type = $1 AND device_id = $2")
             .bind(device_type).bind(device_id).fetch_optional(pool).await?);
-        Ok(row.map(|(status, self_enroll, import_batch)| Claim { status, self_enroll: self_enroll != 0, import_batch }))
+        row.map(|(status, self_enroll, import_batch)| {
+            Ok(Claim { status: Status::parse(&status).map_err(decode)?, self_enroll: self_enroll != 0, import_batch })
+        })
+        .transpose()
     }
 
     /// Bring a removed device back as it was (tags, static groups), `registered` until it
@@ -288,7 +290,7 @@ impl Store {
     pub async fn list_devices(
         &self,
         device_type: Option<&str>,
-        status: Option<&str>,
+        status: Option<Status>,
         tag: Option<&str>,
         group: Option<&GroupRow>,
         after: i64,
@@ -299,7 +301,7 @@ impl Store {
             f.and("device_type = ?", Param::Text(v.into()));
         }
         if let Some(v) = status {
-            f.and("status = ?", Param::Text(v.into()));
+            f.and("status = ?", Param::Text(v.as_str().into()));
         }
         if let Some(v) = tag {
             f.and("EXISTS (SELECT 1 FROM device_tags t WHERE t.device = d.id AND t.tag = ?)", Param::Text(v.into()));
@@ -479,8 +481,8 @@ impl Store {
                     values_placeholders(chunk.len(), 10, 1));
                 let mut q = sqlx::query(trusted(&sql));
                 for d in chunk {
-                    q = q.bind(&d.device_type).bind(&d.device_id).bind(&d.name).bind(&d.owner).bind(&d.ownership)
-                        .bind("registered").bind(serde_json::Value::Object(d.metadata.clone()).to_string()).bind(now)
+                    q = q.bind(&d.device_type).bind(&d.device_id).bind(&d.name).bind(&d.owner).bind(d.ownership.as_str())
+                        .bind(Status::Registered.as_str()).bind(serde_json::Value::Object(d.metadata.clone()).to_string()).bind(now)
                         .bind(i64::from(self_enroll)).bind(batch);
                 }
                 n += q.execute(&mut *tx).await?.rows_affected();

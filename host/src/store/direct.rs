@@ -23,13 +23,14 @@
 //!   and both keep their transactions short.
 //!
 //! Everything else (admin API, fan-out, migrations) stays on sqlx, and PostgreSQL is not
-//! affected: there the cost is network round trips, which this cannot remove. The SQL here
-//! is the SQLite twin of statements in `operations.rs`, `devices.rs` and `tokens.rs`;
-//! the same test suite runs against both backends, so the twins are held to one behaviour.
+//! affected: there the cost is network round trips, which this cannot remove. The reads
+//! here are the SQLite twins of statements in `operations.rs`, `devices.rs` and
+//! `tokens.rs`; the same test suite runs against both backends, so the twins are held
+//! to one behaviour. The writes share their statements and rule with PostgreSQL's path
+//! (`writes.rs`).
 
-use super::writes::{Write, Written};
-use super::{DeviceKey, DeviceRow, QueuedOperation, ResultOutcome, StoreError};
-use crate::ops::{self, Attempts, State};
+use super::writes::{self, Write, Written};
+use super::{DeviceKey, DeviceRow, QueuedOperation, StoreError};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -271,22 +272,13 @@ impl Writer {
 
 fn write_group_on(db: &mut Connection, writes: &[Write], now: i64) -> rusqlite::Result<Vec<Written>> {
     // IMMEDIATE for the reason `WriteTx` gives; a failed batch rolls back when `tx` drops.
+    // The statements and the rule are `writes.rs`'s, shared with PostgreSQL's path.
     let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut written = Vec::with_capacity(writes.len());
     for w in writes {
         match w {
             Write::Deliver { device, ids, actor } => {
-                let list = (4..4 + ids.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
-                let transition = format!(
-                    "INSERT INTO transitions (operation, from_state, to_state, actor, at)
-                     SELECT id, state, 'IN_PROGRESS', ?1, ?2 FROM operations
-                     WHERE device = ?3 AND state IN ('PENDING', 'NOTNOW') AND id IN ({list})"
-                );
-                let update = format!(
-                    "UPDATE operations SET state = 'IN_PROGRESS', attempts = attempts + 1, updated_at = ?2
-                     WHERE device = ?3 AND state IN ('PENDING', 'NOTNOW') AND id IN ({list}) AND ?1 = ?1"
-                );
-                for sql in [&transition, &update] {
+                for sql in writes::deliver_sql(ids.len()) {
                     let values = [
                         rusqlite::types::Value::Text(actor.clone()),
                         rusqlite::types::Value::Integer(now),
@@ -294,53 +286,42 @@ fn write_group_on(db: &mut Connection, writes: &[Write], now: i64) -> rusqlite::
                     ]
                     .into_iter()
                     .chain(ids.iter().map(|&id| rusqlite::types::Value::Integer(id)));
-                    tx.prepare_cached(sql)?.execute(params_from_iter(values))?;
+                    tx.prepare_cached(&sql)?.execute(params_from_iter(values))?;
                 }
                 written.push(Written::Delivered);
             }
             Write::Events { device, events, actor } => {
                 let mut out = Vec::with_capacity(events.len());
                 for (id, event, response) in events {
-                    let row: Option<(String, i64, i64)> = tx
-                        .prepare_cached(
-                            "SELECT state, attempts, max_attempts FROM operations WHERE id = ?1 AND device = ?2",
-                        )?
+                    let row = tx
+                        .prepare_cached(writes::EVENT_READ)?
                         .query_row(params![id, device], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                         .optional()?;
-                    let Some((state, made, max)) = row else {
-                        out.push(ResultOutcome::Unknown { operation: *id });
-                        continue;
-                    };
-                    let from = State::parse(&state).unwrap_or(State::Error);
-                    match ops::next(from, *event, Attempts { made, max }) {
-                        None => out.push(ResultOutcome::Unchanged { operation: *id, state: from }),
-                        Some(to) => {
-                            tx.prepare_cached(
-                                "UPDATE operations SET state = ?1, response = COALESCE(?2, response), updated_at = ?3
-                                 WHERE id = ?4 AND state = ?5",
-                            )?
-                            .execute(params![
-                                to.as_str(),
-                                response,
-                                now,
-                                id,
-                                from.as_str()
-                            ])?;
-                            tx.prepare_cached(
-                                "INSERT INTO transitions (operation, from_state, to_state, actor, at, response)
-                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                            )?
-                            .execute(params![
-                                id,
-                                from.as_str(),
-                                to.as_str(),
-                                actor,
-                                now,
-                                response
-                            ])?;
-                            out.push(ResultOutcome::Applied { operation: *id, from, to });
+                    let (from, to) = match writes::step(*id, *event, row) {
+                        Ok(step) => step,
+                        Err(outcome) => {
+                            out.push(outcome);
+                            continue;
                         }
+                    };
+                    let rows = tx.prepare_cached(writes::EVENT_MOVE)?.execute(params![
+                        to.as_str(),
+                        response,
+                        now,
+                        id,
+                        from.as_str()
+                    ])?;
+                    if rows == 1 {
+                        tx.prepare_cached(writes::EVENT_TRANSITION)?.execute(params![
+                            id,
+                            from.as_str(),
+                            to.as_str(),
+                            actor,
+                            now,
+                            response
+                        ])?;
                     }
+                    out.push(writes::moved(*id, from, to, rows as u64));
                 }
                 written.push(Written::Events(out));
             }

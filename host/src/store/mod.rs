@@ -95,6 +95,12 @@ pub enum StoreError {
     Secret(#[from] crate::secrets::SecretError),
 }
 
+/// A stored name outside its closed set (written by a newer version, or by hand): an
+/// error, never a silent default.
+pub(crate) fn decode(e: crate::device::UnknownName) -> StoreError {
+    StoreError::Db(sqlx::Error::Decode(Box::new(e)))
+}
+
 impl StoreError {
     /// Map a unique-constraint violation to `Conflict(what)`.
     pub(crate) fn conflict_or(e: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
@@ -315,16 +321,10 @@ pub(crate) fn values_placeholders(rows: usize, cols: usize, first: usize) -> Str
     s
 }
 
-/// `$first, $first+1, …` for an `IN (…)` list of `n` items.
-pub(crate) fn list_placeholders(n: usize, first: usize) -> String {
-    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn placeholders() {
         assert_eq!(super::values_placeholders(2, 2, 3), "($3, $4), ($5, $6)");
-        assert_eq!(super::list_placeholders(3, 2), "$2, $3, $4");
     }
 }

@@ -2,12 +2,12 @@
 //! [`crate::ops::next`] and is recorded in `transitions` in the same transaction.
 
 use super::devices::{DeviceQuery, DeviceRow};
-use super::writes::{Write, Written};
+use super::writes::{self, Write, Written};
 use super::{
-    Backend, Filters, Param, Store, StoreError, WriteTx, bind_filters, list_placeholders, now_ms, trusted, with_pool,
+    Backend, Filters, Param, Store, StoreError, WriteTx, bind_filters, decode, now_ms, trusted, with_pool,
     with_write_pool,
 };
-use crate::ops::{self, Attempts, Event, State};
+use crate::ops::{self, Event, Kind, State};
 use serde::Serialize;
 use sqlx::{FromRow, Row};
 
@@ -71,8 +71,7 @@ impl TargetSet {
 #[derive(Debug, Clone)]
 pub struct NewActivity {
     pub code: String,
-    /// `command`, `profile` or `policy`.
-    pub kind: String,
+    pub kind: Kind,
     pub payload: Option<String>,
     pub created_by: String,
     pub expires_at: Option<i64>,
@@ -83,7 +82,8 @@ pub struct NewActivity {
 pub struct ActivityRow {
     pub id: i64,
     pub code: String,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: Kind,
     #[serde(skip)]
     pub payload: Option<String>,
     pub created_by: String,
@@ -99,7 +99,8 @@ pub struct OperationRow {
     #[serde(skip)]
     pub device: i64,
     pub code: String,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: Kind,
     pub state: String,
     pub attempts: i64,
     pub max_attempts: i64,
@@ -115,7 +116,8 @@ pub struct OperationRow {
 pub struct QueuedOperation {
     pub id: i64,
     pub code: String,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: Kind,
     pub payload: Option<String>,
     pub expires_at: Option<i64>,
     /// `PENDING`, `NOTNOW` or `IN_PROGRESS`: which of the queried states it is in.
@@ -184,19 +186,19 @@ impl Store {
                 "INSERT INTO activities (code, kind, payload, created_by, created_at, expires_at, max_attempts)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)
                  RETURNING id, code, kind, payload, created_by, created_at, expires_at, max_attempts")
-                .bind(&a.code).bind(&a.kind).bind(&a.payload).bind(&a.created_by).bind(now)
+                .bind(&a.code).bind(a.kind.as_str()).bind(&a.payload).bind(&a.created_by).bind(now)
                 .bind(a.expires_at).bind(a.max_attempts)
                 .fetch_one(&mut *tx).await?;
             let q = sqlx::query(trusted(&insert))
-                .bind(activity.id).bind(&a.code).bind(&a.kind).bind(now).bind(a.expires_at).bind(a.max_attempts);
+                .bind(activity.id).bind(&a.code).bind(a.kind.as_str()).bind(now).bind(a.expires_at).bind(a.max_attempts);
             let n = bind_filters!(q, predicate).execute(&mut *tx).await?.rows_affected();
-            if a.kind == "command" && n >= ANALYZE_AFTER && matches!(self.backend, Backend::Postgres(_)) {
+            if a.kind == Kind::Command && n >= ANALYZE_AFTER && matches!(self.backend, Backend::Postgres(_)) {
                 // Right after a large fan-out PostgreSQL has no statistics for the new rows
                 // and plans the superseding join as a nested loop (minutes for 100k
                 // devices). ANALYZE samples the table, in this transaction, in milliseconds.
                 sqlx::query("ANALYZE operations").execute(&mut *tx).await?;
             }
-            if a.kind == "command" {
+            if a.kind == Kind::Command {
                 for sql in [&supersede_log, &supersede] {
                     sqlx::query(trusted(sql)).bind(&a.created_by).bind(now).bind(&a.code).bind(activity.id)
                         .execute(&mut *tx).await?;
@@ -307,7 +309,7 @@ impl Store {
                 queue.push(QueuedOperation {
                     id,
                     code: r.try_get("op_code")?,
-                    kind: r.try_get("op_kind")?,
+                    kind: Kind::parse(r.try_get("op_kind")?).map_err(decode)?,
                     payload: r.try_get("op_payload")?,
                     expires_at: r.try_get("op_expires_at")?,
                     state: r.try_get("op_state")?,
@@ -450,18 +452,9 @@ impl Store {
             for w in writes {
                 match w {
                     Write::Deliver { device, ids, actor } => {
-                        let list = list_placeholders(ids.len(), 4);
-                        let transition = format!(
-                            "INSERT INTO transitions (operation, from_state, to_state, actor, at)
-                             SELECT id, state, 'IN_PROGRESS', $1, $2 FROM operations
-                             WHERE device = $3 AND state IN ('PENDING', 'NOTNOW') AND id IN ({list})"
-                        );
-                        let update = format!(
-                            "UPDATE operations SET state = 'IN_PROGRESS', attempts = attempts + 1, updated_at = $2
-                             WHERE device = $3 AND state IN ('PENDING', 'NOTNOW') AND id IN ({list}) AND $1 = $1"
-                        );
-                        for sql in [&transition, &update] {
-                            let mut q = sqlx::query(trusted(sql)).bind(actor).bind(now).bind(*device);
+                        for sql in writes::deliver_sql(ids.len()) {
+                            let sql = writes::postgres(&sql);
+                            let mut q = sqlx::query(trusted(&sql)).bind(actor).bind(now).bind(*device);
                             for id in ids {
                                 q = q.bind(*id);
                             }
@@ -472,28 +465,25 @@ impl Store {
                     Write::Events { device, events, actor } => {
                         let mut out = Vec::with_capacity(events.len());
                         for (id, event, response) in events {
-                            let row: Option<(String, i64, i64)> = sqlx::query_as(
-                                "SELECT state, attempts, max_attempts FROM operations WHERE id = $1 AND device = $2")
-                                .bind(*id).bind(*device).fetch_optional(&mut *tx).await?;
-                            let Some((state, made, max)) = row else {
-                                out.push(ResultOutcome::Unknown { operation: *id });
-                                continue;
-                            };
-                            let from = State::parse(&state).unwrap_or(State::Error);
-                            match ops::next(from, *event, Attempts { made, max }) {
-                                None => out.push(ResultOutcome::Unchanged { operation: *id, state: from }),
-                                Some(to) => {
-                                    sqlx::query("UPDATE operations SET state = $1, response = COALESCE($2, response), updated_at = $3
-                                                 WHERE id = $4 AND state = $5")
-                                        .bind(to.as_str()).bind(response).bind(now).bind(*id).bind(from.as_str())
-                                        .execute(&mut *tx).await?;
-                                    sqlx::query("INSERT INTO transitions (operation, from_state, to_state, actor, at, response)
-                                                 VALUES ($1, $2, $3, $4, $5, $6)")
-                                        .bind(*id).bind(from.as_str()).bind(to.as_str()).bind(actor).bind(now).bind(response)
-                                        .execute(&mut *tx).await?;
-                                    out.push(ResultOutcome::Applied { operation: *id, from, to });
+                            let row: Option<(String, i64, i64)> =
+                                sqlx::query_as(trusted(&writes::postgres(writes::EVENT_READ)))
+                                    .bind(*id).bind(*device).fetch_optional(&mut *tx).await?;
+                            let (from, to) = match writes::step(*id, *event, row) {
+                                Ok(step) => step,
+                                Err(outcome) => {
+                                    out.push(outcome);
+                                    continue;
                                 }
+                            };
+                            let rows = sqlx::query(trusted(&writes::postgres(writes::EVENT_MOVE)))
+                                .bind(to.as_str()).bind(response).bind(now).bind(*id).bind(from.as_str())
+                                .execute(&mut *tx).await?.rows_affected();
+                            if rows == 1 {
+                                sqlx::query(trusted(&writes::postgres(writes::EVENT_TRANSITION)))
+                                    .bind(*id).bind(from.as_str()).bind(to.as_str()).bind(actor).bind(now).bind(response)
+                                    .execute(&mut *tx).await?;
                             }
+                            out.push(writes::moved(*id, from, to, rows));
                         }
                         written.push(Written::Events(out));
                     }

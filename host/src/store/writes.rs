@@ -1,9 +1,17 @@
-//! The delivery writes that may share one transaction (group commit): what the committer
-//! (`commit.rs`) queues and the SQLite writer (`direct.rs`) and the PostgreSQL path
-//! (`operations.rs`) carry out. Apart from both so neither imports the other for them.
+//! The delivery writes that may share one transaction (group commit), and the one way
+//! they are written: what the committer (`commit.rs`) queues, and the statements and the
+//! rule that the SQLite writer (`direct.rs`, rusqlite) and the PostgreSQL path
+//! (`operations.rs`, sqlx) both carry out. The drivers differ (one is blocking on the
+//! committer's thread, the other async), so each runs the statements itself; what the
+//! statements say and what a transition is decided here, once.
+//!
+//! Statements are written with SQLite's numbered placeholders (`?1`), which name their
+//! parameter by number wherever they appear; [`postgres`] turns them into PostgreSQL's
+//! (`$1`). (SQLite also reads `$1`, but as a *name*, numbered by first appearance, which
+//! rusqlite's positional binding would then get wrong.)
 
 use super::ResultOutcome;
-use crate::ops::Event;
+use crate::ops::{self, Attempts, Event, State};
 
 /// A write that may share a transaction with other devices' writes.
 #[derive(Debug, Clone)]
@@ -19,4 +27,109 @@ pub(crate) enum Write {
 pub(crate) enum Written {
     Delivered,
     Events(Vec<ResultOutcome>),
+}
+
+/// `sql` with PostgreSQL's placeholders. Our statements have no `?` but placeholders.
+pub(super) fn postgres(sql: &str) -> String {
+    sql.replace('?', "$")
+}
+
+/// [`Write::Deliver`]: record the transitions, then move the operations. Parameters:
+/// `?1` actor, `?2` now, `?3` device, `?4`… the `n` operation ids. Only queued operations
+/// of this device move; anything else named is left alone.
+pub(super) fn deliver_sql(n: usize) -> [String; 2] {
+    let list = (4..4 + n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+    let queued = format!("device = ?3 AND state IN ('PENDING', 'NOTNOW') AND id IN ({list})");
+    [
+        format!(
+            "INSERT INTO transitions (operation, from_state, to_state, actor, at)
+             SELECT id, state, 'IN_PROGRESS', ?1, ?2 FROM operations WHERE {queued}"
+        ),
+        // `?1 = ?1`: both statements take the same parameters.
+        format!(
+            "UPDATE operations SET state = 'IN_PROGRESS', attempts = attempts + 1, updated_at = ?2
+             WHERE {queued} AND ?1 = ?1"
+        ),
+    ]
+}
+
+/// [`Write::Events`], per event: the operation's state, attempts made and allowed.
+/// Parameters: `?1` operation, `?2` device.
+pub(super) const EVENT_READ: &str =
+    "SELECT state, attempts, max_attempts FROM operations WHERE id = ?1 AND device = ?2";
+
+/// [`Write::Events`], per event that moves an operation: the move, only from the state
+/// read (the row count says whether it held). Parameters: `?1` to, `?2` response (kept
+/// when none), `?3` now, `?4` operation, `?5` from.
+pub(super) const EVENT_MOVE: &str =
+    "UPDATE operations SET state = ?1, response = COALESCE(?2, response), updated_at = ?3
+     WHERE id = ?4 AND state = ?5";
+
+/// [`Write::Events`], after a move: its transition. Parameters: `?1` operation, `?2`
+/// from, `?3` to, `?4` actor, `?5` now, `?6` response.
+pub(super) const EVENT_TRANSITION: &str =
+    "INSERT INTO transitions (operation, from_state, to_state, actor, at, response)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+/// What `event` does to operation `id`, given what [`EVENT_READ`] found (`None`: the
+/// device has no such operation): an outcome already, or a move to make with
+/// [`EVENT_MOVE`] and, if it held, [`EVENT_TRANSITION`] (then [`moved`]).
+pub(super) fn step(id: i64, event: Event, row: Option<(String, i64, i64)>) -> Result<(State, State), ResultOutcome> {
+    let Some((state, made, max)) = row else { return Err(ResultOutcome::Unknown { operation: id }) };
+    let from = State::parse(&state).unwrap_or(State::Error);
+    match ops::next(from, event, Attempts { made, max }) {
+        None => Err(ResultOutcome::Unchanged { operation: id, state: from }),
+        Some(to) => Ok((from, to)),
+    }
+}
+
+/// The outcome of a move [`EVENT_MOVE`] made to `rows` rows. None: the operation left
+/// `from` between the read and the move (on PostgreSQL, another transaction committed
+/// in between), so nothing happened and no transition is recorded.
+pub(super) fn moved(id: i64, from: State, to: State, rows: u64) -> ResultOutcome {
+    if rows == 1 {
+        ResultOutcome::Applied { operation: id, from, to }
+    } else {
+        ResultOutcome::Unchanged { operation: id, state: from }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every statement binds by number on both backends: SQLite must see each `?N` as
+    /// parameter N, in order, with none missing.
+    #[test]
+    fn statements_number_their_parameters() {
+        let db = rusqlite::Connection::open_in_memory().unwrap();
+        db.execute_batch(
+            "CREATE TABLE operations (id, device, state, attempts, max_attempts, response, updated_at);
+             CREATE TABLE transitions (operation, from_state, to_state, actor, at, response);",
+        )
+        .unwrap();
+        let [deliver_t, deliver_u] = deliver_sql(3);
+        for sql in [deliver_t.as_str(), deliver_u.as_str(), EVENT_READ, EVENT_MOVE, EVENT_TRANSITION] {
+            let stmt = db.prepare(sql).unwrap();
+            for i in 1..=stmt.parameter_count() {
+                assert_eq!(stmt.parameter_name(i), Some(format!("?{i}").as_str()), "{sql}");
+            }
+            assert!(!postgres(sql).contains('?'), "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_move_that_did_not_hold_is_no_transition() {
+        let step = step(7, Event::Result(ops::Reported::Completed), Some(("IN_PROGRESS".into(), 1, 1)));
+        assert_eq!(step, Ok((State::InProgress, State::Completed)));
+        assert_eq!(
+            moved(7, State::InProgress, State::Completed, 1),
+            ResultOutcome::Applied { operation: 7, from: State::InProgress, to: State::Completed }
+        );
+        assert_eq!(
+            moved(7, State::InProgress, State::Completed, 0),
+            ResultOutcome::Unchanged { operation: 7, state: State::InProgress }
+        );
+        assert_eq!(super::step(8, Event::Fail, None), Err(ResultOutcome::Unknown { operation: 8 }));
+    }
 }
