@@ -19,7 +19,12 @@ const FIRST_PARTY: &[(&str, &str)] = &[
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let workspace = manifest_dir.parent().unwrap().to_path_buf();
-    let mut watched = vec![workspace.join("wit"), workspace.join("sdk/src"), workspace.join("sdk/Cargo.toml")];
+    let mut watched = vec![
+        workspace.join("wit"),
+        workspace.join("sdk/src"),
+        workspace.join("sdk/wit"),
+        workspace.join("sdk/Cargo.toml"),
+    ];
     for (name, _) in FIRST_PARTY {
         watched.push(workspace.join("plugins").join(name));
     }

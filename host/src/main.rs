@@ -44,16 +44,27 @@ enum PluginCommand {
         /// Directory to create [default: ./NAME]
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Take drover-sdk from this checkout's sdk/ directory instead of crates.io.
+        /// Take drover-sdk from this Drover checkout's sdk/ directory instead of the copy
+        /// this binary carries (for developing Drover itself).
         #[arg(long)]
         sdk_path: Option<PathBuf>,
+    },
+    /// Build a plugin crate into its component (release, wasm32-wasip2), check it against
+    /// the contract this binary speaks, and write it as NAME.wasm in the crate.
+    Build {
+        /// The plugin crate [default: the current directory]
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Where to write the component [default: DIR/NAME.wasm]
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Run a device-type plugin against recorded device payloads (FIXTURES/cases.toml), no server.
     Test {
         /// The plugin component (.wasm).
         file: PathBuf,
         /// Directory with the payloads and cases.toml.
-        #[arg(long)]
+        #[arg(long, default_value = "fixtures")]
         fixtures: PathBuf,
     },
     /// Add a manifest (plugin.toml) to a component built without drover-sdk (componentize-py, jco …).
@@ -90,6 +101,60 @@ enum PluginCommand {
         /// Its signature [default: FILE.sig when it exists; none otherwise]
         #[arg(long)]
         signature: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// The plugins a running server has loaded: version, kind, state, calls.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// One plugin on a running server: what serves, the versions loaded and uploaded, grants,
+    /// and its history.
+    Show {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Grant a plugin capabilities on a running server (replacing what it had); may come
+    /// before its first install. Capabilities: log, config, kv, clock, random, filesystem, network.
+    Grant {
+        name: String,
+        /// The capabilities; none to take every grant back.
+        capabilities: Vec<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Return a plugin to the version that served before the current one, at once.
+    Rollback {
+        name: String,
+        /// Why, for the history.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Suspend a plugin: its devices' calls are refused and their operations stay queued.
+    Suspend {
+        name: String,
+        /// Why, for the history.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Lift a plugin's suspension (by an admin or the breaker).
+    Enable {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show a plugin's settings (secrets masked), or change config values with --set.
+    Settings {
+        name: String,
+        /// A config value the plugin reads, KEY=VALUE (repeat for more); KEY= removes it.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -132,12 +197,26 @@ fn main() -> ExitCode {
             Command::Plugin { command } => match command {
                 PluginCommand::Inspect { file, json } => inspect(file, json).await,
                 PluginCommand::New { name, kind, dir, sdk_path } => new_plugin(name, kind, dir, sdk_path),
+                PluginCommand::Build { dir, out } => build_plugin(dir, out).await,
                 PluginCommand::Test { file, fixtures } => test_plugin(file, fixtures).await,
                 PluginCommand::Embed { file, manifest, out } => embed(file, manifest, out),
                 PluginCommand::Keygen { out } => keygen(out),
                 PluginCommand::Sign { file, key, out } => sign(file, key, out),
                 PluginCommand::Install { file, signature, server } => install(file, signature, server).await,
                 PluginCommand::Trust { key, publisher, server } => trust(key, publisher, server).await,
+                PluginCommand::List { server } => lifecycle::list(server).await,
+                PluginCommand::Show { name, server } => lifecycle::show(name, server).await,
+                PluginCommand::Grant { name, capabilities, server } => {
+                    lifecycle::grant(name, capabilities, server).await
+                }
+                PluginCommand::Rollback { name, reason, server } => {
+                    lifecycle::act(name, "rollback", reason, server).await
+                }
+                PluginCommand::Suspend { name, reason, server } => {
+                    lifecycle::act(name, "suspend", reason, server).await
+                }
+                PluginCommand::Enable { name, server } => lifecycle::act(name, "enable", None, server).await,
+                PluginCommand::Settings { name, set, server } => lifecycle::settings(name, set, server).await,
             },
         }
     });
@@ -419,14 +498,97 @@ fn new_plugin(name: String, kind: KindArg, dir: Option<PathBuf>, sdk_path: Optio
             }
             Sdk::Path(p)
         }
-        None => Sdk::Registry,
+        None => Sdk::Carried,
     };
     let files = generate(&name, kind, &dir, &sdk)?;
     println!("created {kind} plugin `{name}` in {}:", dir.display());
     for f in files {
         println!("  {}", f.display());
     }
-    println!("next: cd {} && cargo test && cargo build --release --target wasm32-wasip2", dir.display());
+    println!("next: cd {} && cargo test && drover plugin build (README.md has the rest)", dir.display());
+    Ok(())
+}
+
+/// The Rust target plugins are built for.
+const PLUGIN_TARGET: &str = "wasm32-wasip2";
+
+async fn build_plugin(dir: PathBuf, out: Option<PathBuf>) -> anyhow::Result<()> {
+    use std::process::Command;
+    let manifest_path = dir.join("Cargo.toml");
+    if !manifest_path.is_file() {
+        anyhow::bail!(
+            "{}: no Cargo.toml here; run `drover plugin build` in a plugin crate (`drover plugin new NAME` makes one)",
+            dir.display()
+        );
+    }
+    // The toolchain the crate would use (rustup reads rust-toolchain.toml from there).
+    let libdir = Command::new("rustc")
+        .current_dir(&dir)
+        .args(["--print", "target-libdir", "--target", PLUGIN_TARGET])
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run rustc ({e}): install Rust from https://rustup.rs"))?;
+    let libdir = PathBuf::from(String::from_utf8_lossy(&libdir.stdout).trim());
+    if !libdir.is_dir() {
+        anyhow::bail!(
+            "the Rust target {PLUGIN_TARGET} is not installed, and plugins are built for it: \
+             rustup target add {PLUGIN_TARGET}"
+        );
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "--target", PLUGIN_TARGET, "--manifest-path"])
+        .arg(&manifest_path)
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot run cargo ({e}): install Rust from https://rustup.rs"))?;
+    if !status.success() {
+        anyhow::bail!("cargo build failed (its messages are above)");
+    }
+    // Where cargo put it: the crate's cdylib in its target directory (CARGO_TARGET_DIR,
+    // a workspace's, or the crate's own).
+    let metadata = Command::new(&cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps", "--manifest-path"])
+        .arg(&manifest_path)
+        .output()?;
+    if !metadata.status.success() {
+        anyhow::bail!("cargo metadata failed: {}", String::from_utf8_lossy(&metadata.stderr).trim());
+    }
+    let metadata: serde_json::Value = serde_json::from_slice(&metadata.stdout)?;
+    let wanted = std::fs::canonicalize(&manifest_path)?;
+    let package = metadata["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["manifest_path"].as_str().and_then(|m| std::fs::canonicalize(m).ok()).as_ref() == Some(&wanted))
+        .ok_or_else(|| anyhow::anyhow!("cargo metadata does not list {}", manifest_path.display()))?;
+    let lib = package["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "cdylib")))
+        .and_then(|t| t["name"].as_str())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: the crate builds no component; add `[lib] crate-type = [\"cdylib\", \"rlib\"]`",
+                manifest_path.display()
+            )
+        })?;
+    let target_dir = PathBuf::from(metadata["target_directory"].as_str().unwrap_or("target"));
+    let built = target_dir.join(PLUGIN_TARGET).join("release").join(format!("{}.wasm", lib.replace('-', "_")));
+    let mut bytes = read(&built)?;
+    // A crate that does not embed its manifest (built without drover-sdk's export macro)
+    // gets its plugin.toml embedded here, as `drover plugin embed` would.
+    if Manifest::from_component(&bytes).is_err() && dir.join("plugin.toml").is_file() {
+        let text = String::from_utf8(read(&dir.join("plugin.toml"))?)?;
+        bytes = Manifest::embed(&bytes, &text)?;
+    }
+    let name = package["name"].as_str().unwrap_or(lib);
+    let out = out.unwrap_or_else(|| dir.join(format!("{name}.wasm")));
+    std::fs::write(&out, &bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+    // The check: load it as the server would, with what its manifest asks for granted.
+    inspect(out.clone(), false)
+        .await
+        .map_err(|e| anyhow::anyhow!("{} does not pass the contract: {e:#}", out.display()))?;
+    println!("built {}", out.display());
     Ok(())
 }
 
@@ -521,5 +683,133 @@ mod tests {
         assert!(!super::log_colours(false, None), "a file, a pipe, journald");
         assert!(!super::log_colours(true, Some(OsStr::new("1"))), "NO_COLOR set");
         assert!(super::log_colours(true, Some(OsStr::new(""))), "NO_COLOR empty counts as unset");
+    }
+}
+
+/// `drover plugin list|show|grant|rollback|suspend|enable|settings`: the plugin lifecycle
+/// on a running server, through its admin API.
+mod lifecycle {
+    use super::{ServerArgs, answer, client};
+    use serde_json::{Value, json};
+
+    fn url(server: &ServerArgs, path: &str) -> String {
+        format!("{}/api/v1/{path}", server.server.trim_end_matches('/'))
+    }
+
+    async fn call(
+        server: &ServerArgs,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let url = url(server, path);
+        let mut request = client()?.request(method, &url).bearer_auth(&server.token);
+        if let Some(b) = body {
+            request = request.json(&b);
+        }
+        let response = request.send().await.map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
+        answer(response).await
+    }
+
+    fn line(p: &Value) -> String {
+        let calls = p["stats"]["calls"].as_u64().unwrap_or(0);
+        let faults = p["stats"]["faults"].as_u64().unwrap_or(0);
+        format!(
+            "{:<20} {:<10} {:<12} {:<10} calls {calls}, faults {faults}",
+            p["name"].as_str().unwrap_or("?"),
+            p["version"].as_str().unwrap_or("?"),
+            p["kind"].as_str().unwrap_or("?"),
+            p["state"].as_str().unwrap_or("?"),
+        )
+    }
+
+    fn names(v: &Value) -> String {
+        let list: Vec<&str> = v.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        if list.is_empty() { "none".into() } else { list.join(", ") }
+    }
+
+    pub async fn list(server: ServerArgs) -> anyhow::Result<()> {
+        let body = call(&server, reqwest::Method::GET, "plugins", None).await?;
+        for p in body["items"].as_array().into_iter().flatten() {
+            println!("{}", line(p));
+        }
+        Ok(())
+    }
+
+    pub async fn show(name: String, server: ServerArgs) -> anyhow::Result<()> {
+        let body = call(&server, reqwest::Method::GET, &format!("plugins/{name}"), None).await?;
+        let p = &body["plugin"];
+        println!("{}", line(p));
+        if let Some(why) = p["suspended_reason"].as_str() {
+            println!("suspended  {why}");
+        }
+        println!("publisher  {}", p["publisher"].as_str().unwrap_or("?"));
+        println!("sha256     {}", p["sha256"].as_str().unwrap_or("?"));
+        println!(
+            "loaded     {} (a rollback returns to {})",
+            names(&p["loaded_versions"]),
+            p["previous_version"].as_str().unwrap_or("none")
+        );
+        println!("requests   {}", names(&p["capabilities_requested"]));
+        println!("granted    {}", names(&p["capabilities_granted"]));
+        println!("uploaded:");
+        for c in body["components"].as_array().into_iter().flatten() {
+            println!(
+                "  {:<10} {} by {}, signed by {}",
+                c["version"].as_str().unwrap_or("?"),
+                &c["sha256"].as_str().unwrap_or("?")[..12.min(c["sha256"].as_str().unwrap_or("?").len())],
+                c["uploaded_by"].as_str().unwrap_or("?"),
+                c["signed_by"].as_str().unwrap_or("no one"),
+            );
+        }
+        println!("history:");
+        for e in body["history"].as_array().into_iter().flatten().take(20) {
+            println!(
+                "  {:<14} {:<10} {} {}",
+                e["kind"].as_str().unwrap_or("?"),
+                e["version"].as_str().unwrap_or("-"),
+                e["actor"].as_str().unwrap_or("?"),
+                e["reason"].as_str().unwrap_or(""),
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn grant(name: String, capabilities: Vec<String>, server: ServerArgs) -> anyhow::Result<()> {
+        let body = json!({"capabilities": capabilities});
+        let got = call(&server, reqwest::Method::PUT, &format!("plugins/{name}/grants"), Some(body)).await?;
+        println!("{name} is granted: {}", names(&got["capabilities"]));
+        Ok(())
+    }
+
+    /// rollback, suspend or enable.
+    pub async fn act(name: String, action: &str, reason: Option<String>, server: ServerArgs) -> anyhow::Result<()> {
+        let body = reason.map(|r| json!({"reason": r}));
+        let p = call(&server, reqwest::Method::POST, &format!("plugins/{name}/{action}"), body).await?;
+        println!("{}", line(&p));
+        Ok(())
+    }
+
+    pub async fn settings(name: String, set: Vec<String>, server: ServerArgs) -> anyhow::Result<()> {
+        let path = format!("plugins/{name}/settings");
+        let mut current = call(&server, reqwest::Method::GET, &path, None).await?;
+        if !set.is_empty() {
+            // Read, change, write back: what GET masks (`***`) keeps the stored secret.
+            let config =
+                current["config"].as_object_mut().ok_or_else(|| anyhow::anyhow!("the server sent no config"))?;
+            for pair in &set {
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--set {pair}: use KEY=VALUE (KEY= removes the value)"))?;
+                if v.is_empty() {
+                    config.remove(k);
+                } else {
+                    config.insert(k.to_string(), json!(v));
+                }
+            }
+            current = call(&server, reqwest::Method::PUT, &path, Some(current)).await?;
+        }
+        println!("{}", serde_json::to_string_pretty(&current)?);
+        Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! # drover-sdk: write Drover plugins in Rust
 //!
 //! A Drover plugin is a WebAssembly component implementing one world of the
-//! `drover:plugin@0.1.0` contract (see `wit/` and `docs/plugin-contract.md`):
+//! `drover:plugin@0.1.0` contract (its WIT is in this crate's `wit/`; see Drover's
+//! `docs/plugin-contract.md`):
 //!
 //! * [`device_type`]: translate a device type's wire format (Android JSON, Apple MDM
 //!   plists, OMA-DM SyncML, LwM2M TLV …) to and from the host's model;
@@ -34,7 +35,7 @@ pub const MANIFEST_SECTION: &str = "drover-manifest";
 #[allow(clippy::too_many_arguments)]
 pub mod device_type {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "drover:plugin/device-type",
         pub_export_macro: true,
         export_macro_name: "__export_device_type",
@@ -49,7 +50,7 @@ pub mod device_type {
 #[allow(clippy::too_many_arguments)]
 pub mod transport {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "drover:plugin/transport",
         pub_export_macro: true,
         export_macro_name: "__export_transport",
@@ -64,7 +65,7 @@ pub mod transport {
 #[allow(clippy::too_many_arguments)]
 pub mod policy_rule {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "drover:plugin/policy-rule",
         pub_export_macro: true,
         export_macro_name: "__export_policy_rule",

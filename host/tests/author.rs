@@ -1,0 +1,183 @@
+//! The plugin author's path outside this repository: the built `drover` binary alone, copied
+//! into an empty directory, makes a plugin of each kind (`plugin new`, no `--sdk-path`),
+//! and every command of the generated README runs as written from the new crate (`cargo
+//! test`, `plugin build`, `plugin test`, keygen, trust, sign, install) against a running
+//! `drover serve`. The device type then enrolls a device and completes an operation.
+//!
+//! Only the crate registry is reached (dependencies pinned by the Cargo.lock the binary
+//! writes); the compiled dependencies are shared through CARGO_TARGET_DIR.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The ```sh block of a README, one command a line.
+fn commands(readme: &str) -> Vec<String> {
+    let block = readme.split("```sh\n").nth(1).expect("the README has a ```sh block");
+    let block = &block[..block.find("```").unwrap()];
+    block.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()
+}
+
+/// Run `line` with `sh` in `dir`; its output, or a panic that shows it.
+fn sh(dir: &Path, line: &str, env: &[(&str, String)]) -> String {
+    let mut c = Command::new("sh");
+    c.arg("-c").arg(line).current_dir(dir);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    // Never a developer's configuration.
+    c.env_remove("DROVER_CONFIG").env_remove("DROVER_DATA_DIR");
+    let out = c.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "`{line}` failed in {}:\n{stdout}\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_author_with_only_the_binary_builds_installs_and_serves_each_kind() {
+    // The binary alone, in a directory of its own, first on PATH (cargo and rustc stay).
+    let bin = tempfile::tempdir().unwrap();
+    let drover = bin.path().join("drover");
+    std::fs::copy(env!("CARGO_BIN_EXE_drover"), &drover).unwrap();
+    let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
+    let work = tempfile::tempdir().unwrap();
+    assert!(!work.path().starts_with(env!("CARGO_MANIFEST_DIR").trim_end_matches("/host")));
+
+    // A running server, from the same binary.
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(&drover)
+        .args(["serve", "--data-dir"])
+        .arg(data.path())
+        .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .args(["--mqtt-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--coap-addr", &format!("127.0.0.1:{}", free_port())])
+        .env_remove("DROVER_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _served = Served(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "drover serve did not listen within 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Keep the server's log flowing (a full pipe would stop it).
+    std::thread::spawn(move || {
+        let _ = std::io::BufReader::new(stderr).read_to_end(&mut Vec::new());
+    });
+    let token = std::fs::read_to_string(data.path().join("admin-token")).unwrap().trim().to_string();
+    let server = format!("http://127.0.0.1:{port}");
+    let workspace = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let env = [
+        ("PATH", path),
+        ("DROVER_SERVER", server.clone()),
+        ("DROVER_ADMIN_TOKEN", token.clone()),
+        // Compiled dependencies shared between the kinds and with other test runs.
+        ("CARGO_TARGET_DIR", workspace.join("target/author").display().to_string()),
+    ];
+
+    for (name, kind) in [("acme-tracker", "device-type"), ("acme-push", "transport"), ("acme-battery", "policy-rule")] {
+        let out = sh(work.path(), &format!("drover plugin new {name} --kind {kind}"), &env);
+        assert!(out.contains(&format!("created {kind} plugin `{name}`")), "{out}");
+        let dir = work.path().join(name);
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        assert!(manifest.contains(r#"path = "drover-sdk""#), "the carried SDK, not a checkout: {manifest}");
+        assert!(dir.join("drover-sdk/wit/worlds.wit").is_file());
+        let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+        let mut outputs = Vec::new();
+        for line in commands(&readme) {
+            outputs.push((line.clone(), sh(&dir, &line, &env)));
+        }
+        let said =
+            |cmd: &str| outputs.iter().find(|(l, _)| l.starts_with(cmd)).map(|(_, o)| o.clone()).unwrap_or_default();
+        let built = said("drover plugin build");
+        assert!(built.contains(&format!("{name} 0.1.0 ({kind})")) && built.contains("built "), "{built}");
+        if kind == "device-type" {
+            assert!(built.contains("REBOOT"), "the operation catalogue: {built}");
+            assert!(said("drover plugin test").contains("3 passed, 0 failed"), "{outputs:?}");
+        }
+        let installed = said("drover plugin install");
+        assert!(installed.contains(&format!("{name}@0.1.0")), "{installed}");
+        if kind == "transport" {
+            assert!(said("drover plugin grant").contains("granted: config"), "{outputs:?}");
+        }
+        // The lifecycle from the CLI: the server shows it serving, with what was granted.
+        let shown = sh(&dir, &format!("drover plugin show {name}"), &env);
+        assert!(shown.contains(&format!("{name:<20} 0.1.0")) && shown.contains("active"), "{shown}");
+    }
+
+    operate(&server, &token).await;
+
+    // Suspend, enable, list, and settings from the CLI.
+    let dir = work.path().join("acme-tracker");
+    let out = sh(&dir, "drover plugin suspend acme-tracker --reason 'field test'", &env);
+    assert!(out.contains("suspended"), "{out}");
+    assert!(sh(&dir, "drover plugin show acme-tracker", &env).contains("field test"));
+    assert!(sh(&dir, "drover plugin enable acme-tracker", &env).contains("active"));
+    let listed = sh(&dir, "drover plugin list", &env);
+    assert!(listed.contains("acme-tracker") && listed.contains("android"), "{listed}");
+    let set = sh(&dir, "drover plugin settings acme-push --set api_key=k-2 --set region=eu", &env);
+    assert!(set.contains("\"region\": \"eu\""), "{set}");
+}
+
+/// The new device type serves a device: enroll, an operation, a poll that delivers it, a
+/// result that completes it.
+async fn operate(server: &str, admin: &str) {
+    use serde_json::{Value, json};
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{server}/agent/v1/acme-tracker/enroll"))
+        .body(r#"{"id": "tracker-7"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let token = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+    let r = http
+        .post(format!("{server}/api/v1/operations"))
+        .bearer_auth(admin)
+        .json(&json!({"code": "REBOOT", "targets": {"devices": [{"type": "acme-tracker", "id": "tracker-7"}]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let poll =
+        |body: String| http.put(format!("{server}/agent/v1/acme-tracker/poll")).bearer_auth(&token).body(body).send();
+    let ops: Vec<Value> = poll("[]".into()).await.unwrap().json().await.unwrap();
+    assert_eq!(ops.len(), 1);
+    assert_eq!(ops[0]["code"], "REBOOT");
+    let id = ops[0]["id"].as_i64().unwrap();
+    assert_eq!(poll(json!([{"id": id, "status": "COMPLETED"}]).to_string()).await.unwrap().status(), 200);
+    let op: Value = http
+        .get(format!("{server}/api/v1/operations/{id}"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(op["state"], "COMPLETED", "{op}");
+}
