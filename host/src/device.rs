@@ -88,6 +88,15 @@ mod tests {
         }
     }
 
+    /// The OpenAPI document names the values as JSON spells them.
+    #[test]
+    fn the_schema_lists_the_spellings() {
+        let schema = serde_json::to_value(<Ownership as utoipa::PartialSchema>::schema()).unwrap();
+        assert_eq!(schema["enum"], serde_json::json!(["BYOD", "COPE"]), "{schema}");
+        let schema = serde_json::to_value(<crate::ops::Kind as utoipa::PartialSchema>::schema()).unwrap();
+        assert_eq!(schema["enum"], serde_json::json!(["command", "profile", "policy"]), "{schema}");
+    }
+
     #[test]
     fn an_unknown_name_is_refused_with_the_names_allowed() {
         assert_eq!(Ownership::parse("mine").unwrap_err().to_string(), "ownership `mine`: use BYOD or COPE");

@@ -41,6 +41,10 @@ enum PluginCommand {
         name: String,
         #[arg(long, value_enum, default_value = "device-type")]
         kind: KindArg,
+        /// The language: Rust (with the SDK this binary carries), or, for a device type,
+        /// Python (built with componentize-py) or JavaScript (built with jco).
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: LangArg,
         /// Directory to create [default: ./NAME]
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -170,6 +174,14 @@ enum PluginCommand {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum LangArg {
+    Rust,
+    Python,
+    #[value(alias = "js")]
+    Javascript,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum KindArg {
     DeviceType,
@@ -196,7 +208,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(*args).await,
             Command::Plugin { command } => match command {
                 PluginCommand::Inspect { file, json } => inspect(file, json).await,
-                PluginCommand::New { name, kind, dir, sdk_path } => new_plugin(name, kind, dir, sdk_path),
+                PluginCommand::New { name, kind, lang, dir, sdk_path } => new_plugin(name, kind, lang, dir, sdk_path),
                 PluginCommand::Build { dir, out } => build_plugin(dir, out).await,
                 PluginCommand::Test { file, fixtures } => test_plugin(file, fixtures).await,
                 PluginCommand::Embed { file, manifest, out } => embed(file, manifest, out),
@@ -481,15 +493,38 @@ async fn trust(key: PathBuf, publisher: String, server: ServerArgs) -> anyhow::R
     Ok(())
 }
 
-fn new_plugin(name: String, kind: KindArg, dir: Option<PathBuf>, sdk_path: Option<PathBuf>) -> anyhow::Result<()> {
+fn new_plugin(
+    name: String,
+    kind: KindArg,
+    lang: LangArg,
+    dir: Option<PathBuf>,
+    sdk_path: Option<PathBuf>,
+) -> anyhow::Result<()> {
     use drover::plugins::Kind;
-    use drover::plugins::template::{Sdk, generate};
+    use drover::plugins::template::{Lang, Sdk, generate, generate_in};
     let kind = match kind {
         KindArg::DeviceType => Kind::DeviceType,
         KindArg::Transport => Kind::Transport,
         KindArg::PolicyRule => Kind::PolicyRule,
     };
     let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+    let other = match lang {
+        LangArg::Rust => None,
+        LangArg::Python => Some((Lang::Python, "Python")),
+        LangArg::Javascript => Some((Lang::JavaScript, "JavaScript")),
+    };
+    if let Some((lang, language)) = other {
+        if kind != Kind::DeviceType {
+            anyhow::bail!("--lang {} makes a device type; for a {kind}, use --lang rust", language.to_lowercase());
+        }
+        let files = generate_in(lang, &name, &dir)?;
+        println!("created device-type plugin `{name}` ({language}) in {}:", dir.display());
+        for f in files {
+            println!("  {}", f.display());
+        }
+        println!("next: cd {} && drover plugin build (README.md has the rest)", dir.display());
+        return Ok(());
+    }
     let sdk = match sdk_path {
         Some(p) => {
             let p = std::fs::canonicalize(&p).map_err(|e| anyhow::anyhow!("--sdk-path {}: {e}", p.display()))?;
@@ -509,12 +544,70 @@ fn new_plugin(name: String, kind: KindArg, dir: Option<PathBuf>, sdk_path: Optio
     Ok(())
 }
 
+/// How a device type in another language becomes a component.
+#[derive(Clone, Copy, PartialEq)]
+enum Toolchain {
+    Python,
+    JavaScript,
+}
+
+/// A device type in Python or JavaScript (`drover plugin new --lang …`): its toolchain
+/// against the WIT in the project, the manifest embedded, then the same check as for Rust.
+async fn build_other(dir: PathBuf, out: Option<PathBuf>, toolchain: Toolchain) -> anyhow::Result<()> {
+    let text = String::from_utf8(read(&dir.join("plugin.toml"))?)?;
+    let manifest = Manifest::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("plugin.toml").display()))?;
+    let out = out.unwrap_or_else(|| dir.join(format!("{}.wasm", manifest.name)));
+    let target = std::path::absolute(&out)?;
+    let (mut command, missing) = match toolchain {
+        Toolchain::Python => {
+            let tool = std::env::var_os("COMPONENTIZE_PY").unwrap_or_else(|| "componentize-py".into());
+            let mut c = std::process::Command::new(&tool);
+            // --stub-wasi: no WASI imports from Python's runtime (clocks, random,
+            // filesystem, sockets), which a plugin has no use for.
+            c.env("PYTHONDONTWRITEBYTECODE", "1")
+                .args(["-d", "wit", "-w", "device-type", "componentize", "--stub-wasi", "app", "-o"])
+                .arg(&target);
+            let missing = format!(
+                "cannot run {}: install componentize-py (python3 -m venv .venv && .venv/bin/pip install \
+                 componentize-py==0.25.1) and put it on PATH or in COMPONENTIZE_PY",
+                tool.to_string_lossy()
+            );
+            (c, missing)
+        }
+        Toolchain::JavaScript => {
+            let jco = dir.join("node_modules/.bin/jco");
+            let mut c = std::process::Command::new(std::path::absolute(&jco)?);
+            // --disable all: no WASI features of the engine (clocks, random, stdio, http).
+            c.args(["componentize", "app.js", "--wit", "wit", "--world-name", "device-type", "--disable", "all", "-o"])
+                .arg(&target);
+            (c, format!("cannot run {}: run `npm install` in {} first (it fetches jco)", jco.display(), dir.display()))
+        }
+    };
+    let status = command.current_dir(&dir).status().map_err(|e| anyhow::anyhow!("{missing} ({e})"))?;
+    if !status.success() {
+        anyhow::bail!("building the component failed (the messages are above)");
+    }
+    let bytes = Manifest::embed(&read(&out)?, &text)?;
+    std::fs::write(&out, bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+    inspect(out.clone(), false)
+        .await
+        .map_err(|e| anyhow::anyhow!("{} does not pass the contract: {e:#}", out.display()))?;
+    println!("built {}", out.display());
+    Ok(())
+}
+
 /// The Rust target plugins are built for.
 const PLUGIN_TARGET: &str = "wasm32-wasip2";
 
 async fn build_plugin(dir: PathBuf, out: Option<PathBuf>) -> anyhow::Result<()> {
     use std::process::Command;
     let manifest_path = dir.join("Cargo.toml");
+    if !manifest_path.is_file() && dir.join("app.py").is_file() {
+        return build_other(dir, out, Toolchain::Python).await;
+    }
+    if !manifest_path.is_file() && dir.join("app.js").is_file() {
+        return build_other(dir, out, Toolchain::JavaScript).await;
+    }
     if !manifest_path.is_file() {
         anyhow::bail!(
             "{}: no Cargo.toml here; run `drover plugin build` in a plugin crate (`drover plugin new NAME` makes one)",

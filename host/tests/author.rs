@@ -2,11 +2,16 @@
 //! into an empty directory, makes a plugin of each kind (`plugin new`, no `--sdk-path`),
 //! and every command of the generated README runs as written from the new crate (`cargo
 //! test`, `plugin build`, `plugin test`, keygen, trust, sign, install) against a running
-//! `drover serve`. The device type then enrolls a device and completes an operation.
+//! `drover serve`. The device type then enrolls a device and completes an operation. The
+//! same for a device type in Python (`--lang python`, built with componentize-py, which
+//! `DROVER_COMPONENTIZE_PY` names) and in JavaScript (`--lang javascript`, built with jco,
+//! which its README's `npm install` fetches). CI has both toolchains; elsewhere a missing
+//! one is skipped with a message, while under CI that is a failure.
 //!
 //! Only the crate registry is reached (dependencies pinned by the Cargo.lock the binary
 //! writes); the compiled dependencies are shared through CARGO_TARGET_DIR.
 
+use serde_json::{Value, json};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -98,17 +103,46 @@ async fn a_new_author_with_only_the_binary_builds_installs_and_serves_each_kind(
         ("CARGO_TARGET_DIR", workspace.join("target/author").display().to_string()),
     ];
 
-    for (name, kind) in [("acme-tracker", "device-type"), ("acme-push", "transport"), ("acme-battery", "policy-rule")] {
-        let out = sh(work.path(), &format!("drover plugin new {name} --kind {kind}"), &env);
+    let python = componentize_py();
+    let mut plugins = vec![
+        ("acme-tracker", "device-type", "rust"),
+        ("acme-push", "transport", "rust"),
+        ("acme-battery", "policy-rule", "rust"),
+    ];
+    let mut env = env.to_vec();
+    match &python {
+        Some(tool) => {
+            plugins.push(("acme-py", "device-type", "python"));
+            env.push(("COMPONENTIZE_PY", tool.clone()));
+        }
+        None => {
+            assert!(std::env::var_os("CI").is_none(), "CI must provide componentize-py (DROVER_COMPONENTIZE_PY)");
+            eprintln!("author: componentize-py not found (set DROVER_COMPONENTIZE_PY): the Python template skipped");
+        }
+    }
+    if Command::new("npm").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        plugins.push(("acme-js", "device-type", "javascript"));
+    } else {
+        assert!(std::env::var_os("CI").is_none(), "CI must provide npm (for the JavaScript template)");
+        eprintln!("author: npm not found: the JavaScript template skipped");
+    }
+    let env = env.as_slice();
+
+    for (name, kind, lang) in plugins {
+        let out = sh(work.path(), &format!("drover plugin new {name} --kind {kind} --lang {lang}"), env);
         assert!(out.contains(&format!("created {kind} plugin `{name}`")), "{out}");
         let dir = work.path().join(name);
-        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
-        assert!(manifest.contains(r#"path = "drover-sdk""#), "the carried SDK, not a checkout: {manifest}");
-        assert!(dir.join("drover-sdk/wit/worlds.wit").is_file());
+        if lang == "rust" {
+            let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+            assert!(manifest.contains(r#"path = "drover-sdk""#), "the carried SDK, not a checkout: {manifest}");
+            assert!(dir.join("drover-sdk/wit/worlds.wit").is_file());
+        } else {
+            assert!(dir.join("wit/worlds.wit").is_file() && dir.join("fixtures/cases.toml").is_file());
+        }
         let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
         let mut outputs = Vec::new();
         for line in commands(&readme) {
-            outputs.push((line.clone(), sh(&dir, &line, &env)));
+            outputs.push((line.clone(), sh(&dir, &line, env)));
         }
         let said =
             |cmd: &str| outputs.iter().find(|(l, _)| l.starts_with(cmd)).map(|(_, o)| o.clone()).unwrap_or_default();
@@ -124,51 +158,72 @@ async fn a_new_author_with_only_the_binary_builds_installs_and_serves_each_kind(
             assert!(said("drover plugin grant").contains("granted: config"), "{outputs:?}");
         }
         // The lifecycle from the CLI: the server shows it serving, with what was granted.
-        let shown = sh(&dir, &format!("drover plugin show {name}"), &env);
+        let shown = sh(&dir, &format!("drover plugin show {name}"), env);
         assert!(shown.contains(&format!("{name:<20} 0.1.0")) && shown.contains("active"), "{shown}");
     }
 
-    operate(&server, &token).await;
+    operate(&server, &token, "acme-tracker", "REBOOT", None).await;
+    // The Python and JavaScript plugins validate the payload: their message reaches the admin.
+    let interval = || Some((json!({"seconds": 5}), json!({"seconds": 60})));
+    if python.is_some() {
+        operate(&server, &token, "acme-py", "SET_INTERVAL", interval()).await;
+    }
+    if work.path().join("acme-js").is_dir() {
+        operate(&server, &token, "acme-js", "SET_INTERVAL", interval()).await;
+    }
 
     // Suspend, enable, list, and settings from the CLI.
     let dir = work.path().join("acme-tracker");
-    let out = sh(&dir, "drover plugin suspend acme-tracker --reason 'field test'", &env);
+    let out = sh(&dir, "drover plugin suspend acme-tracker --reason 'field test'", env);
     assert!(out.contains("suspended"), "{out}");
-    assert!(sh(&dir, "drover plugin show acme-tracker", &env).contains("field test"));
-    assert!(sh(&dir, "drover plugin enable acme-tracker", &env).contains("active"));
-    let listed = sh(&dir, "drover plugin list", &env);
+    assert!(sh(&dir, "drover plugin show acme-tracker", env).contains("field test"));
+    assert!(sh(&dir, "drover plugin enable acme-tracker", env).contains("active"));
+    let listed = sh(&dir, "drover plugin list", env);
     assert!(listed.contains("acme-tracker") && listed.contains("android"), "{listed}");
-    let set = sh(&dir, "drover plugin settings acme-push --set api_key=k-2 --set region=eu", &env);
+    let set = sh(&dir, "drover plugin settings acme-push --set api_key=k-2 --set region=eu", env);
     assert!(set.contains("\"region\": \"eu\""), "{set}");
 }
 
-/// The new device type serves a device: enroll, an operation, a poll that delivers it, a
-/// result that completes it.
-async fn operate(server: &str, admin: &str) {
-    use serde_json::{Value, json};
+fn componentize_py() -> Option<String> {
+    if let Ok(p) = std::env::var("DROVER_COMPONENTIZE_PY") {
+        return Some(p);
+    }
+    let found = Command::new("componentize-py").arg("--version").output().is_ok_and(|o| o.status.success());
+    found.then(|| "componentize-py".to_string())
+}
+
+/// A new device type serves a device: enroll, an operation (a refused payload first, when
+/// given: the plugin's message reaches the admin), a poll that delivers it, a result that
+/// completes it, and a malformed report that is refused and changes nothing.
+async fn operate(server: &str, admin: &str, device_type: &str, code: &str, payloads: Option<(Value, Value)>) {
     let http = reqwest::Client::new();
-    let r = http
-        .post(format!("{server}/agent/v1/acme-tracker/enroll"))
-        .body(r#"{"id": "tracker-7"}"#)
-        .send()
-        .await
-        .unwrap();
+    let r =
+        http.post(format!("{server}/agent/v1/{device_type}/enroll")).body(r#"{"id": "unit-7"}"#).send().await.unwrap();
     assert_eq!(r.status(), 201);
     let token = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
-    let r = http
-        .post(format!("{server}/api/v1/operations"))
-        .bearer_auth(admin)
-        .json(&json!({"code": "REBOOT", "targets": {"devices": [{"type": "acme-tracker", "id": "tracker-7"}]}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    let add = |payload: Option<Value>| {
+        http.post(format!("{server}/api/v1/operations"))
+            .bearer_auth(admin)
+            .json(&json!({"code": code, "payload": payload, "targets": {"devices": [{"type": device_type, "id": "unit-7"}]}}))
+            .send()
+    };
+    let payload = match payloads {
+        Some((refused, accepted)) => {
+            let r = add(Some(refused)).await.unwrap();
+            assert_eq!(r.status(), 400);
+            assert!(r.text().await.unwrap().contains("seconds must be an integer >= 10"));
+            Some(accepted)
+        }
+        None => None,
+    };
+    assert_eq!(add(payload).await.unwrap().status(), 201);
     let poll =
-        |body: String| http.put(format!("{server}/agent/v1/acme-tracker/poll")).bearer_auth(&token).body(body).send();
+        |body: String| http.put(format!("{server}/agent/v1/{device_type}/poll")).bearer_auth(&token).body(body).send();
     let ops: Vec<Value> = poll("[]".into()).await.unwrap().json().await.unwrap();
     assert_eq!(ops.len(), 1);
-    assert_eq!(ops[0]["code"], "REBOOT");
+    assert_eq!(ops[0]["code"], code);
     let id = ops[0]["id"].as_i64().unwrap();
+    assert_eq!(poll("[{\"id\": ".into()).await.unwrap().status(), 400, "a malformed report is refused");
     assert_eq!(poll(json!([{"id": id, "status": "COMPLETED"}]).to_string()).await.unwrap().status(), 200);
     let op: Value = http
         .get(format!("{server}/api/v1/operations/{id}"))

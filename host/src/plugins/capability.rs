@@ -114,31 +114,120 @@ pub enum GrantError {
     Unknown { import: String },
 }
 
-/// Check every import against what the manifest requested and what was granted.
+/// Every problem with a component's imports, found in one pass, and what fixes them: so
+/// an author learns everything a build lacks at the first try, not one capability a try.
+#[derive(Debug, PartialEq)]
+pub struct ImportProblems {
+    /// The plugin's name, for the grant command in the fix.
+    pub plugin: String,
+    pub problems: Vec<GrantError>,
+}
+
+impl ImportProblems {
+    /// What fixes every problem, one sentence each.
+    pub fn fixes(&self) -> Vec<String> {
+        let mut to_request = BTreeSet::new();
+        let mut to_grant = BTreeSet::new();
+        let mut wasi = false;
+        let mut other = false;
+        for p in &self.problems {
+            match p {
+                GrantError::NotRequested { import, capability } => {
+                    to_request.insert(*capability);
+                    wasi |= import.starts_with("wasi:");
+                }
+                GrantError::NotGranted { capability, .. } => {
+                    to_grant.insert(*capability);
+                }
+                GrantError::OtherContract { .. } => other = true,
+                GrantError::Unknown { import } => wasi |= import.starts_with("wasi:"),
+            }
+        }
+        let list =
+            |set: &BTreeSet<Capability>, sep: &str| set.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(sep);
+        let mut fixes = Vec::new();
+        if !to_request.is_empty() {
+            fixes.push(format!(
+                "add {} to `capabilities` in plugin.toml (and have an admin grant {})",
+                to_request.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", "),
+                if to_request.len() == 1 { "it" } else { "them" }
+            ));
+        }
+        if !to_grant.is_empty() {
+            fixes.push(format!(
+                "an admin grants {}: `drover plugin grant {} {}` (PUT /api/v1/plugins/{}/grants)",
+                list(&to_grant, ", "),
+                self.plugin,
+                list(&to_grant, " "),
+                self.plugin
+            ));
+        }
+        if wasi {
+            fixes.push(
+                "if these WASI imports come from a language runtime rather than your code (componentize-py \
+                 imports clocks, random, filesystem and sockets for Python's), build without them: \
+                 `componentize-py … componentize --stub-wasi`"
+                    .into(),
+            );
+        }
+        if other {
+            fixes.push(format!(
+                "build against the contract this host speaks, drover:plugin@{} (the WIT `drover plugin new` writes)",
+                super::contract::CONTRACT
+            ));
+        }
+        fixes
+    }
+}
+
+impl std::fmt::Display for ImportProblems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.problems.as_slice() {
+            [one] => write!(f, "{one}")?,
+            many => {
+                write!(f, "{} problems with its imports:", many.len())?;
+                for (i, p) in many.iter().enumerate() {
+                    write!(f, " ({}) {p};", i + 1)?;
+                }
+            }
+        }
+        let fixes = self.fixes();
+        if !fixes.is_empty() {
+            write!(f, ". To fix: {}", fixes.join("; "))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ImportProblems {}
+
+/// Check every import against what the manifest requested and what was granted; every
+/// problem at once.
 pub fn check_imports<'a>(
+    plugin: &str,
     imports: impl IntoIterator<Item = &'a str>,
     requested: &[Capability],
     granted: &Grants,
-) -> Result<(), GrantError> {
+) -> Result<(), ImportProblems> {
+    let mut problems = Vec::new();
     for import in imports {
         match classify_import(import) {
             ImportNeed::Nothing => {}
             ImportNeed::Capability(capability) => {
                 let import = import.to_string();
                 if !requested.contains(&capability) {
-                    return Err(GrantError::NotRequested { import, capability });
-                }
-                if !granted.contains(&capability) {
-                    return Err(GrantError::NotGranted { import, capability });
+                    problems.push(GrantError::NotRequested { import, capability });
+                } else if !granted.contains(&capability) {
+                    problems.push(GrantError::NotGranted { import, capability });
                 }
             }
             ImportNeed::OtherContract(version) => {
-                return Err(GrantError::OtherContract { import: import.to_string(), version });
+                problems.push(GrantError::OtherContract { import: import.to_string(), version });
             }
-            ImportNeed::Unknown => return Err(GrantError::Unknown { import: import.to_string() }),
+            ImportNeed::Unknown => problems.push(GrantError::Unknown { import: import.to_string() }),
         }
     }
-    Ok(())
+    if problems.is_empty() { Ok(()) } else { Err(ImportProblems { plugin: plugin.to_string(), problems }) }
 }
 
 /// The names a component imports, read from its top-level import section without
@@ -188,10 +277,39 @@ mod tests {
     #[test]
     fn grants_must_be_requested_and_granted() {
         let granted: Grants = [Capability::Log].into();
-        assert!(check_imports(["drover:plugin/log@0.1.0"], &[Capability::Log], &granted).is_ok());
-        let e = check_imports(["drover:plugin/kv@0.1.0"], &[Capability::Log], &granted).unwrap_err();
+        assert!(check_imports("p", ["drover:plugin/log@0.1.0"], &[Capability::Log], &granted).is_ok());
+        let e = check_imports("p", ["drover:plugin/kv@0.1.0"], &[Capability::Log], &granted).unwrap_err();
         assert!(e.to_string().contains("`kv`") && e.to_string().contains("does not request"), "{e}");
-        let e = check_imports(["wasi:filesystem/types@0.2.3"], &[Capability::Filesystem], &granted).unwrap_err();
+        let e = check_imports("p", ["wasi:filesystem/types@0.2.3"], &[Capability::Filesystem], &granted).unwrap_err();
         assert!(e.to_string().contains("`filesystem`") && e.to_string().contains("not granted"), "{e}");
+    }
+
+    /// A componentize-py build without --stub-wasi: every missing capability named at
+    /// once, with the fixes (it took seven tries when each try named one).
+    #[test]
+    fn every_problem_is_named_at_once_with_its_fix() {
+        let imports = [
+            "drover:plugin/types@0.1.0",
+            "wasi:clocks/wall-clock@0.2.0",
+            "wasi:clocks/monotonic-clock@0.2.0",
+            "wasi:random/random@0.2.0",
+            "wasi:filesystem/preopens@0.2.0",
+            "wasi:sockets/tcp@0.2.0",
+            "drover:plugin/config@0.1.0",
+            "wasi:http/types@0.2.0",
+        ];
+        let e = check_imports("acme-py", imports, &[Capability::Config], &Grants::new()).unwrap_err();
+        assert_eq!(e.problems.len(), 7, "{e}");
+        let text = e.to_string();
+        assert!(text.starts_with("7 problems with its imports: (1) imports `wasi:clocks/wall-clock@0.2.0`"), "{text}");
+        for needed in ["`clock`", "`random`", "`filesystem`", "`network`", "`config`", "wasi:http/types"] {
+            assert!(text.contains(needed), "{needed}: {text}");
+        }
+        assert!(
+            text.contains(r#"add "clock", "random", "filesystem", "network" to `capabilities` in plugin.toml"#),
+            "{text}"
+        );
+        assert!(text.contains("`drover plugin grant acme-py config`"), "{text}");
+        assert!(text.contains("--stub-wasi"), "{text}");
     }
 }

@@ -147,7 +147,7 @@ pub enum LoadFailure {
     #[error(transparent)]
     Manifest(#[from] super::manifest::ManifestError),
     #[error(transparent)]
-    Grant(#[from] super::capability::GrantError),
+    Grant(#[from] super::capability::ImportProblems),
     #[error("the component does not compile: {0}")]
     Compile(String),
     #[error("its manifest says kind `{kind}`, but the component does not implement world {}: {detail}", .kind.world())]
@@ -515,7 +515,7 @@ impl Runtime {
         // Imports are checked before compiling: a refused plugin costs no compile time.
         let imports = component_imports(bytes)
             .map_err(|e| fail(&label, LoadFailure::Compile(format!("cannot read imports: {e}"))))?;
-        check_imports(imports.iter().map(String::as_str), &manifest.capabilities, &options.grants)
+        check_imports(&manifest.name, imports.iter().map(String::as_str), &manifest.capabilities, &options.grants)
             .map_err(|e| fail(&label, e.into()))?;
 
         let compile_started = Instant::now();

@@ -83,8 +83,8 @@ pub enum TemplateError {
     Write { path: PathBuf, source: std::io::Error },
 }
 
-/// Write a new `kind` plugin crate named `name` into `dir`. Returns the files written.
-pub fn generate(name: &str, kind: Kind, dir: &Path, sdk: &Sdk) -> Result<Vec<PathBuf>, TemplateError> {
+/// A name a plugin may have, into a directory that is new or empty.
+fn check(name: &str, dir: &Path) -> Result<(), TemplateError> {
     let valid = !name.is_empty()
         && name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_lowercase())
@@ -95,6 +95,75 @@ pub fn generate(name: &str, kind: Kind, dir: &Path, sdk: &Sdk) -> Result<Vec<Pat
     if dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
         return Err(TemplateError::Exists(dir.into()));
     }
+    Ok(())
+}
+
+/// Write `files` (path inside `dir`, text) into `dir`. Returns the paths written.
+fn write_all(dir: &Path, files: Vec<(String, String)>) -> Result<Vec<PathBuf>, TemplateError> {
+    let mut written = Vec::new();
+    for (path, text) in files {
+        let target = dir.join(path);
+        let write = |t: &Path| -> std::io::Result<()> {
+            if let Some(parent) = t.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(t, &text)
+        };
+        write(&target).map_err(|source| TemplateError::Write { path: target.clone(), source })?;
+        written.push(target);
+    }
+    Ok(written)
+}
+
+/// A language other than Rust that a device type may be written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    /// `app.py`, built with componentize-py.
+    Python,
+    /// `app.js`, built with jco (componentize-js), pinned by `package.json`.
+    JavaScript,
+}
+
+/// Write a new device type in `lang` named `name` into `dir` (built by `drover plugin
+/// build` with the language's toolchain), with the contract's WIT this binary carries and
+/// the fixtures of the Rust device-type template (the same protocol). Returns the files
+/// written.
+pub fn generate_in(lang: Lang, name: &str, dir: &Path) -> Result<Vec<PathBuf>, TemplateError> {
+    check(name, dir)?;
+    let own: Vec<(&str, &str)> = match lang {
+        Lang::Python => vec![
+            ("app.py", include_str!("../../../sdk/template/python/app.py")),
+            ("plugin.toml", include_str!("../../../sdk/template/python/plugin.toml")),
+            ("README.md", include_str!("../../../sdk/template/python/README.md")),
+            (".gitignore", "*.wasm\n*.key\n__pycache__/\n.venv/\n"),
+        ],
+        Lang::JavaScript => vec![
+            ("app.js", include_str!("../../../sdk/template/javascript/app.js")),
+            ("plugin.toml", include_str!("../../../sdk/template/javascript/plugin.toml")),
+            ("README.md", include_str!("../../../sdk/template/javascript/README.md")),
+            ("package.json", include_str!("../../../sdk/template/javascript/package.json")),
+            ("package-lock.json", include_str!("../../../sdk/template/javascript/package-lock.json")),
+            (".gitignore", "*.wasm\n*.key\nnode_modules/\n"),
+        ],
+    };
+    let fixtures = [
+        ("fixtures/cases.toml", include_str!("../../../sdk/template/device-type/fixtures/cases.toml")),
+        ("fixtures/enroll.json", include_str!("../../../sdk/template/device-type/fixtures/enroll.json")),
+        ("fixtures/results.json", include_str!("../../../sdk/template/device-type/fixtures/results.json")),
+        ("fixtures/malformed.json", include_str!("../../../sdk/template/device-type/fixtures/malformed.json")),
+    ];
+    let mut files: Vec<(String, String)> = own
+        .into_iter()
+        .chain(fixtures)
+        .map(|(path, text)| (path.to_string(), text.replace("{{name}}", name)))
+        .collect();
+    files.extend(SDK_FILES.iter().filter(|(p, _)| p.starts_with("wit/")).map(|(p, t)| (p.to_string(), t.to_string())));
+    write_all(dir, files)
+}
+
+/// Write a new `kind` plugin crate named `name` into `dir`. Returns the files written.
+pub fn generate(name: &str, kind: Kind, dir: &Path, sdk: &Sdk) -> Result<Vec<PathBuf>, TemplateError> {
+    check(name, dir)?;
     let feature = kind.to_string();
     let version = env!("CARGO_PKG_VERSION");
     let sdk_line = match sdk {
@@ -158,19 +227,7 @@ pub fn generate(name: &str, kind: Kind, dir: &Path, sdk: &Sdk) -> Result<Vec<Pat
         files.extend(SDK_FILES.iter().map(|(path, text)| (format!("{VENDORED_SDK}/{path}"), text.to_string())));
         files.push(("Cargo.lock".into(), LOCK.into()));
     }
-    let mut written = Vec::new();
-    for (path, text) in files {
-        let target = dir.join(path);
-        let write = |t: &Path| -> std::io::Result<()> {
-            if let Some(parent) = t.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(t, &text)
-        };
-        write(&target).map_err(|source| TemplateError::Write { path: target.clone(), source })?;
-        written.push(target);
-    }
-    Ok(written)
+    write_all(dir, files)
 }
 
 #[cfg(test)]
@@ -210,6 +267,18 @@ mod tests {
             assert!(manifest.contains(&format!("kind = \"{kind}\"")));
             assert!(matches!(generate("acme-unit", kind, dir.path(), &Sdk::Carried), Err(TemplateError::Exists(_))));
         }
+        let dir = tempfile::tempdir().unwrap();
+        for f in generate_in(Lang::Python, "acme-py", dir.path()).unwrap() {
+            let text = std::fs::read_to_string(&f).unwrap();
+            assert!(!text.contains("{{"), "{} keeps a placeholder", f.display());
+        }
+        assert!(std::fs::read_to_string(dir.path().join("app.py")).unwrap().contains(r#"name="acme-py""#));
+        let dir = tempfile::tempdir().unwrap();
+        for f in generate_in(Lang::JavaScript, "acme-js", dir.path()).unwrap() {
+            let text = std::fs::read_to_string(&f).unwrap();
+            assert!(!text.contains("{{"), "{} keeps a placeholder", f.display());
+        }
+        assert!(std::fs::read_to_string(dir.path().join("app.js")).unwrap().contains(r#"name: "acme-js""#));
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(generate("Acme", Kind::DeviceType, dir.path(), &Sdk::Carried), Err(TemplateError::Name(_))));
         assert!(matches!(generate("-x", Kind::DeviceType, dir.path(), &Sdk::Carried), Err(TemplateError::Name(_))));
