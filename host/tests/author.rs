@@ -57,17 +57,23 @@ fn sh(dir: &Path, line: &str, env: &[(&str, String)]) -> String {
     stdout
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_author_with_only_the_binary_builds_installs_and_serves_each_kind() {
-    // The binary alone, in a directory of its own, first on PATH (cargo and rustc stay).
+/// The binary alone in a directory of its own, a `drover serve` from it, and the
+/// environment an author's shell would have: the binary first on PATH (cargo, rustc,
+/// npm stay), the server and an admin token. Dropped, the server stops.
+struct Author {
+    _bin: tempfile::TempDir,
+    _data: tempfile::TempDir,
+    _served: Served,
+    server: String,
+    token: String,
+    env: Vec<(&'static str, String)>,
+}
+
+fn author() -> Author {
     let bin = tempfile::tempdir().unwrap();
     let drover = bin.path().join("drover");
     std::fs::copy(env!("CARGO_BIN_EXE_drover"), &drover).unwrap();
     let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
-    let work = tempfile::tempdir().unwrap();
-    assert!(!work.path().starts_with(env!("CARGO_MANIFEST_DIR").trim_end_matches("/host")));
-
-    // A running server, from the same binary.
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut child = Command::new(&drover)
@@ -82,7 +88,7 @@ async fn a_new_author_with_only_the_binary_builds_installs_and_serves_each_kind(
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let _served = Served(child);
+    let served = Served(child);
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "drover serve did not listen within 60 s");
@@ -95,13 +101,55 @@ async fn a_new_author_with_only_the_binary_builds_installs_and_serves_each_kind(
     let token = std::fs::read_to_string(data.path().join("admin-token")).unwrap().trim().to_string();
     let server = format!("http://127.0.0.1:{port}");
     let workspace = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-    let env = [
+    let env = vec![
         ("PATH", path),
         ("DROVER_SERVER", server.clone()),
         ("DROVER_ADMIN_TOKEN", token.clone()),
         // Compiled dependencies shared between the kinds and with other test runs.
         ("CARGO_TARGET_DIR", workspace.join("target/author").display().to_string()),
     ];
+    Author { _bin: bin, _data: data, _served: served, server, token, env }
+}
+
+/// docs/plugin-authoring.md as a newcomer follows it: every `$ ` command of its console
+/// blocks runs, in order, from an empty directory (`cd` moves), and every line of output
+/// it shows (but those with `…`, which vary) is in what the command printed.
+#[test]
+fn the_authoring_guide_runs_as_written() {
+    let a = author();
+    let work = tempfile::tempdir().unwrap();
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/plugin-authoring.md")).unwrap();
+    let mut dir = work.path().to_path_buf();
+    let mut ran = 0;
+    for block in guide.split("```console\n").skip(1) {
+        let block = &block[..block.find("```").unwrap()];
+        for step in block.split("$ ").skip(1) {
+            let mut lines = step.lines();
+            let command = lines.next().unwrap().trim();
+            if let Some(to) = command.strip_prefix("cd ") {
+                dir = dir.join(to);
+                continue;
+            }
+            let out = sh(&dir, command, &a.env);
+            for expected in lines.map(str::trim_end).filter(|l| !l.is_empty() && !l.contains('…')) {
+                assert!(
+                    out.contains(expected.trim_start()),
+                    "`{command}` printed\n{out}\nwithout the guide's line\n{expected}"
+                );
+            }
+            ran += 1;
+        }
+    }
+    assert!(ran >= 8, "the guide's console blocks hold {ran} commands");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_author_with_only_the_binary_builds_installs_and_serves_each_kind() {
+    let a = author();
+    let work = tempfile::tempdir().unwrap();
+    assert!(!work.path().starts_with(env!("CARGO_MANIFEST_DIR").trim_end_matches("/host")));
+    let (server, token) = (a.server.clone(), a.token.clone());
+    let env = a.env.clone();
 
     let python = componentize_py();
     let mut plugins = vec![
@@ -109,7 +157,7 @@ async fn a_new_author_with_only_the_binary_builds_installs_and_serves_each_kind(
         ("acme-push", "transport", "rust"),
         ("acme-battery", "policy-rule", "rust"),
     ];
-    let mut env = env.to_vec();
+    let mut env = env;
     match &python {
         Some(tool) => {
             plugins.push(("acme-py", "device-type", "python"));
