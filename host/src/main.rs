@@ -850,7 +850,8 @@ mod lifecycle {
             println!(
                 "  {:<10} {} by {}, signed by {}",
                 c["version"].as_str().unwrap_or("?"),
-                &c["sha256"].as_str().unwrap_or("?")[..12.min(c["sha256"].as_str().unwrap_or("?").len())],
+                // What the server sent, cut by characters (a byte cut could panic).
+                c["sha256"].as_str().unwrap_or("?").chars().take(12).collect::<String>(),
                 c["uploaded_by"].as_str().unwrap_or("?"),
                 c["signed_by"].as_str().unwrap_or("no one"),
             );

@@ -208,6 +208,8 @@ async fn a_new_author_with_only_the_binary_builds_installs_and_serves_each_kind(
         // The lifecycle from the CLI: the server shows it serving, with what was granted.
         let shown = sh(&dir, &format!("drover plugin show {name}"), env);
         assert!(shown.contains(&format!("{name:<20} 0.1.0")) && shown.contains("active"), "{shown}");
+        // Its upload, signed by the author's key.
+        assert!(shown.contains("uploaded:\n  0.1.0") && !shown.contains("signed by no one"), "{shown}");
     }
 
     operate(&server, &token, "acme-tracker", "REBOOT", None).await;
