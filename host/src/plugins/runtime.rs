@@ -65,7 +65,11 @@ impl Default for Limits {
 
 /// The state of one call's store.
 pub struct CallState {
-    wasi: WasiCtx,
+    /// Built at the first WASI call, not per store: a plugin call rarely makes one (its
+    /// WASI is inert: no environment, no arguments, stdio to the log), and building a
+    /// context (boxed clocks and streams, two random generators seeded from the thread's
+    /// generator) is part of every call's fixed price otherwise.
+    wasi: Option<WasiCtx>,
     table: ResourceTable,
     memory: MemoryLimiter,
     pub(crate) plugin: Arc<PluginContext>,
@@ -77,7 +81,7 @@ pub struct CallState {
 
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView { ctx: self.wasi.get_or_insert_with(|| WasiCtx::builder().build()), table: &mut self.table }
     }
 }
 
@@ -396,7 +400,7 @@ impl Caller {
     /// `call` sets one per call.
     pub(crate) fn new_store(&self) -> Store<CallState> {
         let state = CallState {
-            wasi: WasiCtx::builder().build(),
+            wasi: None,
             table: ResourceTable::new(),
             memory: MemoryLimiter { limit: self.limits.memory, hit: false },
             plugin: self.ctx.clone(),
