@@ -588,6 +588,12 @@ async fn build_other(dir: PathBuf, out: Option<PathBuf>, toolchain: Toolchain) -
         anyhow::bail!("building the component failed (the messages are above)");
     }
     let bytes = Manifest::embed(&read(&out)?, &text)?;
+    checked(out, &bytes).await
+}
+
+/// Write the built component `bytes` to `out`, then check it as the server would load it
+/// (with what its manifest asks for granted) and print what it is.
+async fn checked(out: PathBuf, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::write(&out, bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
     inspect(out.clone(), false)
         .await
@@ -676,13 +682,7 @@ async fn build_plugin(dir: PathBuf, out: Option<PathBuf>) -> anyhow::Result<()> 
     }
     let name = package["name"].as_str().unwrap_or(lib);
     let out = out.unwrap_or_else(|| dir.join(format!("{name}.wasm")));
-    std::fs::write(&out, &bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
-    // The check: load it as the server would, with what its manifest asks for granted.
-    inspect(out.clone(), false)
-        .await
-        .map_err(|e| anyhow::anyhow!("{} does not pass the contract: {e:#}", out.display()))?;
-    println!("built {}", out.display());
-    Ok(())
+    checked(out, &bytes).await
 }
 
 async fn test_plugin(file: PathBuf, fixtures: PathBuf) -> anyhow::Result<()> {

@@ -466,7 +466,7 @@ impl Store {
                         let mut out = Vec::with_capacity(events.len());
                         for (id, event, response) in events {
                             let row: Option<(String, i64, i64)> =
-                                sqlx::query_as(trusted(&writes::postgres(writes::EVENT_READ)))
+                                sqlx::query_as(trusted(&writes::PG_EVENT[0]))
                                     .bind(*id).bind(*device).fetch_optional(&mut *tx).await?;
                             let (from, to) = match writes::step(*id, *event, row) {
                                 Ok(step) => step,
@@ -475,11 +475,11 @@ impl Store {
                                     continue;
                                 }
                             };
-                            let rows = sqlx::query(trusted(&writes::postgres(writes::EVENT_MOVE)))
+                            let rows = sqlx::query(trusted(&writes::PG_EVENT[1]))
                                 .bind(to.as_str()).bind(response).bind(now).bind(*id).bind(from.as_str())
                                 .execute(&mut *tx).await?.rows_affected();
                             if rows == 1 {
-                                sqlx::query(trusted(&writes::postgres(writes::EVENT_TRANSITION)))
+                                sqlx::query(trusted(&writes::PG_EVENT[2]))
                                     .bind(*id).bind(from.as_str()).bind(to.as_str()).bind(actor).bind(now).bind(response)
                                     .execute(&mut *tx).await?;
                             }

@@ -34,6 +34,11 @@ pub(super) fn postgres(sql: &str) -> String {
     sql.replace('?', "$")
 }
 
+/// [`EVENT_READ`], [`EVENT_MOVE`] and [`EVENT_TRANSITION`] for PostgreSQL, converted once
+/// rather than per event (they run for every result a device reports).
+pub(super) static PG_EVENT: std::sync::LazyLock<[String; 3]> =
+    std::sync::LazyLock::new(|| [postgres(EVENT_READ), postgres(EVENT_MOVE), postgres(EVENT_TRANSITION)]);
+
 /// [`Write::Deliver`]: record the transitions, then move the operations. Parameters:
 /// `?1` actor, `?2` now, `?3` device, `?4`… the `n` operation ids. Only queued operations
 /// of this device move; anything else named is left alone.
