@@ -122,6 +122,21 @@ async fn main() {
     let warm = Figures { samples: warm_total };
     let plugin = cold;
 
+    // BENCH_PROFILE=1: only the smallest isolated call, in a loop, for `perf record`.
+    // BENCH_WASM=FILE: the same for that build of the component instead (an A/B of guest builds).
+    if std::env::var_os("BENCH_PROFILE").is_some() {
+        let plugin = match std::env::var_os("BENCH_WASM") {
+            Some(f) => rt.load(&std::fs::read(f).unwrap(), LoadOptions::default()).await.unwrap(),
+            None => plugin,
+        };
+        let f = measure(n, || async {
+            std::hint::black_box(plugin.validate("DEVICE_RING", None).await.ok());
+        })
+        .await;
+        println!("validate (no payload), isolated call: p50 {:.2} µs, p99 {:.2} µs", f.pct(0.5), f.pct(0.99));
+        return;
+    }
+
     let encoded_len = {
         let Ok(e) = Android::encode(
             guest::Device { id: "d".into(), metadata: vec![], session: vec![] },
