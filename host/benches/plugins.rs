@@ -3,6 +3,8 @@
 //!     cargo bench -p drover --bench plugins
 //!
 //! Prints a Markdown table; docs/BENCHMARKS.md records a run. Not run in CI.
+//! `BENCH_PROFILE=1` runs only the isolated validate call (for `perf record`), and with
+//! `BENCH_WASM=FILE` on another build of the Android component (an A/B of guest builds).
 //!
 //! * codec: the Android plugin's encode/decode of ~1 KB real payloads, called natively
 //!   (the same Rust code, linked into this binary) and through Wasm in a reused instance;
