@@ -69,8 +69,14 @@ pub async fn bootstrap_admin(store: &Store, data_dir: &Path, from_env: Option<St
         }
     };
     let hash = hash_token(&token);
-    if store.admin_for_token(&hash).await?.is_none() {
-        store.insert_admin_token(&hash, "bootstrap", Role::Admin.as_str()).await?;
+    if store.admin_for_token(&hash).await?.is_some() {
+        // Live already.
+    } else if store.admin_token_known(&hash).await? {
+        // An admin revoked it (or it expired): a restart must not bring it back.
+        tracing::warn!("the bootstrap admin token was revoked; it stays revoked (use another admin token)");
+    } else {
+        // New (first start, or DROVER_ADMIN_TOKEN changed): it replaces the previous one.
+        store.replace_admin_token(&hash, "bootstrap", Role::Admin.as_str()).await?;
     }
     tracing::info!(path = %data_dir.join("admin-token").display(), "admin API token ready");
     Ok(())

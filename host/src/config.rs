@@ -41,6 +41,9 @@ pub struct ServeArgs {
     /// Delete finished operations and their history after this many days [default: 30]
     #[arg(long, env = "DROVER_RETENTION_DAYS")]
     pub retention_days: Option<u32>,
+    /// Delete events, the audit trail among them, after this many days [default: 365]
+    #[arg(long, env = "DROVER_EVENT_RETENTION_DAYS")]
+    pub event_retention_days: Option<u32>,
     /// Mark active devices unreachable when not seen for this many hours [default: 24]
     #[arg(long, env = "DROVER_UNREACHABLE_AFTER_HOURS")]
     pub unreachable_after_hours: Option<u32>,
@@ -114,6 +117,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub open_enrollment: bool,
     pub retention_days: u32,
+    /// Events (the audit trail among them) are kept this many days.
+    pub event_retention_days: u32,
     pub unreachable_after_hours: u32,
     /// When the plugin catalog rolls back or suspends a faulting plugin by itself.
     pub fault_policy: crate::plugins::catalog::FaultPolicy,
@@ -163,6 +168,7 @@ impl Config {
             log_format: LogFormat::default(),
             open_enrollment: true,
             retention_days: 30,
+            event_retention_days: 365,
             unreachable_after_hours: 24,
             fault_policy: Default::default(),
             hold_policy: Default::default(),
@@ -214,6 +220,7 @@ impl ServeArgs {
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             open_enrollment: self.open_enrollment.or(file.open_enrollment).unwrap_or(true),
             retention_days: self.retention_days.or(file.retention_days).unwrap_or(30),
+            event_retention_days: self.event_retention_days.or(file.event_retention_days).unwrap_or(365).max(1),
             unreachable_after_hours: self.unreachable_after_hours.or(file.unreachable_after_hours).unwrap_or(24).max(1),
             fault_policy: {
                 let d = crate::plugins::catalog::FaultPolicy::default();

@@ -88,6 +88,7 @@ impl From<StoreError> for Error {
         match e {
             StoreError::Conflict(what) => Error::conflict("conflict", format!("{what} already exists")),
             StoreError::NotFound(what) => Error::not_found(format!("{what} not found")),
+            StoreError::Refused(why) => Error::conflict("refused", why),
             other => Error::internal(other.to_string()),
         }
     }

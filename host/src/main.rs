@@ -7,6 +7,8 @@ use drover::plugins::{Described, Limits, LoadOptions, Manifest, Runtime, signing
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod admin_commands;
+
 #[derive(Parser)]
 #[command(name = "drover", version, about = "Device-management server with WebAssembly device-type plugins")]
 struct Cli {
@@ -22,6 +24,46 @@ enum Command {
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
+    },
+    /// Admin-API tokens of a running server: list, create, revoke.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// The audit trail of a running server: who changed what, and what was refused.
+    Audit {
+        #[command(flatten)]
+        filter: admin_commands::AuditFilter,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Every token: name, role, state (live, expired, revoked), created, expiry.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Create a token; it is printed once, on standard output.
+    Create {
+        /// Who or what uses it (its actions are recorded under this name).
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        /// Lifetime: 90d, 12h … [default: no expiry]
+        #[arg(long)]
+        expires_in: Option<humantime::Duration>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Revoke the live token with this name: refused from its next request on.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
     },
 }
 
@@ -195,7 +237,7 @@ struct ServerArgs {
     /// The server's base URL.
     #[arg(long, env = "DROVER_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
-    /// An admin token (role admin).
+    /// An admin token with the role the command needs.
     #[arg(long, env = "DROVER_ADMIN_TOKEN", hide_env_values = true)]
     token: String,
 }
@@ -230,6 +272,14 @@ fn main() -> ExitCode {
                 PluginCommand::Enable { name, server } => lifecycle::act(name, "enable", None, server).await,
                 PluginCommand::Settings { name, set, server } => lifecycle::settings(name, set, server).await,
             },
+            Command::Token { command } => match command {
+                TokenCommand::List { server } => admin_commands::token_list(server).await,
+                TokenCommand::Create { name, role, expires_in, server } => {
+                    admin_commands::token_create(name, role, expires_in, server).await
+                }
+                TokenCommand::Revoke { name, server } => admin_commands::token_revoke(name, server).await,
+            },
+            Command::Audit { filter, server } => admin_commands::audit(filter, server).await,
         }
     });
     match result {
@@ -789,7 +839,7 @@ mod lifecycle {
         format!("{}/api/v1/{path}", server.server.trim_end_matches('/'))
     }
 
-    async fn call(
+    pub(crate) async fn call(
         server: &ServerArgs,
         method: reqwest::Method,
         path: &str,
@@ -802,6 +852,19 @@ mod lifecycle {
         }
         let response = request.send().await.map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
         answer(response).await
+    }
+
+    /// `s` percent-encoded for a URL path segment or query value (all but unreserved).
+    pub(crate) fn segment(s: &str) -> String {
+        let mut out = String::with_capacity(s.len());
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
     }
 
     fn line(p: &Value) -> String {

@@ -40,6 +40,7 @@ const CATALOG_TICK: Duration = Duration::from_secs(1);
 #[derive(Clone, Copy)]
 struct Housekeeping {
     retention: Duration,
+    event_retention: Duration,
     unreachable_after: Duration,
 }
 
@@ -88,6 +89,9 @@ impl Server {
             AppState { core, max_agent_body: crate::http::MAX_AGENT_BODY, body_timeout: config.http.body_timeout };
         let housekeeping = Housekeeping {
             retention: Duration::from_secs(u64::from(config.retention_days) * crate::enrollment::DAY_SECS as u64),
+            event_retention: Duration::from_secs(
+                u64::from(config.event_retention_days) * crate::enrollment::DAY_SECS as u64,
+            ),
             unreachable_after: Duration::from_secs(u64::from(config.unreachable_after_hours) * 3600),
         };
         Ok(Server { state, listener, housekeeping, mqtt, coap, http: config.http })
@@ -146,7 +150,8 @@ impl Server {
 
 /// Expire operations past their TTL even for devices that never call in again (every
 /// 10 s), mark devices unreachable (every minute), and delete finished operations older
-/// than the retention (hourly), so the tables cannot grow without bound.
+/// than the retention and events older than theirs (hourly), so the tables cannot grow
+/// without bound.
 async fn housekeeping(core: Core, config: Housekeeping) {
     let store = &core.store;
     let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -176,6 +181,11 @@ async fn housekeeping(core: Core, config: Housekeeping) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "telemetry past retention deleted"),
                 Err(e) => tracing::warn!("telemetry retention purge failed: {e}"),
+            }
+            match store.prune_events(now - config.event_retention.as_millis() as i64).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "events past their retention deleted"),
+                Err(e) => tracing::warn!("event retention purge failed: {e}"),
             }
         }
         n += 1;

@@ -372,3 +372,52 @@ fn the_data_directory_and_its_secrets_are_private() {
     let key = std::fs::read_to_string(data.join("secret.key")).unwrap();
     assert_eq!(key.trim().len(), 64, "{key}");
 }
+
+#[test]
+fn tokens_and_the_audit_trail_from_the_command_line() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = serve(data.path(), port);
+    let admin = std::fs::read_to_string(data.path().join("admin-token")).unwrap().trim().to_string();
+    let server = format!("http://127.0.0.1:{port}");
+    let run = |token: &str, args: &[&str]| {
+        let out = drover().args(args).env("DROVER_SERVER", &server).env("DROVER_ADMIN_TOKEN", token).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+
+    // Created: the token alone on standard output (for scripts), the rest on stderr.
+    let (ok, out, err) = run(&admin, &["token", "create", "ci job", "--role", "viewer", "--expires-in", "2h"]);
+    assert!(ok, "{err}");
+    let viewer = out.trim().to_string();
+    assert!(viewer.starts_with("drv_admin_") && !viewer.contains(' '), "{out}");
+    assert!(err.contains("created ci job (role viewer, expires 20"), "{err}");
+
+    let (ok, out, err) = run(&admin, &["token", "list"]);
+    assert!(ok, "{err}");
+    let line = out.lines().find(|l| l.starts_with("ci job")).unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("viewer") && line.contains("live") && !line.contains("never"), "{line}");
+    assert!(out.lines().any(|l| l.starts_with("bootstrap") && l.contains("never")), "{out}");
+
+    // The viewer is refused a write; the trail shows it, filtered by actor.
+    let (ok, _, err) = run(&viewer, &["token", "create", "mine", "--role", "admin"]);
+    assert!(!ok && err.contains("403"), "{err}");
+    let (ok, out, err) = run(&viewer, &["audit", "--actor", "ci job"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.contains("ci job (viewer)") && out.contains("refused") && out.contains("POST /api/v1/admin-tokens"),
+        "{out}"
+    );
+
+    // Revoked (a name with a space travels percent-encoded): refused from then on.
+    let (ok, out, err) = run(&admin, &["token", "revoke", "ci job"]);
+    assert!(ok && out.contains("revoked ci job"), "{err}");
+    let (ok, _, err) = run(&viewer, &["audit"]);
+    assert!(!ok && err.contains("401"), "{err}");
+    let (ok, out, _) = run(&admin, &["audit", "--last", "1"]);
+    assert!(ok && out.contains("bootstrap (admin)") && out.contains("-> /api/v1/admin-tokens/ci%20job"), "{out}");
+}

@@ -1,7 +1,7 @@
 //! The admin REST API under `/api/v1`. JSON in and out; errors are
 //! `{"error": {"code": "<stable code>", "message": "<what was wrong>"}}`.
 
-use super::{AppState, ErrorBody, devices, enrollment, groups, operations, plugin_settings, plugins, tokens};
+use super::{AppState, ErrorBody, audit, devices, enrollment, groups, operations, plugin_settings, plugins, tokens};
 use axum::Router;
 use axum::body::Bytes;
 use axum::http::header;
@@ -13,7 +13,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// The admin API's routes and its OpenAPI document, built from the same handler list
 /// (`routes!`), so the document cannot drift from what is served.
-pub(super) fn router() -> Router<AppState> {
+pub(super) fn router(state: AppState) -> Router<AppState> {
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(devices::list_devices))
         .routes(routes!(devices::get_device, devices::remove_device))
@@ -41,12 +41,16 @@ pub(super) fn router() -> Router<AppState> {
         .routes(routes!(plugins::remove_key))
         .routes(routes!(plugins::get_settings, plugins::put_settings))
         .routes(routes!(plugin_settings::get_plugin_settings, plugin_settings::put_plugin_settings))
-        .routes(routes!(tokens::create_admin_token))
+        .routes(routes!(tokens::list_admin_tokens, tokens::create_admin_token))
+        .routes(routes!(tokens::revoke_admin_token))
+        .routes(routes!(audit::list_audit))
         .routes(routes!(enrollment::create_enrollment_token))
         .split_for_parts();
     let document = Bytes::from(api.to_pretty_json().unwrap_or_default());
     // Uploads are the large bodies; every handler authenticates before reading its body.
     let router = router.layer(axum::extract::DefaultBodyLimit::max(plugins::MAX_UPLOAD));
+    // After routing, so the trail records the route (`MatchedPath`) as the action.
+    let router = router.route_layer(axum::middleware::from_fn_with_state(state, audit::record));
     router.route(
         "/api/v1/openapi.json",
         get(move || {

@@ -56,6 +56,10 @@ impl Admin {
             .ok_or_else(|| ApiError::unauthorized("unknown or revoked admin token"))?;
         let has =
             Role::parse(&stored).ok_or_else(|| ApiError::internal(format!("stored role `{stored}` is unknown")))?;
+        // The audit trail names the caller, refused or not.
+        if let Some(slot) = parts.extensions.get::<super::audit::AuditSlot>() {
+            slot.set_admin(&Admin { name: name.clone(), role: has });
+        }
         if has < role {
             return Err(ApiError::forbidden(format!(
                 "token `{name}` has role {}; this needs {}",

@@ -4,6 +4,7 @@
 
 mod agent;
 mod api;
+mod audit;
 mod devices;
 mod enrollment;
 mod error;
@@ -52,7 +53,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
-        .merge(api::router())
+        .merge(api::router(state.clone()))
         .merge(agent::router())
         .with_state(state)
 }

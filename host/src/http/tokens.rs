@@ -1,10 +1,11 @@
 //! `/api/v1/admin-tokens`: tokens for the admin API, by role.
 
 use super::api::Errors;
-use super::{Administrator, ApiError, ApiJson, AppState};
+use super::audit::AuditSlot;
+use super::{Administrator, ApiError, ApiJson, AppState, Path};
 use crate::auth::Role;
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -12,17 +13,25 @@ use utoipa::ToSchema;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewAdminToken {
-    /// Who or what uses it (recorded as the actor of what it does): 1 to 64 characters,
-    /// not only spaces.
+    /// Who or what uses it (recorded as the actor of what it does; tokens are revoked by
+    /// name, so one live token per name): 1 to 64 characters, not only spaces.
     #[schema(min_length = 1, max_length = 64, pattern = r"\S")]
     name: String,
     role: Role,
+    /// Seconds until it stops working (1 second to 10 years); absent: it does not expire.
+    #[schema(minimum = 1, maximum = 315_360_000)]
+    expires_in: Option<i64>,
 }
+
+/// Longest lifetime a token can be given: ten years.
+const MAX_LIFETIME_SECS: i64 = 10 * 365 * 24 * 3600;
 
 #[derive(Serialize, ToSchema)]
 pub(super) struct AdminTokenCreated {
     name: String,
     role: Role,
+    /// When it stops working (ms since the Unix epoch); absent: never.
+    expires_at: Option<i64>,
     /// Shown in this answer only; stored as a hash.
     token: String,
 }
@@ -33,12 +42,87 @@ pub(super) struct AdminTokenCreated {
 pub(super) async fn create_admin_token(
     State(state): State<AppState>,
     _: Administrator,
+    audit: Option<Extension<AuditSlot>>,
     ApiJson(t): ApiJson<NewAdminToken>,
 ) -> Result<(StatusCode, Json<AdminTokenCreated>), ApiError> {
-    if t.name.trim().is_empty() || t.name.len() > 64 {
+    if t.name.trim().is_empty() || t.name.chars().count() > 64 {
         return Err(ApiError::bad_request("invalid", "`name` must be 1 to 64 characters"));
     }
+    let expires_at = match t.expires_in {
+        None => None,
+        Some(s) if (1..=MAX_LIFETIME_SECS).contains(&s) => Some(crate::store::now_ms() + s * 1000),
+        Some(s) => {
+            return Err(ApiError::bad_request(
+                "invalid",
+                format!("`expires_in` {s}: give 1 to {MAX_LIFETIME_SECS} seconds, or leave it out for no expiry"),
+            ));
+        }
+    };
+    if let Some(Extension(slot)) = &audit {
+        slot.set_data(serde_json::json!({ "name": t.name, "role": t.role, "expires_at": expires_at }));
+    }
     let (token, hash) = crate::auth::new_token("admin");
-    state.store.insert_admin_token(&hash, &t.name, t.role.as_str()).await?;
-    Ok((StatusCode::CREATED, Json(AdminTokenCreated { name: t.name, role: t.role, token })))
+    state.store.insert_admin_token(&hash, &t.name, t.role.as_str(), expires_at).await?;
+    Ok((StatusCode::CREATED, Json(AdminTokenCreated { name: t.name, role: t.role, expires_at, token })))
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct AdminTokenInfo {
+    name: String,
+    role: String,
+    created_at: i64,
+    /// Absent: does not expire.
+    expires_at: Option<i64>,
+    revoked_at: Option<i64>,
+    /// `live`, `expired` or `revoked`.
+    state: &'static str,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct AdminTokenList {
+    /// Live tokens first, then by name. Never the token or its hash.
+    items: Vec<AdminTokenInfo>,
+}
+
+/// List admin tokens: names, roles, expiry and revocation.
+#[utoipa::path(get, path = "/api/v1/admin-tokens", tag = "admin",
+    responses((status = 200, body = AdminTokenList), Errors))]
+pub(super) async fn list_admin_tokens(
+    State(state): State<AppState>,
+    _: Administrator,
+) -> Result<Json<AdminTokenList>, ApiError> {
+    let now = crate::store::now_ms();
+    let items = state
+        .store
+        .admin_tokens()
+        .await?
+        .into_iter()
+        .map(|t| AdminTokenInfo {
+            state: match (t.revoked_at, t.expires_at) {
+                (Some(_), _) => "revoked",
+                (None, Some(e)) if e <= now => "expired",
+                _ => "live",
+            },
+            name: t.name,
+            role: t.role,
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+            revoked_at: t.revoked_at,
+        })
+        .collect();
+    Ok(Json(AdminTokenList { items }))
+}
+
+/// Revoke the live admin token called `name`: it is refused from the next request on. The
+/// last live admin-role token cannot be revoked (409 `refused`).
+#[utoipa::path(delete, path = "/api/v1/admin-tokens/{name}", tag = "admin",
+    params(("name" = String, Path, description = "The token's name")),
+    responses((status = 204, description = "Revoked"), Errors))]
+pub(super) async fn revoke_admin_token(
+    State(state): State<AppState>,
+    _: Administrator,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.store.revoke_admin_token(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

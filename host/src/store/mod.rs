@@ -10,6 +10,7 @@ mod catalog;
 mod commit;
 mod devices;
 mod direct;
+mod events;
 mod operations;
 mod telemetry;
 mod tokens;
@@ -18,11 +19,13 @@ mod writes;
 
 pub use catalog::{ComponentRow, NewPluginEvent, PluginEventRow, PublisherKeyRow};
 pub use devices::{Claim, DeviceQuery, DeviceRow, GroupRow, NewDevice, TAG_PATTERN, tag_list_schema, tag_problem};
+pub use events::{ADMIN_ACTION, EventQuery, EventRow, NewEvent};
 pub use operations::{
     ActivityRow, DeviceKey, MAX_EXPLICIT_DEVICES, NewActivity, OperationRow, QueuedOperation, ResultOutcome, TargetSet,
     TransitionRow,
 };
 pub use telemetry::{Point, TelemetryRow};
+pub use tokens::AdminTokenRow;
 pub use wakeups::{DueWakeup, SettingsRow, WakeupRow};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -89,6 +92,9 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0} not found")]
     NotFound(String),
+    /// A change the database's rules refuse (the message says which and why).
+    #[error("{0}")]
+    Refused(String),
     #[error("database URL `{}`: use sqlite://PATH or postgres://USER@HOST/DB", crate::secrets::redact_url(.0))]
     Url(String),
     #[error(transparent)]

@@ -62,19 +62,98 @@ impl Store {
             .bind(now_ms()).bind(device).execute(pool).await?.rows_affected()))
     }
 
-    pub async fn insert_admin_token(&self, token_hash: &str, name: &str, role: &str) -> Result<(), StoreError> {
+    /// Store a new admin token; `expires_at` (ms) `None` for one that does not expire. A
+    /// live token of the same name is a conflict (tokens are revoked by name).
+    pub async fn insert_admin_token(
+        &self,
+        token_hash: &str,
+        name: &str,
+        role: &str,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
         let r = with_write_pool!(self, pool => sqlx::query(
-                "INSERT INTO admin_tokens (token_hash, name, role, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(token_hash).bind(name).bind(role).bind(now_ms()).execute(pool).await.map(|_| ()));
-        r.map_err(|e| StoreError::conflict_or(e, || "that admin token".into()))
+                "INSERT INTO admin_tokens (token_hash, name, role, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(token_hash).bind(name).bind(role).bind(now_ms()).bind(expires_at).execute(pool).await.map(|_| ()));
+        r.map_err(|e| StoreError::conflict_or(e, || format!("a live admin token named `{name}`")))
     }
 
-    /// `(name, role)` of a live admin token.
+    /// Make `token_hash` the live token called `name`, revoking the one it replaces, in one
+    /// transaction (the bootstrap token when `DROVER_ADMIN_TOKEN` changes).
+    pub async fn replace_admin_token(&self, token_hash: &str, name: &str, role: &str) -> Result<(), StoreError> {
+        let now = now_ms();
+        with_write_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query("UPDATE admin_tokens SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL")
+                .bind(now).bind(name).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO admin_tokens (token_hash, name, role, created_at) VALUES ($1, $2, $3, $4)")
+                .bind(token_hash).bind(name).bind(role).bind(now).execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// `(name, role)` of a live (unrevoked, unexpired) admin token.
     pub async fn admin_for_token(&self, token_hash: &str) -> Result<Option<(String, String)>, StoreError> {
         Ok(with_pool!(self, pool => sqlx::query_as(
-                "SELECT name, role FROM admin_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
-            .bind(token_hash).fetch_optional(pool).await?))
+                "SELECT name, role FROM admin_tokens
+                 WHERE token_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)")
+            .bind(token_hash).bind(now_ms()).fetch_optional(pool).await?))
     }
+
+    /// Whether a token with this hash was ever stored (live, expired or revoked).
+    pub async fn admin_token_known(&self, token_hash: &str) -> Result<bool, StoreError> {
+        let (n,): (i64,) = with_pool!(self, pool => sqlx::query_as(
+                "SELECT COUNT(*) FROM admin_tokens WHERE token_hash = $1")
+            .bind(token_hash).fetch_one(pool).await?);
+        Ok(n > 0)
+    }
+
+    /// Every admin token, live first, then by name; never the hash.
+    pub async fn admin_tokens(&self) -> Result<Vec<AdminTokenRow>, StoreError> {
+        Ok(with_pool!(self, pool => sqlx::query_as(
+                "SELECT name, role, created_at, expires_at, revoked_at FROM admin_tokens
+                 ORDER BY CASE WHEN revoked_at IS NULL THEN 0 ELSE 1 END, name, created_at DESC")
+            .fetch_all(pool).await?))
+    }
+
+    /// Revoke the live token called `name`. Refused when it is the last live, unexpired
+    /// token with the admin role: nobody could manage tokens afterwards.
+    pub async fn revoke_admin_token(&self, name: &str) -> Result<(), StoreError> {
+        let now = now_ms();
+        with_write_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let row: Option<(String,)> = sqlx::query_as(
+                    "SELECT role FROM admin_tokens WHERE name = $1 AND revoked_at IS NULL")
+                .bind(name).fetch_optional(&mut *tx).await?;
+            let Some((role,)) = row else {
+                return Err(StoreError::NotFound(format!("live admin token `{name}`")));
+            };
+            if role == "admin" {
+                let (others,): (i64,) = sqlx::query_as(
+                        "SELECT COUNT(*) FROM admin_tokens WHERE role = 'admin' AND name <> $1
+                           AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)")
+                    .bind(name).bind(now).fetch_one(&mut *tx).await?;
+                if others == 0 {
+                    return Err(StoreError::Refused(format!(
+                        "`{name}` is the last live admin token: create another admin token first")));
+                }
+            }
+            sqlx::query("UPDATE admin_tokens SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL")
+                .bind(now).bind(name).execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+}
+
+/// An admin token as listed: never its hash.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AdminTokenRow {
+    pub name: String,
+    pub role: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
 }
 
 impl Store {

@@ -1,0 +1,124 @@
+//! The durable event log (`events`): what happened, in `seq` order. Its first rows are the
+//! audit trail of the admin API (`admin.action`); docs/events.md lists the types.
+
+use super::{Backend, Filters, Param, Store, StoreError, bind_filters, now_ms, trusted, with_pool, with_write_pool};
+
+/// The type of an audit row: an admin-API call that changed something or was refused.
+pub const ADMIN_ACTION: &str = "admin.action";
+
+/// An event, before it has a sequence number.
+#[derive(Debug, Clone, Default)]
+pub struct NewEvent {
+    pub event_type: String,
+    /// The acting admin token's name (`None`: the server itself).
+    pub actor: Option<String>,
+    pub role: Option<String>,
+    /// What was asked: for an admin action, `METHOD /route/{param}`.
+    pub action: Option<String>,
+    /// What it was asked of: for an admin action, the request's path.
+    pub target: Option<String>,
+    /// `ok`, `refused` (the role does not allow it) or `failed`.
+    pub outcome: Option<String>,
+    /// The HTTP status an admin action was answered with.
+    pub status: Option<i64>,
+    /// More, as JSON text.
+    pub data: Option<String>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+pub struct EventRow {
+    /// Position in the log: increases with every event.
+    pub seq: i64,
+    /// When, in milliseconds since the Unix epoch.
+    pub at: i64,
+    #[sqlx(rename = "type")]
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub actor: Option<String>,
+    pub role: Option<String>,
+    pub action: Option<String>,
+    pub target: Option<String>,
+    pub outcome: Option<String>,
+    pub status: Option<i64>,
+    #[schema(value_type = Option<Object>)]
+    #[serde(serialize_with = "json_text")]
+    pub data: Option<String>,
+}
+
+/// `data` is stored as JSON text and served as JSON.
+fn json_text<S: serde::Serializer>(data: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    match data {
+        Some(text) => serde_json::from_str::<serde_json::Value>(text).unwrap_or(serde_json::Value::Null).serialize(s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Which events to read: all filters optional and `AND`-ed.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub event_type: Option<String>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    /// Events whose target starts with this.
+    pub target_prefix: Option<String>,
+    pub outcome: Option<String>,
+    /// From this time on (ms, inclusive).
+    pub since: Option<i64>,
+    /// Before this time (ms, exclusive).
+    pub until: Option<i64>,
+}
+
+impl Store {
+    /// Append one event; returns its sequence number.
+    pub async fn append_event(&self, e: &NewEvent) -> Result<i64, StoreError> {
+        let (seq,): (i64,) = with_write_pool!(self, pool => sqlx::query_as(
+                "INSERT INTO events (at, type, actor, role, action, target, outcome, status, data)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq")
+            .bind(now_ms()).bind(&e.event_type).bind(&e.actor).bind(&e.role).bind(&e.action).bind(&e.target)
+            .bind(&e.outcome).bind(e.status).bind(&e.data)
+            .fetch_one(pool).await?);
+        Ok(seq)
+    }
+
+    /// Events after `after` (a sequence number) that match `q`, oldest first.
+    pub async fn events(&self, q: &EventQuery, after: i64, limit: i64) -> Result<Vec<EventRow>, StoreError> {
+        let mut f = Filters::new(3);
+        if let Some(t) = &q.event_type {
+            f.and("type = ?", Param::Text(t.clone()));
+        }
+        if let Some(a) = &q.actor {
+            f.and("actor = ?", Param::Text(a.clone()));
+        }
+        if let Some(a) = &q.action {
+            f.and("action = ?", Param::Text(a.clone()));
+        }
+        if let Some(t) = &q.target_prefix {
+            // A prefix without LIKE's wildcards: the first characters compared as text.
+            // (Both `?` are the same placeholder.)
+            f.and("substr(target, 1, length(?)) = ?", Param::Text(t.clone()));
+        }
+        if let Some(o) = &q.outcome {
+            f.and("outcome = ?", Param::Text(o.clone()));
+        }
+        if let Some(s) = q.since {
+            f.and("at >= ?", Param::Int(s));
+        }
+        if let Some(u) = q.until {
+            f.and("at < ?", Param::Int(u));
+        }
+        let sql = format!(
+            "SELECT seq, at, type, actor, role, action, target, outcome, status, data FROM events
+             WHERE seq > $1{} ORDER BY seq LIMIT $2",
+            f.sql
+        );
+        Ok(with_pool!(self, pool => bind_filters!(sqlx::query_as(trusted(&sql)).bind(after).bind(limit), f)
+            .fetch_all(pool).await?))
+    }
+
+    /// Forget events older than `before` (ms); returns how many.
+    pub async fn prune_events(&self, before: i64) -> Result<u64, StoreError> {
+        Ok(with_write_pool!(self, pool => sqlx::query("DELETE FROM events WHERE at < $1")
+            .bind(before).execute(pool).await?.rows_affected()))
+    }
+}
