@@ -124,15 +124,18 @@ pub async fn admit(
     }
     let device = core
         .store
-        .enroll_device(&NewDevice {
-            device_type: device_type.to_string(),
-            name: e.name.clone().unwrap_or_else(|| e.device_id.clone()),
-            device_id: e.device_id.clone(),
-            owner: e.owner.clone(),
-            ownership: e.ownership.into(),
-            metadata: e.metadata.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect(),
-            push_token: e.push.as_ref().map(crate::push_token::to_json),
-        })
+        .enroll_device(
+            &NewDevice {
+                device_type: device_type.to_string(),
+                name: e.name.clone().unwrap_or_else(|| e.device_id.clone()),
+                device_id: e.device_id.clone(),
+                owner: e.owner.clone(),
+                ownership: e.ownership.into(),
+                metadata: e.metadata.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect(),
+                push_token: e.push.as_ref().map(crate::push_token::to_json),
+            },
+            channel,
+        )
         .await
         .map_err(|err| match err {
             StoreError::Conflict(_) => already_enrolled(device_type, &e.device_id),
@@ -192,13 +195,14 @@ pub async fn refresh(core: &Core, device: &DeviceRow, old_hash: &str) -> Result<
 /// its live sessions end (the fronts hear `CredentialsRevoked`). Its operations stay
 /// queued. Returns how many live credentials were revoked.
 pub async fn revoke(core: &Core, device: &DeviceRow, actor: &str) -> Result<u64> {
-    let revoked = core.store.revoke_device_credentials(device.id).await?;
-    tracing::info!(device_type = %device.device_type, device_id = %device.device_id, revoked, actor, "device credentials revoked");
-    core.events.publish(Event::CredentialsRevoked {
+    let event = Event::CredentialsRevoked {
         device: device.id,
         device_type: device.device_type.clone(),
         device_id: device.device_id.clone(),
-    });
+    };
+    let revoked = core.store.revoke_device_credentials(device.id, Some(&event.record())).await?;
+    tracing::info!(device_type = %device.device_type, device_id = %device.device_id, revoked, actor, "device credentials revoked");
+    core.events.publish(event);
     Ok(revoked)
 }
 
@@ -206,7 +210,12 @@ pub async fn revoke(core: &Core, device: &DeviceRow, actor: &str) -> Result<u64>
 /// cancelled, its credentials revoked, status `removed`, its sessions ended. Its history
 /// is kept. Returns how many operations were cancelled.
 pub async fn remove(core: &Core, device: &DeviceRow, actor: &str) -> Result<u64> {
-    let cancelled = core.store.disenroll(device.id, actor).await?;
+    let removed = Event::DeviceRemoved {
+        device: device.id,
+        device_type: device.device_type.clone(),
+        device_id: device.device_id.clone(),
+    };
+    let cancelled = core.store.disenroll(device.id, actor, &removed.record()).await?;
     tracing::info!(device_type = %device.device_type, device_id = %device.device_id, cancelled, actor, "device removed");
     if cancelled > 0 {
         core.events.publish(Event::OperationsCancelled {
@@ -217,18 +226,20 @@ pub async fn remove(core: &Core, device: &DeviceRow, actor: &str) -> Result<u64>
             actor: actor.to_string(),
         });
     }
-    core.events.publish(Event::DeviceRemoved {
-        device: device.id,
-        device_type: device.device_type.clone(),
-        device_id: device.device_id.clone(),
-    });
+    core.events.publish(removed);
     Ok(cancelled)
 }
 
 /// Bring a removed device back as it was (tags, static groups), `registered` until it
 /// enrolls again with an enrollment token.
 pub async fn restore(core: &Core, device: &DeviceRow) -> Result<DeviceRow> {
-    if !core.store.restore_device(device.id).await? {
+    let restored = Event::DeviceStatusChanged {
+        device: device.id,
+        device_type: device.device_type.clone(),
+        device_id: device.device_id.clone(),
+        status: Status::Registered,
+    };
+    if !core.store.restore_device(device.id, &restored.record()).await? {
         return Err(Error::conflict(
             "not_removed",
             format!(
@@ -237,12 +248,7 @@ pub async fn restore(core: &Core, device: &DeviceRow) -> Result<DeviceRow> {
             ),
         ));
     }
-    core.events.publish(Event::DeviceStatusChanged {
-        device: device.id,
-        device_type: device.device_type.clone(),
-        device_id: device.device_id.clone(),
-        status: Status::Registered,
-    });
+    core.events.publish(restored);
     core.store.device_by_key(device.id).await?.ok_or_else(|| Error::not_found("the restored device is gone"))
 }
 

@@ -71,6 +71,82 @@ impl Event {
     }
 }
 
+impl Event {
+    /// The event's type in the durable log and on the wire (docs/events.md).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::ActivityAdded { .. } => "activity.added",
+            Event::OperationsCancelled { .. } => "operations.cancelled",
+            Event::OperationChanged { .. } => "operation.changed",
+            Event::DeviceEnrolled { .. } => "device.enrolled",
+            Event::DeviceSeen { .. } => "device.seen",
+            Event::DeviceStatusChanged { .. } => "device.status_changed",
+            Event::CredentialsRevoked { .. } => "device.credentials_revoked",
+            Event::DeviceRemoved { .. } => "device.removed",
+            Event::PluginChanged { .. } => "plugin.changed",
+        }
+    }
+
+    /// The event as a row of the durable log: its type, who acted, what it is about (a
+    /// path-like name), and its fields as JSON. The store writes it in the transaction of
+    /// the change it reports.
+    pub fn record(&self) -> crate::store::NewEvent {
+        use serde_json::json;
+        let device_target = |t: &str, id: &str| format!("device/{t}/{id}");
+        let (actor, target, data) = match self {
+            Event::ActivityAdded { activity, code, operations, actor } => (
+                Some(actor.clone()),
+                format!("activity/{activity}"),
+                json!({ "activity": activity, "code": code, "operations": operations }),
+            ),
+            Event::OperationsCancelled { operation, activity, device, count, actor } => (
+                Some(actor.clone()),
+                match (operation, activity, device) {
+                    (Some(o), _, _) => format!("operation/{o}"),
+                    (None, Some(a), _) => format!("activity/{a}"),
+                    (None, None, Some(d)) => format!("device/{d}"),
+                    _ => String::new(),
+                },
+                json!({ "operation": operation, "activity": activity, "device": device, "count": count }),
+            ),
+            Event::OperationChanged { operation, device, from, to, actor } => (
+                Some(actor.clone()),
+                format!("operation/{operation}"),
+                json!({ "operation": operation, "device": device, "from": from.map(|s| s.as_str()), "to": to.as_str() }),
+            ),
+            Event::DeviceEnrolled { device, device_type, device_id, channel } => (
+                None,
+                device_target(device_type, device_id),
+                json!({ "device": device, "type": device_type, "id": device_id, "channel": channel }),
+            ),
+            Event::DeviceSeen { device } => (None, format!("device/{device}"), json!({ "device": device })),
+            Event::DeviceStatusChanged { device, device_type, device_id, status } => (
+                None,
+                device_target(device_type, device_id),
+                json!({ "device": device, "type": device_type, "id": device_id, "status": status.as_str() }),
+            ),
+            Event::CredentialsRevoked { device, device_type, device_id }
+            | Event::DeviceRemoved { device, device_type, device_id } => (
+                None,
+                device_target(device_type, device_id),
+                json!({ "device": device, "type": device_type, "id": device_id }),
+            ),
+            Event::PluginChanged { plugin, change, version, actor } => (
+                Some(actor.clone()),
+                format!("plugin/{plugin}"),
+                json!({ "plugin": plugin, "change": change, "version": version }),
+            ),
+        };
+        crate::store::NewEvent {
+            event_type: self.type_name().into(),
+            actor,
+            target: Some(target),
+            data: Some(data.to_string()),
+            ..Default::default()
+        }
+    }
+}
+
 /// The bus: cheap to clone, one per server. Two channels: the events of things that
 /// happen now and then (activities, enrollments, removals, plugin changes), which the
 /// fronts follow, and the frequent ones (`OperationChanged` per delivered or reported

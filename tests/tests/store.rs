@@ -63,9 +63,9 @@ async fn bulk_fan_out(server: &TestServer) {
     );
 
     // A pre-registered device can enroll; an enrolled one cannot enroll twice.
-    let d = store.enroll_device(&device(7)).await.unwrap();
+    let d = store.enroll_device(&device(7), "test").await.unwrap();
     assert_eq!(d.status, "active");
-    assert!(matches!(store.enroll_device(&device(7)).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(store.enroll_device(&device(7), "test").await, Err(StoreError::Conflict(_))));
     // Its queue is the newer ring only.
     let queued = store.queued(d.id, 10, false).await.unwrap();
     assert_eq!(queued.len(), 1);
@@ -89,7 +89,7 @@ async fn delivery_beside_admin_writes(server: &TestServer) {
     store.register_devices(&devices, false, "b1").await.unwrap();
     let mut keys = Vec::new();
     for d in &devices {
-        keys.push(store.enroll_device(d).await.unwrap().id);
+        keys.push(store.enroll_device(d, "test").await.unwrap().id);
     }
     let targets = TargetSet { devices: keys.clone(), ..Default::default() };
     let (activity, n) = store.add_activity(&ring("admin:a"), &targets).await.unwrap();

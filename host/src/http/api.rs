@@ -1,7 +1,9 @@
 //! The admin REST API under `/api/v1`. JSON in and out; errors are
 //! `{"error": {"code": "<stable code>", "message": "<what was wrong>"}}`.
 
-use super::{AppState, ErrorBody, audit, devices, enrollment, groups, operations, plugin_settings, plugins, tokens};
+use super::{
+    AppState, ErrorBody, audit, devices, enrollment, events, groups, operations, plugin_settings, plugins, tokens,
+};
 use axum::Router;
 use axum::body::Bytes;
 use axum::http::header;
@@ -44,6 +46,7 @@ pub(super) fn router(state: AppState) -> Router<AppState> {
         .routes(routes!(tokens::list_admin_tokens, tokens::create_admin_token))
         .routes(routes!(tokens::revoke_admin_token))
         .routes(routes!(audit::list_audit))
+        .routes(routes!(events::events))
         .routes(routes!(enrollment::create_enrollment_token))
         .split_for_parts();
     let document = Bytes::from(api.to_pretty_json().unwrap_or_default());

@@ -130,6 +130,8 @@ pub(super) async fn list_audit(
     let limit = q.limit.unwrap_or(super::api::DEFAULT_PAGE).clamp(1, MAX_PAGE);
     let query = EventQuery {
         event_type: Some(ADMIN_ACTION.into()),
+        type_prefix: None,
+        up_to: None,
         actor: q.actor,
         action: q.action,
         target_prefix: q.target,

@@ -8,6 +8,7 @@ mod audit;
 mod devices;
 mod enrollment;
 mod error;
+mod events;
 mod extract;
 mod groups;
 pub mod listener;

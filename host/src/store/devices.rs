@@ -1,8 +1,8 @@
 //! Devices, their tags and groups.
 
 use super::{
-    Backend, Filters, Param, Store, StoreError, WriteTx, bind_filters, decode, now_ms, trusted, values_placeholders,
-    with_pool, with_write_pool,
+    Backend, Filters, NewEvent, Param, Store, StoreError, WriteTx, bind_filters, decode, now_ms, trusted,
+    values_placeholders, with_pool, with_write_pool,
 };
 use crate::device::{Ownership, Status};
 use serde::{Deserialize, Serialize};
@@ -203,7 +203,9 @@ impl Store {
     /// session is cleared. (Its credentials were revoked and its operations cancelled when
     /// it was removed.) An admin who wants the old device back restores it first
     /// (`restore_device`), which keeps them.
-    pub async fn enroll_device(&self, d: &NewDevice) -> Result<DeviceRow, StoreError> {
+    /// `channel` names the front it came through, for the `device.enrolled` event written
+    /// with it.
+    pub async fn enroll_device(&self, d: &NewDevice, channel: &'static str) -> Result<DeviceRow, StoreError> {
         let now = now_ms();
         let metadata = serde_json::Value::Object(d.metadata.clone()).to_string();
         let sql = format!(
@@ -240,6 +242,16 @@ impl Store {
                 .bind(Vec::<u8>::new())
                 .fetch_optional(&mut *tx)
                 .await?;
+            if let Some(r) = &row {
+                let r: &DeviceRow = r;
+                let event = crate::events::Event::DeviceEnrolled {
+                    device: r.id,
+                    device_type: r.device_type.clone(),
+                    device_id: r.device_id.clone(),
+                    channel,
+                };
+                super::record_event!(tx, &event.record());
+            }
             tx.commit().await?;
             row
         });
@@ -260,12 +272,20 @@ impl Store {
 
     /// Bring a removed device back as it was (tags, static groups), `registered` until it
     /// enrolls again with an enrollment token. False when it is not removed.
-    pub async fn restore_device(&self, device: i64) -> Result<bool, StoreError> {
-        Ok(with_write_pool!(self, pool => sqlx::query(
-                "UPDATE devices SET status = 'registered', self_enroll = 0, import_batch = NULL
-                 WHERE id = $1 AND status = 'removed'")
-            .bind(device).execute(pool).await?.rows_affected())
-            == 1)
+    /// `event` is written with the change, when there is one.
+    pub async fn restore_device(&self, device: i64, event: &NewEvent) -> Result<bool, StoreError> {
+        with_write_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let n = sqlx::query(
+                    "UPDATE devices SET status = 'registered', self_enroll = 0, import_batch = NULL
+                     WHERE id = $1 AND status = 'removed'")
+                .bind(device).execute(&mut *tx).await?.rows_affected();
+            if n == 1 {
+                super::record_event!(tx, event);
+            }
+            tx.commit().await?;
+            Ok(n == 1)
+        })
     }
 
     pub async fn device(&self, device_type: &str, device_id: &str) -> Result<Option<DeviceRow>, StoreError> {

@@ -3,6 +3,31 @@
 
 use super::{Backend, Filters, Param, Store, StoreError, bind_filters, now_ms, trusted, with_pool, with_write_pool};
 
+/// Append `$event` (a [`NewEvent`]) inside the transaction `$tx` of the change it
+/// reports: committed with it, or not at all. For both backends (the caller is inside
+/// `with_write_pool!`).
+macro_rules! record_event {
+    ($tx:expr, $event:expr) => {{
+        let e: &$crate::store::NewEvent = $event;
+        sqlx::query(
+            "INSERT INTO events (at, type, actor, role, action, target, outcome, status, data)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind($crate::store::now_ms())
+        .bind(&e.event_type)
+        .bind(&e.actor)
+        .bind(&e.role)
+        .bind(&e.action)
+        .bind(&e.target)
+        .bind(&e.outcome)
+        .bind(e.status)
+        .bind(&e.data)
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+pub(crate) use record_event;
+
 /// The type of an audit row: an admin-API call that changed something or was refused.
 pub const ADMIN_ACTION: &str = "admin.action";
 
@@ -58,6 +83,10 @@ fn json_text<S: serde::Serializer>(data: &Option<String>, s: S) -> Result<S::Ok,
 #[derive(Debug, Clone, Default)]
 pub struct EventQuery {
     pub event_type: Option<String>,
+    /// Events whose type starts with this (`device.`).
+    pub type_prefix: Option<String>,
+    /// Events up to this sequence number (inclusive).
+    pub up_to: Option<i64>,
     pub actor: Option<String>,
     pub action: Option<String>,
     /// Events whose target starts with this.
@@ -87,6 +116,12 @@ impl Store {
         if let Some(t) = &q.event_type {
             f.and("type = ?", Param::Text(t.clone()));
         }
+        if let Some(t) = &q.type_prefix {
+            f.and("substr(type, 1, length(?)) = ?", Param::Text(t.clone()));
+        }
+        if let Some(u) = q.up_to {
+            f.and("seq <= ?", Param::Int(u));
+        }
         if let Some(a) = &q.actor {
             f.and("actor = ?", Param::Text(a.clone()));
         }
@@ -114,6 +149,21 @@ impl Store {
         );
         Ok(with_pool!(self, pool => bind_filters!(sqlx::query_as(trusted(&sql)).bind(after).bind(limit), f)
             .fetch_all(pool).await?))
+    }
+
+    /// `(seq, at)` of the events after `after`, oldest first: where a reader may safely
+    /// move its cursor to (`http/events.rs`).
+    pub async fn event_positions(&self, after: i64, limit: i64) -> Result<Vec<(i64, i64)>, StoreError> {
+        Ok(with_pool!(self, pool => sqlx::query_as(
+                "SELECT seq, at FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .bind(after).bind(limit).fetch_all(pool).await?))
+    }
+
+    /// The newest sequence number (0 for an empty log).
+    pub async fn latest_event(&self) -> Result<i64, StoreError> {
+        let (seq,): (Option<i64>,) =
+            with_pool!(self, pool => sqlx::query_as("SELECT MAX(seq) FROM events").fetch_one(pool).await?);
+        Ok(seq.unwrap_or(0))
     }
 
     /// Forget events older than `before` (ms); returns how many.

@@ -204,6 +204,13 @@ impl Store {
                         .execute(&mut *tx).await?;
                 }
             }
+            let event = crate::events::Event::ActivityAdded {
+                activity: activity.id,
+                code: a.code.clone(),
+                operations: n,
+                actor: a.created_by.clone(),
+            };
+            super::record_event!(tx, &event.record());
             tx.commit().await?;
             Ok((activity, n))
         })
@@ -531,18 +538,33 @@ impl Store {
                 n = bind_filters!(sqlx::query(trusted(sql)).bind(actor).bind(now), f)
                     .execute(&mut *tx).await?.rows_affected();
             }
+            if n > 0 {
+                let event = crate::events::Event::OperationsCancelled {
+                    operation,
+                    activity,
+                    device,
+                    count: n,
+                    actor: actor.to_string(),
+                };
+                super::record_event!(tx, &event.record());
+            }
             tx.commit().await?;
             Ok(n)
         })
     }
 
-    /// Disenroll: cancel every live operation, revoke credentials, mark removed.
-    pub async fn disenroll(&self, device: i64, actor: &str) -> Result<u64, StoreError> {
+    /// Disenroll: cancel every live operation, revoke credentials, mark removed, and write
+    /// `removed` (the `device.removed` event) with that last step.
+    pub async fn disenroll(&self, device: i64, actor: &str, removed: &super::NewEvent) -> Result<u64, StoreError> {
         let cancelled = self.cancel(None, None, Some(device), actor).await?;
         // Revoke first: from here on the device cannot call in to a half-removed record.
-        self.revoke_device_credentials(device).await?;
-        with_write_pool!(self, pool => sqlx::query("UPDATE devices SET status = 'removed' WHERE id = $1")
-            .bind(device).execute(pool).await.map(|_| ())?);
+        self.revoke_device_credentials(device, None).await?;
+        with_write_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query("UPDATE devices SET status = 'removed' WHERE id = $1").bind(device).execute(&mut *tx).await?;
+            super::record_event!(tx, removed);
+            tx.commit().await?;
+        });
         Ok(cancelled)
     }
 

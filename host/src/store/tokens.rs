@@ -1,7 +1,7 @@
 //! Stored credentials: device access tokens and admin tokens, by SHA-256 only.
 
 use super::devices::DeviceRow;
-use super::{Backend, Store, StoreError, WriteTx, now_ms, with_pool, with_write_pool};
+use super::{Backend, NewEvent, Store, StoreError, WriteTx, now_ms, with_pool, with_write_pool};
 
 impl Store {
     pub async fn insert_device_credential(
@@ -55,11 +55,20 @@ impl Store {
         Ok(())
     }
 
-    /// Revoke every credential of a device; returns how many were live.
-    pub async fn revoke_device_credentials(&self, device: i64) -> Result<u64, StoreError> {
-        Ok(with_write_pool!(self, pool => sqlx::query(
-                "UPDATE device_credentials SET revoked_at = $1 WHERE device = $2 AND revoked_at IS NULL")
-            .bind(now_ms()).bind(device).execute(pool).await?.rows_affected()))
+    /// Revoke every credential of a device, writing `event` with it; returns how many were
+    /// live.
+    pub async fn revoke_device_credentials(&self, device: i64, event: Option<&NewEvent>) -> Result<u64, StoreError> {
+        with_write_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let n = sqlx::query(
+                    "UPDATE device_credentials SET revoked_at = $1 WHERE device = $2 AND revoked_at IS NULL")
+                .bind(now_ms()).bind(device).execute(&mut *tx).await?.rows_affected();
+            if let Some(e) = event {
+                super::record_event!(tx, e);
+            }
+            tx.commit().await?;
+            Ok(n)
+        })
     }
 
     /// Store a new admin token; `expires_at` (ms) `None` for one that does not expire. A

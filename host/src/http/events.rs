@@ -1,0 +1,164 @@
+//! `GET /api/v1/events`: the durable event log, as pages of JSON or as a live stream of
+//! Server-Sent Events (with `Accept: text/event-stream`) that resumes after
+//! `Last-Event-ID`.
+//!
+//! A reader's cursor only moves over *settled* events. On PostgreSQL a sequence number is
+//! taken when a transaction inserts, and transactions commit in any order: a reader that
+//! saw 12 and moved past it could miss 11 when 11 commits a moment later. So the cursor
+//! stops before the first missing number, unless the event after it is older than
+//! [`SETTLE`] (a transaction that took that number has rolled back, or an old event was
+//! deleted by retention). On SQLite, with one writer, numbers are committed in order.
+
+use super::api::{Errors, MAX_PAGE};
+use super::{ApiError, AppState, Query, Viewer};
+use crate::store::{EventQuery, EventRow, Store, now_ms};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use utoipa::{IntoParams, ToSchema};
+
+/// How long a missing sequence number is waited for before readers move past it.
+pub const SETTLE: Duration = Duration::from_secs(5);
+
+/// How often a live stream looks for new events (another replica may have written them).
+const STREAM_TICK: Duration = Duration::from_millis(250);
+
+/// Positions looked at per step of the cursor.
+const WINDOW: i64 = 1000;
+
+/// Live streams open at once, server-wide. Each holds a connection for as long as its
+/// reader likes; without a cap, one token could take every connection the listener has.
+pub const MAX_STREAMS: usize = 64;
+static STREAMS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_STREAMS);
+
+/// The furthest sequence number a reader at `after` may move to now.
+pub(super) async fn settled(store: &Store, after: i64) -> Result<i64, crate::store::StoreError> {
+    let old = now_ms() - SETTLE.as_millis() as i64;
+    let mut horizon = after;
+    for (seq, at) in store.event_positions(after, WINDOW).await? {
+        if seq == horizon + 1 || at <= old {
+            horizon = seq;
+        } else {
+            break;
+        }
+    }
+    Ok(horizon)
+}
+
+#[derive(Deserialize, IntoParams, Clone)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct EventsQuery {
+    /// Only events whose type starts with this: `device.`, `admin.action`.
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    /// Events after this sequence number. Absent: from the start of the log for a page;
+    /// for a stream, from `Last-Event-ID`, else from now on.
+    after: Option<i64>,
+    /// Page size, 1 to 1000 (default 100). Pages only.
+    limit: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct EventsPage {
+    /// Oldest first.
+    items: Vec<EventRow>,
+    /// Where to continue: pass as `after` (or `Last-Event-ID`) to get what follows; the
+    /// same value when nothing new has settled yet.
+    next_after: i64,
+}
+
+/// One page of events from `after`, and the cursor after it.
+async fn page(store: &Store, kind: &Option<String>, after: i64, limit: i64) -> Result<EventsPage, ApiError> {
+    let horizon = settled(store, after).await?;
+    if horizon == after {
+        return Ok(EventsPage { items: Vec::new(), next_after: after });
+    }
+    let q = EventQuery { type_prefix: kind.clone(), up_to: Some(horizon), ..Default::default() };
+    let items = store.events(&q, after, limit).await?;
+    // A full page continues after its last item; otherwise everything up to the horizon
+    // has been seen (the rest did not match the filter).
+    let next_after = match items.last() {
+        Some(last) if items.len() as i64 == limit => last.seq,
+        _ => horizon,
+    };
+    Ok(EventsPage { items, next_after })
+}
+
+/// The event log: a page of JSON, or with `Accept: text/event-stream` a live stream of
+/// Server-Sent Events (`id` = sequence number, `event` = type, `data` = the event as
+/// JSON), resumed after `Last-Event-ID`.
+#[utoipa::path(get, path = "/api/v1/events", tag = "admin", params(EventsQuery),
+    responses((status = 200, body = EventsPage,
+        description = "A page of events; with `Accept: text/event-stream`, a live stream of them"), Errors))]
+pub(super) async fn events(
+    State(state): State<AppState>,
+    _: Viewer,
+    headers: HeaderMap,
+    Query(q): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
+    let wants_stream = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().starts_with("text/event-stream")));
+    if !wants_stream {
+        let limit = q.limit.unwrap_or(super::api::DEFAULT_PAGE).clamp(1, MAX_PAGE);
+        return Ok(Json(page(&state.store, &q.event_type, q.after.unwrap_or(0), limit).await?).into_response());
+    }
+    let last_event_id = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<i64>().ok()).ok_or_else(|| {
+            ApiError::bad_request("invalid", "`Last-Event-ID` must be the sequence number of an event")
+        })?),
+    };
+    let permit = STREAMS.try_acquire().map_err(|_| {
+        let mut e = ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!("{MAX_STREAMS} event streams are open already; page with `after` instead, or retry later"),
+        );
+        e.retry_after = Some(30);
+        e
+    })?;
+    let start = match last_event_id.or(q.after) {
+        Some(after) => after.max(0),
+        None => state.store.latest_event().await?,
+    };
+    let store = state.store.clone();
+    let kind = q.event_type;
+    let stream = futures_util::stream::unfold(
+        (store, kind, start, std::collections::VecDeque::<EventRow>::new(), permit),
+        |(store, kind, mut cursor, mut buffered, permit)| async move {
+            loop {
+                if let Some(e) = buffered.pop_front() {
+                    let sse = SseEvent::default()
+                        .id(e.seq.to_string())
+                        .event(e.event_type.clone())
+                        .json_data(&e)
+                        .unwrap_or_else(|_| SseEvent::default().comment("unserialisable event"));
+                    return Some((Ok::<_, std::convert::Infallible>(sse), (store, kind, cursor, buffered, permit)));
+                }
+                match page(&store, &kind, cursor, 500).await {
+                    Ok(p) if !p.items.is_empty() => {
+                        cursor = p.next_after;
+                        buffered.extend(p.items);
+                    }
+                    Ok(p) => {
+                        cursor = p.next_after;
+                        tokio::time::sleep(STREAM_TICK).await;
+                    }
+                    Err(e) => {
+                        // The database is away: say so on the stream and try again.
+                        tracing::warn!(error = ?e, "event stream read failed");
+                        tokio::time::sleep(STREAM_TICK * 4).await;
+                    }
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}

@@ -1,0 +1,218 @@
+//! The durable event log (issue 24), on SQLite and PostgreSQL: a device's and an
+//! activity's life produce their events in order, written with the change (a refused
+//! change writes none), and the live stream resumes after `Last-Event-ID` missing nothing.
+
+use drover_tests::{Backend, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+async fn log(server: &TestServer, query: &str) -> (Vec<Value>, i64) {
+    let r = server.admin(Method::GET, &format!("/api/v1/events{query}")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{query}");
+    let body: Value = r.json().await.unwrap();
+    (body["items"].as_array().unwrap().clone(), body["next_after"].as_i64().unwrap())
+}
+
+/// The `(type, target)` of each domain event (not the audit rows) after `after`.
+async fn domain(server: &TestServer, after: i64) -> Vec<(String, String)> {
+    let (items, _) = log(server, &format!("?after={after}&limit=1000")).await;
+    items
+        .iter()
+        .filter(|e| e["type"] != "admin.action")
+        .map(|e| (e["type"].as_str().unwrap().to_string(), e["target"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// A Server-Sent Events reader over a real HTTP response.
+struct Stream {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Stream {
+    async fn open(server: &TestServer, last_event_id: Option<i64>) -> Stream {
+        let mut request = server.admin(Method::GET, "/api/v1/events").header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Stream { response, buffer: String::new() }
+    }
+
+    /// The next event (skipping keep-alive comments): `(id, event, data)`.
+    async fn next(&mut self) -> (i64, String, Value) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (None, String::new(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().parse().unwrap());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim());
+                    }
+                }
+                if let Some(id) = id {
+                    return (id, event, serde_json::from_str(&data).unwrap());
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .expect("an event within 20 s")
+                .unwrap()
+                .expect("the stream stays open");
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+}
+
+async fn event_log(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_, start) = log(&server, "").await;
+
+    // A live stream from now on.
+    let mut live = Stream::open(&server, None).await;
+
+    // A device enrolls: in the log and on the stream.
+    server.enroll_android("ev-1").await;
+    let (id, event, data) = live.next().await;
+    assert_eq!(event, "device.enrolled");
+    assert_eq!(data["type"], "device.enrolled");
+    assert_eq!(data["seq"], id);
+    assert_eq!(data["target"], "device/android/ev-1");
+    assert_eq!(data["data"]["channel"], "http");
+    // Enrolling the same identity again is refused: no second event.
+    let again = server
+        .http
+        .post(server.url("/agent/v1/android/enroll"))
+        .body(
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/android/fixtures/enroll.json"))
+                .unwrap()
+                .replace("354956090214718", "ev-1"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::CONFLICT, "{}", again.text().await.unwrap());
+
+    // An activity, then its cancellation.
+    let r = server
+        .admin(Method::POST, "/api/v1/operations")
+        .json(&json!({"code": "DEVICE_RING", "targets": {"devices": [{"type": "android", "id": "ev-1"}]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let activity = r.json::<Value>().await.unwrap()["activity"]["id"].as_i64().unwrap();
+    // A refused operation (unknown code) stores nothing and tells nothing.
+    let r = server
+        .admin(Method::POST, "/api/v1/operations")
+        .json(&json!({"code": "NO_SUCH_CODE", "targets": {"devices": [{"type": "android", "id": "ev-1"}]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = server.admin(Method::POST, &format!("/api/v1/activities/{activity}/cancel")).send().await.unwrap();
+    assert!(r.status().is_success());
+
+    // Credentials revoked, the device removed and restored.
+    let r = server.admin(Method::POST, "/api/v1/devices/android/ev-1/revoke-credentials").send().await.unwrap();
+    assert!(r.status().is_success());
+    let r = server.admin(Method::DELETE, "/api/v1/devices/android/ev-1").send().await.unwrap();
+    assert!(r.status().is_success());
+    let r = server.admin(Method::POST, "/api/v1/devices/android/ev-1/restore").send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+
+    let device = |t: &str| (t.to_string(), "device/android/ev-1".to_string());
+    let act = |t: &str| (t.to_string(), format!("activity/{activity}"));
+    assert_eq!(
+        domain(&server, start).await,
+        [
+            device("device.enrolled"),
+            act("activity.added"),
+            act("operations.cancelled"),
+            device("device.credentials_revoked"),
+            device("device.removed"),
+            device("device.status_changed"),
+        ]
+    );
+    let (items, _) = log(&server, &format!("?type=activity.&after={start}")).await;
+    assert_eq!(items[0]["data"]["operations"], 1);
+    assert_eq!(items[0]["actor"], "admin:bootstrap");
+    let (items, _) = log(&server, &format!("?type=operations.&after={start}")).await;
+    assert_eq!(items[0]["data"]["count"], 1);
+    assert_eq!(items[0]["data"]["activity"], activity);
+    let (items, _) = log(&server, &format!("?type=device.status&after={start}")).await;
+    assert_eq!(items[0]["data"]["status"], "registered");
+
+    // The stream saw the same, in the same order, audit rows between them.
+    let mut seen = vec![(id, event)];
+    while seen.len() < 6 + 6 {
+        let (id, event, _) = live.next().await;
+        seen.push((id, event));
+    }
+    let ids: Vec<i64> = seen.iter().map(|(i, _)| *i).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let streamed: Vec<&str> = seen.iter().map(|(_, e)| e.as_str()).filter(|e| *e != "admin.action").collect();
+    assert_eq!(
+        streamed,
+        [
+            "device.enrolled",
+            "activity.added",
+            "operations.cancelled",
+            "device.credentials_revoked",
+            "device.removed",
+            "device.status_changed"
+        ]
+    );
+    let last = *ids.last().unwrap();
+    drop(live);
+
+    // Disconnected: three more things happen. Resumed with Last-Event-ID, the stream
+    // gives exactly those, in order.
+    for n in 2..=4 {
+        server.enroll_android(&format!("ev-{n}")).await;
+    }
+    let mut resumed = Stream::open(&server, Some(last)).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let (id, event, data) = resumed.next().await;
+        assert!(id > last);
+        assert_eq!(event, "device.enrolled");
+        got.push(data["data"]["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(got, ["ev-2", "ev-3", "ev-4"]);
+
+    // A page's cursor continues where it stopped; a bad Last-Event-ID is refused.
+    let (page, next) = log(&server, &format!("?after={start}&limit=2")).await;
+    assert_eq!(page.len(), 2);
+    assert_eq!(next, page[1]["seq"].as_i64().unwrap());
+    let r = server
+        .admin(Method::GET, "/api/v1/events")
+        .header("accept", "text/event-stream")
+        .header("last-event-id", "yesterday")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    drop(resumed);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_log_sqlite() {
+    event_log(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_log_postgres() {
+    let Some(backend) = Backend::postgres() else { return };
+    event_log(backend).await;
+}
