@@ -119,6 +119,15 @@ async fn event_log(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let ops: Value = server
+        .admin(Method::GET, &format!("/api/v1/operations?activity={activity}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let activity_op = ops["items"][0]["id"].as_i64().unwrap();
     let r = server.admin(Method::POST, &format!("/api/v1/activities/{activity}/cancel")).send().await.unwrap();
     assert!(r.status().is_success());
 
@@ -137,6 +146,8 @@ async fn event_log(backend: Backend) {
         [
             device("device.enrolled"),
             act("activity.added"),
+            // The cancellation moves the operation (its own event), then says how many.
+            ("operation.changed".to_string(), format!("operation/{}", activity_op)),
             act("operations.cancelled"),
             device("device.credentials_revoked"),
             device("device.removed"),
@@ -154,7 +165,7 @@ async fn event_log(backend: Backend) {
 
     // The stream saw the same, in the same order, audit rows between them.
     let mut seen = vec![(id, event)];
-    while seen.len() < 6 + 6 {
+    while seen.len() < 7 + 6 {
         let (id, event, _) = live.next().await;
         seen.push((id, event));
     }
@@ -166,6 +177,7 @@ async fn event_log(backend: Backend) {
         [
             "device.enrolled",
             "activity.added",
+            "operation.changed",
             "operations.cancelled",
             "device.credentials_revoked",
             "device.removed",
@@ -203,6 +215,61 @@ async fn event_log(backend: Backend) {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     drop(resumed);
+
+    // Every operation transition is an event, whatever path records it: delivery, the
+    // device's result, in order, with the device and the activity named.
+    let mark = server.state.store.latest_event().await.unwrap();
+    let token = server.enroll_android("ev-5").await;
+    let op = server.add_operation("android", "ev-5", "DEVICE_RING", None).await;
+    assert_eq!(server.poll_android("ev-5", &token, "[]").await.status(), StatusCode::OK);
+    let report = format!(r#"[{{"id":{op},"code":"DEVICE_RING","status":"COMPLETED"}}]"#);
+    assert_eq!(server.poll_android("ev-5", &token, &report).await.status(), StatusCode::OK);
+    let (changes, _) = log(&server, &format!("?type=operation.&after={mark}")).await;
+    let moves: Vec<(String, String)> = changes
+        .iter()
+        .map(|e| (e["data"]["from"].as_str().unwrap().into(), e["data"]["to"].as_str().unwrap().into()))
+        .collect();
+    assert_eq!(
+        moves,
+        [("PENDING".to_string(), "IN_PROGRESS".to_string()), ("IN_PROGRESS".to_string(), "COMPLETED".to_string())]
+    );
+    assert_eq!(changes[0]["target"], format!("operation/{op}"));
+    assert_eq!(changes[0]["data"]["device_id"], "ev-5");
+    assert_eq!(changes[0]["data"]["device_type"], "android");
+    assert_eq!(changes[0]["data"]["code"], "DEVICE_RING");
+    assert!(changes[0]["data"]["activity"].as_i64().is_some());
+    assert_eq!(changes[1]["actor"], "device");
+    // A malformed report changes nothing, and so tells nothing.
+    let mark = server.state.store.latest_event().await.unwrap();
+    let r = server.poll_android("ev-5", &token, "[{").await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(domain(&server, mark).await.is_empty());
+
+    // Reachability: silence makes a device unreachable, calling in makes it active again.
+    let mark = server.state.store.latest_event().await.unwrap();
+    assert!(server.state.store.mark_unreachable(drover::store::now_ms() + 1).await.unwrap() >= 1);
+    assert_eq!(server.poll_android("ev-5", &token, "[]").await.status(), StatusCode::OK);
+    let statuses: Vec<(String, String)> = log(&server, &format!("?type=device.status&after={mark}"))
+        .await
+        .0
+        .iter()
+        .filter(|e| e["data"]["id"] == "ev-5")
+        .map(|e| (e["target"].as_str().unwrap().into(), e["data"]["status"].as_str().unwrap().into()))
+        .collect();
+    let ev5 = "device/android/ev-5".to_string();
+    assert_eq!(statuses, [(ev5.clone(), "unreachable".to_string()), (ev5, "active".to_string())]);
+
+    // A plugin suspended and enabled again: two catalog events with the admin who did it.
+    let mark = server.state.store.latest_event().await.unwrap();
+    for action in ["suspend", "enable"] {
+        let r = server.admin(Method::POST, &format!("/api/v1/plugins/wns/{action}")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{action}: {}", r.text().await.unwrap());
+    }
+    let (plugins, _) = log(&server, &format!("?type=plugin.&after={mark}")).await;
+    let changes: Vec<&str> = plugins.iter().map(|e| e["data"]["change"].as_str().unwrap()).collect();
+    assert_eq!(changes, ["suspend", "enable"]);
+    assert_eq!(plugins[0]["target"], "plugin/wns");
+    assert_eq!(plugins[0]["actor"], "admin:bootstrap");
     server.stop().await;
 }
 
