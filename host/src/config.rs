@@ -41,6 +41,13 @@ pub struct ServeArgs {
     /// Delete finished operations and their history after this many days [default: 30]
     #[arg(long, env = "DROVER_RETENTION_DAYS")]
     pub retention_days: Option<u32>,
+    /// Let webhooks reach loopback, private and link-local addresses (receivers on your own
+    /// network) [default: false]
+    #[arg(long, env = "DROVER_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: Option<bool>,
+    /// Disable a webhook after this many failed deliveries in a row [default: 20]
+    #[arg(long, env = "DROVER_WEBHOOK_FAILURE_LIMIT")]
+    pub webhook_failure_limit: Option<u32>,
     /// Delete events, the audit trail among them, after this many days [default: 365]
     #[arg(long, env = "DROVER_EVENT_RETENTION_DAYS")]
     pub event_retention_days: Option<u32>,
@@ -119,6 +126,8 @@ pub struct Config {
     pub retention_days: u32,
     /// Events (the audit trail among them) are kept this many days.
     pub event_retention_days: u32,
+    /// How webhooks are delivered, and where they may go.
+    pub webhooks: crate::webhooks::Policy,
     pub unreachable_after_hours: u32,
     /// When the plugin catalog rolls back or suspends a faulting plugin by itself.
     pub fault_policy: crate::plugins::catalog::FaultPolicy,
@@ -169,6 +178,7 @@ impl Config {
             open_enrollment: true,
             retention_days: 30,
             event_retention_days: 365,
+            webhooks: Default::default(),
             unreachable_after_hours: 24,
             fault_policy: Default::default(),
             hold_policy: Default::default(),
@@ -221,6 +231,17 @@ impl ServeArgs {
             open_enrollment: self.open_enrollment.or(file.open_enrollment).unwrap_or(true),
             retention_days: self.retention_days.or(file.retention_days).unwrap_or(30),
             event_retention_days: self.event_retention_days.or(file.event_retention_days).unwrap_or(365).max(1),
+            webhooks: {
+                let d = crate::webhooks::Policy::default();
+                crate::webhooks::Policy {
+                    allow_private: self.webhook_allow_private.or(file.webhook_allow_private).unwrap_or(false),
+                    failure_limit: self
+                        .webhook_failure_limit
+                        .or(file.webhook_failure_limit)
+                        .map_or(d.failure_limit, |n| i64::from(n.max(1))),
+                    ..d
+                }
+            },
             unreachable_after_hours: self.unreachable_after_hours.or(file.unreachable_after_hours).unwrap_or(24).max(1),
             fault_policy: {
                 let d = crate::plugins::catalog::FaultPolicy::default();

@@ -31,6 +31,8 @@ pub struct Core {
     pub events: Events,
     /// Devices may enroll themselves without an enrollment token.
     pub open_enrollment: bool,
+    /// How webhooks are delivered, and where they may go.
+    pub webhooks: crate::webhooks::Policy,
 }
 
 impl Core {
@@ -82,6 +84,7 @@ impl Core {
             stats: Arc::default(),
             events,
             open_enrollment: config.open_enrollment,
+            webhooks: config.webhooks.clone(),
         })
     }
 

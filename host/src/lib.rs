@@ -128,3 +128,4 @@ pub mod server;
 pub mod stats;
 pub mod store;
 pub mod wakeup;
+pub mod webhooks;

@@ -133,6 +133,7 @@ impl Server {
         let wakeups = tokio::spawn(crate::wakeup::run(core.clone(), wakeup_events));
         let settings = tokio::spawn(crate::plugin_settings::follow(core.clone(), CATALOG_TICK));
         let coap = tokio::spawn(self.coap.run(core.clone(), coap_events));
+        let webhooks = tokio::spawn(crate::webhooks::run(core.clone(), core.webhooks.clone()));
         let result =
             crate::http::listener::serve(self.listener, crate::http::router(self.state), self.http, shutdown).await;
         sweeper.abort();
@@ -141,6 +142,7 @@ impl Server {
         wakeups.abort();
         settings.abort();
         coap.abort();
+        webhooks.abort();
         if let Some(b) = broker {
             b.abort();
         }
@@ -181,6 +183,11 @@ async fn housekeeping(core: Core, config: Housekeeping) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "telemetry past retention deleted"),
                 Err(e) => tracing::warn!("telemetry retention purge failed: {e}"),
+            }
+            match store.prune_deliveries(now - config.event_retention.as_millis() as i64).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "webhook delivery records past the event retention deleted"),
+                Err(e) => tracing::warn!("webhook delivery purge failed: {e}"),
             }
             match store.prune_events(now - config.event_retention.as_millis() as i64).await {
                 Ok(0) => {}

@@ -3,6 +3,7 @@
 
 use super::{
     AppState, ErrorBody, audit, devices, enrollment, events, groups, operations, plugin_settings, plugins, tokens,
+    webhooks,
 };
 use axum::Router;
 use axum::body::Bytes;
@@ -47,6 +48,11 @@ pub(super) fn router(state: AppState) -> Router<AppState> {
         .routes(routes!(tokens::revoke_admin_token))
         .routes(routes!(audit::list_audit))
         .routes(routes!(events::events))
+        .routes(routes!(webhooks::list_webhooks, webhooks::create_webhook))
+        .routes(routes!(webhooks::get_webhook, webhooks::delete_webhook))
+        .routes(routes!(webhooks::enable_webhook))
+        .routes(routes!(webhooks::redeliver))
+        .routes(routes!(webhooks::deliveries))
         .routes(routes!(enrollment::create_enrollment_token))
         .split_for_parts();
     let document = Bytes::from(api.to_pretty_json().unwrap_or_default());

@@ -6,12 +6,12 @@
 //! taken when a transaction inserts, and transactions commit in any order: a reader that
 //! saw 12 and moved past it could miss 11 when 11 commits a moment later. So the cursor
 //! stops before the first missing number, unless the event after it is older than
-//! [`SETTLE`] (a transaction that took that number has rolled back, or an old event was
+//! [`crate::store::SETTLE`] (a transaction that took that number has rolled back, or an old event was
 //! deleted by retention). On SQLite, with one writer, numbers are committed in order.
 
 use super::api::{Errors, MAX_PAGE};
 use super::{ApiError, AppState, Query, Viewer};
-use crate::store::{EventQuery, EventRow, Store, now_ms};
+use crate::store::{EventQuery, EventRow, Store};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
@@ -21,33 +21,13 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
 
-/// How long a missing sequence number is waited for before readers move past it.
-pub const SETTLE: Duration = Duration::from_secs(5);
-
 /// How often a live stream looks for new events (another replica may have written them).
 const STREAM_TICK: Duration = Duration::from_millis(250);
-
-/// Positions looked at per step of the cursor.
-const WINDOW: i64 = 1000;
 
 /// Live streams open at once, server-wide. Each holds a connection for as long as its
 /// reader likes; without a cap, one token could take every connection the listener has.
 pub const MAX_STREAMS: usize = 64;
 static STREAMS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_STREAMS);
-
-/// The furthest sequence number a reader at `after` may move to now.
-pub(super) async fn settled(store: &Store, after: i64) -> Result<i64, crate::store::StoreError> {
-    let old = now_ms() - SETTLE.as_millis() as i64;
-    let mut horizon = after;
-    for (seq, at) in store.event_positions(after, WINDOW).await? {
-        if seq == horizon + 1 || at <= old {
-            horizon = seq;
-        } else {
-            break;
-        }
-    }
-    Ok(horizon)
-}
 
 #[derive(Deserialize, IntoParams, Clone)]
 #[serde(deny_unknown_fields)]
@@ -74,7 +54,7 @@ pub(super) struct EventsPage {
 
 /// One page of events from `after`, and the cursor after it.
 async fn page(store: &Store, kind: &Option<String>, after: i64, limit: i64) -> Result<EventsPage, ApiError> {
-    let horizon = settled(store, after).await?;
+    let horizon = store.settled(after).await?;
     if horizon == after {
         return Ok(EventsPage { items: Vec::new(), next_after: after });
     }

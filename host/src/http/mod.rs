@@ -17,6 +17,7 @@ mod operations;
 mod plugin_settings;
 mod plugins;
 mod tokens;
+mod webhooks;
 
 pub use error::{ApiError, ErrorBody};
 pub use extract::{Admin, Administrator, ApiJson, AuthDevice, Operator, Path, Query, Viewer};

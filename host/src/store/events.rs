@@ -98,7 +98,27 @@ pub struct EventQuery {
     pub until: Option<i64>,
 }
 
+/// How long a missing sequence number is waited for before readers move past it
+/// (`http/events.rs` says why).
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Store {
+    /// The furthest sequence number a reader at `after` may move its cursor to now: up to
+    /// the first missing number, unless the event after it is older than [`SETTLE`] (the
+    /// transaction that took the number rolled back, or retention deleted it).
+    pub async fn settled(&self, after: i64) -> Result<i64, StoreError> {
+        let old = now_ms() - SETTLE.as_millis() as i64;
+        let mut horizon = after;
+        for (seq, at) in self.event_positions(after, 1000).await? {
+            if seq == horizon + 1 || at <= old {
+                horizon = seq;
+            } else {
+                break;
+            }
+        }
+        Ok(horizon)
+    }
+
     /// Append one event; returns its sequence number.
     pub async fn append_event(&self, e: &NewEvent) -> Result<i64, StoreError> {
         let (seq,): (i64,) = with_write_pool!(self, pool => sqlx::query_as(

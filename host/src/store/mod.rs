@@ -15,12 +15,13 @@ mod operations;
 mod telemetry;
 mod tokens;
 mod wakeups;
+mod webhooks;
 mod writes;
 
 pub use catalog::{ComponentRow, NewPluginEvent, PluginEventRow, PublisherKeyRow};
 pub use devices::{Claim, DeviceQuery, DeviceRow, GroupRow, NewDevice, TAG_PATTERN, tag_list_schema, tag_problem};
 pub(crate) use events::record_event;
-pub use events::{ADMIN_ACTION, EventQuery, EventRow, NewEvent};
+pub use events::{ADMIN_ACTION, EventQuery, EventRow, NewEvent, SETTLE};
 pub use operations::{
     ActivityRow, DeviceKey, MAX_EXPLICIT_DEVICES, NewActivity, OperationRow, QueuedOperation, ResultOutcome, TargetSet,
     TransitionRow,
@@ -28,6 +29,7 @@ pub use operations::{
 pub use telemetry::{Point, TelemetryRow};
 pub use tokens::AdminTokenRow;
 pub use wakeups::{DueWakeup, SettingsRow, WakeupRow};
+pub use webhooks::{DeliveryRow, NewWebhook, WebhookRow};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
