@@ -1,5 +1,6 @@
-//! `drover token …` and `drover audit` (binary only): admin tokens and the audit trail of a
-//! running server, over its admin API, as `plugin list|show|…` are.
+//! `drover token …`, `drover webhook …` and `drover audit` (binary only): admin tokens,
+//! webhook subscriptions and the audit trail of a running server, over its admin API, as
+//! `plugin list|show|…` are.
 
 use crate::ServerArgs;
 use crate::lifecycle::call;
@@ -135,6 +136,93 @@ pub async fn audit(filter: AuditFilter, server: ServerArgs) -> anyhow::Result<()
             format!("{} ({})", text(&e["actor"]), text(&e["role"])),
             text(&e["outcome"]),
             e["status"].as_i64().map(|s| s.to_string()).unwrap_or_default(),
+        );
+    }
+    Ok(())
+}
+
+pub async fn webhook_list(server: ServerArgs) -> anyhow::Result<()> {
+    let body = call(&server, Method::GET, "webhooks", None).await?;
+    for w in body["items"].as_array().into_iter().flatten() {
+        let state = if w["enabled"].as_bool() == Some(true) { "enabled" } else { "disabled" };
+        let types: Vec<&str> = w["types"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        println!(
+            "{:<20} {:<8} after {:<8} failures {:<3} {} [{}]",
+            text(&w["name"]),
+            state,
+            w["cursor"].as_i64().unwrap_or(0),
+            w["failures"].as_i64().unwrap_or(0),
+            text(&w["url"]),
+            if types.is_empty() { "every event".to_string() } else { types.join(", ") },
+        );
+        if let Some(why) = w["disabled_reason"].as_str() {
+            println!("  disabled: {why}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn webhook_add(
+    name: String,
+    url: String,
+    types: Vec<String>,
+    device_type: Option<String>,
+    server: ServerArgs,
+) -> anyhow::Result<()> {
+    let body = call(
+        &server,
+        Method::POST,
+        "webhooks",
+        Some(json!({ "name": name, "url": url, "types": types, "device_type": device_type })),
+    )
+    .await?;
+    eprintln!("subscribed {} to {}; its signing secret is shown this once:", text(&body["name"]), text(&body["url"]));
+    println!("{}", text(&body["secret"]));
+    Ok(())
+}
+
+pub async fn webhook_remove(name: String, server: ServerArgs) -> anyhow::Result<()> {
+    call(&server, Method::DELETE, &format!("webhooks/{}", crate::lifecycle::segment(&name)), None).await?;
+    println!("removed {name}");
+    Ok(())
+}
+
+pub async fn webhook_enable(name: String, server: ServerArgs) -> anyhow::Result<()> {
+    call(&server, Method::POST, &format!("webhooks/{}/enable", crate::lifecycle::segment(&name)), None).await?;
+    println!("enabled {name}: delivery resumes with the event that failed");
+    Ok(())
+}
+
+pub async fn webhook_deliveries(name: String, last: usize, server: ServerArgs) -> anyhow::Result<()> {
+    let mut rows: std::collections::VecDeque<Value> = Default::default();
+    let mut after = 0i64;
+    loop {
+        let path = format!("webhooks/{}/deliveries?after={after}&limit=1000", crate::lifecycle::segment(&name));
+        let body = call(&server, Method::GET, &path, None).await?;
+        for d in body["items"].as_array().into_iter().flatten() {
+            rows.push_back(d.clone());
+            if rows.len() > last {
+                rows.pop_front();
+            }
+        }
+        match body["next_after"].as_i64() {
+            Some(n) => after = n,
+            None => break,
+        }
+    }
+    for d in rows {
+        let outcome = match (d["status"].as_i64(), d["error"].as_str()) {
+            (Some(s), None) => s.to_string(),
+            (Some(s), Some(e)) => format!("{s} {e}"),
+            (None, Some(e)) => e.to_string(),
+            (None, None) => "-".into(),
+        };
+        println!(
+            "{}  event {:<8} attempt {:<3} {:>6} ms  {outcome}",
+            when(&d["at"]),
+            d["event"].as_i64().unwrap_or(0),
+            d["attempt"].as_i64().unwrap_or(0),
+            d["latency_ms"].as_i64().unwrap_or(0),
         );
     }
     Ok(())

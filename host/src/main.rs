@@ -30,10 +30,58 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Webhook subscriptions of a running server: list, add, remove, enable, deliveries.
+    Webhook {
+        #[command(subcommand)]
+        command: WebhookCommand,
+    },
     /// The audit trail of a running server: who changed what, and what was refused.
     Audit {
         #[command(flatten)]
         filter: admin_commands::AuditFilter,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhookCommand {
+    /// Every subscription: state, cursor, failures in a row, URL, filters.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Subscribe a URL to events; prints the signing secret once, on standard output.
+    Add {
+        name: String,
+        url: String,
+        /// Event-type prefixes to send (repeat the flag) [default: every event]
+        #[arg(long = "type")]
+        types: Vec<String>,
+        /// Only events about devices of this type.
+        #[arg(long)]
+        device_type: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Delete a subscription and its delivery log.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Enable a subscription that repeated failures disabled.
+    Enable {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// The latest delivery attempts of a subscription.
+    Deliveries {
+        name: String,
+        /// How many, the newest.
+        #[arg(long, default_value_t = 50)]
+        last: usize,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -278,6 +326,17 @@ fn main() -> ExitCode {
                     admin_commands::token_create(name, role, expires_in, server).await
                 }
                 TokenCommand::Revoke { name, server } => admin_commands::token_revoke(name, server).await,
+            },
+            Command::Webhook { command } => match command {
+                WebhookCommand::List { server } => admin_commands::webhook_list(server).await,
+                WebhookCommand::Add { name, url, types, device_type, server } => {
+                    admin_commands::webhook_add(name, url, types, device_type, server).await
+                }
+                WebhookCommand::Remove { name, server } => admin_commands::webhook_remove(name, server).await,
+                WebhookCommand::Enable { name, server } => admin_commands::webhook_enable(name, server).await,
+                WebhookCommand::Deliveries { name, last, server } => {
+                    admin_commands::webhook_deliveries(name, last, server).await
+                }
             },
             Command::Audit { filter, server } => admin_commands::audit(filter, server).await,
         }

@@ -420,4 +420,25 @@ fn tokens_and_the_audit_trail_from_the_command_line() {
     assert!(!ok && err.contains("401"), "{err}");
     let (ok, out, _) = run(&admin, &["audit", "--last", "1"]);
     assert!(ok && out.contains("bootstrap (admin)") && out.contains("-> /api/v1/admin-tokens/ci%20job"), "{out}");
+
+    // Webhooks: a private address refused with the flag that allows it; a subscription's
+    // secret printed once; listed; removed.
+    let (ok, _, err) = run(&admin, &["webhook", "add", "local", "http://127.0.0.1:9/hook"]);
+    assert!(!ok && err.contains("not a public address") && err.contains("--webhook-allow-private true"), "{err}");
+    let (ok, out, err) = run(
+        &admin,
+        &["webhook", "add", "crm", "https://hooks.example.com/drover", "--type", "device.", "--type", "operation."],
+    );
+    assert!(ok, "{err}");
+    assert!(out.trim().starts_with("whsec_") && err.contains("subscribed crm"), "{out} {err}");
+    let (ok, out, err) = run(&admin, &["webhook", "list"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("crm") && out.contains("enabled") && out.contains("[device., operation.]"), "{out}");
+    assert!(!out.contains("whsec_"), "{out}");
+    let (ok, _, err) = run(&admin, &["webhook", "deliveries", "crm"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(&admin, &["webhook", "remove", "crm"]);
+    assert!(ok && out.contains("removed crm"), "{err}");
+    let (ok, _, err) = run(&admin, &["webhook", "enable", "crm"]);
+    assert!(!ok && err.contains("404"), "{err}");
 }
