@@ -9,7 +9,7 @@
 
 use super::api::{Errors, MAX_PAGE};
 use super::{Admin, AppState, Query, Viewer};
-use crate::store::{ADMIN_ACTION, EventQuery, EventRow, NewEvent};
+use crate::store::{ADMIN_ACTION, EventQuery, EventRow, NewEvent, Outcome};
 use axum::Json;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
@@ -62,9 +62,9 @@ pub(super) async fn record(State(state): State<AppState>, mut request: Request, 
     };
     let status = response.status();
     let outcome = match status.as_u16() {
-        200..=299 => "ok",
-        403 => "refused",
-        _ => "failed",
+        200..=299 => Outcome::Ok,
+        403 => Outcome::Refused,
+        _ => Outcome::Failed,
     };
     let event = NewEvent {
         event_type: ADMIN_ACTION.into(),
@@ -72,7 +72,7 @@ pub(super) async fn record(State(state): State<AppState>, mut request: Request, 
         role: Some(admin.role.as_str().into()),
         action: Some(action),
         target: Some(path),
-        outcome: Some(outcome.into()),
+        outcome: Some(outcome.as_str().into()),
         status: Some(status.as_u16().into()),
         data: data.map(|d| d.to_string()),
     };
@@ -95,7 +95,8 @@ pub(super) struct AuditQuery {
     /// Paths starting with this: `/api/v1/devices/android/`.
     target: Option<String>,
     /// `ok`, `refused` or `failed`.
-    outcome: Option<String>,
+    #[param(inline)]
+    outcome: Option<Outcome>,
     /// From this time (milliseconds since the Unix epoch, inclusive).
     since: Option<i64>,
     /// Before this time (milliseconds, exclusive).
@@ -122,11 +123,6 @@ pub(super) async fn list_audit(
     _: Viewer,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<AuditPage>, super::ApiError> {
-    if let Some(o) = &q.outcome
-        && !["ok", "refused", "failed"].contains(&o.as_str())
-    {
-        return Err(super::ApiError::bad_request("invalid_query", format!("outcome `{o}`: use ok, refused or failed")));
-    }
     let limit = q.limit.unwrap_or(super::api::DEFAULT_PAGE).clamp(1, MAX_PAGE);
     let query = EventQuery {
         event_type: Some(ADMIN_ACTION.into()),
@@ -135,7 +131,7 @@ pub(super) async fn list_audit(
         actor: q.actor,
         action: q.action,
         target_prefix: q.target,
-        outcome: q.outcome,
+        outcome: q.outcome.map(|o| o.as_str().to_string()),
         since: q.since,
         until: q.until,
     };

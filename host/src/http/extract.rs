@@ -8,6 +8,7 @@ use crate::store::DeviceRow;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::request::Parts;
+use serde::Deserialize;
 
 /// A JSON request body. The content type is not insisted on (curl's `-d` sends a form
 /// type); the body must parse, and an error names the line, column and problem.
@@ -159,4 +160,27 @@ impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> 
             ApiError::new(status, code, e.body_text())
         })
     }
+}
+
+/// An integer field that also takes `90.0`: JSON Schema's integers include numbers whose
+/// fraction is zero, and some clients write them so.
+pub(super) fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Int(i64),
+        Float(f64),
+    }
+    match Number::deserialize(d)? {
+        Number::Int(v) => Ok(v),
+        Number::Float(v) if v.fract() == 0.0 && v.abs() < 9.0e15 => Ok(v as i64),
+        Number::Float(v) => Err(serde::de::Error::custom(format!("{v} is not a whole number"))),
+    }
+}
+
+/// [`whole`], for an optional field (with `#[serde(default)]`).
+pub(super) fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Whole(#[serde(deserialize_with = "whole")] i64);
+    Ok(Option::<Whole>::deserialize(d)?.map(|w| w.0))
 }

@@ -2,7 +2,7 @@
 
 use super::api::Errors;
 use super::audit::AuditSlot;
-use super::{Administrator, ApiError, ApiJson, AppState, Path};
+use super::{Administrator, ApiError, ApiJson, AppState, ErrorBody, Path};
 use crate::auth::Role;
 use axum::Json;
 use axum::extract::{Extension, State};
@@ -20,6 +20,7 @@ pub(super) struct NewAdminToken {
     role: Role,
     /// Seconds until it stops working (1 second to 10 years); absent: it does not expire.
     #[schema(minimum = 1, maximum = 315_360_000)]
+    #[serde(default, deserialize_with = "super::extract::whole_number")]
     expires_in: Option<i64>,
 }
 
@@ -38,7 +39,8 @@ pub(super) struct AdminTokenCreated {
 
 /// Create an admin-API token; the token is in this answer only.
 #[utoipa::path(post, path = "/api/v1/admin-tokens", tag = "admin", request_body = NewAdminToken,
-    responses((status = 201, body = AdminTokenCreated), Errors))]
+    responses((status = 201, body = AdminTokenCreated),
+              (status = 409, description = "A live token has that name", body = ErrorBody), Errors))]
 pub(super) async fn create_admin_token(
     State(state): State<AppState>,
     _: Administrator,
@@ -117,7 +119,8 @@ pub(super) async fn list_admin_tokens(
 /// last live admin-role token cannot be revoked (409 `refused`).
 #[utoipa::path(delete, path = "/api/v1/admin-tokens/{name}", tag = "admin",
     params(("name" = String, Path, description = "The token's name")),
-    responses((status = 204, description = "Revoked"), Errors))]
+    responses((status = 204, description = "Revoked"),
+              (status = 409, description = "The last live admin token cannot be revoked", body = ErrorBody), Errors))]
 pub(super) async fn revoke_admin_token(
     State(state): State<AppState>,
     _: Administrator,

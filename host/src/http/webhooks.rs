@@ -2,7 +2,7 @@
 //! again and redelivery. Delivery itself is `crate::webhooks`.
 
 use super::api::{Errors, MAX_PAGE};
-use super::{Administrator, ApiError, ApiJson, AppState, Path, Query, Viewer};
+use super::{Administrator, ApiError, ApiJson, AppState, ErrorBody, Path, Query, Viewer};
 use crate::store::{DeliveryRow, NewWebhook, WebhookRow};
 use axum::Json;
 use axum::extract::State;
@@ -18,7 +18,8 @@ pub(super) struct NewSubscription {
     name: String,
     /// Where events are POSTed (http or https).
     url: String,
-    /// Event-type prefixes to send (`operation.`, `device.removed`); absent or empty: all.
+    /// Event-type prefixes to send (`operation.`, `device.removed`); absent or empty: all
+    /// (so does an empty prefix).
     #[serde(default)]
     types: Vec<String>,
     /// Only events about devices of this type.
@@ -26,6 +27,8 @@ pub(super) struct NewSubscription {
     /// `whsec_` and 24 to 64 bytes in base64; absent: Drover makes one (in this answer only).
     secret: Option<String>,
     /// Start after this event (a sequence number); absent: with the next event.
+    #[schema(minimum = 0)]
+    #[serde(default, deserialize_with = "super::extract::whole_number")]
     after: Option<i64>,
 }
 
@@ -80,7 +83,7 @@ fn valid_name(name: &str) -> bool {
 
 /// Subscribe a URL to events. Each is POSTed as JSON, signed in the Standard Webhooks form.
 #[utoipa::path(post, path = "/api/v1/webhooks", tag = "admin", request_body = NewSubscription,
-    responses((status = 201, body = Created), (status = 409, description = "The name is taken"), Errors))]
+    responses((status = 201, body = Created), (status = 409, description = "The name is taken", body = ErrorBody), Errors))]
 pub(super) async fn create_webhook(
     State(state): State<AppState>,
     Administrator(admin): Administrator,
@@ -98,12 +101,6 @@ pub(super) async fn create_webhook(
         }
         None => crate::webhooks::new_secret(),
     };
-    if n.types.iter().any(|t| t.trim().is_empty()) {
-        return Err(ApiError::bad_request(
-            "invalid",
-            "`types`: an empty prefix would match everything; leave `types` out",
-        ));
-    }
     let cursor = match n.after {
         Some(a) if a >= 0 => a,
         Some(a) => return Err(ApiError::bad_request("invalid", format!("`after` {a}: a sequence number is ≥ 0"))),
@@ -184,6 +181,8 @@ pub(super) async fn enable_webhook(
 #[serde(deny_unknown_fields)]
 pub(super) struct Redeliver {
     /// Deliver again every event after this sequence number.
+    #[schema(minimum = 0)]
+    #[serde(deserialize_with = "super::extract::whole")]
     after: i64,
 }
 
@@ -196,10 +195,11 @@ pub(super) async fn redeliver(
     Path(name): Path<String>,
     ApiJson(r): ApiJson<Redeliver>,
 ) -> Result<Json<Subscription>, ApiError> {
-    if r.after < 0 {
-        return Err(ApiError::bad_request("invalid", format!("`after` {}: a sequence number is ≥ 0", r.after)));
+    let after = r.after;
+    if after < 0 {
+        return Err(ApiError::bad_request("invalid", format!("`after` {after}: a sequence number is ≥ 0")));
     }
-    if !state.store.rewind_webhook(&name, r.after).await? {
+    if !state.store.rewind_webhook(&name, after).await? {
         return Err(ApiError::not_found(format!("webhook `{name}` not found")));
     }
     Ok(Json(named(&state, &name).await?.into()))

@@ -31,6 +31,18 @@ pub(crate) use record_event;
 /// The type of an audit row: an admin-API call that changed something or was refused.
 pub const ADMIN_ACTION: &str = "admin.action";
 
+text_enum! {
+    /// How an audited call ended.
+    pub enum Outcome ("outcome") {
+        /// Answered 2xx.
+        Ok = "ok",
+        /// The token's role does not allow it (403).
+        Refused = "refused",
+        /// Any other error: nothing changed.
+        Failed = "failed",
+    }
+}
+
 /// An event, before it has a sequence number.
 #[derive(Debug, Clone, Default)]
 pub struct NewEvent {
@@ -42,7 +54,7 @@ pub struct NewEvent {
     pub action: Option<String>,
     /// What it was asked of: for an admin action, the request's path.
     pub target: Option<String>,
-    /// `ok`, `refused` (the role does not allow it) or `failed`.
+    /// For an admin action, [`Outcome::as_str`].
     pub outcome: Option<String>,
     /// The HTTP status an admin action was answered with.
     pub status: Option<i64>,

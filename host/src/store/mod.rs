@@ -21,7 +21,7 @@ mod writes;
 pub use catalog::{ComponentRow, NewPluginEvent, PluginEventRow, PublisherKeyRow};
 pub use devices::{Claim, DeviceQuery, DeviceRow, GroupRow, NewDevice, TAG_PATTERN, tag_list_schema, tag_problem};
 pub(crate) use events::record_event;
-pub use events::{ADMIN_ACTION, EventQuery, EventRow, NewEvent, SETTLE};
+pub use events::{ADMIN_ACTION, EventQuery, EventRow, NewEvent, Outcome, SETTLE};
 pub use operations::{
     ActivityRow, DeviceKey, MAX_EXPLICIT_DEVICES, NewActivity, OperationRow, QueuedOperation, ResultOutcome, TargetSet,
     TransitionRow,
