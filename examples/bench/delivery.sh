@@ -18,7 +18,9 @@
 #          machine's speed moves by more than most changes do from one minute to the next,
 #          so builds are compared only within a round.
 #
-# Environment: DEVICES (10000; floor 200000), ROUNDS (1), CONCURRENCY (64),
+# Environment: DEVICES (10000; floor 200000), ROUNDS (1), CONCURRENCY (64), WEBHOOK (1: a
+# webhook subscribed to every operation event, delivered to http-floor on 18090, which
+# answers 204; the run then reports how far delivery got),
 # PG_URL (postgres://postgres@127.0.0.1:5432). Everything binds to 127.0.0.1; the ports
 # are fixed (HTTP 18080, MQTT 18830, CoAP 15683, floor 18090), so run one at a time.
 set -euo pipefail
@@ -96,6 +98,11 @@ one_run() { # build
         server_args=(--broker mqtt://127.0.0.1:1883)
         ;;
     esac
+    if [ "${WEBHOOK:-0}" = 1 ]; then
+        "$bin/http-floor" --addr 127.0.0.1:18090 >"$data/receiver.log" 2>&1 &
+        receiver=$!
+        server_args+=(--webhook-allow-private true)
+    fi
     if [ "$mode" = poll-pg ]; then
         psql -q "$pg_url/test" -c "DROP DATABASE IF EXISTS drover_bench" -c "CREATE DATABASE drover_bench" >/dev/null
         server_args=(--database-url "$pg_url/drover_bench")
@@ -108,6 +115,10 @@ one_run() { # build
         kill -0 "$server" 2>/dev/null || { cat "$data/server.log" >&2; echo "the server did not start" >&2; return 1; }
         sleep 0.1
     done
+    if [ "${WEBHOOK:-0}" = 1 ]; then
+        curl -sf -X POST http://127.0.0.1:18080/api/v1/webhooks -H "Authorization: Bearer $(cat "$data/server/admin-token")" \
+            -d '{"name":"bench","url":"http://127.0.0.1:18090/hook","types":["operation."]}' >/dev/null
+    fi
     # The last run's log must be gone before `wait_for` looks: the simulator's shell
     # truncates it only once it runs, and a stale "stored in" would start the CPU count
     # during enrollment.
@@ -121,6 +132,12 @@ one_run() { # build
     t0=$(ticks "$server")
     wait "$fleet" || { cat "$log" >&2; echo "the simulator failed" >&2; return 1; }
     t1=$(ticks "$server")
+    if [ "${WEBHOOK:-0}" = 1 ]; then
+        local auth="Authorization: Bearer $(cat "$data/server/admin-token")"
+        curl -sf http://127.0.0.1:18080/api/v1/webhooks/bench -H "$auth" |
+            python3 -c 'import json,sys; w=json.load(sys.stdin); print(f"webhook: delivered up to event {w[\"cursor\"]}, failures {w[\"failures\"]}")'
+        kill "$receiver"
+    fi
     kill "$server"
     wait "$server" 2>/dev/null || true
     grep -E "polls/s|ops/s|poll latency|added → at device|round trips/s|msg/s|simulator CPU" "$log"

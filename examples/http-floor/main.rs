@@ -38,7 +38,11 @@ async fn poll(headers: HeaderMap, body: Bytes) -> Response {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let app = Router::new().route("/agent/v1/{device_type}/devices/{id}/pending-operations", put(poll));
+    // Anything else is answered 204 at once: the receiver of the webhook benchmark
+    // (examples/bench/delivery.sh with WEBHOOK=1).
+    let app = Router::new()
+        .route("/agent/v1/{device_type}/devices/{id}/pending-operations", put(poll))
+        .fallback(|| async { StatusCode::NO_CONTENT });
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     println!("http-floor listening on {}", args.addr);
     axum::serve(listener, app).await?;

@@ -189,20 +189,6 @@ pub fn body(event: &EventRow) -> Vec<u8> {
 
 /// Deliver due subscriptions until the server stops.
 pub async fn run(core: Core, policy: Policy) {
-    let client = match reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5).min(policy.timeout))
-        .timeout(policy.timeout)
-        // A redirect could lead past the address check.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("drover-webhooks/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "webhook client could not be built: no webhooks delivered");
-            return;
-        }
-    };
     let mut running = tokio::task::JoinSet::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -225,9 +211,9 @@ pub async fn run(core: Core, policy: Policy) {
                     continue;
                 }
             }
-            let (core, policy, client) = (core.clone(), policy.clone(), client.clone());
+            let (core, policy) = (core.clone(), policy.clone());
             running.spawn(async move {
-                if let Err(e) = deliver(&core, &policy, &client, &w).await {
+                if let Err(e) = deliver(&core, &policy, &w).await {
                     tracing::warn!(webhook = %w.name, error = %e, "webhook delivery stopped");
                 }
                 let _ = core.store.release_webhook(w.id).await;
@@ -243,102 +229,118 @@ fn lease_end(policy: &Policy) -> i64 {
     now_ms() + policy.timeout.as_millis() as i64 + 5_000
 }
 
-/// Send `w`'s next events in order, stopping at the first failure.
-async fn deliver(core: &Core, policy: &Policy, client: &reqwest::Client, w: &WebhookRow) -> Result<()> {
+/// Send `w`'s next events in order, batch after batch until it has caught up, stopping at
+/// the first failure.
+async fn deliver(core: &Core, policy: &Policy, w: &WebhookRow) -> Result<()> {
     let store = &core.store;
-    let horizon = store.settled(w.cursor).await?;
-    if horizon == w.cursor {
-        return Ok(());
-    }
-    let query = EventQuery { up_to: Some(horizon), ..Default::default() };
-    let events = store.events(&query, w.cursor, BATCH).await?;
     let key = secret_key(&w.secret).map_err(Error::internal)?;
     let url = reqwest::Url::parse(&w.url).map_err(|e| Error::internal(e.to_string()))?;
-    for event in &events {
-        if !wants(w, event) {
-            store.advance_webhook(w.id, event.seq).await?;
-            continue;
+    let types: Vec<String> = serde_json::from_str(&w.types).unwrap_or_default();
+    // Resolved and checked once per run; every request of the run goes to that address.
+    let mut client: Option<reqwest::Client> = None;
+    let mut cursor = w.cursor;
+    loop {
+        let horizon = store.settled(cursor).await?;
+        if horizon == cursor {
+            return Ok(());
         }
-        store.renew_webhook(w.id, lease_end(policy)).await?;
-        let id = format!("evt_{}", event.seq);
-        let body = body(event);
-        let started = Instant::now();
-        let outcome = send(client, policy, &url, &key, &id, body).await;
-        let latency_ms = started.elapsed().as_millis() as i64;
-        let attempt = store.delivery_attempts(w.id, event.seq).await? + 1;
-        let (status, error) = match &outcome {
-            Ok(s) => (Some(*s as i64), None),
-            Err((s, e)) => (s.map(i64::from), Some(e.clone())),
-        };
-        store
-            .record_delivery(
-                w.id,
-                &DeliveryRow { id: 0, event: event.seq, attempt, status, error, latency_ms, at: now_ms() },
-            )
-            .await?;
-        match outcome {
-            Ok(_) => store.advance_webhook(w.id, event.seq).await?,
-            Err((_, why)) => {
-                let failures = w.failures + 1;
-                let disable = (failures >= policy.failure_limit)
-                    .then(|| format!("{failures} failed deliveries in a row; the last: {why}"));
-                let next = now_ms() + backoff(policy, failures).as_millis() as i64;
-                store.webhook_failed(w.id, next, disable.as_deref()).await?;
-                tracing::info!(webhook = %w.name, event = event.seq, failures, %why, "webhook delivery failed");
-                if let Some(reason) = disable {
-                    tracing::warn!(webhook = %w.name, %reason, "webhook disabled");
-                    store
-                        .append_event(&NewEvent {
-                            event_type: "webhook.disabled".into(),
-                            target: Some(format!("webhook/{}", w.name)),
-                            data: Some(serde_json::json!({ "webhook": w.name, "reason": reason }).to_string()),
-                            ..Default::default()
-                        })
-                        .await?;
+        // The type filter runs in the database: a subscription to device events is not
+        // slowed by a flood of operation events it skips.
+        let query = EventQuery { type_prefixes: types.clone(), up_to: Some(horizon), ..Default::default() };
+        let events = store.events(&query, cursor, BATCH).await?;
+        for event in events.iter().filter(|e| wants(w, e)) {
+            store.renew_webhook(w.id, lease_end(policy)).await?;
+            let started = Instant::now();
+            let outcome = match &client {
+                Some(c) => send(c, &url, &key, event).await,
+                None => match pinned_client(&url, policy).await {
+                    Ok(c) => send(client.insert(c), &url, &key, event).await,
+                    Err(e) => Err((None, e)),
+                },
+            };
+            let latency_ms = started.elapsed().as_millis() as i64;
+            let attempt = store.delivery_attempts(w.id, event.seq).await? + 1;
+            let (status, error) = match &outcome {
+                Ok(s) => (Some(i64::from(*s)), None),
+                Err((s, e)) => (s.map(i64::from), Some(e.clone())),
+            };
+            let record = DeliveryRow { id: 0, event: event.seq, attempt, status, error, latency_ms, at: now_ms() };
+            store.record_delivery(w.id, &record).await?;
+            match outcome {
+                Ok(_) => store.advance_webhook(w.id, event.seq, true).await?,
+                Err((_, why)) => {
+                    // Whatever was skipped before the failed event is done with.
+                    store.advance_webhook(w.id, event.seq - 1, false).await?;
+                    return failed(core, policy, w, event.seq, why).await;
                 }
-                return Ok(());
             }
         }
+        // Everything up to the end of what was read has been sent or is not wanted.
+        let done = if (events.len() as i64) < BATCH { horizon } else { events.last().map_or(horizon, |e| e.seq) };
+        store.advance_webhook(w.id, done, false).await?;
+        cursor = done;
     }
-    // Nothing matched past the last event read: the cursor may move to the horizon.
-    if (events.len() as i64) < BATCH {
-        store.advance_webhook(w.id, horizon).await?;
+}
+
+/// A failed attempt: back off, or disable the subscription with an event saying why.
+async fn failed(core: &Core, policy: &Policy, w: &WebhookRow, event: i64, why: String) -> Result<()> {
+    let store = &core.store;
+    let failures = w.failures + 1;
+    let disable =
+        (failures >= policy.failure_limit).then(|| format!("{failures} failed deliveries in a row; the last: {why}"));
+    let next = now_ms() + backoff(policy, failures).as_millis() as i64;
+    store.webhook_failed(w.id, next, disable.as_deref()).await?;
+    tracing::info!(webhook = %w.name, event, failures, %why, "webhook delivery failed");
+    if let Some(reason) = disable {
+        tracing::warn!(webhook = %w.name, %reason, "webhook disabled");
+        store
+            .append_event(&NewEvent {
+                event_type: "webhook.disabled".into(),
+                target: Some(format!("webhook/{}", w.name)),
+                data: Some(serde_json::json!({ "webhook": w.name, "reason": reason }).to_string()),
+                ..Default::default()
+            })
+            .await?;
     }
     Ok(())
+}
+
+/// A client that connects `url`'s host to the address [`resolve`] checked (a second
+/// lookup could answer differently), follows no redirects, and keeps its connection
+/// for the run.
+async fn pinned_client(url: &reqwest::Url, policy: &Policy) -> std::result::Result<reqwest::Client, String> {
+    let (host, addr) = resolve(url, policy).await?;
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5).min(policy.timeout))
+        .timeout(policy.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("drover-webhooks/", env!("CARGO_PKG_VERSION")))
+        .resolve(&host, addr)
+        .build()
+        .map_err(|e| format!("webhook client: {e}"))
 }
 
 /// POST one event. `Ok(status)` for 2xx; otherwise the status if any and why.
 async fn send(
     client: &reqwest::Client,
-    policy: &Policy,
     url: &reqwest::Url,
     key: &[u8],
-    id: &str,
-    body: Vec<u8>,
+    event: &EventRow,
 ) -> std::result::Result<u16, (Option<u16>, String)> {
-    let (host, addr) = resolve(url, policy).await.map_err(|e| (None, e))?;
-    // Connect to the address just checked (a second lookup could answer differently).
-    let pinned = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5).min(policy.timeout))
-        .timeout(policy.timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .resolve(&host, addr)
-        .build()
-        .unwrap_or_else(|_| client.clone());
+    let id = format!("evt_{}", event.seq);
+    let body = body(event);
     let timestamp = now_ms() / 1000;
-    let signature = sign(key, id, timestamp, &body);
-    let r = pinned
+    let signature = sign(key, &id, timestamp, &body);
+    let r = client
         .post(url.clone())
         .header("content-type", "application/json")
-        .header("webhook-id", id)
+        .header("webhook-id", &id)
         .header("webhook-timestamp", timestamp.to_string())
         .header("webhook-signature", signature)
         .body(body)
         .send()
         .await
-        .map_err(|e| {
-            (None, if e.is_timeout() { format!("no answer within {:?}", policy.timeout) } else { e.to_string() })
-        })?;
+        .map_err(|e| (None, if e.is_timeout() { "no answer within the timeout".to_string() } else { e.to_string() }))?;
     let status = r.status();
     if status.is_success() {
         return Ok(status.as_u16());

@@ -127,6 +127,7 @@ pub(super) async fn list_audit(
     let query = EventQuery {
         event_type: Some(ADMIN_ACTION.into()),
         type_prefix: None,
+        type_prefixes: Vec::new(),
         up_to: None,
         actor: q.actor,
         action: q.action,

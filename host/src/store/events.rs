@@ -97,6 +97,8 @@ pub struct EventQuery {
     pub event_type: Option<String>,
     /// Events whose type starts with this (`device.`).
     pub type_prefix: Option<String>,
+    /// Events whose type starts with any of these; empty: any type.
+    pub type_prefixes: Vec<String>,
     /// Events up to this sequence number (inclusive).
     pub up_to: Option<i64>,
     pub actor: Option<String>,
@@ -150,6 +152,17 @@ impl Store {
         }
         if let Some(t) = &q.type_prefix {
             f.and("substr(type, 1, length(?)) = ?", Param::Text(t.clone()));
+        }
+        if !q.type_prefixes.is_empty() {
+            let any: Vec<String> = q
+                .type_prefixes
+                .iter()
+                .map(|t| {
+                    let p = f.placeholder(Param::Text(t.clone()));
+                    format!("substr(type, 1, length({p})) = {p}")
+                })
+                .collect();
+            f.sql.push_str(&format!(" AND ({})", any.join(" OR ")));
         }
         if let Some(u) = q.up_to {
             f.and("seq <= ?", Param::Int(u));

@@ -126,12 +126,13 @@ impl Store {
         Ok(())
     }
 
-    /// Everything up to `cursor` is delivered (or not for this subscription): the run of
-    /// failures ends.
-    pub async fn advance_webhook(&self, id: i64, cursor: i64) -> Result<(), StoreError> {
+    /// Everything up to `cursor` is delivered (or not for this subscription). `delivered`:
+    /// an event went through, so the run of failures ends.
+    pub async fn advance_webhook(&self, id: i64, cursor: i64, delivered: bool) -> Result<(), StoreError> {
         with_write_pool!(self, pool => sqlx::query(
-                "UPDATE webhooks SET cursor = $1, failures = 0 WHERE id = $2 AND cursor < $1")
-            .bind(cursor).bind(id).execute(pool).await.map(|_| ())?);
+                "UPDATE webhooks SET cursor = $1, failures = CASE WHEN $2 = 1 THEN 0 ELSE failures END
+                 WHERE id = $3 AND cursor < $1")
+            .bind(cursor).bind(i64::from(delivered)).bind(id).execute(pool).await.map(|_| ())?);
         Ok(())
     }
 
