@@ -55,7 +55,7 @@ concurrency=${CONCURRENCY:-64}
 pg_url=${PG_URL:-postgres://postgres@127.0.0.1:5432}
 data=$(mktemp -d)
 log=$data/fleet.log
-trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "$data"' EXIT
+trap 'kill "${server:-}" "${receiver:-}" 2>/dev/null || true; rm -rf "$data"' EXIT
 # 10,000 and more MQTT connections (and the 19,000-connection run) need the descriptors.
 ulimit -n 20000 2>/dev/null || echo "warning: cannot raise the open-file limit to 20000 ($(ulimit -n))" >&2
 
@@ -135,8 +135,8 @@ one_run() { # build
     if [ "${WEBHOOK:-0}" = 1 ]; then
         local auth="Authorization: Bearer $(cat "$data/server/admin-token")"
         curl -sf http://127.0.0.1:18080/api/v1/webhooks/bench -H "$auth" |
-            python3 -c 'import json,sys; w=json.load(sys.stdin); print(f"webhook: delivered up to event {w[\"cursor\"]}, failures {w[\"failures\"]}")'
-        kill "$receiver"
+            python3 -c 'import json,sys; w=json.load(sys.stdin); print("webhook: delivered up to event %s, failures %s" % (w["cursor"], w["failures"]))'
+        kill "$receiver" 2>/dev/null || true
     fi
     kill "$server"
     wait "$server" 2>/dev/null || true

@@ -222,15 +222,17 @@ pub async fn run(core: Core, policy: Policy) {
     }
 }
 
-/// Until when a lease taken (or renewed) now holds: one delivery's longest time and a
-/// margin. Renewed before each event, so a replica that dies mid-batch holds the
-/// subscription back only this long.
+/// Until when a lease taken (or renewed) now holds: the longest delivery and 5 s. It is
+/// renewed when less than one delivery's time is left (a write every few seconds of
+/// delivery), so a replica that dies holds its subscriptions back at most this long.
 fn lease_end(policy: &Policy) -> i64 {
     now_ms() + policy.timeout.as_millis() as i64 + 5_000
 }
 
 /// Send `w`'s next events in order, batch after batch until it has caught up, stopping at
-/// the first failure.
+/// the first failure. The bookkeeping (delivery log, cursor) is written once per batch,
+/// after the sends: a crash re-sends at most one batch, which at-least-once allows and
+/// `webhook-id` lets receivers drop.
 async fn deliver(core: &Core, policy: &Policy, w: &WebhookRow) -> Result<()> {
     let store = &core.store;
     let key = secret_key(&w.secret).map_err(Error::internal)?;
@@ -239,6 +241,11 @@ async fn deliver(core: &Core, policy: &Policy, w: &WebhookRow) -> Result<()> {
     // Resolved and checked once per run; every request of the run goes to that address.
     let mut client: Option<reqwest::Client> = None;
     let mut cursor = w.cursor;
+    let mut lease = lease_end(policy);
+    // The first event of a run may have been tried before (it failed, or was redelivered).
+    let mut first = true;
+    // Failures in a row before this run; a delivery in it ends the run of failures.
+    let mut failures_before = w.failures;
     loop {
         let horizon = store.settled(cursor).await?;
         if horizon == cursor {
@@ -248,8 +255,14 @@ async fn deliver(core: &Core, policy: &Policy, w: &WebhookRow) -> Result<()> {
         // slowed by a flood of operation events it skips.
         let query = EventQuery { type_prefixes: types.clone(), up_to: Some(horizon), ..Default::default() };
         let events = store.events(&query, cursor, BATCH).await?;
+        let mut log = Vec::new();
         for event in events.iter().filter(|e| wants(w, e)) {
-            store.renew_webhook(w.id, lease_end(policy)).await?;
+            if now_ms() + policy.timeout.as_millis() as i64 + 1_000 > lease {
+                lease = lease_end(policy);
+                store.renew_webhook(w.id, lease).await?;
+            }
+            let attempt = if first { store.delivery_attempts(w.id, event.seq).await? + 1 } else { 1 };
+            first = false;
             let started = Instant::now();
             let outcome = match &client {
                 Some(c) => send(c, &url, &key, event).await,
@@ -259,33 +272,36 @@ async fn deliver(core: &Core, policy: &Policy, w: &WebhookRow) -> Result<()> {
                 },
             };
             let latency_ms = started.elapsed().as_millis() as i64;
-            let attempt = store.delivery_attempts(w.id, event.seq).await? + 1;
             let (status, error) = match &outcome {
                 Ok(s) => (Some(i64::from(*s)), None),
                 Err((s, e)) => (s.map(i64::from), Some(e.clone())),
             };
-            let record = DeliveryRow { id: 0, event: event.seq, attempt, status, error, latency_ms, at: now_ms() };
-            store.record_delivery(w.id, &record).await?;
-            match outcome {
-                Ok(_) => store.advance_webhook(w.id, event.seq, true).await?,
-                Err((_, why)) => {
-                    // Whatever was skipped before the failed event is done with.
-                    store.advance_webhook(w.id, event.seq - 1, false).await?;
-                    return failed(core, policy, w, event.seq, why).await;
+            log.push(DeliveryRow { id: 0, event: event.seq, attempt, status, error, latency_ms, at: now_ms() });
+            if let Err((_, why)) = outcome {
+                // What went through, and what was skipped before the failed event, is done.
+                store.record_deliveries(w.id, &log).await?;
+                store.advance_webhook(w.id, event.seq - 1, log.len() > 1).await?;
+                if log.len() > 1 {
+                    failures_before = 0;
                 }
+                return failed(core, policy, w, failures_before, event.seq, why).await;
             }
         }
         // Everything up to the end of what was read has been sent or is not wanted.
         let done = if (events.len() as i64) < BATCH { horizon } else { events.last().map_or(horizon, |e| e.seq) };
-        store.advance_webhook(w.id, done, false).await?;
+        store.record_deliveries(w.id, &log).await?;
+        store.advance_webhook(w.id, done, !log.is_empty()).await?;
+        if !log.is_empty() {
+            failures_before = 0;
+        }
         cursor = done;
     }
 }
 
 /// A failed attempt: back off, or disable the subscription with an event saying why.
-async fn failed(core: &Core, policy: &Policy, w: &WebhookRow, event: i64, why: String) -> Result<()> {
+async fn failed(core: &Core, policy: &Policy, w: &WebhookRow, before: i64, event: i64, why: String) -> Result<()> {
     let store = &core.store;
-    let failures = w.failures + 1;
+    let failures = before + 1;
     let disable =
         (failures >= policy.failure_limit).then(|| format!("{failures} failed deliveries in a row; the last: {why}"));
     let next = now_ms() + backoff(policy, failures).as_millis() as i64;

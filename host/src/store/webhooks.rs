@@ -171,12 +171,22 @@ impl Store {
             == 1)
     }
 
-    pub async fn record_delivery(&self, webhook: i64, d: &DeliveryRow) -> Result<(), StoreError> {
-        with_write_pool!(self, pool => sqlx::query(
-                "INSERT INTO webhook_deliveries (webhook, event, attempt, status, error, latency_ms, at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(webhook).bind(d.event).bind(d.attempt).bind(d.status).bind(&d.error).bind(d.latency_ms).bind(d.at)
-            .execute(pool).await.map(|_| ())?);
+    /// Append attempts to a subscription's delivery log, in one statement.
+    pub async fn record_deliveries(&self, webhook: i64, rows: &[DeliveryRow]) -> Result<(), StoreError> {
+        for chunk in rows.chunks(100) {
+            let sql = format!(
+                "INSERT INTO webhook_deliveries (webhook, event, attempt, status, error, latency_ms, at) VALUES {}",
+                super::values_placeholders(chunk.len(), 7, 1)
+            );
+            with_write_pool!(self, pool => {
+                let mut q = sqlx::query(super::trusted(&sql));
+                for d in chunk {
+                    q = q.bind(webhook).bind(d.event).bind(d.attempt).bind(d.status).bind(&d.error)
+                        .bind(d.latency_ms).bind(d.at);
+                }
+                q.execute(pool).await.map(|_| ())?
+            });
+        }
         Ok(())
     }
 
