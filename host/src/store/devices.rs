@@ -250,7 +250,7 @@ impl Store {
                     device_id: r.device_id.clone(),
                     channel,
                 };
-                super::record_event!(tx, &event.record());
+                super::record_event!(&mut *tx, &event.record());
             }
             tx.commit().await?;
             row
@@ -281,7 +281,7 @@ impl Store {
                      WHERE id = $1 AND status = 'removed'")
                 .bind(device).execute(&mut *tx).await?.rows_affected();
             if n == 1 {
-                super::record_event!(tx, event);
+                super::record_event!(&mut *tx, event);
             }
             tx.commit().await?;
             Ok(n == 1)

@@ -3,11 +3,12 @@
 
 use super::{Backend, Filters, Param, Store, StoreError, bind_filters, now_ms, trusted, with_pool, with_write_pool};
 
-/// Append `$event` (a [`NewEvent`]) inside the transaction `$tx` of the change it
-/// reports: committed with it, or not at all. For both backends (the caller is inside
+/// Append `$event` (a [`NewEvent`]) with the executor `$exec`: `&mut *tx`, the
+/// transaction of the change it reports (committed with it, or not at all), or the write
+/// pool for an event of its own. For both backends (the caller is inside
 /// `with_write_pool!`).
 macro_rules! record_event {
-    ($tx:expr, $event:expr) => {{
+    ($exec:expr, $event:expr) => {{
         let e: &$crate::store::NewEvent = $event;
         sqlx::query(
             "INSERT INTO events (at, type, actor, role, action, target, outcome, status, data)
@@ -22,7 +23,7 @@ macro_rules! record_event {
         .bind(&e.outcome)
         .bind(e.status)
         .bind(&e.data)
-        .execute(&mut *$tx)
+        .execute($exec)
         .await?;
     }};
 }
@@ -133,15 +134,10 @@ impl Store {
         Ok(horizon)
     }
 
-    /// Append one event; returns its sequence number.
-    pub async fn append_event(&self, e: &NewEvent) -> Result<i64, StoreError> {
-        let (seq,): (i64,) = with_write_pool!(self, pool => sqlx::query_as(
-                "INSERT INTO events (at, type, actor, role, action, target, outcome, status, data)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq")
-            .bind(now_ms()).bind(&e.event_type).bind(&e.actor).bind(&e.role).bind(&e.action).bind(&e.target)
-            .bind(&e.outcome).bind(e.status).bind(&e.data)
-            .fetch_one(pool).await?);
-        Ok(seq)
+    /// Append one event of its own (not part of another change).
+    pub async fn append_event(&self, e: &NewEvent) -> Result<(), StoreError> {
+        with_write_pool!(self, pool => record_event!(pool, e));
+        Ok(())
     }
 
     /// Events after `after` (a sequence number) that match `q`, oldest first.

@@ -210,7 +210,7 @@ impl Store {
                 operations: n,
                 actor: a.created_by.clone(),
             };
-            super::record_event!(tx, &event.record());
+            super::record_event!(&mut *tx, &event.record());
             tx.commit().await?;
             Ok((activity, n))
         })
@@ -546,7 +546,7 @@ impl Store {
                     count: n,
                     actor: actor.to_string(),
                 };
-                super::record_event!(tx, &event.record());
+                super::record_event!(&mut *tx, &event.record());
             }
             tx.commit().await?;
             Ok(n)
@@ -562,7 +562,7 @@ impl Store {
         with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             sqlx::query("UPDATE devices SET status = 'removed' WHERE id = $1").bind(device).execute(&mut *tx).await?;
-            super::record_event!(tx, removed);
+            super::record_event!(&mut *tx, removed);
             tx.commit().await?;
         });
         Ok(cancelled)

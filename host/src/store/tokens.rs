@@ -64,7 +64,7 @@ impl Store {
                     "UPDATE device_credentials SET revoked_at = $1 WHERE device = $2 AND revoked_at IS NULL")
                 .bind(now_ms()).bind(device).execute(&mut *tx).await?.rows_affected();
             if let Some(e) = event {
-                super::record_event!(tx, e);
+                super::record_event!(&mut *tx, e);
             }
             tx.commit().await?;
             Ok(n)
