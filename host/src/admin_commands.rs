@@ -162,20 +162,19 @@ pub async fn webhook_list(server: ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn webhook_add(
-    name: String,
-    url: String,
-    types: Vec<String>,
-    device_type: Option<String>,
-    server: ServerArgs,
-) -> anyhow::Result<()> {
-    let body = call(
-        &server,
-        Method::POST,
-        "webhooks",
-        Some(json!({ "name": name, "url": url, "types": types, "device_type": device_type })),
-    )
-    .await?;
+/// What a new subscription asks for.
+pub struct WebhookFilter {
+    pub types: Vec<String>,
+    pub device_type: Option<String>,
+    pub group: Option<String>,
+    pub tag: Option<String>,
+}
+
+pub async fn webhook_add(name: String, url: String, f: WebhookFilter, server: ServerArgs) -> anyhow::Result<()> {
+    let request = json!({
+        "name": name, "url": url, "types": f.types, "device_type": f.device_type, "group": f.group, "tag": f.tag,
+    });
+    let body = call(&server, Method::POST, "webhooks", Some(request)).await?;
     eprintln!("subscribed {} to {}; its signing secret is shown this once:", text(&body["name"]), text(&body["url"]));
     println!("{}", text(&body["secret"]));
     Ok(())

@@ -137,11 +137,22 @@ impl Event {
                 json!({ "plugin": plugin, "change": change, "version": version }),
             ),
         };
+        let device = match self {
+            Event::OperationChanged { device, .. }
+            | Event::DeviceEnrolled { device, .. }
+            | Event::DeviceSeen { device }
+            | Event::DeviceStatusChanged { device, .. }
+            | Event::CredentialsRevoked { device, .. }
+            | Event::DeviceRemoved { device, .. } => Some(*device),
+            Event::OperationsCancelled { device, .. } => *device,
+            Event::ActivityAdded { .. } | Event::PluginChanged { .. } => None,
+        };
         crate::store::NewEvent {
             event_type: self.type_name().into(),
             actor,
             target: Some(target),
             data: Some(data.to_string()),
+            device,
             ..Default::default()
         }
     }

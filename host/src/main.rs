@@ -61,6 +61,12 @@ enum WebhookCommand {
         /// Only events about devices of this type.
         #[arg(long)]
         device_type: Option<String>,
+        /// Only events about devices in this group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Only events about devices with this tag.
+        #[arg(long)]
+        tag: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -329,8 +335,9 @@ fn main() -> ExitCode {
             },
             Command::Webhook { command } => match command {
                 WebhookCommand::List { server } => admin_commands::webhook_list(server).await,
-                WebhookCommand::Add { name, url, types, device_type, server } => {
-                    admin_commands::webhook_add(name, url, types, device_type, server).await
+                WebhookCommand::Add { name, url, types, device_type, group, tag, server } => {
+                    let filter = admin_commands::WebhookFilter { types, device_type, group, tag };
+                    admin_commands::webhook_add(name, url, filter, server).await
                 }
                 WebhookCommand::Remove { name, server } => admin_commands::webhook_remove(name, server).await,
                 WebhookCommand::Enable { name, server } => admin_commands::webhook_enable(name, server).await,

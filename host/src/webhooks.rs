@@ -253,7 +253,13 @@ async fn deliver(core: &Core, policy: &Policy, w: &WebhookRow) -> Result<()> {
         }
         // The type filter runs in the database: a subscription to device events is not
         // slowed by a flood of operation events it skips.
-        let query = EventQuery { type_prefixes: types.clone(), up_to: Some(horizon), ..Default::default() };
+        let query = EventQuery {
+            type_prefixes: types.clone(),
+            up_to: Some(horizon),
+            group: w.group_name.clone(),
+            tag: w.tag.clone(),
+            ..Default::default()
+        };
         let events = store.events(&query, cursor, BATCH).await?;
         let mut log = Vec::new();
         for event in events.iter().filter(|e| wants(w, e)) {

@@ -193,6 +193,57 @@ async fn delivery(backend: Backend) {
     let got = broken.wait_for(5).await;
     assert_eq!(got[4].json()["data"]["data"]["id"], "wh-6");
 
+    // Group and tag filters: only the events about the group's devices, or the tagged ones.
+    let r = server.admin(Method::POST, "/api/v1/groups").json(&json!({ "name": "lobby" })).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = server
+        .admin(Method::POST, "/api/v1/groups/lobby/members")
+        .json(&json!({ "devices": [{ "type": "android", "id": "wh-1" }] }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let r = server
+        .admin(Method::PUT, "/api/v1/devices/android/wh-2/tags")
+        .json(&json!({ "tags": ["floor-2"] }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let lobby = Provider::start(vec![]).await;
+    let floor = Provider::start(vec![]).await;
+    subscribe(&server, json!({ "name": "lobby", "url": lobby.base, "types": ["operation."], "group": "lobby" })).await;
+    subscribe(&server, json!({ "name": "floor", "url": floor.base, "types": ["operation."], "tag": "floor-2" })).await;
+    let r = server
+        .admin(Method::POST, "/api/v1/webhooks")
+        .json(&json!({ "name": "nowhere", "url": lobby.base, "group": "no-such-group" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // One activity for three devices, cancelled: three operation events, one per device.
+    let r = server
+        .admin(Method::POST, "/api/v1/operations")
+        .json(&json!({ "code": "DEVICE_RING", "targets": { "devices": [
+            { "type": "android", "id": "wh-1" }, { "type": "android", "id": "wh-2" }, { "type": "android", "id": "wh-3" }
+        ] } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let activity = r.json::<Value>().await.unwrap()["activity"]["id"].as_i64().unwrap();
+    let r = server.admin(Method::POST, &format!("/api/v1/activities/{activity}/cancel")).send().await.unwrap();
+    assert!(r.status().is_success());
+    let latest = server.state.store.latest_event().await.unwrap();
+    for name in ["lobby", "floor"] {
+        until(&server, name, |w| w["cursor"].as_i64().unwrap() >= latest).await;
+    }
+    let about = |p: &Provider| -> Vec<String> {
+        p.received().iter().map(|r| r.json()["data"]["data"]["device_id"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(about(&lobby), ["wh-1"]);
+    assert_eq!(about(&floor), ["wh-2"]);
+
     // Deleted: nothing more.
     let r = server.admin(Method::DELETE, "/api/v1/webhooks/broken").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);

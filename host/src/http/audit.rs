@@ -75,6 +75,7 @@ pub(super) async fn record(State(state): State<AppState>, mut request: Request, 
         outcome: Some(outcome.as_str().into()),
         status: Some(status.as_u16().into()),
         data: data.map(|d| d.to_string()),
+        device: None,
     };
     // The change (if any) is committed: a failed audit write cannot undo it, so it is
     // logged loudly rather than turned into an error for a call that succeeded.
@@ -129,6 +130,8 @@ pub(super) async fn list_audit(
         type_prefix: None,
         type_prefixes: Vec::new(),
         up_to: None,
+        group: None,
+        tag: None,
         actor: q.actor,
         action: q.action,
         target_prefix: q.target,

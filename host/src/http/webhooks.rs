@@ -24,6 +24,11 @@ pub(super) struct NewSubscription {
     types: Vec<String>,
     /// Only events about devices of this type.
     device_type: Option<String>,
+    /// Only events about devices in this group (static or dynamic), as it is when each
+    /// event is delivered.
+    group: Option<String>,
+    /// Only events about devices with this tag, as they are when each event is delivered.
+    tag: Option<String>,
     /// `whsec_` and 24 to 64 bytes in base64; absent: Drover makes one (in this answer only).
     secret: Option<String>,
     /// Start after this event (a sequence number); absent: with the next event.
@@ -38,6 +43,8 @@ pub(super) struct Subscription {
     url: String,
     types: Vec<String>,
     device_type: Option<String>,
+    group: Option<String>,
+    tag: Option<String>,
     enabled: bool,
     /// Why it was disabled.
     disabled_reason: Option<String>,
@@ -58,6 +65,8 @@ impl From<WebhookRow> for Subscription {
             name: w.name,
             url: w.url,
             device_type: w.device_type,
+            group: w.group_name,
+            tag: w.tag,
             enabled: w.enabled != 0,
             disabled_reason: w.disabled_reason,
             cursor: w.cursor,
@@ -101,6 +110,16 @@ pub(super) async fn create_webhook(
         }
         None => crate::webhooks::new_secret(),
     };
+    if let Some(g) = &n.group
+        && state.store.group(g).await?.is_none()
+    {
+        return Err(ApiError::bad_request("invalid", format!("`group`: there is no group `{g}`")));
+    }
+    if let Some(t) = &n.tag
+        && let Some(why) = crate::store::tag_problem(t)
+    {
+        return Err(ApiError::bad_request("invalid", format!("`tag`: {why}")));
+    }
     let cursor = match n.after {
         Some(a) if a >= 0 => a,
         Some(a) => return Err(ApiError::bad_request("invalid", format!("`after` {a}: a sequence number is ≥ 0"))),
@@ -114,6 +133,8 @@ pub(super) async fn create_webhook(
             secret: secret.clone(),
             types: n.types,
             device_type: n.device_type,
+            group_name: n.group,
+            tag: n.tag,
             cursor,
             created_by: admin.actor(),
         })

@@ -11,8 +11,8 @@ macro_rules! record_event {
     ($exec:expr, $event:expr) => {{
         let e: &$crate::store::NewEvent = $event;
         sqlx::query(
-            "INSERT INTO events (at, type, actor, role, action, target, outcome, status, data)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO events (at, type, actor, role, action, target, outcome, status, data, device)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind($crate::store::now_ms())
         .bind(&e.event_type)
@@ -23,6 +23,7 @@ macro_rules! record_event {
         .bind(&e.outcome)
         .bind(e.status)
         .bind(&e.data)
+        .bind(e.device)
         .execute($exec)
         .await?;
     }};
@@ -61,6 +62,8 @@ pub struct NewEvent {
     pub status: Option<i64>,
     /// More, as JSON text.
     pub data: Option<String>,
+    /// The key of the device it is about, if one (for group and tag filters).
+    pub device: Option<i64>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
@@ -81,6 +84,8 @@ pub struct EventRow {
     #[schema(value_type = Option<Object>)]
     #[serde(serialize_with = "json_text")]
     pub data: Option<String>,
+    /// The key of the device it is about, if one.
+    pub device: Option<i64>,
 }
 
 /// `data` is stored as JSON text and served as JSON.
@@ -102,6 +107,10 @@ pub struct EventQuery {
     pub type_prefixes: Vec<String>,
     /// Events up to this sequence number (inclusive).
     pub up_to: Option<i64>,
+    /// Events about a device of this group (static or dynamic, as it is now).
+    pub group: Option<String>,
+    /// Events about a device with this tag (as it is now).
+    pub tag: Option<String>,
     pub actor: Option<String>,
     pub action: Option<String>,
     /// Events whose target starts with this.
@@ -163,6 +172,27 @@ impl Store {
         if let Some(u) = q.up_to {
             f.and("seq <= ?", Param::Int(u));
         }
+        if let Some(name) = &q.group {
+            match self.group(name).await? {
+                Some(g) => {
+                    let devices = match g.query() {
+                        Some(query) => {
+                            format!("SELECT d.id FROM devices d WHERE {}", query.condition(self.is_postgres(), &mut f))
+                        }
+                        None => format!(
+                            "SELECT m.device FROM group_members m WHERE m.group_id = {}",
+                            f.placeholder(Param::Int(g.id))
+                        ),
+                    };
+                    f.sql.push_str(&format!(" AND device IN ({devices})"));
+                }
+                // A group deleted since: nothing is about its devices.
+                None => f.sql.push_str(" AND 1 = 0"),
+            }
+        }
+        if let Some(t) = &q.tag {
+            f.and("device IN (SELECT t.device FROM device_tags t WHERE t.tag = ?)", Param::Text(t.clone()));
+        }
         if let Some(a) = &q.actor {
             f.and("actor = ?", Param::Text(a.clone()));
         }
@@ -184,7 +214,7 @@ impl Store {
             f.and("at < ?", Param::Int(u));
         }
         let sql = format!(
-            "SELECT seq, at, type, actor, role, action, target, outcome, status, data FROM events
+            "SELECT seq, at, type, actor, role, action, target, outcome, status, data, device FROM events
              WHERE seq > $1{} ORDER BY seq LIMIT $2",
             f.sql
         );

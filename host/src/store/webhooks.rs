@@ -3,8 +3,8 @@
 
 use super::{Backend, Store, StoreError, now_ms, with_pool, with_write_pool};
 
-const COLUMNS: &str = "id, name, url, secret, types, device_type, enabled, disabled_reason, cursor, failures,
-                       next_attempt_at, created_by, created_at";
+const COLUMNS: &str = "id, name, url, secret, types, device_type, group_name, tag, enabled, disabled_reason, cursor,
+                       failures, next_attempt_at, created_by, created_at";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct WebhookRow {
@@ -16,6 +16,10 @@ pub struct WebhookRow {
     /// JSON array of event-type prefixes; empty: every event.
     pub types: String,
     pub device_type: Option<String>,
+    /// Only events about devices of this group.
+    pub group_name: Option<String>,
+    /// Only events about devices with this tag.
+    pub tag: Option<String>,
     pub enabled: i64,
     pub disabled_reason: Option<String>,
     pub cursor: i64,
@@ -32,6 +36,8 @@ pub struct NewWebhook {
     pub secret: String,
     pub types: Vec<String>,
     pub device_type: Option<String>,
+    pub group_name: Option<String>,
+    pub tag: Option<String>,
     pub cursor: i64,
     pub created_by: String,
 }
@@ -65,12 +71,13 @@ impl Store {
         let secret = self.sealer.seal(&place(&w.name), &w.secret);
         let now = now_ms();
         let sql = format!(
-            "INSERT INTO webhooks (name, url, secret, types, device_type, cursor, next_attempt_at, created_by, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7) RETURNING {COLUMNS}"
+            "INSERT INTO webhooks (name, url, secret, types, device_type, cursor, next_attempt_at, created_by, created_at,
+                                   group_name, tag)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, $9, $10) RETURNING {COLUMNS}"
         );
         let r: Result<WebhookRow, sqlx::Error> = with_write_pool!(self, pool => sqlx::query_as(super::trusted(&sql))
             .bind(&w.name).bind(&w.url).bind(&secret).bind(&types).bind(&w.device_type).bind(w.cursor).bind(now)
-            .bind(&w.created_by).fetch_one(pool).await);
+            .bind(&w.created_by).bind(&w.group_name).bind(&w.tag).fetch_one(pool).await);
         self.opened(r.map_err(|e| StoreError::conflict_or(e, || format!("webhook `{}`", w.name)))?)
     }
 
