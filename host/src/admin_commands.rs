@@ -10,11 +10,31 @@ use std::time::{Duration, UNIX_EPOCH};
 
 /// A time in the API's form (ms since the epoch) as RFC 3339, to the second, UTC.
 fn when(ms: &Value) -> String {
-    match ms.as_i64() {
-        Some(ms) if ms >= 0 => {
-            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
+    // What the server sent: a time past what SystemTime holds shows as "-", not a panic.
+    match ms.as_i64().filter(|ms| *ms >= 0).and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms as u64))) {
+        Some(t) => humantime::format_rfc3339_seconds(t).to_string(),
+        None => "-".into(),
+    }
+}
+
+/// The newest `last` items of a listing the API pages oldest first (`after`, `next_after`):
+/// `path` is the listing with its query, to which `after` and `limit` are added.
+async fn newest(server: &ServerArgs, path: &str, last: usize) -> anyhow::Result<std::collections::VecDeque<Value>> {
+    let mut rows = std::collections::VecDeque::new();
+    let mut after = 0i64;
+    let sep = if path.contains('?') { '&' } else { '?' };
+    loop {
+        let body = call(server, Method::GET, &format!("{path}{sep}after={after}&limit=1000"), None).await?;
+        for item in body["items"].as_array().into_iter().flatten() {
+            rows.push_back(item.clone());
+            if rows.len() > last {
+                rows.pop_front();
+            }
         }
-        _ => "-".into(),
+        match body["next_after"].as_i64() {
+            Some(n) => after = n,
+            None => return Ok(rows),
+        }
     }
 }
 
@@ -105,26 +125,9 @@ pub async fn audit(filter: AuditFilter, server: ServerArgs) -> anyhow::Result<()
         let now = std::time::SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
         query.push(("since", now.saturating_sub(d.as_millis() as u64).to_string()));
     }
-    // Pages oldest first; keep the newest `last`.
-    let mut rows: std::collections::VecDeque<Value> = Default::default();
-    let mut after = 0i64;
-    loop {
-        let mut q = query.clone();
-        q.push(("after", after.to_string()));
-        q.push(("limit", "1000".into()));
-        let encoded: Vec<String> = q.iter().map(|(k, v)| format!("{k}={}", crate::lifecycle::segment(v))).collect();
-        let body = call(&server, Method::GET, &format!("audit?{}", encoded.join("&")), None).await?;
-        for e in body["items"].as_array().into_iter().flatten() {
-            rows.push_back(e.clone());
-            if rows.len() > filter.last {
-                rows.pop_front();
-            }
-        }
-        match body["next_after"].as_i64() {
-            Some(n) => after = n,
-            None => break,
-        }
-    }
+    let encoded: Vec<String> = query.iter().map(|(k, v)| format!("{k}={}", crate::lifecycle::segment(v))).collect();
+    let path = if encoded.is_empty() { "audit".to_string() } else { format!("audit?{}", encoded.join("&")) };
+    let rows = newest(&server, &path, filter.last).await?;
     for e in rows {
         let action = text(&e["action"]);
         let route = action.split_once(' ').map_or(action, |(_, r)| r);
@@ -193,22 +196,8 @@ pub async fn webhook_enable(name: String, server: ServerArgs) -> anyhow::Result<
 }
 
 pub async fn webhook_deliveries(name: String, last: usize, server: ServerArgs) -> anyhow::Result<()> {
-    let mut rows: std::collections::VecDeque<Value> = Default::default();
-    let mut after = 0i64;
-    loop {
-        let path = format!("webhooks/{}/deliveries?after={after}&limit=1000", crate::lifecycle::segment(&name));
-        let body = call(&server, Method::GET, &path, None).await?;
-        for d in body["items"].as_array().into_iter().flatten() {
-            rows.push_back(d.clone());
-            if rows.len() > last {
-                rows.pop_front();
-            }
-        }
-        match body["next_after"].as_i64() {
-            Some(n) => after = n,
-            None => break,
-        }
-    }
+    let path = format!("webhooks/{}/deliveries", crate::lifecycle::segment(&name));
+    let rows = newest(&server, &path, last).await?;
     for d in rows {
         let outcome = match (d["status"].as_i64(), d["error"].as_str()) {
             (Some(s), None) => s.to_string(),

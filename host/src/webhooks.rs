@@ -158,27 +158,22 @@ async fn resolve(url: &reqwest::Url, policy: &Policy) -> std::result::Result<(St
     }
 }
 
-/// Whether `event` is one `w` asked for.
+/// Whether `event` passes `w`'s device-type filter. (Its type, group and tag filters run
+/// in the database, in the query that reads the events.)
 pub fn wants(w: &WebhookRow, event: &EventRow) -> bool {
-    let types: Vec<String> = serde_json::from_str(&w.types).unwrap_or_default();
-    if !types.is_empty() && !types.iter().any(|t| event.event_type.starts_with(t.as_str())) {
-        return false;
-    }
-    if let Some(dt) = &w.device_type {
-        let data: serde_json::Value =
-            event.data.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or_default();
-        let of_event = data.get("device_type").or_else(|| data.get("type")).and_then(|v| v.as_str());
-        if of_event != Some(dt.as_str()) {
-            return false;
-        }
-    }
-    true
+    let Some(dt) = &w.device_type else { return true };
+    let data: serde_json::Value = event.data.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or_default();
+    let of_event = data.get("device_type").or_else(|| data.get("type")).and_then(|v| v.as_str());
+    of_event == Some(dt.as_str())
 }
 
 /// The body sent for `event`: the Standard Webhooks envelope (`type`, `timestamp`,
 /// `data`), with the event as the API shows it in `data`.
 pub fn body(event: &EventRow) -> Vec<u8> {
-    let at = std::time::UNIX_EPOCH + Duration::from_millis(event.at.max(0) as u64);
+    // `at` is the server's own clock; a value past what SystemTime holds is sent as the epoch.
+    let at = std::time::UNIX_EPOCH
+        .checked_add(Duration::from_millis(event.at.max(0) as u64))
+        .unwrap_or(std::time::UNIX_EPOCH);
     serde_json::to_vec(&serde_json::json!({
         "type": event.event_type,
         "timestamp": humantime::format_rfc3339_millis(at).to_string(),
