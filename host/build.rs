@@ -14,6 +14,8 @@ const FIRST_PARTY: &[(&str, &str)] = &[
     ("apns", "drover-plugin-apns"),
     ("wns", "drover-plugin-wns"),
     ("webhook", "drover-plugin-webhook"),
+    ("version-range", "drover-plugin-version-range"),
+    ("telemetry-threshold", "drover-plugin-telemetry-threshold"),
 ];
 
 fn main() {

@@ -8,6 +8,7 @@ const PLUGINS: &[&str] = &[
     "drover-test-net-dialer",
     "drover-test-wrong-world",
     "drover-test-old-contract",
+    "drover-test-rule-trap",
 ];
 
 fn main() {

@@ -1,6 +1,6 @@
-//! `drover token …`, `drover webhook …` and `drover audit` (binary only): admin tokens,
-//! webhook subscriptions and the audit trail of a running server, over its admin API, as
-//! `plugin list|show|…` are.
+//! `drover token …`, `drover webhook …`, `drover policy …` and `drover audit` (binary
+//! only): admin tokens, webhook subscriptions, policies and the audit trail of a running
+//! server, over its admin API, as `plugin list|show|…` are.
 
 use crate::ServerArgs;
 use crate::lifecycle::call;
@@ -211,6 +211,105 @@ pub async fn webhook_deliveries(name: String, last: usize, server: ServerArgs) -
             d["event"].as_i64().unwrap_or(0),
             d["attempt"].as_i64().unwrap_or(0),
             d["latency_ms"].as_i64().unwrap_or(0),
+        );
+    }
+    Ok(())
+}
+
+pub async fn policy_list(server: ServerArgs) -> anyhow::Result<()> {
+    let body = call(&server, Method::GET, "policies", None).await?;
+    println!("{:<24} {:>8} {:<8} {:>4} {:<24} applies to", "name", "priority", "state", "rev", "device types");
+    for p in body.as_array().into_iter().flatten() {
+        let types: Vec<&str> = p["profiles"].as_object().into_iter().flatten().map(|(k, _)| k.as_str()).collect();
+        let state = if p["active"].as_bool() == Some(true) { "active" } else { "inactive" };
+        let applies =
+            p["applies_to"].as_object().filter(|o| !o.is_empty()).map(|o| Value::Object(o.clone()).to_string());
+        println!(
+            "{:<24} {:>8} {:<8} {:>4} {:<24} {}",
+            text(&p["name"]),
+            p["priority"].as_i64().unwrap_or(0),
+            state,
+            p["revision"].as_i64().unwrap_or(0),
+            types.join(","),
+            applies.unwrap_or_else(|| "every device of its types".into()),
+        );
+    }
+    Ok(())
+}
+
+pub async fn policy_show(name: String, server: ServerArgs) -> anyhow::Result<()> {
+    let body = call(&server, Method::GET, &format!("policies/{}", crate::lifecycle::segment(&name)), None).await?;
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok(())
+}
+
+/// What a change did, as the API tells it.
+fn recomputed(body: &Value) -> String {
+    let r = if body["recomputed"].is_object() { &body["recomputed"] } else { body };
+    format!(
+        "{} devices looked at, {} sent a new bundle, {} left without policy",
+        r["devices"].as_u64().unwrap_or(0),
+        r["assigned"].as_u64().unwrap_or(0),
+        r["cleared"].as_u64().unwrap_or(0)
+    )
+}
+
+pub async fn policy_apply(file: std::path::PathBuf, server: ServerArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut policy: Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not a JSON policy", file.display()))?;
+    let fields = policy.as_object_mut().with_context(|| format!("{}: a policy is a JSON object", file.display()))?;
+    let name = fields
+        .get("name")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .with_context(|| format!("{}: `name` is missing", file.display()))?;
+    // What `show` prints back is accepted: the fields the server keeps are dropped.
+    for kept in ["revision", "created_by", "created_at", "updated_at", "recomputed"] {
+        fields.remove(kept);
+    }
+    let path = format!("policies/{}", crate::lifecycle::segment(&name));
+    let exists = call(&server, Method::GET, &path, None).await.is_ok();
+    let body = if exists {
+        let active = fields.remove("active");
+        fields.remove("name");
+        let body = call(&server, Method::PUT, &path, Some(policy)).await?;
+        if let Some(active) = active.and_then(|a| a.as_bool()) {
+            let verb = if active { "activate" } else { "deactivate" };
+            call(&server, Method::POST, &format!("{path}/{verb}"), None).await?;
+        }
+        body
+    } else {
+        call(&server, Method::POST, "policies", Some(policy)).await?
+    };
+    println!("{name}: revision {}; {}", body["revision"].as_i64().unwrap_or(0), recomputed(&body));
+    Ok(())
+}
+
+pub async fn policy_act(name: String, verb: &str, revision: Option<i64>, server: ServerArgs) -> anyhow::Result<()> {
+    let path = format!("policies/{}/{verb}", crate::lifecycle::segment(&name));
+    let body = call(&server, Method::POST, &path, revision.map(|r| json!({ "revision": r }))).await?;
+    println!("{name}: {verb}d, revision {}; {}", body["revision"].as_i64().unwrap_or(0), recomputed(&body));
+    Ok(())
+}
+
+pub async fn policy_remove(name: String, server: ServerArgs) -> anyhow::Result<()> {
+    let body = call(&server, Method::DELETE, &format!("policies/{}", crate::lifecycle::segment(&name)), None).await?;
+    println!("removed {name}; {}", recomputed(&body));
+    Ok(())
+}
+
+pub async fn policy_revisions(name: String, server: ServerArgs) -> anyhow::Result<()> {
+    let path = format!("policies/{}/revisions", crate::lifecycle::segment(&name));
+    let body = call(&server, Method::GET, &path, None).await?;
+    for r in body.as_array().into_iter().flatten() {
+        println!(
+            "{:>4} {:<21} {:<24} priority {}",
+            r["revision"].as_i64().unwrap_or(0),
+            when(&r["created_at"]),
+            text(&r["created_by"]),
+            r["priority"].as_i64().unwrap_or(0)
         );
     }
     Ok(())

@@ -51,6 +51,12 @@ pub struct ServeArgs {
     /// Delete events, the audit trail among them, after this many days [default: 365]
     #[arg(long, env = "DROVER_EVENT_RETENTION_DAYS")]
     pub event_retention_days: Option<u32>,
+    /// How a device's applicable policies combine: `priority` (the highest alone) or `merged` (features combined, the higher priority wins per feature) [default: priority]
+    #[arg(long, env = "DROVER_POLICY_MODE", value_enum)]
+    pub policy_mode: Option<crate::policies::Mode>,
+    /// Also publish every event on the MQTT broker under drover-events/{type}, readable with an admin-API token [default: false]
+    #[arg(long, env = "DROVER_MQTT_EVENTS")]
+    pub mqtt_events: Option<bool>,
     /// Mark active devices unreachable when not seen for this many hours [default: 24]
     #[arg(long, env = "DROVER_UNREACHABLE_AFTER_HOURS")]
     pub unreachable_after_hours: Option<u32>,
@@ -126,6 +132,9 @@ pub struct Config {
     pub retention_days: u32,
     /// Events (the audit trail among them) are kept this many days.
     pub event_retention_days: u32,
+    /// Publish the event log on the broker (`mqtt::feed`).
+    pub mqtt_events: bool,
+    pub policy_mode: crate::policies::Mode,
     /// How webhooks are delivered, and where they may go.
     pub webhooks: crate::webhooks::Policy,
     pub unreachable_after_hours: u32,
@@ -178,6 +187,8 @@ impl Config {
             open_enrollment: true,
             retention_days: 30,
             event_retention_days: 365,
+            mqtt_events: false,
+            policy_mode: crate::policies::Mode::Priority,
             webhooks: Default::default(),
             unreachable_after_hours: 24,
             fault_policy: Default::default(),
@@ -231,6 +242,8 @@ impl ServeArgs {
             open_enrollment: self.open_enrollment.or(file.open_enrollment).unwrap_or(true),
             retention_days: self.retention_days.or(file.retention_days).unwrap_or(30),
             event_retention_days: self.event_retention_days.or(file.event_retention_days).unwrap_or(365).max(1),
+            mqtt_events: self.mqtt_events.or(file.mqtt_events).unwrap_or(false),
+            policy_mode: self.policy_mode.or(file.policy_mode).unwrap_or_default(),
             webhooks: {
                 let d = crate::webhooks::Policy::default();
                 crate::webhooks::Policy {

@@ -33,6 +33,10 @@ pub struct Core {
     pub open_enrollment: bool,
     /// How webhooks are delivered, and where they may go.
     pub webhooks: crate::webhooks::Policy,
+    /// How a device's applicable policies combine.
+    pub policy_mode: crate::policies::Mode,
+    /// One recomputation of effective policies at a time in this process.
+    pub policy_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Core {
@@ -85,6 +89,8 @@ impl Core {
             events,
             open_enrollment: config.open_enrollment,
             webhooks: config.webhooks.clone(),
+            policy_mode: config.policy_mode,
+            policy_lock: Arc::default(),
         })
     }
 

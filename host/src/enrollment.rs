@@ -230,6 +230,41 @@ pub async fn remove(core: &Core, device: &DeviceRow, actor: &str) -> Result<u64>
     Ok(cancelled)
 }
 
+/// Change what an admin says about a device: its display name, its owner (`Some(None)`
+/// clears it), its ownership. Policies that read them apply anew before this returns.
+pub async fn update(
+    core: &Core,
+    device: &DeviceRow,
+    name: Option<&str>,
+    owner: Option<Option<&str>>,
+    ownership: Option<Ownership>,
+    actor: &str,
+) -> Result<()> {
+    if let Some(n) = name
+        && (n.trim().is_empty() || n.chars().count() > 128)
+    {
+        return Err(Error::invalid("invalid", "`name` must be 1 to 128 characters"));
+    }
+    if owner.flatten().is_some_and(|o| o.chars().count() > 128) {
+        return Err(Error::invalid("invalid", "`owner` must be at most 128 characters"));
+    }
+    let event = crate::store::NewEvent {
+        event_type: "device.updated".into(),
+        actor: Some(actor.into()),
+        target: Some(format!("device/{}/{}", device.device_type, device.device_id)),
+        data: Some(
+            serde_json::json!({ "device": device.id, "type": device.device_type, "id": device.device_id,
+                "name": name, "owner": owner, "ownership": ownership })
+            .to_string(),
+        ),
+        device: Some(device.id),
+        ..Default::default()
+    };
+    core.store.update_device(device.id, name, owner, ownership, &event).await?;
+    crate::policies::recompute(core, crate::policies::Scope::Devices(vec![device.id])).await?;
+    Ok(())
+}
+
 /// Bring a removed device back as it was (tags, static groups), `registered` until it
 /// enrolls again with an enrollment token.
 pub async fn restore(core: &Core, device: &DeviceRow) -> Result<DeviceRow> {

@@ -122,6 +122,7 @@ pub mod operations;
 pub mod ops;
 pub mod plugin_settings;
 pub mod plugins;
+pub mod policies;
 pub mod push_token;
 pub mod secrets;
 pub mod server;

@@ -35,6 +35,11 @@ enum Command {
         #[command(subcommand)]
         command: WebhookCommand,
     },
+    /// Policies of a running server: list, show, apply a file, (de)activate, revisions.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// The audit trail of a running server: who changed what, and what was refused.
     Audit {
         #[command(flatten)]
@@ -88,6 +93,59 @@ enum WebhookCommand {
         /// How many, the newest.
         #[arg(long, default_value_t = 50)]
         last: usize,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Every policy: priority, state, revision, device types, applicability.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// One policy at its current revision, as JSON (a file `apply` takes back).
+    Show {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Create the policy a JSON file describes (with its `name`), or save it as the next
+    /// revision of the policy of that name; prints what was recomputed.
+    Apply {
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Let a policy apply again.
+    Activate {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Stop a policy from applying (it keeps its history).
+    Deactivate {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Delete a policy and its history.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// A policy's revisions, newest first.
+    Revisions {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Save an earlier revision's content as the next revision.
+    Restore {
+        name: String,
+        revision: i64,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -343,6 +401,22 @@ fn main() -> ExitCode {
                 WebhookCommand::Enable { name, server } => admin_commands::webhook_enable(name, server).await,
                 WebhookCommand::Deliveries { name, last, server } => {
                     admin_commands::webhook_deliveries(name, last, server).await
+                }
+            },
+            Command::Policy { command } => match command {
+                PolicyCommand::List { server } => admin_commands::policy_list(server).await,
+                PolicyCommand::Show { name, server } => admin_commands::policy_show(name, server).await,
+                PolicyCommand::Apply { file, server } => admin_commands::policy_apply(file, server).await,
+                PolicyCommand::Activate { name, server } => {
+                    admin_commands::policy_act(name, "activate", None, server).await
+                }
+                PolicyCommand::Deactivate { name, server } => {
+                    admin_commands::policy_act(name, "deactivate", None, server).await
+                }
+                PolicyCommand::Remove { name, server } => admin_commands::policy_remove(name, server).await,
+                PolicyCommand::Revisions { name, server } => admin_commands::policy_revisions(name, server).await,
+                PolicyCommand::Restore { name, revision, server } => {
+                    admin_commands::policy_act(name, "restore", Some(revision), server).await
                 }
             },
             Command::Audit { filter, server } => admin_commands::audit(filter, server).await,

@@ -31,6 +31,8 @@ struct Mqtt {
     endpoint: Endpoint,
     push: Push,
     jobs: tokio::sync::mpsc::UnboundedReceiver<Job>,
+    /// Publish the event log on the broker (`--mqtt-events`).
+    feed: bool,
 }
 
 /// How often a replica looks for plugin changes made by others and at plugin faults.
@@ -58,7 +60,7 @@ impl Server {
                 let endpoint = Endpoint::parse(url).with_context(|| {
                     format!("--broker `{}`: expected mqtt://[user:password@]host:port", crate::secrets::redact_url(url))
                 })?;
-                Mqtt { embedded: None, endpoint, push, jobs }
+                Mqtt { embedded: None, endpoint, push, jobs, feed: config.mqtt_events }
             }
             None => {
                 let listener = tokio::net::TcpListener::bind(config.mqtt_addr).await.with_context(|| {
@@ -81,6 +83,7 @@ impl Server {
                     endpoint,
                     push,
                     jobs,
+                    feed: config.mqtt_events,
                 }
             }
         };
@@ -118,11 +121,12 @@ impl Server {
         // Every front that follows events subscribes here, before the first request is
         // taken, so none misses an event.
         let events = &core.events;
-        let (broker_events, push_events, wakeup_events, coap_events) =
-            (events.subscribe(), events.subscribe(), events.subscribe(), events.subscribe());
+        let (broker_events, push_events, wakeup_events, coap_events, policy_events) =
+            (events.subscribe(), events.subscribe(), events.subscribe(), events.subscribe(), events.subscribe());
         let sweeper = tokio::spawn(housekeeping(core.clone(), self.housekeeping));
         let catalog = core.catalog.spawn_watch(CATALOG_TICK);
-        let Mqtt { embedded, endpoint, push, jobs } = self.mqtt;
+        let Mqtt { embedded, endpoint, push, jobs, feed } = self.mqtt;
+        let feed = feed.then(|| tokio::spawn(crate::mqtt::feed::run(core.clone(), endpoint.clone())));
         let broker = embedded.map(|(broker, listener, gate)| {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "MQTT broker listening");
@@ -134,6 +138,8 @@ impl Server {
         let settings = tokio::spawn(crate::plugin_settings::follow(core.clone(), CATALOG_TICK));
         let coap = tokio::spawn(self.coap.run(core.clone(), coap_events));
         let webhooks = tokio::spawn(crate::webhooks::run(core.clone(), core.webhooks.clone()));
+        let policies = tokio::spawn(crate::policies::follow(core.clone(), policy_events));
+        let compliance = tokio::spawn(crate::policies::evaluate_compliance(core.clone()));
         let result =
             crate::http::listener::serve(self.listener, crate::http::router(self.state), self.http, shutdown).await;
         sweeper.abort();
@@ -143,8 +149,13 @@ impl Server {
         settings.abort();
         coap.abort();
         webhooks.abort();
+        policies.abort();
+        compliance.abort();
         if let Some(b) = broker {
             b.abort();
+        }
+        if let Some(f) = feed {
+            f.abort();
         }
         Ok(result?)
     }
@@ -188,6 +199,11 @@ async fn housekeeping(core: Core, config: Housekeeping) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "webhook delivery records past the event retention deleted"),
                 Err(e) => tracing::warn!("webhook delivery purge failed: {e}"),
+            }
+            match store.prune_compliance_history(now - config.event_retention.as_millis() as i64).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "compliance changes past the event retention deleted"),
+                Err(e) => tracing::warn!("compliance history purge failed: {e}"),
             }
             match store.prune_events(now - config.event_retention.as_millis() as i64).await {
                 Ok(0) => {}

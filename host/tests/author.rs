@@ -200,6 +200,9 @@ async fn a_new_author_with_only_the_binary_builds_installs_and_serves_each_kind(
             assert!(built.contains("REBOOT"), "the operation catalogue: {built}");
             assert!(said("drover plugin test").contains("3 passed, 0 failed"), "{outputs:?}");
         }
+        if kind == "policy-rule" {
+            assert!(said("drover plugin test").contains("4 passed, 0 failed"), "{outputs:?}");
+        }
         let installed = said("drover plugin install");
         assert!(installed.contains(&format!("{name}@0.1.0")), "{installed}");
         if kind == "transport" {
@@ -213,6 +216,7 @@ async fn a_new_author_with_only_the_binary_builds_installs_and_serves_each_kind(
     }
 
     operate(&server, &token, "acme-tracker", "REBOOT", None).await;
+    rule_in_a_policy(&server, &token).await;
     // The Python and JavaScript plugins validate the payload: their message reaches the admin.
     let interval = || Some((json!({"seconds": 5}), json!({"seconds": 60})));
     if python.is_some() {
@@ -285,4 +289,53 @@ async fn operate(server: &str, admin: &str, device_type: &str, code: &str, paylo
         .await
         .unwrap();
     assert_eq!(op["state"], "COMPLETED", "{op}");
+}
+
+/// The template's rule, installed by its author, checks a policy's parameters and judges
+/// a real Android device's compliance from its telemetry.
+async fn rule_in_a_policy(server: &str, admin: &str) {
+    let http = reqwest::Client::new();
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/android/fixtures/enroll.json");
+    let body = std::fs::read_to_string(fixture).unwrap().replace("354956090214718", "359000000000077");
+    let r = http.post(format!("{server}/agent/v1/android/enroll")).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let token = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+    let report = |battery: i64| {
+        http.post(format!("{server}/agent/v1/android/devices/359000000000077/telemetry"))
+            .bearer_auth(&token)
+            .body(json!({"battery": battery}).to_string())
+            .send()
+    };
+    assert_eq!(report(9).await.unwrap().status(), 200);
+    let policy = |params: Value| {
+        json!({"name": "battery-floor", "action": "warn",
+               "rules": [{"rule": "acme-battery", "params": params}],
+               "profiles": {"android": [{"code": "CAMERA", "payload": {"enabled": false}}]}})
+    };
+    let create = |body: Value| http.post(format!("{server}/api/v1/policies")).bearer_auth(admin).json(&body).send();
+    let r = create(policy(json!({"telemetry": "battery"}))).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("`min` (a number) is required"), "the rule's own message");
+    assert_eq!(create(policy(json!({"telemetry": "battery", "min": 20}))).await.unwrap().status(), 201);
+    let compliance = || async {
+        http.get(format!("{server}/api/v1/devices/android/359000000000077/compliance"))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let mut seen = Value::Null;
+    for _ in 0..150 {
+        seen = compliance().await;
+        if seen["state"] == "non_compliant" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(seen["state"], "non_compliant", "{seen}");
+    assert_eq!(seen["checks"][0]["rule"], "acme-battery");
+    assert_eq!(seen["checks"][0]["reason"], "battery is 9, below 20", "{seen}");
 }

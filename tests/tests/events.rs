@@ -283,3 +283,157 @@ async fn event_log_postgres() {
     let Some(backend) = Backend::postgres() else { return };
     event_log(backend).await;
 }
+
+/// `mosquitto_sub` (a third-party client) reading the event topics; its output lines
+/// (debug lines with `-d`, then `topic payload` per message).
+struct Subscriber {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Subscriber {
+    /// Connect with `token` as user `admin` and subscribe to every event topic; returns
+    /// once the broker acknowledged the subscription.
+    async fn start(port: u16, token: &str) -> Subscriber {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", "admin", "-P", token])
+            .args(["-i", "siem-reader", "-q", "1", "-t", "drover-events/#", "-v", "-d"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("mosquitto_sub runs: install the mosquitto-clients package");
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut s = Subscriber { child, lines };
+        let suback = s.line_with("received SUBACK").await;
+        assert!(!suback.is_empty());
+        s
+    }
+
+    /// The next output line containing `needle`.
+    async fn line_with(&mut self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("mosquitto_sub said nothing with `{needle}`"))
+                .unwrap()
+                .unwrap_or_else(|| panic!("mosquitto_sub ended before `{needle}`"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    /// The next event on the feed: `(topic, body)`.
+    async fn event(&mut self) -> (String, Value) {
+        let line = self.line_with("drover-events/").await;
+        let line = if line.starts_with("Client ") { self.line_with("drover-events/").await } else { line };
+        let (topic, payload) = line.split_once(' ').unwrap();
+        (topic.to_string(), serde_json::from_str(payload).unwrap_or_else(|e| panic!("{e}: {payload}")))
+    }
+}
+
+/// The same client's one-shot run: `(exit success, what it said)`.
+async fn mosquitto(tool: &str, port: u16, args: &[&str]) -> (bool, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(tool).args(["-h", "127.0.0.1", "-p", &port.to_string()]).args(args).output(),
+    )
+    .await
+    .expect("the mosquitto client finishes")
+    .unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// `--mqtt-events`: every event on `drover-events/{type}` of the embedded broker, in log
+/// order, for an admin-API token and nobody else; the token reads and never writes, and
+/// its session ends when it is revoked.
+async fn mqtt_event_feed(server: &TestServer) {
+    let port = server.mqtt.expect("the embedded broker runs").port();
+    let r = server
+        .admin(Method::POST, "/api/v1/admin-tokens")
+        .json(&json!({"name": "siem", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let siem = r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string();
+
+    let mut feed = Subscriber::start(port, &siem).await;
+    let device_token = server.enroll_android("feed-1").await;
+    let op = server.add_operation("android", "feed-1", "DEVICE_RING", None).await;
+    let mut seen = Vec::new();
+    while !seen.iter().any(|(t, _): &(String, Value)| t == "drover-events/activity.added") {
+        seen.push(feed.event().await);
+    }
+    let (topic, enrolled) = seen.iter().find(|(t, _)| t.ends_with("device.enrolled")).expect("device.enrolled").clone();
+    assert_eq!(topic, "drover-events/device.enrolled");
+    // The body a webhook gets: the Standard Webhooks envelope around the log's row.
+    assert_eq!(enrolled["type"], "device.enrolled");
+    assert_eq!(enrolled["data"]["target"], "device/android/feed-1");
+    assert!(enrolled["timestamp"].as_str().unwrap().ends_with('Z'));
+    let seqs: Vec<i64> = seen.iter().map(|(_, e)| e["data"]["seq"].as_i64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in log order: {seqs:?}");
+
+    // A device's own credential does not read the feed; a wrong token does not connect.
+    let (_, said) = mosquitto(
+        "mosquitto_sub",
+        port,
+        &["-u", "android/feed-1", "-P", &device_token, "-t", "drover-events/#", "-W", "3"],
+    )
+    .await;
+    assert!(said.contains("denied"), "{said}");
+    let (ok, said) =
+        mosquitto("mosquitto_sub", port, &["-u", "admin", "-P", "drv_admin_wrong", "-t", "drover-events/#", "-W", "3"])
+            .await;
+    assert!(!ok && !said.contains("drover-events/"), "{said}");
+    // The token reads events only: not a device's operations...
+    let (_, said) = mosquitto(
+        "mosquitto_sub",
+        port,
+        &["-u", "admin", "-P", &siem, "-t", "drover/android/feed-1/operations", "-W", "3"],
+    )
+    .await;
+    assert!(said.contains("denied"), "{said}");
+    // ...and writes nothing: no forged event, no forged result in the device's name.
+    let (ok, said) = mosquitto(
+        "mosquitto_pub",
+        port,
+        &["-u", "admin", "-P", &siem, "-q", "1", "-t", "drover-events/device.removed", "-m", "{}"],
+    )
+    .await;
+    assert!(!ok, "a forged event must not be acknowledged: {said}");
+    let forged = json!([{"id": op, "code": "DEVICE_RING", "type": "COMMAND", "status": "COMPLETED"}]).to_string();
+    let (ok, said) = mosquitto(
+        "mosquitto_pub",
+        port,
+        &["-u", "admin", "-P", &siem, "-q", "1", "-t", "drover/android/feed-1/reply", "-m", &forged],
+    )
+    .await;
+    assert!(!ok, "a forged result must not be acknowledged: {said}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.operation(op).await["state"], "PENDING");
+
+    // The feed goes on: the device's poll moves its operation, and that is published.
+    let r = server.poll_android("feed-1", &device_token, "[]").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    loop {
+        let (topic, e) = feed.event().await;
+        if topic == "drover-events/operation.changed" && e["data"]["data"]["to"] == "IN_PROGRESS" {
+            assert_eq!(e["data"]["target"], format!("operation/{op}"));
+            break;
+        }
+    }
+
+    // Revoked: the live session ends (its reconnection is refused, and it gives up).
+    let r = server.admin(Method::DELETE, "/api/v1/admin-tokens/siem").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let exit = tokio::time::timeout(Duration::from_secs(30), feed.child.wait()).await.expect("the session ended");
+    assert!(!exit.unwrap().success());
+}
+fn feed_on(c: &mut drover::config::Config) {
+    c.mqtt_events = true;
+}
+drover_tests::e2e_with!(mqtt_events, super::feed_on, super::mqtt_event_feed);

@@ -588,7 +588,10 @@ impl Mosquitto {
             assert!(ok, "mosquitto_passwd for {user}");
         }
         let acl = dir.path().join("acl");
-        std::fs::write(&acl, "user drover\ntopic readwrite drover/#\n\npattern readwrite drover/%u/#\n").unwrap();
+        // As docs/delivery.md and docs/events.md say.
+        let rules = "user drover\ntopic readwrite drover/#\ntopic write drover-events/#\n\n\
+                     user siem\ntopic read drover-events/#\n\npattern readwrite drover/%u/#\n";
+        std::fs::write(&acl, rules).unwrap();
         let conf = format!(
             "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nacl_file {}\npersistence false\nuser root\n",
             passwd.display(),
@@ -626,8 +629,9 @@ impl Mosquitto {
 }
 
 /// Through an external mosquitto set up as the docs say: a device cannot subscribe to
-/// another device's topics (the broker's ACL), and an operation added while the broker is
-/// down is pushed once the broker and the device are back.
+/// another device's topics (the broker's ACL), an operation added while the broker is
+/// down is pushed once the broker and the device are back, and the event feed reaches the
+/// user the ACL lets read it and no device.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_acl_and_restart() {
     // Device ids are fixed here: this broker is the test's own.
@@ -641,13 +645,18 @@ async fn mosquitto_acl_and_restart() {
     }
     let server = TestServer::start_with(drover_tests::Backend::Sqlite, |c| {
         c.broker = Some(format!("mqtt://drover:service-secret@127.0.0.1:{port}"));
+        c.mqtt_events = true;
     })
     .await;
     let (token_a, token_b) = (enroll(&server, a).await, enroll(&server, b).await);
     let (user_a, user_b) = (format!("android/{a}"), format!("android/{b}"));
-    let mut broker =
-        Mosquitto::configure(port, &[("drover", "service-secret"), (&user_a, &token_a), (&user_b, &token_b)]);
+    let mut broker = Mosquitto::configure(
+        port,
+        &[("drover", "service-secret"), (&user_a, &token_a), (&user_b, &token_b), ("siem", "siem-secret")],
+    );
     broker.start().await;
+    let mut siem = Device::connect(port, "siem", Some(("siem", "siem-secret"))).await.unwrap();
+    siem.subscribe("drover-events/#").await;
 
     // A wrong password is refused by the broker.
     assert!(Device::connect(port, "intruder", Some((&user_a, "not-the-token"))).await.is_err());
@@ -655,6 +664,7 @@ async fn mosquitto_acl_and_restart() {
     // read access per message instead: what counts is that nothing of A's reaches B.
     let mut dev_b = Device::connect(port, "phone-b", Some((&user_b, &token_b))).await.unwrap();
     dev_b.subscribe(&format!("drover/android/{a}/operations")).await;
+    dev_b.subscribe("drover-events/#").await;
 
     let mut dev_a = Device::connect(port, "phone-a", Some((&user_a, &token_a))).await.unwrap();
     assert_eq!(
@@ -664,6 +674,17 @@ async fn mosquitto_acl_and_restart() {
     let first_op = ring(&server, a).await;
     let pushed = announce_until_pushed(&mut dev_a, a).await;
     assert_eq!(pushed[0]["id"].as_i64(), Some(first_op));
+    // The feed: the user the ACL lets read it hears the activity (B, above, hears nothing).
+    let added = loop {
+        match tokio::time::timeout(WAIT, siem.seen.recv()).await.expect("an event on the feed") {
+            Some(Seen::Publish(topic, body)) if topic == "drover-events/activity.added" => {
+                break serde_json::from_slice::<Value>(&body).unwrap();
+            }
+            Some(_) => continue,
+            None => panic!("the feed's subscriber was disconnected"),
+        }
+    };
+    assert_eq!(added["data"]["data"]["code"], "DEVICE_RING");
     // B writes a forged result on A's reply topic: the broker drops it.
     dev_b.publish(&format!("drover/android/{a}/reply"), completed(&pushed[0])).await;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -2,8 +2,8 @@
 //! `{"error": {"code": "<stable code>", "message": "<what was wrong>"}}`.
 
 use super::{
-    AppState, ErrorBody, audit, devices, enrollment, events, groups, operations, plugin_settings, plugins, tokens,
-    webhooks,
+    AppState, ErrorBody, audit, devices, enrollment, events, groups, operations, plugin_settings, plugins, policies,
+    tokens, webhooks,
 };
 use axum::Router;
 use axum::body::Bytes;
@@ -19,7 +19,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 pub(super) fn router(state: AppState) -> Router<AppState> {
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(devices::list_devices))
-        .routes(routes!(devices::get_device, devices::remove_device))
+        .routes(routes!(devices::get_device, devices::update_device, devices::remove_device))
         .routes(routes!(devices::set_tags))
         .routes(routes!(devices::device_telemetry))
         .routes(routes!(devices::revoke_credentials))
@@ -54,6 +54,15 @@ pub(super) fn router(state: AppState) -> Router<AppState> {
         .routes(routes!(webhooks::redeliver))
         .routes(routes!(webhooks::deliveries))
         .routes(routes!(enrollment::create_enrollment_token))
+        .routes(routes!(policies::list_policies, policies::create_policy))
+        .routes(routes!(policies::get_policy, policies::update_policy, policies::delete_policy))
+        .routes(routes!(policies::activate_policy))
+        .routes(routes!(policies::deactivate_policy))
+        .routes(routes!(policies::list_revisions))
+        .routes(routes!(policies::restore_policy))
+        .routes(routes!(policies::device_policy))
+        .routes(routes!(policies::device_compliance))
+        .routes(routes!(policies::policy_compliance))
         .split_for_parts();
     let document = Bytes::from(api.to_pretty_json().unwrap_or_default());
     // Uploads are the large bodies; every handler authenticates before reading its body.
@@ -84,6 +93,7 @@ pub(super) fn router(state: AppState) -> Router<AppState> {
         (name = "groups", description = "Static groups (member lists) and dynamic groups (saved queries)"),
         (name = "operations", description = "Operations and activities: add, follow, cancel"),
         (name = "plugins", description = "Plugin uploads, versions, rollback, suspension, grants and publisher keys"),
+        (name = "policies", description = "Policies, their revisions, and each device's effective policy"),
         (name = "admin", description = "Plugin settings, tokens, server settings"),
     )
 )]

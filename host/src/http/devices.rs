@@ -155,6 +155,37 @@ pub(super) async fn get_device(
     Ok(Json(device))
 }
 
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DeviceChange {
+    /// Display name, 1 to 128 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 128, pattern = r"\S")]
+    name: Option<String>,
+    /// The user the device belongs to; an empty string clears it.
+    #[schema(max_length = 128)]
+    owner: Option<String>,
+    /// `BYOD` or `COPE`.
+    ownership: Option<Ownership>,
+}
+
+/// Change a device's name, owner or ownership. Policies that read them apply anew
+/// before the answer (the device's effective policy may change).
+#[utoipa::path(patch, path = "/api/v1/devices/{device_type}/{device_id}", tag = "devices",
+    params(("device_type" = String, Path), ("device_id" = String, Path)),
+    request_body = DeviceChange, responses((status = 200, body = Device), Errors))]
+pub(super) async fn update_device(
+    State(state): State<AppState>,
+    Operator(admin): Operator,
+    Path((t, id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<DeviceChange>,
+) -> Result<Json<Device>, ApiError> {
+    let d = device_or_404(&state, &t, &id).await?;
+    let owner = body.owner.as_deref().map(|o| Some(o).filter(|o| !o.is_empty()));
+    crate::enrollment::update(&state, &d, body.name.as_deref(), owner, body.ownership, &admin.actor()).await?;
+    let d = device_or_404(&state, &t, &id).await?;
+    Ok(Json(Device::new(&d, state.store.tags(d.id).await?)))
+}
+
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -284,5 +315,7 @@ pub(super) async fn set_tags(
     tags.sort();
     tags.dedup();
     state.store.set_tags(d.id, &tags).await?;
+    // Tags may make policies apply or stop applying.
+    crate::policies::recompute(&state, crate::policies::Scope::Devices(vec![d.id])).await?;
     Ok(Json(Device::new(&d, tags)))
 }

@@ -107,6 +107,8 @@ pub(super) async fn delete_group(
 ) -> Result<StatusCode, ApiError> {
     let g = group_or_404(&state, &name).await?;
     state.store.delete_group(g.id).await?;
+    // A policy that applied through this group applies through it no more.
+    crate::policies::recompute_all(&state).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -146,5 +148,7 @@ pub(super) async fn add_members(
     let names: Vec<_> = m.devices.iter().map(Into::into).collect();
     let keys = crate::operations::resolve(&state, &names).await?;
     state.store.add_members(group.id, &keys).await?;
+    // Membership may make policies apply.
+    crate::policies::recompute(&state, crate::policies::Scope::Devices(keys.clone())).await?;
     Ok(Json(MembersAdded { group: name, added: keys.len() }))
 }

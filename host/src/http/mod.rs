@@ -16,6 +16,7 @@ mod metrics;
 mod operations;
 mod plugin_settings;
 mod plugins;
+mod policies;
 mod tokens;
 mod webhooks;
 

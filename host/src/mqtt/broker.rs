@@ -30,6 +30,10 @@ const MAX_PACKET: usize = 1 << 20;
 /// A client must send CONNECT this soon after opening the connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often an admin session's token is checked again: a revoked or expired token's
+/// session ends within this (on whichever replica it was revoked).
+const ADMIN_RECHECK: Duration = Duration::from_secs(5);
+
 /// Opens a session in the router: `(router client id, clean session)`. A closure, because
 /// rumqttd does not export the type of the router's event channel.
 type Connector = Arc<dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync>;
@@ -413,7 +417,7 @@ async fn run(
     keep_alive: Duration,
     kick: Option<&tokio::sync::Notify>,
 ) -> Result<bool, String> {
-    let access = link.access;
+    let (access, auth) = (link.access, link.auth);
     let kicked = async {
         match kick {
             Some(k) => k.notified().await,
@@ -421,11 +425,26 @@ async fn run(
         }
     };
     tokio::pin!(kicked);
+    let revoked = async {
+        if !matches!(access, Access::Admin { .. }) {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::time::sleep(ADMIN_RECHECK).await;
+            if !auth.still_admitted(access).await {
+                return;
+            }
+        }
+    };
+    tokio::pin!(revoked);
     loop {
         tokio::select! {
             () = &mut kicked => {
                 // Its credentials were revoked or it was removed: the connection ends now.
                 return Err(format!("{}: credentials revoked or device removed", access.name()));
+            }
+            () = &mut revoked => {
+                return Err(format!("{}: revoked or expired", access.name()));
             }
             packet = tokio::time::timeout(keep_alive, wire.next()) => {
                 let Some(packet) = packet.map_err(|_| "keep-alive expired")?? else {

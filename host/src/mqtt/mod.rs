@@ -9,9 +9,14 @@
 //! Two brokers: the embedded one ([`broker`]: rumqttd's router behind our own front,
 //! which authenticates devices with their credential and enforces the topic rule), or an
 //! external one (`--broker mqtt://…`), whose own ACLs must enforce it.
+//!
+//! With `--mqtt-events`, the event log is also published under [`EVENTS_ROOT`] ([`feed`]),
+//! which only admin-API tokens may read (user name [`ADMIN_USER`]) and nobody but Drover
+//! may write.
 
 pub mod broker;
 pub mod delivery;
+pub mod feed;
 
 use crate::store::Store;
 use delivery::Push;
@@ -21,6 +26,13 @@ pub const ROOT: &str = "drover";
 
 /// The user name Drover's own client uses on the embedded broker.
 pub const SERVICE_USER: &str = "drover";
+
+/// The user name an admin-API token connects with to read the event topics.
+pub const ADMIN_USER: &str = "admin";
+
+/// The first topic level of the event feed: `drover-events/{event type}`. Not under
+/// [`ROOT`], so Drover's own subscription to device topics never hears it.
+pub const EVENTS_ROOT: &str = "drover-events";
 
 /// `drover/{type}/{id}/`: a device's own topics.
 pub fn device_prefix(device_type: &str, device_id: &str) -> String {
@@ -42,6 +54,9 @@ pub enum Access {
     Device { device_type: String, device_id: String },
     /// Drover's own delivery client: every topic.
     Service,
+    /// An admin-API token (any role, as for `GET /api/v1/events`): reads the event topics,
+    /// writes nothing. Its token is checked again while it stays connected.
+    Admin { name: String, token_hash: String },
 }
 
 impl Access {
@@ -50,6 +65,7 @@ impl Access {
         match self {
             Access::Device { device_type, device_id } => format!("{device_type}/{device_id}"),
             Access::Service => SERVICE_USER.to_string(),
+            Access::Admin { name, .. } => format!("admin token `{name}`"),
         }
     }
 
@@ -65,6 +81,8 @@ impl Access {
                 format!("{}:{}:{own}", session_part(device_type), session_part(device_id))
             }
             Access::Service => format!("{SERVICE_USER}:{own}"),
+            // `_`: no device type (a plugin name) starts with it.
+            Access::Admin { name, .. } => format!("_admin:{}:{own}", session_part(name)),
         }
     }
 
@@ -76,6 +94,9 @@ impl Access {
     pub fn may_publish(&self, topic: &str) -> bool {
         match self {
             Access::Service => true,
+            // Reading events is all an admin does over MQTT: a token must not forge a
+            // device's message, nor an event.
+            Access::Admin { .. } => false,
             Access::Device { device_type, device_id } => topic
                 .strip_prefix(&device_prefix(device_type, device_id))
                 .is_some_and(|s| !s.is_empty() && !s.contains(['+', '#'])),
@@ -83,10 +104,14 @@ impl Access {
     }
 
     /// A device may subscribe to filters inside its own prefix only (wildcards after it
-    /// are fine: `drover/android/X/#`). `$share/…` and anything else is refused.
+    /// are fine: `drover/android/X/#`). An admin token, to the event topics only. `$share/…`
+    /// and anything else is refused.
     pub fn may_subscribe(&self, filter: &str) -> bool {
         match self {
             Access::Service => true,
+            Access::Admin { .. } => {
+                filter.strip_prefix(EVENTS_ROOT).and_then(|s| s.strip_prefix('/')).is_some_and(|s| !s.is_empty())
+            }
             Access::Device { device_type, device_id } => {
                 filter.strip_prefix(&device_prefix(device_type, device_id)).is_some_and(|s| !s.is_empty())
             }
@@ -140,6 +165,11 @@ impl Gate {
             let ok: bool = subtle_eq(password.as_bytes(), self.service_secret.as_bytes());
             return ok.then_some(Access::Service);
         }
+        if username == ADMIN_USER {
+            let token_hash = crate::auth::hash_token(password);
+            let (name, _role) = self.store.admin_for_token(&token_hash).await.ok()??;
+            return Some(Access::Admin { name, token_hash });
+        }
         let (device_type, device_id) = username.split_once('/')?;
         if device_id.contains(['/', '+', '#', '$']) || device_type.contains(['+', '#', '$', ':']) {
             return None;
@@ -147,6 +177,18 @@ impl Gate {
         let device = self.store.device_for_credential(&crate::auth::hash_token(password)).await.ok()??;
         (device.device_type == device_type && device.device_id == device_id)
             .then_some(Access::Device { device_type: device.device_type, device_id: device.device_id })
+    }
+
+    /// Whether an admin session's token is still live (not revoked, not expired). Asked
+    /// again every few seconds while it is connected: a revocation on any replica ends it.
+    pub async fn still_admitted(&self, access: &Access) -> bool {
+        match access {
+            Access::Admin { token_hash, .. } => {
+                // A database error is not a revocation: the session stays until it can be asked.
+                self.store.admin_for_token(token_hash).await.map_or(true, |t| t.is_some())
+            }
+            _ => true,
+        }
     }
 
     /// A session subscribed for the first time (the broker has already taken the
@@ -192,6 +234,26 @@ mod tests {
         assert!(!a.may_subscribe("#"));
         assert!(!a.may_subscribe("$share/g/drover/android/A1/#"));
         assert!(Access::Service.may_subscribe("$share/drover/drover/+/+/+"));
+        assert!(!a.may_subscribe("drover-events/#"));
+    }
+
+    #[test]
+    fn admin_tokens_read_events_and_nothing_else() {
+        let admin = Access::Admin { name: "siem".into(), token_hash: "h".into() };
+        assert!(admin.may_subscribe("drover-events/#"));
+        assert!(admin.may_subscribe("drover-events/operation.changed"));
+        assert!(!admin.may_subscribe("drover-events"));
+        assert!(!admin.may_subscribe("drover-events/"));
+        assert!(!admin.may_subscribe("drover-eventsX/#"));
+        assert!(!admin.may_subscribe("drover/android/A1/operations"));
+        assert!(!admin.may_subscribe("#"));
+        assert!(!admin.may_subscribe("$share/g/drover-events/#"));
+        assert!(!admin.may_publish("drover-events/device.removed"));
+        assert!(!admin.may_publish("drover/android/A1/reply"));
+        // An admin's session never meets a device's or Drover's own.
+        let device = Access::Device { device_type: "admin".into(), device_id: "siem".into() };
+        assert_ne!(admin.session_id("c"), device.session_id("c"));
+        assert_ne!(admin.session_prefix(), Access::Service.session_prefix());
     }
 
     #[test]

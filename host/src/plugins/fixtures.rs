@@ -24,6 +24,24 @@
 //! Cases run in order and share one device, as a real one would: enrolling sets its id
 //! and metadata, reported info is merged in, the session a decode returns is passed to
 //! the next (OMA-DM sessions span messages).
+//!
+//! A policy rule's cases give parameters (a TOML table, passed as JSON) and, to evaluate,
+//! a device context file (JSON: `device_type`, `device_id`, `metadata` object, `tags`,
+//! `telemetry` object of name → value):
+//!
+//! ```toml
+//! [[case]]
+//! call = "check-params"                   # check-params | evaluate
+//! params = { telemetry = "battery", min = 20 }
+//! expect = "ok"                           # ok | error [default: ok]
+//!
+//! [[case]]
+//! call = "evaluate"
+//! params = { telemetry = "battery", min = 20 }
+//! context = "flat.json"
+//! compliant = false                       # the verdict it must give
+//! reason = "below 20"                     # text its reason must contain
+//! ```
 
 use super::CallError;
 use super::runtime::LoadedPlugin;
@@ -33,11 +51,12 @@ use super::types::{
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
+/// A `cases.toml`: a device type's cases, or a rule's.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CasesFile {
-    #[serde(rename = "case", default)]
-    cases: Vec<Case>,
+struct CasesFile<C> {
+    #[serde(rename = "case", default = "Vec::new")]
+    cases: Vec<C>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,7 +92,7 @@ pub enum FixtureError {
     #[error("{path}: {message}")]
     Cases { path: PathBuf, message: String },
     #[error(
-        "plugin {0} is not a device type: `plugin test` feeds device payloads (test transports and rules with `cargo test` in their crate)"
+        "plugin {0} is a transport: `plugin test` feeds device payloads and rule contexts (test transports with `cargo test` in their crate)"
     )]
     NotDeviceType(String),
 }
@@ -100,22 +119,30 @@ fn method(text: &str) -> Option<HttpMethod> {
     })
 }
 
+/// The cases of `dir/cases.toml`; there must be at least one.
+fn read_cases<C: for<'de> Deserialize<'de>>(dir: &Path) -> Result<Vec<C>, FixtureError> {
+    let path = dir.join("cases.toml");
+    let text = std::fs::read_to_string(&path).map_err(|source| FixtureError::Read { path: path.clone(), source })?;
+    let file: CasesFile<C> = toml::from_str(&text)
+        .map_err(|e| FixtureError::Cases { path: path.clone(), message: e.message().to_string() })?;
+    if file.cases.is_empty() {
+        return Err(FixtureError::Cases { path, message: "no [[case]] entries".into() });
+    }
+    Ok(file.cases)
+}
+
 /// Run every case of `dir/cases.toml` against `plugin`, in order.
 pub async fn run(plugin: &LoadedPlugin, dir: &Path) -> Result<Vec<Outcome>, FixtureError> {
+    if plugin.rule_info().is_some() {
+        return run_rule(plugin, dir).await;
+    }
     if plugin.device_type_info().is_none() {
         return Err(FixtureError::NotDeviceType(plugin.label()));
     }
-    let cases_path = dir.join("cases.toml");
-    let text = std::fs::read_to_string(&cases_path)
-        .map_err(|source| FixtureError::Read { path: cases_path.clone(), source })?;
-    let cases: CasesFile = toml::from_str(&text)
-        .map_err(|e| FixtureError::Cases { path: cases_path.clone(), message: e.message().to_string() })?;
-    if cases.cases.is_empty() {
-        return Err(FixtureError::Cases { path: cases_path, message: "no [[case]] entries".into() });
-    }
+    let cases: Vec<Case> = read_cases(dir)?;
     let mut device = Device { id: "fixture-device".into(), metadata: vec![], session: vec![] };
     let mut outcomes = Vec::new();
-    for case in &cases.cases {
+    for case in &cases {
         let path = dir.join(&case.file);
         let body = std::fs::read(&path).map_err(|source| FixtureError::Read { path: path.clone(), source })?;
         let call = case.call.clone().unwrap_or_else(|| "decode".into());
@@ -264,6 +291,134 @@ pub async fn run(plugin: &LoadedPlugin, dir: &Path) -> Result<Vec<Outcome>, Fixt
             (Err(e), _) => bad(e.to_string()),
         };
         outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleCase {
+    call: String,
+    #[serde(default)]
+    params: Option<toml::Value>,
+    context: Option<String>,
+    expect: Option<String>,
+    compliant: Option<bool>,
+    reason: Option<String>,
+}
+
+/// A device context file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContextFile {
+    #[serde(default)]
+    device_type: String,
+    #[serde(default)]
+    device_id: String,
+    #[serde(default)]
+    metadata: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    telemetry: serde_json::Map<String, serde_json::Value>,
+}
+
+fn context(
+    file: ContextFile,
+) -> Result<super::bindings::policy_rule::drover::plugin::policy_types::EvaluationContext, String> {
+    use super::types::{TelemetryPoint, TelemetryValue};
+    let text = |v: serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    let mut telemetry = Vec::new();
+    for (name, v) in file.telemetry {
+        let value = match v {
+            serde_json::Value::Number(n) => TelemetryValue::Number(n.as_f64().unwrap_or_default()),
+            serde_json::Value::Bool(b) => TelemetryValue::Boolean(b),
+            serde_json::Value::String(s) => TelemetryValue::Text(s),
+            other => return Err(format!("telemetry `{name}` is {other}: a number, a boolean or a string")),
+        };
+        telemetry.push(TelemetryPoint { name, timestamp_ms: None, value });
+    }
+    Ok(super::bindings::policy_rule::drover::plugin::policy_types::EvaluationContext {
+        device_type: file.device_type,
+        device_id: file.device_id,
+        metadata: file.metadata.into_iter().map(|(k, v)| (k, text(v))).collect(),
+        tags: file.tags,
+        telemetry,
+    })
+}
+
+/// Run a policy rule's cases.
+async fn run_rule(plugin: &LoadedPlugin, dir: &Path) -> Result<Vec<Outcome>, FixtureError> {
+    let cases: Vec<RuleCase> = read_cases(dir)?;
+    let mut outcomes = Vec::new();
+    for case in &cases {
+        let file = case.context.clone().unwrap_or_else(|| "(parameters)".into());
+        let bad = |detail: String| Outcome { file: file.clone(), call: case.call.clone(), passed: false, detail };
+        let want_ok = match case.expect.as_deref().unwrap_or("ok") {
+            "ok" => true,
+            "error" => false,
+            other => {
+                outcomes.push(bad(format!("`expect = \"{other}\"`: use ok or error")));
+                continue;
+            }
+        };
+        let params = match &case.params {
+            Some(p) => serde_json::to_string(p).unwrap_or_default(),
+            None => "{}".into(),
+        };
+        let mut wrong = Vec::new();
+        let answer: Result<String, CallError> = match case.call.as_str() {
+            "check-params" => plugin.check_params(&params).await.map(|()| "parameters accepted".to_string()),
+            "evaluate" => {
+                let Some(name) = &case.context else {
+                    outcomes.push(bad("an `evaluate` case needs `context`, a device context file".into()));
+                    continue;
+                };
+                let path = dir.join(name);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|source| FixtureError::Read { path: path.clone(), source })?;
+                let ctx = match serde_json::from_str::<ContextFile>(&text).map_err(|e| e.to_string()).and_then(context)
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        outcomes.push(bad(format!("{name}: {e}")));
+                        continue;
+                    }
+                };
+                plugin.evaluate(&params, ctx).await.map(|v| {
+                    if let Some(want) = case.compliant
+                        && want != v.compliant
+                    {
+                        wrong.push(format!("the case wants compliant = {want}"));
+                    }
+                    if let Some(want) = &case.reason
+                        && !v.reason.as_deref().unwrap_or_default().contains(want.as_str())
+                    {
+                        wrong.push(format!("the case wants a reason with `{want}`"));
+                    }
+                    let verdict = if v.compliant { "compliant" } else { "not compliant" };
+                    format!("{verdict}{}", v.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())
+                })
+            }
+            other => {
+                outcomes.push(bad(format!("`call = \"{other}\"`: use check-params or evaluate")));
+                continue;
+            }
+        };
+        outcomes.push(match (answer, want_ok) {
+            (Ok(detail), true) if wrong.is_empty() => {
+                Outcome { file: file.clone(), call: case.call.clone(), passed: true, detail }
+            }
+            (Ok(detail), true) => bad(format!("{detail}; {}", wrong.join("; "))),
+            (Ok(detail), false) => bad(format!("the case expects an error, the plugin accepted it: {detail}")),
+            (Err(CallError::Rejected(e)), false) => Outcome {
+                file: file.clone(),
+                call: case.call.clone(),
+                passed: true,
+                detail: format!("refused as expected: {}", e.message),
+            },
+            (Err(e), _) => bad(e.to_string()),
+        });
     }
     Ok(outcomes)
 }

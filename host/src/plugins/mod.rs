@@ -22,6 +22,7 @@ pub mod device_type;
 pub mod fixtures;
 mod host_imports;
 pub mod manifest;
+pub mod policy_rule;
 pub mod registry;
 pub mod runtime;
 pub mod signing;

@@ -60,6 +60,9 @@ fn files(kind: Kind) -> Vec<(&'static str, &'static str)> {
             ("src/lib.rs", include_str!("../../../sdk/template/policy-rule/src/lib.rs")),
             ("README.md", README),
             (".gitignore", GITIGNORE),
+            ("fixtures/cases.toml", include_str!("../../../sdk/template/policy-rule/fixtures/cases.toml")),
+            ("fixtures/charged.json", include_str!("../../../sdk/template/policy-rule/fixtures/charged.json")),
+            ("fixtures/flat.json", include_str!("../../../sdk/template/policy-rule/fixtures/flat.json")),
         ],
     }
 }
@@ -174,11 +177,17 @@ pub fn generate(name: &str, kind: Kind, dir: &Path, sdk: &Sdk) -> Result<Vec<Pat
         ),
         Sdk::Path(p) => format!(r#"drover-sdk = {{ path = {:?}, features = ["{feature}"] }}"#, p.display().to_string()),
     };
-    // Only a device type has recorded payloads to test against.
+    // A device type has recorded payloads to test against; a rule, parameters and device
+    // contexts.
     let (test_line, test_note) = match kind {
         Kind::DeviceType => (
             "drover plugin test {{name}}.wasm\n",
             "* `drover plugin test` runs the component on the recorded device payloads in\n  \
+             `fixtures/` (`cases.toml` says what each must give), with no server.\n",
+        ),
+        Kind::PolicyRule => (
+            "drover plugin test {{name}}.wasm\n",
+            "* `drover plugin test` runs the component on the parameters and device contexts in\n  \
              `fixtures/` (`cases.toml` says what each must give), with no server.\n",
         ),
         _ => ("", ""),

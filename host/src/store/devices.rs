@@ -390,6 +390,29 @@ impl Store {
         Ok(())
     }
 
+    /// Change what an admin says about a device: its display name, owner (`Some(None)`
+    /// clears it) and ownership, with its `device.updated` event.
+    pub async fn update_device(
+        &self,
+        device: i64,
+        name: Option<&str>,
+        owner: Option<Option<&str>>,
+        ownership: Option<Ownership>,
+        event: &NewEvent,
+    ) -> Result<(), StoreError> {
+        with_write_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query(
+                    "UPDATE devices SET name = COALESCE($1, name), owner = CASE WHEN $2 = 1 THEN $3 ELSE owner END,
+                         ownership = COALESCE($4, ownership) WHERE id = $5")
+                .bind(name).bind(i64::from(owner.is_some())).bind(owner.flatten()).bind(ownership.map(|o| o.as_str()))
+                .bind(device).execute(&mut *tx).await?;
+            super::record_event!(&mut *tx, event);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
     pub async fn tags(&self, device: i64) -> Result<Vec<String>, StoreError> {
         let rows: Vec<(String,)> = with_pool!(self, pool => sqlx::query_as("SELECT tag FROM device_tags WHERE device = $1 ORDER BY tag")
             .bind(device).fetch_all(pool).await?);

@@ -216,7 +216,8 @@ pub(super) fn queue_sql(states: &str) -> String {
     format!(
         "SELECT o.id, o.code, o.kind, a.payload, o.expires_at, o.state FROM operations o
          JOIN activities a ON a.id = o.activity
-         WHERE o.device = ?1 AND o.state IN ({states}) ORDER BY o.id LIMIT ?2"
+         WHERE o.device = ?1 AND o.state IN ({states}) AND {} ORDER BY o.id LIMIT ?2",
+        super::not_held_back!()
     )
 }
 

@@ -237,6 +237,34 @@ impl Store {
         Ok(seq.unwrap_or(0))
     }
 
+    /// Make sure feed `name` exists; a new one starts after `cursor` (a feed turned on
+    /// publishes what happens from then on, not the whole retained log).
+    pub async fn open_feed(&self, name: &str, cursor: i64) -> Result<(), StoreError> {
+        with_write_pool!(self, pool => sqlx::query(
+                "INSERT INTO event_feeds (name, cursor) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name).bind(cursor).execute(pool).await.map(|_| ())?);
+        Ok(())
+    }
+
+    /// Take or extend the lease on feed `name` for `holder` until `until`; the feed's
+    /// cursor when this holder has it, `None` while another holder's lease runs.
+    pub async fn lease_feed(&self, name: &str, holder: &str, until: i64) -> Result<Option<i64>, StoreError> {
+        let row: Option<(i64,)> = with_write_pool!(self, pool => sqlx::query_as(
+                "UPDATE event_feeds SET holder = $1, lease_until = $2
+                 WHERE name = $3 AND (holder = $1 OR holder IS NULL OR lease_until < $4) RETURNING cursor")
+            .bind(holder).bind(until).bind(name).bind(now_ms()).fetch_optional(pool).await?);
+        Ok(row.map(|(c,)| c))
+    }
+
+    /// Everything of feed `name` up to `cursor` reached its receiver. A holder whose lease
+    /// was taken over moves nothing (false).
+    pub async fn advance_feed(&self, name: &str, holder: &str, cursor: i64) -> Result<bool, StoreError> {
+        Ok(with_write_pool!(self, pool => sqlx::query(
+                "UPDATE event_feeds SET cursor = $1 WHERE name = $2 AND holder = $3 AND cursor <= $1")
+            .bind(cursor).bind(name).bind(holder).execute(pool).await?.rows_affected())
+            == 1)
+    }
+
     /// Forget events older than `before` (ms); returns how many.
     pub async fn prune_events(&self, before: i64) -> Result<u64, StoreError> {
         Ok(with_write_pool!(self, pool => sqlx::query("DELETE FROM events WHERE at < $1")

@@ -8,10 +8,12 @@
 
 mod catalog;
 mod commit;
+mod compliance;
 mod devices;
 mod direct;
 mod events;
 mod operations;
+mod policies;
 mod telemetry;
 mod tokens;
 mod wakeups;
@@ -19,6 +21,7 @@ mod webhooks;
 mod writes;
 
 pub use catalog::{ComponentRow, NewPluginEvent, PluginEventRow, PublisherKeyRow};
+pub use compliance::{ComplianceChange, ComplianceRow, DueDevice, Verdict};
 pub use devices::{Claim, DeviceQuery, DeviceRow, GroupRow, NewDevice, TAG_PATTERN, tag_list_schema, tag_problem};
 pub(crate) use events::record_event;
 pub use events::{ADMIN_ACTION, EventQuery, EventRow, NewEvent, Outcome, SETTLE};
@@ -26,6 +29,7 @@ pub use operations::{
     ActivityRow, DeviceKey, MAX_EXPLICIT_DEVICES, NewActivity, OperationRow, QueuedOperation, ResultOutcome, TargetSet,
     TransitionRow,
 };
+pub use policies::{Applies, Assignment, DevicePolicyRow, PolicyRow, PolicyTarget, RevisionRow};
 pub use telemetry::{Point, TelemetryRow};
 pub use tokens::AdminTokenRow;
 pub use wakeups::{DueWakeup, SettingsRow, WakeupRow};
@@ -247,6 +251,33 @@ macro_rules! queued_states {
     };
 }
 pub(crate) use queued_states;
+
+/// The condition on a queued operation `o` that holds back a blocked device's operations,
+/// all but policy bundles, until it complies (docs/policies.md). A primary-key probe, and
+/// only for operations that are not bundles.
+macro_rules! not_held_back {
+    () => {
+        "(o.kind = 'policy' OR NOT EXISTS (SELECT 1 FROM device_compliance b WHERE b.device = o.device AND b.blocked = 1))"
+    };
+}
+pub(crate) use not_held_back;
+
+/// A set of device keys as one parameter: `placeholder` bound to a JSON array of integers
+/// (`[1,2,3]`), read back as rows. Why not `IN ($1, $2, …)`: SQLite's binding looks every
+/// parameter up by name, so a statement's cost grows with the square of its parameters
+/// (a 5,000-key list spent more time binding than working).
+pub(crate) fn key_rows(postgres: bool, placeholder: &str) -> String {
+    if postgres {
+        format!("(SELECT CAST(k AS BIGINT) FROM jsonb_array_elements_text(CAST({placeholder} AS jsonb)) AS k)")
+    } else {
+        format!("(SELECT value FROM json_each({placeholder}))")
+    }
+}
+
+/// `keys` as the JSON array [`key_rows`] reads.
+pub(crate) fn key_list(keys: &[i64]) -> String {
+    serde_json::to_string(keys).unwrap_or_else(|_| "[]".into())
+}
 
 /// Mark SQL built at run time as safe. Only for text made from constants and the
 /// placeholder lists below, never from input: every value goes through `.bind`.

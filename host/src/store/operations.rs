@@ -41,7 +41,7 @@ pub const MAX_EXPLICIT_DEVICES: usize = 10_000;
 impl TargetSet {
     /// A SQL condition over `devices d` selecting the targets (in `sql`), with its
     /// parameters numbered from `first`.
-    fn predicate(&self, postgres: bool, first: usize) -> Filters {
+    pub(crate) fn predicate(&self, postgres: bool, first: usize) -> Filters {
         let mut f = Filters::new(first);
         let mut any = vec!["1 = 0".to_string()];
         if !self.devices.is_empty() {
@@ -282,7 +282,9 @@ impl Store {
                          JOIN activities a ON a.id = o.activity
                          WHERE o.device = d.id AND o.state IN (",
                     super::queued_states!(),
-                    ") ORDER BY o.id LIMIT $1
+                    ") AND ",
+                    super::not_held_back!(),
+                    " ORDER BY o.id LIMIT $1
                      ) q ON true
                      WHERE ",
                 )
@@ -562,6 +564,11 @@ impl Store {
         with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             sqlx::query("UPDATE devices SET status = 'removed' WHERE id = $1").bind(device).execute(&mut *tx).await?;
+            // What it was given and its verdict go with it: whoever enrolls the identity
+            // next (or the device restored) is given its effective policy afresh.
+            for sql in ["DELETE FROM device_policies WHERE device = $1", "DELETE FROM device_compliance WHERE device = $1"] {
+                sqlx::query(sql).bind(device).execute(&mut *tx).await?;
+            }
             super::record_event!(&mut *tx, removed);
             tx.commit().await?;
         });
@@ -658,6 +665,7 @@ fn queue_sql(states: &str) -> String {
     format!(
         "SELECT o.id, o.code, o.kind, a.payload, o.expires_at, o.state FROM operations o
          JOIN activities a ON a.id = o.activity
-         WHERE o.device = $1 AND o.state IN ({states}) ORDER BY o.id LIMIT $2"
+         WHERE o.device = $1 AND o.state IN ({states}) AND {} ORDER BY o.id LIMIT $2",
+        super::not_held_back!()
     )
 }

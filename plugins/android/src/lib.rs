@@ -63,6 +63,15 @@ impl Guest for Android {
     }
 
     fn encode(_device: Device, operations: Vec<Operation>, channel: ChannelKind) -> Result<Encoded, PluginError> {
+        // A policy bundle may name its entries' payloads `payload` (Drover's policies do);
+        // the agent reads `payLoad`.
+        let bundles: Vec<Option<String>> = operations
+            .iter()
+            .map(|op| match (op.code.as_str(), &op.payload) {
+                ("POLICY_BUNDLE", Some(p)) => operations::agent_bundle(p),
+                _ => None,
+            })
+            .collect();
         let out: Vec<wire::OutOperation<'_>> = operations
             .iter()
             .map(|op| wire::OutOperation {
@@ -75,6 +84,13 @@ impl Guest for Android {
                 },
                 status: "IN_PROGRESS",
                 payload: op.payload.as_deref(),
+            })
+            .zip(&bundles)
+            .map(|(mut out, bundle)| {
+                if let Some(b) = bundle {
+                    out.payload = Some(b);
+                }
+                out
             })
             .collect();
         let body = wire::encode(&out);

@@ -204,8 +204,22 @@ struct UninstallApp {
 #[derive(Deserialize)]
 struct BundleEntry {
     code: String,
-    #[serde(rename = "payLoad", default)]
+    #[serde(rename = "payLoad", alias = "payload", default)]
     payload: Value,
+}
+
+/// A bundle whose entries name their payload `payload` (as Drover's policies do),
+/// rewritten with the agent's `payLoad`; `None` when there is nothing to rewrite.
+pub fn agent_bundle(payload: &str) -> Option<String> {
+    let mut entries: Vec<serde_json::Map<String, Value>> = serde_json::from_str(payload).ok()?;
+    let mut changed = false;
+    for e in &mut entries {
+        if let Some(p) = e.remove("payload") {
+            e.insert("payLoad".into(), p);
+            changed = true;
+        }
+    }
+    changed.then(|| Value::from(entries.into_iter().map(Value::Object).collect::<Vec<_>>()).to_string())
 }
 
 fn parse<T: serde::de::DeserializeOwned>(code: &str, v: &Value) -> Result<T, PayloadError> {
@@ -385,6 +399,11 @@ mod tests {
     fn policy_bundles_check_each_entry() {
         let ok = r#"[{"code":"CAMERA","payLoad":{"enabled":false}},{"code":"WIFI","payLoad":"{\"ssid\":\"guest\"}"}]"#;
         assert_eq!(validate("POLICY_BUNDLE", Some(ok)), Ok(()));
+        // Drover's policies name the field `payload`; the agent gets `payLoad`.
+        let drover = r#"[{"code":"CAMERA","payload":{"enabled":false}}]"#;
+        assert_eq!(validate("POLICY_BUNDLE", Some(drover)), Ok(()));
+        assert_eq!(agent_bundle(drover).as_deref(), Some(r#"[{"code":"CAMERA","payLoad":{"enabled":false}}]"#));
+        assert_eq!(agent_bundle(ok), None);
         let bad = r#"[{"code":"CAMERA","payLoad":{"enabled":false}},{"code":"DEVICE_RING"}]"#;
         assert!(
             matches!(validate("POLICY_BUNDLE", Some(bad)), Err(PayloadError::Invalid(m)) if m.contains("entry 1") && m.contains("not a profile"))

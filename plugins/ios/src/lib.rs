@@ -50,6 +50,12 @@ impl Guest for Ios {
                     description: c.description.into(),
                     payload_schema: c.schema(),
                 })
+                .chain(wire::FEATURES.iter().map(|(code, _, description)| OperationCode {
+                    code: (*code).into(),
+                    kind: OperationKind::Profile,
+                    description: (*description).into(),
+                    payload_schema: Some(r#"{"type":"object","minProperties":1}"#.into()),
+                }))
                 .collect(),
             delivery: vec![Delivery::WakeUp, Delivery::Poll],
             content_types: vec![wire::CHECKIN_CONTENT_TYPE.into(), wire::REPORT_CONTENT_TYPE.into()],
@@ -59,7 +65,7 @@ impl Guest for Ios {
     }
 
     fn validate(code: String, payload: Option<String>) -> Result<(), PluginError> {
-        if wire::lookup(&code).is_none() {
+        if wire::lookup(&code).is_none() && !wire::FEATURES.iter().any(|(c, _, _)| *c == code) {
             return Err(PluginError::unknown_operation(&code));
         }
         wire::validate(&code, payload.as_deref()).map_err(PluginError::invalid)

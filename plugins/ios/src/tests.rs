@@ -218,3 +218,29 @@ fn validate_names_what_is_wrong() {
         }
     }
 }
+
+/// Drover's policies send a bundle as a list of profile features: one profile, with one
+/// payload per feature, under the policy identifier; a feature alone is a profile too.
+#[test]
+fn a_policy_feature_list_becomes_one_profile() {
+    let list = r#"[{"code":"RESTRICTIONS","payload":{"allowCamera":false}},{"code":"PASSCODE_POLICY","payload":{"minLength":6}}]"#;
+    assert!(Ios::validate("POLICY_BUNDLE".into(), Some(list.into())).is_ok());
+    let d = encoded_command(op(11, "POLICY_BUNDLE", Some(list)));
+    let command = d["Command"].as_dictionary().unwrap();
+    assert_eq!(command["RequestType"].as_string(), Some("InstallProfile"));
+    let profile = plist::Value::from_reader(std::io::Cursor::new(command["Payload"].as_data().unwrap())).unwrap();
+    let profile = profile.as_dictionary().unwrap();
+    assert_eq!(profile["PayloadIdentifier"].as_string(), Some("org.drover.policy"));
+    let payloads = profile["PayloadContent"].as_array().unwrap();
+    assert_eq!(payloads.len(), 2);
+    assert_eq!(payloads[0].as_dictionary().unwrap()["allowCamera"].as_boolean(), Some(false));
+    assert_eq!(payloads[1].as_dictionary().unwrap()["minLength"].as_signed_integer(), Some(6));
+    // A feature alone, as an operation of its own.
+    assert!(Ios::validate("RESTRICTIONS".into(), Some(r#"{"allowCamera":false}"#.into())).is_ok());
+    // Refused with a message naming the entry.
+    let e = Ios::validate("POLICY_BUNDLE".into(), Some(r#"[{"code":"WIFI","payload":{}}]"#.into())).unwrap_err();
+    assert!(e.message.contains("entry 0") && e.message.contains("RESTRICTIONS"), "{}", e.message);
+    let e = Ios::validate("POLICY_BUNDLE".into(), Some(r#"[{"code":"RESTRICTIONS","payload":{"x":[1]}}]"#.into()))
+        .unwrap_err();
+    assert!(e.message.contains("restrictions.x"), "{}", e.message);
+}

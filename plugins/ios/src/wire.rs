@@ -241,6 +241,56 @@ pub enum Kind {
 /// Drover's name for a policy bundle: a profile generated from JSON settings.
 pub const POLICY_BUNDLE: &str = "POLICY_BUNDLE";
 
+/// The profile features a policy is made of (Drover's policies send a bundle as a list of
+/// them): each is one payload of the generated profile, its settings the payload's keys.
+/// `(code, key in the bundle object, description)`.
+pub const FEATURES: &[(&str, &str, &str)] = &[
+    (
+        "RESTRICTIONS",
+        "restrictions",
+        "Restrictions (com.apple.applicationaccess keys, e.g. allowCamera), as a profile of their own",
+    ),
+    (
+        "PASSCODE_POLICY",
+        "passcode",
+        "Passcode rules (com.apple.mobiledevice.passwordpolicy keys, e.g. minLength), as a profile of their own",
+    ),
+];
+
+/// The identifier of the profile a policy's feature list becomes: one profile per device
+/// for Drover's policies, replaced when the policy changes.
+const POLICY_IDENTIFIER: &str = "org.drover.policy";
+
+/// A bundle given as a feature list `[{"code", "payload"}]` (Drover's policies), as the
+/// bundle object the profile is built from; `None` when `payload` is not a list.
+fn features_bundle(payload: &str) -> Option<Result<String, String>> {
+    let Ok(Json::Array(entries)) = serde_json::from_str::<Json>(payload) else { return None };
+    let mut bundle = Map::new();
+    bundle.insert("identifier".into(), Json::String(POLICY_IDENTIFIER.into()));
+    bundle.insert("name".into(), Json::String("Drover policy".into()));
+    for (i, e) in entries.iter().enumerate() {
+        let code = e.get("code").and_then(Json::as_str).unwrap_or_default();
+        let Some((_, key, _)) = FEATURES.iter().find(|(c, _, _)| *c == code) else {
+            let known: Vec<&str> = FEATURES.iter().map(|f| f.0).collect();
+            return Some(Err(format!(
+                "{POLICY_BUNDLE} entry {i}: `{code}` is not a profile feature (known: {})",
+                known.join(", ")
+            )));
+        };
+        match e.get("payload") {
+            Some(Json::Object(settings)) => {
+                bundle.insert((*key).into(), Json::Object(settings.clone()));
+            }
+            _ => {
+                return Some(Err(format!(
+                    "{POLICY_BUNDLE} entry {i} ({code}): `payload` must be an object of settings"
+                )));
+            }
+        }
+    }
+    Some(Ok(Json::Object(bundle).to_string()))
+}
+
 pub const CODES: &[Code] = &[
     Code {
         code: "DeviceInformation",
@@ -404,6 +454,19 @@ pub fn validate(code: &str, payload: Option<&str>) -> Result<(), String> {
 
 /// The command plist for one operation: `{CommandUUID, Command: {RequestType, …}}`.
 pub fn command(operation: u64, code: &str, payload: Option<&str>) -> Result<Dictionary, String> {
+    // A feature alone is a bundle of one: a profile with that payload.
+    if let Some((feature, _, _)) = FEATURES.iter().find(|(c, _, _)| *c == code) {
+        let entry = serde_json::json!([{
+            "code": feature,
+            "payload": payload.map(serde_json::from_str::<Json>).transpose().map_err(|e| format!("{code} payload is not JSON: {e}"))?,
+        }]);
+        return command(operation, POLICY_BUNDLE, Some(&entry.to_string()));
+    }
+    let listed = match (code, payload) {
+        (POLICY_BUNDLE, Some(p)) => features_bundle(p).transpose()?,
+        _ => None,
+    };
+    let payload = listed.as_deref().or(payload);
     let c = lookup(code).ok_or_else(|| format!("unknown operation code `{code}`"))?;
     let object = c.check(payload)?;
     let mut command = Dictionary::new();

@@ -41,6 +41,22 @@ pub const CODES: &[Code] = &[
         schema: None,
     },
     Code {
+        code: "CAMERA",
+        kind: Kind::Profile,
+        description: "Policy feature: allow or block the camera (Policy CSP Camera/AllowCamera)",
+        schema: Some(
+            r#"{"type":"object","additionalProperties":false,"required":["enabled"],"properties":{"enabled":{"type":"boolean"}}}"#,
+        ),
+    },
+    Code {
+        code: "PASSCODE_POLICY",
+        kind: Kind::Profile,
+        description: "Policy feature: require a device password of at least `minLength` characters (Policy CSP DeviceLock)",
+        schema: Some(
+            r#"{"type":"object","additionalProperties":false,"required":["minLength"],"properties":{"minLength":{"type":"integer","minimum":4,"maximum":16}}}"#,
+        ),
+    },
+    Code {
         code: "CameraPolicy",
         kind: Kind::Policy,
         description: "Allow or block the camera (Policy CSP Camera/AllowCamera)",
@@ -102,6 +118,31 @@ const NODE_SCHEMA: &str = r#"{"type":"object","additionalProperties":false,"requ
 
 pub fn lookup(code: &str) -> Option<&'static Code> {
     CODES.iter().find(|c| c.code == code)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CameraFeature {
+    enabled: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PasscodeFeature {
+    min_length: u8,
+}
+
+/// One entry of a bundle given as a feature list (Drover's policies).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeatureEntry {
+    code: String,
+    #[serde(default)]
+    payload: Option<serde_json::Value>,
+}
+
+fn int_setting(uri: &str, value: impl ToString) -> Item {
+    Item { target: Some(uri.into()), format: Some("int".into()), data: Some(value.to_string()), ..Default::default() }
 }
 
 #[derive(Deserialize)]
@@ -228,6 +269,47 @@ pub fn command(code: &str, p: Option<&str>) -> Result<Command, String> {
                 return Err(format!("PushChannel: `provider` `{provider}` is not a provider id"));
             }
             ("Get", vec![target(&format!("./Vendor/MSFT/DMClient/Provider/{provider}/Push/ChannelURI"))])
+        }
+        "CAMERA" => {
+            let c: CameraFeature = payload(code, p)?;
+            ("Replace", vec![int_setting("./Device/Vendor/MSFT/Policy/Config/Camera/AllowCamera", u8::from(c.enabled))])
+        }
+        "PASSCODE_POLICY" => {
+            let c: PasscodeFeature = payload(code, p)?;
+            if !(4..=16).contains(&c.min_length) {
+                return Err(format!("PASSCODE_POLICY: `minLength` {} is not 4 to 16", c.min_length));
+            }
+            // DevicePasswordEnabled: 0 means the password is required (the CSP's own sense).
+            (
+                "Replace",
+                vec![
+                    int_setting("./Device/Vendor/MSFT/Policy/Config/DeviceLock/DevicePasswordEnabled", 0),
+                    int_setting("./Device/Vendor/MSFT/Policy/Config/DeviceLock/MinDevicePasswordLength", c.min_length),
+                ],
+            )
+        }
+        "POLICY_BUNDLE" if p.is_some_and(|p| p.trim_start().starts_with('[')) => {
+            // A feature list: each profile feature's settings, in one Replace.
+            let entries: Vec<FeatureEntry> = payload(code, p)?;
+            if entries.is_empty() {
+                return Err("POLICY_BUNDLE: the feature list is empty".into());
+            }
+            let mut items = Vec::new();
+            for (i, e) in entries.into_iter().enumerate() {
+                if lookup(&e.code).is_none_or(|c| c.kind != Kind::Profile) {
+                    let features: Vec<&str> =
+                        CODES.iter().filter(|c| c.kind == Kind::Profile).map(|c| c.code).collect();
+                    return Err(format!(
+                        "POLICY_BUNDLE entry {i}: `{}` is not a profile feature (known: {})",
+                        e.code,
+                        features.join(", ")
+                    ));
+                }
+                let text = e.payload.map(|v| v.to_string());
+                let c = command(&e.code, text.as_deref()).map_err(|m| format!("POLICY_BUNDLE entry {i}: {m}"))?;
+                items.extend(c.items);
+            }
+            ("Replace", items)
         }
         "POLICY_BUNDLE" => {
             let b: Bundle = payload(code, p)?;

@@ -198,3 +198,36 @@ fn a_package_without_final_is_asked_for_its_next_message() {
     assert!(answer.commands.iter().any(|c| c.name == "Exec"));
     assert!(!answer.commands.iter().any(|c| c.name == "Alert"));
 }
+
+/// Drover's policies send a bundle as a list of profile features: their Policy CSP
+/// settings in one Replace; each feature is also an operation of its own.
+#[test]
+fn a_policy_feature_list_becomes_one_replace() {
+    let list =
+        r#"[{"code":"CAMERA","payload":{"enabled":false}},{"code":"PASSCODE_POLICY","payload":{"minLength":8}}]"#;
+    let c = operations::command("POLICY_BUNDLE", Some(list)).unwrap();
+    assert_eq!(c.name, "Replace");
+    let targets: Vec<(&str, &str)> =
+        c.items.iter().map(|i| (i.target.as_deref().unwrap(), i.data.as_deref().unwrap())).collect();
+    assert_eq!(
+        targets,
+        [
+            ("./Device/Vendor/MSFT/Policy/Config/Camera/AllowCamera", "0"),
+            ("./Device/Vendor/MSFT/Policy/Config/DeviceLock/DevicePasswordEnabled", "0"),
+            ("./Device/Vendor/MSFT/Policy/Config/DeviceLock/MinDevicePasswordLength", "8"),
+        ]
+    );
+    assert!(operations::command("CAMERA", Some(r#"{"enabled":true}"#)).is_ok());
+    let e = operations::command("POLICY_BUNDLE", Some(r#"[{"code":"Reboot"}]"#)).unwrap_err();
+    assert!(e.contains("entry 0") && e.contains("CAMERA"), "{e}");
+    let e = operations::command("POLICY_BUNDLE", Some(r#"[{"code":"PASSCODE_POLICY","payload":{"minLength":2}}]"#))
+        .unwrap_err();
+    assert!(e.contains("entry 0") && e.contains("not 4 to 16"), "{e}");
+    // The object form still works.
+    let c = operations::command(
+        "POLICY_BUNDLE",
+        Some(r#"{"settings":[{"uri":"./Device/Vendor/MSFT/Policy/Config/Camera/AllowCamera","format":"int","data":"1"}]}"#),
+    )
+    .unwrap();
+    assert_eq!(c.items.len(), 1);
+}
