@@ -22,6 +22,8 @@ use utoipa::ToSchema;
 
 /// The operation code a policy reaches a device with.
 pub const BUNDLE: &str = "POLICY_BUNDLE";
+/// The digest of an effective policy with rules and no features (nothing is sent).
+const RULES_ONLY: &str = "rules-only";
 
 /// Who policy bundles are added by, in transitions and events.
 pub const ACTOR: &str = "policy";
@@ -146,14 +148,24 @@ pub async fn check(core: &Core, spec: &Spec) -> Result<()> {
         })?;
         let info = plugin.device_type_info();
         let catalogue = info.as_ref().map(|i| i.operations.as_slice()).unwrap_or_default();
+        if features.is_empty() {
+            // Rules only: the type is targeted, nothing is sent.
+            if spec.rules.is_empty() {
+                return Err(Error::invalid(
+                    "invalid",
+                    format!("profiles.{ty}: no features, and the policy has no rules: it would do nothing"),
+                ));
+            }
+            continue;
+        }
         if !catalogue.iter().any(|o| o.code == BUNDLE) {
             return Err(Error::invalid(
                 "no_policy_bundle",
-                format!("profiles.{ty}: device type `{ty}` declares no {BUNDLE}: it takes no policies"),
+                format!(
+                    "profiles.{ty}: device type `{ty}` declares no {BUNDLE}: it takes no features (a policy with rules \
+                     may still target it with `\"{ty}\": []`)"
+                ),
             ));
-        }
-        if features.is_empty() {
-            return Err(Error::invalid("invalid", format!("profiles.{ty}: no features")));
         }
         if features.len() > MAX_FEATURES {
             return Err(Error::invalid("invalid", format!("profiles.{ty}: at most {MAX_FEATURES} features")));
@@ -354,14 +366,17 @@ pub async fn recompute(core: &Core, scope: Scope) -> Result<Recomputed> {
                     .collect::<Vec<_>>(),
             )
             .to_string();
-            let (digest, payload) = if features.is_empty() {
+            let (digest, payload) = if features.is_empty() && chosen.is_empty() {
                 (String::new(), None)
+            } else if features.is_empty() {
+                // Policies with rules only: evaluated, nothing to send.
+                (RULES_ONLY.to_string(), None)
             } else {
                 let payload = bundle_payload(features.iter());
                 (hex::encode(Sha256::digest(payload.as_bytes())), Some(payload))
             };
             if t.digest.as_deref().unwrap_or_default() == digest {
-                if payload.is_some() && t.policies.as_deref() != Some(names.as_str()) {
+                if !digest.is_empty() && t.policies.as_deref() != Some(names.as_str()) {
                     relabel.entry(names).or_default().push(t.device);
                 }
                 continue;
@@ -394,6 +409,7 @@ pub async fn recompute(core: &Core, scope: Scope) -> Result<Recomputed> {
                 })
                 .await?;
             match activity {
+                None if !digest.is_empty() => done.assigned += devices.len() as u64,
                 Some(activity) => {
                     done.assigned += devices.len() as u64;
                     core.events.publish(crate::events::Event::ActivityAdded {
@@ -560,20 +576,109 @@ pub async fn evaluate_compliance(core: Core) {
     }
 }
 
-/// One rule's result for one device.
+/// One rule's result, or one feature's state as the device reported it, for one device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Check {
     pub policy: String,
-    pub rule: String,
-    /// `null`: unknown (the rule could not be evaluated; `reason` says why).
+    /// The rule's plugin (a rule's check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The feature code (what the device reported about a feature of its bundle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature: Option<String>,
+    /// `null`: not known. For a rule: it could not be evaluated; for a feature: the
+    /// device has not answered yet. `reason` says which.
     pub compliant: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Since when this check has had this result (ms since the epoch).
+    #[serde(default)]
+    pub since: i64,
+}
+
+impl Check {
+    fn rule(policy: &str, rule: &str, compliant: Option<bool>, reason: Option<String>) -> Check {
+        Check { policy: policy.into(), rule: Some(rule.into()), feature: None, compliant, reason, since: 0 }
+    }
+
+    /// The same check in another verdict: same policy and rule or feature.
+    fn same(&self, other: &Check) -> bool {
+        self.policy == other.policy && self.rule == other.rule && self.feature == other.feature
+    }
+}
+
+/// One feature's state in the standard per-feature record a device-type plugin returns
+/// as the response of a `policy`-kind operation: `{"compliance": [{"feature": "CAMERA",
+/// "compliant": false, "reason": "…"}]}` (docs/plugin-contract.md).
+#[derive(Debug, Deserialize)]
+struct Reported {
+    feature: String,
+    compliant: bool,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// The per-feature records in a response, if it carries them.
+fn reported(response: Option<&str>) -> Vec<Reported> {
+    #[derive(Deserialize)]
+    struct Record {
+        compliance: Vec<Reported>,
+    }
+    response.and_then(|r| serde_json::from_str::<Record>(r).ok()).map(|r| r.compliance).unwrap_or_default()
+}
+
+/// What the device said about each feature of its bundle: the bundle's result (applied,
+/// or refused with the device's error) refined by per-feature records in it and in the
+/// newest later policy report. Also whether a feature still waits for the device.
+fn feature_checks(d: &crate::store::DueDevice, policies: &[&Live]) -> (Vec<Check>, bool) {
+    let Some(state) = d.bundle_state.as_deref() else { return (Vec::new(), false) };
+    // Each feature from the policy that gives it (highest priority first).
+    let mut features: Vec<(&str, &str)> = Vec::new();
+    for p in policies {
+        for f in p.spec.profiles.get(&d.device_type).into_iter().flatten() {
+            if !features.iter().any(|(code, _)| *code == f.code) {
+                features.push((&f.code, &p.name));
+            }
+        }
+    }
+    let short = |s: &str| s.chars().take(500).collect::<String>();
+    let (base, why): (Option<bool>, Option<String>) = match state {
+        "COMPLETED" => (Some(true), None),
+        "ERROR" => (
+            Some(false),
+            Some(match d.bundle_response.as_deref() {
+                Some(r) => format!("the device refused the bundle: {}", short(r)),
+                None => "the device refused the bundle".into(),
+            }),
+        ),
+        other => (None, Some(format!("waiting for the device: the bundle is {other}"))),
+    };
+    let answered = matches!(state, "COMPLETED" | "ERROR");
+    let mut said: HashMap<String, Reported> = HashMap::new();
+    if answered {
+        for r in reported(d.bundle_response.as_deref()).into_iter().chain(reported(d.report.as_deref())) {
+            said.insert(r.feature.clone(), r);
+        }
+    }
+    let mut waiting = false;
+    let checks = features
+        .into_iter()
+        .map(|(code, policy)| {
+            let (compliant, reason) = match said.remove(code) {
+                Some(r) => (Some(r.compliant), r.reason.map(|s| short(&s))),
+                None => (base, why.clone()),
+            };
+            waiting |= compliant.is_none();
+            Check { policy: policy.into(), rule: None, feature: Some(code.into()), compliant, reason, since: 0 }
+        })
+        .collect();
+    (checks, waiting)
 }
 
 /// Evaluate one batch of due devices; how many.
 async fn compliance_turn(core: &Core) -> Result<usize> {
-    let stale = crate::store::now_ms() - REEVALUATE.as_millis() as i64;
+    let now = crate::store::now_ms();
+    let stale = now - REEVALUATE.as_millis() as i64;
     let due = core.store.compliance_due(COMPLIANCE_BATCH, stale).await?;
     if due.is_empty() {
         return Ok(0);
@@ -596,14 +701,29 @@ async fn compliance_turn(core: &Core) -> Result<usize> {
             .filter_map(|p| p["name"].as_str().map(str::to_string))
             .collect();
         let mine: Vec<&Live> = names.iter().filter_map(|n| policies.get(n)).collect();
-        let checks = checks(core, d, &mine).await?;
+        let mut checks = checks(core, d, &mine).await?;
+        let unknown = checks.iter().any(|c| c.compliant.is_none());
+        let (features, waiting) = feature_checks(d, &mine);
+        checks.extend(features);
         let state = if checks.iter().any(|c| c.compliant == Some(false)) {
             "non_compliant"
-        } else if checks.iter().any(|c| c.compliant.is_none()) {
+        } else if unknown {
             "unknown"
+        } else if waiting {
+            "pending"
         } else {
             "compliant"
         };
+        // Each check keeps the time it got its result.
+        let previous: Vec<Check> = d.previous.as_deref().and_then(|p| serde_json::from_str(p).ok()).unwrap_or_default();
+        for c in &mut checks {
+            c.since = previous
+                .iter()
+                .find(|p| p.same(c) && p.compliant == c.compliant)
+                .map(|p| p.since)
+                .filter(|s| *s > 0)
+                .unwrap_or(now);
+        }
         // The strictest action among the policies with a failing rule.
         let action = checks
             .iter()
@@ -614,13 +734,14 @@ async fn compliance_turn(core: &Core) -> Result<usize> {
         let blocked = match state {
             "non_compliant" => action == Action::Block,
             "compliant" => false,
-            // Unknown keeps what was decided before: a rule plugin that faults neither
-            // blocks a device nor frees it.
+            // Unknown and pending keep what was decided before: a rule plugin that
+            // faults neither blocks a device nor frees it, and a blocked device is
+            // released once it has applied its bundle and the rules hold.
             _ => d.blocked.unwrap_or(0) != 0,
         };
-        // Changes are told (an event) when a policy with rules asks for more than
-        // monitoring; every change is in the device's history either way.
-        let tell = mine.iter().filter(|p| !p.spec.rules.is_empty()).map(|p| p.spec.action).max() >= Some(Action::Warn);
+        // Changes are told (an event) when a policy asks for more than monitoring; every
+        // change is in the device's history either way.
+        let tell = mine.iter().map(|p| p.spec.action).max() >= Some(Action::Warn);
         verdicts.push((d, state, checks, action, blocked, tell));
     }
     let texts: Vec<String> =
@@ -711,24 +832,14 @@ async fn checks(core: &Core, d: &crate::store::DueDevice, policies: &[&Live]) ->
     };
     let mut out = Vec::with_capacity(rules.len());
     for (policy, r) in rules {
-        let unknown = |reason: String| Check {
-            policy: policy.into(),
-            rule: r.rule.clone(),
-            compliant: None,
-            reason: Some(reason),
-        };
+        let unknown = |reason: String| Check::rule(policy, &r.rule, None, Some(reason));
         let check = match core.registry.serving(&r.rule) {
             None => match core.registry.suspension(&r.rule) {
                 Some(why) => unknown(format!("rule plugin `{}` is suspended: {why}", r.rule)),
                 None => unknown(format!("no rule plugin `{}` is loaded", r.rule)),
             },
             Some(plugin) => match plugin.evaluate(&r.params.to_string(), context.clone()).await {
-                Ok(v) => Check {
-                    policy: policy.into(),
-                    rule: r.rule.clone(),
-                    compliant: Some(v.compliant),
-                    reason: v.reason,
-                },
+                Ok(v) => Check::rule(policy, &r.rule, Some(v.compliant), v.reason),
                 Err(e) => unknown(format!("rule plugin `{}` could not evaluate: {e}", r.rule)),
             },
         };

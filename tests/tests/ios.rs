@@ -379,3 +379,91 @@ async fn deep_plists_are_refused_before_the_plugin(server: &TestServer) {
     Iphone::enroll(server).await;
 }
 e2e!(deep_plists_are_refused_before_the_plugin, super::deep_plists_are_refused_before_the_plugin);
+
+/// The device's compliance once `until` holds (the evaluation runs a few seconds after
+/// the device answers).
+async fn compliance_when(server: &TestServer, ty: &str, id: &str, until: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..150 {
+        let r = server.admin(Method::GET, &format!("/api/v1/devices/{ty}/{id}/compliance")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.unwrap();
+        if until(&body) {
+            return body;
+        }
+        last = body;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("compliance of {id} never got there: {last}");
+}
+
+/// A policy reaches an iPhone as one configuration profile (`org.drover.policy`) through
+/// InstallProfile, read back with plistlib; Acknowledged makes each feature compliant, an
+/// Error (Apple's ErrorChain) each one non-compliant with the device's words.
+async fn policy_as_a_profile(server: &TestServer) {
+    let phone = Iphone::enroll(server).await;
+    let spec = |min_length: i64| {
+        json!({"priority": 1, "action": "warn", "profiles": {"ios": [
+            {"code": "RESTRICTIONS", "payload": {"allowCamera": false}},
+            {"code": "PASSCODE_POLICY", "payload": {"minLength": min_length}}]}})
+    };
+    let mut body = spec(6);
+    body["name"] = json!("ios-baseline");
+    let r = server.admin(Method::POST, "/api/v1/policies").json(&body).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+
+    let offered = |command: &Value| {
+        use base64::Engine;
+        assert_eq!(command["Command"]["RequestType"], "InstallProfile", "{command}");
+        let profile =
+            base64::engine::general_purpose::STANDARD.decode(command["Command"]["Payload"].as_str().unwrap()).unwrap();
+        plistlib(&profile)
+    };
+    let command = phone.report("Idle", None, plist::Dictionary::new()).await.expect("the policy is offered");
+    let profile = offered(&command);
+    assert_eq!(profile["PayloadIdentifier"], "org.drover.policy");
+    assert_eq!(profile["PayloadContent"][0]["PayloadType"], "com.apple.applicationaccess");
+    assert_eq!(profile["PayloadContent"][0]["allowCamera"], false);
+    assert_eq!(profile["PayloadContent"][1]["PayloadType"], "com.apple.mobiledevice.passwordpolicy");
+    assert_eq!(profile["PayloadContent"][1]["minLength"], 6);
+    let uuid = command["CommandUUID"].as_str().unwrap().to_string();
+    assert!(phone.report("Acknowledged", Some(&uuid), plist::Dictionary::new()).await.is_none());
+    let c = compliance_when(server, "ios", &phone.udid, |c| c["state"] == "compliant").await;
+    let features: Vec<&str> = c["checks"].as_array().unwrap().iter().filter_map(|k| k["feature"].as_str()).collect();
+    assert_eq!(features, ["RESTRICTIONS", "PASSCODE_POLICY"], "{c}");
+
+    // An edit replaces the profile (same identifier); the device refuses it.
+    let r = server.admin(Method::PUT, "/api/v1/policies/ios-baseline").json(&spec(8)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let command = phone.report("Idle", None, plist::Dictionary::new()).await.expect("the new profile is offered");
+    let profile = offered(&command);
+    assert_eq!(profile["PayloadIdentifier"], "org.drover.policy");
+    assert_eq!(profile["PayloadContent"][1]["minLength"], 8);
+    use plist::Value as P;
+    let chain = dict(vec![(
+        "ErrorChain",
+        P::Array(vec![P::Dictionary(dict(vec![
+            ("ErrorCode", P::Integer(4001.into())),
+            ("ErrorDomain", "MCProfileErrorDomain".into()),
+            ("LocalizedDescription", "The passcode policy could not be installed".into()),
+        ]))]),
+    )]);
+    let uuid = command["CommandUUID"].as_str().unwrap().to_string();
+    phone.report("Error", Some(&uuid), chain).await;
+    let c = compliance_when(server, "ios", &phone.udid, |c| c["state"] == "non_compliant").await;
+    for k in c["checks"].as_array().unwrap() {
+        assert_eq!(k["compliant"], false, "{c}");
+        assert!(k["reason"].as_str().unwrap().contains("could not be installed"), "{c}");
+    }
+    let r = server.admin(Method::GET, "/api/v1/events?type=device.compliance_changed").send().await.unwrap();
+    let log: Value = r.json().await.unwrap();
+    assert!(
+        log["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["data"]["id"] == phone.udid.as_str() && e["data"]["state"] == "non_compliant"),
+        "warn: an event says so: {log}"
+    );
+}
+e2e!(policy_as_a_profile, super::policy_as_a_profile);

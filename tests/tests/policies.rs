@@ -338,9 +338,13 @@ async fn report(server: &TestServer, id: &str, token: &str, body: Value) {
 
 /// The device's compliance once `until` holds (evaluation runs a few seconds after a report).
 async fn compliance_when(server: &TestServer, id: &str, until: impl Fn(&Value) -> bool) -> Value {
+    compliance_of(server, "android", id, until).await
+}
+
+async fn compliance_of(server: &TestServer, ty: &str, id: &str, until: impl Fn(&Value) -> bool) -> Value {
     let mut last = Value::Null;
     for _ in 0..150 {
-        let (status, body) = call(server, Method::GET, &format!("/api/v1/devices/android/{id}/compliance"), None).await;
+        let (status, body) = call(server, Method::GET, &format!("/api/v1/devices/{ty}/{id}/compliance"), None).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         if until(&body) {
             return body;
@@ -349,6 +353,32 @@ async fn compliance_when(server: &TestServer, id: &str, until: impl Fn(&Value) -
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     panic!("compliance of {id} never got there: {last}");
+}
+
+/// The device polls and applies the policy bundles it gets: it answers COMPLETED on a
+/// second poll, as the agent does.
+async fn apply_bundles(server: &TestServer, id: &str, token: &str) {
+    let ops: Value = server.poll_android(id, token, "[]").await.json().await.unwrap();
+    let done: Vec<Value> = ops
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["code"] == "POLICY_BUNDLE")
+        .map(|o| json!({"id": o["id"], "code": "POLICY_BUNDLE", "status": "COMPLETED"}))
+        .collect();
+    let r = server.poll_android(id, token, &Value::from(done).to_string()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// The newest change in the device's compliance history that `until` accepts. (A state
+/// that `enforce` ends a moment later, by sending the bundle again, is read here.)
+async fn change_when(server: &TestServer, id: &str, until: impl Fn(&Value) -> bool) -> Value {
+    let c = compliance_when(server, id, |c| c["history"].as_array().unwrap().iter().any(&until)).await;
+    c["history"].as_array().unwrap().iter().find(|h| until(h)).cloned().unwrap()
+}
+
+fn feature<'a>(c: &'a Value, code: &str) -> &'a Value {
+    c["checks"].as_array().unwrap().iter().find(|k| k["feature"] == code).unwrap_or_else(|| panic!("{code}: {c}"))
 }
 
 fn check<'a>(c: &'a Value, rule: &str) -> &'a Value {
@@ -388,8 +418,14 @@ async fn compliance_and_actions(server: &TestServer) {
     let mut first = spec("warn");
     first["name"] = json!("os-floor");
     create(server, first).await;
+    // The rules hold, but the device has not applied its bundle yet.
+    let c = compliance_when(server, "cmp-a", |c| c["state"] == "pending" && c["evaluated_at"].is_i64()).await;
+    let camera_check = c["checks"].as_array().unwrap().iter().find(|k| k["feature"] == "CAMERA").unwrap();
+    assert!(camera_check["compliant"].is_null(), "{c}");
+    assert!(camera_check["reason"].as_str().unwrap().contains("waiting for the device"), "{c}");
+    apply_bundles(server, "cmp-a", &token).await;
     let c = compliance_when(server, "cmp-a", |c| c["state"] == "compliant").await;
-    assert_eq!(c["checks"].as_array().unwrap().len(), 2, "{c}");
+    assert_eq!(c["checks"].as_array().unwrap().len(), 3, "two rules and a feature: {c}");
 
     // Warn: the battery drops; the device is non-compliant, with the rule's reason, and
     // an event says so.
@@ -409,6 +445,7 @@ async fn compliance_and_actions(server: &TestServer) {
     // Enforce: when the device falls out of compliance, its bundle goes again.
     let (status, _) = call(server, Method::PUT, "/api/v1/policies/os-floor", Some(spec("enforce"))).await;
     assert_eq!(status, StatusCode::OK);
+    apply_bundles(server, "cmp-a", &token).await;
     report(server, "cmp-a", &token, json!({"battery": 90})).await;
     compliance_when(server, "cmp-a", |c| c["state"] == "compliant").await;
     let before = effective(server, "cmp-a").await.unwrap().1;
@@ -423,12 +460,15 @@ async fn compliance_and_actions(server: &TestServer) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_ne!(resent, before, "the bundle was sent again");
-    assert_eq!(server.operation(before).await["state"], "REPEATED");
+    assert_eq!(server.operation(before).await["state"], "COMPLETED", "what the device did stays recorded");
+    assert_eq!(server.operation(resent).await["code"], "POLICY_BUNDLE");
 
     // Block: nothing but policy bundles reach the device until it complies.
     let (status, _) = call(server, Method::PUT, "/api/v1/policies/os-floor", Some(spec("block"))).await;
     assert_eq!(status, StatusCode::OK);
     compliance_when(server, "cmp-a", |c| c["blocked"] == true).await;
+    // Bundles still reach a blocked device.
+    apply_bundles(server, "cmp-a", &token).await;
     let ring = server.add_operation("android", "cmp-a", "DEVICE_RING", None).await;
     let ops: Value = server.poll_android("cmp-a", &token, "[]").await.json().await.unwrap();
     let codes: Vec<&str> = ops.as_array().unwrap().iter().map(|o| o["code"].as_str().unwrap()).collect();
@@ -479,3 +519,149 @@ async fn compliance_and_actions(server: &TestServer) {
     assert_eq!(server.poll_android("cmp-b", &other, "[]").await.status(), StatusCode::OK);
 }
 drover_tests::e2e!(policies_compliance, super::compliance_and_actions);
+
+/// Compliance as the device reports it: the bundle's answer, then the Android agent's
+/// per-feature POLICY_MONITOR answer, decoded by the plugin into the standard record;
+/// a feature out of compliance under `enforce` gets the bundle again.
+async fn reported_compliance(server: &TestServer) {
+    let token = server.enroll_android("rep-a").await;
+    create(
+        server,
+        json!({"name": "locked-down", "priority": 3, "action": "enforce",
+               "profiles": {"android": [camera(false), wifi("corp")]}}),
+    )
+    .await;
+    let bundle = effective(server, "rep-a").await.unwrap().1;
+    let c = compliance_when(server, "rep-a", |c| c["state"] == "pending" && c["evaluated_at"].is_i64()).await;
+    assert_eq!(c["checks"].as_array().unwrap().len(), 2, "{c}");
+
+    // The agent refuses the bundle: every feature is out, with the agent's words.
+    let ops: Value = server.poll_android("rep-a", &token, "[]").await.json().await.unwrap();
+    assert_eq!(ops[0]["id"].as_i64(), Some(bundle));
+    let refused = json!([{"id": bundle, "code": "POLICY_BUNDLE", "status": "ERROR",
+                          "operationResponse": "Device admin is not active"}]);
+    server.poll_android("rep-a", &token, &refused.to_string()).await;
+    let out = change_when(server, "rep-a", |h| h["state"] == "non_compliant").await;
+    assert_eq!(feature(&out, "WIFI")["compliant"], false);
+    assert!(feature(&out, "WIFI")["reason"].as_str().unwrap().contains("Device admin is not active"), "{out}");
+    // Enforce: the bundle goes again.
+    let mut again = bundle;
+    for _ in 0..50 {
+        again = effective(server, "rep-a").await.unwrap().1;
+        if again != bundle {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_ne!(again, bundle, "the bundle was sent again");
+
+    // Applied: every feature complies, each since its verdict.
+    apply_bundles(server, "rep-a", &token).await;
+    let c = compliance_when(server, "rep-a", |c| c["state"] == "compliant").await;
+    let refused_at = out["at"].as_i64().unwrap();
+    assert!(
+        c["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["compliant"] == true && k["since"].as_i64().unwrap() > refused_at),
+        "{c}"
+    );
+
+    // An admin asks the agent to check; its answer (the agent's own form, in `payLoad`)
+    // says the user turned the camera back on.
+    let monitor = server.add_operation("android", "rep-a", "POLICY_MONITOR", None).await;
+    let ops: Value = server.poll_android("rep-a", &token, "[]").await.json().await.unwrap();
+    assert!(ops.as_array().unwrap().iter().any(|o| o["id"].as_i64() == Some(monitor)), "{ops}");
+    let features = json!([{"featureCode": "CAMERA", "compliance": false, "message": "Camera is enabled"},
+                          {"featureCode": "WIFI", "compliance": true}]);
+    let answer = json!([{"id": monitor, "code": "POLICY_MONITOR", "type": "POLICY", "status": "COMPLETED",
+                         "payLoad": features.to_string()}]);
+    server.poll_android("rep-a", &token, &answer.to_string()).await;
+    let out = change_when(server, "rep-a", |h| {
+        h["state"] == "non_compliant"
+            && h["checks"].as_array().unwrap().iter().any(|k| k["reason"] == "Camera is enabled")
+    })
+    .await;
+    assert_eq!(feature(&out, "CAMERA")["policy"], "locked-down");
+    assert_eq!(feature(&out, "WIFI")["compliant"], true);
+    assert_eq!(server.operation(monitor).await["state"], "COMPLETED");
+
+    // The bundle sent again (enforce), applied, is newer than the report: compliant again.
+    let mut resent = again;
+    for _ in 0..50 {
+        resent = effective(server, "rep-a").await.unwrap().1;
+        if resent != again {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_ne!(resent, again, "the bundle was sent again");
+    apply_bundles(server, "rep-a", &token).await;
+    compliance_when(server, "rep-a", |c| c["state"] == "compliant").await;
+
+    // A monitor answer that does not read is refused with the reason and changes nothing.
+    let monitor2 = server.add_operation("android", "rep-a", "POLICY_MONITOR", None).await;
+    server.poll_android("rep-a", &token, "[]").await;
+    let bad = json!([{"id": monitor2, "code": "POLICY_MONITOR", "status": "COMPLETED", "payLoad": "[{\"code\": 1}]"}]);
+    let r = server.poll_android("rep-a", &token, &bad.to_string()).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("POLICY_MONITOR"));
+    assert_eq!(server.operation(monitor2).await["state"], "IN_PROGRESS", "nothing recorded from it");
+    let c = compliance_when(server, "rep-a", |c| c["state"] != "pending").await;
+    assert_eq!(c["state"], "compliant", "{c}");
+}
+drover_tests::e2e!(policies_reported_compliance, super::reported_compliance);
+
+/// A policy with rules only targets a type that takes no features (ESP8266 boards): its
+/// devices are evaluated, and nothing is sent to them.
+async fn rules_only(server: &TestServer) {
+    let mut boards = Vec::new();
+    for (chip, firmware) in [("0a11ce01", "1.0.3"), ("0a11ce02", "2.1.0")] {
+        let body = json!({"chip_id": chip, "model": "ESP-12F", "firmware": firmware});
+        let r = server.http.post(server.url("/agent/v1/esp8266/enroll")).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        boards.push(r.json::<Value>().await.unwrap()["device_id"].as_str().unwrap().to_string());
+    }
+    let floor = json!([{"rule": "version-range", "params": {"metadata": "firmware", "min": "2.0"}}]);
+    // A type without features needs rules, and features need the type's bundle.
+    for (body, needle) in [
+        (json!({"name": "nothing", "profiles": {"esp8266": []}}), "would do nothing"),
+        (
+            json!({"name": "leds", "rules": floor, "profiles": {"esp8266": [{"code": "LED", "payload": {"state": "on"}}]}}),
+            "declares no POLICY_BUNDLE",
+        ),
+    ] {
+        let (status, answer) = call(server, Method::POST, "/api/v1/policies", Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert!(answer["error"]["message"].as_str().unwrap().contains(needle), "{answer}");
+    }
+    let saved =
+        create(server, json!({"name": "board-floor", "action": "warn", "rules": floor, "profiles": {"esp8266": []}}))
+            .await;
+    assert_eq!(saved["recomputed"]["assigned"], 2, "{saved}");
+    let old = compliance_of(server, "esp8266", &boards[0], |c| c["state"] == "non_compliant").await;
+    assert_eq!(check(&old, "version-range")["reason"], "firmware 1.0.3 is below 2.0.0", "{old}");
+    let new = compliance_of(server, "esp8266", &boards[1], |c| c["state"] == "compliant").await;
+    assert_eq!(new["checks"].as_array().unwrap().len(), 1, "{new}");
+    // Nothing was queued for the boards: no bundle.
+    let (status, policy) =
+        call(server, Method::GET, &format!("/api/v1/devices/esp8266/{}/policy", boards[0]), None).await;
+    assert_eq!(status, StatusCode::OK, "{policy}");
+    assert!(policy["operation"].is_null(), "{policy}");
+    assert_eq!(policy["policies"][0]["name"], "board-floor");
+    let (status, ops) =
+        call(server, Method::GET, &format!("/api/v1/operations?device_type=esp8266&device_id={}", boards[0]), None)
+            .await;
+    assert_eq!(status, StatusCode::OK, "{ops}");
+    assert_eq!(ops["items"].as_array().unwrap().len(), 0, "{ops}");
+    let (_, counts) = call(server, Method::GET, "/api/v1/policies/board-floor/compliance", None).await;
+    assert_eq!(counts["by_device_type"]["esp8266"]["non_compliant"], 1, "{counts}");
+    assert_eq!(counts["by_device_type"]["esp8266"]["compliant"], 1, "{counts}");
+    // Deactivated: the boards have no policy any more.
+    let (status, _) = call(server, Method::POST, "/api/v1/policies/board-floor/deactivate", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(server, Method::GET, &format!("/api/v1/devices/esp8266/{}/policy", boards[0]), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+drover_tests::e2e!(policies_rules_only, super::rules_only);

@@ -383,3 +383,74 @@ async fn malformed_dropped_sessions_and_unenrollment(server: &TestServer) {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
 e2e!(malformed_dropped_sessions_and_unenrollment, super::malformed_dropped_sessions_and_unenrollment);
+
+/// A policy reaches a Windows PC as one SyncML Replace of OMA-URI settings (checked by
+/// xmllint and ElementTree); the device's Status for it decides each feature.
+async fn policy_as_settings(server: &TestServer) {
+    if parsers_missing() {
+        return;
+    }
+    let mut pc = Pc::enroll(server).await;
+    let spec = |min_length: i64| {
+        json!({"priority": 1, "profiles": {"windows": [
+            {"code": "CAMERA", "payload": {"enabled": false}},
+            {"code": "PASSCODE_POLICY", "payload": {"minLength": min_length}}]}})
+    };
+    let mut body = spec(8);
+    body["name"] = json!("win-baseline");
+    let r = server.admin(Method::POST, "/api/v1/policies").json(&body).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+
+    let answer = pc.open("1201").await;
+    let cmds = commands(&answer);
+    assert_eq!(cmds.len(), 1, "{answer}");
+    assert_eq!(cmds[0]["name"], "Replace");
+    let items: Vec<(&str, &str)> = cmds[0]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["target"].as_str().unwrap(), i["data"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        items,
+        [
+            ("./Device/Vendor/MSFT/Policy/Config/Camera/AllowCamera", "0"),
+            ("./Device/Vendor/MSFT/Policy/Config/DeviceLock/DevicePasswordEnabled", "0"),
+            ("./Device/Vendor/MSFT/Policy/Config/DeviceLock/MinDevicePasswordLength", "8"),
+        ]
+    );
+    let msg = answer["msg"].as_str().unwrap().to_string();
+    pc.send(&answers(&msg, &cmds, |_| 200, tree)).await;
+    let c = compliance_of(server, &pc.id, |c| c["state"] == "compliant").await;
+    assert_eq!(c["checks"].as_array().unwrap().len(), 2, "{c}");
+
+    // An edit; the device fails the Replace (500): every feature is out, with the code.
+    let r = server.admin(Method::PUT, "/api/v1/policies/win-baseline").json(&spec(12)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let answer = pc.open("1201").await;
+    let cmds = commands(&answer);
+    assert_eq!(cmds[0]["items"][2]["data"], "12", "{answer}");
+    let msg = answer["msg"].as_str().unwrap().to_string();
+    pc.send(&answers(&msg, &cmds, |_| 500, tree)).await;
+    let c = compliance_of(server, &pc.id, |c| c["state"] == "non_compliant").await;
+    for k in c["checks"].as_array().unwrap() {
+        assert_eq!(k["compliant"], false, "{c}");
+        assert!(k["reason"].as_str().unwrap().contains("500"), "{c}");
+    }
+}
+e2e!(policy_as_settings, super::policy_as_settings);
+
+async fn compliance_of(server: &TestServer, id: &str, until: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..150 {
+        let r = server.admin(Method::GET, &format!("/api/v1/devices/windows/{id}/compliance")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.unwrap();
+        if until(&body) {
+            return body;
+        }
+        last = body;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("compliance of {id} never got there: {last}");
+}

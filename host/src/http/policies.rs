@@ -308,10 +308,12 @@ pub(super) async fn device_policy(
     }))
 }
 
-/// A device's compliance: its latest verdict on its policies' rules, and its changes.
+/// A device's compliance: its latest verdict on its policies' rules and on what it
+/// reported about their features, and its changes.
 #[derive(Serialize, ToSchema)]
 pub(super) struct Compliance {
-    /// `compliant`, `non_compliant`, `unknown`, or `pending` (not evaluated yet).
+    /// `compliant`, `non_compliant`, `unknown` (a rule could not be evaluated), or
+    /// `pending` (not evaluated yet, or the device has not answered its bundle).
     state: String,
     /// Since when it is in this state (absent while pending).
     since: Option<i64>,

@@ -1,4 +1,5 @@
-//! Each device's compliance with its policies' rules, and its history (`policies.rs`
+//! Each device's compliance with its policies (their rules, and what the device reports
+//! about their features), and its history (`policies.rs`
 //! evaluates; docs/policies.md).
 
 use super::{Backend, NewEvent, Store, StoreError, WriteTx, now_ms, record_event, with_pool, with_write_pool};
@@ -8,7 +9,8 @@ use super::{Backend, NewEvent, Store, StoreError, WriteTx, now_ms, record_event,
 pub struct ComplianceRow {
     /// `compliant`, `non_compliant` or `unknown`.
     pub state: String,
-    /// JSON array of the checks: `{policy, rule, compliant (true, false or null), reason}`.
+    /// JSON array of the checks: `{policy, rule or feature, compliant (true, false or
+    /// null), reason, since}`.
     pub checks: String,
     /// Since when the device is in `state`.
     pub since: i64,
@@ -31,6 +33,14 @@ pub struct DueDevice {
     pub blocked: Option<i64>,
     /// Its newest telemetry row now.
     pub mark: i64,
+    /// The state of its current bundle operation and the device's answer to it.
+    pub bundle_state: Option<String>,
+    pub bundle_response: Option<String>,
+    /// The device's newest completed answer to a later `policy`-kind operation (a
+    /// compliance query such as the Android agent's POLICY_MONITOR).
+    pub report: Option<String>,
+    /// The checks of its previous verdict (JSON), for each check's `since`.
+    pub previous: Option<String>,
 }
 
 /// One history entry.
@@ -58,18 +68,29 @@ pub struct Verdict<'a> {
 impl Store {
     /// Devices with an effective policy whose verdict is missing or older than what it
     /// reads: new telemetry, the device called in since (its metadata may have changed),
-    /// it was given another policy, or the verdict is older than `stale_before` (rules may
-    /// read the time). At most `limit`, by device key.
+    /// it was given another policy, it answered its bundle or a later policy query, or
+    /// the verdict is older than `stale_before` (rules may read the time). At most `limit`, by device key.
     pub async fn compliance_due(&self, limit: i64, stale_before: i64) -> Result<Vec<DueDevice>, StoreError> {
         Ok(with_pool!(self, pool => sqlx::query_as(
                 "SELECT d.id AS device, d.device_type, d.device_id, d.metadata, p.policies, c.state, c.blocked,
-                        COALESCE((SELECT MAX(t.id) FROM telemetry t WHERE t.device = d.id), 0) AS mark
+                        COALESCE((SELECT MAX(t.id) FROM telemetry t WHERE t.device = d.id), 0) AS mark,
+                        o.state AS bundle_state, o.response AS bundle_response,
+                        (SELECT m.response FROM operations m
+                         WHERE m.device = p.device AND m.state = 'COMPLETED' AND m.id > p.operation
+                           AND m.kind = 'policy'
+                         ORDER BY m.id DESC LIMIT 1) AS report,
+                        c.checks AS previous
                  FROM device_policies p JOIN devices d ON d.id = p.device
                  LEFT JOIN device_compliance c ON c.device = p.device
+                 LEFT JOIN operations o ON o.id = p.operation
                  WHERE d.status <> 'removed'
                    AND (c.device IS NULL OR c.evaluated_at < p.assigned_at OR c.evaluated_at < COALESCE(d.last_seen_at, 0)
                         OR c.evaluated_at < $2
-                        OR EXISTS (SELECT 1 FROM telemetry t WHERE t.device = d.id AND t.id > c.telemetry_mark))
+                        OR EXISTS (SELECT 1 FROM telemetry t WHERE t.device = d.id AND t.id > c.telemetry_mark)
+                        OR o.updated_at > c.evaluated_at
+                        OR EXISTS (SELECT 1 FROM operations m
+                                   WHERE m.device = p.device AND m.state = 'COMPLETED' AND m.id > p.operation
+                                     AND m.kind = 'policy' AND m.updated_at > c.evaluated_at))
                  ORDER BY d.id LIMIT $1")
             .bind(limit).bind(stale_before).fetch_all(pool).await?))
     }

@@ -71,7 +71,9 @@ pub struct Applies {
 pub struct Assignment<'a> {
     pub device_type: &'a str,
     pub digest: &'a str,
-    /// The POLICY_BUNDLE payload (JSON text); `None`: no policy applies any more.
+    /// The POLICY_BUNDLE payload (JSON text). `None` with a `digest`: policies apply but
+    /// give no features (rules only), so the record stays, without a bundle; `None` with
+    /// an empty `digest`: no policy applies any more.
     pub payload: Option<&'a str>,
     /// The policies that make it (JSON), the same for every device here.
     pub policies: &'a str,
@@ -326,6 +328,17 @@ impl Store {
                     };
                     record_event!(&mut *tx, &added.record());
                     activity = Some(id);
+                }
+                None if !a.digest.is_empty() => {
+                    let upsert = format!(
+                        "INSERT INTO device_policies (device, digest, policies, operation, assigned_at)
+                         SELECT d.id, $1, $4, NULL, $2 FROM devices d WHERE d.id IN {keys}
+                         ON CONFLICT (device) DO UPDATE SET digest = excluded.digest, operation = NULL,
+                             assigned_at = excluded.assigned_at, policies = excluded.policies");
+                    bind_filters!(sqlx::query(trusted(&upsert)).bind(a.digest).bind(now), f)
+                        .bind(a.policies)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 None => {
                     let delete = format!("DELETE FROM device_policies WHERE device IN {keys} AND $1 = $1 AND $2 = $2");

@@ -132,21 +132,27 @@ impl Guest for Android {
         };
         match what {
             Route::Results => {
-                msg.results = wire::decode_results(&body)
-                    .map_err(PluginError::malformed)?
-                    .into_iter()
-                    .filter_map(|r| {
-                        let status = match r.status {
-                            wire::AgentStatus::InProgress => ResultStatus::InProgress,
-                            wire::AgentStatus::Completed => ResultStatus::Completed,
-                            wire::AgentStatus::Error => ResultStatus::Error,
-                            wire::AgentStatus::NotNow => ResultStatus::NotNow,
-                            // PENDING says nothing new: the host already knows it is queued.
-                            wire::AgentStatus::Pending => return None,
-                        };
-                        Some(OperationResult { operation_id: r.id, status, response: r.response_json() })
-                    })
-                    .collect();
+                let mut results = Vec::new();
+                for r in wire::decode_results(&body).map_err(PluginError::malformed)? {
+                    let status = match r.status {
+                        wire::AgentStatus::InProgress => ResultStatus::InProgress,
+                        wire::AgentStatus::Completed => ResultStatus::Completed,
+                        wire::AgentStatus::Error => ResultStatus::Error,
+                        wire::AgentStatus::NotNow => ResultStatus::NotNow,
+                        // PENDING says nothing new: the host already knows it is queued.
+                        wire::AgentStatus::Pending => continue,
+                    };
+                    // A compliance answer becomes the standard per-feature record; one
+                    // that does not read refuses the whole report, so nothing is recorded
+                    // from it.
+                    let response = if r.code == "POLICY_MONITOR" && r.status == wire::AgentStatus::Completed {
+                        Some(r.compliance_json().map_err(PluginError::malformed)?)
+                    } else {
+                        r.response_json()
+                    };
+                    results.push(OperationResult { operation_id: r.id, status, response });
+                }
+                msg.results = results;
                 if is_http {
                     msg.reply = Reply::PendingOperations;
                 }

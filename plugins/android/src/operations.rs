@@ -109,6 +109,12 @@ pub const CODES: &[Code] = &[
             r#"{"type":"array","minItems":1,"items":{"type":"object","required":["code"],"properties":{"code":{"type":"string"},"payLoad":{}}}}"#,
         ),
     },
+    Code {
+        code: "POLICY_MONITOR",
+        kind: Kind::Policy,
+        description: "Check the applied policy on the device and report each feature's compliance",
+        schema: None,
+    },
 ];
 
 /// Find a code in the catalogue.

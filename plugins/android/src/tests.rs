@@ -231,3 +231,33 @@ fn fcm_token_is_a_push_token_not_metadata() {
     assert!(matches!(m.check_in, Some(CheckIn::TokenUpdate(ref t)) if t.token == "new-token"));
     assert_eq!(m.info, vec![("BATTERY_LEVEL".to_string(), "80".to_string())]);
 }
+
+#[test]
+fn policy_monitor_answer_becomes_the_standard_compliance_record() {
+    let m = Android::decode(device(), put("pending-operations"), fixture("policy-monitor.json")).unwrap();
+    assert_eq!(m.results.len(), 2);
+    assert_eq!(m.results[0].response, None, "a bundle's plain answer is passed as it is");
+    let record: Value = serde_json::from_str(m.results[1].response.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        record,
+        serde_json::json!({"compliance": [
+            {"feature": "CAMERA", "compliant": false, "reason": "Camera is enabled"},
+            {"feature": "PASSCODE_POLICY", "compliant": true}
+        ]})
+    );
+    // The list as an array (not JSON text) reads the same.
+    let body = br#"[{"id": 9, "code": "POLICY_MONITOR", "status": "COMPLETED",
+        "payLoad": [{"featureCode": "WIFI", "compliance": true}]}]"#;
+    let m = Android::decode(device(), put("pending-operations"), body.to_vec()).unwrap();
+    assert!(m.results[0].response.as_deref().unwrap().contains(r#""feature":"WIFI""#));
+}
+
+#[test]
+fn a_policy_monitor_answer_that_does_not_read_refuses_the_report() {
+    for payload in [r#""not json""#, r#""[{\"code\":\"CAMERA\"}]""#, "null"] {
+        let body = format!(r#"[{{"id": 9, "code": "POLICY_MONITOR", "status": "COMPLETED", "payLoad": {payload}}}]"#);
+        let err = Android::decode(device(), put("pending-operations"), body.into_bytes()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Malformed, "{payload}");
+        assert!(err.message.contains("POLICY_MONITOR"), "{}", err.message);
+    }
+}

@@ -51,6 +51,20 @@ pub struct InResult {
     /// A string (often JSON text) or a JSON value, depending on the operation.
     #[serde(rename = "operationResponse", default)]
     pub response: Value,
+    /// What the agent puts in the operation's own payload field: the per-feature
+    /// compliance list of a POLICY_MONITOR answer.
+    #[serde(rename = "payLoad", default)]
+    pub payload: Value,
+}
+
+/// One feature in the agent's POLICY_MONITOR answer (its `ComplianceFeature`).
+#[derive(Deserialize, Debug)]
+struct ComplianceFeature {
+    #[serde(rename = "featureCode")]
+    feature_code: String,
+    compliance: bool,
+    #[serde(default)]
+    message: Option<String>,
 }
 
 impl InResult {
@@ -64,6 +78,37 @@ impl InResult {
             }
             v => Some(v.to_string()),
         }
+    }
+}
+
+impl InResult {
+    /// A POLICY_MONITOR answer as Drover's standard per-feature record:
+    /// `{"compliance": [{"feature", "compliant", "reason"}]}`. The agent sends the list as
+    /// JSON text or as an array, in `payLoad` (or, from some versions, in
+    /// `operationResponse`).
+    pub fn compliance_json(&self) -> Result<String, String> {
+        let list = [&self.payload, &self.response]
+            .into_iter()
+            .find(|v| !v.is_null())
+            .ok_or("a POLICY_MONITOR answer carries no compliance list")?;
+        let list: Vec<ComplianceFeature> = match list {
+            Value::String(s) => serde_json::from_str(s),
+            v => serde_json::from_value(v.clone()),
+        }
+        .map_err(|e| {
+            format!("POLICY_MONITOR answer {}: not a list of {{featureCode, compliance, message}}: {e}", self.id)
+        })?;
+        let features: Vec<Value> = list
+            .into_iter()
+            .map(|f| {
+                let mut one = serde_json::json!({"feature": f.feature_code, "compliant": f.compliance});
+                if let Some(m) = f.message.filter(|m| !m.is_empty()) {
+                    one["reason"] = Value::String(m);
+                }
+                one
+            })
+            .collect();
+        Ok(serde_json::json!({ "compliance": features }).to_string())
     }
 }
 
