@@ -54,6 +54,9 @@ pub struct ServeArgs {
     /// How a device's applicable policies combine: `priority` (the highest alone) or `merged` (features combined, the higher priority wins per feature) [default: priority]
     #[arg(long, env = "DROVER_POLICY_MODE", value_enum)]
     pub policy_mode: Option<crate::policies::Mode>,
+    /// Ask devices whose type declares POLICY_MONITOR (Android) for their per-feature compliance this often, in seconds; 0: never [default: 3600]
+    #[arg(long, env = "DROVER_POLICY_MONITOR_SECS")]
+    pub policy_monitor_secs: Option<u64>,
     /// Also publish every event on the MQTT broker under drover-events/{type}, readable with an admin-API token [default: false]
     #[arg(long, env = "DROVER_MQTT_EVENTS")]
     pub mqtt_events: Option<bool>,
@@ -135,6 +138,8 @@ pub struct Config {
     /// Publish the event log on the broker (`mqtt::feed`).
     pub mqtt_events: bool,
     pub policy_mode: crate::policies::Mode,
+    /// How often a device is asked for its policy's compliance (`POLICY_MONITOR`); `None`: never.
+    pub policy_monitor: Option<std::time::Duration>,
     /// How webhooks are delivered, and where they may go.
     pub webhooks: crate::webhooks::Policy,
     pub unreachable_after_hours: u32,
@@ -189,6 +194,7 @@ impl Config {
             event_retention_days: 365,
             mqtt_events: false,
             policy_mode: crate::policies::Mode::Priority,
+            policy_monitor: Some(std::time::Duration::from_secs(3600)),
             webhooks: Default::default(),
             unreachable_after_hours: 24,
             fault_policy: Default::default(),
@@ -244,6 +250,9 @@ impl ServeArgs {
             event_retention_days: self.event_retention_days.or(file.event_retention_days).unwrap_or(365).max(1),
             mqtt_events: self.mqtt_events.or(file.mqtt_events).unwrap_or(false),
             policy_mode: self.policy_mode.or(file.policy_mode).unwrap_or_default(),
+            policy_monitor: Some(self.policy_monitor_secs.or(file.policy_monitor_secs).unwrap_or(3600))
+                .filter(|s| *s > 0)
+                .map(std::time::Duration::from_secs),
             webhooks: {
                 let d = crate::webhooks::Policy::default();
                 crate::webhooks::Policy {

@@ -35,6 +35,8 @@ pub struct Core {
     pub webhooks: crate::webhooks::Policy,
     /// How a device's applicable policies combine.
     pub policy_mode: crate::policies::Mode,
+    /// How often devices are asked for their policy's compliance; `None`: never.
+    pub policy_monitor: Option<std::time::Duration>,
     /// One recomputation of effective policies at a time in this process.
     pub policy_lock: Arc<tokio::sync::Mutex<()>>,
 }
@@ -90,6 +92,7 @@ impl Core {
             open_enrollment: config.open_enrollment,
             webhooks: config.webhooks.clone(),
             policy_mode: config.policy_mode,
+            policy_monitor: config.policy_monitor,
             policy_lock: Arc::default(),
         })
     }

@@ -561,8 +561,17 @@ const COMPLIANCE_TICK: std::time::Duration = std::time::Duration::from_secs(2);
 pub async fn evaluate_compliance(core: Core) {
     let mut tick = tokio::time::interval(COMPLIANCE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut asked = std::time::Instant::now();
     loop {
         tick.tick().await;
+        if let Some(every) = core.policy_monitor
+            && asked.elapsed() >= every.min(MONITOR_ROUND)
+        {
+            asked = std::time::Instant::now();
+            if let Err(e) = ask_for_compliance(&core, every).await {
+                tracing::warn!(error = %e, "queueing compliance queries failed");
+            }
+        }
         loop {
             match compliance_turn(&core).await {
                 Ok(n) if n as i64 == COMPLIANCE_BATCH => continue,
@@ -574,6 +583,65 @@ pub async fn evaluate_compliance(core: Core) {
             }
         }
     }
+}
+
+/// The operation a device type may declare (kind `policy`, no payload) to report each
+/// feature's compliance with what it applied (the Android agent's POLICY_MONITOR).
+pub const MONITOR: &str = "POLICY_MONITOR";
+
+/// How often, at most, devices due for a compliance query are looked for.
+const MONITOR_ROUND: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How many devices of a type one round asks at most.
+const MONITOR_BATCH: i64 = 1000;
+
+/// Queue a compliance query (`POLICY_MONITOR`) for every device whose type declares one
+/// and that applied its bundle and was not asked within `every`. Like WSO2's monitoring
+/// task: the answer comes with the device's next call, and the compliance loop reads it.
+async fn ask_for_compliance(core: &Core, every: std::time::Duration) -> Result<u64> {
+    let now = crate::store::now_ms();
+    let before = now - every.as_millis() as i64;
+    let mut asked = 0;
+    for name in core.registry.names() {
+        let Some(plugin) = core.registry.device_type(&name) else { continue };
+        let declares = plugin.device_type_info().is_some_and(|i| {
+            i.operations
+                .iter()
+                .any(|o| o.code == MONITOR && Kind::from(o.kind) == Kind::Policy && o.payload_schema.is_none())
+        });
+        if !declares {
+            continue;
+        }
+        let devices = core.store.monitor_due(&name, before, MONITOR_BATCH).await?;
+        if devices.is_empty() {
+            continue;
+        }
+        let targets = TargetSet { devices, ..Default::default() };
+        let (activity, operations) = core
+            .store
+            .add_activity(
+                &crate::store::NewActivity {
+                    code: MONITOR.into(),
+                    kind: Kind::Policy,
+                    payload: None,
+                    created_by: ACTOR.into(),
+                    // No expiry: a device away for long gets the one open query when it
+                    // is back (one open at a time, so they do not pile up).
+                    expires_at: None,
+                    max_attempts: 1,
+                },
+                &targets,
+            )
+            .await?;
+        core.events.publish(crate::events::Event::ActivityAdded {
+            activity: activity.id,
+            code: MONITOR.into(),
+            operations,
+            actor: ACTOR.into(),
+        });
+        asked += operations;
+    }
+    Ok(asked)
 }
 
 /// One rule's result, or one feature's state as the device reported it, for one device.

@@ -665,3 +665,46 @@ async fn rules_only(server: &TestServer) {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 drover_tests::e2e!(policies_rules_only, super::rules_only);
+
+fn monitor_every_second(c: &mut drover::config::Config) {
+    c.policy_monitor = Some(std::time::Duration::from_secs(1));
+}
+
+/// Devices whose type declares POLICY_MONITOR are asked for their compliance on a
+/// schedule once they applied their bundle: one query at a time, answered with the
+/// next call, read by the compliance loop.
+async fn scheduled_monitor(server: &TestServer) {
+    let token = server.enroll_android("mon-a").await;
+    create(server, json!({"name": "cam", "priority": 1, "profiles": {"android": [camera(false)]}})).await;
+    let monitors = || async {
+        let (_, ops) = call(server, Method::GET, "/api/v1/operations?device_type=android&device_id=mon-a", None).await;
+        ops["items"].as_array().unwrap().iter().filter(|o| o["code"] == "POLICY_MONITOR").cloned().collect::<Vec<_>>()
+    };
+    // Not before the bundle is applied.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(monitors().await.is_empty());
+    apply_bundles(server, "mon-a", &token).await;
+    compliance_when(server, "mon-a", |c| c["state"] == "compliant").await;
+    let mut queued = Vec::new();
+    for _ in 0..50 {
+        queued = monitors().await;
+        if !queued.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(queued.len(), 1, "a query was queued: {queued:?}");
+    assert_eq!(queued[0]["kind"], "policy");
+    // While it is open, no other is queued.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(monitors().await.len(), 1);
+    let ops: Value = server.poll_android("mon-a", &token, "[]").await.json().await.unwrap();
+    let id = queued[0]["id"].as_i64().unwrap();
+    assert!(ops.as_array().unwrap().iter().any(|o| o["id"].as_i64() == Some(id)), "{ops}");
+    let features = json!([{"featureCode": "CAMERA", "compliance": false, "message": "Camera is enabled"}]);
+    let answer = json!([{"id": id, "code": "POLICY_MONITOR", "status": "COMPLETED", "payLoad": features.to_string()}]);
+    server.poll_android("mon-a", &token, &answer.to_string()).await;
+    let c = compliance_when(server, "mon-a", |c| c["state"] == "non_compliant").await;
+    assert_eq!(feature(&c, "CAMERA")["reason"], "Camera is enabled", "{c}");
+}
+drover_tests::e2e_with!(policies_scheduled_monitor, super::monitor_every_second, super::scheduled_monitor);

@@ -95,6 +95,23 @@ impl Store {
             .bind(limit).bind(stale_before).fetch_all(pool).await?))
     }
 
+    /// Devices of `device_type` to ask for their compliance: they applied their bundle
+    /// before `before` and have had no policy query since then, nor one still open (an
+    /// offline device is asked once, not once per round). At most `limit`, by key.
+    pub async fn monitor_due(&self, device_type: &str, before: i64, limit: i64) -> Result<Vec<i64>, StoreError> {
+        let rows: Vec<(i64,)> = with_pool!(self, pool => sqlx::query_as(
+                "SELECT p.device FROM device_policies p
+                 JOIN devices d ON d.id = p.device
+                 JOIN operations o ON o.id = p.operation
+                 WHERE d.device_type = $1 AND d.status = 'active' AND o.state = 'COMPLETED' AND o.updated_at < $2
+                   AND NOT EXISTS (SELECT 1 FROM operations m
+                                   WHERE m.device = p.device AND m.id > p.operation AND m.kind = 'policy'
+                                     AND (m.created_at >= $2 OR m.state IN ('PENDING', 'IN_PROGRESS', 'NOTNOW')))
+                 ORDER BY p.device LIMIT $3")
+            .bind(device_type).bind(before).bind(limit).fetch_all(pool).await?);
+        Ok(rows.into_iter().map(|(d,)| d).collect())
+    }
+
     /// Evaluate the devices of these types again at the next turn (their policies' rules
     /// changed).
     pub async fn compliance_stale(&self, device_types: &[String]) -> Result<(), StoreError> {
