@@ -10,19 +10,25 @@
 //! * edit: the policy's features change: 100,000 bundles supersede the queued ones;
 //! * narrower: a higher-priority policy for the COPE half: 50,000 change;
 //! * nothing: a recomputation that changes nothing (the periodic sweep's cost);
+//! * the compliance loop's due-scan (every 2 s) with every device due and with none due,
+//!   and the compliance-query scan (every minute);
 //! * baseline: `add_activity` of one profile operation to the same 100,000 devices (the
 //!   engine's own fan-out, one statement), side by side.
 
 use drover::config::Config;
 use drover::core::Core;
 use drover::policies::{self, Scope};
-use drover::store::{NewActivity, NewDevice, TargetSet};
+use drover::store::{NewActivity, NewDevice, TargetSet, Verdict};
 use std::time::{Duration, Instant};
 
 const DEVICES: usize = 100_000;
 
 fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
+}
+
+fn millis(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
 async fn run(label: &str, config: Config) {
@@ -84,6 +90,35 @@ async fn run(label: &str, config: Config) {
     let t = Instant::now();
     let r = recompute().await.unwrap();
     println!("| nothing changed (the sweep) | {} | {} |", r.assigned, secs(t.elapsed()));
+
+    // The compliance loop's due-scan, every 2 s: with every device evaluated just now
+    // (nothing due, so every record is read), and with every device due (the first
+    // batch is enough).
+    let t = Instant::now();
+    let due = core.store.compliance_due(200, 0).await.unwrap();
+    println!("| compliance due-scan, every device due (first 200) | {} | {} |", due.len(), millis(t.elapsed()));
+    let keys: Vec<i64> = (1..=DEVICES as i64).collect();
+    for chunk in keys.chunks(1000) {
+        let verdicts: Vec<Verdict<'_>> = chunk
+            .iter()
+            .map(|d| Verdict {
+                device: *d,
+                state: "pending",
+                checks: "[]",
+                blocked: false,
+                mark: 0,
+                changed: false,
+                event: None,
+            })
+            .collect();
+        core.store.record_compliance(&verdicts).await.unwrap();
+    }
+    let t = Instant::now();
+    let due = core.store.compliance_due(200, 0).await.unwrap();
+    println!("| compliance due-scan, nothing due (every record read) | {} | {} |", due.len(), millis(t.elapsed()));
+    let t = Instant::now();
+    let asked = core.store.monitor_due("android", drover::store::now_ms(), 1000).await.unwrap();
+    println!("| compliance-query scan (no bundle applied yet) | {} | {} |", asked.len(), millis(t.elapsed()));
 
     let targets = TargetSet { queries: vec![Default::default()], ..Default::default() };
     let profile = NewActivity {

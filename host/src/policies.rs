@@ -299,6 +299,11 @@ pub async fn recompute(core: &Core, scope: Scope) -> Result<Recomputed> {
     let _one = core.policy_lock.lock().await;
     let store = &core.store;
     let policies: Vec<Live> = store.policies(true).await?.iter().map(parse).collect::<Result<_>>()?;
+    // No active policy: a device given no policy has nothing to change (a whole type is
+    // still looked at: the last policy's deletion clears its devices' records).
+    if policies.is_empty() && matches!(scope, Scope::Devices(_)) {
+        return Ok(Recomputed::default());
+    }
     let types: Vec<String> = match &scope {
         Scope::DeviceTypes(t) => t.clone(),
         Scope::Devices(_) => Vec::new(),
@@ -499,14 +504,16 @@ pub async fn follow(core: Core, mut events: tokio::sync::broadcast::Receiver<cra
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     sweep.tick().await;
     loop {
-        let scope = tokio::select! {
+        let (scope, lagged) = tokio::select! {
             e = crate::events::next(&mut events, "policies") => match e {
-                Some(crate::events::Event::DeviceEnrolled { device, .. }) => Scope::Devices(vec![device]),
-                // Restored after removal: given its effective policy afresh.
-                Some(crate::events::Event::DeviceStatusChanged { device, status: crate::device::Status::Registered, .. }) => {
-                    Scope::Devices(vec![device])
-                }
-                Some(_) => continue,
+                Some(e) => match to_recompute(&e) {
+                    Some(device) => {
+                        let mut devices = vec![device];
+                        let lagged = drain(&mut events, &mut devices);
+                        (Scope::Devices(devices), lagged)
+                    }
+                    None => continue,
+                },
                 None => return,
             },
             _ = sweep.tick() => {
@@ -519,7 +526,42 @@ pub async fn follow(core: Core, mut events: tokio::sync::broadcast::Receiver<cra
         if let Err(e) = recompute(&core, scope).await {
             tracing::warn!(error = %e, "recomputing effective policies failed");
         }
+        // Events were lost: whatever they said, every device is looked at again.
+        if lagged && let Err(e) = recompute_all(&core).await {
+            tracing::warn!(error = %e, "recomputing effective policies failed");
+        }
     }
+}
+
+/// The device an event asks to recompute: enrolled, or restored after removal (given
+/// its effective policy afresh).
+fn to_recompute(e: &crate::events::Event) -> Option<i64> {
+    match e {
+        crate::events::Event::DeviceEnrolled { device, .. } => Some(*device),
+        crate::events::Event::DeviceStatusChanged { device, status: crate::device::Status::Registered, .. } => {
+            Some(*device)
+        }
+        _ => None,
+    }
+}
+
+/// Add the devices of events already waiting, so that a burst of enrollments is one
+/// recomputation rather than one per device (which fell behind the burst). Whether the
+/// listener lagged (events were lost).
+fn drain(events: &mut tokio::sync::broadcast::Receiver<crate::events::Event>, devices: &mut Vec<i64>) -> bool {
+    use tokio::sync::broadcast::error::TryRecvError;
+    let mut lagged = false;
+    while devices.len() < BATCH as usize {
+        match events.try_recv() {
+            Ok(e) => devices.extend(to_recompute(&e)),
+            Err(TryRecvError::Lagged(n)) => {
+                tracing::warn!(listener = "policies", missed = n, "event listener fell behind: recomputing everything");
+                lagged = true;
+            }
+            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+        }
+    }
+    lagged
 }
 
 /// Recompute every device of a type some active policy targets (after a change that any

@@ -708,3 +708,35 @@ async fn scheduled_monitor(server: &TestServer) {
     assert_eq!(feature(&c, "CAMERA")["reason"], "Camera is enabled", "{c}");
 }
 drover_tests::e2e_with!(policies_scheduled_monitor, super::monitor_every_second, super::scheduled_monitor);
+
+/// A burst of enrollments (devices arriving together) is recomputed in batches: every
+/// device gets its effective policy.
+async fn enrollment_burst(server: &TestServer) {
+    create(server, json!({"name": "everyone", "priority": 1, "profiles": {"android": [camera(false)]}})).await;
+    let fixture =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/android/fixtures/enroll.json"))
+            .unwrap();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let http = server.http.clone();
+        let url = server.url("/agent/v1/android/enroll");
+        let body = fixture.replace("354956090214718", &format!("burst-{i}"));
+        set.spawn(async move { http.post(url).body(body).send().await.unwrap().status() });
+    }
+    while let Some(status) = set.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::CREATED);
+    }
+    for i in 0..60 {
+        let id = format!("burst-{i}");
+        let mut got = None;
+        for _ in 0..100 {
+            got = effective(server, &id).await;
+            if got.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(names(&got), [("everyone", 1)], "{id}");
+    }
+}
+drover_tests::e2e!(policies_enrollment_burst, super::enrollment_burst);
