@@ -269,6 +269,32 @@ impl TestServer {
         r.json::<serde_json::Value>().await.unwrap()["access_token"].as_str().unwrap().to_string()
     }
 
+    /// A device's compliance (`GET …/compliance`) once `until` holds: the compliance loop
+    /// evaluates a few seconds after a report. Panics with the last answer after 30 s.
+    pub async fn compliance_when(
+        &self,
+        device_type: &str,
+        id: &str,
+        until: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        for _ in 0..150 {
+            let r = self
+                .admin(reqwest::Method::GET, &format!("/api/v1/devices/{device_type}/{id}/compliance"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), reqwest::StatusCode::OK);
+            let body: serde_json::Value = r.json().await.unwrap();
+            if until(&body) {
+                return body;
+            }
+            last = body;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        panic!("compliance of {device_type}/{id} never got there: {last}");
+    }
+
     /// An Android device's poll (`PUT …/pending-operations`) as the device holding
     /// `token`, carrying `body` (its results in the agent's JSON; `[]` for none).
     pub async fn poll_android(&self, id: &str, token: &str, body: &str) -> reqwest::Response {

@@ -380,23 +380,6 @@ async fn deep_plists_are_refused_before_the_plugin(server: &TestServer) {
 }
 e2e!(deep_plists_are_refused_before_the_plugin, super::deep_plists_are_refused_before_the_plugin);
 
-/// The device's compliance once `until` holds (the evaluation runs a few seconds after
-/// the device answers).
-async fn compliance_when(server: &TestServer, ty: &str, id: &str, until: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..150 {
-        let r = server.admin(Method::GET, &format!("/api/v1/devices/{ty}/{id}/compliance")).send().await.unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        let body: Value = r.json().await.unwrap();
-        if until(&body) {
-            return body;
-        }
-        last = body;
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    panic!("compliance of {id} never got there: {last}");
-}
-
 /// A policy reaches an iPhone as one configuration profile (`org.drover.policy`) through
 /// InstallProfile, read back with plistlib; Acknowledged makes each feature compliant, an
 /// Error (Apple's ErrorChain) each one non-compliant with the device's words.
@@ -428,7 +411,7 @@ async fn policy_as_a_profile(server: &TestServer) {
     assert_eq!(profile["PayloadContent"][1]["minLength"], 6);
     let uuid = command["CommandUUID"].as_str().unwrap().to_string();
     assert!(phone.report("Acknowledged", Some(&uuid), plist::Dictionary::new()).await.is_none());
-    let c = compliance_when(server, "ios", &phone.udid, |c| c["state"] == "compliant").await;
+    let c = server.compliance_when("ios", &phone.udid, |c| c["state"] == "compliant").await;
     let features: Vec<&str> = c["checks"].as_array().unwrap().iter().filter_map(|k| k["feature"].as_str()).collect();
     assert_eq!(features, ["RESTRICTIONS", "PASSCODE_POLICY"], "{c}");
 
@@ -450,7 +433,7 @@ async fn policy_as_a_profile(server: &TestServer) {
     )]);
     let uuid = command["CommandUUID"].as_str().unwrap().to_string();
     phone.report("Error", Some(&uuid), chain).await;
-    let c = compliance_when(server, "ios", &phone.udid, |c| c["state"] == "non_compliant").await;
+    let c = server.compliance_when("ios", &phone.udid, |c| c["state"] == "non_compliant").await;
     for k in c["checks"].as_array().unwrap() {
         assert_eq!(k["compliant"], false, "{c}");
         assert!(k["reason"].as_str().unwrap().contains("could not be installed"), "{c}");

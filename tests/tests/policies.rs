@@ -338,21 +338,7 @@ async fn report(server: &TestServer, id: &str, token: &str, body: Value) {
 
 /// The device's compliance once `until` holds (evaluation runs a few seconds after a report).
 async fn compliance_when(server: &TestServer, id: &str, until: impl Fn(&Value) -> bool) -> Value {
-    compliance_of(server, "android", id, until).await
-}
-
-async fn compliance_of(server: &TestServer, ty: &str, id: &str, until: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..150 {
-        let (status, body) = call(server, Method::GET, &format!("/api/v1/devices/{ty}/{id}/compliance"), None).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        if until(&body) {
-            return body;
-        }
-        last = body;
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    panic!("compliance of {id} never got there: {last}");
+    server.compliance_when("android", id, until).await
 }
 
 /// The device polls and applies the policy bundles it gets: it answers COMPLETED on a
@@ -375,6 +361,19 @@ async fn apply_bundles(server: &TestServer, id: &str, token: &str) {
 async fn change_when(server: &TestServer, id: &str, until: impl Fn(&Value) -> bool) -> Value {
     let c = compliance_when(server, id, |c| c["history"].as_array().unwrap().iter().any(&until)).await;
     c["history"].as_array().unwrap().iter().find(|h| until(h)).cloned().unwrap()
+}
+
+/// The device's bundle operation once it is another than `old` (enforce sends it again a
+/// moment after the verdict).
+async fn resent(server: &TestServer, id: &str, old: i64) -> i64 {
+    for _ in 0..50 {
+        let now = effective(server, id).await.unwrap().1;
+        if now != old {
+            return now;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the bundle of {id} was not sent again");
 }
 
 fn feature<'a>(c: &'a Value, code: &str) -> &'a Value {
@@ -451,17 +450,9 @@ async fn compliance_and_actions(server: &TestServer) {
     let before = effective(server, "cmp-a").await.unwrap().1;
     report(server, "cmp-a", &token, json!({"battery": 6})).await;
     compliance_when(server, "cmp-a", |c| c["state"] == "non_compliant").await;
-    let mut resent = before;
-    for _ in 0..50 {
-        resent = effective(server, "cmp-a").await.unwrap().1;
-        if resent != before {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_ne!(resent, before, "the bundle was sent again");
+    let again = resent(server, "cmp-a", before).await;
     assert_eq!(server.operation(before).await["state"], "COMPLETED", "what the device did stays recorded");
-    assert_eq!(server.operation(resent).await["code"], "POLICY_BUNDLE");
+    assert_eq!(server.operation(again).await["code"], "POLICY_BUNDLE");
 
     // Block: nothing but policy bundles reach the device until it complies.
     let (status, _) = call(server, Method::PUT, "/api/v1/policies/os-floor", Some(spec("block"))).await;
@@ -545,15 +536,7 @@ async fn reported_compliance(server: &TestServer) {
     assert_eq!(feature(&out, "WIFI")["compliant"], false);
     assert!(feature(&out, "WIFI")["reason"].as_str().unwrap().contains("Device admin is not active"), "{out}");
     // Enforce: the bundle goes again.
-    let mut again = bundle;
-    for _ in 0..50 {
-        again = effective(server, "rep-a").await.unwrap().1;
-        if again != bundle {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_ne!(again, bundle, "the bundle was sent again");
+    let again = resent(server, "rep-a", bundle).await;
 
     // Applied: every feature complies, each since its verdict.
     apply_bundles(server, "rep-a", &token).await;
@@ -588,15 +571,7 @@ async fn reported_compliance(server: &TestServer) {
     assert_eq!(server.operation(monitor).await["state"], "COMPLETED");
 
     // The bundle sent again (enforce), applied, is newer than the report: compliant again.
-    let mut resent = again;
-    for _ in 0..50 {
-        resent = effective(server, "rep-a").await.unwrap().1;
-        if resent != again {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_ne!(resent, again, "the bundle was sent again");
+    resent(server, "rep-a", again).await;
     apply_bundles(server, "rep-a", &token).await;
     compliance_when(server, "rep-a", |c| c["state"] == "compliant").await;
 
@@ -640,9 +615,9 @@ async fn rules_only(server: &TestServer) {
         create(server, json!({"name": "board-floor", "action": "warn", "rules": floor, "profiles": {"esp8266": []}}))
             .await;
     assert_eq!(saved["recomputed"]["assigned"], 2, "{saved}");
-    let old = compliance_of(server, "esp8266", &boards[0], |c| c["state"] == "non_compliant").await;
+    let old = server.compliance_when("esp8266", &boards[0], |c| c["state"] == "non_compliant").await;
     assert_eq!(check(&old, "version-range")["reason"], "firmware 1.0.3 is below 2.0.0", "{old}");
-    let new = compliance_of(server, "esp8266", &boards[1], |c| c["state"] == "compliant").await;
+    let new = server.compliance_when("esp8266", &boards[1], |c| c["state"] == "compliant").await;
     assert_eq!(new["checks"].as_array().unwrap().len(), 1, "{new}");
     // Nothing was queued for the boards: no bundle.
     let (status, policy) =

@@ -421,7 +421,7 @@ async fn policy_as_settings(server: &TestServer) {
     );
     let msg = answer["msg"].as_str().unwrap().to_string();
     pc.send(&answers(&msg, &cmds, |_| 200, tree)).await;
-    let c = compliance_of(server, &pc.id, |c| c["state"] == "compliant").await;
+    let c = server.compliance_when("windows", &pc.id, |c| c["state"] == "compliant").await;
     assert_eq!(c["checks"].as_array().unwrap().len(), 2, "{c}");
 
     // An edit; the device fails the Replace (500): every feature is out, with the code.
@@ -432,25 +432,10 @@ async fn policy_as_settings(server: &TestServer) {
     assert_eq!(cmds[0]["items"][2]["data"], "12", "{answer}");
     let msg = answer["msg"].as_str().unwrap().to_string();
     pc.send(&answers(&msg, &cmds, |_| 500, tree)).await;
-    let c = compliance_of(server, &pc.id, |c| c["state"] == "non_compliant").await;
+    let c = server.compliance_when("windows", &pc.id, |c| c["state"] == "non_compliant").await;
     for k in c["checks"].as_array().unwrap() {
         assert_eq!(k["compliant"], false, "{c}");
         assert!(k["reason"].as_str().unwrap().contains("500"), "{c}");
     }
 }
 e2e!(policy_as_settings, super::policy_as_settings);
-
-async fn compliance_of(server: &TestServer, id: &str, until: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..150 {
-        let r = server.admin(Method::GET, &format!("/api/v1/devices/windows/{id}/compliance")).send().await.unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        let body: Value = r.json().await.unwrap();
-        if until(&body) {
-            return body;
-        }
-        last = body;
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    panic!("compliance of {id} never got there: {last}");
-}
