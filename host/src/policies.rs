@@ -593,6 +593,9 @@ const COMPLIANCE_BATCH: i64 = 200;
 /// a report may have raced an evaluation).
 const REEVALUATE: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// How long a refused bundle waits before `enforce` sends it again.
+const RETRY_REFUSED_MS: i64 = 3_600_000;
+
 /// How often compliance looks for devices to evaluate.
 const COMPLIANCE_TICK: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -888,11 +891,16 @@ async fn compliance_turn(core: &Core) -> Result<usize> {
         })
         .collect();
     core.store.record_compliance(&records).await?;
-    // Enforce: a device that just became non-compliant gets its bundle again.
+    // Enforce: a device that drifted out of compliance gets its bundle again. A bundle
+    // the device refused is not sent straight back (it would refuse it at every call, a
+    // new operation each time): it is tried again once it has been refused for an hour.
     let again: Vec<i64> = verdicts
         .iter()
         .filter(|(d, state, _, action, ..)| {
-            *state == "non_compliant" && d.state.as_deref() != Some("non_compliant") && *action >= Action::Enforce
+            let drifted = d.state.as_deref() != Some("non_compliant") && d.bundle_state.as_deref() != Some("ERROR");
+            let refused_long_ago =
+                d.bundle_state.as_deref() == Some("ERROR") && d.bundle_at.is_some_and(|at| at < now - RETRY_REFUSED_MS);
+            *state == "non_compliant" && *action >= Action::Enforce && (drifted || refused_long_ago)
         })
         .map(|(d, ..)| d.device)
         .collect();

@@ -535,7 +535,19 @@ async fn reported_compliance(server: &TestServer) {
     let out = change_when(server, "rep-a", |h| h["state"] == "non_compliant").await;
     assert_eq!(feature(&out, "WIFI")["compliant"], false);
     assert!(feature(&out, "WIFI")["reason"].as_str().unwrap().contains("Device admin is not active"), "{out}");
-    // Enforce: the bundle goes again.
+    // Enforce does not send a refused bundle straight back (the device would refuse it at
+    // every call): it stays until the policy changes, or an hour has passed.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(effective(server, "rep-a").await.unwrap().1, bundle, "no resend storm");
+    // The admin fixes the device and edits the policy: a new bundle.
+    let (status, _) = call(
+        server,
+        Method::PUT,
+        "/api/v1/policies/locked-down",
+        Some(json!({"priority": 3, "action": "enforce", "profiles": {"android": [camera(false), wifi("corp-2")]}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
     let again = resent(server, "rep-a", bundle).await;
 
     // Applied: every feature complies, each since its verdict.

@@ -36,6 +36,8 @@ pub struct DueDevice {
     /// The state of its current bundle operation and the device's answer to it.
     pub bundle_state: Option<String>,
     pub bundle_response: Option<String>,
+    /// When the bundle operation last changed (its answer's time, once answered).
+    pub bundle_at: Option<i64>,
     /// The device's newest completed answer to a later `policy`-kind operation (a
     /// compliance query such as the Android agent's POLICY_MONITOR).
     pub report: Option<String>,
@@ -74,7 +76,7 @@ impl Store {
         Ok(with_pool!(self, pool => sqlx::query_as(
                 "SELECT d.id AS device, d.device_type, d.device_id, d.metadata, p.policies, c.state, c.blocked,
                         COALESCE((SELECT MAX(t.id) FROM telemetry t WHERE t.device = d.id), 0) AS mark,
-                        o.state AS bundle_state, o.response AS bundle_response,
+                        o.state AS bundle_state, o.response AS bundle_response, o.updated_at AS bundle_at,
                         (SELECT m.response FROM operations m
                          WHERE m.device = p.device AND m.state = 'COMPLETED' AND m.id > p.operation
                            AND m.kind = 'policy'
