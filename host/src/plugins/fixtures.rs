@@ -147,11 +147,10 @@ pub async fn run(plugin: &LoadedPlugin, dir: &Path) -> Result<Vec<Outcome>, Fixt
         let body = std::fs::read(&path).map_err(|source| FixtureError::Read { path: path.clone(), source })?;
         let call = case.call.clone().unwrap_or_else(|| "decode".into());
         let bad = |detail: String| Outcome { file: case.file.clone(), call: call.clone(), passed: false, detail };
-        let want_ok = match case.expect.as_deref().unwrap_or("ok") {
-            "ok" => true,
-            "error" => false,
-            other => {
-                outcomes.push(bad(format!("`expect = \"{other}\"`: use ok or error")));
+        let want_ok = match expects_ok(case.expect.as_deref()) {
+            Ok(ok) => ok,
+            Err(why) => {
+                outcomes.push(bad(why));
                 continue;
             }
         };
@@ -354,11 +353,10 @@ async fn run_rule(plugin: &LoadedPlugin, dir: &Path) -> Result<Vec<Outcome>, Fix
     for case in &cases {
         let file = case.context.clone().unwrap_or_else(|| "(parameters)".into());
         let bad = |detail: String| Outcome { file: file.clone(), call: case.call.clone(), passed: false, detail };
-        let want_ok = match case.expect.as_deref().unwrap_or("ok") {
-            "ok" => true,
-            "error" => false,
-            other => {
-                outcomes.push(bad(format!("`expect = \"{other}\"`: use ok or error")));
+        let want_ok = match expects_ok(case.expect.as_deref()) {
+            Ok(ok) => ok,
+            Err(why) => {
+                outcomes.push(bad(why));
                 continue;
             }
         };
@@ -421,4 +419,24 @@ async fn run_rule(plugin: &LoadedPlugin, dir: &Path) -> Result<Vec<Outcome>, Fix
         });
     }
     Ok(outcomes)
+}
+
+/// A case's `expect`: `ok` (the default) or `error`.
+fn expects_ok(expect: Option<&str>) -> Result<bool, String> {
+    match expect.unwrap_or("ok") {
+        "ok" => Ok(true),
+        "error" => Ok(false),
+        other => Err(format!("`expect = \"{other}\"`: use ok or error")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn expect_is_ok_or_error() {
+        assert_eq!(super::expects_ok(None), Ok(true));
+        assert_eq!(super::expects_ok(Some("error")), Ok(false));
+        let why = super::expects_ok(Some("fail")).unwrap_err();
+        assert!(why.contains("`expect = \"fail\"`") && why.contains("use ok or error"), "{why}");
+    }
 }
