@@ -142,7 +142,7 @@ pub async fn run(
     mut jobs: mpsc::UnboundedReceiver<Job>,
     mut events: tokio::sync::broadcast::Receiver<crate::events::Event>,
 ) {
-    let mut options = MqttOptions::new(client_id(), endpoint.host.clone(), endpoint.port);
+    let mut options = MqttOptions::new(client_id("drover"), endpoint.host.clone(), endpoint.port);
     options.set_keep_alive(Duration::from_secs(30));
     options.set_max_packet_size(1 << 20, 1 << 20);
     if let Some((u, p)) = &endpoint.credentials {
@@ -216,10 +216,12 @@ pub async fn run(
     pump.abort();
 }
 
-fn client_id() -> String {
+/// A client id of our own on an external broker: `prefix` and 12 random hex digits, so
+/// that replicas (and the event feed beside delivery) never take each other's session.
+pub(super) fn client_id(prefix: &str) -> String {
     let mut b = [0u8; 6];
     getrandom::fill(&mut b).expect("the OS random source");
-    format!("drover-{}", hex::encode(b))
+    format!("{prefix}-{}", hex::encode(b))
 }
 
 /// Drive the client: (re)subscribe on every connection, hand device messages to

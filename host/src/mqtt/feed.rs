@@ -54,9 +54,7 @@ struct Link {
 
 impl Link {
     fn open(endpoint: &Endpoint) -> Link {
-        let mut b = [0u8; 6];
-        getrandom::fill(&mut b).expect("the OS random source");
-        let mut options = MqttOptions::new(format!("drover-events-{}", hex::encode(b)), &endpoint.host, endpoint.port);
+        let mut options = MqttOptions::new(super::delivery::client_id("drover-events"), &endpoint.host, endpoint.port);
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(1 << 20, 1 << 20);
         if let Some((u, p)) = &endpoint.credentials {
