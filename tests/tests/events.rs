@@ -296,8 +296,12 @@ impl Subscriber {
     /// once the broker acknowledged the subscription.
     async fn start(port: u16, token: &str) -> Subscriber {
         use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", "admin", "-P", token])
+        // mosquitto_sub prints its `-d` lines with printf and flushes only after a
+        // message: into a pipe, `received SUBACK` would wait in its buffer until the
+        // first event arrived (and the test with it, when none came). stdbuf (coreutils)
+        // makes its stdout line-buffered.
+        let mut child = tokio::process::Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", &port.to_string(), "-u", "admin", "-P", token])
             .args(["-i", "siem-reader", "-q", "1", "-t", "drover-events/#", "-v", "-d"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
