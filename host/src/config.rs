@@ -20,6 +20,10 @@ pub struct ServeArgs {
     /// Address of the HTTP listener (admin API, device agent endpoints) [default: 127.0.0.1:8080]
     #[arg(long, env = "DROVER_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
+    /// The URL devices reach this server's HTTP listener at, for the download links of
+    /// rollouts (e.g. https://mdm.example.com) [default: http:// and the --http-addr]
+    #[arg(long, env = "DROVER_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// Address of the embedded MQTT broker [default: 127.0.0.1:1883]
     #[arg(long, env = "DROVER_MQTT_ADDR")]
     pub mqtt_addr: Option<SocketAddr>,
@@ -124,6 +128,8 @@ pub enum LogFormat {
 pub struct Config {
     pub data_dir: PathBuf,
     pub http_addr: SocketAddr,
+    /// `None`: `http://` and the address the HTTP listener is bound to.
+    pub public_url: Option<String>,
     pub mqtt_addr: SocketAddr,
     pub coap_addr: SocketAddr,
     /// See [`ServeArgs::coap_allow_address_change`].
@@ -171,6 +177,8 @@ pub enum ConfigError {
     Broker(String),
     #[error("--database-url `{}`: expected sqlite://PATH or postgres://…", crate::secrets::redact_url(.0))]
     Database(String),
+    #[error("--public-url `{0}`: expected http://… or https://… (the URL devices reach this server at)")]
+    PublicUrl(String),
 }
 
 impl Config {
@@ -183,6 +191,7 @@ impl Config {
         Config {
             data_dir: data_dir.to_path_buf(),
             http_addr: loopback,
+            public_url: None,
             mqtt_addr: loopback,
             coap_addr: loopback,
             coap_allow_address_change: false,
@@ -238,6 +247,12 @@ impl ServeArgs {
         }
         Ok(Config {
             http_addr: self.http_addr.or(file.http_addr).unwrap_or_else(|| ([127, 0, 0, 1], 8080).into()),
+            public_url: match self.public_url.or(file.public_url) {
+                Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                    return Err(ConfigError::PublicUrl(u));
+                }
+                u => u.map(|u| u.trim_end_matches('/').to_string()),
+            },
             mqtt_addr: self.mqtt_addr.or(file.mqtt_addr).unwrap_or_else(|| ([127, 0, 0, 1], 1883).into()),
             coap_addr: self.coap_addr.or(file.coap_addr).unwrap_or_else(|| ([127, 0, 0, 1], 5683).into()),
             coap_allow_address_change: self

@@ -39,6 +39,10 @@ pub struct Core {
     pub policy_monitor: Option<std::time::Duration>,
     /// One recomputation of effective policies at a time in this process.
     pub policy_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Where the bytes of artifacts are kept (`artifacts.rs`).
+    pub artifacts: Arc<dyn crate::artifacts::ArtifactStorage>,
+    /// The URL devices reach the HTTP listener at (download links), without a final `/`.
+    pub public_url: String,
 }
 
 impl Core {
@@ -94,6 +98,10 @@ impl Core {
             policy_mode: config.policy_mode,
             policy_monitor: config.policy_monitor,
             policy_lock: Arc::default(),
+            artifacts: Arc::new(crate::artifacts::DirStorage::open(&config.data_dir).with_context(|| {
+                format!("cannot create the artifact directory in {} (--data-dir)", config.data_dir.display())
+            })?),
+            public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{}", config.http_addr)),
         })
     }
 

@@ -103,6 +103,7 @@ macro_rules! text_enum {
     };
 }
 
+pub mod artifacts;
 pub mod auth;
 pub mod bounds;
 pub mod coap;
@@ -124,6 +125,7 @@ pub mod plugin_settings;
 pub mod plugins;
 pub mod policies;
 pub mod push_token;
+pub mod rollouts;
 pub mod secrets;
 pub mod server;
 pub mod stats;

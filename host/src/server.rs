@@ -50,10 +50,17 @@ impl Server {
     /// Open the store, start the plugin runtime, install the first-party plugins, make
     /// sure an admin token exists, and bind the listeners. Returns once ready to serve.
     pub async fn start(config: &Config) -> anyhow::Result<Server> {
-        let core = Core::open(config).await?;
+        let mut core = Core::open(config).await?;
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen on {} (--http-addr): choose another address", config.http_addr))?;
+        if config.public_url.is_none() {
+            let bound = listener.local_addr()?;
+            if bound.ip().is_unspecified() {
+                tracing::warn!(%bound, "no --public-url: download links name {bound}, which devices cannot reach; set --public-url");
+            }
+            core.public_url = format!("http://{bound}");
+        }
         let (push, jobs) = Push::channel();
         let mqtt = match &config.broker {
             Some(url) => {
@@ -140,6 +147,8 @@ impl Server {
         let webhooks = tokio::spawn(crate::webhooks::run(core.clone(), core.webhooks.clone()));
         let policies = tokio::spawn(crate::policies::follow(core.clone(), policy_events));
         let compliance = tokio::spawn(crate::policies::evaluate_compliance(core.clone()));
+        let holder = crate::rollouts::holder();
+        let rollouts = tokio::spawn(crate::rollouts::run(core.clone(), holder.clone()));
         let result =
             crate::http::listener::serve(self.listener, crate::http::router(self.state), self.http, shutdown).await;
         sweeper.abort();
@@ -151,6 +160,9 @@ impl Server {
         webhooks.abort();
         policies.abort();
         compliance.abort();
+        rollouts.abort();
+        // Another replica takes this one's rollouts at once instead of after the lease.
+        let _ = core.store.release_rollouts(&holder).await;
         if let Some(b) = broker {
             b.abort();
         }

@@ -2,8 +2,8 @@
 //! `{"error": {"code": "<stable code>", "message": "<what was wrong>"}}`.
 
 use super::{
-    AppState, ErrorBody, audit, devices, enrollment, events, groups, operations, plugin_settings, plugins, policies,
-    tokens, webhooks,
+    AppState, ErrorBody, artifacts, audit, devices, enrollment, events, groups, operations, plugin_settings, plugins,
+    policies, rollouts, tokens, webhooks,
 };
 use axum::Router;
 use axum::body::Bytes;
@@ -12,7 +12,8 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
-use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 /// The admin API's routes and its OpenAPI document, built from the same handler list
 /// (`routes!`), so the document cannot drift from what is served.
@@ -63,6 +64,21 @@ pub(super) fn router(state: AppState) -> Router<AppState> {
         .routes(routes!(policies::device_policy))
         .routes(routes!(policies::device_compliance))
         .routes(routes!(policies::policy_compliance))
+        // An image is larger than any other body: its own limit, streamed to disk.
+        .routes(
+            routes!(artifacts::list_artifacts, artifacts::upload_artifact)
+                .layer(axum::extract::DefaultBodyLimit::max(crate::artifacts::MAX_ARTIFACT as usize + (1 << 20))),
+        )
+        .routes(routes!(artifacts::get_artifact, artifacts::delete_artifact))
+        .routes(routes!(rollouts::list_rollouts, rollouts::create_rollout))
+        .routes(routes!(rollouts::get_rollout))
+        .routes(routes!(rollouts::rollout_devices))
+        .routes(routes!(rollouts::pause_rollout))
+        .routes(routes!(rollouts::resume_rollout))
+        .routes(routes!(rollouts::cancel_rollout))
+        .routes(routes!(rollouts::abort_rollout))
+        .routes(routes!(rollouts::advance_rollout))
+        .routes(routes!(rollouts::rollback_rollout))
         .split_for_parts();
     let document = Bytes::from(api.to_pretty_json().unwrap_or_default());
     // Uploads are the large bodies; every handler authenticates before reading its body.
@@ -94,6 +110,7 @@ pub(super) fn router(state: AppState) -> Router<AppState> {
         (name = "operations", description = "Operations and activities: add, follow, cancel"),
         (name = "plugins", description = "Plugin uploads, versions, rollback, suspension, grants and publisher keys"),
         (name = "policies", description = "Policies, their revisions, and each device's effective policy"),
+        (name = "rollouts", description = "Artifacts, and their staged rollouts with abort criteria and rollback"),
         (name = "admin", description = "Plugin settings, tokens, server settings"),
     )
 )]

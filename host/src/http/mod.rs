@@ -4,6 +4,7 @@
 
 mod agent;
 mod api;
+mod artifacts;
 mod audit;
 mod devices;
 mod enrollment;
@@ -17,6 +18,7 @@ mod operations;
 mod plugin_settings;
 mod plugins;
 mod policies;
+mod rollouts;
 mod tokens;
 mod webhooks;
 
@@ -58,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .merge(api::router(state.clone()))
         .merge(agent::router())
+        .route("/download/{token}", get(artifacts::download).head(artifacts::download))
         .with_state(state)
 }
 

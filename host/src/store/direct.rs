@@ -214,7 +214,7 @@ pub(super) fn operations_in(
 /// [`queued_states!`](super::queued_states), the `WHERE` of its partial index.
 pub(super) fn queue_sql(states: &str) -> String {
     format!(
-        "SELECT o.id, o.code, o.kind, a.payload, o.expires_at, o.state FROM operations o
+        "SELECT o.id, o.code, o.kind, COALESCE(o.payload, a.payload) AS payload, o.expires_at, o.state FROM operations o
          JOIN activities a ON a.id = o.activity
          WHERE o.device = ?1 AND o.state IN ({states}) AND {} ORDER BY o.id LIMIT ?2",
         super::not_held_back!()

@@ -6,6 +6,7 @@
 //! database). The dialects differ only in the migrations (`host/migrations/{sqlite,
 //! postgres}`). See docs/operations.md.
 
+mod artifacts;
 mod catalog;
 mod commit;
 mod compliance;
@@ -14,12 +15,14 @@ mod direct;
 mod events;
 mod operations;
 mod policies;
+mod rollouts;
 mod telemetry;
 mod tokens;
 mod wakeups;
 mod webhooks;
 mod writes;
 
+pub use artifacts::{ArtifactRow, NewArtifact};
 pub use catalog::{ComponentRow, NewPluginEvent, PluginEventRow, PublisherKeyRow};
 pub use compliance::{ComplianceChange, ComplianceRow, DueDevice, Verdict};
 pub use devices::{Claim, DeviceQuery, DeviceRow, GroupRow, NewDevice, TAG_PATTERN, tag_list_schema, tag_problem};
@@ -30,6 +33,10 @@ pub use operations::{
     TransitionRow,
 };
 pub use policies::{Applies, Assignment, DevicePolicyRow, PolicyRow, PolicyTarget, RevisionRow};
+pub use rollouts::{
+    DeviceChange, InFlight, LEASE_MS as ROLLOUT_LEASE_MS, Placement, RolloutDeviceRow, RolloutRow, Start, StartBatch,
+    Waiting,
+};
 pub use telemetry::{Point, TelemetryRow};
 pub use tokens::AdminTokenRow;
 pub use wakeups::{DueWakeup, SettingsRow, WakeupRow};

@@ -278,7 +278,7 @@ impl Store {
                             q.expires_at AS op_expires_at, q.state AS op_state ",
                     $from_where,
                     " LEFT JOIN LATERAL (
-                         SELECT o.id, o.code, o.kind, a.payload, o.expires_at, o.state FROM operations o
+                         SELECT o.id, o.code, o.kind, COALESCE(o.payload, a.payload) AS payload, o.expires_at, o.state FROM operations o
                          JOIN activities a ON a.id = o.activity
                          WHERE o.device = d.id AND o.state IN (",
                     super::queued_states!(),
@@ -663,7 +663,7 @@ impl Store {
 /// twin). For the queue, `states` is [`queued_states!`](super::queued_states).
 fn queue_sql(states: &str) -> String {
     format!(
-        "SELECT o.id, o.code, o.kind, a.payload, o.expires_at, o.state FROM operations o
+        "SELECT o.id, o.code, o.kind, COALESCE(o.payload, a.payload) AS payload, o.expires_at, o.state FROM operations o
          JOIN activities a ON a.id = o.activity
          WHERE o.device = $1 AND o.state IN ({states}) AND {} ORDER BY o.id LIMIT $2",
         super::not_held_back!()

@@ -32,14 +32,16 @@ pub const CODES: &[(&str, &str, Option<&str>)] = &[
         "Switch the on-board LED",
         Some(r#"{"type":"object","required":["state"],"properties":{"state":{"enum":["on","off","blink"]}}}"#),
     ),
+    ("FIRMWARE_UPDATE", "Download, verify (sha256) and flash a firmware image, reporting progress", Some(OTA_SCHEMA)),
     (
-        "FIRMWARE_UPDATE",
-        "Download, verify (sha256) and flash a firmware image, reporting progress",
-        Some(
-            r#"{"type":"object","required":["url","sha256","size","version"],"properties":{"url":{"type":"string","format":"uri"},"sha256":{"type":"string","pattern":"^[0-9a-fA-F]{64}$"},"size":{"type":"integer","minimum":1,"maximum":1048576},"version":{"type":"string"}}}"#,
-        ),
+        "FIRMWARE_ROLLBACK",
+        "Flash an older image on purpose (a rollout's rollback); the board accepts the downgrade",
+        Some(OTA_SCHEMA),
     ),
 ];
+
+/// The payload of an update: the standard form rollouts send (docs/plugin-contract.md).
+const OTA_SCHEMA: &str = r#"{"type":"object","required":["url","sha256","size","version"],"properties":{"url":{"type":"string","format":"uri"},"sha256":{"type":"string","pattern":"^[0-9a-fA-F]{64}$"},"size":{"type":"integer","minimum":1,"maximum":1048576},"version":{"type":"string"}}}"#;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

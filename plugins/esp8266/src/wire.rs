@@ -8,9 +8,20 @@ use serde_json::{Value, json};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Reboot,
-    Interval { seconds: u32 },
-    Led { state: Led },
-    Ota { url: String, sha256: [u8; 32], size: u32, version: String },
+    Interval {
+        seconds: u32,
+    },
+    Led {
+        state: Led,
+    },
+    /// `rollback`: an older image on purpose (the board must accept a downgrade).
+    Ota {
+        url: String,
+        sha256: [u8; 32],
+        size: u32,
+        version: String,
+        rollback: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +65,7 @@ pub fn command(code: &str, payload: Option<&str>) -> Result<Command, String> {
             };
             Ok(Command::Led { state })
         }
-        "FIRMWARE_UPDATE" => {
+        "FIRMWARE_UPDATE" | "FIRMWARE_ROLLBACK" => {
             let url = need("url")?.as_str().unwrap_or_default();
             if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 255 {
                 return Err("FIRMWARE_UPDATE: `url` must be an http(s) URL of at most 255 bytes".into());
@@ -72,7 +83,8 @@ pub fn command(code: &str, payload: Option<&str>) -> Result<Command, String> {
             let size = size.ok_or("FIRMWARE_UPDATE: `size` must be 1 to 1048576 bytes")? as u32;
             let version = need("version")?.as_str().filter(|v| !v.is_empty() && v.len() <= 32);
             let version = version.ok_or("FIRMWARE_UPDATE: `version` must be 1 to 32 characters")?;
-            Ok(Command::Ota { url: url.into(), sha256, size, version: version.into() })
+            let rollback = code == "FIRMWARE_ROLLBACK";
+            Ok(Command::Ota { url: url.into(), sha256, size, version: version.into(), rollback })
         }
         other => Err(format!("unknown operation `{other}`")),
     }
@@ -86,8 +98,12 @@ pub fn encode_json(ops: &[(u64, Command)]) -> Vec<u8> {
             Command::Reboot => json!({"id": id, "op": "reboot"}),
             Command::Interval { seconds } => json!({"id": id, "op": "interval", "s": seconds}),
             Command::Led { state } => json!({"id": id, "op": "led", "state": state.name()}),
-            Command::Ota { url, sha256, size, version } => json!({
+            Command::Ota { url, sha256, size, version, rollback: false } => json!({
                 "id": id, "op": "ota", "url": url, "sha256": hex(sha256), "size": size, "version": version,
+            }),
+            Command::Ota { url, sha256, size, version, rollback: true } => json!({
+                "id": id, "op": "ota", "url": url, "sha256": hex(sha256), "size": size, "version": version,
+                "rollback": true,
             }),
         })
         .collect();
@@ -110,8 +126,8 @@ pub fn encode_binary(ops: &[(u64, Command)]) -> Vec<u8> {
                 out.extend_from_slice(&seconds.to_be_bytes());
             }
             Command::Led { state } => out.extend_from_slice(&[0x03, *state as u8]),
-            Command::Ota { url, sha256, size, version } => {
-                out.push(0x04);
+            Command::Ota { url, sha256, size, version, rollback } => {
+                out.push(if *rollback { 0x05 } else { 0x04 });
                 out.extend_from_slice(&size.to_be_bytes());
                 out.extend_from_slice(sha256);
                 out.push(url.len() as u8);
@@ -195,15 +211,16 @@ pub fn decode_reply(body: &[u8]) -> Result<Decoded, String> {
     Ok(out)
 }
 
-/// `ota`: `{"id": 15, "state": "downloading" | "flashing" | "done" | "failed", "progress": 40}`.
+/// `ota`: `{"id": 15, "state": "downloading" | "flashing" | "rebooting" | "done" | "failed", "progress": 40}`.
+/// The response carries the standard `update_state` rollouts read (docs/plugin-contract.md).
 pub fn decode_ota(body: &[u8]) -> Result<Decoded, String> {
     let o: JsonOta = serde_json::from_slice(body).map_err(|e| format!("ota: {e}"))?;
     let mut out = Decoded::default();
     let status = match o.state.as_str() {
-        "downloading" | "flashing" => Status::Working,
+        "downloading" | "flashing" | "rebooting" => Status::Working,
         "done" => Status::Done,
         "failed" => Status::Failed,
-        other => return Err(format!("ota: state `{other}` (downloading, flashing, done or failed)")),
+        other => return Err(format!("ota: state `{other}` (downloading, flashing, rebooting, done or failed)")),
     };
     if let Some(p) = o.progress {
         if p > 100 {
@@ -215,7 +232,13 @@ pub fn decode_ota(body: &[u8]) -> Result<Decoded, String> {
         let v = o.version.clone().ok_or("ota: a `done` report must carry the running `version`")?;
         out.info.push(("firmware".into(), v));
     }
-    let response = json!({"state": o.state, "progress": o.progress, "version": o.version, "error": o.error});
+    let update_state = match o.state.as_str() {
+        "flashing" => "installing",
+        "done" => "succeeded",
+        other => other,
+    };
+    let response = json!({"state": o.state, "update_state": update_state, "progress": o.progress, "version": o.version,
+                          "error": o.error});
     out.reports.push(Report { id: o.id, status, response: Some(response.to_string()) });
     Ok(out)
 }

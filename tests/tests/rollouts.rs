@@ -1,0 +1,550 @@
+//! Rollouts end to end (docs/rollouts.md): artifacts uploaded over multipart, checked
+//! (digest, signature) and served with range requests to a device's own grant; ESP8266
+//! fleets (rumqttc clients as boards that really download, verify and report) through
+//! staged rollouts that advance, pause, abort on failures and roll back, and a restart in
+//! the middle of a phase that loses nothing and sends nothing twice.
+
+use drover_tests::{Backend, TestServer, e2e};
+use reqwest::{Method, StatusCode};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A firmware image: 96 KiB that differ per version.
+fn image(version: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96 << 10);
+    let mut x: u32 = version.bytes().fold(2166136261, |h, b| (h ^ u32::from(b)).wrapping_mul(16777619));
+    while out.len() < 96 << 10 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+fn sha(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn upload(server: &TestServer, version: &str, extra: &[(&str, String)], bytes: Vec<u8>) -> reqwest::Response {
+    let mut form = reqwest::multipart::Form::new()
+        .text("name", "esp-fw")
+        .text("version", version.to_string())
+        .text("device_types", "esp8266");
+    for (k, v) in extra {
+        form = form.text(k.to_string(), v.clone());
+    }
+    let form = form.part("file", reqwest::multipart::Part::bytes(bytes).file_name("fw.bin"));
+    server.admin(Method::POST, "/api/v1/artifacts").multipart(form).send().await.unwrap()
+}
+
+async fn uploaded(server: &TestServer, version: &str) -> Value {
+    let r = upload(server, version, &[], image(version)).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json().await.unwrap()
+}
+
+/// How a simulated board behaves.
+#[derive(Clone)]
+struct Behaviour {
+    /// Report every update as failed (after downloading it).
+    fail: bool,
+    /// Connected to the broker; an offline board's operations stay queued.
+    online: Arc<AtomicBool>,
+}
+
+/// An ESP8266 board: enrolls over HTTP, holds an MQTT session (reconnecting after a
+/// server restart), and carries out `ota` commands as the firmware does: downloads the
+/// image in two ranged requests (a resumed download), checks its SHA-256, reports
+/// progress, then `done` with the new version, or `failed`.
+struct Board {
+    id: String,
+    online: Arc<AtomicBool>,
+    /// `ota` commands received.
+    updates: Arc<AtomicU32>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Board {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Board {
+    async fn start(server: &TestServer, firmware: &str, fail: bool, online: bool) -> Board {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let chip = format!("{:08x}", t.wrapping_add(N.fetch_add(1, Ordering::Relaxed) << 20));
+        let body = json!({"chip_id": chip, "model": "ESP-12F", "firmware": firmware});
+        let r = server.http.post(server.url("/agent/v1/esp8266/enroll")).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let v: Value = r.json().await.unwrap();
+        let id = v["device_id"].as_str().unwrap().to_string();
+        let token = v["access_token"].as_str().unwrap().to_string();
+        let behaviour = Behaviour { fail, online: Arc::new(AtomicBool::new(online)) };
+        let updates = Arc::new(AtomicU32::new(0));
+        let port = server.mqtt.expect("embedded broker").port();
+        let task = tokio::spawn(run(id.clone(), token, port, behaviour.clone(), updates.clone()));
+        Board { id, online: behaviour.online, updates, task }
+    }
+}
+
+async fn run(id: String, token: String, port: u16, b: Behaviour, updates: Arc<AtomicU32>) {
+    while !b.online.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut options = MqttOptions::new(id.clone(), "127.0.0.1", port);
+    options.set_credentials(format!("esp8266/{id}"), token);
+    options.set_keep_alive(Duration::from_secs(10));
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let http = reqwest::Client::new();
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                // A clean session: subscribe again after every (re)connection.
+                let _ = client.try_subscribe(format!("drover/esp8266/{id}/cmd"), QoS::AtLeastOnce);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let frame: Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+                for op in frame["ops"].as_array().cloned().unwrap_or_default() {
+                    if op["op"] == "ota" {
+                        updates.fetch_add(1, Ordering::Relaxed);
+                        let (client, http, id, fail) = (client.clone(), http.clone(), id.clone(), b.fail);
+                        tokio::spawn(async move { ota(&client, &http, &id, &op, fail).await });
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+async fn ota(client: &AsyncClient, http: &reqwest::Client, id: &str, op: &Value, fail: bool) {
+    let topic = format!("drover/esp8266/{id}/ota");
+    let report = |v: Value| {
+        let (client, topic) = (client.clone(), topic.clone());
+        async move { client.publish(topic, QoS::AtLeastOnce, false, v.to_string()).await.unwrap() }
+    };
+    let (op_id, url, size) = (op["id"].clone(), op["url"].as_str().unwrap(), op["size"].as_u64().unwrap());
+    // Two ranged requests, as a board resuming a broken download makes.
+    let half = size / 2;
+    let mut bytes = Vec::new();
+    for range in [format!("bytes=0-{}", half - 1), format!("bytes={half}-")] {
+        let r = http.get(url).header("Range", range).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "{url}");
+        bytes.extend_from_slice(&r.bytes().await.unwrap());
+    }
+    report(json!({"id": op_id, "state": "downloading", "progress": 100})).await;
+    if sha(&bytes) != op["sha256"].as_str().unwrap() {
+        report(json!({"id": op_id, "state": "failed", "error": "sha256 mismatch"})).await;
+        return;
+    }
+    report(json!({"id": op_id, "state": "flashing", "progress": 50})).await;
+    if fail {
+        report(json!({"id": op_id, "state": "failed", "error": "flash verify failed at 0x3000"})).await;
+        return;
+    }
+    let version = op["version"].as_str().unwrap();
+    report(json!({"id": op_id, "state": "done", "progress": 100, "version": version})).await;
+}
+
+async fn create(server: &TestServer, spec: Value) -> Value {
+    let r = server.admin(Method::POST, "/api/v1/rollouts").json(&spec).send().await.unwrap();
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    v
+}
+
+async fn rollout(server: &TestServer, name: &str) -> Value {
+    server.admin(Method::GET, &format!("/api/v1/rollouts/{name}")).send().await.unwrap().json().await.unwrap()
+}
+
+async fn act(server: &TestServer, name: &str, action: &str) -> (StatusCode, Value) {
+    let r = server.admin(Method::POST, &format!("/api/v1/rollouts/{name}/{action}")).send().await.unwrap();
+    (r.status(), r.json().await.unwrap())
+}
+
+/// Wait until the rollout satisfies `done`, and return it.
+async fn until(server: &TestServer, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = rollout(server, name).await;
+        if done(&r) {
+            return r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "rollout `{name}` never {what}: {r:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn count(r: &Value, state: &str) -> i64 {
+    r["counts"][state].as_i64().unwrap_or(0)
+}
+
+async fn firmware(server: &TestServer, id: &str) -> String {
+    server.device("esp8266", id).await["metadata"]["firmware"].as_str().unwrap_or_default().to_string()
+}
+
+/// A board's FIRMWARE_UPDATE operations.
+async fn updates_of(server: &TestServer, id: &str) -> Vec<Value> {
+    let ops: Value = server
+        .admin(Method::GET, &format!("/api/v1/operations?device_type=esp8266&device_id={id}&limit=1000"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    ops["items"].as_array().unwrap().iter().filter(|o| o["code"] == "FIRMWARE_UPDATE").cloned().collect()
+}
+
+async fn events(server: &TestServer, prefix: &str) -> Vec<Value> {
+    let v: Value = server
+        .admin(Method::GET, &format!("/api/v1/events?type={prefix}&limit=1000"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// Upload checks and the download endpoint: digest and signature refused when wrong,
+/// a grant opens its artifact with Range requests and nothing else.
+async fn artifacts(server: &TestServer) {
+    let bytes = image("3.0.0");
+    // A digest that is not the file's: refused, nothing kept.
+    let r = upload(server, "3.0.0", &[("sha256", sha(b"something else"))], bytes.clone()).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "sha256_mismatch");
+    // A signature by a key nobody registered, then a tampered image under a good key.
+    let (private, public) = drover::plugins::signing::generate().unwrap();
+    let sig = drover::plugins::signing::encode_signature(&drover::plugins::signing::sign(&private, &bytes).unwrap());
+    let r = upload(server, "3.0.0", &[("signature", sig.clone())], bytes.clone()).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = server
+        .admin(Method::POST, "/api/v1/publisher-keys")
+        .json(&json!({"publisher": "acme", "public_key": public}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let mut tampered = bytes.clone();
+    tampered[1000] ^= 1;
+    let r = upload(server, "3.0.0", &[("signature", sig.clone())], tampered).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "bad_signature", "{e}");
+    // The real thing: signed, digest given and right.
+    let r = upload(server, "3.0.0", &[("signature", sig), ("sha256", sha(&bytes))], bytes.clone()).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let a: Value = r.json().await.unwrap();
+    assert_eq!(a["sha256"], sha(&bytes));
+    assert_eq!(a["size"], bytes.len());
+    assert!(a["signed_by"].is_string(), "{a}");
+    assert_eq!(a["device_types"], json!(["esp8266"]));
+    // A second upload of the same name and version is a conflict; a type that cannot
+    // take updates is refused.
+    let r = upload(server, "3.0.0", &[], bytes.clone()).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let form = reqwest::multipart::Form::new()
+        .text("name", "apk")
+        .text("version", "1")
+        .text("device_types", "android")
+        .part("file", reqwest::multipart::Part::bytes(vec![1, 2, 3]));
+    let r = server.admin(Method::POST, "/api/v1/artifacts").multipart(form).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("FIRMWARE_UPDATE"));
+
+    // A rollout to one board hands it a URL; the URL serves the image in ranges.
+    let board = Board::start(server, "2.0.0", false, false).await;
+    create(
+        server,
+        json!({"name": "dl", "artifact": {"name": "esp-fw", "version": "3.0.0"},
+               "targets": {"devices": [{"type": "esp8266", "id": board.id}]}, "phases": [{"percent": 100}]}),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let url = loop {
+        if let Some(op) = updates_of(server, &board.id).await.first() {
+            let id = op["id"].as_i64().unwrap();
+            break server.state.store.operation_payload(id).await.unwrap().unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no update operation");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let payload: Value = serde_json::from_str(&url).unwrap();
+    let url = payload["url"].as_str().unwrap().to_string();
+    assert!(url.starts_with(&format!("{}/download/", server.base)), "{url}");
+    assert_eq!(payload["sha256"], sha(&bytes));
+    let r = server.http.get(&url).header("Range", "bytes=1000-1999").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.headers()["content-range"], format!("bytes 1000-1999/{}", bytes.len()));
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &bytes[1000..2000]);
+    let r = server.http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &bytes[..]);
+    let r = server.http.get(&url).header("Range", format!("bytes={}-", bytes.len() + 10)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    // Another token, a truncated one, or the admin path: nothing.
+    let forged = format!("{}/download/{}", server.base, "A".repeat(43));
+    assert_eq!(server.http.get(&forged).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(server.http.get(&url[..url.len() - 1]).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    // The artifact a live rollout uses cannot be deleted; the grant dies with expiry.
+    let r = server.admin(Method::DELETE, "/api/v1/artifacts/esp-fw/3.0.0").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert!(r.text().await.unwrap().contains("rollout `dl`"));
+    server.sql("UPDATE artifact_grants SET expires_at = 1").await;
+    assert_eq!(server.http.get(&url).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    // Once the rollout is over, the artifact goes (its finished rollout must go first).
+    let (status, _) = act(server, "dl", "cancel").await;
+    assert_eq!(status, StatusCode::OK);
+    let r = server.admin(Method::DELETE, "/api/v1/artifacts/esp-fw/3.0.0").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+}
+
+e2e!(artifact_checks_and_downloads, super::artifacts);
+
+/// Ten boards, one already at the target: three phases that advance on their own; every
+/// updated board downloads, verifies and runs the new version; the one at it is skipped.
+async fn three_phases(server: &TestServer) {
+    uploaded(server, "2.0.0").await;
+    let mut boards = Vec::new();
+    for i in 0..10 {
+        boards.push(Board::start(server, if i == 0 { "2.0.0" } else { "1.0.0" }, false, true).await);
+    }
+    let tag = drover_tests::unique("fleet");
+    for b in &boards {
+        let r = server
+            .admin(Method::PUT, &format!("/api/v1/devices/esp8266/{}/tags", b.id))
+            .json(&json!({"tags": [tag]}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    let created = create(
+        server,
+        json!({"name": "fw-2", "artifact": {"name": "esp-fw", "version": "2.0.0"}, "targets": {"tags": [tag]},
+               "phases": [{"count": 1}, {"percent": 50}, {"percent": 100}]}),
+    )
+    .await;
+    assert_eq!(created["phase_counts"][0]["waiting"], 1, "{created}");
+    assert_eq!(created["left_out"], 0);
+    let done = until(server, "fw-2", "finished", |r| r["state"] == "finished" && r["done_at"].is_i64()).await;
+    assert_eq!(count(&done, "succeeded"), 9, "{done:#}");
+    assert_eq!(count(&done, "skipped"), 1, "{done:#}");
+    assert_eq!(done["phase"], 3);
+    for b in &boards {
+        assert_eq!(firmware(server, &b.id).await, "2.0.0");
+        // One update each, none for the board that had it.
+        let expected = u32::from(b.id != boards[0].id);
+        assert_eq!(b.updates.load(Ordering::Relaxed), expected, "{}", b.id);
+    }
+    let skipped: Value = server
+        .admin(Method::GET, "/api/v1/rollouts/fw-2/devices?state=skipped")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(skipped["items"][0]["id"], boards[0].id);
+    let kinds: Vec<String> =
+        events(server, "rollout.").await.iter().map(|e| e["type"].as_str().unwrap().to_string()).collect();
+    assert_eq!(kinds, ["rollout.created", "rollout.phase_started", "rollout.phase_started", "rollout.finished"]);
+}
+
+e2e!(three_phase_rollout, super::three_phases);
+
+/// A manual first phase holds until advanced; a paused rollout starts nobody, and
+/// resumes where it was.
+async fn pause_and_resume(server: &TestServer) {
+    uploaded(server, "2.0.0").await;
+    let mut boards = Vec::new();
+    let mut devices = Vec::new();
+    for _ in 0..4 {
+        let b = Board::start(server, "1.0.0", false, true).await;
+        devices.push(json!({"type": "esp8266", "id": b.id}));
+        boards.push(b);
+    }
+    create(
+        server,
+        json!({"name": "held", "artifact": {"name": "esp-fw", "version": "2.0.0"}, "targets": {"devices": devices},
+               "phases": [{"count": 2, "manual": true}, {"percent": 100}]}),
+    )
+    .await;
+    let r = until(server, "held", "finished its manual phase", |r| r["phase_counts"][0]["succeeded"] == 2).await;
+    assert_eq!(r["phase"], 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rollout(server, "held").await["phase"], 1, "a manual phase waits for an admin");
+    let (status, r) = act(server, "held", "pause").await;
+    assert_eq!((status, r["state"].as_str()), (StatusCode::OK, Some("paused")));
+    let (status, _) = act(server, "held", "pause").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, r) = act(server, "held", "advance").await;
+    assert_eq!((status, r["phase"].as_i64()), (StatusCode::OK, Some(2)), "{r}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = rollout(server, "held").await;
+    assert_eq!(count(&r, "waiting"), 2, "paused: nobody starts: {r:#}");
+    let (status, _) = act(server, "held", "resume").await;
+    assert_eq!(status, StatusCode::OK);
+    let r = until(server, "held", "finished", |r| r["state"] == "finished").await;
+    assert_eq!(count(&r, "succeeded"), 4);
+    let kinds: Vec<String> =
+        events(server, "rollout.").await.iter().map(|e| e["type"].as_str().unwrap().to_string()).collect();
+    assert_eq!(
+        kinds,
+        ["rollout.created", "rollout.paused", "rollout.phase_started", "rollout.resumed", "rollout.finished"]
+    );
+}
+
+e2e!(pause_resume_and_manual_phase, super::pause_and_resume);
+
+/// Boards that fail their update cross the abort threshold: the rollout aborts, the
+/// updates still queued (offline boards) are cancelled, and the boards that updated are
+/// sent back to the version they had, which they run again.
+async fn abort_and_roll_back(server: &TestServer) {
+    uploaded(server, "1.0.0").await;
+    uploaded(server, "2.0.0").await;
+    let canary_group = drover_tests::unique("canary");
+    let r = server.admin(Method::POST, "/api/v1/groups").json(&json!({"name": canary_group})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let mut boards = Vec::new();
+    // Two good canaries, then three good, three failing and two offline boards.
+    for (fail, online) in [(false, true); 5].into_iter().chain([(true, true); 3]).chain([(false, false); 2]) {
+        boards.push(Board::start(server, "1.0.0", fail, online).await);
+    }
+    let keys: Vec<Value> = boards[..2].iter().map(|b| json!({"type": "esp8266", "id": b.id})).collect();
+    let r = server
+        .admin(Method::POST, &format!("/api/v1/groups/{canary_group}/members"))
+        .json(&json!({"devices": keys}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let devices: Vec<Value> = boards.iter().map(|b| json!({"type": "esp8266", "id": b.id})).collect();
+    create(
+        server,
+        json!({"name": "bad-fw", "artifact": {"name": "esp-fw", "version": "2.0.0"}, "targets": {"devices": devices},
+               "phases": [{"group": canary_group}, {"percent": 100}],
+               "abort": {"failure_ratio": 0.2, "min_finished": 4}, "auto_rollback": true}),
+    )
+    .await;
+    let r = until(server, "bad-fw", "rolled back", |r| r["rollback"] == "done" && r["done_at"].is_i64()).await;
+    assert_eq!(r["state"], "aborted", "{r:#}");
+    assert!(r["reason"].as_str().unwrap().contains("failed"), "{r:#}");
+    assert_eq!(count(&r, "failed"), 3, "{r:#}");
+    assert_eq!(count(&r, "cancelled"), 2, "the offline boards' updates were cancelled: {r:#}");
+    assert_eq!(count(&r, "succeeded"), 0, "{r:#}");
+    assert!(count(&r, "rolled_back") >= 2, "{r:#}");
+    for b in &boards {
+        assert_eq!(firmware(server, &b.id).await, "1.0.0", "{} runs its old version again", b.id);
+    }
+    // The offline boards come online: nothing reaches them.
+    for b in &boards[8..] {
+        b.online.store(true, Ordering::Relaxed);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for b in &boards[8..] {
+        assert_eq!(b.updates.load(Ordering::Relaxed), 0);
+    }
+    let failed: Value = server
+        .admin(Method::GET, "/api/v1/rollouts/bad-fw/devices?state=failed")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(failed["items"][0]["reason"], "flash verify failed at 0x3000", "{failed}");
+    let kinds: Vec<String> =
+        events(server, "rollout.").await.iter().map(|e| e["type"].as_str().unwrap().to_string()).collect();
+    for k in ["rollout.aborted", "rollout.rollback_started", "rollout.rolled_back"] {
+        assert!(kinds.iter().any(|x| x == k), "{k} in {kinds:?}");
+    }
+    // Over: a rollback is not asked twice, and nothing can be resumed.
+    assert_eq!(act(server, "bad-fw", "rollback").await.0, StatusCode::CONFLICT);
+    assert_eq!(act(server, "bad-fw", "resume").await.0, StatusCode::CONFLICT);
+}
+
+e2e!(abort_cancels_and_rolls_back, super::abort_and_roll_back);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A restart in the middle of a phase: the phase waits on an offline board; the server
+/// stops and starts on the same database; the board comes online and gets its update
+/// once, the phase advances, and no board ever gets a second update.
+async fn restart_mid_phase(backend: Backend) {
+    let (http, mqtt) = (free_port(), free_port());
+    let server = TestServer::start_with(backend, move |c| {
+        c.http_addr = ([127, 0, 0, 1], http).into();
+        c.mqtt_addr = ([127, 0, 0, 1], mqtt).into();
+    })
+    .await;
+    uploaded(&server, "2.0.0").await;
+    let mut boards = Vec::new();
+    for i in 0..6 {
+        boards.push(Board::start(&server, "1.0.0", false, i != 0).await);
+    }
+    let devices: Vec<Value> = boards.iter().map(|b| json!({"type": "esp8266", "id": b.id})).collect();
+    let created = create(
+        &server,
+        json!({"name": "steady", "artifact": {"name": "esp-fw", "version": "2.0.0"}, "targets": {"devices": devices},
+               "phases": [{"percent": 50}, {"percent": 100}]}),
+    )
+    .await;
+    assert_eq!(created["phase_counts"][0]["waiting"], 3);
+    // Is the offline board in the first phase? Then the phase waits for it.
+    let first: Value = server
+        .admin(Method::GET, "/api/v1/rollouts/steady/devices?phase=1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let first: Vec<&str> = first["items"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    let waits_for_offline = first.contains(&boards[0].id.as_str());
+    let r = until(&server, "steady", "got its first phase going", |r| {
+        r["phase_counts"][0]["succeeded"].as_i64().unwrap_or(0) == if waits_for_offline { 2 } else { 3 }
+    })
+    .await;
+    let phase_before = r["phase"].as_i64().unwrap();
+    let server = server.restart().await;
+    boards[0].online.store(true, Ordering::Relaxed);
+    let r = until(&server, "steady", "finished after the restart", |r| r["state"] == "finished").await;
+    assert_eq!(count(&r, "succeeded"), 6, "{r:#}");
+    assert!(phase_before <= 2);
+    for b in &boards {
+        assert_eq!(b.updates.load(Ordering::Relaxed), 1, "{} got exactly one update", b.id);
+        assert_eq!(firmware(&server, &b.id).await, "2.0.0");
+    }
+    for b in &boards {
+        assert_eq!(updates_of(&server, &b.id).await.len(), 1, "one operation for {}", b.id);
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_in_the_middle_of_a_phase_sqlite() {
+    restart_mid_phase(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_in_the_middle_of_a_phase_postgres() {
+    let Some(backend) = Backend::postgres() else { return };
+    restart_mid_phase(backend).await;
+}
