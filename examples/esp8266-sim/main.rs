@@ -5,6 +5,11 @@
 //!
 //!     cargo run --example esp8266-sim -- --boards 5 --seconds 60 --mqtt 127.0.0.1:18830
 //!
+//! Rollouts (docs/rollouts.md): a board downloads the image its `ota` command names,
+//! checks its SHA-256 and reports progress, then runs the new version; `--fail-fraction
+//! 0.3` makes about that share of updates fail after the download (flash verify error),
+//! to watch a rollout abort and roll back.
+//!
 //! Then send a board something (its id is printed at enrollment):
 //!     curl -X POST $SERVER/api/v1/operations -H "Authorization: Bearer $ADMIN" \
 //!       -d '{"code":"LED","payload":{"state":"blink"},"targets":{"devices":[{"type":"esp8266","id":"esp-…"}]}}'
@@ -33,6 +38,12 @@ struct Args {
     /// Speak the compact binary form instead of JSON.
     #[arg(long)]
     binary: bool,
+    /// The firmware version the boards run at first.
+    #[arg(long, default_value = "1.0.3")]
+    firmware: String,
+    /// Share of firmware updates that fail (0 to 1), chosen per board and update.
+    #[arg(long, default_value_t = 0.0)]
+    fail_fraction: f64,
 }
 
 #[derive(Default)]
@@ -50,7 +61,7 @@ async fn main() -> Result<()> {
     for n in 0..args.boards {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
         let chip = format!("{:08x}", nanos.wrapping_add(n as u32 * 7919));
-        let body = json!({"chip_id": chip, "model": "ESP-12F", "firmware": "1.0.3", "sdk": "3.0.5",
+        let body = json!({"chip_id": chip, "model": "ESP-12F", "firmware": args.firmware, "sdk": "3.0.5",
                           "encoding": if args.binary { "binary" } else { "json" }});
         let r = http.post(format!("{}/agent/v1/esp8266/enroll", args.server)).json(&body).send().await?;
         let v: Value = r.json().await?;
@@ -97,15 +108,12 @@ async fn board(args: Args, id: String, token: String, counts: Arc<Counts>) -> Re
                             tick = tokio::time::interval(interval);
                         }
                         Some("ota") => {
-                            for progress in [0, 25, 50, 75, 100] {
-                                let state = if progress < 100 { "downloading" } else { "flashing" };
-                                client.publish(format!("{base}/ota"), QoS::AtLeastOnce, false,
-                                    json!({"id": op_id, "state": state, "progress": progress}).to_string()).await?;
-                                tokio::time::sleep(Duration::from_millis(200)).await;
-                            }
-                            let version = op["version"].as_str().unwrap_or("?");
-                            client.publish(format!("{base}/ota"), QoS::AtLeastOnce, false,
-                                json!({"id": op_id, "state": "done", "progress": 100, "version": version}).to_string()).await?;
+                            let (client, base, id, fail) = (client.clone(), base.clone(), id.clone(), fails(&id, op_id, args.fail_fraction));
+                            tokio::spawn(async move {
+                                if let Err(e) = ota(&client, &base, &op, fail).await {
+                                    println!("{id}: update {op_id} failed: {e}");
+                                }
+                            });
                             continue;
                         }
                         _ => {}
@@ -139,6 +147,52 @@ async fn board(args: Args, id: String, token: String, counts: Arc<Counts>) -> Re
     }
 }
 
+/// Whether update `op` on board `id` fails: a stable draw, so a rerun fails the same ones.
+fn fails(id: &str, op: u64, fraction: f64) -> bool {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (id, op).hash(&mut h);
+    (h.finish() % 10_000) as f64 / 10_000.0 < fraction
+}
+
+/// Carry out an `ota` command as the firmware does: download (reporting progress),
+/// verify the SHA-256, flash, then `done` with the new version (or `failed`).
+async fn ota(client: &AsyncClient, base: &str, op: &Value, fail: bool) -> Result<()> {
+    use sha2::Digest;
+    let id = op["id"].as_u64().unwrap_or(0);
+    let topic = format!("{base}/ota");
+    let report = |v: Value| client.publish(topic.clone(), QoS::AtLeastOnce, false, v.to_string());
+    let url = op["url"].as_str().context("no url")?;
+    let mut response = reqwest::get(url).await?.error_for_status()?;
+    let size = op["size"].as_u64().unwrap_or(0).max(1);
+    let (mut got, mut hasher, mut last) = (0u64, sha2::Sha256::new(), 0);
+    while let Some(chunk) = response.chunk().await? {
+        got += chunk.len() as u64;
+        hasher.update(&chunk);
+        let progress = (got * 100 / size).min(100);
+        if progress >= last + 25 {
+            last = progress;
+            report(json!({"id": id, "state": "downloading", "progress": progress})).await?;
+        }
+    }
+    let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    if Some(digest.as_str()) != op["sha256"].as_str() {
+        report(json!({"id": id, "state": "failed", "error": "sha256 mismatch"})).await?;
+        return Ok(());
+    }
+    report(json!({"id": id, "state": "flashing", "progress": 0})).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if fail {
+        report(json!({"id": id, "state": "failed", "error": "flash verify failed"})).await?;
+        return Ok(());
+    }
+    report(json!({"id": id, "state": "rebooting"})).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let version = op["version"].as_str().unwrap_or("?");
+    report(json!({"id": id, "state": "done", "progress": 100, "version": version})).await?;
+    Ok(())
+}
+
 /// Commands from a `cmd` (JSON) or `cmd/bin` (binary) frame, as JSON for printing.
 fn parse(payload: &[u8], binary: bool) -> Vec<Value> {
     if !binary {
@@ -167,17 +221,24 @@ fn parse(payload: &[u8], binary: bool) -> Vec<Value> {
                 let name = ["off", "on", "blink"].get(state as usize).copied().unwrap_or("?");
                 json!({"id": id, "op": "led", "state": name})
             }
-            0x04 => {
+            0x04 | 0x05 => {
                 // size:u32 sha256:[32] url_len url version_len version
+                let Some(size) = payload.get(at..at + 4).map(|b| u32::from_be_bytes(b.try_into().unwrap())) else {
+                    break;
+                };
+                let sha: String =
+                    payload.get(at + 4..at + 36).unwrap_or_default().iter().map(|b| format!("{b:02x}")).collect();
                 let url_at = at + 36;
                 let Some(&url_len) = payload.get(url_at) else { break };
                 let url_end = url_at + 1 + url_len as usize;
+                let url = String::from_utf8_lossy(payload.get(url_at + 1..url_end).unwrap_or_default());
                 let Some(&ver_len) = payload.get(url_end) else { break };
                 let version = String::from_utf8_lossy(
                     payload.get(url_end + 1..url_end + 1 + ver_len as usize).unwrap_or_default(),
                 );
                 at = url_end + 1 + ver_len as usize;
-                json!({"id": id, "op": "ota", "version": version})
+                json!({"id": id, "op": "ota", "url": url, "sha256": sha, "size": size, "version": version,
+                       "rollback": opcode == 0x05})
             }
             _ => break,
         };

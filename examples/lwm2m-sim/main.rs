@@ -32,6 +32,9 @@ struct Args {
     /// Registration lifetime; an update is sent at half of it.
     #[arg(long, default_value_t = 60)]
     lifetime: u64,
+    /// Share of firmware updates that fail (Update Result 8, "firmware update failed").
+    #[arg(long, default_value_t = 0.0)]
+    fail_fraction: f64,
 }
 
 /// A resource value as the board holds it.
@@ -51,6 +54,9 @@ struct Board {
     observers: BTreeMap<String, (Vec<u8>, u32)>,
     /// Firmware: when the next state change is due.
     firmware_due: Option<Instant>,
+    fail_fraction: f64,
+    /// Updates carried out, for the failure draw.
+    updates: u64,
 }
 
 fn tlv(id: u16, value: &[u8]) -> Vec<u8> {
@@ -203,6 +209,13 @@ impl Board {
                 let value = String::from_utf8_lossy(&req.payload).into_owned();
                 if (*o, *r) == (5, 1) {
                     println!("firmware: downloading {value}");
+                    // An http(s) package is really fetched (a rollout's download link).
+                    if value.starts_with("http") {
+                        match reqwest::get(&value).await.and_then(|r| r.error_for_status()) {
+                            Ok(r) => println!("firmware: {} bytes", r.bytes().await.map_or(0, |b| b.len())),
+                            Err(e) => println!("firmware: download failed: {e}"),
+                        }
+                    }
                     self.resources.insert((5, 3), V::Int(1));
                     self.resources.insert((5, 5), V::Int(0));
                     self.firmware_due = Some(Instant::now() + Duration::from_secs(2));
@@ -239,10 +252,17 @@ impl Board {
                 self.firmware_due = None;
             }
             Some(V::Int(3)) => {
-                println!("firmware: updated");
+                self.updates += 1;
+                let draw = (self.updates.wrapping_mul(2654435761) % 10_000) as f64 / 10_000.0;
                 self.resources.insert((5, 3), V::Int(0));
-                self.resources.insert((5, 5), V::Int(1));
-                self.resources.insert((3, 3), V::Text("2.0".into()));
+                if draw < self.fail_fraction {
+                    println!("firmware: update failed");
+                    self.resources.insert((5, 5), V::Int(8));
+                } else {
+                    println!("firmware: updated");
+                    self.resources.insert((5, 5), V::Int(1));
+                    self.resources.insert((3, 3), V::Text("2.0".into()));
+                }
                 self.firmware_due = None;
             }
             _ => self.firmware_due = None,
@@ -283,6 +303,8 @@ async fn main() -> Result<()> {
         resources,
         observers: BTreeMap::new(),
         firmware_due: None,
+        fail_fraction: args.fail_fraction,
+        updates: 0,
     };
     board.register(&endpoint, args.lifetime).await?;
     let end = Instant::now() + Duration::from_secs(args.seconds);

@@ -1,6 +1,7 @@
-//! `drover token …`, `drover webhook …`, `drover policy …` and `drover audit` (binary
-//! only): admin tokens, webhook subscriptions, policies and the audit trail of a running
-//! server, over its admin API, as `plugin list|show|…` are.
+//! `drover token …`, `drover webhook …`, `drover policy …`, `drover artifact …`,
+//! `drover rollout …` and `drover audit` (binary only): admin tokens, webhook
+//! subscriptions, policies, rollouts and the audit trail of a running server, over its
+//! admin API, as `plugin list|show|…` are.
 
 use crate::ServerArgs;
 use crate::lifecycle::call;
@@ -312,5 +313,167 @@ pub async fn policy_revisions(name: String, server: ServerArgs) -> anyhow::Resul
             r["priority"].as_i64().unwrap_or(0)
         );
     }
+    Ok(())
+}
+
+/// What `drover artifact upload` sends.
+pub struct ArtifactUpload {
+    pub file: std::path::PathBuf,
+    pub name: String,
+    pub version: String,
+    pub types: String,
+    pub models: Option<String>,
+    pub signature: Option<std::path::PathBuf>,
+}
+
+fn read(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+}
+
+pub async fn artifact_upload(a: ArtifactUpload, server: ServerArgs) -> anyhow::Result<()> {
+    let bytes = read(&a.file)?;
+    let mut form =
+        reqwest::multipart::Form::new().text("name", a.name).text("version", a.version).text("device_types", a.types);
+    if let Some(m) = a.models {
+        form = form.text("models", m);
+    }
+    if let Some(sig) = &a.signature {
+        form = form.part("signature", reqwest::multipart::Part::bytes(read(sig)?).file_name("image.sig"));
+    }
+    // The file goes last: the server streams it to storage as it reads the fields.
+    form = form.part("file", reqwest::multipart::Part::bytes(bytes).file_name("image.bin"));
+    let url = format!("{}/api/v1/artifacts", server.server.trim_end_matches('/'));
+    let response = crate::client()?
+        .post(&url)
+        .bearer_auth(&server.token)
+        .multipart(form)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
+    let a = crate::answer(response).await?;
+    println!(
+        "{} {}: {} bytes, sha256 {}{}",
+        text(&a["name"]),
+        text(&a["version"]),
+        a["size"].as_i64().unwrap_or(0),
+        text(&a["sha256"]),
+        a["signed_by"].as_str().map(|k| format!(", signed by key {k}")).unwrap_or_else(|| ", unsigned".into())
+    );
+    Ok(())
+}
+
+pub async fn artifact_list(server: ServerArgs) -> anyhow::Result<()> {
+    let body = call(&server, Method::GET, "artifacts", None).await?;
+    println!("{:<20} {:<10} {:<16} {:>10} {:<16} signed by", "name", "version", "types", "bytes", "sha256");
+    for a in body["items"].as_array().into_iter().flatten() {
+        let types: Vec<&str> = a["device_types"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        println!(
+            "{:<20} {:<10} {:<16} {:>10} {:<16} {}",
+            text(&a["name"]),
+            text(&a["version"]),
+            types.join(","),
+            a["size"].as_i64().unwrap_or(0),
+            &text(&a["sha256"])[..16.min(text(&a["sha256"]).len())],
+            text(&a["signed_by"])
+        );
+    }
+    Ok(())
+}
+
+pub async fn artifact_remove(name: String, version: String, server: ServerArgs) -> anyhow::Result<()> {
+    let path = format!("artifacts/{}/{}", crate::lifecycle::segment(&name), crate::lifecycle::segment(&version));
+    call(&server, Method::DELETE, &path, None).await?;
+    println!("removed {name} {version}");
+    Ok(())
+}
+
+pub async fn rollout_create(file: std::path::PathBuf, server: ServerArgs) -> anyhow::Result<()> {
+    let spec: Value =
+        serde_json::from_slice(&read(&file)?).map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", file.display()))?;
+    let body = call(&server, Method::POST, "rollouts", Some(spec)).await?;
+    print_rollout(&body);
+    if body["left_out"].as_i64().unwrap_or(0) > 0 {
+        println!("left out: {} targeted devices the artifact is not for", body["left_out"]);
+    }
+    Ok(())
+}
+
+/// A rollout's state, then its counts per phase.
+fn print_rollout(r: &Value) {
+    let counts = |c: &Value| {
+        c.as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k} {}", v.as_i64().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let reason = r["reason"].as_str().map(|w| format!(" ({w})")).unwrap_or_default();
+    let rollback = match r["rollback"].as_str() {
+        Some("none") | None => String::new(),
+        Some(s) => format!(", rollback {s}"),
+    };
+    println!(
+        "{}: {}{reason}{rollback}, phase {} of {}, {} {}",
+        text(&r["name"]),
+        text(&r["state"]),
+        r["phase"].as_i64().unwrap_or(0),
+        r["phases"].as_i64().unwrap_or(0),
+        text(&r["artifact"]["name"]),
+        text(&r["artifact"]["version"])
+    );
+    for (i, p) in r["phase_counts"].as_array().into_iter().flatten().enumerate() {
+        println!("  phase {}: {}", i + 1, counts(p));
+    }
+}
+
+pub async fn rollout_list(server: ServerArgs) -> anyhow::Result<()> {
+    let body = call(&server, Method::GET, "rollouts", None).await?;
+    for r in body["items"].as_array().into_iter().flatten() {
+        print_rollout(r);
+    }
+    Ok(())
+}
+
+pub async fn rollout_show(name: String, server: ServerArgs) -> anyhow::Result<()> {
+    let body = call(&server, Method::GET, &format!("rollouts/{}", crate::lifecycle::segment(&name)), None).await?;
+    print_rollout(&body);
+    Ok(())
+}
+
+pub async fn rollout_devices(
+    name: String,
+    state: Option<String>,
+    phase: Option<i64>,
+    server: ServerArgs,
+) -> anyhow::Result<()> {
+    let mut path = format!("rollouts/{}/devices?", crate::lifecycle::segment(&name));
+    if let Some(s) = state {
+        path.push_str(&format!("state={}&", crate::lifecycle::segment(&s)));
+    }
+    if let Some(p) = phase {
+        path.push_str(&format!("phase={p}&"));
+    }
+    let path = path.trim_end_matches(['&', '?']).to_string();
+    println!("{:<8} {:<28} {:>5} {:<14} {:>4} {:<10} reason", "type", "id", "phase", "state", "%", "from");
+    for d in newest(&server, &path, usize::MAX).await? {
+        println!(
+            "{:<8} {:<28} {:>5} {:<14} {:>4} {:<10} {}",
+            text(&d["type"]),
+            text(&d["id"]),
+            d["phase"].as_i64().unwrap_or(0) + 1,
+            text(&d["state"]),
+            d["progress"].as_i64().map_or("-".into(), |p| p.to_string()),
+            text(&d["from_version"]),
+            d["reason"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+pub async fn rollout_act(name: String, verb: &str, server: ServerArgs) -> anyhow::Result<()> {
+    let path = format!("rollouts/{}/{verb}", crate::lifecycle::segment(&name));
+    let body = call(&server, Method::POST, &path, None).await?;
+    print_rollout(&body);
     Ok(())
 }

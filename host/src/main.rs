@@ -40,6 +40,16 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Firmware and application images of a running server: upload, list, remove.
+    Artifact {
+        #[command(subcommand)]
+        command: ArtifactCommand,
+    },
+    /// Staged rollouts of a running server: create, follow, pause, resume, abort, roll back.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
     /// The audit trail of a running server: who changed what, and what was refused.
     Audit {
         #[command(flatten)]
@@ -93,6 +103,111 @@ enum WebhookCommand {
         /// How many, the newest.
         #[arg(long, default_value_t = 50)]
         last: usize,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ArtifactCommand {
+    /// Upload an image; its size and SHA-256 are computed by the server.
+    Upload {
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// The version devices report once they run it.
+        #[arg(long = "image-version")]
+        version: String,
+        /// Device types it is for, comma-separated (e.g. esp8266,lwm2m).
+        #[arg(long)]
+        types: String,
+        /// Compatible models, comma-separated; none: any model.
+        #[arg(long)]
+        models: Option<String>,
+        /// Its Ed25519 signature (raw or base64), by a registered publisher key [default: FILE.sig if it exists].
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Every artifact: name, version, types, size, SHA-256, signer.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Delete an artifact (refused while a rollout that is not over uses it).
+    Remove {
+        name: String,
+        version: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Create the rollout a JSON file describes (docs/rollouts.md); it starts at once.
+    Create {
+        file: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Every rollout: state, phase, counts.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// One rollout: its state and counts per phase.
+    Show {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// A rollout's devices, with their state, progress and reason.
+    Devices {
+        name: String,
+        /// Only this state (waiting, pending, downloading, succeeded, failed …).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this phase (from 1).
+        #[arg(long)]
+        phase: Option<i64>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Stop starting devices (those under way go on).
+    Pause {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Start devices again after a pause.
+    Resume {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Start the next phase now.
+    Advance {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Stop for good; updates not yet delivered are cancelled.
+    Cancel {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Abort as the criteria would (rolling back if the rollout says so).
+    Abort {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Send updated devices back to the version they had.
+    Rollback {
+        name: String,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -417,6 +532,33 @@ fn main() -> ExitCode {
                 PolicyCommand::Revisions { name, server } => admin_commands::policy_revisions(name, server).await,
                 PolicyCommand::Restore { name, revision, server } => {
                     admin_commands::policy_act(name, "restore", Some(revision), server).await
+                }
+            },
+            Command::Artifact { command } => match command {
+                ArtifactCommand::Upload { file, name, version, types, models, signature, server } => {
+                    let signature = signature.or_else(|| Some(sig_path(&file)).filter(|p| p.exists()));
+                    let upload = admin_commands::ArtifactUpload { file, name, version, types, models, signature };
+                    admin_commands::artifact_upload(upload, server).await
+                }
+                ArtifactCommand::List { server } => admin_commands::artifact_list(server).await,
+                ArtifactCommand::Remove { name, version, server } => {
+                    admin_commands::artifact_remove(name, version, server).await
+                }
+            },
+            Command::Rollout { command } => match command {
+                RolloutCommand::Create { file, server } => admin_commands::rollout_create(file, server).await,
+                RolloutCommand::List { server } => admin_commands::rollout_list(server).await,
+                RolloutCommand::Show { name, server } => admin_commands::rollout_show(name, server).await,
+                RolloutCommand::Devices { name, state, phase, server } => {
+                    admin_commands::rollout_devices(name, state, phase, server).await
+                }
+                RolloutCommand::Pause { name, server } => admin_commands::rollout_act(name, "pause", server).await,
+                RolloutCommand::Resume { name, server } => admin_commands::rollout_act(name, "resume", server).await,
+                RolloutCommand::Advance { name, server } => admin_commands::rollout_act(name, "advance", server).await,
+                RolloutCommand::Cancel { name, server } => admin_commands::rollout_act(name, "cancel", server).await,
+                RolloutCommand::Abort { name, server } => admin_commands::rollout_act(name, "abort", server).await,
+                RolloutCommand::Rollback { name, server } => {
+                    admin_commands::rollout_act(name, "rollback", server).await
                 }
             },
             Command::Audit { filter, server } => admin_commands::audit(filter, server).await,

@@ -769,9 +769,14 @@ fn device_change(d: &InFlight, artifact: &ArtifactRow, now: i64, timeout: i64) -
         "COMPLETED" if rolling_back => done("rolled_back", None),
         "COMPLETED" => {
             // Succeeded means running the target version: the version the device reports
-            // (in its result or its metadata) must be the artifact's, when it reports one.
-            let reported =
-                response.get("version").and_then(|v| v.as_str()).map(str::to_string).or(version(&d.metadata));
+            // must be the artifact's, when it reports one: in its result, or as a metadata
+            // `firmware` it reported since the update started (an LwM2M device's stays what
+            // it was until the server reads /3/0 again: an unchanged one says nothing).
+            let reported = response
+                .get("version")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+                .or(version(&d.metadata).filter(|v| Some(v) != d.from_version.as_ref()));
             match reported {
                 Some(v) if v != artifact.version => {
                     done("failed", Some(format!("reports version {v} after the update, not {}", artifact.version)))

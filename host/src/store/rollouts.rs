@@ -60,8 +60,10 @@ pub struct InFlight {
     pub op_state: String,
     pub response: Option<String>,
     pub started_at: i64,
-    /// The version the device reports now (metadata `firmware`).
+    /// The device's metadata now (its `firmware` is the version it reports).
     pub metadata: String,
+    /// The version it reported when its update started.
+    pub from_version: Option<String>,
 }
 
 /// A device waiting for its turn, with what deciding about it needs.
@@ -217,7 +219,7 @@ impl Store {
     pub async fn rollout_in_flight(&self, id: i64) -> Result<Vec<InFlight>, StoreError> {
         Ok(with_pool!(self, pool => sqlx::query_as(
                 "SELECT rd.device, d.device_type, rd.phase, rd.state, rd.progress, rd.operation, o.state AS op_state,
-                        o.response, rd.started_at, d.metadata
+                        o.response, rd.started_at, d.metadata, rd.from_version
                  FROM rollout_devices rd JOIN operations o ON o.id = rd.operation JOIN devices d ON d.id = rd.device
                  WHERE rd.rollout = $1
                    AND rd.state IN ('pending', 'downloading', 'installing', 'rebooting', 'rolling_back')")

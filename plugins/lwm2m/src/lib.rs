@@ -61,11 +61,20 @@ pub const CODES: &[(&str, OperationKind, &str, Option<&str>)] = &[
         "FIRMWARE_UPDATE",
         OperationKind::Command,
         "Firmware by Package URI: write /5/0/1, observe /5/0, execute /5/0/2 once downloaded; ends with the Update Result",
-        Some(
-            r#"{"type":"object","additionalProperties":false,"required":["uri"],"properties":{"uri":{"type":"string","pattern":"^(coaps?|https?)://"}}}"#,
-        ),
+        Some(FIRMWARE_SCHEMA),
+    ),
+    (
+        "FIRMWARE_ROLLBACK",
+        OperationKind::Command,
+        "An older image by Package URI (a rollout's rollback): the same steps as FIRMWARE_UPDATE",
+        Some(FIRMWARE_SCHEMA),
     ),
 ];
+
+/// `uri` as admins write it, or the standard update payload of rollouts (`url`, with
+/// `sha256`, `size` and `version`, which LwM2M's Package URI method does not carry:
+/// the device checks the package itself).
+const FIRMWARE_SCHEMA: &str = r#"{"type":"object","additionalProperties":false,"properties":{"uri":{"type":"string","pattern":"^(coaps?|https?)://"},"url":{"type":"string","pattern":"^(coaps?|https?)://"},"sha256":{"type":"string"},"size":{"type":"integer"},"version":{"type":"string"}}}"#;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,7 +104,16 @@ struct ExecutePayload {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FirmwarePayload {
-    uri: String,
+    #[serde(default)]
+    uri: Option<String>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default, rename = "sha256")]
+    _sha256: Option<String>,
+    #[serde(default, rename = "size")]
+    _size: Option<u64>,
+    #[serde(default, rename = "version")]
+    _version: Option<String>,
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(code: &str, payload: Option<&str>) -> Result<T, String> {
@@ -191,15 +209,19 @@ pub fn requests(id: u64, code: &str, payload: Option<&str>) -> Result<Vec<CoapRe
         }
         "Reboot" => vec![request(id, CoapMethod::Post, "3/0/4")],
         "FactoryReset" => vec![request(id, CoapMethod::Post, "3/0/5")],
-        "FIRMWARE_UPDATE" => {
+        "FIRMWARE_UPDATE" | "FIRMWARE_ROLLBACK" => {
             let f: FirmwarePayload = parse(code, payload)?;
-            let scheme_ok = ["coap://", "coaps://", "http://", "https://"].iter().any(|s| f.uri.starts_with(s));
-            if !scheme_ok || f.uri.len() > 255 || f.uri.chars().any(char::is_whitespace) {
-                return Err(format!("FIRMWARE_UPDATE: `uri` `{}` is not a coap(s) or http(s) URI", f.uri));
+            let uri = match (f.uri, f.url) {
+                (Some(u), None) | (None, Some(u)) => u,
+                _ => return Err(format!("{code}: give the package's `uri` (or a rollout's `url`), one of them")),
+            };
+            let scheme_ok = ["coap://", "coaps://", "http://", "https://"].iter().any(|s| uri.starts_with(s));
+            if !scheme_ok || uri.len() > 255 || uri.chars().any(char::is_whitespace) {
+                return Err(format!("{code}: `uri` `{uri}` is not a coap(s) or http(s) URI"));
             }
             let mut write = request(id, CoapMethod::Put, "5/0/1");
             write.content_format = Some(codec::TEXT);
-            write.payload = f.uri.into_bytes();
+            write.payload = uri.into_bytes();
             let mut observe = request(id, CoapMethod::Get, "5/0");
             observe.accept = Some(codec::TLV);
             observe.observe = Some(true);
@@ -388,8 +410,13 @@ fn firmware(
 ) -> Result<(ResultStatus, Value), PluginError> {
     let state = values.get("5/0/3").and_then(Value::as_i64).unwrap_or(-1);
     let result = values.get("5/0/5").and_then(Value::as_i64).unwrap_or(0);
+    // The standard update states rollouts read (docs/plugin-contract.md, "Updates").
+    let update_state = match state {
+        2 | 3 => "installing",
+        _ => "downloading",
+    };
     let response = json!({"state": objects::firmware_state(state), "update_result": result,
-                          "meaning": objects::update_result(result)});
+                          "meaning": objects::update_result(result), "update_state": update_state});
     Ok(match (state, result) {
         (0, 1) => (ResultStatus::Completed, response),
         (0, r) if r >= 2 => (ResultStatus::Error, response),
@@ -442,6 +469,10 @@ fn take_values(values: &Values, out: &mut DeviceMessage) {
             ) => {
                 if let Some(s) = v.as_str() {
                     out.info.push((name.into(), s.into()));
+                    if name == "FirmwareVersion" {
+                        // The key rollouts compare with an artifact's version.
+                        out.info.push(("firmware".into(), s.into()));
+                    }
                 }
             }
             // Multi-instance resources (one voltage per power source) are left to the result.

@@ -121,6 +121,15 @@ fn operations_become_requests() {
     assert!(e.message.contains("not object/instance/resource numbers"), "{}", e.message);
     let e = Lwm2m::validate("FIRMWARE_UPDATE".into(), Some(r#"{"uri":"ftp://x"}"#.into())).unwrap_err();
     assert!(e.message.contains("not a coap(s) or http(s) URI"), "{}", e.message);
+    // A rollout's standard payload: its `url` is the Package URI; both forms at once is refused.
+    let standard = r#"{"url":"http://mdm.example/download/abc","sha256":"00","size":5,"version":"2.0"}"#;
+    let reqs = requests(4, "FIRMWARE_ROLLBACK", Some(standard)).unwrap();
+    assert_eq!(
+        (reqs[0].path.as_str(), reqs[0].payload.as_slice()),
+        ("5/0/1", b"http://mdm.example/download/abc".as_slice())
+    );
+    let both = r#"{"uri":"coap://a/b","url":"http://c/d"}"#;
+    assert!(Lwm2m::validate("FIRMWARE_UPDATE".into(), Some(both.into())).unwrap_err().message.contains("one of them"));
     assert_eq!(Lwm2m::validate("Blink".into(), None).unwrap_err().code, ErrorCode::UnknownOperation);
 }
 
