@@ -548,3 +548,195 @@ async fn restart_in_the_middle_of_a_phase_postgres() {
     let Some(backend) = Backend::postgres() else { return };
     restart_mid_phase(backend).await;
 }
+
+/// An LwM2M device for rollouts, over real UDP: registers, and runs a firmware update by
+/// Package URI as the strict client of lwm2m.rs does, on its own: the written URI is
+/// fetched over HTTP, then states 1 and 2 are notified (Drover executes Update), then 3,
+/// then idle with Update Result 1.
+mod lwm2m_device {
+    use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+    use std::net::SocketAddr;
+    use std::time::Duration;
+    use tokio::net::UdpSocket;
+
+    pub struct Device {
+        socket: UdpSocket,
+        server: SocketAddr,
+        mid: u16,
+        /// Requests that arrived while waiting for an ACK.
+        queued: std::collections::VecDeque<Packet>,
+        uri: Vec<u8>,
+        pub downloaded: usize,
+    }
+
+    fn packet(t: MessageType, code: MessageClass, mid: u16, token: &[u8]) -> Packet {
+        let mut p = Packet::new();
+        p.header.set_version(1);
+        p.header.set_type(t);
+        p.header.message_id = mid;
+        p.header.code = code;
+        p.set_token(token.to_vec());
+        p
+    }
+
+    fn path(p: &Packet) -> String {
+        p.get_option(CoapOption::UriPath)
+            .map(|l| l.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect::<Vec<_>>().join("/"))
+            .unwrap_or_default()
+    }
+
+    impl Device {
+        pub async fn register(server: SocketAddr, ep: &str) -> Device {
+            let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let mut d = Device { socket, server, mid: 1, queued: Default::default(), uri: Vec::new(), downloaded: 0 };
+            let mut p = packet(MessageType::Confirmable, MessageClass::Request(RequestType::Post), 1, &[1]);
+            p.add_option(CoapOption::UriPath, b"rd".to_vec());
+            for q in [format!("ep={ep}"), "lt=300".into(), "lwm2m=1.1".into(), "b=U".into()] {
+                p.add_option(CoapOption::UriQuery, q.into_bytes());
+            }
+            p.add_option(CoapOption::ContentFormat, vec![40]);
+            p.payload = b"</1/0>,</3/0>,</5/0>".to_vec();
+            let ack = d.exchange(p).await;
+            assert_eq!(ack.header.code, MessageClass::Response(ResponseType::Created));
+            d
+        }
+
+        async fn receive(&self) -> Packet {
+            let mut buf = vec![0u8; 4096];
+            let (n, _) = tokio::time::timeout(super::WAIT, self.socket.recv_from(&mut buf))
+                .await
+                .expect("a CoAP message in time")
+                .unwrap();
+            Packet::from_bytes(&buf[..n]).unwrap()
+        }
+
+        async fn exchange(&mut self, p: Packet) -> Packet {
+            self.socket.send_to(&p.to_bytes().unwrap(), self.server).await.unwrap();
+            loop {
+                let got = self.receive().await;
+                if got.header.get_type() == MessageType::Acknowledgement && got.header.message_id == p.header.message_id
+                {
+                    return got;
+                }
+                if matches!(got.header.code, MessageClass::Request(_)) {
+                    self.queued.push_back(got);
+                }
+            }
+        }
+
+        async fn answer(&self, req: &Packet, code: ResponseType, observe: Option<u8>, payload: Vec<u8>) {
+            let mut p = packet(
+                MessageType::Acknowledgement,
+                MessageClass::Response(code),
+                req.header.message_id,
+                req.get_token(),
+            );
+            if let Some(o) = observe {
+                p.add_option(CoapOption::Observe, vec![o]);
+                p.add_option(CoapOption::ContentFormat, 11542u16.to_be_bytes().to_vec());
+            }
+            p.payload = payload;
+            self.socket.send_to(&p.to_bytes().unwrap(), self.server).await.unwrap();
+        }
+
+        fn firmware(&self, state: u8, result: u8) -> Vec<u8> {
+            let mut v = vec![0xC8, 1, self.uri.len() as u8];
+            v.extend_from_slice(&self.uri);
+            v.extend_from_slice(&[0xC1, 3, state, 0xC1, 5, result]);
+            v
+        }
+
+        async fn notify(&mut self, token: &[u8], seq: u8, state: u8, result: u8) {
+            self.mid += 1;
+            let mut p =
+                packet(MessageType::Confirmable, MessageClass::Response(ResponseType::Content), self.mid, token);
+            p.add_option(CoapOption::Observe, vec![seq]);
+            p.add_option(CoapOption::ContentFormat, 11542u16.to_be_bytes().to_vec());
+            p.payload = self.firmware(state, result);
+            self.exchange(p).await;
+        }
+
+        /// Carry out one firmware update, start to end.
+        pub async fn update_once(&mut self) {
+            let mut token = Vec::new();
+            loop {
+                let req = match self.queued.pop_front() {
+                    Some(r) => r,
+                    None => {
+                        let p = self.receive().await;
+                        if !matches!(p.header.code, MessageClass::Request(_)) {
+                            continue;
+                        }
+                        p
+                    }
+                };
+                match (req.header.code, path(&req).as_str()) {
+                    (MessageClass::Request(RequestType::Put), "5/0/1") => {
+                        self.uri = req.payload.clone();
+                        self.answer(&req, ResponseType::Changed, None, vec![]).await;
+                    }
+                    (MessageClass::Request(RequestType::Get), "5/0") => {
+                        token = req.get_token().to_vec();
+                        self.answer(&req, ResponseType::Content, Some(1), self.firmware(0, 0)).await;
+                        self.notify(&token, 2, 1, 0).await;
+                        let url = String::from_utf8(self.uri.clone()).unwrap();
+                        let r = reqwest::get(&url).await.unwrap();
+                        assert_eq!(r.status(), reqwest::StatusCode::OK, "{url}");
+                        self.downloaded = r.bytes().await.unwrap().len();
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        self.notify(&token, 3, 2, 0).await;
+                    }
+                    (MessageClass::Request(RequestType::Post), "5/0/2") => {
+                        self.answer(&req, ResponseType::Changed, None, vec![]).await;
+                        self.notify(&token, 4, 3, 0).await;
+                        // Notifications are handled as they come (issue 30): let "updating"
+                        // land before "idle, success".
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        self.notify(&token, 5, 0, 1).await;
+                        return;
+                    }
+                    _ => self.answer(&req, ResponseType::NotFound, None, vec![]).await,
+                }
+            }
+        }
+    }
+}
+
+/// LwM2M devices through a three-phase rollout that advances on its own: each is sent
+/// its own download link as the Package URI, fetches it, and ends with Update Result 1.
+async fn lwm2m_phases(server: &TestServer) {
+    let form = reqwest::multipart::Form::new()
+        .text("name", "lwm2m-fw")
+        .text("version", "2.1.0")
+        .text("device_types", "lwm2m")
+        .part("file", reqwest::multipart::Part::bytes(image("lwm2m-2.1.0")));
+    let r = server.admin(Method::POST, "/api/v1/artifacts").multipart(form).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    let mut devices = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let ep = format!("urn:dev:rollout:{}:{i}", std::process::id());
+        let mut d = lwm2m_device::Device::register(server.coap, &ep).await;
+        devices.push(json!({"type": "lwm2m", "id": ep}));
+        tasks.push(tokio::spawn(async move {
+            d.update_once().await;
+            d.downloaded
+        }));
+    }
+    create(
+        server,
+        json!({"name": "lwm2m-2.1", "artifact": {"name": "lwm2m-fw", "version": "2.1.0"},
+               "targets": {"devices": devices}, "phases": [{"count": 1}, {"percent": 50}, {"percent": 100}]}),
+    )
+    .await;
+    let r = until(server, "lwm2m-2.1", "finished", |r| r["state"] == "finished").await;
+    assert_eq!(count(&r, "succeeded"), 4, "{r:#}");
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 96 << 10, "each device fetched the whole image");
+    }
+    let kinds: Vec<String> =
+        events(server, "rollout.").await.iter().map(|e| e["type"].as_str().unwrap().to_string()).collect();
+    assert_eq!(kinds, ["rollout.created", "rollout.phase_started", "rollout.phase_started", "rollout.finished"]);
+}
+
+e2e!(lwm2m_three_phase_rollout, super::lwm2m_phases);
