@@ -397,6 +397,10 @@ async fn pause_and_resume(server: &TestServer) {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let r = rollout(server, "held").await;
     assert_eq!(count(&r, "waiting"), 2, "paused: nobody starts: {r:#}");
+    let metrics = server.admin(Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"drover_rollouts{state="paused"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"drover_rollout_devices{rollout="held",state="waiting"} 2"#), "{metrics}");
+    assert!(metrics.contains(r#"drover_rollout_devices{rollout="held",state="succeeded"} 2"#), "{metrics}");
     let (status, _) = act(server, "held", "resume").await;
     assert_eq!(status, StatusCode::OK);
     let r = until(server, "held", "finished", |r| r["state"] == "finished").await;

@@ -9,6 +9,9 @@
 //! Delivery (`stats::DeliveryStats`, counted since the process started): device messages
 //! received and refused and operations sent, by channel; wake-up attempts by transport
 //! and outcome; devices online for push.
+//!
+//! Rollouts (read from the database at scrape time): rollouts by state, and the devices
+//! of each rollout not yet over by state (`rollout`, `state` labels).
 
 use super::{ApiError, AppState, Viewer};
 use crate::plugins::{LoadedPlugin, Registry};
@@ -71,12 +74,58 @@ impl Collector for Delivery {
     }
 }
 
+/// Rollouts by state, and the devices of live ones by state, as read at scrape time.
+#[derive(Debug)]
+struct Rollouts {
+    by_state: std::collections::BTreeMap<String, i64>,
+    devices: Vec<(String, String, i64)>,
+}
+
+impl Rollouts {
+    async fn read(state: &AppState) -> Result<Rollouts, ApiError> {
+        let mut by_state = std::collections::BTreeMap::new();
+        let mut devices = Vec::new();
+        for r in state.store.rollouts().await? {
+            *by_state.entry(r.state.clone()).or_default() += 1;
+            if r.done_at.is_none() {
+                let mut totals: std::collections::BTreeMap<String, i64> = Default::default();
+                for (_, s, n) in state.store.rollout_counts(r.id).await? {
+                    *totals.entry(s).or_default() += n;
+                }
+                devices.extend(totals.into_iter().map(|(s, n)| (r.name.clone(), s, n)));
+            }
+        }
+        Ok(Rollouts { by_state, devices })
+    }
+}
+
+impl Collector for Rollouts {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor("drover_rollouts", "Rollouts by state", None, MetricType::Gauge)?;
+        for (s, n) in &self.by_state {
+            ConstGauge::new(*n).encode(family.encode_family(&[("state", s.as_str())])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "drover_rollout_devices",
+            "Devices of each rollout not yet over, by state (waiting, pending, downloading, succeeded, failed …)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (rollout, s, n) in &self.devices {
+            ConstGauge::new(*n)
+                .encode(family.encode_family(&[("rollout", rollout.as_str()), ("state", s.as_str())])?)?;
+        }
+        Ok(())
+    }
+}
+
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 pub async fn metrics(State(state): State<AppState>, _: Viewer) -> Result<impl IntoResponse, ApiError> {
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(Plugins(state.registry.clone())));
     registry.register_collector(Box::new(Delivery(state.stats.clone())));
+    registry.register_collector(Box::new(Rollouts::read(&state).await?));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)
         .map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;
