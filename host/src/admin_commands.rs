@@ -477,3 +477,9 @@ pub async fn rollout_act(name: String, verb: &str, server: ServerArgs) -> anyhow
     print_rollout(&body);
     Ok(())
 }
+
+pub async fn rollout_remove(name: String, server: ServerArgs) -> anyhow::Result<()> {
+    call(&server, Method::DELETE, &format!("rollouts/{}", crate::lifecycle::segment(&name)), None).await?;
+    println!("removed {name}");
+    Ok(())
+}

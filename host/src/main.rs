@@ -211,6 +211,12 @@ enum RolloutCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Delete a rollout that is over, with its devices' history.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -560,6 +566,7 @@ fn main() -> ExitCode {
                 RolloutCommand::Rollback { name, server } => {
                     admin_commands::rollout_act(name, "rollback", server).await
                 }
+                RolloutCommand::Remove { name, server } => admin_commands::rollout_remove(name, server).await,
             },
             Command::Audit { filter, server } => admin_commands::audit(filter, server).await,
         }

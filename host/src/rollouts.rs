@@ -470,6 +470,19 @@ pub async fn rollback(core: &Core, name: &str, actor: &str) -> Result<RolloutRow
     find(core, name).await
 }
 
+/// Delete a rollout that is over, with its devices' history (then its artifact can go).
+pub async fn remove(core: &Core, name: &str, actor: &str) -> Result<()> {
+    let r = find(core, name).await?;
+    let e = rollout_event(&r, "removed", serde_json::json!({}), actor);
+    if !core.store.delete_rollout(r.id, &e).await? {
+        return Err(Error::conflict(
+            "state",
+            format!("rollout `{name}` is not over ({}): cancel or abort it, and let its devices finish", r.state),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn find(core: &Core, name: &str) -> Result<RolloutRow> {
     core.store.rollout(name).await?.ok_or_else(|| Error::not_found(format!("rollout `{name}` not found")))
 }
@@ -571,7 +584,9 @@ pub async fn drive(core: &Core, id: i64, holder: &str) -> Result<()> {
             roll_back(core, &r, holder).await?;
             return Ok(());
         }
-        if overall.rolling_back == 0 {
+        // Devices still under way when the rollout stopped are rolled back as they succeed:
+        // the rollback is done only when none is left.
+        if overall.under_way == 0 {
             let e = rollout_event(
                 &r,
                 "rolled_back",

@@ -306,11 +306,22 @@ async fn artifacts(server: &TestServer) {
     assert!(r.text().await.unwrap().contains("rollout `dl`"));
     server.sql("UPDATE artifact_grants SET expires_at = 1").await;
     assert_eq!(server.http.get(&url).send().await.unwrap().status(), StatusCode::NOT_FOUND);
-    // Once the rollout is over, the artifact goes (its finished rollout must go first).
+    // A rollout that is not over cannot be deleted; once it is, it goes, and then the
+    // artifact and its bytes.
+    let r = server.admin(Method::DELETE, "/api/v1/rollouts/dl").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
     let (status, _) = act(server, "dl", "cancel").await;
     assert_eq!(status, StatusCode::OK);
+    until(server, "dl", "over", |r| r["done_at"].is_i64()).await;
     let r = server.admin(Method::DELETE, "/api/v1/artifacts/esp-fw/3.0.0").send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(r.status(), StatusCode::CONFLICT, "its finished rollout still names it");
+    let r = server.admin(Method::DELETE, "/api/v1/rollouts/dl").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = server.admin(Method::DELETE, "/api/v1/artifacts/esp-fw/3.0.0").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(!server.data.path().join("artifacts").join(sha(&bytes)).exists(), "its bytes are gone");
+    let r = server.admin(Method::GET, "/api/v1/artifacts/esp-fw/3.0.0").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
 
 e2e!(artifact_checks_and_downloads, super::artifacts);
@@ -744,3 +755,30 @@ async fn lwm2m_phases(server: &TestServer) {
 }
 
 e2e!(lwm2m_three_phase_rollout, super::lwm2m_phases);
+
+/// Two replicas on one database both run the driver; one holds the rollout's lease at a
+/// time, and every board gets its update exactly once.
+async fn two_replicas(server: &TestServer) {
+    let replica = server.replica().await;
+    uploaded(server, "2.0.0").await;
+    let mut boards = Vec::new();
+    for _ in 0..8 {
+        boards.push(Board::start(server, "1.0.0", false, true).await);
+    }
+    let devices: Vec<Value> = boards.iter().map(|b| json!({"type": "esp8266", "id": b.id})).collect();
+    create(
+        &replica,
+        json!({"name": "shared", "artifact": {"name": "esp-fw", "version": "2.0.0"}, "targets": {"devices": devices},
+               "phases": [{"count": 2}, {"percent": 50}, {"percent": 100}]}),
+    )
+    .await;
+    let r = until(server, "shared", "finished", |r| r["state"] == "finished").await;
+    assert_eq!(count(&r, "succeeded"), 8, "{r:#}");
+    for b in &boards {
+        assert_eq!(b.updates.load(Ordering::Relaxed), 1, "{} got exactly one update", b.id);
+        assert_eq!(updates_of(server, &b.id).await.len(), 1);
+    }
+    replica.stop().await;
+}
+
+e2e!(one_replica_drives_at_a_time, super::two_replicas);

@@ -71,7 +71,7 @@ pub(super) fn router(state: AppState) -> Router<AppState> {
         )
         .routes(routes!(artifacts::get_artifact, artifacts::delete_artifact))
         .routes(routes!(rollouts::list_rollouts, rollouts::create_rollout))
-        .routes(routes!(rollouts::get_rollout))
+        .routes(routes!(rollouts::get_rollout, rollouts::delete_rollout))
         .routes(routes!(rollouts::rollout_devices))
         .routes(routes!(rollouts::pause_rollout))
         .routes(routes!(rollouts::resume_rollout))

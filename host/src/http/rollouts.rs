@@ -112,6 +112,18 @@ pub(super) async fn list_rollouts(State(state): State<AppState>, _: Viewer) -> R
     Ok(Json(RolloutList { items }))
 }
 
+/// Delete a rollout that is over, with its devices' history.
+#[utoipa::path(delete, path = "/api/v1/rollouts/{name}", tag = "rollouts", params(("name" = String, Path)),
+    responses((status = 204), (status = 409, description = "Not over yet", body = super::ErrorBody), Errors))]
+pub(super) async fn delete_rollout(
+    State(state): State<AppState>,
+    Administrator(admin): Administrator,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    rollouts::remove(&state, &name, &admin.actor()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[utoipa::path(get, path = "/api/v1/rollouts/{name}", tag = "rollouts", params(("name" = String, Path)),
     responses((status = 200, body = Rollout), Errors))]
 pub(super) async fn get_rollout(

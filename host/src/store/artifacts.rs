@@ -114,14 +114,15 @@ impl Store {
             if let Some((name,)) = live {
                 return Err(StoreError::Refused(format!("rollout `{name}` uses it and is not over")));
             }
-            // Finished rollouts keep their history; the artifact's row goes only when none
-            // names it.
-            let used: Option<(i64,)> = sqlx::query_as("SELECT id FROM rollouts WHERE artifact = $1 LIMIT 1")
-                .bind(id).fetch_optional(&mut *tx).await?;
-            if used.is_some() {
-                return Err(StoreError::Refused(
-                    "finished rollouts name it: delete them first (their history goes with them)".into(),
-                ));
+            // Rollouts that are over keep their history; the artifact's row goes only when
+            // none names it.
+            let used: Option<(String,)> =
+                sqlx::query_as("SELECT name FROM rollouts WHERE artifact = $1 ORDER BY id LIMIT 1")
+                    .bind(id).fetch_optional(&mut *tx).await?;
+            if let Some((name,)) = used {
+                return Err(StoreError::Refused(format!(
+                    "rollout `{name}` (over) names it: delete the rollout first, its history goes with it"
+                )));
             }
             let n = sqlx::query("DELETE FROM artifacts WHERE id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
             tx.commit().await?;
@@ -162,5 +163,28 @@ impl Store {
                  WHERE o.id = $1")
             .bind(id).fetch_optional(pool).await?);
         Ok(row.and_then(|(p,)| p))
+    }
+}
+
+impl Store {
+    /// Download grants for `devices` (their token hashes) to `artifact`, outside a rollout
+    /// step (benchmarks; a rollout writes its grants in `start_rollout_devices`).
+    pub async fn grant_downloads(
+        &self,
+        artifact: i64,
+        devices: &[super::Start],
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let rows = serde_json::to_string(devices).expect("JSON");
+        let sql = if self.is_postgres() {
+            "INSERT INTO artifact_grants (token_hash, artifact, device, expires_at)
+             SELECT e.token_hash, $2, e.device, $3 FROM jsonb_to_recordset(CAST($1 AS jsonb)) AS e(device bigint, token_hash text)"
+        } else {
+            "INSERT INTO artifact_grants (token_hash, artifact, device, expires_at)
+             SELECT json_extract(value, '$.token_hash'), $2, json_extract(value, '$.device'), $3 FROM json_each($1)"
+        };
+        with_write_pool!(self, pool => sqlx::query(sql).bind(rows).bind(artifact).bind(expires_at)
+            .execute(pool).await.map(|_| ())?);
+        Ok(())
     }
 }

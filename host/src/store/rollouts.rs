@@ -280,14 +280,22 @@ impl Store {
              SELECT j.token_hash, $2, j.device, $3 FROM {}",
             json("")
         );
-        let rollback_artifact = if b.state == "rolling_back" { "$6" } else { "rollout_devices.rollback_artifact" };
-        let from_version = if b.state == "rolling_back" { "rollout_devices.from_version" } else { "j.from_version" };
+        // An upsert driven by the batch's rows (each a primary-key lookup): an UPDATE … FROM
+        // over the JSON rows makes SQLite compare every row of the rollout with every row
+        // of the batch. Every row exists (it was read); only one still in `from_state`
+        // moves, and the count of those that moved is checked below.
         let update = format!(
-            "UPDATE rollout_devices SET state = $2, progress = NULL, reason = NULL, started_at = $3, finished_at = NULL,
-                 from_version = {from_version}, rollback_artifact = {rollback_artifact},
-                 operation = (SELECT o.id FROM operations o WHERE o.activity = $4 AND o.device = j.device)
-             FROM {} WHERE rollout_devices.rollout = $5 AND rollout_devices.device = j.device
-               AND rollout_devices.state = '{from_state}'",
+            "INSERT INTO rollout_devices (rollout, device, phase, position, state, started_at, from_version,
+                                          rollback_artifact, operation)
+             SELECT $5, j.device, 0, 0, $2, $3, j.from_version,
+                    CASE WHEN $2 = 'rolling_back' THEN $6 ELSE NULL END, o.id
+             FROM {} JOIN operations o ON o.activity = $4 AND o.device = j.device WHERE true
+             ON CONFLICT (rollout, device) DO UPDATE SET state = excluded.state, progress = NULL, reason = NULL,
+                 started_at = excluded.started_at, finished_at = NULL,
+                 from_version = COALESCE(excluded.from_version, rollout_devices.from_version),
+                 rollback_artifact = COALESCE(excluded.rollback_artifact, rollout_devices.rollback_artifact),
+                 operation = excluded.operation
+             WHERE rollout_devices.state = '{from_state}'",
             json("")
         );
         let skip = format!(
@@ -358,11 +366,16 @@ impl Store {
                      json_extract(value, '$.progress') AS progress, json_extract(value, '$.reason') AS reason,
                      json_extract(value, '$.finished') AS finished FROM json_each($1)) AS j"
         };
+        // An upsert driven by the changes (a primary-key lookup each; see
+        // `start_rollout_devices`): every row exists.
         let sql = format!(
-            "UPDATE rollout_devices SET state = j.state, progress = COALESCE(j.progress, rollout_devices.progress),
-                 reason = COALESCE(j.reason, rollout_devices.reason),
-                 finished_at = CASE WHEN j.finished THEN $2 ELSE rollout_devices.finished_at END
-             FROM {source} WHERE rollout_devices.rollout = $3 AND rollout_devices.device = j.device"
+            "INSERT INTO rollout_devices (rollout, device, phase, position, state, progress, reason, finished_at)
+             SELECT $3, j.device, 0, 0, j.state, j.progress, j.reason, CASE WHEN j.finished THEN $2 ELSE NULL END
+             FROM {source} WHERE true
+             ON CONFLICT (rollout, device) DO UPDATE SET state = excluded.state,
+                 progress = COALESCE(excluded.progress, rollout_devices.progress),
+                 reason = COALESCE(excluded.reason, rollout_devices.reason),
+                 finished_at = COALESCE(excluded.finished_at, rollout_devices.finished_at)"
         );
         with_write_pool!(self, pool => sqlx::query(trusted(&sql)).bind(&rows).bind(now).bind(rollout)
             .execute(pool).await.map(|_| ())?);
@@ -538,5 +551,25 @@ impl Store {
                    AND operation IN (SELECT id FROM operations WHERE state = 'CANCELLED')")
             .bind(now_ms()).bind(id).execute(pool).await.map(|_| ())?);
         Ok(())
+    }
+}
+
+impl Store {
+    /// Delete a rollout that is over (`done_at` set) and its devices' rows, with its event;
+    /// false when it is not over.
+    pub async fn delete_rollout(&self, id: i64, event: &NewEvent) -> Result<bool, StoreError> {
+        with_write_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query("DELETE FROM rollout_devices WHERE rollout = $1 AND EXISTS
+                         (SELECT 1 FROM rollouts WHERE id = $1 AND done_at IS NOT NULL)")
+                .bind(id).execute(&mut *tx).await?;
+            let n = sqlx::query("DELETE FROM rollouts WHERE id = $1 AND done_at IS NOT NULL")
+                .bind(id).execute(&mut *tx).await?.rows_affected();
+            if n == 1 {
+                record_event!(&mut *tx, event);
+            }
+            tx.commit().await?;
+            Ok(n == 1)
+        })
     }
 }
