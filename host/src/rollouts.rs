@@ -512,6 +512,9 @@ pub fn holder() -> String {
 pub async fn run(core: Core, holder: String) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Per rollout, when this replica last read where its devices are: the next step reads
+    // only the operations that changed since (less a margin for other replicas' clocks).
+    let mut tracked: std::collections::HashMap<i64, i64> = Default::default();
     loop {
         tick.tick().await;
         let live = match core.store.live_rollouts().await {
@@ -521,23 +524,42 @@ pub async fn run(core: Core, holder: String) {
                 continue;
             }
         };
+        tracked.retain(|id, _| live.contains(id));
         for id in live {
             match core.store.lease_rollout(id, &holder).await {
                 Ok(true) => {
-                    if let Err(e) = drive(&core, id, &holder).await {
-                        tracing::warn!(rollout = id, "rollout step failed: {e}");
+                    let since = tracked.get(&id).copied().unwrap_or(0);
+                    let now = crate::store::now_ms();
+                    match drive_since(&core, id, &holder, since).await {
+                        Ok(()) => {
+                            tracked.insert(id, now - CLOCK_MARGIN_MS);
+                        }
+                        Err(e) => tracing::warn!(rollout = id, "rollout step failed: {e}"),
                     }
                 }
-                Ok(false) => {}
+                Ok(false) => {
+                    // Another replica drives it: read everything if it comes back here.
+                    tracked.remove(&id);
+                }
                 Err(e) => tracing::warn!(rollout = id, "rollout lease: {e}"),
             }
         }
     }
 }
 
+/// How far other replicas' clocks may be behind this one's (operations' `updated_at`
+/// is written by whichever replica received the device's report).
+const CLOCK_MARGIN_MS: i64 = 10_000;
+
 /// One step of one rollout: record where its devices are, then abort, advance, start
 /// devices or finish, as its state and counts say.
 pub async fn drive(core: &Core, id: i64, holder: &str) -> Result<()> {
+    drive_since(core, id, holder, 0).await
+}
+
+/// [`drive`], reading only the devices whose operation changed since `since` (and those
+/// due for their timeout).
+pub async fn drive_since(core: &Core, id: i64, holder: &str, since: i64) -> Result<()> {
     let Some(r) = core.store.rollout_by_key(id).await? else { return Ok(()) };
     let spec = spec_of(&r)?;
     let artifact = core
@@ -545,7 +567,7 @@ pub async fn drive(core: &Core, id: i64, holder: &str) -> Result<()> {
         .artifact_by_key(r.artifact)
         .await?
         .ok_or_else(|| Error::internal(format!("rollout `{}`: its artifact is gone", r.name)))?;
-    track(core, &r, &spec, &artifact).await?;
+    track(core, &r, &spec, &artifact, since).await?;
     let counts = counts(core, r.id).await?;
     let phase = Tally::of(counts.get(&r.phase));
     let overall = Tally::sum(counts.values());
@@ -744,12 +766,12 @@ async fn next_phase(core: &Core, r: &RolloutRow, actor: &str) -> Result<()> {
 }
 
 /// Record where each device under way is, from its operation.
-async fn track(core: &Core, r: &RolloutRow, spec: &Spec, artifact: &ArtifactRow) -> Result<()> {
+async fn track(core: &Core, r: &RolloutRow, spec: &Spec, artifact: &ArtifactRow, since: i64) -> Result<()> {
     let now = crate::store::now_ms();
     let timeout = spec.device_timeout_secs as i64 * 1000;
     let mut changes = Vec::new();
     let mut timed_out = Vec::new();
-    for d in core.store.rollout_in_flight(r.id).await? {
+    for d in core.store.rollout_in_flight(r.id, since, now - timeout).await? {
         if let Some(c) = device_change(&d, artifact, now, timeout) {
             if c.state == "timed_out" || (c.state == "rollback_failed" && d.op_state == "PENDING") {
                 timed_out.push(d.operation);

@@ -55,6 +55,8 @@ async fn uploaded(server: &TestServer, version: &str) -> Value {
 struct Behaviour {
     /// Report every update as failed (after downloading it).
     fail: bool,
+    /// Stop reporting once flashing (at 50%): a board that hangs.
+    stall: bool,
     /// Connected to the broker; an offline board's operations stay queued.
     online: Arc<AtomicBool>,
 }
@@ -79,6 +81,10 @@ impl Drop for Board {
 
 impl Board {
     async fn start(server: &TestServer, firmware: &str, fail: bool, online: bool) -> Board {
+        Board::start_with(server, firmware, fail, online, false).await
+    }
+
+    async fn start_with(server: &TestServer, firmware: &str, fail: bool, online: bool, stall: bool) -> Board {
         static N: AtomicU32 = AtomicU32::new(0);
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
         let chip = format!("{:08x}", t.wrapping_add(N.fetch_add(1, Ordering::Relaxed) << 20));
@@ -88,7 +94,7 @@ impl Board {
         let v: Value = r.json().await.unwrap();
         let id = v["device_id"].as_str().unwrap().to_string();
         let token = v["access_token"].as_str().unwrap().to_string();
-        let behaviour = Behaviour { fail, online: Arc::new(AtomicBool::new(online)) };
+        let behaviour = Behaviour { fail, stall, online: Arc::new(AtomicBool::new(online)) };
         let updates = Arc::new(AtomicU32::new(0));
         let port = server.mqtt.expect("embedded broker").port();
         let task = tokio::spawn(run(id.clone(), token, port, behaviour.clone(), updates.clone()));
@@ -116,8 +122,8 @@ async fn run(id: String, token: String, port: u16, b: Behaviour, updates: Arc<At
                 for op in frame["ops"].as_array().cloned().unwrap_or_default() {
                     if op["op"] == "ota" {
                         updates.fetch_add(1, Ordering::Relaxed);
-                        let (client, http, id, fail) = (client.clone(), http.clone(), id.clone(), b.fail);
-                        tokio::spawn(async move { ota(&client, &http, &id, &op, fail).await });
+                        let (client, http, id, b) = (client.clone(), http.clone(), id.clone(), b.clone());
+                        tokio::spawn(async move { ota(&client, &http, &id, &op, &b).await });
                     }
                 }
             }
@@ -127,7 +133,7 @@ async fn run(id: String, token: String, port: u16, b: Behaviour, updates: Arc<At
     }
 }
 
-async fn ota(client: &AsyncClient, http: &reqwest::Client, id: &str, op: &Value, fail: bool) {
+async fn ota(client: &AsyncClient, http: &reqwest::Client, id: &str, op: &Value, b: &Behaviour) {
     let topic = format!("drover/esp8266/{id}/ota");
     let report = |v: Value| {
         let (client, topic) = (client.clone(), topic.clone());
@@ -148,7 +154,10 @@ async fn ota(client: &AsyncClient, http: &reqwest::Client, id: &str, op: &Value,
         return;
     }
     report(json!({"id": op_id, "state": "flashing", "progress": 50})).await;
-    if fail {
+    if b.stall {
+        return;
+    }
+    if b.fail {
         report(json!({"id": op_id, "state": "failed", "error": "flash verify failed at 0x3000"})).await;
         return;
     }
@@ -782,3 +791,41 @@ async fn two_replicas(server: &TestServer) {
 }
 
 e2e!(one_replica_drives_at_a_time, super::two_replicas);
+
+/// Per-device progress as the plugin decoded it, and the per-device timeout: a board that
+/// hangs while flashing shows `installing` at 50%, then times out; its operation is
+/// cancelled, and a timeout counts as a failure.
+async fn progress_and_timeout(server: &TestServer) {
+    uploaded(server, "2.0.0").await;
+    let board = Board::start_with(server, "1.0.0", false, true, true).await;
+    create(
+        server,
+        json!({"name": "hang", "artifact": {"name": "esp-fw", "version": "2.0.0"},
+               "targets": {"devices": [{"type": "esp8266", "id": board.id}]}, "phases": [{"percent": 100}],
+               "device_timeout_secs": 4, "abort": {"failure_ratio": 1.0, "min_finished": 1}}),
+    )
+    .await;
+    let device = |server: &TestServer| {
+        let url = "/api/v1/rollouts/hang/devices";
+        let r = server.admin(Method::GET, url).send();
+        async move { r.await.unwrap().json::<Value>().await.unwrap()["items"][0].clone() }
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let d = device(server).await;
+        if d["state"] == "installing" {
+            assert_eq!(d["progress"], 50, "{d}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never installing: {d}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = until(server, "hang", "aborted on the timeout", |r| r["state"] == "aborted").await;
+    assert_eq!(count(&r, "timed_out"), 1, "{r:#}");
+    let d = device(server).await;
+    assert!(d["reason"].as_str().unwrap().contains("not finished after 4 s"), "{d}");
+    let op = d["operation"].as_i64().unwrap();
+    assert_eq!(server.operation(op).await["state"], "CANCELLED");
+}
+
+e2e!(progress_and_device_timeout, super::progress_and_timeout);

@@ -301,6 +301,9 @@ fn write_group_on(db: &mut Connection, writes: &[Write], now: i64) -> rusqlite::
                     let (from, to) = match writes::step(*id, *event, row) {
                         Ok(step) => step,
                         Err(outcome) => {
+                            if writes::is_progress(*event, &outcome, response.as_deref()) {
+                                tx.prepare_cached(writes::EVENT_PROGRESS)?.execute(params![response, now, id])?;
+                            }
                             out.push(outcome);
                             continue;
                         }

@@ -480,6 +480,11 @@ impl Store {
                             let (from, to) = match writes::step(*id, *event, row) {
                                 Ok(step) => step,
                                 Err(outcome) => {
+                                    if writes::is_progress(*event, &outcome, response.as_deref()) {
+                                        sqlx::query(trusted(&writes::PG_EVENT[3]))
+                                            .bind(response).bind(now).bind(*id)
+                                            .execute(&mut *tx).await?;
+                                    }
                                     out.push(outcome);
                                     continue;
                                 }

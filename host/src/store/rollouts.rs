@@ -216,14 +216,22 @@ impl Store {
     }
 
     /// Devices whose update or rollback is under way, with their operations.
-    pub async fn rollout_in_flight(&self, id: i64) -> Result<Vec<InFlight>, StoreError> {
+    /// Those whose operation changed at or after `changed_since`, or that started before
+    /// `started_before` (due for the timeout), to be precise; `(0, i64::MAX)` reads all.
+    pub async fn rollout_in_flight(
+        &self,
+        id: i64,
+        changed_since: i64,
+        started_before: i64,
+    ) -> Result<Vec<InFlight>, StoreError> {
         Ok(with_pool!(self, pool => sqlx::query_as(
                 "SELECT rd.device, d.device_type, rd.phase, rd.state, rd.progress, rd.operation, o.state AS op_state,
                         o.response, rd.started_at, d.metadata, rd.from_version
                  FROM rollout_devices rd JOIN operations o ON o.id = rd.operation JOIN devices d ON d.id = rd.device
                  WHERE rd.rollout = $1
-                   AND rd.state IN ('pending', 'downloading', 'installing', 'rebooting', 'rolling_back')")
-            .bind(id).fetch_all(pool).await?))
+                   AND rd.state IN ('pending', 'downloading', 'installing', 'rebooting', 'rolling_back')
+                   AND (o.updated_at >= $2 OR rd.started_at < $3)")
+            .bind(id).bind(changed_since).bind(started_before).fetch_all(pool).await?))
     }
 
     /// Up to `limit` waiting devices of phases up to `phase`, in their draw order.

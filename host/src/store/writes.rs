@@ -36,8 +36,9 @@ pub(super) fn postgres(sql: &str) -> String {
 
 /// [`EVENT_READ`], [`EVENT_MOVE`] and [`EVENT_TRANSITION`] for PostgreSQL, converted once
 /// rather than per event (they run for every result a device reports).
-pub(super) static PG_EVENT: std::sync::LazyLock<[String; 3]> =
-    std::sync::LazyLock::new(|| [postgres(EVENT_READ), postgres(EVENT_MOVE), postgres(EVENT_TRANSITION)]);
+pub(super) static PG_EVENT: std::sync::LazyLock<[String; 4]> = std::sync::LazyLock::new(|| {
+    [postgres(EVENT_READ), postgres(EVENT_MOVE), postgres(EVENT_TRANSITION), postgres(EVENT_PROGRESS)]
+});
 
 /// [`Write::Deliver`]: record the transitions, then move the operations. Parameters:
 /// `?1` actor, `?2` now, `?3` device, `?4`… the `n` operation ids. Only queued operations
@@ -75,6 +76,20 @@ pub(super) const EVENT_MOVE: &str =
 pub(super) const EVENT_TRANSITION: &str =
     "INSERT INTO transitions (operation, from_state, to_state, actor, at, response)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+/// [`Write::Events`], for a report that keeps an operation IN_PROGRESS but says more
+/// (a firmware update's state and percentage): the newest response is kept, with no
+/// transition (nothing moved). Parameters: `?1` response, `?2` now, `?3` operation.
+pub(super) const EVENT_PROGRESS: &str =
+    "UPDATE operations SET response = ?1, updated_at = ?2 WHERE id = ?3 AND state = 'IN_PROGRESS'";
+
+/// Whether an unchanged outcome is a progress report whose response is to be kept
+/// ([`EVENT_PROGRESS`]).
+pub(super) fn is_progress(event: Event, outcome: &ResultOutcome, response: Option<&str>) -> bool {
+    response.is_some()
+        && event == Event::Result(ops::Reported::InProgress)
+        && matches!(outcome, ResultOutcome::Unchanged { state: State::InProgress, .. })
+}
 
 /// What `event` does to operation `id`, given what [`EVENT_READ`] found (`None`: the
 /// device has no such operation): an outcome already, or a move to make with
@@ -114,7 +129,7 @@ mod tests {
         )
         .unwrap();
         let [deliver_t, deliver_u] = deliver_sql(3);
-        for sql in [deliver_t.as_str(), deliver_u.as_str(), EVENT_READ, EVENT_MOVE, EVENT_TRANSITION] {
+        for sql in [deliver_t.as_str(), deliver_u.as_str(), EVENT_READ, EVENT_MOVE, EVENT_TRANSITION, EVENT_PROGRESS] {
             let stmt = db.prepare(sql).unwrap();
             for i in 1..=stmt.parameter_count() {
                 assert_eq!(stmt.parameter_name(i), Some(format!("?{i}").as_str()), "{sql}");
