@@ -10,8 +10,10 @@
 //!   their own payloads, grants, rows moved), in steps of 5,000 as the driver takes them;
 //! * record progress: 50,000 devices' operations moved (in progress with a state and a
 //!   percentage; then completed) and one driver step recording it, per device;
-//! * an idle step with 50,000 devices in flight and nothing changed (what every second
-//!   costs while devices download);
+//! * an idle step with 50,000 devices in flight and nothing changed: reading every device
+//!   (the first step after a restart or a takeover), and the usual one, which reads only
+//!   the operations changed since the step before (what every second costs while devices
+//!   download);
 //! * baseline: `add_activity` of one operation to the same 100,000 devices.
 //!
 //! Then downloads: 1,000 concurrent clients fetching a 1 MiB artifact through their own
@@ -132,7 +134,16 @@ async fn run(label: &str, config: Config) {
     step(core.clone(), holder.clone()).await;
     let took = t.elapsed();
     println!(
-        "| idle step, 50,000 in flight, nothing changed | 50000 | {} | {} |",
+        "| idle step reading every device (after a restart or takeover), 50,000 in flight | 50000 | {} | {} |",
+        secs(took),
+        micros_each(took, 50_000)
+    );
+    let since = drover::store::now_ms() - 10_000;
+    let t = Instant::now();
+    drover::rollouts::drive_since(&core, r.id, &holder, since).await.unwrap();
+    let took = t.elapsed();
+    println!(
+        "| idle step, the usual one (operations changed in the last 10 s), 50,000 in flight | 50000 | {} | {} |",
         secs(took),
         micros_each(took, 50_000)
     );
