@@ -138,12 +138,14 @@ async fn run(label: &str, config: Config) {
         secs(took),
         micros_each(took, 50_000)
     );
-    let since = drover::store::now_ms() - 10_000;
+    // Nothing changed since the step before (the driver reads from 10 s before its last
+    // step, so an operation that changes is read again for 10 s: a few per device).
+    let since = drover::store::now_ms();
     let t = Instant::now();
     drover::rollouts::drive_since(&core, r.id, &holder, since).await.unwrap();
     let took = t.elapsed();
     println!(
-        "| idle step, the usual one (operations changed in the last 10 s), 50,000 in flight | 50000 | {} | {} |",
+        "| idle step, the usual one (only operations changed since), 50,000 in flight | 50000 | {} | {} |",
         secs(took),
         micros_each(took, 50_000)
     );
