@@ -173,8 +173,13 @@ async fn create(server: &TestServer, spec: Value) -> Value {
     v
 }
 
+/// An admin GET, as JSON.
+async fn get(server: &TestServer, path: &str) -> Value {
+    server.admin(Method::GET, path).send().await.unwrap().json().await.unwrap()
+}
+
 async fn rollout(server: &TestServer, name: &str) -> Value {
-    server.admin(Method::GET, &format!("/api/v1/rollouts/{name}")).send().await.unwrap().json().await.unwrap()
+    get(server, &format!("/api/v1/rollouts/{name}")).await
 }
 
 async fn act(server: &TestServer, name: &str, action: &str) -> (StatusCode, Value) {
@@ -205,26 +210,12 @@ async fn firmware(server: &TestServer, id: &str) -> String {
 
 /// A board's FIRMWARE_UPDATE operations.
 async fn updates_of(server: &TestServer, id: &str) -> Vec<Value> {
-    let ops: Value = server
-        .admin(Method::GET, &format!("/api/v1/operations?device_type=esp8266&device_id={id}&limit=1000"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ops: Value = get(server, &format!("/api/v1/operations?device_type=esp8266&device_id={id}&limit=1000")).await;
     ops["items"].as_array().unwrap().iter().filter(|o| o["code"] == "FIRMWARE_UPDATE").cloned().collect()
 }
 
 async fn events(server: &TestServer, prefix: &str) -> Vec<Value> {
-    let v: Value = server
-        .admin(Method::GET, &format!("/api/v1/events?type={prefix}&limit=1000"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get(server, &format!("/api/v1/events?type={prefix}&limit=1000")).await;
     v["items"].as_array().cloned().unwrap_or_default()
 }
 
@@ -371,14 +362,7 @@ async fn three_phases(server: &TestServer) {
         let expected = u32::from(b.id != boards[0].id);
         assert_eq!(b.updates.load(Ordering::Relaxed), expected, "{}", b.id);
     }
-    let skipped: Value = server
-        .admin(Method::GET, "/api/v1/rollouts/fw-2/devices?state=skipped")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let skipped: Value = get(server, "/api/v1/rollouts/fw-2/devices?state=skipped").await;
     assert_eq!(skipped["items"][0]["id"], boards[0].id);
     let kinds: Vec<String> =
         events(server, "rollout.").await.iter().map(|e| e["type"].as_str().unwrap().to_string()).collect();
@@ -483,14 +467,7 @@ async fn abort_and_roll_back(server: &TestServer) {
     for b in &boards[8..] {
         assert_eq!(b.updates.load(Ordering::Relaxed), 0);
     }
-    let failed: Value = server
-        .admin(Method::GET, "/api/v1/rollouts/bad-fw/devices?state=failed")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let failed: Value = get(server, "/api/v1/rollouts/bad-fw/devices?state=failed").await;
     assert_eq!(failed["items"][0]["reason"], "flash verify failed at 0x3000", "{failed}");
     let kinds: Vec<String> =
         events(server, "rollout.").await.iter().map(|e| e["type"].as_str().unwrap().to_string()).collect();
@@ -532,14 +509,7 @@ async fn restart_mid_phase(backend: Backend) {
     .await;
     assert_eq!(created["phase_counts"][0]["waiting"], 3);
     // Is the offline board in the first phase? Then the phase waits for it.
-    let first: Value = server
-        .admin(Method::GET, "/api/v1/rollouts/steady/devices?phase=1")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let first: Value = get(server, "/api/v1/rollouts/steady/devices?phase=1").await;
     let first: Vec<&str> = first["items"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
     let waits_for_offline = first.contains(&boards[0].id.as_str());
     let r = until(&server, "steady", "got its first phase going", |r| {
