@@ -461,7 +461,7 @@ pub async fn rollout_devices(
             "{:<8} {:<28} {:>5} {:<14} {:>4} {:<10} {}",
             text(&d["type"]),
             text(&d["id"]),
-            d["phase"].as_i64().unwrap_or(0) + 1,
+            d["phase"].as_i64().unwrap_or(0).saturating_add(1),
             text(&d["state"]),
             d["progress"].as_i64().map_or("-".into(), |p| p.to_string()),
             text(&d["from_version"]),

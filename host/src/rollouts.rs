@@ -19,6 +19,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use utoipa::ToSchema;
 
+/// The longest timeout or soak a rollout may ask for.
+const MONTH_SECS: u64 = 30 * 86_400;
+
 /// How often each replica looks at the live rollouts.
 pub const TICK: Duration = Duration::from_secs(1);
 /// Devices started in one transaction at most.
@@ -259,8 +262,13 @@ pub async fn create(core: &Core, spec: Spec, actor: &str) -> Result<(RolloutRow,
     {
         return Err(Error::invalid("invalid", "`rate.per_minute` must be at least 1, `increment_factor` 1 to 100"));
     }
-    if !(1..=30 * 86_400).contains(&spec.device_timeout_secs) {
+    if !(1..=MONTH_SECS).contains(&spec.device_timeout_secs) {
         return Err(Error::invalid("invalid", "`device_timeout_secs` must be 1 to 2592000 (30 days)"));
+    }
+    // Soaks beyond a month are refused: the driver does arithmetic on them in milliseconds.
+    let soaks = std::iter::once(spec.advance.soak_secs).chain(spec.phases.iter().filter_map(|p| p.soak_secs));
+    if soaks.into_iter().any(|s| s > MONTH_SECS) {
+        return Err(Error::invalid("invalid", "`soak_secs` must be at most 2592000 (30 days)"));
     }
     let artifact = core.store.artifact(&spec.artifact.name, &spec.artifact.version).await?.ok_or_else(|| {
         Error::invalid(
@@ -735,7 +743,10 @@ async fn phase_ready(core: &Core, r: &RolloutRow, spec: &Spec, t: &Tally) -> Res
         return Ok(false);
     }
     let counted = t.total - t.skipped;
-    let min = p.min_finished.or(spec.advance.min_finished).map_or(counted, |m| (m as i64).min(counted));
+    let min = p
+        .min_finished
+        .or(spec.advance.min_finished)
+        .map_or(counted, |m| i64::try_from(m).unwrap_or(i64::MAX).min(counted));
     let finished = t.finished();
     let ratio = if finished == 0 { 1.0 } else { t.successes() as f64 / finished as f64 };
     let ok = finished >= min && ratio >= p.success_ratio.unwrap_or(spec.advance.success_ratio);
@@ -937,12 +948,16 @@ async fn aborted(core: &Core, r: &RolloutRow, why: &str, actor: &str) -> Result<
 
 /// Cancel the update operations not yet delivered; the devices count as cancelled.
 async fn cancel_queued(core: &Core, r: &RolloutRow, actor: &str) -> Result<()> {
-    let ops = core.store.rollout_queued_operations(r.id).await?;
-    for op in &ops {
-        core.store.cancel(Some(*op), None, None, actor).await?;
-    }
-    if !ops.is_empty() {
-        core.store.rollout_cancel_pending(r.id).await?;
+    let n = core.store.rollout_cancel_queued(r.id, actor).await?;
+    if n > 0 {
+        // The fronts hear it as an admin's cancel (nothing of it is delivered any more).
+        core.events.publish(crate::events::Event::OperationsCancelled {
+            operation: None,
+            activity: None,
+            device: None,
+            count: n,
+            actor: actor.to_string(),
+        });
     }
     Ok(())
 }
@@ -956,12 +971,21 @@ async fn roll_back(core: &Core, r: &RolloutRow, holder: &str) -> Result<()> {
     // One batch per previous artifact; devices with none are marked.
     let mut by_artifact: BTreeMap<i64, (ArtifactRow, Vec<Start>)> = BTreeMap::new();
     let mut unsupported = Vec::new();
+    // The artifact to go back to, per (type, version): a few lookups for a whole fleet.
+    let mut previous_of: std::collections::HashMap<(String, String), Option<ArtifactRow>> = Default::default();
     for (device, ty, from) in devices {
         let supports = core.registry.device_type(&ty).is_some_and(|p| {
             p.device_type_info().is_some_and(|i| i.operations.iter().any(|o| o.code == crate::artifacts::ROLLBACK_CODE))
         });
         let previous = match (&from, supports) {
-            (Some(v), true) => core.store.artifact_for_version(&artifact.name, v, &ty).await?,
+            (Some(v), true) => match previous_of.get(&(ty.clone(), v.clone())) {
+                Some(found) => found.clone(),
+                None => {
+                    let found = core.store.artifact_for_version(&artifact.name, v, &ty).await?;
+                    previous_of.insert((ty.clone(), v.clone()), found.clone());
+                    found
+                }
+            },
             _ => None,
         };
         let Some(previous) = previous else {

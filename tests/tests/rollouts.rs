@@ -344,6 +344,12 @@ async fn three_phases(server: &TestServer) {
             .unwrap();
         assert!(r.status().is_success());
     }
+    // Numbers the driver computes with are bounded when the rollout is created.
+    let huge = json!({"name": "fw-x", "artifact": {"name": "esp-fw", "version": "2.0.0"}, "targets": {"tags": [tag]},
+                      "phases": [{"percent": 100, "soak_secs": u64::MAX}]});
+    let r = server.admin(Method::POST, "/api/v1/rollouts").json(&huge).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("soak_secs"));
     let created = create(
         server,
         json!({"name": "fw-2", "artifact": {"name": "esp-fw", "version": "2.0.0"}, "targets": {"tags": [tag]},
@@ -363,6 +369,8 @@ async fn three_phases(server: &TestServer) {
         assert_eq!(b.updates.load(Ordering::Relaxed), expected, "{}", b.id);
     }
     let skipped: Value = get(server, "/api/v1/rollouts/fw-2/devices?state=skipped").await;
+    let lowest = get(server, &format!("/api/v1/rollouts/fw-2/devices?phase={}", i64::MIN)).await;
+    assert_eq!(lowest["items"], json!([]));
     assert_eq!(skipped["items"][0]["id"], boards[0].id);
     let kinds: Vec<String> =
         events(server, "rollout.").await.iter().map(|e| e["type"].as_str().unwrap().to_string()).collect();
@@ -509,7 +517,7 @@ async fn restart_mid_phase(backend: Backend) {
     .await;
     assert_eq!(created["phase_counts"][0]["waiting"], 3);
     // Is the offline board in the first phase? Then the phase waits for it.
-    let first: Value = get(server, "/api/v1/rollouts/steady/devices?phase=1").await;
+    let first: Value = get(&server, "/api/v1/rollouts/steady/devices?phase=1").await;
     let first: Vec<&str> = first["items"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
     let waits_for_offline = first.contains(&boards[0].id.as_str());
     let r = until(&server, "steady", "got its first phase going", |r| {

@@ -174,7 +174,10 @@ pub(super) async fn rollout_devices(
     }
     let r = rollouts::find(&state, &name).await?;
     let (after, limit) = Page { after: f.after, limit: f.limit }.bounds();
-    let items = state.store.rollout_devices(r.id, f.state.as_deref(), f.phase.map(|p| p - 1), after, limit).await?;
+    let items = state
+        .store
+        .rollout_devices(r.id, f.state.as_deref(), f.phase.map(|p| p.saturating_sub(1)), after, limit)
+        .await?;
     let next_after = next_after(&items, limit, |d| d.position);
     Ok(Json(RolloutDevices { items, next_after }))
 }

@@ -506,15 +506,6 @@ impl Store {
             .bind(id).bind(limit).fetch_all(pool).await?))
     }
 
-    /// The queued operations of a rollout's devices that have not been delivered yet.
-    pub async fn rollout_queued_operations(&self, id: i64) -> Result<Vec<i64>, StoreError> {
-        let rows: Vec<(i64,)> = with_pool!(self, pool => sqlx::query_as(
-                "SELECT o.id FROM rollout_devices rd JOIN operations o ON o.id = rd.operation
-                 WHERE rd.rollout = $1 AND rd.state = 'pending' AND o.state IN ('PENDING', 'NOTNOW')")
-            .bind(id).fetch_all(pool).await?);
-        Ok(rows.into_iter().map(|(id,)| id).collect())
-    }
-
     /// A rollout's devices, in phase and draw order, filtered by state and phase.
     pub async fn rollout_devices(
         &self,
@@ -563,16 +554,45 @@ impl Store {
         Ok(())
     }
 
-    /// Devices whose update was cancelled before delivery (the rollout stopped): cancelled,
-    /// not failed.
-    pub async fn rollout_cancel_pending(&self, id: i64) -> Result<(), StoreError> {
-        with_write_pool!(self, pool => sqlx::query(
+    /// Cancel the update operations of a rollout not yet delivered (PENDING, NOTNOW), and
+    /// count their devices `cancelled`, not failed: in one transaction, whatever their
+    /// number, with one `operations.cancelled` event. Returns how many.
+    pub async fn rollout_cancel_queued(&self, id: i64, actor: &str) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let queued = "SELECT rd.operation FROM rollout_devices rd WHERE rd.rollout = $3 AND rd.state = 'pending'";
+        let transitions = format!(
+            "INSERT INTO transitions (operation, from_state, to_state, actor, at)
+             SELECT id, state, 'CANCELLED', $1, $2 FROM operations WHERE state IN ('PENDING', 'NOTNOW') AND id IN ({queued})"
+        );
+        let cancel = format!(
+            "UPDATE operations SET state = 'CANCELLED', updated_at = $2
+             WHERE state IN ('PENDING', 'NOTNOW') AND id IN ({queued}) AND $1 = $1"
+        );
+        with_write_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query(trusted(&transitions)).bind(actor).bind(now).bind(id).execute(&mut *tx).await?;
+            let n = sqlx::query(trusted(&cancel)).bind(actor).bind(now).bind(id).execute(&mut *tx).await?.rows_affected();
+            sqlx::query(
                 "UPDATE rollout_devices SET state = 'cancelled', finished_at = $1,
                      reason = 'the rollout stopped before the update was delivered'
                  WHERE rollout = $2 AND state = 'pending'
                    AND operation IN (SELECT id FROM operations WHERE state = 'CANCELLED')")
-            .bind(now_ms()).bind(id).execute(pool).await.map(|_| ())?);
-        Ok(())
+                .bind(now).bind(id).execute(&mut *tx).await?;
+            if n > 0 {
+                let event = crate::events::Event::OperationsCancelled {
+                    operation: None,
+                    activity: None,
+                    device: None,
+                    count: n,
+                    actor: actor.to_string(),
+                };
+                let mut e = event.record();
+                e.target = Some(format!("rollout/{id}"));
+                record_event!(&mut *tx, &e);
+            }
+            tx.commit().await?;
+            Ok(n)
+        })
     }
 }
 
