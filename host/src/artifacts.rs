@@ -103,7 +103,7 @@ pub async fn add(core: &Core, up: Upload, actor: &str) -> Result<ArtifactRow> {
 async fn check_and_keep(core: &Core, up: Upload, actor: &str) -> Result<ArtifactRow> {
     let storage = core.artifacts.clone();
     for (field, value, max) in [("name", &up.name, 128), ("version", &up.version, 32)] {
-        if value.trim().is_empty() || value.len() > max || value.chars().any(|c| c.is_control() || c == '/') {
+        if value.trim().is_empty() || value.chars().count() > max || value.chars().any(|c| c.is_control() || c == '/') {
             return Err(Error::invalid("invalid", format!("`{field}` must be 1 to {max} characters, without `/`")));
         }
     }

@@ -31,13 +31,15 @@ const BATCH: i64 = 5_000;
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
-    /// 1 to 128 characters, unique.
+    /// 1 to 128 characters, without `/`; unique.
+    #[schema(min_length = 1, max_length = 128, pattern = r"^[^/]*\S[^/]*$")]
     pub name: String,
     pub artifact: ArtifactRef,
     pub targets: RolloutTargets,
     /// At least one. Percentages and counts are cumulative (how much of the fleet has been
     /// offered the update by the end of the phase); a group phase takes that group's
     /// targets. The last phase always takes every device left.
+    #[schema(min_items = 1)]
     pub phases: Vec<Phase>,
     /// When a phase moves on to the next, unless the phase says otherwise.
     #[serde(default)]
@@ -50,6 +52,7 @@ pub struct Spec {
     /// A device that has not finished this long after its update was sent failed
     /// (`timed out`), and its operation is cancelled. Default one hour.
     #[serde(default = "default_timeout")]
+    #[schema(minimum = 1, maximum = 2592000)]
     pub device_timeout_secs: u64,
     /// On abort, send devices that already updated back to the version they had.
     #[serde(default)]
@@ -90,6 +93,7 @@ pub struct TargetDevice {
 #[serde(deny_unknown_fields)]
 pub struct Phase {
     /// Cumulative share of the targets, 0 < p ≤ 100.
+    #[schema(exclusive_minimum = 0.0, maximum = 100.0)]
     pub percent: Option<f64>,
     /// Cumulative number of targets.
     pub count: Option<u64>,
@@ -97,8 +101,10 @@ pub struct Phase {
     pub group: Option<String>,
     /// Overrides of the rollout's `advance` for this phase.
     pub manual: Option<bool>,
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub success_ratio: Option<f64>,
     pub min_finished: Option<u64>,
+    #[schema(maximum = 2592000)]
     pub soak_secs: Option<u64>,
 }
 
@@ -111,9 +117,11 @@ pub struct Advance {
     #[serde(default)]
     pub manual: bool,
     #[serde(default = "default_success")]
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub success_ratio: f64,
     pub min_finished: Option<u64>,
     #[serde(default)]
+    #[schema(maximum = 2592000)]
     pub soak_secs: u64,
 }
 
@@ -133,7 +141,9 @@ impl Default for Advance {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Abort {
+    /// Above 0, at most 1.
     #[serde(default = "default_failure")]
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     pub failure_ratio: f64,
     #[serde(default = "default_min_finished")]
     pub min_finished: u64,
@@ -159,8 +169,10 @@ impl Default for Abort {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rate {
+    #[schema(minimum = 1)]
     pub per_minute: u64,
     #[serde(default = "one")]
+    #[schema(minimum = 1.0, maximum = 100.0)]
     pub increment_factor: f64,
     #[serde(default)]
     pub increase_every: u64,
@@ -183,7 +195,8 @@ impl Rate {
 /// Device states: waiting for its turn, then pending (sent), downloading, installing,
 /// rebooting; finished as succeeded, failed, timed_out, skipped (already at the version) or
 /// cancelled (the rollout stopped first); after a rollback rolling_back, rolled_back or
-/// rollback_failed.
+/// rollback_failed, or rollback_unsupported. In this order: the API's `DeviceState` enum
+/// indexes it.
 pub const DEVICE_STATES: [&str; 14] = [
     "waiting",
     "pending",
@@ -225,7 +238,7 @@ fn rollout_event(r: &RolloutRow, what: &str, data: serde_json::Value, actor: &st
 /// Check a spec and store the rollout with every target drawn into its phase. Returns the
 /// rollout and how many targets were left out (a type or model the artifact is not for).
 pub async fn create(core: &Core, spec: Spec, actor: &str) -> Result<(RolloutRow, u64)> {
-    if spec.name.trim().is_empty() || spec.name.len() > 128 || spec.name.contains('/') {
+    if spec.name.trim().is_empty() || spec.name.chars().count() > 128 || spec.name.contains('/') {
         return Err(Error::invalid("invalid", "`name` must be 1 to 128 characters, without `/`"));
     }
     if spec.phases.is_empty() {
@@ -738,7 +751,14 @@ fn abort_reason(spec: &Spec, phase: &Tally, overall: &Tally, phase_index: i64) -
 
 /// Whether the current phase may advance now (noting when it first could, for its soak).
 async fn phase_ready(core: &Core, r: &RolloutRow, spec: &Spec, t: &Tally) -> Result<bool> {
-    let p = &spec.phases[r.phase as usize];
+    let Some(p) = usize::try_from(r.phase).ok().and_then(|i| spec.phases.get(i)) else {
+        return Err(Error::internal(format!(
+            "rollout `{}` is in phase {} of {}",
+            r.name,
+            r.phase + 1,
+            spec.phases.len()
+        )));
+    };
     if p.manual.unwrap_or(spec.advance.manual) {
         return Ok(false);
     }

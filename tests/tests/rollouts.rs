@@ -253,6 +253,13 @@ async fn artifacts(server: &TestServer) {
     assert_eq!(a["size"], bytes.len());
     assert!(a["signed_by"].is_string(), "{a}");
     assert_eq!(a["device_types"], json!(["esp8266"]));
+    // The fields beside the file are small: a 9 KiB `name` is refused before anything else.
+    let form = reqwest::multipart::Form::new()
+        .text("name", "n".repeat(9 << 10))
+        .part("file", reqwest::multipart::Part::bytes(vec![1, 2, 3]));
+    let r = server.admin(Method::POST, "/api/v1/artifacts").multipart(form).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("over 8 KiB"));
     // A second upload of the same name and version is a conflict; a type that cannot
     // take updates is refused.
     let r = upload(server, "3.0.0", &[], bytes.clone()).await;

@@ -40,14 +40,17 @@ pub(super) struct ArtifactList {
 #[allow(dead_code)]
 pub(super) struct ArtifactForm {
     /// 1 to 128 characters, without `/`.
+    #[schema(min_length = 1, max_length = 128, pattern = r"^[^/]*\S[^/]*$")]
     name: String,
     /// 1 to 32 characters: what devices report once they run it (metadata `firmware`).
+    #[schema(min_length = 1, max_length = 32, pattern = r"^[^/]*\S[^/]*$")]
     version: String,
     /// Comma-separated device types it is for, e.g. `esp8266,lwm2m`.
     device_types: String,
     /// Comma-separated compatible models (the device's metadata `model`); none: any.
     models: Option<String>,
     /// The SHA-256 the uploader computed (hex); the upload is refused if the bytes differ.
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
     sha256: Option<String>,
     /// Ed25519 signature over the file, raw or base64, by a registered publisher key.
     signature: Option<String>,
@@ -91,11 +94,10 @@ pub(super) async fn upload_artifact(
                 let (size, sha) = result?;
                 file = Some((staged, size, sha));
             }
-            "signature" => {
-                signature = Some(field.bytes().await.map_err(|e| malformed(e.body_text()))?.to_vec());
-            }
+            "signature" => signature = Some(small(&mut field, "signature").await?),
             "name" | "version" | "device_types" | "models" | "sha256" => {
-                let text = field.text().await.map_err(|e| malformed(e.body_text()))?;
+                let bytes = small(&mut field, &name).await?;
+                let text = String::from_utf8(bytes).map_err(|_| malformed(format!("`{name}` is not UTF-8 text")))?;
                 fields.insert(name, text.trim().to_string());
             }
             other => {
@@ -124,6 +126,19 @@ pub(super) async fn upload_artifact(
     };
     let row = crate::artifacts::add(&state, upload, &admin.actor()).await?;
     Ok((StatusCode::CREATED, Json(row.into())))
+}
+
+/// A form field other than the file: at most 8 KiB (the file may be 2 GiB, the others not).
+async fn small(field: &mut axum::extract::multipart::Field<'_>, name: &str) -> Result<Vec<u8>, ApiError> {
+    const MAX: usize = 8 << 10;
+    let mut out = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(|e| malformed(e.body_text()))? {
+        if out.len() + chunk.len() > MAX {
+            return Err(malformed(format!("the `{name}` field is over {} KiB", MAX >> 10)));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 /// Write one multipart field to `path`, hashing it; refuses an empty or oversized file.

@@ -135,12 +135,40 @@ pub(super) async fn get_rollout(
     Ok(Json(Rollout::of(&state, r).await?))
 }
 
+/// Where a device of a rollout is (docs/rollouts.md, "States").
+#[derive(Deserialize, ToSchema, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum DeviceState {
+    Waiting,
+    Pending,
+    Downloading,
+    Installing,
+    Rebooting,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Skipped,
+    Cancelled,
+    RollingBack,
+    RolledBack,
+    RollbackFailed,
+    RollbackUnsupported,
+}
+
+impl DeviceState {
+    /// The name the store keeps (one of `rollouts::DEVICE_STATES`).
+    fn as_str(self) -> &'static str {
+        rollouts::DEVICE_STATES[self as usize]
+    }
+}
+
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct DeviceFilter {
-    /// Only devices in this state (`waiting`, `pending`, `downloading`, `succeeded`, `failed` …).
-    state: Option<String>,
+    /// Only devices in this state.
+    #[param(inline)]
+    state: Option<DeviceState>,
     /// Only devices of this phase (from 1).
     phase: Option<i64>,
     after: Option<i64>,
@@ -164,20 +192,10 @@ pub(super) async fn rollout_devices(
     Path(name): Path<String>,
     Query(f): Query<DeviceFilter>,
 ) -> Result<Json<RolloutDevices>, ApiError> {
-    if let Some(s) = &f.state
-        && !rollouts::DEVICE_STATES.contains(&s.as_str())
-    {
-        return Err(ApiError::bad_request(
-            "invalid",
-            format!("state `{s}`: use one of {}", rollouts::DEVICE_STATES.join(", ")),
-        ));
-    }
     let r = rollouts::find(&state, &name).await?;
     let (after, limit) = Page { after: f.after, limit: f.limit }.bounds();
-    let items = state
-        .store
-        .rollout_devices(r.id, f.state.as_deref(), f.phase.map(|p| p.saturating_sub(1)), after, limit)
-        .await?;
+    let phase = f.phase.map(|p| p.saturating_sub(1));
+    let items = state.store.rollout_devices(r.id, f.state.map(DeviceState::as_str), phase, after, limit).await?;
     let next_after = next_after(&items, limit, |d| d.position);
     Ok(Json(RolloutDevices { items, next_after }))
 }
@@ -260,4 +278,18 @@ pub(super) async fn rollback_rollout(
 ) -> Result<Json<Rollout>, ApiError> {
     let r = rollouts::rollback(&state, &name, &admin.actor()).await?;
     answer(&state, r).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The API's state names and the store's are the same list, in the same order.
+    #[test]
+    fn device_states_match_the_store() {
+        for name in rollouts::DEVICE_STATES {
+            let parsed: DeviceState = serde_json::from_value(serde_json::json!(name)).unwrap();
+            assert_eq!(parsed.as_str(), name);
+        }
+    }
 }

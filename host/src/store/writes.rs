@@ -152,4 +152,17 @@ mod tests {
         );
         assert_eq!(super::step(8, Event::Fail, None), Err(ResultOutcome::Unknown { operation: 8 }));
     }
+
+    #[test]
+    fn only_an_in_progress_report_with_a_response_keeps_its_progress() {
+        let progress = Event::Result(ops::Reported::InProgress);
+        let unchanged = step(7, progress, Some(("IN_PROGRESS".into(), 1, 1))).unwrap_err();
+        assert!(is_progress(progress, &unchanged, Some(r#"{"update_state":"installing"}"#)));
+        assert!(!is_progress(progress, &unchanged, None));
+        // A report on a finished operation keeps nothing.
+        let finished = step(7, progress, Some(("COMPLETED".into(), 1, 1))).unwrap_err();
+        assert!(!is_progress(progress, &finished, Some("{}")));
+        let completed = Event::Result(ops::Reported::Completed);
+        assert!(!is_progress(completed, &unchanged, Some("{}")));
+    }
 }
