@@ -61,25 +61,7 @@ pub async fn add(core: &Core, op: NewOperation, actor: &str) -> Result<(Activity
     if !(0..=MAX_RETRIES).contains(&op.retries) {
         return Err(Error::invalid("invalid", format!("`retries` is {}: use 0 to {MAX_RETRIES}", op.retries)));
     }
-    if t.devices.len() > MAX_EXPLICIT_DEVICES {
-        return Err(Error::invalid(
-            "too_many_devices",
-            format!("{} devices listed; list at most {MAX_EXPLICIT_DEVICES} or target a group", t.devices.len()),
-        ));
-    }
-    let mut targets =
-        TargetSet { devices: resolve(core, &t.devices).await?, tags: t.tags.clone(), ..Default::default() };
-    for g in &t.groups {
-        let group = core
-            .store
-            .group(g)
-            .await?
-            .ok_or_else(|| Error::invalid("unknown_group", format!("group `{g}` does not exist")))?;
-        match group.query() {
-            Some(q) => targets.queries.push(q),
-            None => targets.groups.push(group.id),
-        }
-    }
+    let targets = target_set(core, t).await?;
     let types = core.store.target_types(&targets).await?;
     if types.is_empty() {
         return Err(Error::invalid("no_targets", "the targets match no enrolled device"));
@@ -122,6 +104,35 @@ pub async fn add(core: &Core, op: NewOperation, actor: &str) -> Result<(Activity
         .await?;
     core.events.publish(Event::ActivityAdded { activity: activity.id, code, operations, actor: actor.to_string() });
     Ok((activity, operations))
+}
+
+/// The targets as the store selects them: the devices named (each enrolled), groups by
+/// name (a dynamic group as its query) and tags. Refuses an empty list, and more
+/// explicit devices than [`MAX_EXPLICIT_DEVICES`] (a group holds more).
+pub async fn target_set(core: &Core, t: &Targets) -> Result<TargetSet> {
+    if t.devices.is_empty() && t.groups.is_empty() && t.tags.is_empty() {
+        return Err(Error::invalid("invalid", "`targets` names no devices, groups or tags"));
+    }
+    if t.devices.len() > MAX_EXPLICIT_DEVICES {
+        return Err(Error::invalid(
+            "too_many_devices",
+            format!("{} devices listed; list at most {MAX_EXPLICIT_DEVICES} or target a group", t.devices.len()),
+        ));
+    }
+    let mut targets =
+        TargetSet { devices: resolve(core, &t.devices).await?, tags: t.tags.clone(), ..Default::default() };
+    for g in &t.groups {
+        let group = core
+            .store
+            .group(g)
+            .await?
+            .ok_or_else(|| Error::invalid("unknown_group", format!("group `{g}` does not exist")))?;
+        match group.query() {
+            Some(q) => targets.queries.push(q),
+            None => targets.groups.push(group.id),
+        }
+    }
+    Ok(targets)
 }
 
 /// The devices named, each of which must be enrolled (not removed).

@@ -11,9 +11,7 @@
 use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::operations::{DeviceName, Targets};
-use crate::store::{
-    ArtifactRow, DeviceChange, InFlight, NewEvent, Placement, RolloutRow, Start, StartBatch, TargetSet,
-};
+use crate::store::{ArtifactRow, DeviceChange, InFlight, NewEvent, Placement, RolloutRow, Start, StartBatch};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -292,7 +290,11 @@ pub async fn create(core: &Core, spec: Spec, actor: &str) -> Result<(RolloutRow,
     let t = &spec.targets;
     let names: Vec<DeviceName> =
         t.devices.iter().map(|d| DeviceName { device_type: d.device_type.clone(), device_id: d.id.clone() }).collect();
-    let targets = target_set(core, &Targets { devices: names, groups: t.groups.clone(), tags: t.tags.clone() }).await?;
+    let targets = crate::operations::target_set(
+        core,
+        &Targets { devices: names, groups: t.groups.clone(), tags: t.tags.clone() },
+    )
+    .await?;
     let all = core.store.target_devices(&targets).await?;
     if all.is_empty() {
         return Err(Error::invalid("no_targets", "the targets match no enrolled device"));
@@ -351,29 +353,6 @@ fn version(metadata: &str) -> Option<String> {
     serde_json::from_str::<serde_json::Value>(metadata).ok()?.get("firmware")?.as_str().map(str::to_string)
 }
 
-async fn target_set(core: &Core, t: &Targets) -> Result<TargetSet> {
-    if t.devices.is_empty() && t.groups.is_empty() && t.tags.is_empty() {
-        return Err(Error::invalid("invalid", "`targets` names no devices, groups or tags"));
-    }
-    let mut set = TargetSet {
-        devices: crate::operations::resolve(core, &t.devices).await?,
-        tags: t.tags.clone(),
-        ..Default::default()
-    };
-    for g in &t.groups {
-        let group = core
-            .store
-            .group(g)
-            .await?
-            .ok_or_else(|| Error::invalid("unknown_group", format!("group `{g}` does not exist")))?;
-        match group.query() {
-            Some(q) => set.queries.push(q),
-            None => set.groups.push(group.id),
-        }
-    }
-    Ok(set)
-}
-
 /// Draw the devices into phases: group phases take their members, the others take from
 /// the rest in a shuffled order (stable for the rollout's name, so a canary is not
 /// always the oldest devices), up to their cumulative share; the last takes the rest.
@@ -397,7 +376,8 @@ async fn place(core: &Core, spec: &Spec, devices: &[(i64, String)]) -> Result<Ve
         let take: Vec<i64> = if last {
             std::mem::take(&mut left)
         } else if let Some(g) = &p.group {
-            let members = target_set(core, &Targets { groups: vec![g.clone()], ..Default::default() }).await?;
+            let members =
+                crate::operations::target_set(core, &Targets { groups: vec![g.clone()], ..Default::default() }).await?;
             let members: std::collections::HashSet<i64> =
                 core.store.target_devices(&members).await?.into_iter().map(|(id, _, _)| id).collect();
             let (inside, rest): (Vec<i64>, Vec<i64>) = left.into_iter().partition(|id| members.contains(id));
