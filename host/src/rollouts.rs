@@ -948,7 +948,7 @@ async fn aborted(core: &Core, r: &RolloutRow, why: &str, actor: &str) -> Result<
 
 /// Cancel the update operations not yet delivered; the devices count as cancelled.
 async fn cancel_queued(core: &Core, r: &RolloutRow, actor: &str) -> Result<()> {
-    let n = core.store.rollout_cancel_queued(r.id, actor).await?;
+    let n = core.store.rollout_cancel_queued(r.id, &r.name, actor).await?;
     if n > 0 {
         // The fronts hear it as an admin's cancel (nothing of it is delivered any more).
         core.events.publish(crate::events::Event::OperationsCancelled {

@@ -489,6 +489,8 @@ async fn abort_and_roll_back(server: &TestServer) {
     for k in ["rollout.aborted", "rollout.rollback_started", "rollout.rolled_back"] {
         assert!(kinds.iter().any(|x| x == k), "{k} in {kinds:?}");
     }
+    let cancelled = events(server, "operations.cancelled").await;
+    assert!(cancelled.iter().any(|e| e["target"] == "rollout/bad-fw" && e["data"]["count"] == 2), "{cancelled:?}");
     // Over: a rollback is not asked twice, and nothing can be resumed.
     assert_eq!(act(server, "bad-fw", "rollback").await.0, StatusCode::CONFLICT);
     assert_eq!(act(server, "bad-fw", "resume").await.0, StatusCode::CONFLICT);

@@ -557,7 +557,7 @@ impl Store {
     /// Cancel the update operations of a rollout not yet delivered (PENDING, NOTNOW), and
     /// count their devices `cancelled`, not failed: in one transaction, whatever their
     /// number, with one `operations.cancelled` event. Returns how many.
-    pub async fn rollout_cancel_queued(&self, id: i64, actor: &str) -> Result<u64, StoreError> {
+    pub async fn rollout_cancel_queued(&self, id: i64, name: &str, actor: &str) -> Result<u64, StoreError> {
         let now = now_ms();
         let queued = "SELECT rd.operation FROM rollout_devices rd WHERE rd.rollout = $3 AND rd.state = 'pending'";
         let transitions = format!(
@@ -587,7 +587,7 @@ impl Store {
                     actor: actor.to_string(),
                 };
                 let mut e = event.record();
-                e.target = Some(format!("rollout/{id}"));
+                e.target = Some(format!("rollout/{name}"));
                 record_event!(&mut *tx, &e);
             }
             tx.commit().await?;
