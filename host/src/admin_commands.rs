@@ -342,15 +342,7 @@ pub async fn artifact_upload(a: ArtifactUpload, server: ServerArgs) -> anyhow::R
     }
     // The file goes last: the server streams it to storage as it reads the fields.
     form = form.part("file", reqwest::multipart::Part::bytes(bytes).file_name("image.bin"));
-    let url = format!("{}/api/v1/artifacts", server.server.trim_end_matches('/'));
-    let response = crate::client()?
-        .post(&url)
-        .bearer_auth(&server.token)
-        .multipart(form)
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
-    let a = crate::answer(response).await?;
+    let a = crate::lifecycle::post_form(&server, "artifacts", form).await?;
     println!(
         "{} {}: {} bytes, sha256 {}{}",
         text(&a["name"]),

@@ -787,15 +787,7 @@ async fn install(file: PathBuf, signature: Option<PathBuf>, server: ServerArgs) 
     if let Some(s) = signature {
         form = form.part("signature", reqwest::multipart::Part::bytes(s).file_name("plugin.wasm.sig"));
     }
-    let url = format!("{}/api/v1/plugins", server.server.trim_end_matches('/'));
-    let response = client()?
-        .post(&url)
-        .bearer_auth(&server.token)
-        .multipart(form)
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
-    let body = answer(response).await?;
+    let body = lifecycle::post_form(&server, "plugins", form).await?;
     let p = &body["plugin"];
     if body["unchanged"].as_bool() == Some(true) {
         println!(
@@ -1139,6 +1131,18 @@ mod lifecycle {
         if let Some(b) = body {
             request = request.json(&b);
         }
+        let response = request.send().await.map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
+        answer(response).await
+    }
+
+    /// POST a multipart form (an upload) to the admin API.
+    pub(crate) async fn post_form(
+        server: &ServerArgs,
+        path: &str,
+        form: reqwest::multipart::Form,
+    ) -> anyhow::Result<Value> {
+        let url = url(server, path);
+        let request = client()?.post(&url).bearer_auth(&server.token).multipart(form);
         let response = request.send().await.map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
         answer(response).await
     }
