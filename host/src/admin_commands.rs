@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use std::time::{Duration, UNIX_EPOCH};
 
 /// A time in the API's form (ms since the epoch) as RFC 3339, to the second, UTC.
-fn when(ms: &Value) -> String {
+pub fn when(ms: &Value) -> String {
     // What the server sent: a time past what SystemTime holds shows as "-", not a panic.
     match ms.as_i64().filter(|ms| *ms >= 0).and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms as u64))) {
         Some(t) => humantime::format_rfc3339_seconds(t).to_string(),
@@ -39,12 +39,23 @@ async fn newest(server: &ServerArgs, path: &str, last: usize) -> anyhow::Result<
     }
 }
 
-fn text(v: &Value) -> &str {
+/// With `--output json`: print the API's answer as it came and say so.
+pub fn printed(server: &ServerArgs, body: &Value) -> bool {
+    if server.json() {
+        println!("{}", serde_json::to_string_pretty(body).unwrap_or_default());
+    }
+    server.json()
+}
+
+pub fn text(v: &Value) -> &str {
     v.as_str().unwrap_or("-")
 }
 
 pub async fn token_list(server: ServerArgs) -> anyhow::Result<()> {
     let body = call(&server, Method::GET, "admin-tokens", None).await?;
+    if printed(&server, &body) {
+        return Ok(());
+    }
     println!("{:<24} {:<9} {:<8} {:<21} expires", "name", "role", "state", "created");
     for t in body["items"].as_array().into_iter().flatten() {
         let expires = if t["expires_at"].is_null() { "never".into() } else { when(&t["expires_at"]) };
@@ -129,6 +140,9 @@ pub async fn audit(filter: AuditFilter, server: ServerArgs) -> anyhow::Result<()
     let encoded: Vec<String> = query.iter().map(|(k, v)| format!("{k}={}", crate::lifecycle::segment(v))).collect();
     let path = if encoded.is_empty() { "audit".to_string() } else { format!("audit?{}", encoded.join("&")) };
     let rows = newest(&server, &path, filter.last).await?;
+    if printed(&server, &json!({"items": rows})) {
+        return Ok(());
+    }
     for e in rows {
         let action = text(&e["action"]);
         let route = action.split_once(' ').map_or(action, |(_, r)| r);
@@ -147,6 +161,9 @@ pub async fn audit(filter: AuditFilter, server: ServerArgs) -> anyhow::Result<()
 
 pub async fn webhook_list(server: ServerArgs) -> anyhow::Result<()> {
     let body = call(&server, Method::GET, "webhooks", None).await?;
+    if printed(&server, &body) {
+        return Ok(());
+    }
     for w in body["items"].as_array().into_iter().flatten() {
         let state = if w["enabled"].as_bool() == Some(true) { "enabled" } else { "disabled" };
         let types: Vec<&str> = w["types"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
@@ -199,6 +216,9 @@ pub async fn webhook_enable(name: String, server: ServerArgs) -> anyhow::Result<
 pub async fn webhook_deliveries(name: String, last: usize, server: ServerArgs) -> anyhow::Result<()> {
     let path = format!("webhooks/{}/deliveries", crate::lifecycle::segment(&name));
     let rows = newest(&server, &path, last).await?;
+    if printed(&server, &json!({"items": rows})) {
+        return Ok(());
+    }
     for d in rows {
         let outcome = match (d["status"].as_i64(), d["error"].as_str()) {
             (Some(s), None) => s.to_string(),
@@ -219,6 +239,9 @@ pub async fn webhook_deliveries(name: String, last: usize, server: ServerArgs) -
 
 pub async fn policy_list(server: ServerArgs) -> anyhow::Result<()> {
     let body = call(&server, Method::GET, "policies", None).await?;
+    if printed(&server, &body) {
+        return Ok(());
+    }
     println!("{:<24} {:>8} {:<8} {:>4} {:<24} applies to", "name", "priority", "state", "rev", "device types");
     for p in body.as_array().into_iter().flatten() {
         let types: Vec<&str> = p["profiles"].as_object().into_iter().flatten().map(|(k, _)| k.as_str()).collect();
@@ -240,6 +263,9 @@ pub async fn policy_list(server: ServerArgs) -> anyhow::Result<()> {
 
 pub async fn policy_show(name: String, server: ServerArgs) -> anyhow::Result<()> {
     let body = call(&server, Method::GET, &format!("policies/{}", crate::lifecycle::segment(&name)), None).await?;
+    if printed(&server, &body) {
+        return Ok(());
+    }
     println!("{}", serde_json::to_string_pretty(&body)?);
     Ok(())
 }
@@ -304,6 +330,9 @@ pub async fn policy_remove(name: String, server: ServerArgs) -> anyhow::Result<(
 pub async fn policy_revisions(name: String, server: ServerArgs) -> anyhow::Result<()> {
     let path = format!("policies/{}/revisions", crate::lifecycle::segment(&name));
     let body = call(&server, Method::GET, &path, None).await?;
+    if printed(&server, &body) {
+        return Ok(());
+    }
     for r in body.as_array().into_iter().flatten() {
         println!(
             "{:>4} {:<21} {:<24} priority {}",
@@ -356,6 +385,9 @@ pub async fn artifact_upload(a: ArtifactUpload, server: ServerArgs) -> anyhow::R
 
 pub async fn artifact_list(server: ServerArgs) -> anyhow::Result<()> {
     let body = call(&server, Method::GET, "artifacts", None).await?;
+    if printed(&server, &body) {
+        return Ok(());
+    }
     println!("{:<20} {:<10} {:<16} {:>10} {:<16} signed by", "name", "version", "types", "bytes", "sha256");
     for a in body["items"].as_array().into_iter().flatten() {
         let types: Vec<&str> = a["device_types"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
@@ -421,6 +453,9 @@ fn print_rollout(r: &Value) {
 
 pub async fn rollout_list(server: ServerArgs) -> anyhow::Result<()> {
     let body = call(&server, Method::GET, "rollouts", None).await?;
+    if printed(&server, &body) {
+        return Ok(());
+    }
     for r in body["items"].as_array().into_iter().flatten() {
         print_rollout(r);
     }
@@ -429,6 +464,9 @@ pub async fn rollout_list(server: ServerArgs) -> anyhow::Result<()> {
 
 pub async fn rollout_show(name: String, server: ServerArgs) -> anyhow::Result<()> {
     let body = call(&server, Method::GET, &format!("rollouts/{}", crate::lifecycle::segment(&name)), None).await?;
+    if printed(&server, &body) {
+        return Ok(());
+    }
     print_rollout(&body);
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod admin_commands;
+mod fleet_commands;
 
 #[derive(Parser)]
 #[command(name = "drover", version, about = "Device-management server with WebAssembly device-type plugins")]
@@ -25,7 +26,33 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// The fleet at a glance: devices by type and status, operations by state.
+    Fleet {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Devices of a running server: list, show, import, remove, tag.
+    #[command(alias = "device")]
+    Devices {
+        #[command(subcommand)]
+        command: DevicesCommand,
+    },
+    /// Operations of a running server: add, list, show, cancel, watch an activity.
+    #[command(alias = "op")]
+    Ops {
+        #[command(subcommand)]
+        command: OpsCommand,
+    },
+    /// Groups of a running server: list, show, create, add devices, remove.
+    #[command(alias = "group")]
+    Groups {
+        #[command(subcommand)]
+        command: GroupsCommand,
+    },
+    /// Print a shell's completion script: `drover completions bash > /etc/bash_completion.d/drover`.
+    Completions { shell: clap_complete::Shell },
     /// Admin-API tokens of a running server: list, create, revoke.
+    #[command(alias = "tokens")]
     Token {
         #[command(subcommand)]
         command: TokenCommand,
@@ -54,6 +81,152 @@ enum Command {
     Audit {
         #[command(flatten)]
         filter: admin_commands::AuditFilter,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevicesCommand {
+    /// Devices, filtered: type, status, tag, group, owner, metadata, a search.
+    List {
+        #[command(flatten)]
+        filter: fleet_commands::DeviceFilter,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// One device: status, owner, tags, metadata, latest telemetry.
+    Show {
+        /// TYPE/ID, e.g. android/356000000000001.
+        device: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Pre-register devices from a CSV file (device_type, device_id[, name, owner, ownership]).
+    Import {
+        file: PathBuf,
+        /// Let them enroll without an enrollment token (LwM2M devices).
+        #[arg(long)]
+        self_enroll: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Remove a device: its credentials are revoked and its queued operations cancelled.
+    Remove {
+        device: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Add or remove tags of a device.
+    Tag {
+        device: String,
+        /// A tag to add (repeat the flag).
+        #[arg(long)]
+        add: Vec<String>,
+        /// A tag to remove (repeat the flag).
+        #[arg(long)]
+        remove: Vec<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum OpsCommand {
+    /// Add an operation for devices, groups or tags; prints its activity.
+    Add {
+        /// The operation code, e.g. DEVICE_LOCK (`drover devices show` … the type's plugin lists them).
+        code: String,
+        /// The payload: JSON, or @FILE.
+        #[arg(long)]
+        payload: Option<String>,
+        #[command(flatten)]
+        targets: fleet_commands::Targets,
+        /// How long it may wait for its device (e.g. 1h, 2d).
+        #[arg(long)]
+        ttl: Option<humantime::Duration>,
+        /// Follow the activity to the end (as `ops watch`).
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// The newest operations of a device, an activity or a state.
+    List {
+        /// TYPE/ID.
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        activity: Option<i64>,
+        #[arg(long)]
+        state: Option<String>,
+        /// How many, the newest.
+        #[arg(long, default_value_t = 50)]
+        last: usize,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// One operation and every transition it went through.
+    Show {
+        id: i64,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Cancel an operation, or with --activity every unfinished operation of an activity.
+    Cancel {
+        id: i64,
+        #[arg(long)]
+        activity: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Follow an activity with a progress bar until every operation has ended; fails if
+    /// any ended in ERROR.
+    Watch {
+        activity: i64,
+        /// Give up after this long (e.g. 10m).
+        #[arg(long)]
+        timeout: Option<humantime::Duration>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupsCommand {
+    /// Every group: kind and size.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// One group.
+    Show {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Create a static group, or a dynamic one with --query.
+    Create {
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// JSON, e.g. '{"device_type": "android", "tags": ["warehouse-3"]}'.
+        #[arg(long)]
+        query: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Add devices (TYPE/ID …) to a static group.
+    Add {
+        name: String,
+        #[arg(required = true)]
+        devices: Vec<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Delete a group (its devices stay).
+    Remove {
+        name: String,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -464,15 +637,103 @@ enum KindArg {
     PolicyRule,
 }
 
-/// Which server an admin command talks to.
-#[derive(clap::Args)]
+/// Which server an admin command talks to, as whom, and how it prints.
+#[derive(clap::Args, Clone)]
 struct ServerArgs {
-    /// The server's base URL.
-    #[arg(long, env = "DROVER_SERVER", default_value = "http://127.0.0.1:8080")]
-    server: String,
-    /// An admin token with the role the command needs.
+    /// The server's base URL [default: the profile's, else http://127.0.0.1:8080].
+    #[arg(long, env = "DROVER_SERVER")]
+    server: Option<String>,
+    /// An admin token with the role the command needs [default: the profile's].
     #[arg(long, env = "DROVER_ADMIN_TOKEN", hide_env_values = true)]
-    token: String,
+    token: Option<String>,
+    /// A profile (server and token) of the profiles file, $DROVER_PROFILES or
+    /// ~/.config/drover/profiles.toml [default: default].
+    #[arg(long, env = "DROVER_PROFILE")]
+    profile: Option<String>,
+    /// table: for people; json: the API's answers, for scripts.
+    #[arg(long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Table,
+    Json,
+}
+
+impl ServerArgs {
+    /// The base URL and the token: flag or environment first, then the profile.
+    fn remote(&self) -> anyhow::Result<(String, String)> {
+        let profile = profiles::load(self.profile.as_deref())?;
+        let base = self
+            .server
+            .clone()
+            .or_else(|| profile.as_ref().and_then(|p| p.server.clone()))
+            .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+        let token = self.token.clone().or_else(|| profile.and_then(|p| p.token)).ok_or_else(|| {
+            anyhow::anyhow!("no admin token: pass --token, set DROVER_ADMIN_TOKEN, or put one in a profile")
+        })?;
+        Ok((base.trim_end_matches('/').to_string(), token))
+    }
+
+    fn json(&self) -> bool {
+        self.output == Output::Json
+    }
+}
+
+/// `profiles.toml`: named servers with their tokens, so a command needs neither flag.
+///
+/// ```toml
+/// [default]
+/// server = "https://drover.example.com"
+/// token = "drv_admin_…"
+/// ```
+mod profiles {
+    #[derive(serde::Deserialize, Clone)]
+    #[serde(deny_unknown_fields)]
+    pub struct Profile {
+        pub server: Option<String>,
+        pub token: Option<String>,
+    }
+
+    fn path() -> Option<std::path::PathBuf> {
+        if let Some(p) = std::env::var_os("DROVER_PROFILES") {
+            return Some(p.into());
+        }
+        let config = std::env::var_os("XDG_CONFIG_HOME")
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".config")))?;
+        Some(config.join("drover").join("profiles.toml"))
+    }
+
+    /// The named profile (`default` unless named). A missing file is no profile; a named
+    /// profile that is not there is an error.
+    pub fn load(name: Option<&str>) -> anyhow::Result<Option<Profile>> {
+        let Some(path) = path() else { return Ok(None) };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && name.is_none() => return Ok(None),
+            Err(e) => anyhow::bail!("reading {}: {e}", path.display()),
+        };
+        let all: std::collections::BTreeMap<String, Profile> =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(&path)
+                && meta.permissions().mode() & 0o077 != 0
+                && all.values().any(|p| p.token.is_some())
+            {
+                eprintln!("warning: {} holds tokens and others may read it (chmod 600 it)", path.display());
+            }
+        }
+        match name {
+            None => Ok(all.get("default").cloned()),
+            Some(n) => {
+                all.get(n).cloned().map(Some).ok_or_else(|| anyhow::anyhow!("no profile [{n}] in {}", path.display()))
+            }
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -505,6 +766,45 @@ fn main() -> ExitCode {
                 PluginCommand::Enable { name, server } => lifecycle::act(name, "enable", None, server).await,
                 PluginCommand::Settings { name, set, server } => lifecycle::settings(name, set, server).await,
             },
+            Command::Fleet { server } => fleet_commands::fleet(server).await,
+            Command::Devices { command } => match command {
+                DevicesCommand::List { filter, server } => fleet_commands::devices_list(filter, server).await,
+                DevicesCommand::Show { device, server } => fleet_commands::devices_show(device, server).await,
+                DevicesCommand::Import { file, self_enroll, server } => {
+                    fleet_commands::devices_import(file, self_enroll, server).await
+                }
+                DevicesCommand::Remove { device, server } => fleet_commands::devices_remove(device, server).await,
+                DevicesCommand::Tag { device, add, remove, server } => {
+                    fleet_commands::devices_tag(device, add, remove, server).await
+                }
+            },
+            Command::Ops { command } => match command {
+                OpsCommand::Add { code, payload, targets, ttl, watch, server } => {
+                    fleet_commands::ops_add(code, payload, targets, ttl, watch, server).await
+                }
+                OpsCommand::List { device, activity, state, last, server } => {
+                    fleet_commands::ops_list(device, activity, state, last, server).await
+                }
+                OpsCommand::Show { id, server } => fleet_commands::ops_show(id, server).await,
+                OpsCommand::Cancel { id, activity, server } => fleet_commands::ops_cancel(id, activity, server).await,
+                OpsCommand::Watch { activity, timeout, server } => {
+                    fleet_commands::ops_watch(activity, timeout, server).await
+                }
+            },
+            Command::Groups { command } => match command {
+                GroupsCommand::List { server } => fleet_commands::groups_list(server).await,
+                GroupsCommand::Show { name, server } => fleet_commands::groups_show(name, server).await,
+                GroupsCommand::Create { name, description, query, server } => {
+                    fleet_commands::groups_create(name, description, query, server).await
+                }
+                GroupsCommand::Add { name, devices, server } => fleet_commands::groups_add(name, devices, server).await,
+                GroupsCommand::Remove { name, server } => fleet_commands::groups_remove(name, server).await,
+            },
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                clap_complete::generate(shell, &mut Cli::command(), "drover", &mut std::io::stdout());
+                Ok(())
+            }
             Command::Token { command } => match command {
                 TokenCommand::List { server } => admin_commands::token_list(server).await,
                 TokenCommand::Create { name, role, expires_in, server } => {
@@ -811,10 +1111,11 @@ async fn install(file: PathBuf, signature: Option<PathBuf>, server: ServerArgs) 
 async fn trust(key: PathBuf, publisher: String, server: ServerArgs) -> anyhow::Result<()> {
     let public_key =
         String::from_utf8(read(&key)?).map_err(|_| anyhow::anyhow!("{} is not a PEM text file", key.display()))?;
-    let url = format!("{}/api/v1/publisher-keys", server.server.trim_end_matches('/'));
+    let (base, token) = server.remote()?;
+    let url = format!("{base}/api/v1/publisher-keys");
     let response = client()?
         .post(&url)
-        .bearer_auth(&server.token)
+        .bearer_auth(&token)
         .json(&serde_json::json!({"publisher": publisher, "public_key": public_key}))
         .send()
         .await
@@ -1116,18 +1417,15 @@ mod lifecycle {
     use super::{ServerArgs, answer, client};
     use serde_json::{Value, json};
 
-    fn url(server: &ServerArgs, path: &str) -> String {
-        format!("{}/api/v1/{path}", server.server.trim_end_matches('/'))
-    }
-
     pub(crate) async fn call(
         server: &ServerArgs,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
-        let url = url(server, path);
-        let mut request = client()?.request(method, &url).bearer_auth(&server.token);
+        let (base, token) = server.remote()?;
+        let url = format!("{base}/api/v1/{path}");
+        let mut request = client()?.request(method, &url).bearer_auth(&token);
         if let Some(b) = body {
             request = request.json(&b);
         }
@@ -1141,8 +1439,9 @@ mod lifecycle {
         path: &str,
         form: reqwest::multipart::Form,
     ) -> anyhow::Result<Value> {
-        let url = url(server, path);
-        let request = client()?.post(&url).bearer_auth(&server.token).multipart(form);
+        let (base, token) = server.remote()?;
+        let url = format!("{base}/api/v1/{path}");
+        let request = client()?.post(&url).bearer_auth(&token).multipart(form);
         let response = request.send().await.map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
         answer(response).await
     }
@@ -1179,6 +1478,9 @@ mod lifecycle {
 
     pub async fn list(server: ServerArgs) -> anyhow::Result<()> {
         let body = call(&server, reqwest::Method::GET, "plugins", None).await?;
+        if crate::admin_commands::printed(&server, &body) {
+            return Ok(());
+        }
         for p in body["items"].as_array().into_iter().flatten() {
             println!("{}", line(p));
         }
@@ -1187,6 +1489,9 @@ mod lifecycle {
 
     pub async fn show(name: String, server: ServerArgs) -> anyhow::Result<()> {
         let body = call(&server, reqwest::Method::GET, &format!("plugins/{name}"), None).await?;
+        if crate::admin_commands::printed(&server, &body) {
+            return Ok(());
+        }
         let p = &body["plugin"];
         println!("{}", line(p));
         if let Some(why) = p["suspended_reason"].as_str() {

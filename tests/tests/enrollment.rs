@@ -42,6 +42,20 @@ async fn tokens_and_csv(server: &TestServer) {
     let t = token(server, 1).await;
     let url = t["enrollment_url"].as_str().unwrap();
     assert!(url.contains("/agent/v1/android/enroll?token=drv_enroll_"), "{url}");
+    assert!(url.starts_with(&server.base), "the URL is the server's public URL: {url}");
+    // A forged Host header does not reach the URL a QR code carries.
+    let forged: Value = server
+        .admin(Method::POST, "/api/v1/enrollment-tokens")
+        .header("host", "attacker.example")
+        .json(&json!({"device_type": "android"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let forged_url = forged["enrollment_url"].as_str().unwrap();
+    assert!(!forged_url.contains("attacker.example") && forged_url.starts_with(&server.base), "{forged_url}");
     let url = url.replace(&format!("http://{}", server.base.trim_start_matches("http://")), &server.base);
     // A request the plugin refuses does not use the token up.
     let r = server.http.post(&url).body("{\"deviceIdentifier\": \"\"}").send().await.unwrap();

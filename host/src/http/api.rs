@@ -2,8 +2,8 @@
 //! `{"error": {"code": "<stable code>", "message": "<what was wrong>"}}`.
 
 use super::{
-    AppState, ErrorBody, artifacts, audit, devices, enrollment, events, groups, operations, plugin_settings, plugins,
-    policies, rollouts, tokens, webhooks,
+    AppState, ErrorBody, artifacts, audit, devices, enrollment, events, fleet, groups, operations, plugin_settings,
+    plugins, policies, rollouts, tokens, webhooks,
 };
 use axum::Router;
 use axum::body::Bytes;
@@ -20,6 +20,8 @@ use utoipa_axum::routes;
 pub(super) fn router(state: AppState) -> Router<AppState> {
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(devices::list_devices))
+        .routes(routes!(fleet::fleet))
+        .routes(routes!(fleet::list_device_types))
         .routes(routes!(devices::get_device, devices::update_device, devices::remove_device))
         .routes(routes!(devices::set_tags))
         .routes(routes!(devices::device_telemetry))
@@ -166,6 +168,30 @@ impl Page {
 /// The `next_after` of a page: the last id when the page is full.
 pub(super) fn next_after<T>(rows: &[T], limit: i64, id: impl Fn(&T) -> i64) -> Option<i64> {
     (rows.len() as i64 == limit).then(|| rows.last().map(id)).flatten()
+}
+
+/// Where a listing's page starts: `after` (oldest first) or `before` (newest first; give
+/// `before` past the largest id, e.g. 9007199254740991, for the newest page).
+pub(super) fn cursor(after: Option<i64>, before: Option<i64>) -> Result<crate::store::Cursor, super::ApiError> {
+    match (after, before) {
+        (Some(_), Some(_)) => Err(super::ApiError::bad_request("invalid_query", "give `after` or `before`, not both")),
+        (_, Some(b)) => Ok(crate::store::Cursor::Before(b)),
+        (a, None) => Ok(crate::store::Cursor::After(a.unwrap_or(0))),
+    }
+}
+
+/// The next page's cursor of a full page: `(next_after, next_before)`, one of them set.
+pub(super) fn next_cursor<T>(
+    rows: &[T],
+    limit: i64,
+    cursor: crate::store::Cursor,
+    id: impl Fn(&T) -> i64,
+) -> (Option<i64>, Option<i64>) {
+    let next = next_after(rows, limit, id);
+    match cursor {
+        crate::store::Cursor::After(_) => (next, None),
+        crate::store::Cursor::Before(_) => (None, next),
+    }
 }
 
 /// A device named by type and id, as the API addresses devices.

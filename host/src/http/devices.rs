@@ -111,6 +111,14 @@ pub(super) struct DeviceFilter {
     tag: Option<String>,
     /// Only devices in this group (static or dynamic).
     group: Option<String>,
+    /// Only devices of this owner.
+    owner: Option<String>,
+    /// Only devices whose id or name contains this (in any case).
+    #[param(max_length = 200)]
+    q: Option<String>,
+    /// Only devices whose reported metadata has this value: `key=value`.
+    #[param(pattern = "^[^=]+=.*$")]
+    metadata: Option<String>,
     after: Option<i64>,
     limit: Option<i64>,
 }
@@ -128,10 +136,27 @@ pub(super) async fn list_devices(
         Some(name) => Some(group_or_404(&state, name).await?),
         None => None,
     };
-    let rows = state
-        .store
-        .list_devices(q.device_type.as_deref(), q.status, q.tag.as_deref(), group.as_ref(), after, limit)
-        .await?;
+    let mut metadata = std::collections::BTreeMap::new();
+    if let Some(pair) = &q.metadata {
+        let (key, value) = pair
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| ApiError::bad_request("invalid_query", "`metadata`: write key=value"))?;
+        metadata.insert(key.to_string(), value.to_string());
+    }
+    if q.q.as_ref().is_some_and(|s| s.chars().count() > 200) {
+        return Err(ApiError::bad_request("invalid_query", "`q`: at most 200 characters"));
+    }
+    let filter = crate::store::DeviceFilter {
+        device_type: q.device_type.as_deref(),
+        status: q.status,
+        tag: q.tag.as_deref(),
+        group: group.as_ref(),
+        owner: q.owner.as_deref(),
+        search: q.q.as_deref(),
+        metadata,
+    };
+    let rows = state.store.list_devices(&filter, after, limit).await?;
     let mut items = Vec::with_capacity(rows.len());
     for d in &rows {
         items.push(Device::new(d, state.store.tags(d.id).await?));

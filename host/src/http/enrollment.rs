@@ -8,7 +8,7 @@ use crate::enrollment::DAY_SECS;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -49,7 +49,6 @@ pub(super) struct EnrollmentTokenCreated {
 pub(super) async fn create_enrollment_token(
     State(state): State<AppState>,
     Administrator(admin): Administrator,
-    headers: axum::http::HeaderMap,
     ApiJson(t): ApiJson<NewEnrollmentToken>,
 ) -> Result<(StatusCode, Json<EnrollmentTokenCreated>), ApiError> {
     if state.registry.device_type(&t.device_type).is_none() {
@@ -69,8 +68,10 @@ pub(super) async fn create_enrollment_token(
         .store
         .insert_enrollment_token(&hash, &t.device_type, &admin.actor(), expires_at, uses, t.import_batch.as_deref())
         .await?;
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-    let enrollment_url = format!("http://{host}/agent/v1/{}/enroll?token={token}", t.device_type);
+    // From the configured public URL, never from the request's Host header: a forged Host
+    // would otherwise put an attacker's address in the QR code devices scan.
+    let enrollment_url =
+        format!("{}/agent/v1/{}/enroll?token={token}", state.public_url.trim_end_matches('/'), t.device_type);
     Ok((
         StatusCode::CREATED,
         Json(EnrollmentTokenCreated { token, device_type: t.device_type, uses, expires_at, enrollment_url }),

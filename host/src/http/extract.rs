@@ -48,11 +48,18 @@ impl Admin {
 
     /// The caller of `parts`, if its role is at least `role`.
     async fn with_role(parts: &Parts, state: &AppState, role: Role) -> Result<Admin, ApiError> {
-        let token = bearer(parts)
-            .ok_or_else(|| ApiError::unauthorized("send an admin token: Authorization: Bearer <token>"))?;
+        // A console page's call carries its session's token (hash) as an extension, which
+        // only the server can set; anything else presents the token itself.
+        let hash = match parts.extensions.get::<super::console::SessionToken>() {
+            Some(t) => t.0.clone(),
+            None => hash_token(
+                bearer(parts)
+                    .ok_or_else(|| ApiError::unauthorized("send an admin token: Authorization: Bearer <token>"))?,
+            ),
+        };
         let (name, stored) = state
             .store
-            .admin_for_token(&hash_token(token))
+            .admin_for_token(&hash)
             .await?
             .ok_or_else(|| ApiError::unauthorized("unknown or revoked admin token"))?;
         let has =

@@ -1,16 +1,19 @@
-//! The HTTP front: the admin API under `/api/v1` (one resource per file), the device
-//! agent under `/agent/v1`, `/metrics` and `/healthz`. Handlers parse, call a service or
-//! read the store, and map errors (`error.rs`); no delivery or enrollment logic lives here.
+//! The HTTP front: the admin API under `/api/v1` (one resource per file), the web console
+//! under `/console` (a client of that API, in-process), the device agent under
+//! `/agent/v1`, `/metrics` and `/healthz`. Handlers parse, call a service or read the
+//! store, and map errors (`error.rs`); no delivery or enrollment logic lives here.
 
 mod agent;
 mod api;
 mod artifacts;
 mod audit;
+mod console;
 mod devices;
 mod enrollment;
 mod error;
 mod events;
 mod extract;
+mod fleet;
 mod groups;
 pub mod listener;
 mod metrics;
@@ -55,13 +58,16 @@ impl std::ops::Deref for AppState {
 pub const MAX_AGENT_BODY: usize = 4 << 20;
 
 pub fn router(state: AppState) -> Router {
+    // The console calls the admin API in-process: it holds the same router.
+    let api: Router = api::router(state.clone()).with_state(state.clone());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
-        .merge(api::router(state.clone()))
         .merge(agent::router())
         .route("/download/{token}", get(artifacts::download).head(artifacts::download))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(api.clone())
+        .merge(console::router(state, api))
 }
 
 /// Liveness and a one-line picture of what is loaded.

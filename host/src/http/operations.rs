@@ -1,7 +1,7 @@
 //! `/api/v1/operations` and `/api/v1/activities`: add operations (the operations
 //! service does the work), follow them, cancel them.
 
-use super::api::{DeviceRef, Errors, Page, next_after};
+use super::api::{DeviceRef, Errors, Page, cursor, next_cursor};
 use super::devices::device_or_404;
 use super::{ApiError, ApiJson, AppState, ErrorBody, Operator, Viewer};
 use super::{Path, Query};
@@ -94,17 +94,26 @@ pub(super) struct OperationFilter {
     activity: Option<i64>,
     /// PENDING, IN_PROGRESS, COMPLETED, ERROR, CANCELLED, REPEATED, NOTNOW or EXPIRED.
     state: Option<String>,
+    /// Oldest first, after this id (the previous page's `next_after`).
     after: Option<i64>,
+    /// Newest first, before this id (the previous page's `next_before`).
+    before: Option<i64>,
     limit: Option<i64>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub(super) struct OperationPage {
     items: Vec<OperationRow>,
+    /// Pass as `after` for the next page (pages read with `after`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     next_after: Option<i64>,
+    /// Pass as `before` for the next page (pages read with `before`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_before: Option<i64>,
 }
 
-/// Operations by device, activity and state, in adding order, in pages.
+/// Operations by device, activity and state, in pages: oldest first, or newest first
+/// with `before`.
 #[utoipa::path(get, path = "/api/v1/operations", tag = "operations", params(OperationFilter),
     responses((status = 200, body = OperationPage), Errors))]
 pub(super) async fn list_operations(
@@ -122,10 +131,11 @@ pub(super) async fn list_operations(
     {
         return Err(ApiError::bad_request("invalid", format!("unknown state `{s}`")));
     }
-    let (after, limit) = Page { after: q.after, limit: q.limit }.bounds();
-    let rows = state.store.operations(device, q.activity, q.state.as_deref(), after, limit).await?;
-    let next_after = next_after(&rows, limit, |o| o.id);
-    Ok(Json(OperationPage { items: rows, next_after }))
+    let (_, limit) = Page { after: None, limit: q.limit }.bounds();
+    let cursor = cursor(q.after, q.before)?;
+    let rows = state.store.operations(device, q.activity, q.state.as_deref(), cursor, limit).await?;
+    let (next_after, next_before) = next_cursor(&rows, limit, cursor, |o| o.id);
+    Ok(Json(OperationPage { items: rows, next_after, next_before }))
 }
 
 /// An operation with its device and every transition it went through.
@@ -179,17 +189,26 @@ pub(super) async fn cancel_operation(
 pub(super) struct ActivityFilter {
     /// Only activities of this operation code.
     code: Option<String>,
+    /// Oldest first, after this id (the previous page's `next_after`).
     after: Option<i64>,
+    /// Newest first, before this id (the previous page's `next_before`).
+    before: Option<i64>,
     limit: Option<i64>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub(super) struct ActivityPage {
     items: Vec<ActivityRow>,
+    /// Pass as `after` for the next page (pages read with `after`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     next_after: Option<i64>,
+    /// Pass as `before` for the next page (pages read with `before`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_before: Option<i64>,
 }
 
-/// Activities (one per added operation) in adding order, in pages.
+/// Activities (one per added operation) in pages: oldest first, or newest first with
+/// `before`.
 #[utoipa::path(get, path = "/api/v1/activities", tag = "operations", params(ActivityFilter),
     responses((status = 200, body = ActivityPage), Errors))]
 pub(super) async fn list_activities(
@@ -197,10 +216,11 @@ pub(super) async fn list_activities(
     _: Viewer,
     Query(q): Query<ActivityFilter>,
 ) -> Result<Json<ActivityPage>, ApiError> {
-    let (after, limit) = Page { after: q.after, limit: q.limit }.bounds();
-    let rows = state.store.activities(q.code.as_deref(), after, limit).await?;
-    let next_after = next_after(&rows, limit, |a| a.id);
-    Ok(Json(ActivityPage { items: rows, next_after }))
+    let (_, limit) = Page { after: None, limit: q.limit }.bounds();
+    let cursor = cursor(q.after, q.before)?;
+    let rows = state.store.activities(q.code.as_deref(), cursor, limit).await?;
+    let (next_after, next_before) = next_cursor(&rows, limit, cursor, |a| a.id);
+    Ok(Json(ActivityPage { items: rows, next_after, next_before }))
 }
 
 /// An activity with its payload and how many of its operations are in each state.

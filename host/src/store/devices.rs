@@ -104,6 +104,20 @@ impl GroupRow {
     }
 }
 
+/// What a device listing is narrowed to (every part optional).
+#[derive(Default)]
+pub struct DeviceFilter<'a> {
+    pub device_type: Option<&'a str>,
+    pub status: Option<Status>,
+    pub tag: Option<&'a str>,
+    pub group: Option<&'a GroupRow>,
+    pub owner: Option<&'a str>,
+    /// A substring of the device id or name, in any case.
+    pub search: Option<&'a str>,
+    /// Metadata keys and the values they must have.
+    pub metadata: BTreeMap<String, String>,
+}
+
 /// A saved query over devices: the definition of a dynamic group. Every criterion given
 /// must hold; a device must carry every listed tag and every listed metadata value
 /// (metadata is what the device reported about itself, compared as text).
@@ -309,23 +323,37 @@ impl Store {
     /// Devices, filtered, in key order after `after`, at most `limit`.
     pub async fn list_devices(
         &self,
-        device_type: Option<&str>,
-        status: Option<Status>,
-        tag: Option<&str>,
-        group: Option<&GroupRow>,
+        filter: &DeviceFilter<'_>,
         after: i64,
         limit: i64,
     ) -> Result<Vec<DeviceRow>, StoreError> {
         let mut f = Filters::new(3);
-        if let Some(v) = device_type {
+        if let Some(v) = filter.device_type {
             f.and("device_type = ?", Param::Text(v.into()));
         }
-        if let Some(v) = status {
+        if let Some(v) = filter.status {
             f.and("status = ?", Param::Text(v.as_str().into()));
         }
-        if let Some(v) = tag {
+        if let Some(v) = filter.tag {
             f.and("EXISTS (SELECT 1 FROM device_tags t WHERE t.device = d.id AND t.tag = ?)", Param::Text(v.into()));
         }
+        if let Some(v) = filter.owner {
+            f.and("owner = ?", Param::Text(v.into()));
+        }
+        if let Some(v) = filter.search.filter(|s| !s.is_empty()) {
+            // A substring of the id or the name, in any case; `%` and `_` are literal.
+            let escaped = v.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            f.and(
+                "(LOWER(device_id) LIKE ? ESCAPE '\\' OR LOWER(name) LIKE ? ESCAPE '\\')",
+                Param::Text(format!("%{escaped}%")),
+            );
+        }
+        if !filter.metadata.is_empty() {
+            let query = DeviceQuery { metadata: filter.metadata.clone(), ..DeviceQuery::default() };
+            let condition = query.condition(self.is_postgres(), &mut f);
+            f.sql.push_str(&format!(" AND {condition}"));
+        }
+        let group = filter.group;
         match group.map(|g| (g, g.query())) {
             Some((_, Some(query))) => {
                 let condition = query.condition(self.is_postgres(), &mut f);

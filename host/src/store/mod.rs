@@ -10,9 +10,11 @@ mod artifacts;
 mod catalog;
 mod commit;
 mod compliance;
+mod console;
 mod devices;
 mod direct;
 mod events;
+mod fleet;
 mod operations;
 mod policies;
 mod rollouts;
@@ -25,12 +27,16 @@ mod writes;
 pub use artifacts::{ArtifactRow, NewArtifact};
 pub use catalog::{ComponentRow, NewPluginEvent, PluginEventRow, PublisherKeyRow};
 pub use compliance::{ComplianceChange, ComplianceRow, DueDevice, Verdict};
-pub use devices::{Claim, DeviceQuery, DeviceRow, GroupRow, NewDevice, TAG_PATTERN, tag_list_schema, tag_problem};
+pub use console::SessionRow;
+pub use devices::{
+    Claim, DeviceFilter, DeviceQuery, DeviceRow, GroupRow, NewDevice, TAG_PATTERN, tag_list_schema, tag_problem,
+};
 pub(crate) use events::record_event;
 pub use events::{ADMIN_ACTION, EventQuery, EventRow, NewEvent, Outcome, SETTLE};
+pub use fleet::{DayCount, DeviceCount, ENROLLED_DAYS, FleetCounts, StateCount};
 pub use operations::{
-    ActivityRow, DeviceKey, MAX_EXPLICIT_DEVICES, NewActivity, OperationRow, QueuedOperation, ResultOutcome, TargetSet,
-    TransitionRow,
+    ActivityRow, Cursor, DeviceKey, MAX_EXPLICIT_DEVICES, NewActivity, OperationRow, QueuedOperation, ResultOutcome,
+    TargetSet, TransitionRow,
 };
 pub use policies::{Applies, Assignment, DevicePolicyRow, PolicyRow, PolicyTarget, RevisionRow};
 pub use rollouts::{

@@ -78,6 +78,30 @@ pub struct NewActivity {
     pub max_attempts: i64,
 }
 
+/// Where a page of a listing starts: after an id, oldest first (the API's default), or
+/// before one, newest first (what a console or a CLI shows first).
+#[derive(Debug, Clone, Copy)]
+pub enum Cursor {
+    After(i64),
+    Before(i64),
+}
+
+impl Cursor {
+    /// The id condition on `$1` and the order.
+    fn sql(self) -> (&'static str, &'static str) {
+        match self {
+            Cursor::After(_) => ("id > $1", "id"),
+            Cursor::Before(_) => ("id < $1", "id DESC"),
+        }
+    }
+
+    fn id(self) -> i64 {
+        match self {
+            Cursor::After(id) | Cursor::Before(id) => id,
+        }
+    }
+}
+
 #[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub struct ActivityRow {
     pub id: i64,
@@ -591,7 +615,7 @@ impl Store {
         device: Option<i64>,
         activity: Option<i64>,
         state: Option<&str>,
-        after: i64,
+        page: Cursor,
         limit: i64,
     ) -> Result<Vec<OperationRow>, StoreError> {
         let mut f = Filters::new(3);
@@ -604,8 +628,9 @@ impl Store {
         if let Some(v) = state {
             f.and("state = ?", Param::Text(v.to_string()));
         }
-        let sql = format!("SELECT {OP_COLUMNS} FROM operations WHERE id > $1{} ORDER BY id LIMIT $2", f.sql);
-        Ok(with_pool!(self, pool => bind_filters!(sqlx::query_as(trusted(&sql)).bind(after).bind(limit), f)
+        let (bound, order) = page.sql();
+        let sql = format!("SELECT {OP_COLUMNS} FROM operations WHERE {bound}{} ORDER BY {order} LIMIT $2", f.sql);
+        Ok(with_pool!(self, pool => bind_filters!(sqlx::query_as(trusted(&sql)).bind(page.id()).bind(limit), f)
             .fetch_all(pool).await?))
     }
 
@@ -622,17 +647,24 @@ impl Store {
     }
 
     /// Activities in id order after `after`, optionally of one operation code.
-    pub async fn activities(&self, code: Option<&str>, after: i64, limit: i64) -> Result<Vec<ActivityRow>, StoreError> {
+    pub async fn activities(
+        &self,
+        code: Option<&str>,
+        page: Cursor,
+        limit: i64,
+    ) -> Result<Vec<ActivityRow>, StoreError> {
         let mut f = Filters::new(3);
         if let Some(c) = code {
             f.and("code = ?", Param::Text(c.to_string()));
         }
         let sql = format!(
             "SELECT id, code, kind, payload, created_by, created_at, expires_at, max_attempts FROM activities
-             WHERE id > $1{} ORDER BY id LIMIT $2",
-            f.sql
+             WHERE {}{} ORDER BY {} LIMIT $2",
+            page.sql().0,
+            f.sql,
+            page.sql().1
         );
-        Ok(with_pool!(self, pool => bind_filters!(sqlx::query_as(trusted(&sql)).bind(after).bind(limit), f)
+        Ok(with_pool!(self, pool => bind_filters!(sqlx::query_as(trusted(&sql)).bind(page.id()).bind(limit), f)
             .fetch_all(pool).await?))
     }
 

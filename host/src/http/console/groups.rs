@@ -1,0 +1,143 @@
+//! Groups: static (member lists) and dynamic (a saved query), with their sizes; create,
+//! add members, delete.
+
+use super::layout::{button, csrf, json, page, text, when};
+use super::session::{Posted, Session};
+use super::{Api, ConsoleState, OrPage, PageResult, enc, html, see};
+use crate::auth::Role;
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use axum::response::IntoResponse;
+use maud::html;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+async fn list_page(console: &ConsoleState, session: &Session, form: &NewGroup, error: Option<String>) -> PageResult {
+    let api = Api { console, session };
+    let groups: Value = api.get("groups").await.or_page(session)?;
+    let body = html! {
+        table {
+            thead { tr { th scope="col" { "Group" } th scope="col" { "Kind" } th.num scope="col" { "Devices" } th scope="col" { "Description" } th scope="col" { "Created (UTC)" } } }
+            tbody { @for g in groups["items"].as_array().into_iter().flatten() {
+                tr {
+                    td { a href={"/console/groups/" (enc(text(&g["name"])))} { (text(&g["name"])) } }
+                    td { @if g["query"].is_null() { "static" } @else { "dynamic" } }
+                    td.num { a href={"/console/devices?group=" (enc(text(&g["name"])))} { (g["devices"]) } }
+                    td { (text(&g["description"])) }
+                    td { (when(&g["created_at"])) }
+                }
+            } }
+        }
+        @if session.can(Role::Operator) {
+            h2 { "New group" }
+            form.card method="post" action="/console/groups" {
+                (csrf(session))
+                @if let Some(e) = &error { p.error role="alert" { (e) } }
+                label for="g-name" { "Name" }
+                input #g-name name="name" required maxlength="128" value=(form.name);
+                label for="g-desc" { "Description" }
+                input #g-desc name="description" value=(form.description);
+                label for="g-query" { "Query (JSON) for a dynamic group; empty for a static group" }
+                textarea #g-query name="query" rows="5" spellcheck="false" placeholder=r#"{"device_type": "android", "tags": ["warehouse-3"], "metadata": {"model": "Pixel 8"}}"# { (form.query) }
+                p.hint { "A query may name " code { "device_type" } ", " code { "ownership" } " (BYOD, COPE), " code { "tags" } " (all must be present) and " code { "metadata" } " values." }
+                button type="submit" { "Create group" }
+            }
+        }
+    };
+    let status = if error.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+    Ok((status, html(page("Groups", Some(session), "groups", body))).into_response())
+}
+
+pub async fn list(State(console): State<ConsoleState>, session: Session) -> PageResult {
+    list_page(&console, &session, &NewGroup::default(), None).await
+}
+
+#[derive(Deserialize, Default)]
+pub struct NewGroup {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    query: String,
+}
+
+pub async fn create(State(console): State<ConsoleState>, Posted(session, form): Posted<NewGroup>) -> PageResult {
+    let mut body = json!({"name": form.name, "description": form.description});
+    if !form.query.trim().is_empty() {
+        match serde_json::from_str::<Value>(&form.query) {
+            Ok(q) => body["query"] = q,
+            Err(e) => return list_page(&console, &session, &form, Some(format!("The query is not JSON: {e}"))).await,
+        }
+    }
+    let api = Api { console: &console, session: &session };
+    match api.send(Method::POST, "groups", &body).await {
+        Ok(_) => Ok(see(&format!("/console/groups/{}", enc(&form.name)))),
+        Err(f) if f.status.is_client_error() && f.status != StatusCode::FORBIDDEN => {
+            list_page(&console, &session, &form, Some(f.message)).await
+        }
+        Err(f) => Err(super::PageError::new(f, &session)),
+    }
+}
+
+pub async fn show(State(console): State<ConsoleState>, session: Session, Path(name): Path<String>) -> PageResult {
+    let api = Api { console: &console, session: &session };
+    let g: Value = api.get(&format!("groups/{}", enc(&name))).await.or_page(&session)?;
+    let href = format!("/console/groups/{}", enc(&name));
+    let body = html! {
+        table { tbody {
+            tr { th scope="row" { "Kind" } td { @if g["query"].is_null() { "static" } @else { "dynamic" } } }
+            tr { th scope="row" { "Devices" } td { a href={"/console/devices?group=" (enc(&name))} { (g["devices"]) " devices" } } }
+            tr { th scope="row" { "Description" } td { (text(&g["description"])) } }
+            tr { th scope="row" { "Created" } td { (when(&g["created_at"])) } }
+        } }
+        @if !g["query"].is_null() { h2 { "Query" } (json(&g["query"])) }
+        @if g["query"].is_null() && session.can(Role::Operator) {
+            h2 { "Add devices" }
+            form.card method="post" action={(href) "/members"} {
+                (csrf(&session))
+                label for="members" { "One device per line: type/id" }
+                textarea #members name="devices" rows="5" placeholder="android/356000000000001" {}
+                button type="submit" { "Add" }
+            }
+        }
+        (button(&session, Role::Operator, &format!("{href}/delete"), "Delete group", "danger"))
+    };
+    Ok(html(page(&format!("Group {name}"), Some(&session), "groups", body)))
+}
+
+#[derive(Deserialize)]
+pub struct MembersForm {
+    devices: String,
+}
+
+pub async fn add_members(
+    State(console): State<ConsoleState>,
+    Path(name): Path<String>,
+    Posted(session, form): Posted<MembersForm>,
+) -> PageResult {
+    let devices: Vec<Value> = form
+        .devices
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| match l.split_once('/') {
+            Some((t, id)) => json!({"type": t.trim(), "id": id.trim()}),
+            None => json!({"type": "", "id": l}),
+        })
+        .collect();
+    let api = Api { console: &console, session: &session };
+    api.send(Method::POST, &format!("groups/{}/members", enc(&name)), &json!({"devices": devices}))
+        .await
+        .or_page(&session)?;
+    Ok(see(&format!("/console/groups/{}", enc(&name))))
+}
+
+pub async fn delete(
+    State(console): State<ConsoleState>,
+    Path(name): Path<String>,
+    Posted(session, _): Posted<serde::de::IgnoredAny>,
+) -> PageResult {
+    let api = Api { console: &console, session: &session };
+    api.send(Method::DELETE, &format!("groups/{}", enc(&name)), &Value::Null).await.or_page(&session)?;
+    Ok(see("/console/groups"))
+}

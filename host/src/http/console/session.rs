@@ -1,0 +1,200 @@
+//! Logging in and out, the session a request carries, and the CSRF check of every form.
+
+use super::{ConsoleState, html, layout, see};
+use crate::auth::{Role, hash_token};
+use crate::store::now_ms;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
+
+/// The session cookie's name.
+pub const COOKIE: &str = "drover_session";
+/// How long a session lasts (an admin logs in once a working day).
+const SESSION_MS: i64 = 12 * 3600 * 1000;
+/// Largest form the console takes (a CSV import pasted into the page).
+const MAX_FORM: usize = 8 << 20;
+
+/// Set by the console on the requests it makes to the admin API in-process: the hash of
+/// the admin token its session stands for. The role extractors take it in place of a
+/// bearer token. Only the server can set a request extension; nothing from the network
+/// can carry one.
+#[derive(Clone)]
+pub struct SessionToken(pub String);
+
+/// A logged-in browser: who it is (the admin token's name and role) and its form token.
+#[derive(Clone)]
+pub struct Session {
+    pub name: String,
+    pub role: Role,
+    pub token_hash: String,
+    pub csrf: String,
+}
+
+impl Session {
+    pub fn can(&self, role: Role) -> bool {
+        self.role >= role
+    }
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find_map(|(k, v)| (k == name).then_some(v))
+}
+
+fn random_hex() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random source");
+    hex::encode(bytes)
+}
+
+/// Where a request without a session is sent: the login page, then back.
+fn to_login(parts: &Parts) -> Response {
+    let back = parts.uri.path_and_query().map_or("/console", |p| p.as_str());
+    see(&format!("/console/login?next={}", super::enc(back)))
+}
+
+impl FromRequestParts<ConsoleState> for Session {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ConsoleState) -> Result<Self, Self::Rejection> {
+        let Some(value) = cookie(&parts.headers, COOKIE) else { return Err(to_login(parts)) };
+        let store = &state.app.store;
+        let internal =
+            |e: crate::store::StoreError| (StatusCode::INTERNAL_SERVER_ERROR, format!("database: {e}")).into_response();
+        let Some(row) = store.session(&hash_token(value)).await.map_err(internal)? else {
+            return Err(to_login(parts));
+        };
+        // The token is looked up on every request: revoked or expired, the session is over.
+        let Some((name, role)) = store.admin_for_token(&row.token_hash).await.map_err(internal)? else {
+            return Err(to_login(parts));
+        };
+        let role = Role::parse(&role).unwrap_or(Role::Viewer);
+        Ok(Session { name, role, token_hash: row.token_hash, csrf: row.csrf })
+    }
+}
+
+#[derive(Deserialize)]
+struct CsrfField {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// A form posted from a console page: the session, and the form as `T`, read only once
+/// its `csrf` field matched the session's. A form from another site (which cannot read
+/// the token) is refused with 403 before anything happens.
+pub struct Posted<T>(pub Session, pub T);
+
+impl<T: DeserializeOwned> FromRequest<ConsoleState> for Posted<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &ConsoleState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let session = Session::from_request_parts(&mut parts, state).await?;
+        let bytes = axum::body::to_bytes(body, MAX_FORM)
+            .await
+            .map_err(|e| (StatusCode::PAYLOAD_TOO_LARGE, format!("form: {e}")).into_response())?;
+        let given: CsrfField = serde_urlencoded::from_bytes(&bytes).unwrap_or(CsrfField { csrf: String::new() });
+        if !bool::from(given.csrf.as_bytes().ct_eq(session.csrf.as_bytes())) {
+            let body = maud::html! {
+                p.error role="alert" { "This form's CSRF token is missing or wrong, so nothing was done. Reload the page and try again." }
+            };
+            return Err(
+                (StatusCode::FORBIDDEN, html(layout::page("Refused", Some(&session), "", body))).into_response()
+            );
+        }
+        let form = serde_urlencoded::from_bytes(&bytes).map_err(|e| {
+            let body = maud::html! { p.error role="alert" { "The form is not what this page sends: " (e) } };
+            (StatusCode::BAD_REQUEST, html(layout::page("Refused", Some(&session), "", body))).into_response()
+        })?;
+        Ok(Posted(session, form))
+    }
+}
+
+#[derive(Deserialize)]
+pub struct LoginQuery {
+    next: Option<String>,
+}
+
+/// Only a console path is a place to go back to (never another site: `//evil`).
+fn next_or_home(next: Option<&str>) -> String {
+    next.filter(|n| n.starts_with("/console") && !n.starts_with("//") && !n.contains('\\'))
+        .unwrap_or("/console")
+        .to_string()
+}
+
+pub async fn login_page(axum::extract::Query(q): axum::extract::Query<LoginQuery>) -> Response {
+    html(login_form(&next_or_home(q.next.as_deref()), None))
+}
+
+fn login_form(next: &str, error: Option<&str>) -> maud::Markup {
+    let body = maud::html! {
+        form.card method="post" action="/console/login" {
+            @if let Some(e) = error { p.error role="alert" { (e) } }
+            input type="hidden" name="next" value=(next);
+            label for="token" { "Admin token" }
+            input #token type="password" name="token" autocomplete="current-password" required autofocus
+                placeholder="drv_admin_…";
+            p.hint { "An admin token from " code { "drover token create" } " or the server's " code { "admin-token" } " file. The console acts with that token's role." }
+            button type="submit" { "Log in" }
+        }
+    };
+    layout::page("Log in", None, "", body)
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    token: String,
+    next: Option<String>,
+}
+
+pub async fn login(State(state): State<ConsoleState>, axum::Form(form): axum::Form<LoginForm>) -> Response {
+    let next = next_or_home(form.next.as_deref());
+    let token_hash = hash_token(form.token.trim());
+    let known = match state.app.store.admin_for_token(&token_hash).await {
+        Ok(k) => k,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("database: {e}")).into_response(),
+    };
+    if known.is_none() {
+        tracing::info!(target: "console", "console login refused: unknown, expired or revoked token");
+        return (StatusCode::UNAUTHORIZED, html(login_form(&next, Some("Unknown, expired or revoked admin token."))))
+            .into_response();
+    }
+    let (id, csrf) = (random_hex(), random_hex());
+    if let Err(e) = state.app.store.create_session(&hash_token(&id), &token_hash, &csrf, now_ms() + SESSION_MS).await {
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("database: {e}")).into_response();
+    }
+    // Secure when the server is reached over https (its public URL says how).
+    let secure = if state.app.public_url.starts_with("https://") { "; Secure" } else { "" };
+    let cookie =
+        format!("{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}{secure}", SESSION_MS / 1000);
+    let mut response = see(&next);
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+pub async fn logout(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Posted(_, _): Posted<serde::de::IgnoredAny>,
+) -> Response {
+    if let Some(id) = cookie(&headers, COOKIE) {
+        let _ = state.app.store.delete_session(&hash_token(id)).await;
+    }
+    let mut response = see("/console/login");
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("drover_session=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    response
+}

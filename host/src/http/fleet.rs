@@ -1,0 +1,97 @@
+//! What the fleet looks like at a glance (`GET /api/v1/fleet`) and what each loaded device
+//! type understands (`GET /api/v1/device-types`): the console's overview and its
+//! operation form, and the CLI's `drover fleet` / `drover ops add`.
+
+use super::api::Errors;
+use super::{ApiError, AppState, Viewer};
+use crate::plugins::Kind;
+use crate::plugins::device_type::{delivery_name, kind_name};
+use crate::store::FleetCounts;
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+use serde_json::Value;
+use std::sync::atomic::Ordering;
+use utoipa::ToSchema;
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct Fleet {
+    #[serde(flatten)]
+    counts: FleetCounts,
+    /// Devices holding a push connection to this server now (MQTT, CoAP registrations).
+    online_now: i64,
+}
+
+/// Devices by type and status, enrolments per day, operations by state, devices online.
+#[utoipa::path(get, path = "/api/v1/fleet", tag = "devices", responses((status = 200, body = Fleet), Errors))]
+pub(super) async fn fleet(State(state): State<AppState>, _: Viewer) -> Result<Json<Fleet>, ApiError> {
+    let counts = state.store.fleet_counts().await?;
+    Ok(Json(Fleet { counts, online_now: state.stats.online.load(Ordering::Relaxed).max(0) }))
+}
+
+#[derive(Serialize, ToSchema, Clone)]
+pub(super) struct OperationCode {
+    code: String,
+    /// command, profile or policy.
+    kind: String,
+    description: String,
+    /// JSON Schema of the payload; absent: the code takes no payload.
+    #[schema(value_type = Option<Object>)]
+    payload_schema: Option<Value>,
+}
+
+#[derive(Serialize, ToSchema, Clone)]
+pub(super) struct DeviceType {
+    name: String,
+    version: String,
+    description: String,
+    /// How devices of the type get their operations, preferred first.
+    delivery: Vec<String>,
+    /// The operation codes the type understands.
+    operations: Vec<OperationCode>,
+    /// Suspended types keep their devices' operations queued.
+    suspended: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct DeviceTypes {
+    items: Vec<DeviceType>,
+}
+
+/// The loaded device types and their operation catalogues, as their plugins describe them.
+pub(super) fn device_types(state: &AppState) -> Vec<DeviceType> {
+    let mut items = Vec::new();
+    for name in state.registry.names() {
+        let Some(plugin) = state.registry.get(&name).filter(|p| p.kind() == Kind::DeviceType) else { continue };
+        let Some(info) = plugin.device_type_info() else { continue };
+        items.push(DeviceType {
+            name: info.name.clone(),
+            version: info.version.clone(),
+            description: info.description.clone(),
+            delivery: info.delivery.iter().map(|d| delivery_name(*d).to_string()).collect(),
+            operations: info
+                .operations
+                .iter()
+                .map(|o| OperationCode {
+                    code: o.code.clone(),
+                    kind: kind_name(o.kind).to_string(),
+                    description: o.description.clone(),
+                    // A schema that is not JSON is the plugin's bug; it shows as text.
+                    payload_schema: o
+                        .payload_schema
+                        .as_deref()
+                        .map(|s| serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_string()))),
+                })
+                .collect(),
+            suspended: state.registry.suspension(&name).is_some(),
+        });
+    }
+    items
+}
+
+/// The loaded device types and the operation codes each understands, with payload schemas.
+#[utoipa::path(get, path = "/api/v1/device-types", tag = "devices",
+    responses((status = 200, body = DeviceTypes), Errors))]
+pub(super) async fn list_device_types(State(state): State<AppState>, _: Viewer) -> Result<Json<DeviceTypes>, ApiError> {
+    Ok(Json(DeviceTypes { items: device_types(&state) }))
+}

@@ -1,0 +1,334 @@
+//! The web console (docs/console.md) in a real browser: headless Chromium driven over
+//! WebDriver by Debian's chromedriver, against a real server. Log in, find a device by
+//! tag, send it an operation from the form (a bad payload shows the plugin's message),
+//! watch its state change without a reload, make an enrollment token and read its QR
+//! code back from a screenshot, roll a plugin back; and the refusals: no session, a bad
+//! CSRF token, a revoked token's session. Screenshots of every page are written to
+//! `target/tmp/console-screenshots/` (not committed).
+
+use drover_tests::{ADMIN_TOKEN, Backend, TestServer, android, with_version};
+use fantoccini::{Client, ClientBuilder, Locator};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// chromedriver on a free port and a headless Chromium session. Without Chromium the
+/// test is skipped with a message, except in CI (`CI` set), where `.ci/run` installs it.
+async fn browser() -> Option<(Driver, Client)> {
+    if !std::path::Path::new(CHROMEDRIVER).exists() || !std::path::Path::new(CHROMIUM).exists() {
+        assert!(std::env::var_os("CI").is_none(), "CI must have Debian's chromium and chromium-driver");
+        eprintln!("skipped: install Debian's chromium and chromium-driver to run the console tests");
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let driver = Driver(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "chromedriver did not listen within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let profile = tempfile::tempdir().unwrap().keep();
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": CHROMIUM,
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1280,1100", format!("--user-data-dir={}", profile.display())],
+        }),
+    );
+    // fantoccini's rustls and the tests' own (ring) both link: name the provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = ClientBuilder::rustls()
+        .expect("rustls client")
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("a WebDriver session in headless Chromium");
+    Some((driver, client))
+}
+
+fn shots() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn shot(c: &Client, name: &str) {
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(shots().join(format!("{name}.png")), png).unwrap();
+}
+
+/// Wait (bounded, 20 s) until the element `css` has text containing `want`.
+async fn text_soon(c: &Client, css: &str, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(e) = c.find(Locator::Css(css)).await {
+            last = e.text().await.unwrap_or_default();
+            if last.contains(want) {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("`{css}` never showed `{want}`; last: {last:?}");
+}
+
+/// Wait (bounded, 20 s) until the browser is at a URL containing `want`.
+async fn at(c: &Client, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let url = c.current_url().await.unwrap().to_string();
+        if url.contains(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never got to `{want}`; at {url}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn submit(c: &Client, form_css: &str) {
+    c.find(Locator::Css(&format!("{form_css} button[type=submit]"))).await.unwrap().click().await.unwrap();
+}
+
+/// The agent's result for an operation it received.
+fn result(op: &Value, status: &str) -> Value {
+    json!({"id": op["id"], "code": op["code"], "type": op["type"], "status": status, "operationResponse": null})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_in_a_browser() {
+    let Some((_driver, c)) = browser().await else { return };
+    let server = TestServer::start(Backend::Sqlite).await;
+    let lobby = "356000000000101";
+    let lobby_token = server.enroll_android(lobby).await;
+    server.enroll_android("356000000000102").await;
+    let r = server
+        .admin(Method::PUT, &format!("/api/v1/devices/android/{lobby}/tags"))
+        .json(&json!({"tags": ["lobby"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // Not logged in: sent to the login page, which brings the admin back after.
+    c.goto(&server.url("/console/devices")).await.unwrap();
+    assert!(c.current_url().await.unwrap().path().ends_with("/console/login"));
+    c.find(Locator::Css("#token")).await.unwrap().send_keys("drv_admin_wrong").await.unwrap();
+    submit(&c, "form.card").await;
+    text_soon(&c, "p.error", "Unknown, expired or revoked admin token").await;
+    shot(&c, "login").await;
+    c.find(Locator::Css("#token")).await.unwrap().send_keys(ADMIN_TOKEN).await.unwrap();
+    submit(&c, "form.card").await;
+    text_soon(&c, "h1", "Devices").await;
+    // The session cookie is HttpOnly: scripts on the page cannot read it.
+    let cookies = c.execute("return document.cookie", vec![]).await.unwrap();
+    assert_eq!(cookies, json!(""), "the session cookie is visible to scripts");
+
+    // Find the device by its tag, with the filter form.
+    c.find(Locator::Css("form.filters input[name=tag]")).await.unwrap().send_keys("lobby").await.unwrap();
+    submit(&c, "form.filters").await;
+    at(&c, "tag=lobby").await;
+    let table = text_soon(&c, "main table", lobby).await;
+    assert!(!table.contains("356000000000102"), "the tag filter let through an untagged device: {table}");
+    shot(&c, "devices").await;
+    c.find(Locator::LinkText(lobby)).await.unwrap().click().await.unwrap();
+    at(&c, &format!("/console/devices/android/{lobby}")).await;
+    text_soon(&c, "h1", &format!("android {lobby}")).await;
+
+    // A payload the plugin refuses: its message, and nothing queued.
+    c.find(Locator::Css("#op-code option[value=NOTIFICATION]")).await.unwrap().click().await.unwrap();
+    let payload = c.find(Locator::Css("#op-payload")).await.unwrap();
+    // The script filled in the code's example payload from its schema.
+    let example = payload.prop("value").await.unwrap().unwrap_or_default();
+    assert!(example.contains("messageTitle"), "{example}");
+    payload.clear().await.unwrap();
+    payload.send_keys(r#"{"messageTitle": " ", "messageText": "hi"}"#).await.unwrap();
+    submit(&c, "form.card[action$='/operations/add']").await;
+    let error = text_soon(&c, "#op-error", "messageTitle").await;
+    assert!(error.contains("must be 1 to 256 characters"), "{error}");
+    shot(&c, "operation-refused").await;
+    let ops: Value = server
+        .admin(Method::GET, &format!("/api/v1/operations?device_type=android&device_id={lobby}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ops["items"].as_array().unwrap().len(), 0, "a refused payload queued something: {ops}");
+
+    // A good one: queued, then its state follows the device without a reload.
+    c.find(Locator::Css("#op-code option[value=DEVICE_RING]")).await.unwrap().click().await.unwrap();
+    let payload = c.find(Locator::Css("#op-payload")).await.unwrap();
+    payload.clear().await.unwrap();
+    submit(&c, "form.card[action$='/operations/add']").await;
+    text_soon(&c, "p.ok", "Operation added").await;
+    text_soon(&c, "#ops td.state", "PENDING").await;
+    c.execute("window.__sameDocument = 42", vec![]).await.unwrap();
+    let got: Value = server.poll_android(lobby, &lobby_token, "[]").await.json().await.unwrap();
+    assert_eq!(got[0]["code"], "DEVICE_RING", "{got}");
+    text_soon(&c, "#ops td.state", "IN_PROGRESS").await;
+    let report = json!([result(&got[0], "COMPLETED")]).to_string();
+    let r = server.poll_android(lobby, &lobby_token, &report).await;
+    assert!(r.status().is_success());
+    text_soon(&c, "#ops td.state", "COMPLETED").await;
+    let same = c.execute("return window.__sameDocument", vec![]).await.unwrap();
+    assert_eq!(same, json!(42), "the page was reloaded to show the change");
+    shot(&c, "device").await;
+
+    // The operation's page: its transitions.
+    c.find(Locator::Css("#ops td a")).await.unwrap().click().await.unwrap();
+    let transitions = text_soon(&c, "main", "Transitions").await;
+    assert!(transitions.contains("delivery:poll") && transitions.contains("COMPLETED"), "{transitions}");
+    shot(&c, "operation").await;
+
+    // An enrollment token, and its QR code read back from what the browser drew.
+    c.goto(&server.url("/console/enrollment")).await.unwrap();
+    submit(&c, "form.card[action$='/tokens']").await;
+    let url = text_soon(&c, "#enroll-url", "/agent/v1/android/enroll?token=drv_enroll_").await;
+    shot(&c, "enrollment").await;
+    let png = c.find(Locator::Css("#enroll-qr")).await.unwrap().screenshot().await.unwrap();
+    let img = image::load_from_memory(&png).unwrap().to_luma8();
+    let mut prepared =
+        rqrr::PreparedImage::prepare_from_greyscale(img.width() as usize, img.height() as usize, |x, y| {
+            img.get_pixel(x as u32, y as u32).0[0]
+        });
+    let grids = prepared.detect_grids();
+    assert_eq!(grids.len(), 1, "one QR code in the image");
+    let (_, content) = grids[0].decode().unwrap();
+    assert_eq!(content, url.trim());
+    // The token the QR carries enrolls a device.
+    let r = server
+        .http
+        .post(content.replace(&format!("http://{}", server.base.trim_start_matches("http://")), &server.base))
+        .body(
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/android/fixtures/enroll.json"))
+                .unwrap()
+                .replace("354956090214718", "356000000000103"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    // A plugin rolled back from its page.
+    let grants: Value =
+        server.admin(Method::GET, "/api/v1/plugins/android/grants").send().await.unwrap().json().await.unwrap();
+    let caps: Vec<&str> = grants["capabilities"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    server.install_signed("android", "drover", &caps, &with_version(android(), "0.1.9")).await;
+    c.goto(&server.url("/console/plugins/android")).await.unwrap();
+    text_soon(&c, "#serving-version", "0.1.9").await;
+    shot(&c, "plugin").await;
+    c.find(Locator::XPath("//button[text()='Roll back']")).await.unwrap().click().await.unwrap();
+    text_soon(&c, "#serving-version", "0.1.0").await;
+    let p: Value = server.admin(Method::GET, "/api/v1/plugins/android").send().await.unwrap().json().await.unwrap();
+    assert_eq!(p["plugin"]["version"], "0.1.0");
+    // The audit trail names the console's actions with the token that logged in.
+    let audit: Value = server
+        .admin(Method::GET, "/api/v1/audit?action=POST%20/api/v1/plugins/%7Bname%7D/rollback")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(audit["items"][0]["actor"], "bootstrap", "{audit}");
+
+    // Every other page renders.
+    for (path, name, heading) in [
+        ("/console", "overview", "Overview"),
+        ("/console/activities", "activities", "Activities"),
+        ("/console/groups", "groups", "Groups"),
+        ("/console/plugins", "plugins", "Plugins"),
+        ("/console/policies", "policies", "Policies"),
+        ("/console/rollouts", "rollouts", "Rollouts"),
+        ("/console/audit", "audit", "Audit trail"),
+    ] {
+        c.goto(&server.url(path)).await.unwrap();
+        text_soon(&c, "h1", heading).await;
+        shot(&c, name).await;
+    }
+    let overview_cards = {
+        c.goto(&server.url("/console")).await.unwrap();
+        text_soon(&c, "section.cards", "devices").await
+    };
+    assert!(overview_cards.starts_with('3'), "three devices enrolled: {overview_cards}");
+
+    // Refusals, with the browser's own session cookie.
+    let session = c.get_named_cookie("drover_session").await.unwrap();
+    assert_eq!(session.http_only(), Some(true));
+    assert_eq!(format!("{:?}", session.same_site()), "Some(Strict)");
+    let cookie = format!("drover_session={}", session.value());
+    let plain = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let remove = server.url(&format!("/console/devices/android/{lobby}/remove"));
+    // No session: to the login page, and nothing happens.
+    let r = plain.post(&remove).form(&[("csrf", "x")]).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(r.headers()["location"].to_str().unwrap().starts_with("/console/login"));
+    // A session but a wrong or missing CSRF token (a form from another site): 403.
+    for form in [vec![("csrf", "0000")], vec![]] {
+        let r = plain.post(&remove).header("cookie", &cookie).form(&form).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert!(r.text().await.unwrap().contains("CSRF token is missing or wrong"));
+    }
+    assert_eq!(server.device("android", lobby).await["status"], "active", "a refused form removed the device");
+    // The pages forbid framing and inline scripts.
+    let r = plain.get(server.url("/console")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    assert!(r.headers()["content-security-policy"].to_str().unwrap().contains("script-src 'self'"));
+    // Revoking the token ends its sessions at once.
+    let r = server
+        .admin(Method::POST, "/api/v1/admin-tokens")
+        .json(&json!({"name": "console-op", "role": "operator"}))
+        .send()
+        .await
+        .unwrap();
+    let op_token = r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string();
+    let login = plain.post(server.url("/console/login")).form(&[("token", op_token.as_str())]).send().await.unwrap();
+    assert_eq!(login.status(), StatusCode::SEE_OTHER);
+    let set = login.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/console"), "{set}");
+    let op_cookie = set.split(';').next().unwrap().to_string();
+    let page = plain.get(server.url("/console/devices")).header("cookie", &op_cookie).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    // An operator sees no admin-only actions.
+    let page = plain
+        .get(server.url(&format!("/console/devices/android/{lobby}")))
+        .header("cookie", &op_cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Send an operation") && !page.contains("Remove device"), "operator page");
+    let r = server.admin(Method::DELETE, "/api/v1/admin-tokens/console-op").send().await.unwrap();
+    assert!(r.status().is_success());
+    let page = plain.get(server.url("/console/devices")).header("cookie", &op_cookie).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::SEE_OTHER, "a revoked token's session still works");
+
+    c.close().await.unwrap();
+    server.stop().await;
+}
