@@ -499,3 +499,197 @@ fn policies_from_the_command_line() {
     let (ok, out, err) = run(&["policy", "remove", "baseline"]);
     assert!(ok && out.contains("removed baseline"), "{out} {err}");
 }
+
+/// One HTTP/1.1 request over a plain socket (a device's side of the conversation):
+/// `(status, body)`.
+fn request(port: u16, method: &str, path: &str, token: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = if token.is_empty() { String::new() } else { format!("Authorization: Bearer {token}\r\n") };
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn enroll_android(port: u16, id: &str) -> String {
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/android/fixtures/enroll.json");
+    let body = std::fs::read_to_string(fixture).unwrap().replace("354956090214718", id);
+    let (status, answer) = request(port, "POST", "/agent/v1/android/enroll", "", &body);
+    assert_eq!(status, 201, "{answer}");
+    let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    v["access_token"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn devices_operations_and_groups_from_the_command_line() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = serve(data.path(), port);
+    let admin = std::fs::read_to_string(data.path().join("admin-token")).unwrap().trim().to_string();
+    let server = format!("http://127.0.0.1:{port}");
+    let run = |args: &[&str]| {
+        let out = drover()
+            .args(args)
+            .env("DROVER_SERVER", &server)
+            .env("DROVER_ADMIN_TOKEN", &admin)
+            .env("DROVER_PROFILES", data.path().join("no-profiles.toml"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let json = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        let (ok, out, err) = run(&all);
+        assert!(ok, "{args:?}: {err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    };
+
+    // An import with an error: refused whole, the line named.
+    let csv = data.path().join("devices.csv");
+    std::fs::write(&csv, "device_type,device_id,name\nandroid,356000000000201,Front desk\nandroid,,Nobody\n").unwrap();
+    let (ok, _, err) = run(&["devices", "import", csv.to_str().unwrap()]);
+    assert!(!ok && err.contains("line 3") && err.contains("`device_id` is empty"), "{err}");
+    std::fs::write(
+        &csv,
+        "device_type,device_id,name\nandroid,356000000000201,Front desk\nandroid,356000000000202,Dock\n",
+    )
+    .unwrap();
+    let (ok, out, err) = run(&["devices", "import", csv.to_str().unwrap(), "--self-enroll"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("2 rows, 2 new devices"), "{out}");
+    let token = enroll_android(port, "356000000000201");
+
+    // Listed, filtered, shown, tagged.
+    let all = json(&["devices", "list"]);
+    assert_eq!(all["items"].as_array().unwrap().len(), 2, "{all}");
+    let active = json(&["devices", "list", "--status", "active"]);
+    assert_eq!(active["items"].as_array().unwrap().len(), 1, "{active}");
+    let (ok, out, _) = run(&["devices", "tag", "android/356000000000201", "--add", "lobby", "--add", "floor-1"]);
+    assert!(ok && out.contains("floor-1, lobby"), "{out}");
+    let (ok, out, _) = run(&["devices", "tag", "android/356000000000201", "--remove", "floor-1"]);
+    assert!(ok && out.trim().ends_with("tags: lobby"), "{out}");
+    let tagged = json(&["devices", "list", "--tag", "lobby"]);
+    assert_eq!(tagged["items"][0]["device_id"], "356000000000201", "{tagged}");
+    let (ok, out, _) = run(&["devices", "list", "--search", "DOCK"]);
+    assert!(ok && out.contains("356000000000202") && !out.contains("356000000000201"), "{out}");
+    let shown = json(&["devices", "show", "android/356000000000201"]);
+    assert_eq!(shown["status"], "active");
+    let (ok, _, err) = run(&["devices", "show", "android-356000000000201"]);
+    assert!(!ok && err.contains("TYPE/ID"), "{err}");
+
+    // Groups.
+    let (ok, out, err) = run(&["groups", "create", "floor1", "--description", "first floor"]);
+    assert!(ok && out.contains("created group floor1"), "{err}");
+    let (ok, out, _) = run(&["groups", "add", "floor1", "android/356000000000201"]);
+    assert!(ok && out.contains("added 1"), "{out}");
+    let groups = json(&["groups", "list"]);
+    assert_eq!(groups["items"][0]["devices"], 1, "{groups}");
+    let (ok, _, err) = run(&["groups", "create", "pixels", "--query", "{\"tags\": [\"lobby\"]}"]);
+    assert!(ok, "{err}");
+    assert_eq!(json(&["groups", "show", "pixels"])["devices"], 1);
+
+    // An operation the plugin refuses: its message.
+    let (ok, _, err) = run(&[
+        "ops",
+        "add",
+        "NOTIFICATION",
+        "--tag",
+        "lobby",
+        "--payload",
+        r#"{"messageTitle": " ", "messageText": "x"}"#,
+    ]);
+    assert!(!ok && err.contains("`messageTitle` must be 1 to 256 characters"), "{err}");
+
+    // An operation followed to the end by `ops watch` while the device polls.
+    let added = json(&["ops", "add", "DEVICE_RING", "--device", "android/356000000000201"]);
+    let activity = added["activity"]["id"].as_i64().unwrap();
+    let watch = drover()
+        .args(["ops", "watch", &activity.to_string(), "--timeout", "60s"])
+        .env("DROVER_SERVER", &server)
+        .env("DROVER_ADMIN_TOKEN", &admin)
+        .env("DROVER_PROFILES", data.path().join("no-profiles.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let path = "/agent/v1/android/devices/356000000000201/pending-operations";
+    let (status, got) = request(port, "PUT", path, &token, "[]");
+    assert_eq!(status, 200, "{got}");
+    let got: serde_json::Value = serde_json::from_str(&got).unwrap();
+    let op = &got[0];
+    let listed = json(&["ops", "list", "--device", "android/356000000000201"]);
+    assert_eq!(listed["items"][0]["state"], "IN_PROGRESS", "{listed}");
+    let report = serde_json::json!([{"id": op["id"], "code": op["code"], "type": op["type"], "status": "COMPLETED"}]);
+    let (status, _) = request(port, "PUT", path, &token, &report.to_string());
+    assert_eq!(status, 200);
+    let out = watch.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("activity {activity} finished: COMPLETED 1")), "{stdout}");
+    let shown = json(&["ops", "show", &op["id"].to_string()]);
+    assert_eq!(shown["state"], "COMPLETED");
+    assert_eq!(shown["transitions"].as_array().unwrap().len(), 2, "{shown}");
+    let (ok, out, _) = run(&["ops", "show", &op["id"].to_string()]);
+    assert!(ok && out.contains("PENDING     -> IN_PROGRESS") && out.contains("delivery:poll"), "{out}");
+
+    // Cancelled: one operation, then what is left of an activity.
+    let added = json(&["ops", "add", "DEVICE_LOCK", "--group", "floor1", "--group", "pixels"]);
+    let activity = added["activity"]["id"].as_i64().unwrap();
+    let pending = json(&["ops", "list", "--activity", &activity.to_string(), "--state", "PENDING"]);
+    let id = pending["items"][0]["id"].as_i64().unwrap();
+    let (ok, out, _) = run(&["ops", "cancel", &id.to_string()]);
+    assert!(ok && out.contains("cancelled 1"), "{out}");
+    let (ok, out, _) = run(&["ops", "cancel", &activity.to_string(), "--activity"]);
+    assert!(ok && out.contains("cancelled 0"), "{out}");
+
+    // The fleet at a glance.
+    let fleet = json(&["fleet"]);
+    let total: i64 = fleet["devices"].as_array().unwrap().iter().map(|d| d["count"].as_i64().unwrap()).sum();
+    assert_eq!(total, 2, "{fleet}");
+    let (ok, out, _) = run(&["fleet"]);
+    assert!(ok && out.starts_with("devices 2"), "{out}");
+
+    // Removed; the group goes too.
+    let (ok, out, _) = run(&["devices", "remove", "android/356000000000202"]);
+    assert!(ok && out.contains("removed android/356000000000202"), "{out}");
+    let (ok, out, _) = run(&["groups", "remove", "floor1"]);
+    assert!(ok && out.contains("deleted group floor1"), "{out}");
+
+    // Existing commands print JSON too.
+    let tokens = json(&["token", "list"]);
+    assert_eq!(tokens["items"][0]["name"], "bootstrap", "{tokens}");
+    let plugins = json(&["plugin", "list"]);
+    assert!(plugins["items"].as_array().unwrap().iter().any(|p| p["name"] == "android"), "{plugins}");
+
+    // A profile file stands in for the flags; a profile that is not there is named.
+    let profiles = data.path().join("profiles.toml");
+    std::fs::write(&profiles, format!("[lab]\nserver = \"{server}\"\ntoken = \"{admin}\"\n")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&profiles, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let out = drover().args(["fleet", "--profile", "lab"]).env("DROVER_PROFILES", &profiles).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).is_empty(), "a private profile file gets no warning");
+    let out = drover().args(["fleet", "--profile", "prod"]).env("DROVER_PROFILES", &profiles).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no profile [prod]"));
+
+    // Shell completions.
+    let out = drover().args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("_drover()"));
+}
