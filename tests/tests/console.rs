@@ -332,3 +332,82 @@ async fn the_console_in_a_browser() {
     c.close().await.unwrap();
     server.stop().await;
 }
+
+/// Sessions, CSRF and the pages over plain HTTP, on SQLite and PostgreSQL (the browser
+/// test above runs on SQLite only).
+async fn sessions(server: &TestServer) {
+    let plain = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    server.enroll_android("356000000000301").await;
+    // Login refused with a wrong token; a session with the right one.
+    let r = plain.post(server.url("/console/login")).form(&[("token", "drv_admin_nope")]).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = plain
+        .post(server.url("/console/login"))
+        .form(&[("token", ADMIN_TOKEN), ("next", "https://evil.example/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    // `next` only leads back into the console, never to another site.
+    assert_eq!(r.headers()["location"], "/console");
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let page = |path: &str| {
+        let cookie = cookie.clone();
+        let url = server.url(path);
+        let plain = plain.clone();
+        async move { plain.get(url).header("cookie", cookie).send().await.unwrap() }
+    };
+    for path in [
+        "/console",
+        "/console/devices?q=3013&status=active",
+        "/console/devices/android/356000000000301",
+        "/console/activities",
+        "/console/groups",
+        "/console/enrollment",
+        "/console/plugins",
+        "/console/plugins/android",
+        "/console/policies",
+        "/console/rollouts",
+        "/console/audit",
+    ] {
+        let r = page(path).await;
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        let html = r.text().await.unwrap();
+        assert!(html.starts_with("<!DOCTYPE html>") && html.contains("bootstrap (admin)"), "{path}");
+    }
+    // What the API refuses shows as the error page with the API's status and message.
+    let r = page("/console/devices/android/000").await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(r.text().await.unwrap().contains("not found"));
+    // A search with characters that mean something to SQL LIKE matches them literally.
+    let r = page("/console/devices?q=%25").await;
+    assert!(!r.text().await.unwrap().contains("356000000000301"), "`%` matched every device");
+    // The form token is on the page; a form with it works, without it does not.
+    let html = page("/console/groups").await.text().await.unwrap();
+    let csrf = html.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let post = |path: &str, form: Vec<(&str, &str)>| {
+        let cookie = cookie.clone();
+        let url = server.url(path);
+        let plain = plain.clone();
+        let form: Vec<(String, String)> = form.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        async move { plain.post(url).header("cookie", cookie).form(&form).send().await.unwrap() }
+    };
+    let r = post("/console/groups", vec![("name", "lobby"), ("query", "{\"tags\": [\"lobby\"]}")]).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r =
+        post("/console/groups", vec![("csrf", &csrf), ("name", "lobby"), ("query", "{\"tags\": [\"lobby\"]}")]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()["location"], "/console/groups/lobby");
+    // A bad query is shown on the form with the API's message, and nothing is created.
+    let r = post("/console/groups", vec![("csrf", &csrf), ("name", "bad"), ("query", "{\"colour\": 1}")]).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("colour"));
+    let r = server.admin(Method::GET, "/api/v1/groups/bad").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // Logged out: the session is gone from the database.
+    let r = post("/console/logout", vec![("csrf", &csrf)]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(page("/console").await.status(), StatusCode::SEE_OTHER);
+}
+
+drover_tests::e2e!(console_sessions, super::sessions);

@@ -119,14 +119,14 @@ pub fn badge(state: &str) -> Markup {
 
 /// "Next page" when the API said there is one: the current query with `after` replaced.
 pub fn pager(base: &str, query: &[(&str, String)], next_after: &Value) -> Markup {
-    html! {
-        @if let Some(next) = next_after.as_i64() {
-            @let mut pairs: Vec<String> = query.iter().filter(|(k, v)| *k != "after" && !v.is_empty())
-                .map(|(k, v)| format!("{k}={}", super::enc(v))).collect();
-            @let _ = pairs.push(format!("after={next}"));
-            nav.pager aria-label="Pages" { a href={(base) "?" (pairs.join("&"))} { "Next page →" } }
-        }
-    }
+    let Some(next) = next_after.as_i64() else { return html! {} };
+    let mut pairs: Vec<String> = query
+        .iter()
+        .filter(|(k, v)| *k != "after" && !v.is_empty())
+        .map(|(k, v)| format!("{k}={}", super::enc(v)))
+        .collect();
+    pairs.push(format!("after={next}"));
+    html! { nav.pager aria-label="Pages" { a href={(base) "?" (pairs.join("&"))} { "Next page →" } } }
 }
 
 /// A line chart of `(time ms, value)` points, oldest first, as inline SVG (no script).

@@ -181,32 +181,36 @@ fn failure(status: StatusCode, code: &str, message: String) -> ApiFailure {
 /// A page, or the error page for what the API refused.
 pub(crate) type PageResult = Result<Response, PageError>;
 
-/// An error shown as a page: the API's message, with its status.
-pub(crate) struct PageError {
+/// An error shown as a page: the API's message, with its status. Boxed: it travels in
+/// every page's `Result`.
+pub(crate) struct PageError(Box<Failed>);
+
+struct Failed {
     failure: ApiFailure,
     session: Option<Session>,
 }
 
 impl PageError {
     fn new(failure: ApiFailure, session: &Session) -> PageError {
-        PageError { failure, session: Some(session.clone()) }
+        PageError(Box::new(Failed { failure, session: Some(session.clone()) }))
     }
 }
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
-        let title = match self.failure.status {
+        let this = *self.0;
+        let title = match this.failure.status {
             StatusCode::NOT_FOUND => "Not found",
             StatusCode::FORBIDDEN => "Not allowed",
             s if s.is_client_error() => "Refused",
             _ => "Something went wrong",
         };
         let body = maud::html! {
-            p.error role="alert" { (self.failure.message) }
+            p.error role="alert" { (this.failure.message) }
             p { a href="/console" { "Overview" } }
         };
-        let page = layout::page(title, self.session.as_ref(), "", body);
-        (self.failure.status, html(page)).into_response()
+        let page = layout::page(title, this.session.as_ref(), "", body);
+        (this.failure.status, html(page)).into_response()
     }
 }
 
