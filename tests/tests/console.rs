@@ -408,6 +408,12 @@ async fn sessions(server: &TestServer) {
     let r = post("/console/logout", vec![("csrf", &csrf)]).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(page("/console").await.status(), StatusCode::SEE_OTHER);
+    // Both are in the audit trail with the token's name.
+    let audit: Value =
+        server.admin(Method::GET, "/api/v1/audit?target=/console/").send().await.unwrap().json().await.unwrap();
+    let actions: Vec<&str> = audit["items"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["POST /console/login", "POST /console/logout"], "{audit}");
+    assert_eq!(audit["items"][0]["actor"], "bootstrap");
 }
 
 drover_tests::e2e!(console_sessions, super::sessions);

@@ -163,11 +163,11 @@ pub async fn login(State(state): State<ConsoleState>, axum::Form(form): axum::Fo
         Ok(k) => k,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("database: {e}")).into_response(),
     };
-    if known.is_none() {
+    let Some((name, role)) = known else {
         tracing::info!(target: "console", "console login refused: unknown, expired or revoked token");
         return (StatusCode::UNAUTHORIZED, html(login_form(&next, Some("Unknown, expired or revoked admin token."))))
             .into_response();
-    }
+    };
     let (id, csrf) = (random_hex(), random_hex());
     if let Err(e) = state.app.store.create_session(&hash_token(&id), &token_hash, &csrf, now_ms() + SESSION_MS).await {
         return (StatusCode::INTERNAL_SERVER_ERROR, format!("database: {e}")).into_response();
@@ -176,6 +176,7 @@ pub async fn login(State(state): State<ConsoleState>, axum::Form(form): axum::Fo
     let secure = if state.app.public_url.starts_with("https://") { "; Secure" } else { "" };
     let cookie =
         format!("{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}{secure}", SESSION_MS / 1000);
+    audit(&state, &name, &role, "POST /console/login").await;
     let mut response = see(&next);
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, v);
@@ -183,14 +184,35 @@ pub async fn login(State(state): State<ConsoleState>, axum::Form(form): axum::Fo
     response
 }
 
+/// A login or logout in the audit trail, as the API's actions are (`admin.action`). A
+/// refused login has no actor and is not recorded, as an API call without a valid token
+/// is not (anyone could fill the table); it is logged.
+async fn audit(state: &ConsoleState, name: &str, role: &str, action: &str) {
+    let event = crate::store::NewEvent {
+        event_type: crate::store::ADMIN_ACTION.into(),
+        actor: Some(name.into()),
+        role: Some(role.into()),
+        action: Some(action.into()),
+        target: Some(action.split_once(' ').map_or(action, |(_, p)| p).into()),
+        outcome: Some(crate::store::Outcome::Ok.as_str().into()),
+        status: Some(303),
+        data: None,
+        device: None,
+    };
+    if let Err(e) = state.app.store.append_event(&event).await {
+        tracing::error!(target: "audit", error = %e, action, actor = name, "audit row not written");
+    }
+}
+
 pub async fn logout(
     State(state): State<ConsoleState>,
     headers: HeaderMap,
-    Posted(_, _): Posted<serde::de::IgnoredAny>,
+    Posted(session, _): Posted<serde::de::IgnoredAny>,
 ) -> Response {
     if let Some(id) = cookie(&headers, COOKIE) {
         let _ = state.app.store.delete_session(&hash_token(id)).await;
     }
+    audit(&state, &session.name, session.role.as_str(), "POST /console/logout").await;
     let mut response = see("/console/login");
     response.headers_mut().insert(
         header::SET_COOKIE,
