@@ -255,6 +255,15 @@ async fn the_console_in_a_browser() {
         .unwrap();
     assert_eq!(audit["items"][0]["actor"], "bootstrap", "{audit}");
 
+    // The group query editor counts the devices a query matches as it is typed.
+    c.goto(&server.url("/console/groups")).await.unwrap();
+    let editor = c.find(Locator::Css("#g-query")).await.unwrap();
+    editor.send_keys(r#"{"tags": ["lobby"]}"#).await.unwrap();
+    text_soon(&c, "#g-count", "1 devices match now").await;
+    editor.clear().await.unwrap();
+    editor.send_keys(r#"{"device_type": "android"}"#).await.unwrap();
+    text_soon(&c, "#g-count", "3 devices match now").await;
+
     // Every other page renders.
     for (path, name, heading) in [
         ("/console", "overview", "Overview"),

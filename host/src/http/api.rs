@@ -29,6 +29,7 @@ pub(super) fn router(state: AppState) -> Router<AppState> {
         .routes(routes!(devices::restore_device))
         .routes(routes!(enrollment::import_devices))
         .routes(routes!(groups::list_groups, groups::create_group))
+        .routes(routes!(groups::preview_group))
         .routes(routes!(groups::get_group, groups::delete_group))
         .routes(routes!(groups::add_members))
         .routes(routes!(operations::list_operations, operations::add_operation))

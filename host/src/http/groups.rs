@@ -3,13 +3,13 @@
 use super::Path;
 use super::api::{DeviceRef, Errors};
 use super::devices::group_or_404;
-use super::{ApiError, ApiJson, AppState, ErrorBody, Operator, Viewer};
+use super::{ApiError, ApiJson, AppState, ErrorBody, Operator, Query, Viewer};
 use crate::store::{DeviceQuery, GroupRow};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 /// A group as the API shows it.
 #[derive(Serialize, ToSchema)]
@@ -74,15 +74,50 @@ pub(super) async fn create_group(
         return Err(ApiError::bad_request("invalid", "group `name` must be 1 to 128 characters"));
     }
     if let Some(q) = &g.query {
-        if let Some(p) = q.problem() {
-            return Err(ApiError::bad_request("invalid", format!("`query`: {p}")));
-        }
-        if let Some(p) = q.tags.iter().find_map(|t| crate::store::tag_problem(t)) {
-            return Err(ApiError::bad_request("invalid", format!("`query`: {p}")));
-        }
+        check_query(q)?;
     }
     let row = state.store.create_group(&g.name, &g.description, g.query.as_ref()).await?;
     Ok((StatusCode::CREATED, Json(Group::new(&state, &row).await?)))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct Preview {
+    /// A dynamic group's query, as JSON: `{"tags": ["lobby"], "device_type": "android"}`.
+    #[param(max_length = 8192)]
+    query: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct PreviewCount {
+    /// Live devices the query matches now.
+    devices: i64,
+}
+
+/// How many live devices a query matches: what a dynamic group with it would hold now
+/// (the console's query editor counts as the admin types).
+#[utoipa::path(get, path = "/api/v1/devices/count", tag = "devices", params(Preview),
+    responses((status = 200, body = PreviewCount), Errors))]
+pub(super) async fn preview_group(
+    State(state): State<AppState>,
+    _: Viewer,
+    Query(p): Query<Preview>,
+) -> Result<Json<PreviewCount>, ApiError> {
+    let q: DeviceQuery = serde_json::from_str(&p.query)
+        .map_err(|e| ApiError::bad_request("invalid", format!("`query` is not a device query: {e}")))?;
+    check_query(&q)?;
+    Ok(Json(PreviewCount { devices: state.store.query_size(&q).await? }))
+}
+
+fn check_query(q: &DeviceQuery) -> Result<(), ApiError> {
+    if let Some(p) = q.problem() {
+        return Err(ApiError::bad_request("invalid", format!("`query`: {p}")));
+    }
+    if let Some(p) = q.tags.iter().find_map(|t| crate::store::tag_problem(t)) {
+        return Err(ApiError::bad_request("invalid", format!("`query`: {p}")));
+    }
+    Ok(())
 }
 
 /// One group with its current size; list its devices with `GET /api/v1/devices?group=`.

@@ -499,14 +499,27 @@ impl Store {
 
     /// How many live devices a group holds now (for a dynamic group: match its query).
     pub async fn group_size(&self, group: &GroupRow) -> Result<i64, StoreError> {
+        match group.query() {
+            Some(q) => self.query_size(&q).await,
+            None => {
+                let mut f = Filters::new(1);
+                let condition = format!(
+                    "d.id IN (SELECT m.device FROM group_members m WHERE m.group_id = {})",
+                    f.placeholder(Param::Int(group.id))
+                );
+                self.count_devices(&condition, f).await
+            }
+        }
+    }
+
+    /// How many live devices a dynamic group's query matches now.
+    pub async fn query_size(&self, query: &DeviceQuery) -> Result<i64, StoreError> {
         let mut f = Filters::new(1);
-        let condition = match group.query() {
-            Some(q) => q.condition(self.is_postgres(), &mut f),
-            None => format!(
-                "d.id IN (SELECT m.device FROM group_members m WHERE m.group_id = {})",
-                f.placeholder(Param::Int(group.id))
-            ),
-        };
+        let condition = query.condition(self.is_postgres(), &mut f);
+        self.count_devices(&condition, f).await
+    }
+
+    async fn count_devices(&self, condition: &str, f: Filters) -> Result<i64, StoreError> {
         let sql = format!("SELECT COUNT(*) FROM devices d WHERE d.status <> 'removed' AND {condition}");
         let (n,): (i64,) =
             with_pool!(self, pool => bind_filters!(sqlx::query_as(trusted(&sql)), f).fetch_one(pool).await?);

@@ -4,6 +4,8 @@
 //    stops once the fragment says data-final (an activity that has finished).
 // 2. The operation form: choosing a code fills the payload box with that code's example
 //    (data-example on its <option>) when the box is empty or still holds an example.
+// 3. The group query editor: a textarea with data-count="ID" shows, in the <output> ID,
+//    how many devices the query typed so far matches (asked 400 ms after typing stops).
 "use strict";
 (function () {
   function live(el) {
@@ -36,7 +38,26 @@
       if (box.value.trim() === "" || box.value === last) { box.value = example; last = example; }
     });
   }
+  function counter(area) {
+    var out = document.getElementById(area.getAttribute("data-count"));
+    var timer = null;
+    area.addEventListener("input", function () {
+      clearTimeout(timer);
+      timer = setTimeout(function () {
+        fetch("/console/groups/count?query=" + encodeURIComponent(area.value), { credentials: "same-origin" })
+          .then(function (r) { return r.ok ? r.text() : ""; })
+          .then(function (html) {
+            var box = document.createElement("div");
+            box.innerHTML = html;
+            var fresh = box.firstElementChild;
+            if (fresh && out) { out.textContent = fresh.textContent; }
+          })
+          .catch(function () {});
+      }, 400);
+    });
+  }
   document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("textarea[data-count]").forEach(counter);
     document.querySelectorAll("[data-live]").forEach(live);
     document.querySelectorAll("select[data-payload]").forEach(operationForm);
   });

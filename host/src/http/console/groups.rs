@@ -38,7 +38,8 @@ async fn list_page(console: &ConsoleState, session: &Session, form: &NewGroup, e
                 label for="g-desc" { "Description" }
                 input #g-desc name="description" value=(form.description);
                 label for="g-query" { "Query (JSON) for a dynamic group; empty for a static group" }
-                textarea #g-query name="query" rows="5" spellcheck="false" placeholder=r#"{"device_type": "android", "tags": ["warehouse-3"], "metadata": {"model": "Pixel 8"}}"# { (form.query) }
+                textarea #g-query name="query" rows="5" spellcheck="false" data-count="g-count" placeholder=r#"{"device_type": "android", "tags": ["warehouse-3"], "metadata": {"model": "Pixel 8"}}"# { (form.query) }
+                output #g-count for="g-query" aria-live="polite" {}
                 p.hint { "A query may name " code { "device_type" } ", " code { "ownership" } " (BYOD, COPE), " code { "tags" } " (all must be present) and " code { "metadata" } " values." }
                 button type="submit" { "Create group" }
             }
@@ -50,6 +51,30 @@ async fn list_page(console: &ConsoleState, session: &Session, form: &NewGroup, e
 
 pub async fn list(State(console): State<ConsoleState>, session: Session) -> PageResult {
     list_page(&console, &session, &NewGroup::default(), None).await
+}
+
+#[derive(Deserialize)]
+pub struct CountQuery {
+    #[serde(default)]
+    query: String,
+}
+
+/// How many devices the query being typed matches (the editor's live count): a fragment.
+pub async fn count(
+    State(console): State<ConsoleState>,
+    session: Session,
+    axum::extract::Query(q): axum::extract::Query<CountQuery>,
+) -> PageResult {
+    let api = Api { console: &console, session: &session };
+    let text = if q.query.trim().is_empty() {
+        String::new()
+    } else {
+        match api.get::<Value>(&format!("devices/count?query={}", enc(&q.query))).await {
+            Ok(v) => format!("{} devices match now", v["devices"]),
+            Err(f) => f.message,
+        }
+    };
+    Ok(html(html! { output #g-count for="g-query" aria-live="polite" { (text) } }))
 }
 
 #[derive(Deserialize, Default)]

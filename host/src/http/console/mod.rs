@@ -61,6 +61,7 @@ pub fn router(state: AppState, api: Router) -> Router {
         .route("/console/activities/{id}/counts", get(activities::counts_fragment))
         .route("/console/activities/{id}/cancel", post(activities::cancel))
         .route("/console/groups", get(groups::list).post(groups::create))
+        .route("/console/groups/count", get(groups::count))
         .route("/console/groups/{name}", get(groups::show))
         .route("/console/groups/{name}/members", post(groups::add_members))
         .route("/console/groups/{name}/delete", post(groups::delete))
