@@ -278,6 +278,15 @@ async fn the_console_in_a_browser() {
         text_soon(&c, "h1", heading).await;
         shot(&c, name).await;
     }
+    // Usable on a phone: one column, nothing wider than the screen.
+    c.set_window_size(390, 844).await.unwrap();
+    c.goto(&server.url(&format!("/console/devices/android/{lobby}"))).await.unwrap();
+    text_soon(&c, "h1", lobby).await;
+    let overflow =
+        c.execute("return document.documentElement.scrollWidth <= window.innerWidth + 1", vec![]).await.unwrap();
+    assert_eq!(overflow, json!(true), "the device page is wider than a phone");
+    shot(&c, "device-phone").await;
+    c.set_window_size(1280, 1100).await.unwrap();
     let overview_cards = {
         c.goto(&server.url("/console")).await.unwrap();
         text_soon(&c, "section.cards", "devices").await
@@ -357,6 +366,16 @@ async fn sessions(server: &TestServer) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    // A login form posted from another site is refused (login CSRF).
+    let forged = plain
+        .post(server.url("/console/login"))
+        .header("origin", "https://evil.example")
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    assert!(forged.headers().get("set-cookie").is_none());
     // `next` only leads back into the console, never to another site.
     assert_eq!(r.headers()["location"], "/console");
     let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
@@ -384,6 +403,35 @@ async fn sessions(server: &TestServer) {
         let html = r.text().await.unwrap();
         assert!(html.starts_with("<!DOCTYPE html>") && html.contains("bootstrap (admin)"), "{path}");
     }
+    // Where a policy applies, the device's page shows it and the device's compliance.
+    let r = server
+        .admin(Method::POST, "/api/v1/policies")
+        .json(&json!({"name": "baseline", "priority": 1,
+                      "profiles": {"android": [{"code": "CAMERA", "payload": {"enabled": false}}]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    let html = page("/console/devices/android/356000000000301").await.text().await.unwrap();
+    assert!(html.contains("Policy and compliance") && html.contains("baseline (revision 1)"), "policy section");
+    assert!(html.contains("id=\"compliance\""), "compliance row");
+    // A CSV with an error: the line is named on the page, and nothing is stored.
+    let html = page("/console/enrollment").await.text().await.unwrap();
+    let csrf_e = html.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let r = plain
+        .post(server.url("/console/enrollment/import"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf_e.as_str()), ("csv", "device_type,device_id\nandroid,356000000000302\nandroid,\n")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("line 3: `device_id` is empty"), "import error by line");
+    assert!(html.contains("356000000000302"), "the CSV is kept in the form to fix");
+    let r = server.admin(Method::GET, "/api/v1/devices/android/356000000000302").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "a refused import stored a row");
+
     // What the API refuses shows as the error page with the API's status and message.
     let r = page("/console/devices/android/000").await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);

@@ -192,6 +192,10 @@ async fn device_page(
         points.reverse();
     }
     let ops = operations_table(&api, session, t, id).await?;
+    // Where policies exist: the effective policy (404: none applies) and compliance.
+    let policy: Option<Value> = api.get(&format!("{base}/policy")).await.ok();
+    let compliance: Option<Value> =
+        if policy.is_some() { api.get(&format!("{base}/compliance")).await.ok() } else { None };
     let href = device_href(t, id);
     let title = format!("{} {}", t, id);
     let tags: Vec<&str> = device["tags"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
@@ -242,6 +246,31 @@ async fn device_page(
                     }
                 }
                 @if let Some(m) = &metric { (chart(&points, m)) }
+            }
+        }
+        @if let Some(p) = &policy {
+            h2 { "Policy and compliance" }
+            table { tbody {
+                tr { th scope="row" { "Effective policy" } td { @for n in p["policies"].as_array().into_iter().flatten() { (text(&n["name"])) " (revision " (n["revision"]) ") " } } }
+                tr { th scope="row" { "Its bundle" } td { @if let Some(op) = p["operation"].as_i64() { a href={"/console/operations/" (op)} { "operation " (op) } " " (badge(text(&p["state"]))) } @else { "nothing to send" } } }
+                @if let Some(c) = &compliance {
+                    tr { th scope="row" { "Compliance" } td #compliance { (badge(text(&c["state"]))) @if c["blocked"] == true { " " (badge("blocked")) } " since " (when(&c["since"])) } }
+                }
+            } }
+            @if let Some(c) = &compliance {
+                @if c["checks"].as_array().is_some_and(|a| !a.is_empty()) {
+                    table {
+                        thead { tr { th scope="col" { "Policy" } th scope="col" { "Rule or feature" } th scope="col" { "Result" } th scope="col" { "Why" } } }
+                        tbody { @for k in c["checks"].as_array().into_iter().flatten() {
+                            tr {
+                                td { (text(&k["policy"])) }
+                                td { (k["rule"].as_str().or(k["feature"].as_str()).unwrap_or("–")) }
+                                td { @match k["compliant"].as_bool() { Some(true) => (badge("compliant")), Some(false) => (badge("non_compliant")), None => (badge("unknown")) } }
+                                td { (k["reason"].as_str().unwrap_or("")) }
+                            }
+                        } }
+                    }
+                }
             }
         }
         h2 #operations { "Operations" }

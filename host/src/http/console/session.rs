@@ -156,8 +156,31 @@ pub struct LoginForm {
     next: Option<String>,
 }
 
-pub async fn login(State(state): State<ConsoleState>, axum::Form(form): axum::Form<LoginForm>) -> Response {
+/// Whether a browser says the form came from another site. The login form has no CSRF
+/// token (there is no session yet): without this, another site could log a browser in
+/// with the attacker's token (login CSRF). Browsers send `Origin` on every POST.
+/// The server's own origins: the request's Host, and `--public-url` (a proxy in front may
+/// pass another Host).
+fn cross_site(headers: &HeaderMap, public_url: &str) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return false };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let authority = origin.split_once("://").map_or("", |(_, rest)| rest);
+    let public = public_url.trim_end_matches('/');
+    let public =
+        public.find("://").and_then(|i| public[i + 3..].find('/').map(|j| &public[..i + 3 + j])).unwrap_or(public);
+    origin == "null" || !(authority.eq_ignore_ascii_case(host) || origin.eq_ignore_ascii_case(public))
+}
+
+pub async fn login(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<LoginForm>,
+) -> Response {
     let next = next_or_home(form.next.as_deref());
+    if cross_site(&headers, &state.app.public_url) {
+        return (StatusCode::FORBIDDEN, html(login_form(&next, Some("A login form from another site is refused."))))
+            .into_response();
+    }
     let token_hash = hash_token(form.token.trim());
     let known = match state.app.store.admin_for_token(&token_hash).await {
         Ok(k) => k,
