@@ -1446,18 +1446,7 @@ mod lifecycle {
         answer(response).await
     }
 
-    /// `s` percent-encoded for a URL path segment or query value (all but unreserved).
-    pub(crate) fn segment(s: &str) -> String {
-        let mut out = String::with_capacity(s.len());
-        for b in s.bytes() {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                out.push(b as char);
-            } else {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        }
-        out
-    }
+    pub(crate) use drover::http::path_segment as segment;
 
     fn line(p: &Value) -> String {
         let calls = p["stats"]["calls"].as_u64().unwrap_or(0);

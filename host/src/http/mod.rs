@@ -70,6 +70,20 @@ pub fn router(state: AppState) -> Router {
         .merge(console::router(state, api))
 }
 
+/// `s` percent-encoded for a URL path segment or query value (all but the unreserved
+/// characters): how the console and the CLI put names into API paths.
+pub fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Liveness and a one-line picture of what is loaded.
 async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
     let plugins: Vec<_> = state.registry.list().into_iter().map(|p| format!("{}@{}", p.name, p.version)).collect();

@@ -31,7 +31,10 @@ pub async fn overview(State(console): State<ConsoleState>, session: Session) -> 
         .as_array()
         .into_iter()
         .flatten()
-        .map(|r| (when(&r["day"])[..10].to_string(), r["count"].as_i64().unwrap_or(0)))
+        .map(|r| {
+            let day = when(&r["day"]);
+            (day.get(..10).unwrap_or(&day).to_string(), r["count"].as_i64().unwrap_or(0))
+        })
         .collect();
     let body = html! {
         section.cards aria-label="Fleet" {
