@@ -351,8 +351,10 @@ pub async fn ops_cancel(id: i64, activity: bool, server: ServerArgs) -> anyhow::
     Ok(())
 }
 
-/// States an operation ends in.
-const FINAL: &[&str] = &["COMPLETED", "ERROR", "CANCELLED", "EXPIRED"];
+/// A state an operation ends in (REPEATED too: superseded by a newer command).
+fn terminal(state: &str) -> bool {
+    drover::ops::State::parse(state).is_some_and(drover::ops::State::is_terminal)
+}
 
 /// Follow an activity until every operation has ended (or `timeout`), with a progress
 /// bar; prints the counts per state at the end. Fails if any operation ended in ERROR.
@@ -369,8 +371,7 @@ pub async fn ops_watch(activity: i64, timeout: Option<humantime::Duration>, serv
         let body = call(&server, Method::GET, &format!("activities/{activity}"), None).await?;
         let counts = body["counts"].as_object().cloned().unwrap_or_default();
         let total: i64 = counts.values().filter_map(Value::as_i64).sum();
-        let done: i64 =
-            counts.iter().filter(|(s, _)| FINAL.contains(&s.as_str())).filter_map(|(_, n)| n.as_i64()).sum();
+        let done: i64 = counts.iter().filter(|(s, _)| terminal(s)).filter_map(|(_, n)| n.as_i64()).sum();
         bar.set_length(total.max(0) as u64);
         bar.set_position(done.max(0) as u64);
         bar.set_message(counts.iter().map(|(s, n)| format!("{s} {n}")).collect::<Vec<_>>().join(", "));

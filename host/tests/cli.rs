@@ -645,6 +645,13 @@ fn devices_operations_and_groups_from_the_command_line() {
     let (ok, out, _) = run(&["ops", "show", &op["id"].to_string()]);
     assert!(ok && out.contains("PENDING     -> IN_PROGRESS") && out.contains("delivery:poll"), "{out}");
 
+    // A command superseded by a newer one (REPEATED) has ended: its watch ends too.
+    let first = json(&["ops", "add", "DEVICE_MUTE", "--device", "android/356000000000202"]);
+    json(&["ops", "add", "DEVICE_MUTE", "--device", "android/356000000000202"]);
+    let first = first["activity"]["id"].as_i64().unwrap().to_string();
+    let (ok, out, err) = run(&["ops", "watch", &first, "--timeout", "20s"]);
+    assert!(ok && out.contains(&format!("activity {first} finished: REPEATED 1")), "{out} {err}");
+
     // Cancelled: one operation, then what is left of an activity.
     let added = json(&["ops", "add", "DEVICE_LOCK", "--group", "floor1", "--group", "pixels"]);
     let activity = added["activity"]["id"].as_i64().unwrap();

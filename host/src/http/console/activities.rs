@@ -40,13 +40,15 @@ pub async fn list(State(console): State<ConsoleState>, session: Session, Query(q
     Ok(html(page("Activities", Some(&session), "activities", body)))
 }
 
-/// States that end an operation: when only these are left, the activity is over.
-const FINAL: &[&str] = &["COMPLETED", "ERROR", "CANCELLED", "EXPIRED"];
+/// A state that ends an operation: when only these are left, the activity is over.
+fn terminal(state: &str) -> bool {
+    crate::ops::State::parse(state).is_some_and(crate::ops::State::is_terminal)
+}
 
 fn counts(id: i64, activity: &Value) -> Markup {
     let counts = activity["counts"].as_object().cloned().unwrap_or_default();
     let total: i64 = counts.values().filter_map(Value::as_i64).sum();
-    let done: i64 = counts.iter().filter(|(s, _)| FINAL.contains(&s.as_str())).filter_map(|(_, n)| n.as_i64()).sum();
+    let done: i64 = counts.iter().filter(|(s, _)| terminal(s)).filter_map(|(_, n)| n.as_i64()).sum();
     let over = total > 0 && done == total;
     html! {
         div #counts data-live={"/console/activities/" (id) "/counts"} data-every="1000" data-final[over] aria-live="polite" {

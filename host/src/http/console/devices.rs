@@ -437,7 +437,7 @@ pub async fn operation(State(console): State<ConsoleState>, session: Session, Pa
     let api = Api { console: &console, session: &session };
     let op: Value = api.get(&format!("operations/{id}")).await.or_page(&session)?;
     let state = text(&op["state"]).to_string();
-    let open = matches!(state.as_str(), "PENDING" | "IN_PROGRESS" | "NOTNOW");
+    let open = crate::ops::State::parse(&state).is_some_and(|s| !s.is_terminal());
     let body = html! {
         table { tbody {
             tr { th scope="row" { "Code" } td { code { (text(&op["code"])) } " (" (text(&op["kind"])) ")" } }
