@@ -436,6 +436,13 @@ async fn sessions(server: &TestServer) {
     let r = page("/console/devices/android/000").await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert!(r.text().await.unwrap().contains("not found"));
+    // A metadata key is held to the rule of a dynamic group's keys (it becomes a JSON path).
+    let r = server.admin(Method::GET, "/api/v1/devices?metadata=a%22b%3Dx").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("metadata key `a\"b`"), "{body}");
+    let r = page("/console/devices?metadata=a%22b%3Dx").await;
+    assert!(r.text().await.unwrap().contains("metadata key"), "the page names the problem");
     // A search with characters that mean something to SQL LIKE matches them literally.
     let r = page("/console/devices?q=%25").await;
     assert!(!r.text().await.unwrap().contains("356000000000301"), "`%` matched every device");

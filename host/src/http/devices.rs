@@ -117,7 +117,7 @@ pub(super) struct DeviceFilter {
     #[param(max_length = 200)]
     q: Option<String>,
     /// Only devices whose reported metadata has this value: `key=value`.
-    #[param(pattern = "^[^=]+=.*$")]
+    #[param(pattern = "^[A-Za-z0-9_-]{1,64}=.*$")]
     metadata: Option<String>,
     after: Option<i64>,
     limit: Option<i64>,
@@ -143,6 +143,11 @@ pub(super) async fn list_devices(
             .filter(|(k, _)| !k.is_empty())
             .ok_or_else(|| ApiError::bad_request("invalid_query", "`metadata`: write key=value"))?;
         metadata.insert(key.to_string(), value.to_string());
+        // The key becomes a JSON path in SQL: held to the rule of a dynamic group's keys.
+        let query = crate::store::DeviceQuery { metadata: metadata.clone(), ..Default::default() };
+        if let Some(p) = query.problem() {
+            return Err(ApiError::bad_request("invalid_query", format!("`metadata`: {p}")));
+        }
     }
     if q.q.as_ref().is_some_and(|s| s.chars().count() > 200) {
         return Err(ApiError::bad_request("invalid_query", "`q`: at most 200 characters"));
