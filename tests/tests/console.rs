@@ -435,7 +435,8 @@ async fn sessions(server: &TestServer) {
     // What the API refuses shows as the error page with the API's status and message.
     let r = page("/console/devices/android/000").await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    assert!(r.text().await.unwrap().contains("not found"));
+    let html = r.text().await.unwrap();
+    assert!(html.contains("not found") && html.contains("Error code: <code>not_found</code>"), "{html}");
     // A metadata key is held to the rule of a dynamic group's keys (it becomes a JSON path).
     let r = server.admin(Method::GET, "/api/v1/devices?metadata=a%22b%3Dx").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);

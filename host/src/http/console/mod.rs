@@ -106,18 +106,13 @@ async fn security_headers(mut response: Response) -> Response {
     response
 }
 
-/// What the API answered when it did not succeed: its status and its error's message.
+/// What the API answered when it did not succeed: its status, its error's stable code
+/// and message.
 #[derive(Debug)]
 pub(crate) struct ApiFailure {
     status: StatusCode,
     code: String,
     message: String,
-}
-
-impl std::fmt::Display for ApiFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.message, self.code)
-    }
 }
 
 /// The admin API as the session's token, in-process.
@@ -208,6 +203,7 @@ impl IntoResponse for PageError {
         };
         let body = maud::html! {
             p.error role="alert" { (this.failure.message) }
+            p.hint { "Error code: " code { (this.failure.code) } }
             p { a href="/console" { "Overview" } }
         };
         let page = layout::page(title, this.session.as_ref(), "", body);
