@@ -45,6 +45,12 @@ pub struct ServeArgs {
     /// Delete finished operations and their history after this many days [default: 30]
     #[arg(long, env = "DROVER_RETENTION_DAYS")]
     pub retention_days: Option<u32>,
+    /// Keep per-minute telemetry rollups this many days [default: 90]
+    #[arg(long, env = "DROVER_ROLLUP_MINUTE_RETENTION_DAYS")]
+    pub rollup_minute_retention_days: Option<u32>,
+    /// Keep per-hour telemetry rollups this many days [default: 730]
+    #[arg(long, env = "DROVER_ROLLUP_HOUR_RETENTION_DAYS")]
+    pub rollup_hour_retention_days: Option<u32>,
     /// Let webhooks reach loopback, private and link-local addresses (receivers on your own
     /// network) [default: false]
     #[arg(long, env = "DROVER_WEBHOOK_ALLOW_PRIVATE")]
@@ -139,6 +145,9 @@ pub struct Config {
     pub log_format: LogFormat,
     pub open_enrollment: bool,
     pub retention_days: u32,
+    /// Telemetry rollups are kept this many days: per-minute ones, per-hour ones.
+    pub rollup_minute_retention_days: u32,
+    pub rollup_hour_retention_days: u32,
     /// Events (the audit trail among them) are kept this many days.
     pub event_retention_days: u32,
     /// Publish the event log on the broker (`mqtt::feed`).
@@ -200,6 +209,8 @@ impl Config {
             log_format: LogFormat::default(),
             open_enrollment: true,
             retention_days: 30,
+            rollup_minute_retention_days: 90,
+            rollup_hour_retention_days: 730,
             event_retention_days: 365,
             mqtt_events: false,
             policy_mode: crate::policies::Mode::Priority,
@@ -262,6 +273,16 @@ impl ServeArgs {
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             open_enrollment: self.open_enrollment.or(file.open_enrollment).unwrap_or(true),
             retention_days: self.retention_days.or(file.retention_days).unwrap_or(30),
+            rollup_minute_retention_days: self
+                .rollup_minute_retention_days
+                .or(file.rollup_minute_retention_days)
+                .unwrap_or(90)
+                .max(1),
+            rollup_hour_retention_days: self
+                .rollup_hour_retention_days
+                .or(file.rollup_hour_retention_days)
+                .unwrap_or(730)
+                .max(1),
             event_retention_days: self.event_retention_days.or(file.event_retention_days).unwrap_or(365).max(1),
             mqtt_events: self.mqtt_events.or(file.mqtt_events).unwrap_or(false),
             policy_mode: self.policy_mode.or(file.policy_mode).unwrap_or_default(),

@@ -43,6 +43,8 @@ pub struct Core {
     pub artifacts: Arc<dyn crate::artifacts::ArtifactStorage>,
     /// The URL devices reach the HTTP listener at (download links), without a final `/`.
     pub public_url: String,
+    /// Alert rules and the per-device state that judges telemetry against them.
+    pub analytics: Arc<crate::analytics::Analytics>,
 }
 
 impl Core {
@@ -102,6 +104,7 @@ impl Core {
                 format!("cannot create the artifact directory in {} (--data-dir)", config.data_dir.display())
             })?),
             public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{}", config.http_addr)),
+            analytics: Arc::default(),
         })
     }
 

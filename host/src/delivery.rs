@@ -211,7 +211,10 @@ pub async fn receive_noting(
         tracing::info!(device_type = %device.device_type, device_id = %device.device_id, transport = %t.transport, "push token updated");
     }
     if !message.telemetry.is_empty() {
-        state.store.record_telemetry(device.id, &telemetry_points(&message.telemetry)).await?;
+        let points = telemetry_points(&message.telemetry);
+        state.store.record_telemetry(device.id, &points).await?;
+        // Judged once stored: an alert never names a point that was not kept.
+        crate::analytics::engine::observe(state, device, &points).await;
     }
     // `last_seen_at` to the second is plenty (devices turn unreachable after hours), so a
     // device calling in again within LAST_SEEN_RESOLUTION with nothing new costs no write.

@@ -103,6 +103,7 @@ macro_rules! text_enum {
     };
 }
 
+pub mod analytics;
 pub mod artifacts;
 pub mod auth;
 pub mod bounds;

@@ -44,6 +44,8 @@ struct Housekeeping {
     retention: Duration,
     event_retention: Duration,
     unreachable_after: Duration,
+    /// How long rollups are kept, per level (`writes::LEVELS`'s order).
+    rollup_retention: [Duration; 2],
 }
 
 impl Server {
@@ -103,6 +105,8 @@ impl Server {
                 u64::from(config.event_retention_days) * crate::enrollment::DAY_SECS as u64,
             ),
             unreachable_after: Duration::from_secs(u64::from(config.unreachable_after_hours) * 3600),
+            rollup_retention: [config.rollup_minute_retention_days, config.rollup_hour_retention_days]
+                .map(|d| Duration::from_secs(u64::from(d) * crate::enrollment::DAY_SECS as u64)),
         };
         Ok(Server { state, listener, housekeeping, mqtt, coap, http: config.http })
     }
@@ -130,6 +134,9 @@ impl Server {
         let events = &core.events;
         let (broker_events, push_events, wakeup_events, coap_events, policy_events) =
             (events.subscribe(), events.subscribe(), events.subscribe(), events.subscribe(), events.subscribe());
+        // Alert rules are in force from the first point taken.
+        core.analytics.reload(&core).await;
+        let analytics = crate::analytics::Analytics::spawn_refresh(core.clone());
         let sweeper = tokio::spawn(housekeeping(core.clone(), self.housekeeping));
         let catalog = core.catalog.spawn_watch(CATALOG_TICK);
         let Mqtt { embedded, endpoint, push, jobs, feed } = self.mqtt;
@@ -152,6 +159,7 @@ impl Server {
         let result =
             crate::http::listener::serve(self.listener, crate::http::router(self.state), self.http, shutdown).await;
         sweeper.abort();
+        analytics.abort();
         catalog.abort();
         delivery.abort();
         wakeups.abort();
@@ -206,6 +214,13 @@ async fn housekeeping(core: Core, config: Housekeeping) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "telemetry past retention deleted"),
                 Err(e) => tracing::warn!("telemetry retention purge failed: {e}"),
+            }
+            for ((level, _), keep) in crate::store::ROLLUP_LEVELS.iter().zip(config.rollup_retention) {
+                match store.purge_rollups(level, now - keep.as_millis() as i64).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, level, "telemetry rollups past retention deleted"),
+                    Err(e) => tracing::warn!("rollup retention purge failed: {e}"),
+                }
             }
             match store.prune_deliveries(now - config.event_retention.as_millis() as i64).await {
                 Ok(0) => {}

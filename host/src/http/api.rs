@@ -2,8 +2,8 @@
 //! `{"error": {"code": "<stable code>", "message": "<what was wrong>"}}`.
 
 use super::{
-    AppState, ErrorBody, artifacts, audit, devices, enrollment, events, fleet, groups, operations, plugin_settings,
-    plugins, policies, rollouts, tokens, webhooks,
+    AppState, ErrorBody, analytics, artifacts, audit, devices, enrollment, events, fleet, groups, operations,
+    plugin_settings, plugins, policies, rollouts, tokens, webhooks,
 };
 use axum::Router;
 use axum::body::Bytes;
@@ -25,6 +25,13 @@ pub(super) fn router(state: AppState) -> Router<AppState> {
         .routes(routes!(devices::get_device, devices::update_device, devices::remove_device))
         .routes(routes!(devices::set_tags))
         .routes(routes!(devices::device_telemetry))
+        .routes(routes!(analytics::device_series))
+        .routes(routes!(analytics::group_metric))
+        .routes(routes!(analytics::list_rules, analytics::create_rule))
+        .routes(routes!(analytics::get_rule, analytics::update_rule, analytics::delete_rule))
+        .routes(routes!(analytics::list_alerts))
+        .routes(routes!(analytics::get_alert))
+        .routes(routes!(analytics::resolve_alert))
         .routes(routes!(devices::revoke_credentials))
         .routes(routes!(devices::restore_device))
         .routes(routes!(enrollment::import_devices))
@@ -113,6 +120,7 @@ pub(super) fn router(state: AppState) -> Router<AppState> {
         (name = "operations", description = "Operations and activities: add, follow, cancel"),
         (name = "plugins", description = "Plugin uploads, versions, rollback, suspension, grants and publisher keys"),
         (name = "policies", description = "Policies, their revisions, and each device's effective policy"),
+        (name = "analytics", description = "Telemetry series and group metrics, alert rules (geo-fences, speed, thresholds, anomalies) and alerts"),
         (name = "rollouts", description = "Artifacts, and their staged rollouts with abort criteria and rollback"),
         (name = "admin", description = "Plugin settings, tokens, server settings"),
     )

@@ -4,6 +4,7 @@
 //! store, and map errors (`error.rs`); no delivery or enrollment logic lives here.
 
 mod agent;
+mod analytics;
 mod api;
 mod artifacts;
 mod audit;

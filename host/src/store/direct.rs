@@ -271,6 +271,10 @@ impl Writer {
     }
 }
 
+/// [`writes::rollup_sql`] for SQLite, made once.
+static ROLLUP_SQLITE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| writes::rollup_sql(writes::ROLLUP_ROW, false));
+
 fn write_group_on(db: &mut Connection, writes: &[Write], now: i64) -> rusqlite::Result<Vec<Written>> {
     // IMMEDIATE for the reason `WriteTx` gives; a failed batch rolls back when `tx` drops.
     // The statements and the rule are `writes.rs`'s, shared with PostgreSQL's path.
@@ -328,6 +332,23 @@ fn write_group_on(db: &mut Connection, writes: &[Write], now: i64) -> rusqlite::
                     out.push(writes::moved(*id, from, to, rows as u64));
                 }
                 written.push(Written::Events(out));
+            }
+            Write::Telemetry { device, points } => {
+                let mut insert = tx.prepare_cached(writes::TELEMETRY_POINT)?;
+                for p in points {
+                    insert.execute(params![device, p.name, p.at, p.value.to_string(), p.number()])?;
+                }
+                let mut latest = tx.prepare_cached(writes::TELEMETRY_LATEST)?;
+                for p in writes::newest(points) {
+                    latest.execute(params![device, p.name, p.at, p.value.to_string()])?;
+                }
+                let mut rollup = tx.prepare_cached(&ROLLUP_SQLITE)?;
+                for r in writes::rollups(points) {
+                    rollup.execute(params![
+                        device, r.name, r.level, r.bucket, r.count, r.sum, r.min, r.max, r.last, r.last_at
+                    ])?;
+                }
+                written.push(Written::Recorded);
             }
         }
     }

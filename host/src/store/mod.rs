@@ -6,6 +6,7 @@
 //! database). The dialects differ only in the migrations (`host/migrations/{sqlite,
 //! postgres}`). See docs/operations.md.
 
+mod analytics;
 mod artifacts;
 mod catalog;
 mod commit;
@@ -24,6 +25,7 @@ mod wakeups;
 mod webhooks;
 mod writes;
 
+pub use analytics::{AlertFilter, AlertRow, Bucket, GroupBucket, MetricScope, NewAlert, RuleRow};
 pub use artifacts::{ArtifactRow, NewArtifact};
 pub use catalog::{ComponentRow, NewPluginEvent, PluginEventRow, PublisherKeyRow};
 pub use compliance::{ComplianceChange, ComplianceRow, DueDevice, Verdict};
@@ -47,6 +49,7 @@ pub use telemetry::{Point, TelemetryRow};
 pub use tokens::AdminTokenRow;
 pub use wakeups::{DueWakeup, SettingsRow, WakeupRow};
 pub use webhooks::{DeliveryRow, NewWebhook, WebhookRow};
+pub use writes::LEVELS as ROLLUP_LEVELS;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

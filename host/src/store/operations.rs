@@ -4,8 +4,8 @@
 use super::devices::{DeviceQuery, DeviceRow};
 use super::writes::{self, Write, Written};
 use super::{
-    Backend, Filters, Param, Store, StoreError, WriteTx, bind_filters, decode, now_ms, trusted, with_pool,
-    with_write_pool,
+    Backend, Filters, Param, Store, StoreError, WriteTx, bind_filters, decode, now_ms, trusted, values_placeholders,
+    with_pool, with_write_pool,
 };
 use crate::ops::{self, Event, Kind, State};
 use serde::Serialize;
@@ -470,7 +470,7 @@ impl Store {
     ) -> Result<Vec<ResultOutcome>, StoreError> {
         match self.grouped(Write::Events { device, events: results.to_vec(), actor: actor.to_string() }).await? {
             Written::Events(out) => Ok(out),
-            Written::Delivered => {
+            Written::Delivered | Written::Recorded => {
                 Err(StoreError::Db(sqlx::Error::Protocol("group commit answered out of order".into())))
             }
         }
@@ -479,6 +479,7 @@ impl Store {
     /// Run `writes` in one transaction, in order; the group committer's unit of work.
     pub(super) async fn write_group(&self, writes: &[Write]) -> Result<Vec<Written>, StoreError> {
         let now = now_ms();
+        let is_postgres = matches!(self.backend, Backend::Postgres(_));
         with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let mut written = Vec::with_capacity(writes.len());
@@ -524,6 +525,43 @@ impl Store {
                             out.push(writes::moved(*id, from, to, rows));
                         }
                         written.push(Written::Events(out));
+                    }
+                    Write::Telemetry { device, points } => {
+                        // Several rows per statement: on PostgreSQL each statement is a
+                        // round trip.
+                        for chunk in points.chunks(200) {
+                            let sql = format!(
+                                "INSERT INTO telemetry (device, name, at, value, number) VALUES {}",
+                                values_placeholders(chunk.len(), 5, 1)
+                            );
+                            let mut q = sqlx::query(trusted(&sql));
+                            for p in chunk {
+                                q = q.bind(*device).bind(&p.name).bind(p.at).bind(p.value.to_string()).bind(p.number());
+                            }
+                            q.execute(&mut *tx).await?;
+                        }
+                        for chunk in writes::newest(points).chunks(200) {
+                            let sql = writes::postgres(writes::TELEMETRY_LATEST).replacen(
+                                "($1, $2, $3, $4)",
+                                &values_placeholders(chunk.len(), 4, 1),
+                                1,
+                            );
+                            let mut q = sqlx::query(trusted(&sql));
+                            for p in chunk {
+                                q = q.bind(*device).bind(&p.name).bind(p.at).bind(p.value.to_string());
+                            }
+                            q.execute(&mut *tx).await?;
+                        }
+                        for chunk in writes::rollups(points).chunks(100) {
+                            let sql = writes::rollup_sql(&values_placeholders(chunk.len(), 10, 1), is_postgres);
+                            let mut q = sqlx::query(trusted(&sql));
+                            for r in chunk {
+                                q = q.bind(*device).bind(r.name).bind(r.level).bind(r.bucket).bind(r.count)
+                                    .bind(r.sum).bind(r.min).bind(r.max).bind(r.last).bind(r.last_at);
+                            }
+                            q.execute(&mut *tx).await?;
+                        }
+                        written.push(Written::Recorded);
                     }
                 }
             }

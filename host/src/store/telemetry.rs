@@ -2,10 +2,8 @@
 //! Every point is kept (under the retention) and the newest value of each name is kept
 //! per device, so "what is it now" is one indexed read.
 
-use super::{
-    Backend, Filters, Param, Store, StoreError, WriteTx, bind_filters, trusted, values_placeholders, with_pool,
-    with_write_pool,
-};
+use super::writes::Write;
+use super::{Backend, Filters, Param, Store, StoreError, bind_filters, trusted, with_pool, with_write_pool};
 use serde::Serialize;
 
 /// One reported value.
@@ -28,58 +26,27 @@ pub struct TelemetryRow {
     pub value: String,
 }
 
+impl Point {
+    /// The value as a number, for rollups and rules: numbers, and booleans as 0/1.
+    pub fn number(&self) -> Option<f64> {
+        match &self.value {
+            serde_json::Value::Number(n) => n.as_f64(),
+            serde_json::Value::Bool(b) => Some(f64::from(u8::from(*b))),
+            _ => None,
+        }
+    }
+}
+
 impl Store {
-    /// Store points for a device and move its latest values forward (never back: a late
-    /// point with an older time does not replace a newer one).
+    /// Store points for a device, move its latest values forward (never back: a late
+    /// point with an older time does not replace a newer one) and merge the numeric ones
+    /// into their rollups; in one transaction, shared with other devices' writes (group
+    /// commit, `commit.rs`).
     pub async fn record_telemetry(&self, device: i64, points: &[Point]) -> Result<(), StoreError> {
         if points.is_empty() {
             return Ok(());
         }
-        with_write_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
-            for chunk in points.chunks(200) {
-                let sql = format!(
-                    "INSERT INTO telemetry (device, name, at, value, number) VALUES {}",
-                    values_placeholders(chunk.len(), 5, 1)
-                );
-                let mut q = sqlx::query(trusted(&sql));
-                for p in chunk {
-                    let number = match &p.value {
-                        serde_json::Value::Number(n) => n.as_f64(),
-                        serde_json::Value::Bool(b) => Some(f64::from(u8::from(*b))),
-                        _ => None,
-                    };
-                    q = q.bind(device).bind(&p.name).bind(p.at).bind(p.value.to_string()).bind(number);
-                }
-                q.execute(&mut *tx).await?;
-            }
-            // One row per name in the upsert: PostgreSQL refuses to touch a row twice.
-            // By name in a map: linear in the points, inside the write transaction.
-            let mut newest: std::collections::HashMap<&str, &Point> = std::collections::HashMap::new();
-            for p in points {
-                let l = newest.entry(p.name.as_str()).or_insert(p);
-                if l.at <= p.at {
-                    *l = p;
-                }
-            }
-            let mut latest: Vec<&Point> = newest.into_values().collect();
-            latest.sort_by(|a, b| a.name.cmp(&b.name));
-            for chunk in latest.chunks(200) {
-                let sql = format!(
-                    "INSERT INTO telemetry_latest (device, name, at, value) VALUES {}
-                     ON CONFLICT (device, name) DO UPDATE SET at = excluded.at, value = excluded.value
-                     WHERE excluded.at >= telemetry_latest.at",
-                    values_placeholders(chunk.len(), 4, 1)
-                );
-                let mut q = sqlx::query(trusted(&sql));
-                for p in chunk {
-                    q = q.bind(device).bind(&p.name).bind(p.at).bind(p.value.to_string());
-                }
-                q.execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-        });
-        Ok(())
+        self.grouped(Write::Telemetry { device, points: points.to_vec() }).await.map(|_| ())
     }
 
     /// The newest value of each name a device reported.

@@ -11,6 +11,7 @@
 //! rusqlite's positional binding would then get wrong.)
 
 use super::ResultOutcome;
+use super::telemetry::Point;
 use crate::ops::{self, Attempts, Event, State};
 
 /// A write that may share a transaction with other devices' writes.
@@ -20,6 +21,9 @@ pub(crate) enum Write {
     Deliver { device: i64, ids: Vec<i64>, actor: String },
     /// Events on a device's operations (results it reported, a plugin's refusal).
     Events { device: i64, events: Vec<(i64, Event, Option<String>)>, actor: String },
+    /// Telemetry a device reported: its points, the newest value of each name, and the
+    /// rollups the numeric points fall in (docs/analytics.md), all in one transaction.
+    Telemetry { device: i64, points: Vec<Point> },
 }
 
 /// What a [`Write`] did.
@@ -27,6 +31,7 @@ pub(crate) enum Write {
 pub(crate) enum Written {
     Delivered,
     Events(Vec<ResultOutcome>),
+    Recorded,
 }
 
 /// `sql` with PostgreSQL's placeholders. Our statements have no `?` but placeholders.
@@ -114,6 +119,108 @@ pub(super) fn moved(id: i64, from: State, to: State, rows: u64) -> ResultOutcome
     }
 }
 
+/// [`Write::Telemetry`], per point. Parameters: `?1` device, `?2` name, `?3` at, `?4`
+/// value (JSON text), `?5` number.
+pub(super) const TELEMETRY_POINT: &str =
+    "INSERT INTO telemetry (device, name, at, value, number) VALUES (?1, ?2, ?3, ?4, ?5)";
+
+/// [`Write::Telemetry`], per name: the newest value moves forward, never back (a late
+/// point with an older time does not replace a newer one). Parameters: `?1` device, `?2`
+/// name, `?3` at, `?4` value.
+pub(super) const TELEMETRY_LATEST: &str =
+    "INSERT INTO telemetry_latest (device, name, at, value) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (device, name) DO UPDATE SET at = excluded.at, value = excluded.value
+     WHERE excluded.at >= telemetry_latest.at";
+
+/// [`Write::Telemetry`], per rollup: merged into the bucket's row. Parameters: `?1`
+/// device, `?2` name, `?3` level, `?4` bucket, `?5` count, `?6` sum, `?7` min, `?8` max,
+/// `?9` last, `?10` last_at. A point arriving late (an older `at`) counts in its bucket
+/// but does not become its `last`. SQLite's two-argument `min`/`max` are PostgreSQL's
+/// `LEAST`/`GREATEST`. `values`: one row's placeholders, or several rows' on PostgreSQL
+/// (numbered as there: `$1` …), each with one bucket no other row of them has.
+pub(super) fn rollup_sql(values: &str, postgres: bool) -> String {
+    let (least, greatest) = if postgres { ("LEAST", "GREATEST") } else { ("min", "max") };
+    format!(
+        "INSERT INTO telemetry_rollups (device, name, level, bucket, count, sum, min, max, last, last_at)
+         VALUES {values}
+         ON CONFLICT (device, name, level, bucket) DO UPDATE SET
+           count = telemetry_rollups.count + excluded.count,
+           sum = telemetry_rollups.sum + excluded.sum,
+           min = {least}(telemetry_rollups.min, excluded.min),
+           max = {greatest}(telemetry_rollups.max, excluded.max),
+           last = CASE WHEN excluded.last_at >= telemetry_rollups.last_at THEN excluded.last ELSE telemetry_rollups.last END,
+           last_at = {greatest}(telemetry_rollups.last_at, excluded.last_at)"
+    )
+}
+
+/// One row of [`rollup_sql`]'s values on SQLite.
+pub(super) const ROLLUP_ROW: &str = "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
+/// The rollup levels: name and bucket width in ms.
+pub const LEVELS: [(&str, i64); 2] = [("minute", 60_000), ("hour", 3_600_000)];
+
+/// One bucket's aggregate of a batch of points, merged by [`rollup_sql`].
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Rollup<'a> {
+    pub name: &'a str,
+    pub level: &'static str,
+    pub bucket: i64,
+    pub count: i64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    pub last: f64,
+    pub last_at: i64,
+}
+
+/// The rollups of `points` (numbers, and booleans as 0/1; text is not aggregated), one
+/// per name, level and bucket, in a stable order: two writes touch rows in the same
+/// order, so concurrent transactions on PostgreSQL cannot deadlock on them.
+pub(super) fn rollups(points: &[Point]) -> Vec<Rollup<'_>> {
+    let mut out: std::collections::BTreeMap<(&str, &str, i64), Rollup<'_>> = std::collections::BTreeMap::new();
+    for p in points {
+        let Some(x) = p.number() else { continue };
+        for (level, width) in LEVELS {
+            let bucket = p.at.div_euclid(width) * width;
+            out.entry((p.name.as_str(), level, bucket))
+                .and_modify(|r| {
+                    r.count += 1;
+                    r.sum += x;
+                    r.min = r.min.min(x);
+                    r.max = r.max.max(x);
+                    if p.at >= r.last_at {
+                        r.last = x;
+                        r.last_at = p.at;
+                    }
+                })
+                .or_insert(Rollup {
+                    name: &p.name,
+                    level,
+                    bucket,
+                    count: 1,
+                    sum: x,
+                    min: x,
+                    max: x,
+                    last: x,
+                    last_at: p.at,
+                });
+        }
+    }
+    out.into_values().collect()
+}
+
+/// The newest point of each name in `points` (the last reported of equal times), by name.
+pub(super) fn newest(points: &[Point]) -> Vec<&Point> {
+    let mut newest: std::collections::BTreeMap<&str, &Point> = std::collections::BTreeMap::new();
+    for p in points {
+        let l = newest.entry(p.name.as_str()).or_insert(p);
+        if l.at <= p.at {
+            *l = p;
+        }
+    }
+    newest.into_values().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,17 +232,70 @@ mod tests {
         let db = rusqlite::Connection::open_in_memory().unwrap();
         db.execute_batch(
             "CREATE TABLE operations (id, device, state, attempts, max_attempts, response, updated_at);
-             CREATE TABLE transitions (operation, from_state, to_state, actor, at, response);",
+             CREATE TABLE transitions (operation, from_state, to_state, actor, at, response);
+             CREATE TABLE telemetry (device, name, at, value, number);
+             CREATE TABLE telemetry_latest (device, name, at, value, PRIMARY KEY (device, name));
+             CREATE TABLE telemetry_rollups (device, name, level, bucket, count, sum, min, max, last, last_at,
+                 PRIMARY KEY (device, name, level, bucket));",
         )
         .unwrap();
         let [deliver_t, deliver_u] = deliver_sql(3);
-        for sql in [deliver_t.as_str(), deliver_u.as_str(), EVENT_READ, EVENT_MOVE, EVENT_TRANSITION, EVENT_PROGRESS] {
+        let rollup = rollup_sql(ROLLUP_ROW, false);
+        for sql in [
+            deliver_t.as_str(),
+            deliver_u.as_str(),
+            EVENT_READ,
+            EVENT_MOVE,
+            EVENT_TRANSITION,
+            EVENT_PROGRESS,
+            TELEMETRY_POINT,
+            TELEMETRY_LATEST,
+            &rollup,
+        ] {
             let stmt = db.prepare(sql).unwrap();
             for i in 1..=stmt.parameter_count() {
                 assert_eq!(stmt.parameter_name(i), Some(format!("?{i}").as_str()), "{sql}");
             }
             assert!(!postgres(sql).contains('?'), "{sql}");
         }
+    }
+
+    /// A batch's rollups are what the points say, bucket by bucket; a late point counts
+    /// but does not become `last`; text is not aggregated.
+    #[test]
+    fn rollups_aggregate_a_batch_by_bucket() {
+        let p = |name: &str, at: i64, v: serde_json::Value| Point { name: name.into(), at, value: v };
+        let points = [
+            p("t", 60_000, 2.0.into()),
+            p("t", 61_000, 4.into()),
+            p("t", 60_500, 9.into()),
+            p("t", 120_000, true.into()),
+            p("s", 60_000, "text".into()),
+        ];
+        let r = rollups(&points);
+        let minute: Vec<_> = r.iter().filter(|r| r.level == "minute").collect();
+        assert_eq!(minute.len(), 2, "{r:?}");
+        assert_eq!(
+            *minute[0],
+            Rollup {
+                name: "t",
+                level: "minute",
+                bucket: 60_000,
+                count: 3,
+                sum: 15.0,
+                min: 2.0,
+                max: 9.0,
+                last: 4.0,
+                last_at: 61_000
+            }
+        );
+        assert_eq!((minute[1].bucket, minute[1].count, minute[1].last), (120_000, 1, 1.0));
+        let hour: Vec<_> = r.iter().filter(|r| r.level == "hour").collect();
+        assert_eq!((hour.len(), hour[0].bucket, hour[0].count, hour[0].sum), (1, 0, 4, 16.0));
+        assert_eq!(
+            newest(&points).iter().map(|p| (p.name.as_str(), p.at)).collect::<Vec<_>>(),
+            [("s", 60_000), ("t", 120_000)]
+        );
     }
 
     #[test]
