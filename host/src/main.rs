@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod admin_commands;
+mod analytics_commands;
 mod fleet_commands;
 
 #[derive(Parser)]
@@ -48,6 +49,24 @@ enum Command {
     Groups {
         #[command(subcommand)]
         command: GroupsCommand,
+    },
+    /// Telemetry of a running server: a device's series, a metric over a group or tag.
+    Telemetry {
+        #[command(subcommand)]
+        command: analytics_commands::TelemetryCommand,
+    },
+    /// Alert rules of a running server: geo-fences, speed limits, thresholds, anomaly
+    /// detectors, ignores.
+    #[command(name = "alert-rules", alias = "alert-rule")]
+    AlertRules {
+        #[command(subcommand)]
+        command: analytics_commands::RulesCommand,
+    },
+    /// Alerts of a running server: list, show, resolve.
+    #[command(alias = "alert")]
+    Alerts {
+        #[command(subcommand)]
+        command: analytics_commands::AlertsCommand,
     },
     /// Print a shell's completion script: `drover completions bash > /etc/bash_completion.d/drover`.
     Completions { shell: clap_complete::Shell },
@@ -800,6 +819,9 @@ fn main() -> ExitCode {
                 GroupsCommand::Add { name, devices, server } => fleet_commands::groups_add(name, devices, server).await,
                 GroupsCommand::Remove { name, server } => fleet_commands::groups_remove(name, server).await,
             },
+            Command::Telemetry { command } => analytics_commands::telemetry(command).await,
+            Command::AlertRules { command } => analytics_commands::rules(command).await,
+            Command::Alerts { command } => analytics_commands::alerts(command).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory;
                 clap_complete::generate(shell, &mut Cli::command(), "drover", &mut std::io::stdout());

@@ -700,3 +700,87 @@ fn devices_operations_and_groups_from_the_command_line() {
     let out = drover().args(["completions", "bash"]).output().unwrap();
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("_drover()"));
 }
+
+#[test]
+fn analytics_from_the_command_line() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = serve(data.path(), port);
+    let admin = std::fs::read_to_string(data.path().join("admin-token")).unwrap().trim().to_string();
+    let server = format!("http://127.0.0.1:{port}");
+    let run = |args: &[&str]| {
+        let out = drover()
+            .args(args)
+            .env("DROVER_SERVER", &server)
+            .env("DROVER_ADMIN_TOKEN", &admin)
+            .env("DROVER_PROFILES", data.path().join("no-profiles.toml"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let id = "356000000000301";
+    let token = enroll_android(port, id);
+    let (ok, out, err) = run(&[
+        "alert-rules",
+        "add",
+        r#"{"name": "yard", "kind": "geofence", "applies_to": {"device_types": ["android"]},
+            "shape": {"circle": {"lat": 1.0, "lon": 1.0, "radius_m": 100}}}"#,
+    ]);
+    assert!(ok && out.contains("added geofence rule yard (type android)"), "{out} {err}");
+    let file = data.path().join("hot.json");
+    std::fs::write(&file, r#"{"name": "hot", "kind": "threshold", "metric": "temperature", "above": 40}"#).unwrap();
+    let (ok, out, err) = run(&["alert-rules", "add", &format!("@{}", file.display())]);
+    assert!(ok && out.contains("added threshold rule hot (every device)"), "{out} {err}");
+    let (ok, _, err) = run(&["alert-rules", "add", r#"{"name": "bad", "kind": "threshold", "metric": "t"}"#]);
+    assert!(!ok && err.contains("one of `above` or `below`"), "{err}");
+    let (ok, out, _) = run(&["alert-rules", "list"]);
+    assert!(ok && out.lines().count() == 3 && out.contains("temperature"), "{out}");
+
+    // The phone reports, inside the fence and hot.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    for (k, t) in [35.0, 38.5, 41.0].iter().enumerate() {
+        let body = format!(
+            r#"{{"timestamp": {}, "temperature": {t}, "location": {{"lat": 1.0, "lon": 1.0}}}}"#,
+            now - 120_000 + k as i64 * 1000
+        );
+        let (status, answer) =
+            request(port, "POST", &format!("/agent/v1/android/devices/{id}/telemetry"), &token, &body);
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (ok, out, err) = run(&[
+        "telemetry",
+        "series",
+        &format!("android/{id}"),
+        "temperature",
+        "--resolution",
+        "minute",
+        "--since",
+        "1h",
+    ]);
+    assert!(ok, "{err}");
+    let row = out.lines().nth(1).unwrap_or_else(|| panic!("{out}"));
+    // count 3, min 35, mean 38.167, max 41, last 41
+    assert!(row.contains(" 3 ") && row.contains("35") && row.contains("38.167") && row.ends_with("41"), "{out}");
+    let (ok, out, _) = run(&["telemetry", "metric", "temperature", "--type", "android"]);
+    assert!(ok && out.lines().nth(1).is_some_and(|l| l.contains(" 1 ") && l.contains(" 3 ")), "{out}");
+
+    let (ok, out, _) = run(&["alerts", "list", "--state", "open"]);
+    assert!(ok && out.lines().count() == 3, "the fence and the threshold: {out}");
+    let hot = out.lines().find(|l| l.contains("threshold")).unwrap_or_else(|| panic!("{out}"));
+    assert!(hot.contains(&format!("android/{id}")) && hot.contains("temperature") && hot.contains("41"), "{hot}");
+    let alert = hot.split_whitespace().next().unwrap().to_string();
+    let (ok, out, _) = run(&["alerts", "show", &alert]);
+    assert!(ok && out.contains("\"above\": 40"), "{out}");
+    let (ok, out, err) = run(&["alerts", "resolve", &alert]);
+    assert!(ok && out.contains("resolved"), "{out} {err}");
+    let (ok, _, err) = run(&["alerts", "resolve", &alert]);
+    assert!(!ok && err.contains("already resolved"), "{err}");
+    let (ok, out, err) = run(&["alert-rules", "remove", "yard"]);
+    assert!(ok && out.contains("removed yard; 1 open alerts resolved"), "{out} {err}");
+    let (ok, out, _) = run(&["alerts", "list", "--state", "open"]);
+    assert!(ok && out.lines().count() == 1, "{out}");
+}

@@ -347,6 +347,51 @@ async fn the_console_in_a_browser() {
     let page = plain.get(server.url("/console/devices")).header("cookie", &op_cookie).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::SEE_OTHER, "a revoked token's session still works");
 
+    // Analytics: a rule added from the form (a refused one shows why), an alert it
+    // opens, resolved from the page; a device's metric charted from its rollups.
+    c.goto(&server.url("/console/alerts")).await.unwrap();
+    text_soon(&c, "h1", "Alerts").await;
+    let spec = c.find(Locator::Css("#r-spec")).await.unwrap();
+    spec.send_keys(r#"{"name": "lobby-zone", "kind": "geofence", "shape": {"circle": {"lat": 1.0, "lon": 1.0}}}"#)
+        .await
+        .unwrap();
+    submit(&c, "form.card[action='/console/alert-rules']").await;
+    text_soon(&c, "p.error", "radius_m").await;
+    let spec = c.find(Locator::Css("#r-spec")).await.unwrap();
+    spec.clear().await.unwrap();
+    spec.send_keys(r#"{"name": "lobby-zone", "kind": "geofence", "applies_to": {"tags": ["lobby"]}, "shape": {"circle": {"lat": 1.0, "lon": 1.0, "radius_m": 150}}}"#)
+        .await
+        .unwrap();
+    submit(&c, "form.card[action='/console/alert-rules']").await;
+    text_soon(&c, "#rules-h + table, section[aria-labelledby=rules-h]", "circle of 150 m").await;
+    let now = drover::store::now_ms();
+    for (k, (lat, battery)) in [(1.01, 80), (1.0, 78), (1.0, 77), (1.0005, 75)].iter().enumerate() {
+        let body = json!({"timestamp": now - 300_000 + k as i64 * 60_000, "battery": battery, "location": {"lat": lat, "lon": 1.0}});
+        let r = server
+            .http
+            .post(server.url(&format!("/agent/v1/android/devices/{lobby}/telemetry")))
+            .bearer_auth(&lobby_token)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    c.goto(&server.url("/console/alerts")).await.unwrap();
+    let open = text_soon(&c, "section[aria-labelledby=open-h]", "lobby-zone").await;
+    assert!(open.contains(&format!("android {lobby}")) && open.contains("enter at 1.00000"), "{open}");
+    shot(&c, "alerts").await;
+    submit(&c, "section[aria-labelledby=open-h] form").await;
+    text_soon(&c, "section[aria-labelledby=open-h]", "No alert is open").await;
+    text_soon(&c, "section[aria-labelledby=recent-h]", "admin").await;
+    c.goto(&server.url(&format!("/console/devices/android/{lobby}?metric=battery"))).await.unwrap();
+    c.find(Locator::Css("a[href^='/console/metrics?']")).await.unwrap().click().await.unwrap();
+    text_soon(&c, "h1", "Metrics").await;
+    let table = text_soon(&c, "main table", "78.00").await;
+    assert!(table.contains("75.00") && table.contains("80.00"), "{table}");
+    c.find(Locator::Css("figure.chart svg polyline")).await.expect("a chart of the battery");
+    shot(&c, "metrics").await;
+
     c.close().await.unwrap();
     server.stop().await;
 }

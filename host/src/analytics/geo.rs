@@ -35,6 +35,7 @@ pub fn haversine_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
 /// A fence's area.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
+#[schema(as = GeofenceShape)]
 pub enum Shape {
     /// A circle around a centre.
     Circle { lat: f64, lon: f64, radius_m: f64 },

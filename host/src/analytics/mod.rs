@@ -31,6 +31,7 @@ pub const REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
 /// are in any of `groups`, `tags` or `devices` (every device when all three are empty).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RuleAppliesTo)]
 pub struct AppliesTo {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub device_types: Vec<String>,
@@ -55,6 +56,7 @@ impl AppliesTo {
 /// Which crossing of a fence opens its alert.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = GeofenceTrigger)]
 pub enum Trigger {
     /// Alert while the device is inside (a keep-out zone, or a place to know arrivals at).
     #[default]
@@ -88,6 +90,7 @@ fn yes() -> bool {
 /// What a rule watches.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
+#[schema(as = AlertRuleKind)]
 pub enum Kind {
     /// A geo-fence: an alert opens when a device crosses into it (`trigger: enter`) or out
     /// of it (`exit`) and resolves at the opposite crossing. A crossing counts only once
@@ -217,6 +220,7 @@ impl Kind {
 
 /// An alert rule as the API takes and shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(as = AlertRuleSpec)]
 pub struct RuleSpec {
     /// Letters, digits, `.`, `_`, `-`; 1 to 64.
     #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]

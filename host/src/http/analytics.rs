@@ -57,7 +57,10 @@ pub(super) struct SeriesQuery {
 }
 
 /// The time range of a query, checked.
-fn range(resolution: Resolution, from: Option<i64>, to: Option<i64>) -> Result<(i64, i64), ApiError> {
+fn range(name: &str, resolution: Resolution, from: Option<i64>, to: Option<i64>) -> Result<(i64, i64), ApiError> {
+    if name.is_empty() || name.len() > 128 {
+        return Err(ApiError::bad_request("invalid", "`name`: the metric's name, 1 to 128 characters"));
+    }
     let to = to.unwrap_or_else(|| crate::store::now_ms() + 1);
     let span = if resolution == Resolution::Hour { 24 * 3_600_000 } else { 2 * 3_600_000 };
     let from = from.unwrap_or(to - span);
@@ -74,6 +77,7 @@ fn range(resolution: Resolution, from: Option<i64>, to: Option<i64>) -> Result<(
 }
 
 #[derive(Serialize, ToSchema)]
+#[schema(as = TelemetrySeries)]
 pub(super) struct Series {
     name: String,
     resolution: Resolution,
@@ -95,7 +99,7 @@ pub(super) async fn device_series(
     Query(q): Query<SeriesQuery>,
 ) -> Result<Json<Series>, ApiError> {
     let d = device_or_404(&state, &t, &id).await?;
-    let (from, to) = range(q.resolution, q.from, q.to)?;
+    let (from, to) = range(&q.name, q.resolution, q.from, q.to)?;
     let buckets = state.store.series(d.id, &q.name, q.resolution.level(), from, to).await?;
     Ok(Json(Series { name: q.name, resolution: q.resolution, from, to, buckets }))
 }
@@ -124,6 +128,7 @@ pub(super) struct MetricQuery {
 }
 
 #[derive(Serialize, ToSchema)]
+#[schema(as = GroupMetric)]
 pub(super) struct Metric {
     name: String,
     resolution: Resolution,
@@ -143,7 +148,7 @@ pub(super) async fn group_metric(
     _: Viewer,
     Query(q): Query<MetricQuery>,
 ) -> Result<Json<Metric>, ApiError> {
-    let (from, to) = range(q.resolution, q.from, q.to)?;
+    let (from, to) = range(&q.name, q.resolution, q.from, q.to)?;
     let mut scope = MetricScope { device_types: q.device_type.into_iter().collect(), ..Default::default() };
     if q.group.is_some() || q.tag.is_some() {
         let mut t = crate::store::TargetSet { tags: q.tag.into_iter().collect(), ..Default::default() };
@@ -166,7 +171,7 @@ pub(super) async fn group_metric(
 
 /// An alert rule as stored.
 #[derive(Serialize, ToSchema)]
-pub(super) struct Rule {
+pub(super) struct AlertRule {
     #[serde(flatten)]
     spec: RuleSpec,
     created_by: String,
@@ -174,28 +179,28 @@ pub(super) struct Rule {
     updated_at: i64,
 }
 
-fn rule(row: &RuleRow) -> Result<Rule, ApiError> {
+fn rule(row: &RuleRow) -> Result<AlertRule, ApiError> {
     let spec = analytics::spec_of(row).ok_or_else(|| {
         ApiError::from(crate::error::Error::internal(format!("alert rule `{}` is unreadable", row.name)))
     })?;
-    Ok(Rule { spec, created_by: row.created_by.clone(), created_at: row.created_at, updated_at: row.updated_at })
+    Ok(AlertRule { spec, created_by: row.created_by.clone(), created_at: row.created_at, updated_at: row.updated_at })
 }
 
 /// Every alert rule, by name.
-#[utoipa::path(get, path = "/api/v1/alert-rules", tag = "analytics", responses((status = 200, body = Vec<Rule>), Errors))]
-pub(super) async fn list_rules(State(state): State<AppState>, _: Viewer) -> Result<Json<Vec<Rule>>, ApiError> {
+#[utoipa::path(get, path = "/api/v1/alert-rules", tag = "analytics", responses((status = 200, body = Vec<AlertRule>), Errors))]
+pub(super) async fn list_rules(State(state): State<AppState>, _: Viewer) -> Result<Json<Vec<AlertRule>>, ApiError> {
     Ok(Json(state.store.rules().await?.iter().map(rule).collect::<Result<_, _>>()?))
 }
 
 /// Add an alert rule: a geo-fence, a speed limit, a threshold, an anomaly detector, or
 /// an `ignore` that silences anomaly alerts. It judges points from the next one on.
 #[utoipa::path(post, path = "/api/v1/alert-rules", tag = "analytics", request_body = RuleSpec,
-    responses((status = 201, body = Rule), (status = 409, description = "A rule has that name"), Errors))]
+    responses((status = 201, body = AlertRule), (status = 409, description = "A rule has that name"), Errors))]
 pub(super) async fn create_rule(
     State(state): State<AppState>,
     Operator(admin): Operator,
     super::ApiJson(body): super::ApiJson<serde_json::Value>,
-) -> Result<(StatusCode, Json<Rule>), ApiError> {
+) -> Result<(StatusCode, Json<AlertRule>), ApiError> {
     let spec = RuleSpec::parse(body)?;
     let row = analytics::create_rule(&state, &spec, &admin.actor()).await?;
     Ok((StatusCode::CREATED, Json(rule(&row)?)))
@@ -203,12 +208,12 @@ pub(super) async fn create_rule(
 
 /// One alert rule.
 #[utoipa::path(get, path = "/api/v1/alert-rules/{name}", tag = "analytics", params(("name" = String, Path)),
-    responses((status = 200, body = Rule), Errors))]
+    responses((status = 200, body = AlertRule), Errors))]
 pub(super) async fn get_rule(
     State(state): State<AppState>,
     _: Viewer,
     Path(name): Path<String>,
-) -> Result<Json<Rule>, ApiError> {
+) -> Result<Json<AlertRule>, ApiError> {
     let row = state
         .store
         .rule(&name)
@@ -220,13 +225,13 @@ pub(super) async fn get_rule(
 /// Replace an alert rule (same kind; the body's `name`, if given, must be the path's).
 /// Open alerts stay open until the new rule resolves them.
 #[utoipa::path(put, path = "/api/v1/alert-rules/{name}", tag = "analytics", params(("name" = String, Path)),
-    request_body = RuleSpec, responses((status = 200, body = Rule), Errors))]
+    request_body = RuleSpec, responses((status = 200, body = AlertRule), Errors))]
 pub(super) async fn update_rule(
     State(state): State<AppState>,
     Operator(admin): Operator,
     Path(name): Path<String>,
     super::ApiJson(mut body): super::ApiJson<serde_json::Value>,
-) -> Result<Json<Rule>, ApiError> {
+) -> Result<Json<AlertRule>, ApiError> {
     if let Some(obj) = body.as_object_mut() {
         match obj.get("name").and_then(|n| n.as_str()) {
             Some(n) if n != name => {

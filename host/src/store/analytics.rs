@@ -70,6 +70,7 @@ pub struct AlertFilter {
 
 /// One bucket of a device's series.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
+#[schema(as = SeriesBucket)]
 pub struct Bucket {
     /// The bucket's start, ms since the Unix epoch.
     pub at: i64,

@@ -245,7 +245,10 @@ async fn device_page(
                         } }
                     }
                 }
-                @if let Some(m) = &metric { (chart(&points, m)) }
+                @if let Some(m) = &metric {
+                    (chart(&points, m))
+                    p { a href={"/console/metrics?resolution=minute&name=" (enc(m)) "&device=" (enc(t)) "%2F" (enc(id))} { (m) " per minute and per hour" } }
+                }
             }
         }
         @if let Some(p) = &policy {

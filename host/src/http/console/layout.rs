@@ -27,6 +27,8 @@ const NAV: &[(&str, &str, &str)] = &[
     ("groups", "/console/groups", "Groups"),
     ("activities", "/console/activities", "Activities"),
     ("enrollment", "/console/enrollment", "Enrollment"),
+    ("alerts", "/console/alerts", "Alerts"),
+    ("metrics", "/console/metrics", "Metrics"),
     ("plugins", "/console/plugins", "Plugins"),
     ("policies", "/console/policies", "Policies"),
     ("rollouts", "/console/rollouts", "Rollouts"),

@@ -14,6 +14,7 @@
 //! each request looks the token up again.
 
 mod activities;
+mod analytics;
 mod devices;
 mod enrollment;
 mod fleet;
@@ -75,6 +76,11 @@ pub fn router(state: AppState, api: Router) -> Router {
         .route("/console/rollouts/{name}", get(rollouts::show))
         .route("/console/rollouts/{name}/{action}", post(rollouts::act))
         .route("/console/policies", get(rollouts::policies))
+        .route("/console/alerts", get(analytics::alerts))
+        .route("/console/alerts/{id}/resolve", post(analytics::resolve))
+        .route("/console/alert-rules", post(analytics::add_rule))
+        .route("/console/alert-rules/{name}/delete", post(analytics::delete_rule))
+        .route("/console/metrics", get(analytics::metrics))
         .route("/console/audit", get(rollouts::audit))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(console)
