@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// Delete finished operations and their history after this many days [default: 30]
     #[arg(long, env = "DROVER_RETENTION_DAYS")]
     pub retention_days: Option<u32>,
+    /// Roll telemetry up per minute and per hour as it is stored (series, group metrics);
+    /// `false` keeps raw points only [default: true]
+    #[arg(long, env = "DROVER_TELEMETRY_ROLLUPS")]
+    pub telemetry_rollups: Option<bool>,
     /// Keep per-minute telemetry rollups this many days [default: 90]
     #[arg(long, env = "DROVER_ROLLUP_MINUTE_RETENTION_DAYS")]
     pub rollup_minute_retention_days: Option<u32>,
@@ -145,6 +149,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub open_enrollment: bool,
     pub retention_days: u32,
+    /// Roll telemetry up as it is stored.
+    pub telemetry_rollups: bool,
     /// Telemetry rollups are kept this many days: per-minute ones, per-hour ones.
     pub rollup_minute_retention_days: u32,
     pub rollup_hour_retention_days: u32,
@@ -209,6 +215,7 @@ impl Config {
             log_format: LogFormat::default(),
             open_enrollment: true,
             retention_days: 30,
+            telemetry_rollups: true,
             rollup_minute_retention_days: 90,
             rollup_hour_retention_days: 730,
             event_retention_days: 365,
@@ -273,6 +280,7 @@ impl ServeArgs {
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             open_enrollment: self.open_enrollment.or(file.open_enrollment).unwrap_or(true),
             retention_days: self.retention_days.or(file.retention_days).unwrap_or(30),
+            telemetry_rollups: self.telemetry_rollups.or(file.telemetry_rollups).unwrap_or(true),
             rollup_minute_retention_days: self
                 .rollup_minute_retention_days
                 .or(file.rollup_minute_retention_days)

@@ -45,6 +45,8 @@ pub struct Core {
     pub public_url: String,
     /// Alert rules and the per-device state that judges telemetry against them.
     pub analytics: Arc<crate::analytics::Analytics>,
+    /// Whether telemetry is rolled up per minute and hour as it is stored.
+    pub rollups: bool,
 }
 
 impl Core {
@@ -105,6 +107,7 @@ impl Core {
             })?),
             public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{}", config.http_addr)),
             analytics: Arc::default(),
+            rollups: config.telemetry_rollups,
         })
     }
 

@@ -212,7 +212,7 @@ pub async fn receive_noting(
     }
     if !message.telemetry.is_empty() {
         let points = telemetry_points(&message.telemetry);
-        state.store.record_telemetry(device.id, &points).await?;
+        state.store.record_telemetry(device.id, &points, state.rollups).await?;
         // Judged once stored: an alert never names a point that was not kept.
         crate::analytics::engine::observe(state, device, &points).await;
     }

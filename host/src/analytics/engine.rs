@@ -26,6 +26,9 @@ use std::sync::{Arc, Mutex, RwLock};
 /// Device state maps: enough that the ingestion workers rarely meet on one.
 const SHARDS: usize = 64;
 
+/// How long after a tag or group change the rules' devices are read again.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The standard names of position telemetry (docs/plugin-contract.md): degrees, metres
 /// and metres per second.
 pub const LAT: &str = "location.lat";
@@ -115,6 +118,8 @@ pub struct Analytics {
     shards: Vec<Mutex<HashMap<i64, DeviceState>>>,
     /// One reload at a time; and whether open alerts have been read back yet.
     reloading: tokio::sync::Mutex<bool>,
+    /// Tags or groups changed on this replica: read memberships again soon.
+    changed: tokio::sync::Notify,
 }
 
 impl Default for Analytics {
@@ -123,6 +128,7 @@ impl Default for Analytics {
             compiled: RwLock::new(Arc::default()),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             reloading: tokio::sync::Mutex::new(false),
+            changed: tokio::sync::Notify::new(),
         }
     }
 }
@@ -411,13 +417,23 @@ impl Analytics {
         }
     }
 
-    /// Read the rules again every [`super::REFRESH`] (group and tag changes, and rule
-    /// changes another replica made), for as long as the server runs.
+    /// Tags or group members changed on this replica: the rules' devices are read again
+    /// within [`SETTLE`] (changes in a burst, a CSV import, are read once).
+    pub fn membership_changed(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Read the rules again every [`super::REFRESH`] (rule changes another replica
+    /// made, devices whose metadata moved them into a dynamic group) and soon after
+    /// [`Self::membership_changed`], for as long as the server runs.
     pub fn spawn_refresh(core: Core) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(super::REFRESH);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = core.analytics.changed.notified() => tokio::time::sleep(SETTLE).await,
+                }
                 core.analytics.reload(&core).await;
             }
         })

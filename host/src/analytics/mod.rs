@@ -6,9 +6,12 @@
 //! Evaluation happens in memory in the ingestion path, O(1) per point per rule: a rule's
 //! state per device (inside a fence or not, how long a threshold has been crossed, an
 //! anomaly baseline) is a few numbers in [`engine`]. Which devices a rule applies to is
-//! resolved to a set of keys when rules change and every [`REFRESH`] (a device that joins
-//! a group is judged by that group's rules within that time), so judging a point never
+//! resolved to a set of keys when rules change, soon after tags and groups change, and
+//! every [`REFRESH`], so judging a point never
 //! reads the database. Only an alert that opens or resolves is written, with its event.
+//! Tag and group changes made on this replica are read within [`engine::SETTLE`]; other
+//! replicas' rule changes, and devices whose reported metadata moves them into a dynamic
+//! group, within [`REFRESH`].
 
 pub mod anomaly;
 pub mod engine;

@@ -347,5 +347,6 @@ pub(super) async fn set_tags(
     state.store.set_tags(d.id, &tags).await?;
     // Tags may make policies apply or stop applying.
     crate::policies::recompute(&state, crate::policies::Scope::Devices(vec![d.id])).await?;
+    state.analytics.membership_changed();
     Ok(Json(Device::new(&d, tags)))
 }

@@ -77,6 +77,7 @@ pub(super) async fn create_group(
         check_query(q)?;
     }
     let row = state.store.create_group(&g.name, &g.description, g.query.as_ref()).await?;
+    state.analytics.membership_changed();
     Ok((StatusCode::CREATED, Json(Group::new(&state, &row).await?)))
 }
 
@@ -144,6 +145,7 @@ pub(super) async fn delete_group(
     state.store.delete_group(g.id).await?;
     // A policy that applied through this group applies through it no more.
     crate::policies::recompute_all(&state).await?;
+    state.analytics.membership_changed();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -185,5 +187,6 @@ pub(super) async fn add_members(
     state.store.add_members(group.id, &keys).await?;
     // Membership may make policies apply.
     crate::policies::recompute(&state, crate::policies::Scope::Devices(keys.clone())).await?;
+    state.analytics.membership_changed();
     Ok(Json(MembersAdded { group: name, added: keys.len() }))
 }

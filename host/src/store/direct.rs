@@ -333,7 +333,7 @@ fn write_group_on(db: &mut Connection, writes: &[Write], now: i64) -> rusqlite::
                 }
                 written.push(Written::Events(out));
             }
-            Write::Telemetry { device, points } => {
+            Write::Telemetry { device, points, rollups } => {
                 let mut insert = tx.prepare_cached(writes::TELEMETRY_POINT)?;
                 for p in points {
                     insert.execute(params![device, p.name, p.at, p.value.to_string(), p.number()])?;
@@ -342,11 +342,13 @@ fn write_group_on(db: &mut Connection, writes: &[Write], now: i64) -> rusqlite::
                 for p in writes::newest(points) {
                     latest.execute(params![device, p.name, p.at, p.value.to_string()])?;
                 }
-                let mut rollup = tx.prepare_cached(&ROLLUP_SQLITE)?;
-                for r in writes::rollups(points) {
-                    rollup.execute(params![
-                        device, r.name, r.level, r.bucket, r.count, r.sum, r.min, r.max, r.last, r.last_at
-                    ])?;
+                if *rollups {
+                    let mut rollup = tx.prepare_cached(&ROLLUP_SQLITE)?;
+                    for r in writes::rollups(points) {
+                        rollup.execute(params![
+                            device, r.name, r.level, r.bucket, r.count, r.sum, r.min, r.max, r.last, r.last_at
+                        ])?;
+                    }
                 }
                 written.push(Written::Recorded);
             }

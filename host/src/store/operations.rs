@@ -526,7 +526,7 @@ impl Store {
                         }
                         written.push(Written::Events(out));
                     }
-                    Write::Telemetry { device, points } => {
+                    Write::Telemetry { device, points, rollups } => {
                         // Several rows per statement: on PostgreSQL each statement is a
                         // round trip.
                         for chunk in points.chunks(200) {
@@ -552,7 +552,8 @@ impl Store {
                             }
                             q.execute(&mut *tx).await?;
                         }
-                        for chunk in writes::rollups(points).chunks(100) {
+                        let rollups = if *rollups { writes::rollups(points) } else { Vec::new() };
+                        for chunk in rollups.chunks(100) {
                             let sql = writes::rollup_sql(&values_placeholders(chunk.len(), 10, 1), is_postgres);
                             let mut q = sqlx::query(trusted(&sql));
                             for r in chunk {

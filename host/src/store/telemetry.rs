@@ -42,11 +42,12 @@ impl Store {
     /// point with an older time does not replace a newer one) and merge the numeric ones
     /// into their rollups; in one transaction, shared with other devices' writes (group
     /// commit, `commit.rs`).
-    pub async fn record_telemetry(&self, device: i64, points: &[Point]) -> Result<(), StoreError> {
+    /// `rollups: false` keeps the points alone (`--telemetry-rollups false`).
+    pub async fn record_telemetry(&self, device: i64, points: &[Point], rollups: bool) -> Result<(), StoreError> {
         if points.is_empty() {
             return Ok(());
         }
-        self.grouped(Write::Telemetry { device, points: points.to_vec() }).await.map(|_| ())
+        self.grouped(Write::Telemetry { device, points: points.to_vec(), rollups }).await.map(|_| ())
     }
 
     /// The newest value of each name a device reported.

@@ -23,7 +23,7 @@ pub(crate) enum Write {
     Events { device: i64, events: Vec<(i64, Event, Option<String>)>, actor: String },
     /// Telemetry a device reported: its points, the newest value of each name, and the
     /// rollups the numeric points fall in (docs/analytics.md), all in one transaction.
-    Telemetry { device: i64, points: Vec<Point> },
+    Telemetry { device: i64, points: Vec<Point>, rollups: bool },
 }
 
 /// What a [`Write`] did.
