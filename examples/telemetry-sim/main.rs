@@ -15,7 +15,8 @@
 //!   adds an anomaly rule and prints, per sensor and in all, how many of the injected
 //!   anomalies the server's alerts found, and how many alerts matched none.
 //! * `load` is the ingestion benchmark: every device publishes `--messages` messages of
-//!   `--points` values each, as fast as the broker takes them; it prints points per second
+//!   `--points` values each (a position and metrics `m0`, `m1` …), as fast as the broker
+//!   takes them (16 unacknowledged per device); it prints points per second
 //!   from the first publish until the server has handled the last message (its
 //!   `drover_device_messages` counter).
 //!
@@ -413,14 +414,18 @@ async fn load(args: &Args, admin: &Arc<Admin>, run: &str) -> Result<()> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     let (messages, points) = (args.messages, args.points);
-    for mut d in devices {
+    for (k, mut d) in devices.into_iter().enumerate() {
+        let mut rng = synthetic::Rng::new(args.seed * 1_000_000 + k as u64);
         tasks.push(tokio::spawn(async move {
             // A window of 16 unacknowledged publishes per device.
             let mut waiting = 0;
             for m in 0..messages {
-                let mut body = json!({"timestamp": start + m as i64 * 1000});
-                for p in 0..points {
-                    body[format!("m{p}")] = json!((m * points + p) as f64 * 0.5);
+                // A position (two values) moving ~10 m a second, and the rest as metrics
+                // with a little noise.
+                let mut body = json!({"timestamp": start + m as i64 * 1000,
+                    "location": {"lat": DEPOT.0 + (k as f64 * 100.0 + m as f64 * 10.0) / M_PER_DEG, "lon": DEPOT.1}});
+                for p in 0..points.saturating_sub(2) {
+                    body[format!("m{p}")] = json!(20.0 + p as f64 + rng.normal());
                 }
                 d.publish(&body).await?;
                 waiting += 1;

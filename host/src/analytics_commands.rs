@@ -212,18 +212,6 @@ fn spec(arg: &str) -> anyhow::Result<Value> {
     serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("the rule is not JSON: {e}"))
 }
 
-/// What a rule applies to, in a few words.
-fn scope(r: &Value) -> String {
-    let a = &r["applies_to"];
-    let mut parts = Vec::new();
-    for (k, label) in [("device_types", "type"), ("groups", "group"), ("tags", "tag"), ("devices", "device")] {
-        for v in a[k].as_array().into_iter().flatten() {
-            parts.push(format!("{label} {}", text(v)));
-        }
-    }
-    if parts.is_empty() { "every device".into() } else { parts.join(", ") }
-}
-
 pub async fn rules(command: RulesCommand) -> anyhow::Result<()> {
     match command {
         RulesCommand::List { server } => {
@@ -239,7 +227,7 @@ pub async fn rules(command: RulesCommand) -> anyhow::Result<()> {
                     text(&r["kind"]),
                     r["enabled"],
                     r["metric"].as_str().unwrap_or("-"),
-                    scope(r)
+                    drover::analytics::scope_text(r)
                 );
             }
         }
@@ -250,7 +238,12 @@ pub async fn rules(command: RulesCommand) -> anyhow::Result<()> {
         RulesCommand::Add { spec: s, server } => {
             let body = call(&server, Method::POST, "alert-rules", Some(spec(&s)?)).await?;
             if !printed(&server, &body) {
-                println!("added {} rule {} ({})", text(&body["kind"]), text(&body["name"]), scope(&body));
+                println!(
+                    "added {} rule {} ({})",
+                    text(&body["kind"]),
+                    text(&body["name"]),
+                    drover::analytics::scope_text(&body)
+                );
             }
         }
         RulesCommand::Update { name, spec: s, server } => {

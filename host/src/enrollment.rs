@@ -227,6 +227,7 @@ pub async fn remove(core: &Core, device: &DeviceRow, actor: &str) -> Result<u64>
         });
     }
     core.events.publish(removed);
+    crate::analytics::device_removed(core, device.id).await;
     Ok(cancelled)
 }
 

@@ -135,6 +135,20 @@ pub async fn target_set(core: &Core, t: &Targets) -> Result<TargetSet> {
     Ok(targets)
 }
 
+/// Add the groups named to `targets` (a dynamic group as its query); an unknown group
+/// selects nothing (for saved specs whose groups may since have been deleted).
+pub async fn add_groups(core: &Core, targets: &mut TargetSet, groups: &[String]) -> Result<()> {
+    for g in groups {
+        if let Some(group) = core.store.group(g).await? {
+            match group.query() {
+                Some(q) => targets.queries.push(q),
+                None => targets.groups.push(group.id),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The devices named, each of which must be enrolled (not removed).
 pub async fn resolve(core: &Core, names: &[DeviceName]) -> Result<Vec<i64>> {
     let mut keys = Vec::with_capacity(names.len());

@@ -450,14 +450,7 @@ async fn applies(core: &Core, spec: &Spec) -> Result<Applies> {
         None
     } else {
         let mut t = TargetSet { tags: a.tags.clone(), ..Default::default() };
-        for g in &a.groups {
-            if let Some(group) = core.store.group(g).await? {
-                match group.query() {
-                    Some(q) => t.queries.push(q),
-                    None => t.groups.push(group.id),
-                }
-            }
-        }
+        crate::operations::add_groups(core, &mut t, &a.groups).await?;
         Some(t)
     };
     Ok(Applies {

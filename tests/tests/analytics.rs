@@ -481,6 +481,16 @@ async fn restart(backend: Backend) {
     a.at(&server, t + 20_000, 1.01, 1.0).await;
     let after = alerts(&server, "site").await;
     assert_eq!((after.len(), after[0]["state"].as_str()), (1, Some("resolved")), "{after:#?}");
+    // A removed device's open alerts resolve with it.
+    a.at(&server, t + 30_000, 1.0, 1.0).await;
+    assert_eq!(alerts(&server, "site").await[0]["state"], "open");
+    let (s, _) = call(&server, Method::DELETE, &format!("/api/v1/devices/android/{}", a.id), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let after = alerts(&server, "site").await;
+    assert_eq!(
+        (after[0]["state"].as_str(), after[0]["resolution"].as_str()),
+        (Some("resolved"), Some("device-removed"))
+    );
     server.stop().await;
 }
 

@@ -216,10 +216,9 @@ impl Analytics {
         let mut changes = Vec::new();
         let mut shard = self.shards[device.id.rem_euclid(SHARDS as i64) as usize].lock().expect("not poisoned");
         let st = shard.entry(device.id).or_default();
-        let name = format!("{}/{}", device.device_type, device.device_id);
         let open = |r: &Live, metric: &str, at: i64, value: Option<f64>, detail: serde_json::Value| {
             let mut detail = detail;
-            detail["device"] = name.clone().into();
+            detail["device"] = format!("{}/{}", device.device_type, device.device_id).into();
             Change::Open(NewAlert {
                 rule: r.id,
                 rule_name: r.name.clone(),
@@ -417,6 +416,11 @@ impl Analytics {
         }
     }
 
+    /// Forget what the engine holds of a device (it was removed).
+    pub fn forget(&self, device: i64) {
+        self.shards[device.rem_euclid(SHARDS as i64) as usize].lock().expect("not poisoned").remove(&device);
+    }
+
     /// Tags or group members changed on this replica: the rules' devices are read again
     /// within [`SETTLE`] (changes in a burst, a CSV import, are read once).
     pub fn membership_changed(&self) {
@@ -469,14 +473,7 @@ async fn compile(core: &Core) -> crate::error::Result<Compiled> {
 /// devices select nothing).
 async fn members(core: &Core, a: &AppliesTo) -> crate::error::Result<HashSet<i64>> {
     let mut t = TargetSet { tags: a.tags.clone(), ..Default::default() };
-    for g in &a.groups {
-        if let Some(group) = core.store.group(g).await? {
-            match group.query() {
-                Some(q) => t.queries.push(q),
-                None => t.groups.push(group.id),
-            }
-        }
-    }
+    crate::operations::add_groups(core, &mut t, &a.groups).await?;
     for d in &a.devices {
         if let Some((ty, id)) = d.split_once('/')
             && let Some(row) = core.store.device(ty, id).await?

@@ -302,6 +302,19 @@ impl RuleSpec {
     }
 }
 
+/// What a rule (as the API shows it, JSON) applies to, in a few words, for the console
+/// and the CLI: `tag vans, type android`, or `every device`.
+pub fn scope_text(rule: &serde_json::Value) -> String {
+    let a = &rule["applies_to"];
+    let mut parts = Vec::new();
+    for (k, label) in [("device_types", "type"), ("groups", "group"), ("tags", "tag"), ("devices", "device")] {
+        for v in a[k].as_array().into_iter().flatten() {
+            parts.push(format!("{label} {}", v.as_str().unwrap_or("-")));
+        }
+    }
+    if parts.is_empty() { "every device".into() } else { parts.join(", ") }
+}
+
 /// The actor of alerts: the analytics engine.
 pub const ACTOR: &str = "analytics";
 
@@ -410,6 +423,15 @@ async fn known_groups(core: &Core, spec: &RuleSpec) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A device left management: its open alerts resolve (`device-removed`) and the engine
+/// forgets it. Failures are logged (the removal itself has happened).
+pub async fn device_removed(core: &Core, device: i64) {
+    core.analytics.forget(device);
+    if let Err(e) = core.store.resolve_device_alerts(device, "device-removed", alert_event).await {
+        tracing::warn!(device, "resolving a removed device's alerts failed: {e}");
+    }
 }
 
 /// A stored rule's spec (as it was checked when saved).

@@ -284,7 +284,7 @@ pub(super) struct Alert {
     /// What the rule saw: a fence's crossing and position, an anomaly's baseline …
     #[schema(value_type = Object)]
     detail: serde_json::Value,
-    /// `cleared`, `rule-removed` or `admin`.
+    /// `cleared`, `rule-removed`, `device-removed` or `admin`.
     resolution: Option<String>,
 }
 

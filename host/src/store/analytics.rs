@@ -42,7 +42,8 @@ pub struct AlertRow {
     pub value: Option<f64>,
     /// What the rule saw, as JSON text (a fence's crossing, an anomaly's baseline …).
     pub detail: String,
-    /// Why it was resolved: `cleared` (the condition ended), `rule-removed`, `admin`.
+    /// Why it was resolved: `cleared` (the condition ended), `rule-removed`,
+    /// `device-removed`, `admin`.
     pub resolution: Option<String>,
 }
 
@@ -237,6 +238,27 @@ impl Store {
             }
             tx.commit().await?;
             Ok(row)
+        })
+    }
+
+    /// Resolve every open alert of a device (`resolution`), each with its event.
+    pub async fn resolve_device_alerts(
+        &self,
+        device: i64,
+        resolution: &str,
+        event: impl Fn(&AlertRow) -> NewEvent,
+    ) -> Result<Vec<AlertRow>, StoreError> {
+        with_write_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let rows: Vec<AlertRow> = sqlx::query_as(
+                    "UPDATE alerts SET state = 'resolved', resolved_at = $1, resolution = $2
+                     WHERE device = $3 AND state = 'open' RETURNING *")
+                .bind(now_ms()).bind(resolution).bind(device).fetch_all(&mut *tx).await?;
+            for r in &rows {
+                record_event!(&mut *tx, &event(r));
+            }
+            tx.commit().await?;
+            Ok(rows)
         })
     }
 

@@ -71,17 +71,6 @@ fn detail(d: &Value) -> String {
     }
 }
 
-fn scope(r: &Value) -> String {
-    let a = &r["applies_to"];
-    let mut parts = Vec::new();
-    for (k, label) in [("device_types", "type"), ("groups", "group"), ("tags", "tag"), ("devices", "device")] {
-        for v in a[k].as_array().into_iter().flatten() {
-            parts.push(format!("{label} {}", text(v)));
-        }
-    }
-    if parts.is_empty() { "every device".into() } else { parts.join(", ") }
-}
-
 /// Examples for the rule form, one per kind.
 const EXAMPLE: &str = r#"{"name": "depot", "kind": "geofence", "applies_to": {"tags": ["fleet"]},
  "shape": {"circle": {"lat": 6.9271, "lon": 79.8612, "radius_m": 200}},
@@ -108,7 +97,7 @@ async fn alerts_page(console: &ConsoleState, session: &Session, spec: &str, erro
                         td { details { summary { (text(&r["name"])) } (json(r)) } }
                         td { (text(&r["kind"])) }
                         td { (watches(r)) }
-                        td { (scope(r)) }
+                        td { (crate::analytics::scope_text(r)) }
                         td { @if r["enabled"] == true { "yes" } @else { "no" } }
                         td { (when(&r["updated_at"])) }
                         td { (button(session, Role::Operator, &format!("/console/alert-rules/{}/delete", enc(text(&r["name"]))), "Remove", "danger")) }
