@@ -4,6 +4,7 @@
 # (DEVICES devices on MQTT, MESSAGES messages of 10 values each: a position and 8 metrics).
 #
 #   off: --telemetry-rollups false and no alert rules (points and latest values only)
+#   rollups: rollups, no rules; rules: rules, no rollups (MODES="off rollups rules on")
 #   on:  rollups, and 11 rules judging every point: a geo-fence and a speed limit on the
 #        positions, an anomaly detector on m0..m3, a threshold on m4..m7, an ignore
 #
@@ -35,13 +36,13 @@ run() {
         url=(--database-url postgres://postgres@127.0.0.1:5432/drover_bench)
     fi
     local rollups=true
-    [ "$mode" = off ] && rollups=false
+    [ "$mode" = off ] || [ "$mode" = rules ] && rollups=false
     "$bin" serve --data-dir "$data" --http-addr "127.0.0.1:$http" --mqtt-addr "127.0.0.1:$mqtt" \
         --coap-addr "127.0.0.1:$(port)" --telemetry-rollups "$rollups" "${url[@]}" >"$data/log" 2>&1 &
     server=$!
     for _ in $(seq 100); do curl -sf "http://127.0.0.1:$http/healthz" >/dev/null && break; sleep 0.2; done
     token=$(cat "$data/admin-token")
-    if [ "$mode" = on ]; then
+    if [ "$mode" = on ] || [ "$mode" = rules ]; then
         rule '{"name": "depot", "kind": "geofence", "shape": {"circle": {"lat": 6.9271, "lon": 79.8612, "radius_m": 5000}}, "speed_limit_kmh": 30}'
         rule '{"name": "speeding", "kind": "speed", "limit_kmh": 120}'
         for m in 0 1 2 3; do rule "{\"name\": \"anomaly-m$m\", \"kind\": \"anomaly\", \"metric\": \"m$m\"}"; done
@@ -57,9 +58,12 @@ run() {
 
 dbs=("$@")
 [ ${#dbs[@]} -eq 0 ] && dbs=(sqlite postgres)
+# MODES="off rollups rules on" separates the two costs.
+modes=${MODES:-off on}
 for _ in $(seq "$rounds"); do
     for db in "${dbs[@]}"; do
-        run "$db" off
-        run "$db" on
+        for mode in $modes; do
+            run "$db" "$mode"
+        done
     done
 done

@@ -527,8 +527,45 @@ impl Store {
                         written.push(Written::Events(out));
                     }
                     Write::Telemetry { device, points, rollups } => {
-                        // Several rows per statement: on PostgreSQL each statement is a
-                        // round trip.
+                        let rollups = if *rollups { writes::rollups(points) } else { Vec::new() };
+                        // On PostgreSQL each statement is a round trip, and the committer
+                        // waits for it: a message's points, latest values and rollups go
+                        // as one statement (data-modifying CTEs), one round trip instead of
+                        // three. Larger messages, and SQLite (no such CTEs), take the
+                        // statements one by one below.
+                        if is_postgres && points.len() <= 200 && rollups.len() <= 400 {
+                            let newest = writes::newest(points);
+                            let mut n = 1;
+                            let v_points = values_placeholders(points.len(), 5, n);
+                            n += points.len() * 5;
+                            let latest = writes::postgres(writes::TELEMETRY_LATEST).replacen(
+                                "($1, $2, $3, $4)",
+                                &values_placeholders(newest.len(), 4, n),
+                                1,
+                            );
+                            n += newest.len() * 4;
+                            let insert = format!("INSERT INTO telemetry (device, name, at, value, number) VALUES {v_points}");
+                            let sql = if rollups.is_empty() {
+                                format!("WITH p AS ({insert}) {latest}")
+                            } else {
+                                let r = writes::rollup_sql(&values_placeholders(rollups.len(), 10, n), true);
+                                format!("WITH p AS ({insert}), l AS ({latest}) {r}")
+                            };
+                            let mut q = sqlx::query(trusted(&sql));
+                            for p in points {
+                                q = q.bind(*device).bind(&p.name).bind(p.at).bind(p.value.to_string()).bind(p.number());
+                            }
+                            for p in &newest {
+                                q = q.bind(*device).bind(&p.name).bind(p.at).bind(p.value.to_string());
+                            }
+                            for r in &rollups {
+                                q = q.bind(*device).bind(r.name).bind(r.level).bind(r.bucket).bind(r.count)
+                                    .bind(r.sum).bind(r.min).bind(r.max).bind(r.last).bind(r.last_at);
+                            }
+                            q.execute(&mut *tx).await?;
+                            written.push(Written::Recorded);
+                            continue;
+                        }
                         for chunk in points.chunks(200) {
                             let sql = format!(
                                 "INSERT INTO telemetry (device, name, at, value, number) VALUES {}",
@@ -552,7 +589,6 @@ impl Store {
                             }
                             q.execute(&mut *tx).await?;
                         }
-                        let rollups = if *rollups { writes::rollups(points) } else { Vec::new() };
                         for chunk in rollups.chunks(100) {
                             let sql = writes::rollup_sql(&values_placeholders(chunk.len(), 10, 1), is_postgres);
                             let mut q = sqlx::query(trusted(&sql));
