@@ -1,5 +1,5 @@
 -- Telemetry analytics (docs/analytics.md). Same in the other dialect's folder but for
--- identity and float types.
+-- identity and float types, and the rollups' fill factor.
 --
 -- Rollups: per device, metric, level ('minute' or 'hour') and bucket (the bucket's start,
 -- ms since the epoch), the aggregates of the numeric points measured in it. Written in
@@ -17,7 +17,10 @@ CREATE TABLE telemetry_rollups (
     last DOUBLE PRECISION NOT NULL,
     last_at BIGINT NOT NULL,
     PRIMARY KEY (device, name, level, bucket)
-);
+) WITH (fillfactor = 70);
+-- PostgreSQL only: a rollup row is updated in place many times (every batch of points
+-- in its bucket), and each update writes a new row version. Room left in every page lets
+-- that version stay on the page without new index entries (a HOT update).
 -- Retention deletes by level and age.
 CREATE INDEX telemetry_rollups_by_time ON telemetry_rollups (level, bucket);
 
