@@ -3,7 +3,8 @@
 //!
 //! State per device lives in one of [`SHARDS`] maps, each behind a plain mutex held only
 //! while a message's points are judged (no await inside), so devices on different shards
-//! never wait for each other. The state is what a rule needs to judge the next point:
+//! never wait for each other. A panic while one is held leaves the state as it was (a
+//! poisoned lock is taken over, not passed on to every later message). The state is what a rule needs to judge the next point:
 //!
 //! * a fence: whether the device is inside (hysteresis: it changes only past a margin);
 //! * a threshold or speed limit: whether its alert is open, and since when the value has
@@ -209,12 +210,12 @@ fn fixes(points: &[Point]) -> Vec<Fix> {
 impl Analytics {
     /// Judge a device's points; the alerts to open and resolve.
     pub fn observe(&self, device: &DeviceRow, points: &[Point]) -> Vec<Change> {
-        let compiled = self.compiled.read().expect("not poisoned").clone();
+        let compiled = self.compiled.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         if compiled.rules.is_empty() {
             return Vec::new();
         }
         let mut changes = Vec::new();
-        let mut shard = self.shards[device.id.rem_euclid(SHARDS as i64) as usize].lock().expect("not poisoned");
+        let mut shard = self.shards[device.id.rem_euclid(SHARDS as i64) as usize].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let st = shard.entry(device.id).or_default();
         let open = |r: &Live, metric: &str, at: i64, value: Option<f64>, detail: serde_json::Value| {
             let mut detail = detail;
@@ -386,7 +387,7 @@ impl Analytics {
         let mut seeded = self.reloading.lock().await;
         match compile(core).await {
             Ok(c) => {
-                *self.compiled.write().expect("not poisoned") = Arc::new(c);
+                *self.compiled.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(c);
             }
             Err(e) => {
                 tracing::warn!("reading alert rules failed (the previous ones stay): {e}");
@@ -396,10 +397,10 @@ impl Analytics {
         if !*seeded {
             match core.store.open_alerts().await {
                 Ok(open) => {
-                    let compiled = self.compiled.read().expect("not poisoned").clone();
+                    let compiled = self.compiled.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
                     for a in open {
                         let mut shard =
-                            self.shards[a.device.rem_euclid(SHARDS as i64) as usize].lock().expect("not poisoned");
+                            self.shards[a.device.rem_euclid(SHARDS as i64) as usize].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                         let st = shard.entry(a.device).or_default();
                         st.cond(a.rule, &a.metric).open = true;
                         if let Some(Kind::Geofence { trigger, .. }) =
@@ -418,7 +419,7 @@ impl Analytics {
 
     /// Forget what the engine holds of a device (it was removed).
     pub fn forget(&self, device: i64) {
-        self.shards[device.rem_euclid(SHARDS as i64) as usize].lock().expect("not poisoned").remove(&device);
+        self.shards[device.rem_euclid(SHARDS as i64) as usize].lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&device);
     }
 
     /// Tags or group members changed on this replica: the rules' devices are read again
