@@ -215,7 +215,9 @@ impl Analytics {
             return Vec::new();
         }
         let mut changes = Vec::new();
-        let mut shard = self.shards[device.id.rem_euclid(SHARDS as i64) as usize].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut shard = self.shards[device.id.rem_euclid(SHARDS as i64) as usize]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let st = shard.entry(device.id).or_default();
         let open = |r: &Live, metric: &str, at: i64, value: Option<f64>, detail: serde_json::Value| {
             let mut detail = detail;
@@ -399,8 +401,9 @@ impl Analytics {
                 Ok(open) => {
                     let compiled = self.compiled.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
                     for a in open {
-                        let mut shard =
-                            self.shards[a.device.rem_euclid(SHARDS as i64) as usize].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let mut shard = self.shards[a.device.rem_euclid(SHARDS as i64) as usize]
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
                         let st = shard.entry(a.device).or_default();
                         st.cond(a.rule, &a.metric).open = true;
                         if let Some(Kind::Geofence { trigger, .. }) =
@@ -419,7 +422,10 @@ impl Analytics {
 
     /// Forget what the engine holds of a device (it was removed).
     pub fn forget(&self, device: i64) {
-        self.shards[device.rem_euclid(SHARDS as i64) as usize].lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&device);
+        self.shards[device.rem_euclid(SHARDS as i64) as usize]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&device);
     }
 
     /// Tags or group members changed on this replica: the rules' devices are read again
