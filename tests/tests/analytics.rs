@@ -250,6 +250,12 @@ async fn analytics(server: &TestServer) {
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("before"), "{v}");
+    // A negative time is refused, not an overflow.
+    let (s, v) =
+        call(server, Method::GET, &format!("/api/v1/telemetry/metrics?name=battery&from={}&to=5", i64::MIN), None)
+            .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("since the epoch"), "{v}");
 
     // ---- From MQTT (ESP8266), the same.
     let mut board = Board::start(server, "00a1b2c3").await;

@@ -61,9 +61,14 @@ fn range(name: &str, resolution: Resolution, from: Option<i64>, to: Option<i64>)
     if name.is_empty() || name.len() > 128 {
         return Err(ApiError::bad_request("invalid", "`name`: the metric's name, 1 to 128 characters"));
     }
+    // Times are ms since the epoch, never negative: with them, `to - from` could not
+    // overflow (an admin's `from=-9223372036854775808` panicked a debug build).
+    if let Some(t) = from.into_iter().chain(to).find(|t| *t < 0) {
+        return Err(ApiError::bad_request("invalid", format!("`from` and `to` are ms since the epoch, not {t}")));
+    }
     let to = to.unwrap_or_else(|| crate::store::now_ms() + 1);
     let span = if resolution == Resolution::Hour { 24 * 3_600_000 } else { 2 * 3_600_000 };
-    let from = from.unwrap_or(to - span);
+    let from = from.unwrap_or(to.saturating_sub(span).max(0));
     if from >= to {
         return Err(ApiError::bad_request("invalid", format!("`from` ({from}) must be before `to` ({to})")));
     }
