@@ -76,7 +76,8 @@ fn author() -> Author {
     let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut child = Command::new(&drover)
+    let mut serve = Command::new(&drover);
+    serve
         .args(["serve", "--data-dir"])
         .arg(data.path())
         .args(["--http-addr", &format!("127.0.0.1:{port}")])
@@ -84,9 +85,20 @@ fn author() -> Author {
         .args(["--coap-addr", &format!("127.0.0.1:{}", free_port())])
         .env_remove("DROVER_CONFIG")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    // The copy was open for writing a moment ago; a process the other test forked in that
+    // moment holds the descriptor until it execs, and Linux refuses to run a file open for
+    // writing (ETXTBSY, seen once in CI). It passes within milliseconds: try again briefly.
+    let mut tries = 0;
+    let mut child = loop {
+        match serve.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => break other.unwrap(),
+        }
+    };
     let stderr = child.stderr.take().unwrap();
     let served = Served(child);
     let deadline = Instant::now() + Duration::from_secs(60);
