@@ -15,7 +15,7 @@ build = os.path.realpath(sys.argv[1] if len(sys.argv) > 1 else "target/release")
 data = tempfile.mkdtemp()
 server = subprocess.Popen([f"{build}/drover", "serve", "--data-dir", f"{data}/server", "--http-addr", "127.0.0.1:18080",
                            "--mqtt-addr", "127.0.0.1:18830", "--coap-addr", "127.0.0.1:15683",
-                           "--webhook-allow-private", "true"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           "--webhook-allow-private", "true", "--plaintext", "true"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 receiver = None
 try:
     for _ in range(300):

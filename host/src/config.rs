@@ -21,19 +21,31 @@ pub struct ServeArgs {
     #[arg(long, env = "DROVER_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
     /// The URL devices reach this server's HTTP listener at, for the download links of
-    /// rollouts (e.g. https://mdm.example.com) [default: http:// and the --http-addr]
+    /// rollouts (e.g. https://mdm.example.com) [default: https:// (http:// with --plaintext) and the --http-addr]
     #[arg(long, env = "DROVER_PUBLIC_URL")]
     pub public_url: Option<String>,
-    /// Address of the embedded MQTT broker [default: 127.0.0.1:1883]
+    /// Address of the embedded MQTT broker: MQTT over TLS, or plain MQTT with --plaintext [default: 127.0.0.1:8883, with --plaintext 127.0.0.1:1883]
     #[arg(long, env = "DROVER_MQTT_ADDR")]
     pub mqtt_addr: Option<SocketAddr>,
+    /// Serve HTTP and MQTT without TLS: for local development only, as tokens and payloads then cross the network in the clear [default: false]
+    #[arg(long, env = "DROVER_PLAINTEXT")]
+    pub plaintext: Option<bool>,
+    /// The TLS certificate chain (PEM) of the HTTP listener and the embedded broker, read again when it changes. Without it, a development certificate is made in DATA_DIR/tls [default: none]
+    #[arg(long, env = "DROVER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert
+    #[arg(long, env = "DROVER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that an external broker's certificate (--broker mqtts://…) must chain to [default: Mozilla's roots]
+    #[arg(long, env = "DROVER_BROKER_CA")]
+    pub broker_ca: Option<PathBuf>,
     /// Address of the CoAP/UDP listener for LwM2M devices [default: 127.0.0.1:5683]
     #[arg(long, env = "DROVER_COAP_ADDR")]
     pub coap_addr: Option<SocketAddr>,
     /// Database URL: sqlite://PATH or postgres://… [default: SQLite in the data directory]
     #[arg(long, env = "DROVER_DATABASE_URL")]
     pub database_url: Option<String>,
-    /// External MQTT broker (mqtt://host:port) instead of the embedded one
+    /// External MQTT broker (mqtt://host:port, or mqtts://host:port over TLS) instead of the embedded one
     #[arg(long, env = "DROVER_BROKER")]
     pub broker: Option<String>,
     /// Accept a LwM2M registration, update or de-registration for a live endpoint from another address than its registration's (clients behind a NAT whose port changes). Without DTLS, anyone who knows an endpoint's name can then take it over [default: false]
@@ -141,6 +153,10 @@ pub struct Config {
     /// `None`: `http://` and the address the HTTP listener is bound to.
     pub public_url: Option<String>,
     pub mqtt_addr: SocketAddr,
+    /// TLS on the HTTP listener and the embedded broker, and from where.
+    pub tls: crate::tls::Source,
+    /// CA certificates an external broker over TLS must chain to.
+    pub broker_ca: Option<PathBuf>,
     pub coap_addr: SocketAddr,
     /// See [`ServeArgs::coap_allow_address_change`].
     pub coap_allow_address_change: bool,
@@ -188,10 +204,12 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("--broker `{}`: expected mqtt://host:port", crate::secrets::redact_url(.0))]
+    #[error("--broker `{}`: expected mqtt://host:port or mqtts://host:port", crate::secrets::redact_url(.0))]
     Broker(String),
     #[error("--database-url `{}`: expected sqlite://PATH or postgres://…", crate::secrets::redact_url(.0))]
     Database(String),
+    #[error("{0}")]
+    Tls(&'static str),
     #[error("--public-url `{0}`: expected http://… or https://… (the URL devices reach this server at)")]
     PublicUrl(String),
 }
@@ -208,6 +226,8 @@ impl Config {
             http_addr: loopback,
             public_url: None,
             mqtt_addr: loopback,
+            tls: crate::tls::Source::Off,
+            broker_ca: None,
             coap_addr: loopback,
             coap_allow_address_change: false,
             database_url: format!("sqlite://{}?mode=rwc", data_dir.join("drover.db").display()),
@@ -258,12 +278,23 @@ impl ServeArgs {
         }
         let broker = self.broker.or(file.broker);
         if let Some(b) = &broker
-            && (!(b.starts_with("mqtt://") || b.starts_with("tcp://"))
+            && (!["mqtt://", "tcp://", "mqtts://", "ssl://"].iter().any(|s| b.starts_with(s))
                 || b.split("://").nth(1).is_none_or(str::is_empty))
         {
             return Err(ConfigError::Broker(b.clone()));
         }
+        let plaintext = self.plaintext.or(file.plaintext).unwrap_or(false);
+        let tls = match (plaintext, self.tls_cert.or(file.tls_cert), self.tls_key.or(file.tls_key)) {
+            (true, _, _) => crate::tls::Source::Off,
+            (false, Some(cert), Some(key)) => crate::tls::Source::Files { cert, key },
+            (false, None, None) => crate::tls::Source::Generated,
+            (false, Some(_), None) => return Err(ConfigError::Tls("--tls-cert needs --tls-key")),
+            (false, None, Some(_)) => return Err(ConfigError::Tls("--tls-key needs --tls-cert")),
+        };
+        let mqtt_port = if plaintext { 1883 } else { 8883 };
         Ok(Config {
+            tls,
+            broker_ca: self.broker_ca.or(file.broker_ca),
             http_addr: self.http_addr.or(file.http_addr).unwrap_or_else(|| ([127, 0, 0, 1], 8080).into()),
             public_url: match self.public_url.or(file.public_url) {
                 Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
@@ -271,7 +302,7 @@ impl ServeArgs {
                 }
                 u => u.map(|u| u.trim_end_matches('/').to_string()),
             },
-            mqtt_addr: self.mqtt_addr.or(file.mqtt_addr).unwrap_or_else(|| ([127, 0, 0, 1], 1883).into()),
+            mqtt_addr: self.mqtt_addr.or(file.mqtt_addr).unwrap_or_else(|| ([127, 0, 0, 1], mqtt_port).into()),
             coap_addr: self.coap_addr.or(file.coap_addr).unwrap_or_else(|| ([127, 0, 0, 1], 5683).into()),
             coap_allow_address_change: self
                 .coap_allow_address_change

@@ -131,5 +131,6 @@ pub mod secrets;
 pub mod server;
 pub mod stats;
 pub mod store;
+pub mod tls;
 pub mod wakeup;
 pub mod webhooks;

@@ -659,7 +659,8 @@ enum KindArg {
 /// Which server an admin command talks to, as whom, and how it prints.
 #[derive(clap::Args, Clone)]
 struct ServerArgs {
-    /// The server's base URL [default: the profile's, else http://127.0.0.1:8080].
+    /// The server's base URL [default: the profile's, else https://127.0.0.1:8080]. Its
+    /// certificate is checked against the built-in roots and DROVER_CACERT's (docs/security.md).
     #[arg(long, env = "DROVER_SERVER")]
     server: Option<String>,
     /// An admin token with the role the command needs [default: the profile's].
@@ -688,7 +689,7 @@ impl ServerArgs {
             .server
             .clone()
             .or_else(|| profile.as_ref().and_then(|p| p.server.clone()))
-            .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+            .unwrap_or_else(|| "https://127.0.0.1:8080".into());
         let token = self.token.clone().or_else(|| profile.and_then(|p| p.token)).ok_or_else(|| {
             anyhow::anyhow!("no admin token: pass --token, set DROVER_ADMIN_TOKEN, or put one in a profile")
         })?;
@@ -1081,8 +1082,29 @@ fn sig_path(file: &std::path::Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// The admin commands' HTTP client. Besides the built-in roots it trusts the CA
+/// certificates in `DROVER_CACERT`, or else the development certificate of a server whose
+/// data directory is here (`DROVER_DATA_DIR`, default `./drover-data`, then `tls/cert.pem`):
+/// the README's first run needs no flag.
 fn client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder().timeout(std::time::Duration::from_secs(300)).build()?)
+    use anyhow::Context;
+    let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(300));
+    let ca = match std::env::var_os("DROVER_CACERT") {
+        Some(path) => Some(PathBuf::from(path)),
+        None => {
+            let dir = std::env::var_os("DROVER_DATA_DIR").map_or_else(|| PathBuf::from("drover-data"), PathBuf::from);
+            Some(dir.join("tls").join("cert.pem")).filter(|p| p.exists())
+        }
+    };
+    if let Some(path) = ca {
+        let pem = std::fs::read(&path).with_context(|| format!("DROVER_CACERT {}: cannot read", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("DROVER_CACERT {}: not PEM certificates", path.display()))?;
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    Ok(builder.build()?)
 }
 
 /// The server's answer as JSON, or an error carrying its error message.

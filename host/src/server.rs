@@ -22,6 +22,8 @@ pub struct Server {
     mqtt: Mqtt,
     coap: crate::coap::Coap,
     http: crate::http::listener::Limits,
+    /// TLS on the HTTP listener and the embedded broker (`None`: `--plaintext`).
+    tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// The MQTT side: the embedded broker (unless an external one is used) and the endpoint
@@ -53,6 +55,7 @@ impl Server {
     /// sure an admin token exists, and bind the listeners. Returns once ready to serve.
     pub async fn start(config: &Config) -> anyhow::Result<Server> {
         let mut core = Core::open(config).await?;
+        let tls = crate::tls::Tls::load(&config.tls, &config.data_dir, &certificate_names(config))?;
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen on {} (--http-addr): choose another address", config.http_addr))?;
@@ -61,13 +64,23 @@ impl Server {
             if bound.ip().is_unspecified() {
                 tracing::warn!(%bound, "no --public-url: download links name {bound}, which devices cannot reach; set --public-url");
             }
-            core.public_url = format!("http://{bound}");
+            core.public_url = format!("{}://{bound}", if tls.is_some() { "https" } else { "http" });
         }
         let (push, jobs) = Push::channel();
         let mqtt = match &config.broker {
             Some(url) => {
-                let endpoint = Endpoint::parse(url).with_context(|| {
-                    format!("--broker `{}`: expected mqtt://[user:password@]host:port", crate::secrets::redact_url(url))
+                let ca = config.broker_ca.as_deref();
+                let mut tls_error = None;
+                let endpoint =
+                    Endpoint::parse(url, || crate::tls::broker_client(ca).map_err(|e| tls_error = Some(e)).ok());
+                if let Some(e) = tls_error {
+                    return Err(e);
+                }
+                let endpoint = endpoint.with_context(|| {
+                    format!(
+                        "--broker `{}`: expected mqtt://[user:password@]host:port or mqtts://…",
+                        crate::secrets::redact_url(url)
+                    )
                 })?;
                 Mqtt { embedded: None, endpoint, push, jobs, feed: config.mqtt_events }
             }
@@ -75,8 +88,10 @@ impl Server {
                 let listener = tokio::net::TcpListener::bind(config.mqtt_addr).await.with_context(|| {
                     format!(
                         "cannot listen for MQTT on {} (--mqtt-addr): another broker may hold it; choose another address, \
-                         or use it with --broker mqtt://{}",
-                        config.mqtt_addr, config.mqtt_addr
+                         or use it with --broker {}://{}",
+                        config.mqtt_addr,
+                        if tls.is_some() { "mqtts" } else { "mqtt" },
+                        config.mqtt_addr
                     )
                 })?;
                 let port = listener.local_addr()?.port();
@@ -86,6 +101,9 @@ impl Server {
                     host: "127.0.0.1".into(),
                     port,
                     credentials: Some((crate::mqtt::SERVICE_USER.into(), secret)),
+                    // Drover's own clients speak TLS to its broker too, trusting exactly
+                    // the certificate it serves.
+                    tls: tls.as_ref().map(|t| t.self_client()),
                 };
                 Mqtt {
                     embedded: Some((EmbeddedBroker::start(config.mqtt_max_connections), listener, gate)),
@@ -108,7 +126,7 @@ impl Server {
             rollup_retention: [config.rollup_minute_retention_days, config.rollup_hour_retention_days]
                 .map(|d| Duration::from_secs(u64::from(d) * crate::enrollment::DAY_SECS as u64)),
         };
-        Ok(Server { state, listener, housekeeping, mqtt, coap, http: config.http })
+        Ok(Server { state, listener, housekeeping, mqtt, coap, http: config.http, tls })
     }
 
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
@@ -127,7 +145,16 @@ impl Server {
 
     /// Serve until `shutdown` completes.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.listener.local_addr()?, database = self.state.store.backend(), "HTTP listening");
+        tracing::info!(
+            addr = %self.listener.local_addr()?,
+            database = self.state.store.backend(),
+            tls = self.tls.is_some(),
+            "HTTP listening"
+        );
+        if self.tls.is_none() {
+            tracing::warn!("--plaintext: HTTP and MQTT serve without TLS; tokens cross the network in the clear");
+        }
+        let reload = self.tls.as_ref().and_then(|t| t.spawn_reload());
         let core = self.state.core.clone();
         // Every front that follows events subscribes here, before the first request is
         // taken, so none misses an event.
@@ -143,9 +170,9 @@ impl Server {
         let feed = feed.then(|| tokio::spawn(crate::mqtt::feed::run(core.clone(), endpoint.clone())));
         let broker = embedded.map(|(broker, listener, gate)| {
             if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, "MQTT broker listening");
+                tracing::info!(%addr, tls = self.tls.is_some(), "MQTT broker listening");
             }
-            tokio::spawn(broker.serve(listener, gate, broker_events))
+            tokio::spawn(broker.serve(listener, gate, broker_events, self.tls.clone()))
         });
         let delivery = tokio::spawn(delivery::run(core.clone(), endpoint, push, jobs, push_events));
         let wakeups = tokio::spawn(crate::wakeup::run(core.clone(), wakeup_events));
@@ -157,7 +184,11 @@ impl Server {
         let holder = crate::rollouts::holder();
         let rollouts = tokio::spawn(crate::rollouts::run(core.clone(), holder.clone()));
         let result =
-            crate::http::listener::serve(self.listener, crate::http::router(self.state), self.http, shutdown).await;
+            crate::http::listener::serve(self.listener, crate::http::router(self.state), self.http, self.tls, shutdown)
+                .await;
+        if let Some(r) = reload {
+            r.abort();
+        }
         sweeper.abort();
         analytics.abort();
         catalog.abort();
@@ -179,6 +210,25 @@ impl Server {
         }
         Ok(result?)
     }
+}
+
+/// The names a development certificate must be valid for besides loopback: the public
+/// URL's host and the listeners' addresses when they are neither loopback nor wildcard.
+fn certificate_names(config: &Config) -> Vec<String> {
+    let mut names = Vec::new();
+    if let Some(url) = &config.public_url
+        && let Ok(u) = reqwest::Url::parse(url)
+        && let Some(host) = u.host_str()
+    {
+        names.push(host.trim_start_matches('[').trim_end_matches(']').to_string());
+    }
+    for addr in [config.http_addr, config.mqtt_addr] {
+        let ip = addr.ip();
+        if !ip.is_loopback() && !ip.is_unspecified() && !names.contains(&ip.to_string()) {
+            names.push(ip.to_string());
+        }
+    }
+    names
 }
 
 /// Expire operations past their TTL even for devices that never call in again (every

@@ -83,6 +83,7 @@ fn author() -> Author {
         .args(["--http-addr", &format!("127.0.0.1:{port}")])
         .args(["--mqtt-addr", &format!("127.0.0.1:{}", free_port())])
         .args(["--coap-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--plaintext", "true"])
         .env_remove("DROVER_CONFIG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

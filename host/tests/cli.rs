@@ -40,7 +40,7 @@ fn serve(data: &std::path::Path, port: u16) -> Served {
         .args(["serve", "--data-dir"])
         .arg(data)
         .args(["--http-addr", &format!("127.0.0.1:{port}"), "--mqtt-addr", &format!("127.0.0.1:{}", free_port())])
-        .args(["--coap-addr", &free_udp()])
+        .args(["--coap-addr", &free_udp(), "--plaintext", "true"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

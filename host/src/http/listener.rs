@@ -11,7 +11,9 @@
 //!   when it waits for a head, which includes a kept-alive connection waiting for its next
 //!   request, so the same limit closes idle connections;
 //! * bodies are read by the handlers, each with its own size limit and a timeout
-//!   (`http/agent.rs`), after the request is authenticated.
+//!   (`http/agent.rs`), after the request is authenticated;
+//! * with TLS (`tls.rs`), the handshake runs in the connection's task, under the same
+//!   connection cap and within its own timeout.
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -35,6 +37,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    tls: Option<Arc<crate::tls::Tls>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -69,13 +72,24 @@ pub async fn serve(
             r.extensions_mut().insert(ConnectInfo(peer));
             r
         });
-        let connection = http.serve_connection(
-            hyper_util::rt::TokioIo::new(stream),
-            hyper_util::service::TowerToHyperService::new(service),
-        );
-        let connection = graceful.watch(connection);
+        let (http, watcher, tls, header_timeout) =
+            (http.clone(), graceful.watcher(), tls.clone(), limits.header_timeout);
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let stream: Box<dyn crate::tls::Io> = match &tls {
+                None => Box::new(stream),
+                Some(tls) => match tls.accept_http(stream, header_timeout).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(%peer, "TLS handshake failed: {e}");
+                        return;
+                    }
+                },
+            };
+            let connection = http.serve_connection(
+                hyper_util::rt::TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(service),
+            );
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(%peer, "HTTP connection ended: {e}");
             }
             drop(permit);

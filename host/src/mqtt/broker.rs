@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// Largest MQTT packet accepted from a client.
 const MAX_PACKET: usize = 1 << 20;
@@ -213,6 +213,7 @@ impl EmbeddedBroker {
         listener: TcpListener,
         auth: Arc<Gate>,
         events: tokio::sync::broadcast::Receiver<crate::events::Event>,
+        tls: Option<Arc<crate::tls::Tls>>,
     ) {
         let mut sessions = tokio::task::JoinSet::new();
         let mut events = Some(events);
@@ -257,7 +258,20 @@ impl EmbeddedBroker {
             let held = self.sessions.clone();
             let live = self.live.clone();
             let auth = auth.clone();
+            let tls = tls.clone();
             sessions.spawn(async move {
+                // The handshake runs here, not in the accept loop, and counts against the
+                // connection cap like any session.
+                let stream: Box<dyn crate::tls::Io> = match &tls {
+                    None => Box::new(stream),
+                    Some(tls) => match tls.accept_mqtt(stream, CONNECT_TIMEOUT).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::debug!(%peer, "MQTT TLS handshake failed: {e}");
+                            return;
+                        }
+                    },
+                };
                 if let Err(e) = session(stream, connect, held, live, auth).await {
                     tracing::debug!(%peer, "MQTT connection ended: {e}");
                 }
@@ -268,7 +282,7 @@ impl EmbeddedBroker {
 
 /// One client connection's packet reader and writer.
 struct Wire {
-    stream: TcpStream,
+    stream: Box<dyn crate::tls::Io>,
     read: BytesMut,
     write: BytesMut,
 }
@@ -306,7 +320,7 @@ fn refuse(code: ConnectReturnCode) -> Packet {
 }
 
 async fn session(
-    stream: TcpStream,
+    stream: Box<dyn crate::tls::Io>,
     connect: Connector,
     held: Arc<Sessions>,
     live: Arc<Live>,

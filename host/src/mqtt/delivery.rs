@@ -52,17 +52,30 @@ const PUSH_ACTOR: &str = "delivery:push";
 pub const SHARED_FILTER: &str = "$share/drover/drover/+/+/#";
 
 /// Where Drover's client connects.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
     pub credentials: Option<(String, String)>,
+    /// TLS to the broker, and what its certificate is checked against.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}:{}", if self.tls.is_some() { "mqtts" } else { "mqtt" }, self.host, self.port)
+    }
 }
 
 impl Endpoint {
-    /// From `mqtt://[user:password@]host:port`.
-    pub fn parse(url: &str) -> Option<Endpoint> {
-        let rest = url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://"))?;
+    /// From `mqtt://[user:password@]host:port` (also `tcp://`), or `mqtts://…` (also
+    /// `ssl://`) with `tls` as its TLS configuration. Port 1883 by default, 8883 over TLS.
+    pub fn parse(url: &str, tls: impl FnOnce() -> Option<Arc<rustls::ClientConfig>>) -> Option<Endpoint> {
+        let (rest, secure) = match url.split_once("://")? {
+            ("mqtt" | "tcp", rest) => (rest, false),
+            ("mqtts" | "ssl", rest) => (rest, true),
+            _ => return None,
+        };
         let (credentials, hostport) = match rest.rsplit_once('@') {
             Some((userinfo, hp)) => {
                 let (u, p) = userinfo.split_once(':').unwrap_or((userinfo, ""));
@@ -73,9 +86,27 @@ impl Endpoint {
         let hostport = hostport.trim_end_matches('/');
         let (host, port) = match hostport.rsplit_once(':') {
             Some((h, p)) => (h, p.parse().ok()?),
-            None => (hostport, 1883),
+            None => (hostport, if secure { 8883 } else { 1883 }),
         };
-        (!host.is_empty()).then(|| Endpoint { host: host.to_string(), port, credentials })
+        if host.is_empty() {
+            return None;
+        }
+        let tls = if secure { Some(tls()?) } else { None };
+        Some(Endpoint { host: host.to_string(), port, credentials, tls })
+    }
+
+    /// A client's options for this broker: address, credentials, TLS.
+    pub fn options(&self, client_id: String) -> MqttOptions {
+        let mut options = MqttOptions::new(client_id, self.host.clone(), self.port);
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        if let Some((u, p)) = &self.credentials {
+            options.set_credentials(u.clone(), p.clone());
+        }
+        if let Some(tls) = &self.tls {
+            options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls.clone())));
+        }
+        options
     }
 }
 
@@ -142,13 +173,7 @@ pub async fn run(
     mut jobs: mpsc::UnboundedReceiver<Job>,
     mut events: tokio::sync::broadcast::Receiver<crate::events::Event>,
 ) {
-    let mut options = MqttOptions::new(client_id("drover"), endpoint.host.clone(), endpoint.port);
-    options.set_keep_alive(Duration::from_secs(30));
-    options.set_max_packet_size(1 << 20, 1 << 20);
-    if let Some((u, p)) = &endpoint.credentials {
-        options.set_credentials(u.clone(), p.clone());
-    }
-    let (client, mut eventloop) = AsyncClient::new(options, 1024);
+    let (client, mut eventloop) = AsyncClient::new(endpoint.options(client_id("drover")), 1024);
     // Small packets (publishes, acks) go out at once: with Nagle's algorithm each one
     // waits for the previous one's TCP acknowledgement.
     eventloop.network_options.set_tcp_nodelay(true);
@@ -246,6 +271,7 @@ async fn pump(d: Arc<Delivery>, mut eventloop: EventLoop, endpoint: Endpoint) {
         })
         .collect();
     let mut connected = false;
+    let mut tls_said: Option<String> = None;
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -274,6 +300,14 @@ async fn pump(d: Arc<Delivery>, mut eventloop: EventLoop, endpoint: Endpoint) {
                     // stay PENDING instead of being handed to a client that cannot send them.
                     d.online.lock().unwrap_or_else(|p| p.into_inner()).clear();
                     d.state.stats.online.store(0, std::sync::atomic::Ordering::Relaxed);
+                } else if matches!(e, rumqttc::ConnectionError::Tls(_)) {
+                    // Not a broker still starting: a certificate or TLS setting is wrong,
+                    // which an operator must see (once per distinct error, not twice a second).
+                    let said = e.to_string();
+                    if tls_said.as_deref() != Some(said.as_str()) {
+                        tracing::warn!(broker = ?endpoint, "MQTT delivery cannot reach the broker: {said}");
+                        tls_said = Some(said);
+                    }
                 } else {
                     tracing::debug!("MQTT delivery cannot reach the broker yet: {e}");
                 }
@@ -502,14 +536,19 @@ mod tests {
 
     #[test]
     fn broker_urls() {
-        let e = Endpoint::parse("mqtt://127.0.0.1:1883").unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.credentials), ("127.0.0.1", 1883, None));
-        let e = Endpoint::parse("mqtt://svc:s3cret@broker.example:8883").unwrap();
+        let parse = |u| Endpoint::parse(u, || crate::tls::broker_client(None).ok());
+        let e = parse("mqtt://127.0.0.1:1883").unwrap();
+        assert_eq!((e.host.as_str(), e.port, e.credentials, e.tls.is_some()), ("127.0.0.1", 1883, None, false));
+        let e = parse("mqtt://svc:s3cret@broker.example:8883").unwrap();
         assert_eq!((e.host.as_str(), e.port), ("broker.example", 8883));
         assert_eq!(e.credentials, Some(("svc".into(), "s3cret".into())));
-        assert_eq!(Endpoint::parse("mqtt://broker").unwrap().port, 1883);
-        assert!(Endpoint::parse("http://broker:1883").is_none());
-        assert!(Endpoint::parse("mqtt://:1883").is_none());
-        assert!(Endpoint::parse("mqtt://h:notaport").is_none());
+        assert_eq!(parse("mqtt://broker").unwrap().port, 1883);
+        let e = parse("mqtts://broker").unwrap();
+        assert_eq!((e.port, e.tls.is_some()), (8883, true));
+        assert!(parse("ssl://broker:9883").unwrap().tls.is_some());
+        assert!(Endpoint::parse("mqtts://broker", || None).is_none());
+        assert!(parse("http://broker:1883").is_none());
+        assert!(parse("mqtt://:1883").is_none());
+        assert!(parse("mqtt://h:notaport").is_none());
     }
 }

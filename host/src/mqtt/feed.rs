@@ -18,7 +18,7 @@ use super::EVENTS_ROOT;
 use super::delivery::Endpoint;
 use crate::core::Core;
 use crate::store::{EventQuery, now_ms};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -54,12 +54,7 @@ struct Link {
 
 impl Link {
     fn open(endpoint: &Endpoint) -> Link {
-        let mut options = MqttOptions::new(super::delivery::client_id("drover-events"), &endpoint.host, endpoint.port);
-        options.set_keep_alive(Duration::from_secs(30));
-        options.set_max_packet_size(1 << 20, 1 << 20);
-        if let Some((u, p)) = &endpoint.credentials {
-            options.set_credentials(u.clone(), p.clone());
-        }
+        let options = endpoint.options(super::delivery::client_id("drover-events"));
         let (client, mut eventloop) = AsyncClient::new(options, 2 * BATCH as usize);
         eventloop.network_options.set_tcp_nodelay(true);
         let (tx, heard) = watch::channel((0, false));
