@@ -36,6 +36,15 @@ pub struct ServeArgs {
     /// The private key (PEM) of --tls-cert
     #[arg(long, env = "DROVER_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// The CA certificate (PEM) that signs device certificates from their CSRs, and that client certificates must chain to [default: a CA made on first start, kept in the database with its key sealed]
+    #[arg(long, env = "DROVER_DEVICE_CA_CERT")]
+    pub device_ca_cert: Option<PathBuf>,
+    /// The private key (PEM) of --device-ca-cert
+    #[arg(long, env = "DROVER_DEVICE_CA_KEY")]
+    pub device_ca_key: Option<PathBuf>,
+    /// Days a device certificate is valid; a device renews it with its current one before then [default: 365]
+    #[arg(long, env = "DROVER_DEVICE_CERT_DAYS")]
+    pub device_cert_days: Option<u32>,
     /// CA certificates (PEM) that an external broker's certificate (--broker mqtts://…) must chain to [default: Mozilla's roots]
     #[arg(long, env = "DROVER_BROKER_CA")]
     pub broker_ca: Option<PathBuf>,
@@ -157,6 +166,10 @@ pub struct Config {
     pub tls: crate::tls::Source,
     /// CA certificates an external broker over TLS must chain to.
     pub broker_ca: Option<PathBuf>,
+    /// The operator's device CA (certificate, key); `None`: the one kept in the database.
+    pub device_ca: Option<(PathBuf, PathBuf)>,
+    /// Days a device certificate is valid.
+    pub device_cert_days: u32,
     pub coap_addr: SocketAddr,
     /// See [`ServeArgs::coap_allow_address_change`].
     pub coap_allow_address_change: bool,
@@ -228,6 +241,8 @@ impl Config {
             mqtt_addr: loopback,
             tls: crate::tls::Source::Off,
             broker_ca: None,
+            device_ca: None,
+            device_cert_days: 365,
             coap_addr: loopback,
             coap_allow_address_change: false,
             database_url: format!("sqlite://{}?mode=rwc", data_dir.join("drover.db").display()),
@@ -292,9 +307,17 @@ impl ServeArgs {
             (false, None, Some(_)) => return Err(ConfigError::Tls("--tls-key needs --tls-cert")),
         };
         let mqtt_port = if plaintext { 1883 } else { 8883 };
+        let device_ca = match (self.device_ca_cert.or(file.device_ca_cert), self.device_ca_key.or(file.device_ca_key)) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => return Err(ConfigError::Tls("--device-ca-cert needs --device-ca-key")),
+            (None, Some(_)) => return Err(ConfigError::Tls("--device-ca-key needs --device-ca-cert")),
+        };
         Ok(Config {
             tls,
             broker_ca: self.broker_ca.or(file.broker_ca),
+            device_ca,
+            device_cert_days: self.device_cert_days.or(file.device_cert_days).unwrap_or(365).clamp(1, 3650),
             http_addr: self.http_addr.or(file.http_addr).unwrap_or_else(|| ([127, 0, 0, 1], 8080).into()),
             public_url: match self.public_url.or(file.public_url) {
                 Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {

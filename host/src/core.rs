@@ -47,6 +47,8 @@ pub struct Core {
     pub analytics: Arc<crate::analytics::Analytics>,
     /// Whether telemetry is rolled up per minute and hour as it is stored.
     pub rollups: bool,
+    /// The CA that signs device certificates (`identity.rs`).
+    pub device_ca: Arc<crate::identity::DeviceCa>,
 }
 
 impl Core {
@@ -84,6 +86,9 @@ impl Core {
         let catalog = Catalog::open(store.clone(), registry.clone(), config.fault_policy, events.clone())
             .await
             .context("cannot load the plugin catalog")?;
+        let device_ca = crate::identity::DeviceCa::load(&store, config.device_ca.as_ref(), config.device_cert_days)
+            .await
+            .context("cannot load the device CA")?;
         let settings = Arc::new(Settings::default());
         for row in store.plugin_settings().await? {
             let s = PluginSettings::from_row(&row);
@@ -108,6 +113,7 @@ impl Core {
             public_url: config.public_url.clone().unwrap_or_else(|| format!("http://{}", config.http_addr)),
             analytics: Arc::default(),
             rollups: config.telemetry_rollups,
+            device_ca: Arc::new(device_ca),
         })
     }
 

@@ -364,6 +364,90 @@ fn already_enrolled(device_type: &str, device_id: &str) -> Error {
     )
 }
 
+/// Sign a device certificate for the key in `csr` (`identity.rs`). The request is
+/// authenticated either as an enrolled device (its token, or its current certificate:
+/// renewal), whose id a CN in the CSR must then name, or by an enrollment token as a
+/// one-time challenge (SCEP-style), which claims the identity the CN names by the same rule
+/// as any enrollment. The certificate becomes one of the device's credentials.
+pub async fn certify(
+    core: &Core,
+    device_type: &str,
+    csr_body: &[u8],
+    by: CertifyAs<'_>,
+) -> Result<(DeviceRow, crate::identity::Issued)> {
+    use crate::identity::{Csr, MAX_CSR};
+    if csr_body.len() > MAX_CSR {
+        return Err(Error::invalid("too_large", format!("a CSR is at most {MAX_CSR} bytes")));
+    }
+    let csr = Csr::parse(csr_body).map_err(|e| Error::invalid("invalid_csr", e.to_string()))?;
+    let device = match by {
+        CertifyAs::Device(device) => {
+            csr.for_device(&device.device_type, &device.device_id).map_err(|e| Error::forbidden(e.to_string()))?;
+            device.clone()
+        }
+        CertifyAs::Challenge(token) => {
+            let Some(id) = csr.common_name.clone().filter(|id| !id.is_empty() && id.len() <= MAX_DEVICE_ID) else {
+                return Err(Error::invalid(
+                    "invalid_csr",
+                    format!(
+                        "with an enrollment token, the CSR's CN names the device (1 to {MAX_DEVICE_ID} characters)"
+                    ),
+                ));
+            };
+            let e = Enrollment {
+                device_id: id,
+                name: None,
+                ownership: crate::plugins::types::Ownership::Cope,
+                owner: None,
+                metadata: vec![],
+                push: None,
+            };
+            admit(core, device_type, &e, Some(token), "certificate").await?
+        }
+    };
+    let issued = core
+        .device_ca
+        .issue(&csr, &device.device_type, &device.device_id)
+        .map_err(|e| Error::internal(format!("{e:#}")))?;
+    core.store
+        .insert_device_certificate(device.id, &issued.serial, &issued.credential, issued.not_before, issued.not_after)
+        .await?;
+    tracing::info!(device_type, device_id = %device.device_id, serial = %issued.serial, "device certificate issued");
+    Ok((device, issued))
+}
+
+/// Who asks [`certify`] for a certificate.
+pub enum CertifyAs<'a> {
+    /// An enrolled device, by its token or its current certificate.
+    Device(&'a DeviceRow),
+    /// An enrollment token, the challenge that claims the CN's identity.
+    Challenge(&'a str),
+}
+
+/// Revoke one certificate of a device: it is refused from its next request or
+/// connection, and the device's live sessions end (the fronts hear `CredentialsRevoked`;
+/// a session on another credential connects again). `false`: no live certificate has
+/// that serial.
+pub async fn revoke_certificate(core: &Core, device: &DeviceRow, serial: &str, actor: &str) -> Result<bool> {
+    let event = Event::CredentialsRevoked {
+        device: device.id,
+        device_type: device.device_type.clone(),
+        device_id: device.device_id.clone(),
+    };
+    // The log says which certificate: `certificate` beside the device's fields.
+    let mut record = event.record();
+    if let Some(mut data) = record.data.as_deref().and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok()) {
+        data["certificate"] = serde_json::json!(serial);
+        record.data = Some(data.to_string());
+    }
+    let revoked = core.store.revoke_device_certificate(device.id, serial, Some(&record)).await?;
+    if revoked {
+        tracing::info!(device_type = %device.device_type, device_id = %device.device_id, serial, actor, "device certificate revoked");
+        core.events.publish(event);
+    }
+    Ok(revoked)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -190,6 +190,53 @@ pub async fn devices_remove(device: String, server: ServerArgs) -> anyhow::Resul
     Ok(())
 }
 
+pub async fn devices_revoke_credentials(device: String, server: ServerArgs) -> anyhow::Result<()> {
+    let (t, id) = device_ref(&device)?;
+    let body = call(&server, Method::POST, &format!("{}/revoke-credentials", device_path(&t, &id)), None).await?;
+    if printed(&server, &body) {
+        return Ok(());
+    }
+    println!("{t}/{id}: {} live credentials revoked; its sessions end", body["revoked"]);
+    Ok(())
+}
+
+pub async fn devices_certificates(device: String, server: ServerArgs) -> anyhow::Result<()> {
+    let (t, id) = device_ref(&device)?;
+    let body = call(&server, Method::GET, &format!("{}/certificates", device_path(&t, &id)), None).await?;
+    if printed(&server, &body) {
+        return Ok(());
+    }
+    let now = drover::store::now_ms();
+    println!("{:<34} {:<22} {:<22} state", "serial", "issued", "valid until");
+    for c in body.as_array().into_iter().flatten() {
+        let state = if !c["revoked_at"].is_null() {
+            format!("revoked {}", when(&c["revoked_at"]))
+        } else if c["not_after"].as_i64().is_some_and(|t| t <= now) {
+            "expired".to_string()
+        } else {
+            "live".to_string()
+        };
+        println!(
+            "{:<34} {:<22} {:<22} {state}",
+            c["serial"].as_str().unwrap_or_default(),
+            when(&c["issued_at"]),
+            when(&c["not_after"]),
+        );
+    }
+    Ok(())
+}
+
+pub async fn devices_revoke_certificate(device: String, serial: String, server: ServerArgs) -> anyhow::Result<()> {
+    let (t, id) = device_ref(&device)?;
+    let path = format!("{}/certificates/{}/revoke", device_path(&t, &id), segment(&serial));
+    let body = call(&server, Method::POST, &path, None).await?;
+    if printed(&server, &body) {
+        return Ok(());
+    }
+    println!("{t}/{id}: certificate {serial} revoked; refused from its next request or connection");
+    Ok(())
+}
+
 pub async fn devices_tag(
     device: String,
     add: Vec<String>,

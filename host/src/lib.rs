@@ -118,6 +118,7 @@ pub mod error;
 pub mod events;
 pub mod files;
 pub mod http;
+pub mod identity;
 pub mod mqtt;
 pub mod oauth;
 pub mod operations;

@@ -136,6 +136,26 @@ enum DevicesCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Revoke every credential of a device (lost or stolen): tokens and certificates; its
+    /// live sessions end.
+    RevokeCredentials {
+        device: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// The certificates issued to a device from its CSRs: serial, validity, state.
+    Certificates {
+        device: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Revoke one certificate of a device by its serial; its other credentials stay live.
+    RevokeCertificate {
+        device: String,
+        serial: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Add or remove tags of a device.
     Tag {
         device: String,
@@ -794,6 +814,15 @@ fn main() -> ExitCode {
                     fleet_commands::devices_import(file, self_enroll, server).await
                 }
                 DevicesCommand::Remove { device, server } => fleet_commands::devices_remove(device, server).await,
+                DevicesCommand::RevokeCredentials { device, server } => {
+                    fleet_commands::devices_revoke_credentials(device, server).await
+                }
+                DevicesCommand::Certificates { device, server } => {
+                    fleet_commands::devices_certificates(device, server).await
+                }
+                DevicesCommand::RevokeCertificate { device, serial, server } => {
+                    fleet_commands::devices_revoke_certificate(device, serial, server).await
+                }
                 DevicesCommand::Tag { device, add, remove, server } => {
                     fleet_commands::devices_tag(device, add, remove, server).await
                 }

@@ -55,7 +55,12 @@ impl Server {
     /// sure an admin token exists, and bind the listeners. Returns once ready to serve.
     pub async fn start(config: &Config) -> anyhow::Result<Server> {
         let mut core = Core::open(config).await?;
-        let tls = crate::tls::Tls::load(&config.tls, &config.data_dir, &certificate_names(config))?;
+        let tls = crate::tls::Tls::load(
+            &config.tls,
+            &config.data_dir,
+            &certificate_names(config),
+            Some(core.device_ca.cert_der()),
+        )?;
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen on {} (--http-addr): choose another address", config.http_addr))?;

@@ -81,8 +81,15 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 impl Tls {
     /// TLS as the configuration says, or `None` for plaintext. `names`: the host names and
-    /// addresses a development certificate must be valid for besides loopback.
-    pub fn load(source: &Source, data_dir: &Path, names: &[String]) -> anyhow::Result<Option<Arc<Tls>>> {
+    /// addresses a development certificate must be valid for besides loopback. `devices`:
+    /// the device CA; a client may present a certificate chaining to it (mTLS, checked by
+    /// webpki: chain, validity, client-auth usage) or none (bearer tokens, admins).
+    pub fn load(
+        source: &Source,
+        data_dir: &Path,
+        names: &[String],
+        devices: Option<&CertificateDer<'static>>,
+    ) -> anyhow::Result<Option<Arc<Tls>>> {
         let (cert, key, files) = match source {
             Source::Off => return Ok(None),
             Source::Files { cert, key } => (cert.clone(), key.clone(), Some((cert.clone(), key.clone()))),
@@ -104,10 +111,21 @@ impl Tls {
             ),
         }
         let served = Arc::new(Served(RwLock::new(Arc::new(certified))));
+        let clients = match devices {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(ca.clone()).context("the device CA certificate")?;
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                    .allow_unauthenticated()
+                    .build()
+                    .context("client certificate verifier")?
+            }
+            None => rustls::server::WebPkiClientVerifier::no_client_auth(),
+        };
         let config = |alpn: &[&[u8]]| -> anyhow::Result<tokio_rustls::TlsAcceptor> {
             let mut c = rustls::ServerConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()?
-                .with_no_client_auth()
+                .with_client_cert_verifier(clients.clone())
                 .with_cert_resolver(served.clone());
             c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
             Ok(tokio_rustls::TlsAcceptor::from(Arc::new(c)))
@@ -130,12 +148,12 @@ impl Tls {
     }
 
     /// Complete a handshake on an accepted HTTP connection within `timeout`.
-    pub async fn accept_http(&self, stream: TcpStream, timeout: Duration) -> std::io::Result<Box<dyn Io>> {
+    pub async fn accept_http(&self, stream: TcpStream, timeout: Duration) -> std::io::Result<Accepted> {
         handshake(&self.http, stream, timeout).await
     }
 
     /// Complete a handshake on an accepted MQTT connection within `timeout`.
-    pub async fn accept_mqtt(&self, stream: TcpStream, timeout: Duration) -> std::io::Result<Box<dyn Io>> {
+    pub async fn accept_mqtt(&self, stream: TcpStream, timeout: Duration) -> std::io::Result<Accepted> {
         handshake(&self.mqtt, stream, timeout).await
     }
 
@@ -185,13 +203,34 @@ impl Tls {
     }
 }
 
+/// A connection after its handshake.
+pub struct Accepted {
+    pub stream: Box<dyn Io>,
+    /// The device credential of the client certificate it presented (verified against the
+    /// device CA): `identity::credential_of` it.
+    pub client: Option<ClientCertificate>,
+}
+
+/// The device credential of a verified client certificate, carried with each request of
+/// its connection.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate(pub String);
+
 async fn handshake(
     acceptor: &tokio_rustls::TlsAcceptor,
     stream: TcpStream,
     timeout: Duration,
-) -> std::io::Result<Box<dyn Io>> {
+) -> std::io::Result<Accepted> {
     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-        Ok(Ok(s)) => Ok(Box::new(s)),
+        Ok(Ok(s)) => {
+            let client = s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| ClientCertificate(crate::identity::credential_of(c)));
+            Ok(Accepted { stream: Box::new(s), client })
+        }
         Ok(Err(e)) => Err(e),
         Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake not completed in time")),
     }
@@ -347,15 +386,15 @@ mod tests {
     fn a_development_certificate_is_made_once_and_names_what_it_serves() {
         let dir = tempfile::tempdir().unwrap();
         let names = vec!["mdm.example.com".to_string()];
-        let tls = Tls::load(&Source::Generated, dir.path(), &names).unwrap().unwrap();
+        let tls = Tls::load(&Source::Generated, dir.path(), &names, None).unwrap().unwrap();
         let first = tls.fingerprint();
         // Reused at the next start.
-        let again = Tls::load(&Source::Generated, dir.path(), &names).unwrap().unwrap();
+        let again = Tls::load(&Source::Generated, dir.path(), &names, None).unwrap().unwrap();
         assert_eq!(again.fingerprint(), first);
         // Made again for a new name.
-        let other = Tls::load(&Source::Generated, dir.path(), &["10.0.0.7".to_string()]).unwrap().unwrap();
+        let other = Tls::load(&Source::Generated, dir.path(), &["10.0.0.7".to_string()], None).unwrap().unwrap();
         assert_ne!(other.fingerprint(), first);
-        assert!(Tls::load(&Source::Off, dir.path(), &[]).unwrap().is_none());
+        assert!(Tls::load(&Source::Off, dir.path(), &[], None).unwrap().is_none());
     }
 
     #[test]
@@ -364,7 +403,7 @@ mod tests {
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         let (cert, _) = development_certificate(&a, &[]).unwrap();
         let (_, key) = development_certificate(&b, &[]).unwrap();
-        let e = Tls::load(&Source::Files { cert, key }, dir.path(), &[]).unwrap_err();
+        let e = Tls::load(&Source::Files { cert, key }, dir.path(), &[], None).unwrap_err();
         assert!(format!("{e:#}").contains("--tls-key"), "{e:#}");
     }
 }

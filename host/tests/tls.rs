@@ -404,3 +404,245 @@ fn drover_speaks_tls_to_an_external_broker() {
     }
     assert!(server.log().contains("certificate"), "{}", server.log());
 }
+
+/// A JSON field of curl's answer, as a string.
+fn field(body: &str, name: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    match &v[name] {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A key and a CSR for `cn`, made by openssl as a device would.
+fn openssl_csr(dir: &Path, cn: &str, name: &str) -> (PathBuf, PathBuf) {
+    let (key, csr) = (dir.join(format!("{name}.key")), dir.join(format!("{name}.csr")));
+    let o = run(Command::new("openssl")
+        .args(["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
+        .args(["-subj", &format!("/CN={cn}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr));
+    assert!(o.status.success(), "{}", text(&o));
+    (key, csr)
+}
+
+/// A PostgreSQL schema of this test's own on the server `DROVER_TEST_POSTGRES_URL` names
+/// (made and dropped with psql), as the URL `--database-url` takes.
+struct PgSchema {
+    server: String,
+    schema: String,
+}
+
+impl PgSchema {
+    fn new() -> Option<PgSchema> {
+        let Ok(server) = std::env::var("DROVER_TEST_POSTGRES_URL") else {
+            eprintln!("note: the PostgreSQL case was SKIPPED: set DROVER_TEST_POSTGRES_URL to run it");
+            return None;
+        };
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let schema = format!("drover_tls_{}_{nanos}", std::process::id());
+        let o = run(Command::new("psql").arg(&server).args(["-q", "-c", &format!("CREATE SCHEMA {schema}")]));
+        assert!(o.status.success(), "psql: {}", text(&o));
+        Some(PgSchema { server, schema })
+    }
+
+    fn url(&self) -> String {
+        let sep = if self.server.contains('?') { '&' } else { '?' };
+        format!("{}{sep}options=-c%20search_path%3D{}", self.server, self.schema)
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let _ = run(Command::new("psql").arg(&self.server).args([
+            "-q",
+            "-c",
+            &format!("DROP SCHEMA {} CASCADE", self.schema),
+        ]));
+    }
+}
+
+#[test]
+fn device_certificates_on_sqlite() {
+    device_certificates_from_openssl_csrs_serve_mtls_on_http_and_mqtt_until_revoked(&[]);
+}
+
+#[test]
+fn device_certificates_on_postgres() {
+    if let Some(pg) = PgSchema::new() {
+        device_certificates_from_openssl_csrs_serve_mtls_on_http_and_mqtt_until_revoked(&["--database-url", &pg.url()]);
+    }
+}
+
+fn device_certificates_from_openssl_csrs_serve_mtls_on_http_and_mqtt_until_revoked(database: &[&str]) {
+    if !tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let server = serve(&data, database);
+    let ca = data.join("tls/cert.pem");
+    let ca = ca.to_str().unwrap();
+    let base = format!("https://127.0.0.1:{}", server.http);
+    let admin = format!("Authorization: Bearer {}", server.token());
+    let api = |method: &str, path: &str, body: Option<&str>| {
+        let mut args = vec!["--cacert", ca, "-X", method, "-H", &admin];
+        if let Some(b) = body {
+            args.extend(["-d", b]);
+        }
+        curl(&format!("{base}{path}"), &args)
+    };
+
+    // A one-use enrollment token is the challenge of a first certificate for CN CERT-0001.
+    let (code, body) = api("POST", "/api/v1/enrollment-tokens", Some(r#"{"device_type":"android","uses":1}"#));
+    assert_eq!(code, 0, "{body}");
+    let challenge = field(&body, "token");
+    let (key, csr) = openssl_csr(dir.path(), "CERT-0001", "dev");
+    let cert = dir.path().join("dev.pem");
+    let ask = |csr: &Path, auth: &[&str], out: &Path| {
+        let data = format!("@{}", csr.display());
+        let mut args = vec!["--cacert", ca, "-o", out.to_str().unwrap(), "-w", "%{http_code}"];
+        args.extend(auth);
+        args.extend(["--data-binary", &data]);
+        let o = run(Command::new("curl")
+            .args(["-s", "--max-time", "10"])
+            .args(&args)
+            .arg(format!("{base}/agent/v1/android/certificate")));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let challenge_header = format!("Authorization: Bearer {challenge}");
+    assert_eq!(
+        ask(&csr, &["-H", &challenge_header], &cert),
+        "201",
+        "{}",
+        std::fs::read_to_string(&cert).unwrap_or_default()
+    );
+    // The token is used up: it claims no second identity.
+    let (_, csr2) = openssl_csr(dir.path(), "CERT-0002", "other");
+    let refused = dir.path().join("refused");
+    assert_eq!(ask(&csr2, &["-H", &challenge_header], &refused), "401");
+
+    // openssl checks the certificate against the device CA the API publishes, and reads
+    // the identity Drover wrote into it.
+    let (code, device_ca) = api("GET", "/api/v1/device-ca", None);
+    assert_eq!(code, 0);
+    let ca_file = dir.path().join("device-ca.pem");
+    std::fs::write(&ca_file, device_ca).unwrap();
+    let o = run(Command::new("openssl").args(["verify", "-purpose", "sslclient", "-CAfile"]).arg(&ca_file).arg(&cert));
+    assert!(o.status.success(), "{}", text(&o));
+    let o =
+        run(Command::new("openssl").args(["x509", "-noout", "-subject", "-ext", "subjectAltName", "-in"]).arg(&cert));
+    let shown = text(&o).replace(" = ", "=");
+    assert!(shown.contains("CN=CERT-0001") && shown.contains("urn:drover:device:android:CERT-0001"), "{shown}");
+
+    // mTLS on HTTP: the device polls with its certificate and no token, and gets what an
+    // admin queued.
+    let (code, body) = api(
+        "POST",
+        "/api/v1/operations",
+        Some(r#"{"code":"DEVICE_RING","targets":{"devices":[{"type":"android","id":"CERT-0001"}]}}"#),
+    );
+    assert_eq!(code, 0, "{body}");
+    let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let poll = |extra: &[&str]| {
+        let mut args = vec!["--cacert", ca, "-X", "PUT", "-d", "[]", "-w", "\n%{http_code}"];
+        args.extend(extra);
+        curl(&format!("{base}/agent/v1/android/devices/CERT-0001/pending-operations"), &args)
+    };
+    let (code, body) = poll(&["--cert", cert_s, "--key", key_s]);
+    assert_eq!(code, 0);
+    assert!(body.ends_with("200") && body.contains("DEVICE_RING"), "{body}");
+    assert!(poll(&[]).1.ends_with("401"));
+    // A certificate from another CA does not get through the handshake.
+    let (stranger, stranger_key) = openssl_certificate(dir.path(), "stranger");
+    let (code, _) = poll(&["--cert", stranger.to_str().unwrap(), "--key", stranger_key.to_str().unwrap()]);
+    assert_ne!(code, 0, "a certificate from another CA was accepted");
+
+    // Renewal: with its current certificate, the device gets a new one for its own CN only.
+    let (key2, csr2) = openssl_csr(dir.path(), "CERT-0001", "renewed");
+    let renewed = dir.path().join("renewed.pem");
+    assert_eq!(ask(&csr2, &["--cert", cert_s, "--key", key_s], &renewed), "201");
+    let (_, csr3) = openssl_csr(dir.path(), "SOMEONE-ELSE", "else");
+    assert_eq!(ask(&csr3, &["--cert", cert_s, "--key", key_s], &refused), "403");
+    let (code, list) = api("GET", "/api/v1/devices/android/CERT-0001/certificates", None);
+    assert_eq!(code, 0);
+    let list: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap();
+    assert_eq!(list.len(), 2, "{list:?}");
+
+    // mTLS on MQTT: mosquitto's client connects with the certificate and no password.
+    let mqtt = server.mqtt.to_string();
+    let mqtt_args = |c: &str, k: &str| {
+        vec!["-h", "127.0.0.1", "-p", &mqtt, "--cafile", ca, "--cert", c, "--key", k]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let mut held = Command::new("mosquitto_sub")
+        .args(mqtt_args(cert_s, key_s))
+        .args(["-i", "held", "-t", "drover/android/CERT-0001/operations"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(held.try_wait().unwrap().is_none(), "the certificate's MQTT session was refused");
+    let publish = |c: &str, k: &str, topic: &str| {
+        run(Command::new("mosquitto_pub").args(mqtt_args(c, k)).args(["-t", topic, "-m", "{}", "-q", "1"]))
+    };
+    let ok = publish(cert_s, key_s, "drover/android/CERT-0001/telemetry");
+    assert!(ok.status.success(), "{}", text(&ok));
+
+    // Revoked: the first certificate is refused at its next request and connection, and
+    // the session it holds ends; the renewed one still works.
+    // The list is newest first: the first certificate issued is the last.
+    let first_serial = list.last().unwrap()["serial"].as_str().unwrap().to_string();
+    let (code, body) =
+        api("POST", &format!("/api/v1/devices/android/CERT-0001/certificates/{first_serial}/revoke"), None);
+    assert_eq!(code, 0, "{body}");
+    assert!(body.contains(r#""revoked":1"#), "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the revoked certificate's MQTT session is still open");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(poll(&["--cert", cert_s, "--key", key_s]).1.ends_with("401"));
+    assert!(!publish(cert_s, key_s, "drover/android/CERT-0001/telemetry").status.success());
+    let renewed_s = renewed.to_str().unwrap();
+    let key2_s = key2.to_str().unwrap();
+    assert!(poll(&["--cert", renewed_s, "--key", key2_s]).1.ends_with("200"));
+    assert!(publish(renewed_s, key2_s, "drover/android/CERT-0001/telemetry").status.success());
+    // The admin CLI shows the same: one revoked, one live.
+    let shown = run(drover()
+        .args(["devices", "certificates", "android/CERT-0001"])
+        .env("DROVER_SERVER", &base)
+        .env("DROVER_ADMIN_TOKEN", server.token())
+        .env("DROVER_DATA_DIR", &data));
+    let out = text(&shown);
+    assert!(shown.status.success() && out.contains(&first_serial), "{out}");
+    assert!(out.contains("revoked") && out.contains("live"), "{out}");
+    // A certificate speaks for its own device only: another's topics are denied (mosquitto
+    // says so), and so is a user name naming another device.
+    let other = run(Command::new("mosquitto_sub").args(mqtt_args(renewed_s, key2_s)).args([
+        "-t",
+        "drover/android/OTHER/operations",
+        "-C",
+        "1",
+        "-W",
+        "3",
+    ]));
+    assert!(text(&other).contains("denied"), "{}", text(&other));
+    let posing = run(Command::new("mosquitto_pub").args(mqtt_args(renewed_s, key2_s)).args([
+        "-u",
+        "android/OTHER",
+        "-t",
+        "drover/android/OTHER/telemetry",
+        "-m",
+        "{}",
+        "-q",
+        "1",
+    ]));
+    assert!(!posing.status.success(), "{}", text(&posing));
+}

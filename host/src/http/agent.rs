@@ -84,6 +84,41 @@ async fn agent(
             crate::enrollment::enroll(&state, &plugin, &device_type, source, channel, &body, token.as_deref()).await?;
         return Ok((StatusCode::CREATED, Json(credential_body(&issued))).into_response());
     }
+    if path == "certificate" {
+        if method != Method::POST {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method",
+                "ask for a certificate with POST /agent/v1/{type}/certificate and a CSR as the body",
+            ));
+        }
+        let bearer = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::to_string);
+        let body = read_body(&state, body, crate::identity::MAX_CSR).await?;
+        let (_, issued) = match bearer.as_deref() {
+            // An enrollment token: the challenge of a first certificate.
+            Some(t) if t.starts_with("drv_enroll_") => {
+                crate::enrollment::certify(&state, &device_type, &body, crate::enrollment::CertifyAs::Challenge(t))
+                    .await?
+            }
+            _ => {
+                let AuthDevice(device, _) = AuthDevice::from_request_parts(&mut parts, &state).await?;
+                same_type(&device, &device_type)?;
+                crate::enrollment::certify(&state, &device_type, &body, crate::enrollment::CertifyAs::Device(&device))
+                    .await?
+            }
+        };
+        return Ok((
+            StatusCode::CREATED,
+            [(header::CONTENT_TYPE, "application/pem-certificate-chain")],
+            issued.chain_pem,
+        )
+            .into_response());
+    }
     if path == "credential" {
         let AuthDevice(device, credential) = AuthDevice::from_request_parts(&mut parts, &state).await?;
         same_type(&device, &device_type)?;

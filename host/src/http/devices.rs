@@ -8,6 +8,7 @@ use crate::device::{Ownership, Status};
 use crate::store::{DeviceRow, GroupRow, TelemetryRow};
 use axum::Json;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -317,6 +318,46 @@ pub(super) async fn revoke_credentials(
     // Its live sessions end too (the embedded broker's connections, a LwM2M registration).
     let revoked = crate::enrollment::revoke(&state, &d, &admin.actor()).await?;
     Ok(Json(Revoked { revoked }))
+}
+
+/// The certificates issued to a device from its CSRs (docs/security.md, "Device
+/// certificates"), newest first.
+#[utoipa::path(get, path = "/api/v1/devices/{device_type}/{device_id}/certificates", tag = "devices",
+    params(("device_type" = String, Path), ("device_id" = String, Path)),
+    responses((status = 200, body = Vec<crate::store::CertificateRow>), Errors))]
+pub(super) async fn certificates(
+    State(state): State<AppState>,
+    _: Viewer,
+    Path((t, id)): Path<(String, String)>,
+) -> Result<Json<Vec<crate::store::CertificateRow>>, ApiError> {
+    let d = device_or_404(&state, &t, &id).await?;
+    Ok(Json(state.store.device_certificates(d.id).await?))
+}
+
+/// Revoke one certificate of a device: refused from its next request or connection, and
+/// the device's live MQTT sessions end. Its other credentials stay live.
+#[utoipa::path(post, path = "/api/v1/devices/{device_type}/{device_id}/certificates/{serial}/revoke", tag = "devices",
+    params(("device_type" = String, Path), ("device_id" = String, Path), ("serial" = String, Path)),
+    responses((status = 200, body = Revoked), Errors))]
+pub(super) async fn revoke_certificate(
+    State(state): State<AppState>,
+    Administrator(admin): Administrator,
+    Path((t, id, serial)): Path<(String, String, String)>,
+) -> Result<Json<Revoked>, ApiError> {
+    let d = device_or_404(&state, &t, &id).await?;
+    if !crate::enrollment::revoke_certificate(&state, &d, &serial, &admin.actor()).await? {
+        return Err(ApiError::not_found(format!("device {t}/{id} has no live certificate with serial `{serial}`")));
+    }
+    Ok(Json(Revoked { revoked: 1 }))
+}
+
+/// The device CA's certificate (PEM): what device certificates chain to, for an external
+/// broker or proxy that checks them.
+#[utoipa::path(get, path = "/api/v1/device-ca", tag = "devices",
+    responses((status = 200, description = "The CA certificate", content_type = "application/x-pem-file", body = String), Errors))]
+pub(super) async fn device_ca(State(state): State<AppState>, _: Viewer) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/x-pem-file")], state.device_ca.cert_pem().to_string())
+        .into_response()
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -126,11 +126,18 @@ impl FromRequestParts<AppState> for AuthDevice {
     }
 }
 
-/// The hash of the device credential a request bears.
+/// The hash of the device credential a request bears: its bearer token, or else the
+/// client certificate its connection presented (mTLS, `identity.rs`).
 pub fn device_token_hash(parts: &Parts) -> Result<String, ApiError> {
-    let token = bearer(parts)
-        .ok_or_else(|| ApiError::unauthorized("send the device's access token: Authorization: Bearer <token>"))?;
-    Ok(hash_token(token))
+    if let Some(token) = bearer(parts) {
+        return Ok(hash_token(token));
+    }
+    if let Some(c) = parts.extensions.get::<crate::tls::ClientCertificate>() {
+        return Ok(c.0.clone());
+    }
+    Err(ApiError::unauthorized(
+        "send the device's access token (Authorization: Bearer <token>) or connect with its certificate",
+    ))
 }
 
 /// The answer to a device credential that is not live.

@@ -68,23 +68,29 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = tower::ServiceExt::map_request(app.clone(), move |mut r: axum::extract::Request<_>| {
-            r.extensions_mut().insert(ConnectInfo(peer));
-            r
-        });
         let (http, watcher, tls, header_timeout) =
             (http.clone(), graceful.watcher(), tls.clone(), limits.header_timeout);
+        let app = app.clone();
         tokio::spawn(async move {
-            let stream: Box<dyn crate::tls::Io> = match &tls {
-                None => Box::new(stream),
+            let (stream, client): (Box<dyn crate::tls::Io>, _) = match &tls {
+                None => (Box::new(stream), None),
                 Some(tls) => match tls.accept_http(stream, header_timeout).await {
-                    Ok(s) => s,
+                    Ok(a) => (a.stream, a.client),
                     Err(e) => {
                         tracing::debug!(%peer, "TLS handshake failed: {e}");
                         return;
                     }
                 },
             };
+            // Every request of the connection carries its peer, and the device credential
+            // of its client certificate if it presented one.
+            let service = tower::ServiceExt::map_request(app, move |mut r: axum::extract::Request<_>| {
+                r.extensions_mut().insert(ConnectInfo(peer));
+                if let Some(c) = &client {
+                    r.extensions_mut().insert(c.clone());
+                }
+                r
+            });
             let connection = http.serve_connection(
                 hyper_util::rt::TokioIo::new(stream),
                 hyper_util::service::TowerToHyperService::new(service),

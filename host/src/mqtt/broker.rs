@@ -262,17 +262,17 @@ impl EmbeddedBroker {
             sessions.spawn(async move {
                 // The handshake runs here, not in the accept loop, and counts against the
                 // connection cap like any session.
-                let stream: Box<dyn crate::tls::Io> = match &tls {
-                    None => Box::new(stream),
+                let (stream, client): (Box<dyn crate::tls::Io>, _) = match &tls {
+                    None => (Box::new(stream), None),
                     Some(tls) => match tls.accept_mqtt(stream, CONNECT_TIMEOUT).await {
-                        Ok(s) => s,
+                        Ok(a) => (a.stream, a.client),
                         Err(e) => {
                             tracing::debug!(%peer, "MQTT TLS handshake failed: {e}");
                             return;
                         }
                     },
                 };
-                if let Err(e) = session(stream, connect, held, live, auth).await {
+                if let Err(e) = session(stream, client, connect, held, live, auth).await {
                     tracing::debug!(%peer, "MQTT connection ended: {e}");
                 }
             });
@@ -321,6 +321,7 @@ fn refuse(code: ConnectReturnCode) -> Packet {
 
 async fn session(
     stream: Box<dyn crate::tls::Io>,
+    client: Option<crate::tls::ClientCertificate>,
     connect: Connector,
     held: Arc<Sessions>,
     live: Arc<Live>,
@@ -331,9 +332,15 @@ async fn session(
     let Some(Packet::Connect(c, _, will, _, login)) = first else {
         return Err("the first packet was not CONNECT".into());
     };
-    let access = match &login {
-        Some(l) => auth.authenticate(&l.username, &l.password).await,
-        None => None,
+    // A verified client certificate is the device's credential; a user name, if the
+    // client also sends one, must then be that device's.
+    let access = match (&client, &login) {
+        (Some(cert), login) => auth
+            .authenticate_certificate(&cert.0)
+            .await
+            .filter(|a| login.as_ref().is_none_or(|l| l.username.is_empty() || l.username == a.name())),
+        (None, Some(l)) => auth.authenticate(&l.username, &l.password).await,
+        (None, None) => None,
     };
     let Some(access) = access else {
         wire.queue(refuse(ConnectReturnCode::BadUserNamePassword))?;

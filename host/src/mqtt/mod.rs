@@ -179,6 +179,13 @@ impl Gate {
             .then_some(Access::Device { device_type: device.device_type, device_id: device.device_id })
     }
 
+    /// The device whose live certificate credential (`identity::credential_of` a verified
+    /// client certificate) this is.
+    pub async fn authenticate_certificate(&self, credential: &str) -> Option<Access> {
+        let device = self.store.device_for_credential(credential).await.ok()??;
+        Some(Access::Device { device_type: device.device_type, device_id: device.device_id })
+    }
+
     /// Whether an admin session's token is still live (not revoked, not expired). Asked
     /// again every few seconds while it is connected: a revocation on any replica ends it.
     pub async fn still_admitted(&self, access: &Access) -> bool {

@@ -47,6 +47,7 @@ pub use rollouts::{
 };
 pub use telemetry::{Point, TelemetryRow};
 pub use tokens::AdminTokenRow;
+pub use tokens::CertificateRow;
 pub use wakeups::{DueWakeup, SettingsRow, WakeupRow};
 pub use webhooks::{DeliveryRow, NewWebhook, WebhookRow};
 pub use writes::LEVELS as ROLLUP_LEVELS;

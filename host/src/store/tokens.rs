@@ -202,3 +202,101 @@ impl Store {
             == 1)
     }
 }
+
+/// A certificate issued to a device (`identity.rs`), with the state of its credential.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+pub struct CertificateRow {
+    /// The certificate's serial number (hex).
+    pub serial: String,
+    /// Valid from, until (ms since the epoch).
+    pub not_before: i64,
+    pub not_after: i64,
+    pub issued_at: i64,
+    /// When it was revoked (alone, or with every credential of the device).
+    pub revoked_at: Option<i64>,
+}
+
+/// Where the device CA's key is sealed (the sealing binds it to this name).
+const DEVICE_CA_PLACE: &str = "device-ca/key";
+
+impl Store {
+    /// The device CA kept in the database: its certificate and its private key (PEM).
+    pub async fn device_ca(&self) -> Result<Option<(String, String)>, StoreError> {
+        let row: Option<(String, String)> = with_pool!(self, pool => sqlx::query_as(
+                "SELECT cert_pem, key_sealed FROM device_ca WHERE id = 1")
+            .fetch_optional(pool).await?);
+        match row {
+            None => Ok(None),
+            Some((cert, key)) => Ok(Some((cert, self.sealer.open(DEVICE_CA_PLACE, &key)?))),
+        }
+    }
+
+    /// Keep a newly made device CA, unless another replica kept one first (then read
+    /// that one back with [`Store::device_ca`]).
+    pub async fn insert_device_ca(&self, cert_pem: &str, key_pem: &str) -> Result<(), StoreError> {
+        let sealed = self.sealer.seal(DEVICE_CA_PLACE, key_pem);
+        with_write_pool!(self, pool => sqlx::query(
+                "INSERT INTO device_ca (id, cert_pem, key_sealed, created_at) VALUES (1, $1, $2, $3)
+                 ON CONFLICT (id) DO NOTHING")
+            .bind(cert_pem).bind(sealed).bind(now_ms()).execute(pool).await.map(|_| ())?);
+        Ok(())
+    }
+
+    /// Record a certificate issued to `device`, and make it one of its credentials
+    /// (`credential`: `identity::credential_of` the certificate), valid until `not_after`.
+    pub async fn insert_device_certificate(
+        &self,
+        device: i64,
+        serial: &str,
+        credential: &str,
+        not_before: i64,
+        not_after: i64,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        with_write_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query(
+                "INSERT INTO device_credentials (token_hash, device, created_at, expires_at) VALUES ($1, $2, $3, $4)")
+                .bind(credential).bind(device).bind(now).bind(not_after).execute(&mut *tx).await?;
+            sqlx::query(
+                "INSERT INTO device_certificates (serial, device, credential, not_before, not_after, issued_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(serial).bind(device).bind(credential).bind(not_before).bind(not_after).bind(now)
+                .execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// The certificates issued to a device, newest first.
+    pub async fn device_certificates(&self, device: i64) -> Result<Vec<CertificateRow>, StoreError> {
+        Ok(with_pool!(self, pool => sqlx::query_as(
+                "SELECT k.serial, k.not_before, k.not_after, k.issued_at, c.revoked_at
+                 FROM device_certificates k JOIN device_credentials c ON c.token_hash = k.credential
+                 WHERE k.device = $1 ORDER BY k.issued_at DESC, k.serial")
+            .bind(device).fetch_all(pool).await?))
+    }
+
+    /// Revoke one certificate of a device, writing `event` with it. `false`: the device
+    /// has no live certificate with that serial.
+    pub async fn revoke_device_certificate(
+        &self,
+        device: i64,
+        serial: &str,
+        event: Option<&NewEvent>,
+    ) -> Result<bool, StoreError> {
+        with_write_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let n = sqlx::query(
+                    "UPDATE device_credentials SET revoked_at = $1
+                     WHERE revoked_at IS NULL AND token_hash =
+                         (SELECT credential FROM device_certificates WHERE device = $2 AND serial = $3)")
+                .bind(now_ms()).bind(device).bind(serial).execute(&mut *tx).await?.rows_affected();
+            if n > 0 && let Some(e) = event {
+                super::record_event!(&mut *tx, e);
+            }
+            tx.commit().await?;
+            Ok(n > 0)
+        })
+    }
+}
