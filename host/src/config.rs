@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// Days a device certificate is valid; a device renews it with its current one before then [default: 365]
     #[arg(long, env = "DROVER_DEVICE_CERT_DAYS")]
     pub device_cert_days: Option<u32>,
+    /// Addresses (CIDRs, comma-separated) of proxies that terminate TLS in front of Drover and forward a device's verified client certificate in a `Client-Cert` header (RFC 9440) or nginx's `X-SSL-Client-Cert` (its $ssl_client_escaped_cert); from anyone else these headers are ignored [default: none]
+    #[arg(long, env = "DROVER_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
     /// CA certificates (PEM) that an external broker's certificate (--broker mqtts://…) must chain to [default: Mozilla's roots]
     #[arg(long, env = "DROVER_BROKER_CA")]
     pub broker_ca: Option<PathBuf>,
@@ -170,6 +173,8 @@ pub struct Config {
     pub device_ca: Option<(PathBuf, PathBuf)>,
     /// Days a device certificate is valid.
     pub device_cert_days: u32,
+    /// Proxies whose forwarded client certificates are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub coap_addr: SocketAddr,
     /// See [`ServeArgs::coap_allow_address_change`].
     pub coap_allow_address_change: bool,
@@ -243,6 +248,7 @@ impl Config {
             broker_ca: None,
             device_ca: None,
             device_cert_days: 365,
+            trusted_proxies: vec![],
             coap_addr: loopback,
             coap_allow_address_change: false,
             database_url: format!("sqlite://{}?mode=rwc", data_dir.join("drover.db").display()),
@@ -317,6 +323,7 @@ impl ServeArgs {
             tls,
             broker_ca: self.broker_ca.or(file.broker_ca),
             device_ca,
+            trusted_proxies: self.trusted_proxies.or(file.trusted_proxies).unwrap_or_default(),
             device_cert_days: self.device_cert_days.or(file.device_cert_days).unwrap_or(365).clamp(1, 3650),
             http_addr: self.http_addr.or(file.http_addr).unwrap_or_else(|| ([127, 0, 0, 1], 8080).into()),
             public_url: match self.public_url.or(file.public_url) {

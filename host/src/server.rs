@@ -24,6 +24,8 @@ pub struct Server {
     http: crate::http::listener::Limits,
     /// TLS on the HTTP listener and the embedded broker (`None`: `--plaintext`).
     tls: Option<Arc<crate::tls::Tls>>,
+    /// Proxies whose forwarded client certificates are believed.
+    proxies: Arc<[ipnet::IpNet]>,
 }
 
 /// The MQTT side: the embedded broker (unless an external one is used) and the endpoint
@@ -131,7 +133,8 @@ impl Server {
             rollup_retention: [config.rollup_minute_retention_days, config.rollup_hour_retention_days]
                 .map(|d| Duration::from_secs(u64::from(d) * crate::enrollment::DAY_SECS as u64)),
         };
-        Ok(Server { state, listener, housekeeping, mqtt, coap, http: config.http, tls })
+        let proxies = config.trusted_proxies.clone().into();
+        Ok(Server { state, listener, housekeeping, mqtt, coap, http: config.http, tls, proxies })
     }
 
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
@@ -188,9 +191,15 @@ impl Server {
         let compliance = tokio::spawn(crate::policies::evaluate_compliance(core.clone()));
         let holder = crate::rollouts::holder();
         let rollouts = tokio::spawn(crate::rollouts::run(core.clone(), holder.clone()));
-        let result =
-            crate::http::listener::serve(self.listener, crate::http::router(self.state), self.http, self.tls, shutdown)
-                .await;
+        let result = crate::http::listener::serve(
+            self.listener,
+            crate::http::router(self.state),
+            self.http,
+            self.tls,
+            self.proxies,
+            shutdown,
+        )
+        .await;
         if let Some(r) = reload {
             r.abort();
         }

@@ -216,6 +216,24 @@ pub struct Accepted {
 #[derive(Debug, Clone)]
 pub struct ClientCertificate(pub String);
 
+/// The client certificate a trusted proxy forwarded: RFC 9440's `Client-Cert` (the DER as
+/// a structured-field byte sequence, `:BASE64:`), or nginx's `X-SSL-Client-Cert`
+/// (`$ssl_client_escaped_cert`: the PEM, URL-escaped). Only a certificate Drover issued
+/// maps to a device (its exact DER is a credential), so the proxy's word is taken only for
+/// which of them the client proved it holds.
+pub fn forwarded_certificate(headers: &axum::http::HeaderMap) -> Option<ClientCertificate> {
+    use base64::Engine;
+    if let Some(v) = headers.get("client-cert").and_then(|v| v.to_str().ok()) {
+        let b64 = v.trim().strip_prefix(':')?.strip_suffix(':')?;
+        let der = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+        return Some(ClientCertificate(crate::identity::credential_of(&der)));
+    }
+    let escaped = headers.get("x-ssl-client-cert").and_then(|v| v.to_str().ok())?;
+    let pem = percent_encoding::percent_decode_str(escaped).decode_utf8().ok()?;
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    Some(ClientCertificate(crate::identity::credential_of(&der)))
+}
+
 async fn handshake(
     acceptor: &tokio_rustls::TlsAcceptor,
     stream: TcpStream,

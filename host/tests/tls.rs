@@ -623,6 +623,16 @@ fn device_certificates_from_openssl_csrs_serve_mtls_on_http_and_mqtt_until_revok
     let out = text(&shown);
     assert!(shown.status.success() && out.contains(&first_serial), "{out}");
     assert!(out.contains("revoked") && out.contains("live"), "{out}");
+    // So does the console's device page, over HTTPS with a session cookie.
+    let jar = dir.path().join("cookies");
+    let jar_s = jar.to_str().unwrap();
+    let login = format!("token={}", server.token());
+    let (code, _) = curl(&format!("{base}/console/login"), &["--cacert", ca, "-c", jar_s, "-d", &login]);
+    assert_eq!(code, 0);
+    let (code, page) = curl(&format!("{base}/console/devices/android/CERT-0001"), &["--cacert", ca, "-b", jar_s]);
+    assert_eq!(code, 0);
+    assert!(page.contains(&first_serial) && page.contains(r#"id="certificates""#), "{page}");
+    assert!(page.contains(&format!("certificates/{}/revoke", list[0]["serial"].as_str().unwrap())), "{page}");
     // A certificate speaks for its own device only: another's topics are denied (mosquitto
     // says so), and so is a user name naming another device.
     let other = run(Command::new("mosquitto_sub").args(mqtt_args(renewed_s, key2_s)).args([
@@ -645,4 +655,63 @@ fn device_certificates_from_openssl_csrs_serve_mtls_on_http_and_mqtt_until_revok
         "1",
     ]));
     assert!(!posing.status.success(), "{}", text(&posing));
+}
+
+#[test]
+fn a_trusted_proxy_forwards_the_client_certificate_and_no_one_else_can() {
+    if !tools() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // TLS is terminated by a proxy on this host: Drover serves plain HTTP behind it.
+    let run_server = |name: &str, extra: &[&str]| {
+        let data = dir.path().join(name);
+        std::fs::create_dir(&data).unwrap();
+        let mut args = vec!["--plaintext", "true"];
+        args.extend(extra);
+        serve(&data, &args)
+    };
+    let behind = run_server("behind", &["--trusted-proxies", "10.0.0.0/8,127.0.0.1/32"]);
+    let open = run_server("open", &[]);
+    for server in [&behind, &open] {
+        let base = format!("http://127.0.0.1:{}", server.http);
+        let admin = format!("Authorization: Bearer {}", server.token());
+        let (_, body) = curl(
+            &format!("{base}/api/v1/enrollment-tokens"),
+            &["-H", &admin, "-d", r#"{"device_type":"android","uses":1}"#],
+        );
+        let challenge = format!("Authorization: Bearer {}", field(&body, "token"));
+        let (_, csr) = openssl_csr(dir.path(), "PROXY-01", "proxied");
+        let cert = dir.path().join("proxied.pem");
+        let (code, _) = curl(
+            &format!("{base}/agent/v1/android/certificate"),
+            &["-H", &challenge, "--data-binary", &format!("@{}", csr.display()), "-o", cert.to_str().unwrap()],
+        );
+        assert_eq!(code, 0);
+        // The leaf, as a proxy forwards it: RFC 9440's byte sequence, and nginx's escaped PEM.
+        let pem = std::fs::read_to_string(&cert).unwrap();
+        let leaf = &pem[..pem.find("-----END CERTIFICATE-----").unwrap() + 25];
+        let der = run(Command::new("openssl").args(["x509", "-outform", "DER", "-in"]).arg(&cert)).stdout;
+        use base64::Engine;
+        let rfc9440 = format!("Client-Cert: :{}:", base64::engine::general_purpose::STANDARD.encode(&der));
+        let nginx = format!(
+            "X-SSL-Client-Cert: {}",
+            percent_encoding::utf8_percent_encode(leaf, percent_encoding::NON_ALPHANUMERIC)
+        );
+        let poll = |header: &str| {
+            curl(
+                &format!("{base}/agent/v1/android/devices/PROXY-01/pending-operations"),
+                &["-X", "PUT", "-d", "[]", "-w", "\n%{http_code}", "-H", header],
+            )
+            .1
+        };
+        let trusted = std::ptr::eq(server, &behind);
+        for header in [&rfc9440, &nginx] {
+            let got = poll(header);
+            assert_eq!(got.ends_with("200"), trusted, "{header}: {got}");
+            if !trusted {
+                assert!(got.ends_with("401"), "{got}");
+            }
+        }
+    }
 }

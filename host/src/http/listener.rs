@@ -38,6 +38,7 @@ pub async fn serve(
     app: Router,
     limits: Limits,
     tls: Option<Arc<crate::tls::Tls>>,
+    proxies: Arc<[ipnet::IpNet]>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -70,7 +71,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let (http, watcher, tls, header_timeout) =
             (http.clone(), graceful.watcher(), tls.clone(), limits.header_timeout);
-        let app = app.clone();
+        let (app, proxies) = (app.clone(), proxies.clone());
         tokio::spawn(async move {
             let (stream, client): (Box<dyn crate::tls::Io>, _) = match &tls {
                 None => (Box::new(stream), None),
@@ -83,11 +84,18 @@ pub async fn serve(
                 },
             };
             // Every request of the connection carries its peer, and the device credential
-            // of its client certificate if it presented one.
+            // of its client certificate if it presented one, or, from a trusted proxy that
+            // terminated TLS, the one the proxy forwards.
+            let trusted = proxies.iter().any(|p| p.contains(&peer.ip()));
             let service = tower::ServiceExt::map_request(app, move |mut r: axum::extract::Request<_>| {
                 r.extensions_mut().insert(ConnectInfo(peer));
-                if let Some(c) = &client {
-                    r.extensions_mut().insert(c.clone());
+                // A proxy's own certificate, if it has one, is not a device's.
+                let cert = match trusted {
+                    true => crate::tls::forwarded_certificate(r.headers()).or_else(|| client.clone()),
+                    false => client.clone(),
+                };
+                if let Some(c) = cert {
+                    r.extensions_mut().insert(c);
                 }
                 r
             });

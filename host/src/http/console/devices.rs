@@ -196,6 +196,9 @@ async fn device_page(
     let policy: Option<Value> = api.get(&format!("{base}/policy")).await.ok();
     let compliance: Option<Value> =
         if policy.is_some() { api.get(&format!("{base}/compliance")).await.ok() } else { None };
+    let certificates: Value = api.get(&format!("{base}/certificates")).await.or_page(session)?;
+    let certificates = certificates.as_array().cloned().unwrap_or_default();
+    let now = crate::store::now_ms();
     let href = device_href(t, id);
     let title = format!("{} {}", t, id);
     let tags: Vec<&str> = device["tags"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
@@ -309,7 +312,26 @@ async fn device_page(
         @if session.can(Role::Admin) {
             details {
                 summary { "Credentials and removal" }
-                p { "Revoking ends the device's access tokens: it must enroll again. Removing also cancels its queued operations." }
+                p { "Revoking ends the device's access tokens and certificates: it must enroll again. Removing also cancels its queued operations." }
+                h3 { "Certificates" }
+                @if certificates.is_empty() {
+                    p.hint { "None: the device has not asked for one (POST /agent/v1/" (t) "/certificate with a CSR; docs/security.md)." }
+                } @else {
+                    table #certificates {
+                        thead { tr { th scope="col" { "Serial" } th scope="col" { "Issued (UTC)" } th scope="col" { "Valid until (UTC)" } th scope="col" { "State" } th scope="col" { "Action" } } }
+                        tbody { @for c in &certificates {
+                            @let serial = text(&c["serial"]);
+                            @let live = c["revoked_at"].is_null() && c["not_after"].as_i64().is_some_and(|t| t > now);
+                            tr {
+                                td { code { (serial) } }
+                                td { (when(&c["issued_at"])) }
+                                td { (when(&c["not_after"])) }
+                                td { @if !c["revoked_at"].is_null() { (badge("revoked")) } @else if live { (badge("active")) } @else { (badge("expired")) } }
+                                td { @if live { (button(session, Role::Admin, &format!("{href}/certificates/{}/revoke", enc(serial)), "Revoke", "secondary")) } }
+                            }
+                        } }
+                    }
+                }
                 (button(session, Role::Admin, &format!("{href}/revoke"), "Revoke credentials", "secondary"))
                 " "
                 (button(session, Role::Admin, &format!("{href}/remove"), "Remove device", "danger"))
@@ -421,6 +443,17 @@ pub async fn revoke(
 ) -> PageResult {
     let api = Api { console: &console, session: &session };
     let path = format!("devices/{}/{}/revoke-credentials", enc(&t), enc(&id));
+    api.send(Method::POST, &path, &Value::Null).await.or_page(&session)?;
+    Ok(see(&device_href(&t, &id)))
+}
+
+pub async fn revoke_certificate(
+    State(console): State<ConsoleState>,
+    Path((t, id, serial)): Path<(String, String, String)>,
+    Posted(session, _): Posted<serde::de::IgnoredAny>,
+) -> PageResult {
+    let api = Api { console: &console, session: &session };
+    let path = format!("devices/{}/{}/certificates/{}/revoke", enc(&t), enc(&id), enc(&serial));
     api.send(Method::POST, &path, &Value::Null).await.or_page(&session)?;
     Ok(see(&device_href(&t, &id)))
 }

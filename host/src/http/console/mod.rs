@@ -54,6 +54,10 @@ pub fn router(state: AppState, api: Router) -> Router {
         .route("/console/devices/{device_type}/{device_id}/operations/add", post(devices::add_operation))
         .route("/console/devices/{device_type}/{device_id}/tags", post(devices::set_tags))
         .route("/console/devices/{device_type}/{device_id}/revoke", post(devices::revoke))
+        .route(
+            "/console/devices/{device_type}/{device_id}/certificates/{serial}/revoke",
+            post(devices::revoke_certificate),
+        )
         .route("/console/devices/{device_type}/{device_id}/remove", post(devices::remove))
         .route("/console/operations/{id}", get(devices::operation))
         .route("/console/operations/{id}/cancel", post(devices::cancel_operation))
