@@ -12,7 +12,9 @@ For each round and each mode (the default TLS with its development certificate, 
   server, and against `openssl s_server` with the same certificate as the peer baseline;
 * MQTT connections held: asyncio opens CONNECTIONS connections to the embedded broker
   (CONNECT with an admin token, answered CONNACK 0), timing how fast they connect, and
-  reads the server's resident memory before and after.
+  reads the server's resident memory before and after and its CPU time spent;
+* the server's CPU time per handshake, from /proc while s_time runs (the client tools
+  are single-threaded, so their rates say more about them than about the server).
 
 Environment: ROUNDS (3), SECS (10 per wrk run), CONNECTIONS (2000), WRK_CONNECTIONS (64).
 Binds 127.0.0.1 only; bounded loops everywhere.
@@ -45,6 +47,13 @@ def port():
     p = s.getsockname()[1]
     s.close()
     return p
+
+
+def cpu_secs(pid):
+    """The process's user + system CPU time so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid):
@@ -165,6 +174,7 @@ async def hold(server):
         held.append(w)
 
     before = rss_kib(server.proc.pid)
+    cpu = cpu_secs(server.proc.pid)
     start = time.monotonic()
     sem = asyncio.Semaphore(64)
 
@@ -173,11 +183,12 @@ async def hold(server):
             await one(i)
     await asyncio.gather(*(bounded(i) for i in range(CONNECTIONS)))
     took = time.monotonic() - start
+    cpu = cpu_secs(server.proc.pid) - cpu
     await asyncio.sleep(1)
     after = rss_kib(server.proc.pid)
     for w in held:
         w.close()
-    return CONNECTIONS / took, (after - before) * 1024 / CONNECTIONS
+    return CONNECTIONS / took, (after - before) * 1024 / CONNECTIONS, cpu * 1e6 / CONNECTIONS
 
 
 def main():
@@ -187,16 +198,21 @@ def main():
             server = Server(tls)
             try:
                 rate, p99, errors = wrk(server)
-                connect_rate, per_conn = asyncio.run(hold(server))
+                connect_rate, per_conn, cpu_per_connect = asyncio.run(hold(server))
+                cpu = cpu_secs(server.proc.pid)
+                started = time.monotonic()
                 handshakes = s_time(f"127.0.0.1:{server.http}", server.ca) if tls else None
+                cpu_per_handshake = (cpu_secs(server.proc.pid) - cpu) * 1e6 / (handshakes * (time.monotonic() - started)) if tls else None
                 baseline = s_server_rate(server.ca, os.path.join(server.data, "tls", "key.pem")) if tls else None
             finally:
                 server.stop()
             row = {"round": r + 1, "mode": "tls" if tls else "plaintext", "polls_per_s": round(rate),
                    "p99": p99, "non_2xx": errors, "mqtt_connects_per_s": round(connect_rate),
-                   "mqtt_bytes_per_connection": round(per_conn)}
+                   "mqtt_bytes_per_connection": round(per_conn),
+                   "server_cpu_us_per_mqtt_connect": round(cpu_per_connect)}
             if tls:
                 row["handshakes_per_s"] = round(handshakes)
+                row["server_cpu_us_per_http_handshake"] = round(cpu_per_handshake)
                 row["openssl_s_server_handshakes_per_s"] = round(baseline)
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -205,7 +221,10 @@ def main():
         print(f"round {r + 1}: polls/s TLS/plaintext {t['polls_per_s'] / p['polls_per_s']:.2f}, "
               f"MQTT connects/s {t['mqtt_connects_per_s'] / p['mqtt_connects_per_s']:.2f}, "
               f"bytes per MQTT connection {t['mqtt_bytes_per_connection']} vs {p['mqtt_bytes_per_connection']}, "
-              f"handshakes/s {t['handshakes_per_s']} vs openssl s_server {t['openssl_s_server_handshakes_per_s']}")
+              f"server CPU per MQTT connect {t['server_cpu_us_per_mqtt_connect']} vs "
+              f"{p['server_cpu_us_per_mqtt_connect']} µs, handshakes/s {t['handshakes_per_s']} "
+              f"({t['server_cpu_us_per_http_handshake']} µs server CPU each) vs openssl s_server "
+              f"{t['openssl_s_server_handshakes_per_s']}")
 
 
 if __name__ == "__main__":

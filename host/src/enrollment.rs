@@ -409,14 +409,40 @@ pub async fn certify(
         .device_ca
         .issue(&csr, &device.device_type, &device.device_id)
         .map_err(|e| Error::internal(format!("{e:#}")))?;
+    // In the log (webhooks, the stream), not on the in-process bus: no front acts on it.
+    let event = crate::store::NewEvent {
+        event_type: "device.certificate_issued".into(),
+        actor: None,
+        role: None,
+        action: None,
+        target: Some(format!("device/{}/{}", device.device_type, device.device_id)),
+        outcome: None,
+        status: None,
+        data: Some(
+            serde_json::json!({
+                "device": device.id, "type": device.device_type, "id": device.device_id,
+                "serial": issued.serial, "not_after": issued.not_after,
+                "by": match by { CertifyAs::Device(_) => "renewal", CertifyAs::Challenge(_) => "enrollment_token" },
+            })
+            .to_string(),
+        ),
+        device: Some(device.id),
+    };
     core.store
-        .insert_device_certificate(device.id, &issued.serial, &issued.credential, issued.not_before, issued.not_after)
+        .insert_device_certificate(
+            device.id,
+            &issued.serial,
+            &issued.credential,
+            (issued.not_before, issued.not_after),
+            &event,
+        )
         .await?;
     tracing::info!(device_type, device_id = %device.device_id, serial = %issued.serial, "device certificate issued");
     Ok((device, issued))
 }
 
 /// Who asks [`certify`] for a certificate.
+#[derive(Clone, Copy)]
 pub enum CertifyAs<'a> {
     /// An enrolled device, by its token or its current certificate.
     Device(&'a DeviceRow),

@@ -571,6 +571,12 @@ fn device_certificates_from_openssl_csrs_serve_mtls_on_http_and_mqtt_until_revok
     assert_eq!(code, 0);
     let list: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap();
     assert_eq!(list.len(), 2, "{list:?}");
+    // Both issues are in the event log, each saying how it was asked for.
+    let (code, events) = api("GET", "/api/v1/events?type=device.certificate_issued", None);
+    assert_eq!(code, 0);
+    let events: serde_json::Value = serde_json::from_str(&events).unwrap();
+    let by: Vec<&str> = events["items"].as_array().unwrap().iter().map(|e| e["data"]["by"].as_str().unwrap()).collect();
+    assert_eq!(by, ["enrollment_token", "renewal"], "{events}");
 
     // mTLS on MQTT: mosquitto's client connects with the certificate and no password.
     let mqtt = server.mqtt.to_string();

@@ -243,14 +243,15 @@ impl Store {
     }
 
     /// Record a certificate issued to `device`, and make it one of its credentials
-    /// (`credential`: `identity::credential_of` the certificate), valid until `not_after`.
+    /// (`credential`: `identity::credential_of` the certificate), valid until `not_after`;
+    /// `event` is written with it.
     pub async fn insert_device_certificate(
         &self,
         device: i64,
         serial: &str,
         credential: &str,
-        not_before: i64,
-        not_after: i64,
+        (not_before, not_after): (i64, i64),
+        event: &NewEvent,
     ) -> Result<(), StoreError> {
         let now = now_ms();
         with_write_pool!(self, pool => {
@@ -263,6 +264,7 @@ impl Store {
                  VALUES ($1, $2, $3, $4, $5, $6)")
                 .bind(serial).bind(device).bind(credential).bind(not_before).bind(not_after).bind(now)
                 .execute(&mut *tx).await?;
+            super::record_event!(&mut *tx, event);
             tx.commit().await?;
         });
         Ok(())
