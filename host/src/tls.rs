@@ -178,11 +178,14 @@ impl Tls {
         let tls = self.clone();
         Some(tokio::spawn(async move {
             let mut seen = (stamp(&cert), stamp(&key));
+            // The files as they were when they last failed to load: tried again (and
+            // warned about again) only once one of them changes, not every tick.
+            let mut failed = None;
             let mut tick = tokio::time::interval(RELOAD_TICK);
             loop {
                 tick.tick().await;
                 let now = (stamp(&cert), stamp(&key));
-                if now == seen {
+                if now == seen || failed.as_ref() == Some(&now) {
                     continue;
                 }
                 match load_pair(&cert, &key) {
@@ -190,12 +193,14 @@ impl Tls {
                         let fingerprint = fingerprint(&pair.cert[0]);
                         *tls.served.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pair);
                         seen = now;
+                        failed = None;
                         tracing::info!(cert = %cert.display(), sha256 = %fingerprint, "TLS certificate reloaded");
                     }
-                    // Kept unseen: tried again at the next tick, as a renewal may be
+                    // Kept unseen: tried again when a file changes, as a renewal may be
                     // writing the second file still.
                     Err(e) => {
-                        tracing::warn!("TLS certificate changed but does not load (the old one is served): {e:#}")
+                        tracing::warn!("TLS certificate changed but does not load (the old one is served): {e:#}");
+                        failed = Some(now);
                     }
                 }
             }

@@ -98,16 +98,20 @@ async fn agent(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::to_string);
-        let body = read_body(&state, body, crate::identity::MAX_CSR).await?;
         let (_, issued) = match bearer.as_deref() {
-            // An enrollment token: the challenge of a first certificate.
+            // An enrollment token: the challenge of a first certificate. The token is
+            // checked with the CSR's CN, so the body (at most 16 KiB, less than an
+            // enrollment's) is read first, as for an enrollment.
             Some(t) if t.starts_with("drv_enroll_") => {
+                let body = read_body(&state, body, crate::identity::MAX_CSR).await?;
                 crate::enrollment::certify(&state, &device_type, &body, crate::enrollment::CertifyAs::Challenge(t))
                     .await?
             }
+            // A device: authenticated before anything of the body is read.
             _ => {
                 let AuthDevice(device, _) = AuthDevice::from_request_parts(&mut parts, &state).await?;
                 same_type(&device, &device_type)?;
+                let body = read_body(&state, body, crate::identity::MAX_CSR).await?;
                 crate::enrollment::certify(&state, &device_type, &body, crate::enrollment::CertifyAs::Device(&device))
                     .await?
             }
