@@ -70,7 +70,7 @@ class Server:
         self.data = tempfile.mkdtemp()
         self.http, self.mqtt = port(), port()
         args = [f"{build}/drover", "serve", "--data-dir", self.data, "--http-addr", f"127.0.0.1:{self.http}",
-                "--mqtt-addr", f"127.0.0.1:{self.mqtt}", "--coap-addr", f"127.0.0.1:{port()}"]
+                "--mqtt-addr", f"127.0.0.1:{self.mqtt}", "--coap-addr", f"127.0.0.1:{port()}", "--coaps-addr", "127.0.0.1:0"]
         if not tls:
             args += ["--plaintext", "true"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

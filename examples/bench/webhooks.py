@@ -14,7 +14,7 @@ import json, os, subprocess, sys, tempfile, time, urllib.request
 build = os.path.realpath(sys.argv[1] if len(sys.argv) > 1 else "target/release")
 data = tempfile.mkdtemp()
 server = subprocess.Popen([f"{build}/drover", "serve", "--data-dir", f"{data}/server", "--http-addr", "127.0.0.1:18080",
-                           "--mqtt-addr", "127.0.0.1:18830", "--coap-addr", "127.0.0.1:15683",
+                           "--mqtt-addr", "127.0.0.1:18830", "--coap-addr", "127.0.0.1:15683", "--coaps-addr", "127.0.0.1:0",
                            "--webhook-allow-private", "true", "--plaintext", "true"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 receiver = None
 try:

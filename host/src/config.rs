@@ -54,6 +54,12 @@ pub struct ServeArgs {
     /// Address of the CoAP/UDP listener for LwM2M devices [default: 127.0.0.1:5683]
     #[arg(long, env = "DROVER_COAP_ADDR")]
     pub coap_addr: Option<SocketAddr>,
+    /// Address of the CoAP over DTLS listener (pre-shared keys) for LwM2M devices [default: 127.0.0.1:5684]
+    #[arg(long, env = "DROVER_COAPS_ADDR")]
+    pub coaps_addr: Option<SocketAddr>,
+    /// Let LwM2M devices without a pre-shared key register over plain CoAP (--coap-addr): no credential, nothing encrypted; for development. A device with a key is refused there whatever this says [default: false]
+    #[arg(long, env = "DROVER_COAP_NOSEC")]
+    pub coap_nosec: Option<bool>,
     /// Database URL: sqlite://PATH or postgres://… [default: SQLite in the data directory]
     #[arg(long, env = "DROVER_DATABASE_URL")]
     pub database_url: Option<String>,
@@ -176,6 +182,9 @@ pub struct Config {
     /// Proxies whose forwarded client certificates are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub coap_addr: SocketAddr,
+    pub coaps_addr: SocketAddr,
+    /// See [`ServeArgs::coap_nosec`].
+    pub coap_nosec: bool,
     /// See [`ServeArgs::coap_allow_address_change`].
     pub coap_allow_address_change: bool,
     pub database_url: String,
@@ -250,6 +259,9 @@ impl Config {
             device_cert_days: 365,
             trusted_proxies: vec![],
             coap_addr: loopback,
+            coaps_addr: loopback,
+            // The tests' LwM2M client (lwm2m-node-lib) speaks plain CoAP only.
+            coap_nosec: true,
             coap_allow_address_change: false,
             database_url: format!("sqlite://{}?mode=rwc", data_dir.join("drover.db").display()),
             broker: None,
@@ -334,6 +346,8 @@ impl ServeArgs {
             },
             mqtt_addr: self.mqtt_addr.or(file.mqtt_addr).unwrap_or_else(|| ([127, 0, 0, 1], mqtt_port).into()),
             coap_addr: self.coap_addr.or(file.coap_addr).unwrap_or_else(|| ([127, 0, 0, 1], 5683).into()),
+            coaps_addr: self.coaps_addr.or(file.coaps_addr).unwrap_or_else(|| ([127, 0, 0, 1], 5684).into()),
+            coap_nosec: self.coap_nosec.or(file.coap_nosec).unwrap_or(false),
             coap_allow_address_change: self
                 .coap_allow_address_change
                 .or(file.coap_allow_address_change)

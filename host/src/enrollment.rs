@@ -51,6 +51,9 @@ pub enum Credential {
     Token,
     /// Nothing: self-enrollment.
     None,
+    /// A credential an admin provisioned for this very identity (a LwM2M device's
+    /// pre-shared key, checked by the DTLS handshake): the admin's word admits it.
+    Provisioned,
 }
 
 /// The rule's answer.
@@ -73,6 +76,7 @@ pub fn decide(claim: Option<&Claim>, credential: Credential, open_enrollment: bo
     let status = claim.map(|c| c.status);
     match (status, credential) {
         (Some(Status::Active | Status::Unreachable), _) => Decision::AlreadyEnrolled,
+        (_, Credential::Provisioned) => Decision::Open,
         (Some(Status::Registered), Credential::Token) => {
             Decision::Token { import_batch: claim.and_then(|c| c.import_batch.clone()) }
         }
@@ -106,8 +110,30 @@ pub async fn admit(
     token: Option<&str>,
     channel: &'static str,
 ) -> Result<DeviceRow> {
-    let claim = core.store.claim_of(device_type, &e.device_id).await?;
     let credential = if token.is_some() { Credential::Token } else { Credential::None };
+    admit_with(core, device_type, e, credential, token, channel).await
+}
+
+/// [`admit`] a device whose identity a credential the admin provisioned for it proved
+/// (a LwM2M device's pre-shared key, over DTLS).
+pub async fn admit_provisioned(
+    core: &Core,
+    device_type: &str,
+    e: &Enrollment,
+    channel: &'static str,
+) -> Result<DeviceRow> {
+    admit_with(core, device_type, e, Credential::Provisioned, None, channel).await
+}
+
+async fn admit_with(
+    core: &Core,
+    device_type: &str,
+    e: &Enrollment,
+    credential: Credential,
+    token: Option<&str>,
+    channel: &'static str,
+) -> Result<DeviceRow> {
+    let claim = core.store.claim_of(device_type, &e.device_id).await?;
     match decide(claim.as_ref(), credential, core.open_enrollment) {
         Decision::AlreadyEnrolled => return Err(already_enrolled(device_type, &e.device_id)),
         Decision::Refused(why) => return Err(Error::forbidden(why)),
@@ -299,9 +325,11 @@ pub struct Imported {
 }
 
 /// Bulk pre-registration from CSV: a header row with `device_type` and `device_id`, and
-/// optionally `name`, `owner`, `ownership` (BYOD or COPE). Every row is checked before any
-/// is stored; an error names the line. Devices are `registered` until they enroll, with an
-/// enrollment token unless `self_enroll`.
+/// optionally `name`, `owner`, `ownership` (BYOD or COPE), and for LwM2M devices `psk`
+/// (hex) with `psk_identity` (default: the device id): the key it registers with over
+/// DTLS. Every row is checked before any is stored; an error names the line. Devices are
+/// `registered` until they enroll, with an enrollment token unless `self_enroll` (or, over
+/// DTLS, their key).
 pub async fn import_csv(core: &Core, csv_text: &[u8], self_enroll: bool) -> Result<Imported> {
     let mut reader = csv::ReaderBuilder::new().flexible(true).trim(csv::Trim::All).from_reader(csv_text);
     let header: Vec<String> = reader
@@ -315,7 +343,10 @@ pub async fn import_csv(core: &Core, csv_text: &[u8], self_enroll: bool) -> Resu
         return Err(Error::invalid("malformed_csv", "the header row needs `device_type` and `device_id` columns"));
     };
     let (name_col, owner_col, own_col) = (col("name"), col("owner"), col("ownership"));
+    let (psk_col, psk_identity_col) = (col("psk"), col("psk_identity"));
     let mut devices = Vec::new();
+    // (line, index in `devices`, identity, key) of the rows that give a key.
+    let mut keys: Vec<(usize, usize, String, Vec<u8>)> = Vec::new();
     for (i, record) in reader.records().enumerate() {
         let line = i + 2;
         let r = record.map_err(|e| Error::invalid("malformed_csv", format!("line {line}: {e}")))?;
@@ -342,6 +373,30 @@ pub async fn import_csv(core: &Core, csv_text: &[u8], self_enroll: bool) -> Resu
                 Error::invalid("invalid", format!("line {line}: {}", Ownership::parse(&o).unwrap_err()))
             })?,
         };
+        if let Some(hex_key) = get(psk_col) {
+            let key = hex::decode(&hex_key)
+                .map_err(|e| Error::invalid("invalid", format!("line {line}: `psk`: hex digits expected ({e})")))?;
+            let identity = get(psk_identity_col).unwrap_or_else(|| device_id.clone());
+            check_psk(core, &device_type, &identity, Some(&key))
+                .map_err(|(_, why)| Error::invalid("invalid", format!("line {line}: {why}")))?;
+            if let Some((first, ..)) = keys.iter().find(|k| k.2 == identity) {
+                return Err(Error::invalid(
+                    "invalid",
+                    format!("line {line}: PSK identity `{identity}` is line {first}'s too"),
+                ));
+            }
+            if let Some(holder) = core.store.psk_holder(&identity).await?
+                && core.store.device(&device_type, &device_id).await?.is_none_or(|d| d.id != holder)
+            {
+                return Err(Error::conflict(
+                    "conflict",
+                    format!("line {line}: PSK identity `{identity}` is another device's"),
+                ));
+            }
+            keys.push((line, devices.len(), identity, key));
+        } else if get(psk_identity_col).is_some() {
+            return Err(Error::invalid("invalid", format!("line {line}: `psk_identity` without a `psk`")));
+        }
         devices.push(NewDevice {
             name: get(name_col).unwrap_or_else(|| device_id.clone()),
             device_type,
@@ -354,6 +409,24 @@ pub async fn import_csv(core: &Core, csv_text: &[u8], self_enroll: bool) -> Resu
     }
     let batch = format!("imp_{}", &crate::auth::new_token("batch").1[..16]);
     let registered = core.store.register_devices(&devices, self_enroll, &batch).await?;
+    for (line, index, identity, key) in keys {
+        let d = &devices[index];
+        let device = core
+            .store
+            .device(&d.device_type, &d.device_id)
+            .await?
+            .ok_or_else(|| Error::internal(format!("line {line}: the device just imported is gone")))?;
+        provision_psk(core, &device, Some(identity), Some(key), "import").await.map_err(|e| {
+            Error::new(
+                e.kind,
+                e.code,
+                format!(
+                    "line {line}: {} (every device was imported; the keys of the lines before it were given)",
+                    e.message
+                ),
+            )
+        })?;
+    }
     Ok(Imported { rows: devices.len(), registered, batch })
 }
 
@@ -474,6 +547,72 @@ pub async fn revoke_certificate(core: &Core, device: &DeviceRow, serial: &str, a
     Ok(revoked)
 }
 
+/// Whether a key may be given as asked: a device type that talks CoAP, an identity of
+/// printable ASCII, a key of 16 to 64 bytes. The error's code and message.
+fn check_psk(
+    core: &Core,
+    device_type: &str,
+    identity: &str,
+    key: Option<&[u8]>,
+) -> std::result::Result<(), (&'static str, String)> {
+    let talks_coap = core.registry.device_type(device_type).is_some_and(|p| {
+        p.device_type_info().is_some_and(|i| i.delivery.contains(&crate::plugins::types::Delivery::Coap))
+    });
+    if !talks_coap {
+        return Err((
+            "not_coap",
+            format!("{device_type} devices do not talk CoAP: a pre-shared key is for LwM2M over DTLS"),
+        ));
+    }
+    if identity.is_empty() || identity.len() > MAX_PSK_IDENTITY || !identity.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(("identity", format!("`identity`: 1-{MAX_PSK_IDENTITY} printable ASCII characters, no spaces")));
+    }
+    if key.is_some_and(|k| !(16..=64).contains(&k.len())) {
+        return Err(("key", "`key`: 16 to 64 bytes (32 to 128 hex digits)".into()));
+    }
+    Ok(())
+}
+
+/// Longest PSK identity (RFC 4279 allows 2^16 bytes; an endpoint name is far shorter).
+pub const MAX_PSK_IDENTITY: usize = 128;
+
+/// A generated key's length: 128 bits, as the suites' AES-128 uses.
+pub const PSK_LEN: usize = 16;
+
+/// Give a LwM2M device the pre-shared key it uses over DTLS (docs/security.md, "LwM2M
+/// over DTLS"): `identity` (default: its endpoint name) and `key` (default: 16 random
+/// bytes). Its old key is revoked, and its sessions on that key end. Returns the
+/// identity and the key, which is shown this once.
+pub async fn provision_psk(
+    core: &Core,
+    device: &DeviceRow,
+    identity: Option<String>,
+    key: Option<Vec<u8>>,
+    actor: &str,
+) -> Result<(String, Vec<u8>)> {
+    if device.status == Status::Removed {
+        return Err(Error::invalid("removed", "a removed device gets no key: enroll it again first"));
+    }
+    let identity = identity.unwrap_or_else(|| device.device_id.clone());
+    check_psk(core, &device.device_type, &identity, key.as_deref()).map_err(|(code, why)| Error::invalid(code, why))?;
+    let key = key.unwrap_or_else(|| {
+        let mut k = vec![0u8; PSK_LEN];
+        getrandom::fill(&mut k).expect("the OS random source");
+        k
+    });
+    let event = Event::PskProvisioned {
+        device: device.id,
+        device_type: device.device_type.clone(),
+        device_id: device.device_id.clone(),
+        identity: identity.clone(),
+        actor: actor.to_string(),
+    };
+    core.store.set_device_psk(device.id, &identity, &key, &event.record()).await?;
+    tracing::info!(device_type = %device.device_type, device_id = %device.device_id, identity, actor, "pre-shared key provisioned");
+    core.events.publish(event);
+    Ok((identity, key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,9 +645,15 @@ mod tests {
     }
 
     #[test]
+    fn a_provisioned_credential_admits_a_pre_registered_identity() {
+        let imported = claim("registered", false, Some("b1"));
+        assert_eq!(decide(Some(&imported), Credential::Provisioned, false), Decision::Open);
+    }
+
+    #[test]
     fn an_enrolled_identity_is_never_claimed_again() {
         for status in ["active", "unreachable"] {
-            for credential in [Credential::Token, Credential::None] {
+            for credential in [Credential::Token, Credential::None, Credential::Provisioned] {
                 assert_eq!(decide(Some(&claim(status, true, None)), credential, true), Decision::AlreadyEnrolled);
             }
         }

@@ -48,6 +48,9 @@ pub enum Event {
     /// A device left management: removed by an admin, or it checked out. Its sessions end
     /// and nothing of them may pass to whoever enrolls its id next.
     DeviceRemoved { device: i64, device_type: String, device_id: String },
+    /// An admin gave a device a pre-shared key for LwM2M over DTLS (replacing and revoking
+    /// the one it had): its sessions on the old key end.
+    PskProvisioned { device: i64, device_type: String, device_id: String, identity: String, actor: String },
     /// A plugin's catalog changed, on this replica or another: `change` is `install`
     /// (published), `rollback`, `auto-rollback`, `suspend`, `enable` or `regrant`.
     PluginChanged { plugin: String, change: String, version: Option<String>, actor: String },
@@ -65,7 +68,8 @@ impl Event {
             Event::CredentialsRevoked { device_type, device_id, .. }
             | Event::DeviceRemoved { device_type, device_id, .. }
             | Event::DeviceEnrolled { device_type, device_id, .. }
-            | Event::DeviceStatusChanged { device_type, device_id, .. } => Some((device_type, device_id)),
+            | Event::DeviceStatusChanged { device_type, device_id, .. }
+            | Event::PskProvisioned { device_type, device_id, .. } => Some((device_type, device_id)),
             _ => None,
         }
     }
@@ -83,6 +87,7 @@ impl Event {
             Event::DeviceStatusChanged { .. } => "device.status_changed",
             Event::CredentialsRevoked { .. } => "device.credentials_revoked",
             Event::DeviceRemoved { .. } => "device.removed",
+            Event::PskProvisioned { .. } => "device.psk_provisioned",
             Event::PluginChanged { .. } => "plugin.changed",
         }
     }
@@ -131,6 +136,11 @@ impl Event {
                 device_target(device_type, device_id),
                 json!({ "device": device, "type": device_type, "id": device_id }),
             ),
+            Event::PskProvisioned { device, device_type, device_id, identity, actor } => (
+                Some(actor.clone()),
+                device_target(device_type, device_id),
+                json!({ "device": device, "type": device_type, "id": device_id, "identity": identity }),
+            ),
             Event::PluginChanged { plugin, change, version, actor } => (
                 Some(actor.clone()),
                 format!("plugin/{plugin}"),
@@ -143,7 +153,8 @@ impl Event {
             | Event::DeviceSeen { device }
             | Event::DeviceStatusChanged { device, .. }
             | Event::CredentialsRevoked { device, .. }
-            | Event::DeviceRemoved { device, .. } => Some(*device),
+            | Event::DeviceRemoved { device, .. }
+            | Event::PskProvisioned { device, .. } => Some(*device),
             Event::OperationsCancelled { device, .. } => *device,
             Event::ActivityAdded { .. } | Event::PluginChanged { .. } => None,
         };

@@ -237,6 +237,31 @@ pub async fn devices_revoke_certificate(device: String, serial: String, server: 
     Ok(())
 }
 
+pub async fn devices_psk(
+    device: String,
+    identity: Option<String>,
+    key: Option<String>,
+    server: ServerArgs,
+) -> anyhow::Result<()> {
+    let (t, id) = device_ref(&device)?;
+    let mut body = serde_json::Map::new();
+    if let Some(i) = identity {
+        body.insert("identity".into(), i.into());
+    }
+    if let Some(k) = key {
+        body.insert("key".into(), k.into());
+    }
+    let path = format!("{}/psk", device_path(&t, &id));
+    let body = call(&server, Method::PUT, &path, Some(serde_json::Value::Object(body))).await?;
+    if printed(&server, &body) {
+        return Ok(());
+    }
+    println!("{t}/{id}: pre-shared key for LwM2M over DTLS (shown this once)");
+    println!("identity: {}", body["identity"].as_str().unwrap_or_default());
+    println!("key:      {}", body["key"].as_str().unwrap_or_default());
+    Ok(())
+}
+
 pub async fn devices_tag(
     device: String,
     add: Vec<String>,

@@ -156,6 +156,19 @@ enum DevicesCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Give a LwM2M device a pre-shared key for DTLS (its old one is revoked); prints the
+    /// identity and the key, shown this once.
+    Psk {
+        device: String,
+        /// The PSK identity [default: the device id, its endpoint name].
+        #[arg(long)]
+        identity: Option<String>,
+        /// The key, hex (16 to 64 bytes) [default: 16 random bytes].
+        #[arg(long)]
+        key: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Add or remove tags of a device.
     Tag {
         device: String,
@@ -822,6 +835,9 @@ fn main() -> ExitCode {
                 }
                 DevicesCommand::RevokeCertificate { device, serial, server } => {
                     fleet_commands::devices_revoke_certificate(device, serial, server).await
+                }
+                DevicesCommand::Psk { device, identity, key, server } => {
+                    fleet_commands::devices_psk(device, identity, key, server).await
                 }
                 DevicesCommand::Tag { device, add, remove, server } => {
                     fleet_commands::devices_tag(device, add, remove, server).await

@@ -121,7 +121,13 @@ impl Server {
                 }
             }
         };
-        let coap = crate::coap::Coap::bind(config.coap_addr, config.coap_allow_address_change).await?;
+        let coap = crate::coap::Coap::bind(crate::coap::Listen {
+            plain: config.coap_addr,
+            secure: Some(config.coaps_addr),
+            nosec: config.coap_nosec,
+            allow_address_change: config.coap_allow_address_change,
+        })
+        .await?;
         let state =
             AppState { core, max_agent_body: crate::http::MAX_AGENT_BODY, body_timeout: config.http.body_timeout };
         let housekeeping = Housekeeping {
@@ -144,6 +150,11 @@ impl Server {
     /// Where the CoAP listener for LwM2M devices is bound.
     pub fn coap_addr(&self) -> Option<std::net::SocketAddr> {
         self.coap.local_addr().ok()
+    }
+
+    /// The CoAP over DTLS listener's address.
+    pub fn coaps_addr(&self) -> Option<std::net::SocketAddr> {
+        self.coap.secure_addr()
     }
 
     /// Where the embedded MQTT broker listens (`None` with an external broker).

@@ -82,7 +82,7 @@ fn author() -> Author {
         .arg(data.path())
         .args(["--http-addr", &format!("127.0.0.1:{port}")])
         .args(["--mqtt-addr", &format!("127.0.0.1:{}", free_port())])
-        .args(["--coap-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--coap-addr", &format!("127.0.0.1:{}", free_port()), "--coaps-addr", "127.0.0.1:0"])
         .args(["--plaintext", "true"])
         .env_remove("DROVER_CONFIG")
         .stdout(Stdio::null())

@@ -40,7 +40,7 @@ fn serve(data: &std::path::Path, port: u16) -> Served {
         .args(["serve", "--data-dir"])
         .arg(data)
         .args(["--http-addr", &format!("127.0.0.1:{port}"), "--mqtt-addr", &format!("127.0.0.1:{}", free_port())])
-        .args(["--coap-addr", &free_udp(), "--plaintext", "true"])
+        .args(["--coap-addr", &free_udp(), "--coaps-addr", "127.0.0.1:0", "--plaintext", "true"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -172,6 +172,22 @@ fn a_taken_coap_port_names_the_flag() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--coap-addr") && err.contains(&addr.to_string()), "{err}");
+    // So does the DTLS listener's.
+    let out = drover()
+        .args(["serve", "--data-dir"])
+        .arg(data.path())
+        .args([
+            "--http-addr",
+            &format!("127.0.0.1:{}", free_port()),
+            "--mqtt-addr",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .args(["--coap-addr", &free_udp(), "--coaps-addr", &addr.to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--coaps-addr") && err.contains(&addr.to_string()), "{err}");
 }
 
 #[test]
@@ -699,6 +715,17 @@ fn devices_operations_and_groups_from_the_command_line() {
     // Shell completions.
     let out = drover().args(["completions", "bash"]).output().unwrap();
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("_drover()"));
+
+    // A LwM2M device's pre-shared key: given with the admin's key, shown once; an Android
+    // device gets none.
+    std::fs::write(&csv, "device_type,device_id\nlwm2m,urn:imei:490154203237518\n").unwrap();
+    assert!(run(&["devices", "import", csv.to_str().unwrap()]).0);
+    let key = "00112233445566778899aabbccddeeff";
+    let (ok, out, err) =
+        run(&["devices", "psk", "lwm2m/urn:imei:490154203237518", "--identity", "board-7", "--key", key]);
+    assert!(ok && out.contains("identity: board-7") && out.contains(key), "{out}{err}");
+    let (ok, _, err) = run(&["devices", "psk", "android/356000000000201"]);
+    assert!(!ok && err.contains("do not talk CoAP"), "{err}");
 }
 
 #[test]

@@ -79,7 +79,7 @@ fn serve(data: &Path, args: &[&str]) -> Served {
         .args(["serve", "--data-dir"])
         .arg(data)
         .args(["--http-addr", &format!("127.0.0.1:{http}"), "--mqtt-addr", &format!("127.0.0.1:{mqtt}")])
-        .args(["--coap-addr", &free_udp()])
+        .args(["--coap-addr", &free_udp(), "--coaps-addr", "127.0.0.1:0"])
         .args(args)
         .env("NO_COLOR", "1")
         .stdout(log)

@@ -22,7 +22,7 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0));
 http=$(port)
 token=drv_admin_fuzz_$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')
 DROVER_ADMIN_TOKEN=$token "$drover" serve --data-dir "$data/server" --http-addr "127.0.0.1:$http" \
-    --mqtt-addr "127.0.0.1:$(port)" --coap-addr "127.0.0.1:$(port)" --plaintext true >"$data/server.log" 2>&1 &
+    --mqtt-addr "127.0.0.1:$(port)" --coap-addr "127.0.0.1:$(port)" --coaps-addr 127.0.0.1:0 --plaintext true >"$data/server.log" 2>&1 &
 server=$!
 # Python's urllib rather than curl: python3 is there wherever schemathesis is.
 get() { python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$1" 2>/dev/null; }

@@ -117,6 +117,8 @@ pub struct TestServer {
     pub mqtt: Option<std::net::SocketAddr>,
     /// Where LwM2M devices register (CoAP over UDP).
     pub coap: std::net::SocketAddr,
+    /// Where LwM2M devices with a pre-shared key register (CoAP over DTLS).
+    pub coaps: std::net::SocketAddr,
     config: drover::config::Config,
     /// (server URL, schema) of a PostgreSQL test, dropped at `stop`.
     pg_schema: Option<(String, String)>,
@@ -195,6 +197,7 @@ impl TestServer {
         let state = server.state.core.clone();
         let mqtt = server.mqtt_addr();
         let coap = server.coap_addr().expect("the CoAP listener");
+        let coaps = server.coaps_addr().expect("the CoAP over DTLS listener");
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             server
@@ -211,6 +214,7 @@ impl TestServer {
             state,
             mqtt,
             coap,
+            coaps,
             config,
             pg_schema,
             shutdown: Some(tx),

@@ -392,6 +392,35 @@ async fn the_console_in_a_browser() {
     c.find(Locator::Css("figure.chart svg polyline")).await.expect("a chart of the battery");
     shot(&c, "metrics").await;
 
+    // A pre-registered LwM2M device gets its pre-shared key from its page, shown once.
+    let r = server
+        .admin(Method::POST, "/api/v1/devices/import")
+        .header("content-type", "text/csv")
+        .body("device_type,device_id\nlwm2m,urn:imei:490154203237518\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    c.goto(&server.url("/console/devices/lwm2m/urn:imei:490154203237518")).await.unwrap();
+    c.find(Locator::Css("details:has(form[action$='/psk']) summary")).await.unwrap().click().await.unwrap();
+    submit(&c, "form[action$='/psk']").await;
+    let issued = text_soon(&c, "#psk-issued", "Shown this once").await;
+    let key = c.find(Locator::Css("#psk-key")).await.unwrap().text().await.unwrap();
+    assert!(key.len() == 32 && key.bytes().all(|b| b.is_ascii_hexdigit()), "{issued}");
+    text_soon(&c, "#psk", "urn:imei:490154203237518").await;
+    let shown: Value = server
+        .admin(Method::GET, "/api/v1/devices/lwm2m/urn:imei:490154203237518/psk")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["identity"], "urn:imei:490154203237518");
+    // Reloaded, the page no longer shows the key.
+    c.goto(&server.url("/console/devices/lwm2m/urn:imei:490154203237518")).await.unwrap();
+    assert!(!c.source().await.unwrap().contains(&key), "the key is shown again");
+
     c.close().await.unwrap();
     server.stop().await;
 }

@@ -13,8 +13,11 @@ use drover_tests::{TestServer, e2e, unique};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
+use webrtc_dtls::conn::DTLSConn;
+use webrtc_util::Conn;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -130,8 +133,14 @@ e2e!(third_party_client, super::third_party_client);
 // ---------------------------------------------------------------------------------------
 // The strict client.
 
+/// How the strict client reaches the server: plain CoAP, or a DTLS session.
+enum Link {
+    Plain(UdpSocket),
+    Secure(Arc<DTLSConn>),
+}
+
 struct Strict {
-    socket: UdpSocket,
+    link: Link,
     server: SocketAddr,
     ep: String,
     location: String,
@@ -145,14 +154,44 @@ impl Strict {
 
     async fn register_for(server: SocketAddr, ep: &str, binding: &str, lifetime: u32) -> Strict {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let mut s = Strict { socket, server, ep: ep.into(), location: String::new(), mid: 100 };
-        let mut p = s.request(RequestType::Post, &["rd"]);
-        for q in [format!("ep={ep}"), format!("lt={lifetime}"), "lwm2m=1.1".into(), format!("b={binding}")] {
+        let mut s = Strict { link: Link::Plain(socket), server, ep: ep.into(), location: String::new(), mid: 100 };
+        let answer = s.registration(binding, lifetime).await;
+        s.registered(&answer);
+        s
+    }
+
+    /// A client with a DTLS session to `server` (CoAP over DTLS), keyed `identity`/`key`;
+    /// not registered yet. `Err`: the handshake failed.
+    async fn secure(server: SocketAddr, ep: &str, identity: &str, key: &[u8]) -> Result<Strict, String> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.connect(server).await.unwrap();
+        let key = key.to_vec();
+        let config = webrtc_dtls::config::Config {
+            cipher_suites: vec![webrtc_dtls::cipher_suite::CipherSuiteId::Tls_Psk_With_Aes_128_Ccm_8],
+            psk: Some(Arc::new(move |_hint: &[u8]| Ok(key.clone()))),
+            psk_identity_hint: Some(identity.as_bytes().to_vec()),
+            ..Default::default()
+        };
+        let handshake = DTLSConn::new(Arc::new(socket), config, true, None);
+        let conn = tokio::time::timeout(WAIT, handshake).await.map_err(|_| "handshake timed out".to_string())?;
+        let conn = conn.map_err(|e| e.to_string())?;
+        Ok(Strict { link: Link::Secure(Arc::new(conn)), server, ep: ep.into(), location: String::new(), mid: 300 })
+    }
+
+    /// Send a Register request; the server's answer.
+    async fn registration(&mut self, binding: &str, lifetime: u32) -> Packet {
+        let mut p = self.request(RequestType::Post, &["rd"]);
+        for q in [format!("ep={}", self.ep), format!("lt={lifetime}"), "lwm2m=1.1".into(), format!("b={binding}")] {
             p.add_option(CoapOption::UriQuery, q.into_bytes());
         }
         p.add_option(CoapOption::ContentFormat, vec![40]);
         p.payload = fixture("register.link");
-        let answer = s.exchange(p).await;
+        self.exchange(p).await
+    }
+
+    /// Take the location of a registration that `answer` says was created.
+    fn registered(&mut self, answer: &Packet) {
         assert_eq!(answer.header.code, MessageClass::Response(ResponseType::Created), "{answer:?}");
         let location: Vec<String> = answer
             .get_option(CoapOption::LocationPath)
@@ -161,8 +200,22 @@ impl Strict {
             .map(|v| String::from_utf8(v.clone()).unwrap())
             .collect();
         assert_eq!(location[0], "rd");
-        s.location = location[1].clone();
-        s
+        self.location = location[1].clone();
+    }
+
+    /// The plain client's socket.
+    fn socket(&self) -> &UdpSocket {
+        match &self.link {
+            Link::Plain(s) => s,
+            Link::Secure(_) => panic!("a plain CoAP client"),
+        }
+    }
+
+    async fn transmit(&self, bytes: &[u8]) {
+        match &self.link {
+            Link::Plain(s) => s.send_to(bytes, self.server).await.map(|_| ()).unwrap(),
+            Link::Secure(c) => c.send(bytes).await.map(|_| ()).unwrap(),
+        }
     }
 
     fn request(&mut self, method: RequestType, path: &[&str]) -> Packet {
@@ -182,7 +235,7 @@ impl Strict {
     /// Send a request to the server and wait for its piggybacked answer (requests the
     /// server sends meanwhile are not expected here).
     async fn exchange(&self, p: Packet) -> Packet {
-        self.socket.send_to(&p.to_bytes().unwrap(), self.server).await.unwrap();
+        self.transmit(&p.to_bytes().unwrap()).await;
         loop {
             let got = self.receive().await;
             if got.header.message_id == p.header.message_id && got.header.get_type() == MessageType::Acknowledgement {
@@ -193,9 +246,11 @@ impl Strict {
 
     async fn receive(&self) -> Packet {
         let mut buf = vec![0u8; 4096];
-        let (n, _) =
-            tokio::time::timeout(WAIT, self.socket.recv_from(&mut buf)).await.expect("a CoAP message in time").unwrap();
-        Packet::from_bytes(&buf[..n]).unwrap()
+        let n = match &self.link {
+            Link::Plain(s) => tokio::time::timeout(WAIT, s.recv_from(&mut buf)).await.map(|r| r.unwrap().0),
+            Link::Secure(c) => tokio::time::timeout(WAIT, c.recv(&mut buf)).await.map(|r| r.unwrap()),
+        };
+        Packet::from_bytes(&buf[..n.expect("a CoAP message in time")]).unwrap()
     }
 
     /// The next request the server sends.
@@ -236,7 +291,7 @@ impl Strict {
             p.add_option(CoapOption::ContentFormat, f.to_be_bytes().iter().copied().skip_while(|b| *b == 0).collect());
         }
         p.payload = payload;
-        self.socket.send_to(&p.to_bytes().unwrap(), self.server).await.unwrap();
+        self.transmit(&p.to_bytes().unwrap()).await;
     }
 
     /// A confirmable Observe notification on `token`; waits for the server's ACK.
@@ -389,7 +444,8 @@ e2e!(strict_client, super::strict_client);
 async fn retransmissions(server: &TestServer) {
     let ep = format!("urn:imei:{}", 7_000_000 + std::process::id() as usize);
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let mut dev = Strict { socket, server: server.coap, ep: ep.clone(), location: String::new(), mid: 500 };
+    let mut dev =
+        Strict { link: Link::Plain(socket), server: server.coap, ep: ep.clone(), location: String::new(), mid: 500 };
     let mut p = dev.request(RequestType::Post, &["rd"]);
     for q in [format!("ep={ep}"), "lt=300".into(), "lwm2m=1.1".into(), "b=U".into()] {
         p.add_option(CoapOption::UriQuery, q.into_bytes());
@@ -459,7 +515,7 @@ async fn retransmissions(server: &TestServer) {
     let mut non = notification(4345, 4, b"55");
     non.header.set_type(MessageType::NonConfirmable);
     for _ in 0..2 {
-        dev.socket.send_to(&non.to_bytes().unwrap(), server.coap).await.unwrap();
+        dev.socket().send_to(&non.to_bytes().unwrap(), server.coap).await.unwrap();
     }
     recorded(json!(55)).await;
     dev.exchange(notification(4346, 5, b"52")).await;
@@ -469,7 +525,7 @@ async fn retransmissions(server: &TestServer) {
     assert_eq!(values.iter().filter(|v| **v == json!(55)).count(), 1, "recorded once: {values:?}");
 
     // A CoAP ping: version 1, CON, no token, code 0.00, message id 0x1234.
-    dev.socket.send_to(&[0x40, 0x00, 0x12, 0x34], server.coap).await.unwrap();
+    dev.socket().send_to(&[0x40, 0x00, 0x12, 0x34], server.coap).await.unwrap();
     let pong = loop {
         let p = dev.receive().await;
         if p.header.message_id == 0x1234 {
@@ -557,7 +613,13 @@ fn closed(config: &mut drover::config::Config) {
 async fn registration_needs_a_known_endpoint(server: &TestServer) {
     let register = async |ep: &str, expect: ResponseType| {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let mut s = Strict { socket, server: server.coap, ep: ep.to_string(), location: String::new(), mid: 7 };
+        let mut s = Strict {
+            link: Link::Plain(socket),
+            server: server.coap,
+            ep: ep.to_string(),
+            location: String::new(),
+            mid: 7,
+        };
         let mut p = s.request(RequestType::Post, &["rd"]);
         p.add_option(CoapOption::UriQuery, format!("ep={ep}").into_bytes());
         p.payload = fixture("register.link");
@@ -595,7 +657,8 @@ async fn endpoint_takeover_refused(server: &TestServer) {
     let mut dev = Strict::register(server.coap, &ep, "U").await;
     // Another host: 127.0.0.2 (all of 127/8 is this machine's loopback).
     let socket = UdpSocket::bind("127.0.0.2:0").await.unwrap();
-    let mut thief = Strict { socket, server: server.coap, ep: ep.clone(), location: String::new(), mid: 900 };
+    let mut thief =
+        Strict { link: Link::Plain(socket), server: server.coap, ep: ep.clone(), location: String::new(), mid: 900 };
 
     // A registration of the same name from another address is refused; the device's stands.
     let mut p = thief.request(RequestType::Post, &["rd"]);
@@ -626,7 +689,7 @@ async fn endpoint_takeover_refused(server: &TestServer) {
     forged.set_token(req.get_token().to_vec());
     forged.add_option(CoapOption::ContentFormat, vec![]);
     forged.payload = b"1".to_vec();
-    thief.socket.send_to(&forged.to_bytes().unwrap(), server.coap).await.unwrap();
+    thief.socket().send_to(&forged.to_bytes().unwrap(), server.coap).await.unwrap();
     // Nor from another port of the device's own host: only from where the request went.
     let neighbour = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     neighbour.send_to(&forged.to_bytes().unwrap(), server.coap).await.unwrap();
@@ -655,3 +718,223 @@ async fn endpoint_takeover_refused(server: &TestServer) {
     Strict::register(server.coap, &ep, "U").await;
 }
 e2e!(endpoint_takeover_refused, super::endpoint_takeover_refused);
+
+// ---------------------------------------------------------------------------------------
+// LwM2M over DTLS with pre-shared keys (issue 29).
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
+
+async fn provision(server: &TestServer, device: &str, body: Value) -> (StatusCode, Value) {
+    let r = server.admin(Method::PUT, &format!("/api/v1/devices/{device}/psk")).json(&body).send().await.unwrap();
+    (r.status(), r.json().await.unwrap())
+}
+
+/// libcoap's coap-client (Debian's libcoap3-bin, on OpenSSL: not Drover's DTLS) sends a
+/// LwM2M Register over DTLS with `identity` and `key` (its `-k` takes the key's bytes as
+/// written). Whether it exited well, and what it printed.
+async fn coap_client(server: SocketAddr, identity: &str, key: &str, ep: &str) -> (bool, String) {
+    let url = format!("coaps://{server}/rd?ep={ep}&lt=300&b=U");
+    let out = tokio::process::Command::new("coap-client-openssl")
+        .args(["-m", "post", "-u", identity, "-k", key, "-t", "40", "-e", "</3/0>,</1/0>", "-B", "10", &url])
+        .output()
+        .await
+        .expect("coap-client-openssl (Debian package libcoap3-bin; .ci/run installs it)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// A NAT on loopback that keeps its outside port for whichever client spoke last. What
+/// the client in `muted` sends is dropped (a device that died mid-session).
+async fn nat(server: SocketAddr) -> (SocketAddr, Arc<std::sync::Mutex<Option<SocketAddr>>>) {
+    let inside = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let outside = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    outside.connect(server).await.unwrap();
+    let muted = Arc::new(std::sync::Mutex::new(None));
+    let last = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+    let addr = inside.local_addr().unwrap();
+    let (i, o, m, l) = (inside.clone(), outside.clone(), muted.clone(), last.clone());
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok((n, from)) = i.recv_from(&mut buf).await {
+            if *m.lock().unwrap() != Some(from) {
+                *l.lock().unwrap() = Some(from);
+                let _ = o.send(&buf[..n]).await;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = outside.recv(&mut buf).await {
+            let to = *last.lock().unwrap();
+            if let Some(to) = to {
+                let _ = inside.send_to(&buf[..n], to).await;
+            }
+        }
+    });
+    (addr, muted)
+}
+
+fn secured(config: &mut drover::config::Config) {
+    config.coap_nosec = false;
+    config.open_enrollment = false;
+}
+
+/// Devices an admin pre-registered and gave a key register over DTLS, and only as
+/// themselves: with libcoap's client (a DTLS stack that is not Drover's) and with the
+/// strict client over DTLS, which Drover then reads through the session. Plain CoAP is
+/// closed; a wrong key, an unknown identity, or a key used for another endpoint gets
+/// nothing; a revoked key ends the session and is refused at the next handshake.
+async fn lwm2m_over_dtls(server: &TestServer) {
+    let pid = std::process::id() as usize;
+    let (ep, other) = (format!("urn:imei:{}", 9_100_000 + pid), format!("urn:imei:{}", 9_200_000 + pid));
+    let key = format!("drover-test-psk-{pid}");
+    // Pre-registration gives `ep` its key, of the admin's choosing (coap-client takes a
+    // passphrase); a bad key names its line and stores nothing.
+    let csv = |body: String| {
+        server.admin(Method::POST, "/api/v1/devices/import").header("content-type", "text/csv").body(body).send()
+    };
+    let r = csv(format!("device_type,device_id,psk\nlwm2m,{other},00ff\n")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("line 2: `key`: 16 to 64 bytes"));
+    let r =
+        csv(format!("device_type,device_id,psk\nlwm2m,{ep},{}\nlwm2m,{other},\n", hex(key.as_bytes()))).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+
+    // Plain CoAP takes no registration: an endpoint name is no credential.
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut plain =
+        Strict { link: Link::Plain(socket), server: server.coap, ep: ep.clone(), location: String::new(), mid: 1 };
+    let answer = plain.registration("U", 300).await;
+    assert_eq!(answer.header.code, MessageClass::Response(ResponseType::Unauthorized), "{answer:?}");
+    assert!(String::from_utf8_lossy(&answer.payload).contains("--coap-nosec"), "{answer:?}");
+
+    // The identity defaults to the endpoint name; the key is never shown again.
+    let shown = server.admin(Method::GET, &format!("/api/v1/devices/lwm2m/{ep}/psk")).send().await.unwrap();
+    let shown: Value = shown.json().await.unwrap();
+    assert_eq!(shown["identity"], ep.as_str());
+    assert!(shown.get("key").is_none() && !shown.to_string().contains(&hex(key.as_bytes())), "{shown}");
+
+    // A wrong key, and an identity nobody provisioned: no handshake, no registration.
+    let (ok, out) = coap_client(server.coaps, &ep, "not-the-right-key", &ep).await;
+    assert!(!out.contains("2.01"), "a wrong key registered: {ok} {out}");
+    let (ok, out) = coap_client(server.coaps, "urn:imei:nobody", &key, &ep).await;
+    assert!(!out.contains("2.01"), "an unknown identity registered: {ok} {out}");
+    assert_eq!(server.device("lwm2m", &ep).await["status"], "registered");
+
+    // The right key: libcoap's client registers the pre-registered endpoint (no
+    // self-enrollment on this server: the admin's key admits it).
+    let (ok, out) = coap_client(server.coaps, &ep, &key, &ep).await;
+    assert!(ok, "{out}");
+    assert_eq!(server.device("lwm2m", &ep).await["status"], "active", "{out}");
+
+    // A key registers its own endpoint only: `ep`'s key for `other` is refused.
+    let (_, out) = coap_client(server.coaps, &ep, &key, &other).await;
+    assert!(out.contains("4.03"), "{out}");
+    assert_eq!(server.device("lwm2m", &other).await["status"], "registered");
+
+    // A generated key (16 random bytes); the strict client registers over DTLS and is read
+    // through its session.
+    let (status, issued) = provision(server, &format!("lwm2m/{other}"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{issued}");
+    assert_eq!(issued["identity"], other.as_str(), "the identity defaults to the endpoint name");
+    let generated = unhex(issued["key"].as_str().unwrap());
+    assert_eq!(generated.len(), 16);
+    let mut dev = Strict::secure(server.coaps, &other, &other, &generated).await.expect("a DTLS session");
+    let answer = dev.registration("U", 300).await;
+    dev.registered(&answer);
+    assert_eq!(server.device("lwm2m", &other).await["status"], "active");
+    let read = server.add_operation("lwm2m", &other, "Read", Some(json!({"path": "3/0/9", "format": "text"}))).await;
+    let req = dev.next().await;
+    assert_eq!(path(&req), "3/0/9");
+    dev.answer(&req, ResponseType::Content, Some(0), None, b"77".to_vec()).await;
+    let op = server.until_state(read, "COMPLETED").await;
+    assert_eq!(response(&op)["values"]["3/0/9 BatteryLevel"], 77, "{op}");
+    assert_eq!(dev.update().await.header.code, MessageClass::Response(ResponseType::Changed));
+
+    // Another key's session cannot update or end this registration, even knowing its id.
+    let mut thief = Strict::secure(server.coaps, &ep, &ep, key.as_bytes()).await.expect("ep's own session");
+    thief.location = dev.location.clone();
+    let p = thief.request(RequestType::Post, &["rd", &dev.location]);
+    assert_eq!(thief.exchange(p).await.header.code, MessageClass::Response(ResponseType::Forbidden));
+    let p = thief.request(RequestType::Delete, &["rd", &dev.location]);
+    assert_eq!(thief.exchange(p).await.header.code, MessageClass::Response(ResponseType::Forbidden));
+
+    // The device reboots behind a NAT that keeps its port, without ending its session: its
+    // new handshake from the same address replaces the old session at once.
+    let (nat, muted) = nat(server.coaps).await;
+    let mut before = Strict::secure(nat, &other, &other, &generated).await.expect("a session through the NAT");
+    let answer = before.registration("U", 300).await;
+    before.registered(&answer);
+    let Link::Secure(conn) = &before.link else { unreachable!() };
+    *muted.lock().unwrap() = Some(conn.local_addr().unwrap());
+    let _ = conn.close().await; // its close_notify dies with it, at the NAT
+    let mut after = Strict::secure(nat, &other, &other, &generated).await.expect("a new session from the same port");
+    let answer = after.registration("U", 300).await;
+    after.registered(&answer);
+
+    // Revoking the device's credentials revokes its key: a new handshake with it fails.
+    let r =
+        server.admin(Method::POST, &format!("/api/v1/devices/lwm2m/{other}/revoke-credentials")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut refused = false;
+    for _ in 0..50 {
+        if Strict::secure(server.coaps, &other, &other, &generated).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "a revoked key still makes a DTLS session");
+    let shown: Value = server
+        .admin(Method::GET, &format!("/api/v1/devices/lwm2m/{other}/psk"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(shown["revoked_at"].is_i64(), "{shown}");
+}
+drover_tests::e2e_with!(over_dtls, super::secured, super::lwm2m_over_dtls);
+
+/// Where plain CoAP is open for development (`--coap-nosec`), a device that has a key is
+/// still refused there: its key's session is the only way in, and giving it a key ends
+/// its plain registration. A key is for CoAP device types only.
+async fn a_key_closes_plain_coap(server: &TestServer) {
+    let ep = format!("urn:imei:{}", 9_300_000 + std::process::id() as usize);
+    let dev = Strict::register(server.coap, &ep, "U").await;
+    let (status, issued) = provision(server, &format!("lwm2m/{ep}"), json!({"identity": format!("{ep}-psk")})).await;
+    assert_eq!(status, StatusCode::OK, "{issued}");
+    assert_eq!(issued["identity"], format!("{ep}-psk"));
+    // Its plain registration ended with the key: an update is told to register again.
+    let mut dev = dev;
+    assert_eq!(dev.update().await.header.code, MessageClass::Response(ResponseType::NotFound));
+    let answer = dev.registration("U", 300).await;
+    assert_eq!(answer.header.code, MessageClass::Response(ResponseType::Forbidden), "{answer:?}");
+    assert!(String::from_utf8_lossy(&answer.payload).contains("pre-shared key"), "{answer:?}");
+    let key = unhex(issued["key"].as_str().unwrap());
+    let mut secure = Strict::secure(server.coaps, &ep, &format!("{ep}-psk"), &key).await.expect("a DTLS session");
+    let answer = secure.registration("U", 300).await;
+    secure.registered(&answer);
+
+    // Bad input is named; an identity another device holds is a conflict.
+    let (status, body) = provision(server, &format!("lwm2m/{ep}"), json!({"key": "abc"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = provision(server, &format!("lwm2m/{ep}"), json!({"key": "00"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let other = format!("urn:imei:{}", 9_400_000 + std::process::id() as usize);
+    Strict::register(server.coap, &other, "U").await;
+    let (status, body) = provision(server, &format!("lwm2m/{other}"), json!({"identity": format!("{ep}-psk")})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    server.enroll_android("psk-android").await;
+    let (status, body) = provision(server, "android/psk-android", json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.to_string().contains("do not talk CoAP"), "{body}");
+}
+e2e!(a_key_closes_plain_coap, super::a_key_closes_plain_coap);

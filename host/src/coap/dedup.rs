@@ -31,7 +31,7 @@ impl Coap {
     /// Whether `packet` is a request or response already received from `from` (RFC 7252
     /// §4.5). A confirmable one gets the answer given to it then, again; a non-confirmable
     /// one is silently ignored. A new one is remembered as seen.
-    pub(super) async fn duplicate(&self, packet: &Packet, from: SocketAddr) -> bool {
+    pub(super) async fn duplicate(&self, packet: &Packet, from: Peer) -> bool {
         let lifetime = match packet.header.get_type() {
             MessageType::Confirmable => EXCHANGE_LIFETIME,
             MessageType::NonConfirmable => NON_LIFETIME,
@@ -57,15 +57,13 @@ impl Coap {
         };
         let Some(answer) = again else { return false };
         tracing::debug!(%from, message_id = key.1, "duplicate CoAP message: answered as before");
-        if let Some(bytes) = answer
-            && let Err(e) = self.inner.socket.send_to(&bytes, from).await
-        {
-            tracing::warn!(%from, "CoAP send failed: {e}");
+        if let Some(bytes) = answer {
+            self.send_bytes(&bytes, from).await;
         }
         true
     }
 
-    pub(super) async fn send(&self, packet: &Packet, to: SocketAddr) {
+    pub(super) async fn send(&self, packet: &Packet, to: Peer) {
         match packet.to_bytes() {
             Ok(bytes) => {
                 // An ACK or RST carries the id of the peer's confirmable message it answers:
@@ -80,11 +78,24 @@ impl Coap {
                 {
                     s.answer = Some(bytes.clone());
                 }
-                if let Err(e) = self.inner.socket.send_to(&bytes, to).await {
-                    tracing::warn!(%to, "CoAP send failed: {e}");
-                }
+                self.send_bytes(&bytes, to).await;
             }
             Err(e) => tracing::warn!("CoAP message not encodable: {e:?}"),
+        }
+    }
+
+    /// Send a datagram to a peer: on the plain socket, or through its DTLS session.
+    pub(super) async fn send_bytes(&self, bytes: &[u8], to: Peer) {
+        let sent = if to.secure {
+            match self.inner.dtls.as_ref() {
+                Some(d) => d.send(bytes, to.addr).await,
+                None => Err("DTLS is not served".into()),
+            }
+        } else {
+            self.inner.socket.send_to(bytes, to.addr).await.map(|_| ()).map_err(|e| e.to_string())
+        };
+        if let Err(e) = sent {
+            tracing::warn!(%to, "CoAP send failed: {e}");
         }
     }
 }

@@ -14,7 +14,7 @@ pub(super) const MAX_RETRANSMIT: u32 = 4;
 pub(super) struct Exchange {
     pub(super) device: i64,
     pub(super) request: CoapRequest,
-    pub(super) addr: SocketAddr,
+    pub(super) addr: Peer,
     pub(super) message_id: u16,
     pub(super) bytes: Vec<u8>,
     /// An ACK (empty or piggybacked) arrived: no more retransmissions.
@@ -71,7 +71,7 @@ impl Coap {
 
     /// Send one request for an operation (confirmable, a fresh token), remembered until
     /// answered.
-    pub(super) async fn request(&self, device: i64, r: CoapRequest, addr: SocketAddr) {
+    pub(super) async fn request(&self, device: i64, r: CoapRequest, addr: Peer) {
         // Unguessable (RFC 7252 §5.3.1, RFC 9175): a response is matched by its token.
         let token = random::<8>().to_vec();
         let message_id = self.inner.next_message_id.fetch_add(1, Ordering::Relaxed);
@@ -133,13 +133,11 @@ impl Coap {
                 timeout: ACK_TIMEOUT,
             },
         );
-        if let Err(e) = self.inner.socket.send_to(&bytes, addr).await {
-            tracing::warn!(%addr, "CoAP send failed: {e}");
-        }
+        self.send_bytes(&bytes, addr).await;
     }
 
     /// A response (piggybacked, separate, or an Observe notification).
-    pub(super) async fn response(&self, state: &Core, packet: Packet, from: SocketAddr) {
+    pub(super) async fn response(&self, state: &Core, packet: Packet, from: Peer) {
         let token = packet.get_token().to_vec();
         let is_notification = packet.get_first_option(CoapOption::Observe).is_some();
         let exchange = {
@@ -219,7 +217,7 @@ impl Coap {
                 });
             }
             for (bytes, addr) in resend {
-                let _ = self.inner.socket.send_to(&bytes, addr).await;
+                self.send_bytes(&bytes, addr).await;
             }
             for (device, operation) in given_up {
                 tracing::warn!(operation, "CoAP request never answered: the operation goes back to the queue");

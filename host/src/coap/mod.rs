@@ -17,13 +17,19 @@
 //! retransmitted Register does not make a second registration and a retransmitted
 //! notification is not recorded twice.
 //!
+//! LwM2M devices with a pre-shared key talk over DTLS (`--coaps-addr`, `dtls.rs`): the
+//! key's identity names the device, and only that device's endpoint registers through the
+//! session. Plain CoAP (`--coap-addr`) takes registrations only when the admin opened it
+//! for development (`--coap-nosec`), and never for a device that has a key.
+//!
 //! Registrations are soft state, kept in memory: after a restart an update gets 4.04 and
 //! the client registers again (as the LwM2M specification has it). A device in queue
 //! mode (`b=UQ`) is sent to only right after it registered or updated, when it listens.
 //!
 //! By concern: this file holds the socket, the receive loop and the events it follows;
 //! `packet.rs` the packet helpers, `dedup.rs` deduplication and sending,
-//! `registration.rs` the `/rd` interface, `exchange.rs` the server-initiated requests.
+//! `registration.rs` the `/rd` interface, `exchange.rs` the server-initiated requests,
+//! `dtls.rs` the DTLS listener and its sessions.
 
 use crate::core::Core;
 use crate::delivery::{Queue, encode_queued, receive};
@@ -31,18 +37,20 @@ use crate::error::Kind;
 use crate::plugins::types::{Channel, ChannelKind, CoapMessage, CoapMethod, CoapRequest, Delivery, Outbound, Reply};
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 
 mod dedup;
+mod dtls;
 mod exchange;
 mod packet;
 mod registration;
 
 use dedup::Seen;
+use dtls::Dtls;
 use exchange::Exchange;
 use packet::*;
 use registration::Registration;
@@ -65,7 +73,24 @@ struct Inner {
     /// address than the registration's is accepted (`--coap-allow-address-change`).
     allow_address_change: bool,
     /// (peer, message id) of confirmable messages received lately → Drover's answer.
-    seen: Mutex<HashMap<(SocketAddr, u16), Seen>>,
+    seen: Mutex<HashMap<(Peer, u16), Seen>>,
+    /// The DTLS listener, when served.
+    dtls: Option<Dtls>,
+    /// Plain CoAP takes registrations of devices without a key (`--coap-nosec`).
+    nosec: bool,
+}
+
+/// Where and how CoAP is served.
+#[derive(Debug, Clone, Copy)]
+pub struct Listen {
+    /// Plain CoAP (`--coap-addr`).
+    pub plain: SocketAddr,
+    /// CoAP over DTLS (`--coaps-addr`); `None`: not served.
+    pub secure: Option<SocketAddr>,
+    /// See `ServeArgs::coap_nosec`.
+    pub nosec: bool,
+    /// See `ServeArgs::coap_allow_address_change`.
+    pub allow_address_change: bool,
 }
 
 /// The CoAP side of a server, cheap to clone.
@@ -75,11 +100,16 @@ pub struct Coap {
 }
 
 impl Coap {
-    /// Bind the UDP socket (a clear error naming the flag when the address is taken).
-    pub async fn bind(addr: SocketAddr, allow_address_change: bool) -> anyhow::Result<Coap> {
+    /// Bind the UDP sockets (a clear error naming the flag when an address is taken).
+    pub async fn bind(listen: Listen) -> anyhow::Result<Coap> {
+        let addr = listen.plain;
         let socket = UdpSocket::bind(addr).await.map_err(|e| {
             anyhow::anyhow!("cannot listen for CoAP on {addr} (--coap-addr): {e}; choose another address")
         })?;
+        let dtls = match listen.secure {
+            Some(a) => Some(Dtls::bind(a).await?),
+            None => None,
+        };
         let seed = random::<2>();
         Ok(Coap {
             inner: Arc::new(Inner {
@@ -89,14 +119,21 @@ impl Coap {
                 exchanges: Mutex::new(HashMap::new()),
                 observing: Mutex::new(HashMap::new()),
                 next_message_id: AtomicU16::new(u16::from_be_bytes(seed)),
-                allow_address_change,
+                allow_address_change: listen.allow_address_change,
                 seen: Mutex::new(HashMap::new()),
+                dtls,
+                nosec: listen.nosec,
             }),
         })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.inner.socket.local_addr()
+    }
+
+    /// The DTLS listener's address, when served.
+    pub fn secure_addr(&self) -> Option<SocketAddr> {
+        self.inner.dtls.as_ref().and_then(|d| d.local_addr().ok())
     }
 
     /// Receive datagrams and keep retransmitting until the server stops (the task is
@@ -109,27 +146,34 @@ impl Coap {
         tokio::join!(
             self.clone().retransmit(state.clone()),
             self.clone().follow(state.clone(), events),
+            self.clone().receive_secure(state.clone()),
             self.receive(state)
         );
     }
 
-    /// A device whose credentials were revoked, or that was removed, loses its
-    /// registration at once: nothing more is sent to it, and its pending exchanges and
-    /// observations are forgotten. (A removed device that registers again is a new device,
-    /// as the enrollment rule allows. Plain CoAP has no credential, so a revoked device,
-    /// still enrolled, may register again: docs/security.md.)
+    /// A device whose credentials were revoked, whose key was replaced, or that was
+    /// removed loses its registration and DTLS sessions at once: nothing more is sent to
+    /// it, and its pending exchanges and observations are forgotten. (A removed device that
+    /// registers again is a new device, as the enrollment rule allows. Over plain CoAP a
+    /// device has no credential, so a revoked device, still enrolled, may register again
+    /// there when `--coap-nosec` allows it: docs/security.md.)
     /// New activities go out to the registered devices that listen.
     async fn follow(self, state: Core, mut events: tokio::sync::broadcast::Receiver<crate::events::Event>) {
         use crate::events::Event;
         while let Some(event) = crate::events::next(&mut events, "coap").await {
             let device = match event {
-                Event::CredentialsRevoked { device, .. } | Event::DeviceRemoved { device, .. } => device,
+                Event::CredentialsRevoked { device, .. }
+                | Event::DeviceRemoved { device, .. }
+                | Event::PskProvisioned { device, .. } => device,
                 Event::ActivityAdded { activity, .. } => {
                     self.activity_added(&state, activity);
                     continue;
                 }
                 _ => continue,
             };
+            if let Some(dtls) = self.inner.dtls.as_ref() {
+                dtls.end_device(device).await;
+            }
             let id = self.inner.by_device.lock().unwrap_or_else(|p| p.into_inner()).remove(&device);
             if let Some(id) = id {
                 self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
@@ -157,6 +201,7 @@ impl Coap {
                     continue;
                 }
             };
+            let from = Peer::plain(from);
             if self.duplicate(&packet, from).await {
                 continue;
             }
@@ -166,7 +211,7 @@ impl Coap {
         }
     }
 
-    async fn datagram(&self, state: &Core, packet: Packet, from: SocketAddr) {
+    async fn datagram(&self, state: &Core, packet: Packet, from: Peer) {
         match packet.header.code {
             MessageClass::Request(_) => {
                 let (answer, listening) = self.registration_interface(state, &packet, from).await;

@@ -6,8 +6,29 @@ use super::*;
 /// rebooted, or whose NAT mapping was renewed, comes back from a new port of the same
 /// address; registrations, updates and de-registrations follow it there. (A response must
 /// come from exactly where its request went.)
-pub(super) fn same_host(a: SocketAddr, b: SocketAddr) -> bool {
-    a.ip() == b.ip()
+pub(super) fn same_host(a: Peer, b: Peer) -> bool {
+    a.secure == b.secure && a.addr.ip() == b.addr.ip()
+}
+
+/// Where a datagram came from or goes to: an address, on the plain CoAP socket or through
+/// a DTLS session (the same address on the two is two peers: a plain datagram never
+/// answers for a secure one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct Peer {
+    pub(super) addr: SocketAddr,
+    pub(super) secure: bool,
+}
+
+impl Peer {
+    pub(super) fn plain(addr: SocketAddr) -> Peer {
+        Peer { addr, secure: false }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.secure { write!(f, "coaps://{}", self.addr) } else { write!(f, "coap://{}", self.addr) }
+    }
 }
 
 /// `N` bytes from the OS random source.

@@ -7,6 +7,13 @@ use super::*;
 /// Why an update or de-registration from an address other than the registration's is refused.
 pub(super) const MOVED: &str = "this registration was made from another host: only that host may update or end it";
 
+/// Why plain CoAP refuses a registration when `--coap-nosec` is off.
+pub(super) const NOSEC_OFF: &str = "this server takes LwM2M registrations over DTLS with a pre-shared key (coaps): an \
+     admin provisions the endpoint's key; unsecured CoAP is closed (--coap-nosec)";
+
+/// Why an update or de-registration over another DTLS key than the registration's is refused.
+pub(super) const OTHER_KEY: &str = "this registration was made with another key: only that device may update or end it";
+
 /// A registration lives `lt` seconds (default 86400) after its last update.
 pub(super) const DEFAULT_LIFETIME: u64 = 86_400;
 
@@ -16,7 +23,7 @@ pub(super) struct Registration {
     pub(super) device: i64,
     pub(super) device_type: String,
     pub(super) device_id: String,
-    pub(super) addr: SocketAddr,
+    pub(super) addr: Peer,
     pub(super) lifetime: Duration,
     pub(super) binding: String,
     pub(super) updated: Instant,
@@ -61,7 +68,7 @@ impl Coap {
         &self,
         state: &Core,
         packet: &Packet,
-        from: SocketAddr,
+        from: Peer,
     ) -> (Packet, Option<i64>) {
         let path = uri_path(packet);
         let query = uri_query(packet);
@@ -88,15 +95,13 @@ impl Coap {
                 Err((code, why)) => (answer(code, &why), None),
             },
             (RequestType::Delete, ["rd", id]) => {
-                let removed = {
-                    let mut regs = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
-                    match regs.get(*id) {
-                        Some(r) if !same_host(r.addr, from) && !self.inner.allow_address_change => {
-                            return (answer(ResponseType::Forbidden, MOVED), None);
-                        }
-                        _ => regs.remove(*id),
-                    }
-                };
+                let registered = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).get(*id).cloned();
+                if let Some(r) = &registered
+                    && let Err((code, why)) = self.may_change(state, r, from).await
+                {
+                    return (answer(code, &why), None);
+                }
+                let removed = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).remove(*id);
                 match removed {
                     Some(r) => {
                         self.forget(r.device, id);
@@ -115,8 +120,14 @@ impl Coap {
         state: &Core,
         packet: &Packet,
         query: Vec<String>,
-        from: SocketAddr,
+        from: Peer,
     ) -> Result<(String, i64), (ResponseType, String)> {
+        // Over DTLS the key names the device; over plain CoAP nothing does, so it is open
+        // only when the admin said so.
+        let session = self.authenticated(from);
+        if !from.secure && !self.inner.nosec {
+            return Err((ResponseType::Unauthorized, NOSEC_OFF.into()));
+        }
         let Some((device_type, plugin)) = Coap::plugin_for_coap(state) else {
             return Err((ResponseType::ServiceUnavailable, "no CoAP device type is loaded".into()));
         };
@@ -129,7 +140,7 @@ impl Coap {
             operation_id: None,
         });
         crate::bounds::check(&packet.payload).map_err(|e| (ResponseType::BadRequest, e.to_string()))?;
-        let source = crate::plugins::Source::Peer(from.ip());
+        let source = crate::plugins::Source::Peer(from.addr.ip());
         let e = plugin.enroll(source, channel, packet.payload.clone()).await.map_err(|e| match e {
             crate::plugins::CallError::Rejected(p) => (ResponseType::BadRequest, p.message),
             crate::plugins::CallError::Fault(f) => match f.fault {
@@ -141,10 +152,37 @@ impl Coap {
         })?;
         let internal = |e: crate::store::StoreError| (ResponseType::InternalServerError, e.to_string());
         let existing = state.store.device(&device_type, &e.device_id).await.map_err(internal)?;
-        // A live registration of this endpoint from another address stands: without DTLS an
-        // endpoint name is no credential, and the first registration's address is all that
-        // tells the device from someone who learned its name.
-        if let Some(d) = &existing
+        if let Some(s) = &session {
+            // The key's device, asked of the database (a key revoked on another replica
+            // still sits in this one's cache until its next reload).
+            let key = state.store.live_psk(&s.identity).await.map_err(internal)?;
+            let is_its_endpoint =
+                existing.as_ref().is_some_and(|d| d.id == s.device) && key.is_some_and(|k| k.device == s.device);
+            if !is_its_endpoint {
+                tracing::warn!(identity = %s.identity, endpoint = %e.device_id, %from, "LwM2M registration for another endpoint than its key's refused");
+                return Err((
+                    ResponseType::Forbidden,
+                    format!(
+                        "the pre-shared key `{}` is not endpoint `{}`'s (or it was revoked): a key registers its own \
+                         device only",
+                        s.identity, e.device_id
+                    ),
+                ));
+            }
+        } else if let Some(d) = &existing
+            && state.store.has_live_psk(d.id).await.map_err(internal)?
+        {
+            return Err((
+                ResponseType::Forbidden,
+                format!("endpoint `{}` has a pre-shared key: it registers over DTLS (coaps) only", d.device_id),
+            ));
+        }
+        // A live registration of this endpoint from another address stands: over plain
+        // CoAP an endpoint name is no credential, and the first registration's address is
+        // all that tells the device from someone who learned its name. (Over DTLS the key
+        // proved it: the device moves.)
+        if session.is_none()
+            && let Some(d) = &existing
             && !self.inner.allow_address_change
             && let Some(r) = self.registration_of(d.id)
             && !same_host(r.addr, from)
@@ -168,9 +206,14 @@ impl Coap {
                 d
             }
             _ => {
-                // LwM2M carries no enrollment token: the identity is claimed by the rule
-                // for self-enrollment (a pre-registered one only if its import allowed it).
-                crate::enrollment::admit(state, &device_type, &e, None, "coap").await.map_err(|err| {
+                // LwM2M carries no enrollment token: over DTLS the admin's key admits the
+                // device; over plain CoAP the identity is claimed by the rule for
+                // self-enrollment (a pre-registered one only if its import allowed it).
+                let admitted = match &session {
+                    Some(_) => crate::enrollment::admit_provisioned(state, &device_type, &e, "coaps").await,
+                    None => crate::enrollment::admit(state, &device_type, &e, None, "coap").await,
+                };
+                admitted.map_err(|err| {
                     let code = match err.kind {
                         Kind::Internal => ResponseType::InternalServerError,
                         _ => ResponseType::Forbidden,
@@ -236,17 +279,19 @@ impl Coap {
         state: &Core,
         id: &str,
         query: &[String],
-        from: SocketAddr,
+        from: Peer,
     ) -> Result<i64, (ResponseType, String)> {
+        let registered = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned();
+        let Some(registered) = registered else {
+            // Unknown (expired, or the server restarted): the client registers again.
+            return Err((ResponseType::NotFound, "no such registration: register again".into()));
+        };
+        self.may_change(state, &registered, from).await?;
         let device = {
             let mut regs = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
             let Some(r) = regs.get_mut(id) else {
-                // Unknown (expired, or the server restarted): the client registers again.
                 return Err((ResponseType::NotFound, "no such registration: register again".into()));
             };
-            if !same_host(r.addr, from) && !self.inner.allow_address_change {
-                return Err((ResponseType::Forbidden, MOVED.into()));
-            }
             r.addr = from;
             r.updated = Instant::now();
             for q in query {
@@ -266,5 +311,39 @@ impl Coap {
             .map_err(|e| (ResponseType::InternalServerError, e.to_string()))?;
         state.events.publish_frequent(|| crate::events::Event::DeviceSeen { device });
         Ok(device)
+    }
+}
+
+impl Coap {
+    /// Whether `from` may update or end registration `r`: over DTLS, a session of the same
+    /// device whose key still holds (from any address: the key proves it); over plain
+    /// CoAP, the registration's host (or any, with `--coap-allow-address-change`).
+    pub(super) async fn may_change(
+        &self,
+        state: &Core,
+        r: &Registration,
+        from: Peer,
+    ) -> Result<(), (ResponseType, String)> {
+        if r.addr.secure {
+            let Some(s) = self.authenticated(from).filter(|s| s.device == r.device) else {
+                return Err((ResponseType::Forbidden, OTHER_KEY.into()));
+            };
+            let live = state
+                .store
+                .live_psk(&s.identity)
+                .await
+                .map_err(|e| (ResponseType::InternalServerError, e.to_string()))?;
+            if live.is_none_or(|k| k.device != r.device) {
+                return Err((
+                    ResponseType::Unauthorized,
+                    "this device's pre-shared key was revoked or replaced".into(),
+                ));
+            }
+            return Ok(());
+        }
+        if !same_host(r.addr, from) && !self.inner.allow_address_change {
+            return Err((ResponseType::Forbidden, MOVED.into()));
+        }
+        Ok(())
     }
 }

@@ -35,6 +35,7 @@ pub(super) fn router(state: AppState) -> Router<AppState> {
         .routes(routes!(devices::revoke_credentials))
         .routes(routes!(devices::certificates))
         .routes(routes!(devices::revoke_certificate))
+        .routes(routes!(devices::set_psk, devices::psk))
         .routes(routes!(devices::device_ca))
         .routes(routes!(devices::restore_device))
         .routes(routes!(enrollment::import_devices))

@@ -351,6 +351,61 @@ pub(super) async fn revoke_certificate(
     Ok(Json(Revoked { revoked: 1 }))
 }
 
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PskRequest {
+    /// The PSK identity the device presents [default: its endpoint name, the device id].
+    #[serde(default)]
+    identity: Option<String>,
+    /// The key, hex (16 to 64 bytes) [default: 16 random bytes, returned this once].
+    #[serde(default)]
+    key: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct PskIssued {
+    identity: String,
+    /// The key, hex: shown this once, stored sealed.
+    key: String,
+}
+
+/// Give a LwM2M device the pre-shared key it registers with over DTLS (`--coaps-addr`;
+/// body `{}` for a generated key named by the device id),
+/// replacing its old one (revoked; its sessions end). Before its first registration
+/// (pre-registration) or after. docs/security.md, "LwM2M over DTLS".
+#[utoipa::path(put, path = "/api/v1/devices/{device_type}/{device_id}/psk", tag = "devices",
+    params(("device_type" = String, Path), ("device_id" = String, Path)),
+    request_body = PskRequest, responses((status = 200, body = PskIssued), Errors))]
+pub(super) async fn set_psk(
+    State(state): State<AppState>,
+    Administrator(admin): Administrator,
+    Path((t, id)): Path<(String, String)>,
+    ApiJson(PskRequest { identity, key }): ApiJson<PskRequest>,
+) -> Result<Json<PskIssued>, ApiError> {
+    let d = device_or_404(&state, &t, &id).await?;
+    let key = key
+        .map(|k| hex::decode(k.trim()))
+        .transpose()
+        .map_err(|e| ApiError::bad_request("key", format!("`key`: hex digits expected ({e})")))?;
+    let (identity, key) = crate::enrollment::provision_psk(&state, &d, identity, key, &admin.actor()).await?;
+    Ok(Json(PskIssued { identity, key: hex::encode(key) }))
+}
+
+/// A LwM2M device's pre-shared key: its identity, when it was made, whether it was
+/// revoked (never the key).
+#[utoipa::path(get, path = "/api/v1/devices/{device_type}/{device_id}/psk", tag = "devices",
+    params(("device_type" = String, Path), ("device_id" = String, Path)),
+    responses((status = 200, body = crate::store::PskRow), Errors))]
+pub(super) async fn psk(
+    State(state): State<AppState>,
+    _: Viewer,
+    Path((t, id)): Path<(String, String)>,
+) -> Result<Json<crate::store::PskRow>, ApiError> {
+    let d = device_or_404(&state, &t, &id).await?;
+    let row = state.store.device_psk(d.id).await?;
+    row.map(Json).ok_or_else(|| ApiError::not_found(format!("device {t}/{id} has no pre-shared key")))
+}
+
 /// The device CA's certificate (PEM): what device certificates chain to, for an external
 /// broker or proxy that checks them.
 #[utoipa::path(get, path = "/api/v1/device-ca", tag = "devices",

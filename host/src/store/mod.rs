@@ -18,6 +18,7 @@ mod events;
 mod fleet;
 mod operations;
 mod policies;
+mod psk;
 mod rollouts;
 mod telemetry;
 mod tokens;
@@ -41,6 +42,7 @@ pub use operations::{
     TargetSet, TransitionRow,
 };
 pub use policies::{Applies, Assignment, DevicePolicyRow, PolicyRow, PolicyTarget, RevisionRow};
+pub use psk::{LiveKey, PskRow};
 pub use rollouts::{
     DeviceChange, InFlight, LEASE_MS as ROLLOUT_LEASE_MS, Placement, RolloutDeviceRow, RolloutRow, Start, StartBatch,
     Waiting,

@@ -148,6 +148,8 @@ struct FormState {
     code: String,
     payload: String,
     error: Option<String>,
+    /// A pre-shared key just given (identity and key), shown this once.
+    issued_psk: Option<Value>,
 }
 
 pub async fn show(
@@ -196,6 +198,15 @@ async fn device_page(
     let policy: Option<Value> = api.get(&format!("{base}/policy")).await.ok();
     let compliance: Option<Value> =
         if policy.is_some() { api.get(&format!("{base}/compliance")).await.ok() } else { None };
+    let talks_coap = types["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|d| d["name"] == t)
+        .and_then(|d| d["delivery"].as_array())
+        .is_some_and(|ds| ds.iter().any(|d| d == "coap"));
+    // 404: the device has no key.
+    let psk: Option<Value> = if talks_coap { api.get(&format!("{base}/psk")).await.ok() } else { None };
     let certificates: Value = api.get(&format!("{base}/certificates")).await.or_page(session)?;
     let certificates = certificates.as_array().cloned().unwrap_or_default();
     let now = crate::store::now_ms();
@@ -310,9 +321,9 @@ async fn device_page(
             }
         }
         @if session.can(Role::Admin) {
-            details {
+            details open[form.issued_psk.is_some()] {
                 summary { "Credentials and removal" }
-                p { "Revoking ends the device's access tokens and certificates: it must enroll again. Removing also cancels its queued operations." }
+                p { "Revoking ends the device's access tokens, certificates and pre-shared key: it must enroll again (or get a new key). Removing also cancels its queued operations." }
                 h3 { "Certificates" }
                 @if certificates.is_empty() {
                     p.hint { "None: the device has not asked for one (POST /agent/v1/" (t) "/certificate with a CSR; docs/security.md)." }
@@ -331,6 +342,25 @@ async fn device_page(
                             }
                         } }
                     }
+                }
+                @if talks_coap {
+                    h3 { "Pre-shared key (LwM2M over DTLS)" }
+                    @if let Some(k) = &form.issued_psk {
+                        p.ok role="status" #psk-issued {
+                            "New key for identity " code { (text(&k["identity"])) } ": " code #psk-key { (text(&k["key"])) }
+                            ". Shown this once: put it in the device's LwM2M Security object (PSK mode)."
+                        }
+                    }
+                    @if let Some(k) = &psk {
+                        p #psk {
+                            "Identity " code { (text(&k["identity"])) } ", given " (when(&k["created_at"])) " UTC "
+                            @if k["revoked_at"].is_null() { (badge("active")) } @else { (badge("revoked")) }
+                        }
+                    } @else {
+                        p.hint { "None: the device can register only over plain CoAP, where the server allows that (--coap-nosec)." }
+                    }
+                    (button(session, Role::Admin, &format!("{href}/psk"), if psk.is_some() { "Give a new key" } else { "Give a key" }, "secondary"))
+                    " "
                 }
                 (button(session, Role::Admin, &format!("{href}/revoke"), "Revoke credentials", "secondary"))
                 " "
@@ -389,8 +419,12 @@ pub async fn add_operation(
     Path((t, id)): Path<(String, String)>,
     Posted(session, form): Posted<AddForm>,
 ) -> PageResult {
-    let again =
-        |error: String| FormState { code: form.code.clone(), payload: form.payload.clone(), error: Some(error) };
+    let again = |error: String| FormState {
+        code: form.code.clone(),
+        payload: form.payload.clone(),
+        error: Some(error),
+        issued_psk: None,
+    };
     let payload = if form.payload.trim().is_empty() {
         None
     } else {
@@ -456,6 +490,19 @@ pub async fn revoke_certificate(
     let path = format!("devices/{}/{}/certificates/{}/revoke", enc(&t), enc(&id), enc(&serial));
     api.send(Method::POST, &path, &Value::Null).await.or_page(&session)?;
     Ok(see(&device_href(&t, &id)))
+}
+
+/// Give the device a new pre-shared key (generated) and show it this once.
+pub async fn provision_psk(
+    State(console): State<ConsoleState>,
+    Path((t, id)): Path<(String, String)>,
+    Posted(session, _): Posted<serde::de::IgnoredAny>,
+) -> PageResult {
+    let api = Api { console: &console, session: &session };
+    let path = format!("devices/{}/{}/psk", enc(&t), enc(&id));
+    let issued = api.send(Method::PUT, &path, &json!({})).await.or_page(&session)?;
+    let shown = FormState { issued_psk: Some(issued), ..FormState::default() };
+    device_page(&console, &session, &t, &id, ShowQuery::default(), shown).await
 }
 
 pub async fn remove(

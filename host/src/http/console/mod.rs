@@ -58,6 +58,7 @@ pub fn router(state: AppState, api: Router) -> Router {
             "/console/devices/{device_type}/{device_id}/certificates/{serial}/revoke",
             post(devices::revoke_certificate),
         )
+        .route("/console/devices/{device_type}/{device_id}/psk", post(devices::provision_psk))
         .route("/console/devices/{device_type}/{device_id}/remove", post(devices::remove))
         .route("/console/operations/{id}", get(devices::operation))
         .route("/console/operations/{id}/cancel", post(devices::cancel_operation))
