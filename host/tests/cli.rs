@@ -155,39 +155,28 @@ fn a_taken_mqtt_port_names_the_flag_and_the_way_out() {
 #[test]
 fn a_taken_coap_port_names_the_flag() {
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
     let data = tempfile::tempdir().unwrap();
-    let out = drover()
-        .args(["serve", "--data-dir"])
-        .arg(data.path())
-        .args([
-            "--http-addr",
-            &format!("127.0.0.1:{}", free_port()),
-            "--mqtt-addr",
-            &format!("127.0.0.1:{}", free_port()),
-        ])
-        .args(["--coap-addr", &addr.to_string()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--coap-addr") && err.contains(&addr.to_string()), "{err}");
-    // So does the DTLS listener's.
-    let out = drover()
-        .args(["serve", "--data-dir"])
-        .arg(data.path())
-        .args([
-            "--http-addr",
-            &format!("127.0.0.1:{}", free_port()),
-            "--mqtt-addr",
-            &format!("127.0.0.1:{}", free_port()),
-        ])
-        .args(["--coap-addr", &free_udp(), "--coaps-addr", &addr.to_string()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--coaps-addr") && err.contains(&addr.to_string()), "{err}");
+    // Plain CoAP's port, then the DTLS listener's.
+    for (flag, coap, coaps) in
+        [("--coap-addr", addr.clone(), "127.0.0.1:0".to_string()), ("--coaps-addr", free_udp(), addr.clone())]
+    {
+        let out = drover()
+            .args(["serve", "--data-dir"])
+            .arg(data.path())
+            .args([
+                "--http-addr",
+                &format!("127.0.0.1:{}", free_port()),
+                "--mqtt-addr",
+                &format!("127.0.0.1:{}", free_port()),
+            ])
+            .args(["--coap-addr", &coap, "--coaps-addr", &coaps])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag) && err.contains(&addr), "{flag}: {err}");
+    }
 }
 
 #[test]

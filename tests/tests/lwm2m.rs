@@ -735,6 +735,12 @@ async fn provision(server: &TestServer, device: &str, body: Value) -> (StatusCod
     (r.status(), r.json().await.unwrap())
 }
 
+/// What the admin API shows of a LwM2M device's key.
+async fn psk_of(server: &TestServer, ep: &str) -> Value {
+    let r = server.admin(Method::GET, &format!("/api/v1/devices/lwm2m/{ep}/psk")).send().await.unwrap();
+    r.json().await.unwrap()
+}
+
 /// libcoap's coap-client (Debian's libcoap3-bin, on OpenSSL: not Drover's DTLS) sends a
 /// LwM2M Register over DTLS with `identity` and `key` (its `-k` takes the key's bytes as
 /// written). Whether it exited well, and what it printed.
@@ -815,8 +821,7 @@ async fn lwm2m_over_dtls(server: &TestServer) {
     assert!(String::from_utf8_lossy(&answer.payload).contains("--coap-nosec"), "{answer:?}");
 
     // The identity defaults to the endpoint name; the key is never shown again.
-    let shown = server.admin(Method::GET, &format!("/api/v1/devices/lwm2m/{ep}/psk")).send().await.unwrap();
-    let shown: Value = shown.json().await.unwrap();
+    let shown = psk_of(server, &ep).await;
     assert_eq!(shown["identity"], ep.as_str());
     assert!(shown.get("key").is_none() && !shown.to_string().contains(&hex(key.as_bytes())), "{shown}");
 
@@ -891,14 +896,7 @@ async fn lwm2m_over_dtls(server: &TestServer) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(refused, "a revoked key still makes a DTLS session");
-    let shown: Value = server
-        .admin(Method::GET, &format!("/api/v1/devices/lwm2m/{other}/psk"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let shown = psk_of(server, &other).await;
     assert!(shown["revoked_at"].is_i64(), "{shown}");
 }
 drover_tests::e2e_with!(over_dtls, super::secured, super::lwm2m_over_dtls);
