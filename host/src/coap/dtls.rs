@@ -47,6 +47,10 @@ const IDLE_MARGIN: Duration = Duration::from_secs(120);
 pub(super) const RELOAD: Duration = Duration::from_secs(60);
 /// Largest DTLS datagram read.
 const MAX_RECORD: usize = 16 * 1024;
+/// A session's buffer for what it decrypts: webrtc-dtls reads a peer's datagrams 8 KiB at
+/// a time, so no record's data is longer. (Held per session: 64 KiB here would be most of
+/// a session's memory.)
+const SESSION_BUFFER: usize = 8 * 1024;
 
 /// The keys by PSK identity, for the handshake's synchronous callback.
 pub(super) struct Keys {
@@ -450,7 +454,7 @@ impl Coap {
         }
         tracing::info!(%from, identity, device = key.device, "DTLS session established");
         let peer = Peer { addr: from, secure: true };
-        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut buf = vec![0u8; SESSION_BUFFER];
         loop {
             let idle = self
                 .registration_of(key.device)
