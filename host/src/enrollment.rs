@@ -591,10 +591,14 @@ pub async fn provision_psk(
     actor: &str,
 ) -> Result<(String, Vec<u8>)> {
     if device.status == Status::Removed {
-        return Err(Error::invalid("removed", "a removed device gets no key: enroll it again first"));
+        return Err(Error::conflict("removed", "a removed device gets no key: enroll it again first"));
     }
     let identity = identity.unwrap_or_else(|| device.device_id.clone());
-    check_psk(core, &device.device_type, &identity, key.as_deref()).map_err(|(code, why)| Error::invalid(code, why))?;
+    // A device type that does not talk CoAP is a conflict with the device, not bad input.
+    check_psk(core, &device.device_type, &identity, key.as_deref()).map_err(|(code, why)| match code {
+        "not_coap" => Error::conflict(code, why),
+        _ => Error::invalid(code, why),
+    })?;
     let key = key.unwrap_or_else(|| {
         let mut k = vec![0u8; PSK_LEN];
         getrandom::fill(&mut k).expect("the OS random source");

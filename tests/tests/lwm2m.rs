@@ -932,7 +932,7 @@ async fn a_key_closes_plain_coap(server: &TestServer) {
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     server.enroll_android("psk-android").await;
     let (status, body) = provision(server, "android/psk-android", json!({})).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(body.to_string().contains("do not talk CoAP"), "{body}");
 }
 e2e!(a_key_closes_plain_coap, super::a_key_closes_plain_coap);

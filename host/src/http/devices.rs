@@ -356,9 +356,11 @@ pub(super) async fn revoke_certificate(
 pub(super) struct PskRequest {
     /// The PSK identity the device presents [default: its endpoint name, the device id].
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
     identity: Option<String>,
     /// The key, hex (16 to 64 bytes) [default: 16 random bytes, returned this once].
     #[serde(default)]
+    #[schema(pattern = "^([0-9a-fA-F]{2}){16,64}$")]
     key: Option<String>,
 }
 
@@ -375,7 +377,9 @@ pub(super) struct PskIssued {
 /// (pre-registration) or after. docs/security.md, "LwM2M over DTLS".
 #[utoipa::path(put, path = "/api/v1/devices/{device_type}/{device_id}/psk", tag = "devices",
     params(("device_type" = String, Path), ("device_id" = String, Path)),
-    request_body = PskRequest, responses((status = 200, body = PskIssued), Errors))]
+    request_body = PskRequest, responses((status = 200, body = PskIssued),
+        (status = 409, description = "The device is removed or does not talk CoAP, or another device holds the identity",
+         body = super::ErrorBody), Errors))]
 pub(super) async fn set_psk(
     State(state): State<AppState>,
     Administrator(admin): Administrator,
