@@ -88,8 +88,13 @@ async fn run(label: &str, config: Config) {
         expires_at: None,
         max_attempts: 1,
     };
-    let targets =
-        TargetSet { tags: Vec::new(), devices: Vec::new(), groups: Vec::new(), queries: vec![Default::default()] };
+    let targets = TargetSet {
+        tags: Vec::new(),
+        devices: Vec::new(),
+        groups: Vec::new(),
+        queries: vec![Default::default()],
+        within: None,
+    };
     let (activity, n) = core.store.add_activity(&activity, &targets).await.unwrap();
     assert_eq!(n, DEVICES as u64);
     core.store.replace_admin_token(&drover::auth::hash_token(TOKEN), "bench", "admin").await.unwrap();

@@ -1,4 +1,4 @@
-//! `drover token …`, `drover webhook …`, `drover policy …`, `drover artifact …`,
+//! `drover token …`, `drover user …`, `drover login`, `drover webhook …`, `drover policy …`, `drover artifact …`,
 //! `drover rollout …` and `drover audit` (binary only): admin tokens, webhook
 //! subscriptions, policies, rollouts and the audit trail of a running server, over its
 //! admin API, as `plugin list|show|…` are.
@@ -56,11 +56,15 @@ pub async fn token_list(server: ServerArgs) -> anyhow::Result<()> {
     if printed(&server, &body) {
         return Ok(());
     }
-    println!("{:<24} {:<9} {:<8} {:<21} expires", "name", "role", "state", "created");
+    println!("{:<24} {:<9} {:<8} {:<21} {:<21} scope", "name", "role", "state", "created", "expires");
     for t in body["items"].as_array().into_iter().flatten() {
         let expires = if t["expires_at"].is_null() { "never".into() } else { when(&t["expires_at"]) };
+        let scope = match t["user"].as_str() {
+            Some(u) => format!("login of user {u}"),
+            None => scope_text(&t["scope"]),
+        };
         println!(
-            "{:<24} {:<9} {:<8} {:<21} {expires}",
+            "{:<24} {:<9} {:<8} {:<21} {expires:<21} {scope}",
             text(&t["name"]),
             text(&t["role"]),
             text(&t["state"]),
@@ -70,10 +74,56 @@ pub async fn token_list(server: ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What part of the fleet a token or user reaches (docs/security.md, "Users and scoped
+/// roles"); no flag: all of it.
+#[derive(clap::Args, Default)]
+pub struct ScopeArgs {
+    /// Only devices in this group (repeat for several).
+    #[arg(long = "group")]
+    pub groups: Vec<String>,
+    /// Only devices of this type (repeat for several).
+    #[arg(long = "device-type")]
+    pub device_types: Vec<String>,
+    /// Only devices whose owner is the user (users only: self-service).
+    #[arg(long)]
+    pub own_devices: bool,
+    /// Only this operation code may be added (repeat for several).
+    #[arg(long = "operation")]
+    pub operations: Vec<String>,
+}
+
+impl ScopeArgs {
+    pub fn scope(&self) -> Option<Value> {
+        (!self.groups.is_empty() || !self.device_types.is_empty() || self.own_devices || !self.operations.is_empty())
+            .then(|| {
+                json!({ "groups": self.groups, "device_types": self.device_types,
+                        "own_devices": self.own_devices, "operations": self.operations })
+            })
+    }
+}
+
+fn scope_text(v: &Value) -> String {
+    if v.is_null() {
+        return "whole fleet".into();
+    }
+    let mut parts = Vec::new();
+    for (key, label) in [("groups", "groups"), ("device_types", "types"), ("operations", "operations")] {
+        let list: Vec<&str> = v[key].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        if !list.is_empty() {
+            parts.push(format!("{label} {}", list.join(",")));
+        }
+    }
+    if v["own_devices"] == true {
+        parts.push("own devices".into());
+    }
+    parts.join("; ")
+}
+
 pub async fn token_create(
     name: String,
     role: String,
     expires_in: Option<humantime::Duration>,
+    scope: ScopeArgs,
     server: ServerArgs,
 ) -> anyhow::Result<()> {
     let expires_in = expires_in.map(|d| d.as_secs().max(1));
@@ -81,7 +131,7 @@ pub async fn token_create(
         &server,
         Method::POST,
         "admin-tokens",
-        Some(json!({ "name": name, "role": role, "expires_in": expires_in })),
+        Some(json!({ "name": name, "role": role, "expires_in": expires_in, "scope": scope.scope() })),
     )
     .await?;
     let expires = if body["expires_at"].is_null() { "never".into() } else { when(&body["expires_at"]) };
@@ -98,6 +148,122 @@ pub async fn token_revoke(name: String, server: ServerArgs) -> anyhow::Result<()
     let path = format!("admin-tokens/{}", crate::lifecycle::segment(&name));
     call(&server, Method::DELETE, &path, None).await?;
     println!("revoked {name}");
+    Ok(())
+}
+
+/// A password: `DROVER_PASSWORD`, else the first line of standard input (so it is never
+/// an argument, which other users of the machine could read in the process list).
+fn password() -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var("DROVER_PASSWORD") {
+        return Ok(p);
+    }
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        eprint!("password: ");
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let p = line.trim_end_matches(['\r', '\n']).to_string();
+    anyhow::ensure!(!p.is_empty(), "no password: set DROVER_PASSWORD or give it on standard input");
+    Ok(p)
+}
+
+pub async fn user_list(server: ServerArgs) -> anyhow::Result<()> {
+    let body = call(&server, Method::GET, "users", None).await?;
+    if printed(&server, &body) {
+        return Ok(());
+    }
+    println!("{:<24} {:<9} {:<9} scope", "name", "role", "state");
+    let now = std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    for u in body["items"].as_array().into_iter().flatten() {
+        let state = if !u["disabled_at"].is_null() {
+            "disabled"
+        } else if u["locked_until"].as_i64().is_some_and(|t| t > now) {
+            "locked"
+        } else {
+            "enabled"
+        };
+        println!("{:<24} {:<9} {state:<9} {}", text(&u["name"]), text(&u["role"]), scope_text(&u["scope"]));
+    }
+    Ok(())
+}
+
+pub async fn user_add(name: String, role: String, scope: ScopeArgs, server: ServerArgs) -> anyhow::Result<()> {
+    let password = password()?;
+    let body = json!({ "name": name, "password": password, "role": role, "scope": scope.scope() });
+    let u = call(&server, Method::POST, "users", Some(body)).await?;
+    if !printed(&server, &u) {
+        println!("added user {} (role {}, {})", text(&u["name"]), text(&u["role"]), scope_text(&u["scope"]));
+    }
+    Ok(())
+}
+
+/// What `drover user set` changes.
+#[derive(clap::Args)]
+pub struct UserSet {
+    /// A new role: viewer, operator or admin.
+    #[arg(long)]
+    pub role: Option<String>,
+    /// Read a new password (DROVER_PASSWORD or standard input); ends the user's sessions.
+    #[arg(long)]
+    pub password: bool,
+    /// Refuse the user's logins and end their sessions.
+    #[arg(long, conflicts_with = "enable")]
+    pub disable: bool,
+    #[arg(long)]
+    pub enable: bool,
+    /// Reach the whole fleet again (drop the scope).
+    #[arg(long)]
+    pub whole_fleet: bool,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+}
+
+pub async fn user_set(name: String, set: UserSet, server: ServerArgs) -> anyhow::Result<()> {
+    let mut body = json!({});
+    if let Some(r) = &set.role {
+        body["role"] = json!(r);
+    }
+    if set.password {
+        body["password"] = json!(password()?);
+    }
+    if set.disable || set.enable {
+        body["disabled"] = json!(set.disable);
+    }
+    match (set.whole_fleet, set.scope.scope()) {
+        (true, Some(_)) => anyhow::bail!("--whole-fleet drops the scope: give it without scope flags"),
+        (true, None) => body["scope"] = Value::Null,
+        (false, Some(s)) => body["scope"] = s,
+        (false, None) => {}
+    }
+    let path = format!("users/{}", crate::lifecycle::segment(&name));
+    let u = call(&server, Method::PATCH, &path, Some(body)).await?;
+    if !printed(&server, &u) {
+        let state = if u["disabled_at"].is_null() { "enabled" } else { "disabled" };
+        println!("{} (role {}, {state}, {})", text(&u["name"]), text(&u["role"]), scope_text(&u["scope"]));
+    }
+    Ok(())
+}
+
+pub async fn user_remove(name: String, server: ServerArgs) -> anyhow::Result<()> {
+    let path = format!("users/{}", crate::lifecycle::segment(&name));
+    call(&server, Method::DELETE, &path, None).await?;
+    println!("removed user {name}");
+    Ok(())
+}
+
+/// Log in as a user: the token goes to standard output (for DROVER_ADMIN_TOKEN or a
+/// profile), what it is to standard error.
+pub async fn login(name: String, ttl: Option<humantime::Duration>, server: ServerArgs) -> anyhow::Result<()> {
+    let password = password()?;
+    let body = json!({ "name": name, "password": password, "ttl_secs": ttl.map(|d| d.as_secs()) });
+    let answer = crate::lifecycle::call_anonymous(&server, Method::POST, "login", Some(body)).await?;
+    eprintln!(
+        "logged in as {} (role {}) until {}; the token is shown this once:",
+        text(&answer["user"]),
+        text(&answer["role"]),
+        when(&answer["expires_at"])
+    );
+    println!("{}", text(&answer["token"]));
     Ok(())
 }
 

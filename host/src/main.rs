@@ -76,6 +76,22 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Users of a running server (named people with passwords, roles and scopes): list,
+    /// add, set, remove.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Log in as a user: prints an admin-API token that expires (password from
+    /// DROVER_PASSWORD or standard input).
+    Login {
+        name: String,
+        /// How long the token lasts: 1h, 8h … (60 s to 7 days) [default: 12h]
+        #[arg(long)]
+        ttl: Option<humantime::Duration>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Webhook subscriptions of a running server: list, add, remove, enable, deliveries.
     Webhook {
         #[command(subcommand)]
@@ -515,10 +531,46 @@ enum TokenCommand {
         #[arg(long)]
         expires_in: Option<humantime::Duration>,
         #[command(flatten)]
+        scope: admin_commands::ScopeArgs,
+        #[command(flatten)]
         server: ServerArgs,
     },
     /// Revoke the live token with this name: refused from its next request on.
     Revoke {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Every user: name, role, state (enabled, disabled, locked), scope.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Add a user; the password comes from DROVER_PASSWORD or standard input.
+    Add {
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        #[command(flatten)]
+        scope: admin_commands::ScopeArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Change a user's role, password, scope, or disable or enable them.
+    Set {
+        name: String,
+        #[command(flatten)]
+        set: admin_commands::UserSet,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Remove a user; their sessions end.
+    Remove {
         name: String,
         #[command(flatten)]
         server: ServerArgs,
@@ -729,6 +781,17 @@ impl ServerArgs {
         Ok((base.trim_end_matches('/').to_string(), token))
     }
 
+    /// The base URL alone (logging in needs no token).
+    fn base(&self) -> anyhow::Result<String> {
+        let profile = profiles::load(self.profile.as_deref())?;
+        let base = self
+            .server
+            .clone()
+            .or_else(|| profile.and_then(|p| p.server))
+            .unwrap_or_else(|| "https://127.0.0.1:8080".into());
+        Ok(base.trim_end_matches('/').to_string())
+    }
+
     fn json(&self) -> bool {
         self.output == Output::Json
     }
@@ -875,11 +938,20 @@ fn main() -> ExitCode {
             }
             Command::Token { command } => match command {
                 TokenCommand::List { server } => admin_commands::token_list(server).await,
-                TokenCommand::Create { name, role, expires_in, server } => {
-                    admin_commands::token_create(name, role, expires_in, server).await
+                TokenCommand::Create { name, role, expires_in, scope, server } => {
+                    admin_commands::token_create(name, role, expires_in, scope, server).await
                 }
                 TokenCommand::Revoke { name, server } => admin_commands::token_revoke(name, server).await,
             },
+            Command::User { command } => match command {
+                UserCommand::List { server } => admin_commands::user_list(server).await,
+                UserCommand::Add { name, role, scope, server } => {
+                    admin_commands::user_add(name, role, scope, server).await
+                }
+                UserCommand::Set { name, set, server } => admin_commands::user_set(name, set, server).await,
+                UserCommand::Remove { name, server } => admin_commands::user_remove(name, server).await,
+            },
+            Command::Login { name, ttl, server } => admin_commands::login(name, ttl, server).await,
             Command::Webhook { command } => match command {
                 WebhookCommand::List { server } => admin_commands::webhook_list(server).await,
                 WebhookCommand::Add { name, url, types, device_type, group, tag, server } => {
@@ -1505,6 +1577,22 @@ mod tests {
 mod lifecycle {
     use super::{ServerArgs, answer, client};
     use serde_json::{Value, json};
+
+    /// A call without a token (logging in), to the server's base URL.
+    pub(crate) async fn call_anonymous(
+        server: &ServerArgs,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}/api/v1/{path}", server.base()?);
+        let mut request = client()?.request(method, &url);
+        if let Some(b) = body {
+            request = request.json(&b);
+        }
+        let response = request.send().await.map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
+        answer(response).await
+    }
 
     pub(crate) async fn call(
         server: &ServerArgs,

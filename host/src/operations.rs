@@ -43,6 +43,8 @@ pub struct NewOperation {
     pub ttl_secs: Option<i64>,
     /// Re-deliveries after a failed attempt.
     pub retries: i64,
+    /// A scoped caller's reach (`scope.rs`): a target outside it refuses the operation.
+    pub within: Option<crate::scope::Reach>,
 }
 
 /// Re-deliveries an operation may ask for at most.
@@ -61,7 +63,19 @@ pub async fn add(core: &Core, op: NewOperation, actor: &str) -> Result<(Activity
     if !(0..=MAX_RETRIES).contains(&op.retries) {
         return Err(Error::invalid("invalid", format!("`retries` is {}: use 0 to {MAX_RETRIES}", op.retries)));
     }
-    let targets = target_set(core, t).await?;
+    let mut targets = target_set(core, t).await?;
+    if let Some(reach) = op.within {
+        // Refused, not narrowed: an operator who meant the whole group should hear that
+        // part of it is not theirs. The insert is narrowed too, for a device that joins a
+        // target group between this count and the write.
+        let outside = core.store.targets_outside(&targets, &reach).await?;
+        if outside > 0 {
+            return Err(Error::forbidden(format!(
+                "{outside} of the targeted devices are outside your scope: target only devices you can reach"
+            )));
+        }
+        targets.within = Some(reach);
+    }
     let types = core.store.target_types(&targets).await?;
     if types.is_empty() {
         return Err(Error::invalid("no_targets", "the targets match no enrolled device"));

@@ -65,6 +65,7 @@ async fn an_operation_goes_from_the_service_to_a_device_and_back_without_any_fro
         targets: Targets { groups: vec!["lobby".into()], ..Default::default() },
         ttl_secs: None,
         retries: 0,
+        within: None,
     };
     let (activity, operations) = drover::operations::add(&core, op, "admin:test").await.unwrap();
     assert_eq!(operations, 1);
@@ -75,6 +76,7 @@ async fn an_operation_goes_from_the_service_to_a_device_and_back_without_any_fro
         targets: Targets { groups: vec!["lobby".into()], ..Default::default() },
         ttl_secs: None,
         retries: 0,
+        within: None,
     };
     let e = drover::operations::add(&core, unknown, "admin:test").await.unwrap_err();
     assert_eq!(e.code, "unknown_operation", "{e}");

@@ -135,11 +135,11 @@ async fn the_console_in_a_browser() {
     c.goto(&server.url("/console/devices")).await.unwrap();
     assert!(c.current_url().await.unwrap().path().ends_with("/console/login"));
     c.find(Locator::Css("#token")).await.unwrap().send_keys("drv_admin_wrong").await.unwrap();
-    submit(&c, "form.card").await;
+    submit(&c, "#token-login").await;
     text_soon(&c, "p.error", "Unknown, expired or revoked admin token").await;
     shot(&c, "login").await;
     c.find(Locator::Css("#token")).await.unwrap().send_keys(ADMIN_TOKEN).await.unwrap();
-    submit(&c, "form.card").await;
+    submit(&c, "#token-login").await;
     text_soon(&c, "h1", "Devices").await;
     // The session cookie is HttpOnly: scripts on the page cannot read it.
     let cookies = c.execute("return document.cookie", vec![]).await.unwrap();
@@ -553,6 +553,80 @@ async fn sessions(server: &TestServer) {
     let actions: Vec<&str> = audit["items"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert_eq!(actions, ["POST /console/login", "POST /console/logout"], "{audit}");
     assert_eq!(audit["items"][0]["actor"], "bootstrap");
+
+    users(server, &plain).await;
+}
+
+/// The users page, and a scoped user's console: their devices only.
+async fn users(server: &TestServer, plain: &reqwest::Client) {
+    server.enroll_android("356000000000309").await;
+    let login = |form: Vec<(&'static str, String)>| {
+        let url = server.url("/console/login");
+        let plain = plain.clone();
+        async move { plain.post(url).form(&form).send().await.unwrap() }
+    };
+    let r = login(vec![("token", ADMIN_TOKEN.to_string())]).await;
+    let admin = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let get = |cookie: &str, path: &str| {
+        let (cookie, url, plain) = (cookie.to_string(), server.url(path), plain.clone());
+        async move { plain.get(url).header("cookie", cookie).send().await.unwrap() }
+    };
+    let html = get(&admin, "/console/users").await.text().await.unwrap();
+    let csrf = html.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let post = |cookie: &str, path: &str, form: Vec<(&str, &str)>| {
+        let (cookie, url, plain) = (cookie.to_string(), server.url(path), plain.clone());
+        let form: Vec<(String, String)> = form.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        async move { plain.post(url).header("cookie", cookie).form(&form).send().await.unwrap() }
+    };
+    // A weak password is named on the form, and no user is made.
+    let weak = vec![("csrf", csrf.as_str()), ("name", "kiosk"), ("password", "short"), ("role", "viewer")];
+    let r = post(&admin, "/console/users", weak).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("at least 12"));
+    let form = vec![
+        ("csrf", csrf.as_str()),
+        ("name", "kiosk"),
+        ("password", "a long enough passphrase"),
+        ("role", "viewer"),
+        ("device_types", "android"),
+        ("operations", ""),
+    ];
+    let r = post(&admin, "/console/users", form).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let html = get(&admin, "/console/users").await.text().await.unwrap();
+    assert!(html.contains("kiosk") && html.contains("types android"), "the users table");
+    // Scoped to Android devices, then narrowed to none: the user logs in with a password.
+    let r = server
+        .admin(Method::PATCH, "/api/v1/users/kiosk")
+        .json(&json!({ "scope": { "groups": ["nobody-here"] } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let wrong = login(vec![("name", "kiosk".into()), ("password", "not the passphrase".into())]).await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert!(wrong.text().await.unwrap().contains("unknown user or wrong password"));
+    let r = login(vec![("name", "kiosk".into()), ("password", "a long enough passphrase".into())]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let kiosk = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    // The overview counts the whole fleet: a scoped session starts at its devices.
+    let r = get(&kiosk, "/console").await;
+    assert_eq!(r.headers()["location"], "/console/devices");
+    let html = get(&kiosk, "/console/devices").await.text().await.unwrap();
+    assert!(html.contains("kiosk (viewer, scoped)"), "who is logged in");
+    assert!(!html.contains("356000000000309"), "a device outside the scope is listed");
+    assert!(!html.contains("href=\"/console/plugins\""), "fleet-wide pages are offered");
+    let r = get(&kiosk, "/console/devices/android/356000000000309").await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = get(&kiosk, "/console/plugins").await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Disabled from the users page: the user's session ends.
+    let r = post(&admin, "/console/users/kiosk/disable", vec![("csrf", csrf.as_str())]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(get(&kiosk, "/console/devices").await.status(), StatusCode::SEE_OTHER, "to the login page");
+    let r = post(&admin, "/console/users/kiosk/remove", vec![("csrf", csrf.as_str())]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(!get(&admin, "/console/users").await.text().await.unwrap().contains("kiosk"));
 }
 
 drover_tests::e2e!(console_sessions, super::sessions);

@@ -63,7 +63,7 @@ async fn bulk_fan_out(server: &TestServer) {
     assert_eq!(n, 1000);
     let counts = store.activity_counts(first.id).await.unwrap();
     assert_eq!(counts, vec![("REPEATED".to_string(), 1000)]);
-    let sample = store.operations(None, Some(first.id), None, drover::store::Cursor::After(0), 1).await.unwrap();
+    let sample = store.operations(None, Some(first.id), None, None, drover::store::Cursor::After(0), 1).await.unwrap();
     let t = store.transitions(sample[0].id).await.unwrap();
     assert_eq!(
         (t[0].from_state.as_str(), t[0].to_state.as_str(), t[0].actor.as_str()),
@@ -133,7 +133,8 @@ async fn delivery_beside_admin_writes(server: &TestServer) {
 
     assert_eq!(store.activity_counts(activity.id).await.unwrap(), vec![("COMPLETED".to_string(), 200)]);
     assert_eq!(store.activity_counts(second.id).await.unwrap(), vec![("PENDING".to_string(), 100)]);
-    for op in store.operations(None, Some(activity.id), None, drover::store::Cursor::After(0), 200).await.unwrap() {
+    for op in store.operations(None, Some(activity.id), None, None, drover::store::Cursor::After(0), 200).await.unwrap()
+    {
         let path: Vec<_> =
             store.transitions(op.id).await.unwrap().into_iter().map(|t| (t.from_state, t.to_state)).collect();
         let expected = [("PENDING", "IN_PROGRESS"), ("IN_PROGRESS", "COMPLETED")].map(|(a, b)| (a.into(), b.into()));

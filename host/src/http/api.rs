@@ -3,7 +3,7 @@
 
 use super::{
     AppState, ErrorBody, analytics, artifacts, audit, devices, enrollment, events, fleet, groups, operations,
-    plugin_settings, plugins, policies, rollouts, tokens, webhooks,
+    plugin_settings, plugins, policies, rollouts, tokens, users, webhooks,
 };
 use axum::Router;
 use axum::body::Bytes;
@@ -61,6 +61,11 @@ pub(super) fn router(state: AppState) -> Router<AppState> {
         .routes(routes!(plugin_settings::get_plugin_settings, plugin_settings::put_plugin_settings))
         .routes(routes!(tokens::list_admin_tokens, tokens::create_admin_token))
         .routes(routes!(tokens::revoke_admin_token))
+        .routes(routes!(users::list_users, users::create_user))
+        .routes(routes!(users::get_user, users::update_user, users::delete_user))
+        .routes(routes!(users::login))
+        .routes(routes!(users::logout))
+        .routes(routes!(users::whoami))
         .routes(routes!(audit::list_audit))
         .routes(routes!(events::events))
         .routes(routes!(webhooks::list_webhooks, webhooks::create_webhook))

@@ -68,7 +68,11 @@ pub(super) async fn record(State(state): State<AppState>, mut request: Request, 
     };
     let event = NewEvent {
         event_type: ADMIN_ACTION.into(),
-        actor: Some(admin.name),
+        // A token by its name; a user's login as `user:NAME` (a token may share the name).
+        actor: Some(match &admin.user {
+            Some(u) => format!("user:{u}"),
+            None => admin.name.clone(),
+        }),
         role: Some(admin.role.as_str().into()),
         action: Some(action),
         target: Some(path),

@@ -2,7 +2,7 @@
 //! telemetry.
 
 use super::api::{DEFAULT_PAGE, Errors, MAX_PAGE, Page, next_after};
-use super::{Administrator, ApiError, ApiJson, AppState, Operator, Viewer};
+use super::{Admin, Administrator, ApiError, ApiJson, AppState, Operator, ScopedViewer, Viewer};
 use super::{Path, Query};
 use crate::device::{Ownership, Status};
 use crate::store::{DeviceRow, GroupRow, TelemetryRow};
@@ -94,6 +94,34 @@ pub(super) async fn device_or_404(state: &AppState, device_type: &str, device_id
         .ok_or_else(|| ApiError::not_found(format!("device {device_type}/{device_id} not found")))
 }
 
+/// A device the caller may see: out of a scoped caller's reach it is "not found", as a
+/// device that does not exist (a scope does not tell what lies outside it).
+pub(super) async fn device_for(
+    state: &AppState,
+    admin: &Admin,
+    device_type: &str,
+    device_id: &str,
+) -> Result<DeviceRow, ApiError> {
+    let d = device_or_404(state, device_type, device_id).await?;
+    in_reach(state, admin, &d, || format!("device {device_type}/{device_id} not found")).await?;
+    Ok(d)
+}
+
+/// Refuse (404 with `missing`'s message) a device out of a scoped caller's reach.
+pub(super) async fn in_reach(
+    state: &AppState,
+    admin: &Admin,
+    d: &DeviceRow,
+    missing: impl FnOnce() -> String,
+) -> Result<(), ApiError> {
+    if let Some(reach) = admin.reach(state).await?
+        && !state.store.in_reach(d.id, &reach).await?
+    {
+        return Err(ApiError::not_found(missing()));
+    }
+    Ok(())
+}
+
 pub(super) async fn group_or_404(state: &AppState, name: &str) -> Result<GroupRow, ApiError> {
     state.store.group(name).await?.ok_or_else(|| ApiError::not_found(format!("group `{name}` not found")))
 }
@@ -129,9 +157,10 @@ pub(super) struct DeviceFilter {
     responses((status = 200, body = DevicePage), Errors))]
 pub(super) async fn list_devices(
     State(state): State<AppState>,
-    _: Viewer,
+    ScopedViewer(admin): ScopedViewer,
     Query(q): Query<DeviceFilter>,
 ) -> Result<Json<DevicePage>, ApiError> {
+    let reach = admin.reach(&state).await?;
     let (after, limit) = Page { after: q.after, limit: q.limit }.bounds();
     let group = match &q.group {
         Some(name) => Some(group_or_404(&state, name).await?),
@@ -161,6 +190,7 @@ pub(super) async fn list_devices(
         owner: q.owner.as_deref(),
         search: q.q.as_deref(),
         metadata,
+        reach: reach.as_ref(),
     };
     let rows = state.store.list_devices(&filter, after, limit).await?;
     let mut items = Vec::with_capacity(rows.len());
@@ -176,10 +206,10 @@ pub(super) async fn list_devices(
     responses((status = 200, body = Device), Errors))]
 pub(super) async fn get_device(
     State(state): State<AppState>,
-    _: Viewer,
+    ScopedViewer(admin): ScopedViewer,
     Path((t, id)): Path<(String, String)>,
 ) -> Result<Json<Device>, ApiError> {
-    let d = device_or_404(&state, &t, &id).await?;
+    let d = device_for(&state, &admin, &t, &id).await?;
     let mut device = Device::new(&d, state.store.tags(d.id).await?);
     device.telemetry = Some(state.store.latest_telemetry(d.id).await?.into_iter().map(Telemetry::from).collect());
     device.wake_up = state.store.wakeup(d.id).await?;
@@ -243,11 +273,11 @@ pub(super) struct TelemetryPage {
     responses((status = 200, body = TelemetryPage), Errors))]
 pub(super) async fn device_telemetry(
     State(state): State<AppState>,
-    _: Viewer,
+    ScopedViewer(admin): ScopedViewer,
     Path((t, id)): Path<(String, String)>,
     Query(q): Query<TelemetryFilter>,
 ) -> Result<Json<TelemetryPage>, ApiError> {
-    let d = device_or_404(&state, &t, &id).await?;
+    let d = device_for(&state, &admin, &t, &id).await?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     let rows = state.store.telemetry(d.id, q.name.as_deref(), q.before, limit).await?;
     let next_before = next_after(&rows, limit, |r| r.id);
@@ -327,10 +357,10 @@ pub(super) async fn revoke_credentials(
     responses((status = 200, body = Vec<crate::store::CertificateRow>), Errors))]
 pub(super) async fn certificates(
     State(state): State<AppState>,
-    _: Viewer,
+    ScopedViewer(admin): ScopedViewer,
     Path((t, id)): Path<(String, String)>,
 ) -> Result<Json<Vec<crate::store::CertificateRow>>, ApiError> {
-    let d = device_or_404(&state, &t, &id).await?;
+    let d = device_for(&state, &admin, &t, &id).await?;
     Ok(Json(state.store.device_certificates(d.id).await?))
 }
 

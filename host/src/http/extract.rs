@@ -4,6 +4,7 @@
 
 use super::{ApiError, AppState};
 use crate::auth::{Role, hash_token};
+use crate::scope::{Reach, Scope};
 use crate::store::DeviceRow;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts};
@@ -36,18 +37,35 @@ fn bearer(parts: &Parts) -> Option<&str> {
 /// An authenticated admin-API caller.
 #[derive(Debug, Clone)]
 pub struct Admin {
+    /// The token's name, or the user's for a login token.
     pub name: String,
     pub role: Role,
+    /// What part of the fleet it reaches (`scope.rs`); `None`: all of it.
+    pub scope: Option<Scope>,
+    /// Set when the token is a user's login.
+    pub user: Option<String>,
 }
 
 impl Admin {
-    /// The actor recorded in transitions.
+    /// The actor recorded in transitions: `admin:TOKEN` or `user:NAME`.
     pub fn actor(&self) -> String {
-        format!("admin:{}", self.name)
+        match &self.user {
+            Some(u) => format!("user:{u}"),
+            None => format!("admin:{}", self.name),
+        }
     }
 
-    /// The caller of `parts`, if its role is at least `role`.
-    async fn with_role(parts: &Parts, state: &AppState, role: Role) -> Result<Admin, ApiError> {
+    /// The scope as a condition on devices, when there is one.
+    pub async fn reach(&self, state: &AppState) -> Result<Option<Reach>, ApiError> {
+        match &self.scope {
+            Some(s) => Ok(Some(s.reach(&state.store, self.user.as_deref()).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The caller of `parts`, if its role is at least `role` and, unless `scoped` (the
+    /// endpoint narrows what it serves to the caller's scope), it has no scope.
+    async fn with_role(parts: &Parts, state: &AppState, role: Role, scoped: bool) -> Result<Admin, ApiError> {
         // A console page's call carries its session's token (hash) as an extension, which
         // only the server can set; anything else presents the token itself.
         let hash = match parts.extensions.get::<super::console::SessionToken>() {
@@ -57,32 +75,54 @@ impl Admin {
                     .ok_or_else(|| ApiError::unauthorized("send an admin token: Authorization: Bearer <token>"))?,
             ),
         };
-        let (name, stored) = state
+        let principal = state
             .store
             .admin_for_token(&hash)
             .await?
             .ok_or_else(|| ApiError::unauthorized("unknown or revoked admin token"))?;
-        let has =
-            Role::parse(&stored).ok_or_else(|| ApiError::internal(format!("stored role `{stored}` is unknown")))?;
+        let admin = Admin::of(principal)?;
         // The audit trail names the caller, refused or not.
         if let Some(slot) = parts.extensions.get::<super::audit::AuditSlot>() {
-            slot.set_admin(&Admin { name: name.clone(), role: has });
+            slot.set_admin(&admin);
         }
-        if has < role {
+        let who = if admin.user.is_some() { "user" } else { "token" };
+        if let (Some(s), false) = (&admin.scope, scoped) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "scoped",
+                format!(
+                    "{who} `{}` is scoped to {}: this endpoint serves callers that reach the whole fleet",
+                    admin.name,
+                    s.describe()
+                ),
+            ));
+        }
+        if admin.role < role {
             return Err(ApiError::forbidden(format!(
-                "token `{name}` has role {}; this needs {}",
-                has.as_str(),
+                "{who} `{}` has role {}; this needs {}",
+                admin.name,
+                admin.role.as_str(),
                 role.as_str()
             )));
         }
-        Ok(Admin { name, role: has })
+        Ok(admin)
+    }
+
+    /// The caller a stored principal stands for.
+    pub fn of(p: crate::store::Principal) -> Result<Admin, ApiError> {
+        let role =
+            Role::parse(&p.role).ok_or_else(|| ApiError::internal(format!("stored role `{}` is unknown", p.role)))?;
+        let scope = Scope::parse_stored(p.scope.as_deref()).map_err(ApiError::internal)?;
+        Ok(Admin { name: p.name, role, scope, user: p.user_name })
     }
 }
 
 /// One extractor per role: `Viewer(admin): Viewer` in a handler's arguments lets in any
-/// admin token whose role is at least viewer.
+/// admin token whose role is at least viewer and that reaches the whole fleet. The
+/// `Scoped…` ones also let in scoped callers: a handler that takes one must narrow what
+/// it reads and writes to `admin.reach()` (deny by default: `scope.rs`).
 macro_rules! role_extractor {
-    ($(#[$doc:meta])* $name:ident, $role:expr) => {
+    ($(#[$doc:meta])* $name:ident, $role:expr, $scoped:expr) => {
         $(#[$doc])*
         pub struct $name(pub Admin);
 
@@ -90,7 +130,7 @@ macro_rules! role_extractor {
             type Rejection = ApiError;
 
             async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-                Admin::with_role(parts, state, $role).await.map($name)
+                Admin::with_role(parts, state, $role, $scoped).await.map($name)
             }
         }
     };
@@ -99,17 +139,32 @@ macro_rules! role_extractor {
 role_extractor!(
     /// A caller that may read everything.
     Viewer,
-    Role::Viewer
+    Role::Viewer,
+    false
 );
 role_extractor!(
     /// A caller that may also add and cancel operations, tag and group devices.
     Operator,
-    Role::Operator
+    Role::Operator,
+    false
 );
 role_extractor!(
     /// A caller that may also enroll and remove devices, manage tokens and plugins.
     Administrator,
-    Role::Admin
+    Role::Admin,
+    false
+);
+role_extractor!(
+    /// A viewer that may be scoped: the handler narrows what it serves to the scope.
+    ScopedViewer,
+    Role::Viewer,
+    true
+);
+role_extractor!(
+    /// An operator that may be scoped: the handler narrows what it touches to the scope.
+    ScopedOperator,
+    Role::Operator,
+    true
 );
 
 /// An authenticated device: the bearer of a live device credential, and that

@@ -90,8 +90,12 @@ pub(super) fn device_types(state: &AppState) -> Vec<DeviceType> {
 }
 
 /// The loaded device types and the operation codes each understands, with payload schemas.
+/// Scoped callers too: it describes the server's plugins, not the fleet.
 #[utoipa::path(get, path = "/api/v1/device-types", tag = "devices",
     responses((status = 200, body = DeviceTypes), Errors))]
-pub(super) async fn list_device_types(State(state): State<AppState>, _: Viewer) -> Result<Json<DeviceTypes>, ApiError> {
+pub(super) async fn list_device_types(
+    State(state): State<AppState>,
+    _: super::ScopedViewer,
+) -> Result<Json<DeviceTypes>, ApiError> {
     Ok(Json(DeviceTypes { items: device_types(&state) }))
 }

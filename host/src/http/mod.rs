@@ -24,10 +24,13 @@ mod plugins;
 mod policies;
 mod rollouts;
 mod tokens;
+mod users;
 mod webhooks;
 
 pub use error::{ApiError, ErrorBody};
-pub use extract::{Admin, Administrator, ApiJson, AuthDevice, Operator, Path, Query, Viewer};
+pub use extract::{
+    Admin, Administrator, ApiJson, AuthDevice, Operator, Path, Query, ScopedOperator, ScopedViewer, Viewer,
+};
 
 use crate::core::Core;
 use axum::extract::State;

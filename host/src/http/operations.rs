@@ -2,8 +2,8 @@
 //! service does the work), follow them, cancel them.
 
 use super::api::{DeviceRef, Errors, Page, cursor, next_cursor};
-use super::devices::device_or_404;
-use super::{ApiError, ApiJson, AppState, ErrorBody, Operator, Viewer};
+use super::devices::{device_for, in_reach};
+use super::{ApiError, ApiJson, AppState, ErrorBody, Operator, ScopedOperator, ScopedViewer, Viewer};
 use super::{Path, Query};
 use crate::store::{ActivityRow, OperationRow, TransitionRow};
 use axum::Json;
@@ -63,9 +63,16 @@ pub(super) struct Added {
               Errors))]
 pub(super) async fn add_operation(
     State(state): State<AppState>,
-    Operator(admin): Operator,
+    ScopedOperator(admin): ScopedOperator,
     ApiJson(req): ApiJson<AddOperation>,
 ) -> Result<(StatusCode, Json<Added>), ApiError> {
+    if let Some(scope) = admin.scope.as_ref().filter(|s| !s.allows_code(&req.code)) {
+        return Err(ApiError::forbidden(format!(
+            "`{}` is not among the operations your scope allows ({})",
+            req.code,
+            scope.operations.join(", ")
+        )));
+    }
     let t = req.targets;
     let op = crate::operations::NewOperation {
         code: req.code,
@@ -78,6 +85,7 @@ pub(super) async fn add_operation(
         },
         ttl_secs: req.ttl_secs,
         retries: req.retries.unwrap_or(0),
+        within: admin.reach(&state).await?,
     };
     let (activity, operations) = crate::operations::add(&state, op, &admin.actor()).await?;
     Ok((StatusCode::CREATED, Json(Added { activity, operations })))
@@ -118,11 +126,12 @@ pub(super) struct OperationPage {
     responses((status = 200, body = OperationPage), Errors))]
 pub(super) async fn list_operations(
     State(state): State<AppState>,
-    _: Viewer,
+    ScopedViewer(admin): ScopedViewer,
     Query(q): Query<OperationFilter>,
 ) -> Result<Json<OperationPage>, ApiError> {
+    let reach = admin.reach(&state).await?;
     let device = match (&q.device_type, &q.device_id) {
-        (Some(t), Some(id)) => Some(device_or_404(&state, t, id).await?.id),
+        (Some(t), Some(id)) => Some(device_for(&state, &admin, t, id).await?.id),
         (None, None) => None,
         _ => return Err(ApiError::bad_request("invalid", "give both `device_type` and `device_id`, or neither")),
     };
@@ -133,7 +142,7 @@ pub(super) async fn list_operations(
     }
     let (_, limit) = Page { after: None, limit: q.limit }.bounds();
     let cursor = cursor(q.after, q.before)?;
-    let rows = state.store.operations(device, q.activity, q.state.as_deref(), cursor, limit).await?;
+    let rows = state.store.operations(device, q.activity, q.state.as_deref(), reach.as_ref(), cursor, limit).await?;
     let (next_after, next_before) = next_cursor(&rows, limit, cursor, |o| o.id);
     Ok(Json(OperationPage { items: rows, next_after, next_before }))
 }
@@ -153,15 +162,26 @@ pub(super) struct OperationDetail {
     responses((status = 200, body = OperationDetail), Errors))]
 pub(super) async fn get_operation(
     State(state): State<AppState>,
-    _: Viewer,
+    ScopedViewer(admin): ScopedViewer,
     Path(id): Path<i64>,
 ) -> Result<Json<OperationDetail>, ApiError> {
-    let op =
-        state.store.operation(id).await?.ok_or_else(|| ApiError::not_found(format!("operation {id} not found")))?;
+    let op = operation_for(&state, &admin, id).await?;
     let device =
         state.store.device_by_key(op.device).await?.map(|d| DeviceRef { device_type: d.device_type, id: d.device_id });
     let transitions = state.store.transitions(id).await?;
     Ok(Json(OperationDetail { operation: op, device, transitions }))
+}
+
+/// An operation the caller may see: one of a device out of a scoped caller's reach is
+/// "not found".
+async fn operation_for(state: &AppState, admin: &crate::http::Admin, id: i64) -> Result<OperationRow, ApiError> {
+    let missing = || format!("operation {id} not found");
+    let op = state.store.operation(id).await?.ok_or_else(|| ApiError::not_found(missing()))?;
+    if admin.scope.is_some() {
+        let d = state.store.device_by_key(op.device).await?.ok_or_else(|| ApiError::not_found(missing()))?;
+        in_reach(state, admin, &d, missing).await?;
+    }
+    Ok(op)
 }
 
 #[derive(Serialize, ToSchema)]
@@ -176,9 +196,10 @@ pub(super) struct Cancelled {
               (status = 409, description = "The operation has already finished", body = ErrorBody), Errors))]
 pub(super) async fn cancel_operation(
     State(state): State<AppState>,
-    Operator(admin): Operator,
+    ScopedOperator(admin): ScopedOperator,
     Path(id): Path<i64>,
 ) -> Result<Json<Cancelled>, ApiError> {
+    operation_for(&state, &admin, id).await?;
     let cancelled = crate::operations::cancel_operation(&state, id, &admin.actor()).await?;
     Ok(Json(Cancelled { cancelled }))
 }

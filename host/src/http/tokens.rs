@@ -4,6 +4,7 @@ use super::api::Errors;
 use super::audit::AuditSlot;
 use super::{Administrator, ApiError, ApiJson, AppState, ErrorBody, Path};
 use crate::auth::Role;
+use crate::scope::Scope;
 use axum::Json;
 use axum::extract::{Extension, State};
 use axum::http::StatusCode;
@@ -22,6 +23,9 @@ pub(super) struct NewAdminToken {
     #[schema(minimum = 1, maximum = 315_360_000)]
     #[serde(default, deserialize_with = "super::extract::whole_number")]
     expires_in: Option<i64>,
+    /// What part of the fleet it reaches (docs/security.md, "Users and scoped roles");
+    /// absent: all of it.
+    scope: Option<Scope>,
 }
 
 /// Longest lifetime a token can be given: ten years.
@@ -31,6 +35,8 @@ const MAX_LIFETIME_SECS: i64 = 10 * 365 * 24 * 3600;
 pub(super) struct AdminTokenCreated {
     name: String,
     role: Role,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<Scope>,
     /// When it stops working (ms since the Unix epoch); absent: never.
     expires_at: Option<i64>,
     /// Shown in this answer only; stored as a hash.
@@ -60,18 +66,29 @@ pub(super) async fn create_admin_token(
             ));
         }
     };
+    if let Some(p) = t.scope.as_ref().and_then(|s| s.problem(false)) {
+        return Err(ApiError::bad_request("invalid", format!("`scope`: {p}")));
+    }
     if let Some(Extension(slot)) = &audit {
-        slot.set_data(serde_json::json!({ "name": t.name, "role": t.role, "expires_at": expires_at }));
+        slot.set_data(
+            serde_json::json!({ "name": t.name, "role": t.role, "scope": t.scope, "expires_at": expires_at }),
+        );
     }
     let (token, hash) = crate::auth::new_token("admin");
-    state.store.insert_admin_token(&hash, &t.name, t.role.as_str(), expires_at).await?;
-    Ok((StatusCode::CREATED, Json(AdminTokenCreated { name: t.name, role: t.role, expires_at, token })))
+    let scope = t.scope.as_ref().map(|s| serde_json::to_string(s).expect("a scope serializes"));
+    state.store.insert_admin_token(&hash, &t.name, t.role.as_str(), scope.as_deref(), expires_at).await?;
+    Ok((StatusCode::CREATED, Json(AdminTokenCreated { name: t.name, role: t.role, scope: t.scope, expires_at, token })))
 }
 
 #[derive(Serialize, ToSchema)]
 pub(super) struct AdminTokenInfo {
     name: String,
     role: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<Scope>,
+    /// The user a login token stands for (it acts with the user's role and scope).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
     created_at: i64,
     /// Absent: does not expire.
     expires_at: Option<i64>,
@@ -105,6 +122,8 @@ pub(super) async fn list_admin_tokens(
                 (None, Some(e)) if e <= now => "expired",
                 _ => "live",
             },
+            scope: Scope::parse_stored(t.scope.as_deref()).ok().flatten(),
+            user: t.user_name,
             name: t.name,
             role: t.role,
             created_at: t.created_at,

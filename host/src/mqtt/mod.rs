@@ -167,8 +167,12 @@ impl Gate {
         }
         if username == ADMIN_USER {
             let token_hash = crate::auth::hash_token(password);
-            let (name, _role) = self.store.admin_for_token(&token_hash).await.ok()??;
-            return Some(Access::Admin { name, token_hash });
+            let principal = self.store.admin_for_token(&token_hash).await.ok()??;
+            // The event feed is the whole fleet's: a scoped token may not read it.
+            if principal.scope.is_some() {
+                return None;
+            }
+            return Some(Access::Admin { name: principal.name, token_hash });
         }
         let (device_type, device_id) = username.split_once('/')?;
         if device_id.contains(['/', '+', '#', '$']) || device_type.contains(['+', '#', '$', ':']) {

@@ -116,6 +116,8 @@ pub struct DeviceFilter<'a> {
     pub search: Option<&'a str>,
     /// Metadata keys and the values they must have.
     pub metadata: BTreeMap<String, String>,
+    /// A scoped caller's reach (`scope.rs`): only the devices it admits.
+    pub reach: Option<&'a crate::scope::Reach>,
 }
 
 /// A saved query over devices: the definition of a dynamic group. Every criterion given
@@ -367,9 +369,22 @@ impl Store {
             }
             None => {}
         }
+        if let Some(reach) = filter.reach {
+            let condition = reach.condition(self.is_postgres(), &mut f);
+            f.sql.push_str(&format!(" AND {condition}"));
+        }
         let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE id > $1{} ORDER BY id LIMIT $2", f.sql);
         Ok(with_pool!(self, pool => bind_filters!(sqlx::query_as(trusted(&sql)).bind(after).bind(limit), f)
             .fetch_all(pool).await?))
+    }
+
+    /// Whether a scoped caller's reach admits the device with key `device`.
+    pub async fn in_reach(&self, device: i64, reach: &crate::scope::Reach) -> Result<bool, StoreError> {
+        let mut f = Filters::new(2);
+        let condition = reach.condition(self.is_postgres(), &mut f);
+        let sql = format!("SELECT COUNT(*) FROM devices d WHERE d.id = $1 AND {condition}");
+        let (n,): (i64,) = with_pool!(self, pool => bind_filters!(sqlx::query_as(trusted(&sql)).bind(device), f).fetch_one(pool).await?);
+        Ok(n > 0)
     }
 
     /// Mark active devices not seen since `before` as unreachable; returns how many.

@@ -22,6 +22,7 @@ mod psk;
 mod rollouts;
 mod telemetry;
 mod tokens;
+mod users;
 mod wakeups;
 mod webhooks;
 mod writes;
@@ -48,8 +49,9 @@ pub use rollouts::{
     Waiting,
 };
 pub use telemetry::{Point, TelemetryRow};
-pub use tokens::AdminTokenRow;
 pub use tokens::CertificateRow;
+pub use tokens::{AdminTokenRow, Principal};
+pub use users::{Login, UserChange, UserRow};
 pub use wakeups::{DueWakeup, SettingsRow, WakeupRow};
 pub use webhooks::{DeliveryRow, NewWebhook, WebhookRow};
 pub use writes::LEVELS as ROLLUP_LEVELS;

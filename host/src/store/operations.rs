@@ -30,6 +30,8 @@ pub struct TargetSet {
     pub groups: Vec<i64>,
     pub tags: Vec<String>,
     pub queries: Vec<DeviceQuery>,
+    /// A scoped caller's reach: of the targets, only devices it admits.
+    pub within: Option<crate::scope::Reach>,
 }
 
 /// A fan-out this large refreshes PostgreSQL's statistics before superseding.
@@ -63,6 +65,10 @@ impl TargetSet {
             any.push(q.condition(postgres, &mut f));
         }
         f.sql = format!("d.status <> 'removed' AND ({})", any.join(" OR "));
+        if let Some(reach) = &self.within {
+            let condition = reach.condition(postgres, &mut f);
+            f.sql = format!("{} AND {condition}", f.sql);
+        }
         f
     }
 }
@@ -241,6 +247,17 @@ impl Store {
     }
 
     /// The device types among the targets (for validation by each type's plugin).
+    /// How many targeted devices a reach leaves out (to refuse rather than narrow).
+    pub async fn targets_outside(&self, targets: &TargetSet, reach: &crate::scope::Reach) -> Result<i64, StoreError> {
+        let all = TargetSet { within: None, ..targets.clone() };
+        let mut predicate = all.predicate(self.is_postgres(), 1);
+        let condition = reach.condition(self.is_postgres(), &mut predicate);
+        let sql = format!("SELECT COUNT(*) FROM devices d WHERE {} AND NOT {condition}", predicate.sql);
+        let (n,): (i64,) =
+            with_pool!(self, pool => bind_filters!(sqlx::query_as(trusted(&sql)), predicate).fetch_one(pool).await?);
+        Ok(n)
+    }
+
     pub async fn target_types(&self, targets: &TargetSet) -> Result<Vec<String>, StoreError> {
         let predicate = targets.predicate(self.is_postgres(), 1);
         let sql =
@@ -690,10 +707,15 @@ impl Store {
         device: Option<i64>,
         activity: Option<i64>,
         state: Option<&str>,
+        reach: Option<&crate::scope::Reach>,
         page: Cursor,
         limit: i64,
     ) -> Result<Vec<OperationRow>, StoreError> {
         let mut f = Filters::new(3);
+        if let Some(reach) = reach {
+            let condition = reach.condition(self.is_postgres(), &mut f);
+            f.sql.push_str(&format!(" AND device IN (SELECT d.id FROM devices d WHERE {condition})"));
+        }
         if let Some(v) = device {
             f.and("device = ?", Param::Int(v));
         }

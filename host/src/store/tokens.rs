@@ -78,11 +78,13 @@ impl Store {
         token_hash: &str,
         name: &str,
         role: &str,
+        scope: Option<&str>,
         expires_at: Option<i64>,
     ) -> Result<(), StoreError> {
         let r = with_write_pool!(self, pool => sqlx::query(
-                "INSERT INTO admin_tokens (token_hash, name, role, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(token_hash).bind(name).bind(role).bind(now_ms()).bind(expires_at).execute(pool).await.map(|_| ()));
+                "INSERT INTO admin_tokens (token_hash, name, role, created_at, expires_at, scope) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(token_hash).bind(name).bind(role).bind(now_ms()).bind(expires_at).bind(scope)
+            .execute(pool).await.map(|_| ()));
         r.map_err(|e| StoreError::conflict_or(e, || format!("a live admin token named `{name}`")))
     }
 
@@ -101,11 +103,18 @@ impl Store {
         Ok(())
     }
 
-    /// `(name, role)` of a live (unrevoked, unexpired) admin token.
-    pub async fn admin_for_token(&self, token_hash: &str) -> Result<Option<(String, String)>, StoreError> {
+    /// The principal of a live (unrevoked, unexpired) admin token. A user's login token
+    /// carries the user's current role and scope, and nothing while the user is disabled
+    /// or removed.
+    pub async fn admin_for_token(&self, token_hash: &str) -> Result<Option<Principal>, StoreError> {
         Ok(with_pool!(self, pool => sqlx::query_as(
-                "SELECT name, role FROM admin_tokens
-                 WHERE token_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)")
+                "SELECT CASE WHEN t.user_name IS NULL THEN t.name ELSE t.user_name END AS name,
+                        CASE WHEN t.user_name IS NULL THEN t.role ELSE u.role END AS role,
+                        CASE WHEN t.user_name IS NULL THEN t.scope ELSE u.scope END AS scope,
+                        t.user_name AS user_name
+                 FROM admin_tokens t LEFT JOIN users u ON u.name = t.user_name
+                 WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > $2)
+                   AND (t.user_name IS NULL OR (u.name IS NOT NULL AND u.disabled_at IS NULL))")
             .bind(token_hash).bind(now_ms()).fetch_optional(pool).await?))
     }
 
@@ -120,7 +129,7 @@ impl Store {
     /// Every admin token, live first, then by name; never the hash.
     pub async fn admin_tokens(&self) -> Result<Vec<AdminTokenRow>, StoreError> {
         Ok(with_pool!(self, pool => sqlx::query_as(
-                "SELECT name, role, created_at, expires_at, revoked_at FROM admin_tokens
+                "SELECT name, role, scope, user_name, created_at, expires_at, revoked_at FROM admin_tokens
                  ORDER BY CASE WHEN revoked_at IS NULL THEN 0 ELSE 1 END, name, created_at DESC")
             .fetch_all(pool).await?))
     }
@@ -131,15 +140,17 @@ impl Store {
         let now = now_ms();
         with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            let row: Option<(String,)> = sqlx::query_as(
-                    "SELECT role FROM admin_tokens WHERE name = $1 AND revoked_at IS NULL")
+            let row: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
+                    "SELECT role, scope, user_name FROM admin_tokens WHERE name = $1 AND revoked_at IS NULL")
                 .bind(name).fetch_optional(&mut *tx).await?;
-            let Some((role,)) = row else {
+            let Some((role, scope, user)) = row else {
                 return Err(StoreError::NotFound(format!("live admin token `{name}`")));
             };
-            if role == "admin" {
+            // Only an unscoped admin token that is nobody's login can manage tokens for good.
+            if role == "admin" && scope.is_none() && user.is_none() {
                 let (others,): (i64,) = sqlx::query_as(
                         "SELECT COUNT(*) FROM admin_tokens WHERE role = 'admin' AND name <> $1
+                           AND scope IS NULL AND user_name IS NULL
                            AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)")
                     .bind(name).bind(now).fetch_one(&mut *tx).await?;
                 if others == 0 {
@@ -155,11 +166,25 @@ impl Store {
     }
 }
 
+/// Who a live admin token stands for: the token itself (by name), or the user whose
+/// login issued it, with the role and scope (JSON) that apply now.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Principal {
+    pub name: String,
+    pub role: String,
+    pub scope: Option<String>,
+    pub user_name: Option<String>,
+}
+
 /// An admin token as listed: never its hash.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AdminTokenRow {
     pub name: String,
     pub role: String,
+    /// JSON (`scope.rs`); `None`: the whole fleet.
+    pub scope: Option<String>,
+    /// The user a login token stands for.
+    pub user_name: Option<String>,
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,

@@ -10,6 +10,10 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 pub async fn overview(State(console): State<ConsoleState>, session: Session) -> PageResult {
+    if session.scoped {
+        // The overview counts the whole fleet; a scoped session starts at its devices.
+        return Ok(super::see("/console/devices"));
+    }
     let api = Api { console: &console, session: &session };
     let fleet: Value = api.get("fleet").await.or_page(&session)?;
     // type -> status -> count

@@ -33,6 +33,7 @@ const NAV: &[(&str, &str, &str)] = &[
     ("policies", "/console/policies", "Policies"),
     ("rollouts", "/console/rollouts", "Rollouts"),
     ("audit", "/console/audit", "Audit"),
+    ("users", "/console/users", "Users"),
 ];
 
 /// A whole page. `active` names the navigation entry to mark.
@@ -54,14 +55,16 @@ pub fn page(title: &str, session: Option<&Session>, active: &str, body: Markup) 
                     @if let Some(s) = session {
                         nav aria-label="Main" {
                             ul {
-                                @for (key, href, label) in NAV {
+                                // A scoped session sees its devices only: the other pages
+                                // show the whole fleet, which its token may not read.
+                                @for (key, href, label) in NAV.iter().filter(|(k, _, _)| !s.scoped || *k == "devices") {
                                     li { a href=(href) aria-current=[(*key == active).then_some("page")] { (label) } }
                                 }
                             }
                         }
                         form.who method="post" action="/console/logout" {
                             (csrf(s))
-                            span { (s.name) " (" (s.role.as_str()) ")" }
+                            span { (s.name) " (" (s.role.as_str()) @if s.scoped { ", scoped" } ")" }
                             button.link type="submit" { "Log out" }
                         }
                     }

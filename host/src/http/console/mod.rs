@@ -23,6 +23,7 @@ mod layout;
 mod plugins;
 mod rollouts;
 mod session;
+mod users;
 
 pub use session::SessionToken;
 
@@ -87,6 +88,8 @@ pub fn router(state: AppState, api: Router) -> Router {
         .route("/console/alert-rules/{name}/delete", post(analytics::delete_rule))
         .route("/console/metrics", get(analytics::metrics))
         .route("/console/audit", get(rollouts::audit))
+        .route("/console/users", get(users::list).post(users::create))
+        .route("/console/users/{name}/{action}", post(users::act))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(console)
 }

@@ -14,7 +14,8 @@ use subtle::ConstantTimeEq;
 /// The session cookie's name.
 pub const COOKIE: &str = "drover_session";
 /// How long a session lasts (an admin logs in once a working day).
-const SESSION_MS: i64 = 12 * 3600 * 1000;
+const SESSION: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+const SESSION_MS: i64 = SESSION.as_millis() as i64;
 /// Largest form the console takes (a CSV import pasted into the page).
 const MAX_FORM: usize = 8 << 20;
 
@@ -29,7 +30,12 @@ pub struct SessionToken(pub String);
 #[derive(Clone)]
 pub struct Session {
     pub name: String,
+    /// As the audit trail names it: the token's name, or `user:NAME`.
+    pub actor: String,
     pub role: Role,
+    /// The token or user reaches part of the fleet only (`scope.rs`): pages that show the
+    /// whole fleet are not offered.
+    pub scoped: bool,
     pub token_hash: String,
     pub csrf: String,
 }
@@ -74,11 +80,13 @@ impl FromRequestParts<ConsoleState> for Session {
             return Err(to_login(parts));
         };
         // The token is looked up on every request: revoked or expired, the session is over.
-        let Some((name, role)) = store.admin_for_token(&row.token_hash).await.map_err(internal)? else {
+        let Some(principal) = store.admin_for_token(&row.token_hash).await.map_err(internal)? else {
             return Err(to_login(parts));
         };
-        let role = Role::parse(&role).unwrap_or(Role::Viewer);
-        Ok(Session { name, role, token_hash: row.token_hash, csrf: row.csrf })
+        let role = Role::parse(&principal.role).unwrap_or(Role::Viewer);
+        let scoped = principal.scope.is_some();
+        let actor = principal.user_name.as_ref().map_or_else(|| principal.name.clone(), |u| format!("user:{u}"));
+        Ok(Session { name: principal.name, actor, role, scoped, token_hash: row.token_hash, csrf: row.csrf })
     }
 }
 
@@ -137,14 +145,23 @@ pub async fn login_page(axum::extract::Query(q): axum::extract::Query<LoginQuery
 
 fn login_form(next: &str, error: Option<&str>) -> maud::Markup {
     let body = maud::html! {
-        form.card method="post" action="/console/login" {
-            @if let Some(e) = error { p.error role="alert" { (e) } }
+        @if let Some(e) = error { p.error role="alert" { (e) } }
+        form.card #user-login method="post" action="/console/login" {
+            input type="hidden" name="next" value=(next);
+            label for="user" { "User" }
+            input #user type="text" name="name" autocomplete="username" required autofocus
+                pattern="[A-Za-z0-9._@-]{1,64}";
+            label for="password" { "Password" }
+            input #password type="password" name="password" autocomplete="current-password" required;
+            button type="submit" { "Log in" }
+        }
+        form.card #token-login method="post" action="/console/login" {
             input type="hidden" name="next" value=(next);
             label for="token" { "Admin token" }
-            input #token type="password" name="token" autocomplete="current-password" required autofocus
+            input #token type="password" name="token" autocomplete="off" required
                 placeholder="drv_admin_…";
-            p.hint { "An admin token from " code { "drover token create" } " or the server's " code { "admin-token" } " file. The console acts with that token's role." }
-            button type="submit" { "Log in" }
+            p.hint { "Or an admin token from " code { "drover token create" } " or the server's " code { "admin-token" } " file. The console acts with that token's role." }
+            button type="submit" { "Log in with a token" }
         }
     };
     layout::page("Log in", None, "", body)
@@ -152,7 +169,9 @@ fn login_form(next: &str, error: Option<&str>) -> maud::Markup {
 
 #[derive(Deserialize)]
 pub struct LoginForm {
-    token: String,
+    token: Option<String>,
+    name: Option<String>,
+    password: Option<String>,
     next: Option<String>,
 }
 
@@ -181,15 +200,36 @@ pub async fn login(
         return (StatusCode::FORBIDDEN, html(login_form(&next, Some("A login form from another site is refused."))))
             .into_response();
     }
-    let token_hash = hash_token(form.token.trim());
+    let token = match (form.name.as_deref(), form.password.as_deref(), form.token.as_deref()) {
+        (Some(name), Some(password), _) => {
+            match crate::users::login(&state.app.store, name.trim(), password, Some(SESSION)).await {
+                Ok(session) => session.token,
+                Err(e) => {
+                    let status = crate::http::ApiError::from(e.clone()).status;
+                    return (status, html(login_form(&next, Some(&e.message)))).into_response();
+                }
+            }
+        }
+        (_, _, Some(token)) => token.trim().to_string(),
+        _ => {
+            return (StatusCode::BAD_REQUEST, html(login_form(&next, Some("Give a user and password, or a token."))))
+                .into_response();
+        }
+    };
+    let token_hash = hash_token(&token);
     let known = match state.app.store.admin_for_token(&token_hash).await {
         Ok(k) => k,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("database: {e}")).into_response(),
     };
-    let Some((name, role)) = known else {
+    let Some(principal) = known else {
         tracing::info!(target: "console", "console login refused: unknown, expired or revoked token");
         return (StatusCode::UNAUTHORIZED, html(login_form(&next, Some("Unknown, expired or revoked admin token."))))
             .into_response();
+    };
+    // In the trail as the API's calls are: a token by its name, a user as `user:NAME`.
+    let (name, role) = match principal.user_name {
+        Some(user) => (format!("user:{user}"), principal.role),
+        None => (principal.name, principal.role),
     };
     let (id, csrf) = (random_hex(), random_hex());
     if let Err(e) = state.app.store.create_session(&hash_token(&id), &token_hash, &csrf, now_ms() + SESSION_MS).await {
@@ -235,7 +275,9 @@ pub async fn logout(
     if let Some(id) = cookie(&headers, COOKIE) {
         let _ = state.app.store.delete_session(&hash_token(id)).await;
     }
-    audit(&state, &session.name, session.role.as_str(), "POST /console/logout").await;
+    // A user's login token was made for this session only: it ends with it.
+    let _ = state.app.store.end_user_session(&session.token_hash).await;
+    audit(&state, &session.actor, session.role.as_str(), "POST /console/logout").await;
     let mut response = see("/console/login");
     response.headers_mut().insert(
         header::SET_COOKIE,

@@ -1,0 +1,367 @@
+//! Users and scoped roles (issue 29), on SQLite and PostgreSQL: users log in with a
+//! password and act with their role and scope; a scoped caller sees and touches only
+//! the devices its scope admits, and every other endpoint of the OpenAPI document
+//! refuses it (the walk below fails for an endpoint added without thought for scopes);
+//! failed logins lock a user for a while; a change to a user applies at their next
+//! request; device owners reach only their own devices and the codes their scope lists.
+
+use drover_tests::{Backend, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn with(server: &TestServer, token: &str, method: Method, path: &str) -> reqwest::RequestBuilder {
+    server.http.request(method, server.url(path)).bearer_auth(token)
+}
+
+async fn login(server: &TestServer, name: &str, password: &str) -> reqwest::Response {
+    server
+        .http
+        .post(server.url("/api/v1/login"))
+        .json(&json!({ "name": name, "password": password }))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn token_of(server: &TestServer, name: &str) -> String {
+    let r = login(server, name, PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string()
+}
+
+async fn ids(server: &TestServer, token: &str, path: &str) -> Vec<String> {
+    let r = with(server, token, Method::GET, path).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{path}: {}", r.text().await.unwrap());
+    let body: Value = r.json().await.unwrap();
+    let mut ids: Vec<String> =
+        body["items"].as_array().unwrap().iter().map(|d| d["device_id"].as_str().unwrap().to_string()).collect();
+    ids.sort();
+    ids
+}
+
+async fn add(server: &TestServer, token: &str, code: &str, targets: Value) -> reqwest::Response {
+    with(server, token, Method::POST, "/api/v1/operations")
+        .json(&json!({ "code": code, "targets": targets }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The endpoints written to serve scoped callers (narrowed to the scope), by method and
+/// route; every other one must refuse them.
+const SCOPED: &[(&str, &str)] = &[
+    ("get", "/api/v1/devices"),
+    ("get", "/api/v1/devices/{device_type}/{device_id}"),
+    ("get", "/api/v1/devices/{device_type}/{device_id}/telemetry"),
+    ("get", "/api/v1/devices/{device_type}/{device_id}/certificates"),
+    ("get", "/api/v1/device-types"),
+    ("get", "/api/v1/operations"),
+    ("post", "/api/v1/operations"),
+    ("get", "/api/v1/operations/{id}"),
+    ("post", "/api/v1/operations/{id}/cancel"),
+    ("get", "/api/v1/whoami"),
+    ("post", "/api/v1/logout"),
+    ("post", "/api/v1/login"),
+];
+
+/// Walk every path and method of the OpenAPI document as `token` (scoped): the scoped
+/// endpoints are checked by the caller; every other one must answer 403 `scoped`, and
+/// no answer may name `hidden` (a device outside the scope).
+async fn walk(server: &TestServer, token: &str, hidden: &str, other_op: i64) {
+    let doc: Value = server.http.get(server.url("/api/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let mut refused = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in ["get", "post", "put", "patch", "delete"] {
+            if item.get(method).is_none() || SCOPED.contains(&(method, path.as_str())) {
+                continue;
+            }
+            let concrete = path
+                .replace("{device_type}", "android")
+                .replace("{device_id}", hidden)
+                .replace("{id}", &other_op.to_string())
+                .replace("{name}", "lab")
+                .replace("{serial}", "00")
+                .replace("{version}", "1.0.0")
+                .replace("{plugin}", "android")
+                .replace("{metric}", "battery");
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let r = with(server, token, m, &concrete).json(&json!({})).send().await.unwrap();
+            let status = r.status();
+            let body = r.text().await.unwrap();
+            assert!(!body.contains(hidden), "{method} {concrete} named a device outside the scope: {body}");
+            assert_eq!(status, StatusCode::FORBIDDEN, "{method} {concrete} served a scoped caller: {body}");
+            let body: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(body["error"]["code"], "scoped", "{method} {concrete}: {body}");
+            refused += 1;
+        }
+    }
+    assert!(refused > 60, "only {refused} endpoints walked: is the OpenAPI document whole?");
+}
+
+async fn users_and_scopes(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    for id in ["lab-1", "lab-2", "desk-1"] {
+        server.enroll_android(id).await;
+    }
+    let r = server.admin(Method::POST, "/api/v1/groups").json(&json!({ "name": "lab" })).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = server
+        .admin(Method::POST, "/api/v1/groups/lab/members")
+        .json(&json!({ "devices": [{ "type": "android", "id": "lab-1" }, { "type": "android", "id": "lab-2" }] }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    for (id, tag) in [("lab-1", "floor-2"), ("desk-1", "floor-2")] {
+        let path = format!("/api/v1/devices/android/{id}/tags");
+        let r = server.admin(Method::PUT, &path).json(&json!({ "tags": [tag] })).send().await.unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+    let desk_op = server.add_operation("android", "desk-1", "DEVICE_INFO", None).await;
+
+    // Bad users are named and refused.
+    let new_user = |body: Value| server.admin(Method::POST, "/api/v1/users").json(&body).send();
+    for (body, says) in [
+        (json!({ "name": "olive", "password": "short", "role": "operator" }), "at least 12"),
+        (json!({ "name": "a/b", "password": PASSWORD, "role": "operator" }), "user name"),
+        (json!({ "name": "olive", "password": PASSWORD, "role": "operator", "scope": {} }), "scope is empty"),
+        (
+            json!({ "name": "olive", "password": PASSWORD, "role": "operator", "scope": { "group": ["lab"] } }),
+            "unknown field",
+        ),
+    ] {
+        let r = new_user(body.clone()).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains(says), "{body}: {text}");
+    }
+    let r = server
+        .admin(Method::POST, "/api/v1/admin-tokens")
+        .json(&json!({ "name": "mine", "role": "operator", "scope": { "own_devices": true } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "a token cannot own devices");
+
+    // Olive operates the lab group.
+    let r =
+        new_user(json!({ "name": "olive", "password": PASSWORD, "role": "operator", "scope": { "groups": ["lab"] } }))
+            .await
+            .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    let created: Value = r.json().await.unwrap();
+    assert!(created.get("password").is_none() && !created.to_string().contains("argon2"), "{created}");
+    let r = new_user(json!({ "name": "olive", "password": PASSWORD, "role": "viewer" })).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+
+    // A wrong password and an unknown name are refused alike.
+    let wrong = login(&server, "olive", "not the password at all").await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let wrong: Value = wrong.json().await.unwrap();
+    let unknown = login(&server, "nobody", PASSWORD).await;
+    assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(unknown.json::<Value>().await.unwrap(), wrong, "the answers tell names apart");
+
+    let olive = token_of(&server, "olive").await;
+    let me: Value = with(&server, &olive, Method::GET, "/api/v1/whoami").send().await.unwrap().json().await.unwrap();
+    assert_eq!(me["user"], "olive");
+    assert_eq!(me["role"], "operator");
+    assert_eq!(me["scope"]["groups"], json!(["lab"]));
+
+    // Olive sees the lab only; a device outside it does not exist for her.
+    assert_eq!(ids(&server, &olive, "/api/v1/devices").await, ["lab-1", "lab-2"]);
+    assert_eq!(ids(&server, &olive, "/api/v1/devices?tag=floor-2").await, ["lab-1"]);
+    let r = with(&server, &olive, Method::GET, "/api/v1/devices/android/desk-1").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = with(&server, &olive, Method::GET, "/api/v1/devices/android/lab-1").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    for path in [
+        "/api/v1/devices/android/desk-1/telemetry",
+        "/api/v1/devices/android/desk-1/certificates",
+        "/api/v1/operations?device_type=android&device_id=desk-1",
+    ] {
+        let r = with(&server, &olive, Method::GET, path).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    let op = format!("/api/v1/operations/{desk_op}");
+    let r = with(&server, &olive, Method::GET, &op).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = with(&server, &olive, Method::POST, &format!("{op}/cancel")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(server.operation(desk_op).await["state"], "PENDING", "the refused cancel changed the operation");
+
+    // She adds operations inside the lab; a target reaching outside is refused whole.
+    let r = add(&server, &olive, "DEVICE_RING", json!({ "groups": ["lab"] })).await;
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    assert_eq!(r.json::<Value>().await.unwrap()["operations"], 2);
+    for targets in [
+        json!({ "devices": [{ "type": "android", "id": "desk-1" }] }),
+        json!({ "tags": ["floor-2"] }),
+        json!({ "devices": [{ "type": "android", "id": "lab-1" }, { "type": "android", "id": "desk-1" }] }),
+    ] {
+        let r = add(&server, &olive, "DEVICE_RING", targets.clone()).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{targets}");
+        assert!(r.text().await.unwrap().contains("outside your scope"));
+    }
+    let ops: Value =
+        with(&server, &olive, Method::GET, "/api/v1/operations").send().await.unwrap().json().await.unwrap();
+    let ops = ops["items"].as_array().unwrap();
+    assert_eq!(ops.len(), 2, "{ops:?}");
+    assert!(ops.iter().all(|o| o["id"] != desk_op));
+    let all: Value = server.admin(Method::GET, "/api/v1/operations").send().await.unwrap().json().await.unwrap();
+    assert_eq!(all["items"].as_array().unwrap().len(), 3, "a refused add stored operations");
+
+    // Every other endpoint refuses her, and none names the desk device.
+    walk(&server, &olive, "desk-1", desk_op).await;
+
+    // Her refused writes are in the audit trail under her name; her actions carry it.
+    let trail: Value =
+        server.admin(Method::GET, "/api/v1/audit?actor=user:olive").send().await.unwrap().json().await.unwrap();
+    let trail = trail["items"].as_array().unwrap();
+    assert!(trail.iter().any(|r| r["outcome"] == "refused" && r["status"] == 403), "{trail:?}");
+    let events: Value =
+        server.admin(Method::GET, "/api/v1/events?type=user.").send().await.unwrap().json().await.unwrap();
+    let types: Vec<&str> = events["items"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["user.created", "user.logged_in"], "{events}");
+    assert!(!events.to_string().contains(PASSWORD) && !events.to_string().contains("argon2"));
+    let activity: Value =
+        server.admin(Method::GET, "/api/v1/activities?before=999999").send().await.unwrap().json().await.unwrap();
+    assert_eq!(activity["items"][0]["created_by"], "user:olive");
+
+    // A new scope applies at her next request, without a new login.
+    let r = server
+        .admin(Method::PATCH, "/api/v1/users/olive")
+        .json(&json!({ "scope": { "device_types": ["android"] } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    assert_eq!(ids(&server, &olive, "/api/v1/devices").await, ["desk-1", "lab-1", "lab-2"]);
+    // The whole fleet: then the fleet-wide endpoints serve her too.
+    let r = server.admin(Method::PATCH, "/api/v1/users/olive").json(&json!({ "scope": null })).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = with(&server, &olive, Method::GET, "/api/v1/groups").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Disabled: her token stops at once, and she cannot log in.
+    let r = server.admin(Method::PATCH, "/api/v1/users/olive").json(&json!({ "disabled": true })).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = with(&server, &olive, Method::GET, "/api/v1/devices").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(login(&server, "olive", PASSWORD).await.status(), StatusCode::UNAUTHORIZED);
+    let r =
+        server.admin(Method::PATCH, "/api/v1/users/olive").json(&json!({ "disabled": false })).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = with(&server, &olive, Method::GET, "/api/v1/devices").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "enabling brought an ended session back");
+    let again = token_of(&server, "olive").await;
+    // Logging out ends that token.
+    let r = with(&server, &again, Method::POST, "/api/v1/logout").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = with(&server, &again, Method::GET, "/api/v1/whoami").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // Five failures in a row lock her: then even the right password waits.
+    for _ in 0..5 {
+        assert_eq!(login(&server, "olive", "guess guess guess").await.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = login(&server, "olive", PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "locked");
+    let events: Value =
+        server.admin(Method::GET, "/api/v1/events?type=user.locked").send().await.unwrap().json().await.unwrap();
+    assert_eq!(events["items"].as_array().unwrap().len(), 1, "{events}");
+    // The first lock is a second long.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    token_of(&server, "olive").await;
+
+    // A scoped token: android devices, ring only.
+    let r = server
+        .admin(Method::POST, "/api/v1/admin-tokens")
+        .json(&json!({ "name": "helpdesk", "role": "operator",
+                       "scope": { "device_types": ["android"], "operations": ["DEVICE_RING"] } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    let helpdesk = r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string();
+    let one = json!({ "devices": [{ "type": "android", "id": "desk-1" }] });
+    let r = add(&server, &helpdesk, "WIPE_DATA", one.clone()).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.text().await.unwrap().contains("not among the operations"));
+    assert_eq!(add(&server, &helpdesk, "DEVICE_RING", one).await.status(), StatusCode::CREATED);
+    let r = with(&server, &helpdesk, Method::GET, "/api/v1/events").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "the event log is the whole fleet's");
+
+    // Removing a user ends their sessions.
+    let last = token_of(&server, "olive").await;
+    let r = server.admin(Method::DELETE, "/api/v1/users/olive").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = with(&server, &last, Method::GET, "/api/v1/whoami").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    server.stop().await;
+}
+
+/// A device owner's self-service: their own devices, the codes their scope lists.
+async fn device_owners(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    for id in ["byod-1", "byod-2"] {
+        server.enroll_android(id).await;
+    }
+    let r = server
+        .admin(Method::PATCH, "/api/v1/devices/android/byod-1")
+        .json(&json!({ "owner": "bob@example.com" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = server
+        .admin(Method::POST, "/api/v1/users")
+        .json(&json!({ "name": "bob@example.com", "password": PASSWORD, "role": "operator",
+                       "scope": { "own_devices": true, "operations": ["DEVICE_RING", "DEVICE_LOCATION", "WIPE_DATA"] } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    let bob = token_of(&server, "bob@example.com").await;
+    assert_eq!(ids(&server, &bob, "/api/v1/devices").await, ["byod-1"]);
+    let mine = json!({ "devices": [{ "type": "android", "id": "byod-1" }] });
+    assert_eq!(add(&server, &bob, "DEVICE_RING", mine.clone()).await.status(), StatusCode::CREATED);
+    assert_eq!(add(&server, &bob, "DEVICE_LOCK", mine).await.status(), StatusCode::FORBIDDEN);
+    let theirs = json!({ "devices": [{ "type": "android", "id": "byod-2" }] });
+    assert_eq!(add(&server, &bob, "DEVICE_RING", theirs).await.status(), StatusCode::FORBIDDEN);
+    // Given to someone else, the device is out of his reach at once.
+    let r = server
+        .admin(Method::PATCH, "/api/v1/devices/android/byod-1")
+        .json(&json!({ "owner": "carol@example.com" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(ids(&server, &bob, "/api/v1/devices").await.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_and_scopes_sqlite() {
+    users_and_scopes(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_and_scopes_postgres() {
+    let Some(backend) = Backend::postgres() else { return };
+    users_and_scopes(backend).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_owners_sqlite() {
+    device_owners(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_owners_postgres() {
+    let Some(backend) = Backend::postgres() else { return };
+    device_owners(backend).await;
+}
