@@ -187,8 +187,14 @@ pub async fn user_list(server: ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn user_add(name: String, role: String, scope: ScopeArgs, server: ServerArgs) -> anyhow::Result<()> {
-    let password = password()?;
+pub async fn user_add(
+    name: String,
+    role: String,
+    no_password: bool,
+    scope: ScopeArgs,
+    server: ServerArgs,
+) -> anyhow::Result<()> {
+    let password = if no_password { None } else { Some(password()?) };
     let body = json!({ "name": name, "password": password, "role": role, "scope": scope.scope() });
     let u = call(&server, Method::POST, "users", Some(body)).await?;
     if !printed(&server, &u) {

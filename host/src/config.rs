@@ -149,6 +149,15 @@ pub struct ServeArgs {
     /// Log format: text or json [default: text]
     #[arg(long, env = "DROVER_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// An OpenID Connect provider's issuer URL: the admin API also takes its signed tokens (JWTs) for users added here (docs/security.md) [default: none]
+    #[arg(long, env = "DROVER_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// The audience (client id) the provider's tokens must be for
+    #[arg(long, env = "DROVER_OIDC_AUDIENCE")]
+    pub oidc_audience: Option<String>,
+    /// The token claim that names the user [default: email]
+    #[arg(long, env = "DROVER_OIDC_USER_CLAIM")]
+    pub oidc_user_claim: Option<String>,
 }
 
 /// MQTT connections by default: with 4,096 HTTP connections and the database pools, within
@@ -181,6 +190,8 @@ pub struct Config {
     pub device_cert_days: u32,
     /// Proxies whose forwarded client certificates are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// An OpenID Connect provider whose tokens stand for users (`oidc.rs`).
+    pub oidc: Option<crate::oidc::Settings>,
     pub coap_addr: SocketAddr,
     pub coaps_addr: SocketAddr,
     /// See [`ServeArgs::coap_nosec`].
@@ -237,6 +248,8 @@ pub enum ConfigError {
     Database(String),
     #[error("{0}")]
     Tls(&'static str),
+    #[error("{0}")]
+    Oidc(String),
     #[error("--public-url `{0}`: expected http://… or https://… (the URL devices reach this server at)")]
     PublicUrl(String),
 }
@@ -258,6 +271,7 @@ impl Config {
             device_ca: None,
             device_cert_days: 365,
             trusted_proxies: vec![],
+            oidc: None,
             coap_addr: loopback,
             coaps_addr: loopback,
             // The tests' LwM2M client (lwm2m-node-lib) speaks plain CoAP only.
@@ -331,7 +345,23 @@ impl ServeArgs {
             (Some(_), None) => return Err(ConfigError::Tls("--device-ca-cert needs --device-ca-key")),
             (None, Some(_)) => return Err(ConfigError::Tls("--device-ca-key needs --device-ca-cert")),
         };
+        let oidc = match (self.oidc_issuer.or(file.oidc_issuer), self.oidc_audience.or(file.oidc_audience)) {
+            (None, None) => None,
+            (Some(issuer), audience) => {
+                let settings = crate::oidc::Settings {
+                    issuer: issuer.trim_end_matches('/').to_string(),
+                    audience: audience.unwrap_or_default(),
+                    user_claim: self.oidc_user_claim.or(file.oidc_user_claim).unwrap_or_else(|| "email".into()),
+                };
+                if let Some(p) = settings.problem() {
+                    return Err(ConfigError::Oidc(p));
+                }
+                Some(settings)
+            }
+            (None, Some(_)) => return Err(ConfigError::Oidc("--oidc-audience needs --oidc-issuer".into())),
+        };
         Ok(Config {
+            oidc,
             tls,
             broker_ca: self.broker_ca.or(file.broker_ca),
             device_ca,

@@ -49,6 +49,8 @@ pub struct Core {
     pub rollups: bool,
     /// The CA that signs device certificates (`identity.rs`).
     pub device_ca: Arc<crate::identity::DeviceCa>,
+    /// An OpenID Connect provider whose tokens stand for users (`oidc.rs`).
+    pub oidc: Option<Arc<crate::oidc::Oidc>>,
 }
 
 impl Core {
@@ -114,6 +116,10 @@ impl Core {
             analytics: Arc::default(),
             rollups: config.telemetry_rollups,
             device_ca: Arc::new(device_ca),
+            oidc: match &config.oidc {
+                Some(s) => Some(Arc::new(crate::oidc::Oidc::new(s.clone())?)),
+                None => None,
+            },
         })
     }
 

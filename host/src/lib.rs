@@ -121,6 +121,7 @@ pub mod http;
 pub mod identity;
 pub mod mqtt;
 pub mod oauth;
+pub mod oidc;
 pub mod operations;
 pub mod ops;
 pub mod plugin_settings;

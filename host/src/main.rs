@@ -556,6 +556,9 @@ enum UserCommand {
         /// viewer, operator or admin.
         #[arg(long, default_value = "viewer")]
         role: String,
+        /// No password: the user signs in through the OpenID provider only (--oidc-issuer).
+        #[arg(long)]
+        no_password: bool,
         #[command(flatten)]
         scope: admin_commands::ScopeArgs,
         #[command(flatten)]
@@ -945,8 +948,8 @@ fn main() -> ExitCode {
             },
             Command::User { command } => match command {
                 UserCommand::List { server } => admin_commands::user_list(server).await,
-                UserCommand::Add { name, role, scope, server } => {
-                    admin_commands::user_add(name, role, scope, server).await
+                UserCommand::Add { name, role, no_password, scope, server } => {
+                    admin_commands::user_add(name, role, no_password, scope, server).await
                 }
                 UserCommand::Set { name, set, server } => admin_commands::user_set(name, set, server).await,
                 UserCommand::Remove { name, server } => admin_commands::user_remove(name, server).await,

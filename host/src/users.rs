@@ -117,23 +117,32 @@ fn scope_json(scope: Option<&Scope>) -> Option<String> {
     scope.map(|s| serde_json::to_string(s).expect("a scope serializes"))
 }
 
-/// A new user.
+/// What is stored for a user without a password: no PHC string, so no password matches
+/// (they sign in through the OpenID provider only).
+const NO_PASSWORD: &str = "!";
+
+/// A new user; without a password, one who signs in through the OpenID provider only.
 pub async fn create(
     store: &Store,
     name: &str,
-    password: &str,
+    password: Option<&str>,
     role: Role,
     scope: Option<&Scope>,
     actor: &str,
 ) -> Result<UserRow> {
-    if let Some(p) = name_problem(name).or_else(|| password_problem(password)) {
+    if let Some(p) = name_problem(name).or_else(|| password.and_then(password_problem)) {
         return Err(Error::invalid("invalid", p));
     }
     if let Some(p) = scope.and_then(|s| s.problem(true)) {
         return Err(Error::invalid("invalid", p));
     }
-    let password = password.to_string();
-    let hashed = checked(move || hash(&password)).await??;
+    let hashed = match password {
+        Some(p) => {
+            let p = p.to_string();
+            checked(move || hash(&p)).await??
+        }
+        None => NO_PASSWORD.to_string(),
+    };
     let e = event("created", name, actor, summary(name, role, scope));
     Ok(store.create_user(name, &hashed, role.as_str(), scope_json(scope).as_deref(), &e).await?)
 }
@@ -271,6 +280,7 @@ mod tests {
         assert!(!verify("correct horse batterx", &h));
         assert!(!verify("anything", &DECOY));
         assert!(!verify("anything", "not a PHC string"));
+        assert!(!verify("!", NO_PASSWORD) && !verify("", NO_PASSWORD));
     }
 
     #[test]

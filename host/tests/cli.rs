@@ -452,6 +452,77 @@ fn tokens_and_the_audit_trail_from_the_command_line() {
 }
 
 #[test]
+fn users_from_the_command_line() {
+    use std::io::Write;
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = serve(data.path(), port);
+    let admin = std::fs::read_to_string(data.path().join("admin-token")).unwrap().trim().to_string();
+    let server = format!("http://127.0.0.1:{port}");
+    // The password on standard input, as a script pipes it (never an argument).
+    let run = |token: &str, args: &[&str], stdin: &str| {
+        let mut child = drover()
+            .args(args)
+            .env("DROVER_SERVER", &server)
+            .env("DROVER_ADMIN_TOKEN", token)
+            .env_remove("DROVER_PASSWORD")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let password = "a passphrase long enough\n";
+
+    let (ok, _, err) = run(&admin, &["user", "add", "olive", "--role", "operator", "--group", "lab"], "short\n");
+    assert!(!ok && err.contains("at least 12"), "{err}");
+    let args = ["user", "add", "olive", "--role", "operator", "--group", "lab", "--operation", "DEVICE_RING"];
+    let (ok, out, err) = run(&admin, &args, password);
+    assert!(ok, "{err}");
+    assert!(out.contains("added user olive (role operator, groups lab; operations DEVICE_RING)"), "{out}");
+    let (ok, out, err) = run(&admin, &["user", "list"], "");
+    assert!(ok, "{err}");
+    let line = out.lines().find(|l| l.starts_with("olive")).unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("operator") && line.contains("enabled") && line.contains("groups lab"), "{line}");
+
+    // Logged in: the token alone on standard output; it says who it is.
+    let (ok, _, err) = run("", &["login", "olive"], "wrong password!!\n");
+    assert!(!ok && err.contains("401") && err.contains("unknown user or wrong password"), "{err}");
+    let (ok, out, err) = run("", &["login", "olive", "--ttl", "1h"], password);
+    assert!(ok, "{err}");
+    let olive = out.trim().to_string();
+    assert!(olive.starts_with("drv_user_") && err.contains("logged in as olive (role operator)"), "{out} {err}");
+    // Scoped: the fleet-wide commands are refused with the reason.
+    let (ok, _, err) = run(&olive, &["token", "list"], "");
+    assert!(!ok && err.contains("403") && err.contains("scoped to groups [lab]"), "{err}");
+    let (ok, out, err) = run(&admin, &["token", "list"], "");
+    assert!(ok && out.contains("login of user olive"), "{out} {err}");
+
+    // A scoped token from the command line.
+    let (ok, out, err) =
+        run(&admin, &["token", "create", "helpdesk", "--role", "operator", "--device-type", "android"], "");
+    assert!(ok, "{err}");
+    let helpdesk = out.trim().to_string();
+    let (ok, _, err) = run(&helpdesk, &["audit"], "");
+    assert!(!ok && err.contains("scoped to device types [android]"), "{err}");
+
+    // Disabled: the login stops working; removed: gone.
+    let (ok, out, err) = run(&admin, &["user", "set", "olive", "--disable", "--whole-fleet"], "");
+    assert!(ok && out.contains("olive (role operator, disabled, whole fleet)"), "{out} {err}");
+    let (ok, _, err) = run(&olive, &["devices", "list"], "");
+    assert!(!ok && err.contains("401"), "{err}");
+    let (ok, out, err) = run(&admin, &["user", "remove", "olive"], "");
+    assert!(ok && out.contains("removed user olive"), "{err}");
+}
+
+#[test]
 fn policies_from_the_command_line() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();

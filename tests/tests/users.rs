@@ -365,3 +365,195 @@ async fn device_owners_postgres() {
     let Some(backend) = Backend::postgres() else { return };
     device_owners(backend).await;
 }
+
+/// An OpenID Connect provider on loopback: its discovery document and its keys (JWKS),
+/// which the test rotates. Keys are made and tokens signed with the openssl command,
+/// not with the code Drover checks them with.
+mod provider {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use serde_json::{Value, json};
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::sync::{Arc, Mutex};
+
+    pub struct Key {
+        pub kid: String,
+        pem: PathBuf,
+        pub jwk: Value,
+    }
+
+    pub fn key(dir: &Path, kid: &str) -> Key {
+        let pem = dir.join(format!("{kid}.pem"));
+        let ok = Command::new("openssl")
+            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+            .arg(&pem)
+            .output()
+            .unwrap();
+        assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+        let out = Command::new("openssl").args(["rsa", "-noout", "-modulus", "-in"]).arg(&pem).output().unwrap();
+        let modulus = String::from_utf8(out.stdout).unwrap();
+        let hex = modulus.trim().strip_prefix("Modulus=").unwrap();
+        let n: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let jwk = json!({ "kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": B64.encode(n), "e": "AQAB" });
+        Key { kid: kid.into(), pem, jwk }
+    }
+
+    /// A JWT with `header` and `claims`, signed RS256 by `key` with `openssl dgst`.
+    pub fn sign(key: &Key, header: Value, claims: Value) -> String {
+        let input = format!("{}.{}", B64.encode(header.to_string()), B64.encode(claims.to_string()));
+        let data = key.pem.with_extension("in");
+        std::fs::write(&data, &input).unwrap();
+        let out = Command::new("openssl").args(["dgst", "-sha256", "-sign"]).arg(&key.pem).arg(&data).output().unwrap();
+        assert!(out.status.success());
+        format!("{input}.{}", B64.encode(out.stdout))
+    }
+
+    pub fn token(key: &Key, issuer: &str, claims: Value) -> String {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let mut all = json!({ "iss": issuer, "aud": "drover", "iat": now, "exp": now + 300 });
+        for (k, v) in claims.as_object().unwrap() {
+            all[k] = v.clone();
+        }
+        sign(key, json!({ "alg": "RS256", "typ": "JWT", "kid": key.kid }), all)
+    }
+
+    pub struct Provider {
+        pub issuer: String,
+        keys: Arc<Mutex<Vec<Value>>>,
+    }
+
+    impl Provider {
+        pub async fn start() -> Provider {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let issuer = format!("http://{}", listener.local_addr().unwrap());
+            let keys: Arc<Mutex<Vec<Value>>> = Arc::default();
+            let (k, i) = (keys.clone(), issuer.clone());
+            let app = axum::Router::new()
+                .route(
+                    "/.well-known/openid-configuration",
+                    axum::routing::get(move || {
+                        let i = i.clone();
+                        async move { axum::Json(json!({ "issuer": i, "jwks_uri": format!("{i}/jwks") })) }
+                    }),
+                )
+                .route(
+                    "/jwks",
+                    axum::routing::get(move || {
+                        let keys = k.lock().unwrap().clone();
+                        async move { axum::Json(json!({ "keys": keys })) }
+                    }),
+                );
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            Provider { issuer, keys }
+        }
+
+        pub fn publish(&self, keys: &[&Key]) {
+            *self.keys.lock().unwrap() = keys.iter().map(|k| k.jwk.clone()).collect();
+        }
+    }
+}
+
+/// Users signing in at an OpenID Connect provider: its tokens stand for users added here.
+async fn openid_provider(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let idp = provider::Provider::start().await;
+    let (first, second, stranger) =
+        (provider::key(dir.path(), "k1"), provider::key(dir.path(), "k2"), provider::key(dir.path(), "k3"));
+    idp.publish(&[&first]);
+    let issuer = idp.issuer.clone();
+    let server = TestServer::start_with(backend, |c| {
+        c.oidc = Some(drover::oidc::Settings {
+            issuer: issuer.clone(),
+            audience: "drover".into(),
+            user_claim: "email".into(),
+        })
+    })
+    .await;
+    for id in ["sso-1", "sso-2"] {
+        server.enroll_android(id).await;
+    }
+    let r = server
+        .admin(Method::POST, "/api/v1/users")
+        .json(&json!({ "name": "nina@example.com", "role": "viewer", "scope": { "device_types": ["android"] } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    // Without a password she cannot log in with one.
+    assert_eq!(login(&server, "nina@example.com", "").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(login(&server, "nina@example.com", "!").await.status(), StatusCode::UNAUTHORIZED);
+
+    let nina = provider::token(&first, &idp.issuer, json!({ "email": "nina@example.com" }));
+    let r = with(&server, &nina, Method::GET, "/api/v1/whoami").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let me: Value = r.json().await.unwrap();
+    assert_eq!((me["user"].as_str(), me["role"].as_str()), (Some("nina@example.com"), Some("viewer")));
+    assert_eq!(ids(&server, &nina, "/api/v1/devices").await, ["sso-1", "sso-2"]);
+    let r = with(&server, &nina, Method::GET, "/api/v1/audit").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "her scope still holds");
+
+    // Every way a token can be wrong is refused.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let b64 = |v: Value| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let claims = json!({ "iss": idp.issuer, "aud": "drover", "exp": now + 300, "email": "nina@example.com" });
+    let cases = [
+        (
+            "another audience",
+            provider::token(&first, &idp.issuer, json!({ "email": "nina@example.com", "aud": "other" })),
+        ),
+        ("another issuer", provider::token(&first, "http://127.0.0.1:1", json!({ "email": "nina@example.com" }))),
+        ("expired", provider::token(&first, &idp.issuer, json!({ "email": "nina@example.com", "exp": now - 3600 }))),
+        ("an unknown user", provider::token(&first, &idp.issuer, json!({ "email": "mallory@example.com" }))),
+        ("no user claim", provider::token(&first, &idp.issuer, json!({ "sub": "nina" }))),
+        (
+            "a stranger's key under the provider's key id",
+            provider::sign(&stranger, json!({ "alg": "RS256", "kid": "k1" }), claims.clone()),
+        ),
+        ("alg none", format!("{}.{}.", b64(json!({ "alg": "none", "kid": "k1" })), b64(claims.clone()))),
+        ("HS256", format!("{}.{}.c2lnbmF0dXJl", b64(json!({ "alg": "HS256", "kid": "k1" })), b64(claims.clone()))),
+        ("a tampered claim", {
+            let good = provider::token(&first, &idp.issuer, json!({ "email": "other@example.com" }));
+            let parts: Vec<&str> = good.split('.').collect();
+            format!("{}.{}.{}", parts[0], b64(claims.clone()), parts[2])
+        }),
+    ];
+    for (what, token) in cases {
+        let r = with(&server, &token, Method::GET, "/api/v1/whoami").send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{what} was accepted: {}", r.text().await.unwrap());
+    }
+
+    // The provider rotates its key: a token with the new key id is accepted once the keys
+    // are fetched again (at most once per 5 s for an unknown key id).
+    idp.publish(&[&first, &second]);
+    tokio::time::sleep(drover::oidc::MISS_REFETCH + std::time::Duration::from_millis(300)).await;
+    let rotated = provider::token(&second, &idp.issuer, json!({ "email": "nina@example.com" }));
+    let r = with(&server, &rotated, Method::GET, "/api/v1/whoami").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+
+    // Disabled here, her provider's tokens stop working at once.
+    let r = server
+        .admin(Method::PATCH, "/api/v1/users/nina@example.com")
+        .json(&json!({ "disabled": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = with(&server, &nina, Method::GET, "/api/v1/whoami").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openid_provider_sqlite() {
+    openid_provider(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openid_provider_postgres() {
+    let Some(backend) = Backend::postgres() else { return };
+    openid_provider(backend).await;
+}

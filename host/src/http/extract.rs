@@ -67,19 +67,23 @@ impl Admin {
     /// endpoint narrows what it serves to the caller's scope), it has no scope.
     async fn with_role(parts: &Parts, state: &AppState, role: Role, scoped: bool) -> Result<Admin, ApiError> {
         // A console page's call carries its session's token (hash) as an extension, which
-        // only the server can set; anything else presents the token itself.
-        let hash = match parts.extensions.get::<super::console::SessionToken>() {
-            Some(t) => t.0.clone(),
-            None => hash_token(
-                bearer(parts)
-                    .ok_or_else(|| ApiError::unauthorized("send an admin token: Authorization: Bearer <token>"))?,
-            ),
+        // only the server can set; anything else presents the token itself: Drover's, or
+        // an OpenID provider's JWT standing for a user (`oidc.rs`).
+        let principal = match (parts.extensions.get::<super::console::SessionToken>(), bearer(parts), &state.oidc) {
+            (Some(t), _, _) => state.store.admin_for_token(&t.0).await?,
+            (None, Some(token), Some(oidc)) if crate::oidc::is_jwt(token) => {
+                let user = oidc.user_of(token).await.map_err(ApiError::unauthorized)?;
+                let found = state.store.user_principal(&user).await?;
+                Some(found.ok_or_else(|| {
+                    ApiError::unauthorized(format!("`{user}` is not an enabled user here: an admin adds users"))
+                })?)
+            }
+            (None, Some(token), _) => state.store.admin_for_token(&hash_token(token)).await?,
+            (None, None, _) => {
+                return Err(ApiError::unauthorized("send an admin token: Authorization: Bearer <token>"));
+            }
         };
-        let principal = state
-            .store
-            .admin_for_token(&hash)
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("unknown or revoked admin token"))?;
+        let principal = principal.ok_or_else(|| ApiError::unauthorized("unknown or revoked admin token"))?;
         let admin = Admin::of(principal)?;
         // The audit trail names the caller, refused or not.
         if let Some(slot) = parts.extensions.get::<super::audit::AuditSlot>() {

@@ -22,8 +22,9 @@ pub(super) struct NewUser {
     #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     name: String,
     /// At least 12 characters, at most 1024 bytes. Stored as an argon2id hash only.
+    /// Absent: the user signs in through the OpenID provider only (`--oidc-issuer`).
     #[schema(min_length = 12, max_length = 1024)]
-    password: String,
+    password: Option<String>,
     role: Role,
     /// What part of the fleet the user reaches; absent: all of it.
     scope: Option<Scope>,
@@ -79,7 +80,8 @@ pub(super) async fn create_user(
         slot.set_data(serde_json::json!({ "name": u.name, "role": u.role, "scope": u.scope }));
     }
     let row =
-        crate::users::create(&state.store, &u.name, &u.password, u.role, u.scope.as_ref(), &admin.actor()).await?;
+        crate::users::create(&state.store, &u.name, u.password.as_deref(), u.role, u.scope.as_ref(), &admin.actor())
+            .await?;
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 

@@ -138,6 +138,14 @@ impl Store {
         })
     }
 
+    /// The principal an enabled user is (their role and scope), for a token of an OpenID
+    /// provider that names them.
+    pub async fn user_principal(&self, name: &str) -> Result<Option<super::Principal>, StoreError> {
+        Ok(with_pool!(self, pool => sqlx::query_as(
+                "SELECT name, role, scope, name AS user_name FROM users WHERE name = $1 AND disabled_at IS NULL")
+            .bind(name).fetch_optional(pool).await?))
+    }
+
     pub async fn user_login(&self, name: &str) -> Result<Option<Login>, StoreError> {
         Ok(with_pool!(self, pool => sqlx::query_as(
                 "SELECT password_hash, disabled_at, failures, locked_until FROM users WHERE name = $1")
