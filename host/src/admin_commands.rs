@@ -103,20 +103,7 @@ impl ScopeArgs {
 }
 
 fn scope_text(v: &Value) -> String {
-    if v.is_null() {
-        return "whole fleet".into();
-    }
-    let mut parts = Vec::new();
-    for (key, label) in [("groups", "groups"), ("device_types", "types"), ("operations", "operations")] {
-        let list: Vec<&str> = v[key].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-        if !list.is_empty() {
-            parts.push(format!("{label} {}", list.join(",")));
-        }
-    }
-    if v["own_devices"] == true {
-        parts.push("own devices".into());
-    }
-    parts.join("; ")
+    drover::scope::Scope::summary(v)
 }
 
 pub async fn token_create(

@@ -310,7 +310,8 @@ pub async fn encode_queued(
     mut read: Option<Vec<QueuedOperation>>,
 ) -> Result<Option<Outbound>> {
     let limit = queue_limit(plugin);
-    for _ in 0..=MAX_POISON_PER_CALL {
+    let mut lost = 0;
+    for _ in 0..=MAX_POISON_PER_CALL + MAX_LOST_CLAIMS {
         let queued = match read.take() {
             Some(q) => q,
             None => state.store.queued(device.id, limit, queue.skip_not_now).await?,
@@ -326,7 +327,20 @@ pub async fn encode_queued(
                     .map(|&id| id as i64)
                     .filter(|id| queued.iter().any(|q| q.id == *id))
                     .collect();
-                state.store.mark_delivered(device.id, &delivered, actor).await?;
+                if !state.store.mark_delivered(device.id, &delivered, actor).await? {
+                    // Another delivery (a push beside this poll, another replica) claimed
+                    // one of these first: what it took is not sent again. Encode what is
+                    // still queued.
+                    lost += 1;
+                    if lost > MAX_LOST_CLAIMS {
+                        return Err(Error::new(
+                            crate::error::Kind::Busy(std::time::Duration::from_secs(1)),
+                            "busy",
+                            "another delivery to this device is under way: try again",
+                        ));
+                    }
+                    continue;
+                }
                 state.stats.sent(kind, delivered.len());
                 for &operation in &delivered {
                     state.events.publish_frequent(|| Event::OperationChanged {
@@ -361,6 +375,9 @@ pub async fn encode_queued(
     }
     Err(Error::internal("too many operations the plugin cannot encode in one call"))
 }
+
+/// Times one call re-reads the queue after another delivery claimed part of it first.
+const MAX_LOST_CLAIMS: usize = 3;
 
 /// How far ahead of the server's clock a device's clock may be.
 pub const MAX_CLOCK_SKEW_MS: i64 = 10 * 60 * 1000;

@@ -56,8 +56,8 @@ impl Scope {
             if list.len() > MAX_LIST {
                 return Some(format!("`{what}` lists {}; list at most {MAX_LIST}", list.len()));
             }
-            if let Some(bad) = list.iter().find(|n| n.is_empty() || n.len() > 128 || n.chars().any(char::is_control)) {
-                return Some(format!("`{what}`: `{}` is not a name", bad.escape_debug()));
+            if let Some(bad) = list.iter().find(|n| n.is_empty() || n.chars().count() > 128) {
+                return Some(format!("`{what}`: `{}` is not a name (1 to 128 characters)", bad.escape_debug()));
             }
         }
         None
@@ -94,6 +94,22 @@ impl Scope {
         parts.join(", ")
     }
 
+    /// A scope as the API shows it (JSON, `null` for none), in a line for a table:
+    /// "groups lab, floor-2; types android; own devices" or "whole fleet".
+    pub fn summary(v: &serde_json::Value) -> String {
+        let Ok(Some(s)) = serde_json::from_value::<Option<Scope>>(v.clone()) else { return "whole fleet".into() };
+        let mut parts = Vec::new();
+        for (label, list) in [("groups", &s.groups), ("types", &s.device_types), ("operations", &s.operations)] {
+            if !list.is_empty() {
+                parts.push(format!("{label} {}", list.join(", ")));
+            }
+        }
+        if s.own_devices {
+            parts.push("own devices".into());
+        }
+        parts.join("; ")
+    }
+
     /// The scope as the store selects devices: group names looked up now (a group that
     /// no longer exists admits nothing), `user` as the owner for `own_devices`.
     pub async fn reach(&self, store: &Store, user: Option<&str>) -> Result<Reach, StoreError> {
@@ -118,6 +134,60 @@ impl Scope {
         }
         Ok(reach)
     }
+}
+
+/// The OpenAPI schema of a scope a request gives: the lists' bounds, and at least one
+/// criterion (an empty scope is refused, never taken as "the whole fleet"). `for_user`:
+/// whether `own_devices` may be given (a token has no name to own devices by).
+fn request_schema(for_user: bool) -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{
+        AdditionalProperties, AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder, Type,
+    };
+    let names = |what: &str| {
+        ArrayBuilder::new()
+            .items(ObjectBuilder::new().schema_type(Type::String).min_length(Some(1)).max_length(Some(128)))
+            .max_items(Some(MAX_LIST))
+            .description(Some(what))
+    };
+    let mut fields = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("groups", names("Only devices in one of these groups (static or dynamic), by name."))
+        .property("device_types", names("Only devices of these types."))
+        .property("operations", names("Only these operation codes may be added."))
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+    let listed =
+        |field: &str| ObjectBuilder::new().required(field).property(field, ArrayBuilder::new().min_items(Some(1)));
+    let mut any = AnyOfBuilder::new().item(listed("groups")).item(listed("device_types")).item(listed("operations"));
+    if for_user {
+        fields = fields.property(
+            "own_devices",
+            ObjectBuilder::new()
+                .schema_type(Type::Boolean)
+                .description(Some("Only devices whose owner is the user (self-service).")),
+        );
+        any = any.item(
+            ObjectBuilder::new()
+                .required("own_devices")
+                .property("own_devices", ObjectBuilder::new().schema_type(Type::Boolean).enum_values(Some([true]))),
+        );
+    }
+    AllOfBuilder::new().item(fields).item(any).into()
+}
+
+/// A scope in a request, or `null`: the whole fleet (as when it is left out).
+fn or_null(scope: utoipa::openapi::schema::Schema) -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Type};
+    AnyOfBuilder::new().item(scope).item(ObjectBuilder::new().schema_type(Type::Null)).into()
+}
+
+/// A user's scope in a request or a change.
+pub fn user_schema() -> utoipa::openapi::schema::Schema {
+    or_null(request_schema(true))
+}
+
+/// A token's scope in a request (no `own_devices`).
+pub fn token_schema() -> utoipa::openapi::schema::Schema {
+    or_null(request_schema(false))
 }
 
 /// A scope resolved for SQL: a condition over `devices d`.
@@ -193,6 +263,9 @@ mod tests {
         assert!(serde_json::from_str::<Scope>(r#"{"group":["a"]}"#).is_err());
         let s: Scope = serde_json::from_str(r#"{"groups":["lab"],"device_types":["android"]}"#).unwrap();
         assert_eq!(s.describe(), "groups [lab], device types [android]");
+        let v = serde_json::json!({"groups": ["lab", "b"], "own_devices": true});
+        assert_eq!(Scope::summary(&v), "groups lab, b; own devices");
+        assert_eq!(Scope::summary(&serde_json::Value::Null), "whole fleet");
     }
 
     #[test]

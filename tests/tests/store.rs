@@ -144,6 +144,58 @@ async fn delivery_beside_admin_writes(server: &TestServer) {
     assert!(tagged.metadata.contains("battery"), "{}", tagged.metadata);
 }
 
+/// Deliveries racing for the same operations (a poll beside a push, two replicas on one
+/// database): each operation is claimed once, and a delivery that lost moved nothing, so
+/// it sends nothing. Without the claim, every racer marked and sent them.
+async fn deliveries_claim_their_operations(server: &TestServer) {
+    let replica = server.replica().await;
+    let stores = [server.state.store.clone(), replica.state.store.clone()];
+    let d = stores[0].enroll_device(&device(90_000), "test").await.unwrap();
+    for round in 0..10 {
+        let targets = TargetSet { devices: vec![d.id], ..Default::default() };
+        // Two codes: a second command of the same code would supersede the first.
+        for code in ["A", "B"] {
+            let mut batch = ring("admin:a");
+            batch.code = format!("RACE_{round}_{code}");
+            stores[0].add_activity(&batch, &targets).await.unwrap();
+        }
+        let ids: Vec<i64> = stores[0].queued(d.id, 10, false).await.unwrap().iter().map(|q| q.id).collect();
+        assert_eq!(ids.len(), 2);
+        // Eight deliveries at once, half on each replica; some name both operations, some
+        // only the second (a plugin that carried part of the queue).
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            let store = stores[i % 2].clone();
+            let named = if i % 3 == 0 { ids[1..].to_vec() } else { ids.clone() };
+            tasks.spawn(async move { (named.clone(), store.mark_delivered(d.id, &named, &format!("race:{i}")).await) });
+        }
+        let mut claimed: Vec<i64> = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            let (named, won) = r.unwrap();
+            if won.unwrap() {
+                claimed.extend(named);
+            }
+        }
+        claimed.sort();
+        let mut unique = claimed.clone();
+        unique.dedup();
+        assert_eq!(claimed, unique, "round {round}: an operation was claimed twice");
+        for id in &ids {
+            let path: Vec<_> =
+                stores[0].transitions(*id).await.unwrap().into_iter().map(|t| (t.from_state, t.to_state)).collect();
+            let moved = if claimed.contains(id) { 1 } else { 0 };
+            assert_eq!(path.len(), moved, "round {round}, operation {id}: {path:?}");
+            let state = stores[0].operation(*id).await.unwrap().unwrap().state;
+            assert_eq!(state == "IN_PROGRESS", moved == 1, "round {round}, operation {id}: {state}");
+        }
+        // Finish the round's operations so the next round's queue is its own.
+        let done: Vec<_> = claimed.iter().map(|&id| (id, drover::ops::Reported::Completed, None)).collect();
+        stores[0].apply_results(d.id, &done).await.unwrap();
+        stores[0].cancel(None, None, Some(d.id), "test").await.unwrap();
+    }
+    replica.stop().await;
+}
+
 /// Every poll and push reads a device's queue: that read must stay one range of the partial
 /// index `operations_queued`, with no sort. Its statement and the index's `WHERE` must agree
 /// word for word for SQLite to use the index, so a change to either shows here.
@@ -158,3 +210,4 @@ async fn queue_read_on_its_index(server: &TestServer) {
 e2e!(bulk_fan_out, super::bulk_fan_out);
 e2e!(queue_read_on_its_index, super::queue_read_on_its_index);
 e2e!(delivery_beside_admin_writes, super::delivery_beside_admin_writes);
+e2e!(deliveries_claim_their_operations, super::deliveries_claim_their_operations);

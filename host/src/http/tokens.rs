@@ -25,6 +25,7 @@ pub(super) struct NewAdminToken {
     expires_in: Option<i64>,
     /// What part of the fleet it reaches (docs/security.md, "Users and scoped roles");
     /// absent: all of it.
+    #[schema(schema_with = crate::scope::token_schema)]
     scope: Option<Scope>,
 }
 

@@ -27,6 +27,7 @@ pub(super) struct NewUser {
     password: Option<String>,
     role: Role,
     /// What part of the fleet the user reaches; absent: all of it.
+    #[schema(schema_with = crate::scope::user_schema)]
     scope: Option<Scope>,
 }
 
@@ -115,7 +116,7 @@ pub(super) struct UserChange {
     role: Option<Role>,
     /// A new scope; `null` reaches the whole fleet. Absent: unchanged.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Scope>)]
+    #[schema(schema_with = crate::scope::user_schema)]
     scope: Option<Option<Scope>>,
     /// Disable (ends every session, refuses logins) or enable the user.
     disabled: Option<bool>,
@@ -169,7 +170,8 @@ pub(super) struct LoginRequest {
     password: String,
     /// How long the token lasts, in seconds (60 s to 7 days; default 12 hours).
     #[schema(minimum = 60, maximum = 604_800)]
-    ttl_secs: Option<u64>,
+    #[serde(default, deserialize_with = "super::extract::whole_number")]
+    ttl_secs: Option<i64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -198,7 +200,7 @@ pub(super) async fn login(
         Some(s) if !(60..=604_800).contains(&s) => {
             return Err(ApiError::bad_request("invalid", format!("`ttl_secs` {s}: give 60 to 604800 seconds")));
         }
-        s => s.map(Duration::from_secs),
+        s => s.map(|s| Duration::from_secs(s as u64)),
     };
     let session = crate::users::login(&state.store, &l.name, &l.password, ttl).await?;
     Ok((
@@ -209,14 +211,16 @@ pub(super) async fn login(
 
 /// End the login token this request bears (a user's; other tokens are revoked by name).
 #[utoipa::path(post, path = "/api/v1/logout", tag = "admin",
-    responses((status = 204, description = "The token no longer works"), Errors))]
+    responses((status = 204, description = "The token no longer works"),
+              (status = 409, description = "The token is not a user's login", body = ErrorBody), Errors))]
 pub(super) async fn logout(
     State(state): State<AppState>,
     ScopedViewer(admin): ScopedViewer,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     if admin.user.is_none() {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
             "not_a_login",
             "this token is not a user's login: revoke it by name (DELETE /api/v1/admin-tokens/{name})",
         ));

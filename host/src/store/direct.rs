@@ -283,17 +283,26 @@ fn write_group_on(db: &mut Connection, writes: &[Write], now: i64) -> rusqlite::
     for w in writes {
         match w {
             Write::Deliver { device, ids, actor } => {
-                for sql in writes::deliver_sql(ids.len()) {
-                    let values = [
+                let values = || {
+                    [
                         rusqlite::types::Value::Text(actor.clone()),
                         rusqlite::types::Value::Integer(now),
                         rusqlite::types::Value::Integer(*device),
                     ]
                     .into_iter()
-                    .chain(ids.iter().map(|&id| rusqlite::types::Value::Integer(id)));
-                    tx.prepare_cached(&sql)?.execute(params_from_iter(values))?;
+                    .chain(ids.iter().map(|&id| rusqlite::types::Value::Integer(id)))
+                };
+                let [claim, transitions, update] = writes::claim_and_deliver_sql(ids.len(), false);
+                // SQLite has one writer: what this transaction reads stays so until it commits.
+                let claimed = tx.prepare_cached(&claim)?.query_map(params_from_iter(values()), |_| Ok(()))?.count();
+                if claimed != ids.len() {
+                    written.push(Written::Delivered(false));
+                    continue;
                 }
-                written.push(Written::Delivered);
+                for sql in [transitions, update] {
+                    tx.prepare_cached(&sql)?.execute(params_from_iter(values()))?;
+                }
+                written.push(Written::Delivered(true));
             }
             Write::Events { device, events, actor } => {
                 let mut out = Vec::with_capacity(events.len());

@@ -444,14 +444,20 @@ impl Store {
         })
     }
 
-    /// Mark operations the device was just given as IN_PROGRESS and count the attempt.
-    /// Only queued operations of this device move; anything else is left alone. Written
-    /// in a group commit with other devices' (`commit.rs`).
-    pub async fn mark_delivered(&self, device: i64, ids: &[i64], actor: &str) -> Result<(), StoreError> {
+    /// Claim operations the device is about to be given: IN_PROGRESS, attempt counted,
+    /// all of them or none. `false` when another delivery claimed one of them first (then
+    /// nothing moved, and the caller must not send them). Written in a group commit with
+    /// other devices' (`commit.rs`).
+    pub async fn mark_delivered(&self, device: i64, ids: &[i64], actor: &str) -> Result<bool, StoreError> {
         if ids.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
-        self.grouped(Write::Deliver { device, ids: ids.to_vec(), actor: actor.to_string() }).await.map(|_| ())
+        match self.grouped(Write::Deliver { device, ids: ids.to_vec(), actor: actor.to_string() }).await? {
+            Written::Delivered(claimed) => Ok(claimed),
+            Written::Events(_) | Written::Recorded => {
+                Err(StoreError::Db(sqlx::Error::Protocol("group commit answered out of order".into())))
+            }
+        }
     }
 
     /// Apply results a device reported, in one transaction. Reports for operations the
@@ -487,7 +493,7 @@ impl Store {
     ) -> Result<Vec<ResultOutcome>, StoreError> {
         match self.grouped(Write::Events { device, events: results.to_vec(), actor: actor.to_string() }).await? {
             Written::Events(out) => Ok(out),
-            Written::Delivered | Written::Recorded => {
+            Written::Delivered(_) | Written::Recorded => {
                 Err(StoreError::Db(sqlx::Error::Protocol("group commit answered out of order".into())))
             }
         }
@@ -503,15 +509,24 @@ impl Store {
             for w in writes {
                 match w {
                     Write::Deliver { device, ids, actor } => {
-                        for sql in writes::deliver_sql(ids.len()) {
-                            let sql = writes::postgres(&sql);
-                            let mut q = sqlx::query(trusted(&sql)).bind(actor).bind(now).bind(*device);
+                        let [claim, transitions, update] = writes::claim_and_deliver_sql(ids.len(), is_postgres);
+                        let bind = |sql: &'_ str| {
+                            let mut q = sqlx::query(trusted(sql)).bind(actor.as_str()).bind(now).bind(*device);
                             for id in ids {
                                 q = q.bind(*id);
                             }
-                            q.execute(&mut *tx).await?;
+                            q
+                        };
+                        let claim = writes::postgres(&claim);
+                        let claimed = bind(&claim).fetch_all(&mut *tx).await?.len();
+                        if claimed != ids.len() {
+                            written.push(Written::Delivered(false));
+                            continue;
                         }
-                        written.push(Written::Delivered);
+                        for sql in [transitions, update] {
+                            bind(&writes::postgres(&sql)).execute(&mut *tx).await?;
+                        }
+                        written.push(Written::Delivered(true));
                     }
                     Write::Events { device, events, actor } => {
                         let mut out = Vec::with_capacity(events.len());

@@ -29,7 +29,9 @@ pub(crate) enum Write {
 /// What a [`Write`] did.
 #[derive(Debug)]
 pub(crate) enum Written {
-    Delivered,
+    /// Whether the delivery claimed every operation it named (`false`: another delivery
+    /// had claimed some first, and nothing was moved).
+    Delivered(bool),
     Events(Vec<ResultOutcome>),
     Recorded,
 }
@@ -45,13 +47,21 @@ pub(super) static PG_EVENT: std::sync::LazyLock<[String; 4]> = std::sync::LazyLo
     [postgres(EVENT_READ), postgres(EVENT_MOVE), postgres(EVENT_TRANSITION), postgres(EVENT_PROGRESS)]
 });
 
-/// [`Write::Deliver`]: record the transitions, then move the operations. Parameters:
-/// `?1` actor, `?2` now, `?3` device, `?4`… the `n` operation ids. Only queued operations
-/// of this device move; anything else named is left alone.
-pub(super) fn deliver_sql(n: usize) -> [String; 2] {
+/// [`Write::Deliver`]: claim, record the transitions, move the operations. Parameters:
+/// `?1` actor, `?2` now, `?3` device, `?4`… the `n` operation ids.
+///
+/// The claim reads the named operations still queued for this device (locked on
+/// PostgreSQL: `FOR UPDATE` waits for a concurrent claim of the same rows to commit, then
+/// sees that they moved). The caller moves them only when every one is still queued, so
+/// two deliveries racing for an operation (a poll beside a push, two replicas) never both
+/// send it, and a delivery that lost moves nothing (docs/delivery.md).
+pub(super) fn claim_and_deliver_sql(n: usize, postgres: bool) -> [String; 3] {
     let list = (4..4 + n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
     let queued = format!("device = ?3 AND state IN ('PENDING', 'NOTNOW') AND id IN ({list})");
+    let lock = if postgres { " FOR UPDATE" } else { "" };
     [
+        // `?1 = ?1 AND ?2 = ?2`: every statement takes the same parameters.
+        format!("SELECT id FROM operations WHERE {queued} AND ?1 = ?1 AND ?2 = ?2{lock}"),
         format!(
             "INSERT INTO transitions (operation, from_state, to_state, actor, at)
              SELECT id, state, 'IN_PROGRESS', ?1, ?2 FROM operations WHERE {queued}"
@@ -239,9 +249,10 @@ mod tests {
                  PRIMARY KEY (device, name, level, bucket));",
         )
         .unwrap();
-        let [deliver_t, deliver_u] = deliver_sql(3);
+        let [claim, deliver_t, deliver_u] = claim_and_deliver_sql(3, false);
         let rollup = rollup_sql(ROLLUP_ROW, false);
         for sql in [
+            claim.as_str(),
             deliver_t.as_str(),
             deliver_u.as_str(),
             EVENT_READ,

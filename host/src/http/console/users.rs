@@ -12,24 +12,6 @@ use maud::html;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-/// A scope as a line of the table: "groups lab; types android; own devices".
-fn scope_text(v: &Value) -> String {
-    if v.is_null() {
-        return "whole fleet".into();
-    }
-    let mut parts = Vec::new();
-    for (key, label) in [("groups", "groups"), ("device_types", "types"), ("operations", "operations")] {
-        let list: Vec<&str> = v[key].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-        if !list.is_empty() {
-            parts.push(format!("{label} {}", list.join(", ")));
-        }
-    }
-    if v["own_devices"] == true {
-        parts.push("own devices".into());
-    }
-    parts.join("; ")
-}
-
 async fn list_page(console: &ConsoleState, session: &Session, form: &NewUser, error: Option<String>) -> PageResult {
     let api = Api { console, session };
     let users: Value = api.get("users").await.or_page(session)?;
@@ -44,7 +26,7 @@ async fn list_page(console: &ConsoleState, session: &Session, form: &NewUser, er
                 tr {
                     td { (name) }
                     td { (text(&u["role"])) }
-                    td { (scope_text(&u["scope"])) }
+                    td { (crate::scope::Scope::summary(&u["scope"])) }
                     td { @if disabled { "disabled" } @else if u["locked_until"].as_i64().is_some_and(|t| t > now) { "locked" } @else { "enabled" } }
                     td { (when(&u["created_at"])) }
                     td {
