@@ -9,11 +9,12 @@
 //!
 //! Keys are fetched from the `jwks_uri` of the issuer's discovery document on first use,
 //! again every [`REFRESH`], and when a token names a key not seen yet (the provider
-//! rotated), at most once per [`MISS_REFETCH`] so a stream of made-up key ids cannot
-//! make Drover hammer the provider.
+//! rotated); a fetch is tried at most once per [`MISS_REFETCH`], so a stream of made-up
+//! key ids, or a provider that is down, cannot make Drover hammer the provider.
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
@@ -57,7 +58,13 @@ struct Keys {
 pub struct Oidc {
     settings: Settings,
     http: reqwest::Client,
-    keys: Mutex<Option<Keys>>,
+    /// The keys last fetched: read by every check, never held across a fetch.
+    keys: std::sync::RwLock<Option<Arc<Keys>>>,
+    /// One fetch at a time; a check that finds one under way uses the keys it has.
+    fetching: Mutex<()>,
+    /// When a fetch was last tried (it may have failed): fetches are at most one per
+    /// [`MISS_REFETCH`], also while the provider is down.
+    attempted: std::sync::Mutex<Option<Instant>>,
 }
 
 /// Whether a bearer token looks like a JWT (three base64url parts), not a Drover token.
@@ -74,7 +81,7 @@ impl Oidc {
             .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Oidc { settings, http, keys: Mutex::new(None) })
+        Ok(Oidc { settings, http, keys: Default::default(), fetching: Mutex::new(()), attempted: Default::default() })
     }
 
     async fn fetch(&self) -> Result<JwkSet, String> {
@@ -92,29 +99,50 @@ impl Oidc {
         r.json().await.map_err(|e| format!("{url}: {e}"))
     }
 
+    fn current(&self) -> Option<Arc<Keys>> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// The key for `kid`, fetching the set when it is old or does not have it (bounded).
+    /// A slow provider holds up only the first checks (there are no keys yet); later ones
+    /// use the keys they have while a fetch is under way.
     async fn key(&self, kid: Option<&str>) -> Result<jsonwebtoken::jwk::Jwk, String> {
-        let mut keys = self.keys.lock().await;
         let find = |set: &JwkSet| match kid {
             Some(k) => set.find(k).cloned(),
             // A token without a key id: only a provider with a single key can be asked.
             None => (set.keys.len() == 1).then(|| set.keys[0].clone()),
         };
-        let stale = keys.as_ref().is_none_or(|k| k.fetched.elapsed() > REFRESH);
-        let missing = keys.as_ref().is_some_and(|k| find(&k.set).is_none() && k.fetched.elapsed() > MISS_REFETCH);
-        if stale || missing {
-            match self.fetch().await {
-                Ok(set) => *keys = Some(Keys { set, fetched: Instant::now() }),
-                Err(e) => {
-                    tracing::warn!(target: "oidc", error = %e, "the provider's keys could not be fetched");
-                    if keys.is_none() {
-                        return Err(format!("the OpenID provider's keys are unavailable: {e}"));
+        let wanted = |keys: &Option<Arc<Keys>>| {
+            let recent =
+                self.attempted.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|t| t.elapsed() <= MISS_REFETCH);
+            !recent
+                && match keys {
+                    None => true,
+                    Some(k) => k.fetched.elapsed() > REFRESH || find(&k.set).is_none(),
+                }
+        };
+        if self.current().is_none() && self.fetching.try_lock().is_err() {
+            // The first keys are being fetched: wait for them.
+            drop(self.fetching.lock().await);
+        }
+        if wanted(&self.current()) {
+            let guard = self.fetching.try_lock().ok();
+            // Another check may have fetched since: then nothing more to do.
+            if guard.is_some() && wanted(&self.current()) {
+                *self.attempted.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                match self.fetch().await {
+                    Ok(set) => {
+                        *self.keys.write().unwrap_or_else(|p| p.into_inner()) =
+                            Some(Arc::new(Keys { set, fetched: Instant::now() }));
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: "oidc", error = %e, "the provider's keys could not be fetched");
                     }
                 }
             }
         }
-        let set = &keys.as_ref().expect("fetched above").set;
-        find(set).ok_or_else(|| format!("the token's key `{}` is not the provider's", kid.unwrap_or("")))
+        let keys = self.current().ok_or("the OpenID provider's keys are unavailable")?;
+        find(&keys.set).ok_or_else(|| format!("the token's key `{}` is not the provider's", kid.unwrap_or("")))
     }
 
     /// The user a provider's token names, if the token is valid: signed by one of the

@@ -829,10 +829,13 @@ fn analytics_from_the_command_line() {
 
     // The phone reports, inside the fence and hot.
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    // Three points in one minute's bucket, two minutes ago: a start near a minute's end
+    // would split them over two buckets.
+    let start = (now - 120_000) / 60_000 * 60_000 + 1_000;
     for (k, t) in [35.0, 38.5, 41.0].iter().enumerate() {
         let body = format!(
             r#"{{"timestamp": {}, "temperature": {t}, "location": {{"lat": 1.0, "lon": 1.0}}}}"#,
-            now - 120_000 + k as i64 * 1000
+            start + k as i64 * 1000
         );
         let (status, answer) =
             request(port, "POST", &format!("/agent/v1/android/devices/{id}/telemetry"), &token, &body);
