@@ -587,7 +587,7 @@ async fn users(server: &TestServer, plain: &reqwest::Client) {
         ("csrf", csrf.as_str()),
         ("name", "kiosk"),
         ("password", "a long enough passphrase"),
-        ("role", "viewer"),
+        ("role", "operator"),
         ("device_types", "android"),
         ("operations", ""),
     ];
@@ -595,7 +595,15 @@ async fn users(server: &TestServer, plain: &reqwest::Client) {
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     let html = get(&admin, "/console/users").await.text().await.unwrap();
     assert!(html.contains("kiosk") && html.contains("types android"), "the users table");
-    // Scoped to Android devices, then narrowed to none: the user logs in with a password.
+    // Scoped to Android devices: the user logs in with a password, and the device's page
+    // offers what the scope lets them do (operations), not what it refuses (tags, keys).
+    let r = login(vec![("name", "kiosk".into()), ("password", "a long enough passphrase".into())]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let kiosk = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let html = get(&kiosk, "/console/devices/android/356000000000309").await.text().await.unwrap();
+    assert!(html.contains("Send an operation"), "the operation form");
+    assert!(!html.contains("Save tags") && !html.contains("Revoke credentials"), "forms the scope refuses");
+    // Narrowed to none: the same session sees nothing at its next request.
     let r = server
         .admin(Method::PATCH, "/api/v1/users/kiosk")
         .json(&json!({ "scope": { "groups": ["nobody-here"] } }))
@@ -606,14 +614,11 @@ async fn users(server: &TestServer, plain: &reqwest::Client) {
     let wrong = login(vec![("name", "kiosk".into()), ("password", "not the passphrase".into())]).await;
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
     assert!(wrong.text().await.unwrap().contains("unknown user or wrong password"));
-    let r = login(vec![("name", "kiosk".into()), ("password", "a long enough passphrase".into())]).await;
-    assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    let kiosk = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
     // The overview counts the whole fleet: a scoped session starts at its devices.
     let r = get(&kiosk, "/console").await;
     assert_eq!(r.headers()["location"], "/console/devices");
     let html = get(&kiosk, "/console/devices").await.text().await.unwrap();
-    assert!(html.contains("kiosk (viewer, scoped)"), "who is logged in");
+    assert!(html.contains("kiosk (operator, scoped)"), "who is logged in");
     assert!(!html.contains("356000000000309"), "a device outside the scope is listed");
     assert!(!html.contains("href=\"/console/plugins\""), "fleet-wide pages are offered");
     let r = get(&kiosk, "/console/devices/android/356000000000309").await;

@@ -229,7 +229,8 @@ async fn device_page(
                     }
                 }
                 h2 { "Tags" }
-                @if session.can(Role::Operator) {
+                // A scoped session's token may not tag (the API answers 403 `scoped`).
+                @if session.can(Role::Operator) && !session.scoped {
                     form.filters method="post" action={(href) "/tags"} {
                         (csrf(session))
                         label { "Tags, comma-separated" input name="tags" value=(tags.join(", ")) size="40"; }
@@ -320,7 +321,7 @@ async fn device_page(
                 }
             }
         }
-        @if session.can(Role::Admin) {
+        @if session.can(Role::Admin) && !session.scoped {
             details open[form.issued_psk.is_some()] {
                 summary { "Credentials and removal" }
                 p { "Revoking ends the device's access tokens, certificates and pre-shared key: it must enroll again (or get a new key). Removing also cancels its queued operations." }
