@@ -492,6 +492,10 @@ async fn openid_provider(backend: Backend) {
     assert_eq!(ids(&server, &nina, "/api/v1/devices").await, ["sso-1", "sso-2"]);
     let r = with(&server, &nina, Method::GET, "/api/v1/audit").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN, "her scope still holds");
+    // Her provider's token cannot be logged out of here (it would go on working).
+    let r = with(&server, &nina, Method::POST, "/api/v1/logout").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert!(r.text().await.unwrap().contains("sign out at the provider"));
 
     // Every way a token can be wrong is refused.
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();

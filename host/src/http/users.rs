@@ -212,7 +212,7 @@ pub(super) async fn login(
 /// End the login token this request bears (a user's; other tokens are revoked by name).
 #[utoipa::path(post, path = "/api/v1/logout", tag = "admin",
     responses((status = 204, description = "The token no longer works"),
-              (status = 409, description = "The token is not a user's login", body = ErrorBody), Errors))]
+              (status = 409, description = "The token is not a user's login (an admin token, or an OpenID provider's)", body = ErrorBody), Errors))]
 pub(super) async fn logout(
     State(state): State<AppState>,
     ScopedViewer(admin): ScopedViewer,
@@ -231,6 +231,13 @@ pub(super) async fn logout(
         .and_then(|v| v.split_once(' '))
         .map(|(_, t)| t.trim())
         .ok_or_else(|| ApiError::bad_request("not_a_login", "log out with the bearer token itself"))?;
+    if state.oidc.is_some() && crate::oidc::is_jwt(token) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_a_login",
+            "an OpenID provider's token lives until its expiry: sign out at the provider, or disable the user here",
+        ));
+    }
     state.store.end_user_session(&hash_token(token)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
