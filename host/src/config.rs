@@ -63,6 +63,12 @@ pub struct ServeArgs {
     /// Database URL: sqlite://PATH or postgres://… [default: SQLite in the data directory]
     #[arg(long, env = "DROVER_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// What a commit on SQLite promises: `normal` survives a crash of Drover (kill -9), and a power loss or an OS crash may take back the last commits; `full` fsyncs every commit before it is acknowledged, at a cost in writes per second (docs/operations.md, "Durability") [default: normal]
+    #[arg(long, env = "DROVER_SQLITE_SYNCHRONOUS", value_enum)]
+    pub sqlite_synchronous: Option<crate::store::Synchronous>,
+    /// Seconds an operation a device took by polling may stay unanswered (no result, no progress report) before it goes back to the queue and is offered again (three times, then it ends in ERROR); 0: wait for ever [default: 3600]
+    #[arg(long, env = "DROVER_ANSWER_TIMEOUT_SECS")]
+    pub answer_timeout_secs: Option<u64>,
     /// External MQTT broker (mqtt://host:port, or mqtts://host:port over TLS) instead of the embedded one
     #[arg(long, env = "DROVER_BROKER")]
     pub broker: Option<String>,
@@ -199,6 +205,9 @@ pub struct Config {
     /// See [`ServeArgs::coap_allow_address_change`].
     pub coap_allow_address_change: bool,
     pub database_url: String,
+    pub sqlite_synchronous: crate::store::Synchronous,
+    /// How long an operation taken by a poll may go unanswered; `None`: for ever.
+    pub answer_timeout: Option<std::time::Duration>,
     pub broker: Option<String>,
     pub log_format: LogFormat,
     pub open_enrollment: bool,
@@ -278,6 +287,8 @@ impl Config {
             coap_nosec: true,
             coap_allow_address_change: false,
             database_url: format!("sqlite://{}?mode=rwc", data_dir.join("drover.db").display()),
+            sqlite_synchronous: Default::default(),
+            answer_timeout: Some(std::time::Duration::from_secs(3600)),
             broker: None,
             log_format: LogFormat::default(),
             open_enrollment: true,
@@ -473,6 +484,11 @@ impl ServeArgs {
             admin_token: std::env::var("DROVER_ADMIN_TOKEN").ok(),
             data_dir,
             database_url,
+            sqlite_synchronous: self.sqlite_synchronous.or(file.sqlite_synchronous).unwrap_or_default(),
+            answer_timeout: match self.answer_timeout_secs.or(file.answer_timeout_secs).unwrap_or(3600) {
+                0 => None,
+                secs => Some(std::time::Duration::from_secs(secs)),
+            },
             broker,
         })
     }

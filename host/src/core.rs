@@ -65,7 +65,7 @@ impl Core {
             &config.secret_key_file,
             config.previous_secret_key_file.as_deref(),
         )?;
-        let store = Store::connect(&config.database_url)
+        let store = Store::connect_with(&config.database_url, config.sqlite_synchronous)
             .await
             .with_context(|| {
                 format!(
@@ -82,7 +82,8 @@ impl Core {
         }
         crate::auth::bootstrap_admin(&store, &config.data_dir, config.admin_token.clone()).await?;
         let runtime = Runtime::new(Limits::default(), Some(config.data_dir.join("cache").join("compiled")))?
-            .with_hold_policy(config.hold_policy);
+            .with_hold_policy(config.hold_policy)
+            .with_kv_store(store.clone());
         let registry = Arc::new(Registry::new(Arc::new(runtime)));
         let events = Events::default();
         let catalog = Catalog::open(store.clone(), registry.clone(), config.fault_policy, events.clone())

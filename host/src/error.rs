@@ -112,6 +112,9 @@ impl From<CallError> for Error {
             CallError::Fault(f @ PluginFault { fault: Fault::Busy(_), .. }) => {
                 Error::new(Kind::Busy(Duration::from_secs(1)), "busy", f.to_string())
             }
+            CallError::Fault(f @ PluginFault { fault: Fault::Unavailable(_), .. }) => {
+                Error::new(Kind::Busy(Duration::from_secs(5)), "unavailable", f.to_string())
+            }
             CallError::Fault(f @ PluginFault { fault: Fault::Held(retry), .. }) => {
                 Error::new(Kind::Held(retry), "held", f.to_string())
             }

@@ -102,9 +102,12 @@ pub enum Event {
     Supersede,
     /// Its TTL passed.
     Expire,
-    /// The host gave up on it: its plugin cannot encode it. Retrying cannot help, so it
-    /// ends in ERROR at once.
+    /// The host gave up on it: its plugin cannot encode it, or the device never answered
+    /// it however often it was offered. Retrying cannot help, so it ends in ERROR at once.
     Fail,
+    /// No answer came within the answer timeout of its delivery by polling (the answer,
+    /// or the poll's response, was lost; a replica crashed): it goes back to the queue.
+    NoAnswer,
 }
 
 /// An operation's counters that the rules need.
@@ -130,6 +133,8 @@ pub fn next(state: State, event: Event, attempts: Attempts) -> Option<State> {
         (_, Event::Cancel) => Cancelled,
         (_, Event::Expire) => Expired,
         (_, Event::Fail) => Error,
+        (InProgress, Event::NoAnswer) => Pending,
+        (_, Event::NoAnswer) => return None,
         (Pending, Event::Supersede) => Repeated,
         (_, Event::Supersede) => return None,
         (_, Event::Result(Reported::Completed)) => Completed,
@@ -167,8 +172,14 @@ mod tests {
         assert_eq!(next(InProgress, Event::Result(Reported::InProgress), ONE), None);
         assert_eq!(next(NotNow, Event::Result(Reported::NotNow), ONE), None);
         for s in ALL_STATES.into_iter().filter(|s| s.is_terminal()) {
-            for e in [Event::Delivered, Event::Cancel, Event::Expire, Event::Supersede, Event::Result(Reported::Error)]
-            {
+            for e in [
+                Event::Delivered,
+                Event::Cancel,
+                Event::Expire,
+                Event::Supersede,
+                Event::NoAnswer,
+                Event::Result(Reported::Error),
+            ] {
                 assert_eq!(next(s, e, ONE), None, "{s} must not move on {e:?}");
             }
         }
@@ -186,6 +197,17 @@ mod tests {
         assert_eq!(next(InProgress, Event::Result(Reported::NotNow), ONE), Some(NotNow));
         assert!(NotNow.is_queued());
         assert_eq!(next(NotNow, Event::Delivered, ONE), Some(InProgress));
+    }
+
+    #[test]
+    fn an_unanswered_delivery_goes_back_to_the_queue() {
+        assert_eq!(next(InProgress, Event::NoAnswer, ONE), Some(Pending));
+        for s in [Pending, NotNow] {
+            assert_eq!(next(s, Event::NoAnswer, ONE), None, "only a delivered operation can go unanswered");
+        }
+        // A late answer to the first delivery still completes it, once.
+        assert_eq!(next(Pending, Event::Result(Reported::Completed), ONE), Some(Completed));
+        assert_eq!(next(Completed, Event::NoAnswer, ONE), None);
     }
 
     #[test]

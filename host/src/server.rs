@@ -48,6 +48,8 @@ struct Housekeeping {
     retention: Duration,
     event_retention: Duration,
     unreachable_after: Duration,
+    /// How long an operation taken by a poll may go unanswered (`None`: for ever).
+    answer_timeout: Option<Duration>,
     /// How long rollups are kept, per level (`writes::LEVELS`'s order).
     rollup_retention: [Duration; 2],
 }
@@ -136,6 +138,7 @@ impl Server {
                 u64::from(config.event_retention_days) * crate::enrollment::DAY_SECS as u64,
             ),
             unreachable_after: Duration::from_secs(u64::from(config.unreachable_after_hours) * 3600),
+            answer_timeout: config.answer_timeout,
             rollup_retention: [config.rollup_minute_retention_days, config.rollup_hour_retention_days]
                 .map(|d| Duration::from_secs(u64::from(d) * crate::enrollment::DAY_SECS as u64)),
         };
@@ -256,8 +259,8 @@ fn certificate_names(config: &Config) -> Vec<String> {
     names
 }
 
-/// Expire operations past their TTL even for devices that never call in again (every
-/// 10 s), mark devices unreachable (every minute), and delete finished operations older
+/// Expire operations past their TTL even for devices that never call in again, put
+/// operations a poll took and no answer followed back in the queue (both every 10 s), mark devices unreachable (every minute), and delete finished operations older
 /// than the retention and events older than theirs (hourly), so the tables cannot grow
 /// without bound.
 async fn housekeeping(core: Core, config: Housekeeping) {
@@ -271,6 +274,16 @@ async fn housekeeping(core: Core, config: Housekeeping) {
             Ok(0) => {}
             Ok(n) => tracing::info!(expired = n, "operations expired"),
             Err(e) => tracing::warn!("expiring operations failed: {e}"),
+        }
+        if let Some(timeout) = config.answer_timeout {
+            let cutoff = now - timeout.as_millis() as i64;
+            match store.requeue_unanswered(crate::delivery::POLL_ACTOR, cutoff).await {
+                Ok((0, 0)) => {}
+                Ok((requeued, ended)) => {
+                    tracing::info!(requeued, ended, "operations taken by a poll and never answered")
+                }
+                Err(e) => tracing::warn!("requeueing unanswered operations failed: {e}"),
+            }
         }
         if n.is_multiple_of(6) {
             match store.mark_unreachable(now - config.unreachable_after.as_millis() as i64).await {

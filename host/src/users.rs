@@ -223,9 +223,11 @@ pub async fn login(store: &Store, name: &str, password: &str, ttl: Option<Durati
         ));
     }
     let known = found.is_some();
-    let stored = found.as_ref().map_or_else(|| DECOY.clone(), |l| l.password_hash.clone());
+    // An unknown name is checked against the decoy hash, so it costs what a known one
+    // does; the decoy is made (itself a hash) inside the check, off the async threads.
+    let stored = found.as_ref().map(|l| l.password_hash.clone());
     let given = password.to_string();
-    let ok = checked(move || verify(&given, &stored)).await?;
+    let ok = checked(move || verify(&given, stored.as_deref().unwrap_or(&DECOY))).await?;
     let Some(login) = found.filter(|_| ok) else {
         if known {
             let until = store
@@ -244,8 +246,7 @@ pub async fn login(store: &Store, name: &str, password: &str, ttl: Option<Durati
         tracing::info!(target: "users", user = name, "login refused: the user is disabled");
         return Err(wrong());
     }
-    let user = store.user(name).await?.ok_or_else(wrong)?;
-    let role = Role::parse(&user.role).ok_or_else(|| Error::internal(format!("stored role `{}`", user.role)))?;
+    let role = Role::parse(&login.role).ok_or_else(|| Error::internal(format!("stored role `{}`", login.role)))?;
     let ttl = ttl.unwrap_or(SESSION).min(MAX_SESSION);
     let expires_at = now + ttl.as_millis() as i64;
     let (token, token_hash) = crate::auth::new_token("user");

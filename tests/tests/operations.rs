@@ -461,3 +461,85 @@ async fn dynamic_groups(server: &TestServer) {
     assert_eq!(listed["items"][0]["id"], act);
 }
 e2e!(dynamic_groups, super::dynamic_groups);
+
+/// Answers within a second, so the server's own sweep (every 10 s) finds the first
+/// unanswered delivery.
+fn answer_timeout_of_a_second(config: &mut drover::config::Config) {
+    config.answer_timeout = Some(std::time::Duration::from_secs(1));
+}
+
+/// A poll's answer lost on the way (or a device that crashed running the operation): the
+/// operation it took goes back to the queue after the answer timeout and is offered
+/// again; a late answer to the first delivery completes it once; a progress report keeps
+/// it out for another timeout; three silences are the most, and pushes are not swept.
+async fn unanswered_polls_are_offered_again(server: &TestServer) {
+    use drover::store::{MAX_UNANSWERED, NO_ANSWER_ACTOR};
+    let store = &server.state.store;
+    let poll_actor = drover::delivery::POLL_ACTOR;
+    let agent = Agent::enroll(server, "355000000000070").await;
+    add_ok(server, &agent.id, "DEVICE_RING", Value::Null).await;
+    let got = agent.poll(json!([])).await;
+    assert_eq!(got.len(), 1);
+    // The device never answers: the server's sweep puts it back.
+    let id = got[0]["id"].as_i64().unwrap();
+    server.until_state(id, "PENDING").await;
+    let again = agent.poll(json!([])).await;
+    assert_eq!(again.len(), 1, "the unanswered operation is offered again");
+    assert_eq!(again[0]["id"], got[0]["id"]);
+    // The answer to the first delivery arrives late, then the one to the second: one
+    // completion.
+    assert!(agent.poll(json!([result(&got[0], "COMPLETED", json!("rang"))])).await.is_empty());
+    assert!(agent.poll(json!([result(&again[0], "COMPLETED", json!("rang"))])).await.is_empty());
+    let done = op(server, &got[0]["id"]).await;
+    assert_eq!(done["state"], "COMPLETED");
+    assert_eq!(done["attempts"], 2);
+    assert_eq!(
+        states(&done["transitions"]),
+        vec![
+            s("PENDING", "IN_PROGRESS", poll_actor),
+            s("IN_PROGRESS", "PENDING", NO_ANSWER_ACTOR),
+            s("PENDING", "IN_PROGRESS", poll_actor),
+            s("IN_PROGRESS", "COMPLETED", "device"),
+        ]
+    );
+
+    // A progress report (IN_PROGRESS, no response) is an answer: the timeout starts again.
+    add_ok(server, &agent.id, "DEVICE_INFO", Value::Null).await;
+    let info = agent.poll(json!([])).await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let before_report = drover::store::now_ms();
+    assert!(agent.poll(json!([result(&info[0], "IN_PROGRESS", Value::Null)])).await.is_empty());
+    assert_eq!(store.requeue_unanswered(poll_actor, before_report).await.unwrap(), (0, 0));
+    assert_eq!(op(server, &info[0]["id"]).await["state"], "IN_PROGRESS");
+    agent.poll(json!([result(&info[0], "COMPLETED", json!({}))])).await;
+
+    // Offered at most MAX_UNANSWERED more times; the next silence ends it in ERROR.
+    add_ok(server, &agent.id, "REBOOT", Value::Null).await;
+    let mut reboot = agent.poll(json!([])).await;
+    let reboot_id = reboot[0]["id"].as_i64().unwrap();
+    for n in 0..MAX_UNANSWERED {
+        let later = drover::store::now_ms() + 1;
+        assert_eq!(store.requeue_unanswered(poll_actor, later).await.unwrap(), (1, 0), "silence {n}");
+        reboot = agent.poll(json!([])).await;
+        assert_eq!(reboot[0]["id"], reboot_id);
+    }
+    let later = drover::store::now_ms() + 1;
+    assert_eq!(store.requeue_unanswered(poll_actor, later).await.unwrap(), (0, 1));
+    let ended = op(server, &json!(reboot_id)).await;
+    assert_eq!(ended["state"], "ERROR");
+    assert!(ended["response"].as_str().unwrap().contains("no answer"), "{ended}");
+    assert!(agent.poll(json!([])).await.is_empty());
+
+    // What a push delivered is not swept: the device gets it again when it comes online.
+    add_ok(server, &agent.id, "DEVICE_LOCATION", Value::Null).await;
+    let device = store.device("android", &agent.id).await.unwrap().unwrap();
+    let queued = store.queued(device.id, 10, false).await.unwrap();
+    assert!(store.mark_delivered(device.id, &[queued[0].id], "delivery:push").await.unwrap());
+    let later = drover::store::now_ms() + 1;
+    assert_eq!(store.requeue_unanswered(poll_actor, later).await.unwrap(), (0, 0));
+}
+drover_tests::e2e_with!(
+    unanswered_polls_are_offered_again,
+    super::answer_timeout_of_a_second,
+    super::unanswered_polls_are_offered_again
+);

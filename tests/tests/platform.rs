@@ -662,3 +662,48 @@ async fn replicas(a: &TestServer) {
     b.stop().await;
 }
 e2e!(another_replica_follows_the_catalog, super::replicas);
+
+/// Send `body` to the testbed plugin as device `id` on `server`; what it reported back.
+async fn testbed_says(server: &TestServer, id: &str, token: &str, body: &str, key: &str) -> Value {
+    let r = server
+        .http
+        .put(server.url(&format!("/agent/v1/testbed/devices/{id}/x")))
+        .bearer_auth(token)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    server.device("testbed", id).await["metadata"][key].clone()
+}
+
+/// A plugin's key-value store is in the database: a value one replica's plugin stored is
+/// read by the other replica's, and by a server started afresh on the same database (in
+/// memory, each process had its own, and a restart lost it). The quota holds there too.
+async fn kv_store_in_the_database(a: &TestServer) {
+    a.install_signed("testbed", "drover-tests", &["log", "kv", "config"], &component(components::TESTBED)).await;
+    let id = unique("kv");
+    let r = a.http.post(a.url("/agent/v1/testbed/enroll")).body(id.clone()).send().await.unwrap();
+    let token = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+    assert_eq!(testbed_says(a, &id, &token, "kvget:colour", "colour").await, "<unset>");
+    assert_eq!(testbed_says(a, &id, &token, "kv:colour=teal", "colour").await, "teal");
+    let b = a.replica().await;
+    assert_eq!(testbed_says(&b, &id, &token, "kvget:colour", "colour").await, "teal", "the other replica reads it");
+    assert_eq!(testbed_says(&b, &id, &token, "kv:colour=ochre", "colour").await, "ochre");
+    b.stop().await;
+    let c = a.replica().await;
+    assert_eq!(testbed_says(&c, &id, &token, "kvget:colour", "colour").await, "ochre", "a new process reads it");
+    c.stop().await;
+    assert_eq!(testbed_says(a, &id, &token, "kvget:colour", "colour").await, "ochre");
+
+    // The quota counts keys and values already stored; overwriting counts the difference.
+    let store = &a.state.store;
+    assert!(store.kv_set("quota-test", "a", &[0; 100], 150).await.unwrap());
+    assert!(!store.kv_set("quota-test", "b", &[0; 100], 150).await.unwrap(), "over the quota");
+    assert_eq!(store.kv_get("quota-test", "b").await.unwrap(), None);
+    assert!(store.kv_set("quota-test", "a", &[1; 140], 150).await.unwrap());
+    assert_eq!(store.kv_get("quota-test", "a").await.unwrap(), Some(vec![1; 140]));
+    store.kv_delete("quota-test", "a").await.unwrap();
+    assert!(store.kv_set("quota-test", "b", &[0; 100], 150).await.unwrap());
+}
+e2e!(kv_store_in_the_database, super::kv_store_in_the_database);

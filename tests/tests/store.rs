@@ -196,6 +196,72 @@ async fn deliveries_claim_their_operations(server: &TestServer) {
     replica.stop().await;
 }
 
+/// Set-based moves racing each other and deliveries (adds that supersede, cancels,
+/// expiry, claims; half through a second replica): every operation's recorded history is
+/// one chain, each transition from the state the one before it left, ending in the state
+/// the operation is in, and no command superseded by an older one. On PostgreSQL the
+/// transitions and the update were two statements, each seeing what had committed when
+/// it began: an activity committed between them was superseded with no transition.
+async fn racing_moves_keep_one_history(server: &TestServer) {
+    let replica = server.replica().await;
+    let stores = [server.state.store.clone(), replica.state.store.clone()];
+    let d = stores[0].enroll_device(&device(91_000), "test").await.unwrap();
+    let targets = TargetSet { devices: vec![d.id], ..Default::default() };
+    for round in 0..6 {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..12 {
+            let store = stores[i % 2].clone();
+            let targets = targets.clone();
+            tasks.spawn(async move {
+                match i % 4 {
+                    // Same code each time: each add supersedes the one before. Some have
+                    // a TTL that is already over, for the expiry below.
+                    0 | 1 => {
+                        let mut a = ring(&format!("admin:{i}"));
+                        a.expires_at = (i % 4 == 1).then(drover::store::now_ms);
+                        store.add_activity(&a, &targets).await.unwrap();
+                    }
+                    2 => {
+                        let queued: Vec<i64> =
+                            store.queued(d.id, 1, false).await.unwrap().iter().map(|q| q.id).collect();
+                        store.mark_delivered(d.id, &queued, "race").await.unwrap();
+                    }
+                    _ => {
+                        if i % 8 == 3 {
+                            store.cancel(None, None, Some(d.id), "admin:cancel").await.unwrap();
+                        } else {
+                            store.expire(Some(d.id), drover::store::now_ms() + 1).await.unwrap();
+                        }
+                    }
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        let ops =
+            stores[0].operations(Some(d.id), None, None, None, drover::store::Cursor::After(0), 1000).await.unwrap();
+        for op in &ops {
+            let path = stores[0].transitions(op.id).await.unwrap();
+            let mut state = "PENDING".to_string();
+            for t in &path {
+                assert_eq!(t.from_state, state, "round {round}, operation {}: {path:?}", op.id);
+                state = t.to_state.clone();
+            }
+            assert_eq!(op.state, state, "round {round}, operation {} is not where its history ends: {path:?}", op.id);
+            if op.state == "REPEATED" {
+                assert!(
+                    ops.iter().any(|o| o.activity > op.activity && o.code == op.code),
+                    "round {round}, operation {} superseded by no newer command",
+                    op.id
+                );
+            }
+        }
+        stores[0].cancel(None, None, Some(d.id), "test").await.unwrap();
+    }
+    replica.stop().await;
+}
+
 /// Every poll and push reads a device's queue: that read must stay one range of the partial
 /// index `operations_queued`, with no sort. Its statement and the index's `WHERE` must agree
 /// word for word for SQLite to use the index, so a change to either shows here.
@@ -211,3 +277,4 @@ e2e!(bulk_fan_out, super::bulk_fan_out);
 e2e!(queue_read_on_its_index, super::queue_read_on_its_index);
 e2e!(delivery_beside_admin_writes, super::delivery_beside_admin_writes);
 e2e!(deliveries_claim_their_operations, super::deliveries_claim_their_operations);
+e2e!(racing_moves_keep_one_history, super::racing_moves_keep_one_history);

@@ -145,7 +145,9 @@ impl Coap {
             crate::plugins::CallError::Rejected(p) => (ResponseType::BadRequest, p.message),
             crate::plugins::CallError::Fault(f) => match f.fault {
                 crate::plugins::Fault::Held(_) => (ResponseType::TooManyRequests, f.to_string()),
-                crate::plugins::Fault::Busy(_) => (ResponseType::ServiceUnavailable, f.to_string()),
+                crate::plugins::Fault::Busy(_) | crate::plugins::Fault::Unavailable(_) => {
+                    (ResponseType::ServiceUnavailable, f.to_string())
+                }
                 _ => (ResponseType::UnprocessableEntity, f.to_string()),
             },
             other => (ResponseType::InternalServerError, other.to_string()),

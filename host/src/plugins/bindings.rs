@@ -8,7 +8,9 @@ pub mod device_type {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "drover:plugin/device-type",
-        imports: { default: async },
+        // kv reads and writes the database, which can fail: the call then traps
+        // (`host_imports.rs`).
+        imports: { "drover:plugin/kv": async | trappable, default: async },
         exports: { default: async },
     });
 

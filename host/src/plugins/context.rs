@@ -8,11 +8,19 @@ use std::sync::Mutex;
 /// A plugin's config values.
 pub type PluginConfig = std::sync::RwLock<BTreeMap<String, String>>;
 
-/// Per-plugin key-value store with a quota. Kept in memory by the runtime; it outlives
-/// plugin versions (all versions of a plugin share it).
-#[derive(Default)]
-pub struct KvStore {
-    map: Mutex<HashMap<String, Vec<u8>>>,
+/// A plugin's key-value store (the `kv` capability), with a quota. In the database
+/// (`store/kv.rs`) when the runtime serves a server, so that every version of a plugin and
+/// every replica see the same values and they survive a restart; in memory for a runtime
+/// without a database (`drover plugin check`, the runtime's own tests).
+pub enum KvStore {
+    Memory(Mutex<HashMap<String, Vec<u8>>>),
+    Database { store: crate::store::Store, plugin: String },
+}
+
+impl Default for KvStore {
+    fn default() -> KvStore {
+        KvStore::Memory(Mutex::default())
+    }
 }
 
 /// Limits of a plugin's key-value store.
@@ -20,30 +28,66 @@ pub const KV_MAX_KEY: usize = 256;
 pub const KV_MAX_VALUE: usize = 64 * 1024;
 pub const KV_MAX_TOTAL: usize = 4 * 1024 * 1024;
 
+/// What the host could not do for a call (its database failed): the call traps with it,
+/// and the runtime answers "unavailable" without counting a fault against the plugin,
+/// which did nothing wrong (`runtime.rs`).
+#[derive(Debug, thiserror::Error)]
+#[error("the host could not serve the plugin's {what}: {error}")]
+pub struct HostUnavailable {
+    pub what: &'static str,
+    pub error: String,
+}
+
+impl HostUnavailable {
+    fn kv(e: crate::store::StoreError) -> HostUnavailable {
+        tracing::error!(target: "plugin", "plugin kv store: {e}");
+        HostUnavailable { what: "key-value store", error: e.to_string() }
+    }
+}
+
 impl KvStore {
-    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, HostUnavailable> {
+        match self {
+            KvStore::Memory(map) => Ok(map.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()),
+            KvStore::Database { store, plugin } => store.kv_get(plugin, key).await.map_err(HostUnavailable::kv),
+        }
     }
 
-    pub fn set(&self, key: String, value: Vec<u8>) -> Result<(), String> {
+    /// `Ok(Err(why))`: refused (the plugin's to handle); `Err`: the host failed.
+    pub async fn set(&self, key: String, value: Vec<u8>) -> Result<Result<(), String>, HostUnavailable> {
         if key.is_empty() || key.len() > KV_MAX_KEY {
-            return Err(format!("kv key must be 1 to {KV_MAX_KEY} bytes"));
+            return Ok(Err(format!("kv key must be 1 to {KV_MAX_KEY} bytes")));
         }
         if value.len() > KV_MAX_VALUE {
-            return Err(format!("kv value of {} bytes is over the {KV_MAX_VALUE}-byte limit", value.len()));
+            return Ok(Err(format!("kv value of {} bytes is over the {KV_MAX_VALUE}-byte limit", value.len())));
         }
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let old = map.get(&key).map_or(0, |v| key.len() + v.len());
-        let total: usize = map.iter().map(|(k, v)| k.len() + v.len()).sum();
-        if total - old + key.len() + value.len() > KV_MAX_TOTAL {
-            return Err(format!("kv store is full ({KV_MAX_TOTAL} bytes per plugin)"));
+        let full = || format!("kv store is full ({KV_MAX_TOTAL} bytes per plugin)");
+        match self {
+            KvStore::Memory(map) => {
+                let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+                let old = map.get(&key).map_or(0, |v| key.len() + v.len());
+                let total: usize = map.iter().map(|(k, v)| k.len() + v.len()).sum();
+                if total - old + key.len() + value.len() > KV_MAX_TOTAL {
+                    return Ok(Err(full()));
+                }
+                map.insert(key, value);
+                Ok(Ok(()))
+            }
+            KvStore::Database { store, plugin } => {
+                let stored = store.kv_set(plugin, &key, &value, KV_MAX_TOTAL).await.map_err(HostUnavailable::kv)?;
+                Ok(if stored { Ok(()) } else { Err(full()) })
+            }
         }
-        map.insert(key, value);
-        Ok(())
     }
 
-    pub fn delete(&self, key: &str) {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    pub async fn delete(&self, key: &str) -> Result<(), HostUnavailable> {
+        match self {
+            KvStore::Memory(map) => {
+                map.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+                Ok(())
+            }
+            KvStore::Database { store, plugin } => store.kv_delete(plugin, key).await.map_err(HostUnavailable::kv),
+        }
     }
 }
 
@@ -61,20 +105,20 @@ pub struct PluginContext {
 mod tests {
     use super::*;
 
-    #[test]
-    fn kv_quota() {
+    #[tokio::test]
+    async fn kv_quota() {
         let kv = KvStore::default();
-        kv.set("a".into(), vec![1; 10]).unwrap();
-        assert_eq!(kv.get("a"), Some(vec![1; 10]));
-        assert!(kv.set("b".into(), vec![0; KV_MAX_VALUE + 1]).unwrap_err().contains("limit"));
-        assert!(kv.set(String::new(), vec![]).is_err());
+        kv.set("a".into(), vec![1; 10]).await.unwrap().unwrap();
+        assert_eq!(kv.get("a").await.unwrap(), Some(vec![1; 10]));
+        assert!(kv.set("b".into(), vec![0; KV_MAX_VALUE + 1]).await.unwrap().unwrap_err().contains("limit"));
+        assert!(kv.set(String::new(), vec![]).await.unwrap().is_err());
         for i in 0..(KV_MAX_TOTAL / KV_MAX_VALUE) - 1 {
-            kv.set(format!("k{i}"), vec![0; KV_MAX_VALUE]).unwrap();
+            kv.set(format!("k{i}"), vec![0; KV_MAX_VALUE]).await.unwrap().unwrap();
         }
-        assert!(kv.set("last".into(), vec![0; KV_MAX_VALUE]).unwrap_err().contains("full"));
+        assert!(kv.set("last".into(), vec![0; KV_MAX_VALUE]).await.unwrap().unwrap_err().contains("full"));
         // Overwriting an existing key counts only the difference.
-        kv.set("k0".into(), vec![1; KV_MAX_VALUE]).unwrap();
-        kv.delete("k0");
-        assert_eq!(kv.get("k0"), None);
+        kv.set("k0".into(), vec![1; KV_MAX_VALUE]).await.unwrap().unwrap();
+        kv.delete("k0").await.unwrap();
+        assert_eq!(kv.get("k0").await.unwrap(), None);
     }
 }

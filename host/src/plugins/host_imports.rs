@@ -47,16 +47,19 @@ impl config::Host for CallState {
     }
 }
 
+/// Trappable (`bindings.rs`): when the database fails the call traps with
+/// [`HostUnavailable`](super::context::HostUnavailable), which the runtime does not count
+/// against the plugin, rather than answer "no such key" for a value that exists.
 impl kv::Host for CallState {
-    async fn get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.plugin.kv.get(&key)
+    async fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self.plugin.kv.get(&key).await?)
     }
 
-    async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
-        self.plugin.kv.set(key, value)
+    async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.plugin.kv.set(key, value).await?)
     }
 
-    async fn delete(&mut self, key: String) {
-        self.plugin.kv.delete(&key)
+    async fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        Ok(self.plugin.kv.delete(&key).await?)
     }
 }

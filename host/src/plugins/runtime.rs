@@ -125,6 +125,10 @@ pub enum Fault {
     /// (`sources::Holds`). Not counted against the plugin.
     #[error("was not called: input from this sender made plugins fault repeatedly; try again in {} s", .0.as_secs().max(1))]
     Held(Duration),
+    /// Not a fault of the plugin: the host could not serve one of its imports (the
+    /// database behind `kv` failed). Not counted.
+    #[error("stopped: {0}")]
+    Unavailable(String),
 }
 
 /// A fault, with the plugin and function it happened in.
@@ -357,6 +361,12 @@ impl Caller {
                 stats.calls.fetch_sub(1, Relaxed);
                 return Err(refuse(Fault::Busy(self.limits.concurrency)));
             }
+            // The host failed the plugin (its database): not the plugin's fault, and not
+            // its sender's.
+            Ok(Err(e)) if e.downcast_ref::<super::context::HostUnavailable>().is_some() => {
+                let why = e.downcast_ref::<super::context::HostUnavailable>().map(|h| h.to_string());
+                return Err(refuse(Fault::Unavailable(why.unwrap_or_default())));
+            }
             Ok(Err(e)) => Err(if store.data().memory.hit {
                 stats.memory_limit_hits.fetch_add(1, Relaxed);
                 Fault::Memory(self.limits.memory)
@@ -431,6 +441,8 @@ pub struct Runtime {
     cache: Option<Arc<ArtifactCache>>,
     /// Key-value stores by plugin name: shared by all versions of a plugin.
     kv: std::sync::Mutex<BTreeMap<String, Arc<KvStore>>>,
+    /// Where the key-value stores are kept (`with_kv_store`); in memory without one.
+    kv_database: Option<crate::store::Store>,
     /// Config values by plugin name, shared by all versions and changed live: an admin's
     /// new setting reaches the next call without a reload.
     configs: std::sync::Mutex<BTreeMap<String, Arc<PluginConfig>>>,
@@ -487,9 +499,16 @@ impl Runtime {
             limits,
             cache,
             kv: Default::default(),
+            kv_database: None,
             configs: Default::default(),
             holds: Arc::new(Holds::new(HoldPolicy::default())),
         })
+    }
+
+    /// Keep plugins' key-value stores in `store` (before plugins load).
+    pub fn with_kv_store(mut self, store: crate::store::Store) -> Runtime {
+        self.kv_database = Some(store);
+        self
     }
 
     /// Set when a source is held for the faults its input causes (before plugins load).
@@ -606,7 +625,14 @@ impl Runtime {
     }
 
     fn kv_store(&self, plugin: &str) -> Arc<KvStore> {
-        self.kv.lock().unwrap_or_else(|p| p.into_inner()).entry(plugin.to_string()).or_default().clone()
+        let mut stores = self.kv.lock().unwrap_or_else(|p| p.into_inner());
+        let kv = stores.entry(plugin.to_string()).or_insert_with(|| {
+            Arc::new(match &self.kv_database {
+                Some(store) => KvStore::Database { store: store.clone(), plugin: plugin.to_string() },
+                None => KvStore::default(),
+            })
+        });
+        kv.clone()
     }
 }
 

@@ -30,7 +30,7 @@
 //! (`writes.rs`).
 
 use super::writes::{self, Write, Written};
-use super::{DeviceKey, DeviceRow, QueuedOperation, StoreError};
+use super::{DeviceKey, DeviceRow, QueuedOperation, StoreError, Synchronous};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -65,15 +65,22 @@ fn tune(c: &Connection) -> rusqlite::Result<()> {
 pub(super) struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// What the database's writers promise; the group committer's connection is opened
+    /// from here.
+    synchronous: Synchronous,
 }
 
 impl Readers {
-    pub(super) fn new(path: PathBuf) -> Readers {
-        Readers { path, idle: Mutex::new(Vec::new()) }
+    pub(super) fn new(path: PathBuf, synchronous: Synchronous) -> Readers {
+        Readers { path, idle: Mutex::new(Vec::new()), synchronous }
     }
 
     pub(super) fn path(&self) -> PathBuf {
         self.path.clone()
+    }
+
+    pub(super) fn synchronous(&self) -> Synchronous {
+        self.synchronous
     }
 
     fn open(&self) -> rusqlite::Result<Connection> {
@@ -234,11 +241,12 @@ pub(super) fn plan(c: &Connection, sql: &str) -> rusqlite::Result<String> {
 pub(super) struct Writer {
     path: PathBuf,
     conn: Option<Connection>,
+    synchronous: Synchronous,
 }
 
 impl Writer {
-    pub(super) fn new(path: PathBuf) -> Writer {
-        Writer { path, conn: None }
+    pub(super) fn new(path: PathBuf, synchronous: Synchronous) -> Writer {
+        Writer { path, conn: None, synchronous }
     }
 
     /// Run `writes` in one transaction, returning what each did.
@@ -253,10 +261,11 @@ impl Writer {
                 // The sqlx write pool's connection (admin writes) is the other writer; its
                 // transactions are short, so waiting for it is the rare case.
                 tune(&c)?;
-                // As the sqlx connections (`Store::connect`): WAL is the file's, these are
-                // per connection. NORMAL: a commit is durable at the next checkpoint, not
-                // fsynced each time (an fsync per batch took ~1 ms here).
-                c.pragma_update(None, "synchronous", "NORMAL")?;
+                // As the sqlx connections (`Store::connect_with`): WAL is the file's, these
+                // are per connection. NORMAL (the default): a commit is durable at the next
+                // checkpoint, not fsynced each time (an fsync per batch took ~1 ms here);
+                // FULL fsyncs every batch (`--sqlite-synchronous`).
+                c.pragma_update(None, "synchronous", self.synchronous.pragma())?;
                 c.pragma_update(None, "foreign_keys", true)?;
                 self.conn.insert(c)
             }
@@ -294,7 +303,12 @@ fn write_group_on(db: &mut Connection, writes: &[Write], now: i64) -> rusqlite::
                 };
                 let [claim, transitions, update] = writes::claim_and_deliver_sql(ids.len(), false);
                 // SQLite has one writer: what this transaction reads stays so until it commits.
-                let claimed = tx.prepare_cached(&claim)?.query_map(params_from_iter(values()), |_| Ok(()))?.count();
+                let claimed = tx
+                    .prepare_cached(&claim)?
+                    .query_map(params_from_iter(values()), |_| Ok(()))?
+                    // An error row is an error, not a claimed operation.
+                    .collect::<rusqlite::Result<Vec<()>>>()?
+                    .len();
                 if claimed != ids.len() {
                     written.push(Written::Delivered(false));
                     continue;
@@ -314,7 +328,7 @@ fn write_group_on(db: &mut Connection, writes: &[Write], now: i64) -> rusqlite::
                     let (from, to) = match writes::step(*id, *event, row) {
                         Ok(step) => step,
                         Err(outcome) => {
-                            if writes::is_progress(*event, &outcome, response.as_deref()) {
+                            if writes::is_progress(*event, &outcome) {
                                 tx.prepare_cached(writes::EVENT_PROGRESS)?.execute(params![response, now, id])?;
                             }
                             out.push(outcome);

@@ -16,6 +16,7 @@ mod devices;
 mod direct;
 mod events;
 mod fleet;
+mod kv;
 mod operations;
 mod policies;
 mod psk;
@@ -39,8 +40,8 @@ pub(crate) use events::record_event;
 pub use events::{ADMIN_ACTION, EventQuery, EventRow, NewEvent, Outcome, SETTLE};
 pub use fleet::{DayCount, DeviceCount, ENROLLED_DAYS, FleetCounts, StateCount};
 pub use operations::{
-    ActivityRow, Cursor, DeviceKey, MAX_EXPLICIT_DEVICES, NewActivity, OperationRow, QueuedOperation, ResultOutcome,
-    TargetSet, TransitionRow,
+    ActivityRow, Cursor, DeviceKey, MAX_EXPLICIT_DEVICES, MAX_UNANSWERED, NO_ANSWER_ACTOR, NewActivity, OperationRow,
+    QueuedOperation, ResultOutcome, TargetSet, TransitionRow,
 };
 pub use policies::{Applies, Assignment, DevicePolicyRow, PolicyRow, PolicyTarget, RevisionRow};
 pub use psk::{LiveKey, PskRow};
@@ -150,22 +151,55 @@ impl StoreError {
 /// else (devices turn unreachable after hours; a write per poll would be waste).
 pub const LAST_SEEN_RESOLUTION_MS: i64 = 30_000;
 
+/// What a commit on SQLite promises (`--sqlite-synchronous`; docs/operations.md,
+/// "Durability"). Both keep the database consistent after a crash of the process or of
+/// the machine; they differ in what a power loss or an OS crash may take back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// WAL with `synchronous=NORMAL`: a commit survives the process being killed; the
+    /// last commits before a power loss or an OS crash may be lost (never half of one).
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: every commit is on disk (fsync) before it is acknowledged.
+    Full,
+}
+
+impl Synchronous {
+    pub fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        }
+    }
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Store {
-    /// Connect to `url` (`sqlite://PATH` or `postgres://…`) and apply migrations.
+    /// Connect to `url` (`sqlite://PATH` or `postgres://…`) and apply migrations, with
+    /// SQLite's default durability ([`Synchronous::Normal`]).
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Self::connect_with(url, Synchronous::default()).await
+    }
+
+    /// [`Store::connect`], with `synchronous` on SQLite (PostgreSQL's durability is its
+    /// own `synchronous_commit`, set on the server).
+    pub async fn connect_with(url: &str, synchronous: Synchronous) -> Result<Store, StoreError> {
         if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(|_| StoreError::Url(url.into()))?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
+                .synchronous(match synchronous {
+                    Synchronous::Normal => SqliteSynchronous::Normal,
+                    Synchronous::Full => SqliteSynchronous::Full,
+                })
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
-            Self::sqlite(options).await
+            Self::sqlite(options, synchronous).await
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url).map_err(|_| StoreError::Url(url.into()))?;
             Self::postgres(options).await
@@ -174,7 +208,9 @@ impl Store {
         }
     }
 
-    pub async fn sqlite(options: SqliteConnectOptions) -> Result<Store, StoreError> {
+    /// `options` must set `synchronous` as it is given here, for the connections that
+    /// are not sqlx's (`direct.rs`).
+    pub async fn sqlite(options: SqliteConnectOptions, synchronous: Synchronous) -> Result<Store, StoreError> {
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             // Writers wait their turn here; only a stuck database takes this long.
@@ -182,7 +218,7 @@ impl Store {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&write).await?;
-        let direct = std::sync::Arc::new(direct::Readers::new(options.get_filename().to_path_buf()));
+        let direct = std::sync::Arc::new(direct::Readers::new(options.get_filename().to_path_buf(), synchronous));
         let read = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
         Ok(Store::with_committer(Backend::Sqlite { read, write, direct }))
     }
@@ -195,7 +231,9 @@ impl Store {
 
     fn with_committer(backend: Backend) -> Store {
         let committer = match &backend {
-            Backend::Sqlite { direct, .. } => commit::Committer::start_sqlite(direct::Writer::new(direct.path())),
+            Backend::Sqlite { direct, .. } => {
+                commit::Committer::start_sqlite(direct::Writer::new(direct.path(), direct.synchronous()))
+            }
             Backend::Postgres(_) => commit::Committer::start(Store {
                 backend: backend.clone(),
                 committer: None,

@@ -40,6 +40,15 @@ const ANALYZE_AFTER: u64 = 10_000;
 /// Explicit device lists longer than this must use a group (bind-parameter limits).
 pub const MAX_EXPLICIT_DEVICES: usize = 10_000;
 
+/// The actor of an operation's move back to the queue when its device never answered
+/// it ([`Store::requeue_unanswered`]), and of its end when that happened too often.
+pub const NO_ANSWER_ACTOR: &str = "system:no-answer";
+
+/// How many times an operation handed out by a poll may go unanswered and be offered
+/// again; the next time it ends in ERROR, so a device that takes an operation and never
+/// answers (it crashes on it) is not given it for ever.
+pub const MAX_UNANSWERED: i64 = 3;
+
 impl TargetSet {
     /// A SQL condition over `devices d` selecting the targets (in `sql`), with its
     /// parameters numbered from `first`.
@@ -200,16 +209,14 @@ impl Store {
             "INSERT INTO operations (activity, device, code, kind, state, attempts, created_at, updated_at, expires_at, max_attempts)
              SELECT $1, d.id, $2, $3, 'PENDING', 0, $4, $4, $5, $6 FROM devices d WHERE {} ORDER BY d.id", predicate.sql);
         // The older commands: same code, still pending, for a device this activity reached,
-        // against the new activity's devices as an uncorrelated set.
+        // against the new activity's devices as an uncorrelated set. Older only: on
+        // PostgreSQL an activity added at the same moment may commit first, and its
+        // commands are newer than this one's, whatever the order of commits.
         let older = "SELECT o.id FROM operations o
-                     WHERE o.state = 'PENDING' AND o.code = $3 AND o.kind = 'command' AND o.activity <> $4
+                     WHERE o.state = 'PENDING' AND o.code = $3 AND o.kind = 'command' AND o.activity < $4
                        AND o.device IN (SELECT n.device FROM operations n WHERE n.activity = $4)";
-        let supersede_log = format!(
-            "INSERT INTO transitions (operation, from_state, to_state, actor, at)
-             SELECT id, 'PENDING', 'REPEATED', $1, $2 FROM operations WHERE id IN ({older})"
-        );
         let supersede =
-            format!("UPDATE operations SET state = 'REPEATED', updated_at = $2 WHERE id IN ({older}) AND $1 = $1");
+            writes::move_where(&format!("state = 'PENDING' AND id IN ({older})"), "REPEATED", self.is_postgres());
         with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let activity: ActivityRow = sqlx::query_as(
@@ -229,7 +236,7 @@ impl Store {
                 sqlx::query("ANALYZE operations").execute(&mut *tx).await?;
             }
             if a.kind == Kind::Command {
-                for sql in [&supersede_log, &supersede] {
+                for sql in &supersede {
                     sqlx::query(trusted(sql)).bind(&a.created_by).bind(now).bind(&a.code).bind(activity.id)
                         .execute(&mut *tx).await?;
                 }
@@ -422,26 +429,72 @@ impl Store {
     /// Expire live operations past their TTL: one device's, or everyone's (`None`).
     /// Returns how many expired.
     pub async fn expire(&self, device: Option<i64>, now: i64) -> Result<u64, StoreError> {
-        let mut f = Filters::new(2);
+        let mut f = Filters::new(3);
         if let Some(d) = device {
             f.and("device = ?", Param::Int(d));
         }
         let filter = format!(
-            "state IN ('PENDING', 'NOTNOW', 'IN_PROGRESS') AND expires_at IS NOT NULL AND expires_at <= $1{}",
+            "state IN ('PENDING', 'NOTNOW', 'IN_PROGRESS') AND expires_at IS NOT NULL AND expires_at <= $2{}",
             f.sql
         );
-        let transition = format!(
-            "INSERT INTO transitions (operation, from_state, to_state, actor, at)
-             SELECT id, state, 'EXPIRED', 'system', $1 FROM operations WHERE {filter}"
-        );
-        let update = format!("UPDATE operations SET state = 'EXPIRED', updated_at = $1 WHERE {filter}");
+        let statements = writes::move_where(&filter, "EXPIRED", self.is_postgres());
         with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            bind_filters!(sqlx::query(trusted(&transition)).bind(now), f).execute(&mut *tx).await?;
-            let n = bind_filters!(sqlx::query(trusted(&update)).bind(now), f).execute(&mut *tx).await?.rows_affected();
+            let mut n = 0;
+            for sql in &statements {
+                n = bind_filters!(sqlx::query(trusted(sql)).bind("system").bind(now), f)
+                    .execute(&mut *tx).await?.rows_affected();
+            }
             tx.commit().await?;
             Ok(n)
         })
+    }
+
+    /// Put back in the queue the operations handed out by a poll (`delivery_actor`) that
+    /// have had no answer since `cutoff` (the device took them and said nothing since: the
+    /// poll's response was lost on the way, or the device crashed running them). Each goes
+    /// back to PENDING (actor [`NO_ANSWER_ACTOR`]) and is offered again, first in its
+    /// device's queue, at most [`MAX_UNANSWERED`] times; the next silence ends it in
+    /// ERROR. A late answer to an earlier delivery still counts, once: a result on a
+    /// PENDING operation moves it, and results are idempotent after that. Pushes are not
+    /// swept: a device re-sent what it holds unanswered when it comes online (the broker
+    /// keeps QoS 1 messages for it until then). Returns how many went back to the queue,
+    /// and how many ended.
+    pub async fn requeue_unanswered(&self, delivery_actor: &str, cutoff: i64) -> Result<(u64, u64), StoreError> {
+        // The sweep is bounded; what is left is taken at the next one.
+        let rows: Vec<(i64, i64, i64)> = with_pool!(self, pool => sqlx::query_as(
+                "SELECT o.id, o.device,
+                        (SELECT COUNT(*) FROM transitions n WHERE n.operation = o.id AND n.actor = $3)
+                 FROM operations o
+                 WHERE o.state = 'IN_PROGRESS' AND o.updated_at <= $1
+                   AND (SELECT t.actor FROM transitions t
+                        WHERE t.operation = o.id AND t.to_state = 'IN_PROGRESS'
+                        ORDER BY t.id DESC LIMIT 1) = $2
+                 ORDER BY o.id LIMIT 1000")
+            .bind(cutoff).bind(delivery_actor).bind(NO_ANSWER_ACTOR).fetch_all(pool).await?);
+        let mut by_device: std::collections::BTreeMap<i64, Vec<(i64, Event, Option<String>)>> = Default::default();
+        for (id, device, unanswered) in rows {
+            let event = if unanswered < MAX_UNANSWERED {
+                (id, Event::NoAnswer, None)
+            } else {
+                let error = format!("no answer from the device to {} deliveries", unanswered + 1);
+                (id, Event::Fail, Some(serde_json::json!({ "error": error }).to_string()))
+            };
+            by_device.entry(device).or_default().push(event);
+        }
+        let (mut requeued, mut ended) = (0, 0);
+        for (device, events) in by_device {
+            // Each move is made only from IN_PROGRESS: an answer that came since the read
+            // wins, and the sweep then changes nothing.
+            for outcome in self.apply_events(device, &events, NO_ANSWER_ACTOR).await? {
+                match outcome {
+                    ResultOutcome::Applied { to: State::Pending, .. } => requeued += 1,
+                    ResultOutcome::Applied { .. } => ended += 1,
+                    _ => {}
+                }
+            }
+        }
+        Ok((requeued, ended))
     }
 
     /// Claim operations the device is about to be given: IN_PROGRESS, attempt counted,
@@ -537,7 +590,7 @@ impl Store {
                             let (from, to) = match writes::step(*id, *event, row) {
                                 Ok(step) => step,
                                 Err(outcome) => {
-                                    if writes::is_progress(*event, &outcome, response.as_deref()) {
+                                    if writes::is_progress(*event, &outcome) {
                                         sqlx::query(trusted(&writes::PG_EVENT[3]))
                                             .bind(response).bind(now).bind(*id)
                                             .execute(&mut *tx).await?;
@@ -664,15 +717,11 @@ impl Store {
             return Ok(0);
         }
         let filter = format!("state IN ('PENDING', 'NOTNOW', 'IN_PROGRESS'){}", f.sql);
-        let transition = format!(
-            "INSERT INTO transitions (operation, from_state, to_state, actor, at)
-             SELECT id, state, 'CANCELLED', $1, $2 FROM operations WHERE {filter}"
-        );
-        let update = format!("UPDATE operations SET state = 'CANCELLED', updated_at = $2 WHERE {filter} AND $1 = $1");
+        let statements = writes::move_where(&filter, "CANCELLED", self.is_postgres());
         with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let mut n = 0;
-            for sql in [&transition, &update] {
+            for sql in &statements {
                 n = bind_filters!(sqlx::query(trusted(sql)).bind(actor).bind(now), f)
                     .execute(&mut *tx).await?.rows_affected();
             }

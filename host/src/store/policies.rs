@@ -283,16 +283,7 @@ impl Store {
         let keys = super::key_rows(postgres, &f.placeholder(Param::Text(super::key_list(&list))));
         let older = format!("SELECT p.operation FROM device_policies p WHERE p.device IN {keys}");
         let supersede = |from: &str, to: &str| {
-            [
-                format!(
-                    "INSERT INTO transitions (operation, from_state, to_state, actor, at)
-                     SELECT id, state, '{to}', $1, $2 FROM operations WHERE state IN ({from}) AND id IN ({older})"
-                ),
-                format!(
-                    "UPDATE operations SET state = '{to}', updated_at = $2
-                     WHERE state IN ({from}) AND id IN ({older}) AND $1 = $1"
-                ),
-            ]
+            super::writes::move_where(&format!("state IN ({from}) AND id IN ({older})"), to, postgres)
         };
         let statements: Vec<String> = supersede("'PENDING'", "REPEATED")
             .into_iter()

@@ -560,18 +560,17 @@ impl Store {
     pub async fn rollout_cancel_queued(&self, id: i64, name: &str, actor: &str) -> Result<u64, StoreError> {
         let now = now_ms();
         let queued = "SELECT rd.operation FROM rollout_devices rd WHERE rd.rollout = $3 AND rd.state = 'pending'";
-        let transitions = format!(
-            "INSERT INTO transitions (operation, from_state, to_state, actor, at)
-             SELECT id, state, 'CANCELLED', $1, $2 FROM operations WHERE state IN ('PENDING', 'NOTNOW') AND id IN ({queued})"
-        );
-        let cancel = format!(
-            "UPDATE operations SET state = 'CANCELLED', updated_at = $2
-             WHERE state IN ('PENDING', 'NOTNOW') AND id IN ({queued}) AND $1 = $1"
+        let statements = super::writes::move_where(
+            &format!("state IN ('PENDING', 'NOTNOW') AND id IN ({queued})"),
+            "CANCELLED",
+            self.is_postgres(),
         );
         with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            sqlx::query(trusted(&transitions)).bind(actor).bind(now).bind(id).execute(&mut *tx).await?;
-            let n = sqlx::query(trusted(&cancel)).bind(actor).bind(now).bind(id).execute(&mut *tx).await?.rows_affected();
+            let mut n = 0;
+            for sql in &statements {
+                n = sqlx::query(trusted(sql)).bind(actor).bind(now).bind(id).execute(&mut *tx).await?.rows_affected();
+            }
             sqlx::query(
                 "UPDATE rollout_devices SET state = 'cancelled', finished_at = $1,
                      reason = 'the rollout stopped before the update was delivered'

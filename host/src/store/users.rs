@@ -27,6 +27,7 @@ const COLUMNS: &str = "name, role, scope, created_at, updated_at, disabled_at, l
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Login {
     pub password_hash: String,
+    pub role: String,
     pub disabled_at: Option<i64>,
     pub failures: i32,
     pub locked_until: i64,
@@ -148,7 +149,7 @@ impl Store {
 
     pub async fn user_login(&self, name: &str) -> Result<Option<Login>, StoreError> {
         Ok(with_pool!(self, pool => sqlx::query_as(
-                "SELECT password_hash, disabled_at, failures, locked_until FROM users WHERE name = $1")
+                "SELECT password_hash, role, disabled_at, failures, locked_until FROM users WHERE name = $1")
             .bind(name).fetch_optional(pool).await?))
     }
 

@@ -74,6 +74,40 @@ pub(super) fn claim_and_deliver_sql(n: usize, postgres: bool) -> [String; 3] {
     ]
 }
 
+/// Statements that move every operation `filter` selects (a `WHERE` over `operations`) to
+/// `to`, each move with its transition: actor `$1`, time `$2`. Every statement takes the
+/// same parameters; run them in order in one transaction. The last one's row count is how
+/// many moved.
+///
+/// On SQLite: the transitions, then the update. The writer is alone, so both statements
+/// see the same rows. On PostgreSQL each statement of a READ COMMITTED transaction sees
+/// what committed before it began, so the two could see different rows: a transition
+/// recorded for an operation that another transaction moved in between (a report racing
+/// a cancel), or an operation moved with no transition (a newer command, committed in
+/// between, superseded by an older one). There it is one statement: lock the rows
+/// (`FOR UPDATE` waits for a concurrent change and checks the filter again on the row as
+/// it then is), move exactly those, and record each with the state it had.
+pub(super) fn move_where(filter: &str, to: &str, postgres: bool) -> Vec<String> {
+    if postgres {
+        vec![format!(
+            "WITH locked AS (SELECT id, state FROM operations WHERE {filter} FOR UPDATE),
+                  moved AS (UPDATE operations o SET state = '{to}', updated_at = $2 FROM locked
+                            WHERE o.id = locked.id RETURNING o.id, locked.state AS from_state)
+             INSERT INTO transitions (operation, from_state, to_state, actor, at)
+             SELECT id, from_state, '{to}', $1, $2 FROM moved"
+        )]
+    } else {
+        vec![
+            format!(
+                "INSERT INTO transitions (operation, from_state, to_state, actor, at)
+                 SELECT id, state, '{to}', $1, $2 FROM operations WHERE {filter}"
+            ),
+            // `$1 = $1`: both statements take the same parameters.
+            format!("UPDATE operations SET state = '{to}', updated_at = $2 WHERE {filter} AND $1 = $1"),
+        ]
+    }
+}
+
 /// [`Write::Events`], per event: the operation's state, attempts made and allowed.
 /// Parameters: `?1` operation, `?2` device.
 pub(super) const EVENT_READ: &str =
@@ -92,17 +126,17 @@ pub(super) const EVENT_TRANSITION: &str =
     "INSERT INTO transitions (operation, from_state, to_state, actor, at, response)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
-/// [`Write::Events`], for a report that keeps an operation IN_PROGRESS but says more
-/// (a firmware update's state and percentage): the newest response is kept, with no
-/// transition (nothing moved). Parameters: `?1` response, `?2` now, `?3` operation.
-pub(super) const EVENT_PROGRESS: &str =
-    "UPDATE operations SET response = ?1, updated_at = ?2 WHERE id = ?3 AND state = 'IN_PROGRESS'";
+/// [`Write::Events`], for a report that keeps an operation IN_PROGRESS: no transition
+/// (nothing moved), but the device answered, so the answer timeout starts again
+/// (`updated_at`, [`super::Store::requeue_unanswered`]), and a response that says more (a
+/// firmware update's state and percentage) is kept as the newest. Parameters: `?1`
+/// response (kept when none), `?2` now, `?3` operation.
+pub(super) const EVENT_PROGRESS: &str = "UPDATE operations SET response = COALESCE(?1, response), updated_at = ?2
+     WHERE id = ?3 AND state = 'IN_PROGRESS'";
 
-/// Whether an unchanged outcome is a progress report whose response is to be kept
-/// ([`EVENT_PROGRESS`]).
-pub(super) fn is_progress(event: Event, outcome: &ResultOutcome, response: Option<&str>) -> bool {
-    response.is_some()
-        && event == Event::Result(ops::Reported::InProgress)
+/// Whether an unchanged outcome is a progress report ([`EVENT_PROGRESS`]).
+pub(super) fn is_progress(event: Event, outcome: &ResultOutcome) -> bool {
+    event == Event::Result(ops::Reported::InProgress)
         && matches!(outcome, ResultOutcome::Unchanged { state: State::InProgress, .. })
 }
 
@@ -325,15 +359,14 @@ mod tests {
     }
 
     #[test]
-    fn only_an_in_progress_report_with_a_response_keeps_its_progress() {
+    fn only_an_in_progress_report_on_an_in_progress_operation_is_progress() {
         let progress = Event::Result(ops::Reported::InProgress);
         let unchanged = step(7, progress, Some(("IN_PROGRESS".into(), 1, 1))).unwrap_err();
-        assert!(is_progress(progress, &unchanged, Some(r#"{"update_state":"installing"}"#)));
-        assert!(!is_progress(progress, &unchanged, None));
+        assert!(is_progress(progress, &unchanged));
         // A report on a finished operation keeps nothing.
         let finished = step(7, progress, Some(("COMPLETED".into(), 1, 1))).unwrap_err();
-        assert!(!is_progress(progress, &finished, Some("{}")));
+        assert!(!is_progress(progress, &finished));
         let completed = Event::Result(ops::Reported::Completed);
-        assert!(!is_progress(completed, &unchanged, Some("{}")));
+        assert!(!is_progress(completed, &unchanged));
     }
 }

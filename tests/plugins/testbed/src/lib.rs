@@ -1,5 +1,5 @@
 //! A device type that misbehaves on request, to prove the host's limits. `decode`'s body
-//! names the behaviour (and an enrollment whose body is `trap` traps): `spin`, `alloc`, `trap`, `big`, `log`, `kv:KEY=VALUE`,
+//! names the behaviour (and an enrollment whose body is `trap` traps): `spin`, `alloc`, `trap`, `big`, `log`, `kv:KEY=VALUE`, `kvget:KEY`,
 //! `config:KEY`, `count`, `token:TRANSPORT:TOKEN|K=V…` (a push-token update); anything else is echoed back as info. With config `describe = "spin"`
 //! even the load-time smoke test spins.
 
@@ -96,6 +96,11 @@ impl Guest for Testbed {
                 kv::set(k, v.as_bytes()).map_err(PluginError::invalid)?;
                 let back = kv::get(k).unwrap_or_default();
                 Ok(message(vec![(k.into(), String::from_utf8_lossy(&back).into())]))
+            }
+            t if t.starts_with("kvget:") => {
+                let k = &t[6..];
+                let value = kv::get(k).map_or_else(|| "<unset>".into(), |v| String::from_utf8_lossy(&v).into_owned());
+                Ok(message(vec![(k.into(), value)]))
             }
             t if t.starts_with("token:") => {
                 // `token:TRANSPORT:TOKEN|Key=Value|…`: a push-token update (TokenUpdate).
