@@ -249,6 +249,12 @@ impl Writer {
         Writer { path, conn: None, synchronous }
     }
 
+    /// The open connection's `synchronous` setting (for tests).
+    #[cfg(test)]
+    pub(super) fn synchronous_now(&self) -> Option<i64> {
+        self.conn.as_ref()?.pragma_query_value(None, "synchronous", |r| r.get(0)).ok()
+    }
+
     /// Run `writes` in one transaction, returning what each did.
     pub(super) fn write_group(&mut self, writes: &[Write], now: i64) -> Result<Vec<Written>, StoreError> {
         let conn = match &mut self.conn {

@@ -426,4 +426,21 @@ mod tests {
     fn placeholders() {
         assert_eq!(super::values_placeholders(2, 2, 3), "($3, $4), ($5, $6)");
     }
+
+    /// `--sqlite-synchronous` reaches every writer: sqlx's connections and the group
+    /// committer's own (`direct.rs`), which would otherwise keep NORMAL.
+    #[tokio::test]
+    async fn synchronous_reaches_every_sqlite_connection() {
+        for (setting, pragma) in [(super::Synchronous::Normal, 1), (super::Synchronous::Full, 2)] {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("d.db").display());
+            let store = super::Store::connect_with(&url, setting).await.unwrap();
+            let super::Backend::Sqlite { write, direct, .. } = &store.backend else { unreachable!() };
+            let (n,): (i64,) = sqlx::query_as("PRAGMA synchronous").fetch_one(write).await.unwrap();
+            assert_eq!(n, pragma, "{setting:?} on sqlx's connection");
+            let mut writer = super::direct::Writer::new(direct.path(), direct.synchronous());
+            writer.write_group(&[], super::now_ms()).unwrap();
+            assert_eq!(writer.synchronous_now().unwrap(), pragma, "{setting:?} on the committer's connection");
+        }
+    }
 }
