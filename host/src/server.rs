@@ -189,6 +189,10 @@ impl Server {
         let sweeper = tokio::spawn(housekeeping(core.clone(), self.housekeeping));
         let catalog = core.catalog.spawn_watch(CATALOG_TICK);
         let Mqtt { embedded, endpoint, push, jobs, feed } = self.mqtt;
+        // On an external broker every replica hears some devices' presence and may push to
+        // any device: presence is kept in the database (`mqtt/delivery.rs`).
+        let presence =
+            if embedded.is_some() { delivery::PresenceKept::InProcess } else { delivery::PresenceKept::Shared };
         let feed = feed.then(|| tokio::spawn(crate::mqtt::feed::run(core.clone(), endpoint.clone())));
         let broker = embedded.map(|(broker, listener, gate)| {
             if let Ok(addr) = listener.local_addr() {
@@ -196,7 +200,7 @@ impl Server {
             }
             tokio::spawn(broker.serve(listener, gate, broker_events, self.tls.clone()))
         });
-        let delivery = tokio::spawn(delivery::run(core.clone(), endpoint, push, jobs, push_events));
+        let delivery = tokio::spawn(delivery::run(core.clone(), endpoint, presence, push, jobs, push_events));
         let wakeups = tokio::spawn(crate::wakeup::run(core.clone(), wakeup_events));
         let settings = tokio::spawn(crate::plugin_settings::follow(core.clone(), CATALOG_TICK));
         let coap = tokio::spawn(self.coap.run(core.clone(), coap_events));

@@ -229,6 +229,12 @@ impl TestServer {
 
     /// Another server on this one's database: a second replica.
     pub async fn replica(&self) -> TestServer {
+        self.replica_with(|_| {}).await
+    }
+
+    /// [`TestServer::replica`], with its configuration changed by `adjust` (an external
+    /// broker, say).
+    pub async fn replica_with(&self, adjust: impl FnOnce(&mut drover::config::Config)) -> TestServer {
         let url = self.database_url();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -240,6 +246,7 @@ impl TestServer {
         TestServer::start_with(backend, move |c| {
             c.database_url = url;
             c.secret_key_file = key;
+            adjust(c);
         })
         .await
     }

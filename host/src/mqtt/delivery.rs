@@ -133,8 +133,26 @@ impl Push {
     }
 }
 
+/// Where presence is kept, and so who pushes to whom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceKept {
+    /// The embedded broker: its sessions are this process's, and so is presence.
+    InProcess,
+    /// An external broker with any number of replicas on it: the shared subscription
+    /// gives a device's `online` to one replica and its `offline` perhaps to another, and
+    /// any replica may publish to any device. Presence is in the database
+    /// (`push_presence`), so the replica that adds an activity pushes it to every online
+    /// device, whichever replica heard it come online.
+    Shared,
+}
+
 struct Delivery {
     state: Core,
+    kept: PresenceKept,
+    /// Whether this process's client is connected to the broker. Presence in the database
+    /// outlives a lost connection (the other replicas may still have theirs), but what this
+    /// one would publish meanwhile reaches nobody: it pushes nothing until it is back.
+    connected: std::sync::atomic::AtomicBool,
     /// Where `status` topics tell presence (as the embedded broker's gate does).
     presence: Push,
     client: AsyncClient,
@@ -169,6 +187,7 @@ fn device_of(topic: &str) -> &str {
 pub async fn run(
     state: Core,
     endpoint: Endpoint,
+    kept: PresenceKept,
     push: Push,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     mut events: tokio::sync::broadcast::Receiver<crate::events::Event>,
@@ -179,6 +198,8 @@ pub async fn run(
     eventloop.network_options.set_tcp_nodelay(true);
     let delivery = Arc::new(Delivery {
         state,
+        kept,
+        connected: std::sync::atomic::AtomicBool::new(false),
         presence: push,
         client,
         online: Mutex::new(HashMap::new()),
@@ -203,6 +224,19 @@ pub async fn run(
         let d = delivery.clone();
         match job {
             Job::Presence(p) => {
+                // Written before anything is pushed, and in the order heard (this loop is
+                // one task): an `online` then `offline` never ends online.
+                if kept == PresenceKept::Shared
+                    && let Presence::Online { device_type, device_id } | Presence::Offline { device_type, device_id } =
+                        &p
+                    && let Err(e) = d
+                        .state
+                        .store
+                        .set_push_presence(device_type, device_id, matches!(p, Presence::Online { .. }))
+                        .await
+                {
+                    tracing::warn!(device_id, "recording push presence failed: {e}");
+                }
                 let came = {
                     let mut online = d.online.lock().unwrap_or_else(|p| p.into_inner());
                     let came = match p {
@@ -277,6 +311,7 @@ async fn pump(d: Arc<Delivery>, mut eventloop: EventLoop, endpoint: Endpoint) {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 tracing::info!(broker = %format!("{}:{}", endpoint.host, endpoint.port), "MQTT delivery connected");
                 connected = true;
+                d.connected.store(true, std::sync::atomic::Ordering::Relaxed);
                 // try_: the eventloop drives the request queue, so awaiting here would stall it.
                 if let Err(e) = d.client.try_subscribe(SHARED_FILTER, QoS::AtLeastOnce) {
                     tracing::error!("cannot subscribe to device topics: {e}");
@@ -293,6 +328,7 @@ async fn pump(d: Arc<Delivery>, mut eventloop: EventLoop, endpoint: Endpoint) {
             }
             Ok(_) => {}
             Err(e) => {
+                d.connected.store(false, std::sync::atomic::Ordering::Relaxed);
                 if connected {
                     tracing::warn!("MQTT delivery lost the broker: {e}; reconnecting");
                     // Whoever was online is cut off too (on the embedded broker: gone with it)
@@ -352,11 +388,17 @@ impl Delivery {
         }
     }
 
-    fn is_online(&self, d: &DeviceRow) -> bool {
-        self.online
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&(d.device_type.clone(), d.device_id.clone()))
+    /// Whether the device is still online, as `push_activity` found it. In the database
+    /// that was the read just made, so only this process's presence is asked again.
+    fn still_online(&self, d: &DeviceRow) -> bool {
+        match self.kept {
+            PresenceKept::InProcess => self
+                .online
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&(d.device_type.clone(), d.device_id.clone())),
+            PresenceKept::Shared => true,
+        }
     }
 
     async fn device_message(&self, topic: &str, payload: &[u8]) {
@@ -413,25 +455,38 @@ impl Delivery {
     }
 
     async fn push_activity(self: Arc<Self>, activity: i64) {
-        if self.online.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+        if !self.connected.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
-        let devices = match self.state.store.activity_queued_devices(activity).await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(activity, "push: cannot read the activity's devices: {e}");
-                return;
+        let devices: Vec<i64> = match self.kept {
+            PresenceKept::InProcess => {
+                if self.online.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+                    return;
+                }
+                let devices = match self.state.store.activity_queued_devices(activity).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!(activity, "push: cannot read the activity's devices: {e}");
+                        return;
+                    }
+                };
+                // Only the online ones are read further: an activity for a large fleet of
+                // which a few are connected costs one read per connected device, not per device.
+                let online = self.online.lock().unwrap_or_else(|p| p.into_inner());
+                devices
+                    .into_iter()
+                    .filter(|(_, t, i)| online.contains_key(&(t.clone(), i.clone())))
+                    .map(|(k, ..)| k)
+                    .collect()
             }
-        };
-        // Only the online ones are read further: an activity for a large fleet of which a
-        // few are connected costs one read per connected device, not per device.
-        let devices: Vec<i64> = {
-            let online = self.online.lock().unwrap_or_else(|p| p.into_inner());
-            devices
-                .into_iter()
-                .filter(|(_, t, i)| online.contains_key(&(t.clone(), i.clone())))
-                .map(|(k, ..)| k)
-                .collect()
+            // The join is the database's: the fleet's presence, whichever replica heard it.
+            PresenceKept::Shared => match self.state.store.activity_online_devices(activity).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(activity, "push: cannot read the activity's online devices: {e}");
+                    return;
+                }
+            },
         };
         // Devices in parallel (each is a few queries and a plugin call), a bounded number
         // at once so one large activity does not starve device messages.
@@ -451,7 +506,7 @@ impl Delivery {
                 };
                 let limit = d.state.registry.device_type(&device.device_type).map_or(MAX_BATCH, |p| queue_limit(&p));
                 let read = still_queued(queue, MAX_BATCH, false, PUSH_QUEUE, limit);
-                if d.is_online(&device)
+                if d.still_online(&device)
                     && let Err(e) = d.push_queue(&device, read).await
                 {
                     tracing::warn!(device_id = %device.device_id, "push failed: {e}");

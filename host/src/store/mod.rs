@@ -19,6 +19,7 @@ mod fleet;
 mod kv;
 mod operations;
 mod policies;
+mod presence;
 mod psk;
 mod rollouts;
 mod telemetry;
