@@ -262,6 +262,141 @@ async fn racing_moves_keep_one_history(server: &TestServer) {
     replica.stop().await;
 }
 
+/// A small seeded generator (xorshift64*): the engine test's interleavings are random but
+/// replayable from the seed it prints.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// The operation engine under random interleavings (a property test, issue 30): adds of
+/// commands and profiles (with retries, some with a TTL) for random devices, deliveries,
+/// reports of every kind (some for operations the device does not have, some repeated),
+/// cancels, expiry and the no-answer sweep, in random order. After every step each
+/// outcome the store reports is what the state machine says (`ops::next`) from the state
+/// the operation was in; at the end every operation added is there, each one's history
+/// is one chain of legal moves ending in its state, none is completed twice, and its
+/// attempts are its deliveries. `DROVER_ENGINE_SEEDS` runs more seeds (docs/testing.md).
+async fn engine_against_its_state_machine(server: &TestServer) {
+    use drover::ops::{Attempts, Event, Reported, State, next};
+    use drover::store::ResultOutcome;
+    let store = &server.state.store;
+    let seeds: u64 = std::env::var("DROVER_ENGINE_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    for seed in 1..=seeds {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed);
+        let mut devices = Vec::new();
+        for i in 0..4 {
+            devices.push(store.enroll_device(&device(92_000 + seed as usize * 10 + i), "test").await.unwrap().id);
+        }
+        let mut added = 0u64;
+        let mut log: Vec<String> = Vec::new();
+        for step in 0..120 {
+            let d = devices[rng.below(devices.len())];
+            match rng.below(10) {
+                0 | 1 => {
+                    let targets: Vec<i64> = devices.iter().copied().filter(|_| rng.below(2) == 0).collect();
+                    if targets.is_empty() {
+                        continue;
+                    }
+                    let kind = if rng.below(3) == 0 { drover::ops::Kind::Profile } else { drover::ops::Kind::Command };
+                    let a = NewActivity {
+                        code: ["RING", "INFO", "LOCK"][rng.below(3)].into(),
+                        kind,
+                        payload: None,
+                        created_by: "admin:prop".into(),
+                        expires_at: (rng.below(4) == 0).then(|| drover::store::now_ms() + rng.below(30) as i64),
+                        max_attempts: 1 + rng.below(3) as i64,
+                    };
+                    let (_, n) =
+                        store.add_activity(&a, &TargetSet { devices: targets.clone(), ..Default::default() }).await.unwrap();
+                    assert_eq!(n, targets.len() as u64, "seed {seed}, step {step}: one operation per target");
+                    added += n;
+                    log.push(format!("add {} {:?} to {targets:?}", a.code, a.kind));
+                }
+                2 | 3 => {
+                    let queued: Vec<i64> =
+                        store.queued(d, 1 + rng.below(3) as i64, false).await.unwrap().iter().map(|q| q.id).collect();
+                    assert!(store.mark_delivered(d, &queued, "delivery:poll").await.unwrap(), "seed {seed}, step {step}: a lone claim lost");
+                    log.push(format!("deliver {queued:?} to {d}"));
+                }
+                4..=6 => {
+                    // A report on one of the device's operations, or on another's (unknown).
+                    let ops = store
+                        .operations(Some(devices[rng.below(devices.len())]), None, None, None, drover::store::Cursor::After(0), 1000)
+                        .await
+                        .unwrap();
+                    let Some(op) = ops.get(rng.below(ops.len().max(1))) else { continue };
+                    let reported =
+                        [Reported::Completed, Reported::Error, Reported::NotNow, Reported::InProgress][rng.below(4)];
+                    let before = State::parse(&op.state).unwrap();
+                    let out = store.apply_results(d, &[(op.id, reported, Some("{}".into()))]).await.unwrap();
+                    let expected = if op.device != d {
+                        ResultOutcome::Unknown { operation: op.id }
+                    } else {
+                        let attempts = Attempts { made: op.attempts, max: op.max_attempts };
+                        match next(before, Event::Result(reported), attempts) {
+                            Some(to) => ResultOutcome::Applied { operation: op.id, from: before, to },
+                            None => ResultOutcome::Unchanged { operation: op.id, state: before },
+                        }
+                    };
+                    assert_eq!(out, vec![expected], "seed {seed}, step {step}: {reported:?} on {op:?}; so far: {log:?}");
+                    log.push(format!("report {reported:?} on {} ({before}) by {d}", op.id));
+                }
+                7 => {
+                    store.cancel(None, None, Some(d), "admin:prop").await.unwrap();
+                    log.push(format!("cancel all of {d}"));
+                }
+                8 => {
+                    store.expire(None, drover::store::now_ms()).await.unwrap();
+                    log.push("expire".into());
+                }
+                _ => {
+                    store.requeue_unanswered(drover::delivery::POLL_ACTOR, drover::store::now_ms()).await.unwrap();
+                    log.push("no-answer sweep".into());
+                }
+            }
+        }
+        let mut seen = 0u64;
+        for &d in &devices {
+            let ops = store.operations(Some(d), None, None, None, drover::store::Cursor::After(0), 1000).await.unwrap();
+            seen += ops.len() as u64;
+            for op in ops {
+                let path = store.transitions(op.id).await.unwrap();
+                let mut state = State::Pending;
+                let mut deliveries = 0;
+                for t in &path {
+                    let (from, to) = (State::parse(&t.from_state).unwrap(), State::parse(&t.to_state).unwrap());
+                    assert_eq!(from, state, "seed {seed}: operation {} jumped: {path:?}\n{log:?}", op.id);
+                    assert!(!from.is_terminal(), "seed {seed}: operation {} left a terminal state: {path:?}", op.id);
+                    let legal = [Event::Delivered, Event::Cancel, Event::Supersede, Event::Expire, Event::Fail, Event::NoAnswer]
+                        .into_iter()
+                        .chain([Reported::Completed, Reported::Error, Reported::NotNow, Reported::InProgress].map(Event::Result))
+                        .any(|e| (0..=op.max_attempts + 8).any(|made| next(from, e, Attempts { made, max: op.max_attempts }) == Some(to)));
+                    assert!(legal, "seed {seed}: operation {}: {from} -> {to} is no move of the state machine", op.id);
+                    if t.actor == "delivery:poll" {
+                        deliveries += 1;
+                    }
+                    state = to;
+                }
+                assert_eq!(op.state, state.as_str(), "seed {seed}: operation {} is not where its history ends", op.id);
+                assert!(path.iter().filter(|t| t.to_state == "COMPLETED").count() <= 1, "seed {seed}: completed twice");
+                assert_eq!(op.attempts, deliveries, "seed {seed}: operation {}'s attempts are not its deliveries: {path:?}", op.id);
+            }
+        }
+        assert_eq!(seen, added, "seed {seed}: operations were lost (or made)");
+    }
+}
+
 /// Every poll and push reads a device's queue: that read must stay one range of the partial
 /// index `operations_queued`, with no sort. Its statement and the index's `WHERE` must agree
 /// word for word for SQLite to use the index, so a change to either shows here.
@@ -278,3 +413,4 @@ e2e!(queue_read_on_its_index, super::queue_read_on_its_index);
 e2e!(delivery_beside_admin_writes, super::delivery_beside_admin_writes);
 e2e!(deliveries_claim_their_operations, super::deliveries_claim_their_operations);
 e2e!(racing_moves_keep_one_history, super::racing_moves_keep_one_history);
+e2e!(engine_against_its_state_machine, super::engine_against_its_state_machine);
