@@ -317,8 +317,10 @@ async fn engine_against_its_state_machine(server: &TestServer) {
                         expires_at: (rng.below(4) == 0).then(|| drover::store::now_ms() + rng.below(30) as i64),
                         max_attempts: 1 + rng.below(3) as i64,
                     };
-                    let (_, n) =
-                        store.add_activity(&a, &TargetSet { devices: targets.clone(), ..Default::default() }).await.unwrap();
+                    let (_, n) = store
+                        .add_activity(&a, &TargetSet { devices: targets.clone(), ..Default::default() })
+                        .await
+                        .unwrap();
                     assert_eq!(n, targets.len() as u64, "seed {seed}, step {step}: one operation per target");
                     added += n;
                     log.push(format!("add {} {:?} to {targets:?}", a.code, a.kind));
@@ -326,13 +328,23 @@ async fn engine_against_its_state_machine(server: &TestServer) {
                 2 | 3 => {
                     let queued: Vec<i64> =
                         store.queued(d, 1 + rng.below(3) as i64, false).await.unwrap().iter().map(|q| q.id).collect();
-                    assert!(store.mark_delivered(d, &queued, "delivery:poll").await.unwrap(), "seed {seed}, step {step}: a lone claim lost");
+                    assert!(
+                        store.mark_delivered(d, &queued, "delivery:poll").await.unwrap(),
+                        "seed {seed}, step {step}: a lone claim lost"
+                    );
                     log.push(format!("deliver {queued:?} to {d}"));
                 }
                 4..=6 => {
                     // A report on one of the device's operations, or on another's (unknown).
                     let ops = store
-                        .operations(Some(devices[rng.below(devices.len())]), None, None, None, drover::store::Cursor::After(0), 1000)
+                        .operations(
+                            Some(devices[rng.below(devices.len())]),
+                            None,
+                            None,
+                            None,
+                            drover::store::Cursor::After(0),
+                            1000,
+                        )
                         .await
                         .unwrap();
                     let Some(op) = ops.get(rng.below(ops.len().max(1))) else { continue };
@@ -349,7 +361,11 @@ async fn engine_against_its_state_machine(server: &TestServer) {
                             None => ResultOutcome::Unchanged { operation: op.id, state: before },
                         }
                     };
-                    assert_eq!(out, vec![expected], "seed {seed}, step {step}: {reported:?} on {op:?}; so far: {log:?}");
+                    assert_eq!(
+                        out,
+                        vec![expected],
+                        "seed {seed}, step {step}: {reported:?} on {op:?}; so far: {log:?}"
+                    );
                     log.push(format!("report {reported:?} on {} ({before}) by {d}", op.id));
                 }
                 7 => {
@@ -378,10 +394,23 @@ async fn engine_against_its_state_machine(server: &TestServer) {
                     let (from, to) = (State::parse(&t.from_state).unwrap(), State::parse(&t.to_state).unwrap());
                     assert_eq!(from, state, "seed {seed}: operation {} jumped: {path:?}\n{log:?}", op.id);
                     assert!(!from.is_terminal(), "seed {seed}: operation {} left a terminal state: {path:?}", op.id);
-                    let legal = [Event::Delivered, Event::Cancel, Event::Supersede, Event::Expire, Event::Fail, Event::NoAnswer]
-                        .into_iter()
-                        .chain([Reported::Completed, Reported::Error, Reported::NotNow, Reported::InProgress].map(Event::Result))
-                        .any(|e| (0..=op.max_attempts + 8).any(|made| next(from, e, Attempts { made, max: op.max_attempts }) == Some(to)));
+                    let legal = [
+                        Event::Delivered,
+                        Event::Cancel,
+                        Event::Supersede,
+                        Event::Expire,
+                        Event::Fail,
+                        Event::NoAnswer,
+                    ]
+                    .into_iter()
+                    .chain(
+                        [Reported::Completed, Reported::Error, Reported::NotNow, Reported::InProgress]
+                            .map(Event::Result),
+                    )
+                    .any(|e| {
+                        (0..=op.max_attempts + 8)
+                            .any(|made| next(from, e, Attempts { made, max: op.max_attempts }) == Some(to))
+                    });
                     assert!(legal, "seed {seed}: operation {}: {from} -> {to} is no move of the state machine", op.id);
                     if t.actor == "delivery:poll" {
                         deliveries += 1;
@@ -390,7 +419,11 @@ async fn engine_against_its_state_machine(server: &TestServer) {
                 }
                 assert_eq!(op.state, state.as_str(), "seed {seed}: operation {} is not where its history ends", op.id);
                 assert!(path.iter().filter(|t| t.to_state == "COMPLETED").count() <= 1, "seed {seed}: completed twice");
-                assert_eq!(op.attempts, deliveries, "seed {seed}: operation {}'s attempts are not its deliveries: {path:?}", op.id);
+                assert_eq!(
+                    op.attempts, deliveries,
+                    "seed {seed}: operation {}'s attempts are not its deliveries: {path:?}",
+                    op.id
+                );
             }
         }
         assert_eq!(seen, added, "seed {seed}: operations were lost (or made)");
