@@ -131,6 +131,63 @@ fn read_cases<C: for<'de> Deserialize<'de>>(dir: &Path) -> Result<Vec<C>, Fixtur
     Ok(file.cases)
 }
 
+/// How `case` reaches the plugin (`call`: enroll or decode), for device `device_id`.
+fn channel_of(case: &Case, call: &str, device_id: &str) -> Result<Channel, String> {
+    let default_method = if call == "enroll" { "POST" } else { "PUT" };
+    let Some(http_method) = method(case.method.as_deref().unwrap_or(default_method)) else {
+        return Err(format!("`method = {:?}` is not an HTTP method", case.method));
+    };
+    Ok(match (&case.topic, &case.coap) {
+        (Some(t), _) => Channel::Mqtt(MqttMessage { topic_suffix: t.clone() }),
+        (None, Some(path)) => Channel::Coap(CoapMessage {
+            method: (call == "enroll").then_some(CoapMethod::Post),
+            code: if call == "enroll" { 0 } else { case.code.unwrap_or(205) },
+            path: path.clone(),
+            query: case.query.clone(),
+            content_format: case.format,
+            operation_id: (call != "enroll").then_some(case.operation.unwrap_or(1)),
+        }),
+        (None, None) => Channel::Http(HttpRequest {
+            method: http_method,
+            path: case
+                .path
+                .clone()
+                .unwrap_or_else(|| if call == "enroll" { "enroll".into() } else { "poll".into() })
+                .replace("{id}", device_id),
+            query: String::new(),
+            content_type: case.content_type.clone(),
+            headers: vec![],
+        }),
+    })
+}
+
+/// One recorded payload and how it reaches the plugin: a seed for fuzzing the plugin's
+/// `enroll` and `decode` with variations of it (`tests/tests/fuzz.rs`).
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub file: String,
+    /// `enroll` or `decode`.
+    pub call: String,
+    pub channel: Channel,
+    pub body: Vec<u8>,
+}
+
+/// Every device-type case of `dir/cases.toml` as an [`Input`], decodes for device
+/// `device_id` (the one the cases' enrollment makes).
+pub fn inputs(dir: &Path, device_id: &str) -> Result<Vec<Input>, FixtureError> {
+    let cases: Vec<Case> = read_cases(dir)?;
+    let mut out = Vec::new();
+    for case in &cases {
+        let path = dir.join(&case.file);
+        let body = std::fs::read(&path).map_err(|source| FixtureError::Read { path: path.clone(), source })?;
+        let call = case.call.clone().unwrap_or_else(|| "decode".into());
+        let channel = channel_of(case, &call, device_id)
+            .map_err(|message| FixtureError::Cases { path: dir.join("cases.toml"), message })?;
+        out.push(Input { file: case.file.clone(), call, channel, body });
+    }
+    Ok(out)
+}
+
 /// Run every case of `dir/cases.toml` against `plugin`, in order.
 pub async fn run(plugin: &LoadedPlugin, dir: &Path) -> Result<Vec<Outcome>, FixtureError> {
     if plugin.rule_info().is_some() {
@@ -154,32 +211,12 @@ pub async fn run(plugin: &LoadedPlugin, dir: &Path) -> Result<Vec<Outcome>, Fixt
                 continue;
             }
         };
-        let default_method = if call == "enroll" { "POST" } else { "PUT" };
-        let Some(http_method) = method(case.method.as_deref().unwrap_or(default_method)) else {
-            outcomes.push(bad(format!("`method = {:?}` is not an HTTP method", case.method)));
-            continue;
-        };
-        let channel = match (&case.topic, &case.coap) {
-            (Some(t), _) => Channel::Mqtt(MqttMessage { topic_suffix: t.clone() }),
-            (None, Some(path)) => Channel::Coap(CoapMessage {
-                method: (call == "enroll").then_some(CoapMethod::Post),
-                code: if call == "enroll" { 0 } else { case.code.unwrap_or(205) },
-                path: path.clone(),
-                query: case.query.clone(),
-                content_format: case.format,
-                operation_id: (call != "enroll").then_some(case.operation.unwrap_or(1)),
-            }),
-            (None, None) => Channel::Http(HttpRequest {
-                method: http_method,
-                path: case
-                    .path
-                    .clone()
-                    .unwrap_or_else(|| if call == "enroll" { "enroll".into() } else { "poll".into() })
-                    .replace("{id}", &device.id),
-                query: String::new(),
-                content_type: case.content_type.clone(),
-                headers: vec![],
-            }),
+        let channel = match channel_of(case, &call, &device.id) {
+            Ok(c) => c,
+            Err(why) => {
+                outcomes.push(bad(why));
+                continue;
+            }
         };
         let (answer, mut checks): (Result<String, CallError>, Vec<String>) = match call.as_str() {
             "enroll" => match plugin.enroll(super::Source::Admin, channel, body).await {
