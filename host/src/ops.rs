@@ -153,6 +153,28 @@ pub fn next(state: State, event: Event, attempts: Attempts) -> Option<State> {
     (to != state).then_some(to)
 }
 
+/// Every event, for checks over all of them.
+pub const ALL_EVENTS: [Event; 10] = [
+    Event::Delivered,
+    Event::Result(Reported::Completed),
+    Event::Result(Reported::Error),
+    Event::Result(Reported::InProgress),
+    Event::Result(Reported::NotNow),
+    Event::Cancel,
+    Event::Supersede,
+    Event::Expire,
+    Event::Fail,
+    Event::NoAnswer,
+];
+
+/// Whether some event moves an operation from `from` to `to`, with attempts left or not: a
+/// recorded transition that is no such move was written past the state machine (the
+/// kill -9 and property tests check every transition the store holds with it).
+pub fn is_move(from: State, to: State) -> bool {
+    let attempts = [Attempts { made: 0, max: 1 }, Attempts { made: 1, max: 1 }, Attempts { made: 1, max: 2 }];
+    ALL_EVENTS.iter().any(|&e| attempts.iter().any(|&a| next(from, e, a) == Some(to)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +219,17 @@ mod tests {
         assert_eq!(next(InProgress, Event::Result(Reported::NotNow), ONE), Some(NotNow));
         assert!(NotNow.is_queued());
         assert_eq!(next(NotNow, Event::Delivered, ONE), Some(InProgress));
+    }
+
+    #[test]
+    fn moves() {
+        assert!(is_move(Pending, InProgress));
+        assert!(is_move(InProgress, Pending), "retry, or no answer");
+        assert!(is_move(NotNow, Completed));
+        assert!(is_move(Pending, Repeated));
+        assert!(!is_move(InProgress, Repeated), "only waiting commands are superseded");
+        assert!(!is_move(Completed, Pending), "terminal");
+        assert!(!is_move(Pending, Pending));
     }
 
     #[test]

@@ -13,26 +13,11 @@
 
 use drover::plugins::fixtures::{self, Input};
 use drover::plugins::{CallError, LoadOptions, Source};
-use drover_tests::runtime;
+use drover_tests::{Rng, runtime};
 use std::time::{Duration, Instant};
 
 /// Inputs per plugin when no time is given.
 const CI_INPUTS: usize = 300;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
-    }
-}
 
 /// Bytes parsers of JSON, XML, plists, TLV and CoAP link format trip on.
 const INTERESTING: &[u8] = b"\x00\xff\x7f\x80<>{}[]\"'\\&;:,=/.-+0123456789eE \n\t";
@@ -60,7 +45,7 @@ fn mutate(rng: &mut Rng, body: &[u8], others: &[Input]) -> Vec<u8> {
             3 => {
                 let at = rng.below(len + 1);
                 let n = 1 + rng.below(16);
-                let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                let bytes: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
                 b.splice(at..at, bytes);
             }
             4 if len > 0 => {
@@ -101,7 +86,9 @@ fn mutate(rng: &mut Rng, body: &[u8], others: &[Input]) -> Vec<u8> {
 fn finding(plugin: &str, input: &Input, body: &[u8], what: &str) -> String {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fuzz-findings");
     std::fs::create_dir_all(&dir).unwrap();
-    let name = format!("{plugin}-{}-{:016x}.bin", input.call, Rng(body.len() as u64 ^ 0x5bd1_e995).next());
+    let hash =
+        std::hash::BuildHasher::hash_one(&std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default(), body);
+    let name = format!("{plugin}-{}-{hash:016x}.bin", input.call);
     std::fs::write(dir.join(&name), body).unwrap();
     format!("{plugin} {} of a variation of {}: {what} (input in target/fuzz-findings/{name})", input.call, input.file)
 }

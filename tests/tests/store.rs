@@ -3,7 +3,7 @@
 //! group commit) racing admin writes.
 
 use drover::store::{NewActivity, NewDevice, StoreError, TargetSet};
-use drover_tests::{TestServer, e2e};
+use drover_tests::{Rng, TestServer, e2e};
 
 fn device(i: usize) -> NewDevice {
     NewDevice {
@@ -262,23 +262,6 @@ async fn racing_moves_keep_one_history(server: &TestServer) {
     replica.stop().await;
 }
 
-/// A small seeded generator (xorshift64*): the engine test's interleavings are random but
-/// replayable from the seed it prints.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// The operation engine under random interleavings (a property test, issue 30): adds of
 /// commands and profiles (with retries, some with a TTL) for random devices, deliveries,
 /// reports of every kind (some for operations the device does not have, some repeated),
@@ -394,23 +377,7 @@ async fn engine_against_its_state_machine(server: &TestServer) {
                     let (from, to) = (State::parse(&t.from_state).unwrap(), State::parse(&t.to_state).unwrap());
                     assert_eq!(from, state, "seed {seed}: operation {} jumped: {path:?}\n{log:?}", op.id);
                     assert!(!from.is_terminal(), "seed {seed}: operation {} left a terminal state: {path:?}", op.id);
-                    let legal = [
-                        Event::Delivered,
-                        Event::Cancel,
-                        Event::Supersede,
-                        Event::Expire,
-                        Event::Fail,
-                        Event::NoAnswer,
-                    ]
-                    .into_iter()
-                    .chain(
-                        [Reported::Completed, Reported::Error, Reported::NotNow, Reported::InProgress]
-                            .map(Event::Result),
-                    )
-                    .any(|e| {
-                        (0..=op.max_attempts + 8)
-                            .any(|made| next(from, e, Attempts { made, max: op.max_attempts }) == Some(to))
-                    });
+                    let legal = drover::ops::is_move(from, to);
                     assert!(legal, "seed {seed}: operation {}: {from} -> {to} is no move of the state machine", op.id);
                     if t.actor == "delivery:poll" {
                         deliveries += 1;
