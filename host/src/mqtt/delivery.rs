@@ -224,19 +224,6 @@ pub async fn run(
         let d = delivery.clone();
         match job {
             Job::Presence(p) => {
-                // Written before anything is pushed, and in the order heard (this loop is
-                // one task): an `online` then `offline` never ends online.
-                if kept == PresenceKept::Shared
-                    && let Presence::Online { device_type, device_id } | Presence::Offline { device_type, device_id } =
-                        &p
-                    && let Err(e) = d
-                        .state
-                        .store
-                        .set_push_presence(device_type, device_id, matches!(p, Presence::Online { .. }))
-                        .await
-                {
-                    tracing::warn!(device_id, "recording push presence failed: {e}");
-                }
                 let came = {
                     let mut online = d.online.lock().unwrap_or_else(|p| p.into_inner());
                     let came = match p {
@@ -404,12 +391,25 @@ impl Delivery {
     async fn device_message(&self, topic: &str, payload: &[u8]) {
         let Some((device_type, device_id, suffix)) = parse_topic(topic) else { return };
         if suffix == "status" {
-            let p = match payload {
-                b"online" => Presence::Online { device_type: device_type.into(), device_id: device_id.into() },
-                b"offline" => Presence::Offline { device_type: device_type.into(), device_id: device_id.into() },
+            let online = match payload {
+                b"online" => true,
+                b"offline" => false,
                 _ => return,
             };
-            self.presence.presence(p);
+            // Shared presence is written here, in the device's own queue: in the order the
+            // device said it, before anything is pushed for it, and a device that says it
+            // over and over slows its own queue only, not everyone's presence.
+            if self.kept == PresenceKept::Shared
+                && let Err(e) = self.state.store.set_push_presence(device_type, device_id, online).await
+            {
+                tracing::warn!(device_id, "recording push presence failed: {e}");
+            }
+            let (device_type, device_id) = (device_type.to_string(), device_id.to_string());
+            self.presence.presence(if online {
+                Presence::Online { device_type, device_id }
+            } else {
+                Presence::Offline { device_type, device_id }
+            });
             return;
         }
         if self.downstream.read().unwrap_or_else(|p| p.into_inner()).contains(suffix) {
