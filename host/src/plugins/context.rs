@@ -45,8 +45,23 @@ impl HostUnavailable {
     }
 }
 
+/// Why `key` cannot be a kv key. A NUL is refused: PostgreSQL's text cannot hold one, and
+/// the database's error would be taken for the host's failure instead of the plugin's.
+fn key_problem(key: &str) -> Option<String> {
+    if key.is_empty() || key.len() > KV_MAX_KEY {
+        Some(format!("kv key must be 1 to {KV_MAX_KEY} bytes"))
+    } else if key.contains('\0') {
+        Some("kv key must not contain NUL".into())
+    } else {
+        None
+    }
+}
+
 impl KvStore {
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, HostUnavailable> {
+        if key_problem(key).is_some() {
+            return Ok(None); // never stored
+        }
         match self {
             KvStore::Memory(map) => Ok(map.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned()),
             KvStore::Database { store, plugin } => store.kv_get(plugin, key).await.map_err(HostUnavailable::kv),
@@ -55,8 +70,8 @@ impl KvStore {
 
     /// `Ok(Err(why))`: refused (the plugin's to handle); `Err`: the host failed.
     pub async fn set(&self, key: String, value: Vec<u8>) -> Result<Result<(), String>, HostUnavailable> {
-        if key.is_empty() || key.len() > KV_MAX_KEY {
-            return Ok(Err(format!("kv key must be 1 to {KV_MAX_KEY} bytes")));
+        if let Some(problem) = key_problem(&key) {
+            return Ok(Err(problem));
         }
         if value.len() > KV_MAX_VALUE {
             return Ok(Err(format!("kv value of {} bytes is over the {KV_MAX_VALUE}-byte limit", value.len())));
@@ -81,6 +96,9 @@ impl KvStore {
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), HostUnavailable> {
+        if key_problem(key).is_some() {
+            return Ok(()); // never stored
+        }
         match self {
             KvStore::Memory(map) => {
                 map.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
@@ -112,6 +130,8 @@ mod tests {
         assert_eq!(kv.get("a").await.unwrap(), Some(vec![1; 10]));
         assert!(kv.set("b".into(), vec![0; KV_MAX_VALUE + 1]).await.unwrap().unwrap_err().contains("limit"));
         assert!(kv.set(String::new(), vec![]).await.unwrap().is_err());
+        assert!(kv.set("a\0b".into(), vec![]).await.unwrap().unwrap_err().contains("NUL"));
+        assert_eq!(kv.get("a\0b").await.unwrap(), None);
         for i in 0..(KV_MAX_TOTAL / KV_MAX_VALUE) - 1 {
             kv.set(format!("k{i}"), vec![0; KV_MAX_VALUE]).await.unwrap().unwrap();
         }
