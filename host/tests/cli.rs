@@ -34,26 +34,36 @@ impl Drop for Served {
     }
 }
 
-/// Start `drover serve` and wait (bounded) until /healthz answers.
+/// Start `drover serve` and wait (bounded) until it listens. Its output goes to
+/// `DATA/serve.log`, shown when it exits early or never listens (a first start compiles
+/// every first-party plugin, which takes a while on a busy machine).
 fn serve(data: &std::path::Path, port: u16) -> Served {
+    let log = data.join("serve.log");
     let child = drover()
         .args(["serve", "--data-dir"])
         .arg(data)
         .args(["--http-addr", &format!("127.0.0.1:{port}"), "--mqtt-addr", &format!("127.0.0.1:{}", free_port())])
         .args(["--coap-addr", &free_udp(), "--coaps-addr", "127.0.0.1:0", "--plaintext", "true"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap())
         .spawn()
         .unwrap();
-    let served = Served(child);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut served = Served(child);
+    let tail = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
     while Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return served;
         }
+        if let Ok(Some(status)) = served.0.try_wait() {
+            panic!("drover serve exited ({status}) before listening on {port}:\n{}", tail());
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("drover serve did not listen on {port} within 60 s");
+    panic!("drover serve did not listen on {port} within 180 s:\n{}", tail());
 }
 
 fn get(port: u16, path: &str) -> String {
