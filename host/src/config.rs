@@ -66,7 +66,7 @@ pub struct ServeArgs {
     /// What a commit on SQLite promises: `normal` survives a crash of Drover (kill -9), and a power loss or an OS crash may take back the last commits; `full` fsyncs every commit before it is acknowledged, at a cost in writes per second (docs/operations.md, "Durability") [default: normal]
     #[arg(long, env = "DROVER_SQLITE_SYNCHRONOUS", value_enum)]
     pub sqlite_synchronous: Option<crate::store::Synchronous>,
-    /// Seconds an operation a device took by polling may stay unanswered (no result, no progress report) before it goes back to the queue and is offered again (three times, then it ends in ERROR); 0: wait for ever [default: 3600]
+    /// Seconds an operation a device took by polling, or was sent as a CoAP request, may stay unanswered (no result, no progress report) before it goes back to the queue and is offered again (three times, then it ends in ERROR); 0: wait for ever [default: 3600]
     #[arg(long, env = "DROVER_ANSWER_TIMEOUT_SECS")]
     pub answer_timeout_secs: Option<u64>,
     /// External MQTT broker (mqtt://host:port, or mqtts://host:port over TLS) instead of the embedded one

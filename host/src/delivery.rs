@@ -119,6 +119,11 @@ pub fn queue_limit(plugin: &LoadedPlugin) -> i64 {
 /// Who delivered, as transitions record it, by channel.
 pub const POLL_ACTOR: &str = "delivery:poll";
 
+/// Who hands out an operation sent as a CoAP request (`coap/exchange.rs`). Requests in
+/// flight live in the sending replica's memory: a restart loses them, and the answer
+/// timeout puts their operations back in the queue as for a poll.
+pub const COAP_ACTOR: &str = "delivery:coap";
+
 fn channel_kind(channel: &Channel) -> ChannelKind {
     match channel {
         Channel::Http(_) => ChannelKind::Http,

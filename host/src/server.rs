@@ -281,12 +281,14 @@ async fn housekeeping(core: Core, config: Housekeeping) {
         }
         if let Some(timeout) = config.answer_timeout {
             let cutoff = now - timeout.as_millis() as i64;
-            match store.requeue_unanswered(crate::delivery::POLL_ACTOR, cutoff).await {
-                Ok((0, 0)) => {}
-                Ok((requeued, ended)) => {
-                    tracing::info!(requeued, ended, "operations taken by a poll and never answered")
+            for actor in [crate::delivery::POLL_ACTOR, crate::delivery::COAP_ACTOR] {
+                match store.requeue_unanswered(actor, cutoff).await {
+                    Ok((0, 0)) => {}
+                    Ok((requeued, ended)) => {
+                        tracing::info!(requeued, ended, actor, "operations handed out and never answered")
+                    }
+                    Err(e) => tracing::warn!("requeueing unanswered operations failed: {e}"),
                 }
-                Err(e) => tracing::warn!("requeueing unanswered operations failed: {e}"),
             }
         }
         if n.is_multiple_of(6) {

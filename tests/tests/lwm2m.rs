@@ -9,7 +9,7 @@
 //!   sends a malformed TLV answer that changes nothing.
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
-use drover_tests::{TestServer, e2e, unique};
+use drover_tests::{Backend, TestServer, e2e, unique};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -604,6 +604,89 @@ async fn queue_mode(server: &TestServer) {
     );
 }
 e2e!(queue_mode, super::queue_mode);
+
+/// The next request the server sends that is not `old` (a retransmission of a request
+/// sent before a restart may still be on its way).
+async fn next_other_than(dev: &Strict, old: &Packet) -> Packet {
+    for _ in 0..20 {
+        let req = dev.next().await;
+        if req.get_token() != old.get_token() {
+            return req;
+        }
+    }
+    panic!("only retransmissions of the old request came");
+}
+
+/// Registrations are stored (issue 30). After a restart the device's update is answered
+/// 2.04 (before: 4.04, register again) and operations reach it with no new registration;
+/// the request in flight at the restart was lost with it, and its operation comes back to
+/// the queue after the answer timeout and goes out at the next update. A second replica on
+/// the same database answers an update of a registration made through the first, and
+/// ends it on a de-registration, after which the first answers 4.04 too.
+async fn registrations_survive_a_restart(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.answer_timeout = Some(Duration::from_secs(1))).await;
+    let ep = format!("urn:dev:kept:{}", unique("kept"));
+    let mut dev = Strict::register(server.coap, &ep, "U").await;
+    let lost = server.add_operation("lwm2m", &ep, "Read", Some(json!({"path": "3/0/0", "format": "text"}))).await;
+    let unanswered = dev.next().await;
+    assert_eq!(path(&unanswered), "3/0/0");
+    server.until_state(lost, "IN_PROGRESS").await;
+
+    let server = server.restart().await;
+    dev.server = server.coap;
+    let answer = dev.update().await;
+    assert_eq!(answer.header.code, MessageClass::Response(ResponseType::Changed), "the registration survived");
+    // What is added now goes out to the registration as it was.
+    let reboot = server.add_operation("lwm2m", &ep, "Reboot", None).await;
+    let req = next_other_than(&dev, &unanswered).await;
+    assert_eq!(path(&req), "3/0/4");
+    dev.answer(&req, ResponseType::Changed, None, None, vec![]).await;
+    server.until_state(reboot, "COMPLETED").await;
+    // The lost request: back in the queue after the answer timeout (the sweep runs every
+    // 10 s), and out again at the next update.
+    let op = server.until_state(lost, "PENDING").await;
+    assert_eq!(op["attempts"], 1, "{op}");
+    assert_eq!(dev.update().await.header.code, MessageClass::Response(ResponseType::Changed));
+    let req = next_other_than(&dev, &unanswered).await;
+    assert_eq!(path(&req), "3/0/0");
+    dev.answer(&req, ResponseType::Content, Some(0), None, b"Open Mobile Alliance".to_vec()).await;
+    let op = server.until_state(lost, "COMPLETED").await;
+    assert_eq!(response(&op)["values"]["3/0/0 Manufacturer"], "Open Mobile Alliance");
+
+    // Another replica answers for the registration made through the first.
+    let replica = server.replica().await;
+    dev.server = replica.coap;
+    assert_eq!(dev.update().await.header.code, MessageClass::Response(ResponseType::Changed), "the other replica");
+    // Ended through the other replica: the first does not keep it alive.
+    let location = dev.location.clone();
+    let p = dev.request(RequestType::Delete, &["rd", &location]);
+    assert_eq!(dev.exchange(p).await.header.code, MessageClass::Response(ResponseType::Deleted));
+    dev.server = server.coap;
+    assert_eq!(dev.update().await.header.code, MessageClass::Response(ResponseType::NotFound));
+    let waits = server.add_operation("lwm2m", &ep, "Reboot", None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.operation(waits).await["state"], "PENDING", "no registration: it waits");
+    // And a device that registers again through either is the other's too.
+    let again = Strict::register(replica.coap, &ep, "U").await;
+    let req = again.next().await;
+    assert_eq!(path(&req), "3/0/4");
+    again.answer(&req, ResponseType::Changed, None, None, vec![]).await;
+    server.until_state(waits, "COMPLETED").await;
+    replica.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_survive_a_restart_sqlite() {
+    registrations_survive_a_restart(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_survive_a_restart_postgres() {
+    if let Some(b) = Backend::postgres() {
+        registrations_survive_a_restart(b).await;
+    }
+}
 
 fn closed(config: &mut drover::config::Config) {
     config.open_enrollment = false;

@@ -25,23 +25,26 @@ pub(super) struct Exchange {
 }
 
 impl Coap {
-    /// An activity was stored: send it to its registered devices that listen now.
+    /// An activity was stored: send it to its registered devices that listen now,
+    /// whichever replica they registered through (the database's registrations; the
+    /// delivery claims the operations, so two replicas never send one twice).
     pub(super) fn activity_added(&self, state: &Core, activity: i64) {
-        // Most servers have no LwM2M device registered: then there is nobody to ask about.
-        if self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+        // Without a CoAP device type there is nobody to ask about.
+        if Coap::plugin_for_coap(state).is_none() {
             return;
         }
         let (coap, state) = (self.clone(), state.clone());
         tokio::spawn(async move {
-            let Ok(devices) = state.store.activity_queued_devices(activity).await else { return };
-            for (device, ..) in devices {
-                let listening = {
-                    let by_device = coap.inner.by_device.lock().unwrap_or_else(|p| p.into_inner());
-                    let regs = coap.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
-                    by_device.get(&device).and_then(|id| regs.get(id)).is_some_and(|r| !r.queue_mode())
-                };
-                if listening {
-                    coap.deliver(&state, device).await;
+            let registered = match state.store.activity_coap_registrations(activity, crate::store::now_ms()).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(activity, "LwM2M delivery of a new activity failed: {e}");
+                    return;
+                }
+            };
+            for r in registered {
+                if coap.remember(&r).is_some_and(|r| !r.queue_mode()) {
+                    coap.deliver(&state, r.device).await;
                 }
             }
         });
@@ -58,7 +61,7 @@ impl Coap {
         };
         let Some(addr) = addr else { return };
         let queue = Queue { skip_empty: true, skip_not_now: false };
-        match encode_queued(state, &plugin, &row, ChannelKind::Coap, "delivery:coap", queue, None).await {
+        match encode_queued(state, &plugin, &row, ChannelKind::Coap, crate::delivery::COAP_ACTOR, queue, None).await {
             Ok(Some(Outbound::Coap(requests))) => {
                 for r in requests {
                     self.request(device, r, addr).await;
@@ -228,18 +231,23 @@ impl Coap {
                     .await;
             }
             // One lock at a time (elsewhere `by_device` is taken before `registrations`).
+            let wall = crate::store::now_ms();
             let expired: Vec<(String, Registration)> = {
                 let mut regs = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
-                let ids: Vec<String> = regs
-                    .iter()
-                    .filter(|(_, r)| now.duration_since(r.updated) > r.lifetime)
-                    .map(|(k, _)| k.clone())
-                    .collect();
+                let ids: Vec<String> = regs.iter().filter(|(_, r)| !r.live(wall)).map(|(k, _)| k.clone()).collect();
                 ids.into_iter().filter_map(|id| regs.remove(&id).map(|r| (id, r))).collect()
             };
             for (id, r) in expired {
                 self.forget(r.device, &id);
-                tracing::info!(device_id = %r.device_id, "LwM2M registration expired");
+                // Ended in the database too, unless an update through another replica
+                // kept it there (then this replica finds it again when it is needed).
+                match state.store.end_expired_coap_registration(&id, wall).await {
+                    Ok(true) => tracing::info!(device_id = %r.device_id, "LwM2M registration expired"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(device_id = %r.device_id, "an expired LwM2M registration stays stored: {e}")
+                    }
+                }
             }
             // Every 10 s is often enough to forget old message ids.
             sweeps += 1;

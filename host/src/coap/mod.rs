@@ -22,9 +22,13 @@
 //! session. Plain CoAP (`--coap-addr`) takes registrations only when the admin opened it
 //! for development (`--coap-nosec`), and never for a device that has a key.
 //!
-//! Registrations are soft state, kept in memory: after a restart an update gets 4.04 and
-//! the client registers again (as the LwM2M specification has it). A device in queue
-//! mode (`b=UQ`) is sent to only right after it registered or updated, when it listens.
+//! Registrations are stored (`store/registrations.rs`) and each replica keeps the ones it
+//! serves in memory: a restarted server knows its devices' registrations, any replica
+//! answers an update or a de-registration, and the replica that adds an activity sends it
+//! to the registered devices (docs/lwm2m.md, "Registrations"). Requests in flight are
+//! not stored: a restart loses them, and the answer timeout puts their operations back in
+//! the queue (`--answer-timeout-secs`). A device in queue mode (`b=UQ`) is sent to only
+//! right after it registered or updated, when it listens.
 //!
 //! By concern: this file holds the socket, the receive loop and the events it follows;
 //! `packet.rs` the packet helpers, `dedup.rs` deduplication and sending,
@@ -143,6 +147,7 @@ impl Coap {
         if let Ok(addr) = self.local_addr() {
             tracing::info!(%addr, "CoAP listening");
         }
+        self.restore(&state).await;
         tokio::join!(
             self.clone().retransmit(state.clone()),
             self.clone().follow(state.clone(), events),
@@ -179,6 +184,8 @@ impl Coap {
                 self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                 tracing::info!(device, "LwM2M registration ended: credentials revoked or device removed");
             }
+            // The stored registration ended in the commit that revoked, keyed or removed
+            // the device: an update this replica takes meanwhile finds it gone.
             self.inner.exchanges.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, x| x.device != device);
             self.inner.observing.lock().unwrap_or_else(|p| p.into_inner()).remove(&device);
         }

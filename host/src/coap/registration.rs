@@ -3,6 +3,7 @@
 //! registration.
 
 use super::*;
+use crate::store::CoapRegistration;
 
 /// Why an update or de-registration from an address other than the registration's is refused.
 pub(super) const MOVED: &str = "this registration was made from another host: only that host may update or end it";
@@ -17,6 +18,15 @@ pub(super) const OTHER_KEY: &str = "this registration was made with another key:
 /// A registration lives `lt` seconds (default 86400) after its last update.
 pub(super) const DEFAULT_LIFETIME: u64 = 86_400;
 
+/// The longest lifetime taken (about 136 years): a larger `lt` is cut to it, so the
+/// database's arithmetic on lifetimes in milliseconds never overflows.
+pub(super) const MAX_LIFETIME: u64 = u32::MAX as u64;
+
+/// A lifetime from an `lt=` query value.
+fn lifetime(value: &str) -> Option<Duration> {
+    value.parse::<u64>().ok().map(|s| Duration::from_secs(s.min(MAX_LIFETIME)))
+}
+
 /// What the server keeps per registered endpoint.
 #[derive(Debug, Clone)]
 pub(super) struct Registration {
@@ -26,12 +36,46 @@ pub(super) struct Registration {
     pub(super) addr: Peer,
     pub(super) lifetime: Duration,
     pub(super) binding: String,
-    pub(super) updated: Instant,
+    /// When it was made or last updated (ms, wall clock: replicas and restarts share it).
+    pub(super) updated_at: i64,
 }
 
 impl Registration {
     pub(super) fn queue_mode(&self) -> bool {
         self.binding.contains('Q')
+    }
+
+    /// Whether it still holds at `now` (ms).
+    pub(super) fn live(&self, now: i64) -> bool {
+        now - self.updated_at <= self.lifetime.as_millis() as i64
+    }
+
+    fn row(&self, id: &str) -> CoapRegistration {
+        CoapRegistration {
+            id: id.to_string(),
+            device: self.device,
+            device_type: self.device_type.clone(),
+            device_id: self.device_id.clone(),
+            addr: self.addr.addr.to_string(),
+            secure: i64::from(self.addr.secure),
+            lifetime_secs: self.lifetime.as_secs() as i64,
+            binding: self.binding.clone(),
+            updated_at: self.updated_at,
+        }
+    }
+
+    /// The stored row's registration (`None`: an address that does not parse, which only
+    /// a hand-edited row could hold).
+    fn from_row(r: &CoapRegistration) -> Option<Registration> {
+        Some(Registration {
+            device: r.device,
+            device_type: r.device_type.clone(),
+            device_id: r.device_id.clone(),
+            addr: Peer { addr: r.addr.parse().ok()?, secure: r.secure != 0 },
+            lifetime: Duration::from_secs(r.lifetime_secs.max(0) as u64),
+            binding: r.binding.clone(),
+            updated_at: r.updated_at,
+        })
     }
 }
 
@@ -41,6 +85,49 @@ impl Coap {
         let by_device = self.inner.by_device.lock().unwrap_or_else(|p| p.into_inner());
         let regs = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
         by_device.get(&device).and_then(|id| regs.get(id)).cloned()
+    }
+
+    /// Keep `r`, read from the database, in this replica's memory: it registered through
+    /// another replica, or before a restart. It replaces the device's registration here.
+    pub(super) fn remember(&self, r: &CoapRegistration) -> Option<Registration> {
+        let registration = Registration::from_row(r)?;
+        let old = self.inner.by_device.lock().unwrap_or_else(|p| p.into_inner()).insert(r.device, r.id.clone());
+        let mut regs = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = old.filter(|old| *old != r.id) {
+            regs.remove(&old);
+        }
+        regs.insert(r.id.clone(), registration.clone());
+        Some(registration)
+    }
+
+    /// Registration `id`: this replica's, or the database's when this replica does not
+    /// know it (made through another replica, or before a restart). `None` when unknown
+    /// or past its lifetime.
+    pub(super) async fn find(&self, state: &Core, id: &str) -> Result<Option<Registration>, (ResponseType, String)> {
+        let known = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned();
+        let now = crate::store::now_ms();
+        if let Some(r) = known.filter(|r| r.live(now)) {
+            return Ok(Some(r));
+        }
+        let stored =
+            state.store.coap_registration(id).await.map_err(|e| (ResponseType::InternalServerError, e.to_string()))?;
+        Ok(stored.filter(|r| r.live(now)).and_then(|r| self.remember(&r)))
+    }
+
+    /// Load the registrations still live from the database (at start: a restart keeps
+    /// them, and devices go on updating as before).
+    pub(super) async fn restore(&self, state: &Core) {
+        match state.store.live_coap_registrations(crate::store::now_ms()).await {
+            Ok(rows) => {
+                for r in &rows {
+                    self.remember(r);
+                }
+                if !rows.is_empty() {
+                    tracing::info!(registrations = rows.len(), "LwM2M registrations restored");
+                }
+            }
+            Err(e) => tracing::warn!("LwM2M registrations not restored: {e}"),
+        }
     }
 
     /// Drop the device's pointer to registration `id`, unless it registered anew since.
@@ -95,21 +182,23 @@ impl Coap {
                 Err((code, why)) => (answer(code, &why), None),
             },
             (RequestType::Delete, ["rd", id]) => {
-                let registered = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).get(*id).cloned();
-                if let Some(r) = &registered
-                    && let Err((code, why)) = self.may_change(state, r, from).await
-                {
+                let registered = match self.find(state, id).await {
+                    Ok(r) => r,
+                    Err((code, why)) => return (answer(code, &why), None),
+                };
+                let Some(r) = registered else {
+                    return (answer(ResponseType::NotFound, "no such registration"), None);
+                };
+                if let Err((code, why)) = self.may_change(state, &r, from).await {
                     return (answer(code, &why), None);
                 }
-                let removed = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).remove(*id);
-                match removed {
-                    Some(r) => {
-                        self.forget(r.device, id);
-                        tracing::info!(device_type = %r.device_type, device_id = %r.device_id, "LwM2M de-registered");
-                        (answer(ResponseType::Deleted, ""), None)
-                    }
-                    None => (answer(ResponseType::NotFound, "no such registration"), None),
+                if let Err(e) = state.store.delete_coap_registration(id).await {
+                    return (answer(ResponseType::InternalServerError, &e.to_string()), None);
                 }
+                self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).remove(*id);
+                self.forget(r.device, id);
+                tracing::info!(device_type = %r.device_type, device_id = %r.device_id, "LwM2M de-registered");
+                (answer(ResponseType::Deleted, ""), None)
             }
             _ => (answer(ResponseType::NotFound, "Drover serves the registration interface on /rd"), None),
         }
@@ -183,12 +272,17 @@ impl Coap {
         // CoAP an endpoint name is no credential, and the first registration's address is
         // all that tells the device from someone who learned its name. (Over DTLS the key
         // proved it: the device moves.)
-        if session.is_none()
-            && let Some(d) = &existing
-            && !self.inner.allow_address_change
-            && let Some(r) = self.registration_of(d.id)
+        let standing = match &existing {
+            // The database's: the device may have registered through another replica.
+            Some(d) if session.is_none() && !self.inner.allow_address_change => {
+                state.store.coap_registration_of(d.id).await.map_err(internal)?.and_then(|r| Registration::from_row(&r))
+            }
+            _ => None,
+        };
+        if let Some(d) = &existing
+            && let Some(r) = standing
             && !same_host(r.addr, from)
-            && r.updated.elapsed() <= r.lifetime
+            && r.live(crate::store::now_ms())
         {
             tracing::warn!(device_id = %d.device_id, %from, registered_from = %r.addr, "LwM2M registration from another address refused");
             return Err((
@@ -227,8 +321,8 @@ impl Coap {
         let lifetime = query
             .iter()
             .find_map(|q| q.strip_prefix("lt="))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(DEFAULT_LIFETIME);
+            .and_then(lifetime)
+            .unwrap_or(Duration::from_secs(DEFAULT_LIFETIME));
         let binding = query.iter().find_map(|q| q.strip_prefix("b=")).unwrap_or("U").to_string();
         // Unguessable: whoever knows a registration's id could otherwise update it or end it.
         let id = hex::encode(random::<8>());
@@ -237,10 +331,12 @@ impl Coap {
             device_type: device_type.clone(),
             device_id: device.device_id.clone(),
             addr: from,
-            lifetime: Duration::from_secs(lifetime),
+            lifetime,
             binding,
-            updated: Instant::now(),
+            updated_at: crate::store::now_ms(),
         };
+        // Stored first: what this replica remembers, every replica can find.
+        state.store.save_coap_registration(&registration.row(&id)).await.map_err(internal)?;
         let old = self.inner.by_device.lock().unwrap_or_else(|p| p.into_inner()).insert(device.id, id.clone());
         {
             let mut regs = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
@@ -249,7 +345,7 @@ impl Coap {
             }
             regs.insert(id.clone(), registration);
         }
-        tracing::info!(device_type, device_id = %device.device_id, %from, lifetime, "LwM2M registered");
+        tracing::info!(device_type, device_id = %device.device_id, %from, lifetime = lifetime.as_secs(), "LwM2M registered");
         // A new registration forgets the device's observations and exchanges (the client
         // starts afresh): drop their tokens, then re-establish the observations.
         let unanswered: Vec<u64> = {
@@ -283,34 +379,34 @@ impl Coap {
         query: &[String],
         from: Peer,
     ) -> Result<i64, (ResponseType, String)> {
-        let registered = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned();
-        let Some(registered) = registered else {
-            // Unknown (expired, or the server restarted): the client registers again.
-            return Err((ResponseType::NotFound, "no such registration: register again".into()));
+        const GONE: &str = "no such registration: register again";
+        let Some(mut r) = self.find(state, id).await? else {
+            // Unknown (ended, or past its lifetime): the client registers again.
+            return Err((ResponseType::NotFound, GONE.into()));
         };
-        self.may_change(state, &registered, from).await?;
-        let device = {
-            let mut regs = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(r) = regs.get_mut(id) else {
-                return Err((ResponseType::NotFound, "no such registration: register again".into()));
-            };
-            r.addr = from;
-            r.updated = Instant::now();
-            for q in query {
-                if let Some(lt) = q.strip_prefix("lt=").and_then(|v| v.parse().ok()) {
-                    r.lifetime = Duration::from_secs(lt);
-                }
-                if let Some(b) = q.strip_prefix("b=") {
-                    r.binding = b.to_string();
-                }
+        self.may_change(state, &r, from).await?;
+        r.addr = from;
+        r.updated_at = crate::store::now_ms();
+        for q in query {
+            if let Some(lt) = q.strip_prefix("lt=").and_then(lifetime) {
+                r.lifetime = lt;
             }
-            r.device
-        };
-        state
-            .store
-            .touch_device(device, &[], None)
-            .await
-            .map_err(|e| (ResponseType::InternalServerError, e.to_string()))?;
+            if let Some(b) = q.strip_prefix("b=") {
+                r.binding = b.to_string();
+            }
+        }
+        let internal = |e: crate::store::StoreError| (ResponseType::InternalServerError, e.to_string());
+        if !state.store.update_coap_registration(&r.row(id)).await.map_err(internal)? {
+            // Ended through another replica meanwhile.
+            self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+            self.forget(r.device, id);
+            return Err((ResponseType::NotFound, GONE.into()));
+        }
+        let device = r.device;
+        if let Some(kept) = self.inner.registrations.lock().unwrap_or_else(|p| p.into_inner()).get_mut(id) {
+            *kept = r;
+        }
+        state.store.touch_device(device, &[], None).await.map_err(internal)?;
         state.events.publish_frequent(|| crate::events::Event::DeviceSeen { device });
         Ok(device)
     }

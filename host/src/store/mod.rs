@@ -21,6 +21,7 @@ mod operations;
 mod policies;
 mod presence;
 mod psk;
+mod registrations;
 mod rollouts;
 mod telemetry;
 mod tokens;
@@ -46,6 +47,7 @@ pub use operations::{
 };
 pub use policies::{Applies, Assignment, DevicePolicyRow, PolicyRow, PolicyTarget, RevisionRow};
 pub use psk::{LiveKey, PskRow};
+pub use registrations::CoapRegistration;
 pub use rollouts::{
     DeviceChange, InFlight, LEASE_MS as ROLLOUT_LEASE_MS, Placement, RolloutDeviceRow, RolloutRow, Start, StartBatch,
     Waiting,

@@ -52,6 +52,10 @@ impl Store {
                          (SELECT credential FROM device_psk WHERE device = $2)")
                 .bind(now).bind(device).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM device_psk WHERE device = $1").bind(device).execute(&mut *tx).await?;
+            // A key ends the device's LwM2M registration (made over plain CoAP, or with the
+            // key it replaces) in the same commit: no replica takes an update of it once
+            // the admin has the answer.
+            sqlx::query("DELETE FROM coap_registrations WHERE device = $1").bind(device).execute(&mut *tx).await?;
             sqlx::query(
                 "INSERT INTO device_credentials (token_hash, device, created_at, expires_at) VALUES ($1, $2, $3, $4)")
                 .bind(&credential).bind(device).bind(now).bind(NEVER).execute(&mut *tx).await?;

@@ -63,6 +63,8 @@ impl Store {
             let n = sqlx::query(
                     "UPDATE device_credentials SET revoked_at = $1 WHERE device = $2 AND revoked_at IS NULL")
                 .bind(now_ms()).bind(device).execute(&mut *tx).await?.rows_affected();
+            // Its LwM2M registration ends with them, in the same commit.
+            sqlx::query("DELETE FROM coap_registrations WHERE device = $1").bind(device).execute(&mut *tx).await?;
             if let Some(e) = event {
                 super::record_event!(&mut *tx, e);
             }
