@@ -10,6 +10,9 @@
 #
 #   MODE   poll      10,000 devices, one operation each, 64 polls in flight (SQLite)
 #          poll-pg   the same on PostgreSQL (a fresh database `drover_bench` each run)
+#          poll-pg2  the same with two replicas on that database (HTTP 18080 and 18081,
+#                    one shared admin token and secret key); the simulator's connections
+#                    alternate between them, and the server CPU is both replicas'
 #          push      10,000 devices on the embedded broker, one operation each at once
 #          push-ext  the same through the external mosquitto on 127.0.0.1:1883
 #          floor     the HTTP floor: `http-floor` answering the same requests
@@ -24,10 +27,10 @@
 # PG_URL (postgres://postgres@127.0.0.1:5432). Everything binds to 127.0.0.1; the ports
 # are fixed (HTTP 18080, MQTT 18830, CoAP 15683, floor 18090), so run one at a time.
 set -euo pipefail
-usage="usage: examples/bench/delivery.sh poll|poll-pg|push|push-ext|floor [BUILD ...]"
+usage="usage: examples/bench/delivery.sh poll|poll-pg|poll-pg2|push|push-ext|floor [BUILD ...]"
 mode=${1:?$usage}
 shift
-case $mode in poll | poll-pg | push | push-ext | floor) ;; *)
+case $mode in poll | poll-pg | poll-pg2 | push | push-ext | floor) ;; *)
     echo "$usage" >&2
     exit 2
     ;;
@@ -55,7 +58,7 @@ concurrency=${CONCURRENCY:-64}
 pg_url=${PG_URL:-postgres://postgres@127.0.0.1:5432}
 data=$(mktemp -d)
 log=$data/fleet.log
-trap 'kill "${server:-}" "${receiver:-}" 2>/dev/null || true; rm -rf "$data"' EXIT
+trap 'kill "${server:-}" "${second:-}" "${receiver:-}" 2>/dev/null || true; rm -rf "$data"' EXIT
 # 10,000 and more MQTT connections (and the 19,000-connection run) need the descriptors.
 ulimit -n 20000 2>/dev/null || echo "warning: cannot raise the open-file limit to 20000 ($(ulimit -n))" >&2
 
@@ -91,7 +94,7 @@ one_run() { # build
     fi
     devices=${DEVICES:-10000}
     case $mode in
-    poll | poll-pg) args=(--mode poll --concurrency "$concurrency") ;;
+    poll | poll-pg | poll-pg2) args=(--mode poll --concurrency "$concurrency") ;;
     push) args=(--mqtt 127.0.0.1:18830 --mode push --timeout-secs 400) ;;
     push-ext)
         args=(--mqtt 127.0.0.1:1883 --mode push --announce-online --timeout-secs 400)
@@ -103,9 +106,16 @@ one_run() { # build
         receiver=$!
         server_args+=(--webhook-allow-private true)
     fi
-    if [ "$mode" = poll-pg ]; then
+    if [ "$mode" = poll-pg ] || [ "$mode" = poll-pg2 ]; then
         psql -q "$pg_url/test" -c "DROP DATABASE IF EXISTS drover_bench" -c "CREATE DATABASE drover_bench" >/dev/null
         server_args=(--database-url "$pg_url/drover_bench")
+    fi
+    if [ "$mode" = poll-pg2 ]; then
+        # Replicas share the admin token and the key that seals secrets (docs/deploy.md).
+        head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$data/admin-token"
+        server_args+=(--secret-key-file "$data/secret.key")
+        export DROVER_ADMIN_TOKEN
+        DROVER_ADMIN_TOKEN=$(cat "$data/admin-token")
     fi
     "$bin/drover" serve --data-dir "$data/server" --http-addr 127.0.0.1:18080 --mqtt-addr 127.0.0.1:18830 \
         --coap-addr 127.0.0.1:15683 --coaps-addr 127.0.0.1:0 --plaintext true "${server_args[@]}" >"$data/server.log" 2>&1 &
@@ -115,6 +125,21 @@ one_run() { # build
         kill -0 "$server" 2>/dev/null || { cat "$data/server.log" >&2; echo "the server did not start" >&2; return 1; }
         sleep 0.1
     done
+    second=
+    if [ "$mode" = poll-pg2 ]; then
+        rm -rf "$data/second"
+        mkdir -p "$data/second"
+        "$bin/drover" serve --data-dir "$data/second" --http-addr 127.0.0.1:18081 --mqtt-addr 127.0.0.1:18831 \
+            --coap-addr 127.0.0.1:15684 --coaps-addr 127.0.0.1:0 --plaintext true "${server_args[@]}" \
+            >"$data/second.log" 2>&1 &
+        second=$!
+        for _ in $(seq 1 300); do
+            curl -sf --max-time 1 http://127.0.0.1:18081/healthz >/dev/null && break
+            kill -0 "$second" 2>/dev/null || { cat "$data/second.log" >&2; echo "the second replica did not start" >&2; return 1; }
+            sleep 0.1
+        done
+        args+=(--also-server http://127.0.0.1:18081)
+    fi
     if [ "${WEBHOOK:-0}" = 1 ]; then
         curl -sf -X POST http://127.0.0.1:18080/api/v1/webhooks -H "Authorization: Bearer $(cat "$data/server/admin-token")" \
             -d '{"name":"bench","url":"http://127.0.0.1:18090/hook","types":["operation."]}' >/dev/null
@@ -130,16 +155,18 @@ one_run() { # build
     # the devices connected; that phase also holds the bare-broker passes.
     case $mode in poll*) wait_for "$fleet" "$log" "stored in" ;; *) wait_for "$fleet" "$log" "connected and subscribed" ;; esac
     t0=$(ticks "$server")
+    [ -z "$second" ] || t0=$((t0 + $(ticks "$second")))
     wait "$fleet" || { cat "$log" >&2; echo "the simulator failed" >&2; return 1; }
     t1=$(ticks "$server")
+    [ -z "$second" ] || t1=$((t1 + $(ticks "$second")))
     if [ "${WEBHOOK:-0}" = 1 ]; then
         local auth="Authorization: Bearer $(cat "$data/server/admin-token")"
         curl -sf http://127.0.0.1:18080/api/v1/webhooks/bench -H "$auth" |
             python3 -c 'import json,sys; w=json.load(sys.stdin); print("webhook: delivered up to event %s, failures %s" % (w["cursor"], w["failures"]))'
         kill "$receiver" 2>/dev/null || true
     fi
-    kill "$server"
-    wait "$server" 2>/dev/null || true
+    kill "$server" $second
+    wait "$server" $second 2>/dev/null || true
     grep -E "polls/s|ops/s|poll latency|added → at device|round trips/s|msg/s|simulator CPU" "$log"
     case $mode in
     poll*) echo "server CPU: $(((t1 - t0) * 1000000 / hz / (2 * devices))) µs per poll" ;;

@@ -43,6 +43,10 @@ struct Args {
     /// The server's HTTP address.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     server: String,
+    /// Another replica's HTTP address (repeatable): poll mode's connections are spread
+    /// over `--server` and these, one in turn each.
+    #[arg(long)]
+    also_server: Vec<String>,
     /// The MQTT broker devices connect to (Drover's embedded one, or the external one).
     #[arg(long, default_value = "127.0.0.1:1883")]
     mqtt: String,
@@ -251,10 +255,11 @@ async fn poll_loop(args: &Args, server: &str, devices: Vec<Device>) -> Result<()
     let pb = bar(devices.len() * 2, "polls");
     let cpu = own_cpu();
     let started = Instant::now();
+    let servers: Vec<&str> = std::iter::once(server).chain(args.also_server.iter().map(String::as_str)).collect();
     let mut workers = Vec::new();
-    for _ in 0..args.concurrency {
-        let (devices, next, latency, server, pb) =
-            (devices.clone(), next.clone(), latency.clone(), server.to_string(), pb.clone());
+    for k in 0..args.concurrency {
+        let server = servers[k % servers.len()].trim_end_matches('/').to_string();
+        let (devices, next, latency, pb) = (devices.clone(), next.clone(), latency.clone(), pb.clone());
         workers.push(tokio::spawn(async move {
             let mut conn = Conn::open(&server).await?;
             let mut local = histogram();

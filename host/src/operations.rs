@@ -81,8 +81,10 @@ pub async fn add(core: &Core, op: NewOperation, actor: &str) -> Result<(Activity
         return Err(Error::invalid("no_targets", "the targets match no enrolled device"));
     }
 
-    // Validate once per device type among the targets.
-    let mut kind: Option<Kind> = None;
+    // Validate once per device type among the targets. An activity has one kind (it
+    // decides superseding and what each plugin is told it encodes), so the types'
+    // catalogues must agree on the code's kind.
+    let mut kind: Option<(Kind, &str)> = None;
     for ty in &types {
         let plugin = core
             .registry
@@ -98,9 +100,22 @@ pub async fn add(core: &Core, op: NewOperation, actor: &str) -> Result<(Activity
         {
             return Err(Error::invalid("invalid", format!("{ty}: `{}` is a {k} operation, not a {want}", op.code)));
         }
-        kind = kind.or(catalogue);
+        match (kind, catalogue) {
+            (Some((first, first_type)), Some(k)) if first != k => {
+                return Err(Error::invalid(
+                    "kind_conflict",
+                    format!(
+                        "`{}` is a {first} operation for {first_type} and a {k} operation for {ty}: add it to \
+                         each device type's devices separately",
+                        op.code
+                    ),
+                ));
+            }
+            (None, Some(k)) => kind = Some((k, ty.as_str())),
+            _ => {}
+        }
     }
-    let kind = kind.or(op.kind).unwrap_or(Kind::Command);
+    let kind = kind.map(|(k, _)| k).or(op.kind).unwrap_or(Kind::Command);
     let code = op.code.clone();
     let (activity, operations) = core
         .store

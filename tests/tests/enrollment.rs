@@ -298,3 +298,32 @@ async fn identities_are_not_handed_out(server: &TestServer) {
     assert_eq!(server.device("android", back).await["tags"], json!(["vip"]));
 }
 e2e!(identities_are_not_handed_out, super::identities_are_not_handed_out);
+
+/// An enrollment token admits only devices of its type, only until its TTL: one made for
+/// iOS presented by an Android agent, or one past its TTL, admits nothing and creates no
+/// device. The refusal lists what a token may be (unknown, expired, used up, for another
+/// type) without saying which: a guessed token learns nothing.
+async fn token_type_and_ttl(server: &TestServer) {
+    let absent = |id: &'static str| async move {
+        let r = server.admin(Method::GET, &format!("/api/v1/devices/android/{id}")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "device {id} was created");
+    };
+    let ios = enrollment_token(server, json!({"device_type": "ios", "uses": 1})).await;
+    let r = enroll(server, "356000000000040", Some(&ios)).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.text().await.unwrap().contains("not for android devices"));
+    absent("356000000000040").await;
+
+    let short = enrollment_token(server, json!({"device_type": "android", "uses": 1, "ttl_secs": 1})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let r = enroll(server, "356000000000041", Some(&short)).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.text().await.unwrap().contains("expired"));
+    absent("356000000000041").await;
+
+    // The same kind of token, in its time and for its type, admits: the refusals above
+    // were for the type and the TTL.
+    let fine = enrollment_token(server, json!({"device_type": "android", "uses": 1, "ttl_secs": 60})).await;
+    assert_eq!(enroll(server, "356000000000041", Some(&fine)).await.status(), StatusCode::CREATED);
+}
+e2e_with!(token_type_and_ttl, super::closed, super::token_type_and_ttl);

@@ -550,3 +550,96 @@ drover_tests::e2e_with!(
     super::answer_timeout_of_a_second,
     super::unanswered_polls_are_offered_again
 );
+
+/// A TTL covers an operation the device took too: past it, the sweep (every 10 s) ends it
+/// EXPIRED from IN_PROGRESS, and a result that comes after that changes nothing (the admin
+/// said the operation is worth nothing after its TTL; docs/operations.md, "TTL").
+async fn ttl_ends_an_operation_in_progress(server: &TestServer) {
+    let agent = Agent::enroll(server, "355000000000031").await;
+    let (status, v) = add(
+        server,
+        json!({"code": "DEVICE_INFO", "ttl_secs": 1, "targets": {"devices": [{"type": "android", "id": agent.id}]}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let got = agent.poll(json!([])).await;
+    assert_eq!(got.len(), 1);
+    let id = got[0]["id"].as_i64().unwrap();
+    server.until_state(id, "IN_PROGRESS").await;
+    let expired = server.until_state(id, "EXPIRED").await;
+    assert_eq!(
+        states(&expired["transitions"]),
+        vec![s("PENDING", "IN_PROGRESS", "delivery:poll"), s("IN_PROGRESS", "EXPIRED", "system")]
+    );
+    // The late result is taken (200) and changes nothing.
+    assert!(agent.poll(json!([result(&got[0], "COMPLETED", json!({"late": true}))])).await.is_empty());
+    let after = op(server, &json!(id)).await;
+    assert_eq!(after["state"], "EXPIRED");
+    assert_eq!(after["transitions"].as_array().unwrap().len(), 2, "{after}");
+}
+e2e!(ttl_ends_an_operation_in_progress, super::ttl_ends_an_operation_in_progress);
+
+/// One activity over several device types: each type's plugin validates it, and one that
+/// does not know the code (or refuses the payload) refuses the whole activity, naming the
+/// type, with nothing stored. The kind is the one the catalogues give; two types whose
+/// catalogues give the code different kinds are refused (an activity has one kind).
+async fn mixed_type_activity(server: &TestServer) {
+    let agent = Agent::enroll(server, "355000000000032").await;
+    let r = server
+        .admin(Method::POST, "/api/v1/devices/import")
+        .header("content-type", "text/csv")
+        .body("device_type,device_id\nwindows,mixed-pc-1\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let both = json!({"devices": [{"type": "android", "id": agent.id}, {"type": "windows", "id": "mixed-pc-1"}]});
+
+    // A code Windows does not have.
+    let (status, v) = add(server, json!({"code": "DEVICE_RING", "targets": both})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v.to_string().contains("windows"), "the refusal names the type: {v}");
+    // A payload both refuse.
+    let (status, v) = add(server, json!({"code": "CAMERA", "payload": {"enabled": "no"}, "targets": both})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    // A kind that is not the catalogues'.
+    let (status, v) =
+        add(server, json!({"code": "CAMERA", "kind": "command", "payload": {"enabled": false}, "targets": both})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v.to_string().contains("profile"), "{v}");
+    assert!(agent.poll(json!([])).await.is_empty(), "nothing was stored");
+    let listed = get(server, "/api/v1/activities?code=CAMERA").await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 0, "{listed}");
+
+    // Both know it, as a profile: one operation each.
+    let (status, v) = add(server, json!({"code": "CAMERA", "payload": {"enabled": false}, "targets": both})).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(v["activity"]["kind"], "profile", "{v}");
+    let ops = ops_of_activity(server, v["activity"]["id"].as_i64().unwrap()).await;
+    let mut types = Vec::new();
+    for o in &ops {
+        types.push(op(server, &o["id"]).await["device"]["type"].as_str().unwrap().to_string());
+    }
+    types.sort();
+    assert_eq!(types, ["android", "windows"]);
+    let got = agent.poll(json!([])).await;
+    assert_eq!((got[0]["code"].as_str(), got[0]["type"].as_str()), (Some("CAMERA"), Some("PROFILE")), "{got:?}");
+
+    // Testbed's catalogue has CAMERA as a command: with Android's profile, refused.
+    server
+        .install_signed(
+            "testbed",
+            "drover-tests",
+            &["log", "kv", "config"],
+            &drover_tests::component(drover_tests::components::TESTBED),
+        )
+        .await;
+    let r = server.http.post(server.url("/agent/v1/testbed/enroll")).body("mixed-tb-1").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    let targets = json!({"devices": [{"type": "android", "id": agent.id}, {"type": "testbed", "id": "mixed-tb-1"}]});
+    let (status, v) = add(server, json!({"code": "CAMERA", "payload": {"enabled": true}, "targets": targets})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let message = v.to_string();
+    assert!(message.contains("kind_conflict") && message.contains("testbed"), "{v}");
+}
+e2e!(mixed_type_activity, super::mixed_type_activity);

@@ -30,12 +30,22 @@ impl Guest for Testbed {
             name: "testbed".into(),
             version: "0.1.0".into(),
             description: "misbehaves on request".into(),
-            operations: vec![OperationCode {
-                code: "ECHO".into(),
-                kind: OperationKind::Command,
-                description: "echo".into(),
-                payload_schema: None,
-            }],
+            operations: vec![
+                OperationCode {
+                    code: "ECHO".into(),
+                    kind: OperationKind::Command,
+                    description: "echo".into(),
+                    payload_schema: None,
+                },
+                // A command where Android's catalogue has a profile of the same code: an
+                // activity over both types is refused (tests/tests/operations.rs).
+                OperationCode {
+                    code: "CAMERA".into(),
+                    kind: OperationKind::Command,
+                    description: "a command named as Android's camera profile".into(),
+                    payload_schema: None,
+                },
+            ],
             delivery: vec![Delivery::Poll, Delivery::WakeUp],
             content_types: vec!["text/plain".into()],
             max_operations_per_message: Some(1),
@@ -43,7 +53,7 @@ impl Guest for Testbed {
     }
 
     fn validate(code: String, _payload: Option<String>) -> Result<(), PluginError> {
-        if code == "ECHO" { Ok(()) } else { Err(PluginError::unknown_operation(&code)) }
+        if code == "ECHO" || code == "CAMERA" { Ok(()) } else { Err(PluginError::unknown_operation(&code)) }
     }
 
     fn enroll(_message: Channel, body: Vec<u8>) -> Result<Enrollment, PluginError> {
