@@ -191,6 +191,28 @@ async fn two_replicas_one_broker() {
     ids.extend(away.pushed_within(Duration::from_millis(1500)).await.into_keys());
     assert!(waiting.iter().all(|op| ids.contains(op)), "what waited came when it was back: {ids:?}");
 
+    // A device that holds its connection and says nothing is reachable: the unreachable
+    // sweep passes over it (its presence says so), while one that went offline and stayed
+    // silent as long is marked.
+    let (quiet, gone) = (&devices[1], &devices[2]);
+    gone.say("offline").await;
+    let gone_key = a.state.store.device("android", &gone.id).await.unwrap().unwrap().id;
+    for _ in 0..100 {
+        if !a.state.store.push_online(gone_key).await.unwrap() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.sql(&format!(
+        "UPDATE devices SET last_seen_at = 0 WHERE device_type = 'android' AND device_id IN ('{}', '{}')",
+        quiet.id, gone.id
+    ))
+    .await;
+    // The replicas' own sweeps may get there first; either way the outcome is the same.
+    b.state.store.mark_unreachable(drover::store::now_ms() - 60_000).await.unwrap();
+    assert_eq!(a.device("android", &quiet.id).await["status"], "active", "a connected device was marked unreachable");
+    assert_eq!(a.device("android", &gone.id).await["status"], "unreachable");
+
     drop(devices);
     b.stop().await;
     a.stop().await;

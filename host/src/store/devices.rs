@@ -391,8 +391,12 @@ impl Store {
     /// A scan of the devices table, run about once a minute: an index on `last_seen_at`
     /// would be rewritten by every poll to speed up this one query.
     pub async fn mark_unreachable(&self, before: i64) -> Result<u64, StoreError> {
+        // A device online for push on an external broker (`push_presence`) holds its
+        // connection: the broker checks its keepalive, and Drover can reach it, whether
+        // or not it has published since.
         Ok(with_write_pool!(self, pool => sqlx::query(
-                "UPDATE devices SET status = 'unreachable' WHERE status = 'active' AND last_seen_at < $1")
+                "UPDATE devices SET status = 'unreachable' WHERE status = 'active' AND last_seen_at < $1
+                   AND NOT EXISTS (SELECT 1 FROM push_presence p WHERE p.device = devices.id)")
             .bind(before).execute(pool).await?.rows_affected()))
     }
 
