@@ -605,6 +605,31 @@ async fn queue_mode(server: &TestServer) {
 }
 e2e!(queue_mode, super::queue_mode);
 
+/// A hot swap while a CoAP request the old version encoded is in flight: the device's
+/// answer is decoded by the version serving when it comes (the token carries the
+/// operation, not the plugin instance), and what is added after goes out from the new one.
+async fn swap_with_a_request_in_flight(server: &TestServer) {
+    let ep = format!("urn:dev:swap:{}", unique("swap"));
+    let dev = Strict::register(server.coap, &ep, "U").await;
+    let read = server.add_operation("lwm2m", &ep, "Read", Some(json!({"path": "3/0/0", "format": "text"}))).await;
+    let req = dev.next().await;
+    assert_eq!(path(&req), "3/0/0");
+    let lwm2m = drover::plugins::first_party::PLUGINS.iter().find(|(n, _)| *n == "lwm2m").unwrap().1;
+    server.install_signed("lwm2m", "drover", &[], &drover_tests::with_version(lwm2m, "9.9.1")).await;
+    let plugin: Value =
+        server.admin(Method::GET, "/api/v1/plugins/lwm2m").send().await.unwrap().json().await.unwrap();
+    assert_eq!(plugin["plugin"]["version"], "9.9.1", "{plugin}");
+    dev.answer(&req, ResponseType::Content, Some(0), None, b"Open Mobile Alliance".to_vec()).await;
+    let op = server.until_state(read, "COMPLETED").await;
+    assert_eq!(response(&op)["values"]["3/0/0 Manufacturer"], "Open Mobile Alliance");
+    let reboot = server.add_operation("lwm2m", &ep, "Reboot", None).await;
+    let req = dev.next().await;
+    assert_eq!(path(&req), "3/0/4");
+    dev.answer(&req, ResponseType::Changed, None, None, vec![]).await;
+    server.until_state(reboot, "COMPLETED").await;
+}
+e2e!(swap_with_a_request_in_flight, super::swap_with_a_request_in_flight);
+
 /// The next request the server sends that is not `old` (a retransmission of a request
 /// sent before a restart may still be on its way).
 async fn next_other_than(dev: &Strict, old: &Packet) -> Packet {
