@@ -263,6 +263,22 @@ fn certificate_names(config: &Config) -> Vec<String> {
     names
 }
 
+/// Mark devices not seen for `after` unreachable (the housekeeping's minute step), after
+/// counting those connected to this process's MQTT broker as seen now: a device that holds
+/// its session and says nothing is reachable (the broker checks its keepalive, and a push
+/// reaches it). On an external broker the stored presence does the same in the store's
+/// rule. Returns how many were marked.
+pub async fn sweep_unreachable(core: &Core, now: i64, after: Duration) -> Result<u64, crate::store::StoreError> {
+    let connected: Vec<(String, String)> =
+        core.stats.online_devices.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+    if !connected.is_empty() {
+        // Written at most about twice per `after` for a silent device.
+        let stale = now - (after.as_millis() / 2) as i64;
+        core.store.touch_connected(&connected, now, stale).await?;
+    }
+    core.store.mark_unreachable(now - after.as_millis() as i64).await
+}
+
 /// Expire operations past their TTL even for devices that never call in again, put
 /// operations a poll took and no answer followed back in the queue (both every 10 s), mark devices unreachable (every minute), and delete finished operations older
 /// than the retention and events older than theirs (hourly), so the tables cannot grow
@@ -292,7 +308,7 @@ async fn housekeeping(core: Core, config: Housekeeping) {
             }
         }
         if n.is_multiple_of(6) {
-            match store.mark_unreachable(now - config.unreachable_after.as_millis() as i64).await {
+            match sweep_unreachable(&core, now, config.unreachable_after).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(devices = n, "devices not seen recently marked unreachable"),
                 Err(e) => tracing::warn!("marking unreachable devices failed: {e}"),

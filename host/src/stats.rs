@@ -1,6 +1,7 @@
 //! Delivery counts since the process started, shared by the parts that deliver and read
 //! by `/metrics` (`http/metrics.rs`): device messages received and refused and operations
-//! sent, by channel; wake-up attempts by transport and outcome; devices online for push.
+//! sent, by channel; wake-up attempts by transport and outcome; devices online for push
+//! (and which they are).
 
 use crate::plugins::types::ChannelKind;
 use std::collections::BTreeMap;
@@ -19,6 +20,10 @@ pub struct DeliveryStats {
     wakeups: std::sync::Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Devices online for push now.
     pub online: std::sync::atomic::AtomicI64,
+    /// Those devices, (type, id), and how many subscribed sessions each holds (0: it said
+    /// `online` on its status topic): kept by MQTT delivery (`mqtt/delivery.rs`), read by
+    /// the unreachable sweep (a connected device is seen, `server.rs`).
+    pub online_devices: std::sync::Mutex<std::collections::HashMap<(String, String), u32>>,
 }
 
 fn channel_index(kind: ChannelKind) -> usize {

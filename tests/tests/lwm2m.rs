@@ -616,8 +616,7 @@ async fn swap_with_a_request_in_flight(server: &TestServer) {
     assert_eq!(path(&req), "3/0/0");
     let lwm2m = drover::plugins::first_party::PLUGINS.iter().find(|(n, _)| *n == "lwm2m").unwrap().1;
     server.install_signed("lwm2m", "drover", &[], &drover_tests::with_version(lwm2m, "9.9.1")).await;
-    let plugin: Value =
-        server.admin(Method::GET, "/api/v1/plugins/lwm2m").send().await.unwrap().json().await.unwrap();
+    let plugin: Value = server.admin(Method::GET, "/api/v1/plugins/lwm2m").send().await.unwrap().json().await.unwrap();
     assert_eq!(plugin["plugin"]["version"], "9.9.1", "{plugin}");
     dev.answer(&req, ResponseType::Content, Some(0), None, b"Open Mobile Alliance".to_vec()).await;
     let op = server.until_state(read, "COMPLETED").await;

@@ -725,3 +725,41 @@ async fn announce_until_pushed(dev: &mut Device, id: &str) -> Value {
     }
     panic!("nothing was pushed to {id}");
 }
+
+/// A device that holds its session on the embedded broker and publishes nothing stays
+/// reachable: the unreachable sweep counts it as seen. One enrolled and not connected, as
+/// silent, is marked; and so is the first once its connection is gone (issue 30).
+async fn a_connected_silent_device_stays_reachable(server: &TestServer) {
+    let port = server.mqtt.expect("the embedded broker runs").port();
+    let (quiet, away) = ("358000000000081", "358000000000082");
+    let token = enroll(server, quiet).await;
+    enroll(server, away).await;
+    let mut dev = Device::connect(port, "phone-81", Some(("android/358000000000081", token.as_str()))).await.unwrap();
+    dev.subscribe("drover/android/358000000000081/operations").await;
+    for _ in 0..100 {
+        if metric(server, "drover_push_online_devices").await == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(server, "drover_push_online_devices").await, 1.0);
+    server.sql("UPDATE devices SET last_seen_at = 0").await;
+    let hour = Duration::from_secs(3600);
+    drover::server::sweep_unreachable(&server.state, drover::store::now_ms(), hour).await.unwrap();
+    let d = server.device("android", quiet).await;
+    assert_eq!(d["status"], "active", "a connected device was marked unreachable: {d}");
+    assert!(d["last_seen_at"].as_i64().unwrap() > 0, "{d}");
+    assert_eq!(server.device("android", away).await["status"], "unreachable");
+
+    dev.drop_connection();
+    for _ in 0..200 {
+        if metric(server, "drover_push_online_devices").await == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.sql(&format!("UPDATE devices SET last_seen_at = 0 WHERE device_id = '{quiet}'")).await;
+    drover::server::sweep_unreachable(&server.state, drover::store::now_ms(), hour).await.unwrap();
+    assert_eq!(server.device("android", quiet).await["status"], "unreachable");
+}
+e2e!(a_connected_silent_device_stays_reachable, super::a_connected_silent_device_stays_reachable);

@@ -156,8 +156,6 @@ struct Delivery {
     /// Where `status` topics tell presence (as the embedded broker's gate does).
     presence: Push,
     client: AsyncClient,
-    /// Online devices and how many subscribed sessions each holds (0: said `online`).
-    online: Mutex<HashMap<(String, String), u32>>,
     /// Topic suffixes Drover publishes on. Its own shared subscription hears them too, and
     /// such echoes are not device messages.
     downstream: RwLock<HashSet<String>>,
@@ -202,7 +200,6 @@ pub async fn run(
         connected: std::sync::atomic::AtomicBool::new(false),
         presence: push,
         client,
-        online: Mutex::new(HashMap::new()),
         downstream: RwLock::new(HashSet::new()),
         backlog: Mutex::new(HashMap::new()),
     });
@@ -225,7 +222,7 @@ pub async fn run(
         match job {
             Job::Presence(p) => {
                 let came = {
-                    let mut online = d.online.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut online = d.state.stats.online_devices.lock().unwrap_or_else(|p| p.into_inner());
                     let came = match p {
                         Presence::Subscribed { device_type, device_id } => {
                             *online.entry((device_type.clone(), device_id.clone())).or_default() += 1;
@@ -321,7 +318,7 @@ async fn pump(d: Arc<Delivery>, mut eventloop: EventLoop, endpoint: Endpoint) {
                     // Whoever was online is cut off too (on the embedded broker: gone with it)
                     // and announces itself again after reconnecting. Until then operations
                     // stay PENDING instead of being handed to a client that cannot send them.
-                    d.online.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    d.state.stats.online_devices.lock().unwrap_or_else(|p| p.into_inner()).clear();
                     d.state.stats.online.store(0, std::sync::atomic::Ordering::Relaxed);
                 } else if matches!(e, rumqttc::ConnectionError::Tls(_)) {
                     // Not a broker still starting: a certificate or TLS setting is wrong,
@@ -380,7 +377,9 @@ impl Delivery {
     fn still_online(&self, d: &DeviceRow) -> bool {
         match self.kept {
             PresenceKept::InProcess => self
-                .online
+                .state
+                .stats
+                .online_devices
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .contains_key(&(d.device_type.clone(), d.device_id.clone())),
@@ -460,7 +459,7 @@ impl Delivery {
         }
         let devices: Vec<i64> = match self.kept {
             PresenceKept::InProcess => {
-                if self.online.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+                if self.state.stats.online_devices.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
                     return;
                 }
                 let devices = match self.state.store.activity_queued_devices(activity).await {
@@ -472,7 +471,7 @@ impl Delivery {
                 };
                 // Only the online ones are read further: an activity for a large fleet of
                 // which a few are connected costs one read per connected device, not per device.
-                let online = self.online.lock().unwrap_or_else(|p| p.into_inner());
+                let online = self.state.stats.online_devices.lock().unwrap_or_else(|p| p.into_inner());
                 devices
                     .into_iter()
                     .filter(|(_, t, i)| online.contains_key(&(t.clone(), i.clone())))

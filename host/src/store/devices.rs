@@ -387,6 +387,32 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Count devices connected to this process's broker as seen at `now`: a live MQTT
+    /// session is the device (the broker checks its keepalive), whether or not it has
+    /// published. Only those last seen before `stale` are written, so a device that calls
+    /// in anyway is not rewritten. `devices` are (type, id). Returns how many were written.
+    pub async fn touch_connected(&self, devices: &[(String, String)], now: i64, stale: i64) -> Result<u64, StoreError> {
+        let mut written = 0;
+        for chunk in devices.chunks(400) {
+            let pairs =
+                (0..chunk.len()).map(|i| format!("(${}, ${})", 3 + 2 * i, 4 + 2 * i)).collect::<Vec<_>>().join(", ");
+            let sql = format!(
+                "UPDATE devices SET last_seen_at = $1,
+                        status = CASE WHEN status = 'unreachable' THEN 'active' ELSE status END
+                 WHERE last_seen_at < $2 AND status IN ('active', 'unreachable')
+                   AND (device_type, device_id) IN (VALUES {pairs})"
+            );
+            written += with_write_pool!(self, pool => {
+                let mut q = sqlx::query(trusted(&sql)).bind(now).bind(stale);
+                for (t, i) in chunk {
+                    q = q.bind(t).bind(i);
+                }
+                q.execute(pool).await?.rows_affected()
+            });
+        }
+        Ok(written)
+    }
+
     /// Mark active devices not seen since `before` as unreachable; returns how many.
     /// A scan of the devices table, run about once a minute: an index on `last_seen_at`
     /// would be rewritten by every poll to speed up this one query.
