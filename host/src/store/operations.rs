@@ -561,6 +561,17 @@ impl Store {
             let mut written = Vec::with_capacity(writes.len());
             for w in writes {
                 match w {
+                    Write::Deliver { device, ids, actor } if is_postgres => {
+                        let mut q = sqlx::query_as(trusted(&writes::claim_and_deliver_pg(ids.len())))
+                            .bind(actor.as_str())
+                            .bind(now)
+                            .bind(*device);
+                        for id in ids {
+                            q = q.bind(*id);
+                        }
+                        let (moved,): (i64,) = q.fetch_one(&mut *tx).await?;
+                        written.push(Written::Delivered(moved == ids.len() as i64));
+                    }
                     Write::Deliver { device, ids, actor } => {
                         let [claim, transitions, update] = writes::claim_and_deliver_sql(ids.len(), is_postgres);
                         let bind = |sql: &'_ str| {
@@ -599,6 +610,13 @@ impl Store {
                                     continue;
                                 }
                             };
+                            if is_postgres {
+                                let rows = sqlx::query(trusted(writes::PG_EVENT_MOVE_AND_RECORD))
+                                    .bind(to.as_str()).bind(response).bind(now).bind(*id).bind(from.as_str()).bind(actor)
+                                    .execute(&mut *tx).await?.rows_affected();
+                                out.push(writes::moved(*id, from, to, rows));
+                                continue;
+                            }
                             let rows = sqlx::query(trusted(&writes::PG_EVENT[1]))
                                 .bind(to.as_str()).bind(response).bind(now).bind(*id).bind(from.as_str())
                                 .execute(&mut *tx).await?.rows_affected();

@@ -74,6 +74,37 @@ pub(super) fn claim_and_deliver_sql(n: usize, postgres: bool) -> [String; 3] {
     ]
 }
 
+/// [`Write::Deliver`] on PostgreSQL as one statement, one round trip instead of the three
+/// of [`claim_and_deliver_sql`] (the committer waits for each): lock the named operations
+/// still queued for the device, move them only if every one still was, and record each
+/// move from the state it was in. A concurrent claim of the same rows is waited for, and
+/// the rows are then checked again as they are (`FOR UPDATE`), so a lost race counts fewer
+/// and moves nothing. Answers one row: how many moved (`n`, or 0). Parameters as
+/// [`claim_and_deliver_sql`]'s, in PostgreSQL's placeholders.
+pub(super) fn claim_and_deliver_pg(n: usize) -> String {
+    let list = (4..4 + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+    format!(
+        "WITH locked AS (SELECT id, state FROM operations
+                         WHERE device = $3 AND state IN ('PENDING', 'NOTNOW') AND id IN ({list}) FOR UPDATE),
+              claimed AS (SELECT COUNT(*) AS n FROM locked),
+              moved AS (UPDATE operations o SET state = 'IN_PROGRESS', attempts = o.attempts + 1, updated_at = $2
+                        FROM locked, claimed WHERE o.id = locked.id AND claimed.n = {n}
+                        RETURNING o.id, locked.state AS from_state),
+              recorded AS (INSERT INTO transitions (operation, from_state, to_state, actor, at)
+                           SELECT id, from_state, 'IN_PROGRESS', $1, $2 FROM moved RETURNING operation)
+         SELECT COUNT(*) FROM recorded"
+    )
+}
+
+/// [`EVENT_MOVE`] and, if it held, [`EVENT_TRANSITION`] on PostgreSQL as one statement
+/// (one round trip instead of two); its row count is the move's. Parameters: `$1` to, `$2`
+/// response (kept when none), `$3` now, `$4` operation, `$5` from, `$6` actor.
+pub(super) const PG_EVENT_MOVE_AND_RECORD: &str =
+    "WITH moved AS (UPDATE operations SET state = $1, response = COALESCE($2, response), updated_at = $3
+                    WHERE id = $4 AND state = $5 RETURNING id)
+     INSERT INTO transitions (operation, from_state, to_state, actor, at, response)
+     SELECT id, $5, $1, $6, $3, $2 FROM moved";
+
 /// Statements that move every operation `filter` selects (a `WHERE` over `operations`) to
 /// `to`, each move with its transition: actor `$1`, time `$2`. Every statement takes the
 /// same parameters; run them in order in one transaction. The last one's row count is how
