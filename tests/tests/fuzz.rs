@@ -11,10 +11,13 @@
 //! that long instead (docs/testing.md has the long runs). A finding is written to
 //! `target/fuzz-findings/` and fails the test with the file's name.
 
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use drover::plugins::fixtures::{self, Input};
 use drover::plugins::{CallError, LoadOptions, Source};
-use drover_tests::{Rng, runtime};
+use drover_tests::{Backend, Rng, TestServer, runtime};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
 
 /// Inputs per plugin when no time is given.
 const CI_INPUTS: usize = 300;
@@ -22,7 +25,7 @@ const CI_INPUTS: usize = 300;
 /// Bytes parsers of JSON, XML, plists, TLV and CoAP link format trip on.
 const INTERESTING: &[u8] = b"\x00\xff\x7f\x80<>{}[]\"'\\&;:,=/.-+0123456789eE \n\t";
 
-fn mutate(rng: &mut Rng, body: &[u8], others: &[Input]) -> Vec<u8> {
+fn mutate(rng: &mut Rng, body: &[u8], others: &[&[u8]]) -> Vec<u8> {
     let mut b = body.to_vec();
     // Mostly one or two changes: more, and nearly every input stops at the first parse
     // error, before the code behind the parser.
@@ -58,7 +61,7 @@ fn mutate(rng: &mut Rng, body: &[u8], others: &[Input]) -> Vec<u8> {
             5 => b.truncate(rng.below(len + 1)),
             6 if !others.is_empty() => {
                 // Splice: this payload's head, another payload's tail.
-                let other = &others[rng.below(others.len())].body;
+                let other = others[rng.below(others.len())];
                 let cut = rng.below(len + 1);
                 let from = rng.below(other.len() + 1);
                 b.truncate(cut);
@@ -117,6 +120,7 @@ async fn device_payloads_never_fault_a_plugin() {
             }
         }
         let inputs = fixtures::inputs(&fixtures, &device.id).unwrap();
+        let bodies: Vec<&[u8]> = inputs.iter().map(|i| i.body.as_slice()).collect();
         let mut rng = Rng(0x853C_49E6_748F_EA9B ^ name.len() as u64);
         let started = Instant::now();
         let (mut tried, mut refused) = (0usize, 0usize);
@@ -127,7 +131,7 @@ async fn device_payloads_never_fault_a_plugin() {
                 _ => {}
             }
             let input = &inputs[rng.below(inputs.len())];
-            let body = mutate(&mut rng, &input.body, &inputs);
+            let body = mutate(&mut rng, &input.body, &bodies);
             let _ = drover::bounds::check(&body);
             if let Ok(text) = std::str::from_utf8(&body) {
                 let _ = drover::mqtt::parse_topic(text);
@@ -162,4 +166,142 @@ async fn device_payloads_never_fault_a_plugin() {
     for line in report {
         eprintln!("{line}");
     }
+}
+
+/// A CoAP message as an LwM2M client sends it.
+fn coap(kind: MessageType, code: MessageClass, mid: u16, token: &[u8], path: &[&str], query: &[String]) -> Packet {
+    let mut p = Packet::new();
+    p.header.set_version(1);
+    p.header.set_type(kind);
+    p.header.code = code;
+    p.header.message_id = mid;
+    p.set_token(token.to_vec());
+    for s in path {
+        p.add_option(CoapOption::UriPath, s.as_bytes().to_vec());
+    }
+    for q in query {
+        p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
+    }
+    p
+}
+
+/// A Register for endpoint `ep`, living `lifetime` seconds, with the LwM2M plugin's
+/// recorded object links.
+fn register(ep: &str, mid: u16, lifetime: u32) -> Packet {
+    let links = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/lwm2m/fixtures/register.link")).unwrap();
+    let query = [format!("ep={ep}"), format!("lt={lifetime}"), "lwm2m=1.1".into(), "b=U".into()];
+    let mut p = coap(MessageType::Confirmable, MessageClass::Request(RequestType::Post), mid, &[1, 2], &["rd"], &query);
+    p.add_option(CoapOption::ContentFormat, vec![40]);
+    p.payload = links;
+    p
+}
+
+/// Send `p` from `socket` and wait (bounded) for the answer with its message id.
+async fn ask(socket: &UdpSocket, to: SocketAddr, p: &Packet) -> Option<Packet> {
+    socket.send_to(&p.to_bytes().unwrap(), to).await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = match tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
+            Ok(r) => r.unwrap().0,
+            Err(_) => return None,
+        };
+        if let Ok(got) = Packet::from_bytes(&buf[..n])
+            && got.header.message_id == p.header.message_id
+            && matches!(got.header.get_type(), MessageType::Acknowledgement | MessageType::Reset)
+        {
+            return Some(got);
+        }
+    }
+}
+
+/// The CoAP front (issue 30): a real server's UDP listener fed variations of real LwM2M
+/// datagrams (a Register with its object links, an update, a de-registration, a CoAP ping,
+/// a piggybacked response and an Observe notification in TLV, the plugin's own fixtures).
+/// The property: no datagram takes the service from others. Every 100 inputs a CoAP ping
+/// from a fresh socket must be answered; at the end a device registered before the run
+/// still updates its registration, and a new one registers. `DROVER_FUZZ_SECS` runs it for
+/// that long instead of CI's 1,000 datagrams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coap_front_survives_mutated_datagrams() {
+    let budget = std::env::var("DROVER_FUZZ_SECS").ok().and_then(|v| v.parse().ok()).map(Duration::from_secs);
+    let server = TestServer::start(Backend::Sqlite).await;
+    let to = server.coap;
+    let victim = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let created = ask(&victim, to, &register("urn:dev:fuzz-victim", 1, 86_400)).await.expect("the victim registers");
+    assert_eq!(created.header.code, MessageClass::Response(ResponseType::Created));
+    let location: Vec<String> = created
+        .get_option(CoapOption::LocationPath)
+        .unwrap()
+        .iter()
+        .map(|v| String::from_utf8(v.clone()).unwrap())
+        .collect();
+
+    let tlv = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/lwm2m/fixtures/device-read.tlv")).unwrap();
+    let mut response =
+        coap(MessageType::Acknowledgement, MessageClass::Response(ResponseType::Content), 7, &[9; 8], &[], &[]);
+    response.add_option(CoapOption::ContentFormat, 11542u16.to_be_bytes().to_vec());
+    response.payload = tlv.clone();
+    let mut notification =
+        coap(MessageType::Confirmable, MessageClass::Response(ResponseType::Content), 8, &[9; 8], &[], &[]);
+    notification.add_option(CoapOption::Observe, vec![3]);
+    notification.add_option(CoapOption::ContentFormat, 11542u16.to_be_bytes().to_vec());
+    notification.payload = tlv;
+    let post = MessageClass::Request(RequestType::Post);
+    let seeds: Vec<Vec<u8>> = [
+        register("urn:dev:fuzz-seed", 2, 300),
+        coap(MessageType::Confirmable, post, 3, &[3], &["rd", "0123456789abcdef"], &["lt=600".into(), "b=UQ".into()]),
+        coap(
+            MessageType::Confirmable,
+            MessageClass::Request(RequestType::Delete),
+            4,
+            &[4],
+            &["rd", "0123456789abcdef"],
+            &[],
+        ),
+        coap(MessageType::Confirmable, MessageClass::Empty, 5, &[], &[], &[]),
+        response,
+        notification,
+    ]
+    .iter()
+    .map(|p| p.to_bytes().unwrap())
+    .collect();
+    let others: Vec<&[u8]> = seeds.iter().map(Vec::as_slice).collect();
+    let fuzzer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let started = Instant::now();
+    let mut sent = 0usize;
+    loop {
+        match budget {
+            Some(b) if started.elapsed() >= b => break,
+            None if sent >= 1000 => break,
+            _ => {}
+        }
+        let seed = &seeds[rng.below(seeds.len())];
+        let body = mutate(&mut rng, seed, &others);
+        fuzzer.send_to(&body, to).await.unwrap();
+        sent += 1;
+        tokio::task::yield_now().await;
+        if sent.is_multiple_of(100) {
+            let prober = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let ping = coap(MessageType::Confirmable, MessageClass::Empty, sent as u16, &[], &[], &[]);
+            let answer = ask(&prober, to, &ping).await;
+            assert!(
+                answer.is_some_and(|a| a.header.get_type() == MessageType::Reset),
+                "the CoAP listener stopped answering after {sent} mutated datagrams"
+            );
+        }
+    }
+    eprintln!(
+        "coap front: {sent} mutated datagrams in {:.1} s, the listener answered every ping",
+        started.elapsed().as_secs_f64()
+    );
+    // The victim registered for a day: a long run does not outlive its registration.
+    let update = coap(MessageType::Confirmable, post, 900, &[9], &["rd", &location[1]], &[]);
+    let answer = ask(&victim, to, &update).await.expect("the victim's update is answered");
+    assert_eq!(answer.header.code, MessageClass::Response(ResponseType::Changed), "the victim lost its registration");
+    let fresh = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let answer = ask(&fresh, to, &register("urn:dev:fuzz-after", 901, 300)).await.expect("a new device is answered");
+    assert_eq!(answer.header.code, MessageClass::Response(ResponseType::Created));
+    server.stop().await;
 }
