@@ -9,6 +9,7 @@ const PLUGINS: &[&str] = &[
     "drover-test-wrong-world",
     "drover-test-old-contract",
     "drover-test-rule-trap",
+    "drover-test-reach",
 ];
 
 fn main() {

@@ -125,6 +125,8 @@ one_run() { # build
         kill -0 "$server" 2>/dev/null || { cat "$data/server.log" >&2; echo "the server did not start" >&2; return 1; }
         sleep 0.1
     done
+    # The embedded broker's memory per connection (docs/BENCHMARKS.md), read by the simulator.
+    [ "$mode" != push ] || args+=(--server-pid "$server")
     second=
     if [ "$mode" = poll-pg2 ]; then
         rm -rf "$data/second"
@@ -167,7 +169,7 @@ one_run() { # build
     fi
     kill "$server" $second
     wait "$server" $second 2>/dev/null || true
-    grep -E "polls/s|ops/s|poll latency|added → at device|round trips/s|msg/s|simulator CPU" "$log"
+    grep -E "polls/s|ops/s|poll latency|added → at device|round trips/s|msg/s|simulator CPU|server memory" "$log"
     case $mode in
     poll*) echo "server CPU: $(((t1 - t0) * 1000000 / hz / (2 * devices))) µs per poll" ;;
     *) echo "server CPU over the push phase: $(((t1 - t0) * 1000 / hz)) ms" ;;

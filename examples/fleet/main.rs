@@ -74,6 +74,25 @@ struct Args {
     /// Give up waiting for completion after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
+    /// The server's process id (push mode, Linux): its resident memory is read from /proc
+    /// before the devices connect, once they are connected and idle, and after the push,
+    /// and reported per connection.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+/// A process's resident memory and its peak so far, in KiB, from /proc/PID/status.
+fn rss_kib(pid: u32) -> Result<(u64, u64)> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("--server-pid {pid}"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 const ENROLL: &str = include_str!("../../plugins/android/fixtures/enroll.json");
@@ -368,6 +387,7 @@ async fn push(args: &Args, admin: &Arc<Admin>, devices: Vec<Device>, group: &str
     let port: u16 = port.parse().context("--mqtt: bad port")?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Received>();
     let subscribed = Arc::new(AtomicUsize::new(0));
+    let before = args.server_pid.map(rss_kib).transpose()?;
     let pb = bar(devices.len(), "connect");
     let started = Instant::now();
     let mut clients = Vec::with_capacity(devices.len());
@@ -424,8 +444,18 @@ async fn push(args: &Args, admin: &Arc<Admin>, devices: Vec<Device>, group: &str
     pb.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     println!("{} devices connected and subscribed in {secs:.2} s", devices.len());
-    // Let Drover take in every subscription before the operation is added.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Let Drover take in every subscription before the operation is added (and let the
+    // memory reading below see the connections at rest).
+    tokio::time::sleep(Duration::from_millis(if before.is_some() { 2000 } else { 500 })).await;
+    let per_connection = |kib: u64, base: u64| kib.saturating_sub(base) as f64 / devices.len() as f64;
+    if let (Some(pid), Some((base, _))) = (args.server_pid, before) {
+        let (idle, _) = rss_kib(pid)?;
+        println!(
+            "server memory: {base} KiB before connecting, {idle} KiB with {} connected and idle: {:.1} KiB per connection",
+            devices.len(),
+            per_connection(idle, base)
+        );
+    }
 
     // Drover: add one operation for all; each device answers as soon as it arrives.
     let pb = bar(devices.len(), "completed");
@@ -465,6 +495,18 @@ async fn push(args: &Args, admin: &Arc<Admin>, devices: Vec<Device>, group: &str
         n as f64 / all
     );
     percentiles("added → at device", &to_device);
+    if let (Some(pid), Some((base, hwm_before))) = (args.server_pid, before) {
+        let (after, hwm) = rss_kib(pid)?;
+        let peak = if hwm > hwm_before {
+            format!("peak {hwm} KiB: {:.1} KiB per connection", per_connection(hwm, base))
+        } else {
+            format!("peak not above the {hwm_before} KiB reached before connecting")
+        };
+        println!(
+            "server memory after the push: {after} KiB: {:.1} KiB per connection; {peak}",
+            per_connection(after, base)
+        );
+    }
 
     // The bare broker on the same connections: each device publishes on its own topic
     // (the one it subscribes to) and times the message coming back.

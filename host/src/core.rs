@@ -83,7 +83,8 @@ impl Core {
         crate::auth::bootstrap_admin(&store, &config.data_dir, config.admin_token.clone()).await?;
         let runtime = Runtime::new(Limits::default(), Some(config.data_dir.join("cache").join("compiled")))?
             .with_hold_policy(config.hold_policy)
-            .with_kv_store(store.clone());
+            .with_kv_store(store.clone())
+            .with_plugin_files(config.data_dir.join("plugin-files"));
         let registry = Arc::new(Registry::new(Arc::new(runtime)));
         let events = Events::default();
         let catalog = Catalog::open(store.clone(), registry.clone(), config.fault_policy, events.clone())
@@ -96,6 +97,7 @@ impl Core {
         for row in store.plugin_settings().await? {
             let s = PluginSettings::from_row(&row);
             registry.runtime().set_config(&row.plugin, s.config.clone());
+            registry.runtime().set_hosts(&row.plugin, s.granted_hosts.clone());
             settings.set(&row.plugin, s);
         }
         Ok(Core {

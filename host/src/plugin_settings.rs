@@ -85,9 +85,10 @@ pub async fn follow(state: Core, every: Duration) {
             if state.settings.get(&row.plugin) != stored {
                 tracing::info!(plugin = %row.plugin, "plugin settings changed on another replica: applied");
                 // Settings before config, as the API does (see `attempt`).
-                let config = stored.config.clone();
+                let (config, hosts) = (stored.config.clone(), stored.granted_hosts.clone());
                 state.settings.set(&row.plugin, stored);
                 state.registry.runtime().set_config(&row.plugin, config);
+                state.registry.runtime().set_hosts(&row.plugin, hosts);
             }
         }
     }
@@ -204,9 +205,10 @@ pub async fn put(state: &Core, name: &str, mut settings: PluginSettings, actor: 
         .await?;
     // Settings first, then the plugin's config: a wake-up that minted a token under the
     // old settings checks them again after putting it in (wakeup.rs).
-    let config = settings.config.clone();
+    let (config, hosts) = (settings.config.clone(), settings.granted_hosts.clone());
     state.settings.set(name, settings);
     state.registry.runtime().set_config(name, config);
+    state.registry.runtime().set_hosts(name, hosts);
     tracing::info!(plugin = %name, actor, "plugin settings changed");
     Ok(())
 }

@@ -305,3 +305,181 @@ async fn coap_front_survives_mutated_datagrams() {
     assert_eq!(answer.header.code, MessageClass::Response(ResponseType::Created));
     server.stop().await;
 }
+
+/// MQTT packets as a real client library encodes them (rumqttc's codec).
+fn mqtt_bytes(write: impl FnOnce(&mut bytes::BytesMut)) -> Vec<u8> {
+    let mut b = bytes::BytesMut::new();
+    write(&mut b);
+    b.to_vec()
+}
+
+fn mqtt_connect(client_id: &str, user: &str, password: &str) -> Vec<u8> {
+    let mut c = rumqttc::Connect::new(client_id);
+    c.set_login(user, password);
+    mqtt_bytes(|b| {
+        c.write(b).unwrap();
+    })
+}
+
+/// Connect as `user` on a fresh connection; whether the broker accepted (CONNACK 0).
+async fn mqtt_accepts(port: u16, client_id: &str, user: &str, password: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        s.write_all(&mqtt_connect(client_id, user, password)).await.ok()?;
+        let mut ack = [0u8; 4];
+        s.read_exact(&mut ack).await.ok()?;
+        Some(ack == [0x20, 0x02, 0x00, 0x00])
+    };
+    tokio::time::timeout(Duration::from_secs(10), attempt).await.ok().flatten().unwrap_or(false)
+}
+
+/// The MQTT front (issue 30): the embedded broker's listener fed variations of a real
+/// client's packets (rumqttc's encoder: CONNECT with a device's credentials, SUBSCRIBE,
+/// PUBLISH of a recorded result and of a status, PUBACK, UNSUBSCRIBE, PINGREQ,
+/// DISCONNECT), each input a connection of its own: a CONNECT then a few packets, the
+/// whole or only what follows the CONNECT mutated (so the authenticated path is reached
+/// too). The property: no input takes the service from others. Every 100 inputs a device
+/// connects and is accepted; at the end a device connected before the run still gets an
+/// operation pushed to it, and the server's plugin and router are still serving.
+/// `DROVER_FUZZ_SECS` runs it for that long instead of CI's 1,000 connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_front_survives_mutated_packets() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let budget = std::env::var("DROVER_FUZZ_SECS").ok().and_then(|v| v.parse().ok()).map(Duration::from_secs);
+    let server = TestServer::start(Backend::Sqlite).await;
+    let port = server.mqtt.expect("the embedded broker runs").port();
+    let (victim_id, seed_id, probe_id) = ("358000000000901", "358000000000902", "358000000000903");
+    let victim_token = server.enroll_android(victim_id).await;
+    let seed_token = server.enroll_android(seed_id).await;
+    let probe_token = server.enroll_android(probe_id).await;
+
+    // The victim: a device connected and subscribed before the run, through all of it.
+    let mut options = MqttOptions::new("victim", "127.0.0.1", port);
+    options.set_credentials(format!("android/{victim_id}"), victim_token);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let victim = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(p @ (Packet::SubAck(_) | Packet::Publish(_)))) => {
+                    let _ = seen_tx.send(p);
+                }
+                Ok(_) => {}
+                Err(e) => panic!("the victim lost its connection: {e}"),
+            }
+        }
+    });
+    let operations = format!("drover/android/{victim_id}/operations");
+    client.subscribe(&operations, QoS::AtLeastOnce).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), seen.recv()).await.unwrap().unwrap();
+    assert!(matches!(first, Packet::SubAck(_)), "{first:?}");
+
+    let results =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/android/fixtures/results.json")).unwrap();
+    let connect = mqtt_connect("fuzz-seed", &format!("android/{seed_id}"), &seed_token);
+    let own = format!("drover/android/{seed_id}");
+    let rest: Vec<Vec<u8>> = vec![
+        mqtt_bytes(|b| {
+            let mut s = rumqttc::Subscribe::new(format!("{own}/operations"), QoS::AtLeastOnce);
+            s.pkid = 1;
+            s.write(b).unwrap();
+        }),
+        mqtt_bytes(|b| {
+            let mut p = rumqttc::Publish::new(format!("{own}/reply"), QoS::AtLeastOnce, results.clone());
+            p.pkid = 2;
+            p.write(b).unwrap();
+        }),
+        mqtt_bytes(|b| {
+            rumqttc::Publish::new(format!("{own}/status"), QoS::AtMostOnce, "online").write(b).unwrap();
+        }),
+        mqtt_bytes(|b| {
+            rumqttc::PubAck::new(1).write(b).unwrap();
+        }),
+        mqtt_bytes(|b| {
+            let mut u = rumqttc::Unsubscribe::new(format!("{own}/operations"));
+            u.pkid = 3;
+            u.write(b).unwrap();
+        }),
+        mqtt_bytes(|b| {
+            rumqttc::PingReq.write(b).unwrap();
+        }),
+        mqtt_bytes(|b| {
+            rumqttc::Disconnect.write(b).unwrap();
+        }),
+    ];
+    let mut all: Vec<&[u8]> = rest.iter().map(Vec::as_slice).collect();
+    all.push(&connect);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let started = Instant::now();
+    let mut sent = 0usize;
+    let mut answered = 0usize;
+    let mut inflight = tokio::task::JoinSet::new();
+    loop {
+        match budget {
+            Some(b) if started.elapsed() >= b => break,
+            None if sent >= 1000 => break,
+            _ => {}
+        }
+        let mut tail = Vec::new();
+        for _ in 0..1 + rng.below(4) {
+            tail.extend_from_slice(&rest[rng.below(rest.len())]);
+        }
+        let input = if rng.below(2) == 0 {
+            mutate(&mut rng, &[connect.as_slice(), &tail].concat(), &all)
+        } else {
+            [connect.clone(), mutate(&mut rng, &tail, &all)].concat()
+        };
+        // Each input on its own connection, a few at once; the client half-closes after
+        // writing, so the server sees the end and the connection ends quickly.
+        inflight.spawn(async move {
+            let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return false };
+            let _ = s.write_all(&input).await;
+            let _ = s.shutdown().await;
+            let mut sink = vec![0u8; 4096];
+            let drained = async {
+                let mut got = 0;
+                while let Ok(n @ 1..) = s.read(&mut sink).await {
+                    got += n;
+                }
+                got
+            };
+            tokio::time::timeout(Duration::from_secs(2), drained).await.is_ok_and(|n| n > 0)
+        });
+        sent += 1;
+        while inflight.len() >= 8 {
+            answered += usize::from(inflight.join_next().await.unwrap().unwrap());
+        }
+        if sent.is_multiple_of(100) {
+            assert!(
+                mqtt_accepts(port, "probe", &format!("android/{probe_id}"), &probe_token).await,
+                "a device was not accepted after {sent} mutated connections"
+            );
+        }
+    }
+    while let Some(r) = inflight.join_next().await {
+        answered += usize::from(r.unwrap());
+    }
+    eprintln!(
+        "mqtt front: {sent} mutated connections in {:.1} s ({answered} got an answer), a device was accepted every 100",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(answered > 0, "some inputs were answered (a CONNACK at least)");
+
+    // The victim's session survived: an operation added now is pushed to it.
+    let id = server.add_operation("android", victim_id, "DEVICE_RING", None).await;
+    let pushed = loop {
+        match tokio::time::timeout(Duration::from_secs(10), seen.recv()).await.expect("a push in time").unwrap() {
+            Packet::Publish(p) => break p,
+            _ => continue,
+        }
+    };
+    assert_eq!(pushed.topic, operations);
+    let ops: serde_json::Value = serde_json::from_slice(&pushed.payload).unwrap();
+    assert_eq!(ops[0]["id"].as_i64(), Some(id), "{ops}");
+    assert!(mqtt_accepts(port, "after", &format!("android/{probe_id}"), &probe_token).await);
+    victim.abort();
+    server.stop().await;
+}

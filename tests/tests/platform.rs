@@ -707,3 +707,99 @@ async fn kv_store_in_the_database(a: &TestServer) {
     assert!(store.kv_set("quota-test", "b", &[0; 100], 150).await.unwrap());
 }
 e2e!(kv_store_in_the_database, super::kv_store_in_the_database);
+
+/// What the `reach` plugin reports for `body`, sent as device `id`.
+async fn reach_says(server: &TestServer, id: &str, token: &str, body: &str) -> String {
+    let r = server
+        .http
+        .put(server.url(&format!("/agent/v1/reach/devices/{id}/x")))
+        .bearer_auth(token)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{body}: {}", r.text().await.unwrap());
+    server.device("reach", id).await["metadata"]["result"].as_str().unwrap_or_default().to_string()
+}
+
+async fn put_hosts(server: &TestServer, hosts: Value) {
+    let r = server
+        .admin(Method::PUT, "/api/v1/plugins/reach/settings")
+        .json(&json!({ "granted_hosts": hosts }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+}
+
+/// The `filesystem` and `network` grants, by what a plugin granted them can really do
+/// (sandbox.rs): read the files an admin put in its directory, seen as `/files`, and
+/// nothing else, and write nowhere; connect to the hosts its settings grant, only while
+/// granted, and never listen. Before, both grants linked the imports and gave nothing:
+/// the reads and the granted connection below failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filesystem_and_network_grants() {
+    let server = TestServer::start(drover_tests::Backend::Sqlite).await;
+    server
+        .install_signed("reach", "drover-tests", &["filesystem", "network", "clock"], &component(components::REACH))
+        .await;
+    let files = server.data.path().join("plugin-files").join("reach");
+    assert!(files.is_dir(), "the grant made the plugin's directory");
+    std::fs::write(files.join("models.csv"), "model,name\nSM-G991B,Galaxy S21\n").unwrap();
+    let id = unique("reach");
+    let r = server.http.post(server.url("/agent/v1/reach/enroll")).body(id.clone()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    let token = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+    macro_rules! says {
+        ($body:expr) => {
+            reach_says(&server, &id, &token, $body)
+        };
+    }
+
+    // Files: the admin's, read-only; nothing above or beside the directory.
+    assert_eq!(says!("read:/files/models.csv").await, "model,name\nSM-G991B,Galaxy S21\n");
+    assert_eq!(says!("list:/files").await, "models.csv");
+    for escape in ["read:/files/../../admin-token", "read:/admin-token", "read:/etc/passwd", "list:/"] {
+        let got = says!(escape).await;
+        assert!(got.starts_with("error:"), "{escape}: {got}");
+        assert!(!got.contains("root:"), "{escape}: {got}");
+    }
+    let got = says!("write:/files/models.csv").await;
+    assert!(got.starts_with("error: write"), "{got}");
+    let got = says!("write:/files/new.txt").await;
+    assert!(got.starts_with("error: write"), "{got}");
+    assert!(!files.join("new.txt").exists());
+    assert_eq!(std::fs::read_to_string(files.join("models.csv")).unwrap(), "model,name\nSM-G991B,Galaxy S21\n");
+
+    // Network: a peer on loopback that answers `pong` and counts who reached it.
+    let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = peer.local_addr().unwrap().port();
+    let reached = Arc::new(AtomicU64::new(0));
+    let counter = reached.clone();
+    let serving = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for _ in 0..20 {
+            let Ok((mut s, _)) = peer.accept().await else { return };
+            counter.fetch_add(1, Ordering::Relaxed);
+            let mut buf = [0u8; 16];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"pong\n").await;
+        }
+    });
+    let dial = format!("dial:127.0.0.1:{port}");
+    let got = says!(&dial).await;
+    assert!(got.contains("access-denied"), "no host granted yet: {got}");
+    put_hosts(&server, json!(["127.0.0.1"])).await;
+    assert_eq!(says!(&dial).await, "pong");
+    assert_eq!(reached.load(Ordering::Relaxed), 1);
+    for serve in ["listen", "bind:18999"] {
+        let got = says!(serve).await;
+        assert!(got.starts_with("error:") && got.contains("access-denied"), "{serve}: {got}");
+    }
+    put_hosts(&server, json!([])).await;
+    let got = says!(&dial).await;
+    assert!(got.contains("access-denied"), "the grant was taken back: {got}");
+    assert_eq!(reached.load(Ordering::Relaxed), 1, "refused connections never reached the peer");
+    serving.abort();
+    server.stop().await;
+}

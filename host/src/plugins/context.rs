@@ -115,6 +115,8 @@ pub struct PluginContext {
     pub version: String,
     pub config: std::sync::Arc<PluginConfig>,
     pub kv: std::sync::Arc<KvStore>,
+    /// What the `filesystem` and `network` grants let its calls reach (sandbox.rs).
+    pub reach: super::sandbox::Reach,
     /// The engine calls are made on (kept here so a call needs only this context).
     pub engine: wasmtime::Engine,
 }

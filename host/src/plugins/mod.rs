@@ -25,6 +25,7 @@ pub mod manifest;
 pub mod policy_rule;
 pub mod registry;
 pub mod runtime;
+pub mod sandbox;
 pub mod signing;
 pub mod sources;
 pub mod template;

@@ -17,10 +17,11 @@
 
 use super::bindings::{device_type, policy_rule, transport};
 use super::cache::{ArtifactCache, CacheOutcome, sha256_hex};
-use super::capability::{Grants, check_imports, component_imports};
+use super::capability::{Capability, Grants, check_imports, component_imports};
 pub use super::context::PluginConfig;
 use super::context::{KvStore, PluginContext};
 use super::manifest::{Kind, Manifest};
+use super::sandbox::{PluginHosts, Reach};
 use super::sources::{HoldPolicy, Holds, Source};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -81,7 +82,8 @@ pub struct CallState {
 
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: self.wasi.get_or_insert_with(|| WasiCtx::builder().build()), table: &mut self.table }
+        let plugin = &self.plugin;
+        WasiCtxView { ctx: self.wasi.get_or_insert_with(|| plugin.reach.wasi(&plugin.name)), table: &mut self.table }
     }
 }
 
@@ -448,6 +450,11 @@ pub struct Runtime {
     configs: std::sync::Mutex<BTreeMap<String, Arc<PluginConfig>>>,
     /// Sources held for the faults their input caused, across every plugin.
     holds: Arc<Holds>,
+    /// Where each plugin's `filesystem` grant directory is (`with_plugin_files`).
+    files_root: Option<PathBuf>,
+    /// Hosts each plugin's sockets may reach (its settings' `granted_hosts`), by name,
+    /// shared by all versions and changed live.
+    hosts: std::sync::Mutex<BTreeMap<String, Arc<PluginHosts>>>,
 }
 
 impl Runtime {
@@ -502,7 +509,42 @@ impl Runtime {
             kv_database: None,
             configs: Default::default(),
             holds: Arc::new(Holds::new(HoldPolicy::default())),
+            files_root: None,
+            hosts: Default::default(),
         })
+    }
+
+    /// Give plugins granted `filesystem` the directory `<root>/<plugin>` (before plugins
+    /// load). Without a root, that grant shows the guest no directory.
+    pub fn with_plugin_files(mut self, root: PathBuf) -> Runtime {
+        self.files_root = Some(root);
+        self
+    }
+
+    /// Replace the hosts plugin `name`'s sockets may reach; calls that start afterwards
+    /// see them.
+    pub fn set_hosts(&self, name: &str, hosts: Vec<String>) {
+        *self.hosts_of(name).write().unwrap_or_else(|p| p.into_inner()) = hosts;
+    }
+
+    fn hosts_of(&self, name: &str) -> Arc<PluginHosts> {
+        self.hosts.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_string()).or_default().clone()
+    }
+
+    /// What a version of `manifest.name` granted `grants` may reach outside its sandbox.
+    fn reach(&self, name: &str, grants: &Grants) -> Result<Reach, String> {
+        let mut reach = Reach::default();
+        if grants.contains(&Capability::Filesystem)
+            && let Some(root) = &self.files_root
+        {
+            let dir = root.join(name);
+            std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            reach.files = Some(dir);
+        }
+        if grants.contains(&Capability::Network) {
+            reach.network = Some(self.hosts_of(name));
+        }
+        Ok(reach)
     }
 
     /// Keep plugins' key-value stores in `store` (before plugins load).
@@ -555,12 +597,14 @@ impl Runtime {
         }
         .map_err(|e| fail(&label, world_err(e)))?;
 
+        let reach = self.reach(&manifest.name, &options.grants).map_err(|e| fail(&label, LoadFailure::Compile(e)))?;
         let caller = Caller {
             ctx: Arc::new(PluginContext {
                 name: manifest.name.clone(),
                 version: manifest.version.clone(),
                 config: self.config_of(&manifest.name, options.config),
                 kv: self.kv_store(&manifest.name),
+                reach,
                 engine: self.engine.clone(),
             }),
             limits: self.limits,
