@@ -95,7 +95,11 @@ one_run() { # build
     devices=${DEVICES:-10000}
     case $mode in
     poll | poll-pg | poll-pg2) args=(--mode poll --concurrency "$concurrency") ;;
-    push) args=(--mqtt 127.0.0.1:18830 --mode push --timeout-secs 400) ;;
+    push)
+        args=(--mqtt 127.0.0.1:18830 --mode push --timeout-secs 400)
+        # The default cap (12,000) is below the 19,000-connection run.
+        server_args=(--mqtt-max-connections $((devices + 100)))
+        ;;
     push-ext)
         args=(--mqtt 127.0.0.1:1883 --mode push --announce-online --timeout-secs 400)
         server_args=(--broker mqtt://127.0.0.1:1883)

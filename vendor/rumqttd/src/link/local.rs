@@ -336,7 +336,8 @@ impl LinkRx {
             router_tx,
             router_rx,
             send_buffer: outgoing_data_buffer,
-            cache: VecDeque::with_capacity(100),
+            // Drover patch: grown on demand (vendor/README.md).
+            cache: VecDeque::new(),
         }
     }
 

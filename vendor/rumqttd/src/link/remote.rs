@@ -120,7 +120,8 @@ impl<P: Protocol> RemoteLink<P> {
             network,
             link_tx,
             link_rx,
-            notifications: VecDeque::with_capacity(100),
+            // Drover patch: grown on demand (vendor/README.md).
+            notifications: VecDeque::new(),
             will_delay_interval,
         })
     }
