@@ -170,6 +170,9 @@ pub struct ServeArgs {
 /// the 20,000 files a process may open here.
 pub const DEFAULT_MQTT_MAX_CONNECTIONS: usize = 12_000;
 
+/// How often a replica reads the plugin catalog and settings (and looks at plugin faults).
+pub const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -208,6 +211,10 @@ pub struct Config {
     pub sqlite_synchronous: crate::store::Synchronous,
     /// How long an operation taken by a poll may go unanswered; `None`: for ever.
     pub answer_timeout: Option<std::time::Duration>,
+    /// How often a replica reads the plugin catalog and settings for changes other
+    /// replicas made, and looks at plugin faults. On PostgreSQL replicas are also told at
+    /// once (`store/changes.rs`); the tests lengthen this to prove it.
+    pub follow_interval: std::time::Duration,
     pub broker: Option<String>,
     pub log_format: LogFormat,
     pub open_enrollment: bool,
@@ -289,6 +296,7 @@ impl Config {
             database_url: format!("sqlite://{}?mode=rwc", data_dir.join("drover.db").display()),
             sqlite_synchronous: Default::default(),
             answer_timeout: Some(std::time::Duration::from_secs(3600)),
+            follow_interval: FOLLOW_INTERVAL,
             broker: None,
             log_format: LogFormat::default(),
             open_enrollment: true,
@@ -489,6 +497,7 @@ impl ServeArgs {
                 0 => None,
                 secs => Some(std::time::Duration::from_secs(secs)),
             },
+            follow_interval: FOLLOW_INTERVAL,
             broker,
         })
     }

@@ -71,8 +71,13 @@ impl PluginSettings {
 pub async fn follow(state: Core, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let changes = state.store.changes().clone();
     loop {
-        tick.tick().await;
+        // Every tick, or at once when a replica announces a change (store/changes.rs).
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = changes.wait(crate::store::Change::Settings) => {}
+        }
         let rows = match state.store.plugin_settings().await {
             Ok(rows) => rows,
             Err(e) => {

@@ -26,6 +26,8 @@ pub struct Server {
     tls: Option<Arc<crate::tls::Tls>>,
     /// Proxies whose forwarded client certificates are believed.
     proxies: Arc<[ipnet::IpNet]>,
+    /// How often this replica reads what others changed besides being told (`store/changes.rs`).
+    follow: Duration,
 }
 
 /// The MQTT side: the embedded broker (unless an external one is used) and the endpoint
@@ -38,9 +40,6 @@ struct Mqtt {
     /// Publish the event log on the broker (`--mqtt-events`).
     feed: bool,
 }
-
-/// How often a replica looks for plugin changes made by others and at plugin faults.
-const CATALOG_TICK: Duration = Duration::from_secs(1);
 
 /// What the periodic sweep needs to know.
 #[derive(Clone, Copy)]
@@ -143,7 +142,17 @@ impl Server {
                 .map(|d| Duration::from_secs(u64::from(d) * crate::enrollment::DAY_SECS as u64)),
         };
         let proxies = config.trusted_proxies.clone().into();
-        Ok(Server { state, listener, housekeeping, mqtt, coap, http: config.http, tls, proxies })
+        Ok(Server {
+            state,
+            listener,
+            housekeeping,
+            mqtt,
+            coap,
+            http: config.http,
+            tls,
+            proxies,
+            follow: config.follow_interval,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
@@ -187,7 +196,8 @@ impl Server {
         core.analytics.reload(&core).await;
         let analytics = crate::analytics::Analytics::spawn_refresh(core.clone());
         let sweeper = tokio::spawn(housekeeping(core.clone(), self.housekeeping));
-        let catalog = core.catalog.spawn_watch(CATALOG_TICK);
+        let catalog = core.catalog.spawn_watch(self.follow);
+        let listening = core.store.listen();
         let Mqtt { embedded, endpoint, push, jobs, feed } = self.mqtt;
         // On an external broker every replica hears some devices' presence and may push to
         // any device: presence is kept in the database (`mqtt/delivery.rs`).
@@ -202,7 +212,7 @@ impl Server {
         });
         let delivery = tokio::spawn(delivery::run(core.clone(), endpoint, presence, push, jobs, push_events));
         let wakeups = tokio::spawn(crate::wakeup::run(core.clone(), wakeup_events));
-        let settings = tokio::spawn(crate::plugin_settings::follow(core.clone(), CATALOG_TICK));
+        let settings = tokio::spawn(crate::plugin_settings::follow(core.clone(), self.follow));
         let coap = tokio::spawn(self.coap.run(core.clone(), coap_events));
         let webhooks = tokio::spawn(crate::webhooks::run(core.clone(), core.webhooks.clone()));
         let policies = tokio::spawn(crate::policies::follow(core.clone(), policy_events));
@@ -224,6 +234,9 @@ impl Server {
         sweeper.abort();
         analytics.abort();
         catalog.abort();
+        if let Some(l) = listening {
+            l.abort();
+        }
         delivery.abort();
         wakeups.abort();
         settings.abort();
@@ -315,6 +328,13 @@ async fn housekeeping(core: Core, config: Housekeeping) {
             }
         }
         if n.is_multiple_of(360) {
+            // A CoAP answer is not awaited for more than a day (its operation went back to
+            // the queue long before); observations stay until cancelled or re-registered.
+            match store.sweep_coap_exchanges(now - crate::enrollment::DAY_SECS * 1000).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(swept = n, "stored CoAP requests never answered"),
+                Err(e) => tracing::warn!("sweeping stored CoAP requests failed: {e}"),
+            }
             match store.purge_finished(now - config.retention.as_millis() as i64).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "finished operations past retention deleted"),

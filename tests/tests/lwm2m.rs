@@ -641,46 +641,68 @@ async fn next_other_than(dev: &Strict, old: &Packet) -> Packet {
     panic!("only retransmissions of the old request came");
 }
 
-/// Registrations are stored (issue 30). After a restart the device's update is answered
-/// 2.04 (before: 4.04, register again) and operations reach it with no new registration;
-/// the request in flight at the restart was lost with it, and its operation comes back to
-/// the queue after the answer timeout and goes out at the next update. A second replica on
-/// the same database answers an update of a registration made through the first, and
-/// ends it on a de-registration, after which the first answers 4.04 too.
+/// Registrations and requests in flight are stored (issue 30). After a restart the
+/// device's update is answered 2.04 (before: 4.04, register again) and operations reach it
+/// with no new registration; its answer to a request the process before the restart sent
+/// is matched by the stored token and completes the operation (before: ignored, and the
+/// operation waited for the answer timeout). A request the device never answers, lost with
+/// the process's memory, comes back to the queue after the answer timeout and goes out at
+/// the next update. A second replica on the same database answers an update of a
+/// registration made through the first, takes the answer to a request the first sent, and
+/// ends the registration on a de-registration, after which the first answers 4.04 too.
 async fn registrations_survive_a_restart(backend: Backend) {
     let server = TestServer::start_with(backend, |c| c.answer_timeout = Some(Duration::from_secs(1))).await;
     let ep = format!("urn:dev:kept:{}", unique("kept"));
     let mut dev = Strict::register(server.coap, &ep, "U").await;
-    let lost = server.add_operation("lwm2m", &ep, "Read", Some(json!({"path": "3/0/0", "format": "text"}))).await;
-    let unanswered = dev.next().await;
-    assert_eq!(path(&unanswered), "3/0/0");
-    server.until_state(lost, "IN_PROGRESS").await;
+    let kept = server.add_operation("lwm2m", &ep, "Read", Some(json!({"path": "3/0/0", "format": "text"}))).await;
+    let before = dev.next().await;
+    assert_eq!(path(&before), "3/0/0");
+    server.until_state(kept, "IN_PROGRESS").await;
 
     let server = server.restart().await;
     dev.server = server.coap;
     let answer = dev.update().await;
     assert_eq!(answer.header.code, MessageClass::Response(ResponseType::Changed), "the registration survived");
+    // The answer to the request sent before the restart reaches the new process.
+    dev.answer(&before, ResponseType::Content, Some(0), None, b"Open Mobile Alliance".to_vec()).await;
+    let op = server.until_state(kept, "COMPLETED").await;
+    assert_eq!(response(&op)["values"]["3/0/0 Manufacturer"], "Open Mobile Alliance", "{op}");
     // What is added now goes out to the registration as it was.
     let reboot = server.add_operation("lwm2m", &ep, "Reboot", None).await;
-    let req = next_other_than(&dev, &unanswered).await;
+    let req = next_other_than(&dev, &before).await;
     assert_eq!(path(&req), "3/0/4");
     dev.answer(&req, ResponseType::Changed, None, None, vec![]).await;
     server.until_state(reboot, "COMPLETED").await;
-    // The lost request: back in the queue after the answer timeout (the sweep runs every
-    // 10 s), and out again at the next update.
+
+    // A request never answered: back in the queue after the answer timeout (the sweep
+    // runs every 10 s), and out again at the next update.
+    let lost = server.add_operation("lwm2m", &ep, "Read", Some(json!({"path": "3/0/1", "format": "text"}))).await;
+    let unanswered = next_other_than(&dev, &req).await;
+    assert_eq!(path(&unanswered), "3/0/1");
+    server.until_state(lost, "IN_PROGRESS").await;
+    let server = server.restart().await;
+    dev.server = server.coap;
     let op = server.until_state(lost, "PENDING").await;
     assert_eq!(op["attempts"], 1, "{op}");
     assert_eq!(dev.update().await.header.code, MessageClass::Response(ResponseType::Changed));
     let req = next_other_than(&dev, &unanswered).await;
-    assert_eq!(path(&req), "3/0/0");
-    dev.answer(&req, ResponseType::Content, Some(0), None, b"Open Mobile Alliance".to_vec()).await;
+    assert_eq!(path(&req), "3/0/1");
+    dev.answer(&req, ResponseType::Content, Some(0), None, b"Lightweight M2M Client".to_vec()).await;
     let op = server.until_state(lost, "COMPLETED").await;
-    assert_eq!(response(&op)["values"]["3/0/0 Manufacturer"], "Open Mobile Alliance");
+    assert_eq!(response(&op)["values"]["3/0/1 ModelNumber"], "Lightweight M2M Client", "{op}");
 
     // Another replica answers for the registration made through the first.
     let replica = server.replica().await;
     dev.server = replica.coap;
     assert_eq!(dev.update().await.header.code, MessageClass::Response(ResponseType::Changed), "the other replica");
+    // An answer that reaches the other replica: the first sent the request, the device
+    // answers where it now talks to.
+    let serial = server.add_operation("lwm2m", &ep, "Read", Some(json!({"path": "3/0/2", "format": "text"}))).await;
+    let req = next_other_than(&dev, &unanswered).await;
+    assert_eq!(path(&req), "3/0/2");
+    dev.answer(&req, ResponseType::Content, Some(0), None, b"SN-0042".to_vec()).await;
+    let op = server.until_state(serial, "COMPLETED").await;
+    assert_eq!(response(&op)["values"]["3/0/2 SerialNumber"], "SN-0042", "{op}");
     // Ended through the other replica: the first does not keep it alive.
     let location = dev.location.clone();
     let p = dev.request(RequestType::Delete, &["rd", &location]);

@@ -803,3 +803,43 @@ async fn filesystem_and_network_grants() {
     serving.abort();
     server.stop().await;
 }
+
+/// Replicas on PostgreSQL are told of each other's changes at once (LISTEN/NOTIFY,
+/// `store/changes.rs`), not at their next read: here both read only every hour, so
+/// without being told replica b would never serve the upload made on a, a would never
+/// follow b's rollback, and b would not apply settings put on a.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_are_told_of_changes_at_once() {
+    let Some(backend) = drover_tests::Backend::postgres() else { return };
+    let hourly = |c: &mut drover::config::Config| c.follow_interval = Duration::from_secs(3600);
+    let a = TestServer::start_with(backend, hourly).await;
+    let b = a.replica_with(hourly).await;
+    let drover = publisher(&a, "drover").await;
+    let v = with_version(&android(), "0.1.1");
+    let (status, body) = upload(&a, &v, Some(drover.sign(&v))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.state.registry.get("android").map(|p| p.manifest.version.clone()).as_deref() != Some("0.1.1") {
+        assert!(Instant::now() < deadline, "replica b was not told of the upload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _) = post(&b, "/api/v1/plugins/android/rollback").await;
+    assert_eq!(status, StatusCode::OK);
+    while a.state.registry.get("android").map(|p| p.manifest.version.clone()).as_deref() != Some("0.1.0") {
+        assert!(Instant::now() < deadline, "replica a was not told of the rollback");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = a
+        .admin(Method::PUT, "/api/v1/plugins/android/settings")
+        .json(&json!({ "config": { "fleet_name": "north" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    while b.state.settings.get("android").config.get("fleet_name").map(String::as_str) != Some("north") {
+        assert!(Instant::now() < deadline, "replica b was not told of the settings");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.stop().await;
+    a.stop().await;
+}

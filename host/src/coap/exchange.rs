@@ -9,6 +9,36 @@ pub(super) const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(super) const MAX_RETRANSMIT: u32 = 4;
 
+/// What an answer is matched to: from this replica's memory or from the database.
+pub(super) struct Awaited {
+    device: i64,
+    path: String,
+    operation_id: u64,
+    observe: bool,
+    /// Found in the database (sent by another replica, or before a restart).
+    stored: bool,
+}
+
+impl Awaited {
+    fn of(x: &Exchange) -> Awaited {
+        Awaited {
+            device: x.device,
+            path: x.request.path.clone(),
+            operation_id: x.request.operation_id,
+            observe: x.request.observe == Some(true),
+            stored: false,
+        }
+    }
+}
+
+/// The stored copy of a request that was answered, given up or cancelled. A failure
+/// leaves a row the housekeeping sweep removes later.
+pub(super) async fn forget_stored(state: &Core, token: &str) {
+    if let Err(e) = state.store.delete_coap_exchange(token).await {
+        tracing::warn!("a finished CoAP request stays stored until the sweep: {e}");
+    }
+}
+
 /// A request Drover sent, awaiting its response (or, for an Observe, its notifications).
 #[derive(Debug, Clone)]
 pub(super) struct Exchange {
@@ -64,7 +94,7 @@ impl Coap {
         match encode_queued(state, &plugin, &row, ChannelKind::Coap, crate::delivery::COAP_ACTOR, queue, None).await {
             Ok(Some(Outbound::Coap(requests))) => {
                 for r in requests {
-                    self.request(device, r, addr).await;
+                    self.request(state, device, r, addr).await;
                 }
             }
             Ok(_) => {}
@@ -73,8 +103,9 @@ impl Coap {
     }
 
     /// Send one request for an operation (confirmable, a fresh token), remembered until
-    /// answered.
-    pub(super) async fn request(&self, device: i64, r: CoapRequest, addr: Peer) {
+    /// answered: here, and in the database, so that the answer is matched even by a
+    /// restarted replica or another one (`store::CoapExchange`).
+    pub(super) async fn request(&self, state: &Core, device: i64, r: CoapRequest, addr: Peer) {
         // Unguessable (RFC 7252 §5.3.1, RFC 9175): a response is matched by its token.
         let token = random::<8>().to_vec();
         let message_id = self.inner.next_message_id.fetch_add(1, Ordering::Relaxed);
@@ -116,11 +147,34 @@ impl Coap {
                 if let Some(list) = self.inner.observing.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&device) {
                     list.retain(|o| o.path != r.path);
                 }
-                self.inner.exchanges.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, x| {
-                    !(x.device == device && x.request.observe == Some(true) && x.request.path == r.path)
+                let mut ended = Vec::new();
+                self.inner.exchanges.lock().unwrap_or_else(|p| p.into_inner()).retain(|token, x| {
+                    let observed = x.device == device && x.request.observe == Some(true) && x.request.path == r.path;
+                    if observed {
+                        ended.push(hex::encode(token));
+                    }
+                    !observed
                 });
+                for token in ended {
+                    forget_stored(state, &token).await;
+                }
             }
             None => {}
+        }
+        let stored = crate::store::CoapExchange {
+            token: hex::encode(&token),
+            device,
+            addr: addr.addr.to_string(),
+            secure: i64::from(addr.secure),
+            path: r.path.clone(),
+            operation_id: r.operation_id as i64,
+            observe: i64::from(r.observe == Some(true)),
+            created_at: crate::store::now_ms(),
+        };
+        // Not stored, the request is still sent: only an answer reaching another process
+        // is then lost, and its operation comes back after the answer timeout.
+        if let Err(e) = state.store.save_coap_exchange(&stored).await {
+            tracing::warn!(operation = r.operation_id, "CoAP request not stored (answered here only): {e}");
         }
         self.inner.exchanges.lock().unwrap_or_else(|p| p.into_inner()).insert(
             token,
@@ -143,19 +197,29 @@ impl Coap {
     pub(super) async fn response(&self, state: &Core, packet: Packet, from: Peer) {
         let token = packet.get_token().to_vec();
         let is_notification = packet.get_first_option(CoapOption::Observe).is_some();
-        let exchange = {
+        let in_memory = {
             let mut exchanges = self.inner.exchanges.lock().unwrap_or_else(|p| p.into_inner());
             match exchanges.get_mut(&token) {
                 // Only the address the request went to may answer it: a token is not a
                 // credential, and another host that learned one must not answer for the device.
-                Some(x) if x.addr != from => None,
+                Some(x) if x.addr != from => Some(None),
                 Some(x) if x.request.observe == Some(true) && is_notification => {
                     x.acked = true;
-                    Some(x.clone())
+                    Some(Some(Awaited::of(x)))
                 }
-                Some(_) => exchanges.remove(&token),
+                Some(_) => Some(exchanges.remove(&token).map(|x| Awaited::of(&x))),
                 None => None,
             }
+        };
+        let exchange = match in_memory {
+            Some(found) => {
+                if found.as_ref().is_some_and(|x| !x.observe) {
+                    forget_stored(state, &hex::encode(&token)).await;
+                }
+                found
+            }
+            // Sent by another replica, or by this one before a restart.
+            None => self.stored(state, &token, from, is_notification).await,
         };
         // A separate response or notification that is confirmable wants an empty ACK.
         if packet.header.get_type() == MessageType::Confirmable {
@@ -167,29 +231,57 @@ impl Coap {
             return;
         };
         let Ok(Some(device)) = state.store.device_by_key(x.device).await else { return };
+        tracing::debug!(device_id = %device.device_id, operation = x.operation_id, stored = x.stored, "CoAP answer matched");
         let Ok(plugin) = state.device_type(&device.device_type) else { return };
         let channel = Channel::Coap(CoapMessage {
             method: None,
             code: code_number(packet.header.code),
-            path: x.request.path.clone(),
+            path: x.path.clone(),
             query: vec![],
             content_format: uint_option(&packet, CoapOption::ContentFormat).map(|v| v as u16),
-            operation_id: Some(x.request.operation_id),
+            operation_id: Some(x.operation_id),
         });
         match receive(state, &plugin, &device, channel, &packet.payload).await {
             Ok(message) => {
                 if let Reply::Immediate(Outbound::Coap(requests)) = message.reply {
                     for r in requests {
-                        self.request(device.id, r, from).await;
+                        self.request(state, device.id, r, from).await;
                     }
                 }
             }
             // A payload the plugin refuses changes nothing; the operation waits as it was.
             Err(e) => tracing::warn!(
-                device_id = %device.device_id, operation = x.request.operation_id,
+                device_id = %device.device_id, operation = x.operation_id,
                 "CoAP response refused: {}", e.message
             ),
         }
+    }
+
+    /// The stored request `token` is for, if `from` may answer it; an answer (not an
+    /// observation's notification) ends it.
+    async fn stored(&self, state: &Core, token: &[u8], from: Peer, is_notification: bool) -> Option<Awaited> {
+        let key = hex::encode(token);
+        let row = match state.store.coap_exchange(&key).await {
+            Ok(row) => row?,
+            Err(e) => {
+                tracing::warn!(%from, "CoAP answer not matched: the stored requests cannot be read: {e}");
+                return None;
+            }
+        };
+        if row.addr != from.addr.to_string() || row.secure != i64::from(from.secure) {
+            return None;
+        }
+        let observe = row.observe == 1;
+        if !(observe && is_notification) {
+            forget_stored(state, &key).await;
+        }
+        Some(Awaited {
+            device: row.device,
+            path: row.path,
+            operation_id: row.operation_id as u64,
+            observe,
+            stored: true,
+        })
     }
 
     /// Retransmit unacknowledged requests; give up after MAX_RETRANSMIT and put the
@@ -204,12 +296,12 @@ impl Coap {
             let mut given_up = Vec::new();
             {
                 let mut exchanges = self.inner.exchanges.lock().unwrap_or_else(|p| p.into_inner());
-                exchanges.retain(|_, x| {
+                exchanges.retain(|token, x| {
                     if x.acked || x.next_at > now {
                         return true;
                     }
                     if x.tries >= MAX_RETRANSMIT {
-                        given_up.push((x.device, x.request.operation_id));
+                        given_up.push((x.device, x.request.operation_id, hex::encode(token)));
                         return false;
                     }
                     x.tries += 1;
@@ -222,8 +314,9 @@ impl Coap {
             for (bytes, addr) in resend {
                 self.send_bytes(&bytes, addr).await;
             }
-            for (device, operation) in given_up {
+            for (device, operation, token) in given_up {
                 tracing::warn!(operation, "CoAP request never answered: the operation goes back to the queue");
+                forget_stored(&state, &token).await;
                 let note = serde_json::json!({"note": "the device did not answer the CoAP request"}).to_string();
                 let _ = state
                     .store

@@ -188,6 +188,9 @@ impl Coap {
             // the device: an update this replica takes meanwhile finds it gone.
             self.inner.exchanges.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, x| x.device != device);
             self.inner.observing.lock().unwrap_or_else(|p| p.into_inner()).remove(&device);
+            if let Err(e) = state.store.delete_coap_exchanges_of(device).await {
+                tracing::warn!(device, "the device's stored CoAP requests stay until the sweep: {e}");
+            }
         }
     }
 
@@ -240,17 +243,28 @@ impl Coap {
             MessageClass::Empty => {
                 // An empty ACK (a separate response follows) or a RST (the device refused
                 // the request or no longer wants an observation).
-                let mut exchanges = self.inner.exchanges.lock().unwrap_or_else(|p| p.into_inner());
-                let found = exchanges
-                    .iter()
-                    .find(|(_, x)| x.message_id == packet.header.message_id && x.addr == from)
-                    .map(|(t, _)| t.clone());
-                if let Some(token) = found {
-                    if packet.header.get_type() == MessageType::Reset {
-                        exchanges.remove(&token);
-                    } else if let Some(x) = exchanges.get_mut(&token) {
-                        x.acked = true;
+                let refused = {
+                    let mut exchanges = self.inner.exchanges.lock().unwrap_or_else(|p| p.into_inner());
+                    let found = exchanges
+                        .iter()
+                        .find(|(_, x)| x.message_id == packet.header.message_id && x.addr == from)
+                        .map(|(t, _)| t.clone());
+                    match found {
+                        Some(token) if packet.header.get_type() == MessageType::Reset => {
+                            exchanges.remove(&token);
+                            Some(token)
+                        }
+                        Some(token) => {
+                            if let Some(x) = exchanges.get_mut(&token) {
+                                x.acked = true;
+                            }
+                            None
+                        }
+                        None => None,
                     }
+                };
+                if let Some(token) = refused {
+                    exchange::forget_stored(state, &hex::encode(token)).await;
                 }
             }
             MessageClass::Reserved(_) => {}

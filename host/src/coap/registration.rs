@@ -365,9 +365,11 @@ impl Coap {
         if !back.is_empty() {
             state.store.apply_results(device.id, &back).await.map_err(internal)?;
         }
+        // Stored requests too, whichever replica sent them: the device starts afresh.
+        state.store.delete_coap_exchanges_of(device.id).await.map_err(internal)?;
         let observes = self.inner.observing.lock().unwrap_or_else(|p| p.into_inner()).remove(&device.id);
         for r in observes.unwrap_or_default() {
-            self.request(device.id, r, from).await;
+            self.request(state, device.id, r, from).await;
         }
         Ok((id, device.id))
     }

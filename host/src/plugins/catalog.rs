@@ -630,8 +630,13 @@ impl Catalog {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let Some(changes) = catalog.upgrade().map(|c| c.store.changes().clone()) else { return };
             loop {
-                tick.tick().await;
+                // Every tick, or at once when a replica announces a change (store/changes.rs).
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = changes.wait(crate::store::Change::Catalog) => {}
+                }
                 let Some(c) = catalog.upgrade() else { return };
                 if let Err(e) = c.sync().await {
                     tracing::warn!("plugin catalog sync failed (retried): {e}");

@@ -103,6 +103,7 @@ impl Store {
                  VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id")
             .bind(e.name).bind(e.kind).bind(e.sha256).bind(e.version).bind(e.reason).bind(e.actor).bind(now_ms())
             .fetch_one(pool).await?);
+        self.announce(super::Change::Catalog).await;
         Ok(id)
     }
 

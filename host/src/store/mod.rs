@@ -9,6 +9,7 @@
 mod analytics;
 mod artifacts;
 mod catalog;
+mod changes;
 mod commit;
 mod compliance;
 mod console;
@@ -33,6 +34,7 @@ mod writes;
 pub use analytics::{AlertFilter, AlertRow, Bucket, GroupBucket, MetricScope, NewAlert, RuleRow};
 pub use artifacts::{ArtifactRow, NewArtifact};
 pub use catalog::{ComponentRow, NewPluginEvent, PluginEventRow, PublisherKeyRow};
+pub use changes::{Change, Changes};
 pub use compliance::{ComplianceChange, ComplianceRow, DueDevice, Verdict};
 pub use console::SessionRow;
 pub use devices::{
@@ -47,7 +49,7 @@ pub use operations::{
 };
 pub use policies::{Applies, Assignment, DevicePolicyRow, PolicyRow, PolicyTarget, RevisionRow};
 pub use psk::{LiveKey, PskRow};
-pub use registrations::CoapRegistration;
+pub use registrations::{CoapExchange, CoapRegistration};
 pub use rollouts::{
     DeviceChange, InFlight, LEASE_MS as ROLLOUT_LEASE_MS, Placement, RolloutDeviceRow, RolloutRow, Start, StartBatch,
     Waiting,
@@ -87,6 +89,8 @@ pub struct Store {
     committer: Option<commit::Committer>,
     /// Seals the secrets stored in the database (`secrets.rs`); without a key, none.
     sealer: std::sync::Arc<crate::secrets::Sealer>,
+    /// Wake-ups of the loops that follow other replicas' changes (`changes.rs`).
+    changes: std::sync::Arc<Changes>,
 }
 
 /// Run `$body` with `$pool` bound to the backend's pool. The body is compiled once per
@@ -241,9 +245,10 @@ impl Store {
                 backend: backend.clone(),
                 committer: None,
                 sealer: Default::default(),
+                changes: Default::default(),
             }),
         };
-        Store { backend, committer: Some(committer), sealer: Default::default() }
+        Store { backend, committer: Some(committer), sealer: Default::default(), changes: Default::default() }
     }
 
     /// Seal secrets with `sealer` from now on.

@@ -114,3 +114,66 @@ impl Store {
         Ok(n == 1)
     }
 }
+
+/// A CoAP request awaiting its answer, as stored (`coap/exchange.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct CoapExchange {
+    /// The request's token, hex.
+    pub token: String,
+    pub device: i64,
+    /// The socket address the request went to: only it may answer.
+    pub addr: String,
+    /// 1 when over DTLS.
+    pub secure: i64,
+    pub path: String,
+    pub operation_id: i64,
+    /// 1 for an observation.
+    pub observe: i64,
+    pub created_at: i64,
+}
+
+impl Store {
+    /// Remember a request sent (write-through from the replica's memory).
+    pub async fn save_coap_exchange(&self, x: &CoapExchange) -> Result<(), StoreError> {
+        with_write_pool!(self, pool => {
+            sqlx::query(
+                    "INSERT INTO coap_exchanges (token, device, addr, secure, path, operation_id, observe, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (token) DO NOTHING")
+                .bind(&x.token).bind(x.device).bind(&x.addr).bind(x.secure).bind(&x.path).bind(x.operation_id)
+                .bind(x.observe).bind(x.created_at)
+                .execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    /// The request with `token`, if one is awaited (made by any replica).
+    pub async fn coap_exchange(&self, token: &str) -> Result<Option<CoapExchange>, StoreError> {
+        Ok(with_pool!(self, pool => sqlx::query_as(
+                "SELECT token, device, addr, secure, path, operation_id, observe, created_at
+                 FROM coap_exchanges WHERE token = $1")
+            .bind(token).fetch_optional(pool).await?))
+    }
+
+    /// The request with `token` was answered, given up or cancelled.
+    pub async fn delete_coap_exchange(&self, token: &str) -> Result<(), StoreError> {
+        with_write_pool!(self, pool => sqlx::query("DELETE FROM coap_exchanges WHERE token = $1")
+            .bind(token).execute(pool).await?.rows_affected());
+        Ok(())
+    }
+
+    /// Every request to `device` (its registration ended, or it was removed).
+    pub async fn delete_coap_exchanges_of(&self, device: i64) -> Result<(), StoreError> {
+        with_write_pool!(self, pool => sqlx::query("DELETE FROM coap_exchanges WHERE device = $1")
+            .bind(device).execute(pool).await?.rows_affected());
+        Ok(())
+    }
+
+    /// Requests other than observations sent before `before` (ms): their answers are no
+    /// longer awaited (their operations went back to the queue). How many were swept.
+    pub async fn sweep_coap_exchanges(&self, before: i64) -> Result<u64, StoreError> {
+        Ok(
+            with_write_pool!(self, pool => sqlx::query("DELETE FROM coap_exchanges WHERE observe = 0 AND created_at < $1")
+            .bind(before).execute(pool).await?.rows_affected()),
+        )
+    }
+}

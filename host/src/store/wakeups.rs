@@ -215,6 +215,7 @@ impl Store {
                 .bind(&client_identity).bind(&row.trusted_ca).bind(&oauth).bind(row.updated_at)
                 .execute(pool).await?;
         });
+        self.announce(super::Change::Settings).await;
         Ok(())
     }
 
