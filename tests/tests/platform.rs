@@ -843,3 +843,42 @@ async fn replicas_are_told_of_changes_at_once() {
     b.stop().await;
     a.stop().await;
 }
+
+/// The poison path (issue 30): an operation the plugin cannot encode ends in ERROR at
+/// once (retrying would fail the same way), with the plugin's message as its response,
+/// and the queue moves on: the operation behind it goes out in the same poll.
+async fn unencodable_operation(server: &TestServer) {
+    server.install_signed("testbed", "drover-tests", &["log", "kv", "config"], &component(components::TESTBED)).await;
+    let (id, token) = testbed_device(server).await;
+    let poison = server.add_operation("testbed", &id, "ECHO", Some(json!("unencodable"))).await;
+    let fine = server.add_operation("testbed", &id, "CAMERA", Some(json!("hello"))).await;
+    let r = server
+        .http
+        .put(server.url(&format!("/agent/v1/testbed/devices/{id}/pending-operations")))
+        .bearer_auth(&token)
+        .body("poll")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().await.unwrap(), "CAMERA", "the next operation went out");
+    let op = server.operation(poison).await;
+    assert_eq!(op["state"], "ERROR", "{op}");
+    assert!(op.to_string().contains("testbed cannot encode"), "the plugin's message is the response: {op}");
+    let last = op["transitions"].as_array().unwrap().last().unwrap().clone();
+    let moved = (last["from_state"].as_str(), last["to_state"].as_str(), last["actor"].as_str());
+    assert_eq!(moved, (Some("PENDING"), Some("ERROR"), Some("delivery:poll")), "{op}");
+    assert_eq!(server.operation(fine).await["state"], "IN_PROGRESS");
+    // Nothing more to send: the poison is not offered again.
+    let r = server
+        .http
+        .put(server.url(&format!("/agent/v1/testbed/devices/{id}/pending-operations")))
+        .bearer_auth(&token)
+        .body("poll")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().await.unwrap(), "");
+}
+e2e!(an_unencodable_operation_ends_at_once, super::unencodable_operation);

@@ -1,6 +1,8 @@
 //! A device type that misbehaves on request, to prove the host's limits. `decode`'s body
 //! names the behaviour (and an enrollment whose body is `trap` traps): `spin`, `alloc`, `trap`, `big`, `log`, `kv:KEY=VALUE`, `kvget:KEY`,
-//! `config:KEY`, `count`, `token:TRANSPORT:TOKEN|K=V…` (a push-token update); anything else is echoed back as info. With config `describe = "spin"`
+//! `config:KEY`, `count`, `token:TRANSPORT:TOKEN|K=V…` (a push-token update), `poll` (answered with the
+//! pending operations); anything else is echoed back as info.
+//! An operation whose payload is the JSON string `"unencodable"` cannot be encoded. With config `describe = "spin"`
 //! even the load-time smoke test spins.
 
 use drover_sdk::device_type::drover::plugin::types::*;
@@ -72,6 +74,10 @@ impl Guest for Testbed {
     }
 
     fn encode(_device: Device, operations: Vec<Operation>, _channel: ChannelKind) -> Result<Encoded, PluginError> {
+        // An operation this plugin cannot encode (the poison path, tests/tests/platform.rs).
+        if operations.iter().any(|o| o.payload.as_deref() == Some("\"unencodable\"")) {
+            return Err(PluginError::invalid("testbed cannot encode an unencodable payload"));
+        }
         let body = operations.iter().map(|o| o.code.as_str()).collect::<Vec<_>>().join(",").into_bytes();
         Ok(Encoded {
             output: Outbound::Http(HttpResponse { status: 200, content_type: None, headers: vec![], body }),
@@ -90,6 +96,12 @@ impl Guest for Testbed {
                 Ok(message(vec![("len".into(), v.len().to_string())]))
             }
             "trap" => panic!("testbed was told to trap"),
+            "poll" => {
+                // Answer with the pending operations (the host calls `encode`).
+                let mut m = message(vec![]);
+                m.reply = Reply::PendingOperations;
+                Ok(m)
+            }
             "count" => {
                 // A fresh instance per call starts this at 0 every time.
                 static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
