@@ -642,26 +642,30 @@ e2e!(prometheus_metrics, super::metrics);
 /// next sync (every second), with no restart.
 async fn replicas(a: &TestServer) {
     let b = a.replica().await;
+    catalog_follows(a, &b).await;
+    b.stop().await;
+}
+e2e!(another_replica_follows_the_catalog, super::replicas);
+
+/// An upload on replica `a` is served by `b`, and a rollback on `b` by `a` (bounded waits).
+async fn catalog_follows(a: &TestServer, b: &TestServer) {
     let drover = publisher(a, "drover").await;
     let v = with_version(&android(), "0.1.1");
     let (status, body) = upload(a, &v, Some(drover.sign(&v))).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-
     let deadline = Instant::now() + Duration::from_secs(20);
     while b.state.registry.get("android").map(|p| p.manifest.version.clone()).as_deref() != Some("0.1.1") {
         assert!(Instant::now() < deadline, "replica b never served android 0.1.1");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // And back: a rollback on b reaches a.
-    let (status, _) = post(&b, "/api/v1/plugins/android/rollback").await;
+    let (status, _) = post(b, "/api/v1/plugins/android/rollback").await;
     assert_eq!(status, StatusCode::OK);
     while a.state.registry.get("android").map(|p| p.manifest.version.clone()).as_deref() != Some("0.1.0") {
         assert!(Instant::now() < deadline, "replica a never followed the rollback");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    b.stop().await;
 }
-e2e!(another_replica_follows_the_catalog, super::replicas);
 
 /// Send `body` to the testbed plugin as device `id` on `server`; what it reported back.
 async fn testbed_says(server: &TestServer, id: &str, token: &str, body: &str, key: &str) -> Value {
@@ -814,21 +818,8 @@ async fn replicas_are_told_of_changes_at_once() {
     let hourly = |c: &mut drover::config::Config| c.follow_interval = Duration::from_secs(3600);
     let a = TestServer::start_with(backend, hourly).await;
     let b = a.replica_with(hourly).await;
-    let drover = publisher(&a, "drover").await;
-    let v = with_version(&android(), "0.1.1");
-    let (status, body) = upload(&a, &v, Some(drover.sign(&v))).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    catalog_follows(&a, &b).await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while b.state.registry.get("android").map(|p| p.manifest.version.clone()).as_deref() != Some("0.1.1") {
-        assert!(Instant::now() < deadline, "replica b was not told of the upload");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (status, _) = post(&b, "/api/v1/plugins/android/rollback").await;
-    assert_eq!(status, StatusCode::OK);
-    while a.state.registry.get("android").map(|p| p.manifest.version.clone()).as_deref() != Some("0.1.0") {
-        assert!(Instant::now() < deadline, "replica a was not told of the rollback");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let r = a
         .admin(Method::PUT, "/api/v1/plugins/android/settings")
         .json(&json!({ "config": { "fleet_name": "north" } }))
