@@ -14,20 +14,13 @@ pub(super) struct Awaited {
     device: i64,
     path: String,
     operation_id: u64,
-    observe: bool,
     /// Found in the database (sent by another replica, or before a restart).
     stored: bool,
 }
 
 impl Awaited {
     fn of(x: &Exchange) -> Awaited {
-        Awaited {
-            device: x.device,
-            path: x.request.path.clone(),
-            operation_id: x.request.operation_id,
-            observe: x.request.observe == Some(true),
-            stored: false,
-        }
+        Awaited { device: x.device, path: x.request.path.clone(), operation_id: x.request.operation_id, stored: false }
     }
 }
 
@@ -202,18 +195,19 @@ impl Coap {
             match exchanges.get_mut(&token) {
                 // Only the address the request went to may answer it: a token is not a
                 // credential, and another host that learned one must not answer for the device.
-                Some(x) if x.addr != from => Some(None),
+                Some(x) if x.addr != from => Some((None, false)),
                 Some(x) if x.request.observe == Some(true) && is_notification => {
                     x.acked = true;
-                    Some(Some(Awaited::of(x)))
+                    Some((Some(Awaited::of(x)), false))
                 }
-                Some(_) => Some(exchanges.remove(&token).map(|x| Awaited::of(&x))),
+                // Answered: it ends here and in the database.
+                Some(_) => Some((exchanges.remove(&token).map(|x| Awaited::of(&x)), true)),
                 None => None,
             }
         };
         let exchange = match in_memory {
-            Some(found) => {
-                if found.as_ref().is_some_and(|x| !x.observe) {
+            Some((found, ended)) => {
+                if ended {
                     forget_stored(state, &hex::encode(&token)).await;
                 }
                 found
@@ -260,6 +254,15 @@ impl Coap {
     /// The stored request `token` is for, if `from` may answer it; an answer (not an
     /// observation's notification) ends it.
     async fn stored(&self, state: &Core, token: &[u8], from: Peer, is_notification: bool) -> Option<Awaited> {
+        // Drover's tokens are 8 bytes; and a few lookups at a time, the rest ignored (a
+        // device's confirmable answer comes again): made-up tokens cannot load the database.
+        if token.len() != 8 {
+            return None;
+        }
+        let Ok(_permit) = self.inner.stored_lookups.try_acquire() else {
+            tracing::debug!(%from, "CoAP answer with a token not held here: lookups busy, ignored");
+            return None;
+        };
         let key = hex::encode(token);
         let row = match state.store.coap_exchange(&key).await {
             Ok(row) => row?,
@@ -275,13 +278,7 @@ impl Coap {
         if !(observe && is_notification) {
             forget_stored(state, &key).await;
         }
-        Some(Awaited {
-            device: row.device,
-            path: row.path,
-            operation_id: row.operation_id as u64,
-            observe,
-            stored: true,
-        })
+        Some(Awaited { device: row.device, path: row.path, operation_id: row.operation_id as u64, stored: true })
     }
 
     /// Retransmit unacknowledged requests; give up after MAX_RETRANSMIT and put the

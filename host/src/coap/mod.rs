@@ -62,6 +62,9 @@ use registration::Registration;
 /// Largest datagram read (CoAP over UDP stays well under it).
 const MAX_DATAGRAM: usize = 64 * 1024;
 
+/// Stored requests looked up at once for answers with a token not held here.
+const STORED_LOOKUPS: usize = 4;
+
 struct Inner {
     socket: UdpSocket,
     registrations: Mutex<HashMap<String, Registration>>,
@@ -82,6 +85,10 @@ struct Inner {
     dtls: Option<Dtls>,
     /// Plain CoAP takes registrations of devices without a key (`--coap-nosec`).
     nosec: bool,
+    /// Database reads for answers whose token this replica does not hold, at once: anyone
+    /// can send a response with a made-up token, and a flood of them must not become a
+    /// flood of queries (`exchange.rs`, docs/security.md).
+    stored_lookups: tokio::sync::Semaphore,
 }
 
 /// Where and how CoAP is served.
@@ -127,6 +134,7 @@ impl Coap {
                 seen: Mutex::new(HashMap::new()),
                 dtls,
                 nosec: listen.nosec,
+                stored_lookups: tokio::sync::Semaphore::new(STORED_LOOKUPS),
             }),
         })
     }
