@@ -72,6 +72,7 @@ async fn run(label: &str, config: Config) {
                 ownership: drover::device::Ownership::Cope,
                 metadata,
                 push_token: None,
+                tenant: "default".into(),
             }
         })
         .collect();

@@ -31,6 +31,7 @@ async fn run(synchronous: Synchronous, in_flight: usize) -> f64 {
             ownership: drover::device::Ownership::Cope,
             metadata: Default::default(),
             push_token: None,
+            tenant: "default".into(),
         };
         ids.push(store.enroll_device(&d, "bench").await.unwrap().id);
     }

@@ -42,6 +42,7 @@ async fn run(label: &str, config: Config) {
             ownership: if i % 2 == 0 { drover::device::Ownership::Cope } else { drover::device::Ownership::Byod },
             metadata: Default::default(),
             push_token: None,
+            tenant: "default".into(),
         })
         .collect();
     core.store.register_devices(&devices, true, "bench").await.unwrap();

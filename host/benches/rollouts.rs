@@ -83,6 +83,7 @@ async fn run(label: &str, config: Config) {
                 ownership: drover::device::Ownership::Cope,
                 metadata,
                 push_token: None,
+                tenant: "default".into(),
             }
         })
         .collect();
@@ -217,6 +218,7 @@ async fn downloads() {
             ownership: drover::device::Ownership::Cope,
             metadata: Default::default(),
             push_token: None,
+            tenant: "default".into(),
         })
         .collect();
     core.store.register_devices(&devices, true, "bench").await.unwrap();

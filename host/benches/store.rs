@@ -42,6 +42,7 @@ macro_rules! bench_backend {
                 ownership: drover::device::Ownership::Cope,
                 metadata: Default::default(),
                 push_token: None,
+                tenant: "default".into(),
             })
             .collect();
         let t = Instant::now();

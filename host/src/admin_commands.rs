@@ -56,15 +56,16 @@ pub async fn token_list(server: ServerArgs) -> anyhow::Result<()> {
     if printed(&server, &body) {
         return Ok(());
     }
-    println!("{:<24} {:<9} {:<8} {:<21} {:<21} scope", "name", "role", "state", "created", "expires");
+    println!("{:<24} {:<9} {:<8} {:<16} {:<21} {:<21} scope", "name", "role", "state", "tenant", "created", "expires");
     for t in body["items"].as_array().into_iter().flatten() {
         let expires = if t["expires_at"].is_null() { "never".into() } else { when(&t["expires_at"]) };
         let scope = match t["user"].as_str() {
             Some(u) => format!("login of user {u}"),
             None => scope_text(&t["scope"]),
         };
+        let tenant = t["tenant"].as_str().unwrap_or("(every)");
         println!(
-            "{:<24} {:<9} {:<8} {:<21} {expires:<21} {scope}",
+            "{:<24} {:<9} {:<8} {tenant:<16} {:<21} {expires:<21} {scope}",
             text(&t["name"]),
             text(&t["role"]),
             text(&t["state"]),
@@ -106,11 +107,21 @@ fn scope_text(v: &Value) -> String {
     drover::scope::Scope::summary(v)
 }
 
+/// The tenant a token or user belongs to (docs/security.md, "Tenants").
+#[derive(clap::Args, Default)]
+pub struct TenantArg {
+    /// Belongs to this tenant: reaches only its devices [default: an operator of the
+    /// server, every tenant]
+    #[arg(long)]
+    pub tenant: Option<String>,
+}
+
 pub async fn token_create(
     name: String,
     role: String,
     expires_in: Option<humantime::Duration>,
     scope: ScopeArgs,
+    tenant: TenantArg,
     server: ServerArgs,
 ) -> anyhow::Result<()> {
     let expires_in = expires_in.map(|d| d.as_secs().max(1));
@@ -118,7 +129,8 @@ pub async fn token_create(
         &server,
         Method::POST,
         "admin-tokens",
-        Some(json!({ "name": name, "role": role, "expires_in": expires_in, "scope": scope.scope() })),
+        Some(json!({ "name": name, "role": role, "expires_in": expires_in, "scope": scope.scope(),
+                     "tenant": tenant.tenant })),
     )
     .await?;
     let expires = if body["expires_at"].is_null() { "never".into() } else { when(&body["expires_at"]) };
@@ -179,10 +191,12 @@ pub async fn user_add(
     role: String,
     no_password: bool,
     scope: ScopeArgs,
+    tenant: TenantArg,
     server: ServerArgs,
 ) -> anyhow::Result<()> {
     let password = if no_password { None } else { Some(password()?) };
-    let body = json!({ "name": name, "password": password, "role": role, "scope": scope.scope() });
+    let body =
+        json!({ "name": name, "password": password, "role": role, "scope": scope.scope(), "tenant": tenant.tenant });
     let u = call(&server, Method::POST, "users", Some(body)).await?;
     if !printed(&server, &u) {
         println!("added user {} (role {}, {})", text(&u["name"]), text(&u["role"]), scope_text(&u["scope"]));
@@ -670,5 +684,67 @@ pub async fn rollout_act(name: String, verb: &str, server: ServerArgs) -> anyhow
 pub async fn rollout_remove(name: String, server: ServerArgs) -> anyhow::Result<()> {
     call(&server, Method::DELETE, &format!("rollouts/{}", crate::lifecycle::segment(&name)), None).await?;
     println!("removed {name}");
+    Ok(())
+}
+
+pub async fn tenant_list(server: ServerArgs) -> anyhow::Result<()> {
+    let body = call(&server, Method::GET, "tenants", None).await?;
+    if printed(&server, &body) {
+        return Ok(());
+    }
+    println!("{:<24} {:>8}  {:<21} description", "name", "devices", "created");
+    for t in body["items"].as_array().into_iter().flatten() {
+        println!(
+            "{:<24} {:>8}  {:<21} {}",
+            text(&t["name"]),
+            t["devices"],
+            when(&t["created_at"]),
+            text(&t["description"])
+        );
+    }
+    Ok(())
+}
+
+pub async fn tenant_add(name: String, description: Option<String>, server: ServerArgs) -> anyhow::Result<()> {
+    let t = call(&server, Method::POST, "tenants", Some(json!({ "name": name, "description": description }))).await?;
+    if !printed(&server, &t) {
+        println!(
+            "added tenant {}; its first admin: drover token create NAME --role admin --tenant {}",
+            text(&t["name"]),
+            text(&t["name"])
+        );
+    }
+    Ok(())
+}
+
+pub async fn tenant_remove(name: String, server: ServerArgs) -> anyhow::Result<()> {
+    call(&server, Method::DELETE, &format!("tenants/{}", crate::lifecycle::segment(&name)), None).await?;
+    println!("removed tenant {name}");
+    Ok(())
+}
+
+/// `drover devices enrollment-token`: a token devices enroll with, and its URL.
+pub async fn enrollment_token(
+    device_type: String,
+    uses: Option<i64>,
+    ttl: Option<humantime::Duration>,
+    import_batch: Option<String>,
+    tenant: TenantArg,
+    server: ServerArgs,
+) -> anyhow::Result<()> {
+    let body = json!({ "device_type": device_type, "uses": uses, "ttl_secs": ttl.map(|d| d.as_secs().max(1)),
+                       "import_batch": import_batch, "tenant": tenant.tenant });
+    let t = call(&server, Method::POST, "enrollment-tokens", Some(body)).await?;
+    if !printed(&server, &t) {
+        eprintln!(
+            "{} enrollment(s) of {} devices into tenant {}, until {}; the token is shown this once:",
+            t["uses"],
+            text(&t["device_type"]),
+            text(&t["tenant"]),
+            when(&t["expires_at"])
+        );
+        println!("{}", text(&t["token"]));
+        eprintln!("enrollment URL: {}", text(&t["enrollment_url"]));
+    }
     Ok(())
 }

@@ -60,8 +60,9 @@ pub enum Credential {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Enroll, using up one use of the token, which must be general or made for this
-    /// import batch (`None`: general only).
-    Token { import_batch: Option<String> },
+    /// import batch (`None`: general only), and of this tenant (a pre-registered
+    /// identity's; `None`: a new identity joins the token's tenant).
+    Token { import_batch: Option<String>, tenant: Option<String> },
     /// Enroll without a token.
     Open,
     /// The identity is enrolled already.
@@ -77,15 +78,16 @@ pub fn decide(claim: Option<&Claim>, credential: Credential, open_enrollment: bo
     match (status, credential) {
         (Some(Status::Active | Status::Unreachable), _) => Decision::AlreadyEnrolled,
         (_, Credential::Provisioned) => Decision::Open,
-        (Some(Status::Registered), Credential::Token) => {
-            Decision::Token { import_batch: claim.and_then(|c| c.import_batch.clone()) }
-        }
+        (Some(Status::Registered), Credential::Token) => Decision::Token {
+            import_batch: claim.and_then(|c| c.import_batch.clone()),
+            tenant: claim.map(|c| c.tenant.clone()),
+        },
         (Some(Status::Registered), Credential::None) if claim.is_some_and(|c| c.self_enroll) => Decision::Open,
         (Some(Status::Registered), Credential::None) => Decision::Refused(
             "this device was pre-registered by an admin: enroll it with an enrollment token (or the admin imports it \
              with self-enrollment allowed)",
         ),
-        (_, Credential::Token) => Decision::Token { import_batch: None },
+        (_, Credential::Token) => Decision::Token { import_batch: None, tenant: None },
         (_, Credential::None) if open_enrollment => Decision::Open,
         (_, Credential::None) => Decision::Refused(
             "self-enrollment is switched off on this server: enroll with an enrollment token from an admin",
@@ -134,20 +136,25 @@ async fn admit_with(
     channel: &'static str,
 ) -> Result<DeviceRow> {
     let claim = core.store.claim_of(device_type, &e.device_id).await?;
-    match decide(claim.as_ref(), credential, core.open_enrollment) {
+    // A pre-registered identity keeps its tenant (`Store::enroll_device`); a new one joins
+    // its token's, or the default tenant when it came without one.
+    let tenant = match decide(claim.as_ref(), credential, core.open_enrollment) {
         Decision::AlreadyEnrolled => return Err(already_enrolled(device_type, &e.device_id)),
         Decision::Refused(why) => return Err(Error::forbidden(why)),
-        Decision::Open => {}
-        Decision::Token { import_batch } => {
+        Decision::Open => crate::tenants::DEFAULT.to_string(),
+        Decision::Token { import_batch, tenant } => {
             let hash = crate::auth::hash_token(token.unwrap_or_default());
-            if !core.store.consume_enrollment_token(&hash, device_type, import_batch.as_deref()).await? {
-                return Err(Error::unauthenticated(format!(
-                    "the enrollment token is unknown, expired, used up, not for {device_type} devices, or made for \
-                     an import this device is not in"
-                )));
-            }
+            core.store
+                .consume_enrollment_token(&hash, device_type, import_batch.as_deref(), tenant.as_deref())
+                .await?
+                .ok_or_else(|| {
+                Error::unauthenticated(format!(
+                    "the enrollment token is unknown, expired, used up, not for {device_type} devices, or made \
+                         for an import or a tenant this device is not in"
+                ))
+            })?
         }
-    }
+    };
     let device = core
         .store
         .enroll_device(
@@ -159,6 +166,7 @@ async fn admit_with(
                 ownership: e.ownership.into(),
                 metadata: e.metadata.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect(),
                 push_token: e.push.as_ref().map(crate::push_token::to_json),
+                tenant,
             },
             channel,
         )
@@ -330,7 +338,7 @@ pub struct Imported {
 /// DTLS. Every row is checked before any is stored; an error names the line. Devices are
 /// `registered` until they enroll, with an enrollment token unless `self_enroll` (or, over
 /// DTLS, their key).
-pub async fn import_csv(core: &Core, csv_text: &[u8], self_enroll: bool) -> Result<Imported> {
+pub async fn import_csv(core: &Core, csv_text: &[u8], self_enroll: bool, tenant: &str) -> Result<Imported> {
     let mut reader = csv::ReaderBuilder::new().flexible(true).trim(csv::Trim::All).from_reader(csv_text);
     let header: Vec<String> = reader
         .headers()
@@ -385,6 +393,16 @@ pub async fn import_csv(core: &Core, csv_text: &[u8], self_enroll: bool) -> Resu
                     format!("line {line}: PSK identity `{identity}` is line {first}'s too"),
                 ));
             }
+            // A key given for a device the server already has replaces that device's key:
+            // only for a device of the importer's tenant.
+            if let Some(d) = core.store.device(&device_type, &device_id).await?
+                && d.tenant != tenant
+            {
+                return Err(Error::conflict(
+                    "conflict",
+                    format!("line {line}: device {device_type}/{device_id} exists and is not in tenant `{tenant}`"),
+                ));
+            }
             if let Some(holder) = core.store.psk_holder(&identity).await?
                 && core.store.device(&device_type, &device_id).await?.is_none_or(|d| d.id != holder)
             {
@@ -405,6 +423,7 @@ pub async fn import_csv(core: &Core, csv_text: &[u8], self_enroll: bool) -> Resu
             ownership,
             metadata: Default::default(),
             push_token: None,
+            tenant: tenant.to_string(),
         });
     }
     let batch = format!("imp_{}", &crate::auth::new_token("batch").1[..16]);
@@ -622,7 +641,12 @@ mod tests {
     use super::*;
 
     fn claim(status: &str, self_enroll: bool, batch: Option<&str>) -> Claim {
-        Claim { status: Status::parse(status).unwrap(), self_enroll, import_batch: batch.map(Into::into) }
+        Claim {
+            status: Status::parse(status).unwrap(),
+            self_enroll,
+            import_batch: batch.map(Into::into),
+            tenant: "acme".into(),
+        }
     }
 
     #[test]
@@ -630,9 +654,10 @@ mod tests {
         let imported = claim("registered", false, Some("b1"));
         assert!(matches!(decide(Some(&imported), Credential::None, true), Decision::Refused(_)));
         assert!(matches!(decide(Some(&imported), Credential::None, false), Decision::Refused(_)));
+        // Only with a token of the tenant that imported it.
         assert_eq!(
             decide(Some(&imported), Credential::Token, true),
-            Decision::Token { import_batch: Some("b1".into()) }
+            Decision::Token { import_batch: Some("b1".into()), tenant: Some("acme".into()) }
         );
         let open = claim("registered", true, Some("b2"));
         assert_eq!(decide(Some(&open), Credential::None, false), Decision::Open);
@@ -644,7 +669,11 @@ mod tests {
             assert_eq!(decide(c.as_ref(), Credential::None, true), Decision::Open);
             assert!(matches!(decide(c.as_ref(), Credential::None, false), Decision::Refused(_)));
             // A token made for an import cannot claim an identity outside it.
-            assert_eq!(decide(c.as_ref(), Credential::Token, false), Decision::Token { import_batch: None });
+            // A new identity joins the token's tenant.
+            assert_eq!(
+                decide(c.as_ref(), Credential::Token, false),
+                Decision::Token { import_batch: None, tenant: None }
+            );
         }
     }
 

@@ -138,7 +138,12 @@ pub async fn devices_show(device: String, server: ServerArgs) -> anyhow::Result<
 
 /// Upload a CSV of devices to pre-register, with a progress bar over the bytes sent;
 /// the server checks every row first and names the line of any error.
-pub async fn devices_import(file: PathBuf, self_enroll: bool, server: ServerArgs) -> anyhow::Result<()> {
+pub async fn devices_import(
+    file: PathBuf,
+    self_enroll: bool,
+    tenant: Option<String>,
+    server: ServerArgs,
+) -> anyhow::Result<()> {
     let bytes = std::fs::read(&file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
     let total = bytes.len() as u64;
     let bar = if server.json() { ProgressBar::hidden() } else { ProgressBar::new(total) };
@@ -156,9 +161,12 @@ pub async fn devices_import(file: PathBuf, self_enroll: bool, server: ServerArgs
         Ok::<_, std::io::Error>(c)
     }));
     let (base, token) = server.remote()?;
-    let url = format!("{base}/api/v1/devices/import{}", if self_enroll { "?self_enroll=true" } else { "" });
+    let url = format!("{base}/api/v1/devices/import");
+    let mut query = vec![("self_enroll", self_enroll.to_string())];
+    query.extend(tenant.map(|t| ("tenant", t)));
     let request = crate::client()?
         .post(&url)
+        .query(&query)
         .bearer_auth(&token)
         .header(reqwest::header::CONTENT_TYPE, "text/csv")
         .header(reqwest::header::CONTENT_LENGTH, total)

@@ -134,6 +134,7 @@ pub mod secrets;
 pub mod server;
 pub mod stats;
 pub mod store;
+pub mod tenants;
 pub mod tls;
 pub mod users;
 pub mod wakeup;

@@ -76,6 +76,12 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Tenants of a running server (separate fleets): list, add, remove.
+    #[command(alias = "tenants")]
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
     /// Users of a running server (named people with passwords, roles and scopes): list,
     /// add, set, remove.
     User {
@@ -143,6 +149,27 @@ enum DevicesCommand {
         /// Let them enroll without an enrollment token (LwM2M devices).
         #[arg(long)]
         self_enroll: bool,
+        /// The tenant they join [default: a tenant's admin's own, else `default`]
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Make an enrollment token (printed once) and its enrollment URL, for a QR code.
+    EnrollmentToken {
+        /// The device type it enrolls, e.g. android.
+        device_type: String,
+        /// How many devices may enroll with it [default: 1]
+        #[arg(long)]
+        uses: Option<i64>,
+        /// How long it stays valid: 7d, 12h … [default: 7 days]
+        #[arg(long)]
+        ttl: Option<humantime::Duration>,
+        /// Claim only the devices of this import (`batch` in the import's answer).
+        #[arg(long)]
+        import_batch: Option<String>,
+        #[command(flatten)]
+        tenant: admin_commands::TenantArg,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -533,10 +560,36 @@ enum TokenCommand {
         #[command(flatten)]
         scope: admin_commands::ScopeArgs,
         #[command(flatten)]
+        tenant: admin_commands::TenantArg,
+        #[command(flatten)]
         server: ServerArgs,
     },
     /// Revoke the live token with this name: refused from its next request on.
     Revoke {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Every tenant: name, devices, created, description.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Add a tenant (then give it an admin: `drover token create NAME --role admin --tenant T`).
+    Add {
+        /// 1-64 lower-case letters, digits and -.
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Remove a tenant that holds no devices, users or live tokens.
+    Remove {
         name: String,
         #[command(flatten)]
         server: ServerArgs,
@@ -561,6 +614,8 @@ enum UserCommand {
         no_password: bool,
         #[command(flatten)]
         scope: admin_commands::ScopeArgs,
+        #[command(flatten)]
+        tenant: admin_commands::TenantArg,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -889,8 +944,11 @@ fn main() -> ExitCode {
             Command::Devices { command } => match command {
                 DevicesCommand::List { filter, server } => fleet_commands::devices_list(filter, server).await,
                 DevicesCommand::Show { device, server } => fleet_commands::devices_show(device, server).await,
-                DevicesCommand::Import { file, self_enroll, server } => {
-                    fleet_commands::devices_import(file, self_enroll, server).await
+                DevicesCommand::Import { file, self_enroll, tenant, server } => {
+                    fleet_commands::devices_import(file, self_enroll, tenant, server).await
+                }
+                DevicesCommand::EnrollmentToken { device_type, uses, ttl, import_batch, tenant, server } => {
+                    admin_commands::enrollment_token(device_type, uses, ttl, import_batch, tenant, server).await
                 }
                 DevicesCommand::Remove { device, server } => fleet_commands::devices_remove(device, server).await,
                 DevicesCommand::RevokeCredentials { device, server } => {
@@ -941,15 +999,22 @@ fn main() -> ExitCode {
             }
             Command::Token { command } => match command {
                 TokenCommand::List { server } => admin_commands::token_list(server).await,
-                TokenCommand::Create { name, role, expires_in, scope, server } => {
-                    admin_commands::token_create(name, role, expires_in, scope, server).await
+                TokenCommand::Create { name, role, expires_in, scope, tenant, server } => {
+                    admin_commands::token_create(name, role, expires_in, scope, tenant, server).await
                 }
                 TokenCommand::Revoke { name, server } => admin_commands::token_revoke(name, server).await,
             },
+            Command::Tenant { command } => match command {
+                TenantCommand::List { server } => admin_commands::tenant_list(server).await,
+                TenantCommand::Add { name, description, server } => {
+                    admin_commands::tenant_add(name, description, server).await
+                }
+                TenantCommand::Remove { name, server } => admin_commands::tenant_remove(name, server).await,
+            },
             Command::User { command } => match command {
                 UserCommand::List { server } => admin_commands::user_list(server).await,
-                UserCommand::Add { name, role, no_password, scope, server } => {
-                    admin_commands::user_add(name, role, no_password, scope, server).await
+                UserCommand::Add { name, role, no_password, scope, tenant, server } => {
+                    admin_commands::user_add(name, role, no_password, scope, tenant, server).await
                 }
                 UserCommand::Set { name, set, server } => admin_commands::user_set(name, set, server).await,
                 UserCommand::Remove { name, server } => admin_commands::user_remove(name, server).await,

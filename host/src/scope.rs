@@ -200,15 +200,31 @@ pub struct Reach {
     queries: Vec<DeviceQuery>,
     owner: Option<String>,
     none: bool,
+    /// Only devices of this tenant (`tenants.rs`).
+    tenant: Option<String>,
 }
 
 impl Reach {
+    /// Only the devices of `tenant` (a principal of a tenant without a scope).
+    pub fn tenant(tenant: &str) -> Reach {
+        Reach { tenant: Some(tenant.to_string()), ..Reach::default() }
+    }
+
+    /// This reach, within `tenant` too.
+    pub fn within_tenant(mut self, tenant: Option<&str>) -> Reach {
+        self.tenant = tenant.map(str::to_string);
+        self
+    }
+
     /// The condition over `devices d`, its values bound through `f`.
     pub(crate) fn condition(&self, postgres: bool, f: &mut Filters) -> String {
         if self.none {
             return "(1 = 0)".into();
         }
         let mut all = vec!["1 = 1".to_string()];
+        if let Some(tenant) = &self.tenant {
+            all.push(format!("d.tenant = {}", f.placeholder(Param::Text(tenant.clone()))));
+        }
         if !self.device_types.is_empty() {
             let list: Vec<String> = self.device_types.iter().map(|t| f.placeholder(Param::Text(t.clone()))).collect();
             all.push(format!("d.device_type IN ({})", list.join(", ")));
@@ -284,6 +300,10 @@ mod tests {
             "(1 = 1 AND d.device_type IN ($1) AND (1 = 0 OR d.id IN (SELECT m.device FROM group_members m WHERE m.group_id IN ($2))) AND d.owner = $3)"
         );
         assert_eq!(f.params.len(), 3);
+        let acme = Reach::tenant("acme");
+        let mut f = Filters::new(1);
+        assert_eq!(acme.condition(false, &mut f), "(1 = 1 AND d.tenant = $1)");
+        assert_eq!(f.params.len(), 1);
         // Named groups of which none exists admit nothing.
         let gone = Reach { any_group: true, ..Reach::default() };
         assert_eq!(gone.condition(false, &mut Filters::new(1)), "(1 = 1 AND (1 = 0))");

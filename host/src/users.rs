@@ -128,10 +128,14 @@ pub async fn create(
     password: Option<&str>,
     role: Role,
     scope: Option<&Scope>,
+    tenant: Option<&str>,
     actor: &str,
 ) -> Result<UserRow> {
     if let Some(p) = name_problem(name).or_else(|| password.and_then(password_problem)) {
         return Err(Error::invalid("invalid", p));
+    }
+    if let Some(t) = tenant {
+        crate::tenants::exists(store, t).await?;
     }
     if let Some(p) = scope.and_then(|s| s.problem(true)) {
         return Err(Error::invalid("invalid", p));
@@ -143,8 +147,10 @@ pub async fn create(
         }
         None => NO_PASSWORD.to_string(),
     };
-    let e = event("created", name, actor, summary(name, role, scope));
-    Ok(store.create_user(name, &hashed, role.as_str(), scope_json(scope).as_deref(), &e).await?)
+    let mut data = summary(name, role, scope);
+    data["tenant"] = serde_json::json!(tenant);
+    let e = event("created", name, actor, data);
+    Ok(store.create_user(name, &hashed, role.as_str(), scope_json(scope).as_deref(), tenant, &e).await?)
 }
 
 /// What an admin changes about a user.

@@ -532,6 +532,57 @@ fn users_from_the_command_line() {
     assert!(ok && out.contains("removed user olive"), "{err}");
 }
 
+/// `drover tenant`, and `--tenant` on tokens and enrollment tokens: an operator adds a
+/// tenant and its admin token; that token makes enrollment tokens for its tenant only and
+/// is refused the fleet-wide commands; an empty tenant is removed, one holding a token not.
+#[test]
+fn tenants_from_the_command_line() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = serve(data.path(), port);
+    let admin = std::fs::read_to_string(data.path().join("admin-token")).unwrap().trim().to_string();
+    let server = format!("http://127.0.0.1:{port}");
+    let run = |token: &str, args: &[&str]| {
+        let out = drover().args(args).env("DROVER_SERVER", &server).env("DROVER_ADMIN_TOKEN", token).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+
+    let (ok, _, err) = run(&admin, &["tenant", "add", "Acme"]);
+    assert!(!ok && err.contains("lower-case"), "{err}");
+    let (ok, out, err) = run(&admin, &["tenant", "add", "acme", "--description", "Acme Corp"]);
+    assert!(ok && out.contains("added tenant acme"), "{out} {err}");
+    let (ok, out, err) = run(&admin, &["tenant", "list"]);
+    assert!(ok, "{err}");
+    assert!(out.lines().any(|l| l.starts_with("acme") && l.contains("Acme Corp")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("default")), "{out}");
+
+    let (ok, out, err) = run(&admin, &["token", "create", "acme-admin", "--role", "admin", "--tenant", "acme"]);
+    assert!(ok, "{err}");
+    let acme = out.trim().to_string();
+    let (ok, out, err) = run(&admin, &["token", "list"]);
+    assert!(ok && out.lines().any(|l| l.starts_with("acme-admin") && l.contains("acme")), "{out} {err}");
+
+    // The tenant's admin enrolls into its tenant, and nothing fleet-wide.
+    let (ok, out, err) = run(&acme, &["devices", "enrollment-token", "android", "--uses", "3"]);
+    assert!(ok && out.trim().starts_with("drv_enroll_"), "{out} {err}");
+    assert!(err.contains("3 enrollment(s) of android devices into tenant acme"), "{err}");
+    let (ok, _, err) = run(&acme, &["devices", "enrollment-token", "android", "--tenant", "default"]);
+    assert!(!ok && err.contains("403") && err.contains("tenant `acme`"), "{err}");
+    let (ok, _, err) = run(&acme, &["tenant", "list"]);
+    assert!(!ok && err.contains("403") && err.contains("belongs to tenant `acme`"), "{err}");
+
+    let (ok, _, err) = run(&admin, &["tenant", "remove", "acme"]);
+    assert!(!ok && err.contains("1 live admin token(s)"), "{err}");
+    let (ok, _, err) = run(&admin, &["token", "revoke", "acme-admin"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(&admin, &["tenant", "remove", "acme"]);
+    assert!(ok && out.contains("removed tenant acme"), "{out} {err}");
+}
+
 #[test]
 fn policies_from_the_command_line() {
     let data = tempfile::tempdir().unwrap();

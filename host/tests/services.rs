@@ -41,7 +41,15 @@ async fn an_operation_goes_from_the_service_to_a_device_and_back_without_any_fro
     // An admin makes an enrollment token; the device enrolls with it.
     let (token, hash) = drover::auth::new_token("enroll");
     store
-        .insert_enrollment_token(&hash, "android", "admin:test", drover::store::now_ms() + 60_000, 1, None)
+        .insert_enrollment_token(&drover::store::NewEnrollmentToken {
+            token_hash: &hash,
+            device_type: "android",
+            created_by: "admin:test",
+            expires_at: drover::store::now_ms() + 60_000,
+            uses: 1,
+            import_batch: None,
+            tenant: "default",
+        })
         .await
         .unwrap();
     let body = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/android/fixtures/enroll.json")).unwrap();

@@ -337,6 +337,52 @@ impl TestServer {
             .unwrap()
     }
 
+    /// Walk every path and method of the OpenAPI document as `token` (a confined caller:
+    /// scoped, or a tenant's): the endpoints in `served` (method, route) serve it and are
+    /// checked by the caller; every other one must answer 403 `scoped`, and no answer may
+    /// name `hidden` (a device out of its reach). A new endpoint that forgets confined
+    /// callers fails here.
+    pub async fn walk_refused(&self, token: &str, served: &[(&str, &str)], hidden: &str, other_op: i64) {
+        use reqwest::{Method, StatusCode};
+        let doc: serde_json::Value =
+            self.http.get(self.url("/api/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
+        let mut refused = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in ["get", "post", "put", "patch", "delete"] {
+                if item.get(method).is_none() || served.contains(&(method, path.as_str())) {
+                    continue;
+                }
+                let concrete = path
+                    .replace("{device_type}", "android")
+                    .replace("{device_id}", hidden)
+                    .replace("{id}", &other_op.to_string())
+                    .replace("{name}", "lab")
+                    .replace("{tenant}", "default")
+                    .replace("{serial}", "00")
+                    .replace("{version}", "1.0.0")
+                    .replace("{plugin}", "android")
+                    .replace("{metric}", "battery");
+                let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                let r = self
+                    .http
+                    .request(m, self.url(&concrete))
+                    .bearer_auth(token)
+                    .json(&serde_json::json!({}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status();
+                let body = r.text().await.unwrap();
+                assert!(!body.contains(hidden), "{method} {concrete} named a device out of reach: {body}");
+                assert_eq!(status, StatusCode::FORBIDDEN, "{method} {concrete} served a confined caller: {body}");
+                let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(body["error"]["code"], "scoped", "{method} {concrete}: {body}");
+                refused += 1;
+            }
+        }
+        assert!(refused > 60, "only {refused} endpoints walked: is the OpenAPI document whole?");
+    }
+
     /// An admin-API request with the bootstrap token.
     pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http.request(method, self.url(path)).bearer_auth(ADMIN_TOKEN)

@@ -14,6 +14,7 @@ fn device(i: usize) -> NewDevice {
         ownership: drover::device::Ownership::Cope,
         metadata: Default::default(),
         push_token: None,
+        tenant: "default".into(),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::{
     AppState, ErrorBody, analytics, artifacts, audit, devices, enrollment, events, fleet, groups, operations,
-    plugin_settings, plugins, policies, rollouts, tokens, users, webhooks,
+    plugin_settings, plugins, policies, rollouts, tenants, tokens, users, webhooks,
 };
 use axum::Router;
 use axum::body::Bytes;
@@ -59,6 +59,8 @@ pub(super) fn router(state: AppState) -> Router<AppState> {
         .routes(routes!(plugins::remove_key))
         .routes(routes!(plugins::get_settings, plugins::put_settings))
         .routes(routes!(plugin_settings::get_plugin_settings, plugin_settings::put_plugin_settings))
+        .routes(routes!(tenants::list_tenants, tenants::create_tenant))
+        .routes(routes!(tenants::get_tenant, tenants::delete_tenant))
         .routes(routes!(tokens::list_admin_tokens, tokens::create_admin_token))
         .routes(routes!(tokens::revoke_admin_token))
         .routes(routes!(users::list_users, users::create_user))

@@ -40,6 +40,8 @@ pub(super) struct Device {
     /// Its last or next wake-up (one device only, not in lists).
     #[serde(skip_serializing_if = "Option::is_none")]
     wake_up: Option<crate::store::WakeupRow>,
+    /// The tenant it belongs to (docs/security.md, "Tenants").
+    tenant: String,
 }
 
 /// A telemetry value.
@@ -75,6 +77,7 @@ impl Device {
             telemetry: None,
             push_transport: crate::push_token::transport(d.push_token.as_deref()),
             wake_up: None,
+            tenant: d.tenant.clone(),
         }
     }
 }

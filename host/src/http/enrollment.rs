@@ -3,7 +3,7 @@
 
 use super::Query;
 use super::api::Errors;
-use super::{Administrator, ApiError, ApiJson, AppState};
+use super::{ApiError, ApiJson, AppState, TenantAdministrator};
 use crate::enrollment::DAY_SECS;
 use axum::Json;
 use axum::body::Bytes;
@@ -30,6 +30,10 @@ pub(super) struct NewEnrollmentToken {
     /// Seconds it stays valid (default 7 days, at most a year).
     #[schema(minimum = 1, maximum = 31536000)]
     ttl_secs: Option<i64>,
+    /// The tenant the devices it enrolls join. A tenant's admin may leave it out (their
+    /// own); an operator's default is `default`.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,63}$")]
+    tenant: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -37,6 +41,8 @@ pub(super) struct EnrollmentTokenCreated {
     /// Shown in this answer only; stored as a hash.
     token: String,
     device_type: String,
+    /// The tenant the devices it enrolls join.
+    tenant: String,
     uses: i64,
     expires_at: i64,
     /// The enrollment URL with the token, for a QR code.
@@ -48,7 +54,7 @@ pub(super) struct EnrollmentTokenCreated {
     responses((status = 201, body = EnrollmentTokenCreated), Errors))]
 pub(super) async fn create_enrollment_token(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     ApiJson(t): ApiJson<NewEnrollmentToken>,
 ) -> Result<(StatusCode, Json<EnrollmentTokenCreated>), ApiError> {
     if state.registry.device_type(&t.device_type).is_none() {
@@ -62,11 +68,20 @@ pub(super) async fn create_enrollment_token(
     if !(1..=MAX_TOKEN_USES).contains(&uses) || !(1..=MAX_TOKEN_TTL_SECS).contains(&ttl) {
         return Err(ApiError::bad_request("invalid", "`uses` must be 1 to 100000 and `ttl_secs` 1 to 31536000"));
     }
+    let tenant = crate::tenants::acting_in(&state.store, admin.tenant.as_deref(), t.tenant.as_deref()).await?;
     let (token, hash) = crate::auth::new_token("enroll");
     let expires_at = crate::store::now_ms() + ttl * 1000;
     state
         .store
-        .insert_enrollment_token(&hash, &t.device_type, &admin.actor(), expires_at, uses, t.import_batch.as_deref())
+        .insert_enrollment_token(&crate::store::NewEnrollmentToken {
+            token_hash: &hash,
+            device_type: &t.device_type,
+            created_by: &admin.actor(),
+            expires_at,
+            uses,
+            import_batch: t.import_batch.as_deref(),
+            tenant: &tenant,
+        })
         .await?;
     // From the configured public URL, never from the request's Host header: a forged Host
     // would otherwise put an attacker's address in the QR code devices scan.
@@ -74,7 +89,7 @@ pub(super) async fn create_enrollment_token(
         format!("{}/agent/v1/{}/enroll?token={token}", state.public_url.trim_end_matches('/'), t.device_type);
     Ok((
         StatusCode::CREATED,
-        Json(EnrollmentTokenCreated { token, device_type: t.device_type, uses, expires_at, enrollment_url }),
+        Json(EnrollmentTokenCreated { token, device_type: t.device_type, tenant, uses, expires_at, enrollment_url }),
     ))
 }
 
@@ -90,6 +105,8 @@ pub(super) struct Imported {
     batch: String,
     /// Whether devices may claim these identities without an enrollment token.
     self_enroll: bool,
+    /// The tenant the new devices are in.
+    tenant: String,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -100,6 +117,9 @@ pub(super) struct ImportParams {
     /// proves nothing, so a pre-registered identity is claimed with a token). LwM2M
     /// devices, which cannot carry a token, need it.
     self_enroll: Option<bool>,
+    /// The tenant the new devices join (a tenant's admin: their own; an operator's
+    /// default: `default`).
+    tenant: Option<String>,
 }
 
 /// Bulk pre-registration from CSV: a header row with `device_type` and `device_id`, and
@@ -111,17 +131,19 @@ pub(super) struct ImportParams {
     responses((status = 200, body = Imported), Errors))]
 pub(super) async fn import_devices(
     State(state): State<AppState>,
-    _: Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     Query(params): Query<ImportParams>,
     body: Bytes,
 ) -> Result<Json<Imported>, ApiError> {
     let self_enroll = params.self_enroll.unwrap_or(false);
-    let done = crate::enrollment::import_csv(&state, &body, self_enroll).await?;
+    let tenant = crate::tenants::acting_in(&state.store, admin.tenant.as_deref(), params.tenant.as_deref()).await?;
+    let done = crate::enrollment::import_csv(&state, &body, self_enroll, &tenant).await?;
     Ok(Json(Imported {
         rows: done.rows,
         registered: done.registered,
         already_known: done.rows as u64 - done.registered,
         batch: done.batch,
         self_enroll,
+        tenant,
     }))
 }

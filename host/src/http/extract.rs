@@ -44,6 +44,8 @@ pub struct Admin {
     pub scope: Option<Scope>,
     /// Set when the token is a user's login.
     pub user: Option<String>,
+    /// The tenant it is confined to (`tenants.rs`); `None`: an operator of the server.
+    pub tenant: Option<String>,
 }
 
 impl Admin {
@@ -55,17 +57,27 @@ impl Admin {
         }
     }
 
-    /// The scope as a condition on devices, when there is one.
+    /// The scope and tenant as a condition on devices, when there is either.
     pub async fn reach(&self, state: &AppState) -> Result<Option<Reach>, ApiError> {
-        match &self.scope {
-            Some(s) => Ok(Some(s.reach(&state.store, self.user.as_deref()).await?)),
-            None => Ok(None),
+        match (&self.scope, &self.tenant) {
+            (Some(s), tenant) => {
+                Ok(Some(s.reach(&state.store, self.user.as_deref()).await?.within_tenant(tenant.as_deref())))
+            }
+            (None, Some(tenant)) => Ok(Some(Reach::tenant(tenant))),
+            (None, None) => Ok(None),
         }
     }
 
-    /// The caller of `parts`, if its role is at least `role` and, unless `scoped` (the
-    /// endpoint narrows what it serves to the caller's scope), it has no scope.
-    async fn with_role(parts: &Parts, state: &AppState, role: Role, scoped: bool) -> Result<Admin, ApiError> {
+    /// Whether it reaches the whole fleet: no scope, no tenant.
+    pub fn whole_fleet(&self) -> bool {
+        self.scope.is_none() && self.tenant.is_none()
+    }
+
+    /// The caller of `parts`, if its role is at least `role` and it may use the endpoint:
+    /// `Confined::No` serves only callers that reach the whole fleet, `Tenant` also a
+    /// tenant's callers without a scope (the endpoint acts within their tenant), `Scoped`
+    /// any caller (the endpoint narrows what it serves to `reach()`).
+    async fn with_role(parts: &Parts, state: &AppState, role: Role, confined: Confined) -> Result<Admin, ApiError> {
         // A console page's call carries its session's token (hash) as an extension, which
         // only the server can set; anything else presents the token itself: Drover's, or
         // an OpenID provider's JWT standing for a user (`oidc.rs`).
@@ -90,16 +102,17 @@ impl Admin {
             slot.set_admin(&admin);
         }
         let who = if admin.user.is_some() { "user" } else { "token" };
-        if let (Some(s), false) = (&admin.scope, scoped) {
-            return Err(ApiError::new(
+        let refused = |what: String| {
+            ApiError::new(
                 axum::http::StatusCode::FORBIDDEN,
                 "scoped",
-                format!(
-                    "{who} `{}` is scoped to {}: this endpoint serves callers that reach the whole fleet",
-                    admin.name,
-                    s.describe()
-                ),
-            ));
+                format!("{who} `{}` {what}: this endpoint serves callers that reach the whole fleet", admin.name),
+            )
+        };
+        match (&admin.scope, &admin.tenant, confined) {
+            (_, _, Confined::Scoped) | (None, None, _) | (None, Some(_), Confined::Tenant) => {}
+            (Some(s), _, _) => return Err(refused(format!("is scoped to {}", s.describe()))),
+            (None, Some(t), Confined::No) => return Err(refused(format!("belongs to tenant `{t}`"))),
         }
         if admin.role < role {
             return Err(ApiError::forbidden(format!(
@@ -117,16 +130,29 @@ impl Admin {
         let role =
             Role::parse(&p.role).ok_or_else(|| ApiError::internal(format!("stored role `{}` is unknown", p.role)))?;
         let scope = Scope::parse_stored(p.scope.as_deref()).map_err(ApiError::internal)?;
-        Ok(Admin { name: p.name, role, scope, user: p.user_name })
+        Ok(Admin { name: p.name, role, scope, user: p.user_name, tenant: p.tenant })
     }
+}
+
+/// Which confined callers an endpoint serves (`Admin::with_role`).
+#[derive(Debug, Clone, Copy)]
+enum Confined {
+    /// None: only callers that reach the whole fleet.
+    No,
+    /// A tenant's callers without a scope: the endpoint acts within `admin.tenant`.
+    Tenant,
+    /// Any: the endpoint narrows what it serves to `admin.reach()`.
+    Scoped,
 }
 
 /// One extractor per role: `Viewer(admin): Viewer` in a handler's arguments lets in any
 /// admin token whose role is at least viewer and that reaches the whole fleet. The
-/// `Scoped…` ones also let in scoped callers: a handler that takes one must narrow what
-/// it reads and writes to `admin.reach()` (deny by default: `scope.rs`).
+/// `Scoped…` ones also let in scoped callers and a tenant's: a handler that takes one must
+/// narrow what it reads and writes to `admin.reach()`; `TenantAdministrator` lets in a
+/// tenant's unscoped admins, and the handler acts within their tenant (deny by default:
+/// `scope.rs`, `tenants.rs`).
 macro_rules! role_extractor {
-    ($(#[$doc:meta])* $name:ident, $role:expr, $scoped:expr) => {
+    ($(#[$doc:meta])* $name:ident, $role:expr, $confined:expr) => {
         $(#[$doc])*
         pub struct $name(pub Admin);
 
@@ -134,7 +160,7 @@ macro_rules! role_extractor {
             type Rejection = ApiError;
 
             async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-                Admin::with_role(parts, state, $role, $scoped).await.map($name)
+                Admin::with_role(parts, state, $role, $confined).await.map($name)
             }
         }
     };
@@ -144,31 +170,38 @@ role_extractor!(
     /// A caller that may read everything.
     Viewer,
     Role::Viewer,
-    false
+    Confined::No
 );
 role_extractor!(
     /// A caller that may also add and cancel operations, tag and group devices.
     Operator,
     Role::Operator,
-    false
+    Confined::No
 );
 role_extractor!(
     /// A caller that may also enroll and remove devices, manage tokens and plugins.
     Administrator,
     Role::Admin,
-    false
+    Confined::No
+);
+role_extractor!(
+    /// An administrator that may belong to a tenant (not scoped): the handler acts within
+    /// `admin.tenant` (`tenants::acting_in`).
+    TenantAdministrator,
+    Role::Admin,
+    Confined::Tenant
 );
 role_extractor!(
     /// A viewer that may be scoped: the handler narrows what it serves to the scope.
     ScopedViewer,
     Role::Viewer,
-    true
+    Confined::Scoped
 );
 role_extractor!(
     /// An operator that may be scoped: the handler narrows what it touches to the scope.
     ScopedOperator,
     Role::Operator,
-    true
+    Confined::Scoped
 );
 
 /// An authenticated device: the bearer of a live device credential, and that

@@ -23,13 +23,15 @@ mod plugin_settings;
 mod plugins;
 mod policies;
 mod rollouts;
+mod tenants;
 mod tokens;
 mod users;
 mod webhooks;
 
 pub use error::{ApiError, ErrorBody};
 pub use extract::{
-    Admin, Administrator, ApiJson, AuthDevice, Operator, Path, Query, ScopedOperator, ScopedViewer, Viewer,
+    Admin, Administrator, ApiJson, AuthDevice, Operator, Path, Query, ScopedOperator, ScopedViewer,
+    TenantAdministrator, Viewer,
 };
 
 use crate::core::Core;

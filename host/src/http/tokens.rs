@@ -27,6 +27,10 @@ pub(super) struct NewAdminToken {
     /// absent: all of it.
     #[schema(schema_with = crate::scope::token_schema)]
     scope: Option<Scope>,
+    /// The tenant it belongs to (it then reaches only that tenant's devices, through the
+    /// endpoints that serve a tenant); absent: an operator of the server, every tenant.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,63}$")]
+    tenant: Option<String>,
 }
 
 /// Longest lifetime a token can be given: ten years.
@@ -38,6 +42,8 @@ pub(super) struct AdminTokenCreated {
     role: Role,
     #[serde(skip_serializing_if = "Option::is_none")]
     scope: Option<Scope>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
     /// When it stops working (ms since the Unix epoch); absent: never.
     expires_at: Option<i64>,
     /// Shown in this answer only; stored as a hash.
@@ -70,15 +76,24 @@ pub(super) async fn create_admin_token(
     if let Some(p) = t.scope.as_ref().and_then(|s| s.problem(false)) {
         return Err(ApiError::bad_request("invalid", format!("`scope`: {p}")));
     }
+    if let Some(tenant) = &t.tenant {
+        crate::tenants::exists(&state.store, tenant).await?;
+    }
     if let Some(Extension(slot)) = &audit {
-        slot.set_data(
-            serde_json::json!({ "name": t.name, "role": t.role, "scope": t.scope, "expires_at": expires_at }),
-        );
+        slot.set_data(serde_json::json!({
+            "name": t.name, "role": t.role, "scope": t.scope, "tenant": t.tenant, "expires_at": expires_at,
+        }));
     }
     let (token, hash) = crate::auth::new_token("admin");
     let scope = t.scope.as_ref().map(|s| serde_json::to_string(s).expect("a scope serializes"));
-    state.store.insert_admin_token(&hash, &t.name, t.role.as_str(), scope.as_deref(), expires_at).await?;
-    Ok((StatusCode::CREATED, Json(AdminTokenCreated { name: t.name, role: t.role, scope: t.scope, expires_at, token })))
+    state
+        .store
+        .insert_admin_token(&hash, &t.name, t.role.as_str(), scope.as_deref(), t.tenant.as_deref(), expires_at)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AdminTokenCreated { name: t.name, role: t.role, scope: t.scope, tenant: t.tenant, expires_at, token }),
+    ))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -87,6 +102,9 @@ pub(super) struct AdminTokenInfo {
     role: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     scope: Option<Scope>,
+    /// Absent: an operator of the server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
     /// The user a login token stands for (it acts with the user's role and scope).
     #[serde(skip_serializing_if = "Option::is_none")]
     user: Option<String>,
@@ -125,6 +143,7 @@ pub(super) async fn list_admin_tokens(
             },
             scope: Scope::parse_stored(t.scope.as_deref()).ok().flatten(),
             user: t.user_name,
+            tenant: t.tenant,
             name: t.name,
             role: t.role,
             created_at: t.created_at,

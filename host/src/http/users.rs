@@ -29,6 +29,10 @@ pub(super) struct NewUser {
     /// What part of the fleet the user reaches; absent: all of it.
     #[schema(schema_with = crate::scope::user_schema)]
     scope: Option<Scope>,
+    /// The tenant it belongs to (it then reaches only that tenant's devices, through the
+    /// endpoints that serve a tenant); absent: an operator of the server, every tenant.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,63}$")]
+    tenant: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -37,6 +41,9 @@ pub(super) struct User {
     role: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     scope: Option<Scope>,
+    /// Absent: an operator of the server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
     created_at: i64,
     updated_at: i64,
     /// When an admin disabled the user; absent: enabled.
@@ -51,6 +58,7 @@ impl From<UserRow> for User {
     fn from(u: UserRow) -> User {
         User {
             scope: Scope::parse_stored(u.scope.as_deref()).ok().flatten(),
+            tenant: u.tenant,
             name: u.name,
             role: u.role,
             created_at: u.created_at,
@@ -78,11 +86,18 @@ pub(super) async fn create_user(
     ApiJson(u): ApiJson<NewUser>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
     if let Some(Extension(slot)) = &audit {
-        slot.set_data(serde_json::json!({ "name": u.name, "role": u.role, "scope": u.scope }));
+        slot.set_data(serde_json::json!({ "name": u.name, "role": u.role, "scope": u.scope, "tenant": u.tenant }));
     }
-    let row =
-        crate::users::create(&state.store, &u.name, u.password.as_deref(), u.role, u.scope.as_ref(), &admin.actor())
-            .await?;
+    let row = crate::users::create(
+        &state.store,
+        &u.name,
+        u.password.as_deref(),
+        u.role,
+        u.scope.as_ref(),
+        u.tenant.as_deref(),
+        &admin.actor(),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
@@ -252,10 +267,13 @@ pub(super) struct WhoAmI {
     user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     scope: Option<Scope>,
+    /// The tenant it belongs to; absent: an operator of the server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
 }
 
-/// Who this token stands for: its role and scope (any token, scoped or not).
+/// Who this token stands for: its role, scope and tenant (any token, scoped or not).
 #[utoipa::path(get, path = "/api/v1/whoami", tag = "admin", responses((status = 200, body = WhoAmI), Errors))]
 pub(super) async fn whoami(ScopedViewer(admin): ScopedViewer) -> Json<WhoAmI> {
-    Json(WhoAmI { name: admin.name, role: admin.role, user: admin.user, scope: admin.scope })
+    Json(WhoAmI { name: admin.name, role: admin.role, user: admin.user, scope: admin.scope, tenant: admin.tenant })
 }

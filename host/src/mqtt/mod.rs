@@ -168,8 +168,9 @@ impl Gate {
         if username == ADMIN_USER {
             let token_hash = crate::auth::hash_token(password);
             let principal = self.store.admin_for_token(&token_hash).await.ok()??;
-            // The event feed is the whole fleet's: a scoped token may not read it.
-            if principal.scope.is_some() {
+            // The event feed is the whole fleet's: a scoped token, or a tenant's, may not
+            // read it.
+            if principal.scope.is_some() || principal.tenant.is_some() {
                 return None;
             }
             return Some(Access::Admin { name: principal.name, token_hash });

@@ -31,6 +31,8 @@ pub struct DeviceRow {
     pub session: Vec<u8>,
     pub enrolled_at: i64,
     pub last_seen_at: Option<i64>,
+    /// The tenant it belongs to (docs/security.md, "Tenants").
+    pub tenant: String,
     /// `metadata` as plugin calls take it, parsed at the first call: a device message
     /// makes two (decode, then encode) with the same row. A row is what was read and is
     /// not changed in place (a changed device is read again), so this cannot go stale.
@@ -74,6 +76,8 @@ pub struct NewDevice {
     pub ownership: Ownership,
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub push_token: Option<String>,
+    /// The tenant it joins (a device enrolled again after removal joins anew).
+    pub tenant: String,
 }
 
 /// Who may claim an identity (see `Store::claim_of`).
@@ -84,6 +88,8 @@ pub struct Claim {
     pub self_enroll: bool,
     /// The import it came from: a token made for that import claims it.
     pub import_batch: Option<String>,
+    /// The tenant it is in: a pre-registered identity is claimed only into it.
+    pub tenant: String,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -206,7 +212,7 @@ impl DeviceQuery {
 
 const GROUP_COLUMNS: &str = "id, name, description, created_at, query";
 
-const DEVICE_COLUMNS: &str = "id, device_type, device_id, name, owner, ownership, status, metadata, push_token, session, enrolled_at, last_seen_at";
+const DEVICE_COLUMNS: &str = "id, device_type, device_id, name, owner, ownership, status, metadata, push_token, session, enrolled_at, last_seen_at, tenant";
 
 impl Store {
     /// Create a device, or activate one that was pre-registered or removed. An enrolled
@@ -225,9 +231,10 @@ impl Store {
         let now = now_ms();
         let metadata = serde_json::Value::Object(d.metadata.clone()).to_string();
         let sql = format!(
-            "INSERT INTO devices (device_type, device_id, name, owner, ownership, status, metadata, push_token, enrolled_at, last_seen_at)
-             VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $8)
+            "INSERT INTO devices (device_type, device_id, name, owner, ownership, status, metadata, push_token, enrolled_at, last_seen_at, tenant)
+             VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $8, $10)
              ON CONFLICT (device_type, device_id) DO UPDATE SET
+                tenant = CASE WHEN devices.status = 'removed' THEN excluded.tenant ELSE devices.tenant END,
                 name = excluded.name, owner = excluded.owner, ownership = excluded.ownership, status = 'active',
                 metadata = excluded.metadata, push_token = excluded.push_token, enrolled_at = excluded.enrolled_at,
                 last_seen_at = excluded.last_seen_at,
@@ -256,6 +263,7 @@ impl Store {
                 .bind(&d.push_token)
                 .bind(now)
                 .bind(Vec::<u8>::new())
+                .bind(&d.tenant)
                 .fetch_optional(&mut *tx)
                 .await?;
             if let Some(r) = &row {
@@ -277,11 +285,16 @@ impl Store {
     /// What decides who may claim an identity: its status, whether its import let devices
     /// claim it themselves, and the import it came from.
     pub async fn claim_of(&self, device_type: &str, device_id: &str) -> Result<Option<Claim>, StoreError> {
-        let row: Option<(String, i64, Option<String>)> = with_pool!(self, pool => sqlx::query_as(
-                "SELECT status, self_enroll, import_batch FROM devices WHERE device_type = $1 AND device_id = $2")
+        let row: Option<(String, i64, Option<String>, String)> = with_pool!(self, pool => sqlx::query_as(
+                "SELECT status, self_enroll, import_batch, tenant FROM devices WHERE device_type = $1 AND device_id = $2")
             .bind(device_type).bind(device_id).fetch_optional(pool).await?);
-        row.map(|(status, self_enroll, import_batch)| {
-            Ok(Claim { status: Status::parse(&status).map_err(decode)?, self_enroll: self_enroll != 0, import_batch })
+        row.map(|(status, self_enroll, import_batch, tenant)| {
+            Ok(Claim {
+                status: Status::parse(&status).map_err(decode)?,
+                self_enroll: self_enroll != 0,
+                import_batch,
+                tenant,
+            })
         })
         .transpose()
     }
@@ -605,14 +618,14 @@ impl Store {
             let mut n = 0;
             for chunk in devices.chunks(400) {
                 let sql = format!(
-                    "INSERT INTO devices (device_type, device_id, name, owner, ownership, status, metadata, enrolled_at, self_enroll, import_batch)
+                    "INSERT INTO devices (device_type, device_id, name, owner, ownership, status, metadata, enrolled_at, self_enroll, import_batch, tenant)
                      VALUES {} ON CONFLICT (device_type, device_id) DO NOTHING",
-                    values_placeholders(chunk.len(), 10, 1));
+                    values_placeholders(chunk.len(), 11, 1));
                 let mut q = sqlx::query(trusted(&sql));
                 for d in chunk {
                     q = q.bind(&d.device_type).bind(&d.device_id).bind(&d.name).bind(&d.owner).bind(d.ownership.as_str())
                         .bind(Status::Registered.as_str()).bind(serde_json::Value::Object(d.metadata.clone()).to_string()).bind(now)
-                        .bind(i64::from(self_enroll)).bind(batch);
+                        .bind(i64::from(self_enroll)).bind(batch).bind(&d.tenant);
                 }
                 n += q.execute(&mut *tx).await?.rows_affected();
             }

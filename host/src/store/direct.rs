@@ -120,7 +120,7 @@ impl Readers {
 /// one literal for `prepare_cached`.
 macro_rules! device_columns {
     () => {
-        "id, device_type, device_id, name, owner, ownership, status, metadata, push_token, session, enrolled_at, last_seen_at"
+        "id, device_type, device_id, name, owner, ownership, status, metadata, push_token, session, enrolled_at, last_seen_at, tenant"
     };
 }
 
@@ -138,6 +138,7 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
         session: r.get(9)?,
         enrolled_at: r.get(10)?,
         last_seen_at: r.get(11)?,
+        tenant: r.get(12)?,
         metadata_pairs: Default::default(),
     })
 }

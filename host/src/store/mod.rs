@@ -25,6 +25,7 @@ mod psk;
 mod registrations;
 mod rollouts;
 mod telemetry;
+mod tenants;
 mod tokens;
 mod users;
 mod wakeups;
@@ -55,8 +56,9 @@ pub use rollouts::{
     Waiting,
 };
 pub use telemetry::{Point, TelemetryRow};
+pub use tenants::TenantRow;
 pub use tokens::CertificateRow;
-pub use tokens::{AdminTokenRow, Principal};
+pub use tokens::{AdminTokenRow, NewEnrollmentToken, Principal};
 pub use users::{Login, UserChange, UserRow};
 pub use wakeups::{DueWakeup, SettingsRow, WakeupRow};
 pub use webhooks::{DeliveryRow, NewWebhook, WebhookRow};

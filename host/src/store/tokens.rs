@@ -23,7 +23,7 @@ impl Store {
         }
         Ok(with_pool!(self, pool => sqlx::query_as(
                 "SELECT d.id, d.device_type, d.device_id, d.name, d.owner, d.ownership, d.status, d.metadata,
-                        d.push_token, d.session, d.enrolled_at, d.last_seen_at
+                        d.push_token, d.session, d.enrolled_at, d.last_seen_at, d.tenant
                  FROM device_credentials c JOIN devices d ON d.id = c.device
                  WHERE c.token_hash = $1 AND c.revoked_at IS NULL AND c.expires_at > $2 AND d.status <> 'removed'")
             .bind(token_hash).bind(now_ms()).fetch_optional(pool).await?))
@@ -81,11 +81,13 @@ impl Store {
         name: &str,
         role: &str,
         scope: Option<&str>,
+        tenant: Option<&str>,
         expires_at: Option<i64>,
     ) -> Result<(), StoreError> {
         let r = with_write_pool!(self, pool => sqlx::query(
-                "INSERT INTO admin_tokens (token_hash, name, role, created_at, expires_at, scope) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(token_hash).bind(name).bind(role).bind(now_ms()).bind(expires_at).bind(scope)
+                "INSERT INTO admin_tokens (token_hash, name, role, created_at, expires_at, scope, tenant)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(token_hash).bind(name).bind(role).bind(now_ms()).bind(expires_at).bind(scope).bind(tenant)
             .execute(pool).await.map(|_| ()));
         r.map_err(|e| StoreError::conflict_or(e, || format!("a live admin token named `{name}`")))
     }
@@ -113,6 +115,7 @@ impl Store {
                 "SELECT CASE WHEN t.user_name IS NULL THEN t.name ELSE t.user_name END AS name,
                         CASE WHEN t.user_name IS NULL THEN t.role ELSE u.role END AS role,
                         CASE WHEN t.user_name IS NULL THEN t.scope ELSE u.scope END AS scope,
+                        CASE WHEN t.user_name IS NULL THEN t.tenant ELSE u.tenant END AS tenant,
                         t.user_name AS user_name
                  FROM admin_tokens t LEFT JOIN users u ON u.name = t.user_name
                  WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > $2)
@@ -131,7 +134,7 @@ impl Store {
     /// Every admin token, live first, then by name; never the hash.
     pub async fn admin_tokens(&self) -> Result<Vec<AdminTokenRow>, StoreError> {
         Ok(with_pool!(self, pool => sqlx::query_as(
-                "SELECT name, role, scope, user_name, created_at, expires_at, revoked_at FROM admin_tokens
+                "SELECT name, role, scope, tenant, user_name, created_at, expires_at, revoked_at FROM admin_tokens
                  ORDER BY CASE WHEN revoked_at IS NULL THEN 0 ELSE 1 END, name, created_at DESC")
             .fetch_all(pool).await?))
     }
@@ -142,17 +145,20 @@ impl Store {
         let now = now_ms();
         with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            let row: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
-                    "SELECT role, scope, user_name FROM admin_tokens WHERE name = $1 AND revoked_at IS NULL")
+            // Role, scope, user, tenant.
+            type Live = (String, Option<String>, Option<String>, Option<String>);
+            let row: Option<Live> = sqlx::query_as(
+                    "SELECT role, scope, user_name, tenant FROM admin_tokens WHERE name = $1 AND revoked_at IS NULL")
                 .bind(name).fetch_optional(&mut *tx).await?;
-            let Some((role, scope, user)) = row else {
+            let Some((role, scope, user, tenant)) = row else {
                 return Err(StoreError::NotFound(format!("live admin token `{name}`")));
             };
-            // Only an unscoped admin token that is nobody's login can manage tokens for good.
-            if role == "admin" && scope.is_none() && user.is_none() {
+            // Only an unscoped admin token of no tenant that is nobody's login can manage
+            // tokens for good.
+            if role == "admin" && scope.is_none() && user.is_none() && tenant.is_none() {
                 let (others,): (i64,) = sqlx::query_as(
                         "SELECT COUNT(*) FROM admin_tokens WHERE role = 'admin' AND name <> $1
-                           AND scope IS NULL AND user_name IS NULL
+                           AND scope IS NULL AND user_name IS NULL AND tenant IS NULL
                            AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)")
                     .bind(name).bind(now).fetch_one(&mut *tx).await?;
                 if others == 0 {
@@ -175,6 +181,8 @@ pub struct Principal {
     pub name: String,
     pub role: String,
     pub scope: Option<String>,
+    /// The tenant it is confined to; `None`: one of the server's operators (every tenant).
+    pub tenant: Option<String>,
     pub user_name: Option<String>,
 }
 
@@ -185,6 +193,7 @@ pub struct AdminTokenRow {
     pub role: String,
     /// JSON (`scope.rs`); `None`: the whole fleet.
     pub scope: Option<String>,
+    pub tenant: Option<String>,
     /// The user a login token stands for.
     pub user_name: Option<String>,
     pub created_at: i64,
@@ -192,41 +201,55 @@ pub struct AdminTokenRow {
     pub revoked_at: Option<i64>,
 }
 
+/// An enrollment token to store (its hash; the token is shown once).
+#[derive(Debug, Clone)]
+pub struct NewEnrollmentToken<'a> {
+    pub token_hash: &'a str,
+    pub device_type: &'a str,
+    /// The admin's actor name.
+    pub created_by: &'a str,
+    pub expires_at: i64,
+    pub uses: i64,
+    /// Claims only the devices of this import.
+    pub import_batch: Option<&'a str>,
+    /// The tenant the devices it enrolls join.
+    pub tenant: &'a str,
+}
+
 impl Store {
-    pub async fn insert_enrollment_token(
-        &self,
-        token_hash: &str,
-        device_type: &str,
-        created_by: &str,
-        expires_at: i64,
-        uses: i64,
-        import_batch: Option<&str>,
-    ) -> Result<(), StoreError> {
+    pub async fn insert_enrollment_token(&self, t: &NewEnrollmentToken<'_>) -> Result<(), StoreError> {
         with_write_pool!(self, pool => sqlx::query(
-                "INSERT INTO enrollment_tokens (token_hash, device_type, created_by, created_at, expires_at, uses_left, import_batch)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(token_hash).bind(device_type).bind(created_by).bind(now_ms()).bind(expires_at).bind(uses)
-            .bind(import_batch)
+                "INSERT INTO enrollment_tokens (token_hash, device_type, created_by, created_at, expires_at, uses_left, import_batch, tenant)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+            .bind(t.token_hash).bind(t.device_type).bind(t.created_by).bind(now_ms()).bind(t.expires_at).bind(t.uses)
+            .bind(t.import_batch).bind(t.tenant)
             .execute(pool).await.map(|_| ())?);
         Ok(())
     }
 
-    /// Use up one enrollment of a token for `device_type`. False when the token is
-    /// unknown, expired, used up or for another type. One statement, so two devices
-    /// racing for the last use cannot both win. A token made for one import claims only
-    /// identities of `import_batch` (the identity's import; `None` for a new identity).
+    /// Use up one enrollment of a token for `device_type`, returning the tenant the token
+    /// enrolls into. `None` when the token is unknown, expired, used up or for another
+    /// type. One statement, so two devices racing for the last use cannot both win. A
+    /// token made for one import claims only identities of `import_batch` (the identity's
+    /// import; `None` for a new identity), and a pre-registered identity only with a token
+    /// of its own tenant (`tenant`; `None` for a new identity): a token of one tenant
+    /// never claims a device another tenant imported.
     pub async fn consume_enrollment_token(
         &self,
         token_hash: &str,
         device_type: &str,
         import_batch: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        Ok(with_write_pool!(self, pool => sqlx::query(
+        tenant: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(with_write_pool!(self, pool => sqlx::query_as::<_, (String,)>(
                 "UPDATE enrollment_tokens SET uses_left = uses_left - 1
                  WHERE token_hash = $1 AND device_type = $2 AND uses_left > 0 AND expires_at > $3
-                   AND (import_batch IS NULL OR import_batch = $4)")
-            .bind(token_hash).bind(device_type).bind(now_ms()).bind(import_batch).execute(pool).await?.rows_affected())
-            == 1)
+                   AND (import_batch IS NULL OR import_batch = $4)
+                   AND (CAST($5 AS TEXT) IS NULL OR tenant = $5)
+                 RETURNING tenant")
+            .bind(token_hash).bind(device_type).bind(now_ms()).bind(import_batch).bind(tenant)
+            .fetch_optional(pool).await?)
+        .map(|(t,)| t))
     }
 }
 

@@ -13,6 +13,8 @@ pub struct UserRow {
     /// The scope as JSON text (`null`: the whole fleet).
     #[serde(skip)]
     pub scope: Option<String>,
+    /// The tenant the user belongs to (`None`: an operator of the server).
+    pub tenant: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
     /// When an admin disabled the user (then nothing of theirs works).
@@ -21,7 +23,7 @@ pub struct UserRow {
     pub locked_until: i64,
 }
 
-const COLUMNS: &str = "name, role, scope, created_at, updated_at, disabled_at, locked_until";
+const COLUMNS: &str = "name, role, scope, tenant, created_at, updated_at, disabled_at, locked_until";
 
 /// What a login needs to know about a user.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -50,17 +52,19 @@ impl Store {
         password_hash: &str,
         role: &str,
         scope: Option<&str>,
+        tenant: Option<&str>,
         event: &NewEvent,
     ) -> Result<UserRow, StoreError> {
         let now = now_ms();
         let sql = format!(
-            "INSERT INTO users (name, password_hash, role, scope, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)
+            "INSERT INTO users (name, password_hash, role, scope, created_at, updated_at, tenant)
+             VALUES ($1, $2, $3, $4, $5, $5, $6)
              RETURNING {COLUMNS}"
         );
         with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let row: UserRow = sqlx::query_as(trusted(&sql))
-                .bind(name).bind(password_hash).bind(role).bind(scope).bind(now)
+                .bind(name).bind(password_hash).bind(role).bind(scope).bind(now).bind(tenant)
                 .fetch_one(&mut *tx).await
                 .map_err(|e| StoreError::conflict_or(e, || format!("a user named `{name}`")))?;
             super::record_event!(&mut *tx, event);
@@ -143,7 +147,7 @@ impl Store {
     /// provider that names them.
     pub async fn user_principal(&self, name: &str) -> Result<Option<super::Principal>, StoreError> {
         Ok(with_pool!(self, pool => sqlx::query_as(
-                "SELECT name, role, scope, name AS user_name FROM users WHERE name = $1 AND disabled_at IS NULL")
+                "SELECT name, role, scope, tenant, name AS user_name FROM users WHERE name = $1 AND disabled_at IS NULL")
             .bind(name).fetch_optional(pool).await?))
     }
 

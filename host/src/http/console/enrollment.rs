@@ -40,7 +40,7 @@ async fn enrollment_page(console: &ConsoleState, session: &Session, outcome: Out
             let url = text(&t["enrollment_url"]);
             html! {
                 section.card #enroll-token aria-label="New enrollment token" {
-                    h2 { "Enrollment token for " (text(&t["device_type"])) }
+                    h2 { "Enrollment token for " (text(&t["device_type"])) " devices of tenant " (text(&t["tenant"])) }
                     p { "Shown this once. " (t["uses"]) " use(s), until " (when(&t["expires_at"])) " UTC." }
                     p { code #token-value { (text(&t["token"])) } }
                     p { "Enrollment URL: " code #enroll-url { (url) } }
@@ -71,6 +71,10 @@ async fn enrollment_page(console: &ConsoleState, session: &Session, outcome: Out
                     input #e-uses type="number" name="uses" min="1" max="100000" value="1";
                     label for="e-hours" { "Valid for (hours)" }
                     input #e-hours type="number" name="hours" min="1" max="8760" value="24";
+                    @if session.tenant.is_none() {
+                        label for="e-tenant" { "Tenant the devices join" }
+                        input #e-tenant name="tenant" value="default" pattern="[a-z0-9][a-z0-9-]{0,63}" required;
+                    }
                     button type="submit" { "Create token" }
                 }
                 form.card method="post" action="/console/enrollment/import" {
@@ -100,11 +104,14 @@ pub struct TokenForm {
     device_type: String,
     uses: i64,
     hours: i64,
+    /// An operator's choice; a tenant's admin enrolls into its own.
+    tenant: Option<String>,
 }
 
 pub async fn create_token(State(console): State<ConsoleState>, Posted(session, form): Posted<TokenForm>) -> PageResult {
     let api = Api { console: &console, session: &session };
-    let body = json!({"device_type": form.device_type, "uses": form.uses, "ttl_secs": form.hours.saturating_mul(3600)});
+    let body = json!({"device_type": form.device_type, "uses": form.uses, "ttl_secs": form.hours.saturating_mul(3600),
+                      "tenant": form.tenant.filter(|t| !t.is_empty())});
     let outcome = match api.send(Method::POST, "enrollment-tokens", &body).await {
         Ok(t) => Outcome::Token(t),
         Err(f) => Outcome::Error(f.message),

@@ -34,6 +34,7 @@ const NAV: &[(&str, &str, &str)] = &[
     ("rollouts", "/console/rollouts", "Rollouts"),
     ("audit", "/console/audit", "Audit"),
     ("users", "/console/users", "Users"),
+    ("tenants", "/console/tenants", "Tenants"),
 ];
 
 /// A whole page. `active` names the navigation entry to mark.
@@ -56,15 +57,16 @@ pub fn page(title: &str, session: Option<&Session>, active: &str, body: Markup) 
                         nav aria-label="Main" {
                             ul {
                                 // A scoped session sees its devices only: the other pages
-                                // show the whole fleet, which its token may not read.
-                                @for (key, href, label) in NAV.iter().filter(|(k, _, _)| !s.scoped || *k == "devices") {
+                                // show the whole fleet, which its token may not read. A
+                                // tenant's admin also enrolls into the tenant.
+                                @for (key, href, label) in NAV.iter().filter(|(k, _, _)| !s.scoped || *k == "devices" || (s.tenant_admin && *k == "enrollment")) {
                                     li { a href=(href) aria-current=[(*key == active).then_some("page")] { (label) } }
                                 }
                             }
                         }
                         form.who method="post" action="/console/logout" {
                             (csrf(s))
-                            span { (s.name) " (" (s.role.as_str()) @if s.scoped { ", scoped" } ")" }
+                            span { (s.name) " (" (s.role.as_str()) @if let Some(t) = &s.tenant { ", tenant " (t) } @else if s.scoped { ", scoped" } ")" }
                             button.link type="submit" { "Log out" }
                         }
                     }

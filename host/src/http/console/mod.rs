@@ -23,6 +23,7 @@ mod layout;
 mod plugins;
 mod rollouts;
 mod session;
+mod tenants;
 mod users;
 
 pub use session::SessionToken;
@@ -90,6 +91,8 @@ pub fn router(state: AppState, api: Router) -> Router {
         .route("/console/audit", get(rollouts::audit))
         .route("/console/users", get(users::list).post(users::create))
         .route("/console/users/{name}/{action}", post(users::act))
+        .route("/console/tenants", get(tenants::list).post(tenants::create))
+        .route("/console/tenants/{name}/remove", post(tenants::remove))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(console)
 }

@@ -36,6 +36,10 @@ pub struct Session {
     /// The token or user reaches part of the fleet only (`scope.rs`): pages that show the
     /// whole fleet are not offered.
     pub scoped: bool,
+    /// The tenant it belongs to (`tenants.rs`); `None`: an operator of the server.
+    pub tenant: Option<String>,
+    /// A tenant's admin without a scope: enrollment is offered, into the tenant.
+    pub tenant_admin: bool,
     pub token_hash: String,
     pub csrf: String,
 }
@@ -84,9 +88,20 @@ impl FromRequestParts<ConsoleState> for Session {
             return Err(to_login(parts));
         };
         let role = Role::parse(&principal.role).unwrap_or(Role::Viewer);
-        let scoped = principal.scope.is_some();
+        // A tenant's session is confined like a scoped one: the console shows its devices.
+        let scoped = principal.scope.is_some() || principal.tenant.is_some();
         let actor = principal.user_name.as_ref().map_or_else(|| principal.name.clone(), |u| format!("user:{u}"));
-        Ok(Session { name: principal.name, actor, role, scoped, token_hash: row.token_hash, csrf: row.csrf })
+        let tenant_admin = principal.tenant.is_some() && principal.scope.is_none() && role == Role::Admin;
+        Ok(Session {
+            name: principal.name,
+            actor,
+            role,
+            scoped,
+            tenant: principal.tenant,
+            tenant_admin,
+            token_hash: row.token_hash,
+            csrf: row.csrf,
+        })
     }
 }
 

@@ -18,7 +18,7 @@ async fn list_page(console: &ConsoleState, session: &Session, form: &NewUser, er
     let now = crate::store::now_ms();
     let body = html! {
         table #users {
-            thead { tr { th scope="col" { "User" } th scope="col" { "Role" } th scope="col" { "Reaches" } th scope="col" { "State" } th scope="col" { "Created (UTC)" } th scope="col" { "" } } }
+            thead { tr { th scope="col" { "User" } th scope="col" { "Role" } th scope="col" { "Reaches" } th scope="col" { "Tenant" } th scope="col" { "State" } th scope="col" { "Created (UTC)" } th scope="col" { "" } } }
             tbody { @for u in users["items"].as_array().into_iter().flatten() {
                 @let name = text(&u["name"]);
                 @let href = format!("/console/users/{}", enc(name));
@@ -27,6 +27,7 @@ async fn list_page(console: &ConsoleState, session: &Session, form: &NewUser, er
                     td { (name) }
                     td { (text(&u["role"])) }
                     td { (crate::scope::Scope::summary(&u["scope"])) }
+                    td { (u["tenant"].as_str().unwrap_or("every tenant")) }
                     td { @if disabled { "disabled" } @else if u["locked_until"].as_i64().is_some_and(|t| t > now) { "locked" } @else { "enabled" } }
                     td { (when(&u["created_at"])) }
                     td {
@@ -58,6 +59,8 @@ async fn list_page(console: &ConsoleState, session: &Session, form: &NewUser, er
             label for="u-codes" { "Only these operation codes (comma-separated; empty: any)" }
             input #u-codes name="operations" value=(form.operations);
             label.check { input #u-own type="checkbox" name="own_devices" value="true" checked[form.own_devices.is_some()]; " Only devices the user owns (self-service)" }
+            label for="u-tenant" { "Tenant (empty: an operator of the server, every tenant)" }
+            input #u-tenant name="tenant" pattern="[a-z0-9][a-z0-9-]{0,63}" value=(form.tenant);
             p.hint { "A user with a scope sees and acts on the devices it admits only, in the devices pages and the API." }
             button type="submit" { "Add user" }
         }
@@ -85,6 +88,8 @@ pub struct NewUser {
     #[serde(default)]
     operations: String,
     own_devices: Option<String>,
+    #[serde(default)]
+    tenant: String,
 }
 
 fn list_of(s: &str) -> Vec<&str> {
@@ -96,7 +101,9 @@ pub async fn create(State(console): State<ConsoleState>, Posted(session, form): 
     let own = form.own_devices.is_some();
     let scope = (!groups.is_empty() || !types.is_empty() || !codes.is_empty() || own)
         .then(|| json!({ "groups": groups, "device_types": types, "operations": codes, "own_devices": own }));
-    let body = json!({ "name": form.name, "password": form.password, "role": form.role, "scope": scope });
+    let tenant = Some(form.tenant.trim()).filter(|t| !t.is_empty());
+    let body = json!({ "name": form.name, "password": form.password, "role": form.role, "scope": scope,
+                       "tenant": tenant });
     let api = Api { console: &console, session: &session };
     match api.send(Method::POST, "users", &body).await {
         Ok(_) => Ok(see("/console/users")),

@@ -1,0 +1,108 @@
+//! Tenants: separate fleets on one server (an MSP's customers, an enterprise's
+//! subsidiaries). A tenant owns devices, and through them their operations, telemetry,
+//! certificates, keys and compliance. An admin token or user of a tenant reaches only that
+//! tenant's devices, through the endpoints written to narrow what they serve (the same
+//! deny-by-default rule as scopes: `scope.rs`); a token or user of no tenant is one of the
+//! server's operators and reaches every tenant. Every token and user made before tenants
+//! is such an operator, and every device is in [`DEFAULT`], so a single-tenant server
+//! notices nothing (docs/security.md, "Tenants").
+//!
+//! A device joins the tenant of the enrollment token it enrolls with (or the importer's
+//! tenant, for a pre-registered one); a pre-registered identity is claimed only with a
+//! token of its own tenant. Device identities (type and id) stay server-wide, since
+//! devices name themselves by them on every front.
+
+use crate::error::{Error, Result};
+use crate::store::{NewEvent, Store, TenantRow};
+
+/// The tenant devices are in unless put in another.
+pub const DEFAULT: &str = "default";
+
+/// What a tenant name may be: 1-64 lower-case letters, digits and `-`, starting with a
+/// letter or digit (it appears in URLs, topics' payloads and CSV files).
+pub const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9-]{0,63}$";
+
+/// Why `name` cannot be a tenant's name, if it cannot.
+pub fn name_problem(name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    (!ok).then(|| format!("tenant name `{}`: use 1-64 lower-case letters, digits and -", name.escape_debug()))
+}
+
+fn event(kind: &str, name: &str, actor: &str, data: serde_json::Value) -> NewEvent {
+    NewEvent {
+        event_type: format!("tenant.{kind}"),
+        actor: Some(actor.to_string()),
+        target: Some(format!("tenant/{name}")),
+        data: Some(data.to_string()),
+        ..NewEvent::default()
+    }
+}
+
+pub async fn create(store: &Store, name: &str, description: &str, actor: &str) -> Result<TenantRow> {
+    if let Some(p) = name_problem(name) {
+        return Err(Error::invalid("invalid", p));
+    }
+    if description.chars().count() > 256 {
+        return Err(Error::invalid("invalid", "`description` is longer than 256 characters"));
+    }
+    let e = event("created", name, actor, serde_json::json!({ "tenant": name, "description": description }));
+    Ok(store.create_tenant(name, description, &e).await?)
+}
+
+/// Remove an empty tenant: refused for [`DEFAULT`], and while it still holds devices
+/// (removed ones too: they can be restored), users or live admin tokens. Its enrollment
+/// tokens go with it.
+pub async fn remove(store: &Store, name: &str, actor: &str) -> Result<()> {
+    if name == DEFAULT {
+        return Err(Error::conflict("refused", "the default tenant cannot be removed"));
+    }
+    let e = event("removed", name, actor, serde_json::json!({ "tenant": name }));
+    Ok(store.delete_tenant(name, &e).await?)
+}
+
+/// The tenant a principal of `own` (its tenant; `None`: an operator of the server) acts
+/// in when it asks for `asked`: its own, whatever it asks; an operator's choice, which
+/// must exist; else [`DEFAULT`].
+pub async fn acting_in(store: &Store, own: Option<&str>, asked: Option<&str>) -> Result<String> {
+    match (own, asked) {
+        (Some(own), Some(asked)) if own != asked => Err(Error::forbidden(format!(
+            "this caller belongs to tenant `{own}` and cannot act in `{}`",
+            asked.escape_debug()
+        ))),
+        (Some(own), _) => Ok(own.to_string()),
+        (None, Some(asked)) => {
+            exists(store, asked).await?;
+            Ok(asked.to_string())
+        }
+        (None, None) => Ok(DEFAULT.to_string()),
+    }
+}
+
+/// Refuse a tenant that does not exist, naming it.
+pub async fn exists(store: &Store, name: &str) -> Result<()> {
+    match store.tenant(name).await? {
+        Some(_) => Ok(()),
+        None => Err(Error::invalid(
+            "unknown_tenant",
+            format!("no tenant `{}`: an operator adds it first", name.escape_debug()),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        for good in ["default", "acme", "acme-eu-2", "7"] {
+            assert_eq!(name_problem(good), None, "{good}");
+        }
+        for bad in ["", "Acme", "-acme", "acme corp", "acme/eu", &"a".repeat(65)] {
+            assert!(name_problem(bad).is_some(), "{bad}");
+        }
+    }
+}

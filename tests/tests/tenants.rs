@@ -1,0 +1,300 @@
+//! Tenants (issue 29), on SQLite and PostgreSQL: two tenants on one server, each with its
+//! own admin token, enrollment tokens and devices. A tenant's token reads and touches only
+//! its own devices and their operations; every other endpoint of the OpenAPI document
+//! refuses it (the walk fails for an endpoint added without thought for tenants), and no
+//! answer names the other tenant's device; the event log, the MQTT event feed and the
+//! metrics refuse it; a token of one tenant never claims a device another pre-registered;
+//! the server's operators (tokens of no tenant, as every token before tenants) see all.
+
+use drover_tests::{Backend, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn with(server: &TestServer, token: &str, method: Method, path: &str) -> reqwest::RequestBuilder {
+    server.http.request(method, server.url(path)).bearer_auth(token)
+}
+
+fn enroll_body(id: &str) -> String {
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/android/fixtures/enroll.json");
+    std::fs::read_to_string(fixture).unwrap().replace("354956090214718", id)
+}
+
+async fn created(r: reqwest::Response) -> Value {
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// An admin token of `tenant` (made by an operator).
+async fn tenant_admin(server: &TestServer, tenant: &str) -> String {
+    let r = server
+        .admin(Method::POST, "/api/v1/admin-tokens")
+        .json(&json!({ "name": format!("{tenant}-admin"), "role": "admin", "tenant": tenant }))
+        .send()
+        .await
+        .unwrap();
+    created(r).await["token"].as_str().unwrap().to_string()
+}
+
+/// Enroll Android device `id` with an enrollment token `admin` makes (for its own tenant).
+async fn enroll(server: &TestServer, admin: &str, id: &str) -> String {
+    let r = with(server, admin, Method::POST, "/api/v1/enrollment-tokens")
+        .json(&json!({ "device_type": "android" }))
+        .send()
+        .await
+        .unwrap();
+    let t = created(r).await;
+    let r = server
+        .http
+        .post(server.url("/agent/v1/android/enroll"))
+        .bearer_auth(t["token"].as_str().unwrap())
+        .body(enroll_body(id))
+        .send()
+        .await
+        .unwrap();
+    created(r).await["access_token"].as_str().unwrap().to_string()
+}
+
+async fn ids(server: &TestServer, token: &str, path: &str) -> Vec<String> {
+    let r = with(server, token, Method::GET, path).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{path}");
+    let body: Value = r.json().await.unwrap();
+    let mut ids: Vec<String> =
+        body["items"].as_array().unwrap().iter().map(|d| d["device_id"].as_str().unwrap().to_string()).collect();
+    ids.sort();
+    ids
+}
+
+/// What a tenant's admin may call besides the scoped endpoints: enrollment within its
+/// tenant.
+const SERVED: &[(&str, &str)] = &[
+    ("get", "/api/v1/devices"),
+    ("get", "/api/v1/devices/{device_type}/{device_id}"),
+    ("get", "/api/v1/devices/{device_type}/{device_id}/telemetry"),
+    ("get", "/api/v1/devices/{device_type}/{device_id}/certificates"),
+    ("get", "/api/v1/device-types"),
+    ("get", "/api/v1/operations"),
+    ("post", "/api/v1/operations"),
+    ("get", "/api/v1/operations/{id}"),
+    ("post", "/api/v1/operations/{id}/cancel"),
+    ("get", "/api/v1/whoami"),
+    ("post", "/api/v1/logout"),
+    ("post", "/api/v1/login"),
+    ("post", "/api/v1/enrollment-tokens"),
+    ("post", "/api/v1/devices/import"),
+];
+
+async fn two_tenants(server: &TestServer) {
+    for name in ["acme", "globex"] {
+        let r = server.admin(Method::POST, "/api/v1/tenants").json(&json!({ "name": name })).send().await.unwrap();
+        assert_eq!(created(r).await["name"], name);
+    }
+    let r = server.admin(Method::POST, "/api/v1/tenants").json(&json!({ "name": "Acme Corp" })).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "a bad name is named");
+    let r = server.admin(Method::POST, "/api/v1/tenants").json(&json!({ "name": "acme" })).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let r = server
+        .admin(Method::POST, "/api/v1/admin-tokens")
+        .json(&json!({ "name": "nowhere", "role": "admin", "tenant": "initech" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "a token of a tenant that does not exist");
+
+    let acme = tenant_admin(server, "acme").await;
+    let globex = tenant_admin(server, "globex").await;
+    let who: Value = with(server, &acme, Method::GET, "/api/v1/whoami").send().await.unwrap().json().await.unwrap();
+    assert_eq!(who["tenant"], "acme", "{who}");
+
+    // Each tenant's admin enrolls its own devices; a device enrolled without a tenant's
+    // token is in `default`, which a single-tenant server never notices.
+    let acme_device = enroll(server, &acme, "acme-1").await;
+    enroll(server, &globex, "globex-1").await;
+    server.enroll_android("plain-1").await;
+    let r = with(server, &acme, Method::POST, "/api/v1/enrollment-tokens")
+        .json(&json!({ "device_type": "android", "tenant": "globex" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "a tenant's admin enrolls into its own tenant only");
+
+    assert_eq!(ids(server, &acme, "/api/v1/devices").await, ["acme-1"]);
+    assert_eq!(ids(server, &globex, "/api/v1/devices").await, ["globex-1"]);
+    let all: Value = server.admin(Method::GET, "/api/v1/devices").send().await.unwrap().json().await.unwrap();
+    let tenants: Vec<(&str, &str)> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["device_id"].as_str().unwrap(), d["tenant"].as_str().unwrap()))
+        .collect();
+    assert_eq!(tenants, [("acme-1", "acme"), ("globex-1", "globex"), ("plain-1", "default")]);
+
+    // Globex cannot read, target or cancel anything of Acme's.
+    let r = with(server, &globex, Method::GET, "/api/v1/devices/android/acme-1").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = server
+        .admin(Method::PUT, "/api/v1/devices/android/acme-1/tags")
+        .json(&json!({ "tags": ["any"] }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let r = with(server, &acme, Method::POST, "/api/v1/operations")
+        .json(&json!({ "code": "DEVICE_RING", "targets": { "devices": [{ "type": "android", "id": "acme-1" }] } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created(r).await["operations"], 1);
+    let ops: Value = with(server, &acme, Method::GET, "/api/v1/operations").send().await.unwrap().json().await.unwrap();
+    let acme_op = ops["items"][0]["id"].as_i64().unwrap();
+    let r = with(server, &globex, Method::POST, "/api/v1/operations")
+        .json(&json!({ "code": "DEVICE_WIPE", "targets": { "devices": [{ "type": "android", "id": "acme-1" }] } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "{}", r.text().await.unwrap());
+    let r = with(server, &globex, Method::POST, "/api/v1/operations")
+        .json(&json!({ "code": "DEVICE_WIPE", "targets": { "tags": ["any"] } }))
+        .send()
+        .await
+        .unwrap();
+    // A tag target reaches no other tenant's devices (Acme's device is tagged `any`).
+    if r.status() == StatusCode::CREATED {
+        assert_eq!(r.json::<Value>().await.unwrap()["operations"], 0);
+    }
+    let ops: Value =
+        with(server, &globex, Method::GET, "/api/v1/operations").send().await.unwrap().json().await.unwrap();
+    assert_eq!(ops["items"].as_array().unwrap().len(), 0, "{ops}");
+    for (method, path) in [
+        (Method::GET, format!("/api/v1/operations/{acme_op}")),
+        (Method::POST, format!("/api/v1/operations/{acme_op}/cancel")),
+    ] {
+        let r = with(server, &globex, method, &path).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    let all: Value = server.admin(Method::GET, "/api/v1/operations").send().await.unwrap().json().await.unwrap();
+    assert_eq!(all["items"].as_array().unwrap().len(), 1, "a refused add stored operations: {all}");
+
+    // Acme's device gets its operation; Globex's poll of Acme's device is refused.
+    let r = server.poll_android("acme-1", &acme_device, "[]").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().contains("DEVICE_RING"));
+
+    // Every other endpoint refuses a tenant's admin, and none names Acme's device.
+    server.walk_refused(&globex, SERVED, "acme-1", acme_op).await;
+
+    // Metrics and the MQTT event feed are the whole server's.
+    let r = with(server, &globex, Method::GET, "/metrics").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let port = server.mqtt.expect("the embedded broker runs").port();
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", "admin", "-P", &globex])
+            .args(["-t", "drover-events/#", "-W", "3"])
+            .output(),
+    )
+    .await
+    .expect("mosquitto_sub finishes")
+    .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && !said.contains("drover-events/"), "{said}");
+
+    // A tenant's user acts within the tenant too.
+    let r = server
+        .admin(Method::POST, "/api/v1/users")
+        .json(&json!({ "name": "wile", "password": "correct horse battery staple", "role": "operator",
+                       "tenant": "acme" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created(r).await["tenant"], "acme");
+    let r = server
+        .http
+        .post(server.url("/api/v1/login"))
+        .json(&json!({ "name": "wile", "password": "correct horse battery staple" }))
+        .send()
+        .await
+        .unwrap();
+    let wile = created(r).await["token"].as_str().unwrap().to_string();
+    assert_eq!(ids(server, &wile, "/api/v1/devices").await, ["acme-1"]);
+
+    // A pre-registered identity is claimed only with a token of its own tenant.
+    let r = with(server, &acme, Method::POST, "/api/v1/devices/import")
+        .body("device_type,device_id\nandroid,acme-2\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["tenant"], "acme");
+    let r = with(server, &globex, Method::POST, "/api/v1/enrollment-tokens")
+        .json(&json!({ "device_type": "android" }))
+        .send()
+        .await
+        .unwrap();
+    let globex_enroll = created(r).await["token"].as_str().unwrap().to_string();
+    let r = server
+        .http
+        .post(server.url("/agent/v1/android/enroll"))
+        .bearer_auth(&globex_enroll)
+        .body(enroll_body("acme-2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "another tenant's token claimed a pre-registered device");
+    assert_eq!(ids(server, &globex, "/api/v1/devices").await, ["globex-1"]);
+    enroll(server, &acme, "acme-2").await;
+    assert_eq!(ids(server, &acme, "/api/v1/devices").await, ["acme-1", "acme-2"]);
+    // The unused token still enrolls a new device into Globex: the refusal used none.
+    let r = server
+        .http
+        .post(server.url("/agent/v1/android/enroll"))
+        .bearer_auth(&globex_enroll)
+        .body(enroll_body("globex-2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    // Tenants are the operators' to manage; one that holds anything stays.
+    let listed: Value = server.admin(Method::GET, "/api/v1/tenants").send().await.unwrap().json().await.unwrap();
+    let counts: Vec<(&str, i64)> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["devices"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(counts, [("acme", 2), ("default", 1), ("globex", 2)]);
+    let r = server.admin(Method::DELETE, "/api/v1/tenants/acme").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert!(r.text().await.unwrap().contains("2 device(s)"));
+    let r = server.admin(Method::DELETE, "/api/v1/tenants/default").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let r = server.admin(Method::POST, "/api/v1/tenants").json(&json!({ "name": "empty" })).send().await.unwrap();
+    created(r).await;
+    let r = server.admin(Method::DELETE, "/api/v1/tenants/empty").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let events: Value =
+        server.admin(Method::GET, "/api/v1/events?type=tenant.").send().await.unwrap().json().await.unwrap();
+    let types: Vec<&str> = events["items"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["tenant.created", "tenant.created", "tenant.created", "tenant.removed"], "{events}");
+}
+
+async fn run(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.mqtt_events = true).await;
+    two_tenants(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_sqlite() {
+    run(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_postgres() {
+    let Some(backend) = Backend::postgres() else { return };
+    run(backend).await;
+}
