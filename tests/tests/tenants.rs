@@ -201,6 +201,19 @@ async fn two_tenants(server: &TestServer) {
     .unwrap();
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success() && !said.contains("drover-events/"), "{said}");
+    // A device reaches only its own topics, whatever its tenant.
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", "android/acme-1", "-P", &acme_device])
+            .args(["-t", "drover/android/globex-1/operations", "-W", "3"])
+            .output(),
+    )
+    .await
+    .expect("mosquitto_sub finishes")
+    .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("denied"), "{said}");
 
     // A tenant's user acts within the tenant too.
     let r = server

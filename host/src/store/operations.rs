@@ -321,7 +321,7 @@ impl Store {
             ($from_where:literal) => {
                 concat!(
                     "SELECT d.id, d.device_type, d.device_id, d.name, d.owner, d.ownership, d.status, d.metadata,
-                            d.push_token, d.session, d.enrolled_at, d.last_seen_at,
+                            d.push_token, d.session, d.enrolled_at, d.last_seen_at, d.tenant,
                             q.id AS op_id, q.code AS op_code, q.kind AS op_kind, q.payload AS op_payload,
                             q.expires_at AS op_expires_at, q.state AS op_state ",
                     $from_where,
