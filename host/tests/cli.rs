@@ -564,7 +564,7 @@ fn tenants_from_the_command_line() {
     assert!(ok, "{err}");
     let acme = out.trim().to_string();
     let (ok, out, err) = run(&admin, &["token", "list"]);
-    assert!(ok && out.lines().any(|l| l.starts_with("acme-admin") && l.contains("acme")), "{out} {err}");
+    assert!(ok && out.lines().any(|l| l.starts_with("acme/acme-admin")), "{out} {err}");
 
     // The tenant's admin enrolls into its tenant, and nothing fleet-wide.
     let (ok, out, err) = run(&acme, &["devices", "enrollment-token", "android", "--uses", "3"]);
@@ -577,7 +577,7 @@ fn tenants_from_the_command_line() {
 
     let (ok, _, err) = run(&admin, &["tenant", "remove", "acme"]);
     assert!(!ok && err.contains("1 live admin token(s)"), "{err}");
-    let (ok, _, err) = run(&admin, &["token", "revoke", "acme-admin"]);
+    let (ok, _, err) = run(&admin, &["token", "revoke", "acme/acme-admin"]);
     assert!(ok, "{err}");
     let (ok, out, err) = run(&admin, &["tenant", "remove", "acme"]);
     assert!(ok && out.contains("removed tenant acme"), "{out} {err}");

@@ -84,6 +84,9 @@ const SERVED: &[(&str, &str)] = &[
     ("post", "/api/v1/login"),
     ("post", "/api/v1/enrollment-tokens"),
     ("post", "/api/v1/devices/import"),
+    ("get", "/api/v1/admin-tokens"),
+    ("post", "/api/v1/admin-tokens"),
+    ("delete", "/api/v1/admin-tokens/{name}"),
 ];
 
 async fn two_tenants(server: &TestServer) {
@@ -106,7 +109,37 @@ async fn two_tenants(server: &TestServer) {
     let acme = tenant_admin(server, "acme").await;
     let globex = tenant_admin(server, "globex").await;
     let who: Value = with(server, &acme, Method::GET, "/api/v1/whoami").send().await.unwrap().json().await.unwrap();
-    assert_eq!(who["tenant"], "acme", "{who}");
+    assert_eq!((&who["name"], &who["tenant"]), (&json!("acme/acme-admin"), &json!("acme")), "{who}");
+
+    // Each tenant's admin makes and revokes its own tokens, named within the tenant: the
+    // same name in two tenants is two tokens, and neither sees the other's.
+    let mut ci = Vec::new();
+    for admin in [&acme, &globex] {
+        let r = with(server, admin, Method::POST, "/api/v1/admin-tokens")
+            .json(&json!({ "name": "ci", "role": "operator" }))
+            .send()
+            .await
+            .unwrap();
+        ci.push(created(r).await["token"].as_str().unwrap().to_string());
+    }
+    let r = with(server, &acme, Method::POST, "/api/v1/admin-tokens")
+        .json(&json!({ "name": "x", "role": "viewer", "tenant": "globex" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let listed: Value =
+        with(server, &acme, Method::GET, "/api/v1/admin-tokens").send().await.unwrap().json().await.unwrap();
+    let names: Vec<&str> = listed["items"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["acme/acme-admin", "acme/ci"], "{listed}");
+    let r = with(server, &acme, Method::DELETE, "/api/v1/admin-tokens/globex%2Fci").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "a tenant revoked another's token");
+    let r = with(server, &acme, Method::DELETE, "/api/v1/admin-tokens/ci").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = with(server, &ci[0], Method::GET, "/api/v1/devices").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = with(server, &ci[1], Method::GET, "/api/v1/whoami").send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["name"], "globex/ci", "Globex's token of the same name lives");
 
     // Each tenant's admin enrolls its own devices; a device enrolled without a tenant's
     // token is in `default`, which a single-tenant server never notices.
@@ -271,6 +304,37 @@ async fn two_tenants(server: &TestServer) {
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
 
+    // A removed identity enrolled into another tenant is a new device: Acme's history of
+    // it stays Acme's, under the old record renamed.
+    let r = server.admin(Method::DELETE, "/api/v1/devices/android/acme-1").send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    enroll(server, &globex, "acme-1").await;
+    let d: Value = with(server, &globex, Method::GET, "/api/v1/devices/android/acme-1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["tenant"], "globex", "{d}");
+    let ops: Value = with(server, &globex, Method::GET, "/api/v1/operations?device_type=android&device_id=acme-1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ops["items"].as_array().unwrap().len(), 0, "Acme's operations reached Globex: {ops}");
+    let r = with(server, &globex, Method::GET, &format!("/api/v1/operations/{acme_op}")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let removed: Value =
+        server.admin(Method::GET, "/api/v1/devices?status=removed").send().await.unwrap().json().await.unwrap();
+    let old = &removed["items"][0];
+    assert!(old["device_id"].as_str().unwrap().starts_with("acme-1~removed-"), "{removed}");
+    assert_eq!(old["tenant"], "acme");
+    let r = server.admin(Method::GET, &format!("/api/v1/operations/{acme_op}")).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["device"]["id"], old["device_id"], "the history stays with it");
+
     // Tenants are the operators' to manage; one that holds anything stays.
     let listed: Value = server.admin(Method::GET, "/api/v1/tenants").send().await.unwrap().json().await.unwrap();
     let counts: Vec<(&str, i64)> = listed["items"]
@@ -279,7 +343,7 @@ async fn two_tenants(server: &TestServer) {
         .iter()
         .map(|t| (t["name"].as_str().unwrap(), t["devices"].as_i64().unwrap()))
         .collect();
-    assert_eq!(counts, [("acme", 2), ("default", 1), ("globex", 2)]);
+    assert_eq!(counts, [("acme", 1), ("default", 1), ("globex", 3)]);
     let r = server.admin(Method::DELETE, "/api/v1/tenants/acme").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::CONFLICT);
     assert!(r.text().await.unwrap().contains("2 device(s)"));

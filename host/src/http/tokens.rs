@@ -2,7 +2,7 @@
 
 use super::api::Errors;
 use super::audit::AuditSlot;
-use super::{Administrator, ApiError, ApiJson, AppState, ErrorBody, Path};
+use super::{ApiError, ApiJson, AppState, ErrorBody, Path, TenantAdministrator};
 use crate::auth::Role;
 use crate::scope::Scope;
 use axum::Json;
@@ -15,8 +15,9 @@ use utoipa::ToSchema;
 #[serde(deny_unknown_fields)]
 pub(super) struct NewAdminToken {
     /// Who or what uses it (recorded as the actor of what it does; tokens are revoked by
-    /// name, so one live token per name): 1 to 64 characters, not only spaces.
-    #[schema(min_length = 1, max_length = 64, pattern = r"\S")]
+    /// name, so one live token per name): 1 to 64 characters, not only spaces, no `/`. A
+    /// token of a tenant is named `TENANT/NAME`.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[^/]*\S[^/]*$")]
     name: String,
     role: Role,
     /// Seconds until it stops working (1 second to 10 years); absent: it does not expire.
@@ -50,19 +51,36 @@ pub(super) struct AdminTokenCreated {
     token: String,
 }
 
-/// Create an admin-API token; the token is in this answer only.
+/// Create an admin-API token; the token is in this answer only. A tenant's admin makes
+/// tokens of its tenant only.
 #[utoipa::path(post, path = "/api/v1/admin-tokens", tag = "admin", request_body = NewAdminToken,
     responses((status = 201, body = AdminTokenCreated),
               (status = 409, description = "A live token has that name", body = ErrorBody), Errors))]
 pub(super) async fn create_admin_token(
     State(state): State<AppState>,
-    _: Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     audit: Option<Extension<AuditSlot>>,
     ApiJson(t): ApiJson<NewAdminToken>,
 ) -> Result<(StatusCode, Json<AdminTokenCreated>), ApiError> {
-    if t.name.trim().is_empty() || t.name.chars().count() > 64 {
-        return Err(ApiError::bad_request("invalid", "`name` must be 1 to 64 characters"));
+    if t.name.trim().is_empty() || t.name.chars().count() > 64 || t.name.contains('/') {
+        return Err(ApiError::bad_request("invalid", "`name` must be 1 to 64 characters, without `/`"));
     }
+    // A tenant's admin makes tokens of its own tenant; an operator, of any or of none.
+    let tenant = match (admin.tenant.as_deref(), t.tenant.as_deref()) {
+        (Some(own), Some(asked)) if own != asked => {
+            return Err(ApiError::forbidden(format!(
+                "this caller belongs to tenant `{own}` and cannot make tokens of `{}`",
+                asked.escape_debug()
+            )));
+        }
+        (Some(own), _) => Some(own.to_string()),
+        (None, asked) => asked.map(str::to_string),
+    };
+    // Named within its tenant, so tenants never collide on (or learn of) each other's names.
+    let name = match &tenant {
+        Some(tenant) => format!("{tenant}/{}", t.name),
+        None => t.name.clone(),
+    };
     let expires_at = match t.expires_in {
         None => None,
         Some(s) if (1..=MAX_LIFETIME_SECS).contains(&s) => Some(crate::store::now_ms() + s * 1000),
@@ -76,24 +94,21 @@ pub(super) async fn create_admin_token(
     if let Some(p) = t.scope.as_ref().and_then(|s| s.problem(false)) {
         return Err(ApiError::bad_request("invalid", format!("`scope`: {p}")));
     }
-    if let Some(tenant) = &t.tenant {
+    if let Some(tenant) = &tenant {
         crate::tenants::exists(&state.store, tenant).await?;
     }
     if let Some(Extension(slot)) = &audit {
         slot.set_data(serde_json::json!({
-            "name": t.name, "role": t.role, "scope": t.scope, "tenant": t.tenant, "expires_at": expires_at,
+            "name": name, "role": t.role, "scope": t.scope, "tenant": tenant, "expires_at": expires_at,
         }));
     }
     let (token, hash) = crate::auth::new_token("admin");
     let scope = t.scope.as_ref().map(|s| serde_json::to_string(s).expect("a scope serializes"));
     state
         .store
-        .insert_admin_token(&hash, &t.name, t.role.as_str(), scope.as_deref(), t.tenant.as_deref(), expires_at)
+        .insert_admin_token(&hash, &name, t.role.as_str(), scope.as_deref(), tenant.as_deref(), expires_at)
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(AdminTokenCreated { name: t.name, role: t.role, scope: t.scope, tenant: t.tenant, expires_at, token }),
-    ))
+    Ok((StatusCode::CREATED, Json(AdminTokenCreated { name, role: t.role, scope: t.scope, tenant, expires_at, token })))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -122,12 +137,13 @@ pub(super) struct AdminTokenList {
     items: Vec<AdminTokenInfo>,
 }
 
-/// List admin tokens: names, roles, expiry and revocation.
+/// List admin tokens: names, roles, expiry and revocation (a tenant's admin: its
+/// tenant's).
 #[utoipa::path(get, path = "/api/v1/admin-tokens", tag = "admin",
     responses((status = 200, body = AdminTokenList), Errors))]
 pub(super) async fn list_admin_tokens(
     State(state): State<AppState>,
-    _: Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
 ) -> Result<Json<AdminTokenList>, ApiError> {
     let now = crate::store::now_ms();
     let items = state
@@ -135,6 +151,7 @@ pub(super) async fn list_admin_tokens(
         .admin_tokens()
         .await?
         .into_iter()
+        .filter(|t| admin.tenant.is_none() || t.tenant == admin.tenant)
         .map(|t| AdminTokenInfo {
             state: match (t.revoked_at, t.expires_at) {
                 (Some(_), _) => "revoked",
@@ -155,16 +172,23 @@ pub(super) async fn list_admin_tokens(
 }
 
 /// Revoke the live admin token called `name`: it is refused from the next request on. The
-/// last live admin-role token cannot be revoked (409 `refused`).
+/// last live admin-role token of no tenant cannot be revoked (409 `refused`). A tenant's
+/// admin names its tenant's tokens with or without the `TENANT/` before the name, and
+/// reaches no other.
 #[utoipa::path(delete, path = "/api/v1/admin-tokens/{name}", tag = "admin",
     params(("name" = String, Path, description = "The token's name")),
     responses((status = 204, description = "Revoked"),
               (status = 409, description = "The last live admin token cannot be revoked", body = ErrorBody), Errors))]
 pub(super) async fn revoke_admin_token(
     State(state): State<AppState>,
-    _: Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let name = match admin.tenant.as_deref() {
+        Some(own) if name.strip_prefix(own).is_some_and(|rest| rest.starts_with('/')) => name,
+        Some(own) => format!("{own}/{name}"),
+        None => name,
+    };
     state.store.revoke_admin_token(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

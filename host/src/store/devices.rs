@@ -225,6 +225,10 @@ impl Store {
     /// session is cleared. (Its credentials were revoked and its operations cancelled when
     /// it was removed.) An admin who wants the old device back restores it first
     /// (`restore_device`), which keeps them.
+    ///
+    /// Enrolled into another tenant than the removed device's, it is a new record: the
+    /// removed one is renamed `ID~removed-KEY` and keeps its history with its tenant, so
+    /// nothing of one tenant's history reaches another through a reused identity.
     /// `channel` names the front it came through, for the `device.enrolled` event written
     /// with it.
     pub async fn enroll_device(&self, d: &NewDevice, channel: &'static str) -> Result<DeviceRow, StoreError> {
@@ -245,6 +249,10 @@ impl Store {
         );
         let row: Option<DeviceRow> = with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
+            sqlx::query(
+                    "UPDATE devices SET device_id = device_id || '~removed-' || CAST(id AS TEXT)
+                     WHERE device_type = $1 AND device_id = $2 AND status = 'removed' AND tenant <> $3")
+                .bind(&d.device_type).bind(&d.device_id).bind(&d.tenant).execute(&mut *tx).await?;
             for leftovers in [
                 "DELETE FROM device_tags WHERE device IN
                     (SELECT id FROM devices WHERE device_type = $1 AND device_id = $2 AND status = 'removed')",
