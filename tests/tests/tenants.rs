@@ -80,6 +80,7 @@ const SERVED: &[(&str, &str)] = &[
     ("get", "/api/v1/operations/{id}"),
     ("post", "/api/v1/operations/{id}/cancel"),
     ("get", "/api/v1/whoami"),
+    ("get", "/api/v1/events"),
     ("post", "/api/v1/logout"),
     ("post", "/api/v1/login"),
     ("post", "/api/v1/enrollment-tokens"),
@@ -217,6 +218,20 @@ async fn two_tenants(server: &TestServer) {
 
     // Every other endpoint refuses a tenant's admin, and none names Acme's device.
     server.walk_refused(&globex, SERVED, "acme-1", acme_op).await;
+
+    // The event log: the events about its own devices, nothing of the other tenant's or
+    // of the server's own (tokens, tenants).
+    let events: Value =
+        with(server, &globex, Method::GET, "/api/v1/events").send().await.unwrap().json().await.unwrap();
+    let items = events["items"].as_array().unwrap();
+    assert!(
+        items.iter().any(|e| e["type"] == "device.enrolled" && e["target"] == "device/android/globex-1"),
+        "{events}"
+    );
+    assert!(!events.to_string().contains("acme"), "Acme's events reached Globex: {events}");
+    let acme_events: Value =
+        with(server, &acme, Method::GET, "/api/v1/events?type=operation.").send().await.unwrap().json().await.unwrap();
+    assert!(!acme_events["items"].as_array().unwrap().is_empty(), "{acme_events}");
 
     // Metrics and the MQTT event feed are the whole server's.
     let r = with(server, &globex, Method::GET, "/metrics").send().await.unwrap();

@@ -62,6 +62,7 @@ const SCOPED: &[(&str, &str)] = &[
     ("get", "/api/v1/operations/{id}"),
     ("post", "/api/v1/operations/{id}/cancel"),
     ("get", "/api/v1/whoami"),
+    ("get", "/api/v1/events"),
     ("post", "/api/v1/logout"),
     ("post", "/api/v1/login"),
 ];
@@ -258,8 +259,13 @@ async fn users_and_scopes(backend: Backend) {
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert!(r.text().await.unwrap().contains("not among the operations"));
     assert_eq!(add(&server, &helpdesk, "DEVICE_RING", one).await.status(), StatusCode::CREATED);
+    // The event log: only events about its devices, none of the server's own.
     let r = with(&server, &helpdesk, Method::GET, "/api/v1/events").send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN, "the event log is the whole fleet's");
+    assert_eq!(r.status(), StatusCode::OK);
+    let events: Value = r.json().await.unwrap();
+    let items = events["items"].as_array().unwrap();
+    assert!(items.iter().any(|e| e["type"] == "device.enrolled"), "{events}");
+    assert!(items.iter().all(|e| !e["device"].is_null()), "an event about no device: {events}");
 
     // Removing a user ends their sessions.
     let last = token_of(&server, "olive").await;

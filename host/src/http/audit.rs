@@ -142,6 +142,8 @@ pub(super) async fn list_audit(
         outcome: q.outcome.map(|o| o.as_str().to_string()),
         since: q.since,
         until: q.until,
+        // The trail is the whole server's (`Viewer`: no confined caller reads it).
+        within: None,
     };
     let items = state.store.events(&query, q.after.unwrap_or(0), limit).await?;
     let next_after = super::api::next_after(&items, limit, |e| e.seq);

@@ -10,7 +10,8 @@
 //! deleted by retention). On SQLite, with one writer, numbers are committed in order.
 
 use super::api::{Errors, MAX_PAGE};
-use super::{ApiError, AppState, Query, Viewer};
+use super::{ApiError, AppState, Query, ScopedViewer};
+use crate::scope::Reach;
 use crate::store::{EventQuery, EventRow, Store};
 use axum::Json;
 use axum::extract::State;
@@ -52,13 +53,21 @@ pub(super) struct EventsPage {
     next_after: i64,
 }
 
-/// One page of events from `after`, and the cursor after it.
-async fn page(store: &Store, kind: &Option<String>, after: i64, limit: i64) -> Result<EventsPage, ApiError> {
+/// One page of events from `after`, and the cursor after it; `within`: only those about a
+/// device in this reach.
+async fn page(
+    store: &Store,
+    kind: &Option<String>,
+    within: &Option<Reach>,
+    after: i64,
+    limit: i64,
+) -> Result<EventsPage, ApiError> {
     let horizon = store.settled(after).await?;
     if horizon == after {
         return Ok(EventsPage { items: Vec::new(), next_after: after });
     }
-    let q = EventQuery { type_prefix: kind.clone(), up_to: Some(horizon), ..Default::default() };
+    let q =
+        EventQuery { type_prefix: kind.clone(), up_to: Some(horizon), within: within.clone(), ..Default::default() };
     let items = store.events(&q, after, limit).await?;
     // A full page continues after its last item; otherwise everything up to the horizon
     // has been seen (the rest did not match the filter).
@@ -71,23 +80,27 @@ async fn page(store: &Store, kind: &Option<String>, after: i64, limit: i64) -> R
 
 /// The event log: a page of JSON, or with `Accept: text/event-stream` a live stream of
 /// Server-Sent Events (`id` = sequence number, `event` = type, `data` = the event as
-/// JSON), resumed after `Last-Event-ID`.
+/// JSON), resumed after `Last-Event-ID`. A scoped or tenant's caller gets only the events
+/// about its devices.
 #[utoipa::path(get, path = "/api/v1/events", tag = "admin", params(EventsQuery),
     responses((status = 200, body = EventsPage,
         description = "A page of events; with `Accept: text/event-stream`, a live stream of them"), Errors))]
 pub(super) async fn events(
     State(state): State<AppState>,
-    _: Viewer,
+    ScopedViewer(admin): ScopedViewer,
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> Result<Response, ApiError> {
+    // Resolved once: a stream keeps the reach it started with (a scope's groups as they
+    // were then).
+    let within = admin.reach(&state).await?;
     let wants_stream = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim().starts_with("text/event-stream")));
     if !wants_stream {
         let limit = q.limit.unwrap_or(super::api::DEFAULT_PAGE).clamp(1, MAX_PAGE);
-        return Ok(Json(page(&state.store, &q.event_type, q.after.unwrap_or(0), limit).await?).into_response());
+        return Ok(Json(page(&state.store, &q.event_type, &within, q.after.unwrap_or(0), limit).await?).into_response());
     }
     let last_event_id = match headers.get("last-event-id") {
         None => None,
@@ -111,8 +124,8 @@ pub(super) async fn events(
     let store = state.store.clone();
     let kind = q.event_type;
     let stream = futures_util::stream::unfold(
-        (store, kind, start, std::collections::VecDeque::<EventRow>::new(), permit),
-        |(store, kind, mut cursor, mut buffered, permit)| async move {
+        (store, kind, within, start, std::collections::VecDeque::<EventRow>::new(), permit),
+        |(store, kind, within, mut cursor, mut buffered, permit)| async move {
             loop {
                 if let Some(e) = buffered.pop_front() {
                     let sse = SseEvent::default()
@@ -120,9 +133,12 @@ pub(super) async fn events(
                         .event(e.event_type.clone())
                         .json_data(&e)
                         .unwrap_or_else(|_| SseEvent::default().comment("unserialisable event"));
-                    return Some((Ok::<_, std::convert::Infallible>(sse), (store, kind, cursor, buffered, permit)));
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(sse),
+                        (store, kind, within, cursor, buffered, permit),
+                    ));
                 }
-                match page(&store, &kind, cursor, 500).await {
+                match page(&store, &kind, &within, cursor, 500).await {
                     Ok(p) if !p.items.is_empty() => {
                         cursor = p.next_after;
                         buffered.extend(p.items);

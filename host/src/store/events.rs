@@ -120,6 +120,9 @@ pub struct EventQuery {
     pub since: Option<i64>,
     /// Before this time (ms, exclusive).
     pub until: Option<i64>,
+    /// Only events about a device in this reach (a scoped or tenant's caller): events
+    /// about no device are the whole server's and left out.
+    pub within: Option<crate::scope::Reach>,
 }
 
 /// How long a missing sequence number is waited for before readers move past it
@@ -212,6 +215,10 @@ impl Store {
         }
         if let Some(u) = q.until {
             f.and("at < ?", Param::Int(u));
+        }
+        if let Some(reach) = &q.within {
+            let cond = reach.condition(self.is_postgres(), &mut f);
+            f.sql.push_str(&format!(" AND device IN (SELECT d.id FROM devices d WHERE {cond})"));
         }
         let sql = format!(
             "SELECT seq, at, type, actor, role, action, target, outcome, status, data, device FROM events
