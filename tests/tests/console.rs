@@ -555,6 +555,7 @@ async fn sessions(server: &TestServer) {
     assert_eq!(audit["items"][0]["actor"], "bootstrap");
 
     users(server, &plain).await;
+    tenants(server, &plain).await;
 }
 
 /// The users page, and a scoped user's console: their devices only.
@@ -632,6 +633,65 @@ async fn users(server: &TestServer, plain: &reqwest::Client) {
     let r = post(&admin, "/console/users/kiosk/remove", vec![("csrf", csrf.as_str())]).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert!(!get(&admin, "/console/users").await.text().await.unwrap().contains("kiosk"));
+}
+
+/// The Tenants page (operators), and a tenant admin's session: its devices and the
+/// enrollment page, into its tenant, and no fleet-wide page.
+async fn tenants(server: &TestServer, plain: &reqwest::Client) {
+    let login = |token: String| {
+        let url = server.url("/console/login");
+        let plain = plain.clone();
+        async move {
+            let r = plain.post(url).form(&[("token", token)]).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::SEE_OTHER);
+            r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string()
+        }
+    };
+    let get = |cookie: &str, path: &str| {
+        let (cookie, url, plain) = (cookie.to_string(), server.url(path), plain.clone());
+        async move { plain.get(url).header("cookie", cookie).send().await.unwrap() }
+    };
+    let post = |cookie: &str, path: &str, form: Vec<(&str, &str)>| {
+        let (cookie, url, plain) = (cookie.to_string(), server.url(path), plain.clone());
+        let form: Vec<(String, String)> = form.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        async move { plain.post(url).header("cookie", cookie).form(&form).send().await.unwrap() }
+    };
+    let admin = login(ADMIN_TOKEN.to_string()).await;
+    let html = get(&admin, "/console/tenants").await.text().await.unwrap();
+    assert!(html.contains("<td>default</td>"), "the default tenant is listed");
+    let csrf = html.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let r = post(&admin, "/console/tenants", vec![("csrf", &csrf), ("name", "Bad Name"), ("description", "")]).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("lower-case"), "the refusal is named on the form");
+    for name in ["initech", "short-lived"] {
+        let r =
+            post(&admin, "/console/tenants", vec![("csrf", &csrf), ("name", name), ("description", "Initech")]).await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    }
+    let r = post(&admin, "/console/tenants/short-lived/remove", vec![("csrf", &csrf)]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let html = get(&admin, "/console/tenants").await.text().await.unwrap();
+    assert!(html.contains("<td>initech</td>") && !html.contains("short-lived"), "the tenants table");
+
+    // A tenant admin's session: its devices only, enrollment into its tenant.
+    let r = server
+        .admin(Method::POST, "/api/v1/admin-tokens")
+        .json(&json!({ "name": "boss", "role": "admin", "tenant": "initech" }))
+        .send()
+        .await
+        .unwrap();
+    let boss = login(r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string()).await;
+    let html = get(&boss, "/console/devices").await.text().await.unwrap();
+    assert!(html.contains("initech/boss (admin, tenant initech)"), "who is logged in");
+    assert!(!html.contains("356000000000301"), "another tenant's device is listed");
+    assert!(html.contains("href=\"/console/enrollment\"") && !html.contains("href=\"/console/tenants\""));
+    let html = get(&boss, "/console/enrollment").await.text().await.unwrap();
+    assert!(!html.contains("e-tenant"), "a tenant admin does not choose the tenant");
+    let csrf = html.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let form = vec![("csrf", csrf.as_str()), ("device_type", "android"), ("uses", "2"), ("hours", "1")];
+    let html = post(&boss, "/console/enrollment/tokens", form).await.text().await.unwrap();
+    assert!(html.contains("devices of tenant initech"), "the token enrolls into the tenant");
+    assert_eq!(get(&boss, "/console/tenants").await.status(), StatusCode::FORBIDDEN);
 }
 
 drover_tests::e2e!(console_sessions, super::sessions);
