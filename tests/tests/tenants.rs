@@ -88,6 +88,11 @@ const SERVED: &[(&str, &str)] = &[
     ("get", "/api/v1/admin-tokens"),
     ("post", "/api/v1/admin-tokens"),
     ("delete", "/api/v1/admin-tokens/{name}"),
+    ("get", "/api/v1/users"),
+    ("post", "/api/v1/users"),
+    ("get", "/api/v1/users/{name}"),
+    ("patch", "/api/v1/users/{name}"),
+    ("delete", "/api/v1/users/{name}"),
 ];
 
 async fn two_tenants(server: &TestServer) {
@@ -281,6 +286,40 @@ async fn two_tenants(server: &TestServer) {
         .unwrap();
     let wile = created(r).await["token"].as_str().unwrap().to_string();
     assert_eq!(ids(server, &wile, "/api/v1/devices").await, ["acme-1"]);
+
+    // A tenant's admin manages its tenant's users, and reaches no other's.
+    let r = with(server, &acme, Method::POST, "/api/v1/users")
+        .json(&json!({ "name": "road-runner", "password": "correct horse battery staple", "role": "viewer" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created(r).await["tenant"], "acme", "made into the admin's tenant");
+    let r = with(server, &globex, Method::POST, "/api/v1/users")
+        .json(&json!({ "name": "spy", "password": "correct horse battery staple", "role": "admin", "tenant": "acme" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let users: Value = with(server, &acme, Method::GET, "/api/v1/users").send().await.unwrap().json().await.unwrap();
+    let names: Vec<&str> = users["items"].as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["road-runner", "wile"], "{users}");
+    let users: Value = with(server, &globex, Method::GET, "/api/v1/users").send().await.unwrap().json().await.unwrap();
+    assert_eq!(users["items"].as_array().unwrap().len(), 0, "{users}");
+    for method in [Method::GET, Method::PATCH, Method::DELETE] {
+        let r = with(server, &globex, method.clone(), "/api/v1/users/wile")
+            .json(&json!({ "disabled": true }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} another tenant's user");
+    }
+    assert_eq!(ids(server, &wile, "/api/v1/devices").await, ["acme-1"], "Globex's tries changed nothing");
+    let r = with(server, &acme, Method::PATCH, "/api/v1/users/road-runner")
+        .json(&json!({ "disabled": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
 
     // A pre-registered identity is claimed only with a token of its own tenant.
     let r = with(server, &acme, Method::POST, "/api/v1/devices/import")

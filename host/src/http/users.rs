@@ -4,7 +4,7 @@
 
 use super::api::Errors;
 use super::audit::AuditSlot;
-use super::{Administrator, ApiError, ApiJson, AppState, ErrorBody, Path, ScopedViewer};
+use super::{Admin, ApiError, ApiJson, AppState, ErrorBody, Path, ScopedViewer, TenantAdministrator};
 use crate::auth::{Role, hash_token};
 use crate::scope::Scope;
 use crate::store::UserRow;
@@ -75,18 +75,29 @@ pub(super) struct UserList {
     items: Vec<User>,
 }
 
-/// Create a user who logs in with a password.
+/// Create a user who logs in with a password. A tenant's admin makes users of its tenant
+/// only.
 #[utoipa::path(post, path = "/api/v1/users", tag = "admin", request_body = NewUser,
     responses((status = 201, body = User),
               (status = 409, description = "A user has that name", body = ErrorBody), Errors))]
 pub(super) async fn create_user(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     audit: Option<Extension<AuditSlot>>,
     ApiJson(u): ApiJson<NewUser>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
+    let tenant = match (admin.tenant.as_deref(), u.tenant.as_deref()) {
+        (Some(own), Some(asked)) if own != asked => {
+            return Err(ApiError::forbidden(format!(
+                "this caller belongs to tenant `{own}` and cannot make users of `{}`",
+                asked.escape_debug()
+            )));
+        }
+        (Some(own), _) => Some(own.to_string()),
+        (None, asked) => asked.map(str::to_string),
+    };
     if let Some(Extension(slot)) = &audit {
-        slot.set_data(serde_json::json!({ "name": u.name, "role": u.role, "scope": u.scope, "tenant": u.tenant }));
+        slot.set_data(serde_json::json!({ "name": u.name, "role": u.role, "scope": u.scope, "tenant": tenant }));
     }
     let row = crate::users::create(
         &state.store,
@@ -94,21 +105,30 @@ pub(super) async fn create_user(
         u.password.as_deref(),
         u.role,
         u.scope.as_ref(),
-        u.tenant.as_deref(),
+        tenant.as_deref(),
         &admin.actor(),
     )
     .await?;
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
-/// Every user.
+/// Every user (a tenant's admin: its tenant's).
 #[utoipa::path(get, path = "/api/v1/users", tag = "admin", responses((status = 200, body = UserList), Errors))]
-pub(super) async fn list_users(State(state): State<AppState>, _: Administrator) -> Result<Json<UserList>, ApiError> {
-    Ok(Json(UserList { items: state.store.users().await?.into_iter().map(User::from).collect() }))
+pub(super) async fn list_users(
+    State(state): State<AppState>,
+    TenantAdministrator(admin): TenantAdministrator,
+) -> Result<Json<UserList>, ApiError> {
+    let users = state.store.users().await?.into_iter();
+    Ok(Json(UserList {
+        items: users.filter(|u| admin.tenant.is_none() || u.tenant == admin.tenant).map(User::from).collect(),
+    }))
 }
 
-async fn user_or_404(state: &AppState, name: &str) -> Result<UserRow, ApiError> {
-    state.store.user(name).await?.ok_or_else(|| ApiError::not_found(format!("user `{name}` not found")))
+/// The user called `name`, if the caller reaches it: a tenant's admin only its tenant's
+/// (another's is "not found", as one that does not exist).
+async fn user_or_404(state: &AppState, admin: &Admin, name: &str) -> Result<UserRow, ApiError> {
+    let found = state.store.user(name).await?.filter(|u| admin.tenant.is_none() || u.tenant == admin.tenant);
+    found.ok_or_else(|| ApiError::not_found(format!("user `{name}` not found")))
 }
 
 /// One user.
@@ -116,10 +136,10 @@ async fn user_or_404(state: &AppState, name: &str) -> Result<UserRow, ApiError> 
     responses((status = 200, body = User), Errors))]
 pub(super) async fn get_user(
     State(state): State<AppState>,
-    _: Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     Path(name): Path<String>,
 ) -> Result<Json<User>, ApiError> {
-    Ok(Json(user_or_404(&state, &name).await?.into()))
+    Ok(Json(user_or_404(&state, &admin, &name).await?.into()))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -148,11 +168,13 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Scope
     request_body = UserChange, responses((status = 200, body = User), Errors))]
 pub(super) async fn update_user(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     audit: Option<Extension<AuditSlot>>,
     Path(name): Path<String>,
     ApiJson(c): ApiJson<UserChange>,
 ) -> Result<Json<User>, ApiError> {
+    // A user's tenant never changes, so this check holds for the write that follows.
+    user_or_404(&state, &admin, &name).await?;
     if let Some(Extension(slot)) = &audit {
         slot.set_data(serde_json::json!({
             "name": name, "role": c.role, "scope": c.scope, "disabled": c.disabled,
@@ -169,9 +191,10 @@ pub(super) async fn update_user(
     responses((status = 204, description = "Removed"), Errors))]
 pub(super) async fn delete_user(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    user_or_404(&state, &admin, &name).await?;
     crate::users::remove(&state.store, &name, &admin.actor()).await?;
     Ok(StatusCode::NO_CONTENT)
 }

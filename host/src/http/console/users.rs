@@ -59,8 +59,10 @@ async fn list_page(console: &ConsoleState, session: &Session, form: &NewUser, er
             label for="u-codes" { "Only these operation codes (comma-separated; empty: any)" }
             input #u-codes name="operations" value=(form.operations);
             label.check { input #u-own type="checkbox" name="own_devices" value="true" checked[form.own_devices.is_some()]; " Only devices the user owns (self-service)" }
-            label for="u-tenant" { "Tenant (empty: an operator of the server, every tenant)" }
-            input #u-tenant name="tenant" pattern="[a-z0-9][a-z0-9-]{0,63}" value=(form.tenant);
+            @if session.tenant.is_none() {
+                label for="u-tenant" { "Tenant (empty: an operator of the server, every tenant)" }
+                input #u-tenant name="tenant" pattern="[a-z0-9][a-z0-9-]{0,63}" value=(form.tenant);
+            }
             p.hint { "A user with a scope sees and acts on the devices it admits only, in the devices pages and the API." }
             button type="submit" { "Add user" }
         }
