@@ -67,7 +67,8 @@ pub async fn add(core: &Core, op: NewOperation, actor: &str) -> Result<(Activity
     if let Some(reach) = op.within {
         // Refused, not narrowed: an operator who meant the whole group should hear that
         // part of it is not theirs. The insert is narrowed too, for a device that joins a
-        // target group between this count and the write.
+        // target group between this count and the write. Another tenant's devices are
+        // neither counted nor reached: for a tenant's caller they do not exist.
         let outside = core.store.targets_outside(&targets, &reach).await?;
         if outside > 0 {
             return Err(Error::forbidden(format!(

@@ -210,6 +210,11 @@ impl Reach {
         Reach { tenant: Some(tenant.to_string()), ..Reach::default() }
     }
 
+    /// The tenant it is within, if one.
+    pub fn tenant_of(&self) -> Option<&str> {
+        self.tenant.as_deref()
+    }
+
     /// This reach, within `tenant` too.
     pub fn within_tenant(mut self, tenant: Option<&str>) -> Reach {
         self.tenant = tenant.map(str::to_string);

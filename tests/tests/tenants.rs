@@ -193,15 +193,18 @@ async fn two_tenants(server: &TestServer) {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN, "{}", r.text().await.unwrap());
-    let r = with(server, &globex, Method::POST, "/api/v1/operations")
-        .json(&json!({ "code": "DEVICE_WIPE", "targets": { "tags": ["any"] } }))
-        .send()
-        .await
-        .unwrap();
-    // A tag target reaches no other tenant's devices (Acme's device is tagged `any`).
-    if r.status() == StatusCode::CREATED {
-        assert_eq!(r.json::<Value>().await.unwrap()["operations"], 0);
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{}", r.text().await.unwrap());
+    // A tag target reaches no other tenant's devices (Acme's device is tagged `any`), and
+    // the answer does not count them: it is the answer to a tag nobody carries.
+    for tag in ["any", "nobody-has-it"] {
+        let r = with(server, &globex, Method::POST, "/api/v1/operations")
+            .json(&json!({ "code": "DEVICE_WIPE", "targets": { "tags": [tag] } }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "no_targets", "{body}");
     }
     let ops: Value =
         with(server, &globex, Method::GET, "/api/v1/operations").send().await.unwrap().json().await.unwrap();

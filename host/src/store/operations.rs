@@ -259,7 +259,13 @@ impl Store {
         let all = TargetSet { within: None, ..targets.clone() };
         let mut predicate = all.predicate(self.is_postgres(), 1);
         let condition = reach.condition(self.is_postgres(), &mut predicate);
-        let sql = format!("SELECT COUNT(*) FROM devices d WHERE {} AND NOT {condition}", predicate.sql);
+        let mut sql = format!("SELECT COUNT(*) FROM devices d WHERE {} AND NOT {condition}", predicate.sql);
+        // Another tenant's devices are not "outside the scope": for this caller they do not
+        // exist, and a count of them would tell how many carry a tag or sit in a group.
+        if let Some(tenant) = reach.tenant_of() {
+            let p = predicate.placeholder(Param::Text(tenant.to_string()));
+            sql.push_str(&format!(" AND d.tenant = {p}"));
+        }
         let (n,): (i64,) =
             with_pool!(self, pool => bind_filters!(sqlx::query_as(trusted(&sql)), predicate).fetch_one(pool).await?);
         Ok(n)
