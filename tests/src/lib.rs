@@ -144,6 +144,24 @@ pub struct TestServer {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// The endpoints written to serve scoped callers (narrowed to the scope), by method and
+/// route; every other one must refuse them (`TestServer::walk_refused`).
+pub const SCOPED: &[(&str, &str)] = &[
+    ("get", "/api/v1/devices"),
+    ("get", "/api/v1/devices/{device_type}/{device_id}"),
+    ("get", "/api/v1/devices/{device_type}/{device_id}/telemetry"),
+    ("get", "/api/v1/devices/{device_type}/{device_id}/certificates"),
+    ("get", "/api/v1/device-types"),
+    ("get", "/api/v1/operations"),
+    ("post", "/api/v1/operations"),
+    ("get", "/api/v1/operations/{id}"),
+    ("post", "/api/v1/operations/{id}/cancel"),
+    ("get", "/api/v1/whoami"),
+    ("get", "/api/v1/events"),
+    ("post", "/api/v1/logout"),
+    ("post", "/api/v1/login"),
+];
+
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);

@@ -57,6 +57,22 @@ async fn enroll(server: &TestServer, admin: &str, id: &str) -> String {
     created(r).await["access_token"].as_str().unwrap().to_string()
 }
 
+/// mosquitto_sub against the embedded broker for at most 3 s: whether it succeeded, and
+/// what it printed.
+async fn mosquitto_sub(port: u16, args: &[&str]) -> (bool, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-W", "3"])
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("mosquitto_sub finishes")
+    .unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
 async fn ids(server: &TestServer, token: &str, path: &str) -> Vec<String> {
     let r = with(server, token, Method::GET, path).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK, "{path}");
@@ -67,22 +83,9 @@ async fn ids(server: &TestServer, token: &str, path: &str) -> Vec<String> {
     ids
 }
 
-/// What a tenant's admin may call besides the scoped endpoints: enrollment within its
-/// tenant.
-const SERVED: &[(&str, &str)] = &[
-    ("get", "/api/v1/devices"),
-    ("get", "/api/v1/devices/{device_type}/{device_id}"),
-    ("get", "/api/v1/devices/{device_type}/{device_id}/telemetry"),
-    ("get", "/api/v1/devices/{device_type}/{device_id}/certificates"),
-    ("get", "/api/v1/device-types"),
-    ("get", "/api/v1/operations"),
-    ("post", "/api/v1/operations"),
-    ("get", "/api/v1/operations/{id}"),
-    ("post", "/api/v1/operations/{id}/cancel"),
-    ("get", "/api/v1/whoami"),
-    ("get", "/api/v1/events"),
-    ("post", "/api/v1/logout"),
-    ("post", "/api/v1/login"),
+/// What a tenant's admin may call besides the scoped endpoints (`drover_tests::SCOPED`):
+/// enrollment, tokens and users, within its tenant.
+const TENANT_ADMIN: &[(&str, &str)] = &[
     ("post", "/api/v1/enrollment-tokens"),
     ("post", "/api/v1/devices/import"),
     ("get", "/api/v1/admin-tokens"),
@@ -225,7 +228,8 @@ async fn two_tenants(server: &TestServer) {
     assert!(r.text().await.unwrap().contains("DEVICE_RING"));
 
     // Every other endpoint refuses a tenant's admin, and none names Acme's device.
-    server.walk_refused(&globex, SERVED, "acme-1", acme_op).await;
+    let served = [drover_tests::SCOPED, TENANT_ADMIN].concat();
+    server.walk_refused(&globex, &served, "acme-1", acme_op).await;
 
     // The event log: the events about its own devices, nothing of the other tenant's or
     // of the server's own (tokens, tenants).
@@ -245,30 +249,11 @@ async fn two_tenants(server: &TestServer) {
     let r = with(server, &globex, Method::GET, "/metrics").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let port = server.mqtt.expect("the embedded broker runs").port();
-    let out = tokio::time::timeout(
-        Duration::from_secs(20),
-        tokio::process::Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", "admin", "-P", &globex])
-            .args(["-t", "drover-events/#", "-W", "3"])
-            .output(),
-    )
-    .await
-    .expect("mosquitto_sub finishes")
-    .unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(!out.status.success() && !said.contains("drover-events/"), "{said}");
+    let (ok, said) = mosquitto_sub(port, &["-u", "admin", "-P", &globex, "-t", "drover-events/#"]).await;
+    assert!(!ok && !said.contains("drover-events/"), "{said}");
     // A device reaches only its own topics, whatever its tenant.
-    let out = tokio::time::timeout(
-        Duration::from_secs(20),
-        tokio::process::Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-u", "android/acme-1", "-P", &acme_device])
-            .args(["-t", "drover/android/globex-1/operations", "-W", "3"])
-            .output(),
-    )
-    .await
-    .expect("mosquitto_sub finishes")
-    .unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let args = ["-u", "android/acme-1", "-P", &acme_device, "-t", "drover/android/globex-1/operations"];
+    let (_, said) = mosquitto_sub(port, &args).await;
     assert!(said.contains("denied"), "{said}");
 
     // A tenant's user acts within the tenant too.

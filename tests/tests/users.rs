@@ -49,24 +49,6 @@ async fn add(server: &TestServer, token: &str, code: &str, targets: Value) -> re
         .unwrap()
 }
 
-/// The endpoints written to serve scoped callers (narrowed to the scope), by method and
-/// route; every other one must refuse them.
-const SCOPED: &[(&str, &str)] = &[
-    ("get", "/api/v1/devices"),
-    ("get", "/api/v1/devices/{device_type}/{device_id}"),
-    ("get", "/api/v1/devices/{device_type}/{device_id}/telemetry"),
-    ("get", "/api/v1/devices/{device_type}/{device_id}/certificates"),
-    ("get", "/api/v1/device-types"),
-    ("get", "/api/v1/operations"),
-    ("post", "/api/v1/operations"),
-    ("get", "/api/v1/operations/{id}"),
-    ("post", "/api/v1/operations/{id}/cancel"),
-    ("get", "/api/v1/whoami"),
-    ("get", "/api/v1/events"),
-    ("post", "/api/v1/logout"),
-    ("post", "/api/v1/login"),
-];
-
 async fn users_and_scopes(backend: Backend) {
     let server = TestServer::start(backend).await;
     for id in ["lab-1", "lab-2", "desk-1"] {
@@ -181,7 +163,7 @@ async fn users_and_scopes(backend: Backend) {
     assert_eq!(all["items"].as_array().unwrap().len(), 3, "a refused add stored operations");
 
     // Every other endpoint refuses her, and none names the desk device.
-    server.walk_refused(&olive, SCOPED, "desk-1", desk_op).await;
+    server.walk_refused(&olive, drover_tests::SCOPED, "desk-1", desk_op).await;
 
     // Her refused writes are in the audit trail under her name; her actions carry it.
     let trail: Value =
