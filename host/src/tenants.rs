@@ -64,8 +64,8 @@ pub async fn remove(store: &Store, name: &str, actor: &str) -> Result<()> {
 }
 
 /// The tenant a principal of `own` (its tenant; `None`: an operator of the server) acts
-/// in when it asks for `asked`: its own, whatever it asks; an operator's choice, which
-/// must exist; else [`DEFAULT`].
+/// in when it asks for `asked`: its own (asking for another is refused); an operator's
+/// choice, which must exist; else [`DEFAULT`].
 pub async fn acting_in(store: &Store, own: Option<&str>, asked: Option<&str>) -> Result<String> {
     match (own, asked) {
         (Some(own), Some(asked)) if own != asked => Err(Error::forbidden(format!(
@@ -78,6 +78,15 @@ pub async fn acting_in(store: &Store, own: Option<&str>, asked: Option<&str>) ->
             Ok(asked.to_string())
         }
         (None, None) => Ok(DEFAULT.to_string()),
+    }
+}
+
+/// The tenant of a token or user that a principal of `own` makes, asking for `asked`: as
+/// [`acting_in`], except that an operator asking for none makes another operator.
+pub async fn of_new_principal(store: &Store, own: Option<&str>, asked: Option<&str>) -> Result<Option<String>> {
+    match (own, asked) {
+        (None, None) => Ok(None),
+        (own, asked) => acting_in(store, own, asked).await.map(Some),
     }
 }
 

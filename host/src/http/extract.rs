@@ -186,7 +186,7 @@ role_extractor!(
 );
 role_extractor!(
     /// An administrator that may belong to a tenant (not scoped): the handler acts within
-    /// `admin.tenant` (`tenants::acting_in`).
+    /// `admin.tenant` (`tenants::acting_in`, `tenants::of_new_principal`).
     TenantAdministrator,
     Role::Admin,
     Confined::Tenant

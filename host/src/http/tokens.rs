@@ -66,16 +66,7 @@ pub(super) async fn create_admin_token(
         return Err(ApiError::bad_request("invalid", "`name` must be 1 to 64 characters, without `/`"));
     }
     // A tenant's admin makes tokens of its own tenant; an operator, of any or of none.
-    let tenant = match (admin.tenant.as_deref(), t.tenant.as_deref()) {
-        (Some(own), Some(asked)) if own != asked => {
-            return Err(ApiError::forbidden(format!(
-                "this caller belongs to tenant `{own}` and cannot make tokens of `{}`",
-                asked.escape_debug()
-            )));
-        }
-        (Some(own), _) => Some(own.to_string()),
-        (None, asked) => asked.map(str::to_string),
-    };
+    let tenant = crate::tenants::of_new_principal(&state.store, admin.tenant.as_deref(), t.tenant.as_deref()).await?;
     // Named within its tenant, so tenants never collide on (or learn of) each other's names.
     let name = match &tenant {
         Some(tenant) => format!("{tenant}/{}", t.name),
@@ -93,9 +84,6 @@ pub(super) async fn create_admin_token(
     };
     if let Some(p) = t.scope.as_ref().and_then(|s| s.problem(false)) {
         return Err(ApiError::bad_request("invalid", format!("`scope`: {p}")));
-    }
-    if let Some(tenant) = &tenant {
-        crate::tenants::exists(&state.store, tenant).await?;
     }
     if let Some(Extension(slot)) = &audit {
         slot.set_data(serde_json::json!({

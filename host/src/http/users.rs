@@ -86,16 +86,7 @@ pub(super) async fn create_user(
     audit: Option<Extension<AuditSlot>>,
     ApiJson(u): ApiJson<NewUser>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
-    let tenant = match (admin.tenant.as_deref(), u.tenant.as_deref()) {
-        (Some(own), Some(asked)) if own != asked => {
-            return Err(ApiError::forbidden(format!(
-                "this caller belongs to tenant `{own}` and cannot make users of `{}`",
-                asked.escape_debug()
-            )));
-        }
-        (Some(own), _) => Some(own.to_string()),
-        (None, asked) => asked.map(str::to_string),
-    };
+    let tenant = crate::tenants::of_new_principal(&state.store, admin.tenant.as_deref(), u.tenant.as_deref()).await?;
     if let Some(Extension(slot)) = &audit {
         slot.set_data(serde_json::json!({ "name": u.name, "role": u.role, "scope": u.scope, "tenant": tenant }));
     }
