@@ -151,6 +151,7 @@ pub const SCOPED: &[(&str, &str)] = &[
     ("get", "/api/v1/devices/{device_type}/{device_id}"),
     ("get", "/api/v1/devices/{device_type}/{device_id}/telemetry"),
     ("get", "/api/v1/devices/{device_type}/{device_id}/certificates"),
+    ("get", "/api/v1/devices/{device_type}/{device_id}/psk"),
     ("get", "/api/v1/device-types"),
     ("get", "/api/v1/operations"),
     ("post", "/api/v1/operations"),

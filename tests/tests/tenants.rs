@@ -87,6 +87,7 @@ async fn ids(server: &TestServer, token: &str, path: &str) -> Vec<String> {
 /// enrollment, tokens and users, within its tenant.
 const TENANT_ADMIN: &[(&str, &str)] = &[
     ("post", "/api/v1/enrollment-tokens"),
+    ("put", "/api/v1/devices/{device_type}/{device_id}/psk"),
     ("post", "/api/v1/devices/import"),
     ("get", "/api/v1/admin-tokens"),
     ("post", "/api/v1/admin-tokens"),
@@ -309,6 +310,29 @@ async fn two_tenants(server: &TestServer) {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 
+    // A tenant's admin gives its LwM2M devices their DTLS keys, and reaches no other's.
+    let r = with(server, &acme, Method::POST, "/api/v1/devices/import")
+        .body("device_type,device_id\nlwm2m,acme-meter\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r =
+        with(server, &acme, Method::PUT, "/api/v1/devices/lwm2m/acme-meter/psk").json(&json!({})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let r = with(server, &acme, Method::GET, "/api/v1/devices/lwm2m/acme-meter/psk").send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["identity"], "acme-meter");
+    for method in [Method::PUT, Method::GET] {
+        let r = with(server, &globex, method.clone(), "/api/v1/devices/lwm2m/acme-meter/psk")
+            .json(&json!({ "key": "00112233445566778899aabbccddeeff" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} another tenant's device key");
+    }
+    let r = server.admin(Method::GET, "/api/v1/devices/lwm2m/acme-meter/psk").send().await.unwrap();
+    assert!(r.json::<Value>().await.unwrap()["revoked_at"].is_null(), "Globex's try replaced Acme's key");
+
     // A pre-registered identity is claimed only with a token of its own tenant.
     let r = with(server, &acme, Method::POST, "/api/v1/devices/import")
         .body("device_type,device_id\nandroid,acme-2\n")
@@ -334,7 +358,7 @@ async fn two_tenants(server: &TestServer) {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "another tenant's token claimed a pre-registered device");
     assert_eq!(ids(server, &globex, "/api/v1/devices").await, ["globex-1"]);
     enroll(server, &acme, "acme-2").await;
-    assert_eq!(ids(server, &acme, "/api/v1/devices").await, ["acme-1", "acme-2"]);
+    assert_eq!(ids(server, &acme, "/api/v1/devices").await, ["acme-1", "acme-2", "acme-meter"]);
     // The unused token still enrolls a new device into Globex: the refusal used none.
     let r = server
         .http
@@ -385,10 +409,10 @@ async fn two_tenants(server: &TestServer) {
         .iter()
         .map(|t| (t["name"].as_str().unwrap(), t["devices"].as_i64().unwrap()))
         .collect();
-    assert_eq!(counts, [("acme", 1), ("default", 1), ("globex", 3)]);
+    assert_eq!(counts, [("acme", 2), ("default", 1), ("globex", 3)]);
     let r = server.admin(Method::DELETE, "/api/v1/tenants/acme").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::CONFLICT);
-    assert!(r.text().await.unwrap().contains("2 device(s)"));
+    assert!(r.text().await.unwrap().contains("3 device(s)"));
     let r = server.admin(Method::DELETE, "/api/v1/tenants/default").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::CONFLICT);
     let r = server.admin(Method::POST, "/api/v1/tenants").json(&json!({ "name": "empty" })).send().await.unwrap();

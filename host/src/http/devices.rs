@@ -2,7 +2,7 @@
 //! telemetry.
 
 use super::api::{DEFAULT_PAGE, Errors, MAX_PAGE, Page, next_after};
-use super::{Admin, Administrator, ApiError, ApiJson, AppState, Operator, ScopedViewer, Viewer};
+use super::{Admin, Administrator, ApiError, ApiJson, AppState, Operator, ScopedViewer, TenantAdministrator, Viewer};
 use super::{Path, Query};
 use crate::device::{Ownership, Status};
 use crate::store::{DeviceRow, GroupRow, TelemetryRow};
@@ -407,7 +407,8 @@ pub(super) struct PskIssued {
 /// Give a LwM2M device the pre-shared key it registers with over DTLS (`--coaps-addr`;
 /// body `{}` for a generated key named by the device id),
 /// replacing its old one (revoked; its sessions end). Before its first registration
-/// (pre-registration) or after. docs/security.md, "LwM2M over DTLS".
+/// (pre-registration) or after. A tenant's admin gives keys to its tenant's devices.
+/// docs/security.md, "LwM2M over DTLS".
 #[utoipa::path(put, path = "/api/v1/devices/{device_type}/{device_id}/psk", tag = "devices",
     params(("device_type" = String, Path), ("device_id" = String, Path)),
     request_body = PskRequest, responses((status = 200, body = PskIssued),
@@ -415,11 +416,11 @@ pub(super) struct PskIssued {
          body = super::ErrorBody), Errors))]
 pub(super) async fn set_psk(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     Path((t, id)): Path<(String, String)>,
     ApiJson(PskRequest { identity, key }): ApiJson<PskRequest>,
 ) -> Result<Json<PskIssued>, ApiError> {
-    let d = device_or_404(&state, &t, &id).await?;
+    let d = device_for(&state, &admin, &t, &id).await?;
     let key = key
         .map(|k| hex::decode(k.trim()))
         .transpose()
@@ -429,16 +430,16 @@ pub(super) async fn set_psk(
 }
 
 /// A LwM2M device's pre-shared key: its identity, when it was made, whether it was
-/// revoked (never the key).
+/// revoked (never the key). A scoped or tenant's caller reads those of its devices only.
 #[utoipa::path(get, path = "/api/v1/devices/{device_type}/{device_id}/psk", tag = "devices",
     params(("device_type" = String, Path), ("device_id" = String, Path)),
     responses((status = 200, body = crate::store::PskRow), Errors))]
 pub(super) async fn psk(
     State(state): State<AppState>,
-    _: Viewer,
+    ScopedViewer(admin): ScopedViewer,
     Path((t, id)): Path<(String, String)>,
 ) -> Result<Json<crate::store::PskRow>, ApiError> {
-    let d = device_or_404(&state, &t, &id).await?;
+    let d = device_for(&state, &admin, &t, &id).await?;
     let row = state.store.device_psk(d.id).await?;
     row.map(Json).ok_or_else(|| ApiError::not_found(format!("device {t}/{id} has no pre-shared key")))
 }
