@@ -92,13 +92,10 @@ pub async fn of_new_principal(store: &Store, own: Option<&str>, asked: Option<&s
 
 /// Refuse a tenant that does not exist, naming it.
 pub async fn exists(store: &Store, name: &str) -> Result<()> {
-    match store.tenant(name).await? {
-        Some(_) => Ok(()),
-        None => Err(Error::invalid(
-            "unknown_tenant",
-            format!("no tenant `{}`: an operator adds it first", name.escape_debug()),
-        )),
+    if store.tenant_exists(name).await? {
+        return Ok(());
     }
+    Err(Error::invalid("unknown_tenant", format!("no tenant `{}`: an operator adds it first", name.escape_debug())))
 }
 
 #[cfg(test)]

@@ -28,6 +28,15 @@ impl Store {
         Ok(with_pool!(self, pool => sqlx::query_as(super::trusted(&sql)).bind(name).fetch_optional(pool).await?))
     }
 
+    /// Whether a tenant of this name exists (without counting its devices).
+    pub async fn tenant_exists(&self, name: &str) -> Result<bool, StoreError> {
+        // COUNT, not `SELECT 1`: one integer type on both databases.
+        let (n,): (i64,) = with_pool!(self, pool => sqlx::query_as(
+                "SELECT COUNT(*) FROM tenants WHERE name = $1")
+            .bind(name).fetch_one(pool).await?);
+        Ok(n > 0)
+    }
+
     pub async fn create_tenant(
         &self,
         name: &str,
