@@ -18,11 +18,9 @@ use crate::store::{NewEvent, Store, TenantRow};
 /// The tenant devices are in unless put in another.
 pub const DEFAULT: &str = "default";
 
-/// What a tenant name may be: 1-64 lower-case letters, digits and `-`, starting with a
-/// letter or digit (it appears in URLs, topics' payloads and CSV files).
-pub const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9-]{0,63}$";
-
-/// Why `name` cannot be a tenant's name, if it cannot.
+/// Why `name` cannot be a tenant's name, if it cannot: it must be 1-64 lower-case letters,
+/// digits and `-`, starting with a letter or digit (it appears in URLs and CSV files; the
+/// API's schemas state it as `^[a-z0-9][a-z0-9-]{0,63}$`).
 pub fn name_problem(name: &str) -> Option<String> {
     let ok = !name.is_empty()
         && name.len() <= 64

@@ -68,6 +68,12 @@ impl Admin {
         }
     }
 
+    /// Whether it reaches what belongs to `tenant` (a token's, a user's): an operator of the
+    /// server reaches every tenant's, a tenant's caller its own only.
+    pub fn reaches_tenant(&self, tenant: &Option<String>) -> bool {
+        self.tenant.is_none() || *tenant == self.tenant
+    }
+
     /// Whether it reaches the whole fleet: no scope, no tenant.
     pub fn whole_fleet(&self) -> bool {
         self.scope.is_none() && self.tenant.is_none()

@@ -139,7 +139,7 @@ pub(super) async fn list_admin_tokens(
         .admin_tokens()
         .await?
         .into_iter()
-        .filter(|t| admin.tenant.is_none() || t.tenant == admin.tenant)
+        .filter(|t| admin.reaches_tenant(&t.tenant))
         .map(|t| AdminTokenInfo {
             state: match (t.revoked_at, t.expires_at) {
                 (Some(_), _) => "revoked",

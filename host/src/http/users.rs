@@ -110,15 +110,13 @@ pub(super) async fn list_users(
     TenantAdministrator(admin): TenantAdministrator,
 ) -> Result<Json<UserList>, ApiError> {
     let users = state.store.users().await?.into_iter();
-    Ok(Json(UserList {
-        items: users.filter(|u| admin.tenant.is_none() || u.tenant == admin.tenant).map(User::from).collect(),
-    }))
+    Ok(Json(UserList { items: users.filter(|u| admin.reaches_tenant(&u.tenant)).map(User::from).collect() }))
 }
 
 /// The user called `name`, if the caller reaches it: a tenant's admin only its tenant's
 /// (another's is "not found", as one that does not exist).
 async fn user_or_404(state: &AppState, admin: &Admin, name: &str) -> Result<UserRow, ApiError> {
-    let found = state.store.user(name).await?.filter(|u| admin.tenant.is_none() || u.tenant == admin.tenant);
+    let found = state.store.user(name).await?.filter(|u| admin.reaches_tenant(&u.tenant));
     found.ok_or_else(|| ApiError::not_found(format!("user `{name}` not found")))
 }
 
