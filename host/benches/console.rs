@@ -79,8 +79,22 @@ async fn run(label: &str, config: Config) {
     core.store.register_devices(&devices, true, "bench").await.unwrap();
     sql(&config, "INSERT INTO device_tags (device, tag) SELECT id, 'lobby' FROM devices WHERE id % 10 = 0").await;
     let query = drover::store::DeviceQuery { tags: vec!["lobby".into()], ..Default::default() };
-    core.store.create_group("lobby-phones", "", Some(&query)).await.unwrap();
-    core.store.create_group("floor-2", "", None).await.unwrap();
+    drover::groups::create(
+        &core.store,
+        None,
+        drover::groups::NewGroup { name: "lobby-phones", description: "", query: Some(&query), tenant: None },
+        "admin:bench",
+    )
+    .await
+    .unwrap();
+    drover::groups::create(
+        &core.store,
+        None,
+        drover::groups::NewGroup { name: "floor-2", description: "", query: None, tenant: None },
+        "admin:bench",
+    )
+    .await
+    .unwrap();
     let activity = NewActivity {
         code: "DEVICE_RING".into(),
         kind: drover::ops::Kind::Command,

@@ -89,7 +89,14 @@ async fn run(label: &str, config: Config) {
         .collect();
     core.store.register_devices(&devices, true, "bench").await.unwrap();
     let query = drover::store::DeviceQuery { device_type: Some("esp8266".into()), ..Default::default() };
-    core.store.create_group("boards", "", Some(&query)).await.unwrap();
+    drover::groups::create(
+        &core.store,
+        None,
+        drover::groups::NewGroup { name: "boards", description: "", query: Some(&query), tenant: None },
+        "admin:bench",
+    )
+    .await
+    .unwrap();
     artifact(&core, "2.0.0", 400_000).await;
     println!("\n### {label}\n");
     println!("| step | devices | time | per device |\n|---|---|---|---|");

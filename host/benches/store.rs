@@ -48,12 +48,13 @@ macro_rules! bench_backend {
         let t = Instant::now();
         store.register_devices(&devices, true, "bench").await.unwrap();
         let register = t.elapsed();
-        let group = store.create_group("all", "", None).await.unwrap();
+        let event = |t: &str| drover::store::NewEvent { event_type: t.into(), ..Default::default() };
+        let group = store.create_group("all", "", None, None, &event("group.created")).await.unwrap();
         let keys: Vec<i64> = {
             let rows: Vec<(i64,)> = sqlx::query_as("SELECT id FROM devices ORDER BY id").fetch_all(&pool).await.unwrap();
             rows.into_iter().map(|(k,)| k).collect()
         };
-        store.add_members(group.id, &keys).await.unwrap();
+        store.add_members(group.id, &keys, &event("group.members_added")).await.unwrap();
         let targets = TargetSet { groups: vec![group.id], ..Default::default() };
 
         // Fan-out through the store: a profile (no REPEATED work) and a command (with it).

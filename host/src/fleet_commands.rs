@@ -485,6 +485,7 @@ pub async fn groups_list(server: ServerArgs) -> anyhow::Result<()> {
     println!("{:<24} {:<8} {:>8}  description", "name", "kind", "devices");
     for g in body["items"].as_array().into_iter().flatten() {
         let kind = if g["query"].is_null() { "static" } else { "dynamic" };
+        // A tenant's group is named TENANT/NAME, so the name says whose it is.
         println!("{:<24} {kind:<8} {:>8}  {}", text(&g["name"]), g["devices"], text(&g["description"]));
     }
     Ok(())
@@ -507,9 +508,10 @@ pub async fn groups_create(
     name: String,
     description: Option<String>,
     query: Option<String>,
+    tenant: Option<String>,
     server: ServerArgs,
 ) -> anyhow::Result<()> {
-    let mut body = json!({"name": name, "description": description.unwrap_or_default()});
+    let mut body = json!({"name": name, "description": description.unwrap_or_default(), "tenant": tenant});
     if let Some(q) = query {
         body["query"] = serde_json::from_str(&q).map_err(|e| anyhow::anyhow!("--query is not JSON: {e}"))?;
     }
@@ -517,7 +519,7 @@ pub async fn groups_create(
     if printed(&server, &created) {
         return Ok(());
     }
-    println!("created group {name} ({} devices)", created["devices"]);
+    println!("created group {} ({} devices)", text(&created["name"]), created["devices"]);
     Ok(())
 }
 

@@ -117,6 +117,7 @@ pub mod enrollment;
 pub mod error;
 pub mod events;
 pub mod files;
+pub mod groups;
 pub mod http;
 pub mod identity;
 pub mod mqtt;

@@ -308,6 +308,10 @@ enum GroupsCommand {
         /// JSON, e.g. '{"device_type": "android", "tags": ["warehouse-3"]}'.
         #[arg(long)]
         query: Option<String>,
+        /// The tenant whose group it is, named TENANT/NAME [default: the caller's tenant;
+        /// for an operator, a group of the operators]
+        #[arg(long)]
+        tenant: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -983,8 +987,8 @@ fn main() -> ExitCode {
             Command::Groups { command } => match command {
                 GroupsCommand::List { server } => fleet_commands::groups_list(server).await,
                 GroupsCommand::Show { name, server } => fleet_commands::groups_show(name, server).await,
-                GroupsCommand::Create { name, description, query, server } => {
-                    fleet_commands::groups_create(name, description, query, server).await
+                GroupsCommand::Create { name, description, query, tenant, server } => {
+                    fleet_commands::groups_create(name, description, query, tenant, server).await
                 }
                 GroupsCommand::Add { name, devices, server } => fleet_commands::groups_add(name, devices, server).await,
                 GroupsCommand::Remove { name, server } => fleet_commands::groups_remove(name, server).await,

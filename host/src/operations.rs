@@ -63,7 +63,8 @@ pub async fn add(core: &Core, op: NewOperation, actor: &str) -> Result<(Activity
     if !(0..=MAX_RETRIES).contains(&op.retries) {
         return Err(Error::invalid("invalid", format!("`retries` is {}: use 0 to {MAX_RETRIES}", op.retries)));
     }
-    let mut targets = target_set(core, t).await?;
+    let tenant = op.within.as_ref().and_then(|r| r.tenant_of());
+    let mut targets = target_set(core, t, tenant).await?;
     if let Some(reach) = op.within {
         // Refused, not narrowed: an operator who meant the whole group should hear that
         // part of it is not theirs. The insert is narrowed too, for a device that joins a
@@ -138,8 +139,9 @@ pub async fn add(core: &Core, op: NewOperation, actor: &str) -> Result<(Activity
 
 /// The targets as the store selects them: the devices named (each enrolled), groups by
 /// name (a dynamic group as its query) and tags. Refuses an empty list, and more
-/// explicit devices than [`MAX_EXPLICIT_DEVICES`] (a group holds more).
-pub async fn target_set(core: &Core, t: &Targets) -> Result<TargetSet> {
+/// explicit devices than [`MAX_EXPLICIT_DEVICES`] (a group holds more). A caller of
+/// `tenant` names its tenant's groups only (`groups::find`).
+pub async fn target_set(core: &Core, t: &Targets, tenant: Option<&str>) -> Result<TargetSet> {
     if t.devices.is_empty() && t.groups.is_empty() && t.tags.is_empty() {
         return Err(Error::invalid("invalid", "`targets` names no devices, groups or tags"));
     }
@@ -152,9 +154,7 @@ pub async fn target_set(core: &Core, t: &Targets) -> Result<TargetSet> {
     let mut targets =
         TargetSet { devices: resolve(core, &t.devices).await?, tags: t.tags.clone(), ..Default::default() };
     for g in &t.groups {
-        let group = core
-            .store
-            .group(g)
+        let group = crate::groups::find(&core.store, tenant, g)
             .await?
             .ok_or_else(|| Error::invalid("unknown_group", format!("group `{g}` does not exist")))?;
         match group.query() {

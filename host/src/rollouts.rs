@@ -293,6 +293,7 @@ pub async fn create(core: &Core, spec: Spec, actor: &str) -> Result<(RolloutRow,
     let targets = crate::operations::target_set(
         core,
         &Targets { devices: names, groups: t.groups.clone(), tags: t.tags.clone() },
+        None,
     )
     .await?;
     let all = core.store.target_devices(&targets).await?;
@@ -377,7 +378,8 @@ async fn place(core: &Core, spec: &Spec, devices: &[(i64, String)]) -> Result<Ve
             std::mem::take(&mut left)
         } else if let Some(g) = &p.group {
             let members =
-                crate::operations::target_set(core, &Targets { groups: vec![g.clone()], ..Default::default() }).await?;
+                crate::operations::target_set(core, &Targets { groups: vec![g.clone()], ..Default::default() }, None)
+                    .await?;
             let members: std::collections::HashSet<i64> =
                 core.store.target_devices(&members).await?.into_iter().map(|(id, _, _)| id).collect();
             let (inside, rest): (Vec<i64>, Vec<i64>) = left.into_iter().partition(|id| members.contains(id));

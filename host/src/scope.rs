@@ -12,7 +12,7 @@
 //! policies, rollouts, tokens, the event log, fleet-wide counts) refuses them with 403,
 //! so a new endpoint cannot leak by forgetting to filter (docs/security.md).
 
-use crate::store::{DeviceQuery, Filters, Param, Store, StoreError};
+use crate::store::{DeviceQuery, Filters, Param, Store};
 use serde::{Deserialize, Serialize};
 
 /// The scope of a token or user, as stored (JSON) and as the API takes it.
@@ -110,17 +110,25 @@ impl Scope {
         parts.join("; ")
     }
 
-    /// The scope as the store selects devices: group names looked up now (a group that
-    /// no longer exists admits nothing), `user` as the owner for `own_devices`.
-    pub async fn reach(&self, store: &Store, user: Option<&str>) -> Result<Reach, StoreError> {
+    /// The scope as the store selects devices, for a principal of `tenant`: group names
+    /// looked up now (a group that no longer exists admits nothing; a tenant's principal
+    /// names its tenant's groups, `groups::find`), `user` as the owner for `own_devices`.
+    /// The reach is within `tenant`.
+    pub async fn reach(
+        &self,
+        store: &Store,
+        user: Option<&str>,
+        tenant: Option<&str>,
+    ) -> Result<Reach, crate::error::Error> {
         let mut reach = Reach {
             device_types: self.device_types.clone(),
             any_group: !self.groups.is_empty(),
             owner: None,
+            tenant: tenant.map(str::to_string),
             ..Reach::default()
         };
         for name in &self.groups {
-            if let Some(group) = store.group(name).await? {
+            if let Some(group) = crate::groups::find(store, tenant, name).await? {
                 match group.query() {
                     Some(q) => reach.queries.push(q),
                     None => reach.groups.push(group.id),
@@ -213,12 +221,6 @@ impl Reach {
     /// The tenant it is within, if one.
     pub fn tenant_of(&self) -> Option<&str> {
         self.tenant.as_deref()
-    }
-
-    /// This reach, within `tenant` too.
-    pub fn within_tenant(mut self, tenant: Option<&str>) -> Reach {
-        self.tenant = tenant.map(str::to_string);
-        self
     }
 
     /// The condition over `devices d`, its values bound through `f`.

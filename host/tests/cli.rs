@@ -575,6 +575,15 @@ fn tenants_from_the_command_line() {
     let (ok, _, err) = run(&acme, &["tenant", "list"]);
     assert!(!ok && err.contains("403") && err.contains("belongs to tenant `acme`"), "{err}");
 
+    // Its groups are named within it; an operator makes one in a tenant with --tenant.
+    let (ok, out, err) = run(&acme, &["groups", "create", "lab"]);
+    assert!(ok && out.contains("created group acme/lab"), "{out} {err}");
+    let (ok, out, err) =
+        run(&admin, &["groups", "create", "kiosks", "--tenant", "acme", "--query", r#"{"tags":["kiosk"]}"#]);
+    assert!(ok && out.contains("created group acme/kiosks"), "{out} {err}");
+    let (ok, out, err) = run(&acme, &["groups", "list"]);
+    assert!(ok && out.lines().filter(|l| l.starts_with("acme/")).count() == 2, "{out} {err}");
+
     let (ok, _, err) = run(&admin, &["tenant", "remove", "acme"]);
     assert!(!ok && err.contains("1 live admin token(s)"), "{err}");
     let (ok, _, err) = run(&admin, &["token", "revoke", "acme/acme-admin"]);

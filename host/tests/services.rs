@@ -5,7 +5,7 @@
 
 use drover::core::Core;
 use drover::events::Event;
-use drover::operations::{NewOperation, Targets};
+use drover::operations::{DeviceName, NewOperation, Targets};
 use drover::plugins::Source;
 use drover::plugins::types::{Channel, HttpMethod, HttpRequest, Outbound};
 use std::net::IpAddr;
@@ -64,8 +64,10 @@ async fn an_operation_goes_from_the_service_to_a_device_and_back_without_any_fro
     assert!(issued.token.starts_with("drv_dev_"));
 
     // The device is in a group; an operation is added for the group.
-    let group = store.create_group("lobby", "", None).await.unwrap();
-    store.add_members(group.id, &[device.id]).await.unwrap();
+    let new = drover::groups::NewGroup { name: "lobby", description: "", query: None, tenant: None };
+    let group = drover::groups::create(store, None, new, "admin:test").await.unwrap();
+    let member = DeviceName { device_type: "android".into(), device_id: device.device_id.clone() };
+    drover::groups::add_members(&core, None, &group, &[member], "admin:test").await.unwrap();
     let op = NewOperation {
         code: "DEVICE_RING".into(),
         payload: None,

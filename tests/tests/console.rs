@@ -692,6 +692,18 @@ async fn tenants(server: &TestServer, plain: &reqwest::Client) {
     let html = post(&boss, "/console/enrollment/tokens", form).await.text().await.unwrap();
     assert!(html.contains("devices of tenant initech"), "the token enrolls into the tenant");
     assert_eq!(get(&boss, "/console/tenants").await.status(), StatusCode::FORBIDDEN);
+
+    // Its tenant's groups: made there as TENANT/NAME; the operators see whose each is.
+    let html = get(&boss, "/console/groups").await.text().await.unwrap();
+    assert!(html.contains("href=\"/console/groups\"") && !html.contains("g-tenant"), "offered, into its tenant");
+    let form = vec![("csrf", csrf.as_str()), ("name", "kiosks"), ("description", "Lobby kiosks"), ("query", "")];
+    let r = post(&boss, "/console/groups", form).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "{}", r.text().await.unwrap());
+    assert_eq!(r.headers()["location"], "/console/groups/initech%2Fkiosks", "to the new group's page");
+    let html = get(&boss, "/console/groups/initech%2Fkiosks").await.text().await.unwrap();
+    assert!(html.contains("Lobby kiosks"), "the new group's page");
+    let html = get(&admin, "/console/groups").await.text().await.unwrap();
+    assert!(html.contains("initech/kiosks") && html.contains("<td>initech</td>"), "the operators' view");
 }
 
 drover_tests::e2e!(console_sessions, super::sessions);

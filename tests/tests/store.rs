@@ -36,8 +36,9 @@ async fn bulk_fan_out(server: &TestServer) {
     // Registering again adds nothing.
     assert_eq!(store.register_devices(&devices[..10], false, "b1").await.unwrap(), 0);
 
-    let group = store.create_group("fleet", "", None).await.unwrap();
-    assert!(matches!(store.create_group("fleet", "", None).await, Err(StoreError::Conflict(_))));
+    let created = drover::store::NewEvent { event_type: "group.created".into(), ..Default::default() };
+    let group = store.create_group("fleet", "", None, None, &created).await.unwrap();
+    assert!(matches!(store.create_group("fleet", "", None, None, &created).await, Err(StoreError::Conflict(_))));
     let keys: Vec<i64> = store
         .list_devices(
             &drover::store::DeviceFilter {
@@ -54,7 +55,8 @@ async fn bulk_fan_out(server: &TestServer) {
         .map(|d| d.id)
         .collect();
     assert_eq!(keys.len(), 1000);
-    store.add_members(group.id, &keys).await.unwrap();
+    let added = drover::store::NewEvent { event_type: "group.members_added".into(), ..Default::default() };
+    store.add_members(group.id, &keys, &added).await.unwrap();
 
     let targets = TargetSet { groups: vec![group.id], ..Default::default() };
     assert_eq!(store.target_types(&targets).await.unwrap(), vec!["android".to_string()]);

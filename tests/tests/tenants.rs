@@ -84,8 +84,14 @@ async fn ids(server: &TestServer, token: &str, path: &str) -> Vec<String> {
 }
 
 /// What a tenant's admin may call besides the scoped endpoints (`drover_tests::SCOPED`):
-/// enrollment, tokens and users, within its tenant.
+/// its tenant's groups, enrollment, tokens and users.
 const TENANT_ADMIN: &[(&str, &str)] = &[
+    ("get", "/api/v1/groups"),
+    ("post", "/api/v1/groups"),
+    ("get", "/api/v1/groups/{name}"),
+    ("delete", "/api/v1/groups/{name}"),
+    ("post", "/api/v1/groups/{name}/members"),
+    ("get", "/api/v1/devices/count"),
     ("post", "/api/v1/enrollment-tokens"),
     ("put", "/api/v1/devices/{device_type}/{device_id}/psk"),
     ("post", "/api/v1/devices/import"),
@@ -232,8 +238,10 @@ async fn two_tenants(server: &TestServer) {
     let served = [drover_tests::SCOPED, TENANT_ADMIN].concat();
     server.walk_refused(&globex, &served, "acme-1", acme_op).await;
 
+    tenant_groups(server, &acme, &globex).await;
+
     // The event log: the events about its own devices, nothing of the other tenant's or
-    // of the server's own (tokens, tenants).
+    // of the server's own (tokens, tenants, groups).
     let events: Value =
         with(server, &globex, Method::GET, "/api/v1/events").send().await.unwrap().json().await.unwrap();
     let items = events["items"].as_array().unwrap();
@@ -417,12 +425,159 @@ async fn two_tenants(server: &TestServer) {
     assert_eq!(r.status(), StatusCode::CONFLICT);
     let r = server.admin(Method::POST, "/api/v1/tenants").json(&json!({ "name": "empty" })).send().await.unwrap();
     created(r).await;
+    let r = server
+        .admin(Method::POST, "/api/v1/groups")
+        .json(&json!({ "name": "kiosks", "tenant": "empty", "query": { "tags": ["kiosk"] } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created(r).await["name"], "empty/kiosks", "an operator makes a tenant's group");
     let r = server.admin(Method::DELETE, "/api/v1/tenants/empty").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = server.admin(Method::GET, "/api/v1/groups/empty%2Fkiosks").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "a removed tenant's groups go with it");
     let events: Value =
         server.admin(Method::GET, "/api/v1/events?type=tenant.").send().await.unwrap().json().await.unwrap();
     let types: Vec<&str> = events["items"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["tenant.created", "tenant.created", "tenant.created", "tenant.removed"], "{events}");
+}
+
+/// Names of the groups `token` lists.
+async fn group_names(server: &TestServer, token: &str) -> Vec<String> {
+    let r = with(server, token, Method::GET, "/api/v1/groups").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    body["items"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap().to_string()).collect()
+}
+
+/// The code of an error answer, after checking its status.
+async fn refused(r: reqwest::Response, status: StatusCode) -> (String, String) {
+    assert_eq!(r.status(), status);
+    let body: Value = r.json().await.unwrap();
+    (body["error"]["code"].as_str().unwrap().to_string(), body.to_string())
+}
+
+/// Groups of a tenant: named within it, seen and used by it alone, and holding its
+/// devices only, whoever uses them. Acme has `acme-1` (tagged `any`), Globex `globex-1`.
+async fn tenant_groups(server: &TestServer, acme: &str, globex: &str) {
+    for (admin, name) in [(acme, "acme/lab"), (globex, "globex/lab")] {
+        let r =
+            with(server, admin, Method::POST, "/api/v1/groups").json(&json!({ "name": "lab" })).send().await.unwrap();
+        let g = created(r).await;
+        assert_eq!((&g["name"], g["tenant"].is_string()), (&json!(name), true), "{g}");
+    }
+    let r = with(server, acme, Method::POST, "/api/v1/groups").json(&json!({ "name": "a/b" })).send().await.unwrap();
+    assert_eq!(refused(r, StatusCode::BAD_REQUEST).await.0, "invalid", "a name with `/`");
+    let r = with(server, acme, Method::POST, "/api/v1/groups")
+        .json(&json!({ "name": "lab", "tenant": "globex" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "a group in another tenant");
+
+    // The same tag on both tenants' devices: a tenant's dynamic group holds its own only,
+    // and so does its preview; an operators' group spans tenants.
+    let r = server
+        .admin(Method::PUT, "/api/v1/devices/android/globex-1/tags")
+        .json(&json!({ "tags": ["any"] }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let tagged = json!({ "name": "tagged", "query": { "tags": ["any"] } });
+    let r = with(server, acme, Method::POST, "/api/v1/groups").json(&tagged).send().await.unwrap();
+    assert_eq!(created(r).await["devices"], 1, "Acme's dynamic group counts Globex's device");
+    let r = server.admin(Method::POST, "/api/v1/groups").json(&tagged).send().await.unwrap();
+    assert_eq!(created(r).await["devices"], 2, "the operators' group spans tenants");
+    let preview = "/api/v1/devices/count?query=%7B%22tags%22%3A%5B%22any%22%5D%7D";
+    let r = with(server, acme, Method::GET, preview).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["devices"], 1);
+
+    // Each sees its own groups; the operators see all.
+    assert_eq!(group_names(server, acme).await, ["acme/lab", "acme/tagged"]);
+    assert_eq!(group_names(server, globex).await, ["globex/lab"]);
+    assert_eq!(
+        group_names(server, drover_tests::ADMIN_TOKEN).await,
+        ["acme/lab", "acme/tagged", "globex/lab", "tagged"]
+    );
+    for path in ["/api/v1/groups/acme%2Flab", "/api/v1/groups/tagged", "/api/v1/devices?group=acme%2Flab"] {
+        let r = with(server, globex, Method::GET, path).send().await.unwrap();
+        let (code, body) = refused(r, StatusCode::NOT_FOUND).await;
+        assert!(!body.contains("acme-1"), "{code}: {body}");
+    }
+    let r = with(server, globex, Method::GET, "/api/v1/groups/lab").send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["name"], "globex/lab", "a tenant names its group without its tenant");
+
+    // Members: a tenant's own devices only, from anyone.
+    let acme_1 = json!({ "devices": [{ "type": "android", "id": "acme-1" }] });
+    let r = with(server, globex, Method::POST, "/api/v1/groups/lab/members").json(&acme_1).send().await.unwrap();
+    let (code, body) = refused(r, StatusCode::BAD_REQUEST).await;
+    assert_eq!(code, "unknown_device", "{body}");
+    assert!(!body.contains("tenant"), "the refusal tells Globex nothing of Acme's tenant: {body}");
+    let r = server.admin(Method::POST, "/api/v1/groups/globex%2Flab/members").json(&acme_1).send().await.unwrap();
+    assert_eq!(refused(r, StatusCode::BAD_REQUEST).await.0, "other_tenant");
+    let r = with(server, acme, Method::POST, "/api/v1/groups/lab/members").json(&acme_1).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(ids(server, acme, "/api/v1/devices?group=lab").await, ["acme-1"]);
+    let r = server.admin(Method::GET, "/api/v1/groups/globex%2Flab").send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["devices"], 0, "the refused adds added nothing");
+
+    // Targets: a tenant names its own groups only; a tenant's dynamic group reaches its
+    // devices only, even in an operator's operation.
+    let ring = |group: &str| json!({ "code": "DEVICE_RING", "targets": { "groups": [group] } });
+    let r = with(server, globex, Method::POST, "/api/v1/operations").json(&ring("acme/lab")).send().await.unwrap();
+    assert_eq!(refused(r, StatusCode::BAD_REQUEST).await.0, "unknown_group");
+    let r = with(server, globex, Method::POST, "/api/v1/operations").json(&ring("tagged")).send().await.unwrap();
+    assert_eq!(refused(r, StatusCode::BAD_REQUEST).await.0, "unknown_group", "the operators' group");
+    let r = with(server, acme, Method::POST, "/api/v1/operations").json(&ring("lab")).send().await.unwrap();
+    assert_eq!(created(r).await["operations"], 1);
+    let r = server.admin(Method::POST, "/api/v1/operations").json(&ring("acme/tagged")).send().await.unwrap();
+    assert_eq!(created(r).await["operations"], 1, "Acme's dynamic group reached Globex's tagged device");
+    let ops: Value =
+        with(server, globex, Method::GET, "/api/v1/operations").send().await.unwrap().json().await.unwrap();
+    assert_eq!(ops["items"].as_array().unwrap().len(), 0, "{ops}");
+
+    // A tenant's token scoped to its group `lab` reaches that group's devices.
+    let r = with(server, acme, Method::POST, "/api/v1/admin-tokens")
+        .json(&json!({ "name": "lab-only", "role": "viewer", "scope": { "groups": ["lab"] } }))
+        .send()
+        .await
+        .unwrap();
+    let lab_only = created(r).await["token"].as_str().unwrap().to_string();
+    assert_eq!(ids(server, &lab_only, "/api/v1/devices").await, ["acme-1"]);
+    let r = with(server, globex, Method::POST, "/api/v1/admin-tokens")
+        .json(&json!({ "name": "lab-only", "role": "viewer", "scope": { "groups": ["acme/lab"] } }))
+        .send()
+        .await
+        .unwrap();
+    let spy = created(r).await["token"].as_str().unwrap().to_string();
+    assert_eq!(ids(server, &spy, "/api/v1/devices").await, Vec::<String>::new(), "a scope naming Acme's group");
+
+    // Deleting: one's own, never another's; each with its event.
+    let r = with(server, globex, Method::DELETE, "/api/v1/groups/acme%2Ftagged").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = with(server, acme, Method::DELETE, "/api/v1/groups/tagged").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let events: Value =
+        server.admin(Method::GET, "/api/v1/events?type=group.").send().await.unwrap().json().await.unwrap();
+    let seen: Vec<(&str, &str)> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["type"].as_str().unwrap(), e["target"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("group.created", "group/acme/lab"),
+            ("group.created", "group/globex/lab"),
+            ("group.created", "group/acme/tagged"),
+            ("group.created", "group/tagged"),
+            ("group.members_added", "group/acme/lab"),
+            ("group.removed", "group/acme/tagged"),
+        ],
+        "{events}"
+    );
 }
 
 async fn run(backend: Backend) {

@@ -125,8 +125,11 @@ pub(super) async fn in_reach(
     Ok(())
 }
 
-pub(super) async fn group_or_404(state: &AppState, name: &str) -> Result<GroupRow, ApiError> {
-    state.store.group(name).await?.ok_or_else(|| ApiError::not_found(format!("group `{name}` not found")))
+/// The group `admin` names, if it may see it (`groups::find`): else 404.
+pub(super) async fn group_or_404(state: &AppState, admin: &Admin, name: &str) -> Result<GroupRow, ApiError> {
+    crate::groups::find(&state.store, admin.tenant.as_deref(), name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("group `{name}` not found")))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -166,7 +169,7 @@ pub(super) async fn list_devices(
     let reach = admin.reach(&state).await?;
     let (after, limit) = Page { after: q.after, limit: q.limit }.bounds();
     let group = match &q.group {
-        Some(name) => Some(group_or_404(&state, name).await?),
+        Some(name) => Some(group_or_404(&state, &admin, name).await?),
         None => None,
     };
     let mut metadata = std::collections::BTreeMap::new();

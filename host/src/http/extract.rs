@@ -60,9 +60,7 @@ impl Admin {
     /// The scope and tenant as a condition on devices, when there is either.
     pub async fn reach(&self, state: &AppState) -> Result<Option<Reach>, ApiError> {
         match (&self.scope, &self.tenant) {
-            (Some(s), tenant) => {
-                Ok(Some(s.reach(&state.store, self.user.as_deref()).await?.within_tenant(tenant.as_deref())))
-            }
+            (Some(s), tenant) => Ok(Some(s.reach(&state.store, self.user.as_deref(), tenant.as_deref()).await?)),
             (None, Some(tenant)) => Ok(Some(Reach::tenant(tenant))),
             (None, None) => Ok(None),
         }
@@ -189,6 +187,20 @@ role_extractor!(
     Administrator,
     Role::Admin,
     Confined::No
+);
+role_extractor!(
+    /// A viewer that may belong to a tenant (not scoped): the handler serves what is
+    /// `admin.tenant`'s (its groups: `groups::find`).
+    TenantViewer,
+    Role::Viewer,
+    Confined::Tenant
+);
+role_extractor!(
+    /// An operator that may belong to a tenant (not scoped): the handler acts within
+    /// `admin.tenant`.
+    TenantOperator,
+    Role::Operator,
+    Confined::Tenant
 );
 role_extractor!(
     /// An administrator that may belong to a tenant (not scoped): the handler acts within

@@ -1,9 +1,10 @@
-//! `/api/v1/groups`: static groups (member lists) and dynamic groups (saved queries).
+//! `/api/v1/groups`: static groups (member lists) and dynamic groups (saved queries),
+//! the operators' and each tenant's (`groups.rs`).
 
 use super::Path;
 use super::api::{DeviceRef, Errors};
 use super::devices::group_or_404;
-use super::{ApiError, ApiJson, AppState, ErrorBody, Operator, Query, Viewer};
+use super::{ApiError, ApiJson, AppState, ErrorBody, Query, TenantOperator, TenantViewer};
 use crate::store::{DeviceQuery, GroupRow};
 use axum::Json;
 use axum::extract::State;
@@ -14,7 +15,11 @@ use utoipa::{IntoParams, ToSchema};
 /// A group as the API shows it.
 #[derive(Serialize, ToSchema)]
 pub(super) struct Group {
+    /// A tenant's group is named `TENANT/NAME`.
     name: String,
+    /// The tenant it belongs to; absent: the server's operators'.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
     description: String,
     created_at: i64,
     /// For a dynamic group, the query its devices match; absent for a static group.
@@ -27,6 +32,7 @@ impl Group {
     async fn new(state: &AppState, g: &GroupRow) -> Result<Group, ApiError> {
         Ok(Group {
             name: g.name.clone(),
+            tenant: g.tenant.clone(),
             description: g.description.clone(),
             created_at: g.created_at,
             query: g.query(),
@@ -40,11 +46,15 @@ pub(super) struct GroupList {
     items: Vec<Group>,
 }
 
-/// All groups with their current sizes.
+/// Groups with their current sizes: every group for an operator, a tenant's own for its
+/// callers.
 #[utoipa::path(get, path = "/api/v1/groups", tag = "groups", responses((status = 200, body = GroupList), Errors))]
-pub(super) async fn list_groups(State(state): State<AppState>, _: Viewer) -> Result<Json<GroupList>, ApiError> {
+pub(super) async fn list_groups(
+    State(state): State<AppState>,
+    TenantViewer(admin): TenantViewer,
+) -> Result<Json<GroupList>, ApiError> {
     let mut items = Vec::new();
-    for g in state.store.groups().await? {
+    for g in state.store.groups(admin.tenant.as_deref()).await? {
         items.push(Group::new(&state, &g).await?);
     }
     Ok(Json(GroupList { items }))
@@ -53,13 +63,20 @@ pub(super) async fn list_groups(State(state): State<AppState>, _: Viewer) -> Res
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewGroup {
-    /// 1 to 128 characters, not only spaces; unique.
-    #[schema(min_length = 1, max_length = 128, pattern = r"\S")]
+    /// 1 to 128 characters, not only spaces, without `/`; unique (within the tenant for a
+    /// tenant's group, which is then named `TENANT/NAME`).
+    #[schema(min_length = 1, max_length = 128, pattern = r"^[^/]*\S[^/]*$")]
     name: String,
     #[serde(default)]
+    #[schema(max_length = 1024)]
     description: String,
-    /// Makes the group dynamic: its devices are those matching the query when it is used.
+    /// Makes the group dynamic: its devices are those matching the query when it is used
+    /// (a tenant's group: of that tenant's devices).
     query: Option<DeviceQuery>,
+    /// The tenant whose group it is: an operator's choice (absent: an operators' group);
+    /// a tenant's caller makes its own tenant's groups.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9-]{0,63}$")]
+    tenant: Option<String>,
 }
 
 /// Create a static group (add members later) or a dynamic one (with a query).
@@ -67,16 +84,16 @@ pub(super) struct NewGroup {
     responses((status = 201, body = Group), (status = 409, description = "The name is taken", body = ErrorBody), Errors))]
 pub(super) async fn create_group(
     State(state): State<AppState>,
-    _: Operator,
+    TenantOperator(admin): TenantOperator,
     ApiJson(g): ApiJson<NewGroup>,
 ) -> Result<(StatusCode, Json<Group>), ApiError> {
-    if g.name.trim().is_empty() || g.name.len() > 128 {
-        return Err(ApiError::bad_request("invalid", "group `name` must be 1 to 128 characters"));
-    }
-    if let Some(q) = &g.query {
-        check_query(q)?;
-    }
-    let row = state.store.create_group(&g.name, &g.description, g.query.as_ref()).await?;
+    let new = crate::groups::NewGroup {
+        name: &g.name,
+        description: &g.description,
+        query: g.query.as_ref(),
+        tenant: g.tenant.as_deref(),
+    };
+    let row = crate::groups::create(&state.store, admin.tenant.as_deref(), new, &admin.actor()).await?;
     state.analytics.membership_changed();
     Ok((StatusCode::CREATED, Json(Group::new(&state, &row).await?)))
 }
@@ -97,28 +114,22 @@ pub(super) struct PreviewCount {
 }
 
 /// How many live devices a query matches: what a dynamic group with it would hold now
-/// (the console's query editor counts as the admin types).
+/// (the console's query editor counts as the admin types); a tenant's caller counts its
+/// tenant's devices.
 #[utoipa::path(get, path = "/api/v1/devices/count", tag = "devices", params(Preview),
     responses((status = 200, body = PreviewCount), Errors))]
 pub(super) async fn preview_group(
     State(state): State<AppState>,
-    _: Viewer,
+    TenantViewer(admin): TenantViewer,
     Query(p): Query<Preview>,
 ) -> Result<Json<PreviewCount>, ApiError> {
     let q: DeviceQuery = serde_json::from_str(&p.query)
         .map_err(|e| ApiError::bad_request("invalid", format!("`query` is not a device query: {e}")))?;
-    check_query(&q)?;
+    if let Some(p) = crate::groups::query_problem(&q) {
+        return Err(ApiError::bad_request("invalid", p));
+    }
+    let q = DeviceQuery { tenant: admin.tenant, ..q };
     Ok(Json(PreviewCount { devices: state.store.query_size(&q).await? }))
-}
-
-fn check_query(q: &DeviceQuery) -> Result<(), ApiError> {
-    if let Some(p) = q.problem() {
-        return Err(ApiError::bad_request("invalid", format!("`query`: {p}")));
-    }
-    if let Some(p) = q.tags.iter().find_map(|t| crate::store::tag_problem(t)) {
-        return Err(ApiError::bad_request("invalid", format!("`query`: {p}")));
-    }
-    Ok(())
 }
 
 /// One group with its current size; list its devices with `GET /api/v1/devices?group=`.
@@ -126,10 +137,10 @@ fn check_query(q: &DeviceQuery) -> Result<(), ApiError> {
     responses((status = 200, body = Group), Errors))]
 pub(super) async fn get_group(
     State(state): State<AppState>,
-    _: Viewer,
+    TenantViewer(admin): TenantViewer,
     Path(name): Path<String>,
 ) -> Result<Json<Group>, ApiError> {
-    let g = group_or_404(&state, &name).await?;
+    let g = group_or_404(&state, &admin, &name).await?;
     Ok(Json(Group::new(&state, &g).await?))
 }
 
@@ -138,11 +149,11 @@ pub(super) async fn get_group(
     responses((status = 204, description = "Deleted"), Errors))]
 pub(super) async fn delete_group(
     State(state): State<AppState>,
-    _: Operator,
+    TenantOperator(admin): TenantOperator,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let g = group_or_404(&state, &name).await?;
-    state.store.delete_group(g.id).await?;
+    let g = group_or_404(&state, &admin, &name).await?;
+    crate::groups::remove(&state.store, &g, &admin.actor()).await?;
     // A policy that applied through this group applies through it no more.
     crate::policies::recompute_all(&state).await?;
     state.analytics.membership_changed();
@@ -170,23 +181,15 @@ pub(super) struct MembersAdded {
               Errors))]
 pub(super) async fn add_members(
     State(state): State<AppState>,
-    _: Operator,
+    TenantOperator(admin): TenantOperator,
     Path(name): Path<String>,
     ApiJson(m): ApiJson<Members>,
 ) -> Result<Json<MembersAdded>, ApiError> {
-    let group = group_or_404(&state, &name).await?;
-    if group.query.is_some() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "dynamic_group",
-            format!("group `{name}` is dynamic: its query defines its devices"),
-        ));
-    }
+    let group = group_or_404(&state, &admin, &name).await?;
     let names: Vec<_> = m.devices.iter().map(Into::into).collect();
-    let keys = crate::operations::resolve(&state, &names).await?;
-    state.store.add_members(group.id, &keys).await?;
+    let keys = crate::groups::add_members(&state, admin.tenant.as_deref(), &group, &names, &admin.actor()).await?;
     // Membership may make policies apply.
     crate::policies::recompute(&state, crate::policies::Scope::Devices(keys.clone())).await?;
     state.analytics.membership_changed();
-    Ok(Json(MembersAdded { group: name, added: keys.len() }))
+    Ok(Json(MembersAdded { group: group.name, added: keys.len() }))
 }

@@ -31,7 +31,7 @@ mod webhooks;
 pub use error::{ApiError, ErrorBody};
 pub use extract::{
     Admin, Administrator, ApiJson, AuthDevice, Operator, Path, Query, ScopedOperator, ScopedViewer,
-    TenantAdministrator, Viewer,
+    TenantAdministrator, TenantOperator, TenantViewer, Viewer,
 };
 
 use crate::core::Core;

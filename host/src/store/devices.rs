@@ -100,13 +100,21 @@ pub struct GroupRow {
     pub created_at: i64,
     /// JSON of a [`DeviceQuery`] for a dynamic group; `None` for a static list.
     pub query: Option<String>,
+    /// The tenant it belongs to (`groups.rs`); `None`: the server's operators'.
+    pub tenant: Option<String>,
 }
 
 impl GroupRow {
     /// The query of a dynamic group. A stored query that no longer parses (written by a
     /// newer version) matches nothing rather than everything.
+    ///
+    /// A tenant's group matches its tenant's devices only, wherever it is used (targets,
+    /// scopes, sizes, webhooks): the tenant is part of the query it returns.
     pub fn query(&self) -> Option<DeviceQuery> {
-        self.query.as_deref().map(|q| serde_json::from_str(q).unwrap_or_else(|_| DeviceQuery::nothing()))
+        self.query.as_deref().map(|q| DeviceQuery {
+            tenant: self.tenant.clone(),
+            ..serde_json::from_str(q).unwrap_or_else(|_| DeviceQuery::nothing())
+        })
     }
 }
 
@@ -141,6 +149,10 @@ pub struct DeviceQuery {
     pub tags: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// Only devices of this tenant: never stored or taken from a request, but set from
+    /// the group's tenant ([`GroupRow::query`]) or the caller's (a tenant's preview).
+    #[serde(skip)]
+    pub tenant: Option<String>,
 }
 
 /// What a device tag may be: 1-64 letters, digits and `- _ . : =` ([`tag_problem`]).
@@ -188,6 +200,9 @@ impl DeviceQuery {
     /// The query as a SQL condition over `devices d`, its values bound through `f`.
     pub(crate) fn condition(&self, postgres: bool, f: &mut Filters) -> String {
         let mut all = vec!["1 = 1".to_string()];
+        if let Some(t) = &self.tenant {
+            all.push(format!("d.tenant = {}", f.placeholder(Param::Text(t.clone()))));
+        }
         if let Some(t) = &self.device_type {
             all.push(format!("d.device_type = {}", f.placeholder(Param::Text(t.clone()))));
         }
@@ -210,7 +225,7 @@ impl DeviceQuery {
     }
 }
 
-const GROUP_COLUMNS: &str = "id, name, description, created_at, query";
+const GROUP_COLUMNS: &str = "id, name, description, created_at, query, tenant";
 
 const DEVICE_COLUMNS: &str = "id, device_type, device_id, name, owner, ownership, status, metadata, push_token, session, enrolled_at, last_seen_at, tenant";
 
@@ -531,20 +546,32 @@ impl Store {
         Ok(())
     }
 
-    /// Create a group: a static list, or a dynamic group when `query` is given.
+    /// Create a group: a static list, or a dynamic group when `query` is given; of
+    /// `tenant` when given (its name then already `TENANT/NAME`: `groups.rs`), with its
+    /// `group.created` event.
     pub async fn create_group(
         &self,
         name: &str,
         description: &str,
         query: Option<&DeviceQuery>,
+        tenant: Option<&str>,
+        event: &NewEvent,
     ) -> Result<GroupRow, StoreError> {
         let query = query.map(|q| serde_json::to_string(q).unwrap_or_default());
         let sql = format!(
-            "INSERT INTO device_groups (name, description, created_at, query) VALUES ($1, $2, $3, $4) RETURNING {GROUP_COLUMNS}"
+            "INSERT INTO device_groups (name, description, created_at, query, tenant) VALUES ($1, $2, $3, $4, $5)
+             RETURNING {GROUP_COLUMNS}"
         );
-        let r = with_pool!(self, pool => sqlx::query_as(trusted(&sql))
-            .bind(name).bind(description).bind(now_ms()).bind(&query).fetch_one(pool).await);
-        r.map_err(|e| StoreError::conflict_or(e, || format!("group `{name}`")))
+        let r: Result<GroupRow, StoreError> = with_write_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let row = sqlx::query_as(trusted(&sql))
+                .bind(name).bind(description).bind(now_ms()).bind(&query).bind(tenant).fetch_one(&mut *tx).await
+                .map_err(|e| StoreError::conflict_or(e, || format!("group `{name}`")))?;
+            super::record_event!(&mut *tx, event);
+            tx.commit().await?;
+            Ok(row)
+        });
+        r
     }
 
     pub async fn group(&self, name: &str) -> Result<Option<GroupRow>, StoreError> {
@@ -552,14 +579,24 @@ impl Store {
         Ok(with_pool!(self, pool => sqlx::query_as(trusted(&sql)).bind(name).fetch_optional(pool).await?))
     }
 
-    pub async fn groups(&self) -> Result<Vec<GroupRow>, StoreError> {
-        let sql = format!("SELECT {GROUP_COLUMNS} FROM device_groups ORDER BY name");
-        Ok(with_pool!(self, pool => sqlx::query_as(trusted(&sql)).fetch_all(pool).await?))
+    /// Every group, or a tenant's only.
+    pub async fn groups(&self, tenant: Option<&str>) -> Result<Vec<GroupRow>, StoreError> {
+        // Every group: a tenant matching itself (NULL never equals NULL, so spelled out).
+        let sql = format!(
+            "SELECT {GROUP_COLUMNS} FROM device_groups WHERE CAST($1 AS TEXT) IS NULL OR tenant = $1 ORDER BY name"
+        );
+        Ok(with_pool!(self, pool => sqlx::query_as(trusted(&sql)).bind(tenant).fetch_all(pool).await?))
     }
 
-    /// Delete a group (its devices stay; operations already added stay queued).
-    pub async fn delete_group(&self, id: i64) -> Result<(), StoreError> {
-        with_write_pool!(self, pool => sqlx::query("DELETE FROM device_groups WHERE id = $1").bind(id).execute(pool).await.map(|_| ())?);
+    /// Delete a group (its devices stay; operations already added stay queued), with its
+    /// `group.removed` event.
+    pub async fn delete_group(&self, id: i64, event: &NewEvent) -> Result<(), StoreError> {
+        with_write_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query("DELETE FROM device_groups WHERE id = $1").bind(id).execute(&mut *tx).await?;
+            super::record_event!(&mut *tx, event);
+            tx.commit().await?;
+        });
         Ok(())
     }
 
@@ -592,21 +629,25 @@ impl Store {
         Ok(n)
     }
 
-    /// Add devices (by key) to a group; members already in it are left alone.
-    pub async fn add_members(&self, group: i64, devices: &[i64]) -> Result<(), StoreError> {
-        for chunk in devices.chunks(500) {
-            let sql = format!(
-                "INSERT INTO group_members (group_id, device) VALUES {} ON CONFLICT DO NOTHING",
-                values_placeholders(chunk.len(), 2, 1)
-            );
-            with_pool!(self, pool => {
+    /// Add devices (by key) to a group, with its `group.members_added` event; members
+    /// already in it are left alone.
+    pub async fn add_members(&self, group: i64, devices: &[i64], event: &NewEvent) -> Result<(), StoreError> {
+        with_write_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            for chunk in devices.chunks(500) {
+                let sql = format!(
+                    "INSERT INTO group_members (group_id, device) VALUES {} ON CONFLICT DO NOTHING",
+                    values_placeholders(chunk.len(), 2, 1)
+                );
                 let mut q = sqlx::query(trusted(&sql));
                 for d in chunk {
                     q = q.bind(group).bind(*d);
                 }
-                q.execute(pool).await?;
-            });
-        }
+                q.execute(&mut *tx).await?;
+            }
+            super::record_event!(&mut *tx, event);
+            tx.commit().await?;
+        });
         Ok(())
     }
 

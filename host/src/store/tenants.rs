@@ -78,6 +78,7 @@ impl Store {
                      {users} user(s) and {tokens} live admin token(s): delete or revoke them first")));
             }
             sqlx::query("DELETE FROM enrollment_tokens WHERE tenant = $1").bind(name).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM device_groups WHERE tenant = $1").bind(name).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM tenants WHERE name = $1").bind(name).execute(&mut *tx).await?;
             super::record_event!(&mut *tx, event);
             tx.commit().await?;

@@ -17,10 +17,11 @@ async fn list_page(console: &ConsoleState, session: &Session, form: &NewGroup, e
     let groups: Value = api.get("groups").await.or_page(session)?;
     let body = html! {
         table {
-            thead { tr { th scope="col" { "Group" } th scope="col" { "Kind" } th.num scope="col" { "Devices" } th scope="col" { "Description" } th scope="col" { "Created (UTC)" } } }
+            thead { tr { th scope="col" { "Group" } @if session.tenant.is_none() { th scope="col" { "Tenant" } } th scope="col" { "Kind" } th.num scope="col" { "Devices" } th scope="col" { "Description" } th scope="col" { "Created (UTC)" } } }
             tbody { @for g in groups["items"].as_array().into_iter().flatten() {
                 tr {
                     td { a href={"/console/groups/" (enc(text(&g["name"])))} { (text(&g["name"])) } }
+                    @if session.tenant.is_none() { td { @if g["tenant"].is_null() { "(operators')" } @else { (text(&g["tenant"])) } } }
                     td { @if g["query"].is_null() { "static" } @else { "dynamic" } }
                     td.num { a href={"/console/devices?group=" (enc(text(&g["name"])))} { (g["devices"]) } }
                     td { (text(&g["description"])) }
@@ -37,6 +38,11 @@ async fn list_page(console: &ConsoleState, session: &Session, form: &NewGroup, e
                 input #g-name name="name" required maxlength="128" value=(form.name);
                 label for="g-desc" { "Description" }
                 input #g-desc name="description" value=(form.description);
+                // An operator may make a tenant's group; a tenant's caller makes its own.
+                @if session.tenant.is_none() {
+                    label for="g-tenant" { "Tenant (empty: a group of the server's operators)" }
+                    input #g-tenant name="tenant" pattern="[a-z0-9][a-z0-9-]{0,63}" value=(form.tenant);
+                }
                 label for="g-query" { "Query (JSON) for a dynamic group; empty for a static group" }
                 textarea #g-query name="query" rows="5" spellcheck="false" data-count="g-count" placeholder=r#"{"device_type": "android", "tags": ["warehouse-3"], "metadata": {"model": "Pixel 8"}}"# { (form.query) }
                 output #g-count for="g-query" aria-live="polite" {}
@@ -84,10 +90,15 @@ pub struct NewGroup {
     description: String,
     #[serde(default)]
     query: String,
+    #[serde(default)]
+    tenant: String,
 }
 
 pub async fn create(State(console): State<ConsoleState>, Posted(session, form): Posted<NewGroup>) -> PageResult {
     let mut body = json!({"name": form.name, "description": form.description});
+    if !form.tenant.is_empty() {
+        body["tenant"] = json!(form.tenant);
+    }
     if !form.query.trim().is_empty() {
         match serde_json::from_str::<Value>(&form.query) {
             Ok(q) => body["query"] = q,
@@ -96,7 +107,7 @@ pub async fn create(State(console): State<ConsoleState>, Posted(session, form): 
     }
     let api = Api { console: &console, session: &session };
     match api.send(Method::POST, "groups", &body).await {
-        Ok(_) => Ok(see(&format!("/console/groups/{}", enc(&form.name)))),
+        Ok(created) => Ok(see(&format!("/console/groups/{}", enc(text(&created["name"]))))),
         Err(f) if f.status.is_client_error() && f.status != StatusCode::FORBIDDEN => {
             list_page(&console, &session, &form, Some(f.message)).await
         }

@@ -38,6 +38,8 @@ pub struct Session {
     pub scoped: bool,
     /// The tenant it belongs to (`tenants.rs`); `None`: an operator of the server.
     pub tenant: Option<String>,
+    /// A tenant's caller without a scope: its tenant's groups are offered.
+    pub tenant_whole: bool,
     /// A tenant's admin without a scope: enrollment is offered, into the tenant.
     pub tenant_admin: bool,
     pub token_hash: String,
@@ -91,13 +93,15 @@ impl FromRequestParts<ConsoleState> for Session {
         // A tenant's session is confined like a scoped one: the console shows its devices.
         let scoped = principal.scope.is_some() || principal.tenant.is_some();
         let actor = principal.user_name.as_ref().map_or_else(|| principal.name.clone(), |u| format!("user:{u}"));
-        let tenant_admin = principal.tenant.is_some() && principal.scope.is_none() && role == Role::Admin;
+        let tenant_whole = principal.tenant.is_some() && principal.scope.is_none();
+        let tenant_admin = tenant_whole && role == Role::Admin;
         Ok(Session {
             name: principal.name,
             actor,
             role,
             scoped,
             tenant: principal.tenant,
+            tenant_whole,
             tenant_admin,
             token_hash: row.token_hash,
             csrf: row.csrf,
