@@ -362,11 +362,13 @@ pub struct WebhookFilter {
     pub device_type: Option<String>,
     pub group: Option<String>,
     pub tag: Option<String>,
+    pub tenant: Option<String>,
 }
 
 pub async fn webhook_add(name: String, url: String, f: WebhookFilter, server: ServerArgs) -> anyhow::Result<()> {
     let request = json!({
         "name": name, "url": url, "types": f.types, "device_type": f.device_type, "group": f.group, "tag": f.tag,
+        "tenant": f.tenant,
     });
     let body = call(&server, Method::POST, "webhooks", Some(request)).await?;
     eprintln!("subscribed {} to {}; its signing secret is shown this once:", text(&body["name"]), text(&body["url"]));

@@ -23,20 +23,11 @@ use crate::store::{DeviceQuery, GroupRow, NewEvent, Store};
 /// Longest name a group is given (before its tenant is added).
 pub const MAX_NAME: usize = 128;
 
-/// The stored name of the group a caller of `tenant` names `given`: a tenant's caller may
-/// leave out its `TENANT/`; an operator gives the whole name.
-pub fn stored_name(tenant: Option<&str>, given: &str) -> String {
-    match tenant {
-        Some(t) if !given.strip_prefix(t).is_some_and(|rest| rest.starts_with('/')) => format!("{t}/{given}"),
-        _ => given.to_string(),
-    }
-}
-
 /// The group a caller of `tenant` names, if it may see it: any group for an operator
 /// (`None`), its own tenant's only for a tenant's caller, so another tenant's group and
 /// the operators' do not exist for it.
 pub async fn find(store: &Store, tenant: Option<&str>, name: &str) -> Result<Option<GroupRow>> {
-    let Some(group) = store.group(&stored_name(tenant, name)).await? else { return Ok(None) };
+    let Some(group) = store.group(&crate::tenants::qualified(tenant, name)).await? else { return Ok(None) };
     Ok((tenant.is_none() || group.tenant.as_deref() == tenant).then_some(group))
 }
 
@@ -72,7 +63,7 @@ pub async fn create(store: &Store, caller_tenant: Option<&str>, g: NewGroup<'_>,
         return Err(Error::invalid("invalid", p));
     }
     let tenant = crate::tenants::of_new_principal(store, caller_tenant, g.tenant).await?;
-    let name = stored_name(tenant.as_deref(), g.name);
+    let name = crate::tenants::qualified(tenant.as_deref(), g.name);
     let e = event(
         "created",
         &name,
@@ -144,21 +135,5 @@ fn event(kind: &str, name: &str, actor: &str, data: serde_json::Value) -> NewEve
         target: Some(format!("group/{name}")),
         data: Some(data.to_string()),
         ..NewEvent::default()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::stored_name;
-
-    #[test]
-    fn a_tenants_names_carry_its_tenant_once() {
-        assert_eq!(stored_name(Some("acme"), "lab"), "acme/lab");
-        assert_eq!(stored_name(Some("acme"), "acme/lab"), "acme/lab");
-        // Another tenant's whole name stays inside the caller's tenant.
-        assert_eq!(stored_name(Some("acme"), "globex/lab"), "acme/globex/lab");
-        assert_eq!(stored_name(Some("acme"), "acmelab"), "acme/acmelab");
-        assert_eq!(stored_name(None, "globex/lab"), "globex/lab");
-        assert_eq!(stored_name(None, "lab"), "lab");
     }
 }

@@ -354,6 +354,10 @@ enum WebhookCommand {
         /// Only events about devices with this tag.
         #[arg(long)]
         tag: Option<String>,
+        /// The tenant whose subscription it is: sent the events about its devices only,
+        /// named TENANT/NAME [default: the caller's tenant; for an operator, the operators']
+        #[arg(long)]
+        tenant: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -1026,8 +1030,8 @@ fn main() -> ExitCode {
             Command::Login { name, ttl, server } => admin_commands::login(name, ttl, server).await,
             Command::Webhook { command } => match command {
                 WebhookCommand::List { server } => admin_commands::webhook_list(server).await,
-                WebhookCommand::Add { name, url, types, device_type, group, tag, server } => {
-                    let filter = admin_commands::WebhookFilter { types, device_type, group, tag };
+                WebhookCommand::Add { name, url, types, device_type, group, tag, tenant, server } => {
+                    let filter = admin_commands::WebhookFilter { types, device_type, group, tag, tenant };
                     admin_commands::webhook_add(name, url, filter, server).await
                 }
                 WebhookCommand::Remove { name, server } => admin_commands::webhook_remove(name, server).await,

@@ -29,6 +29,17 @@ pub fn name_problem(name: &str) -> Option<String> {
     (!ok).then(|| format!("tenant name `{}`: use 1-64 lower-case letters, digits and -", name.escape_debug()))
 }
 
+/// The stored name of what a caller of `tenant` names `given` (a group, a webhook): a
+/// tenant's things are named `TENANT/NAME`, so tenants never collide on (or learn of)
+/// each other's names; a tenant's caller may leave out its `TENANT/`, an operator gives
+/// the whole name.
+pub fn qualified(tenant: Option<&str>, given: &str) -> String {
+    match tenant {
+        Some(t) if !given.strip_prefix(t).is_some_and(|rest| rest.starts_with('/')) => format!("{t}/{given}"),
+        _ => given.to_string(),
+    }
+}
+
 fn event(kind: &str, name: &str, actor: &str, data: serde_json::Value) -> NewEvent {
     NewEvent {
         event_type: format!("tenant.{kind}"),
@@ -52,7 +63,7 @@ pub async fn create(store: &Store, name: &str, description: &str, actor: &str) -
 
 /// Remove an empty tenant: refused for [`DEFAULT`], and while it still holds devices
 /// (removed ones too: they can be restored), users or live admin tokens. Its enrollment
-/// tokens and groups go with it.
+/// tokens, groups and webhooks go with it.
 pub async fn remove(store: &Store, name: &str, actor: &str) -> Result<()> {
     if name == DEFAULT {
         return Err(Error::conflict("refused", "the default tenant cannot be removed"));
@@ -98,6 +109,18 @@ pub async fn exists(store: &Store, name: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_tenants_names_carry_its_tenant_once() {
+        use super::qualified;
+        assert_eq!(qualified(Some("acme"), "lab"), "acme/lab");
+        assert_eq!(qualified(Some("acme"), "acme/lab"), "acme/lab");
+        // Another tenant's whole name stays inside the caller's tenant.
+        assert_eq!(qualified(Some("acme"), "globex/lab"), "acme/globex/lab");
+        assert_eq!(qualified(Some("acme"), "acmelab"), "acme/acmelab");
+        assert_eq!(qualified(None, "globex/lab"), "globex/lab");
+        assert_eq!(qualified(None, "lab"), "lab");
+    }
+
     use super::*;
 
     #[test]

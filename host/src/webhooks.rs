@@ -253,6 +253,9 @@ async fn deliver(core: &Core, policy: &Policy, w: &WebhookRow) -> Result<()> {
             up_to: Some(horizon),
             group: w.group_name.clone(),
             tag: w.tag.clone(),
+            // A tenant's subscription hears only about the tenant's devices; events about
+            // no device (tokens, tenants, plugins) are the operators'.
+            within: w.tenant.as_deref().map(crate::scope::Reach::tenant),
             ..Default::default()
         };
         let events = store.events(&query, cursor, BATCH).await?;

@@ -84,7 +84,7 @@ async fn ids(server: &TestServer, token: &str, path: &str) -> Vec<String> {
 }
 
 /// What a tenant's admin may call besides the scoped endpoints (`drover_tests::SCOPED`):
-/// its tenant's groups, enrollment, tokens and users.
+/// its tenant's groups, webhooks, enrollment, tokens and users.
 const TENANT_ADMIN: &[(&str, &str)] = &[
     ("get", "/api/v1/groups"),
     ("post", "/api/v1/groups"),
@@ -92,6 +92,13 @@ const TENANT_ADMIN: &[(&str, &str)] = &[
     ("delete", "/api/v1/groups/{name}"),
     ("post", "/api/v1/groups/{name}/members"),
     ("get", "/api/v1/devices/count"),
+    ("get", "/api/v1/webhooks"),
+    ("post", "/api/v1/webhooks"),
+    ("get", "/api/v1/webhooks/{name}"),
+    ("delete", "/api/v1/webhooks/{name}"),
+    ("post", "/api/v1/webhooks/{name}/enable"),
+    ("post", "/api/v1/webhooks/{name}/redeliver"),
+    ("get", "/api/v1/webhooks/{name}/deliveries"),
     ("post", "/api/v1/enrollment-tokens"),
     ("put", "/api/v1/devices/{device_type}/{device_id}/psk"),
     ("post", "/api/v1/devices/import"),
@@ -239,6 +246,7 @@ async fn two_tenants(server: &TestServer) {
     server.walk_refused(&globex, &served, "acme-1", acme_op).await;
 
     tenant_groups(server, &acme, &globex).await;
+    tenant_webhooks(server, &acme, &globex).await;
 
     // The event log: the events about its own devices, nothing of the other tenant's or
     // of the server's own (tokens, tenants, groups).
@@ -580,8 +588,102 @@ async fn tenant_groups(server: &TestServer, acme: &str, globex: &str) {
     );
 }
 
+/// Waits (bounded) until webhook `name` has delivered up to the latest event.
+async fn delivered(server: &TestServer, name: &str) {
+    let latest = server.state.store.latest_event().await.unwrap();
+    for _ in 0..200 {
+        let w: Value =
+            server.admin(Method::GET, &format!("/api/v1/webhooks/{name}")).send().await.unwrap().json().await.unwrap();
+        if w["cursor"].as_i64().unwrap() >= latest {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("webhook {name} never delivered event {latest}");
+}
+
+/// Webhooks of a tenant: named within it, managed by it alone, and sent the events about
+/// its devices only, while the operators' subscription hears everything.
+async fn tenant_webhooks(server: &TestServer, acme: &str, globex: &str) {
+    let acme_hook = drover_tests::provider::Provider::start(vec![]).await;
+    let operators_hook = drover_tests::provider::Provider::start(vec![]).await;
+    let r = with(server, acme, Method::POST, "/api/v1/webhooks")
+        .json(&json!({ "name": "feed", "url": acme_hook.base }))
+        .send()
+        .await
+        .unwrap();
+    let feed = created(r).await;
+    assert_eq!((&feed["name"], &feed["tenant"]), (&json!("acme/feed"), &json!("acme")), "{feed}");
+    let r = server
+        .admin(Method::POST, "/api/v1/webhooks")
+        .json(&json!({ "name": "all", "url": operators_hook.base }))
+        .send()
+        .await
+        .unwrap();
+    created(r).await;
+    let r = with(server, acme, Method::POST, "/api/v1/webhooks")
+        .json(&json!({ "name": "lab", "url": acme_hook.base, "group": "lab", "types": ["nothing."] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created(r).await["group"], "acme/lab", "a tenant's subscription names its tenant's group");
+    let r = with(server, globex, Method::POST, "/api/v1/webhooks")
+        .json(&json!({ "name": "spy", "url": acme_hook.base, "group": "acme/lab" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "a subscription to another tenant's group");
+
+    // Globex neither sees nor touches Acme's subscriptions.
+    let listed: Value =
+        with(server, globex, Method::GET, "/api/v1/webhooks").send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 0, "{listed}");
+    let listed: Value = with(server, acme, Method::GET, "/api/v1/webhooks").send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2, "{listed}");
+    for (method, path) in [
+        (Method::GET, "/api/v1/webhooks/acme%2Ffeed"),
+        (Method::GET, "/api/v1/webhooks/acme%2Ffeed/deliveries"),
+        (Method::POST, "/api/v1/webhooks/acme%2Ffeed/enable"),
+        (Method::POST, "/api/v1/webhooks/acme%2Ffeed/redeliver"),
+        (Method::DELETE, "/api/v1/webhooks/acme%2Ffeed"),
+        (Method::GET, "/api/v1/webhooks/all"),
+    ] {
+        let r = with(server, globex, method.clone(), path).json(&json!({ "after": 0 })).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} {path}");
+    }
+
+    // Both tenants' devices are renamed: Acme hears about its own only; the operators
+    // about both.
+    for id in ["acme-1", "globex-1"] {
+        let r = server
+            .admin(Method::PATCH, &format!("/api/v1/devices/android/{id}"))
+            .json(&json!({ "name": format!("{id} at the front desk") }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    }
+    delivered(server, "acme%2Ffeed").await;
+    delivered(server, "all").await;
+    let heard = |p: &drover_tests::provider::Provider| -> String {
+        p.received().iter().map(|r| String::from_utf8_lossy(&r.body).to_string()).collect::<Vec<_>>().join("\n")
+    };
+    let acme_heard = heard(&acme_hook);
+    assert!(acme_heard.contains("acme-1"), "Acme's subscription heard nothing of its device: {acme_heard}");
+    assert!(!acme_heard.contains("globex"), "Acme's subscription heard of Globex: {acme_heard}");
+    let all_heard = heard(&operators_hook);
+    assert!(all_heard.contains("acme-1") && all_heard.contains("globex-1"), "{all_heard}");
+    let r = with(server, acme, Method::DELETE, "/api/v1/webhooks/lab").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT, "a tenant's admin removes its own by its short name");
+}
+
 async fn run(backend: Backend) {
-    let server = TestServer::start_with(backend, |c| c.mqtt_events = true).await;
+    let server = TestServer::start_with(backend, |c| {
+        c.mqtt_events = true;
+        // The webhook receivers are on loopback.
+        c.webhooks.allow_private = true;
+    })
+    .await;
     two_tenants(&server).await;
     server.stop().await;
 }

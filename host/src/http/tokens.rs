@@ -68,10 +68,7 @@ pub(super) async fn create_admin_token(
     // A tenant's admin makes tokens of its own tenant; an operator, of any or of none.
     let tenant = crate::tenants::of_new_principal(&state.store, admin.tenant.as_deref(), t.tenant.as_deref()).await?;
     // Named within its tenant, so tenants never collide on (or learn of) each other's names.
-    let name = match &tenant {
-        Some(tenant) => format!("{tenant}/{}", t.name),
-        None => t.name.clone(),
-    };
+    let name = crate::tenants::qualified(tenant.as_deref(), &t.name);
     let expires_at = match t.expires_in {
         None => None,
         Some(s) if (1..=MAX_LIFETIME_SECS).contains(&s) => Some(crate::store::now_ms() + s * 1000),
@@ -172,11 +169,7 @@ pub(super) async fn revoke_admin_token(
     TenantAdministrator(admin): TenantAdministrator,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let name = match admin.tenant.as_deref() {
-        Some(own) if name.strip_prefix(own).is_some_and(|rest| rest.starts_with('/')) => name,
-        Some(own) => format!("{own}/{name}"),
-        None => name,
-    };
+    let name = crate::tenants::qualified(admin.tenant.as_deref(), &name);
     state.store.revoke_admin_token(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

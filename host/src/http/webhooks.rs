@@ -1,8 +1,10 @@
 //! `/api/v1/webhooks`: subscriptions to the event log, their delivery log, enabling
-//! again and redelivery. Delivery itself is `crate::webhooks`.
+//! again and redelivery; the operators' and each tenant's (a tenant's is named
+//! `TENANT/NAME` and sent the events about its devices only). Delivery itself is
+//! `crate::webhooks`.
 
 use super::api::{Errors, MAX_PAGE};
-use super::{Administrator, ApiError, ApiJson, AppState, ErrorBody, Path, Query, Viewer};
+use super::{Admin, ApiError, ApiJson, AppState, ErrorBody, Path, Query, TenantAdministrator, TenantViewer};
 use crate::store::{DeliveryRow, NewWebhook, WebhookRow};
 use axum::Json;
 use axum::extract::State;
@@ -25,7 +27,7 @@ pub(super) struct NewSubscription {
     /// Only events about devices of this type.
     device_type: Option<String>,
     /// Only events about devices in this group (static or dynamic), as it is when each
-    /// event is delivered.
+    /// event is delivered; a tenant's subscription names one of its tenant's groups.
     group: Option<String>,
     /// Only events about devices with this tag, as they are when each event is delivered.
     tag: Option<String>,
@@ -35,11 +37,19 @@ pub(super) struct NewSubscription {
     #[schema(minimum = 0)]
     #[serde(default, deserialize_with = "super::extract::whole_number")]
     after: Option<i64>,
+    /// The tenant whose subscription it is: an operator's choice (absent: the
+    /// operators'); a tenant's admin subscribes for its own tenant.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9-]{0,63}$")]
+    tenant: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub(super) struct Subscription {
+    /// A tenant's subscription is named `TENANT/NAME`.
     name: String,
+    /// The tenant whose it is; absent: the operators'.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
     url: String,
     types: Vec<String>,
     device_type: Option<String>,
@@ -63,6 +73,7 @@ impl From<WebhookRow> for Subscription {
         Subscription {
             types: serde_json::from_str(&w.types).unwrap_or_default(),
             name: w.name,
+            tenant: w.tenant,
             url: w.url,
             device_type: w.device_type,
             group: w.group_name,
@@ -91,11 +102,12 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// Subscribe a URL to events. Each is POSTed as JSON, signed in the Standard Webhooks form.
+/// A tenant's subscription is sent the events about its tenant's devices only.
 #[utoipa::path(post, path = "/api/v1/webhooks", tag = "admin", request_body = NewSubscription,
     responses((status = 201, body = Created), (status = 409, description = "The name is taken", body = ErrorBody), Errors))]
 pub(super) async fn create_webhook(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     ApiJson(n): ApiJson<NewSubscription>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
     if !valid_name(&n.name) {
@@ -110,11 +122,15 @@ pub(super) async fn create_webhook(
         }
         None => crate::webhooks::new_secret(),
     };
-    if let Some(g) = &n.group
-        && state.store.group(g).await?.is_none()
-    {
-        return Err(ApiError::bad_request("invalid", format!("`group`: there is no group `{g}`")));
-    }
+    let tenant = crate::tenants::of_new_principal(&state.store, admin.tenant.as_deref(), n.tenant.as_deref()).await?;
+    // A tenant's subscription names its tenant's groups (as the tenant's callers do).
+    let group = match &n.group {
+        Some(g) => match crate::groups::find(&state.store, tenant.as_deref(), g).await? {
+            Some(found) => Some(found.name),
+            None => return Err(ApiError::bad_request("invalid", format!("`group`: there is no group `{g}`"))),
+        },
+        None => None,
+    };
     if let Some(t) = &n.tag
         && let Some(why) = crate::store::tag_problem(t)
     {
@@ -128,15 +144,16 @@ pub(super) async fn create_webhook(
     let row = state
         .store
         .insert_webhook(&NewWebhook {
-            name: n.name,
+            name: crate::tenants::qualified(tenant.as_deref(), &n.name),
             url: url.to_string(),
             secret: secret.clone(),
             types: n.types,
             device_type: n.device_type,
-            group_name: n.group,
+            group_name: group,
             tag: n.tag,
             cursor,
             created_by: admin.actor(),
+            tenant,
         })
         .await?;
     Ok((StatusCode::CREATED, Json(Created { subscription: row.into(), secret })))
@@ -147,15 +164,23 @@ pub(super) struct Subscriptions {
     items: Vec<Subscription>,
 }
 
-/// Every subscription (never its secret).
+/// Every subscription (never its secret); a tenant's callers, their tenant's.
 #[utoipa::path(get, path = "/api/v1/webhooks", tag = "admin", responses((status = 200, body = Subscriptions), Errors))]
-pub(super) async fn list_webhooks(State(state): State<AppState>, _: Viewer) -> Result<Json<Subscriptions>, ApiError> {
-    let items = state.store.webhooks().await?.into_iter().map(Subscription::from).collect();
+pub(super) async fn list_webhooks(
+    State(state): State<AppState>,
+    TenantViewer(admin): TenantViewer,
+) -> Result<Json<Subscriptions>, ApiError> {
+    let items = state.store.webhooks(admin.tenant.as_deref()).await?.into_iter().map(Subscription::from).collect();
     Ok(Json(Subscriptions { items }))
 }
 
-async fn named(state: &AppState, name: &str) -> Result<WebhookRow, ApiError> {
-    state.store.webhook(name).await?.ok_or_else(|| ApiError::not_found(format!("webhook `{name}` not found")))
+/// The subscription `admin` names, if it may see it: any for an operator, its tenant's
+/// for a tenant's caller (named with or without `TENANT/`); else 404.
+async fn named(state: &AppState, admin: &Admin, name: &str) -> Result<WebhookRow, ApiError> {
+    let found = state.store.webhook(&crate::tenants::qualified(admin.tenant.as_deref(), name)).await?;
+    found
+        .filter(|w| admin.reaches_tenant(&w.tenant))
+        .ok_or_else(|| ApiError::not_found(format!("webhook `{name}` not found")))
 }
 
 /// One subscription and where its delivery stands.
@@ -163,10 +188,10 @@ async fn named(state: &AppState, name: &str) -> Result<WebhookRow, ApiError> {
     responses((status = 200, body = Subscription), Errors))]
 pub(super) async fn get_webhook(
     State(state): State<AppState>,
-    _: Viewer,
+    TenantViewer(admin): TenantViewer,
     Path(name): Path<String>,
 ) -> Result<Json<Subscription>, ApiError> {
-    Ok(Json(named(&state, &name).await?.into()))
+    Ok(Json(named(&state, &admin, &name).await?.into()))
 }
 
 /// Delete a subscription and its delivery log.
@@ -174,10 +199,11 @@ pub(super) async fn get_webhook(
     responses((status = 204, description = "Deleted"), Errors))]
 pub(super) async fn delete_webhook(
     State(state): State<AppState>,
-    _: Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if !state.store.delete_webhook(&name).await? {
+    let w = named(&state, &admin, &name).await?;
+    if !state.store.delete_webhook(&w.name).await? {
         return Err(ApiError::not_found(format!("webhook `{name}` not found")));
     }
     Ok(StatusCode::NO_CONTENT)
@@ -189,13 +215,14 @@ pub(super) async fn delete_webhook(
     responses((status = 200, body = Subscription), Errors))]
 pub(super) async fn enable_webhook(
     State(state): State<AppState>,
-    _: Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     Path(name): Path<String>,
 ) -> Result<Json<Subscription>, ApiError> {
-    if !state.store.enable_webhook(&name).await? {
+    let w = named(&state, &admin, &name).await?;
+    if !state.store.enable_webhook(&w.name).await? {
         return Err(ApiError::not_found(format!("webhook `{name}` not found")));
     }
-    Ok(Json(named(&state, &name).await?.into()))
+    Ok(Json(named(&state, &admin, &name).await?.into()))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -212,7 +239,7 @@ pub(super) struct Redeliver {
     request_body = Redeliver, responses((status = 200, body = Subscription), Errors))]
 pub(super) async fn redeliver(
     State(state): State<AppState>,
-    _: Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     Path(name): Path<String>,
     ApiJson(r): ApiJson<Redeliver>,
 ) -> Result<Json<Subscription>, ApiError> {
@@ -220,10 +247,11 @@ pub(super) async fn redeliver(
     if after < 0 {
         return Err(ApiError::bad_request("invalid", format!("`after` {after}: a sequence number is ≥ 0")));
     }
-    if !state.store.rewind_webhook(&name, after).await? {
+    let w = named(&state, &admin, &name).await?;
+    if !state.store.rewind_webhook(&w.name, after).await? {
         return Err(ApiError::not_found(format!("webhook `{name}` not found")));
     }
-    Ok(Json(named(&state, &name).await?.into()))
+    Ok(Json(named(&state, &admin, &name).await?.into()))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -248,11 +276,11 @@ pub(super) struct Deliveries {
     params(("name" = String, Path), DeliveryPage), responses((status = 200, body = Deliveries), Errors))]
 pub(super) async fn deliveries(
     State(state): State<AppState>,
-    _: Viewer,
+    TenantViewer(admin): TenantViewer,
     Path(name): Path<String>,
     Query(p): Query<DeliveryPage>,
 ) -> Result<Json<Deliveries>, ApiError> {
-    let w = named(&state, &name).await?;
+    let w = named(&state, &admin, &name).await?;
     let limit = p.limit.unwrap_or(super::api::DEFAULT_PAGE).clamp(1, MAX_PAGE);
     let items = state.store.deliveries(w.id, p.after.unwrap_or(0), limit).await?;
     let next_after = super::api::next_after(&items, limit, |d| d.id);

@@ -79,6 +79,7 @@ impl Store {
             }
             sqlx::query("DELETE FROM enrollment_tokens WHERE tenant = $1").bind(name).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM device_groups WHERE tenant = $1").bind(name).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM webhooks WHERE tenant = $1").bind(name).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM tenants WHERE name = $1").bind(name).execute(&mut *tx).await?;
             super::record_event!(&mut *tx, event);
             tx.commit().await?;

@@ -4,7 +4,7 @@
 use super::{Backend, Store, StoreError, now_ms, with_pool, with_write_pool};
 
 const COLUMNS: &str = "id, name, url, secret, types, device_type, group_name, tag, enabled, disabled_reason, cursor,
-                       failures, next_attempt_at, created_by, created_at";
+                       failures, next_attempt_at, created_by, created_at, tenant";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct WebhookRow {
@@ -27,6 +27,9 @@ pub struct WebhookRow {
     pub next_attempt_at: i64,
     pub created_by: String,
     pub created_at: i64,
+    /// The tenant whose it is (named `TENANT/NAME`, sent only events about the tenant's
+    /// devices); `None`: the operators'.
+    pub tenant: Option<String>,
 }
 
 /// A new subscription.
@@ -40,6 +43,7 @@ pub struct NewWebhook {
     pub tag: Option<String>,
     pub cursor: i64,
     pub created_by: String,
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
@@ -72,19 +76,20 @@ impl Store {
         let now = now_ms();
         let sql = format!(
             "INSERT INTO webhooks (name, url, secret, types, device_type, cursor, next_attempt_at, created_by, created_at,
-                                   group_name, tag)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, $9, $10) RETURNING {COLUMNS}"
+                                   group_name, tag, tenant)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, $9, $10, $11) RETURNING {COLUMNS}"
         );
         let r: Result<WebhookRow, sqlx::Error> = with_write_pool!(self, pool => sqlx::query_as(super::trusted(&sql))
             .bind(&w.name).bind(&w.url).bind(&secret).bind(&types).bind(&w.device_type).bind(w.cursor).bind(now)
-            .bind(&w.created_by).bind(&w.group_name).bind(&w.tag).fetch_one(pool).await);
+            .bind(&w.created_by).bind(&w.group_name).bind(&w.tag).bind(&w.tenant).fetch_one(pool).await);
         self.opened(r.map_err(|e| StoreError::conflict_or(e, || format!("webhook `{}`", w.name)))?)
     }
 
-    pub async fn webhooks(&self) -> Result<Vec<WebhookRow>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM webhooks ORDER BY name");
+    /// Every subscription, or a tenant's only.
+    pub async fn webhooks(&self, tenant: Option<&str>) -> Result<Vec<WebhookRow>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM webhooks WHERE CAST($1 AS TEXT) IS NULL OR tenant = $1 ORDER BY name");
         let rows: Vec<WebhookRow> =
-            with_pool!(self, pool => sqlx::query_as(super::trusted(&sql)).fetch_all(pool).await?);
+            with_pool!(self, pool => sqlx::query_as(super::trusted(&sql)).bind(tenant).fetch_all(pool).await?);
         rows.into_iter().map(|r| self.opened(r)).collect()
     }
 
