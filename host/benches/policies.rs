@@ -59,14 +59,24 @@ async fn run(label: &str, config: Config) {
         let core = core.clone();
         let name = name.to_string();
         let priority = s.priority;
-        async move { core.store.insert_policy(&name, true, priority, &text, "bench", &event).await.unwrap() }
+        async move {
+            let new = drover::store::NewPolicy {
+                name: &name,
+                active: true,
+                priority,
+                spec: &text,
+                actor: "bench",
+                tenant: None,
+            };
+            core.store.insert_policy(&new, &event).await.unwrap()
+        }
     };
     let recompute = || policies::recompute(&core, Scope::DeviceTypes(vec!["android".into()]));
     println!("\n### {label}\n");
     println!("| step | devices given a new bundle | time |\n|---|---|---|");
 
     let base = spec(1, serde_json::json!([camera(false)]), serde_json::json!({}));
-    policies::check(&core, &base).await.unwrap();
+    policies::check(&core, &base, None).await.unwrap();
     let id = save("baseline", &base).await;
     let t = Instant::now();
     let r = recompute().await.unwrap();

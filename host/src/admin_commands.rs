@@ -475,7 +475,9 @@ pub async fn policy_apply(file: std::path::PathBuf, server: ServerArgs) -> anyho
     let exists = call(&server, Method::GET, &path, None).await.is_ok();
     let body = if exists {
         let active = fields.remove("active");
+        // Name and tenant are the policy's for good; the body is its content.
         fields.remove("name");
+        fields.remove("tenant");
         let body = call(&server, Method::PUT, &path, Some(policy)).await?;
         if let Some(active) = active.and_then(|a| a.as_bool()) {
             let verb = if active { "activate" } else { "deactivate" };

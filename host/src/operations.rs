@@ -166,10 +166,11 @@ pub async fn target_set(core: &Core, t: &Targets, tenant: Option<&str>) -> Resul
 }
 
 /// Add the groups named to `targets` (a dynamic group as its query); an unknown group
-/// selects nothing (for saved specs whose groups may since have been deleted).
-pub async fn add_groups(core: &Core, targets: &mut TargetSet, groups: &[String]) -> Result<()> {
+/// selects nothing (for saved specs whose groups may since have been deleted). What a
+/// tenant saved names its tenant's groups (`groups::find`).
+pub async fn add_groups(core: &Core, targets: &mut TargetSet, groups: &[String], tenant: Option<&str>) -> Result<()> {
     for g in groups {
-        if let Some(group) = core.store.group(g).await? {
+        if let Some(group) = crate::groups::find(&core.store, tenant, g).await? {
             match group.query() {
                 Some(q) => targets.queries.push(q),
                 None => targets.groups.push(group.id),

@@ -133,12 +133,15 @@ struct Live {
     name: String,
     revision: i64,
     spec: Spec,
+    /// A tenant's policy applies to its devices only.
+    tenant: Option<String>,
 }
 
 /// Refuse a spec that cannot work: unknown device types or groups, a type that takes no
 /// policy bundle, features its plugin refuses (its message, naming the feature), a bundle
 /// its plugin refuses.
-pub async fn check(core: &Core, spec: &Spec) -> Result<()> {
+/// A tenant's policy names its tenant's groups (`groups::find`).
+pub async fn check(core: &Core, spec: &Spec, tenant: Option<&str>) -> Result<()> {
     if spec.profiles.is_empty() {
         return Err(Error::invalid("invalid", "`profiles` is empty: give the features of at least one device type"));
     }
@@ -215,7 +218,7 @@ pub async fn check(core: &Core, spec: &Spec) -> Result<()> {
     }
     let a = &spec.applies_to;
     for g in &a.groups {
-        if core.store.group(g).await?.is_none() {
+        if crate::groups::find(&core.store, tenant, g).await?.is_none() {
             return Err(Error::invalid("unknown_group", format!("applies_to.groups: group `{g}` does not exist")));
         }
     }
@@ -265,7 +268,7 @@ pub fn changed(name: &str, change: &str, revision: Option<i64>, actor: &str) -> 
 fn parse(row: &PolicyRow) -> Result<Live> {
     let spec: Spec = serde_json::from_str(&row.spec)
         .map_err(|e| Error::internal(format!("policy `{}` revision {}: {e}", row.name, row.revision)))?;
-    Ok(Live { name: row.name.clone(), revision: row.revision, spec })
+    Ok(Live { name: row.name.clone(), revision: row.revision, spec, tenant: row.tenant.clone() })
 }
 
 /// Devices to give one bundle, by `(device type, digest, the policies that make it)`:
@@ -321,7 +324,7 @@ pub async fn recompute(core: &Core, scope: Scope) -> Result<Recomputed> {
             if !p.spec.profiles.keys().any(|t| types.contains(t)) {
                 continue;
             }
-            for d in store.applicable_devices(&applies(core, &p.spec).await?, None).await? {
+            for d in store.applicable_devices(&applies(core, p).await?, None).await? {
                 map.entry(d).or_default().push(i);
             }
         }
@@ -350,7 +353,7 @@ pub async fn recompute(core: &Core, scope: Scope) -> Result<Recomputed> {
         if everywhere.is_none() {
             let keys: Vec<i64> = page.iter().map(|t| t.device).collect();
             for (i, p) in policies.iter().enumerate() {
-                for d in store.applicable_devices(&applies(core, &p.spec).await?, Some(&keys)).await? {
+                for d in store.applicable_devices(&applies(core, p).await?, Some(&keys)).await? {
                     here.entry(d).or_default().push(i);
                 }
             }
@@ -443,20 +446,28 @@ pub async fn recompute(core: &Core, scope: Scope) -> Result<Recomputed> {
 }
 
 /// The store's form of a policy's applicability (group names resolved; an unknown group
-/// selects nothing).
-async fn applies(core: &Core, spec: &Spec) -> Result<Applies> {
+/// selects nothing). A tenant's policy selects its tenant's devices only, whatever it
+/// says (no `applies_to` means every device of its types *in the tenant*), and names its
+/// tenant's groups.
+async fn applies(core: &Core, p: &Live) -> Result<Applies> {
+    let (spec, tenant) = (&p.spec, p.tenant.as_deref());
     let a = &spec.applies_to;
     let scope = if a.groups.is_empty() && a.tags.is_empty() {
         None
     } else {
         let mut t = TargetSet { tags: a.tags.clone(), ..Default::default() };
-        crate::operations::add_groups(core, &mut t, &a.groups).await?;
+        crate::operations::add_groups(core, &mut t, &a.groups, tenant).await?;
         Some(t)
     };
     Ok(Applies {
         device_types: spec.profiles.keys().cloned().collect(),
         owners: a.owners.clone(),
-        query: DeviceQuery { ownership: a.ownership, metadata: a.metadata.clone(), ..Default::default() },
+        query: DeviceQuery {
+            ownership: a.ownership,
+            metadata: a.metadata.clone(),
+            tenant: p.tenant.clone(),
+            ..Default::default()
+        },
         scope,
     })
 }
@@ -969,7 +980,7 @@ async fn resend(core: &Core, devices: &[i64]) -> Result<()> {
         let Some(current) = store.device_policy(t.device).await? else { continue };
         let mut chosen = Vec::new();
         for p in policies.iter().filter(|p| p.spec.profiles.contains_key(&t.device_type)) {
-            if !store.applicable_devices(&applies(core, &p.spec).await?, Some(&[t.device])).await?.is_empty() {
+            if !store.applicable_devices(&applies(core, p).await?, Some(&[t.device])).await?.is_empty() {
                 chosen.push(p);
             }
         }
@@ -1024,26 +1035,35 @@ async fn changed_types(core: &Core, specs: &[&Spec]) -> Result<Recomputed> {
     Ok(done)
 }
 
-/// Create policy `name` (revision 1) after its checks; the devices it applies to get their
-/// new effective policy before this returns.
-pub async fn create(core: &Core, name: &str, active: bool, spec: &Spec, actor: &str) -> Result<Recomputed> {
+/// Create policy `name` (revision 1) after its checks, of `tenant` when given (then named
+/// `TENANT/NAME`: `tenants::qualified`); the devices it applies to get their new effective
+/// policy before this returns. Returns the name it is stored under.
+pub async fn create(
+    core: &Core,
+    name: &str,
+    tenant: Option<&str>,
+    active: bool,
+    spec: &Spec,
+    actor: &str,
+) -> Result<(String, Recomputed)> {
     let ok =
         !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if !ok {
         return Err(Error::invalid("invalid", "`name`: use 1-64 letters, digits and . _ -"));
     }
-    check(core, spec).await?;
+    check(core, spec, tenant).await?;
+    let name = crate::tenants::qualified(tenant, name);
     let text = serde_json::to_string(spec).unwrap_or_default();
-    core.store
-        .insert_policy(name, active, spec.priority, &text, actor, &changed(name, "created", Some(1), actor))
-        .await?;
-    changed_types(core, &[spec]).await
+    let event = changed(&name, "created", Some(1), actor);
+    let new = crate::store::NewPolicy { name: &name, active, priority: spec.priority, spec: &text, actor, tenant };
+    core.store.insert_policy(&new, &event).await?;
+    Ok((name.clone(), changed_types(core, &[spec]).await?))
 }
 
 /// Save `spec` as the next revision of policy `name` (`change` says why, in its event).
 async fn revise(core: &Core, name: &str, spec: &Spec, change: &str, actor: &str) -> Result<Recomputed> {
     let (row, old) = named(core, name).await?;
-    check(core, spec).await?;
+    check(core, spec, row.tenant.as_deref()).await?;
     let revision = row.revision + 1;
     let text = serde_json::to_string(spec).unwrap_or_default();
     let event = changed(name, change, Some(revision), actor);

@@ -63,7 +63,7 @@ pub async fn create(store: &Store, name: &str, description: &str, actor: &str) -
 
 /// Remove an empty tenant: refused for [`DEFAULT`], and while it still holds devices
 /// (removed ones too: they can be restored), users or live admin tokens. Its enrollment
-/// tokens, groups and webhooks go with it.
+/// tokens, groups, webhooks and policies go with it.
 pub async fn remove(store: &Store, name: &str, actor: &str) -> Result<()> {
     if name == DEFAULT {
         return Err(Error::conflict("refused", "the default tenant cannot be removed"));

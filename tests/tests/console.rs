@@ -680,7 +680,8 @@ async fn tenants(server: &TestServer, plain: &reqwest::Client) {
         .send()
         .await
         .unwrap();
-    let boss = login(r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string()).await;
+    let boss_token = r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string();
+    let boss = login(boss_token.clone()).await;
     let html = get(&boss, "/console/devices").await.text().await.unwrap();
     assert!(html.contains("initech/boss (admin, tenant initech)"), "who is logged in");
     assert!(!html.contains("356000000000301"), "another tenant's device is listed");
@@ -704,6 +705,25 @@ async fn tenants(server: &TestServer, plain: &reqwest::Client) {
     assert!(html.contains("Lobby kiosks"), "the new group's page");
     let html = get(&admin, "/console/groups").await.text().await.unwrap();
     assert!(html.contains("initech/kiosks") && html.contains("<td>initech</td>"), "the operators' view");
+
+    // Its tenant's policies, listed; the operators' are not.
+    let policy = |name: &str| json!({ "name": name, "profiles": { "android": [{ "code": "CAMERA", "payload": { "enabled": false } }] } });
+    let r = server.admin(Method::POST, "/api/v1/policies").json(&policy("operators-only")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    let r = server
+        .http
+        .post(server.url("/api/v1/policies"))
+        .bearer_auth(&boss_token)
+        .json(&policy("no-camera"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    let html = get(&boss, "/console/policies").await.text().await.unwrap();
+    assert!(html.contains("initech/no-camera") && !html.contains("operators-only"), "{html}");
+    assert!(html.contains("href=\"/console/policies\""), "offered in the navigation");
+    let html = get(&admin, "/console/policies").await.text().await.unwrap();
+    assert!(html.contains("<td>operators-only</td>") && html.contains("<td>initech</td>"), "the operators' view");
 }
 
 drover_tests::e2e!(console_sessions, super::sessions);

@@ -84,7 +84,7 @@ async fn ids(server: &TestServer, token: &str, path: &str) -> Vec<String> {
 }
 
 /// What a tenant's admin may call besides the scoped endpoints (`drover_tests::SCOPED`):
-/// its tenant's groups, webhooks, enrollment, tokens and users.
+/// its tenant's groups, webhooks, policies, enrollment, tokens and users.
 const TENANT_ADMIN: &[(&str, &str)] = &[
     ("get", "/api/v1/groups"),
     ("post", "/api/v1/groups"),
@@ -99,6 +99,16 @@ const TENANT_ADMIN: &[(&str, &str)] = &[
     ("post", "/api/v1/webhooks/{name}/enable"),
     ("post", "/api/v1/webhooks/{name}/redeliver"),
     ("get", "/api/v1/webhooks/{name}/deliveries"),
+    ("get", "/api/v1/policies"),
+    ("post", "/api/v1/policies"),
+    ("get", "/api/v1/policies/{name}"),
+    ("put", "/api/v1/policies/{name}"),
+    ("delete", "/api/v1/policies/{name}"),
+    ("post", "/api/v1/policies/{name}/activate"),
+    ("post", "/api/v1/policies/{name}/deactivate"),
+    ("get", "/api/v1/policies/{name}/revisions"),
+    ("post", "/api/v1/policies/{name}/restore"),
+    ("get", "/api/v1/policies/{name}/compliance"),
     ("post", "/api/v1/enrollment-tokens"),
     ("put", "/api/v1/devices/{device_type}/{device_id}/psk"),
     ("post", "/api/v1/devices/import"),
@@ -247,6 +257,7 @@ async fn two_tenants(server: &TestServer) {
 
     tenant_groups(server, &acme, &globex).await;
     tenant_webhooks(server, &acme, &globex).await;
+    tenant_policies(server, &acme, &globex).await;
 
     // The event log: the events about its own devices, nothing of the other tenant's or
     // of the server's own (tokens, tenants, groups).
@@ -675,6 +686,78 @@ async fn tenant_webhooks(server: &TestServer, acme: &str, globex: &str) {
     assert!(all_heard.contains("acme-1") && all_heard.contains("globex-1"), "{all_heard}");
     let r = with(server, acme, Method::DELETE, "/api/v1/webhooks/lab").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT, "a tenant's admin removes its own by its short name");
+}
+
+/// The names of the policies that make device `android/id`'s effective policy (none: 404).
+async fn effective(server: &TestServer, id: &str) -> Vec<String> {
+    let r = server.admin(Method::GET, &format!("/api/v1/devices/android/{id}/policy")).send().await.unwrap();
+    if r.status() == StatusCode::NOT_FOUND {
+        return Vec::new();
+    }
+    let body: Value = r.json().await.unwrap();
+    body["policies"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect()
+}
+
+/// Policies of a tenant: named within it, managed by it alone, applied to its devices
+/// only (even with no `applies_to`, which means every device of its types), and ranked
+/// below the operators' policies.
+async fn tenant_policies(server: &TestServer, acme: &str, globex: &str) {
+    let cameras = json!({ "name": "cameras", "priority": 100,
+                          "profiles": { "android": [{ "code": "CAMERA", "payload": { "enabled": false } }] } });
+    let r = with(server, acme, Method::POST, "/api/v1/policies").json(&cameras).send().await.unwrap();
+    let p = created(r).await;
+    assert_eq!((&p["name"], &p["tenant"]), (&json!("acme/cameras"), &json!("acme")), "{p}");
+    assert_eq!(effective(server, "acme-1").await, ["acme/cameras"]);
+    assert_eq!(effective(server, "globex-1").await, Vec::<String>::new(), "Acme's policy reached Globex's device");
+
+    // Globex neither sees nor touches it.
+    let listed: Value =
+        with(server, globex, Method::GET, "/api/v1/policies").send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 0, "{listed}");
+    let spec = json!({ "profiles": { "android": [{ "code": "CAMERA", "payload": { "enabled": true } }] } });
+    for (method, path, body) in [
+        (Method::GET, "/api/v1/policies/acme%2Fcameras", json!({})),
+        (Method::PUT, "/api/v1/policies/acme%2Fcameras", spec),
+        (Method::DELETE, "/api/v1/policies/acme%2Fcameras", json!({})),
+        (Method::POST, "/api/v1/policies/acme%2Fcameras/deactivate", json!({})),
+        (Method::GET, "/api/v1/policies/acme%2Fcameras/revisions", json!({})),
+        (Method::POST, "/api/v1/policies/acme%2Fcameras/restore", json!({ "revision": 1 })),
+        (Method::GET, "/api/v1/policies/acme%2Fcameras/compliance", json!({})),
+    ] {
+        let r = with(server, globex, method.clone(), path).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} {path}");
+    }
+    assert_eq!(effective(server, "acme-1").await, ["acme/cameras"], "Globex's tries changed nothing");
+
+    // A tenant's policy names its tenant's groups only.
+    let in_group = |group: &str| {
+        json!({ "name": "lab-cameras", "applies_to": { "groups": [group] },
+                "profiles": { "android": [{ "code": "CAMERA", "payload": { "enabled": false } }] } })
+    };
+    let r = with(server, globex, Method::POST, "/api/v1/policies").json(&in_group("acme/lab")).send().await.unwrap();
+    assert_eq!(refused(r, StatusCode::BAD_REQUEST).await.0, "unknown_group");
+    let r = with(server, acme, Method::POST, "/api/v1/policies").json(&in_group("lab")).send().await.unwrap();
+    created(r).await;
+
+    // The operators' policy ranks above every tenant's, whatever the priorities.
+    let baseline = json!({ "name": "baseline", "priority": 0,
+                           "profiles": { "android": [{ "code": "CAMERA", "payload": { "enabled": true } }] } });
+    let r = server.admin(Method::POST, "/api/v1/policies").json(&baseline).send().await.unwrap();
+    created(r).await;
+    assert_eq!(effective(server, "acme-1").await, ["baseline"]);
+    assert_eq!(effective(server, "globex-1").await, ["baseline"]);
+    let listed: Value = server.admin(Method::GET, "/api/v1/policies").send().await.unwrap().json().await.unwrap();
+    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["baseline", "acme/cameras", "acme/lab-cameras"]);
+
+    // Gone again, by their own admins; the devices have no policy left.
+    let r = server.admin(Method::DELETE, "/api/v1/policies/baseline").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    for name in ["cameras", "lab-cameras"] {
+        let r = with(server, acme, Method::DELETE, &format!("/api/v1/policies/{name}")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{name}");
+    }
+    assert_eq!(effective(server, "acme-1").await, Vec::<String>::new());
 }
 
 async fn run(backend: Backend) {

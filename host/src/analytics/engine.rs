@@ -480,7 +480,7 @@ async fn compile(core: &Core) -> crate::error::Result<Compiled> {
 /// devices select nothing).
 async fn members(core: &Core, a: &AppliesTo) -> crate::error::Result<HashSet<i64>> {
     let mut t = TargetSet { tags: a.tags.clone(), ..Default::default() };
-    crate::operations::add_groups(core, &mut t, &a.groups).await?;
+    crate::operations::add_groups(core, &mut t, &a.groups, None).await?;
     for d in &a.devices {
         if let Some((ty, id)) = d.split_once('/')
             && let Some(row) = core.store.device(ty, id).await?

@@ -1,7 +1,9 @@
-//! `/api/v1/policies`: policies and their revisions, and a device's effective policy.
-//! The engine is `crate::policies` (docs/policies.md).
+//! `/api/v1/policies`: policies and their revisions, and a device's effective policy;
+//! the operators' and each tenant's (a tenant's is named `TENANT/NAME`, applies to its
+//! devices only and is seen and managed by its admins and the operators). The engine is
+//! `crate::policies` (docs/policies.md).
 
-use super::{Administrator, ApiError, ApiJson, AppState, Path, Viewer};
+use super::{Admin, ApiError, ApiJson, AppState, Path, TenantAdministrator, TenantViewer, Viewer};
 use crate::policies::{self, Recomputed, Spec};
 use crate::store::PolicyRow;
 use axum::Json;
@@ -36,6 +38,11 @@ pub(super) struct NewPolicy {
     #[serde(default)]
     #[schema(max_items = 16)]
     rules: Vec<policies::Rule>,
+    /// The tenant whose policy it is (applied to its devices only): an operator's choice
+    /// (absent: the operators', which rank above every tenant's); a tenant's admin makes
+    /// its own tenant's.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9-]{0,63}$")]
+    tenant: Option<String>,
 }
 
 impl NewPolicy {
@@ -83,7 +90,11 @@ fn yes() -> bool {
 /// A policy at its current revision.
 #[derive(Serialize, ToSchema)]
 pub(super) struct Policy {
+    /// A tenant's policy is named `TENANT/NAME`.
     name: String,
+    /// The tenant whose it is; absent: the operators'.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
     revision: i64,
     active: bool,
     #[serde(flatten)]
@@ -141,6 +152,7 @@ fn spec_of(row: &PolicyRow) -> Result<Spec, ApiError> {
 fn policy(row: &PolicyRow) -> Result<Policy, ApiError> {
     Ok(Policy {
         name: row.name.clone(),
+        tenant: row.tenant.clone(),
         revision: row.revision,
         active: row.active != 0,
         spec: spec_of(row)?.into(),
@@ -150,20 +162,33 @@ fn policy(row: &PolicyRow) -> Result<Policy, ApiError> {
     })
 }
 
-async fn named(state: &AppState, name: &str) -> Result<PolicyRow, ApiError> {
-    state.store.policy(name).await?.ok_or_else(|| ApiError::not_found(format!("policy `{name}` not found")))
+/// The policy `admin` names, if it may see it: any for an operator, its tenant's for a
+/// tenant's caller (named with or without `TENANT/`); else 404.
+async fn named(state: &AppState, admin: &Admin, name: &str) -> Result<PolicyRow, ApiError> {
+    let found = state.store.policy(&crate::tenants::qualified(admin.tenant.as_deref(), name)).await?;
+    found
+        .filter(|p| admin.reaches_tenant(&p.tenant))
+        .ok_or_else(|| ApiError::not_found(format!("policy `{name}` not found")))
 }
 
-/// The answer to a change: the policy as it is now, and what the change did.
+/// The answer to a change of the policy stored as `name`: the policy as it is now, and
+/// what the change did.
 async fn saved(state: &AppState, name: &str, recomputed: Recomputed) -> Result<Json<Saved>, ApiError> {
-    Ok(Json(Saved { policy: policy(&named(state, name).await?)?, recomputed }))
+    let row =
+        state.store.policy(name).await?.ok_or_else(|| ApiError::not_found(format!("policy `{name}` not found")))?;
+    Ok(Json(Saved { policy: policy(&row)?, recomputed }))
 }
 
-/// Every policy, highest priority first.
+/// Every policy in the order they rank (the operators' above every tenant's, then
+/// highest priority first); a tenant's callers, their tenant's.
 #[utoipa::path(get, path = "/api/v1/policies", tag = "policies",
     responses((status = 200, body = Vec<Policy>), Errors))]
-pub(super) async fn list_policies(State(state): State<AppState>, _: Viewer) -> Result<Json<Vec<Policy>>, ApiError> {
-    Ok(Json(state.store.policies(false).await?.iter().map(policy).collect::<Result<_, _>>()?))
+pub(super) async fn list_policies(
+    State(state): State<AppState>,
+    TenantViewer(admin): TenantViewer,
+) -> Result<Json<Vec<Policy>>, ApiError> {
+    let rows = state.store.policies(false).await?;
+    Ok(Json(rows.iter().filter(|p| admin.reaches_tenant(&p.tenant)).map(policy).collect::<Result<_, _>>()?))
 }
 
 /// Create a policy (revision 1). Every feature is checked by its device type's plugin
@@ -172,11 +197,13 @@ pub(super) async fn list_policies(State(state): State<AppState>, _: Viewer) -> R
     responses((status = 201, body = Saved), (status = 409, description = "A policy has that name"), Errors))]
 pub(super) async fn create_policy(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     ApiJson(p): ApiJson<NewPolicy>,
 ) -> Result<(StatusCode, Json<Saved>), ApiError> {
-    let done = policies::create(&state, &p.name, p.active, &p.spec(), &admin.actor()).await?;
-    Ok((StatusCode::CREATED, saved(&state, &p.name, done).await?))
+    let tenant = crate::tenants::of_new_principal(&state.store, admin.tenant.as_deref(), p.tenant.as_deref()).await?;
+    let (name, done) =
+        policies::create(&state, &p.name, tenant.as_deref(), p.active, &p.spec(), &admin.actor()).await?;
+    Ok((StatusCode::CREATED, saved(&state, &name, done).await?))
 }
 
 /// A policy at its current revision.
@@ -184,10 +211,10 @@ pub(super) async fn create_policy(
     responses((status = 200, body = Policy), Errors))]
 pub(super) async fn get_policy(
     State(state): State<AppState>,
-    _: Viewer,
+    TenantViewer(admin): TenantViewer,
     Path(name): Path<String>,
 ) -> Result<Json<Policy>, ApiError> {
-    Ok(Json(policy(&named(&state, &name).await?)?))
+    Ok(Json(policy(&named(&state, &admin, &name).await?)?))
 }
 
 /// Edit a policy: the body is the whole new content, saved as the next revision.
@@ -195,10 +222,11 @@ pub(super) async fn get_policy(
     request_body = Spec, responses((status = 200, body = Saved), Errors))]
 pub(super) async fn update_policy(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     Path(name): Path<String>,
     ApiJson(spec): ApiJson<Spec>,
 ) -> Result<Json<Saved>, ApiError> {
+    let name = named(&state, &admin, &name).await?.name;
     let done = policies::update(&state, &name, &spec, &admin.actor()).await?;
     saved(&state, &name, done).await
 }
@@ -209,13 +237,15 @@ pub(super) async fn update_policy(
     responses((status = 200, body = Recomputed), Errors))]
 pub(super) async fn delete_policy(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     Path(name): Path<String>,
 ) -> Result<Json<Recomputed>, ApiError> {
+    let name = named(&state, &admin, &name).await?.name;
     Ok(Json(policies::delete(&state, &name, &admin.actor()).await?))
 }
 
-async fn set_active(state: AppState, admin: super::Admin, name: String, active: bool) -> Result<Json<Saved>, ApiError> {
+async fn set_active(state: AppState, admin: Admin, name: String, active: bool) -> Result<Json<Saved>, ApiError> {
+    let name = named(&state, &admin, &name).await?.name;
     let done = policies::set_active(&state, &name, active, &admin.actor()).await?;
     saved(&state, &name, done).await
 }
@@ -225,7 +255,7 @@ async fn set_active(state: AppState, admin: super::Admin, name: String, active: 
     responses((status = 200, body = Saved), Errors))]
 pub(super) async fn activate_policy(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     Path(name): Path<String>,
 ) -> Result<Json<Saved>, ApiError> {
     set_active(state, admin, name, true).await
@@ -236,7 +266,7 @@ pub(super) async fn activate_policy(
     responses((status = 200, body = Saved), Errors))]
 pub(super) async fn deactivate_policy(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     Path(name): Path<String>,
 ) -> Result<Json<Saved>, ApiError> {
     set_active(state, admin, name, false).await
@@ -247,10 +277,10 @@ pub(super) async fn deactivate_policy(
     responses((status = 200, body = Vec<Revision>), Errors))]
 pub(super) async fn list_revisions(
     State(state): State<AppState>,
-    _: Viewer,
+    TenantViewer(admin): TenantViewer,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<Revision>>, ApiError> {
-    let row = named(&state, &name).await?;
+    let row = named(&state, &admin, &name).await?;
     let mut out = Vec::new();
     for r in state.store.policy_revisions(row.id).await? {
         let spec: Spec = serde_json::from_str(&r.spec)
@@ -271,10 +301,11 @@ pub(super) async fn list_revisions(
     request_body = Restore, responses((status = 200, body = Saved), Errors))]
 pub(super) async fn restore_policy(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     Path(name): Path<String>,
     ApiJson(r): ApiJson<Restore>,
 ) -> Result<Json<Saved>, ApiError> {
+    let name = named(&state, &admin, &name).await?.name;
     let done = policies::restore(&state, &name, r.revision, &admin.actor()).await?;
     saved(&state, &name, done).await
 }
@@ -385,10 +416,10 @@ pub(super) struct PolicyCompliance {
     responses((status = 200, body = PolicyCompliance), Errors))]
 pub(super) async fn policy_compliance(
     State(state): State<AppState>,
-    _: Viewer,
+    TenantViewer(admin): TenantViewer,
     Path(name): Path<String>,
 ) -> Result<Json<PolicyCompliance>, ApiError> {
-    named(&state, &name).await?;
+    let name = named(&state, &admin, &name).await?.name;
     let mut total = std::collections::BTreeMap::new();
     let mut by_device_type: std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>> =
         std::collections::BTreeMap::new();

@@ -59,7 +59,7 @@ pub(super) async fn get_tenant(
 }
 
 /// Remove a tenant that holds no devices (removed ones included), users or live tokens;
-/// its enrollment tokens, groups and webhooks go with it. `default` stays.
+/// its enrollment tokens, groups, webhooks and policies go with it. `default` stays.
 #[utoipa::path(delete, path = "/api/v1/tenants/{tenant}", tag = "admin", params(("tenant" = String, Path)),
     responses((status = 204, description = "Removed"),
               (status = 409, description = "It still holds devices, users or tokens, or it is `default`", body = ErrorBody),

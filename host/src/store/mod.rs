@@ -48,7 +48,7 @@ pub use operations::{
     ActivityRow, Cursor, DeviceKey, MAX_EXPLICIT_DEVICES, MAX_UNANSWERED, NO_ANSWER_ACTOR, NewActivity, OperationRow,
     QueuedOperation, ResultOutcome, TargetSet, TransitionRow,
 };
-pub use policies::{Applies, Assignment, DevicePolicyRow, PolicyRow, PolicyTarget, RevisionRow};
+pub use policies::{Applies, Assignment, DevicePolicyRow, NewPolicy, PolicyRow, PolicyTarget, RevisionRow};
 pub use psk::{LiveKey, PskRow};
 pub use registrations::{CoapExchange, CoapRegistration};
 pub use rollouts::{

@@ -10,7 +10,7 @@ use super::{
 use super::{record_event, with_write_pool};
 
 const COLUMNS: &str =
-    "p.id, p.name, p.revision, p.active, p.priority, p.created_by, p.created_at, p.updated_at, r.spec";
+    "p.id, p.name, p.revision, p.active, p.priority, p.created_by, p.created_at, p.updated_at, r.spec, p.tenant";
 
 /// A policy at its current revision.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -25,6 +25,9 @@ pub struct PolicyRow {
     pub updated_at: i64,
     /// The current revision's spec (JSON text).
     pub spec: String,
+    /// The tenant whose it is (named `TENANT/NAME`, applied to the tenant's devices only);
+    /// `None`: the operators'.
+    pub tenant: Option<String>,
 }
 
 /// One revision of a policy.
@@ -82,24 +85,29 @@ pub struct Assignment<'a> {
     pub actor: &'a str,
 }
 
+/// A policy to store, at its first revision.
+pub struct NewPolicy<'a> {
+    /// `TENANT/NAME` for a tenant's.
+    pub name: &'a str,
+    pub active: bool,
+    pub priority: i64,
+    /// The spec (JSON text).
+    pub spec: &'a str,
+    pub actor: &'a str,
+    pub tenant: Option<&'a str>,
+}
+
 impl Store {
-    pub async fn insert_policy(
-        &self,
-        name: &str,
-        active: bool,
-        priority: i64,
-        spec: &str,
-        actor: &str,
-        event: &NewEvent,
-    ) -> Result<i64, StoreError> {
+    pub async fn insert_policy(&self, p: &NewPolicy<'_>, event: &NewEvent) -> Result<i64, StoreError> {
+        let NewPolicy { name, active, priority, spec, actor, tenant } = *p;
         let now = now_ms();
         let name_owned = name.to_string();
         with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let (id,): (i64,) = sqlx::query_as(
-                    "INSERT INTO policies (name, revision, active, priority, created_by, created_at, updated_at)
-                     VALUES ($1, 1, $2, $3, $4, $5, $5) RETURNING id")
-                .bind(name).bind(i64::from(active)).bind(priority).bind(actor).bind(now)
+                    "INSERT INTO policies (name, revision, active, priority, created_by, created_at, updated_at, tenant)
+                     VALUES ($1, 1, $2, $3, $4, $5, $5, $6) RETURNING id")
+                .bind(name).bind(i64::from(active)).bind(priority).bind(actor).bind(now).bind(tenant)
                 .fetch_one(&mut *tx).await
                 .map_err(|e| StoreError::conflict_or(e, || format!("policy `{name_owned}`")))?;
             sqlx::query("INSERT INTO policy_revisions (policy, revision, spec, created_by, created_at) VALUES ($1, 1, $2, $3, $4)")
@@ -174,11 +182,13 @@ impl Store {
         Ok(with_pool!(self, pool => sqlx::query_as(trusted(&sql)).bind(name).fetch_optional(pool).await?))
     }
 
-    /// Every policy (`active_only`: the active ones), highest priority first, then by name.
+    /// Every policy (`active_only`: the active ones), in the order they rank: the
+    /// operators' above every tenant's, then highest priority first, then by name.
     pub async fn policies(&self, active_only: bool) -> Result<Vec<PolicyRow>, StoreError> {
         let sql = format!(
             "SELECT {COLUMNS} FROM policies p JOIN policy_revisions r ON r.policy = p.id AND r.revision = p.revision
-             WHERE p.active = 1 OR $1 = 0 ORDER BY p.priority DESC, p.name"
+             WHERE p.active = 1 OR $1 = 0
+             ORDER BY CASE WHEN p.tenant IS NULL THEN 0 ELSE 1 END, p.priority DESC, p.name"
         );
         Ok(with_pool!(self, pool => sqlx::query_as(trusted(&sql)).bind(i64::from(active_only)).fetch_all(pool).await?))
     }

@@ -80,6 +80,8 @@ impl Store {
             sqlx::query("DELETE FROM enrollment_tokens WHERE tenant = $1").bind(name).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM device_groups WHERE tenant = $1").bind(name).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM webhooks WHERE tenant = $1").bind(name).execute(&mut *tx).await?;
+            // Its policies applied to its devices only, and it has none left.
+            sqlx::query("DELETE FROM policies WHERE tenant = $1").bind(name).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM tenants WHERE name = $1").bind(name).execute(&mut *tx).await?;
             super::record_event!(&mut *tx, event);
             tx.commit().await?;

@@ -58,9 +58,10 @@ pub fn page(title: &str, session: Option<&Session>, active: &str, body: Markup) 
                             ul {
                                 // A scoped session sees its devices only: the other pages
                                 // show the whole fleet, which its token may not read. A
-                                // tenant's unscoped callers also see its groups, and its
-                                // admin enrolls into the tenant and manages its users.
-                                @for (key, href, label) in NAV.iter().filter(|(k, _, _)| !s.scoped || *k == "devices" || (s.tenant_whole && *k == "groups") || (s.tenant_admin && matches!(*k, "enrollment" | "users"))) {
+                                // tenant's unscoped callers also see its groups and
+                                // policies, and its admin enrolls into the tenant and
+                                // manages its users.
+                                @for (key, href, label) in NAV.iter().filter(|(k, _, _)| !s.scoped || *k == "devices" || (s.tenant_whole && matches!(*k, "groups" | "policies")) || (s.tenant_admin && matches!(*k, "enrollment" | "users"))) {
                                     li { a href=(href) aria-current=[(*key == active).then_some("page")] { (label) } }
                                 }
                             }

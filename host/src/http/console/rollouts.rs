@@ -102,14 +102,16 @@ pub async fn policies(State(console): State<ConsoleState>, session: Session) -> 
     let body = html! {
         p.hint { "Policies are edited as files: " code { "drover policy apply FILE" } " saves a new revision." }
         div.scroll { table {
-            thead { tr { th scope="col" { "Policy" } th scope="col" { "Active" } th.num scope="col" { "Revision" } th.num scope="col" { "Priority" } th scope="col" { "Device types" } th scope="col" { "On non-compliance" } th scope="col" { "Updated (UTC)" } } }
-            tbody { @for p in policies["items"].as_array().into_iter().flatten() {
+            thead { tr { th scope="col" { "Policy" } @if session.tenant.is_none() { th scope="col" { "Tenant" } } th scope="col" { "Active" } th.num scope="col" { "Revision" } th.num scope="col" { "Priority" } th scope="col" { "Device types" } th scope="col" { "On non-compliance" } th scope="col" { "Updated (UTC)" } } }
+            // The API answers with the list itself, in the order policies rank.
+            tbody { @for p in policies.as_array().into_iter().flatten() {
                 tr {
                     td { (text(&p["name"])) }
+                    @if session.tenant.is_none() { td { @if p["tenant"].is_null() { "(operators')" } @else { (text(&p["tenant"])) } } }
                     td { @if p["active"].as_bool() == Some(true) { (badge("active")) } @else { (badge("inactive")) } }
                     td.num { (p["revision"]) }
                     td.num { (p["priority"]) }
-                    td { @for t in p["device_types"].as_array().into_iter().flatten() { (text(t)) " " } }
+                    td { @for t in p["profiles"].as_object().into_iter().flat_map(|m| m.keys()) { (t) " " } }
                     td { (p["action"].as_str().unwrap_or("")) }
                     td { (when(&p["updated_at"])) }
                 }
