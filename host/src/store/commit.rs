@@ -7,7 +7,7 @@
 //! takes whatever writes are waiting, runs them in order in one transaction, and answers
 //! each caller: under load batches grow by themselves, and a lone write waits for nobody.
 //! If a batch fails, its writes are retried one by one, so one bad write cannot fail the
-//! others'.
+//! others'; a batch PostgreSQL aborted as a deadlock's victim is first run again whole.
 //!
 //! On SQLite the committer is a thread of its own with its own connection, and its
 //! statements are direct calls (`direct.rs` says why); on PostgreSQL it is a task using
@@ -136,15 +136,47 @@ fn retrying(n: usize, e: &StoreError) {
     tracing::debug!(writes = n, "group commit failed ({e}); writing one by one");
 }
 
+/// Whether PostgreSQL aborted the transaction for its interplay with another (a deadlock,
+/// a serialisation failure), not for anything in it: nothing of it was written, and it
+/// may run again as it was. Two replicas' committers can deadlock: each batch locks its
+/// writes' operations in the batch's order, and two batches may name the same
+/// operations in opposite orders.
+fn is_transient(e: &StoreError) -> bool {
+    match e {
+        StoreError::Db(sqlx::Error::Database(db)) => matches!(db.code().as_deref(), Some("40P01" | "40001")),
+        _ => false,
+    }
+}
+
+/// How many times a transaction PostgreSQL aborted as a deadlock victim is run again.
+const TRANSIENT_RETRIES: usize = 3;
+
+/// `store.write_group(writes)`, run again when PostgreSQL aborted it as a deadlock's
+/// victim ([`is_transient`]).
+async fn write_group_again(store: &Store, writes: &[Write]) -> Result<Vec<Written>, StoreError> {
+    let mut result = store.write_group(writes).await;
+    for _ in 0..TRANSIENT_RETRIES {
+        match &result {
+            Err(e) if is_transient(e) => {
+                tracing::debug!(writes = writes.len(), "group commit aborted ({e}); writing it again");
+                result = store.write_group(writes).await;
+            }
+            _ => break,
+        }
+    }
+    result
+}
+
 async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Job>) {
     let mut batch = Batch::default();
     while let Some(first) = rx.recv().await {
         batch.fill(first, &mut rx);
-        match store.write_group(&batch.writes).await {
+        match write_group_again(&store, &batch.writes).await {
             Err(e) if batch.writes.len() > 1 => {
                 retrying(batch.writes.len(), &e);
                 for (w, reply) in batch.drain() {
-                    let _ = reply.send(store.write_group(std::slice::from_ref(&w)).await.map(|mut v| v.remove(0)));
+                    let written = write_group_again(&store, std::slice::from_ref(&w)).await;
+                    let _ = reply.send(written.map(|mut v| v.remove(0)));
                 }
             }
             result => batch.answer(result),
@@ -156,7 +188,7 @@ impl Store {
     /// Write `w` in the next group commit.
     pub(crate) async fn grouped(&self, w: Write) -> Result<Written, StoreError> {
         let Some(committer) = &self.committer else {
-            return self.write_group(std::slice::from_ref(&w)).await.map(|mut v| v.remove(0));
+            return write_group_again(self, std::slice::from_ref(&w)).await.map(|mut v| v.remove(0));
         };
         let (reply, answer) = oneshot::channel();
         committer.0.send((w, reply)).map_err(|_| closed())?;

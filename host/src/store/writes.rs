@@ -79,13 +79,16 @@ pub(super) fn claim_and_deliver_sql(n: usize, postgres: bool) -> [String; 3] {
 /// still queued for the device, move them only if every one still was, and record each
 /// move from the state it was in. A concurrent claim of the same rows is waited for, and
 /// the rows are then checked again as they are (`FOR UPDATE`), so a lost race counts fewer
-/// and moves nothing. Answers one row: how many moved (`n`, or 0). Parameters as
+/// and moves nothing. Rows are locked in id order, so two claims of overlapping lists
+/// cannot deadlock each other (two batches of several claims still can: the committer
+/// runs a deadlock's victim again). Answers one row: how many moved (`n`, or 0). Parameters as
 /// [`claim_and_deliver_sql`]'s, in PostgreSQL's placeholders.
 pub(super) fn claim_and_deliver_pg(n: usize) -> String {
     let list = (4..4 + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
     format!(
         "WITH locked AS (SELECT id, state FROM operations
-                         WHERE device = $3 AND state IN ('PENDING', 'NOTNOW') AND id IN ({list}) FOR UPDATE),
+                         WHERE device = $3 AND state IN ('PENDING', 'NOTNOW') AND id IN ({list})
+                         ORDER BY id FOR UPDATE),
               claimed AS (SELECT COUNT(*) AS n FROM locked),
               moved AS (UPDATE operations o SET state = 'IN_PROGRESS', attempts = o.attempts + 1, updated_at = $2
                         FROM locked, claimed WHERE o.id = locked.id AND claimed.n = {n}
