@@ -55,7 +55,7 @@ async fn run(label: &str, config: Config) {
     };
     let save = |name: &str, s: &policies::Spec| {
         let text = serde_json::to_string(s).unwrap();
-        let event = policies::changed(name, "created", Some(1), "bench");
+        let event = policies::changed(name, "created", Some(1), "bench", None);
         let core = core.clone();
         let name = name.to_string();
         let priority = s.priority;
@@ -85,7 +85,7 @@ async fn run(label: &str, config: Config) {
     let edited = spec(1, serde_json::json!([camera(true)]), serde_json::json!({}));
     let text = serde_json::to_string(&edited).unwrap();
     core.store
-        .revise_policy(id, 2, 1, &text, "bench", &policies::changed("baseline", "updated", Some(2), "bench"))
+        .revise_policy(id, 2, 1, &text, "bench", &policies::changed("baseline", "updated", Some(2), "bench", None))
         .await
         .unwrap();
     let t = Instant::now();

@@ -519,6 +519,7 @@ pub async fn certify(
             .to_string(),
         ),
         device: Some(device.id),
+        tenant: None,
     };
     core.store
         .insert_device_certificate(

@@ -68,6 +68,7 @@ pub async fn create(store: &Store, caller_tenant: Option<&str>, g: NewGroup<'_>,
         "created",
         &name,
         actor,
+        tenant.as_deref(),
         serde_json::json!({ "group": name, "tenant": tenant, "dynamic": g.query.is_some() }),
     );
     Ok(store.create_group(&name, g.description, g.query, tenant.as_deref(), &e).await?)
@@ -76,7 +77,8 @@ pub async fn create(store: &Store, caller_tenant: Option<&str>, g: NewGroup<'_>,
 /// Delete a group, with its `group.removed` event. Its devices stay, and operations
 /// already added for it stay queued.
 pub async fn remove(store: &Store, group: &GroupRow, actor: &str) -> Result<()> {
-    let e = event("removed", &group.name, actor, serde_json::json!({ "group": group.name, "tenant": group.tenant }));
+    let data = serde_json::json!({ "group": group.name, "tenant": group.tenant });
+    let e = event("removed", &group.name, actor, group.tenant.as_deref(), data);
     Ok(store.delete_group(group.id, &e).await?)
 }
 
@@ -122,18 +124,21 @@ pub async fn add_members(
         "members_added",
         &group.name,
         actor,
+        group.tenant.as_deref(),
         serde_json::json!({ "group": group.name, "tenant": group.tenant, "devices": keys.len() }),
     );
     core.store.add_members(group.id, &keys, &e).await?;
     Ok(keys)
 }
 
-fn event(kind: &str, name: &str, actor: &str, data: serde_json::Value) -> NewEvent {
+/// A group's event; a tenant's group's is the tenant's too (its callers read it).
+fn event(kind: &str, name: &str, actor: &str, tenant: Option<&str>, data: serde_json::Value) -> NewEvent {
     NewEvent {
         event_type: format!("group.{kind}"),
         actor: Some(actor.to_string()),
         target: Some(format!("group/{name}")),
         data: Some(data.to_string()),
+        tenant: tenant.map(str::to_string),
         ..NewEvent::default()
     }
 }

@@ -254,15 +254,19 @@ fn event(event_type: &str, target: String, data: serde_json::Value, actor: &str,
     }
 }
 
-/// The `policy.changed` event of `change` to policy `name`.
-pub fn changed(name: &str, change: &str, revision: Option<i64>, actor: &str) -> NewEvent {
-    event(
-        "policy.changed",
-        format!("policy/{name}"),
-        serde_json::json!({ "policy": name, "change": change, "revision": revision }),
-        actor,
-        None,
-    )
+/// The `policy.changed` event of `change` to policy `name`; a tenant's policy's is the
+/// tenant's too (its callers read it).
+pub fn changed(name: &str, change: &str, revision: Option<i64>, actor: &str, tenant: Option<&str>) -> NewEvent {
+    NewEvent {
+        tenant: tenant.map(str::to_string),
+        ..event(
+            "policy.changed",
+            format!("policy/{name}"),
+            serde_json::json!({ "policy": name, "change": change, "revision": revision }),
+            actor,
+            None,
+        )
+    }
 }
 
 fn parse(row: &PolicyRow) -> Result<Live> {
@@ -1054,7 +1058,7 @@ pub async fn create(
     check(core, spec, tenant).await?;
     let name = crate::tenants::qualified(tenant, name);
     let text = serde_json::to_string(spec).unwrap_or_default();
-    let event = changed(&name, "created", Some(1), actor);
+    let event = changed(&name, "created", Some(1), actor, tenant);
     let new = crate::store::NewPolicy { name: &name, active, priority: spec.priority, spec: &text, actor, tenant };
     core.store.insert_policy(&new, &event).await?;
     Ok((name.clone(), changed_types(core, &[spec]).await?))
@@ -1066,7 +1070,7 @@ async fn revise(core: &Core, name: &str, spec: &Spec, change: &str, actor: &str)
     check(core, spec, row.tenant.as_deref()).await?;
     let revision = row.revision + 1;
     let text = serde_json::to_string(spec).unwrap_or_default();
-    let event = changed(name, change, Some(revision), actor);
+    let event = changed(name, change, Some(revision), actor, row.tenant.as_deref());
     core.store.revise_policy(row.id, revision, spec.priority, &text, actor, &event).await?;
     changed_types(core, &[&old, spec]).await
 }
@@ -1094,7 +1098,8 @@ pub async fn restore(core: &Core, name: &str, revision: i64, actor: &str) -> Res
 pub async fn set_active(core: &Core, name: &str, active: bool, actor: &str) -> Result<Recomputed> {
     let (row, spec) = named(core, name).await?;
     let change = if active { "activated" } else { "deactivated" };
-    core.store.set_policy_active(row.id, active, &changed(name, change, Some(row.revision), actor)).await?;
+    let event = changed(name, change, Some(row.revision), actor, row.tenant.as_deref());
+    core.store.set_policy_active(row.id, active, &event).await?;
     changed_types(core, &[&spec]).await
 }
 
@@ -1102,7 +1107,7 @@ pub async fn set_active(core: &Core, name: &str, active: bool, actor: &str) -> R
 /// effective policy (what they were sent stays on them until another replaces it).
 pub async fn delete(core: &Core, name: &str, actor: &str) -> Result<Recomputed> {
     let (row, spec) = named(core, name).await?;
-    if !core.store.delete_policy(row.id, &changed(name, "deleted", None, actor)).await? {
+    if !core.store.delete_policy(row.id, &changed(name, "deleted", None, actor, row.tenant.as_deref())).await? {
         return Err(Error::not_found(format!("policy `{name}` not found")));
     }
     changed_types(core, &[&spec]).await

@@ -253,9 +253,11 @@ async fn deliver(core: &Core, policy: &Policy, w: &WebhookRow) -> Result<()> {
             up_to: Some(horizon),
             group: w.group_name.clone(),
             tag: w.tag.clone(),
-            // A tenant's subscription hears only about the tenant's devices; events about
-            // no device (tokens, tenants, plugins) are the operators'.
+            // A tenant's subscription hears only about the tenant's devices and things
+            // (its groups, policies, subscriptions); other events about no device
+            // (tokens, tenants, plugins) are the operators'.
             within: w.tenant.as_deref().map(crate::scope::Reach::tenant),
+            tenant_events: w.tenant.clone(),
             ..Default::default()
         };
         let events = store.events(&query, cursor, BATCH).await?;
@@ -318,6 +320,7 @@ async fn failed(core: &Core, policy: &Policy, w: &WebhookRow, before: i64, event
                 event_type: "webhook.disabled".into(),
                 target: Some(format!("webhook/{}", w.name)),
                 data: Some(serde_json::json!({ "webhook": w.name, "reason": reason }).to_string()),
+                tenant: w.tenant.clone(),
                 ..Default::default()
             })
             .await?;

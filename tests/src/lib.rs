@@ -152,6 +152,8 @@ pub const SCOPED: &[(&str, &str)] = &[
     ("get", "/api/v1/devices/{device_type}/{device_id}/telemetry"),
     ("get", "/api/v1/devices/{device_type}/{device_id}/certificates"),
     ("get", "/api/v1/devices/{device_type}/{device_id}/psk"),
+    ("get", "/api/v1/devices/{type}/{id}/policy"),
+    ("get", "/api/v1/devices/{type}/{id}/compliance"),
     ("get", "/api/v1/device-types"),
     ("get", "/api/v1/operations"),
     ("post", "/api/v1/operations"),

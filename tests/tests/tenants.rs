@@ -259,8 +259,9 @@ async fn two_tenants(server: &TestServer) {
     tenant_webhooks(server, &acme, &globex).await;
     tenant_policies(server, &acme, &globex).await;
 
-    // The event log: the events about its own devices, nothing of the other tenant's or
-    // of the server's own (tokens, tenants, groups).
+    // The event log: the events about its own devices and its own groups and policies,
+    // nothing of the other tenant's or of the server's own (tokens, tenants, the
+    // operators' groups and policies).
     let events: Value =
         with(server, &globex, Method::GET, "/api/v1/events").send().await.unwrap().json().await.unwrap();
     let items = events["items"].as_array().unwrap();
@@ -268,10 +269,33 @@ async fn two_tenants(server: &TestServer) {
         items.iter().any(|e| e["type"] == "device.enrolled" && e["target"] == "device/android/globex-1"),
         "{events}"
     );
+    assert!(items.iter().any(|e| e["type"] == "group.created" && e["target"] == "group/globex/lab"), "{events}");
     assert!(!events.to_string().contains("acme"), "Acme's events reached Globex: {events}");
+    assert!(
+        !items.iter().any(|e| e["type"] == "policy.changed"),
+        "the operators' policy events reached Globex: {events}"
+    );
     let acme_events: Value =
         with(server, &acme, Method::GET, "/api/v1/events?type=operation.").send().await.unwrap().json().await.unwrap();
     assert!(!acme_events["items"].as_array().unwrap().is_empty(), "{acme_events}");
+    let acme_events: Value =
+        with(server, &acme, Method::GET, "/api/v1/events?type=policy.").send().await.unwrap().json().await.unwrap();
+    let seen: Vec<(&str, &str)> = acme_events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["target"].as_str().unwrap(), e["data"]["change"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("policy/acme/cameras", "created"),
+            ("policy/acme/lab-cameras", "created"),
+            ("policy/acme/cameras", "deleted"),
+            ("policy/acme/lab-cameras", "deleted")
+        ],
+        "its own policies' events, not the operators' baseline"
+    );
 
     // Metrics and the MQTT event feed are the whole server's.
     let r = with(server, &globex, Method::GET, "/metrics").send().await.unwrap();
@@ -709,6 +733,13 @@ async fn tenant_policies(server: &TestServer, acme: &str, globex: &str) {
     assert_eq!((&p["name"], &p["tenant"]), (&json!("acme/cameras"), &json!("acme")), "{p}");
     assert_eq!(effective(server, "acme-1").await, ["acme/cameras"]);
     assert_eq!(effective(server, "globex-1").await, Vec::<String>::new(), "Acme's policy reached Globex's device");
+    // Each reads its own device's policy and compliance, and not the other's.
+    for path in ["/api/v1/devices/android/acme-1/policy", "/api/v1/devices/android/acme-1/compliance"] {
+        let r = with(server, acme, Method::GET, path).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        let r = with(server, globex, Method::GET, path).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+    }
 
     // Globex neither sees nor touches it.
     let listed: Value =

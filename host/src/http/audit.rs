@@ -80,6 +80,8 @@ pub(super) async fn record(State(state): State<AppState>, mut request: Request, 
         status: Some(status.as_u16().into()),
         data: data.map(|d| d.to_string()),
         device: None,
+        // The audit trail is the operators' (a tenant's callers' rows too, for now).
+        tenant: None,
     };
     // The change (if any) is committed: a failed audit write cannot undo it, so it is
     // logged loudly rather than turned into an error for a call that succeeded.
@@ -144,6 +146,7 @@ pub(super) async fn list_audit(
         until: q.until,
         // The trail is the whole server's (`Viewer`: no confined caller reads it).
         within: None,
+        tenant_events: None,
     };
     let items = state.store.events(&query, q.after.unwrap_or(0), limit).await?;
     let next_after = super::api::next_after(&items, limit, |e| e.seq);

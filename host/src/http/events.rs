@@ -53,12 +53,20 @@ pub(super) struct EventsPage {
     next_after: i64,
 }
 
-/// One page of events from `after`, and the cursor after it; `within`: only those about a
-/// device in this reach.
+/// What a caller reads of the log: with `within`, only the events about a device in that
+/// reach, and with `tenant` also its tenant's events about no device (its groups,
+/// policies, subscriptions).
+#[derive(Clone)]
+struct Narrow {
+    within: Option<Reach>,
+    tenant: Option<String>,
+}
+
+/// One page of events from `after`, and the cursor after it, narrowed by `narrow`.
 async fn page(
     store: &Store,
     kind: &Option<String>,
-    within: &Option<Reach>,
+    narrow: &Narrow,
     after: i64,
     limit: i64,
 ) -> Result<EventsPage, ApiError> {
@@ -66,8 +74,13 @@ async fn page(
     if horizon == after {
         return Ok(EventsPage { items: Vec::new(), next_after: after });
     }
-    let q =
-        EventQuery { type_prefix: kind.clone(), up_to: Some(horizon), within: within.clone(), ..Default::default() };
+    let q = EventQuery {
+        type_prefix: kind.clone(),
+        up_to: Some(horizon),
+        within: narrow.within.clone(),
+        tenant_events: narrow.tenant.clone(),
+        ..Default::default()
+    };
     let items = store.events(&q, after, limit).await?;
     // A full page continues after its last item; otherwise everything up to the horizon
     // has been seen (the rest did not match the filter).
@@ -81,7 +94,8 @@ async fn page(
 /// The event log: a page of JSON, or with `Accept: text/event-stream` a live stream of
 /// Server-Sent Events (`id` = sequence number, `event` = type, `data` = the event as
 /// JSON), resumed after `Last-Event-ID`. A scoped or tenant's caller gets only the events
-/// about its devices.
+/// about its devices, and a tenant's caller without a scope also its tenant's events about
+/// no device (its groups, policies, subscriptions).
 #[utoipa::path(get, path = "/api/v1/events", tag = "admin", params(EventsQuery),
     responses((status = 200, body = EventsPage,
         description = "A page of events; with `Accept: text/event-stream`, a live stream of them"), Errors))]
@@ -94,6 +108,8 @@ pub(super) async fn events(
     // Resolved once: a stream keeps the reach it started with (a scope's groups as they
     // were then).
     let within = admin.reach(&state).await?;
+    let tenant = admin.tenant.clone().filter(|_| admin.scope.is_none());
+    let within = Narrow { within, tenant };
     let wants_stream = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

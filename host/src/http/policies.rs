@@ -3,7 +3,7 @@
 //! devices only and is seen and managed by its admins and the operators). The engine is
 //! `crate::policies` (docs/policies.md).
 
-use super::{Admin, ApiError, ApiJson, AppState, Path, TenantAdministrator, TenantViewer, Viewer};
+use super::{Admin, ApiError, ApiJson, AppState, Path, ScopedViewer, TenantAdministrator, TenantViewer};
 use crate::policies::{self, Recomputed, Spec};
 use crate::store::PolicyRow;
 use axum::Json;
@@ -317,10 +317,12 @@ pub(super) async fn restore_policy(
     responses((status = 200, body = Effective), Errors))]
 pub(super) async fn device_policy(
     State(state): State<AppState>,
-    _: Viewer,
+    ScopedViewer(admin): ScopedViewer,
     Path((device_type, device_id)): Path<(String, String)>,
 ) -> Result<Json<Effective>, ApiError> {
-    let device = super::devices::device_or_404(&state, &device_type, &device_id).await?;
+    // A scoped or tenant's caller reads its own devices' (the operators' policies that
+    // apply to them named too: they are why the device is set as it is).
+    let device = super::devices::device_for(&state, &admin, &device_type, &device_id).await?;
     let row = state
         .store
         .device_policy(device.id)
@@ -364,10 +366,10 @@ pub(super) struct Compliance {
     responses((status = 200, body = Compliance), Errors))]
 pub(super) async fn device_compliance(
     State(state): State<AppState>,
-    _: Viewer,
+    ScopedViewer(admin): ScopedViewer,
     Path((device_type, device_id)): Path<(String, String)>,
 ) -> Result<Json<Compliance>, ApiError> {
-    let device = super::devices::device_or_404(&state, &device_type, &device_id).await?;
+    let device = super::devices::device_for(&state, &admin, &device_type, &device_id).await?;
     let history = state
         .store
         .compliance_history(device.id, 50)

@@ -11,8 +11,8 @@ macro_rules! record_event {
     ($exec:expr, $event:expr) => {{
         let e: &$crate::store::NewEvent = $event;
         sqlx::query(
-            "INSERT INTO events (at, type, actor, role, action, target, outcome, status, data, device)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO events (at, type, actor, role, action, target, outcome, status, data, device, tenant)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind($crate::store::now_ms())
         .bind(&e.event_type)
@@ -24,6 +24,7 @@ macro_rules! record_event {
         .bind(e.status)
         .bind(&e.data)
         .bind(e.device)
+        .bind(&e.tenant)
         .execute($exec)
         .await?;
     }};
@@ -64,6 +65,9 @@ pub struct NewEvent {
     pub data: Option<String>,
     /// The key of the device it is about, if one (for group and tag filters).
     pub device: Option<i64>,
+    /// For an event about no device, the tenant whose thing it is about (a group, a
+    /// policy, a subscription of the tenant): the tenant's callers read it too.
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
@@ -86,6 +90,10 @@ pub struct EventRow {
     pub data: Option<String>,
     /// The key of the device it is about, if one.
     pub device: Option<i64>,
+    /// For an event about no device, the tenant whose thing it is about; absent: the
+    /// server's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// `data` is stored as JSON text and served as JSON.
@@ -121,8 +129,11 @@ pub struct EventQuery {
     /// Before this time (ms, exclusive).
     pub until: Option<i64>,
     /// Only events about a device in this reach (a scoped or tenant's caller): events
-    /// about no device are the whole server's and left out.
+    /// about no device are the whole server's and left out, except with `tenant_events`.
     pub within: Option<crate::scope::Reach>,
+    /// With `within`: also the events about no device that are this tenant's (its groups,
+    /// policies, subscriptions), for a tenant's caller that is not scoped.
+    pub tenant_events: Option<String>,
 }
 
 /// How long a missing sequence number is waited for before readers move past it
@@ -218,10 +229,17 @@ impl Store {
         }
         if let Some(reach) = &q.within {
             let cond = reach.condition(self.is_postgres(), &mut f);
-            f.sql.push_str(&format!(" AND device IN (SELECT d.id FROM devices d WHERE {cond})"));
+            let about_devices = format!("device IN (SELECT d.id FROM devices d WHERE {cond})");
+            match &q.tenant_events {
+                Some(t) => {
+                    let p = f.placeholder(Param::Text(t.clone()));
+                    f.sql.push_str(&format!(" AND ({about_devices} OR (device IS NULL AND tenant = {p}))"));
+                }
+                None => f.sql.push_str(&format!(" AND {about_devices}")),
+            }
         }
         let sql = format!(
-            "SELECT seq, at, type, actor, role, action, target, outcome, status, data, device FROM events
+            "SELECT seq, at, type, actor, role, action, target, outcome, status, data, device, tenant FROM events
              WHERE seq > $1{} ORDER BY seq LIMIT $2",
             f.sql
         );

@@ -280,6 +280,7 @@ async fn audit(state: &ConsoleState, name: &str, role: &str, action: &str) {
         status: Some(303),
         data: None,
         device: None,
+        tenant: None,
     };
     if let Err(e) = state.app.store.append_event(&event).await {
         tracing::error!(target: "audit", error = %e, action, actor = name, "audit row not written");
