@@ -98,14 +98,21 @@ pub fn lock_ms(failures: i32) -> i64 {
     (1000i64 << doubling).min(MAX_LOCK.as_millis() as i64)
 }
 
-fn event(kind: &str, name: &str, actor: &str, data: serde_json::Value) -> NewEvent {
+/// A user's event; a tenant's user's is the tenant's too (its callers read it).
+fn event(kind: &str, name: &str, actor: &str, tenant: Option<&str>, data: serde_json::Value) -> NewEvent {
     NewEvent {
         event_type: format!("user.{kind}"),
         actor: Some(actor.to_string()),
         target: Some(format!("user/{name}")),
         data: Some(data.to_string()),
+        tenant: tenant.map(str::to_string),
         ..NewEvent::default()
     }
+}
+
+/// The tenant of user `name`, if it has one (and exists).
+async fn tenant_of(store: &Store, name: &str) -> Result<Option<String>> {
+    Ok(store.user(name).await?.and_then(|u| u.tenant))
 }
 
 /// The JSON a user's event carries: never the password or its hash.
@@ -149,7 +156,7 @@ pub async fn create(
     };
     let mut data = summary(name, role, scope);
     data["tenant"] = serde_json::json!(tenant);
-    let e = event("created", name, actor, data);
+    let e = event("created", name, actor, tenant, data);
     Ok(store.create_user(name, &hashed, role.as_str(), scope_json(scope).as_deref(), tenant, &e).await?)
 }
 
@@ -188,7 +195,7 @@ pub async fn update(store: &Store, name: &str, change: Change, actor: &str) -> R
     if hashed.is_some() {
         data["password_changed"] = true.into();
     }
-    let e = event("updated", name, actor, data);
+    let e = event("updated", name, actor, tenant_of(store, name).await?.as_deref(), data);
     let change = UserChange {
         password_hash: hashed.as_deref(),
         role: change.role.map(Role::as_str),
@@ -199,7 +206,8 @@ pub async fn update(store: &Store, name: &str, change: Change, actor: &str) -> R
 }
 
 pub async fn remove(store: &Store, name: &str, actor: &str) -> Result<()> {
-    let e = event("removed", name, actor, serde_json::json!({ "user": name }));
+    let e =
+        event("removed", name, actor, tenant_of(store, name).await?.as_deref(), serde_json::json!({ "user": name }));
     Ok(store.delete_user(name, &e).await?)
 }
 
@@ -229,6 +237,7 @@ pub async fn login(store: &Store, name: &str, password: &str, ttl: Option<Durati
         ));
     }
     let known = found.is_some();
+    let tenant = found.as_ref().and_then(|l| l.tenant.clone());
     // An unknown name is checked against the decoy hash, so it costs what a known one
     // does; the decoy is made (itself a hash) inside the check, off the async threads.
     let stored = found.as_ref().map(|l| l.password_hash.clone());
@@ -238,7 +247,7 @@ pub async fn login(store: &Store, name: &str, password: &str, ttl: Option<Durati
         if known {
             let until = store
                 .login_failed(name, lock_ms, |until| {
-                    event("locked", name, name, serde_json::json!({ "user": name, "until": until }))
+                    event("locked", name, name, tenant.as_deref(), serde_json::json!({ "user": name, "until": until }))
                 })
                 .await?;
             if until > 0 {
@@ -260,7 +269,8 @@ pub async fn login(store: &Store, name: &str, password: &str, ttl: Option<Durati
     getrandom::fill(&mut tag).expect("the OS random source");
     let token_name = format!("login:{name}:{}", hex::encode(tag));
     store.login_succeeded(name, &token_hash, &token_name, role.as_str(), expires_at).await?;
-    let logged = event("logged_in", name, name, serde_json::json!({ "user": name, "expires_at": expires_at }));
+    let data = serde_json::json!({ "user": name, "expires_at": expires_at });
+    let logged = event("logged_in", name, name, login.tenant.as_deref(), data);
     if let Err(e) = store.append_event(&logged).await {
         tracing::error!(target: "users", error = %e, "user.logged_in not written");
     }

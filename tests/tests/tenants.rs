@@ -360,6 +360,28 @@ async fn two_tenants(server: &TestServer) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    // Its users' events are in its log, and in no other tenant's.
+    let events: Value =
+        with(server, &acme, Method::GET, "/api/v1/events?type=user.").send().await.unwrap().json().await.unwrap();
+    let seen: Vec<(&str, &str)> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["type"].as_str().unwrap(), e["target"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("user.created", "user/wile"),
+            ("user.logged_in", "user/wile"),
+            ("user.created", "user/road-runner"),
+            ("user.updated", "user/road-runner")
+        ],
+        "{events}"
+    );
+    let events: Value =
+        with(server, &globex, Method::GET, "/api/v1/events?type=user.").send().await.unwrap().json().await.unwrap();
+    assert_eq!(events["items"].as_array().unwrap().len(), 0, "{events}");
 
     // A tenant's admin gives its LwM2M devices their DTLS keys, and reaches no other's.
     let r = with(server, &acme, Method::POST, "/api/v1/devices/import")

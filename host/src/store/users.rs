@@ -33,6 +33,8 @@ pub struct Login {
     pub disabled_at: Option<i64>,
     pub failures: i32,
     pub locked_until: i64,
+    /// The user's tenant (its events are the tenant's too).
+    pub tenant: Option<String>,
 }
 
 /// A change to a user; `None` leaves a field as it is.
@@ -153,7 +155,7 @@ impl Store {
 
     pub async fn user_login(&self, name: &str) -> Result<Option<Login>, StoreError> {
         Ok(with_pool!(self, pool => sqlx::query_as(
-                "SELECT password_hash, role, disabled_at, failures, locked_until FROM users WHERE name = $1")
+                "SELECT password_hash, role, disabled_at, failures, locked_until, tenant FROM users WHERE name = $1")
             .bind(name).fetch_optional(pool).await?))
     }
 
