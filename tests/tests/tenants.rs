@@ -74,9 +74,7 @@ async fn mosquitto_sub(port: u16, args: &[&str]) -> (bool, String) {
 }
 
 async fn ids(server: &TestServer, token: &str, path: &str) -> Vec<String> {
-    let r = with(server, token, Method::GET, path).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK, "{path}");
-    let body: Value = r.json().await.unwrap();
+    let body = read(server, token, path).await;
     let mut ids: Vec<String> =
         body["items"].as_array().unwrap().iter().map(|d| d["device_id"].as_str().unwrap().to_string()).collect();
     ids.sort();
@@ -141,7 +139,7 @@ async fn two_tenants(server: &TestServer) {
 
     let acme = tenant_admin(server, "acme").await;
     let globex = tenant_admin(server, "globex").await;
-    let who: Value = with(server, &acme, Method::GET, "/api/v1/whoami").send().await.unwrap().json().await.unwrap();
+    let who: Value = read(server, &acme, "/api/v1/whoami").await;
     assert_eq!((&who["name"], &who["tenant"]), (&json!("acme/acme-admin"), &json!("acme")), "{who}");
 
     // Each tenant's admin makes and revokes its own tokens, named within the tenant: the
@@ -161,8 +159,7 @@ async fn two_tenants(server: &TestServer) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let listed: Value =
-        with(server, &acme, Method::GET, "/api/v1/admin-tokens").send().await.unwrap().json().await.unwrap();
+    let listed: Value = read(server, &acme, "/api/v1/admin-tokens").await;
     let names: Vec<&str> = listed["items"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["acme/acme-admin", "acme/ci"], "{listed}");
     let r = with(server, &acme, Method::DELETE, "/api/v1/admin-tokens/globex%2Fci").send().await.unwrap();
@@ -188,7 +185,7 @@ async fn two_tenants(server: &TestServer) {
 
     assert_eq!(ids(server, &acme, "/api/v1/devices").await, ["acme-1"]);
     assert_eq!(ids(server, &globex, "/api/v1/devices").await, ["globex-1"]);
-    let all: Value = server.admin(Method::GET, "/api/v1/devices").send().await.unwrap().json().await.unwrap();
+    let all: Value = read(server, drover_tests::ADMIN_TOKEN, "/api/v1/devices").await;
     let tenants: Vec<(&str, &str)> = all["items"]
         .as_array()
         .unwrap()
@@ -213,7 +210,7 @@ async fn two_tenants(server: &TestServer) {
         .await
         .unwrap();
     assert_eq!(created(r).await["operations"], 1);
-    let ops: Value = with(server, &acme, Method::GET, "/api/v1/operations").send().await.unwrap().json().await.unwrap();
+    let ops: Value = read(server, &acme, "/api/v1/operations").await;
     let acme_op = ops["items"][0]["id"].as_i64().unwrap();
     let r = with(server, &globex, Method::POST, "/api/v1/operations")
         .json(&json!({ "code": "DEVICE_WIPE", "targets": { "devices": [{ "type": "android", "id": "acme-1" }] } }))
@@ -233,8 +230,7 @@ async fn two_tenants(server: &TestServer) {
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["error"]["code"], "no_targets", "{body}");
     }
-    let ops: Value =
-        with(server, &globex, Method::GET, "/api/v1/operations").send().await.unwrap().json().await.unwrap();
+    let ops: Value = read(server, &globex, "/api/v1/operations").await;
     assert_eq!(ops["items"].as_array().unwrap().len(), 0, "{ops}");
     for (method, path) in [
         (Method::GET, format!("/api/v1/operations/{acme_op}")),
@@ -243,7 +239,7 @@ async fn two_tenants(server: &TestServer) {
         let r = with(server, &globex, method, &path).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
     }
-    let all: Value = server.admin(Method::GET, "/api/v1/operations").send().await.unwrap().json().await.unwrap();
+    let all: Value = read(server, drover_tests::ADMIN_TOKEN, "/api/v1/operations").await;
     assert_eq!(all["items"].as_array().unwrap().len(), 1, "a refused add stored operations: {all}");
 
     // Acme's device gets its operation; Globex's poll of Acme's device is refused.
@@ -262,8 +258,7 @@ async fn two_tenants(server: &TestServer) {
     // The event log: the events about its own devices and its own groups and policies,
     // nothing of the other tenant's or of the server's own (tokens, tenants, the
     // operators' groups and policies).
-    let events: Value =
-        with(server, &globex, Method::GET, "/api/v1/events").send().await.unwrap().json().await.unwrap();
+    let events: Value = read(server, &globex, "/api/v1/events").await;
     let items = events["items"].as_array().unwrap();
     assert!(
         items.iter().any(|e| e["type"] == "device.enrolled" && e["target"] == "device/android/globex-1"),
@@ -275,11 +270,9 @@ async fn two_tenants(server: &TestServer) {
         !items.iter().any(|e| e["type"] == "policy.changed"),
         "the operators' policy events reached Globex: {events}"
     );
-    let acme_events: Value =
-        with(server, &acme, Method::GET, "/api/v1/events?type=operation.").send().await.unwrap().json().await.unwrap();
+    let acme_events: Value = read(server, &acme, "/api/v1/events?type=operation.").await;
     assert!(!acme_events["items"].as_array().unwrap().is_empty(), "{acme_events}");
-    let acme_events: Value =
-        with(server, &acme, Method::GET, "/api/v1/events?type=policy.").send().await.unwrap().json().await.unwrap();
+    let acme_events: Value = read(server, &acme, "/api/v1/events?type=policy.").await;
     let seen: Vec<(&str, &str)> = acme_events["items"]
         .as_array()
         .unwrap()
@@ -340,10 +333,10 @@ async fn two_tenants(server: &TestServer) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let users: Value = with(server, &acme, Method::GET, "/api/v1/users").send().await.unwrap().json().await.unwrap();
+    let users: Value = read(server, &acme, "/api/v1/users").await;
     let names: Vec<&str> = users["items"].as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["road-runner", "wile"], "{users}");
-    let users: Value = with(server, &globex, Method::GET, "/api/v1/users").send().await.unwrap().json().await.unwrap();
+    let users: Value = read(server, &globex, "/api/v1/users").await;
     assert_eq!(users["items"].as_array().unwrap().len(), 0, "{users}");
     for method in [Method::GET, Method::PATCH, Method::DELETE] {
         let r = with(server, &globex, method.clone(), "/api/v1/users/wile")
@@ -437,26 +430,13 @@ async fn two_tenants(server: &TestServer) {
     let r = server.admin(Method::DELETE, "/api/v1/devices/android/acme-1").send().await.unwrap();
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     enroll(server, &globex, "acme-1").await;
-    let d: Value = with(server, &globex, Method::GET, "/api/v1/devices/android/acme-1")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let d: Value = read(server, &globex, "/api/v1/devices/android/acme-1").await;
     assert_eq!(d["tenant"], "globex", "{d}");
-    let ops: Value = with(server, &globex, Method::GET, "/api/v1/operations?device_type=android&device_id=acme-1")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ops: Value = read(server, &globex, "/api/v1/operations?device_type=android&device_id=acme-1").await;
     assert_eq!(ops["items"].as_array().unwrap().len(), 0, "Acme's operations reached Globex: {ops}");
     let r = with(server, &globex, Method::GET, &format!("/api/v1/operations/{acme_op}")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let removed: Value =
-        server.admin(Method::GET, "/api/v1/devices?status=removed").send().await.unwrap().json().await.unwrap();
+    let removed: Value = read(server, drover_tests::ADMIN_TOKEN, "/api/v1/devices?status=removed").await;
     let old = &removed["items"][0];
     assert!(old["device_id"].as_str().unwrap().starts_with("acme-1~removed-"), "{removed}");
     assert_eq!(old["tenant"], "acme");
@@ -464,7 +444,7 @@ async fn two_tenants(server: &TestServer) {
     assert_eq!(r.json::<Value>().await.unwrap()["device"]["id"], old["device_id"], "the history stays with it");
 
     // Tenants are the operators' to manage; one that holds anything stays.
-    let listed: Value = server.admin(Method::GET, "/api/v1/tenants").send().await.unwrap().json().await.unwrap();
+    let listed: Value = read(server, drover_tests::ADMIN_TOKEN, "/api/v1/tenants").await;
     let counts: Vec<(&str, i64)> = listed["items"]
         .as_array()
         .unwrap()
@@ -490,26 +470,28 @@ async fn two_tenants(server: &TestServer) {
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let r = server.admin(Method::GET, "/api/v1/groups/empty%2Fkiosks").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND, "a removed tenant's groups go with it");
-    let events: Value =
-        server.admin(Method::GET, "/api/v1/events?type=tenant.").send().await.unwrap().json().await.unwrap();
+    let events: Value = read(server, drover_tests::ADMIN_TOKEN, "/api/v1/events?type=tenant.").await;
     let types: Vec<&str> = events["items"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["tenant.created", "tenant.created", "tenant.created", "tenant.removed"], "{events}");
 }
 
+/// What a successful `GET path` with `token` answers.
+async fn read(server: &TestServer, token: &str, path: &str) -> Value {
+    let r = with(server, token, Method::GET, path).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{path}");
+    r.json().await.unwrap()
+}
+
 /// `TYPE TARGET` of each event `token` reads of type `prefix`, oldest first.
 async fn logged(server: &TestServer, token: &str, prefix: &str) -> Vec<String> {
-    let r = with(server, token, Method::GET, &format!("/api/v1/events?type={prefix}")).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let events: Value = r.json().await.unwrap();
+    let events = read(server, token, &format!("/api/v1/events?type={prefix}")).await;
     let line = |e: &Value| format!("{} {}", e["type"].as_str().unwrap(), e["target"].as_str().unwrap());
     events["items"].as_array().unwrap().iter().map(line).collect()
 }
 
 /// Names of the groups `token` lists.
 async fn group_names(server: &TestServer, token: &str) -> Vec<String> {
-    let r = with(server, token, Method::GET, "/api/v1/groups").send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let body: Value = r.json().await.unwrap();
+    let body = read(server, token, "/api/v1/groups").await;
     body["items"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap().to_string()).collect()
 }
 
@@ -596,8 +578,7 @@ async fn tenant_groups(server: &TestServer, acme: &str, globex: &str) {
     assert_eq!(created(r).await["operations"], 1);
     let r = server.admin(Method::POST, "/api/v1/operations").json(&ring("acme/tagged")).send().await.unwrap();
     assert_eq!(created(r).await["operations"], 1, "Acme's dynamic group reached Globex's tagged device");
-    let ops: Value =
-        with(server, globex, Method::GET, "/api/v1/operations").send().await.unwrap().json().await.unwrap();
+    let ops: Value = read(server, globex, "/api/v1/operations").await;
     assert_eq!(ops["items"].as_array().unwrap().len(), 0, "{ops}");
 
     // A tenant's token scoped to its group `lab` reaches that group's devices.
@@ -638,8 +619,7 @@ async fn tenant_groups(server: &TestServer, acme: &str, globex: &str) {
 async fn delivered(server: &TestServer, name: &str) {
     let latest = server.state.store.latest_event().await.unwrap();
     for _ in 0..200 {
-        let w: Value =
-            server.admin(Method::GET, &format!("/api/v1/webhooks/{name}")).send().await.unwrap().json().await.unwrap();
+        let w: Value = read(server, drover_tests::ADMIN_TOKEN, &format!("/api/v1/webhooks/{name}")).await;
         if w["cursor"].as_i64().unwrap() >= latest {
             return;
         }
@@ -681,10 +661,9 @@ async fn tenant_webhooks(server: &TestServer, acme: &str, globex: &str) {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST, "a subscription to another tenant's group");
 
     // Globex neither sees nor touches Acme's subscriptions.
-    let listed: Value =
-        with(server, globex, Method::GET, "/api/v1/webhooks").send().await.unwrap().json().await.unwrap();
+    let listed: Value = read(server, globex, "/api/v1/webhooks").await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 0, "{listed}");
-    let listed: Value = with(server, acme, Method::GET, "/api/v1/webhooks").send().await.unwrap().json().await.unwrap();
+    let listed: Value = read(server, acme, "/api/v1/webhooks").await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 2, "{listed}");
     for (method, path) in [
         (Method::GET, "/api/v1/webhooks/acme%2Ffeed"),
@@ -753,8 +732,7 @@ async fn tenant_policies(server: &TestServer, acme: &str, globex: &str) {
     }
 
     // Globex neither sees nor touches it.
-    let listed: Value =
-        with(server, globex, Method::GET, "/api/v1/policies").send().await.unwrap().json().await.unwrap();
+    let listed: Value = read(server, globex, "/api/v1/policies").await;
     assert_eq!(listed.as_array().unwrap().len(), 0, "{listed}");
     let spec = json!({ "profiles": { "android": [{ "code": "CAMERA", "payload": { "enabled": true } }] } });
     for (method, path, body) in [
@@ -788,7 +766,7 @@ async fn tenant_policies(server: &TestServer, acme: &str, globex: &str) {
     created(r).await;
     assert_eq!(effective(server, "acme-1").await, ["baseline"]);
     assert_eq!(effective(server, "globex-1").await, ["baseline"]);
-    let listed: Value = server.admin(Method::GET, "/api/v1/policies").send().await.unwrap().json().await.unwrap();
+    let listed: Value = read(server, drover_tests::ADMIN_TOKEN, "/api/v1/policies").await;
     let names: Vec<&str> = listed.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["baseline", "acme/cameras", "acme/lab-cameras"]);
 
