@@ -26,7 +26,9 @@ use drover_plugin_ios::Ios;
 use drover_plugin_lwm2m::Lwm2m;
 use drover_plugin_windows::Windows;
 use drover_sdk::device_type::Guest;
+// Windows is of the `device-type-enrolling` world: the same five calls, its own trait.
 use drover_sdk::device_type::drover::plugin::types as guest;
+use drover_sdk::device_type_enrolling::Guest as _;
 use std::time::{Duration, Instant};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/android/fixtures");

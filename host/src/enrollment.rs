@@ -207,6 +207,91 @@ pub async fn enroll(
     Ok(Issued { device, token, expires_in_secs: CREDENTIAL_DAYS * DAY_SECS })
 }
 
+/// One request of a device type's enrollment exchange (`device-type-enrolling`, e.g.
+/// Windows MS-MDE2), to `/agent/v1/{type}/enroll/…`: the plugin reads it and either
+/// answers it itself (discovery, policy) or asks for a device to be admitted, by the same
+/// rule and with the same token check as [`enroll`]. The host then issues the credential
+/// (a certificate for the CSR the request carried, else a bearer token) and the plugin
+/// writes the answer in the device's format, or the protocol's fault for a refusal. A
+/// CSR is read before any token is used up. `token` is the one the HTTP request carried;
+/// the plugin's (a WS-Security password) comes first.
+pub async fn exchange(
+    core: &Core,
+    plugin: &LoadedPlugin,
+    device_type: &str,
+    source: Source,
+    channel: Channel,
+    body: &[u8],
+    token: Option<&str>,
+) -> Result<crate::plugins::types::HttpResponse> {
+    use crate::plugins::{EnrollContext, EnrollStep, ExchangeIssued, Refusal};
+    crate::delivery::bounded(body)?;
+    let context =
+        || EnrollContext { agent_url: format!("{}/agent/v1/{device_type}", core.public_url.trim_end_matches('/')) };
+    let admission = match plugin.enroll_step(source, context(), channel.clone(), body.to_vec()).await? {
+        EnrollStep::Reply(answer) => return Ok(answer),
+        EnrollStep::Admit(admission) => admission,
+    };
+    let token = admission.token.as_deref().or(token);
+    let issued = async {
+        let csr = match &admission.csr {
+            Some(der) if der.len() > crate::identity::MAX_CSR => {
+                return Err(Error::invalid(
+                    "too_large",
+                    format!("a CSR is at most {} bytes", crate::identity::MAX_CSR),
+                ));
+            }
+            Some(der) => {
+                Some(crate::identity::Csr::parse(der).map_err(|e| Error::invalid("invalid_csr", e.to_string()))?)
+            }
+            None => None,
+        };
+        let device = admit(core, device_type, &admission.enrollment, token, "http").await?;
+        Ok(match csr {
+            Some(csr) => {
+                let issued = sign(core, &csr, &device, "enrollment_exchange").await?;
+                ExchangeIssued {
+                    device_id: device.device_id,
+                    certificate: Some(issued.cert_der),
+                    ca_certificate: core.device_ca.cert_der().to_vec(),
+                    access_token: None,
+                    expires_in_secs: ((issued.not_after - crate::store::now_ms()) / 1000).max(0) as u64,
+                }
+            }
+            None => {
+                let (token, hash) = crate::auth::new_token("dev");
+                let expires_at = crate::store::now_ms() + CREDENTIAL_DAYS * DAY_MS;
+                core.store.insert_device_credential(device.id, &hash, expires_at).await?;
+                ExchangeIssued {
+                    device_id: device.device_id,
+                    certificate: None,
+                    ca_certificate: core.device_ca.cert_der().to_vec(),
+                    access_token: Some(token),
+                    expires_in_secs: (CREDENTIAL_DAYS * DAY_SECS) as u64,
+                }
+            }
+        })
+    }
+    .await;
+    // The device is told why it was refused in its own protocol; Drover's own failures
+    // (the database) are not the device's business and stay a 5xx.
+    let outcome = match issued {
+        Ok(issued) => Ok(issued),
+        Err(e) => {
+            let status = match e.kind {
+                crate::error::Kind::Invalid => 400,
+                crate::error::Kind::Unauthenticated => 401,
+                crate::error::Kind::Forbidden => 403,
+                crate::error::Kind::Conflict => 409,
+                _ => return Err(e),
+            };
+            tracing::info!(device_type, device_id = %admission.enrollment.device_id, code = e.code, "enrollment refused: {}", e.message);
+            Err(Refusal { status, code: e.code.to_string(), message: e.message })
+        }
+    };
+    Ok(plugin.enrolled(source, context(), channel, body.to_vec(), outcome).await?)
+}
+
 /// Issue a new credential to a device that holds a live one (`old_hash`); the old one is
 /// shortened to a grace period.
 pub async fn refresh(core: &Core, device: &DeviceRow, old_hash: &str) -> Result<Issued> {
@@ -497,9 +582,25 @@ pub async fn certify(
             admit(core, device_type, &e, Some(token), "certificate").await?
         }
     };
+    let by = match by {
+        CertifyAs::Device(_) => "renewal",
+        CertifyAs::Challenge(_) => "enrollment_token",
+    };
+    let issued = sign(core, &csr, &device, by).await?;
+    Ok((device, issued))
+}
+
+/// Sign `csr`'s key for `device` and keep the certificate as one of its credentials;
+/// `by` says in the event how the request was authenticated.
+async fn sign(
+    core: &Core,
+    csr: &crate::identity::Csr,
+    device: &DeviceRow,
+    by: &'static str,
+) -> Result<crate::identity::Issued> {
     let issued = core
         .device_ca
-        .issue(&csr, &device.device_type, &device.device_id)
+        .issue(csr, &device.device_type, &device.device_id)
         .map_err(|e| Error::internal(format!("{e:#}")))?;
     // In the log (webhooks, the stream), not on the in-process bus: no front acts on it.
     let event = crate::store::NewEvent {
@@ -513,8 +614,7 @@ pub async fn certify(
         data: Some(
             serde_json::json!({
                 "device": device.id, "type": device.device_type, "id": device.device_id,
-                "serial": issued.serial, "not_after": issued.not_after,
-                "by": match by { CertifyAs::Device(_) => "renewal", CertifyAs::Challenge(_) => "enrollment_token" },
+                "serial": issued.serial, "not_after": issued.not_after, "by": by,
             })
             .to_string(),
         ),
@@ -530,8 +630,8 @@ pub async fn certify(
             &event,
         )
         .await?;
-    tracing::info!(device_type, device_id = %device.device_id, serial = %issued.serial, "device certificate issued");
-    Ok((device, issued))
+    tracing::info!(device_type = %device.device_type, device_id = %device.device_id, serial = %issued.serial, "device certificate issued");
+    Ok(issued)
 }
 
 /// Who asks [`certify`] for a certificate.

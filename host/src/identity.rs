@@ -48,6 +48,8 @@ impl std::fmt::Debug for DeviceCa {
 pub struct Issued {
     /// The certificate, then the CA's: what the device installs.
     pub chain_pem: String,
+    /// The device's certificate alone (DER).
+    pub cert_der: Vec<u8>,
     pub serial: String,
     /// The device credential it is (`device_credentials.token_hash`).
     pub credential: String,
@@ -171,6 +173,7 @@ impl DeviceCa {
         let ms = |t: time::OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
         Ok(Issued {
             chain_pem: format!("{}{}", cert.pem(), self.cert_pem),
+            cert_der: cert.der().to_vec(),
             serial: hex::encode(serial),
             credential: credential_of(cert.der()),
             not_before: ms(not_before),

@@ -721,3 +721,208 @@ fn a_trusted_proxy_forwards_the_client_certificate_and_no_one_else_can() {
         }
     }
 }
+
+/// A fixture of the Windows plugin: a request as Windows' enrollment client sends it.
+fn windows_fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/../plugins/windows/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// What xmllint's XPath gives for `xpath` in `xml` (namespaces by `local-name()`).
+fn xpath(xml: &str, xpath: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("xmllint")
+        .args(["--xpath", xpath, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(xml.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "xmllint --xpath {xpath}: {}\n{xml}", text(&o));
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// Windows' enrollment (MS-MDE2) end to end with clients that are not Drover's: curl
+/// speaks the three SOAP services as Windows does, openssl makes the device's RSA key and
+/// PKCS#10 request and checks the certificate that comes back, xmllint reads every answer.
+/// The certificate then opens an OMA-DM session at the management URL the provisioning
+/// document gave, over mTLS and with no token.
+#[test]
+fn windows_enrolls_through_ms_mde2_and_is_managed_with_its_certificate() {
+    if !tools() {
+        return;
+    }
+    if Command::new("xmllint").arg("--version").stderr(Stdio::null()).status().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "CI must install xmllint (libxml2-utils)");
+        eprintln!("skipped: xmllint missing");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let server = serve(&data, &[]);
+    let ca = data.join("tls/cert.pem");
+    let ca = ca.to_str().unwrap();
+    let base = format!("https://127.0.0.1:{}", server.http);
+    let admin = format!("Authorization: Bearer {}", server.token());
+    let api = |method: &str, path: &str, body: Option<&str>| {
+        let mut args = vec!["--cacert", ca, "-X", method, "-H", &admin];
+        if let Some(b) = body {
+            args.extend(["-d", b]);
+        }
+        curl(&format!("{base}{path}"), &args)
+    };
+    // SOAP to `url`: the answer's body and HTTP status.
+    let soap = |url: &str, body: &str| {
+        let (code, out) = curl(
+            url,
+            &[
+                "--cacert",
+                ca,
+                "-H",
+                "Content-Type: application/soap+xml; charset=utf-8",
+                "--data-binary",
+                body,
+                "-w",
+                "\n%{http_code}",
+            ],
+        );
+        assert_eq!(code, 0, "{url}: {out}");
+        let (body, status) = out.rsplit_once('\n').unwrap();
+        (status.to_string(), body.to_string())
+    };
+    let local = |name: &str| format!("string(//*[local-name()='{name}'])");
+
+    // Discovery: Windows checks the URL answers, then asks where to enroll.
+    let discovery = format!("{base}/agent/v1/windows/enroll/discovery");
+    let (code, out) = curl(&discovery, &["--cacert", ca, "-w", "%{http_code}"]);
+    assert_eq!((code, out.as_str()), (0, "200"));
+    let (status, answer) = soap(&discovery, &windows_fixture("mde2-discover.xml"));
+    assert_eq!(status, "200", "{answer}");
+    assert_eq!(xpath(&answer, &local("AuthPolicy")), "OnPremise");
+    let policy_url = xpath(&answer, &local("EnrollmentPolicyServiceUrl"));
+    let enrollment_url = xpath(&answer, &local("EnrollmentServiceUrl"));
+    assert_eq!(enrollment_url, format!("{base}/agent/v1/windows/enroll/enrollment"), "built from the public URL");
+    let (status, answer) = soap(&policy_url, &windows_fixture("mde2-get-policies.xml"));
+    assert_eq!(status, "200", "{answer}");
+    assert_eq!(xpath(&answer, &local("minimalKeyLength")), "2048");
+
+    // The device's RSA key and request, as Windows makes them (DER, base64 in the body).
+    let (key, csr) = (dir.path().join("win.key"), dir.path().join("win.csr"));
+    let o = run(Command::new("openssl")
+        .args(["req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=whatever-windows-asks", "-outform", "DER"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr));
+    assert!(o.status.success(), "{}", text(&o));
+    let csr_b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&csr).unwrap())
+    };
+    let fixture = windows_fixture("mde2-enrollment.xml");
+    let opening = "#base64binary\">";
+    let start = fixture.find(opening).unwrap() + opening.len();
+    let end = fixture.find("</wsse:BinarySecurityToken>").unwrap();
+    let request = |device: &str, password: &str| {
+        format!("{}{csr_b64}{}", &fixture[..start], &fixture[end..])
+            .replace("7BA748C8703E4DF2A74A92984117346A", device)
+            .replace(">drv_enroll_example<", &format!(">{password}<"))
+    };
+    let token_for = |device_type: &str| {
+        let (code, body) =
+            api("POST", "/api/v1/enrollment-tokens", Some(&format!(r#"{{"device_type":"{device_type}","uses":1}}"#)));
+        assert_eq!(code, 0, "{body}");
+        field(&body, "token")
+    };
+    const DEVICE: &str = "5E0D1C2B3A49586776A5B4C3D2E1F0AB";
+    let token = token_for("windows");
+
+    // Refused, each with MS-MDE2's fault and nothing enrolled: a made-up password, and an
+    // enrollment token for another device type.
+    for (password, subcode) in [("not-a-token", "a:Authentication"), (&*token_for("android"), "a:Authentication")] {
+        let (status, answer) = soap(&enrollment_url, &request(DEVICE, password));
+        assert_eq!(status, "500", "{answer}");
+        assert!(xpath(&answer, &local("Subcode")).contains(subcode), "{answer}");
+    }
+    let (code, body) = api("GET", &format!("/api/v1/devices/windows/{DEVICE}"), None);
+    assert_eq!(code, 0);
+    assert!(body.contains("not_found"), "a refused enrollment made a device: {body}");
+
+    // Enrolled: the provisioning document carries the device CA as a root and the
+    // device's certificate, which openssl verifies against the CA the API publishes.
+    let (status, answer) = soap(&enrollment_url, &request(DEVICE, &token));
+    assert_eq!(status, "200", "{answer}");
+    let doc = {
+        use base64::Engine;
+        let b64 = xpath(&answer, &local("BinarySecurityToken"));
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).unwrap()
+    };
+    let encoded = |store: &str| {
+        use base64::Engine;
+        let b64 =
+            xpath(&doc, &format!("string(//characteristic[@type='{store}']//parm[@name='EncodedCertificate']/@value)"));
+        base64::engine::general_purpose::STANDARD.decode(b64).unwrap()
+    };
+    let (root_der, cert_der) = (dir.path().join("root.der"), dir.path().join("win.der"));
+    std::fs::write(&root_der, encoded("Root")).unwrap();
+    std::fs::write(&cert_der, encoded("My")).unwrap();
+    let pem = |der: &Path, out: &Path| {
+        let o = run(Command::new("openssl").args(["x509", "-inform", "DER", "-in"]).arg(der).arg("-out").arg(out));
+        assert!(o.status.success(), "{}", text(&o));
+    };
+    let (root_pem, cert_pem) = (dir.path().join("root.pem"), dir.path().join("win.pem"));
+    pem(&root_der, &root_pem);
+    pem(&cert_der, &cert_pem);
+    let (_, device_ca) = api("GET", "/api/v1/device-ca", None);
+    assert_eq!(std::fs::read_to_string(&root_pem).unwrap().trim(), device_ca.trim(), "the root is the device CA");
+    let o =
+        run(Command::new("openssl").args(["verify", "-purpose", "sslclient", "-CAfile"]).arg(&root_pem).arg(&cert_pem));
+    assert!(o.status.success(), "{}", text(&o));
+    // The subject is the enrolled identity, not what the request asked for.
+    let o = run(Command::new("openssl").args(["x509", "-noout", "-subject", "-in"]).arg(&cert_pem));
+    let subject = text(&o).replace(" = ", "=");
+    assert!(subject.contains(&format!("CN={DEVICE}")) && !subject.contains("whatever"), "{subject}");
+
+    // The token is used up, and the identity is taken: a second enrollment is refused.
+    let (status, answer) = soap(&enrollment_url, &request(DEVICE, &token));
+    assert_eq!(status, "500");
+    assert!(xpath(&answer, &local("Subcode")).contains("a:Authorization"), "{answer}");
+    let (status, answer) = soap(&enrollment_url, &request("ANOTHER-PC", &token));
+    assert_eq!(status, "500");
+    assert!(xpath(&answer, &local("Subcode")).contains("a:Authentication"), "{answer}");
+    let (_, list) = api("GET", &format!("/api/v1/devices/windows/{DEVICE}/certificates"), None);
+    assert_eq!(serde_json::from_str::<Vec<serde_json::Value>>(&list).unwrap().len(), 1, "{list}");
+
+    // The management URL the document gives, with the certificate and no token: an
+    // OMA-DM session that runs the operation an admin queued.
+    let address = xpath(&doc, "string(//parm[@name='ADDR']/@value)");
+    assert_eq!(address, format!("{base}/agent/v1/windows/ManagementServer/MDM.svc"));
+    let (code, body) = api(
+        "POST",
+        "/api/v1/operations",
+        Some(&format!(r#"{{"code":"DevDetail","targets":{{"devices":[{{"type":"windows","id":"{DEVICE}"}}]}}}}"#)),
+    );
+    assert_eq!(code, 0, "{body}");
+    let session = windows_fixture("session-open.xml").replace("7F3A2B1C9D8E4F60A1B2C3D4E5F60718", DEVICE);
+    let (cert_s, key_s) = (cert_pem.to_str().unwrap(), key.to_str().unwrap());
+    let open = |extra: &[&str]| {
+        let mut args =
+            vec!["--cacert", ca, "-H", "Content-Type: application/vnd.syncml.dm+xml", "--data-binary", &session];
+        args.extend(["-w", "\n%{http_code}"]);
+        args.extend(extra);
+        curl(&address, &args).1
+    };
+    assert!(open(&[]).ends_with("401"), "a session without the certificate was served");
+    let answer = open(&["--cert", cert_s, "--key", key_s]);
+    let (syncml, status) = answer.rsplit_once('\n').unwrap();
+    assert_eq!(status, "200", "{answer}");
+    let got = xpath(syncml, "string(//*[local-name()='Get']//*[local-name()='Target']/*[local-name()='LocURI'])");
+    assert!(got.starts_with("./DevDetail/"), "the queued DevDetail is not in the session: {syncml}");
+    let (_, device) = api("GET", &format!("/api/v1/devices/windows/{DEVICE}"), None);
+    let device: serde_json::Value = serde_json::from_str(&device).unwrap();
+    assert_eq!(device["status"], "active", "{device}");
+    assert_eq!(device["name"], "LAB-PC-07", "{device}");
+    assert_eq!(device["owner"], "nadia@example.com", "{device}");
+}

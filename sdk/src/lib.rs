@@ -6,6 +6,8 @@
 //!
 //! * [`device_type`]: translate a device type's wire format (Android JSON, Apple MDM
 //!   plists, OMA-DM SyncML, LwM2M TLV …) to and from the host's model;
+//! * [`device_type_enrolling`]: the same, with an enrollment of several requests in the
+//!   device's own protocol (Windows MS-MDE2);
 //! * [`transport`]: build push/wake-up requests for a provider (FCM, APNS, WNS);
 //! * [`policy_rule`]: a custom compliance rule.
 //!
@@ -43,6 +45,30 @@ pub mod device_type {
     });
     crate::error_helpers!(super::drover::plugin::types);
     crate::log_helpers!(super::drover::plugin::log);
+}
+
+/// Bindings for the `device-type-enrolling` world (feature `device-type-enrolling`): a
+/// device type whose enrollment is an exchange of several requests in the device's own
+/// protocol (Windows MS-MDE2). Its `Guest` has `device-type`'s five functions, and
+/// `exports::drover::plugin::enrollment_exchange::Guest` the exchange's two; the shared
+/// types are [`device_type`]'s, so a plugin moves to this world by changing its `Guest`
+/// import and export macro and implementing the second trait.
+#[cfg(feature = "device-type-enrolling")]
+#[allow(clippy::too_many_arguments)]
+pub mod device_type_enrolling {
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "drover:plugin/device-type-enrolling",
+        pub_export_macro: true,
+        export_macro_name: "__export_device_type_enrolling",
+        default_bindings_module: "drover_sdk::device_type_enrolling",
+        with: {
+            "drover:plugin/types@0.1.0": crate::device_type::drover::plugin::types,
+            "drover:plugin/log@0.1.0": crate::device_type::drover::plugin::log,
+            "drover:plugin/config@0.1.0": crate::device_type::drover::plugin::config,
+            "drover:plugin/kv@0.1.0": crate::device_type::drover::plugin::kv,
+        },
+    });
 }
 
 /// Bindings for the `transport` world (feature `transport`).
@@ -154,6 +180,15 @@ macro_rules! export_device_type {
     ($ty:ident) => {
         $crate::embed_manifest!();
         $crate::device_type::__export_device_type!($ty with_types_in $crate::device_type);
+    };
+}
+
+/// Export a `device-type-enrolling` plugin: `drover_sdk::export_device_type_enrolling!(MyType);`
+#[macro_export]
+macro_rules! export_device_type_enrolling {
+    ($ty:ident) => {
+        $crate::embed_manifest!();
+        $crate::device_type_enrolling::__export_device_type_enrolling!($ty with_types_in $crate::device_type_enrolling);
     };
 }
 

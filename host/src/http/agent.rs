@@ -1,7 +1,9 @@
 //! Device-facing endpoints: `/agent/v1/{type}/{*path}` routed to the type's plugin.
 //!
-//! The host does not know any device type's paths. It reserves two sub-paths: `enroll`
-//! (through the plugin's `enroll`) and `credential` (POST: refresh the caller's
+//! The host does not know any device type's paths. It reserves these sub-paths: `enroll`
+//! (through the plugin's `enroll`), `enroll/…` for a type with an enrollment exchange
+//! (`device-type-enrolling`: its `enroll-step`, unauthenticated like `enroll`),
+//! `certificate` (POST a CSR) and `credential` (POST: refresh the caller's
 //! credential); everything else is authenticated by the device's credential and handed
 //! to the delivery engine (`delivery.rs`), which decodes it with the plugin, records what
 //! it carried and answers as the plugin's `reply` says. This file only carries HTTP.
@@ -66,7 +68,9 @@ async fn agent(
     let (mut parts, body) = request.into_parts();
     let plugin = state.device_type(&device_type)?;
     let channel = http_channel(&method, &path, &uri, &headers)?;
-    if path == "enroll" {
+    // `enroll/…`: the steps of an enrollment exchange, for a type that has one (MS-MDE2).
+    let exchange = path.starts_with("enroll/") && plugin.has_enroll_exchange();
+    if path == "enroll" || exchange {
         let body = read_body(&state, body, MAX_ENROLL_BODY).await?;
         // An enrollment token may come as a bearer token or as `?token=` (the QR-code URL).
         let token = parts
@@ -80,6 +84,12 @@ async fn agent(
             });
         // No credential yet: a fault its body causes is charged to the peer's address.
         let source = Source::Peer(request_peer(&parts));
+        if exchange {
+            let answer =
+                crate::enrollment::exchange(&state, &plugin, &device_type, source, channel, &body, token.as_deref())
+                    .await?;
+            return render(Outbound::Http(answer));
+        }
         let issued =
             crate::enrollment::enroll(&state, &plugin, &device_type, source, channel, &body, token.as_deref()).await?;
         return Ok((StatusCode::CREATED, Json(credential_body(&issued))).into_response());

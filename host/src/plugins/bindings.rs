@@ -1,4 +1,4 @@
-//! Host-side bindings of the three worlds of `wit/`.
+//! Host-side bindings of the worlds of `wit/`.
 //!
 //! The `device-type` bindings generate the shared interfaces (`types`, `log`, `config`,
 //! `kv`); the other two worlds reuse them through `with`, so each host import is
@@ -41,6 +41,24 @@ pub mod device_type {
             })
         }
     }
+}
+
+/// `device-type-enrolling`: `device-type` and the two exports of an enrollment exchange.
+/// A device type's component is loaded as `device-type`; when it also exports these, the
+/// host keeps their pre-instantiation too (`runtime.rs`).
+pub mod device_type_enrolling {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "drover:plugin/device-type-enrolling",
+        imports: { default: async },
+        exports: { default: async },
+        with: {
+            "drover:plugin/types": super::device_type::drover::plugin::types,
+            "drover:plugin/log": super::device_type::drover::plugin::log,
+            "drover:plugin/config": super::device_type::drover::plugin::config,
+            "drover:plugin/kv": super::device_type::drover::plugin::kv,
+        },
+    });
 }
 
 pub mod transport {

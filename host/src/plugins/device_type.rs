@@ -5,8 +5,8 @@
 //! it is the plugin doing its job, and comes back as [`CallError::Rejected`].
 
 use super::bindings::types::{
-    Channel, ChannelKind, Device, DeviceMessage, DeviceTypeInfo, Encoded, Enrollment, Operation, Outbound, PluginError,
-    Reply,
+    Channel, ChannelKind, Device, DeviceMessage, DeviceTypeInfo, Encoded, Enrollment, HttpResponse, Operation,
+    Outbound, PluginError, Reply,
 };
 use super::runtime::{Exports, LoadedPlugin, OutputSize, PluginFault};
 use super::sources::Source;
@@ -36,7 +36,7 @@ pub(super) fn flatten<T>(r: Result<Result<T, PluginError>, PluginFault>) -> Resu
 
 macro_rules! device_call {
     ($self:ident, $name:literal, $source:expr, |$b:ident, $store:ident| $call:expr) => {{
-        let Exports::DeviceType(pre) = &$self.exports else {
+        let Exports::DeviceType(pre, _) = &$self.exports else {
             return Err(CallError::WrongKind($self.label()));
         };
         let pre = pre.clone();
@@ -107,6 +107,95 @@ impl LoadedPlugin {
     }
 }
 
+/// The enrollment exchange's types (`device-type-enrolling`).
+pub use super::bindings::device_type_enrolling::exports::drover::plugin::enrollment_exchange::{
+    Admission, EnrollContext, Issued as ExchangeIssued, Refusal, Step as EnrollStep,
+};
+
+/// Call one export of a device type's enrollment exchange; `WrongKind` when the plugin has
+/// none (`enroll/…` is then not one of its paths).
+macro_rules! exchange_call {
+    ($self:ident, $name:literal, $source:expr, |$b:ident, $store:ident| $call:expr) => {{
+        let Exports::DeviceType(_, Some(pre)) = &$self.exports else {
+            return Err(CallError::WrongKind($self.label()));
+        };
+        let pre = pre.clone();
+        flatten(
+            $self
+                .caller
+                .call($name, $source, move |$store| {
+                    Box::pin(async move {
+                        // Enrollments are rare: the generated instantiation (which checks
+                        // the exports' types again) costs nothing that matters here.
+                        let $b = pre.instantiate_async(&mut *$store).await?;
+                        $call.await
+                    })
+                })
+                .await,
+        )
+    }};
+}
+
+impl LoadedPlugin {
+    /// Whether this device type's enrollment is an exchange (`device-type-enrolling`).
+    pub fn has_enroll_exchange(&self) -> bool {
+        matches!(&self.exports, Exports::DeviceType(_, Some(_)))
+    }
+
+    /// Read one request of the enrollment exchange, from `source` (the peer).
+    pub async fn enroll_step(
+        &self,
+        source: Source,
+        context: EnrollContext,
+        message: Channel,
+        body: Vec<u8>,
+    ) -> Result<EnrollStep, CallError> {
+        exchange_call!(self, "enroll-step", source, |b, store| b.drover_plugin_enrollment_exchange().call_enroll_step(
+            &mut *store,
+            &context,
+            &message,
+            &body
+        ))
+    }
+
+    /// The answer to an admission: what the host issued, or why it refused.
+    pub async fn enrolled(
+        &self,
+        source: Source,
+        context: EnrollContext,
+        message: Channel,
+        body: Vec<u8>,
+        outcome: Result<ExchangeIssued, Refusal>,
+    ) -> Result<HttpResponse, CallError> {
+        exchange_call!(self, "enrolled", source, |b, store| b.drover_plugin_enrollment_exchange().call_enrolled(
+            &mut *store,
+            &context,
+            &message,
+            &body,
+            outcome.as_ref()
+        ))
+    }
+}
+
+impl OutputSize for EnrollStep {
+    fn output_size(&self) -> usize {
+        match self {
+            EnrollStep::Reply(r) => r.body.len() + pairs(&r.headers),
+            EnrollStep::Admit(a) => {
+                a.enrollment.output_size()
+                    + a.token.as_ref().map_or(0, String::len)
+                    + a.csr.as_ref().map_or(0, Vec::len)
+            }
+        }
+    }
+}
+
+impl OutputSize for HttpResponse {
+    fn output_size(&self) -> usize {
+        self.body.len() + pairs(&self.headers)
+    }
+}
+
 impl From<super::bindings::types::OperationKind> for crate::ops::Kind {
     fn from(k: super::bindings::types::OperationKind) -> crate::ops::Kind {
         use super::bindings::types::OperationKind as K;
@@ -156,7 +245,7 @@ pub struct ReusedInstance {
 impl ReusedInstance {
     /// Instantiate `plugin` once. Calls get no CPU deadline (a benchmark's loop is long).
     pub async fn new(plugin: &LoadedPlugin) -> Result<ReusedInstance, CallError> {
-        let Exports::DeviceType(pre) = &plugin.exports else {
+        let Exports::DeviceType(pre, _) = &plugin.exports else {
             return Err(CallError::WrongKind(plugin.label()));
         };
         let mut store = plugin.caller.new_store();

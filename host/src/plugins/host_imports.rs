@@ -1,5 +1,5 @@
 //! The host side of the plugin imports `log`, `config` and `kv`: one implementation for
-//! all three worlds (the bindings share these interfaces).
+//! every world (the bindings share these interfaces).
 //!
 //! A call reaches them only when the component imports them, and it can import them only
 //! when the capability was requested and granted (`capability.rs`), so no grant check is

@@ -33,7 +33,7 @@ pub mod transport;
 
 pub use bindings::types;
 pub use capability::{Capability, Grants};
-pub use device_type::CallError;
+pub use device_type::{CallError, EnrollContext, EnrollStep, ExchangeIssued, Refusal};
 pub use manifest::{Kind, Manifest};
 pub use registry::{PluginSummary, Registry};
 pub use runtime::{Described, Fault, Limits, LoadError, LoadOptions, LoadedPlugin, PluginFault, Runtime};

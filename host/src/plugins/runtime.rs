@@ -15,7 +15,7 @@
 //!   imports, where epochs do not advance the guest.
 //! * **Output size.** What a call returns is measured before the host uses it.
 
-use super::bindings::{device_type, policy_rule, transport};
+use super::bindings::{device_type, device_type_enrolling, policy_rule, transport};
 use super::cache::{ArtifactCache, CacheOutcome, sha256_hex};
 use super::capability::{Capability, Grants, check_imports, component_imports};
 pub use super::context::PluginConfig;
@@ -255,10 +255,15 @@ impl Stats {
     }
 }
 
+/// The interface a device type exports when its enrollment is an exchange.
+const EXCHANGE: &str = "drover:plugin/enrollment-exchange@0.1.0";
+
 /// The exported world of a loaded plugin: its pre-instantiation.
 #[derive(Clone)]
 pub(crate) enum Exports {
-    DeviceType(device_type::DeviceTypePre<CallState>),
+    /// A device type, and its enrollment exchange when it exports one
+    /// (`device-type-enrolling`).
+    DeviceType(device_type::DeviceTypePre<CallState>, Option<device_type_enrolling::DeviceTypeEnrollingPre<CallState>>),
     Transport(transport::TransportPre<CallState>),
     PolicyRule(policy_rule::PolicyRulePre<CallState>),
 }
@@ -591,7 +596,21 @@ impl Runtime {
         let world_err = |e: wasmtime::Error| LoadFailure::World { kind: manifest.kind, detail: format!("{e:#}") };
         let pre = self.linker.instantiate_pre(&component).map_err(|e| fail(&label, world_err(e)))?;
         let exports = match manifest.kind {
-            Kind::DeviceType => device_type::DeviceTypePre::new(pre).map(Exports::DeviceType),
+            Kind::DeviceType => {
+                // A component that exports the enrollment exchange must export it with
+                // the contract's types: a mistyped one is refused at load, not found
+                // wanting at a device's first enrollment.
+                let exchange = component.get_export_index(None, EXCHANGE).is_some();
+                let enrolling = if exchange {
+                    Some(
+                        device_type_enrolling::DeviceTypeEnrollingPre::new(pre.clone())
+                            .map_err(|e| fail(&label, world_err(e)))?,
+                    )
+                } else {
+                    None
+                };
+                device_type::DeviceTypePre::new(pre).map(|pre| Exports::DeviceType(pre, enrolling))
+            }
             Kind::Transport => transport::TransportPre::new(pre).map(Exports::Transport),
             Kind::PolicyRule => policy_rule::PolicyRulePre::new(pre).map(Exports::PolicyRule),
         }
@@ -682,7 +701,7 @@ impl Runtime {
 
 async fn describe(caller: &Caller, exports: &Exports) -> Result<Described, PluginFault> {
     match exports.clone() {
-        Exports::DeviceType(pre) => caller
+        Exports::DeviceType(pre, _) => caller
             .call("describe", Source::Admin, move |store| {
                 Box::pin(async move { pre.instantiate_async(&mut *store).await?.call_describe(&mut *store).await })
             })

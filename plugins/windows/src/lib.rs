@@ -7,14 +7,18 @@
 //! which operation live in the per-device session the host keeps. README.md has the
 //! protocol as Drover speaks it.
 
+pub mod mde2;
 pub mod operations;
 pub mod syncml;
 
-use drover_sdk::device_type::Guest;
 use drover_sdk::device_type::drover::plugin::types::{
     Channel, ChannelKind, CheckIn, Delivery, Device, DeviceMessage, DeviceTypeInfo, Encoded, Enrollment, HttpResponse,
     Operation, OperationCode, OperationKind, OperationResult, Outbound, Ownership, PluginError, PushToken, Reply,
     ResultStatus, TelemetryPoint, TelemetryValue,
+};
+use drover_sdk::device_type_enrolling::Guest;
+use drover_sdk::device_type_enrolling::exports::drover::plugin::enrollment_exchange::{
+    EnrollContext, Guest as Exchange, Issued, Refusal, Step as EnrollStep,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -165,6 +169,25 @@ impl Guest for Windows {
             return Err(PluginError::unsupported("Windows devices speak HTTP only"));
         }
         decode(&device, &body)
+    }
+}
+
+impl Exchange for Windows {
+    /// MS-MDE2 (`mde2.rs`): discovery, policy and enrollment under `enroll/`.
+    fn enroll_step(context: EnrollContext, message: Channel, body: Vec<u8>) -> Result<EnrollStep, PluginError> {
+        let Channel::Http(request) = message else {
+            return Err(PluginError::unsupported("Windows enrolls over HTTP only"));
+        };
+        mde2::step(&context, &request.path, request.method, &body)
+    }
+
+    fn enrolled(
+        context: EnrollContext,
+        _message: Channel,
+        body: Vec<u8>,
+        outcome: Result<Issued, Refusal>,
+    ) -> Result<HttpResponse, PluginError> {
+        Ok(mde2::enrolled(&context, &body, outcome))
     }
 }
 
@@ -403,7 +426,7 @@ pub fn encode(device: &Device, operations: &[Operation]) -> Result<Encoded, Plug
 }
 
 #[cfg(target_arch = "wasm32")]
-drover_sdk::export_device_type!(Windows);
+drover_sdk::export_device_type_enrolling!(Windows);
 
 #[cfg(test)]
 mod tests;

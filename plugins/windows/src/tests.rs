@@ -231,3 +231,160 @@ fn a_policy_feature_list_becomes_one_replace() {
     .unwrap();
     assert_eq!(c.items.len(), 1);
 }
+
+mod mde2_exchange {
+    //! MS-MDE2 natively: each service against a recorded request, and the faults.
+    use super::fixture;
+    use crate::mde2::{self, MANAGEMENT_PATH};
+    use base64::Engine;
+    use drover_sdk::device_type::drover::plugin::types::HttpMethod;
+    use drover_sdk::device_type_enrolling::exports::drover::plugin::enrollment_exchange::{
+        EnrollContext, Issued, Refusal, Step,
+    };
+
+    const AGENT: &str = "https://mdm.example.com/agent/v1/windows";
+
+    fn context() -> EnrollContext {
+        EnrollContext { agent_url: AGENT.into() }
+    }
+
+    fn reply(path: &str, body: &[u8]) -> (u16, String) {
+        match mde2::step(&context(), path, HttpMethod::Post, body).unwrap() {
+            Step::Reply(r) => (r.status, String::from_utf8(r.body).unwrap()),
+            Step::Admit(_) => panic!("{path} admitted a device"),
+        }
+    }
+
+    /// The text of the first element named `name` (any namespace).
+    fn text(xml: &str, name: &str) -> Option<String> {
+        let doc = roxmltree::Document::parse(xml).unwrap();
+        doc.descendants().find(|n| n.tag_name().name() == name).and_then(|n| n.text()).map(|t| t.trim().to_string())
+    }
+
+    #[test]
+    fn discovery_answers_get_then_names_the_services_under_the_public_url() {
+        let Step::Reply(r) = mde2::step(&context(), "enroll/discovery", HttpMethod::Get, &[]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.status, 200);
+        let (status, body) = reply("enroll/discovery", &fixture("mde2-discover.xml"));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(text(&body, "AuthPolicy").as_deref(), Some("OnPremise"));
+        assert_eq!(text(&body, "EnrollmentVersion").as_deref(), Some("4.0"));
+        assert_eq!(text(&body, "EnrollmentPolicyServiceUrl").unwrap(), format!("{AGENT}/enroll/policy"));
+        assert_eq!(text(&body, "EnrollmentServiceUrl").unwrap(), format!("{AGENT}/enroll/enrollment"));
+        assert_eq!(text(&body, "RelatesTo").as_deref(), Some("urn:uuid:748132ec-a575-4329-b01b-6171a9cf8478"));
+    }
+
+    #[test]
+    fn a_device_offering_only_federated_auth_is_told_so() {
+        let only_federated =
+            String::from_utf8(fixture("mde2-discover.xml")).unwrap().replace("<AuthPolicy>OnPremise</AuthPolicy>", "");
+        let (status, body) = reply("enroll/discovery", only_federated.as_bytes());
+        assert_eq!(status, 500);
+        assert_eq!(text(&body, "Value").as_deref(), Some("s:Sender"));
+        assert!(body.contains("a:NotSupported"), "{body}");
+        assert!(text(&body, "Text").unwrap().contains("OnPremise"), "{body}");
+    }
+
+    #[test]
+    fn policy_asks_for_rsa_2048_with_sha256() {
+        let (status, body) = reply("enroll/policy", &fixture("mde2-get-policies.xml"));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(text(&body, "minimalKeyLength").as_deref(), Some("2048"));
+        assert_eq!(text(&body, "value").as_deref(), Some("2.16.840.1.101.3.4.2.1"));
+        assert_eq!(text(&body, "RelatesTo").as_deref(), Some("urn:uuid:72048B64-0F19-448F-8C2E-B4C661860AA0"));
+    }
+
+    #[test]
+    fn enrollment_admits_the_device_id_with_its_password_and_csr() {
+        let Step::Admit(a) =
+            mde2::step(&context(), "enroll/enrollment", HttpMethod::Post, &fixture("mde2-enrollment.xml")).unwrap()
+        else {
+            panic!("not an admission")
+        };
+        assert_eq!(a.enrollment.device_id, "7BA748C8703E4DF2A74A92984117346A");
+        assert_eq!(a.enrollment.name.as_deref(), Some("LAB-PC-07"));
+        assert_eq!(a.enrollment.owner.as_deref(), Some("nadia@example.com"));
+        assert_eq!(a.token.as_deref(), Some("drv_enroll_example"));
+        let meta: std::collections::BTreeMap<_, _> = a.enrollment.metadata.into_iter().collect();
+        assert_eq!(meta["os_version"], "10.0.22631.2861");
+        assert_eq!(meta["mac"], "00-15-5D-01-23-45,00-15-5D-01-23-46");
+        assert_eq!(meta["enrollment_type"], "Full");
+        // The CSR is the DER the device base64-encoded (a SEQUENCE).
+        let csr = a.csr.unwrap();
+        assert_eq!(csr[0], 0x30);
+        assert!(csr.len() > 500, "an RSA 2048 request");
+    }
+
+    #[test]
+    fn bad_enrollment_requests_get_the_protocols_fault_not_an_admission() {
+        let good = String::from_utf8(fixture("mde2-enrollment.xml")).unwrap();
+        let cases = [
+            (good.replace("Name=\"DeviceID\"", "Name=\"Other\""), "a:InvalidEnrollmentData"),
+            (good.replace("enrollment#PKCS10", "enrollment#PKCS7"), "a:NotSupported"),
+            (
+                good.replace(
+                    "<wsse:BinarySecurityToken ValueType",
+                    "<wsse:BinarySecurityToken>!</wsse:BinarySecurityToken><x ValueType",
+                ),
+                "a:MessageFormat",
+            ),
+            ("<not-soap/>".to_string(), "a:MessageFormat"),
+            (good[..good.len() / 2].to_string(), "a:MessageFormat"),
+        ];
+        for (body, subcode) in cases {
+            let (status, answer) = reply("enroll/enrollment", body.as_bytes());
+            assert_eq!(status, 500, "{answer}");
+            assert!(answer.contains(subcode), "{subcode} expected: {answer}");
+        }
+    }
+
+    #[test]
+    fn the_answer_provisions_the_certificates_and_the_management_url() {
+        let (cert, ca) = (b"device certificate DER".to_vec(), b"CA certificate DER".to_vec());
+        let issued = Issued {
+            device_id: "7BA748C8703E4DF2A74A92984117346A".into(),
+            certificate: Some(cert.clone()),
+            ca_certificate: ca.clone(),
+            access_token: None,
+            expires_in_secs: 86_400,
+        };
+        let r = mde2::enrolled(&context(), &fixture("mde2-enrollment.xml"), Ok(issued));
+        assert_eq!(r.status, 200);
+        let body = String::from_utf8(r.body).unwrap();
+        assert_eq!(text(&body, "RelatesTo").as_deref(), Some("urn:uuid:0d5a1441-5891-453b-becf-a2e5f6ea3749"));
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let doc = String::from_utf8(b64.decode(text(&body, "BinarySecurityToken").unwrap()).unwrap()).unwrap();
+        let doc = roxmltree::Document::parse(&doc).unwrap();
+        let encoded: Vec<Vec<u8>> = doc
+            .descendants()
+            .filter(|n| n.attribute("name") == Some("EncodedCertificate"))
+            .map(|n| b64.decode(n.attribute("value").unwrap()).unwrap())
+            .collect();
+        assert_eq!(encoded, vec![ca, cert], "the root first, then the device's");
+        let parm = |name: &str| {
+            doc.descendants().find(|n| n.attribute("name") == Some(name)).and_then(|n| n.attribute("value"))
+        };
+        assert_eq!(parm("ADDR").unwrap(), format!("{AGENT}/{MANAGEMENT_PATH}"));
+        assert_eq!(
+            parm("SSLCLIENTCERTSEARCHCRITERIA").unwrap(),
+            "Subject=CN%3d7BA748C8703E4DF2A74A92984117346A%2cOU%3dwindows&Stores=My%5CUser"
+        );
+        // The thumbprint names the certificate's characteristic: SHA-1, upper-case hex.
+        use sha1::Digest;
+        let thumb: String = sha1::Sha1::digest(b"CA certificate DER").iter().map(|b| format!("{b:02X}")).collect();
+        assert!(doc.descendants().any(|n| n.attribute("type") == Some(thumb.as_str())));
+    }
+
+    #[test]
+    fn a_refusal_is_a_fault_naming_why() {
+        let refusal =
+            Refusal { status: 401, code: "unauthorized".into(), message: "the enrollment token is unknown".into() };
+        let r = mde2::enrolled(&context(), &fixture("mde2-enrollment.xml"), Err(refusal));
+        let body = String::from_utf8(r.body).unwrap();
+        assert_eq!(r.status, 500);
+        assert!(body.contains("a:Authentication"), "{body}");
+        assert_eq!(text(&body, "Text").as_deref(), Some("the enrollment token is unknown"));
+    }
+}
