@@ -29,10 +29,13 @@ pub async fn fleet(server: ServerArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let total: i64 = body["devices"].as_array().into_iter().flatten().filter_map(|d| d["count"].as_i64()).sum();
-    println!(
-        "devices {total}, called in within 15 min {}, online for push {}",
-        body["seen_last_15_min"], body["online_now"]
-    );
+    // `online_now` is the server's: a tenant's answer has none.
+    match body["online_now"].as_i64() {
+        Some(online) => {
+            println!("devices {total}, called in within 15 min {}, online for push {online}", body["seen_last_15_min"])
+        }
+        None => println!("devices {total}, called in within 15 min {}", body["seen_last_15_min"]),
+    }
     println!("{:<16} {:<12} {:>9}", "type", "status", "devices");
     for d in body["devices"].as_array().into_iter().flatten() {
         println!("{:<16} {:<12} {:>9}", text(&d["device_type"]), text(&d["status"]), d["count"]);

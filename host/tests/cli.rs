@@ -574,6 +574,9 @@ fn tenants_from_the_command_line() {
     assert!(!ok && err.contains("403") && err.contains("tenant `acme`"), "{err}");
     let (ok, _, err) = run(&acme, &["tenant", "list"]);
     assert!(!ok && err.contains("403") && err.contains("belongs to tenant `acme`"), "{err}");
+    // Its fleet at a glance: its own devices (none yet), without the server's connections.
+    let (ok, out, err) = run(&acme, &["fleet"]);
+    assert!(ok && out.starts_with("devices 0, called in within 15 min 0\n"), "{out} {err}");
 
     // Its groups are named within it; an operator makes one in a tenant with --tenant.
     let (ok, out, err) = run(&acme, &["groups", "create", "lab"]);

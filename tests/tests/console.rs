@@ -724,6 +724,24 @@ async fn tenants(server: &TestServer, plain: &reqwest::Client) {
     assert!(html.contains("href=\"/console/policies\""), "offered in the navigation");
     let html = get(&admin, "/console/policies").await.text().await.unwrap();
     assert!(html.contains("<td>operators-only</td>") && html.contains("<td>initech</td>"), "the operators' view");
+
+    // Its overview counts its tenant's devices (none yet), without the server's push
+    // connections; its audit trail holds its own calls only.
+    let r = get(&boss, "/console").await;
+    assert_eq!(r.status(), StatusCode::OK, "the overview is offered to a tenant's whole session");
+    let html = r.text().await.unwrap();
+    assert!(html.contains("<div class=\"big\">0</div>devices"), "{html}");
+    assert!(!html.contains("online for push now"), "the server's connection count shown to a tenant");
+    let html = get(&admin, "/console").await.text().await.unwrap();
+    assert!(html.contains("online for push now"), "the operators' overview");
+    let html = get(&boss, "/console/audit").await.text().await.unwrap();
+    assert!(html.contains("POST /api/v1/policies") && html.contains("POST /console/login"), "its own calls: {html}");
+    assert!(!html.contains("/api/v1/tenants") && !html.contains("/console/tenants"), "the operators' calls: {html}");
+    let html = get(&admin, "/console/audit").await.text().await.unwrap();
+    assert!(
+        html.contains("<th scope=\"col\">Tenant</th>") && html.contains("<td>initech</td>"),
+        "the operators' trail"
+    );
 }
 
 drover_tests::e2e!(console_sessions, super::sessions);

@@ -84,6 +84,8 @@ async fn ids(server: &TestServer, token: &str, path: &str) -> Vec<String> {
 /// What a tenant's admin may call besides the scoped endpoints (`drover_tests::SCOPED`):
 /// its tenant's groups, webhooks, policies, enrollment, tokens and users.
 const TENANT_ADMIN: &[(&str, &str)] = &[
+    ("get", "/api/v1/audit"),
+    ("get", "/api/v1/fleet"),
     ("get", "/api/v1/groups"),
     ("post", "/api/v1/groups"),
     ("get", "/api/v1/groups/{name}"),
@@ -242,6 +244,21 @@ async fn two_tenants(server: &TestServer) {
     let all: Value = read(server, drover_tests::ADMIN_TOKEN, "/api/v1/operations").await;
     assert_eq!(all["items"].as_array().unwrap().len(), 1, "a refused add stored operations: {all}");
 
+    // The fleet at a glance: each tenant counts its own devices and their operations;
+    // the server's push connections are the operators' figure only.
+    let count = |fleet: &Value, list: &str| -> i64 {
+        fleet[list].as_array().unwrap().iter().map(|r| r["count"].as_i64().unwrap()).sum()
+    };
+    let fleet: Value = read(server, &globex, "/api/v1/fleet").await;
+    assert_eq!((count(&fleet, "devices"), count(&fleet, "operations")), (1, 0), "{fleet}");
+    assert!(fleet.get("online_now").is_none(), "{fleet}");
+    let fleet: Value = read(server, &acme, "/api/v1/fleet").await;
+    assert_eq!((count(&fleet, "devices"), count(&fleet, "operations")), (1, 1), "{fleet}");
+    assert_eq!(fleet["devices"][0]["device_type"], "android", "{fleet}");
+    let fleet: Value = read(server, drover_tests::ADMIN_TOKEN, "/api/v1/fleet").await;
+    assert_eq!((count(&fleet, "devices"), count(&fleet, "operations")), (3, 1), "{fleet}");
+    assert!(fleet["online_now"].is_i64(), "{fleet}");
+
     // Acme's device gets its operation; Globex's poll of Acme's device is refused.
     let r = server.poll_android("acme-1", &acme_device, "[]").await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -258,8 +275,13 @@ async fn two_tenants(server: &TestServer) {
     // The event log: the events about its own devices and its own groups and policies,
     // nothing of the other tenant's or of the server's own (tokens, tenants, the
     // operators' groups and policies).
-    let events: Value = read(server, &globex, "/api/v1/events").await;
-    let items = events["items"].as_array().unwrap();
+    let events: Value = read(server, &globex, "/api/v1/events?limit=1000").await;
+    // Its own callers' audit rows are its own; they name what its callers asked for (the
+    // walk above named Acme's device), so they are set apart from the rest.
+    let (audit, items): (Vec<&Value>, Vec<&Value>) =
+        events["items"].as_array().unwrap().iter().partition(|e| e["type"] == "admin.action");
+    assert!(!audit.is_empty() && audit.iter().all(|e| e["tenant"] == "globex"), "{events}");
+    let events = Value::from(items.iter().map(|e| (*e).clone()).collect::<Vec<_>>());
     assert!(
         items.iter().any(|e| e["type"] == "device.enrolled" && e["target"] == "device/android/globex-1"),
         "{events}"
@@ -289,6 +311,17 @@ async fn two_tenants(server: &TestServer) {
         ],
         "its own policies' events, not the operators' baseline"
     );
+
+    // The audit trail: a tenant's admin reads its own callers' rows and no one else's; an
+    // operator reads every row, each tenant's marked.
+    let trail: Value = read(server, &globex, "/api/v1/audit?limit=1000").await;
+    let rows = trail["items"].as_array().unwrap();
+    assert!(rows.iter().any(|e| e["action"] == "POST /api/v1/groups" && e["outcome"] == "ok"), "{trail}");
+    assert!(rows.iter().all(|e| e["tenant"] == "globex"), "another's audit rows reached Globex: {trail}");
+    let trail: Value = read(server, drover_tests::ADMIN_TOKEN, "/api/v1/audit?limit=1000").await;
+    for tenant in ["acme", "globex"] {
+        assert!(trail["items"].as_array().unwrap().iter().any(|e| e["tenant"] == tenant), "{tenant}: {trail}");
+    }
 
     // Metrics and the MQTT event feed are the whole server's.
     let r = with(server, &globex, Method::GET, "/metrics").send().await.unwrap();

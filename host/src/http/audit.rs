@@ -8,7 +8,7 @@
 //! remembering to: the role extractors (`extract.rs`) tell it who the caller was.
 
 use super::api::{Errors, MAX_PAGE};
-use super::{Admin, AppState, Query, Viewer};
+use super::{Admin, AppState, Query, TenantViewer};
 use crate::store::{ADMIN_ACTION, EventQuery, EventRow, NewEvent, Outcome};
 use axum::Json;
 use axum::extract::{MatchedPath, Request, State};
@@ -80,8 +80,9 @@ pub(super) async fn record(State(state): State<AppState>, mut request: Request, 
         status: Some(status.as_u16().into()),
         data: data.map(|d| d.to_string()),
         device: None,
-        // The audit trail is the operators' (a tenant's callers' rows too, for now).
-        tenant: None,
+        // A tenant's callers' rows are the tenant's: its admins read them in the trail and
+        // in its event log, and no other tenant does.
+        tenant: admin.tenant.clone(),
     };
     // The change (if any) is committed: a failed audit write cannot undo it, so it is
     // logged loudly rather than turned into an error for a call that succeeded.
@@ -122,12 +123,13 @@ pub(super) struct AuditPage {
     next_after: Option<i64>,
 }
 
-/// The audit trail: admin-API calls that changed something, failed, or were refused.
+/// The audit trail: admin-API calls that changed something, failed, or were refused. A
+/// tenant's admins and viewers read their tenant's callers' rows only.
 #[utoipa::path(get, path = "/api/v1/audit", tag = "admin", params(AuditQuery),
     responses((status = 200, body = AuditPage), Errors))]
 pub(super) async fn list_audit(
     State(state): State<AppState>,
-    _: Viewer,
+    TenantViewer(viewer): TenantViewer,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<AuditPage>, super::ApiError> {
     let limit = q.limit.unwrap_or(super::api::DEFAULT_PAGE).clamp(1, MAX_PAGE);
@@ -144,9 +146,10 @@ pub(super) async fn list_audit(
         outcome: q.outcome.map(|o| o.as_str().to_string()),
         since: q.since,
         until: q.until,
-        // The trail is the whole server's (`Viewer`: no confined caller reads it).
-        within: None,
-        tenant_events: None,
+        // An operator reads the whole server's trail; a tenant's caller (not scoped:
+        // `TenantViewer`) only its tenant's rows, which name no device.
+        within: viewer.tenant.as_deref().map(crate::scope::Reach::tenant),
+        tenant_events: viewer.tenant.clone(),
     };
     let items = state.store.events(&query, q.after.unwrap_or(0), limit).await?;
     let next_after = super::api::next_after(&items, limit, |e| e.seq);

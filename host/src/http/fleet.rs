@@ -3,7 +3,7 @@
 //! operation form, and the CLI's `drover fleet` / `drover ops add`.
 
 use super::api::Errors;
-use super::{ApiError, AppState, Viewer};
+use super::{ApiError, AppState, TenantViewer};
 use crate::plugins::Kind;
 use crate::plugins::device_type::{delivery_name, kind_name};
 use crate::store::FleetCounts;
@@ -19,14 +19,23 @@ pub(super) struct Fleet {
     #[serde(flatten)]
     counts: FleetCounts,
     /// Devices holding a push connection to this server now (MQTT, CoAP registrations).
-    online_now: i64,
+    /// The whole server's, so absent for a tenant's caller.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    online_now: Option<i64>,
 }
 
 /// Devices by type and status, enrolments per day, operations by state, devices online.
+/// A tenant's callers (not scoped) get their tenant's counts.
 #[utoipa::path(get, path = "/api/v1/fleet", tag = "devices", responses((status = 200, body = Fleet), Errors))]
-pub(super) async fn fleet(State(state): State<AppState>, _: Viewer) -> Result<Json<Fleet>, ApiError> {
-    let counts = state.store.fleet_counts().await?;
-    Ok(Json(Fleet { counts, online_now: state.stats.online.load(Ordering::Relaxed).max(0) }))
+pub(super) async fn fleet(
+    State(state): State<AppState>,
+    TenantViewer(viewer): TenantViewer,
+) -> Result<Json<Fleet>, ApiError> {
+    let counts = state.store.fleet_counts(viewer.tenant.as_deref()).await?;
+    // This replica's connection count cannot be split by tenant: a tenant sees its
+    // devices' `seen_last_15_min` instead.
+    let online_now = viewer.tenant.is_none().then(|| state.stats.online.load(Ordering::Relaxed).max(0));
+    Ok(Json(Fleet { counts, online_now }))
 }
 
 #[derive(Serialize, ToSchema, Clone)]

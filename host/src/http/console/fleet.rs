@@ -10,8 +10,9 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 pub async fn overview(State(console): State<ConsoleState>, session: Session) -> PageResult {
-    if session.scoped {
-        // The overview counts the whole fleet; a scoped session starts at its devices.
+    if session.scoped && !session.tenant_whole {
+        // The overview counts the whole fleet, or a whole tenant's; a scoped session
+        // starts at its devices.
         return Ok(super::see("/console/devices"));
     }
     let api = Api { console: &console, session: &session };
@@ -44,7 +45,10 @@ pub async fn overview(State(console): State<ConsoleState>, session: Session) -> 
         section.cards aria-label="Fleet" {
             div.card { div.big { (total) } "devices" }
             div.card { div.big { (fleet["seen_last_15_min"].as_i64().unwrap_or(0)) } "called in, last 15 min" }
-            div.card { div.big { (fleet["online_now"].as_i64().unwrap_or(0)) } "online for push now" }
+            // The server's connection count: an operator's card only (a tenant's answer has none).
+            @if let Some(online) = fleet["online_now"].as_i64() {
+                div.card { div.big { (online) } "online for push now" }
+            }
             div.card { div.big { (ops.iter().filter(|(s, _)| s == "PENDING" || s == "IN_PROGRESS").map(|(_, n)| n).sum::<i64>()) } "operations pending or in progress" }
         }
         h2 { "Devices by type and status" }

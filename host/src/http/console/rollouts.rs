@@ -153,11 +153,17 @@ pub async fn audit(State(console): State<ConsoleState>, session: Session, Query(
             button type="submit" { "Filter" }
         }
         div.scroll { table {
-            thead { tr { th scope="col" { "At (UTC)" } th scope="col" { "Token" } th scope="col" { "Outcome" } th scope="col" { "Action" } th scope="col" { "Target" } } }
+            thead { tr {
+                th scope="col" { "At (UTC)" } th scope="col" { "Token" }
+                // An operator reads every tenant's rows; a tenant's session only its own.
+                @if session.tenant.is_none() { th scope="col" { "Tenant" } }
+                th scope="col" { "Outcome" } th scope="col" { "Action" } th scope="col" { "Target" }
+            } }
             tbody { @for e in page_["items"].as_array().into_iter().flatten() {
                 tr {
                     td { (when(&e["at"])) }
                     td { (text(&e["actor"])) " (" (text(&e["role"])) ")" }
+                    @if session.tenant.is_none() { td { (text(&e["tenant"])) } }
                     td { (badge(text(&e["outcome"]))) " " (e["status"]) }
                     td { code { (text(&e["action"])) } }
                     td { code { (text(&e["target"])) } }

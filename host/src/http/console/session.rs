@@ -246,6 +246,7 @@ pub async fn login(
             .into_response();
     };
     // In the trail as the API's calls are: a token by its name, a user as `user:NAME`.
+    let tenant = principal.tenant.clone();
     let (name, role) = match principal.user_name {
         Some(user) => (format!("user:{user}"), principal.role),
         None => (principal.name, principal.role),
@@ -258,7 +259,7 @@ pub async fn login(
     let secure = if state.app.public_url.starts_with("https://") { "; Secure" } else { "" };
     let cookie =
         format!("{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}{secure}", SESSION_MS / 1000);
-    audit(&state, &name, &role, "POST /console/login").await;
+    audit(&state, &name, &role, tenant, "POST /console/login").await;
     let mut response = see(&next);
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, v);
@@ -269,7 +270,7 @@ pub async fn login(
 /// A login or logout in the audit trail, as the API's actions are (`admin.action`). A
 /// refused login has no actor and is not recorded, as an API call without a valid token
 /// is not (anyone could fill the table); it is logged.
-async fn audit(state: &ConsoleState, name: &str, role: &str, action: &str) {
+async fn audit(state: &ConsoleState, name: &str, role: &str, tenant: Option<String>, action: &str) {
     let event = crate::store::NewEvent {
         event_type: crate::store::ADMIN_ACTION.into(),
         actor: Some(name.into()),
@@ -280,7 +281,8 @@ async fn audit(state: &ConsoleState, name: &str, role: &str, action: &str) {
         status: Some(303),
         data: None,
         device: None,
-        tenant: None,
+        // A tenant's caller's row is its tenant's, as in the API's trail.
+        tenant,
     };
     if let Err(e) = state.app.store.append_event(&event).await {
         tracing::error!(target: "audit", error = %e, action, actor = name, "audit row not written");
@@ -297,7 +299,7 @@ pub async fn logout(
     }
     // A user's login token was made for this session only: it ends with it.
     let _ = state.app.store.end_user_session(&session.token_hash).await;
-    audit(&state, &session.actor, session.role.as_str(), "POST /console/logout").await;
+    audit(&state, &session.actor, session.role.as_str(), session.tenant.clone(), "POST /console/logout").await;
     let mut response = see("/console/login");
     response.headers_mut().insert(
         header::SET_COOKIE,
