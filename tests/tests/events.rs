@@ -270,6 +270,43 @@ async fn event_log(backend: Backend) {
     assert_eq!(changes, ["suspend", "enable"]);
     assert_eq!(plugins[0]["target"], "plugin/wns");
     assert_eq!(plugins[0]["actor"], "admin:bootstrap");
+
+    // A stream ends when its token is revoked, as the token's next call is refused: it is
+    // not a way to keep reading after an admin took the access away.
+    let r = server
+        .admin(Method::POST, "/api/v1/admin-tokens")
+        .json(&json!({ "name": "watcher", "role": "viewer" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let watcher = r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string();
+    let mut stream = server
+        .http
+        .get(server.url("/api/v1/events"))
+        .bearer_auth(&watcher)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    server.enroll_android("ev-watched").await;
+    let first = tokio::time::timeout(Duration::from_secs(20), stream.chunk()).await.expect("an event").unwrap();
+    assert!(String::from_utf8_lossy(&first.unwrap()).contains("device.enrolled"), "the stream serves the token");
+    let r = server.admin(Method::DELETE, "/api/v1/admin-tokens/watcher").send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    // Events keep coming; the revoked token's stream must close instead of serving them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut n = 0;
+    loop {
+        server.enroll_android(&format!("ev-after-revoke-{n}")).await;
+        n += 1;
+        match tokio::time::timeout_at(deadline, stream.chunk()).await {
+            Err(_) => panic!("the revoked token's stream is still open after 15 s"),
+            Ok(Ok(None) | Err(_)) => break,
+            Ok(Ok(Some(_))) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
     server.stop().await;
 }
 

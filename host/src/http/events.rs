@@ -15,7 +15,7 @@ use crate::scope::Reach;
 use crate::store::{EventQuery, EventRow, Store};
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::http::header;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,9 @@ use utoipa::{IntoParams, ToSchema};
 
 /// How often a live stream looks for new events (another replica may have written them).
 const STREAM_TICK: Duration = Duration::from_millis(250);
+
+/// How often a stream checks again that its caller's token is live (one indexed read).
+const RECHECK: Duration = Duration::from_secs(2);
 
 /// Live streams open at once, server-wide. Each holds a connection for as long as its
 /// reader likes; without a cap, one token could take every connection the listener has.
@@ -102,9 +105,10 @@ async fn page(
 pub(super) async fn events(
     State(state): State<AppState>,
     ScopedViewer(admin): ScopedViewer,
-    headers: HeaderMap,
+    parts: axum::http::request::Parts,
     Query(q): Query<EventsQuery>,
 ) -> Result<Response, ApiError> {
+    let headers = &parts.headers;
     // Resolved once: a stream keeps the reach it started with (a scope's groups as they
     // were then).
     let within = admin.reach(&state).await?;
@@ -139,10 +143,29 @@ pub(super) async fn events(
     };
     let store = state.store.clone();
     let kind = q.event_type;
+    // The caller's token is checked again while the stream runs: revoking it (or
+    // disabling its user) ends the stream within `RECHECK`, as it refuses the next call.
+    let standing = super::extract::Standing::of(&parts, &admin);
+    let checked = tokio::time::Instant::now();
     let stream = futures_util::stream::unfold(
-        (store, kind, within, start, std::collections::VecDeque::<EventRow>::new(), permit),
-        |(store, kind, within, mut cursor, mut buffered, permit)| async move {
+        (store, kind, within, start, std::collections::VecDeque::<EventRow>::new(), permit, standing, checked),
+        |(store, kind, within, mut cursor, mut buffered, permit, standing, mut checked)| async move {
             loop {
+                if checked.elapsed() >= RECHECK {
+                    match &standing {
+                        Some(s) => match s.holds(&store).await {
+                            Ok(true) => checked = tokio::time::Instant::now(),
+                            Ok(false) => {
+                                tracing::info!(admin = ?s, "event stream closed: its caller's access ended");
+                                return None;
+                            }
+                            // The database is away: the page read below says so; keep the
+                            // stream and check again at the next turn.
+                            Err(e) => tracing::warn!(error = ?e, "event stream: the caller could not be checked"),
+                        },
+                        None => return None,
+                    }
+                }
                 if let Some(e) = buffered.pop_front() {
                     let sse = SseEvent::default()
                         .id(e.seq.to_string())
@@ -151,7 +174,7 @@ pub(super) async fn events(
                         .unwrap_or_else(|_| SseEvent::default().comment("unserialisable event"));
                     return Some((
                         Ok::<_, std::convert::Infallible>(sse),
-                        (store, kind, within, cursor, buffered, permit),
+                        (store, kind, within, cursor, buffered, permit, standing, checked),
                     ));
                 }
                 match page(&store, &kind, &within, cursor, 500).await {

@@ -34,6 +34,38 @@ fn bearer(parts: &Parts) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
+/// What a long-lived answer (the event stream) checks again to end when its caller's
+/// access ends: the admin token it was opened with (a console session's, or the bearer
+/// token), or the user an OpenID provider's JWT stood for. Revoked, expired, its user
+/// disabled or removed: the stream closes.
+#[derive(Debug, Clone)]
+pub enum Standing {
+    Token(String),
+    User(String),
+}
+
+impl Standing {
+    /// The standing of the request `parts` whose caller is `admin`.
+    pub fn of(parts: &Parts, admin: &Admin) -> Option<Standing> {
+        if let Some(t) = parts.extensions.get::<super::console::SessionToken>() {
+            return Some(Standing::Token(t.0.clone()));
+        }
+        match bearer(parts) {
+            Some(token) if crate::oidc::is_jwt(token) => admin.user.clone().map(Standing::User),
+            Some(token) => Some(Standing::Token(hash_token(token))),
+            None => None,
+        }
+    }
+
+    /// Whether the caller may still read.
+    pub async fn holds(&self, store: &crate::store::Store) -> Result<bool, crate::store::StoreError> {
+        Ok(match self {
+            Standing::Token(hash) => store.admin_for_token(hash).await?.is_some(),
+            Standing::User(name) => store.user_principal(name).await?.is_some(),
+        })
+    }
+}
+
 /// An authenticated admin-API caller.
 #[derive(Debug, Clone)]
 pub struct Admin {
