@@ -409,16 +409,18 @@ pub async fn ops_list(
     if printed(&server, &body) {
         return Ok(());
     }
-    println!("{:>8} {:>8} {:<28} {:<11} {:<8} updated", "id", "activity", "code", "state", "attempts");
+    println!("{:>8} {:>8} {:<28} {:<11} {:<8} {:<21} device", "id", "activity", "code", "state", "attempts", "updated");
     for o in body["items"].as_array().into_iter().flatten() {
         println!(
-            "{:>8} {:>8} {:<28} {:<11} {:<8} {}",
+            "{:>8} {:>8} {:<28} {:<11} {:<8} {:<21} {}/{}",
             o["id"],
             o["activity"],
             text(&o["code"]),
             text(&o["state"]),
             format!("{}/{}", o["attempts"], o["max_attempts"]),
-            when(&o["updated_at"])
+            when(&o["updated_at"]),
+            text(&o["device"]["type"]),
+            text(&o["device"]["id"])
         );
     }
     Ok(())

@@ -781,6 +781,8 @@ fn devices_operations_and_groups_from_the_command_line() {
     let op = &got[0];
     let listed = json(&["ops", "list", "--device", "android/356000000000201"]);
     assert_eq!(listed["items"][0]["state"], "IN_PROGRESS", "{listed}");
+    let (ok, out, _) = run(&["ops", "list", "--device", "android/356000000000201"]);
+    assert!(ok && out.lines().nth(1).is_some_and(|l| l.ends_with(" android/356000000000201")), "{out}");
     let report = serde_json::json!([{"id": op["id"], "code": op["code"], "type": op["type"], "status": "COMPLETED"}]);
     let (status, _) = request(port, "PUT", path, &token, &report.to_string());
     assert_eq!(status, 200);

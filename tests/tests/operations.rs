@@ -134,6 +134,8 @@ async fn order_and_repeated(server: &TestServer) {
 
     let older = &ops_of_activity(server, first_ring).await[0];
     assert_eq!(older["state"], "REPEATED");
+    // A list's items name their device, as one operation's detail does.
+    assert_eq!(older["device"], json!({"type": "android", "id": agent.id}), "{older}");
     let t = op(server, &older["id"]).await;
     assert_eq!(states(&t["transitions"]), vec![s("PENDING", "REPEATED", "admin:bootstrap")]);
 

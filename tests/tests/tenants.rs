@@ -214,6 +214,7 @@ async fn two_tenants(server: &TestServer) {
     assert_eq!(created(r).await["operations"], 1);
     let ops: Value = read(server, &acme, "/api/v1/operations").await;
     let acme_op = ops["items"][0]["id"].as_i64().unwrap();
+    let acme_activity = ops["items"][0]["activity"].as_i64().unwrap();
     let r = with(server, &globex, Method::POST, "/api/v1/operations")
         .json(&json!({ "code": "DEVICE_WIPE", "targets": { "devices": [{ "type": "android", "id": "acme-1" }] } }))
         .send()
@@ -294,6 +295,15 @@ async fn two_tenants(server: &TestServer) {
     );
     let acme_events: Value = read(server, &acme, "/api/v1/events?type=operation.").await;
     assert!(!acme_events["items"].as_array().unwrap().is_empty(), "{acme_events}");
+    // Its activities' rows name no device: they are its tenant's (Globex's log, above,
+    // holds none of them).
+    let added: Value = read(server, &acme, "/api/v1/events?type=activity.").await;
+    let added = added["items"].as_array().unwrap();
+    assert!(
+        added.iter().any(|e| e["target"] == format!("activity/{acme_activity}") && e["tenant"] == "acme"),
+        "{added:?}"
+    );
+    assert!(added.iter().all(|e| e["tenant"] == "acme"), "the operators' activities reached Acme: {added:?}");
     let acme_events: Value = read(server, &acme, "/api/v1/events?type=policy.").await;
     let seen: Vec<(&str, &str)> = acme_events["items"]
         .as_array()

@@ -109,9 +109,26 @@ pub(super) struct OperationFilter {
     limit: Option<i64>,
 }
 
+/// An operation and the device it is for.
+#[derive(Serialize, ToSchema)]
+pub(super) struct OperationItem {
+    #[serde(flatten)]
+    operation: OperationRow,
+    device: DeviceRef,
+}
+
+impl From<OperationRow> for OperationItem {
+    fn from(operation: OperationRow) -> OperationItem {
+        let device = DeviceRef { device_type: operation.device_type.clone(), id: operation.device_id.clone() };
+        OperationItem { operation, device }
+    }
+}
+
 #[derive(Serialize, ToSchema)]
 pub(super) struct OperationPage {
-    items: Vec<OperationRow>,
+    /// Each with the device it is for, so a page of an activity reads without a lookup
+    /// per row.
+    items: Vec<OperationItem>,
     /// Pass as `after` for the next page (pages read with `after`).
     #[serde(skip_serializing_if = "Option::is_none")]
     next_after: Option<i64>,
@@ -144,7 +161,7 @@ pub(super) async fn list_operations(
     let cursor = cursor(q.after, q.before)?;
     let rows = state.store.operations(device, q.activity, q.state.as_deref(), reach.as_ref(), cursor, limit).await?;
     let (next_after, next_before) = next_cursor(&rows, limit, cursor, |o| o.id);
-    Ok(Json(OperationPage { items: rows, next_after, next_before }))
+    Ok(Json(OperationPage { items: rows.into_iter().map(OperationItem::from).collect(), next_after, next_before }))
 }
 
 /// An operation with its device and every transition it went through.
@@ -166,8 +183,7 @@ pub(super) async fn get_operation(
     Path(id): Path<i64>,
 ) -> Result<Json<OperationDetail>, ApiError> {
     let op = operation_for(&state, &admin, id).await?;
-    let device =
-        state.store.device_by_key(op.device).await?.map(|d| DeviceRef { device_type: d.device_type, id: d.device_id });
+    let device = Some(DeviceRef { device_type: op.device_type.clone(), id: op.device_id.clone() });
     let transitions = state.store.transitions(id).await?;
     Ok(Json(OperationDetail { operation: op, device, transitions }))
 }

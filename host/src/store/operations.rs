@@ -148,6 +148,11 @@ pub struct OperationRow {
     pub expires_at: Option<i64>,
     /// The device's last response (JSON text).
     pub response: Option<String>,
+    /// The device it is for: its type and id (the API shows them as `device`).
+    #[serde(skip)]
+    pub device_type: String,
+    #[serde(skip)]
+    pub device_id: String,
 }
 
 /// An operation ready to hand to a plugin's `encode`.
@@ -193,8 +198,11 @@ pub enum ResultOutcome {
     },
 }
 
-const OP_COLUMNS: &str =
-    "id, activity, device, code, kind, state, attempts, max_attempts, created_at, updated_at, expires_at, response";
+/// An operation's columns, and its device's identity (by its key: one index read each).
+const OP_COLUMNS: &str = "id, activity, device, code, kind, state, attempts, max_attempts, created_at, updated_at,
+    expires_at, response,
+    (SELECT d.device_type FROM devices d WHERE d.id = operations.device) AS device_type,
+    (SELECT d.device_id FROM devices d WHERE d.id = operations.device) AS device_id";
 
 impl Store {
     /// Store an activity and one operation per targeted device, in one transaction,
@@ -247,7 +255,11 @@ impl Store {
                 operations: n,
                 actor: a.created_by.clone(),
             };
-            super::record_event!(&mut *tx, &event.record());
+            // A tenant's caller's activity is its tenant's: the row names no device, and
+            // the tenant reads it in its event log like its groups' and policies' rows.
+            let mut record = event.record();
+            record.tenant = targets.within.as_ref().and_then(|r| r.tenant_of()).map(str::to_string);
+            super::record_event!(&mut *tx, &record);
             tx.commit().await?;
             Ok((activity, n))
         })
