@@ -433,3 +433,104 @@ e2e!(delivery_beside_admin_writes, super::delivery_beside_admin_writes);
 e2e!(deliveries_claim_their_operations, super::deliveries_claim_their_operations);
 e2e!(racing_moves_keep_one_history, super::racing_moves_keep_one_history);
 e2e!(engine_against_its_state_machine, super::engine_against_its_state_machine);
+
+/// A TCP relay on loopback to the PostgreSQL server, which the test cuts and restores:
+/// the database going away and coming back, as a network partition does it.
+struct Relay {
+    port: u16,
+    upstream: String,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(upstream: &str) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let relay = Relay { port, upstream: upstream.to_string(), tasks: Default::default() };
+        relay.serve(listener);
+        relay
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let (upstream, tasks) = (self.upstream.clone(), self.tasks.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else { return };
+                let upstream = upstream.clone();
+                let pipe = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                tasks.lock().unwrap().push(pipe);
+            }
+        });
+        self.tasks.lock().unwrap().push(accept);
+    }
+
+    /// Every connection closed, and no new one accepted.
+    fn cut(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Accepting again on the same port.
+    async fn restore(&self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(listener) => return self.serve(listener),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    eprintln!("relay port {} not free yet: {e}", self.port);
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("the relay's port {} cannot be bound again: {e}", self.port),
+            }
+        }
+    }
+}
+
+/// Readiness follows the database: `/readyz` answers 503 naming it while PostgreSQL is
+/// out of reach and 200 again once it is back, while `/healthz` (liveness) stays 200: a
+/// balancer stops sending traffic to the replica, an orchestrator does not restart it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_database() {
+    let Some(drover_tests::Backend::Postgres(url)) = drover_tests::Backend::postgres() else { return };
+    let (scheme_user, rest) = url.split_once('@').expect("a PostgreSQL URL with a user");
+    let (host_port, path) = rest.split_once('/').expect("a PostgreSQL URL with a database");
+    let relay = Relay::start(host_port).await;
+    let through = format!("{scheme_user}@127.0.0.1:{}/{path}", relay.port);
+    let server = TestServer::start(drover_tests::Backend::Postgres(through)).await;
+    let probe = |path: &'static str| {
+        let (http, url) = (server.http.clone(), server.url(path));
+        async move {
+            let r = http.get(url).timeout(std::time::Duration::from_secs(10)).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(probe("/readyz").await, (200, r#"{"status":"ready"}"#.to_string()));
+
+    relay.cut();
+    let (status, body) = probe("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("unready") && body.contains("database (postgres)"), "{body}");
+    assert_eq!(probe("/healthz").await.0, 200, "liveness does not depend on the database");
+
+    relay.restore().await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while probe("/readyz").await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "not ready 20 s after the database came back");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    server.stop().await;
+}
+
+/// On SQLite the file is the database: ready as soon as the server serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_on_sqlite() {
+    let server = TestServer::start(drover_tests::Backend::Sqlite).await;
+    let r = server.http.get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    server.stop().await;
+}

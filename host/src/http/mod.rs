@@ -1,6 +1,6 @@
 //! The HTTP front: the admin API under `/api/v1` (one resource per file), the web console
 //! under `/console` (a client of that API, in-process), the device agent under
-//! `/agent/v1`, `/metrics` and `/healthz`. Handlers parse, call a service or read the
+//! `/agent/v1`, `/metrics`, `/healthz` and `/readyz`. Handlers parse, call a service or read the
 //! store, and map errors (`error.rs`); no delivery or enrollment logic lives here.
 
 mod agent;
@@ -68,6 +68,7 @@ pub fn router(state: AppState) -> Router {
     let api: Router = api::router(state.clone()).with_state(state.clone());
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::metrics))
         .merge(agent::router())
         .route("/download/{token}", get(artifacts::download).head(artifacts::download))
@@ -88,6 +89,33 @@ pub fn path_segment(s: &str) -> String {
         }
     }
     out
+}
+
+/// How long readiness waits for the database before calling it away.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Readiness: 200 when the database answers within 2 s, else 503 naming what is wrong,
+/// so a load balancer or an orchestrator sends no traffic to a replica that would fail
+/// it. `/healthz` stays the liveness probe: a replica whose database is away is alive
+/// and should not be restarted for it.
+async fn readyz(State(state): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let database = match tokio::time::timeout(READY_WAIT, state.store.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("database ({}): {e}", state.store.backend())),
+        Err(_) => Err(format!("database ({}): no answer within {} s", state.store.backend(), READY_WAIT.as_secs())),
+    };
+    match database {
+        Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Err(reason) => {
+            tracing::warn!(%reason, "not ready");
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({ "status": "unready", "reason": reason })),
+            )
+                .into_response()
+        }
+    }
 }
 
 /// Liveness and a one-line picture of what is loaded.

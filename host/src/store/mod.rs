@@ -260,6 +260,21 @@ impl Store {
     }
 
     /// `sqlite` or `postgres`.
+    /// Whether the database answers: one trivial statement on the pool reads use, for
+    /// readiness. (Not SQLite's one writer: a long write would make a loaded replica look
+    /// away.)
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite { read, .. } => {
+                sqlx::query("SELECT 1").execute(read).await?;
+            }
+            Backend::Postgres(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn backend(&self) -> &'static str {
         match self.backend {
             Backend::Sqlite { .. } => "sqlite",
