@@ -60,6 +60,9 @@ pub struct ServeArgs {
     /// Let LwM2M devices without a pre-shared key register over plain CoAP (--coap-addr): no credential, nothing encrypted; for development. A device with a key is refused there whatever this says [default: false]
     #[arg(long, env = "DROVER_COAP_NOSEC")]
     pub coap_nosec: Option<bool>,
+    /// Open SCEP envelopes encrypted with single DES, for legacy SCEP clients that use it whatever the server offers (micromdm's scepclient): 56-bit keys, so only behind TLS. Refused by default, with SCEP's badAlg [default: false]
+    #[arg(long, env = "DROVER_SCEP_ALLOW_DES")]
+    pub scep_allow_des: Option<bool>,
     /// Database URL: sqlite://PATH or postgres://… [default: SQLite in the data directory]
     #[arg(long, env = "DROVER_DATABASE_URL")]
     pub database_url: Option<String>,
@@ -205,6 +208,8 @@ pub struct Config {
     pub coaps_addr: SocketAddr,
     /// See [`ServeArgs::coap_nosec`].
     pub coap_nosec: bool,
+    /// See [`ServeArgs::scep_allow_des`].
+    pub scep_allow_des: bool,
     /// See [`ServeArgs::coap_allow_address_change`].
     pub coap_allow_address_change: bool,
     pub database_url: String,
@@ -292,6 +297,7 @@ impl Config {
             coaps_addr: loopback,
             // The tests' LwM2M client (lwm2m-node-lib) speaks plain CoAP only.
             coap_nosec: true,
+            scep_allow_des: false,
             coap_allow_address_change: false,
             database_url: format!("sqlite://{}?mode=rwc", data_dir.join("drover.db").display()),
             sqlite_synchronous: Default::default(),
@@ -397,6 +403,7 @@ impl ServeArgs {
             coap_addr: self.coap_addr.or(file.coap_addr).unwrap_or_else(|| ([127, 0, 0, 1], 5683).into()),
             coaps_addr: self.coaps_addr.or(file.coaps_addr).unwrap_or_else(|| ([127, 0, 0, 1], 5684).into()),
             coap_nosec: self.coap_nosec.or(file.coap_nosec).unwrap_or(false),
+            scep_allow_des: self.scep_allow_des.or(file.scep_allow_des).unwrap_or(false),
             coap_allow_address_change: self
                 .coap_allow_address_change
                 .or(file.coap_allow_address_change)

@@ -49,6 +49,10 @@ pub struct Core {
     pub rollups: bool,
     /// The CA that signs device certificates (`identity.rs`).
     pub device_ca: Arc<crate::identity::DeviceCa>,
+    /// The SCEP RA, made or read on the first SCEP request (`scep.rs`).
+    pub scep_ra: Arc<tokio::sync::OnceCell<crate::scep::Ra>>,
+    /// Whether SCEP envelopes in single DES are opened (`--scep-allow-des`).
+    pub scep_allow_des: bool,
     /// An OpenID Connect provider whose tokens stand for users (`oidc.rs`).
     pub oidc: Option<Arc<crate::oidc::Oidc>>,
 }
@@ -119,6 +123,8 @@ impl Core {
             analytics: Arc::default(),
             rollups: config.telemetry_rollups,
             device_ca: Arc::new(device_ca),
+            scep_ra: Default::default(),
+            scep_allow_des: config.scep_allow_des,
             oidc: match &config.oidc {
                 Some(s) => Some(Arc::new(crate::oidc::Oidc::new(s.clone())?)),
                 None => None,

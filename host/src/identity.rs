@@ -182,6 +182,28 @@ impl DeviceCa {
     }
 }
 
+impl DeviceCa {
+    /// A certificate for the SCEP Registration Authority's RSA key (`spki_der`), valid
+    /// `days`: it signs CertReps and receives clients' envelopes (`scep.rs`). PEM.
+    pub fn issue_ra(&self, spki_der: &[u8], days: i64) -> anyhow::Result<String> {
+        let key = rcgen::SubjectPublicKeyInfo::from_der(spki_der).context("the RA's public key")?;
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "Drover SCEP RA");
+        p.is_ca = rcgen::IsCa::ExplicitNoCa;
+        p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature, rcgen::KeyUsagePurpose::KeyEncipherment];
+        p.use_authority_key_identifier_extension = true;
+        let mut serial = [0u8; 16];
+        getrandom::fill(&mut serial).expect("the OS random source");
+        serial[0] &= 0x7f;
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::minutes(5);
+        p.not_after = now + time::Duration::days(days);
+        Ok(p.signed_by(&key, &self.issuer).context("signing the RA certificate")?.pem())
+    }
+}
+
 /// A new CA: ECDSA P-256, CA with path length 0 (it signs devices only).
 fn make_ca() -> anyhow::Result<(String, String)> {
     let mut params = rcgen::CertificateParams::default();

@@ -130,6 +130,7 @@ pub mod plugins;
 pub mod policies;
 pub mod push_token;
 pub mod rollouts;
+pub mod scep;
 pub mod scope;
 pub mod secrets;
 pub mod server;

@@ -926,3 +926,165 @@ fn windows_enrolls_through_ms_mde2_and_is_managed_with_its_certificate() {
     assert_eq!(device["name"], "LAB-PC-07", "{device}");
     assert_eq!(device["owner"], "nadia@example.com", "{device}");
 }
+
+/// SCEP (RFC 8894) with micromdm's `scepclient` (Debian's `scep` package), a client that
+/// is not Drover's: the RA and CA from `GetCACert` read by openssl, a certificate issued for
+/// an enrollment token as the challenge and the CSR's CN as the identity, then used for
+/// mTLS; the used-up token, a made-up challenge and (without `--scep-allow-des`) the
+/// client's single-DES envelope refused with SCEP's failInfo.
+#[test]
+fn scep_issues_a_certificate_to_micromdms_client() {
+    if !tools() {
+        return;
+    }
+    if Command::new("scepclient").arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "CI must install scepclient (Debian's scep package)");
+        eprintln!("skipped: scepclient missing");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let served = |name: &str, args: &[&str]| {
+        let data = dir.path().join(name);
+        std::fs::create_dir(&data).unwrap();
+        serve(&data, args)
+    };
+    // micromdm's client encrypts with single DES whatever the server offers.
+    let server = served("des", &["--scep-allow-des", "true"]);
+    let ca = server.data.join("tls/cert.pem");
+    let ca = ca.to_str().unwrap();
+    let base = format!("https://127.0.0.1:{}", server.http);
+    let scep_url = format!("{base}/agent/v1/android/scep");
+    let token_of = |server: &Served| {
+        let own_ca = server.data.join("tls/cert.pem");
+        let (code, body) = curl(
+            &format!("https://127.0.0.1:{}/api/v1/enrollment-tokens", server.http),
+            &[
+                "--cacert",
+                own_ca.to_str().unwrap(),
+                "-H",
+                &format!("Authorization: Bearer {}", server.token()),
+                "-d",
+                r#"{"device_type":"android","uses":1}"#,
+            ],
+        );
+        assert_eq!(code, 0, "{body}");
+        field(&body, "token")
+    };
+
+    let (code, caps) = curl(&format!("{scep_url}?operation=GetCACaps"), &["--cacert", ca]);
+    assert_eq!(code, 0);
+    assert!(caps.contains("POSTPKIOperation") && caps.contains("AES"), "{caps}");
+    // GetCACert: the RA (RSA, signed by the device CA) and the CA, read by openssl.
+    let p7 = dir.path().join("ca-ra.p7");
+    let (code, _) = curl(&format!("{scep_url}?operation=GetCACert"), &["--cacert", ca, "-o", p7.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let o = run(Command::new("openssl").args(["pkcs7", "-inform", "DER", "-print_certs", "-in"]).arg(&p7));
+    assert!(o.status.success(), "{}", text(&o));
+    let printed = String::from_utf8_lossy(&o.stdout).into_owned();
+    let pems: Vec<String> = printed
+        .split("-----END CERTIFICATE-----")
+        .filter_map(|p| {
+            p.find("-----BEGIN CERTIFICATE-----").map(|i| format!("{}-----END CERTIFICATE-----\n", &p[i..]))
+        })
+        .collect();
+    assert_eq!(pems.len(), 2, "{printed}");
+    let (ra_pem, device_ca_pem) = (dir.path().join("ra.pem"), dir.path().join("device-ca.pem"));
+    let ra_index = pems.iter().position(|p| {
+        let f = dir.path().join("probe.pem");
+        std::fs::write(&f, p).unwrap();
+        text(&run(Command::new("openssl").args(["x509", "-noout", "-subject", "-in"]).arg(&f))).contains("SCEP RA")
+    });
+    let ra_index = ra_index.expect("an RA certificate");
+    std::fs::write(&ra_pem, &pems[ra_index]).unwrap();
+    std::fs::write(&device_ca_pem, &pems[1 - ra_index]).unwrap();
+    let o = run(Command::new("openssl").args(["verify", "-CAfile"]).arg(&device_ca_pem).arg(&ra_pem));
+    assert!(o.status.success(), "the RA is the device CA's: {}", text(&o));
+    let o = run(Command::new("openssl").args(["x509", "-noout", "-fingerprint", "-sha256", "-in"]).arg(&ra_pem));
+    let ra_fingerprint = text(&o).split('=').nth(1).unwrap().trim().replace(':', "").to_lowercase();
+
+    // scepclient: a new key, a CSR for CN=SCEP-0001 with the token as its challenge.
+    let enroll = |url: &str, cn: &str, challenge: &str, name: &str| {
+        let (key, cert) = (dir.path().join(format!("{name}.key")), dir.path().join(format!("{name}.pem")));
+        let o = run(Command::new("scepclient")
+            .args(["-server-url", url, "-cn", cn, "-challenge", challenge, "-ca-fingerprint", &ra_fingerprint])
+            .arg("-private-key")
+            .arg(&key)
+            .arg("-certificate")
+            .arg(&cert)
+            .current_dir(dir.path())
+            .env("SSL_CERT_FILE", ca));
+        (o.status.success(), text(&o), key, cert)
+    };
+    let token = token_of(&server);
+    let (ok, said, key, cert) = enroll(&scep_url, "SCEP-0001", &token, "first");
+    assert!(ok && said.contains("SUCCESS"), "{said}\n{}", server.log());
+    let o = run(Command::new("openssl").args(["x509", "-noout", "-subject", "-in"]).arg(&cert));
+    assert!(text(&o).replace(" = ", "=").contains("CN=SCEP-0001"), "{}", text(&o));
+    let o = run(Command::new("openssl")
+        .args(["verify", "-purpose", "sslclient", "-CAfile"])
+        .arg(&device_ca_pem)
+        .arg(&cert));
+    assert!(o.status.success(), "{}", text(&o));
+    // The certificate is the device's credential: it polls over mTLS with no token.
+    let (code, body) = curl(
+        &format!("{base}/agent/v1/android/devices/SCEP-0001/pending-operations"),
+        &[
+            "--cacert",
+            ca,
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "-X",
+            "PUT",
+            "-d",
+            "[]",
+            "-w",
+            "\n%{http_code}",
+        ],
+    );
+    assert!(code == 0 && body.ends_with("200"), "{body}");
+
+    // Refused with SCEP's failInfo, and nothing enrolled: the used-up token, a made-up one.
+    let (ok, said, ..) = enroll(&scep_url, "SCEP-0002", &token, "replayed");
+    assert!(!ok && said.contains("badRequest"), "{said}");
+    let (ok, said, ..) = enroll(&scep_url, "SCEP-0003", "drv_enroll_made_up", "made-up");
+    assert!(!ok && said.contains("badRequest"), "{said}");
+    for id in ["SCEP-0002", "SCEP-0003"] {
+        let (_, body) = curl(
+            &format!("{base}/api/v1/devices/android/{id}"),
+            &["--cacert", ca, "-H", &format!("Authorization: Bearer {}", server.token())],
+        );
+        assert!(body.contains("not_found"), "a refused SCEP request enrolled {id}: {body}");
+    }
+
+    // By default single DES is refused (badAlg), and the token is not spent on it.
+    let strict = served("strict", &[]);
+    let strict_ca = strict.data.join("tls/cert.pem");
+    let strict_url = format!("https://127.0.0.1:{}/agent/v1/android/scep", strict.http);
+    let (code, _) = curl(
+        &format!("{strict_url}?operation=GetCACert"),
+        &["--cacert", strict_ca.to_str().unwrap(), "-o", p7.to_str().unwrap()],
+    );
+    assert_eq!(code, 0);
+    let o = run(Command::new("openssl").args(["pkcs7", "-inform", "DER", "-print_certs", "-in"]).arg(&p7));
+    let strict_ra = String::from_utf8_lossy(&o.stdout).into_owned();
+    let strict_ra = strict_ra
+        .split("-----END CERTIFICATE-----")
+        .find(|p| p.contains("SCEP RA"))
+        .and_then(|p| p.find("-----BEGIN CERTIFICATE-----").map(|i| format!("{}-----END CERTIFICATE-----\n", &p[i..])))
+        .expect("the strict server's RA");
+    std::fs::write(&ra_pem, strict_ra).unwrap();
+    let o = run(Command::new("openssl").args(["x509", "-noout", "-fingerprint", "-sha256", "-in"]).arg(&ra_pem));
+    let strict_fingerprint = text(&o).split('=').nth(1).unwrap().trim().replace(':', "").to_lowercase();
+    let o = run(Command::new("scepclient")
+        .args(["-server-url", &strict_url, "-cn", "SCEP-0004", "-challenge", &token_of(&strict)])
+        .args(["-ca-fingerprint", &strict_fingerprint])
+        .arg("-private-key")
+        .arg(dir.path().join("strict.key"))
+        .arg("-certificate")
+        .arg(dir.path().join("strict.pem"))
+        .current_dir(dir.path())
+        .env("SSL_CERT_FILE", &strict_ca));
+    assert!(!o.status.success() && text(&o).contains("badAlg"), "{}", text(&o));
+}

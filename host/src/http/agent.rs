@@ -3,7 +3,7 @@
 //! The host does not know any device type's paths. It reserves these sub-paths: `enroll`
 //! (through the plugin's `enroll`), `enroll/…` for a type with an enrollment exchange
 //! (`device-type-enrolling`: its `enroll-step`, unauthenticated like `enroll`),
-//! `certificate` (POST a CSR) and `credential` (POST: refresh the caller's
+//! `certificate` (POST a CSR), `scep` (SCEP, RFC 8894: `scep.rs`) and `credential` (POST: refresh the caller's
 //! credential); everything else is authenticated by the device's credential and handed
 //! to the delivery engine (`delivery.rs`), which decodes it with the plugin, records what
 //! it carried and answers as the plugin's `reply` says. This file only carries HTTP.
@@ -93,6 +93,19 @@ async fn agent(
         let issued =
             crate::enrollment::enroll(&state, &plugin, &device_type, source, channel, &body, token.as_deref()).await?;
         return Ok((StatusCode::CREATED, Json(credential_body(&issued))).into_response());
+    }
+    if path == "scep" {
+        // SCEP (RFC 8894): unauthenticated like an enrollment; a PKIOperation's challenge
+        // is its enrollment token (`scep.rs`).
+        let query = axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(&uri)
+            .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?
+            .0;
+        let operation = query.get("operation").map(String::as_str).unwrap_or_default();
+        let body = if method == Method::POST { read_body(&state, body, MAX_ENROLL_BODY).await? } else { Bytes::new() };
+        let answer =
+            crate::scep::serve(&state, &device_type, operation, query.get("message").map(String::as_str), &body)
+                .await?;
+        return Ok(([(header::CONTENT_TYPE, answer.content_type)], answer.body).into_response());
     }
     if path == "certificate" {
         if method != Method::POST {

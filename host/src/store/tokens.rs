@@ -268,6 +268,7 @@ pub struct CertificateRow {
 
 /// Where the device CA's key is sealed (the sealing binds it to this name).
 const DEVICE_CA_PLACE: &str = "device-ca/key";
+const SCEP_RA_PLACE: &str = "scep-ra/key";
 
 impl Store {
     /// The device CA kept in the database: its certificate and its private key (PEM).
@@ -279,6 +280,34 @@ impl Store {
             None => Ok(None),
             Some((cert, key)) => Ok(Some((cert, self.sealer.open(DEVICE_CA_PLACE, &key)?))),
         }
+    }
+
+    /// The SCEP RA (`scep.rs`): its certificate (PEM) and its key (PKCS#8, hex), kept as
+    /// row 2 of the CA's table and sealed the same way.
+    pub async fn scep_ra(&self) -> Result<Option<(String, String)>, StoreError> {
+        let row: Option<(String, String)> = with_pool!(self, pool => sqlx::query_as(
+                "SELECT cert_pem, key_sealed FROM device_ca WHERE id = 2")
+            .fetch_optional(pool).await?);
+        match row {
+            None => Ok(None),
+            Some((cert, key)) => Ok(Some((cert, self.sealer.open(SCEP_RA_PLACE, &key)?))),
+        }
+    }
+
+    /// Keep a new SCEP RA: in place of `replacing` (the certificate kept before, when it
+    /// was stale), or as the first. Another replica's that won the race stays.
+    pub async fn put_scep_ra(&self, cert_pem: &str, key: &str, replacing: Option<&str>) -> Result<(), StoreError> {
+        let sealed = self.sealer.seal(SCEP_RA_PLACE, key);
+        with_write_pool!(self, pool => match replacing {
+            None => sqlx::query(
+                    "INSERT INTO device_ca (id, cert_pem, key_sealed, created_at) VALUES (2, $1, $2, $3)
+                     ON CONFLICT (id) DO NOTHING")
+                .bind(cert_pem).bind(sealed).bind(now_ms()).execute(pool).await.map(|_| ())?,
+            Some(old) => sqlx::query(
+                    "UPDATE device_ca SET cert_pem = $1, key_sealed = $2, created_at = $3 WHERE id = 2 AND cert_pem = $4")
+                .bind(cert_pem).bind(sealed).bind(now_ms()).bind(old).execute(pool).await.map(|_| ())?,
+        });
+        Ok(())
     }
 
     /// Keep a newly made device CA, unless another replica kept one first (then read
