@@ -552,7 +552,7 @@ pub async fn serve(
             };
             let ra = ra(core).await?;
             let req = read(ra, message, core.scep_allow_des)?;
-            let body = match pki_operation(core, device_type, ra, &req).await {
+            let body = match pki_operation(core, device_type, &req).await {
                 Ok(certificate) => granted(ra, &req, &certificate)?,
                 Err(fail) => refused(ra, &req, fail)?,
             };
@@ -568,7 +568,7 @@ pub async fn serve(
 /// A `PKCSReq`: the challenge is the enrollment token, the CSR's CN the device, by the
 /// rule of every CSR with an enrollment token. Refusals are logged with their reason and
 /// answered with a `failInfo` (SCEP has no words for them).
-async fn pki_operation(core: &Core, device_type: &str, _ra: &Ra, req: &Request) -> std::result::Result<Vec<u8>, Fail> {
+async fn pki_operation(core: &Core, device_type: &str, req: &Request) -> std::result::Result<Vec<u8>, Fail> {
     if req.message_type != PKCS_REQ {
         tracing::info!(message_type = %req.message_type, "SCEP message type not taken (PKCSReq only)");
         return Err(Fail::BadRequest);
