@@ -35,6 +35,17 @@ fn free_udp() -> String {
     format!("127.0.0.1:{}", std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
 }
 
+/// Whether `program` runs here (`arg` makes it print and exit). A test that needs it is
+/// skipped without it, except in CI, which installs it.
+fn present(program: &str, arg: &str) -> bool {
+    let here = Command::new(program).arg(arg).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    if !here {
+        assert!(std::env::var_os("CI").is_none(), "CI must install {program}");
+        eprintln!("skipped: {program} missing");
+    }
+    here
+}
+
 /// Whether the third-party tools these tests drive are here (CI installs them).
 fn tools() -> bool {
     let here = ["curl", "openssl", "mosquitto_sub", "mosquitto_pub"]
@@ -302,9 +313,7 @@ fn drover_speaks_tls_to_an_external_broker() {
     if !tools() {
         return;
     }
-    if Command::new("mosquitto").arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "the mosquitto broker is missing");
-        eprintln!("skipped: no mosquitto broker binary");
+    if !present("mosquitto", "-h") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -753,9 +762,7 @@ fn windows_enrolls_through_ms_mde2_and_is_managed_with_its_certificate() {
     if !tools() {
         return;
     }
-    if Command::new("xmllint").arg("--version").stderr(Stdio::null()).status().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "CI must install xmllint (libxml2-utils)");
-        eprintln!("skipped: xmllint missing");
+    if !present("xmllint", "--version") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -927,6 +934,38 @@ fn windows_enrolls_through_ms_mde2_and_is_managed_with_its_certificate() {
     assert_eq!(device["owner"], "nadia@example.com", "{device}");
 }
 
+/// `GetCACert` at `url`, read by openssl: the device CA (written to `dir`, its path
+/// returned) and the RA, checked to be the CA's, by its SHA-256 fingerprint (hex, as
+/// `scepclient -ca-fingerprint` takes it).
+fn scep_ra(dir: &Path, url: &str, ca: &str) -> (PathBuf, String) {
+    let p7 = dir.join("ca-ra.p7");
+    let (code, _) = curl(&format!("{url}?operation=GetCACert"), &["--cacert", ca, "-o", p7.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let o = run(Command::new("openssl").args(["pkcs7", "-inform", "DER", "-print_certs", "-in"]).arg(&p7));
+    assert!(o.status.success(), "{}", text(&o));
+    let printed = String::from_utf8_lossy(&o.stdout).into_owned();
+    let pems: Vec<String> = printed
+        .split("-----END CERTIFICATE-----")
+        .filter_map(|p| {
+            p.find("-----BEGIN CERTIFICATE-----").map(|i| format!("{}-----END CERTIFICATE-----\n", &p[i..]))
+        })
+        .collect();
+    assert_eq!(pems.len(), 2, "the RA and the CA: {printed}");
+    let (ra_pem, device_ca_pem) = (dir.join("ra.pem"), dir.join("device-ca.pem"));
+    let subject = |pem: &str| {
+        std::fs::write(dir.join("probe.pem"), pem).unwrap();
+        text(&run(Command::new("openssl").args(["x509", "-noout", "-subject", "-in"]).arg(dir.join("probe.pem"))))
+    };
+    let (ra, ca_cert): (Vec<&String>, Vec<&String>) = pems.iter().partition(|p| subject(p).contains("SCEP RA"));
+    assert_eq!((ra.len(), ca_cert.len()), (1, 1), "{printed}");
+    std::fs::write(&ra_pem, ra[0]).unwrap();
+    std::fs::write(&device_ca_pem, ca_cert[0]).unwrap();
+    let o = run(Command::new("openssl").args(["verify", "-CAfile"]).arg(&device_ca_pem).arg(&ra_pem));
+    assert!(o.status.success(), "the RA is the device CA's: {}", text(&o));
+    let o = run(Command::new("openssl").args(["x509", "-noout", "-fingerprint", "-sha256", "-in"]).arg(&ra_pem));
+    (device_ca_pem, text(&o).split('=').nth(1).unwrap().trim().replace(':', "").to_lowercase())
+}
+
 /// SCEP (RFC 8894) with micromdm's `scepclient` (Debian's `scep` package), a client that
 /// is not Drover's: the RA and CA from `GetCACert` read by openssl, a certificate issued for
 /// an enrollment token as the challenge and the CSR's CN as the identity, then used for
@@ -937,9 +976,7 @@ fn scep_issues_a_certificate_to_micromdms_client() {
     if !tools() {
         return;
     }
-    if Command::new("scepclient").arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "CI must install scepclient (Debian's scep package)");
-        eprintln!("skipped: scepclient missing");
+    if !present("scepclient", "-version") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -974,33 +1011,7 @@ fn scep_issues_a_certificate_to_micromdms_client() {
     let (code, caps) = curl(&format!("{scep_url}?operation=GetCACaps"), &["--cacert", ca]);
     assert_eq!(code, 0);
     assert!(caps.contains("POSTPKIOperation") && caps.contains("AES"), "{caps}");
-    // GetCACert: the RA (RSA, signed by the device CA) and the CA, read by openssl.
-    let p7 = dir.path().join("ca-ra.p7");
-    let (code, _) = curl(&format!("{scep_url}?operation=GetCACert"), &["--cacert", ca, "-o", p7.to_str().unwrap()]);
-    assert_eq!(code, 0);
-    let o = run(Command::new("openssl").args(["pkcs7", "-inform", "DER", "-print_certs", "-in"]).arg(&p7));
-    assert!(o.status.success(), "{}", text(&o));
-    let printed = String::from_utf8_lossy(&o.stdout).into_owned();
-    let pems: Vec<String> = printed
-        .split("-----END CERTIFICATE-----")
-        .filter_map(|p| {
-            p.find("-----BEGIN CERTIFICATE-----").map(|i| format!("{}-----END CERTIFICATE-----\n", &p[i..]))
-        })
-        .collect();
-    assert_eq!(pems.len(), 2, "{printed}");
-    let (ra_pem, device_ca_pem) = (dir.path().join("ra.pem"), dir.path().join("device-ca.pem"));
-    let ra_index = pems.iter().position(|p| {
-        let f = dir.path().join("probe.pem");
-        std::fs::write(&f, p).unwrap();
-        text(&run(Command::new("openssl").args(["x509", "-noout", "-subject", "-in"]).arg(&f))).contains("SCEP RA")
-    });
-    let ra_index = ra_index.expect("an RA certificate");
-    std::fs::write(&ra_pem, &pems[ra_index]).unwrap();
-    std::fs::write(&device_ca_pem, &pems[1 - ra_index]).unwrap();
-    let o = run(Command::new("openssl").args(["verify", "-CAfile"]).arg(&device_ca_pem).arg(&ra_pem));
-    assert!(o.status.success(), "the RA is the device CA's: {}", text(&o));
-    let o = run(Command::new("openssl").args(["x509", "-noout", "-fingerprint", "-sha256", "-in"]).arg(&ra_pem));
-    let ra_fingerprint = text(&o).split('=').nth(1).unwrap().trim().replace(':', "").to_lowercase();
+    let (device_ca_pem, ra_fingerprint) = scep_ra(dir.path(), &scep_url, ca);
 
     // scepclient: a new key, a CSR for CN=SCEP-0001 with the token as its challenge.
     let enroll = |url: &str, cn: &str, challenge: &str, name: &str| {
@@ -1062,21 +1073,9 @@ fn scep_issues_a_certificate_to_micromdms_client() {
     let strict = served("strict", &[]);
     let strict_ca = strict.data.join("tls/cert.pem");
     let strict_url = format!("https://127.0.0.1:{}/agent/v1/android/scep", strict.http);
-    let (code, _) = curl(
-        &format!("{strict_url}?operation=GetCACert"),
-        &["--cacert", strict_ca.to_str().unwrap(), "-o", p7.to_str().unwrap()],
-    );
-    assert_eq!(code, 0);
-    let o = run(Command::new("openssl").args(["pkcs7", "-inform", "DER", "-print_certs", "-in"]).arg(&p7));
-    let strict_ra = String::from_utf8_lossy(&o.stdout).into_owned();
-    let strict_ra = strict_ra
-        .split("-----END CERTIFICATE-----")
-        .find(|p| p.contains("SCEP RA"))
-        .and_then(|p| p.find("-----BEGIN CERTIFICATE-----").map(|i| format!("{}-----END CERTIFICATE-----\n", &p[i..])))
-        .expect("the strict server's RA");
-    std::fs::write(&ra_pem, strict_ra).unwrap();
-    let o = run(Command::new("openssl").args(["x509", "-noout", "-fingerprint", "-sha256", "-in"]).arg(&ra_pem));
-    let strict_fingerprint = text(&o).split('=').nth(1).unwrap().trim().replace(':', "").to_lowercase();
+    let strict_dir = dir.path().join("strict-ra");
+    std::fs::create_dir(&strict_dir).unwrap();
+    let (_, strict_fingerprint) = scep_ra(&strict_dir, &strict_url, strict_ca.to_str().unwrap());
     let o = run(Command::new("scepclient")
         .args(["-server-url", &strict_url, "-cn", "SCEP-0004", "-challenge", &token_of(&strict)])
         .args(["-ca-fingerprint", &strict_fingerprint])
