@@ -80,6 +80,18 @@ impl Served {
     fn token(&self) -> String {
         std::fs::read_to_string(self.data.join("admin-token")).unwrap().trim().to_string()
     }
+
+    /// An admin-API call with the bootstrap token, over the server's own TLS (its
+    /// development certificate trusted): curl's exit code and the body.
+    fn api(&self, method: &str, path: &str, body: Option<&str>) -> (i32, String) {
+        let ca = self.data.join("tls/cert.pem");
+        let admin = format!("Authorization: Bearer {}", self.token());
+        let mut args = vec!["--cacert", ca.to_str().unwrap(), "-X", method, "-H", &admin];
+        if let Some(b) = body {
+            args.extend(["-d", b]);
+        }
+        curl(&format!("https://127.0.0.1:{}{path}", self.http), &args)
+    }
 }
 
 /// `drover serve` with `args`, its log in `data/log`, once its HTTP port takes connections.
@@ -496,14 +508,7 @@ fn device_certificates_from_openssl_csrs_serve_mtls_on_http_and_mqtt_until_revok
     let ca = data.join("tls/cert.pem");
     let ca = ca.to_str().unwrap();
     let base = format!("https://127.0.0.1:{}", server.http);
-    let admin = format!("Authorization: Bearer {}", server.token());
-    let api = |method: &str, path: &str, body: Option<&str>| {
-        let mut args = vec!["--cacert", ca, "-X", method, "-H", &admin];
-        if let Some(b) = body {
-            args.extend(["-d", b]);
-        }
-        curl(&format!("{base}{path}"), &args)
-    };
+    let api = |method: &str, path: &str, body: Option<&str>| server.api(method, path, body);
 
     // A one-use enrollment token is the challenge of a first certificate for CN CERT-0001.
     let (code, body) = api("POST", "/api/v1/enrollment-tokens", Some(r#"{"device_type":"android","uses":1}"#));
@@ -772,14 +777,7 @@ fn windows_enrolls_through_ms_mde2_and_is_managed_with_its_certificate() {
     let ca = data.join("tls/cert.pem");
     let ca = ca.to_str().unwrap();
     let base = format!("https://127.0.0.1:{}", server.http);
-    let admin = format!("Authorization: Bearer {}", server.token());
-    let api = |method: &str, path: &str, body: Option<&str>| {
-        let mut args = vec!["--cacert", ca, "-X", method, "-H", &admin];
-        if let Some(b) = body {
-            args.extend(["-d", b]);
-        }
-        curl(&format!("{base}{path}"), &args)
-    };
+    let api = |method: &str, path: &str, body: Option<&str>| server.api(method, path, body);
     // SOAP to `url`: the answer's body and HTTP status.
     let soap = |url: &str, body: &str| {
         let (code, out) = curl(
@@ -992,18 +990,8 @@ fn scep_issues_a_certificate_to_micromdms_client() {
     let base = format!("https://127.0.0.1:{}", server.http);
     let scep_url = format!("{base}/agent/v1/android/scep");
     let token_of = |server: &Served| {
-        let own_ca = server.data.join("tls/cert.pem");
-        let (code, body) = curl(
-            &format!("https://127.0.0.1:{}/api/v1/enrollment-tokens", server.http),
-            &[
-                "--cacert",
-                own_ca.to_str().unwrap(),
-                "-H",
-                &format!("Authorization: Bearer {}", server.token()),
-                "-d",
-                r#"{"device_type":"android","uses":1}"#,
-            ],
-        );
+        let (code, body) =
+            server.api("POST", "/api/v1/enrollment-tokens", Some(r#"{"device_type":"android","uses":1}"#));
         assert_eq!(code, 0, "{body}");
         field(&body, "token")
     };
@@ -1062,10 +1050,7 @@ fn scep_issues_a_certificate_to_micromdms_client() {
     let (ok, said, ..) = enroll(&scep_url, "SCEP-0003", "drv_enroll_made_up", "made-up");
     assert!(!ok && said.contains("badRequest"), "{said}");
     for id in ["SCEP-0002", "SCEP-0003"] {
-        let (_, body) = curl(
-            &format!("{base}/api/v1/devices/android/{id}"),
-            &["--cacert", ca, "-H", &format!("Authorization: Bearer {}", server.token())],
-        );
+        let (_, body) = server.api("GET", &format!("/api/v1/devices/android/{id}"), None);
         assert!(body.contains("not_found"), "a refused SCEP request enrolled {id}: {body}");
     }
 
