@@ -201,10 +201,17 @@ pub async fn enroll(
     crate::delivery::bounded(body)?;
     let e = plugin.enroll(source, channel, body.to_vec()).await?;
     let device = admit(core, device_type, &e, token, "http").await?;
+    let token = issue_token(core, &device).await?;
+    Ok(Issued { device, token, expires_in_secs: CREDENTIAL_DAYS * DAY_SECS })
+}
+
+/// A new bearer credential for `device`, valid `CREDENTIAL_DAYS`: shown once, stored as a
+/// hash.
+async fn issue_token(core: &Core, device: &DeviceRow) -> Result<String> {
     let (token, hash) = crate::auth::new_token("dev");
     let expires_at = crate::store::now_ms() + CREDENTIAL_DAYS * DAY_MS;
     core.store.insert_device_credential(device.id, &hash, expires_at).await?;
-    Ok(Issued { device, token, expires_in_secs: CREDENTIAL_DAYS * DAY_SECS })
+    Ok(token)
 }
 
 /// One request of a device type's enrollment exchange (`device-type-enrolling`, e.g.
@@ -259,9 +266,7 @@ pub async fn exchange(
                 }
             }
             None => {
-                let (token, hash) = crate::auth::new_token("dev");
-                let expires_at = crate::store::now_ms() + CREDENTIAL_DAYS * DAY_MS;
-                core.store.insert_device_credential(device.id, &hash, expires_at).await?;
+                let token = issue_token(core, &device).await?;
                 ExchangeIssued {
                     device_id: device.device_id,
                     certificate: None,

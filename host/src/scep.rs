@@ -312,8 +312,10 @@ struct Lax {
     encrypted: Vec<u8>,
 }
 
-/// EnvelopedData with the encrypted content as OCTET STRING chunks.
+/// EnvelopedData with the encrypted content as OCTET STRING chunks. (`version` and
+/// `content_type` are read for the structure only.)
 #[derive(der::Sequence)]
+#[allow(dead_code)]
 struct ChunkedEnvelopedData {
     version: CmsVersion,
     recip_infos: RecipientInfos,
@@ -321,6 +323,7 @@ struct ChunkedEnvelopedData {
 }
 
 #[derive(der::Sequence)]
+#[allow(dead_code)]
 struct ChunkedContentInfo {
     content_type: Oid,
     content_enc_alg: AlgorithmIdentifierOwned,
@@ -338,8 +341,6 @@ impl Lax {
             });
         }
         let chunked: ChunkedEnvelopedData = content.decode_as().ok()?;
-        let _ = chunked.version;
-        let _ = chunked.encrypted_content.content_type;
         Some(Lax {
             recip_infos: chunked.recip_infos,
             content_enc_alg: chunked.encrypted_content.content_enc_alg,

@@ -34,24 +34,35 @@ pub(super) fn flatten<T>(r: Result<Result<T, PluginError>, PluginFault>) -> Resu
     }
 }
 
-macro_rules! device_call {
-    ($self:ident, $name:literal, $source:expr, |$b:ident, $store:ident| $call:expr) => {{
-        let Exports::DeviceType(pre, _) = &$self.exports else {
+/// Call one export of a device type: `$pattern` picks the pre-instantiation `$pre` out of
+/// the plugin's exports (`WrongKind` when it does not match), `$instantiate` makes the
+/// instance `$b` in the call's fresh store.
+macro_rules! exports_call {
+    ($self:ident, $pattern:pat => $pre:ident, $instantiate:ident, $name:literal, $source:expr,
+     |$b:ident, $store:ident| $call:expr) => {{
+        let $pattern = &$self.exports else {
             return Err(CallError::WrongKind($self.label()));
         };
-        let pre = pre.clone();
+        let pre = $pre.clone();
         flatten(
             $self
                 .caller
                 .call($name, $source, move |$store| {
                     Box::pin(async move {
-                        let $b = pre.instantiate_checked_at_load(&mut *$store).await?;
+                        let $b = pre.$instantiate(&mut *$store).await?;
                         $call.await
                     })
                 })
                 .await,
         )
     }};
+}
+
+macro_rules! device_call {
+    ($self:ident, $name:literal, $source:expr, |$b:ident, $store:ident| $call:expr) => {
+        exports_call!($self, Exports::DeviceType(pre, _) => pre, instantiate_checked_at_load, $name, $source,
+            |$b, $store| $call)
+    };
 }
 
 impl LoadedPlugin {
@@ -113,27 +124,13 @@ pub use super::bindings::device_type_enrolling::exports::drover::plugin::enrollm
 };
 
 /// Call one export of a device type's enrollment exchange; `WrongKind` when the plugin has
-/// none (`enroll/…` is then not one of its paths).
+/// none (`enroll/…` is then not one of its paths). Enrollments are rare: the generated
+/// instantiation (which checks the exports' types again) costs nothing that matters here.
 macro_rules! exchange_call {
-    ($self:ident, $name:literal, $source:expr, |$b:ident, $store:ident| $call:expr) => {{
-        let Exports::DeviceType(_, Some(pre)) = &$self.exports else {
-            return Err(CallError::WrongKind($self.label()));
-        };
-        let pre = pre.clone();
-        flatten(
-            $self
-                .caller
-                .call($name, $source, move |$store| {
-                    Box::pin(async move {
-                        // Enrollments are rare: the generated instantiation (which checks
-                        // the exports' types again) costs nothing that matters here.
-                        let $b = pre.instantiate_async(&mut *$store).await?;
-                        $call.await
-                    })
-                })
-                .await,
-        )
-    }};
+    ($self:ident, $name:literal, $source:expr, |$b:ident, $store:ident| $call:expr) => {
+        exports_call!($self, Exports::DeviceType(_, Some(pre)) => pre, instantiate_async, $name, $source,
+            |$b, $store| $call)
+    };
 }
 
 impl LoadedPlugin {
