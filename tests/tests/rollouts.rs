@@ -754,8 +754,13 @@ e2e!(lwm2m_three_phase_rollout, super::lwm2m_phases);
 
 /// Two replicas on one database both run the driver; one holds the rollout's lease at a
 /// time, and every board gets its update exactly once.
+///
+/// The boards are on `server`'s embedded broker, which only `server` pushes to (one replica
+/// per embedded broker, docs/deploy.md), so `server` must be the one driving: the replica
+/// starts once `server` holds the lease, and tries to take it every tick from then on.
+/// (Started first, the replica took the lease about as often as not, and its updates,
+/// pushed to its own broker, reached no board.)
 async fn two_replicas(server: &TestServer) {
-    let replica = server.replica().await;
     uploaded(server, "2.0.0").await;
     let mut boards = Vec::new();
     for _ in 0..8 {
@@ -763,11 +768,13 @@ async fn two_replicas(server: &TestServer) {
     }
     let devices: Vec<Value> = boards.iter().map(|b| json!({"type": "esp8266", "id": b.id})).collect();
     create(
-        &replica,
+        server,
         json!({"name": "shared", "artifact": {"name": "esp-fw", "version": "2.0.0"}, "targets": {"devices": devices},
                "phases": [{"count": 2}, {"percent": 50}, {"percent": 100}]}),
     )
     .await;
+    until(server, "shared", "started by server", |r| count(r, "waiting") < 8).await;
+    let replica = server.replica().await;
     let r = until(server, "shared", "finished", |r| r["state"] == "finished").await;
     assert_eq!(count(&r, "succeeded"), 8, "{r:#}");
     for b in &boards {
