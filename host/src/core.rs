@@ -104,6 +104,7 @@ impl Core {
             registry.runtime().set_hosts(&row.plugin, s.granted_hosts.clone());
             settings.set(&row.plugin, s);
         }
+        settings.load_tenants(&store.tenant_plugin_settings().await?);
         Ok(Core {
             store,
             registry,

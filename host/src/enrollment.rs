@@ -113,7 +113,8 @@ pub async fn admit(
     channel: &'static str,
 ) -> Result<DeviceRow> {
     let credential = if token.is_some() { Credential::Token } else { Credential::None };
-    admit_with(core, device_type, e, credential, token, channel).await
+    let hash = token.map(crate::auth::hash_token);
+    admit_with(core, device_type, e, credential, hash.as_deref(), channel).await
 }
 
 /// [`admit`] a device whose identity a credential the admin provisioned for it proved
@@ -132,7 +133,7 @@ async fn admit_with(
     device_type: &str,
     e: &Enrollment,
     credential: Credential,
-    token: Option<&str>,
+    token_hash: Option<&str>,
     channel: &'static str,
 ) -> Result<DeviceRow> {
     let claim = core.store.claim_of(device_type, &e.device_id).await?;
@@ -142,18 +143,21 @@ async fn admit_with(
         Decision::AlreadyEnrolled => return Err(already_enrolled(device_type, &e.device_id)),
         Decision::Refused(why) => return Err(Error::forbidden(why)),
         Decision::Open => crate::tenants::DEFAULT.to_string(),
-        Decision::Token { import_batch, tenant } => {
-            let hash = crate::auth::hash_token(token.unwrap_or_default());
-            core.store
-                .consume_enrollment_token(&hash, device_type, import_batch.as_deref(), tenant.as_deref())
-                .await?
-                .ok_or_else(|| {
+        Decision::Token { import_batch, tenant } => core
+            .store
+            .consume_enrollment_token(
+                token_hash.unwrap_or_default(),
+                device_type,
+                import_batch.as_deref(),
+                tenant.as_deref(),
+            )
+            .await?
+            .ok_or_else(|| {
                 Error::unauthenticated(format!(
                     "the enrollment token is unknown, expired, used up, not for {device_type} devices, or made \
                          for an import or a tenant this device is not in"
                 ))
-            })?
-        }
+            })?,
     };
     let device = core
         .store
@@ -233,9 +237,23 @@ pub async fn exchange(
 ) -> Result<crate::plugins::types::HttpResponse> {
     use crate::plugins::{EnrollContext, EnrollStep, ExchangeIssued, Refusal};
     crate::delivery::bounded(body)?;
+    // A token the request carries (`?token=`: a profile link) is refused here, dead, rather
+    // than built into what the device installs and refused later where it can say less;
+    // a live one says whose settings the plugin reads (its tenant's, over the server's).
+    let config = match token {
+        None => None,
+        Some(t) => {
+            let Some(tenant) = core.store.live_enrollment_token(&crate::auth::hash_token(t), device_type).await? else {
+                return Err(Error::unauthenticated(format!(
+                    "the enrollment token is unknown, expired, used up or not for {device_type} devices"
+                )));
+            };
+            core.settings.tenant_config(&plugin.manifest.name, &tenant)
+        }
+    };
     let context =
         || EnrollContext { agent_url: format!("{}/agent/v1/{device_type}", core.public_url.trim_end_matches('/')) };
-    let admission = match plugin.enroll_step(source, context(), channel.clone(), body.to_vec()).await? {
+    let admission = match plugin.enroll_step(source, context(), channel.clone(), body.to_vec(), config).await? {
         EnrollStep::Reply(answer) => return Ok(answer),
         EnrollStep::Admit(admission) => admission,
     };
@@ -607,25 +625,7 @@ async fn sign(
         .device_ca
         .issue(csr, &device.device_type, &device.device_id)
         .map_err(|e| Error::internal(format!("{e:#}")))?;
-    // In the log (webhooks, the stream), not on the in-process bus: no front acts on it.
-    let event = crate::store::NewEvent {
-        event_type: "device.certificate_issued".into(),
-        actor: None,
-        role: None,
-        action: None,
-        target: Some(format!("device/{}/{}", device.device_type, device.device_id)),
-        outcome: None,
-        status: None,
-        data: Some(
-            serde_json::json!({
-                "device": device.id, "type": device.device_type, "id": device.device_id,
-                "serial": issued.serial, "not_after": issued.not_after, "by": by,
-            })
-            .to_string(),
-        ),
-        device: Some(device.id),
-        tenant: None,
-    };
+    let event = certificate_issued(device, &issued.serial, issued.not_after, by);
     core.store
         .insert_device_certificate(
             device.id,
@@ -637,6 +637,92 @@ async fn sign(
         .await?;
     tracing::info!(device_type = %device.device_type, device_id = %device.device_id, serial = %issued.serial, "device certificate issued");
     Ok(issued)
+}
+
+/// `device.certificate_issued`: in the log (webhooks, the stream), not on the in-process
+/// bus (no front acts on it).
+fn certificate_issued(device: &DeviceRow, serial: &str, not_after: i64, by: &str) -> crate::store::NewEvent {
+    crate::store::NewEvent {
+        event_type: "device.certificate_issued".into(),
+        target: Some(format!("device/{}/{}", device.device_type, device.device_id)),
+        data: Some(
+            serde_json::json!({
+                "device": device.id, "type": device.device_type, "id": device.device_id,
+                "serial": serial, "not_after": not_after, "by": by,
+            })
+            .to_string(),
+        ),
+        device: Some(device.id),
+        ..Default::default()
+    }
+}
+
+/// How long a pending certificate may claim its device: an enrollment profile's SCEP
+/// request and its first check-in are seconds apart; a certificate whose check-in never
+/// came is swept after this.
+pub const PENDING_CLAIM_SECS: i64 = 3600;
+
+/// Sign a certificate for an enrollment whose device is not known yet (an Apple
+/// enrollment profile's SCEP payload; docs/security.md, "Certificates before
+/// identities"). The challenge `token` must be a live enrollment token for `device_type`,
+/// but is not used up: the claim uses it, by the rule for the identity the first check-in
+/// names ([`claim_pending`]). The CSR's subject is not read.
+pub async fn certify_pending(
+    core: &Core,
+    device_type: &str,
+    csr_body: &[u8],
+    token: &str,
+) -> Result<crate::identity::Issued> {
+    use crate::identity::{Csr, MAX_CSR};
+    if csr_body.len() > MAX_CSR {
+        return Err(Error::invalid("too_large", format!("a CSR is at most {MAX_CSR} bytes")));
+    }
+    let csr = Csr::parse(csr_body).map_err(|e| Error::invalid("invalid_csr", e.to_string()))?;
+    let token_hash = crate::auth::hash_token(token);
+    if core.store.live_enrollment_token(&token_hash, device_type).await?.is_none() {
+        return Err(Error::unauthenticated(format!(
+            "the enrollment token is unknown, expired, used up or not for {device_type} devices"
+        )));
+    }
+    let enrollment = &crate::auth::new_token("enr").1[..16];
+    let issued =
+        core.device_ca.issue_pending(&csr, device_type, enrollment).map_err(|e| Error::internal(format!("{e:#}")))?;
+    core.store
+        .insert_pending_certificate(&crate::store::PendingCertificate {
+            credential: issued.credential.clone(),
+            serial: issued.serial.clone(),
+            device_type: device_type.to_string(),
+            token_hash,
+            not_before: issued.not_before,
+            not_after: issued.not_after,
+            claim_by: crate::store::now_ms() + PENDING_CLAIM_SECS * 1000,
+        })
+        .await?;
+    Ok(issued)
+}
+
+/// A request made with a pending certificate (`pending`): the plugin reads it as an
+/// enrollment request (an Apple `Authenticate`), the identity it names is claimed by the
+/// rule with the certificate's enrollment token, and the certificate becomes that
+/// device's credential. The caller then handles the request as the device's.
+pub async fn claim_pending(
+    core: &Core,
+    plugin: &LoadedPlugin,
+    pending: &crate::store::PendingCertificate,
+    source: Source,
+    channel: Channel,
+    body: &[u8],
+) -> Result<DeviceRow> {
+    crate::delivery::bounded(body)?;
+    let device_type = &pending.device_type;
+    let e = plugin.enroll(source, channel, body.to_vec()).await?;
+    let device = admit_with(core, device_type, &e, Credential::Token, Some(&pending.token_hash), "certificate").await?;
+    let event = certificate_issued(&device, &pending.serial, pending.not_after, "pending_claim");
+    if !core.store.claim_pending_certificate(&pending.credential, device.id, &event).await? {
+        return Err(Error::unauthenticated("this certificate's enrollment was claimed already"));
+    }
+    tracing::info!(device_type, device_id = %device.device_id, serial = %pending.serial, "pending certificate claimed");
+    Ok(device)
 }
 
 /// Who asks [`certify`] for a certificate.

@@ -145,17 +145,32 @@ impl DeviceCa {
 
     /// Sign `csr`'s key for device `{device_type}/{device_id}`.
     pub fn issue(&self, csr: &Csr, device_type: &str, device_id: &str) -> anyhow::Result<Issued> {
+        self.sign(csr, device_type, device_id, format!("urn:drover:device:{device_type}:{device_id}"))
+    }
+
+    /// Sign `csr`'s key for an enrollment of `device_type` whose device is not known yet
+    /// (`enrollment`: a random id of the pending certificate): `CN=enrollment {id}` and the
+    /// SAN `urn:drover:enrollment:{type}:{id}`. Which device it is, the first check-in made
+    /// with it says (`enrollment::claim_pending`); the certificate is not reissued then.
+    pub fn issue_pending(&self, csr: &Csr, device_type: &str, enrollment: &str) -> anyhow::Result<Issued> {
+        self.sign(
+            csr,
+            device_type,
+            &format!("enrollment {enrollment}"),
+            format!("urn:drover:enrollment:{device_type}:{enrollment}"),
+        )
+    }
+
+    fn sign(&self, csr: &Csr, device_type: &str, common_name: &str, uri: String) -> anyhow::Result<Issued> {
         let mut request = rcgen::CertificateSigningRequestParams {
             params: rcgen::CertificateParams::default(),
             public_key: csr.params.public_key.clone(),
         };
         let p = &mut request.params;
         p.distinguished_name = rcgen::DistinguishedName::new();
-        p.distinguished_name.push(rcgen::DnType::CommonName, device_id);
+        p.distinguished_name.push(rcgen::DnType::CommonName, common_name);
         p.distinguished_name.push(rcgen::DnType::OrganizationalUnitName, device_type);
-        p.subject_alt_names = vec![rcgen::SanType::URI(
-            format!("urn:drover:device:{device_type}:{device_id}").try_into().context("device URI")?,
-        )];
+        p.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().context("device URI")?)];
         p.is_ca = rcgen::IsCa::ExplicitNoCa;
         p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];

@@ -777,6 +777,13 @@ enum PluginCommand {
         /// A config value the plugin reads, KEY=VALUE (repeat for more); KEY= removes it.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// What this tenant sets for its devices, over the server's settings (its own
+        /// values; `--clear` forgets them all).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// With --tenant: forget what the tenant set; its devices get the server's settings.
+        #[arg(long, requires = "tenant", conflicts_with = "set")]
+        clear: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -946,7 +953,9 @@ fn main() -> ExitCode {
                     lifecycle::act(name, "suspend", reason, server).await
                 }
                 PluginCommand::Enable { name, server } => lifecycle::act(name, "enable", None, server).await,
-                PluginCommand::Settings { name, set, server } => lifecycle::settings(name, set, server).await,
+                PluginCommand::Settings { name, set, tenant, clear, server } => {
+                    lifecycle::settings(name, set, tenant, clear, server).await
+                }
             },
             Command::Fleet { server } => fleet_commands::fleet(server).await,
             Command::Devices { command } => match command {
@@ -1787,9 +1796,29 @@ mod lifecycle {
         Ok(())
     }
 
-    pub async fn settings(name: String, set: Vec<String>, server: ServerArgs) -> anyhow::Result<()> {
-        let path = format!("plugins/{name}/settings");
-        let mut current = call(&server, reqwest::Method::GET, &path, None).await?;
+    pub async fn settings(
+        name: String,
+        set: Vec<String>,
+        tenant: Option<String>,
+        clear: bool,
+        server: ServerArgs,
+    ) -> anyhow::Result<()> {
+        let path = match &tenant {
+            Some(t) => format!("tenants/{}/plugins/{}/settings", segment(t), segment(&name)),
+            None => format!("plugins/{}/settings", segment(&name)),
+        };
+        if clear {
+            call(&server, reqwest::Method::DELETE, &path, None).await?;
+            println!("tenant {} set nothing for plugin {name} now", tenant.unwrap_or_default());
+            return Ok(());
+        }
+        let mut current = match call(&server, reqwest::Method::GET, &path, None).await {
+            // A tenant that set nothing yet starts from nothing.
+            Err(e) if tenant.is_some() && !set.is_empty() && e.to_string().contains("set nothing") => {
+                json!({ "config": {} })
+            }
+            other => other?,
+        };
         if !set.is_empty() {
             // Read, change, write back: what GET masks (`***`) keeps the stored secret.
             let config =

@@ -3,8 +3,9 @@
 //! FCM's HTTP v1 API takes an OAuth 2.0 access token that lives one hour; WNS takes one
 //! that lives a day. A token pasted into a plugin's config stops working when it expires,
 //! so an admin can instead give the host what mints them (`oauth` in the plugin's
-//! settings), and the host puts a fresh token into the plugin's config as `access_token`
-//! before each provider request:
+//! settings, the server's or a tenant's), and the host hands a fresh token to the plugin's
+//! `build-request` call as config value `access_token` (that call's config only: a
+//! tenant's token never reaches a call for another tenant's device):
 //!
 //! * a Google service account key (the JSON file): the host signs an RS256 JWT assertion
 //!   with its private key and exchanges it at the key's `token_uri` (RFC 7523, Google's

@@ -64,6 +64,49 @@ impl PluginSettings {
     }
 }
 
+/// What a tenant's admin sets for a plugin, for the tenant's devices: config values over
+/// the server's (key by key), and its own TLS client identity and OAuth settings in place
+/// of the server's (an MSP customer's MDM push certificate, its Firebase project). Where a
+/// plugin may send (granted hosts, redirects, CAs) is the server's alone: a tenant cannot
+/// point a provider at an address of its choosing.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantPluginSettings {
+    /// Config values the plugin reads (`config.get`) for this tenant's devices, over the
+    /// server's.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// The TLS client identity of this tenant's provider requests (PEM chain and key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_identity: Option<String>,
+    /// How the host obtains access tokens for this tenant's provider requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<OAuth>,
+}
+
+impl TenantPluginSettings {
+    fn from_row(row: &crate::store::TenantSettingsRow) -> TenantPluginSettings {
+        TenantPluginSettings {
+            config: serde_json::from_str(&row.config).unwrap_or_default(),
+            client_identity: row.client_identity.clone(),
+            oauth: row.oauth.as_deref().and_then(|o| serde_json::from_str(o).ok()),
+        }
+    }
+
+    /// `server`'s settings as a call for this tenant uses them.
+    pub fn over(&self, server: PluginSettings) -> PluginSettings {
+        let mut s = server;
+        s.config.extend(self.config.clone());
+        if self.client_identity.is_some() {
+            s.client_identity.clone_from(&self.client_identity);
+        }
+        if self.oauth.is_some() {
+            s.oauth.clone_from(&self.oauth);
+        }
+        s
+    }
+}
+
 /// Follow what admins set on any replica: settings are written to the database by the
 /// replica that took the PUT and read back here by every replica, every `every`. A plugin
 /// whose stored settings differ from what this replica holds gets them, config included
@@ -85,6 +128,16 @@ pub async fn follow(state: Core, every: Duration) {
                 continue;
             }
         };
+        match state.store.tenant_plugin_settings().await {
+            Ok(rows) => {
+                let stored: BTreeMap<(String, String), TenantPluginSettings> = rows
+                    .iter()
+                    .map(|r| ((r.plugin.clone(), r.tenant.clone()), TenantPluginSettings::from_row(r)))
+                    .collect();
+                state.settings.set_tenants(stored);
+            }
+            Err(e) => tracing::warn!("reading tenants' plugin settings failed (retried): {e}"),
+        }
         for row in rows {
             let stored = PluginSettings::from_row(&row);
             if state.settings.get(&row.plugin) != stored {
@@ -99,17 +152,65 @@ pub async fn follow(state: Core, every: Duration) {
     }
 }
 
-/// Settings of every plugin, by name; read on every wake-up, written by the API.
+/// Settings of every plugin, by name, and what tenants set over them, by plugin and
+/// tenant; read on every wake-up, written by the API.
 #[derive(Default)]
-pub struct Settings(RwLock<BTreeMap<String, PluginSettings>>);
+pub struct Settings {
+    server: RwLock<BTreeMap<String, PluginSettings>>,
+    tenants: RwLock<BTreeMap<(String, String), TenantPluginSettings>>,
+}
 
 impl Settings {
+    /// The server's settings of `plugin`.
     pub fn get(&self, plugin: &str) -> PluginSettings {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).get(plugin).cloned().unwrap_or_default()
+        self.server.read().unwrap_or_else(|p| p.into_inner()).get(plugin).cloned().unwrap_or_default()
     }
 
     pub fn set(&self, plugin: &str, settings: PluginSettings) {
-        self.0.write().unwrap_or_else(|p| p.into_inner()).insert(plugin.to_string(), settings);
+        self.server.write().unwrap_or_else(|p| p.into_inner()).insert(plugin.to_string(), settings);
+    }
+
+    /// What `tenant` set for `plugin`, if anything.
+    pub fn tenant(&self, plugin: &str, tenant: &str) -> Option<TenantPluginSettings> {
+        self.tenants.read().unwrap_or_else(|p| p.into_inner()).get(&(plugin.to_string(), tenant.to_string())).cloned()
+    }
+
+    /// The settings a call for a device of `tenant` uses, and whether the tenant set any
+    /// (then its clients and tokens are kept apart from the server's).
+    pub fn for_tenant(&self, plugin: &str, tenant: &str) -> (PluginSettings, bool) {
+        match self.tenant(plugin, tenant) {
+            Some(t) => (t.over(self.get(plugin)), true),
+            None => (self.get(plugin), false),
+        }
+    }
+
+    /// Config values a call for `tenant` reads in place of the plugin's, when the tenant
+    /// set any: the server's with the tenant's over them.
+    pub fn tenant_config(&self, plugin: &str, tenant: &str) -> Option<std::sync::Arc<BTreeMap<String, String>>> {
+        self.tenant(plugin, tenant).map(|t| std::sync::Arc::new(t.over(self.get(plugin)).config))
+    }
+
+    fn set_tenant(&self, plugin: &str, tenant: &str, settings: Option<TenantPluginSettings>) {
+        let mut map = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+        let key = (plugin.to_string(), tenant.to_string());
+        match settings {
+            Some(s) => map.insert(key, s),
+            None => map.remove(&key),
+        };
+    }
+
+    fn set_tenants(&self, all: BTreeMap<(String, String), TenantPluginSettings>) {
+        let mut map = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+        if *map != all {
+            tracing::info!("tenants' plugin settings changed on another replica: applied");
+            *map = all;
+        }
+    }
+
+    /// At start: what is stored.
+    pub fn load_tenants(&self, rows: &[crate::store::TenantSettingsRow]) {
+        *self.tenants.write().unwrap_or_else(|p| p.into_inner()) =
+            rows.iter().map(|r| ((r.plugin.clone(), r.tenant.clone()), TenantPluginSettings::from_row(r))).collect();
     }
 }
 
@@ -216,4 +317,81 @@ pub async fn put(state: &Core, name: &str, mut settings: PluginSettings, actor: 
     state.registry.runtime().set_hosts(name, hosts);
     tracing::info!(plugin = %name, actor, "plugin settings changed");
     Ok(())
+}
+
+/// What `tenant` set for plugin `name`, as shown back (secrets `***`, the identity's
+/// certificates only); `None`: nothing (its devices get the server's settings).
+pub fn shown_tenant(state: &Core, name: &str, tenant: &str) -> Result<Option<TenantPluginSettings>> {
+    let plugin = loaded(state, name)?;
+    Ok(state.settings.tenant(name, tenant).map(|mut s| {
+        for (k, v) in s.config.iter_mut() {
+            if secret_key(&plugin, k) {
+                *v = "***".into();
+            }
+        }
+        s.client_identity = s.client_identity.as_deref().map(certificates);
+        s.oauth = s.oauth.map(OAuth::shown);
+        s
+    }))
+}
+
+/// Replace what `tenant` sets for plugin `name` (live: the next call for its devices sees
+/// it), each part checked as the server's are; what [`shown_tenant`] shows in place of a
+/// secret keeps the stored one.
+pub async fn put_tenant(
+    state: &Core,
+    name: &str,
+    tenant: &str,
+    mut settings: TenantPluginSettings,
+    actor: &str,
+) -> Result<()> {
+    let plugin = loaded(state, name)?;
+    let stored = state.settings.tenant(name, tenant).unwrap_or_default();
+    for (k, v) in settings.config.iter_mut() {
+        if v == "***"
+            && secret_key(&plugin, k)
+            && let Some(kept) = stored.config.get(k)
+        {
+            v.clone_from(kept);
+        }
+    }
+    if let (Some(given), Some(kept)) = (&settings.client_identity, &stored.client_identity)
+        && certificates(kept) == *given
+    {
+        settings.client_identity = Some(kept.clone());
+    }
+    if let (Some(given), Some(kept)) = (settings.oauth.as_mut(), &stored.oauth) {
+        given.keep_secrets(kept);
+    }
+    if let Some(oauth) = &settings.oauth {
+        oauth.check().map_err(|e| Error::invalid("invalid", e))?;
+    }
+    // The identity must make a client, with the server's CAs, as the server's must.
+    crate::egress::provider_client(&settings.over(state.settings.get(name)))
+        .map_err(|e| Error::invalid("invalid", e))?;
+    state
+        .store
+        .put_tenant_plugin_settings(&crate::store::TenantSettingsRow {
+            tenant: tenant.to_string(),
+            plugin: name.to_string(),
+            config: serde_json::to_string(&settings.config).unwrap_or_default(),
+            client_identity: settings.client_identity.clone(),
+            oauth: settings.oauth.as_ref().and_then(|o| serde_json::to_string(o).ok()),
+            updated_at: crate::store::now_ms(),
+        })
+        .await?;
+    state.settings.set_tenant(name, tenant, Some(settings));
+    tracing::info!(plugin = %name, tenant, actor, "tenant's plugin settings changed");
+    Ok(())
+}
+
+/// Forget what `tenant` set for plugin `name`; `false`: it had set nothing.
+pub async fn delete_tenant(state: &Core, name: &str, tenant: &str, actor: &str) -> Result<bool> {
+    loaded(state, name)?;
+    let deleted = state.store.delete_tenant_plugin_settings(tenant, name).await?;
+    state.settings.set_tenant(name, tenant, None);
+    if deleted {
+        tracing::info!(plugin = %name, tenant, actor, "tenant's plugin settings removed");
+    }
+    Ok(deleted)
 }

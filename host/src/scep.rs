@@ -20,6 +20,12 @@
 //! decrypts what another's `GetCACert` told a client to encrypt to. All RSA and cipher
 //! work is AWS-LC's (aws-lc-rs): its PKCS#1 v1.5 decryption is constant-time.
 //!
+//! `/agent/v1/{type}/scep/pending` is the same service for a client that cannot know its
+//! device id when it asks (an Apple enrollment profile: the iPhone learns nothing of its
+//! UDID's use before its first check-in): the certificate is issued to the enrollment and
+//! kept pending; the first check-in made with it names the device and claims the identity
+//! by the usual rule ([`enrollment::certify_pending`], `enrollment::claim_pending`).
+//!
 //! The outer signature of a request is not checked: the client signs with a throw-away
 //! certificate for the key it asks a certificate for, which the CSR's own signature (checked
 //! by `identity::Csr::parse`) already proves; the challenge is what authenticates.
@@ -525,10 +531,13 @@ pub struct Answer {
 }
 
 /// Serve one SCEP request for `device_type`: `operation` as the query names it, `message`
-/// the query's (base64 for a GET `PKIOperation`), `body` a POST's.
+/// the query's (base64 for a GET `PKIOperation`), `body` a POST's. `pending`: the
+/// `…/scep/pending` URL, whose certificates go to the enrollment and not to a device yet
+/// ([`enrollment::certify_pending`]).
 pub async fn serve(
     core: &Core,
     device_type: &str,
+    pending: bool,
     operation: &str,
     message: Option<&str>,
     body: &[u8],
@@ -553,7 +562,7 @@ pub async fn serve(
             };
             let ra = ra(core).await?;
             let req = read(ra, message, core.scep_allow_des)?;
-            let body = match pki_operation(core, device_type, &req).await {
+            let body = match pki_operation(core, device_type, pending, &req).await {
                 Ok(certificate) => granted(ra, &req, &certificate)?,
                 Err(fail) => refused(ra, &req, fail)?,
             };
@@ -567,9 +576,16 @@ pub async fn serve(
 }
 
 /// A `PKCSReq`: the challenge is the enrollment token, the CSR's CN the device, by the
-/// rule of every CSR with an enrollment token. Refusals are logged with their reason and
-/// answered with a `failInfo` (SCEP has no words for them).
-async fn pki_operation(core: &Core, device_type: &str, req: &Request) -> std::result::Result<Vec<u8>, Fail> {
+/// rule of every CSR with an enrollment token; or, `pending`, a certificate for the
+/// enrollment that its first check-in binds to the device it names (the CN is not read).
+/// Refusals are logged with their reason and answered with a `failInfo` (SCEP has no words
+/// for them).
+async fn pki_operation(
+    core: &Core,
+    device_type: &str,
+    pending: bool,
+    req: &Request,
+) -> std::result::Result<Vec<u8>, Fail> {
     if req.message_type != PKCS_REQ {
         tracing::info!(message_type = %req.message_type, "SCEP message type not taken (PKCSReq only)");
         return Err(Fail::BadRequest);
@@ -579,6 +595,18 @@ async fn pki_operation(core: &Core, device_type: &str, req: &Request) -> std::re
         tracing::info!(transaction = %req.transaction_id, "SCEP request without a challenge password refused");
         return Err(Fail::BadRequest);
     };
+    if pending {
+        return match crate::enrollment::certify_pending(core, device_type, csr, &token).await {
+            Ok(issued) => {
+                tracing::info!(device_type, serial = %issued.serial, transaction = %req.transaction_id, "SCEP certificate issued to a pending enrollment");
+                Ok(issued.cert_der)
+            }
+            Err(e) => {
+                tracing::info!(device_type, transaction = %req.transaction_id, code = e.code, "SCEP request refused: {}", e.message);
+                Err(Fail::BadRequest)
+            }
+        };
+    }
     match crate::enrollment::certify(core, device_type, csr, crate::enrollment::CertifyAs::Challenge(&token)).await {
         Ok((device, issued)) => {
             tracing::info!(device_type, device_id = %device.device_id, transaction = %req.transaction_id, "SCEP certificate issued");

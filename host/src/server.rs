@@ -335,6 +335,11 @@ async fn housekeeping(core: Core, config: Housekeeping) {
                 Ok(n) => tracing::info!(swept = n, "stored CoAP requests never answered"),
                 Err(e) => tracing::warn!("sweeping stored CoAP requests failed: {e}"),
             }
+            match store.sweep_pending_certificates().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(swept = n, "pending certificates never claimed"),
+                Err(e) => tracing::warn!("sweeping pending certificates failed: {e}"),
+            }
             match store.purge_finished(now - config.retention.as_millis() as i64).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "finished operations past retention deleted"),

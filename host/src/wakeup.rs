@@ -233,30 +233,32 @@ async fn attempt(state: &Core, http: &Http, device: &DeviceRow) -> Attempt {
         payload: None,
     };
     let name = &transport.manifest.name;
-    let settings = state.settings.get(name);
-    let client = match http.own.get(&http.default, name, &settings) {
+    // The device's tenant's settings over the server's; a tenant that set its own has its
+    // own provider client (its certificate) and its own access tokens.
+    let (settings, own) = state.settings.for_tenant(name, &device.tenant);
+    let key = if own { format!("{name}@{}", device.tenant) } else { name.to_string() };
+    let client = match http.own.get(&http.default, &key, &settings) {
         Ok(c) => c,
         Err(e) => return retry(format!("plugin {name} settings: {e}")),
     };
-    // A token the host obtains goes into the plugin's config before it builds the request.
+    // The call reads this request's config, not the plugin's: the tenant's values, and the
+    // access token the host obtains, which is never shared with another tenant's call.
+    let mut config = own.then(|| settings.config.clone());
     if let Some(oauth) = &settings.oauth {
-        match http.tokens.get(&client, name, oauth).await {
+        match http.tokens.get(&client, &key, oauth).await {
             Ok(token) => {
-                let mut config = settings.config.clone();
-                config.insert("access_token".into(), token);
-                state.registry.runtime().set_config(name, config);
                 // An admin may have changed the settings during the exchange: then theirs
-                // stand (the API sets settings before config, so this sees the change).
-                let now = state.settings.get(name);
+                // stand, and the retry uses them.
+                let (now, _) = state.settings.for_tenant(name, &device.tenant);
                 if now.oauth != settings.oauth || now.config != settings.config {
-                    state.registry.runtime().set_config(name, now.config);
                     return retry(format!("plugin {name}: settings changed during the token exchange"));
                 }
+                config.get_or_insert_with(|| settings.config.clone()).insert("access_token".into(), token);
             }
             Err(e) => return retry(format!("plugin {name}: no access token: {e}")),
         }
     }
-    let request = match transport.build_request(message).await {
+    let request = match transport.build_request(message, config.map(std::sync::Arc::new)).await {
         Ok(r) => r,
         // Usually a setting the admin has not made yet: retried, so fixing it is enough.
         Err(CallError::Rejected(e)) => {
@@ -288,7 +290,7 @@ async fn attempt(state: &Core, http: &Http, device: &DeviceRow) -> Attempt {
     let status = response.status().as_u16();
     if status == 401 && settings.oauth.is_some() {
         // Revoked or expired early: the retry gets a new token.
-        http.tokens.forget(name).await;
+        http.tokens.forget(&key).await;
     }
     let headers: Vec<(String, String)> = response
         .headers()

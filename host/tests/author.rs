@@ -249,6 +249,14 @@ async fn a_new_author_with_only_the_binary_builds_installs_and_serves_each_kind(
     assert!(listed.contains("acme-tracker") && listed.contains("android"), "{listed}");
     let set = sh(&dir, "drover plugin settings acme-push --set api_key=k-2 --set region=eu", env);
     assert!(set.contains("\"region\": \"eu\""), "{set}");
+    // A tenant's values over the server's: its own only, then forgotten.
+    sh(&dir, "drover tenant add acme", env);
+    let set = sh(&dir, "drover plugin settings acme-push --tenant acme --set region=us", env);
+    assert!(set.contains("\"region\": \"us\"") && !set.contains("api_key"), "{set}");
+    let cleared = sh(&dir, "drover plugin settings acme-push --tenant acme --clear", env);
+    assert!(cleared.contains("set nothing"), "{cleared}");
+    let server_settings = sh(&dir, "drover plugin settings acme-push", env);
+    assert!(server_settings.contains("\"region\": \"eu\""), "{server_settings}");
 }
 
 fn componentize_py() -> Option<String> {

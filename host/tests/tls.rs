@@ -1072,3 +1072,193 @@ fn scep_issues_a_certificate_to_micromdms_client() {
         .env("SSL_CERT_FILE", &strict_ca));
     assert!(!o.status.success() && text(&o).contains("badAlg"), "{}", text(&o));
 }
+
+fn ios_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/ios/fixtures").join(name)
+}
+
+/// What python's plistlib (a reader that is not Drover's) finds at `expr` in the profile
+/// `file`, e.g. `p['PayloadContent'][0]['PayloadType']`.
+fn plist_value(file: &Path, expr: &str) -> String {
+    let script = format!("import plistlib,sys; p = plistlib.load(open(sys.argv[1], 'rb')); print({expr})");
+    let o = run(Command::new("python3").args(["-c", &script]).arg(file));
+    assert!(o.status.success(), "{expr}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// An iPhone's enrollment as Apple has it: the enrollment profile (.mobileconfig) from the
+/// link with an enrollment token, read by python's plistlib; its SCEP payload's URL and
+/// challenge given to micromdm's `scepclient`, which gets a certificate for the
+/// enrollment (not for a device: the device has said nothing yet); the Authenticate
+/// check-in made with that certificate over mTLS claims the UDID and uses the token; then
+/// TokenUpdate and a command as the device. The certificate claims once: another UDID's
+/// check-in with it is refused, as are a dead token's link and profile, a used-up token's
+/// SCEP request, and the certificate at another device type's URL.
+#[test]
+fn an_iphone_enrolls_with_the_profile_its_scep_certificate_and_its_first_check_in() {
+    if !tools() || !present("scepclient", "-version") || !present("python3", "--version") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    std::fs::create_dir(&data).unwrap();
+    // micromdm's client encrypts with single DES (an iPhone uses AES).
+    let server = serve(&data, &["--scep-allow-des", "true"]);
+    let ca = server.data.join("tls/cert.pem");
+    let ca = ca.to_str().unwrap();
+    let base = format!("https://127.0.0.1:{}", server.http);
+    let (code, body) = server.api("POST", "/api/v1/enrollment-tokens", Some(r#"{"device_type":"ios","uses":1}"#));
+    assert_eq!(code, 0, "{body}");
+    let token = field(&body, "token");
+    let link = format!("{base}/agent/v1/ios/enroll/profile?token={token}");
+    let get = |url: &str, out: &Path| {
+        let (code, status) =
+            curl(url, &["--cacert", ca, "-o", out.to_str().unwrap(), "-w", "%{http_code} %{content_type}"]);
+        assert_eq!(code, 0);
+        (status, std::fs::read_to_string(out).unwrap_or_default())
+    };
+
+    // No push topic set for the plugin: no profile, and the answer says what to set.
+    let profile = dir.path().join("enroll.mobileconfig");
+    let (status, said) = get(&link, &profile);
+    assert!(status.starts_with("400") && said.contains("`topic` setting"), "{status} {said}");
+    let (code, body) = server.api(
+        "PUT",
+        "/api/v1/plugins/ios/settings",
+        Some(r#"{"config": {"topic": "com.apple.mgmt.External.2f4a", "organization": "Acme"}}"#),
+    );
+    assert_eq!(code, 0, "{body}");
+    // A made-up token gets no profile.
+    let (status, said) = get(&format!("{base}/agent/v1/ios/enroll/profile?token=drv_enroll_made_up"), &profile);
+    assert!(status.starts_with("401"), "{status} {said}");
+
+    let (status, _) = get(&link, &profile);
+    assert_eq!(status, "200 application/x-apple-aspen-config");
+    assert_eq!(plist_value(&profile, "p['PayloadType']"), "Configuration");
+    assert_eq!(plist_value(&profile, "p['PayloadOrganization']"), "Acme");
+    let payload = |kind: &str, key: &str| {
+        plist_value(&profile, &format!("[x for x in p['PayloadContent'] if x['PayloadType'] == '{kind}'][0]{key}"))
+    };
+    let scep_url = payload("com.apple.security.scep", "['PayloadContent']['URL']");
+    let challenge = payload("com.apple.security.scep", "['PayloadContent']['Challenge']");
+    let server_url = payload("com.apple.mdm", "['ServerURL']");
+    assert_eq!(scep_url, format!("{base}/agent/v1/ios/scep/pending"));
+    assert_eq!(challenge, token);
+    assert_eq!(server_url, format!("{base}/agent/v1/ios/mdm"));
+    assert_eq!(payload("com.apple.mdm", "['CheckInURL']"), server_url);
+    assert_eq!(payload("com.apple.mdm", "['Topic']"), "com.apple.mgmt.External.2f4a");
+    assert_eq!(
+        payload("com.apple.mdm", "['IdentityCertificateUUID']"),
+        payload("com.apple.security.scep", "['PayloadUUID']")
+    );
+
+    // The SCEP payload as the device runs it: its own key, the profile's challenge.
+    let (device_ca_pem, ra_fingerprint) = scep_ra(dir.path(), &scep_url, ca);
+    let scep = |challenge: &str, name: &str| {
+        let (key, cert) = (dir.path().join(format!("{name}.key")), dir.path().join(format!("{name}.pem")));
+        let o = run(Command::new("scepclient")
+            .args(["-server-url", &scep_url, "-cn", "Drover MDM identity", "-challenge", challenge])
+            .args(["-ca-fingerprint", &ra_fingerprint])
+            .arg("-private-key")
+            .arg(&key)
+            .arg("-certificate")
+            .arg(&cert)
+            .current_dir(dir.path())
+            .env("SSL_CERT_FILE", ca));
+        (o.status.success(), text(&o), key, cert)
+    };
+    let (ok, said, key, cert) = scep(&challenge, "iphone");
+    assert!(ok && said.contains("SUCCESS"), "{said}\n{}", server.log());
+    let o = run(Command::new("openssl").args(["x509", "-noout", "-subject", "-in"]).arg(&cert));
+    assert!(text(&o).replace(" = ", "=").contains("CN=enrollment "), "issued to the enrollment: {}", text(&o));
+    let o = run(Command::new("openssl")
+        .args(["verify", "-purpose", "sslclient", "-CAfile"])
+        .arg(&device_ca_pem)
+        .arg(&cert));
+    assert!(o.status.success(), "{}", text(&o));
+
+    let mtls = |url: &str, cert: &Path, key: &Path, fixture: &str| {
+        curl(
+            url,
+            &[
+                "--cacert",
+                ca,
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+                "-X",
+                "PUT",
+                "-H",
+                "content-type: application/x-apple-aspen-mdm-checkin",
+                "--data-binary",
+                &format!("@{}", ios_fixture(fixture).display()),
+                "-w",
+                "\n%{http_code}",
+            ],
+        )
+    };
+    // The certificate is for an Apple enrollment: not a credential at another type's URL.
+    let (_, said) =
+        mtls(&format!("{base}/agent/v1/android/devices/x/pending-operations"), &cert, &key, "authenticate.plist");
+    assert!(said.ends_with("403"), "{said}");
+
+    // The first check-in names the device and claims it with the token's one use (which
+    // SCEP did not use up); the certificate is its credential.
+    let (code, said) = mtls(&server_url, &cert, &key, "authenticate.plist");
+    assert!(code == 0 && said == "\n200", "Authenticate is answered with an empty 200: {said}\n{}", server.log());
+    let udid = "00008120-001A2D3E0C38802E";
+    let (_, device) = server.api("GET", &format!("/api/v1/devices/ios/{udid}"), None);
+    assert!(device.contains(r#""status":"active""#), "{device}");
+    let (_, certificates) = server.api("GET", &format!("/api/v1/devices/ios/{udid}/certificates"), None);
+    assert!(certificates.contains("serial"), "{certificates}");
+    let (_, said) = mtls(&server_url, &cert, &key, "token-update.plist");
+    assert!(said.ends_with("\n200"), "{said}");
+    let (_, device) = server.api("GET", &format!("/api/v1/devices/ios/{udid}"), None);
+    assert!(device.contains(r#""push_transport":"apns""#), "{device}");
+
+    // Managed: a command reaches it over the same certificate.
+    let (code, body) = server.api(
+        "POST",
+        "/api/v1/operations",
+        Some(&format!(r#"{{"code":"DeviceInformation","targets":{{"devices":[{{"type":"ios","id":"{udid}"}}]}}}}"#)),
+    );
+    assert_eq!(code, 0, "{body}");
+    let (_, said) = mtls(&server_url, &cert, &key, "idle.plist");
+    assert!(said.contains("DeviceInformation") && said.ends_with("200"), "{said}");
+
+    // The certificate claimed once: another device's Authenticate with it is refused, and
+    // the device is not enrolled.
+    let other = dir.path().join("other.plist");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(ios_fixture("authenticate.plist")).unwrap().replace(udid, "00008120-0000000000000BAD"),
+    )
+    .unwrap();
+    let (_, said) = curl(
+        &server_url,
+        &[
+            "--cacert",
+            ca,
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "-X",
+            "PUT",
+            "--data-binary",
+            &format!("@{}", other.display()),
+            "-w",
+            "\n%{http_code}",
+        ],
+    );
+    assert!(said.ends_with("400"), "{said}");
+    let (_, body) = server.api("GET", "/api/v1/devices/ios/00008120-0000000000000BAD", None);
+    assert!(body.contains("not_found"), "{body}");
+
+    // The claim used the token up: its link gives no profile, its SCEP request no certificate.
+    let (status, said) = get(&link, &profile);
+    assert!(status.starts_with("401"), "{status} {said}");
+    let (ok, said, ..) = scep(&token, "replayed");
+    assert!(!ok && said.contains("badRequest"), "{said}");
+}

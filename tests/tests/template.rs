@@ -74,16 +74,19 @@ async fn every_kind_generates_tests_builds_loads_and_answers() {
     let plugin = runtime.load(&bytes, options).await.unwrap();
     assert_eq!(plugin.manifest.outbound_hosts, ["push.example.com"]);
     let request = plugin
-        .build_request(drover::plugins::bindings::transport::drover::plugin::transport_types::PushMessage {
-            device_type: "acme-tracker".into(),
-            device_id: "tracker-7".into(),
-            token: drover::plugins::types::PushToken {
-                transport: "acme-push".into(),
-                token: "t".into(),
-                extra: vec![],
+        .build_request(
+            drover::plugins::bindings::transport::drover::plugin::transport_types::PushMessage {
+                device_type: "acme-tracker".into(),
+                device_id: "tracker-7".into(),
+                token: drover::plugins::types::PushToken {
+                    transport: "acme-push".into(),
+                    token: "t".into(),
+                    extra: vec![],
+                },
+                payload: None,
             },
-            payload: None,
-        })
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(request.url, "https://push.example.com/v1/wake");

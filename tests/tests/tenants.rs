@@ -120,6 +120,9 @@ const TENANT_ADMIN: &[(&str, &str)] = &[
     ("get", "/api/v1/users/{name}"),
     ("patch", "/api/v1/users/{name}"),
     ("delete", "/api/v1/users/{name}"),
+    ("get", "/api/v1/tenants/{tenant}/plugins/{name}/settings"),
+    ("put", "/api/v1/tenants/{tenant}/plugins/{name}/settings"),
+    ("delete", "/api/v1/tenants/{tenant}/plugins/{name}/settings"),
 ];
 
 async fn two_tenants(server: &TestServer) {
@@ -272,6 +275,7 @@ async fn two_tenants(server: &TestServer) {
     tenant_groups(server, &acme, &globex).await;
     tenant_webhooks(server, &acme, &globex).await;
     tenant_policies(server, &acme, &globex).await;
+    tenant_plugin_settings(server, &acme, &globex).await;
 
     // The event log: the events about its own devices and its own groups and policies,
     // nothing of the other tenant's or of the server's own (tokens, tenants, the
@@ -821,6 +825,54 @@ async fn tenant_policies(server: &TestServer, acme: &str, globex: &str) {
         assert_eq!(r.status(), StatusCode::OK, "{name}");
     }
     assert_eq!(effective(server, "acme-1").await, Vec::<String>::new());
+}
+
+/// What a tenant sets for a plugin is its own: Acme's admin sets apns values for Acme's
+/// devices, reads them back with the secret masked, and Globex neither reads, replaces
+/// nor removes them (naming Acme is refused, its own is "nothing set"); a tenant cannot
+/// set where a plugin sends (hosts, redirects); an operator reads Acme's.
+async fn tenant_plugin_settings(server: &TestServer, acme: &str, globex: &str) {
+    let acme_path = "/api/v1/tenants/acme/plugins/apns/settings";
+    let r = with(server, acme, Method::PUT, acme_path)
+        .json(&json!({ "config": { "topic": "com.apple.mgmt.External.acme", "auth_token": "acme-secret" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let shown: Value = read(server, acme, acme_path).await;
+    assert_eq!(shown["config"], json!({ "topic": "com.apple.mgmt.External.acme", "auth_token": "***" }), "{shown}");
+    let shown: Value = read(server, drover_tests::ADMIN_TOKEN, acme_path).await;
+    assert_eq!(shown["config"]["topic"], "com.apple.mgmt.External.acme", "{shown}");
+    // The server's own settings are untouched.
+    let server_settings: Value = read(server, drover_tests::ADMIN_TOKEN, "/api/v1/plugins/apns/settings").await;
+    assert!(!server_settings.to_string().contains("acme"), "{server_settings}");
+
+    for method in [Method::GET, Method::DELETE] {
+        let r = with(server, globex, method.clone(), acme_path).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{method} of Acme's settings by Globex");
+    }
+    let r =
+        with(server, globex, Method::PUT, acme_path).json(&json!({ "config": { "topic": "x" } })).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = with(server, globex, Method::GET, "/api/v1/tenants/globex/plugins/apns/settings").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "Globex set nothing");
+    let r = with(server, acme, Method::PUT, acme_path)
+        .json(&json!({ "config": {}, "redirects": { "api.push.apple.com": "http://127.0.0.1:1" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "a tenant redirected a provider");
+    assert!(r.text().await.unwrap().contains("redirects"));
+    let shown: Value = read(server, acme, acme_path).await;
+    assert_eq!(shown["config"]["topic"], "com.apple.mgmt.External.acme", "the refused write changed nothing");
+
+    // Writing back what GET shows keeps the secret; deleting forgets it all.
+    let r = with(server, acme, Method::PUT, acme_path).json(&shown).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = with(server, acme, Method::DELETE, acme_path).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = with(server, acme, Method::GET, acme_path).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
 
 async fn run(backend: Backend) {

@@ -291,12 +291,22 @@ e2e!(granted_hosts, super::only_granted_hosts_are_contacted);
 
 /// A device of the testbed type (hot-loaded) reporting a push token of `transport`.
 async fn testbed_device(server: &TestServer, transport_token: &str) -> String {
+    testbed_device_in(server, transport_token, None).await
+}
+
+/// A testbed device enrolled with `enrollment_token` (into its tenant), or without one
+/// (into `default`), that reported `transport_token`.
+async fn testbed_device_in(server: &TestServer, transport_token: &str, enrollment_token: Option<&str>) -> String {
     if server.state.registry.device_type("testbed").is_none() {
         let testbed = drover_tests::component(components::TESTBED);
         server.install_signed("testbed", "drover-tests", &["log", "kv", "config"], &testbed).await;
     }
     let id = unique("tb");
-    let r = server.http.post(server.url("/agent/v1/testbed/enroll")).body(id.clone()).send().await.unwrap();
+    let mut enroll = server.http.post(server.url("/agent/v1/testbed/enroll")).body(id.clone());
+    if let Some(t) = enrollment_token {
+        enroll = enroll.bearer_auth(t);
+    }
+    let r = enroll.send().await.unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let credential = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
     let r = server
@@ -540,6 +550,82 @@ async fn apns_presents_the_push_certificate(server: &TestServer) {
     assert_eq!(get(server, "/api/v1/plugins/apns/settings").await, shown);
 }
 e2e!(apns_client_identity, super::apns_presents_the_push_certificate);
+
+/// An MSP's customers each push with their own MDM push certificate and provider token:
+/// a tenant's admin sets them for the tenant's devices, over the server's settings. A wake-up
+/// of Acme's device presents Acme's certificate and token, one of a `default` device the
+/// server's, and neither tenant's reaches the other's calls (this fails with the settings
+/// looked up by plugin alone). Writing back what the API shows keeps Acme's secrets.
+async fn each_tenant_pushes_with_its_own_certificate(server: &TestServer) {
+    let pki = Pki::new();
+    let (provider_cert, provider_key) =
+        pki.issue("provider", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
+    let (server_cert, server_key) =
+        pki.issue("server-push", "/UID=com.apple.mgmt.External.server/CN=APSP:server", "extendedKeyUsage=clientAuth\n");
+    let (acme_cert, acme_key) =
+        pki.issue("acme-push", "/UID=com.apple.mgmt.External.acme/CN=APSP:acme", "extendedKeyUsage=clientAuth\n");
+    let apns = Provider::start_tls(vec![], Tls { cert: provider_cert, key: provider_key, client_ca: pki.ca() }).await;
+    let r = settings(
+        server,
+        "apns",
+        json!({
+            "config": {"auth_token": "server-token"},
+            "granted_hosts": ["api.push.apple.com"],
+            "redirects": {"api.push.apple.com": apns.base},
+            "trusted_ca": pki.ca(),
+            "client_identity": format!("{server_cert}{server_key}"),
+        }),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let r = server.admin(Method::POST, "/api/v1/tenants").json(&json!({"name": "acme"})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let acme_settings = "/api/v1/tenants/acme/plugins/apns/settings";
+    let r = server
+        .admin(Method::PUT, acme_settings)
+        .json(&json!({"config": {"auth_token": "acme-token"}, "client_identity": format!("{acme_cert}{acme_key}")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    // A device of `default` (which installs the testbed type), then Acme's token.
+    let token = "apns:3q2+7wABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhs=|PushMagic=4E5B8F1A-0C1D-4B4F-9C3A-6B1F5D2E7A90|Topic=com.apple.mgmt.External.2b6d1f0e";
+    let plain = testbed_device(server, token).await;
+    let r = server
+        .admin(Method::POST, "/api/v1/enrollment-tokens")
+        .json(&json!({"device_type": "testbed", "tenant": "acme", "uses": 2}))
+        .send()
+        .await
+        .unwrap();
+    let enrollment: Value = r.json().await.unwrap();
+    let enrollment = enrollment["token"].as_str().unwrap().to_string();
+    let acme_device = testbed_device_in(server, token, Some(&enrollment)).await;
+    assert_eq!(get(server, &format!("/api/v1/devices/testbed/{acme_device}")).await["tenant"], "acme");
+    add(server, "testbed", &acme_device, "ECHO").await;
+    let sent = apns.wait_for(1).await;
+    assert_eq!(sent[0].client_certificate.as_deref(), Some(der(&acme_cert).as_slice()), "Acme's certificate");
+    assert_eq!(sent[0].header("authorization"), Some("bearer acme-token"));
+    until_wakeup(server, &format!("testbed/{acme_device}"), "sent").await;
+
+    add(server, "testbed", &plain, "ECHO").await;
+    let sent = apns.wait_for(2).await;
+    assert_eq!(sent[1].client_certificate.as_deref(), Some(der(&server_cert).as_slice()), "the server's certificate");
+    assert_eq!(sent[1].header("authorization"), Some("bearer server-token"));
+
+    // The API shows Acme's certificate without its key and its token as `***`; writing it
+    // back keeps both.
+    let shown = get(server, acme_settings).await;
+    assert_eq!(shown["config"]["auth_token"], "***");
+    assert!(!shown.to_string().contains("PRIVATE KEY"), "{shown}");
+    let r = server.admin(Method::PUT, acme_settings).json(&shown).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let again = testbed_device_in(server, token, Some(&enrollment)).await;
+    add(server, "testbed", &again, "ECHO").await;
+    let sent = apns.wait_for(3).await;
+    assert_eq!(sent[2].client_certificate.as_deref(), Some(der(&acme_cert).as_slice()));
+    assert_eq!(sent[2].header("authorization"), Some("bearer acme-token"));
+}
+e2e!(tenant_push_identity, super::each_tenant_pushes_with_its_own_certificate);
 
 /// The `application/x-www-form-urlencoded` body of a request, as pairs.
 fn form(r: &drover_tests::provider::Received) -> std::collections::BTreeMap<String, String> {

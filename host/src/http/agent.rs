@@ -94,7 +94,7 @@ async fn agent(
             crate::enrollment::enroll(&state, &plugin, &device_type, source, channel, &body, token.as_deref()).await?;
         return Ok((StatusCode::CREATED, Json(credential_body(&issued))).into_response());
     }
-    if path == "scep" {
+    if path == "scep" || path == "scep/pending" {
         // SCEP (RFC 8894): unauthenticated like an enrollment; a PKIOperation's challenge
         // is its enrollment token (`scep.rs`).
         let query = axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(&uri)
@@ -102,9 +102,15 @@ async fn agent(
             .0;
         let operation = query.get("operation").map(String::as_str).unwrap_or_default();
         let body = if method == Method::POST { read_body(&state, body, MAX_ENROLL_BODY).await? } else { Bytes::new() };
-        let answer =
-            crate::scep::serve(&state, &device_type, operation, query.get("message").map(String::as_str), &body)
-                .await?;
+        let answer = crate::scep::serve(
+            &state,
+            &device_type,
+            path == "scep/pending",
+            operation,
+            query.get("message").map(String::as_str),
+            &body,
+        )
+        .await?;
         return Ok(([(header::CONTENT_TYPE, answer.content_type)], answer.body).into_response());
     }
     if path == "certificate" {
@@ -161,13 +167,36 @@ async fn agent(
     }
     // The device and its queue in one read: most messages are polls, which need both.
     let credential = device_token_hash(&parts)?;
-    let (device, queue) = state
-        .store
-        .device_and_queue(DeviceKey::Credential(&credential), crate::delivery::queue_limit(&plugin))
-        .await?
-        .ok_or_else(unknown_device_token)?;
+    let limit = crate::delivery::queue_limit(&plugin);
+    let (device, queue, body) = match state.store.device_and_queue(DeviceKey::Credential(&credential), limit).await? {
+        Some((device, queue)) => (device, queue, read_body(&state, body, state.max_agent_body).await?),
+        None => {
+            // A certificate issued to an enrollment whose device was not known yet (SCEP at
+            // `scep/pending`): this first request names the device and claims it, then is
+            // the device's own.
+            let pending = match parts.extensions.get::<crate::tls::ClientCertificate>() {
+                Some(c) if credential == c.0 => state.store.pending_certificate(&credential).await?,
+                _ => None,
+            };
+            let pending = pending.ok_or_else(unknown_device_token)?;
+            if pending.device_type != device_type {
+                return Err(ApiError::forbidden(format!(
+                    "this certificate is for a {} enrollment, not {device_type}",
+                    pending.device_type
+                )));
+            }
+            let body = read_body(&state, body, MAX_ENROLL_BODY).await?;
+            let source = Source::Peer(request_peer(&parts));
+            crate::enrollment::claim_pending(&state, &plugin, &pending, source, channel.clone(), &body).await?;
+            let (device, queue) = state
+                .store
+                .device_and_queue(DeviceKey::Credential(&credential), limit)
+                .await?
+                .ok_or_else(unknown_device_token)?;
+            (device, queue, body)
+        }
+    };
     same_type(&device, &device_type)?;
-    let body = read_body(&state, body, state.max_agent_body).await?;
     match crate::delivery::exchange(&state, &plugin, &device, channel, &body, queue).await? {
         Some(out) => render(out),
         None => Ok(StatusCode::OK.into_response()),

@@ -59,6 +59,11 @@ pub(super) fn router(state: AppState) -> Router<AppState> {
         .routes(routes!(plugins::remove_key))
         .routes(routes!(plugins::get_settings, plugins::put_settings))
         .routes(routes!(plugin_settings::get_plugin_settings, plugin_settings::put_plugin_settings))
+        .routes(routes!(
+            plugin_settings::get_tenant_plugin_settings,
+            plugin_settings::put_tenant_plugin_settings,
+            plugin_settings::delete_tenant_plugin_settings
+        ))
         .routes(routes!(tenants::list_tenants, tenants::create_tenant))
         .routes(routes!(tenants::get_tenant, tenants::delete_tenant))
         .routes(routes!(tokens::list_admin_tokens, tokens::create_admin_token))

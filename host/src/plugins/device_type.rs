@@ -139,20 +139,21 @@ impl LoadedPlugin {
         matches!(&self.exports, Exports::DeviceType(_, Some(_)))
     }
 
-    /// Read one request of the enrollment exchange, from `source` (the peer).
+    /// Read one request of the enrollment exchange, from `source` (the peer). `config`:
+    /// what `config.get` reads in place of the plugin's values (the settings of the tenant
+    /// the request's enrollment token enrolls into); `None`: the plugin's.
     pub async fn enroll_step(
         &self,
         source: Source,
         context: EnrollContext,
         message: Channel,
         body: Vec<u8>,
+        config: Option<std::sync::Arc<std::collections::BTreeMap<String, String>>>,
     ) -> Result<EnrollStep, CallError> {
-        exchange_call!(self, "enroll-step", source, |b, store| b.drover_plugin_enrollment_exchange().call_enroll_step(
-            &mut *store,
-            &context,
-            &message,
-            &body
-        ))
+        exchange_call!(self, "enroll-step", source, |b, store| {
+            store.data_mut().config = config;
+            b.drover_plugin_enrollment_exchange().call_enroll_step(&mut *store, &context, &message, &body)
+        })
     }
 
     /// The answer to an admission: what the host issued, or why it refused.

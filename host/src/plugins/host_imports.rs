@@ -43,6 +43,9 @@ impl log::Host for CallState {
 
 impl config::Host for CallState {
     async fn get(&mut self, key: String) -> Option<String> {
+        if let Some(config) = &self.config {
+            return config.get(&key).cloned();
+        }
         self.plugin.config.read().unwrap_or_else(|p| p.into_inner()).get(&key).cloned()
     }
 }

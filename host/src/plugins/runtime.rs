@@ -74,6 +74,9 @@ pub struct CallState {
     table: ResourceTable,
     memory: MemoryLimiter,
     pub(crate) plugin: Arc<PluginContext>,
+    /// Config values of this call in place of the plugin's (`config.get`): the settings of
+    /// the tenant the call serves, merged over the server's (`plugin_settings.rs`).
+    pub(crate) config: Option<Arc<BTreeMap<String, String>>>,
     pub(crate) log_lines: u32,
     /// Epoch ticks this call has run for, and whether it ran out of them.
     ticks: u64,
@@ -421,6 +424,7 @@ impl Caller {
             table: ResourceTable::new(),
             memory: MemoryLimiter { limit: self.limits.memory, hit: false },
             plugin: self.ctx.clone(),
+            config: None,
             log_lines: 0,
             ticks: 0,
             cpu_exhausted: false,

@@ -18,8 +18,14 @@ impl LoadedPlugin {
         }
     }
 
-    /// Build the provider request that wakes one device.
-    pub async fn build_request(&self, message: PushMessage) -> Result<ProviderRequest, CallError> {
+    /// Build the provider request that wakes one device. `config`: what the call's
+    /// `config.get` reads in place of the plugin's values (the device's tenant's settings
+    /// over the server's, with the access token the host obtained); `None`: the plugin's.
+    pub async fn build_request(
+        &self,
+        message: PushMessage,
+        config: Option<std::sync::Arc<std::collections::BTreeMap<String, String>>>,
+    ) -> Result<ProviderRequest, CallError> {
         let Exports::Transport(pre) = &self.exports else {
             return Err(CallError::WrongKind(self.label()));
         };
@@ -28,6 +34,7 @@ impl LoadedPlugin {
             self.caller
                 .call("build-request", Source::Admin, move |store| {
                     Box::pin(async move {
+                        store.data_mut().config = config;
                         pre.instantiate_async(&mut *store).await?.call_build_request(&mut *store, &message).await
                     })
                 })

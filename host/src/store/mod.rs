@@ -57,10 +57,10 @@ pub use rollouts::{
 };
 pub use telemetry::{Point, TelemetryRow};
 pub use tenants::TenantRow;
-pub use tokens::CertificateRow;
 pub use tokens::{AdminTokenRow, NewEnrollmentToken, Principal};
+pub use tokens::{CertificateRow, PendingCertificate};
 pub use users::{Login, UserChange, UserRow};
-pub use wakeups::{DueWakeup, SettingsRow, WakeupRow};
+pub use wakeups::{DueWakeup, SettingsRow, TenantSettingsRow, WakeupRow};
 pub use webhooks::{DeliveryRow, NewWebhook, WebhookRow};
 pub use writes::LEVELS as ROLLUP_LEVELS;
 

@@ -82,6 +82,7 @@ impl Store {
             sqlx::query("DELETE FROM webhooks WHERE tenant = $1").bind(name).execute(&mut *tx).await?;
             // Its policies applied to its devices only, and it has none left.
             sqlx::query("DELETE FROM policies WHERE tenant = $1").bind(name).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM tenant_plugin_settings WHERE tenant = $1").bind(name).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM tenants WHERE name = $1").bind(name).execute(&mut *tx).await?;
             super::record_event!(&mut *tx, event);
             tx.commit().await?;

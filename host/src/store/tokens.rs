@@ -381,3 +381,93 @@ impl Store {
         })
     }
 }
+
+/// A certificate issued to an enrollment whose device is not known yet (an Apple
+/// enrollment profile's SCEP payload): `docs/security.md`, "Certificates before
+/// identities".
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingCertificate {
+    pub credential: String,
+    pub serial: String,
+    pub device_type: String,
+    /// The enrollment token that was the challenge: the claim uses it up.
+    pub token_hash: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    /// After this the certificate claims nothing.
+    pub claim_by: i64,
+}
+
+impl Store {
+    /// The tenant of an enrollment token for `device_type` that is live (known, unexpired,
+    /// a use left), without using it: a pending certificate's challenge is checked at issue
+    /// and used up by the claim, which alone knows the identity it claims. `None`: dead.
+    pub async fn live_enrollment_token(
+        &self,
+        token_hash: &str,
+        device_type: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> = with_pool!(self, pool => sqlx::query_as(
+                "SELECT tenant FROM enrollment_tokens
+                 WHERE token_hash = $1 AND device_type = $2 AND uses_left > 0 AND expires_at > $3")
+            .bind(token_hash).bind(device_type).bind(now_ms()).fetch_optional(pool).await?);
+        Ok(row.map(|(t,)| t))
+    }
+
+    pub async fn insert_pending_certificate(&self, p: &PendingCertificate) -> Result<(), StoreError> {
+        with_write_pool!(self, pool => sqlx::query(
+                "INSERT INTO pending_certificates
+                     (credential, serial, device_type, token_hash, not_before, not_after, claim_by, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+            .bind(&p.credential).bind(&p.serial).bind(&p.device_type).bind(&p.token_hash)
+            .bind(p.not_before).bind(p.not_after).bind(p.claim_by).bind(now_ms())
+            .execute(pool).await.map(|_| ())?);
+        Ok(())
+    }
+
+    /// The pending certificate whose credential is `credential`, while it may claim.
+    pub async fn pending_certificate(&self, credential: &str) -> Result<Option<PendingCertificate>, StoreError> {
+        Ok(with_pool!(self, pool => sqlx::query_as(
+                "SELECT credential, serial, device_type, token_hash, not_before, not_after, claim_by
+                 FROM pending_certificates WHERE credential = $1 AND claim_by > $2")
+            .bind(credential).bind(now_ms()).fetch_optional(pool).await?))
+    }
+
+    /// Bind a pending certificate to the device that claimed it: it becomes one of the
+    /// device's credentials as if issued to it, with `event`. `false`: it was claimed
+    /// (or swept) meanwhile, and nothing changed. One transaction, so two check-ins racing
+    /// with the same certificate bind it once.
+    pub async fn claim_pending_certificate(
+        &self,
+        credential: &str,
+        device: i64,
+        event: &NewEvent,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        with_write_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let taken: Option<(String, i64, i64)> = sqlx::query_as(
+                    "DELETE FROM pending_certificates WHERE credential = $1 AND claim_by > $2
+                     RETURNING serial, not_before, not_after")
+                .bind(credential).bind(now).fetch_optional(&mut *tx).await?;
+            let Some((serial, not_before, not_after)) = taken else { return Ok(false) };
+            sqlx::query(
+                "INSERT INTO device_credentials (token_hash, device, created_at, expires_at) VALUES ($1, $2, $3, $4)")
+                .bind(credential).bind(device).bind(now).bind(not_after).execute(&mut *tx).await?;
+            sqlx::query(
+                "INSERT INTO device_certificates (serial, device, credential, not_before, not_after, issued_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(&serial).bind(device).bind(credential).bind(not_before).bind(not_after).bind(now)
+                .execute(&mut *tx).await?;
+            super::record_event!(&mut *tx, event);
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// Delete pending certificates past their claim window. Returns how many.
+    pub async fn sweep_pending_certificates(&self) -> Result<u64, StoreError> {
+        Ok(with_write_pool!(self, pool => sqlx::query("DELETE FROM pending_certificates WHERE claim_by <= $1")
+            .bind(now_ms()).execute(pool).await?.rows_affected()))
+    }
+}

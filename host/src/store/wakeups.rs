@@ -45,6 +45,18 @@ pub struct SettingsRow {
     pub updated_at: i64,
 }
 
+/// What a tenant set for a plugin (`plugin_settings::TenantPluginSettings`), as stored:
+/// JSON config, PEM identity, JSON OAuth settings, opened.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct TenantSettingsRow {
+    pub tenant: String,
+    pub plugin: String,
+    pub config: String,
+    pub client_identity: Option<String>,
+    pub oauth: Option<String>,
+    pub updated_at: i64,
+}
+
 /// The upsert both scheduling statements share: a device already scheduled keeps its due
 /// time (and so its backoff); one that failed is scheduled afresh, and so is one that was
 /// sent, unless it was woken less than [`WAKE_AGAIN_MS`] ago and has not called in since.
@@ -232,10 +244,80 @@ impl Store {
         Ok(row)
     }
 
+    /// What every tenant set for every plugin, secrets opened.
+    pub async fn tenant_plugin_settings(&self) -> Result<Vec<TenantSettingsRow>, StoreError> {
+        self.tenant_plugin_settings_sealed().await?.into_iter().map(|r| self.open_tenant_settings(r)).collect()
+    }
+
+    async fn tenant_plugin_settings_sealed(&self) -> Result<Vec<TenantSettingsRow>, StoreError> {
+        Ok(with_pool!(self, pool => sqlx::query_as::<_, TenantSettingsRow>(
+                "SELECT tenant, plugin, config, client_identity, oauth, updated_at
+                 FROM tenant_plugin_settings ORDER BY tenant, plugin")
+            .fetch_all(pool).await?))
+    }
+
+    /// Where a tenant's secrets for a plugin are sealed: apart from the server's
+    /// (`{plugin}/…`) and from every other tenant's, so a sealed value copied to another
+    /// row does not open.
+    fn tenant_place(row: &TenantSettingsRow, field: &str) -> String {
+        format!("tenant:{}/{}/{field}", row.tenant, row.plugin)
+    }
+
+    fn open_tenant_settings(&self, mut row: TenantSettingsRow) -> Result<TenantSettingsRow, StoreError> {
+        row.config = self.sealer.open(&Self::tenant_place(&row, "config"), &row.config)?;
+        if let Some(v) = &row.client_identity {
+            row.client_identity = Some(self.sealer.open(&Self::tenant_place(&row, "client_identity"), v)?);
+        }
+        if let Some(v) = &row.oauth {
+            row.oauth = Some(self.sealer.open(&Self::tenant_place(&row, "oauth"), v)?);
+        }
+        Ok(row)
+    }
+
+    /// Store what a tenant set for a plugin, every part sealed (its config values are as
+    /// secret as its certificate's key: a tenant's API keys).
+    pub async fn put_tenant_plugin_settings(&self, row: &TenantSettingsRow) -> Result<(), StoreError> {
+        let config = self.sealer.seal(&Self::tenant_place(row, "config"), &row.config);
+        let identity =
+            row.client_identity.as_deref().map(|v| self.sealer.seal(&Self::tenant_place(row, "client_identity"), v));
+        let oauth = row.oauth.as_deref().map(|v| self.sealer.seal(&Self::tenant_place(row, "oauth"), v));
+        with_write_pool!(self, pool => sqlx::query(
+                "INSERT INTO tenant_plugin_settings (tenant, plugin, config, client_identity, oauth, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (tenant, plugin) DO UPDATE SET config = excluded.config,
+                     client_identity = excluded.client_identity, oauth = excluded.oauth,
+                     updated_at = excluded.updated_at")
+            .bind(&row.tenant).bind(&row.plugin).bind(&config).bind(&identity).bind(&oauth).bind(row.updated_at)
+            .execute(pool).await.map(|_| ())?);
+        self.announce(super::Change::Settings).await;
+        Ok(())
+    }
+
+    /// Forget what a tenant set for a plugin: its devices get the server's settings.
+    /// `false`: it had set nothing.
+    pub async fn delete_tenant_plugin_settings(&self, tenant: &str, plugin: &str) -> Result<bool, StoreError> {
+        let n = with_write_pool!(self, pool => sqlx::query(
+                "DELETE FROM tenant_plugin_settings WHERE tenant = $1 AND plugin = $2")
+            .bind(tenant).bind(plugin).execute(pool).await?.rows_affected());
+        self.announce(super::Change::Settings).await;
+        Ok(n > 0)
+    }
+
     /// Seal again, with the current key, every secret stored in the clear (before sealing
-    /// existed) or with a previous key (a rotation). Returns how many plugins' settings.
+    /// existed) or with a previous key (a rotation). Returns how many plugins' settings
+    /// (the server's and the tenants').
     pub async fn reseal_secrets(&self) -> Result<usize, StoreError> {
         let mut n = 0;
+        for row in self.tenant_plugin_settings_sealed().await? {
+            let stale = !self.sealer.is_current(&row.config)
+                || row.client_identity.as_deref().is_some_and(|v| !self.sealer.is_current(v))
+                || row.oauth.as_deref().is_some_and(|v| !self.sealer.is_current(v));
+            if stale {
+                let open = self.open_tenant_settings(row)?;
+                self.put_tenant_plugin_settings(&open).await?;
+                n += 1;
+            }
+        }
         for row in self.plugin_settings_sealed().await? {
             let stale = !self.sealer.is_current(&row.config)
                 || row.client_identity.as_deref().is_some_and(|v| !self.sealer.is_current(v))

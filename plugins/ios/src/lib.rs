@@ -5,13 +5,17 @@
 //! the `apns` transport with the token and PushMagic of the TokenUpdate. README.md has
 //! the protocol as Drover speaks it.
 
+pub mod profile;
 pub mod wire;
 
-use drover_sdk::device_type::Guest;
 use drover_sdk::device_type::drover::plugin::types::{
-    Channel, ChannelKind, CheckIn, Delivery, Device, DeviceMessage, DeviceTypeInfo, Encoded, Enrollment, HttpResponse,
-    Operation, OperationCode, OperationKind, OperationResult, Outbound, Ownership, PluginError, PushToken, Reply,
-    ResultStatus, TelemetryPoint, TelemetryValue,
+    Channel, ChannelKind, CheckIn, Delivery, Device, DeviceMessage, DeviceTypeInfo, Encoded, Enrollment, HttpMethod,
+    HttpResponse, Operation, OperationCode, OperationKind, OperationResult, Outbound, Ownership, PluginError,
+    PushToken, Reply, ResultStatus, TelemetryPoint, TelemetryValue,
+};
+use drover_sdk::device_type_enrolling::Guest;
+use drover_sdk::device_type_enrolling::exports::drover::plugin::enrollment_exchange::{
+    EnrollContext, Guest as Exchange, Issued, Refusal, Step as EnrollStep,
 };
 use wire::{CheckInKind, Message, Status};
 
@@ -125,6 +129,37 @@ impl Guest for Ios {
     }
 }
 
+impl Exchange for Ios {
+    /// `GET enroll/profile?token=…`: the enrollment profile (`profile.rs`). Its SCEP
+    /// payload gets the certificate and its first check-in claims the device, so nothing
+    /// here admits a device.
+    fn enroll_step(context: EnrollContext, message: Channel, _body: Vec<u8>) -> Result<EnrollStep, PluginError> {
+        let Channel::Http(request) = message else {
+            return Err(PluginError::unsupported("Apple devices enroll over HTTP only"));
+        };
+        if request.path != "enroll/profile" || !matches!(request.method, HttpMethod::Get | HttpMethod::Head) {
+            return Err(PluginError::unsupported(format!(
+                "`{}` is not an enrollment step of Apple devices: the profile is `GET enroll/profile?token=…`, the \
+                 check-in `PUT enroll?token=…`",
+                request.path
+            )));
+        }
+        use drover_sdk::device_type::drover::plugin::config::get;
+        let (topic, organization) = (get("topic"), get("organization"));
+        profile::answer(&context.agent_url, &request.query, topic.as_deref(), organization.as_deref())
+            .map(EnrollStep::Reply)
+    }
+
+    fn enrolled(
+        _context: EnrollContext,
+        _message: Channel,
+        _body: Vec<u8>,
+        _outcome: Result<Issued, Refusal>,
+    ) -> Result<HttpResponse, PluginError> {
+        Err(PluginError::unsupported("no enrollment step of Apple devices admits a device"))
+    }
+}
+
 /// Decode a check-in or a command report of `device`.
 pub fn decode(device: &Device, body: &[u8]) -> Result<DeviceMessage, PluginError> {
     let message = wire::parse(body).map_err(PluginError::malformed)?;
@@ -206,7 +241,7 @@ fn device_information(fields: &plist::Dictionary, out: &mut DeviceMessage) {
 }
 
 #[cfg(target_arch = "wasm32")]
-drover_sdk::export_device_type!(Ios);
+drover_sdk::export_device_type_enrolling!(Ios);
 
 #[cfg(test)]
 mod tests;

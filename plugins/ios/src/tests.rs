@@ -244,3 +244,56 @@ fn a_policy_feature_list_becomes_one_profile() {
         .unwrap_err();
     assert!(e.message.contains("restrictions.x"), "{}", e.message);
 }
+
+#[test]
+fn the_enrollment_profile_asks_scep_for_the_identity_the_mdm_payload_uses() {
+    let query = "token=drv_enroll_abc123";
+    let answer = crate::profile::answer(
+        "https://mdm.example.com/agent/v1/ios",
+        query,
+        Some("com.apple.mgmt.External.1"),
+        Some("Acme"),
+    )
+    .unwrap();
+    assert_eq!(answer.content_type.as_deref(), Some(crate::profile::CONTENT_TYPE));
+    let profile = plist::Value::from_reader_xml(&answer.body[..]).unwrap().into_dictionary().unwrap();
+    assert_eq!(profile["PayloadType"].as_string(), Some("Configuration"));
+    assert_eq!(profile["PayloadOrganization"].as_string(), Some("Acme"));
+    let payloads = profile["PayloadContent"].as_array().unwrap();
+    let by_type = |t: &str| {
+        payloads.iter().map(|p| p.as_dictionary().unwrap()).find(|p| p["PayloadType"].as_string() == Some(t)).unwrap()
+    };
+    let (scep, mdm) = (by_type("com.apple.security.scep"), by_type("com.apple.mdm"));
+    let content = scep["PayloadContent"].as_dictionary().unwrap();
+    assert_eq!(content["URL"].as_string(), Some("https://mdm.example.com/agent/v1/ios/scep/pending"));
+    assert_eq!(content["Challenge"].as_string(), Some("drv_enroll_abc123"));
+    assert_eq!(content["Keysize"].as_signed_integer(), Some(2048));
+    assert_eq!(mdm["IdentityCertificateUUID"], scep["PayloadUUID"]);
+    assert_eq!(mdm["ServerURL"].as_string(), Some("https://mdm.example.com/agent/v1/ios/mdm"));
+    assert_eq!(mdm["CheckInURL"], mdm["ServerURL"]);
+    assert_eq!(mdm["Topic"].as_string(), Some("com.apple.mgmt.External.1"));
+    assert_eq!(mdm["AccessRights"].as_signed_integer(), Some(8191));
+    // Every payload has its own UUID, and the same link gives the same profile.
+    let uuids: std::collections::HashSet<_> =
+        [&profile, scep, mdm].iter().map(|p| p["PayloadUUID"].as_string().unwrap().to_string()).collect();
+    assert_eq!(uuids.len(), 3);
+    let again = crate::profile::answer(
+        "https://mdm.example.com/agent/v1/ios",
+        query,
+        Some("com.apple.mgmt.External.1"),
+        Some("Acme"),
+    )
+    .unwrap();
+    assert_eq!(again.body, answer.body);
+}
+
+#[test]
+fn no_profile_without_a_token_or_a_topic() {
+    let url = "https://mdm.example.com/agent/v1/ios";
+    let e = crate::profile::answer(url, "", Some("t"), None).unwrap_err();
+    assert!(e.message.contains("enroll/profile?token="), "{}", e.message);
+    let e = crate::profile::answer(url, "token=a<b", Some("t"), None).unwrap_err();
+    assert!(e.message.contains("not an enrollment token"), "{}", e.message);
+    let e = crate::profile::answer(url, "token=drv_enroll_x", None, None).unwrap_err();
+    assert!(e.message.contains("`topic` setting"), "{}", e.message);
+}
