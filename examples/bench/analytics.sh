@@ -38,7 +38,7 @@ run() {
     local rollups=true
     [ "$mode" = off ] || [ "$mode" = rules ] && rollups=false
     "$bin" serve --data-dir "$data" --http-addr "127.0.0.1:$http" --mqtt-addr "127.0.0.1:$mqtt" \
-        --coap-addr "127.0.0.1:$(port)" --coaps-addr 127.0.0.1:0 --plaintext true --telemetry-rollups "$rollups" "${url[@]}" >"$data/log" 2>&1 &
+        --coap-addr "127.0.0.1:$(port)" --coaps-addr 127.0.0.1:0 --plaintext true --enroll-rate-per-sec 0 --telemetry-rollups "$rollups" "${url[@]}" >"$data/log" 2>&1 &
     server=$!
     for _ in $(seq 100); do curl -sf "http://127.0.0.1:$http/healthz" >/dev/null && break; sleep 0.2; done
     token=$(cat "$data/admin-token")

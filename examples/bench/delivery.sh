@@ -122,7 +122,7 @@ one_run() { # build
         DROVER_ADMIN_TOKEN=$(cat "$data/admin-token")
     fi
     "$bin/drover" serve --data-dir "$data/server" --http-addr 127.0.0.1:18080 --mqtt-addr 127.0.0.1:18830 \
-        --coap-addr 127.0.0.1:15683 --coaps-addr 127.0.0.1:0 --plaintext true "${server_args[@]}" >"$data/server.log" 2>&1 &
+        --coap-addr 127.0.0.1:15683 --coaps-addr 127.0.0.1:0 --plaintext true --enroll-rate-per-sec 0 "${server_args[@]}" >"$data/server.log" 2>&1 &
     server=$!
     for _ in $(seq 1 300); do
         curl -sf --max-time 1 http://127.0.0.1:18080/healthz >/dev/null && break

@@ -210,7 +210,22 @@ async fn enroll(args: &Args, admin: &Arc<Admin>, run: &str) -> Result<Vec<Device
         let (admin, limit, pb) = (admin.clone(), limit.clone(), pb.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = limit.acquire_owned().await?;
-            let r = admin.http.post(format!("{}/agent/v1/android/enroll", admin.server)).body(body).send().await?;
+            // A server that limits enrollments per address (all of these come from one)
+            // says when to come back; a benchmark's server runs with --enroll-rate-per-sec 0.
+            let mut waits = 0;
+            let r = loop {
+                let r =
+                    admin.http.post(format!("{}/agent/v1/android/enroll", admin.server)).body(body.clone()).send().await?;
+                if r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS {
+                    break r;
+                }
+                waits += 1;
+                if waits > 600 {
+                    bail!("enroll {id}: still told to wait after {waits} tries (start the server with --enroll-rate-per-sec 0)");
+                }
+                let wait = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(1);
+                tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+            };
             let status = r.status();
             let v: Value = r.json().await?;
             if !status.is_success() {

@@ -127,6 +127,7 @@ async fn run(label: &str, config: Config) {
         core: core.clone(),
         max_agent_body: drover::http::MAX_AGENT_BODY,
         body_timeout: Duration::from_secs(10),
+        throttle: std::sync::Arc::new(drover::http::throttle::Throttle::new(0, 0)),
     };
     let router = drover::http::router(state);
     let cookie = format!("drover_session={session}");

@@ -146,6 +146,12 @@ pub struct ServeArgs {
     /// Seconds a client has to send a request's body [default: 30]
     #[arg(long, env = "DROVER_HTTP_BODY_TIMEOUT_SECS")]
     pub http_body_timeout_secs: Option<u64>,
+    /// Requests before any credential (enrollment, SCEP, a profile, a first certificate) per second from one client address; 0 switches the limit off [default: 20]
+    #[arg(long, env = "DROVER_ENROLL_RATE_PER_SEC")]
+    pub enroll_rate_per_sec: Option<u32>,
+    /// How many such requests one client address may make at once before the rate applies [default: 100]
+    #[arg(long, env = "DROVER_ENROLL_BURST")]
+    pub enroll_burst: Option<u32>,
     /// MQTT connections the embedded broker holds at once (the process may open 20,000 files in all) [default: 12000]
     #[arg(long, env = "DROVER_MQTT_MAX_CONNECTIONS")]
     pub mqtt_max_connections: Option<usize>,
@@ -483,6 +489,11 @@ impl ServeArgs {
                         .http_body_timeout_secs
                         .or(file.http_body_timeout_secs)
                         .map_or(d.body_timeout, |s| std::time::Duration::from_secs(s.max(1))),
+                    enroll_rate_per_sec: self
+                        .enroll_rate_per_sec
+                        .or(file.enroll_rate_per_sec)
+                        .unwrap_or(d.enroll_rate_per_sec),
+                    enroll_burst: self.enroll_burst.or(file.enroll_burst).unwrap_or(d.enroll_burst).max(1),
                 }
             },
             mqtt_max_connections: self
@@ -551,6 +562,10 @@ pub struct HttpLimits {
     pub header_timeout: std::time::Duration,
     /// How long a handler waits for a request body.
     pub body_timeout: std::time::Duration,
+    /// Requests before any credential, per second and at once, per client address
+    /// (`http/throttle.rs`); a rate of 0: no limit.
+    pub enroll_rate_per_sec: u32,
+    pub enroll_burst: u32,
 }
 
 impl Default for HttpLimits {
@@ -559,6 +574,8 @@ impl Default for HttpLimits {
             max_connections: 4096,
             header_timeout: std::time::Duration::from_secs(20),
             body_timeout: std::time::Duration::from_secs(30),
+            enroll_rate_per_sec: crate::http::throttle::DEFAULT_RATE,
+            enroll_burst: crate::http::throttle::DEFAULT_BURST,
         }
     }
 }

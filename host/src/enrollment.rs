@@ -701,27 +701,49 @@ pub async fn certify_pending(
     Ok(issued)
 }
 
-/// A request made with a pending certificate (`pending`): the plugin reads it as an
-/// enrollment request (an Apple `Authenticate`), the identity it names is claimed by the
-/// rule with the certificate's enrollment token, and the certificate becomes that
-/// device's credential. The caller then handles the request as the device's.
+/// A request made with a pending certificate (its credential `credential`, at a path of
+/// `device_type`, `plugin`'s): the plugin reads it as an enrollment request (an Apple
+/// `Authenticate`), the identity it names is claimed by the rule with the certificate's
+/// enrollment token, and the certificate becomes that device's credential. The caller
+/// then handles the request as the device's. The certificate is taken for the claim
+/// first, so two requests racing with it cannot both claim (nor the second leave a device
+/// behind); a claim that fails gives it back for the device's next try.
 pub async fn claim_pending(
     core: &Core,
     plugin: &LoadedPlugin,
-    pending: &crate::store::PendingCertificate,
+    device_type: &str,
+    credential: &str,
     source: Source,
     channel: Channel,
     body: &[u8],
 ) -> Result<DeviceRow> {
     crate::delivery::bounded(body)?;
-    let device_type = &pending.device_type;
-    let e = plugin.enroll(source, channel, body.to_vec()).await?;
-    let device = admit_with(core, device_type, &e, Credential::Token, Some(&pending.token_hash), "certificate").await?;
-    let event = certificate_issued(&device, &pending.serial, pending.not_after, "pending_claim");
-    if !core.store.claim_pending_certificate(&pending.credential, device.id, &event).await? {
-        return Err(Error::unauthenticated("this certificate's enrollment was claimed already"));
+    let Some(pending) = core.store.take_pending_certificate(credential).await? else {
+        return Err(Error::unauthenticated(
+            "this certificate's enrollment was claimed already, is being claimed, or its hour to claim has passed",
+        ));
+    };
+    let claimed = async {
+        if pending.device_type != device_type {
+            return Err(Error::forbidden(format!(
+                "this certificate is for a {} enrollment, not {device_type}",
+                pending.device_type
+            )));
+        }
+        let e = plugin.enroll(source, channel, body.to_vec()).await?;
+        admit_with(core, device_type, &e, Credential::Token, Some(&pending.token_hash), "certificate").await
     }
-    tracing::info!(device_type, device_id = %device.device_id, serial = %pending.serial, "pending certificate claimed");
+    .await;
+    let device = match claimed {
+        Ok(device) => device,
+        Err(e) => {
+            core.store.release_pending_certificate(credential).await?;
+            return Err(e);
+        }
+    };
+    let event = certificate_issued(&device, &pending.serial, pending.not_after, "pending_claim");
+    core.store.bind_pending_certificate(&pending, device.id, &event).await?;
+    tracing::info!(device_type = %device.device_type, device_id = %device.device_id, serial = %pending.serial, "pending certificate claimed");
     Ok(device)
 }
 

@@ -42,7 +42,7 @@ struct Mqtt {
 }
 
 /// What the periodic sweep needs to know.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Housekeeping {
     retention: Duration,
     event_retention: Duration,
@@ -51,6 +51,8 @@ struct Housekeeping {
     answer_timeout: Option<Duration>,
     /// How long rollups are kept, per level (`writes::LEVELS`'s order).
     rollup_retention: [Duration; 2],
+    /// The unauthenticated requests' buckets, swept every minute.
+    throttle: std::sync::Arc<crate::http::throttle::Throttle>,
 }
 
 impl Server {
@@ -129,8 +131,16 @@ impl Server {
             allow_address_change: config.coap_allow_address_change,
         })
         .await?;
-        let state =
-            AppState { core, max_agent_body: crate::http::MAX_AGENT_BODY, body_timeout: config.http.body_timeout };
+        let throttle = std::sync::Arc::new(crate::http::throttle::Throttle::new(
+            config.http.enroll_rate_per_sec,
+            config.http.enroll_burst,
+        ));
+        let state = AppState {
+            core,
+            max_agent_body: crate::http::MAX_AGENT_BODY,
+            body_timeout: config.http.body_timeout,
+            throttle: throttle.clone(),
+        };
         let housekeeping = Housekeeping {
             retention: Duration::from_secs(u64::from(config.retention_days) * crate::enrollment::DAY_SECS as u64),
             event_retention: Duration::from_secs(
@@ -140,6 +150,7 @@ impl Server {
             answer_timeout: config.answer_timeout,
             rollup_retention: [config.rollup_minute_retention_days, config.rollup_hour_retention_days]
                 .map(|d| Duration::from_secs(u64::from(d) * crate::enrollment::DAY_SECS as u64)),
+            throttle,
         };
         let proxies = config.trusted_proxies.clone().into();
         Ok(Server {
@@ -321,6 +332,7 @@ async fn housekeeping(core: Core, config: Housekeeping) {
             }
         }
         if n.is_multiple_of(6) {
+            config.throttle.sweep();
             match sweep_unreachable(&core, now, config.unreachable_after).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(devices = n, "devices not seen recently marked unreachable"),

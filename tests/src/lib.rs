@@ -203,6 +203,9 @@ impl TestServer {
             admin_token: Some(ADMIN_TOKEN.into()),
             ..drover::config::Config::local(data.path())
         };
+        // A test's devices all come from 127.0.0.1, a whole fleet behind one address: no
+        // limit on requests before a credential (`limits.rs` tests the limit itself).
+        config.http.enroll_rate_per_sec = 0;
         adjust(&mut config);
         std::fs::create_dir_all(&cache).unwrap();
         Self::boot(config, data, pg_schema).await

@@ -208,3 +208,75 @@ async fn mqtt_flood(server: &TestServer) {
     let _ = flood.kill().await;
 }
 e2e!(mqtt_flood_does_not_stall_others, super::mqtt_flood);
+
+fn throttled(c: &mut drover::config::Config) {
+    c.http.enroll_rate_per_sec = 1;
+    c.http.enroll_burst = 5;
+    c.trusted_proxies = vec!["127.0.0.3/32".parse().unwrap()];
+}
+
+/// A client of its own loopback address (Linux answers all of 127/8).
+fn client_from(address: &str) -> reqwest::Client {
+    reqwest::Client::builder().local_address(address.parse::<std::net::IpAddr>().unwrap()).build().unwrap()
+}
+
+/// One address asking before any credential (SCEP here; enrollment, profiles and first
+/// certificates count the same) as fast as it can is told to wait past its burst (429,
+/// `Retry-After`), and served again once it has; meanwhile another address's request, an
+/// enrolled device's poll and, behind the trusted proxy, each client it forwards are
+/// served. A made-up `X-Forwarded-For` from an address that is no trusted proxy is the same
+/// client all the same. Logins are counted too. (Without the buckets every request of the
+/// flood is served.)
+async fn requests_before_a_credential_per_client(server: &TestServer) {
+    let id = unique("thr");
+    let device = enroll(server, &id).await;
+    let caps = server.url("/agent/v1/android/scep?operation=GetCACaps");
+    let flood = client_from("127.0.0.2");
+    let (mut served, mut refused) = (0, None);
+    for i in 0..20 {
+        let r = flood.get(&caps).header("x-forwarded-for", format!("10.0.0.{i}")).send().await.unwrap();
+        match r.status() {
+            StatusCode::OK => served += 1,
+            StatusCode::TOO_MANY_REQUESTS => refused = Some(r),
+            other => panic!("{other}"),
+        }
+    }
+    assert!((5..=7).contains(&served), "served {served} of 20 at 1/s with a burst of 5");
+    let refused = refused.expect("the flood was refused past its burst");
+    let wait: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&wait), "{wait}");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+
+    // Others are served meanwhile: another address, an enrolled device (authenticated
+    // first, never counted), and two clients behind the trusted proxy, each its own.
+    let r = client_from("127.0.0.4").get(&caps).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = server.poll_android(&id, &device, "[]").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let proxy = client_from("127.0.0.3");
+    let behind = |client: &'static str| proxy.get(&caps).header("x-forwarded-for", client).send();
+    for _ in 0..5 {
+        assert_eq!(behind("198.51.100.1").await.unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(behind("198.51.100.1").await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(behind("198.51.100.2").await.unwrap().status(), StatusCode::OK);
+
+    // Logins count the same (each password check is an argon2 hash): names that do not
+    // exist, so no user's own lock answers first.
+    let guesser = client_from("127.0.0.5");
+    let login = |n: usize| {
+        guesser.post(server.url("/api/v1/login")).json(&json!({"name": format!("nobody-{n}"), "password": "x"})).send()
+    };
+    for n in 0..5 {
+        assert_eq!(login(n).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = login(5).await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "rate_limited");
+
+    // Having waited, the flooding address is served again.
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    assert_eq!(flood.get(&caps).send().await.unwrap().status(), StatusCode::OK);
+}
+e2e_with!(requests_before_a_credential, super::throttled, super::requests_before_a_credential_per_client);

@@ -9,7 +9,7 @@
 //! it carried and answers as the plugin's `reply` says. This file only carries HTTP.
 
 use super::Path;
-use super::extract::{AuthDevice, device_token_hash, unknown_device_token};
+use super::extract::{AuthDevice, client_addr, device_token_hash, throttle, unknown_device_token};
 use super::{ApiError, AppState};
 use crate::enrollment::Issued;
 use crate::plugins::Source;
@@ -71,6 +71,7 @@ async fn agent(
     // `enroll/…`: the steps of an enrollment exchange, for a type that has one (MS-MDE2).
     let exchange = path.starts_with("enroll/") && plugin.has_enroll_exchange();
     if path == "enroll" || exchange {
+        throttle(&state, &parts)?;
         let body = read_body(&state, body, MAX_ENROLL_BODY).await?;
         // An enrollment token may come as a bearer token or as `?token=` (the QR-code URL).
         let token = parts
@@ -83,7 +84,7 @@ async fn agent(
                 uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token="))).map(str::to_string)
             });
         // No credential yet: a fault its body causes is charged to the peer's address.
-        let source = Source::Peer(request_peer(&parts));
+        let source = Source::Peer(client_addr(&parts));
         if exchange {
             let answer =
                 crate::enrollment::exchange(&state, &plugin, &device_type, source, channel, &body, token.as_deref())
@@ -97,6 +98,7 @@ async fn agent(
     if path == "scep" || path == "scep/pending" {
         // SCEP (RFC 8894): unauthenticated like an enrollment; a PKIOperation's challenge
         // is its enrollment token (`scep.rs`).
+        throttle(&state, &parts)?;
         let query = axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(&uri)
             .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?
             .0;
@@ -132,6 +134,7 @@ async fn agent(
             // checked with the CSR's CN, so the body (at most 16 KiB, less than an
             // enrollment's) is read first, as for an enrollment.
             Some(t) if t.starts_with("drv_enroll_") => {
+                throttle(&state, &parts)?;
                 let body = read_body(&state, body, crate::identity::MAX_CSR).await?;
                 crate::enrollment::certify(&state, &device_type, &body, crate::enrollment::CertifyAs::Challenge(t))
                     .await?
@@ -175,19 +178,27 @@ async fn agent(
             // `scep/pending`): this first request names the device and claims it, then is
             // the device's own.
             let pending = match parts.extensions.get::<crate::tls::ClientCertificate>() {
-                Some(c) if credential == c.0 => state.store.pending_certificate(&credential).await?,
+                Some(c) if credential == c.0 => {
+                    throttle(&state, &parts)?;
+                    state.store.pending_certificate(&credential).await?
+                }
                 _ => None,
             };
-            let pending = pending.ok_or_else(unknown_device_token)?;
-            if pending.device_type != device_type {
-                return Err(ApiError::forbidden(format!(
-                    "this certificate is for a {} enrollment, not {device_type}",
-                    pending.device_type
-                )));
+            if pending.is_none() {
+                return Err(unknown_device_token());
             }
             let body = read_body(&state, body, MAX_ENROLL_BODY).await?;
-            let source = Source::Peer(request_peer(&parts));
-            crate::enrollment::claim_pending(&state, &plugin, &pending, source, channel.clone(), &body).await?;
+            let source = Source::Peer(client_addr(&parts));
+            crate::enrollment::claim_pending(
+                &state,
+                &plugin,
+                &device_type,
+                &credential,
+                source,
+                channel.clone(),
+                &body,
+            )
+            .await?;
             let (device, queue) = state
                 .store
                 .device_and_queue(DeviceKey::Credential(&credential), limit)
@@ -242,14 +253,6 @@ fn same_type(device: &DeviceRow, device_type: &str) -> Result<(), ApiError> {
         )));
     }
     Ok(())
-}
-
-/// balancer's). Unspecified when the server was not served with connection info.
-fn request_peer(parts: &axum::http::request::Parts) -> std::net::IpAddr {
-    parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
 }
 
 fn render(out: Outbound) -> Result<Response, ApiError> {

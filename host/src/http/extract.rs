@@ -282,6 +282,44 @@ pub fn device_token_hash(parts: &Parts) -> Result<String, ApiError> {
     ))
 }
 
+/// The client's address: the TCP peer, or behind a proxy of `--trusted-proxies` the
+/// address it forwarded (`listener.rs`), not the proxy's or a load balancer's. Unspecified
+/// when the server was not served with connection info.
+pub fn client_addr(parts: &Parts) -> std::net::IpAddr {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
+}
+
+/// A request made before any credential (an enrollment, a login), counted against its
+/// client address's bucket (`throttle.rs`): past it, 429 with how long to wait, before
+/// anything of the request is read.
+pub struct Throttled;
+
+impl FromRequestParts<AppState> for Throttled {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        throttle(state, parts).map(|()| Throttled)
+    }
+}
+
+/// Count a request made before any credential; see [`Throttled`].
+pub fn throttle(state: &AppState, parts: &Parts) -> Result<(), ApiError> {
+    let client = client_addr(parts);
+    state.throttle.check(client).map_err(|wait| {
+        tracing::debug!(%client, "request before a credential over its address's rate: 429");
+        ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests before a credential from this address (enrollment, SCEP, certificates, logins): \
+             slow down",
+        )
+        .retry_after(wait.as_secs_f64().ceil() as u64)
+    })
+}
+
 /// The answer to a device credential that is not live.
 pub fn unknown_device_token() -> ApiError {
     ApiError::unauthorized("unknown, expired or revoked device token")

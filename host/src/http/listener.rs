@@ -88,7 +88,13 @@ pub async fn serve(
             // terminated TLS, the one the proxy forwards.
             let trusted = proxies.iter().any(|p| p.contains(&peer.ip()));
             let service = tower::ServiceExt::map_request(app, move |mut r: axum::extract::Request<_>| {
-                r.extensions_mut().insert(ConnectInfo(peer));
+                // Behind a trusted proxy the client is who it says (the last address of
+                // `X-Forwarded-For`, the one it appended); anyone else's header is not read.
+                let from = match trusted {
+                    true => forwarded_for(r.headers()).map_or(peer, |ip| std::net::SocketAddr::new(ip, 0)),
+                    false => peer,
+                };
+                r.extensions_mut().insert(ConnectInfo(from));
                 // A proxy's own certificate, if it has one, is not a device's.
                 let cert = match trusted {
                     true => crate::tls::forwarded_certificate(r.headers()).or_else(|| client.clone()),
@@ -116,6 +122,12 @@ pub async fn serve(
     Ok(())
 }
 
+/// The address a proxy appended to `X-Forwarded-For`: the last one of the last such header.
+fn forwarded_for(headers: &axum::http::HeaderMap) -> Option<std::net::IpAddr> {
+    let last = headers.get_all("x-forwarded-for").iter().next_back()?.to_str().ok()?;
+    last.rsplit(',').next()?.trim().parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -125,5 +137,18 @@ mod tests {
         let length: usize = head.lines().find_map(|l| l.strip_prefix("content-length: ")).unwrap().parse().unwrap();
         assert_eq!(body.len(), length);
         serde_json::from_str::<serde_json::Value>(body).unwrap();
+    }
+
+    #[test]
+    fn the_client_is_the_address_the_proxy_appended() {
+        let mut h = axum::http::HeaderMap::new();
+        assert_eq!(super::forwarded_for(&h), None);
+        h.append("x-forwarded-for", "203.0.113.9, 198.51.100.7".parse().unwrap());
+        assert_eq!(super::forwarded_for(&h), Some("198.51.100.7".parse().unwrap()));
+        // A client's own header comes first; the proxy's is the last.
+        h.append("x-forwarded-for", "2001:db8::5".parse().unwrap());
+        assert_eq!(super::forwarded_for(&h), Some("2001:db8::5".parse().unwrap()));
+        h.append("x-forwarded-for", "not an address".parse().unwrap());
+        assert_eq!(super::forwarded_for(&h), None);
     }
 }

@@ -24,6 +24,7 @@ mod plugins;
 mod policies;
 mod rollouts;
 mod tenants;
+pub mod throttle;
 mod tokens;
 mod users;
 mod webhooks;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub max_agent_body: usize,
     /// How long a handler waits for a request body.
     pub body_timeout: Duration,
+    /// Requests before any credential, per client address (`throttle.rs`).
+    pub throttle: std::sync::Arc<throttle::Throttle>,
 }
 
 /// Handlers read the core's parts (`state.store`, `state.registry` …) directly.

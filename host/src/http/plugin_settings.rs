@@ -53,7 +53,7 @@ pub(super) async fn get_tenant_plugin_settings(
     TenantViewer(admin): TenantViewer,
     Path((tenant, name)): Path<(String, String)>,
 ) -> Result<Json<TenantPluginSettings>, ApiError> {
-    let tenant = crate::tenants::acting_in(&state.store, admin.tenant.as_deref(), Some(&tenant)).await?;
+    let tenant = path_tenant(&state, &admin, &tenant).await?;
     crate::plugin_settings::shown_tenant(&state, &name, &tenant)?.map(Json).ok_or_else(|| {
         ApiError::not_found(format!(
             "tenant `{tenant}` set nothing for plugin {name}: its devices get the server's settings"
@@ -76,7 +76,7 @@ pub(super) async fn put_tenant_plugin_settings(
     Path((tenant, name)): Path<(String, String)>,
     ApiJson(settings): ApiJson<TenantPluginSettings>,
 ) -> Result<Json<TenantPluginSettings>, ApiError> {
-    let tenant = crate::tenants::acting_in(&state.store, admin.tenant.as_deref(), Some(&tenant)).await?;
+    let tenant = path_tenant(&state, &admin, &tenant).await?;
     crate::plugin_settings::put_tenant(&state, &name, &tenant, settings, &admin.actor()).await?;
     Ok(Json(crate::plugin_settings::shown_tenant(&state, &name, &tenant)?.unwrap_or_default()))
 }
@@ -91,10 +91,19 @@ pub(super) async fn delete_tenant_plugin_settings(
     TenantAdministrator(admin): TenantAdministrator,
     Path((tenant, name)): Path<(String, String)>,
 ) -> Result<axum::http::StatusCode, ApiError> {
-    let tenant = crate::tenants::acting_in(&state.store, admin.tenant.as_deref(), Some(&tenant)).await?;
+    let tenant = path_tenant(&state, &admin, &tenant).await?;
     if crate::plugin_settings::delete_tenant(&state, &name, &tenant, &admin.actor()).await? {
         Ok(axum::http::StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("tenant `{tenant}` set nothing for plugin {name}")))
     }
+}
+
+/// The tenant a path names, for `admin`: its own (naming another is 403), or for an
+/// operator any that exists (one that does not is 404, as any missing path resource).
+async fn path_tenant(state: &AppState, admin: &super::extract::Admin, tenant: &str) -> Result<String, ApiError> {
+    if admin.tenant.is_none() && !state.store.tenant_exists(tenant).await? {
+        return Err(ApiError::not_found(format!("no tenant `{}`", tenant.escape_debug())));
+    }
+    Ok(crate::tenants::acting_in(&state.store, admin.tenant.as_deref(), Some(tenant)).await?)
 }

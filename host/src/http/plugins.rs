@@ -172,7 +172,16 @@ fn reason(body: &[u8]) -> Result<Option<String>, ApiError> {
         return Ok(None);
     }
     // `null` is no reason, as an empty body is (the document says the body is optional).
-    let r: Option<Reason> = serde_json::from_slice(body)
+    // Anything but an object or null is refused: serde would read a struct from an array.
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("malformed_json", format!("request body: {e}")))?;
+    if !(value.is_object() || value.is_null()) {
+        return Err(ApiError::bad_request(
+            "malformed_json",
+            "request body: an object like {\"reason\": \"…\"}, null, or nothing",
+        ));
+    }
+    let r: Option<Reason> = serde_json::from_value(value)
         .map_err(|e| ApiError::bad_request("malformed_json", format!("request body: {e}")))?;
     let reason = r.and_then(|r| r.reason);
     if reason.as_ref().is_some_and(|t| t.chars().count() > 1000) {
@@ -262,7 +271,9 @@ pub(super) async fn get_grants(
 /// requested by its manifest is linked. A loaded plugin is reloaded with the new grants
 /// first; if it imports something no longer granted, nothing changes (422).
 #[utoipa::path(put, path = "/api/v1/plugins/{name}/grants", tag = "plugins", params(("name" = String, Path)),
-    request_body = GrantList, responses((status = 200, body = GrantList), Errors))]
+    request_body = GrantList, responses((status = 200, body = GrantList),
+        (status = 422, description = "The plugin imports a capability the new grants take away: nothing changed",
+         body = super::ErrorBody), Errors))]
 pub(super) async fn put_grants(
     State(state): State<AppState>,
     Administrator(admin): Administrator,

@@ -217,10 +217,11 @@ pub(super) struct LoginAnswer {
 #[utoipa::path(post, path = "/api/v1/login", tag = "admin", request_body = LoginRequest, security(()),
     responses((status = 201, body = LoginAnswer),
               (status = 401, description = "Unknown user or wrong password", body = ErrorBody),
-              (status = 429, description = "The user is locked after failed logins", body = ErrorBody),
+              (status = 429, description = "The user is locked after failed logins, or this address made too many requests before a credential", body = ErrorBody),
               (status = 503, description = "Too many password checks at once", body = ErrorBody), Errors))]
 pub(super) async fn login(
     State(state): State<AppState>,
+    _: super::extract::Throttled,
     ApiJson(l): ApiJson<LoginRequest>,
 ) -> Result<(StatusCode, Json<LoginAnswer>), ApiError> {
     let ttl = match l.ttl_secs {

@@ -433,41 +433,57 @@ impl Store {
             .bind(credential).bind(now_ms()).fetch_optional(pool).await?))
     }
 
-    /// Bind a pending certificate to the device that claimed it: it becomes one of the
-    /// device's credentials as if issued to it, with `event`. `false`: it was claimed
-    /// (or swept) meanwhile, and nothing changed. One transaction, so two check-ins racing
-    /// with the same certificate bind it once.
-    pub async fn claim_pending_certificate(
+    /// Take a pending certificate for one claim: from now on no other request can claim
+    /// with it (its `claim_by` is kept negated) until the claim binds it or gives it back.
+    /// `None`: unknown, past its window, or taken by another request.
+    pub async fn take_pending_certificate(&self, credential: &str) -> Result<Option<PendingCertificate>, StoreError> {
+        Ok(with_write_pool!(self, pool => sqlx::query_as(
+                "UPDATE pending_certificates SET claim_by = -claim_by WHERE credential = $1 AND claim_by > $2
+                 RETURNING credential, serial, device_type, token_hash, not_before, not_after, -claim_by AS claim_by")
+            .bind(credential).bind(now_ms()).fetch_optional(pool).await?))
+    }
+
+    /// Give back a pending certificate whose claim failed (a refused identity, a plugin
+    /// error), so the device may try again within its window.
+    pub async fn release_pending_certificate(&self, credential: &str) -> Result<(), StoreError> {
+        with_write_pool!(self, pool => sqlx::query(
+                "UPDATE pending_certificates SET claim_by = -claim_by WHERE credential = $1 AND claim_by < 0")
+            .bind(credential).execute(pool).await.map(|_| ())?);
+        Ok(())
+    }
+
+    /// Bind a taken pending certificate to the device that claimed it: it becomes one of
+    /// the device's credentials as if issued to it, with `event`, and is pending no more.
+    pub async fn bind_pending_certificate(
         &self,
-        credential: &str,
+        p: &PendingCertificate,
         device: i64,
         event: &NewEvent,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            let taken: Option<(String, i64, i64)> = sqlx::query_as(
-                    "DELETE FROM pending_certificates WHERE credential = $1 AND claim_by > $2
-                     RETURNING serial, not_before, not_after")
-                .bind(credential).bind(now).fetch_optional(&mut *tx).await?;
-            let Some((serial, not_before, not_after)) = taken else { return Ok(false) };
+            sqlx::query("DELETE FROM pending_certificates WHERE credential = $1")
+                .bind(&p.credential).execute(&mut *tx).await?;
             sqlx::query(
                 "INSERT INTO device_credentials (token_hash, device, created_at, expires_at) VALUES ($1, $2, $3, $4)")
-                .bind(credential).bind(device).bind(now).bind(not_after).execute(&mut *tx).await?;
+                .bind(&p.credential).bind(device).bind(now).bind(p.not_after).execute(&mut *tx).await?;
             sqlx::query(
                 "INSERT INTO device_certificates (serial, device, credential, not_before, not_after, issued_at)
                  VALUES ($1, $2, $3, $4, $5, $6)")
-                .bind(&serial).bind(device).bind(credential).bind(not_before).bind(not_after).bind(now)
+                .bind(&p.serial).bind(device).bind(&p.credential).bind(p.not_before).bind(p.not_after).bind(now)
                 .execute(&mut *tx).await?;
             super::record_event!(&mut *tx, event);
             tx.commit().await?;
-            Ok(true)
-        })
+        });
+        Ok(())
     }
 
     /// Delete pending certificates past their claim window. Returns how many.
     pub async fn sweep_pending_certificates(&self) -> Result<u64, StoreError> {
-        Ok(with_write_pool!(self, pool => sqlx::query("DELETE FROM pending_certificates WHERE claim_by <= $1")
+        // A taken one (claim_by negated) is swept once its window has passed too.
+        Ok(with_write_pool!(self, pool => sqlx::query(
+                "DELETE FROM pending_certificates WHERE claim_by <= $1 AND -claim_by <= $1")
             .bind(now_ms()).execute(pool).await?.rows_affected()))
     }
 }

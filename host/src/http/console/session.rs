@@ -209,8 +209,27 @@ fn cross_site(headers: &HeaderMap, public_url: &str) -> bool {
     origin == "null" || !(authority.eq_ignore_ascii_case(host) || origin.eq_ignore_ascii_case(public))
 }
 
+/// A login is a request before any credential: counted per client address as the
+/// API's are (`http/throttle.rs`), and answered with the form and the reason past it.
+pub struct LoginThrottled;
+
+impl FromRequestParts<ConsoleState> for LoginThrottled {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ConsoleState) -> Result<Self, Response> {
+        crate::http::extract::throttle(&state.app, parts).map(|()| LoginThrottled).map_err(|e| {
+            let wait = e.retry_after.unwrap_or(1);
+            let message = format!("Too many login attempts from this address: try again in {wait} s.");
+            let mut r = (e.status, html(login_form("/console", Some(&message)))).into_response();
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            r
+        })
+    }
+}
+
 pub async fn login(
     State(state): State<ConsoleState>,
+    _: LoginThrottled,
     headers: HeaderMap,
     axum::Form(form): axum::Form<LoginForm>,
 ) -> Response {
