@@ -554,8 +554,15 @@ mod tests {
     }
 }
 
+/// Default requests before any credential per second per client address (`http/throttle.rs`).
+pub const DEFAULT_ENROLL_RATE: u32 = 20;
+/// Default burst of them: what one device's enrollment takes at once (an iPhone's is five
+/// requests: profile, three SCEP, check-in), twenty times over.
+pub const DEFAULT_ENROLL_BURST: u32 = 100;
+
 /// Bounds of the HTTP listener (configurable: `--http-max-connections`,
-/// `--http-header-timeout-secs`, `--http-body-timeout-secs`).
+/// `--http-header-timeout-secs`, `--http-body-timeout-secs`, `--enroll-rate-per-sec`,
+/// `--enroll-burst`).
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
     pub max_connections: usize,
@@ -574,8 +581,8 @@ impl Default for HttpLimits {
             max_connections: 4096,
             header_timeout: std::time::Duration::from_secs(20),
             body_timeout: std::time::Duration::from_secs(30),
-            enroll_rate_per_sec: crate::http::throttle::DEFAULT_RATE,
-            enroll_burst: crate::http::throttle::DEFAULT_BURST,
+            enroll_rate_per_sec: DEFAULT_ENROLL_RATE,
+            enroll_burst: DEFAULT_ENROLL_BURST,
         }
     }
 }

@@ -243,6 +243,36 @@ pub fn shown(state: &Core, name: &str) -> Result<PluginSettings> {
     Ok(s)
 }
 
+/// What an admin writes back of what [`shown`] or [`shown_tenant`] showed keeps what is
+/// stored: a `***` config value of a secret key, the identity shown as its certificates,
+/// the OAuth secrets; then the OAuth settings must be of one kind or the other.
+type Secrets<'a> = (&'a mut BTreeMap<String, String>, &'a mut Option<String>, &'a mut Option<OAuth>);
+type Stored<'a> = (&'a BTreeMap<String, String>, &'a Option<String>, &'a Option<OAuth>);
+
+fn keep_secrets(plugin: &LoadedPlugin, given: Secrets<'_>, stored: Stored<'_>) -> Result<()> {
+    let ((config, identity, oauth), (kept_config, kept_identity, kept_oauth)) = (given, stored);
+    for (k, v) in config.iter_mut() {
+        if v == "***"
+            && secret_key(plugin, k)
+            && let Some(kept) = kept_config.get(k)
+        {
+            v.clone_from(kept);
+        }
+    }
+    if let (Some(shown), Some(kept)) = (identity.as_ref(), kept_identity)
+        && certificates(kept) == *shown
+    {
+        *identity = Some(kept.clone());
+    }
+    if let (Some(given), Some(kept)) = (oauth.as_mut(), kept_oauth) {
+        given.keep_secrets(kept);
+    }
+    if let Some(oauth) = oauth {
+        oauth.check().map_err(|e| Error::invalid("invalid", e))?;
+    }
+    Ok(())
+}
+
 /// Replace what an admin sets for plugin `name` (live: the next call sees it), each part
 /// checked: granted hosts within the manifest's `outbound_hosts`, redirects only of
 /// granted hosts to base URLs, TLS material and OAuth settings that parse. What [`shown`]
@@ -251,25 +281,11 @@ pub fn shown(state: &Core, name: &str) -> Result<PluginSettings> {
 pub async fn put(state: &Core, name: &str, mut settings: PluginSettings, actor: &str) -> Result<()> {
     let plugin = loaded(state, name)?;
     let stored = state.settings.get(name);
-    for (k, v) in settings.config.iter_mut() {
-        if v == "***"
-            && secret_key(&plugin, k)
-            && let Some(kept) = stored.config.get(k)
-        {
-            v.clone_from(kept);
-        }
-    }
-    if let (Some(given), Some(kept)) = (&settings.client_identity, &stored.client_identity)
-        && certificates(kept) == *given
-    {
-        settings.client_identity = Some(kept.clone());
-    }
-    if let (Some(given), Some(kept)) = (settings.oauth.as_mut(), &stored.oauth) {
-        given.keep_secrets(kept);
-    }
-    if let Some(oauth) = &settings.oauth {
-        oauth.check().map_err(|e| Error::invalid("invalid", e))?;
-    }
+    keep_secrets(
+        &plugin,
+        (&mut settings.config, &mut settings.client_identity, &mut settings.oauth),
+        (&stored.config, &stored.client_identity, &stored.oauth),
+    )?;
     crate::egress::provider_client(&settings).map_err(|e| Error::invalid("invalid", e))?;
     let declared = &plugin.manifest.outbound_hosts;
     for h in &settings.granted_hosts {
@@ -347,25 +363,11 @@ pub async fn put_tenant(
 ) -> Result<()> {
     let plugin = loaded(state, name)?;
     let stored = state.settings.tenant(name, tenant).unwrap_or_default();
-    for (k, v) in settings.config.iter_mut() {
-        if v == "***"
-            && secret_key(&plugin, k)
-            && let Some(kept) = stored.config.get(k)
-        {
-            v.clone_from(kept);
-        }
-    }
-    if let (Some(given), Some(kept)) = (&settings.client_identity, &stored.client_identity)
-        && certificates(kept) == *given
-    {
-        settings.client_identity = Some(kept.clone());
-    }
-    if let (Some(given), Some(kept)) = (settings.oauth.as_mut(), &stored.oauth) {
-        given.keep_secrets(kept);
-    }
-    if let Some(oauth) = &settings.oauth {
-        oauth.check().map_err(|e| Error::invalid("invalid", e))?;
-    }
+    keep_secrets(
+        &plugin,
+        (&mut settings.config, &mut settings.client_identity, &mut settings.oauth),
+        (&stored.config, &stored.client_identity, &stored.oauth),
+    )?;
     // The identity must make a client, with the server's CAs, as the server's must.
     crate::egress::provider_client(&settings.over(state.settings.get(name)))
         .map_err(|e| Error::invalid("invalid", e))?;

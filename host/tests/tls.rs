@@ -1073,6 +1073,18 @@ fn scep_issues_a_certificate_to_micromdms_client() {
     assert!(!o.status.success() && text(&o).contains("badAlg"), "{}", text(&o));
 }
 
+/// curl PUTs the file `body` to `url` over TLS with the client certificate and key
+/// `identity` (and `extra` arguments): its exit code, and the body with the HTTP status
+/// on a last line of its own.
+fn put_mtls(url: &str, ca: &str, identity: (&Path, &Path), body: &Path, extra: &[&str]) -> (i32, String) {
+    let (cert, key) = (identity.0.to_str().unwrap(), identity.1.to_str().unwrap());
+    let data = format!("@{}", body.display());
+    let mut args = vec!["--cacert", ca, "--cert", cert, "--key", key, "-X", "PUT", "--data-binary", &data];
+    args.extend(extra);
+    args.extend(["-w", "\n%{http_code}"]);
+    curl(url, &args)
+}
+
 fn ios_fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/ios/fixtures").join(name)
 }
@@ -1178,24 +1190,12 @@ fn an_iphone_enrolls_with_the_profile_its_scep_certificate_and_its_first_check_i
     assert!(o.status.success(), "{}", text(&o));
 
     let mtls = |url: &str, cert: &Path, key: &Path, fixture: &str| {
-        curl(
+        put_mtls(
             url,
-            &[
-                "--cacert",
-                ca,
-                "--cert",
-                cert.to_str().unwrap(),
-                "--key",
-                key.to_str().unwrap(),
-                "-X",
-                "PUT",
-                "-H",
-                "content-type: application/x-apple-aspen-mdm-checkin",
-                "--data-binary",
-                &format!("@{}", ios_fixture(fixture).display()),
-                "-w",
-                "\n%{http_code}",
-            ],
+            ca,
+            (cert, key),
+            &ios_fixture(fixture),
+            &["-H", "content-type: application/x-apple-aspen-mdm-checkin"],
         )
     };
     // The certificate is for an Apple enrollment: not a credential at another type's URL.
@@ -1235,23 +1235,7 @@ fn an_iphone_enrolls_with_the_profile_its_scep_certificate_and_its_first_check_i
         std::fs::read_to_string(ios_fixture("authenticate.plist")).unwrap().replace(udid, "00008120-0000000000000BAD"),
     )
     .unwrap();
-    let (_, said) = curl(
-        &server_url,
-        &[
-            "--cacert",
-            ca,
-            "--cert",
-            cert.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-            "-X",
-            "PUT",
-            "--data-binary",
-            &format!("@{}", other.display()),
-            "-w",
-            "\n%{http_code}",
-        ],
-    );
+    let (_, said) = put_mtls(&server_url, ca, (&cert, &key), &other, &[]);
     assert!(said.ends_with("400"), "{said}");
     let (_, body) = server.api("GET", "/api/v1/devices/ios/00008120-0000000000000BAD", None);
     assert!(body.contains("not_found"), "{body}");

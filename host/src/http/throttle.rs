@@ -20,12 +20,6 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-/// Default unauthenticated requests per second per client address.
-pub const DEFAULT_RATE: u32 = 20;
-/// Default burst: what one device's enrollment takes at once (an iPhone's is five requests:
-/// profile, three SCEP, check-in), twenty times over.
-pub const DEFAULT_BURST: u32 = 100;
-
 /// The buckets; `None` when the operator switched them off (a rate of 0).
 pub struct Throttle(Option<DefaultKeyedRateLimiter<IpAddr>>);
 
