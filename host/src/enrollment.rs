@@ -244,9 +244,7 @@ pub async fn exchange(
         None => None,
         Some(t) => {
             let Some(tenant) = core.store.live_enrollment_token(&crate::auth::hash_token(t), device_type).await? else {
-                return Err(Error::unauthenticated(format!(
-                    "the enrollment token is unknown, expired, used up or not for {device_type} devices"
-                )));
+                return Err(dead_token(device_type));
             };
             core.settings.tenant_config(&plugin.manifest.name, &tenant)
         }
@@ -259,20 +257,9 @@ pub async fn exchange(
     };
     let token = admission.token.as_deref().or(token);
     let issued = async {
-        let csr = match &admission.csr {
-            Some(der) if der.len() > crate::identity::MAX_CSR => {
-                return Err(Error::invalid(
-                    "too_large",
-                    format!("a CSR is at most {} bytes", crate::identity::MAX_CSR),
-                ));
-            }
-            Some(der) => {
-                Some(crate::identity::Csr::parse(der).map_err(|e| Error::invalid("invalid_csr", e.to_string()))?)
-            }
-            None => None,
-        };
+        let csr = admission.csr.as_deref().map(csr).transpose()?;
         let device = admit(core, device_type, &admission.enrollment, token, "http").await?;
-        Ok(match csr {
+        Ok::<_, Error>(match csr {
             Some(csr) => {
                 let issued = sign(core, &csr, &device, "enrollment_exchange").await?;
                 ExchangeIssued {
@@ -575,11 +562,7 @@ pub async fn certify(
     csr_body: &[u8],
     by: CertifyAs<'_>,
 ) -> Result<(DeviceRow, crate::identity::Issued)> {
-    use crate::identity::{Csr, MAX_CSR};
-    if csr_body.len() > MAX_CSR {
-        return Err(Error::invalid("too_large", format!("a CSR is at most {MAX_CSR} bytes")));
-    }
-    let csr = Csr::parse(csr_body).map_err(|e| Error::invalid("invalid_csr", e.to_string()))?;
+    let csr = csr(csr_body)?;
     let device = match by {
         CertifyAs::Device(device) => {
             csr.for_device(&device.device_type, &device.device_id).map_err(|e| Error::forbidden(e.to_string()))?;
@@ -673,16 +656,10 @@ pub async fn certify_pending(
     csr_body: &[u8],
     token: &str,
 ) -> Result<crate::identity::Issued> {
-    use crate::identity::{Csr, MAX_CSR};
-    if csr_body.len() > MAX_CSR {
-        return Err(Error::invalid("too_large", format!("a CSR is at most {MAX_CSR} bytes")));
-    }
-    let csr = Csr::parse(csr_body).map_err(|e| Error::invalid("invalid_csr", e.to_string()))?;
+    let csr = csr(csr_body)?;
     let token_hash = crate::auth::hash_token(token);
     if core.store.live_enrollment_token(&token_hash, device_type).await?.is_none() {
-        return Err(Error::unauthenticated(format!(
-            "the enrollment token is unknown, expired, used up or not for {device_type} devices"
-        )));
+        return Err(dead_token(device_type));
     }
     let enrollment = &crate::auth::new_token("enr").1[..16];
     let issued =
@@ -745,6 +722,22 @@ pub async fn claim_pending(
     core.store.bind_pending_certificate(&pending, device.id, &event).await?;
     tracing::info!(device_type = %device.device_type, device_id = %device.device_id, serial = %pending.serial, "pending certificate claimed");
     Ok(device)
+}
+
+/// A CSR of at most `identity::MAX_CSR` bytes, parsed and its signature checked.
+fn csr(body: &[u8]) -> Result<crate::identity::Csr> {
+    use crate::identity::{Csr, MAX_CSR};
+    if body.len() > MAX_CSR {
+        return Err(Error::invalid("too_large", format!("a CSR is at most {MAX_CSR} bytes")));
+    }
+    Csr::parse(body).map_err(|e| Error::invalid("invalid_csr", e.to_string()))
+}
+
+/// The refusal of an enrollment token checked, not used: it is not live for this type.
+fn dead_token(device_type: &str) -> Error {
+    Error::unauthenticated(format!(
+        "the enrollment token is unknown, expired, used up or not for {device_type} devices"
+    ))
 }
 
 /// Who asks [`certify`] for a certificate.
