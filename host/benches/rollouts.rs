@@ -64,6 +64,7 @@ async fn artifact(core: &Core, version: &str, size: usize) -> drover::store::Art
             sha256: &sha,
             signed_by: None,
             created_by: "bench",
+            tenant: None,
         })
         .await
         .unwrap()
@@ -108,7 +109,7 @@ async fn run(label: &str, config: Config) {
     }))
     .unwrap();
     let t = Instant::now();
-    let (r, _) = drover::rollouts::create(&core, spec, "bench").await.unwrap();
+    let (r, _) = drover::rollouts::create(&core, spec, "bench", None).await.unwrap();
     let took = t.elapsed();
     println!(
         "| create: every device drawn into 4 phases | {DEVICES} | {} | {} |",
@@ -242,7 +243,7 @@ async fn downloads() {
         "targets": {"devices": [{"type": "esp8266", "id": "esp-00000000"}]}, "phases": [{"percent": 100}]
     }))
     .unwrap();
-    let (r, _) = drover::rollouts::create(&core, spec, "bench").await.unwrap();
+    let (r, _) = drover::rollouts::create(&core, spec, "bench", None).await.unwrap();
     let holder = drover::rollouts::holder();
     assert!(core.store.lease_rollout(r.id, &holder).await.unwrap());
     core.store

@@ -530,6 +530,7 @@ pub struct ArtifactUpload {
     pub types: String,
     pub models: Option<String>,
     pub signature: Option<std::path::PathBuf>,
+    pub tenant: Option<String>,
 }
 
 fn read(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
@@ -542,6 +543,9 @@ pub async fn artifact_upload(a: ArtifactUpload, server: ServerArgs) -> anyhow::R
         reqwest::multipart::Form::new().text("name", a.name).text("version", a.version).text("device_types", a.types);
     if let Some(m) = a.models {
         form = form.text("models", m);
+    }
+    if let Some(t) = a.tenant {
+        form = form.text("tenant", t);
     }
     if let Some(sig) = &a.signature {
         form = form.part("signature", reqwest::multipart::Part::bytes(read(sig)?).file_name("image.sig"));

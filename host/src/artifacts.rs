@@ -86,6 +86,8 @@ pub struct Upload {
     pub staged: PathBuf,
     pub size: u64,
     pub sha256: String,
+    /// The tenant whose it is (then named `TENANT/NAME`); `None`: the operators'.
+    pub tenant: Option<String>,
 }
 
 /// Check an upload and keep it: name and version well formed, device types loaded and
@@ -171,10 +173,13 @@ async fn check_and_keep(core: &Core, up: Upload, actor: &str) -> Result<Artifact
         .await
         .map_err(|e| Error::internal(e.to_string()))?
         .map_err(|e| Error::internal(format!("cannot keep the artifact: {e}")))?;
+    // A tenant's artifact is named `TENANT/NAME` (the name given holds no `/`), so tenants
+    // never collide on, or learn of, each other's names.
+    let name = crate::tenants::qualified(up.tenant.as_deref(), &up.name);
     let row = core
         .store
         .add_artifact(&NewArtifact {
-            name: &up.name,
+            name: &name,
             version: &up.version,
             device_types: &up.device_types,
             models: &up.models,
@@ -182,6 +187,7 @@ async fn check_and_keep(core: &Core, up: Upload, actor: &str) -> Result<Artifact
             sha256: &up.sha256,
             signed_by: signed_by.as_deref(),
             created_by: actor,
+            tenant: up.tenant.as_deref(),
         })
         .await;
     let row = match row {
@@ -194,26 +200,24 @@ async fn check_and_keep(core: &Core, up: Upload, actor: &str) -> Result<Artifact
             return Err(e.into());
         }
     };
-    core.store
-        .append_event(&crate::rollouts::event(
-            "artifact.added",
-            format!("artifact/{}/{}", row.name, row.version),
-            serde_json::json!({"name": row.name, "version": row.version, "size": row.size, "sha256": row.sha256,
-                               "signed_by": row.signed_by}),
-            actor,
-        ))
-        .await?;
+    let data = serde_json::json!({"name": row.name, "version": row.version, "size": row.size, "sha256": row.sha256,
+                                  "signed_by": row.signed_by});
+    core.store.append_event(&event(&row, "added", data, actor)).await?;
     Ok(row)
+}
+
+/// An artifact's event (`artifact.*`); a tenant's artifact's is the tenant's too.
+fn event(a: &ArtifactRow, what: &str, data: serde_json::Value, actor: &str) -> crate::store::NewEvent {
+    crate::store::NewEvent {
+        tenant: a.tenant.clone(),
+        ..crate::rollouts::event(&format!("artifact.{what}"), format!("artifact/{}/{}", a.name, a.version), data, actor)
+    }
 }
 
 /// Delete an artifact (and its bytes, unless another artifact has the same), refused
 /// while a rollout that is not over uses it.
-pub async fn remove(core: &Core, name: &str, version: &str, actor: &str) -> Result<()> {
-    let a = core
-        .store
-        .artifact(name, version)
-        .await?
-        .ok_or_else(|| Error::not_found(format!("artifact {name} {version} not found")))?;
+pub async fn remove(core: &Core, a: &ArtifactRow, actor: &str) -> Result<()> {
+    let (name, version) = (&a.name, &a.version);
     core.store.delete_artifact(a.id).await.map_err(|e| match e {
         crate::store::StoreError::Refused(why) => {
             Error::conflict("in_use", format!("artifact {name} {version}: {why}"))
@@ -223,14 +227,7 @@ pub async fn remove(core: &Core, name: &str, version: &str, actor: &str) -> Resu
     if !core.store.artifact_bytes_shared(&a.sha256).await? {
         core.artifacts.remove(&a.sha256).map_err(|e| Error::internal(format!("cannot remove the bytes: {e}")))?;
     }
-    core.store
-        .append_event(&crate::rollouts::event(
-            "artifact.removed",
-            format!("artifact/{name}/{version}"),
-            serde_json::json!({"name": name, "version": version}),
-            actor,
-        ))
-        .await?;
+    core.store.append_event(&event(a, "removed", serde_json::json!({"name": name, "version": version}), actor)).await?;
     Ok(())
 }
 

@@ -403,6 +403,10 @@ enum ArtifactCommand {
         /// Its Ed25519 signature (raw or base64), by a registered publisher key [default: FILE.sig if it exists].
         #[arg(long)]
         signature: Option<PathBuf>,
+        /// The tenant whose artifact it is, named TENANT/NAME and rolled out to its devices
+        /// only [default: the caller's tenant; for an operator, the operators']
+        #[arg(long)]
+        tenant: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -1066,9 +1070,10 @@ fn main() -> ExitCode {
                 }
             },
             Command::Artifact { command } => match command {
-                ArtifactCommand::Upload { file, name, version, types, models, signature, server } => {
+                ArtifactCommand::Upload { file, name, version, types, models, signature, tenant, server } => {
                     let signature = signature.or_else(|| Some(sig_path(&file)).filter(|p| p.exists()));
-                    let upload = admin_commands::ArtifactUpload { file, name, version, types, models, signature };
+                    let upload =
+                        admin_commands::ArtifactUpload { file, name, version, types, models, signature, tenant };
                     admin_commands::artifact_upload(upload, server).await
                 }
                 ArtifactCommand::List { server } => admin_commands::artifact_list(server).await,

@@ -227,15 +227,24 @@ pub fn event(event_type: &str, target: String, data: serde_json::Value, actor: &
     }
 }
 
+/// A rollout's event; a tenant's rollout's is the tenant's too (its callers read it).
 fn rollout_event(r: &RolloutRow, what: &str, data: serde_json::Value, actor: &str) -> NewEvent {
     let mut data = data;
     data["rollout"] = r.name.clone().into();
-    event(&format!("rollout.{what}"), format!("rollout/{}", r.name), data, actor)
+    NewEvent {
+        tenant: r.tenant.clone(),
+        ..event(&format!("rollout.{what}"), format!("rollout/{}", r.name), data, actor)
+    }
 }
 
 /// Check a spec and store the rollout with every target drawn into its phase. Returns the
 /// rollout and how many targets were left out (a type or model the artifact is not for).
-pub async fn create(core: &Core, spec: Spec, actor: &str) -> Result<(RolloutRow, u64)> {
+///
+/// `caller` is the creating caller's tenant (`None`: an operator). It names the artifact
+/// as it names groups (`tenants::qualified`), so a tenant's caller uses its own artifacts
+/// only. The rollout is its artifact's tenant's: named `TENANT/NAME`, its targets and
+/// group phases narrowed to that tenant's devices and groups, whoever made it.
+pub async fn create(core: &Core, mut spec: Spec, actor: &str, caller: Option<&str>) -> Result<(RolloutRow, u64)> {
     if spec.name.trim().is_empty() || spec.name.chars().count() > 128 || spec.name.contains('/') {
         return Err(Error::invalid("invalid", "`name` must be 1 to 128 characters, without `/`"));
     }
@@ -281,21 +290,33 @@ pub async fn create(core: &Core, spec: Spec, actor: &str) -> Result<(RolloutRow,
     if soaks.into_iter().any(|s| s > MONTH_SECS) {
         return Err(Error::invalid("invalid", "`soak_secs` must be at most 2592000 (30 days)"));
     }
-    let artifact = core.store.artifact(&spec.artifact.name, &spec.artifact.version).await?.ok_or_else(|| {
-        Error::invalid(
-            "unknown_artifact",
-            format!("artifact {} {} does not exist", spec.artifact.name, spec.artifact.version),
-        )
-    })?;
+    let artifact_name = crate::tenants::qualified(caller, &spec.artifact.name);
+    let artifact = core
+        .store
+        .artifact(&artifact_name, &spec.artifact.version)
+        .await?
+        .filter(|a| caller.is_none() || a.tenant.as_deref() == caller)
+        .ok_or_else(|| {
+            Error::invalid(
+                "unknown_artifact",
+                format!("artifact {} {} does not exist", spec.artifact.name, spec.artifact.version),
+            )
+        })?;
+    let tenant = artifact.tenant.clone();
+    spec.artifact.name = artifact.name.clone();
+    spec.name = crate::tenants::qualified(tenant.as_deref(), &spec.name);
     let t = &spec.targets;
     let names: Vec<DeviceName> =
         t.devices.iter().map(|d| DeviceName { device_type: d.device_type.clone(), device_id: d.id.clone() }).collect();
-    let targets = crate::operations::target_set(
-        core,
-        &Targets { devices: names, groups: t.groups.clone(), tags: t.tags.clone() },
-        None,
-    )
-    .await?;
+    let targets = within(
+        crate::operations::target_set(
+            core,
+            &Targets { devices: names, groups: t.groups.clone(), tags: t.tags.clone() },
+            tenant.as_deref(),
+        )
+        .await?,
+        tenant.as_deref(),
+    );
     let all = core.store.target_devices(&targets).await?;
     if all.is_empty() {
         return Err(Error::invalid("no_targets", "the targets match no enrolled device"));
@@ -331,17 +352,29 @@ pub async fn create(core: &Core, spec: Spec, actor: &str) -> Result<(RolloutRow,
         let sample = crate::artifacts::update_payload("https://drover.invalid", &artifact, "t");
         plugin.validate(crate::artifacts::UPDATE_CODE, Some(&sample)).await.map_err(|e| Error::from(e).context(ty))?;
     }
-    let placements = place(core, &spec, &devices).await?;
+    let placements = place(core, &spec, &devices, tenant.as_deref()).await?;
     let text = serde_json::to_string(&spec).expect("JSON");
-    let created = event(
-        "rollout.created",
-        format!("rollout/{}", spec.name),
-        serde_json::json!({"rollout": spec.name, "artifact": artifact.name, "version": artifact.version,
+    let created = NewEvent {
+        tenant: tenant.clone(),
+        ..event(
+            "rollout.created",
+            format!("rollout/{}", spec.name),
+            serde_json::json!({"rollout": spec.name, "artifact": artifact.name, "version": artifact.version,
                            "devices": placements.len(), "phases": spec.phases.len(), "left_out": left_out}),
-        actor,
-    );
-    let row = core.store.create_rollout(&spec.name, artifact.id, &text, actor, &placements, &created).await?;
+            actor,
+        )
+    };
+    let row = core.store.create_rollout(&spec.name, &artifact, &text, actor, &placements, &created).await?;
     Ok((row, left_out))
+}
+
+/// A tenant's targets reach its devices only, whatever they name (an operator's tag
+/// target too).
+fn within(mut targets: crate::store::TargetSet, tenant: Option<&str>) -> crate::store::TargetSet {
+    if let Some(t) = tenant {
+        targets.within = Some(crate::scope::Reach::tenant(t));
+    }
+    targets
 }
 
 fn model(metadata: &str) -> Option<String> {
@@ -357,7 +390,7 @@ fn version(metadata: &str) -> Option<String> {
 /// Draw the devices into phases: group phases take their members, the others take from
 /// the rest in a shuffled order (stable for the rollout's name, so a canary is not
 /// always the oldest devices), up to their cumulative share; the last takes the rest.
-async fn place(core: &Core, spec: &Spec, devices: &[(i64, String)]) -> Result<Vec<Placement>> {
+async fn place(core: &Core, spec: &Spec, devices: &[(i64, String)], tenant: Option<&str>) -> Result<Vec<Placement>> {
     use std::hash::{Hash, Hasher};
     let total = devices.len() as u64;
     let mut order: Vec<(u64, i64)> = devices
@@ -377,9 +410,11 @@ async fn place(core: &Core, spec: &Spec, devices: &[(i64, String)]) -> Result<Ve
         let take: Vec<i64> = if last {
             std::mem::take(&mut left)
         } else if let Some(g) = &p.group {
-            let members =
-                crate::operations::target_set(core, &Targets { groups: vec![g.clone()], ..Default::default() }, None)
-                    .await?;
+            let members = within(
+                crate::operations::target_set(core, &Targets { groups: vec![g.clone()], ..Default::default() }, tenant)
+                    .await?,
+                tenant,
+            );
             let members: std::collections::HashSet<i64> =
                 core.store.target_devices(&members).await?.into_iter().map(|(id, _, _)| id).collect();
             let (inside, rest): (Vec<i64>, Vec<i64>) = left.into_iter().partition(|id| members.contains(id));
@@ -983,7 +1018,7 @@ async fn roll_back(core: &Core, r: &RolloutRow, holder: &str) -> Result<()> {
             (Some(v), true) => match previous_of.get(&(ty.clone(), v.clone())) {
                 Some(found) => found.clone(),
                 None => {
-                    let found = core.store.artifact_for_version(&artifact.name, v, &ty).await?;
+                    let found = core.store.artifact_for_version(&artifact.name, v, &ty, r.tenant.as_deref()).await?;
                     previous_of.insert((ty.clone(), v.clone()), found.clone());
                     found
                 }

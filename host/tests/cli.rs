@@ -587,6 +587,23 @@ fn tenants_from_the_command_line() {
     let (ok, out, err) = run(&acme, &["groups", "list"]);
     assert!(ok && out.lines().filter(|l| l.starts_with("acme/")).count() == 2, "{out} {err}");
 
+    // Its artifacts are named within it; an operator uploads one into it with --tenant,
+    // and the tenant's admin lists and removes it.
+    let image = data.path().join("fw.bin");
+    std::fs::write(&image, [7u8; 4096]).unwrap();
+    let image = image.to_str().unwrap();
+    let upload = ["artifact", "upload", image, "--name", "fw", "--image-version", "2.0", "--types", "esp8266"];
+    let (ok, out, err) = run(&admin, &[&upload[..], &["--tenant", "acme"]].concat());
+    assert!(ok && out.starts_with("acme/fw 2.0: 4096 bytes"), "{out} {err}");
+    let (ok, _, err) = run(&acme, &[&upload[..], &["--tenant", "default"]].concat());
+    assert!(!ok && err.contains("403"), "{err}");
+    let (ok, out, err) = run(&acme, &["artifact", "list"]);
+    assert!(ok && out.lines().any(|l| l.starts_with("acme/fw")), "{out} {err}");
+    let (ok, _, err) = run(&admin, &["tenant", "remove", "acme"]);
+    assert!(!ok && err.contains("1 artifact(s)"), "{err}");
+    let (ok, out, err) = run(&acme, &["artifact", "remove", "fw", "2.0"]);
+    assert!(ok && out.contains("removed fw 2.0"), "{out} {err}");
+
     let (ok, _, err) = run(&admin, &["tenant", "remove", "acme"]);
     assert!(!ok && err.contains("1 live admin token(s)"), "{err}");
     let (ok, _, err) = run(&admin, &["token", "revoke", "acme/acme-admin"]);

@@ -123,6 +123,21 @@ const TENANT_ADMIN: &[(&str, &str)] = &[
     ("get", "/api/v1/tenants/{tenant}/plugins/{name}/settings"),
     ("put", "/api/v1/tenants/{tenant}/plugins/{name}/settings"),
     ("delete", "/api/v1/tenants/{tenant}/plugins/{name}/settings"),
+    ("get", "/api/v1/artifacts"),
+    ("post", "/api/v1/artifacts"),
+    ("get", "/api/v1/artifacts/{name}/{version}"),
+    ("delete", "/api/v1/artifacts/{name}/{version}"),
+    ("get", "/api/v1/rollouts"),
+    ("post", "/api/v1/rollouts"),
+    ("get", "/api/v1/rollouts/{name}"),
+    ("delete", "/api/v1/rollouts/{name}"),
+    ("get", "/api/v1/rollouts/{name}/devices"),
+    ("post", "/api/v1/rollouts/{name}/pause"),
+    ("post", "/api/v1/rollouts/{name}/resume"),
+    ("post", "/api/v1/rollouts/{name}/cancel"),
+    ("post", "/api/v1/rollouts/{name}/abort"),
+    ("post", "/api/v1/rollouts/{name}/advance"),
+    ("post", "/api/v1/rollouts/{name}/rollback"),
 ];
 
 async fn two_tenants(server: &TestServer) {
@@ -520,6 +535,9 @@ async fn two_tenants(server: &TestServer) {
     let events: Value = read(server, drover_tests::ADMIN_TOKEN, "/api/v1/events?type=tenant.").await;
     let types: Vec<&str> = events["items"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["tenant.created", "tenant.created", "tenant.created", "tenant.removed"], "{events}");
+
+    // Last: its boards would be in the device lists above.
+    tenant_rollouts(server, &acme, &globex).await;
 }
 
 /// What a successful `GET path` with `token` answers.
@@ -873,6 +891,152 @@ async fn tenant_plugin_settings(server: &TestServer, acme: &str, globex: &str) {
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let r = with(server, acme, Method::GET, acme_path).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+/// An ESP8266 board of the tenant whose admin is `admin`, enrolled with its token;
+/// returns its id.
+async fn board(server: &TestServer, admin: &str, chip: &str) -> String {
+    let r = with(server, admin, Method::POST, "/api/v1/enrollment-tokens")
+        .json(&json!({ "device_type": "esp8266" }))
+        .send()
+        .await
+        .unwrap();
+    let t = created(r).await;
+    let r = server
+        .http
+        .post(server.url("/agent/v1/esp8266/enroll"))
+        .bearer_auth(t["token"].as_str().unwrap())
+        .json(&json!({ "chip_id": chip, "model": "ESP-12F", "firmware": "1.0" }))
+        .send()
+        .await
+        .unwrap();
+    created(r).await["device_id"].as_str().unwrap().to_string()
+}
+
+/// Upload image `fw` 2.0 (the same bytes for everyone) as `token`'s caller, with more
+/// form fields.
+async fn upload(server: &TestServer, token: &str, extra: &[(&str, &str)]) -> reqwest::Response {
+    let mut form =
+        reqwest::multipart::Form::new().text("name", "fw").text("version", "2.0").text("device_types", "esp8266");
+    for (k, v) in extra {
+        form = form.text(k.to_string(), v.to_string());
+    }
+    let form = form.part("file", reqwest::multipart::Part::bytes(vec![7u8; 4096]).file_name("fw.bin"));
+    with(server, token, Method::POST, "/api/v1/artifacts").multipart(form).send().await.unwrap()
+}
+
+/// `name` of each item of the list at `path`, as `token` reads it.
+async fn names(server: &TestServer, token: &str, path: &str) -> Vec<String> {
+    let body = read(server, token, path).await;
+    body["items"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap().to_string()).collect()
+}
+
+/// Artifacts and rollouts of a tenant: each tenant uploads its own `fw` 2.0 (named within
+/// it), sees and removes its own only, and rolls it out to its own boards only, even when
+/// it names the other's board or an operator makes the rollout; the other tenant cannot
+/// name its artifact in a rollout of its own, nor see, pause or cancel its rollout.
+async fn tenant_rollouts(server: &TestServer, acme: &str, globex: &str) {
+    let acme_board = board(server, acme, "00a1c3e0").await;
+    let globex_board = board(server, globex, "00b1c3e0").await;
+    for (admin, name) in [(acme, "acme/fw"), (globex, "globex/fw")] {
+        let a = created(upload(server, admin, &[]).await).await;
+        assert_eq!((&a["name"], a["tenant"].is_string()), (&json!(name), true), "{a}");
+    }
+    // A tenant's admin cannot upload into another tenant; an operator can.
+    let r = upload(server, globex, &[("tenant", "acme")]).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = upload(server, drover_tests::ADMIN_TOKEN, &[("tenant", "acme")]).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT, "acme/fw 2.0 exists: the operator's upload went into Acme");
+    assert_eq!(names(server, globex, "/api/v1/artifacts").await, ["globex/fw"]);
+    assert_eq!(names(server, drover_tests::ADMIN_TOKEN, "/api/v1/artifacts").await, ["acme/fw", "globex/fw"]);
+    let r = with(server, globex, Method::GET, "/api/v1/artifacts/fw/2.0").send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["name"], "globex/fw", "a tenant names its own without TENANT/");
+    for method in [Method::GET, Method::DELETE] {
+        let r = with(server, globex, method.clone(), "/api/v1/artifacts/acme%2Ffw/2.0").send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} of Acme's artifact by Globex");
+    }
+
+    // Acme's rollout names both boards and reaches its own only.
+    let spec = |name: &str, artifact: &str| {
+        json!({ "name": name, "artifact": { "name": artifact, "version": "2.0" },
+                "targets": { "devices": [{ "type": "esp8266", "id": acme_board }, { "type": "esp8266", "id": globex_board }] },
+                "phases": [{ "percent": 100 }], "advance": { "manual": true } })
+    };
+    let r = with(server, acme, Method::POST, "/api/v1/rollouts").json(&spec("r1", "fw")).send().await.unwrap();
+    let r1 = created(r).await;
+    assert_eq!(
+        (&r1["name"], &r1["tenant"], &r1["artifact"]["name"]),
+        (&json!("acme/r1"), &json!("acme"), &json!("acme/fw"))
+    );
+    let devices = read(server, acme, "/api/v1/rollouts/r1/devices").await;
+    let ids: Vec<&str> = devices["items"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [acme_board.as_str()], "{devices}");
+    // Globex cannot roll out Acme's artifact: it names its own tenant's only.
+    let r = with(server, globex, Method::POST, "/api/v1/rollouts").json(&spec("r2", "acme/fw")).send().await.unwrap();
+    assert_eq!(refused(r, StatusCode::BAD_REQUEST).await.0, "unknown_artifact");
+    // An operator's rollout of Acme's artifact is Acme's, and reaches Acme's board only.
+    let r = server.admin(Method::POST, "/api/v1/rollouts").json(&spec("op", "acme/fw")).send().await.unwrap();
+    let op = created(r).await;
+    assert_eq!((&op["name"], &op["tenant"]), (&json!("acme/op"), &json!("acme")), "{op}");
+    assert_eq!(op["counts"].as_object().unwrap().values().map(|n| n.as_i64().unwrap()).sum::<i64>(), 1, "{op}");
+
+    // Globex neither sees nor drives Acme's rollouts.
+    assert!(names(server, globex, "/api/v1/rollouts").await.is_empty());
+    assert_eq!(names(server, acme, "/api/v1/rollouts").await, ["acme/r1", "acme/op"]);
+    for (method, path) in [
+        (Method::GET, "/api/v1/rollouts/acme%2Fr1"),
+        (Method::GET, "/api/v1/rollouts/acme%2Fr1/devices"),
+        (Method::POST, "/api/v1/rollouts/acme%2Fr1/pause"),
+        (Method::POST, "/api/v1/rollouts/acme%2Fr1/cancel"),
+        (Method::POST, "/api/v1/rollouts/acme%2Fr1/advance"),
+        (Method::DELETE, "/api/v1/rollouts/acme%2Fr1"),
+    ] {
+        let r = with(server, globex, method.clone(), path).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} {path}");
+    }
+    let r = read(server, acme, "/api/v1/rollouts/r1").await;
+    assert_eq!(r["state"], "running", "Globex's tries changed nothing");
+
+    // Their events are Acme's, never Globex's.
+    let acme_events = logged(server, acme, "rollout.").await;
+    assert!(acme_events.contains(&"rollout.created rollout/acme/r1".to_string()), "{acme_events:?}");
+    assert!(logged(server, acme, "artifact.").await.contains(&"artifact.added artifact/acme/fw/2.0".to_string()));
+    assert!(logged(server, globex, "rollout.").await.is_empty());
+    assert_eq!(logged(server, globex, "artifact.").await, ["artifact.added artifact/globex/fw/2.0"]);
+
+    // Acme stops and removes its own; then its artifact can go.
+    for name in ["r1", "op"] {
+        let r = with(server, acme, Method::POST, &format!("/api/v1/rollouts/{name}/cancel")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{name}");
+        // It is over once the driver saw its devices finish (the next tick).
+        let mut status = StatusCode::CONFLICT;
+        for _ in 0..100 {
+            let r = with(server, acme, Method::DELETE, &format!("/api/v1/rollouts/{name}")).send().await.unwrap();
+            status = r.status();
+            if status != StatusCode::CONFLICT {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(status, StatusCode::NO_CONTENT, "{name}");
+    }
+    let r = with(server, acme, Method::DELETE, "/api/v1/artifacts/fw/2.0").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // Globex's, of the same bytes, is still served.
+    assert_eq!(names(server, globex, "/api/v1/artifacts").await, ["globex/fw"]);
+
+    // A tenant that holds an artifact stays until the artifact goes (its bytes are in the
+    // artifact storage).
+    let r = server.admin(Method::POST, "/api/v1/tenants").json(&json!({ "name": "vacant" })).send().await.unwrap();
+    created(r).await;
+    created(upload(server, drover_tests::ADMIN_TOKEN, &[("tenant", "vacant")]).await).await;
+    let r = server.admin(Method::DELETE, "/api/v1/tenants/vacant").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert!(r.text().await.unwrap().contains("1 artifact(s)"));
+    let r = server.admin(Method::DELETE, "/api/v1/artifacts/vacant%2Ffw/2.0").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = server.admin(Method::DELETE, "/api/v1/tenants/vacant").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
 }
 
 async fn run(backend: Backend) {

@@ -1,9 +1,13 @@
 //! `/api/v1/artifacts`: upload, list and delete images for rollouts; `/download/{token}`:
 //! a device fetching one with its grant, with range requests so a board resumes a broken
 //! download. The service is `crate::artifacts` (docs/rollouts.md).
+//!
+//! A tenant's admins upload their tenant's artifacts, and its callers see only those
+//! (named with or without `TENANT/`; another tenant's and the operators' are 404 to
+//! them). An operator may upload one into a tenant (`tenant` in the form).
 
 use super::api::Errors;
-use super::{Administrator, ApiError, AppState, Path, Viewer};
+use super::{Admin, ApiError, AppState, Path, TenantAdministrator, TenantViewer};
 use crate::store::ArtifactRow;
 use axum::Json;
 use axum::extract::{Multipart, Request, State};
@@ -54,6 +58,10 @@ pub(super) struct ArtifactForm {
     sha256: Option<String>,
     /// Ed25519 signature over the file, raw or base64, by a registered publisher key.
     signature: Option<String>,
+    /// The tenant whose artifact it is (then named `TENANT/NAME`): an operator's choice
+    /// (absent: the operators'); a tenant's admin's upload is its own tenant's.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,63}$")]
+    tenant: Option<String>,
     /// The image; send it after the other fields.
     #[schema(format = Binary, content_media_type = "application/octet-stream")]
     file: String,
@@ -72,7 +80,7 @@ fn malformed(message: impl Into<String>) -> ApiError {
         (status = 409, description = "That name and version exist", body = super::ErrorBody), Errors))]
 pub(super) async fn upload_artifact(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<(StatusCode, Json<Artifact>), ApiError> {
     let mut form = form.map_err(|e| malformed(e.body_text()))?;
@@ -95,20 +103,35 @@ pub(super) async fn upload_artifact(
                 file = Some((staged, size, sha));
             }
             "signature" => signature = Some(small(&mut field, "signature").await?),
-            "name" | "version" | "device_types" | "models" | "sha256" => {
+            "name" | "version" | "device_types" | "models" | "sha256" | "tenant" => {
                 let bytes = small(&mut field, &name).await?;
                 let text = String::from_utf8(bytes).map_err(|_| malformed(format!("`{name}` is not UTF-8 text")))?;
                 fields.insert(name, text.trim().to_string());
             }
             other => {
                 return Err(malformed(format!(
-                    "unexpected form field `{other}`: send name, version, device_types, models, sha256, signature, file"
+                    "unexpected form field `{other}`: send name, version, device_types, models, sha256, signature, tenant, \
+                     file"
                 )));
             }
         }
     }
     let Some((staged, size, sha256)) = file else {
         return Err(malformed("no `file` field: send the image as `file`"));
+    };
+    let asked = fields.get("tenant").filter(|t| !t.is_empty());
+    let tenant = match crate::tenants::of_new_principal(
+        &state.store,
+        admin.tenant.as_deref(),
+        asked.map(|t| t.as_str()),
+    )
+    .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&staged).await;
+            return Err(e.into());
+        }
     };
     let list = |s: Option<&String>| -> Vec<String> {
         s.map(|s| s.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect()).unwrap_or_default()
@@ -123,6 +146,7 @@ pub(super) async fn upload_artifact(
         staged,
         size,
         sha256,
+        tenant,
     };
     let row = crate::artifacts::add(&state, upload, &admin.actor()).await?;
     Ok((StatusCode::CREATED, Json(row.into())))
@@ -171,18 +195,26 @@ async fn stage(
     Ok((size, hex::encode(hasher.finalize())))
 }
 
-/// Every artifact, by name and upload time.
+/// Every artifact, by name and upload time; a tenant's callers, their tenant's.
 #[utoipa::path(get, path = "/api/v1/artifacts", tag = "rollouts", responses((status = 200, body = ArtifactList), Errors))]
-pub(super) async fn list_artifacts(State(state): State<AppState>, _: Viewer) -> Result<Json<ArtifactList>, ApiError> {
-    let items = state.store.artifacts().await?.into_iter().map(Artifact::from).collect();
+pub(super) async fn list_artifacts(
+    State(state): State<AppState>,
+    TenantViewer(admin): TenantViewer,
+) -> Result<Json<ArtifactList>, ApiError> {
+    let rows = state.store.artifacts().await?;
+    let items = rows.into_iter().filter(|a| admin.reaches_tenant(&a.tenant)).map(Artifact::from).collect();
     Ok(Json(ArtifactList { items }))
 }
 
-async fn named(state: &AppState, name: &str, version: &str) -> Result<ArtifactRow, ApiError> {
+/// The artifact `admin` names, if it may see it: any for an operator, its tenant's for a
+/// tenant's caller (named with or without `TENANT/`); else 404.
+async fn named(state: &AppState, admin: &Admin, name: &str, version: &str) -> Result<ArtifactRow, ApiError> {
+    let stored = crate::tenants::qualified(admin.tenant.as_deref(), name);
     state
         .store
-        .artifact(name, version)
+        .artifact(&stored, version)
         .await?
+        .filter(|a| admin.reaches_tenant(&a.tenant))
         .ok_or_else(|| ApiError::not_found(format!("artifact {name} {version} not found")))
 }
 
@@ -190,10 +222,10 @@ async fn named(state: &AppState, name: &str, version: &str) -> Result<ArtifactRo
     params(("name" = String, Path), ("version" = String, Path)), responses((status = 200, body = Artifact), Errors))]
 pub(super) async fn get_artifact(
     State(state): State<AppState>,
-    _: Viewer,
+    TenantViewer(admin): TenantViewer,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<Artifact>, ApiError> {
-    Ok(Json(named(&state, &name, &version).await?.into()))
+    Ok(Json(named(&state, &admin, &name, &version).await?.into()))
 }
 
 /// Delete an artifact; refused (409 `in_use`) while a rollout that is not over uses it.
@@ -202,10 +234,11 @@ pub(super) async fn get_artifact(
     responses((status = 204), (status = 409, description = "A rollout uses it", body = super::ErrorBody), Errors))]
 pub(super) async fn delete_artifact(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    crate::artifacts::remove(&state, &name, &version, &admin.actor()).await?;
+    let a = named(&state, &admin, &name, &version).await?;
+    crate::artifacts::remove(&state, &a, &admin.actor()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

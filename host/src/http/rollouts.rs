@@ -2,9 +2,13 @@
 //! admin's controls. The engine is `crate::rollouts` (docs/rollouts.md). Anything that
 //! sends updates takes an admin token; stopping one (pause, cancel, abort) an operator's,
 //! so whoever sees a bad image first can stop it.
+//!
+//! A tenant's callers see and drive their tenant's rollouts only (named with or without
+//! `TENANT/`); another tenant's and the operators' are 404 to them (docs/security.md,
+//! "Tenants").
 
 use super::api::{Errors, Page, next_after};
-use super::{Administrator, ApiError, ApiJson, AppState, Operator, Path, Query, Viewer};
+use super::{Admin, ApiError, ApiJson, AppState, Path, Query, TenantAdministrator, TenantOperator, TenantViewer};
 use crate::rollouts::{self, Spec};
 use crate::store::{RolloutDeviceRow, RolloutRow};
 use axum::Json;
@@ -17,7 +21,10 @@ use utoipa::{IntoParams, ToSchema};
 /// A rollout as the API shows it.
 #[derive(Serialize, ToSchema)]
 pub(super) struct Rollout {
+    /// A tenant's rollout is named `TENANT/NAME`.
     name: String,
+    /// The tenant whose it is (its artifact's); absent: the operators'.
+    tenant: Option<String>,
     /// `running`, `paused`, `finished`, `aborted` or `cancelled`.
     state: String,
     /// Why it was aborted.
@@ -57,6 +64,7 @@ impl Rollout {
         }
         Ok(Rollout {
             name: r.name,
+            tenant: r.tenant,
             state: r.state,
             reason: r.reason,
             rollback: r.rollback,
@@ -84,16 +92,17 @@ pub(super) struct Created {
 }
 
 /// Create a rollout: every target is drawn into its phase now, and the first phase
-/// starts at once.
+/// starts at once. It is its artifact's tenant's (a tenant's caller names its own
+/// artifacts only) and reaches that tenant's devices only.
 #[utoipa::path(post, path = "/api/v1/rollouts", tag = "rollouts", request_body = Spec,
     responses((status = 201, body = Created), (status = 409, description = "The name is taken", body = super::ErrorBody),
         Errors))]
 pub(super) async fn create_rollout(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     ApiJson(spec): ApiJson<Spec>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
-    let (row, left_out) = rollouts::create(&state, spec, &admin.actor()).await?;
+    let (row, left_out) = rollouts::create(&state, spec, &admin.actor(), admin.tenant.as_deref()).await?;
     Ok((StatusCode::CREATED, Json(Created { rollout: Rollout::of(&state, row).await?, left_out })))
 }
 
@@ -102,14 +111,27 @@ pub(super) struct RolloutList {
     items: Vec<Rollout>,
 }
 
-/// Every rollout, oldest first.
+/// Every rollout, oldest first; a tenant's callers, their tenant's.
 #[utoipa::path(get, path = "/api/v1/rollouts", tag = "rollouts", responses((status = 200, body = RolloutList), Errors))]
-pub(super) async fn list_rollouts(State(state): State<AppState>, _: Viewer) -> Result<Json<RolloutList>, ApiError> {
+pub(super) async fn list_rollouts(
+    State(state): State<AppState>,
+    TenantViewer(admin): TenantViewer,
+) -> Result<Json<RolloutList>, ApiError> {
     let mut items = Vec::new();
-    for r in state.store.rollouts().await? {
+    for r in state.store.rollouts().await?.into_iter().filter(|r| admin.reaches_tenant(&r.tenant)) {
         items.push(Rollout::of(&state, r).await?);
     }
     Ok(Json(RolloutList { items }))
+}
+
+/// The rollout `admin` names, if it may see it: any for an operator,
+/// its tenant's for a tenant's caller (named with or without `TENANT/`); else 404.
+async fn visible(state: &AppState, admin: &Admin, name: &str) -> Result<RolloutRow, ApiError> {
+    let r = rollouts::find(state, &crate::tenants::qualified(admin.tenant.as_deref(), name)).await?;
+    if !admin.reaches_tenant(&r.tenant) {
+        return Err(ApiError::not_found(format!("rollout `{name}` not found")));
+    }
+    Ok(r)
 }
 
 /// Delete a rollout that is over, with its devices' history.
@@ -117,10 +139,11 @@ pub(super) async fn list_rollouts(State(state): State<AppState>, _: Viewer) -> R
     responses((status = 204), (status = 409, description = "Not over yet", body = super::ErrorBody), Errors))]
 pub(super) async fn delete_rollout(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    rollouts::remove(&state, &name, &admin.actor()).await?;
+    let r = visible(&state, &admin, &name).await?;
+    rollouts::remove(&state, &r.name, &admin.actor()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -128,10 +151,10 @@ pub(super) async fn delete_rollout(
     responses((status = 200, body = Rollout), Errors))]
 pub(super) async fn get_rollout(
     State(state): State<AppState>,
-    _: Viewer,
+    TenantViewer(admin): TenantViewer,
     Path(name): Path<String>,
 ) -> Result<Json<Rollout>, ApiError> {
-    let r = rollouts::find(&state, &name).await?;
+    let r = visible(&state, &admin, &name).await?;
     Ok(Json(Rollout::of(&state, r).await?))
 }
 
@@ -188,11 +211,11 @@ pub(super) struct RolloutDevices {
     responses((status = 200, body = RolloutDevices), Errors))]
 pub(super) async fn rollout_devices(
     State(state): State<AppState>,
-    _: Viewer,
+    TenantViewer(admin): TenantViewer,
     Path(name): Path<String>,
     Query(f): Query<DeviceFilter>,
 ) -> Result<Json<RolloutDevices>, ApiError> {
-    let r = rollouts::find(&state, &name).await?;
+    let r = visible(&state, &admin, &name).await?;
     let (after, limit) = Page { after: f.after, limit: f.limit }.bounds();
     let phase = f.phase.map(|p| p.saturating_sub(1));
     let items = state.store.rollout_devices(r.id, f.state.map(DeviceState::as_str), phase, after, limit).await?;
@@ -209,9 +232,10 @@ async fn answer(state: &AppState, r: RolloutRow) -> Result<Json<Rollout>, ApiErr
     responses((status = 200, body = Rollout), (status = 409, description = "Not running", body = super::ErrorBody), Errors))]
 pub(super) async fn pause_rollout(
     State(state): State<AppState>,
-    Operator(admin): Operator,
+    TenantOperator(admin): TenantOperator,
     Path(name): Path<String>,
 ) -> Result<Json<Rollout>, ApiError> {
+    let name = visible(&state, &admin, &name).await?.name;
     let r = rollouts::pause(&state, &name, &admin.actor()).await?;
     answer(&state, r).await
 }
@@ -220,9 +244,10 @@ pub(super) async fn pause_rollout(
     responses((status = 200, body = Rollout), (status = 409, description = "Not paused", body = super::ErrorBody), Errors))]
 pub(super) async fn resume_rollout(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     Path(name): Path<String>,
 ) -> Result<Json<Rollout>, ApiError> {
+    let name = visible(&state, &admin, &name).await?.name;
     let r = rollouts::resume(&state, &name, &admin.actor()).await?;
     answer(&state, r).await
 }
@@ -233,9 +258,10 @@ pub(super) async fn resume_rollout(
     responses((status = 200, body = Rollout), (status = 409, description = "Already over", body = super::ErrorBody), Errors))]
 pub(super) async fn cancel_rollout(
     State(state): State<AppState>,
-    Operator(admin): Operator,
+    TenantOperator(admin): TenantOperator,
     Path(name): Path<String>,
 ) -> Result<Json<Rollout>, ApiError> {
+    let name = visible(&state, &admin, &name).await?.name;
     let r = rollouts::cancel(&state, &name, &admin.actor()).await?;
     answer(&state, r).await
 }
@@ -246,9 +272,10 @@ pub(super) async fn cancel_rollout(
     responses((status = 200, body = Rollout), (status = 409, description = "Already over", body = super::ErrorBody), Errors))]
 pub(super) async fn abort_rollout(
     State(state): State<AppState>,
-    Operator(admin): Operator,
+    TenantOperator(admin): TenantOperator,
     Path(name): Path<String>,
 ) -> Result<Json<Rollout>, ApiError> {
+    let name = visible(&state, &admin, &name).await?.name;
     let r = rollouts::abort(&state, &name, &admin.actor()).await?;
     answer(&state, r).await
 }
@@ -259,9 +286,10 @@ pub(super) async fn abort_rollout(
         Errors))]
 pub(super) async fn advance_rollout(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     Path(name): Path<String>,
 ) -> Result<Json<Rollout>, ApiError> {
+    let name = visible(&state, &admin, &name).await?.name;
     let r = rollouts::advance(&state, &name, &admin.actor()).await?;
     answer(&state, r).await
 }
@@ -273,9 +301,10 @@ pub(super) async fn advance_rollout(
         body = super::ErrorBody), Errors))]
 pub(super) async fn rollback_rollout(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     Path(name): Path<String>,
 ) -> Result<Json<Rollout>, ApiError> {
+    let name = visible(&state, &admin, &name).await?.name;
     let r = rollouts::rollback(&state, &name, &admin.actor()).await?;
     answer(&state, r).await
 }

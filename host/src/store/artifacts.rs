@@ -22,6 +22,8 @@ pub struct ArtifactRow {
     pub signed_by: Option<String>,
     pub created_by: String,
     pub created_at: i64,
+    /// The tenant whose it is (named `TENANT/NAME`); absent: the operators'.
+    pub tenant: Option<String>,
 }
 
 impl ArtifactRow {
@@ -51,21 +53,24 @@ pub struct NewArtifact<'a> {
     pub sha256: &'a str,
     pub signed_by: Option<&'a str>,
     pub created_by: &'a str,
+    pub tenant: Option<&'a str>,
 }
 
-const COLUMNS: &str = "id, name, version, device_types, models, size, sha256, signed_by, created_by, created_at";
+const COLUMNS: &str =
+    "id, name, version, device_types, models, size, sha256, signed_by, created_by, created_at, tenant";
 
 impl Store {
     pub async fn add_artifact(&self, a: &NewArtifact<'_>) -> Result<ArtifactRow, StoreError> {
         let sql = format!(
-            "INSERT INTO artifacts (name, version, device_types, models, size, sha256, signed_by, created_by, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
+            "INSERT INTO artifacts (name, version, device_types, models, size, sha256, signed_by, created_by, created_at,
+                                    tenant)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {COLUMNS}"
         );
         let types = serde_json::to_string(a.device_types).expect("JSON");
         let models = serde_json::to_string(a.models).expect("JSON");
         with_write_pool!(self, pool => sqlx::query_as(super::trusted(&sql))
             .bind(a.name).bind(a.version).bind(types).bind(models).bind(a.size).bind(a.sha256)
-            .bind(a.signed_by).bind(a.created_by).bind(now_ms())
+            .bind(a.signed_by).bind(a.created_by).bind(now_ms()).bind(a.tenant)
             .fetch_one(pool).await
             .map_err(|e| StoreError::conflict_or(e, || format!("artifact {} {}", a.name, a.version))))
     }
@@ -86,18 +91,23 @@ impl Store {
         Ok(with_pool!(self, pool => sqlx::query_as(super::trusted(&sql)).bind(id).fetch_optional(pool).await?))
     }
 
-    /// The newest artifact of `version` for `device_type`, preferring one named `name`:
-    /// what a rollback sends a device back to.
+    /// The newest artifact of `version` for `device_type` among `tenant`'s (`None`: the
+    /// operators'), preferring one named `name`: what a rollback sends a device back to.
+    /// Never another tenant's: its bytes are not this tenant's to send.
     pub async fn artifact_for_version(
         &self,
         name: &str,
         version: &str,
         device_type: &str,
+        tenant: Option<&str>,
     ) -> Result<Option<ArtifactRow>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM artifacts WHERE version = $1 ORDER BY created_at DESC, id DESC");
         let rows: Vec<ArtifactRow> =
             with_pool!(self, pool => sqlx::query_as(super::trusted(&sql)).bind(version).fetch_all(pool).await?);
-        let fits: Vec<ArtifactRow> = rows.into_iter().filter(|a| a.types().iter().any(|t| t == device_type)).collect();
+        let fits: Vec<ArtifactRow> = rows
+            .into_iter()
+            .filter(|a| a.tenant.as_deref() == tenant && a.types().iter().any(|t| t == device_type))
+            .collect();
         Ok(fits.iter().find(|a| a.name == name).or(fits.first()).cloned())
     }
 
@@ -140,7 +150,7 @@ impl Store {
     /// The artifact a live download grant opens, with the device it was given to.
     pub async fn artifact_for_grant(&self, token_hash: &str) -> Result<Option<(ArtifactRow, i64)>, StoreError> {
         let sql = "SELECT a.id, a.name, a.version, a.device_types, a.models, a.size, a.sha256, a.signed_by,
-                          a.created_by, a.created_at, g.device
+                          a.created_by, a.created_at, a.tenant, g.device
                    FROM artifact_grants g JOIN artifacts a ON a.id = g.artifact JOIN devices d ON d.id = g.device
                    WHERE g.token_hash = $1 AND g.expires_at > $2 AND d.status <> 'removed'";
         let row: Option<GrantRow> =

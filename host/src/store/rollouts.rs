@@ -22,10 +22,12 @@ pub struct RolloutRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub done_at: Option<i64>,
+    /// Its artifact's tenant, whose devices alone it reaches; absent: the operators'.
+    pub tenant: Option<String>,
 }
 
 const COLUMNS: &str = "id, name, artifact, spec, state, phase, phase_started_at, phase_ready_at, reason, rollback, \
-                       created_by, created_at, updated_at, done_at";
+                       created_by, created_at, updated_at, done_at, tenant";
 
 /// One device of a rollout, as the API lists them.
 #[derive(Debug, Clone, sqlx::FromRow, Serialize, utoipa::ToSchema)]
@@ -130,7 +132,7 @@ impl Store {
     pub async fn create_rollout(
         &self,
         name: &str,
-        artifact: i64,
+        artifact: &super::ArtifactRow,
         spec: &str,
         actor: &str,
         placements: &[Placement],
@@ -149,13 +151,14 @@ impl Store {
              FROM json_each($2)"
         };
         let sql = format!(
-            "INSERT INTO rollouts (name, artifact, spec, state, phase, phase_started_at, created_by, created_at, updated_at)
-             VALUES ($1, $2, $3, 'running', 0, $4, $5, $4, $4) RETURNING {COLUMNS}"
+            "INSERT INTO rollouts (name, artifact, spec, state, phase, phase_started_at, created_by, created_at, updated_at,
+                                   tenant)
+             VALUES ($1, $2, $3, 'running', 0, $4, $5, $4, $4, $6) RETURNING {COLUMNS}"
         );
         with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let row: RolloutRow = sqlx::query_as(trusted(&sql))
-                .bind(name).bind(artifact).bind(spec).bind(now).bind(actor)
+                .bind(name).bind(artifact.id).bind(spec).bind(now).bind(actor).bind(&artifact.tenant)
                 .fetch_one(&mut *tx).await
                 .map_err(|e| StoreError::conflict_or(e, || format!("rollout `{name}`")))?;
             sqlx::query(insert).bind(row.id).bind(&rows).execute(&mut *tx).await?;

@@ -66,16 +66,32 @@ impl Store {
             if found.is_none() {
                 return Err(StoreError::NotFound(format!("tenant `{name}`")));
             }
-            let (devices, users, tokens): (i64, i64, i64) = sqlx::query_as(
+            // Its artifacts' bytes are in the artifact storage, which only the service
+            // removes (`artifacts::remove`), and a rollout's history names its artifact:
+            // they go through the API, as devices, users and tokens do.
+            let held: (i64, i64, i64, i64, i64) = sqlx::query_as(
                     "SELECT (SELECT COUNT(*) FROM devices WHERE tenant = $1),
                             (SELECT COUNT(*) FROM users WHERE tenant = $1),
                             (SELECT COUNT(*) FROM admin_tokens WHERE tenant = $1 AND revoked_at IS NULL
-                               AND (expires_at IS NULL OR expires_at > $2))")
+                               AND (expires_at IS NULL OR expires_at > $2)),
+                            (SELECT COUNT(*) FROM rollouts WHERE tenant = $1),
+                            (SELECT COUNT(*) FROM artifacts WHERE tenant = $1)")
                 .bind(name).bind(now).fetch_one(&mut *tx).await?;
-            if devices + users + tokens > 0 {
+            let (devices, users, tokens, rollouts, artifacts) = held;
+            let what: Vec<String> = [
+                (devices, "device(s) (removed ones count: they can be restored)"),
+                (users, "user(s)"),
+                (tokens, "live admin token(s)"),
+                (rollouts, "rollout(s)"),
+                (artifacts, "artifact(s)"),
+            ]
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, what)| format!("{n} {what}"))
+            .collect();
+            if !what.is_empty() {
                 return Err(StoreError::Refused(format!(
-                    "tenant `{name}` still holds {devices} device(s) (removed ones count: they can be restored), \
-                     {users} user(s) and {tokens} live admin token(s): delete or revoke them first")));
+                    "tenant `{name}` still holds {}: delete or revoke them first", what.join(", "))));
             }
             sqlx::query("DELETE FROM enrollment_tokens WHERE tenant = $1").bind(name).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM device_groups WHERE tenant = $1").bind(name).execute(&mut *tx).await?;

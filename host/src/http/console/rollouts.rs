@@ -67,7 +67,7 @@ pub async fn show(State(console): State<ConsoleState>, session: Session, Path(na
             thead { tr { th scope="col" { "Device" } th scope="col" { "Phase" } th scope="col" { "State" } th scope="col" { "Progress" } th scope="col" { "From version" } th scope="col" { "Reason" } } }
             tbody { @for d in devices["items"].as_array().into_iter().flatten() {
                 tr {
-                    td { a href={"/console/devices/" (enc(text(&d["device_type"]))) "/" (enc(text(&d["device_id"])))} { (text(&d["device_type"])) " " (text(&d["device_id"])) } }
+                    td { a href={"/console/devices/" (enc(text(&d["type"]))) "/" (enc(text(&d["id"])))} { (text(&d["type"])) " " (text(&d["id"])) } }
                     td { (d["phase"]) }
                     td { (badge(text(&d["state"]))) }
                     td.num { (d["progress"].as_i64().map(|p| format!("{p}%")).unwrap_or_default()) }
