@@ -150,6 +150,11 @@ pub const SCOPED: &[(&str, &str)] = &[
     ("get", "/api/v1/devices"),
     ("get", "/api/v1/devices/{device_type}/{device_id}"),
     ("get", "/api/v1/devices/{device_type}/{device_id}/telemetry"),
+    ("get", "/api/v1/devices/{device_type}/{device_id}/telemetry/series"),
+    ("get", "/api/v1/telemetry/metrics"),
+    ("get", "/api/v1/alerts"),
+    ("get", "/api/v1/alerts/{id}"),
+    ("post", "/api/v1/alerts/{id}/resolve"),
     ("get", "/api/v1/devices/{device_type}/{device_id}/certificates"),
     ("get", "/api/v1/devices/{device_type}/{device_id}/psk"),
     ("get", "/api/v1/devices/{type}/{id}/policy"),
@@ -406,7 +411,9 @@ impl TestServer {
             }
         }
         assert!(operations > 100, "only {operations} operations in the OpenAPI document: is it whole?");
-        assert!(refused > 30, "only {refused} of {operations} endpoints refused this caller");
+        // The operators' own endpoints (tokens of the server, tenants, plugins, settings,
+        // metrics …) are always among those refused.
+        assert!(refused > 20, "only {refused} of {operations} endpoints refused this caller");
     }
 
     /// An admin-API request with the bootstrap token.

@@ -138,6 +138,11 @@ const TENANT_ADMIN: &[(&str, &str)] = &[
     ("post", "/api/v1/rollouts/{name}/abort"),
     ("post", "/api/v1/rollouts/{name}/advance"),
     ("post", "/api/v1/rollouts/{name}/rollback"),
+    ("get", "/api/v1/alert-rules"),
+    ("post", "/api/v1/alert-rules"),
+    ("get", "/api/v1/alert-rules/{name}"),
+    ("put", "/api/v1/alert-rules/{name}"),
+    ("delete", "/api/v1/alert-rules/{name}"),
 ];
 
 async fn two_tenants(server: &TestServer) {
@@ -536,8 +541,9 @@ async fn two_tenants(server: &TestServer) {
     let types: Vec<&str> = events["items"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["tenant.created", "tenant.created", "tenant.created", "tenant.removed"], "{events}");
 
-    // Last: its boards would be in the device lists above.
+    // Last: their boards and phones would be in the device lists above.
     tenant_rollouts(server, &acme, &globex).await;
+    tenant_alerts(server, &acme, &globex).await;
 }
 
 /// What a successful `GET path` with `token` answers.
@@ -1037,6 +1043,102 @@ async fn tenant_rollouts(server: &TestServer, acme: &str, globex: &str) {
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let r = server.admin(Method::DELETE, "/api/v1/tenants/vacant").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
+}
+
+/// A battery level from Android phone `id` (its access token `token`), now.
+async fn battery(server: &TestServer, id: &str, token: &str, level: i64) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let r = server
+        .http
+        .post(server.url(&format!("/agent/v1/android/devices/{id}/telemetry")))
+        .bearer_auth(token)
+        .json(&json!({ "timestamp": now, "battery": level }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+}
+
+/// Alert rules, alerts, series and metrics of a tenant: Acme's rule is named within it,
+/// seen and managed by Acme alone, and judges Acme's phone only though both phones run
+/// flat; Globex reads neither Acme's alert nor its phone's series, and its metric over
+/// the whole fleet counts its own phone only.
+async fn tenant_alerts(server: &TestServer, acme: &str, globex: &str) {
+    let acme_phone = enroll(server, acme, "acme-tel").await;
+    let globex_phone = enroll(server, globex, "globex-tel").await;
+    let spec = json!({ "name": "low-battery", "kind": "threshold", "metric": "battery", "below": 20 });
+    let r = with(server, acme, Method::POST, "/api/v1/alert-rules").json(&spec).send().await.unwrap();
+    let made = created(r).await;
+    assert_eq!((&made["name"], &made["tenant"]), (&json!("acme/low-battery"), &json!("acme")), "{made}");
+    let r = with(server, globex, Method::POST, "/api/v1/alert-rules")
+        .json(&json!({ "name": "in-lab", "kind": "speed", "limit_kmh": 80, "applies_to": { "groups": ["acme/lab"] } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused(r, StatusCode::BAD_REQUEST).await.0, "unknown_group", "Globex named Acme's group");
+
+    battery(server, "acme-tel", &acme_phone, 5).await;
+    battery(server, "globex-tel", &globex_phone, 5).await;
+    let mut open = Vec::new();
+    for _ in 0..100 {
+        open = read(server, drover_tests::ADMIN_TOKEN, "/api/v1/alerts?rule=acme/low-battery").await["items"]
+            .as_array()
+            .unwrap()
+            .clone();
+        if !open.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0]["device"], "android/acme-tel", "Acme's rule judged Acme's phone only: {open:?}");
+    let alert = open[0]["id"].as_i64().unwrap();
+
+    // Globex sees none of it.
+    let listed: Value = read(server, globex, "/api/v1/alert-rules").await;
+    assert_eq!(listed, json!([]));
+    let listed: Value = read(server, globex, "/api/v1/alerts").await;
+    assert_eq!(listed["items"], json!([]), "{listed}");
+    let listed: Value = read(server, acme, "/api/v1/alerts").await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1, "{listed}");
+    for (method, path) in [
+        (Method::GET, "/api/v1/alert-rules/acme%2Flow-battery".to_string()),
+        (Method::PUT, "/api/v1/alert-rules/acme%2Flow-battery".to_string()),
+        (Method::DELETE, "/api/v1/alert-rules/acme%2Flow-battery".to_string()),
+        (Method::GET, format!("/api/v1/alerts/{alert}")),
+        (Method::POST, format!("/api/v1/alerts/{alert}/resolve")),
+        (Method::GET, "/api/v1/devices/android/acme-tel/telemetry/series?name=battery&resolution=minute".to_string()),
+        (Method::GET, "/api/v1/alerts?device_type=android&device_id=acme-tel".to_string()),
+    ] {
+        let r = with(server, globex, method.clone(), &path).json(&spec).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} {path}");
+    }
+    let metric: Value = read(server, globex, "/api/v1/telemetry/metrics?name=battery&resolution=minute").await;
+    let devices: i64 =
+        metric["buckets"].as_array().unwrap().iter().map(|b| b["devices"].as_i64().unwrap()).max().unwrap();
+    assert_eq!(devices, 1, "Globex's metric counted Acme's phone: {metric}");
+    let metric: Value =
+        read(server, drover_tests::ADMIN_TOKEN, "/api/v1/telemetry/metrics?name=battery&resolution=minute").await;
+    let devices: i64 =
+        metric["buckets"].as_array().unwrap().iter().map(|b| b["devices"].as_i64().unwrap()).max().unwrap();
+    assert_eq!(devices, 2, "{metric}");
+    let series: Value =
+        read(server, acme, "/api/v1/devices/android/acme-tel/telemetry/series?name=battery&resolution=minute").await;
+    assert_eq!(series["buckets"][0]["min"], 5.0, "{series}");
+
+    // Acme changes it, naming it as GET shows it, and removes it; its open alert resolves.
+    let changed = json!({ "name": "acme/low-battery", "kind": "threshold", "metric": "battery", "below": 15 });
+    let r = with(server, acme, Method::PUT, "/api/v1/alert-rules/low-battery").json(&changed).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let shown: Value = read(server, acme, "/api/v1/alert-rules/low-battery").await;
+    assert_eq!((&shown["name"], &shown["below"]), (&json!("acme/low-battery"), &json!(15.0)), "{shown}");
+    assert_eq!(logged(server, globex, "alert_rule.").await, Vec::<String>::new());
+    assert_eq!(
+        logged(server, acme, "alert_rule.").await,
+        ["alert_rule.changed alert-rule/acme/low-battery", "alert_rule.changed alert-rule/acme/low-battery"]
+    );
+    let r = with(server, acme, Method::DELETE, "/api/v1/alert-rules/low-battery").send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["resolved_alerts"], 1);
 }
 
 async fn run(backend: Backend) {

@@ -48,12 +48,15 @@ struct Live {
     types: Vec<String>,
     /// `None`: no groups, tags or devices named (any device of `types`).
     members: Option<HashSet<i64>>,
+    /// A tenant's rule judges that tenant's devices only, whatever it applies to.
+    tenant: Option<String>,
 }
 
 impl Live {
     fn applies(&self, device: &DeviceRow) -> bool {
         (self.types.is_empty() || self.types.contains(&device.device_type))
             && self.members.as_ref().is_none_or(|m| m.contains(&device.id))
+            && self.tenant.as_ref().is_none_or(|t| *t == device.tenant)
     }
 }
 
@@ -462,7 +465,8 @@ async fn compile(core: &Core) -> crate::error::Result<Compiled> {
             tracing::warn!(rule = %row.name, "alert rule unreadable: skipped");
             continue;
         };
-        let members = if applies_to.has_members() { Some(members(core, &applies_to).await?) } else { None };
+        let tenant = row.tenant.as_deref();
+        let members = if applies_to.has_members() { Some(members(core, &applies_to, tenant).await?) } else { None };
         let i = c.rules.len();
         match &kind {
             Kind::Threshold { metric, .. } | Kind::Anomaly { metric, .. } => {
@@ -471,16 +475,19 @@ async fn compile(core: &Core) -> crate::error::Result<Compiled> {
             Kind::Geofence { .. } | Kind::Speed { .. } => c.geo.push(i),
             Kind::Ignore { .. } => c.ignores.push(i),
         }
-        c.rules.push(Live { id: row.id, name: row.name, kind, types: applies_to.device_types, members });
+        let tenant = row.tenant.clone();
+        c.rules.push(Live { id: row.id, name: row.name, kind, types: applies_to.device_types, members, tenant });
     }
     Ok(c)
 }
 
 /// The keys of the devices in a rule's groups, tags and device list (unknown groups and
-/// devices select nothing).
-async fn members(core: &Core, a: &AppliesTo) -> crate::error::Result<HashSet<i64>> {
-    let mut t = TargetSet { tags: a.tags.clone(), ..Default::default() };
-    crate::operations::add_groups(core, &mut t, &a.groups, None).await?;
+/// devices select nothing); a tenant's rule's groups are its tenant's, and its members
+/// the tenant's devices.
+async fn members(core: &Core, a: &AppliesTo, tenant: Option<&str>) -> crate::error::Result<HashSet<i64>> {
+    let within = tenant.map(crate::scope::Reach::tenant);
+    let mut t = TargetSet { tags: a.tags.clone(), within, ..Default::default() };
+    crate::operations::add_groups(core, &mut t, &a.groups, tenant).await?;
     for d in &a.devices {
         if let Some((ty, id)) = d.split_once('/')
             && let Some(row) = core.store.device(ty, id).await?

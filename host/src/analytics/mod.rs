@@ -319,13 +319,14 @@ pub fn scope_text(rule: &serde_json::Value) -> String {
 pub const ACTOR: &str = "analytics";
 
 /// An alert rule's event (`alert_rule.changed`): `change` is `created`, `updated` or
-/// `removed`.
-fn rule_event(name: &str, kind: &str, change: &str, actor: &str) -> NewEvent {
+/// `removed`. A tenant's rule's is the tenant's too (its callers read it).
+fn rule_event(name: &str, kind: &str, change: &str, actor: &str, tenant: Option<&str>) -> NewEvent {
     NewEvent {
         event_type: "alert_rule.changed".into(),
         actor: Some(actor.into()),
         target: Some(format!("alert-rule/{name}")),
         data: Some(serde_json::json!({ "rule": name, "kind": kind, "change": change }).to_string()),
+        tenant: tenant.map(str::to_string),
         ..Default::default()
     }
 }
@@ -353,28 +354,30 @@ pub fn alert_event(a: &AlertRow) -> NewEvent {
 }
 
 /// Check a rule against what exists (its groups), store it with its event, and have the
-/// engine read rules again.
-pub async fn create_rule(core: &Core, spec: &RuleSpec, actor: &str) -> Result<RuleRow> {
-    known_groups(core, spec).await?;
-    let row = core
-        .store
-        .insert_rule(
-            &spec.name,
-            spec.kind.name(),
-            &serde_json::to_string(spec).map_err(|e| Error::internal(e.to_string()))?,
-            spec.enabled,
-            actor,
-            &rule_event(&spec.name, spec.kind.name(), "created", actor),
-        )
-        .await?;
+/// engine read rules again. A rule of `tenant` is named `TENANT/NAME` (`tenants::qualified`),
+/// names the tenant's groups, and judges the tenant's devices only.
+pub async fn create_rule(core: &Core, spec: &RuleSpec, actor: &str, tenant: Option<&str>) -> Result<RuleRow> {
+    known_groups(core, spec, tenant).await?;
+    let mut spec = spec.clone();
+    spec.name = crate::tenants::qualified(tenant, &spec.name);
+    let text = serde_json::to_string(&spec).map_err(|e| Error::internal(e.to_string()))?;
+    let new = crate::store::NewRule {
+        name: &spec.name,
+        kind: spec.kind.name(),
+        spec: &text,
+        enabled: spec.enabled,
+        actor,
+        tenant,
+    };
+    let row = core.store.insert_rule(&new, &rule_event(&spec.name, spec.kind.name(), "created", actor, tenant)).await?;
     core.analytics.reload(core).await;
     Ok(row)
 }
 
-/// Replace a rule (same name, same kind).
-pub async fn update_rule(core: &Core, spec: &RuleSpec, actor: &str) -> Result<RuleRow> {
-    known_groups(core, spec).await?;
-    let old = core.store.rule(&spec.name).await?.ok_or_else(|| not_found(&spec.name))?;
+/// Replace rule `old` (same name, same kind; `spec.name` is its stored name).
+pub async fn update_rule(core: &Core, old: &RuleRow, spec: &RuleSpec, actor: &str) -> Result<RuleRow> {
+    let tenant = old.tenant.as_deref();
+    known_groups(core, spec, tenant).await?;
     if old.kind != spec.kind.name() {
         return Err(Error::invalid(
             "invalid",
@@ -392,7 +395,7 @@ pub async fn update_rule(core: &Core, spec: &RuleSpec, actor: &str) -> Result<Ru
             &spec.name,
             &serde_json::to_string(spec).map_err(|e| Error::internal(e.to_string()))?,
             spec.enabled,
-            &rule_event(&spec.name, spec.kind.name(), "updated", actor),
+            &rule_event(&spec.name, spec.kind.name(), "updated", actor, tenant),
         )
         .await?
         .ok_or_else(|| not_found(&spec.name))?;
@@ -400,12 +403,12 @@ pub async fn update_rule(core: &Core, spec: &RuleSpec, actor: &str) -> Result<Ru
     Ok(row)
 }
 
-/// Remove a rule; its open alerts resolve (`rule-removed`). Returns how many.
-pub async fn delete_rule(core: &Core, name: &str, actor: &str) -> Result<usize> {
-    let old = core.store.rule(name).await?.ok_or_else(|| not_found(name))?;
+/// Remove rule `old`; its open alerts resolve (`rule-removed`). Returns how many.
+pub async fn delete_rule(core: &Core, old: &RuleRow, actor: &str) -> Result<usize> {
+    let name = &old.name;
     let (_, resolved) = core
         .store
-        .delete_rule(name, &rule_event(name, &old.kind, "removed", actor), alert_event)
+        .delete_rule(name, &rule_event(name, &old.kind, "removed", actor, old.tenant.as_deref()), alert_event)
         .await?
         .ok_or_else(|| not_found(name))?;
     core.analytics.reload(core).await;
@@ -416,9 +419,9 @@ fn not_found(name: &str) -> Error {
     Error::not_found(format!("alert rule `{name}` does not exist"))
 }
 
-async fn known_groups(core: &Core, spec: &RuleSpec) -> Result<()> {
+async fn known_groups(core: &Core, spec: &RuleSpec, tenant: Option<&str>) -> Result<()> {
     for g in &spec.applies_to.groups {
-        if core.store.group(g).await?.is_none() {
+        if crate::groups::find(&core.store, tenant, g).await?.is_none() {
             return Err(Error::invalid("unknown_group", format!("applies_to.groups: group `{g}` does not exist")));
         }
     }

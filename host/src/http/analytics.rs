@@ -1,9 +1,15 @@
 //! Telemetry analytics over the admin API (docs/analytics.md): a device's series at a
 //! resolution, a metric over a group, tag or device type, alert rules, and alerts.
+//!
+//! Series, metrics and alerts are about devices: a scoped or tenant's caller reads those
+//! of the devices it reaches only (another's device is 404, and counts for nothing in a
+//! metric). Alert rules belong to the operators or to a tenant (named `TENANT/NAME`,
+//! judging its devices only); a tenant's callers see and manage their tenant's only
+//! (docs/security.md, "Tenants").
 
 use super::api::{DEFAULT_PAGE, Errors, MAX_PAGE, next_after};
-use super::devices::device_or_404;
-use super::{ApiError, AppState, Operator, Path, Query, Viewer};
+use super::devices::{device_for, group_or_404};
+use super::{Admin, ApiError, AppState, Path, Query, ScopedOperator, ScopedViewer, TenantOperator, TenantViewer};
 use crate::analytics::{self, RuleSpec};
 use crate::store::{AlertFilter, AlertRow, Bucket, GroupBucket, MetricScope, RuleRow};
 use axum::Json;
@@ -99,11 +105,11 @@ pub(super) struct Series {
     responses((status = 200, body = Series), Errors))]
 pub(super) async fn device_series(
     State(state): State<AppState>,
-    _: Viewer,
+    ScopedViewer(admin): ScopedViewer,
     Path((t, id)): Path<(String, String)>,
     Query(q): Query<SeriesQuery>,
 ) -> Result<Json<Series>, ApiError> {
-    let d = device_or_404(&state, &t, &id).await?;
+    let d = device_for(&state, &admin, &t, &id).await?;
     let (from, to) = range(&q.name, q.resolution, q.from, q.to)?;
     let buckets = state.store.series(d.id, &q.name, q.resolution.level(), from, to).await?;
     Ok(Json(Series { name: q.name, resolution: q.resolution, from, to, buckets }))
@@ -145,24 +151,24 @@ pub(super) struct Metric {
 
 /// A metric over many devices: per bucket, how many devices reported it and the count,
 /// min, max and mean of all their points. Over a group, a tag, a device type, or the
-/// whole fleet when none is given.
+/// whole fleet when none is given; of those, only the devices the caller reaches.
 #[utoipa::path(get, path = "/api/v1/telemetry/metrics", tag = "analytics", params(MetricQuery),
     responses((status = 200, body = Metric), Errors))]
 pub(super) async fn group_metric(
     State(state): State<AppState>,
-    _: Viewer,
+    ScopedViewer(admin): ScopedViewer,
     Query(q): Query<MetricQuery>,
 ) -> Result<Json<Metric>, ApiError> {
     let (from, to) = range(&q.name, q.resolution, q.from, q.to)?;
-    let mut scope = MetricScope { device_types: q.device_type.into_iter().collect(), ..Default::default() };
+    let mut scope = MetricScope {
+        device_types: q.device_type.into_iter().collect(),
+        within: admin.reach(&state).await?,
+        ..Default::default()
+    };
     if q.group.is_some() || q.tag.is_some() {
         let mut t = crate::store::TargetSet { tags: q.tag.into_iter().collect(), ..Default::default() };
         if let Some(g) = &q.group {
-            let group = state
-                .store
-                .group(g)
-                .await?
-                .ok_or_else(|| ApiError::not_found(format!("group `{g}` does not exist")))?;
+            let group = group_or_404(&state, &admin, g).await?;
             match group.query() {
                 Some(query) => t.queries.push(query),
                 None => t.groups.push(group.id),
@@ -177,8 +183,11 @@ pub(super) async fn group_metric(
 /// An alert rule as stored.
 #[derive(Serialize, ToSchema)]
 pub(super) struct AlertRule {
+    /// A tenant's rule is named `TENANT/NAME`.
     #[serde(flatten)]
     spec: RuleSpec,
+    /// The tenant whose rule it is (judging its devices only); absent: the operators'.
+    tenant: Option<String>,
     created_by: String,
     created_at: i64,
     updated_at: i64,
@@ -188,26 +197,49 @@ fn rule(row: &RuleRow) -> Result<AlertRule, ApiError> {
     let spec = analytics::spec_of(row).ok_or_else(|| {
         ApiError::from(crate::error::Error::internal(format!("alert rule `{}` is unreadable", row.name)))
     })?;
-    Ok(AlertRule { spec, created_by: row.created_by.clone(), created_at: row.created_at, updated_at: row.updated_at })
+    Ok(AlertRule {
+        spec,
+        tenant: row.tenant.clone(),
+        created_by: row.created_by.clone(),
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
 }
 
-/// Every alert rule, by name.
+/// Every alert rule, by name; a tenant's callers, their tenant's.
 #[utoipa::path(get, path = "/api/v1/alert-rules", tag = "analytics", responses((status = 200, body = Vec<AlertRule>), Errors))]
-pub(super) async fn list_rules(State(state): State<AppState>, _: Viewer) -> Result<Json<Vec<AlertRule>>, ApiError> {
-    Ok(Json(state.store.rules().await?.iter().map(rule).collect::<Result<_, _>>()?))
+pub(super) async fn list_rules(
+    State(state): State<AppState>,
+    TenantViewer(admin): TenantViewer,
+) -> Result<Json<Vec<AlertRule>>, ApiError> {
+    let rows = state.store.rules().await?;
+    Ok(Json(rows.iter().filter(|r| admin.reaches_tenant(&r.tenant)).map(rule).collect::<Result<_, _>>()?))
+}
+
+/// The rule `admin` names, if it may see it: any for an operator, its tenant's for a
+/// tenant's caller (named with or without `TENANT/`); else 404.
+async fn rule_or_404(state: &AppState, admin: &Admin, name: &str) -> Result<RuleRow, ApiError> {
+    state
+        .store
+        .rule(&crate::tenants::qualified(admin.tenant.as_deref(), name))
+        .await?
+        .filter(|r| admin.reaches_tenant(&r.tenant))
+        .ok_or_else(|| ApiError::not_found(format!("alert rule `{name}` does not exist")))
 }
 
 /// Add an alert rule: a geo-fence, a speed limit, a threshold, an anomaly detector, or
-/// an `ignore` that silences anomaly alerts. It judges points from the next one on.
+/// an `ignore` that silences anomaly alerts. It judges points from the next one on. A
+/// tenant's caller's rule is its tenant's: named `TENANT/NAME`, naming the tenant's
+/// groups, judging the tenant's devices only.
 #[utoipa::path(post, path = "/api/v1/alert-rules", tag = "analytics", request_body = RuleSpec,
     responses((status = 201, body = AlertRule), (status = 409, description = "A rule has that name"), Errors))]
 pub(super) async fn create_rule(
     State(state): State<AppState>,
-    Operator(admin): Operator,
+    TenantOperator(admin): TenantOperator,
     super::ApiJson(body): super::ApiJson<serde_json::Value>,
 ) -> Result<(StatusCode, Json<AlertRule>), ApiError> {
     let spec = RuleSpec::parse(body)?;
-    let row = analytics::create_rule(&state, &spec, &admin.actor()).await?;
+    let row = analytics::create_rule(&state, &spec, &admin.actor(), admin.tenant.as_deref()).await?;
     Ok((StatusCode::CREATED, Json(rule(&row)?)))
 }
 
@@ -216,15 +248,10 @@ pub(super) async fn create_rule(
     responses((status = 200, body = AlertRule), Errors))]
 pub(super) async fn get_rule(
     State(state): State<AppState>,
-    _: Viewer,
+    TenantViewer(admin): TenantViewer,
     Path(name): Path<String>,
 ) -> Result<Json<AlertRule>, ApiError> {
-    let row = state
-        .store
-        .rule(&name)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("alert rule `{name}` does not exist")))?;
-    Ok(Json(rule(&row)?))
+    Ok(Json(rule(&rule_or_404(&state, &admin, &name).await?)?))
 }
 
 /// Replace an alert rule (same kind; the body's `name`, if given, must be the path's).
@@ -233,22 +260,28 @@ pub(super) async fn get_rule(
     request_body = RuleSpec, responses((status = 200, body = AlertRule), Errors))]
 pub(super) async fn update_rule(
     State(state): State<AppState>,
-    Operator(admin): Operator,
+    TenantOperator(admin): TenantOperator,
     Path(name): Path<String>,
     super::ApiJson(mut body): super::ApiJson<serde_json::Value>,
 ) -> Result<Json<AlertRule>, ApiError> {
+    let old = rule_or_404(&state, &admin, &name).await?;
+    // The body names the rule as the path does, or as GET shows it (`TENANT/NAME`); the
+    // spec is checked under the name it was made with, and stored under its whole name.
+    let qualified = |n: &str| crate::tenants::qualified(old.tenant.as_deref(), n);
+    let given = old.tenant.as_deref().and_then(|t| old.name.strip_prefix(t)?.strip_prefix('/')).unwrap_or(&old.name);
     if let Some(obj) = body.as_object_mut() {
         match obj.get("name").and_then(|n| n.as_str()) {
-            Some(n) if n != name => {
+            Some(n) if qualified(n) != old.name => {
                 return Err(ApiError::bad_request("invalid", format!("the body names rule `{n}`, the path `{name}`")));
             }
             _ => {
-                obj.insert("name".into(), name.clone().into());
+                obj.insert("name".into(), given.into());
             }
         }
     }
-    let spec = RuleSpec::parse(body)?;
-    let row = analytics::update_rule(&state, &spec, &admin.actor()).await?;
+    let mut spec = RuleSpec::parse(body)?;
+    spec.name = old.name.clone();
+    let row = analytics::update_rule(&state, &old, &spec, &admin.actor()).await?;
     Ok(Json(rule(&row)?))
 }
 
@@ -263,10 +296,11 @@ pub(super) struct RuleRemoved {
     responses((status = 200, body = RuleRemoved), Errors))]
 pub(super) async fn delete_rule(
     State(state): State<AppState>,
-    Operator(admin): Operator,
+    TenantOperator(admin): TenantOperator,
     Path(name): Path<String>,
 ) -> Result<Json<RuleRemoved>, ApiError> {
-    Ok(Json(RuleRemoved { resolved_alerts: analytics::delete_rule(&state, &name, &admin.actor()).await? }))
+    let old = rule_or_404(&state, &admin, &name).await?;
+    Ok(Json(RuleRemoved { resolved_alerts: analytics::delete_rule(&state, &old, &admin.actor()).await? }))
 }
 
 /// An alert.
@@ -347,16 +381,17 @@ pub(super) struct AlertPage {
     next_before: Option<i64>,
 }
 
-/// Alerts, newest first: open ones (`state=open`) are what needs attention now.
+/// Alerts, newest first: open ones (`state=open`) are what needs attention now. A scoped
+/// or tenant's caller reads those about the devices it reaches, whoever's rule opened them.
 #[utoipa::path(get, path = "/api/v1/alerts", tag = "analytics", params(AlertQuery),
     responses((status = 200, body = AlertPage), Errors))]
 pub(super) async fn list_alerts(
     State(state): State<AppState>,
-    _: Viewer,
+    ScopedViewer(admin): ScopedViewer,
     Query(q): Query<AlertQuery>,
 ) -> Result<Json<AlertPage>, ApiError> {
     let device = match (&q.device_type, &q.device_id) {
-        (Some(t), Some(i)) => Some(device_or_404(&state, t, i).await?.id),
+        (Some(t), Some(i)) => Some(device_for(&state, &admin, t, i).await?.id),
         (None, None) => None,
         _ => return Err(ApiError::bad_request("invalid", "give both `device_type` and `device_id`, or neither")),
     };
@@ -365,6 +400,7 @@ pub(super) async fn list_alerts(
         kind: q.kind,
         rule: q.rule,
         device,
+        within: admin.reach(&state).await?,
     };
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     let rows = state.store.alerts(&f, q.before, limit).await?;
@@ -372,8 +408,16 @@ pub(super) async fn list_alerts(
     Ok(Json(AlertPage { items: rows.iter().map(Alert::from).collect(), next_before }))
 }
 
-async fn alert_or_404(state: &AppState, id: i64) -> Result<AlertRow, ApiError> {
-    state.store.alert(id).await?.ok_or_else(|| ApiError::not_found(format!("alert {id} not found")))
+/// Alert `id`, if it is about a device `admin` reaches; else 404.
+async fn alert_or_404(state: &AppState, admin: &Admin, id: i64) -> Result<AlertRow, ApiError> {
+    let missing = || ApiError::not_found(format!("alert {id} not found"));
+    let a = state.store.alert(id).await?.ok_or_else(missing)?;
+    if let Some(reach) = admin.reach(state).await?
+        && !state.store.in_reach(a.device, &reach).await?
+    {
+        return Err(missing());
+    }
+    Ok(a)
 }
 
 /// One alert.
@@ -381,10 +425,10 @@ async fn alert_or_404(state: &AppState, id: i64) -> Result<AlertRow, ApiError> {
     responses((status = 200, body = Alert), Errors))]
 pub(super) async fn get_alert(
     State(state): State<AppState>,
-    _: Viewer,
+    ScopedViewer(admin): ScopedViewer,
     Path(id): Path<i64>,
 ) -> Result<Json<Alert>, ApiError> {
-    Ok(Json(Alert::from(&alert_or_404(&state, id).await?)))
+    Ok(Json(Alert::from(&alert_or_404(&state, &admin, id).await?)))
 }
 
 /// Resolve an open alert by hand (`admin`). While its condition lasts it does not open
@@ -393,10 +437,10 @@ pub(super) async fn get_alert(
     responses((status = 200, body = Alert), (status = 409, description = "Already resolved"), Errors))]
 pub(super) async fn resolve_alert(
     State(state): State<AppState>,
-    Operator(admin): Operator,
+    ScopedOperator(admin): ScopedOperator,
     Path(id): Path<i64>,
 ) -> Result<Json<Alert>, ApiError> {
-    let a = alert_or_404(&state, id).await?;
+    let a = alert_or_404(&state, &admin, id).await?;
     if a.state != "open" {
         return Err(crate::error::Error::conflict("resolved", format!("alert {id} is already resolved")).into());
     }

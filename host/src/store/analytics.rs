@@ -20,6 +20,9 @@ pub struct RuleRow {
     pub created_by: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The tenant whose rule it is (named `TENANT/NAME`, judging its devices only);
+    /// absent: the operators'.
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -60,6 +63,19 @@ pub struct NewAlert {
     pub detail: String,
 }
 
+/// A rule to add.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRule<'a> {
+    /// `TENANT/NAME` for a tenant's.
+    pub name: &'a str,
+    pub kind: &'a str,
+    /// The rule as JSON text.
+    pub spec: &'a str,
+    pub enabled: bool,
+    pub actor: &'a str,
+    pub tenant: Option<&'a str>,
+}
+
 /// Which alerts to list.
 #[derive(Debug, Clone, Default)]
 pub struct AlertFilter {
@@ -67,6 +83,8 @@ pub struct AlertFilter {
     pub kind: Option<String>,
     pub rule: Option<String>,
     pub device: Option<i64>,
+    /// Only alerts about devices a scoped or tenant's caller reaches.
+    pub within: Option<crate::scope::Reach>,
 }
 
 /// One bucket of a device's series.
@@ -104,26 +122,21 @@ pub struct GroupBucket {
 pub struct MetricScope {
     pub targets: Option<TargetSet>,
     pub device_types: Vec<String>,
+    /// Only devices a scoped or tenant's caller reaches.
+    pub within: Option<crate::scope::Reach>,
 }
 
 impl Store {
     /// Add a rule, with its event.
-    pub async fn insert_rule(
-        &self,
-        name: &str,
-        kind: &str,
-        spec: &str,
-        enabled: bool,
-        actor: &str,
-        event: &NewEvent,
-    ) -> Result<RuleRow, StoreError> {
+    pub async fn insert_rule(&self, rule: &NewRule<'_>, event: &NewEvent) -> Result<RuleRow, StoreError> {
+        let NewRule { name, kind, spec, enabled, actor, tenant } = *rule;
         let now = now_ms();
         with_write_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let row: RuleRow = sqlx::query_as(
-                    "INSERT INTO alert_rules (name, kind, spec, enabled, created_by, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING *")
-                .bind(name).bind(kind).bind(spec).bind(i64::from(enabled)).bind(actor).bind(now)
+                    "INSERT INTO alert_rules (name, kind, spec, enabled, created_by, created_at, updated_at, tenant)
+                     VALUES ($1, $2, $3, $4, $5, $6, $6, $7) RETURNING *")
+                .bind(name).bind(kind).bind(spec).bind(i64::from(enabled)).bind(actor).bind(now).bind(tenant)
                 .fetch_one(&mut *tx).await
                 .map_err(|e| StoreError::conflict_or(e, || format!("alert rule `{name}`")))?;
             record_event!(&mut *tx, event);
@@ -285,6 +298,10 @@ impl Store {
         if let Some(b) = before {
             w.and("id < ?", Param::Int(b));
         }
+        if let Some(reach) = &f.within {
+            let condition = reach.condition(self.is_postgres(), &mut w);
+            w.sql.push_str(&format!(" AND device IN (SELECT d.id FROM devices d WHERE {condition})"));
+        }
         let sql = format!("SELECT * FROM alerts WHERE 1 = 1{} ORDER BY id DESC LIMIT $1", w.sql);
         Ok(with_pool!(self, pool => bind_filters!(sqlx::query_as(trusted(&sql)).bind(limit), w).fetch_all(pool).await?))
     }
@@ -341,6 +358,10 @@ impl Store {
         if !scope.device_types.is_empty() {
             let list: Vec<String> = scope.device_types.iter().map(|t| f.placeholder(Param::Text(t.clone()))).collect();
             f.sql = format!("({}) AND d.device_type IN ({})", f.sql, list.join(", "));
+        }
+        if let Some(reach) = &scope.within {
+            let condition = reach.condition(postgres, &mut f);
+            f.sql = format!("({}) AND {condition}", f.sql);
         }
         let sql = format!(
             "SELECT r.bucket AS at, COUNT(*) AS devices, CAST(SUM(r.count) AS BIGINT) AS count, MIN(r.min) AS min,

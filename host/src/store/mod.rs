@@ -32,7 +32,7 @@ mod wakeups;
 mod webhooks;
 mod writes;
 
-pub use analytics::{AlertFilter, AlertRow, Bucket, GroupBucket, MetricScope, NewAlert, RuleRow};
+pub use analytics::{AlertFilter, AlertRow, Bucket, GroupBucket, MetricScope, NewAlert, NewRule, RuleRow};
 pub use artifacts::{ArtifactRow, NewArtifact};
 pub use catalog::{ComponentRow, NewPluginEvent, PluginEventRow, PublisherKeyRow};
 pub use changes::{Change, Changes};
