@@ -357,9 +357,18 @@ async fn two_tenants(server: &TestServer) {
         assert!(trail["items"].as_array().unwrap().iter().any(|e| e["tenant"] == tenant), "{tenant}: {trail}");
     }
 
-    // Metrics and the MQTT event feed are the whole server's.
+    // A tenant's metrics are its own fleet's: no other tenant's, none of the server's
+    // plugin or delivery counters. The MQTT event feed is the operators'.
     let r = with(server, &globex, Method::GET, "/metrics").send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().await.unwrap();
+    assert!(text.contains(r#"drover_devices{device_type="android",status="active"} "#), "{text}");
+    assert!(text.contains("drover_operations{state="), "{text}");
+    for leak in ["acme", "drover_plugin_", "drover_device_messages", "drover_push_online"] {
+        assert!(!text.contains(leak), "{leak} in Globex's metrics: {text}");
+    }
+    let all = read_text(server, drover_tests::ADMIN_TOKEN, "/metrics").await;
+    assert!(all.contains("drover_plugin_calls") && !all.contains("drover_devices{"), "{all}");
     let port = server.mqtt.expect("the embedded broker runs").port();
     let (ok, said) = mosquitto_sub(port, &["-u", "admin", "-P", &globex, "-t", "drover-events/#"]).await;
     assert!(!ok && !said.contains("drover-events/"), "{said}");
@@ -547,6 +556,12 @@ async fn two_tenants(server: &TestServer) {
 }
 
 /// What a successful `GET path` with `token` answers.
+async fn read_text(server: &TestServer, token: &str, path: &str) -> String {
+    let r = with(server, token, Method::GET, path).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{path}");
+    r.text().await.unwrap()
+}
+
 async fn read(server: &TestServer, token: &str, path: &str) -> Value {
     let r = with(server, token, Method::GET, path).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK, "{path}");
@@ -1002,6 +1017,10 @@ async fn tenant_rollouts(server: &TestServer, acme: &str, globex: &str) {
     }
     let r = read(server, acme, "/api/v1/rollouts/r1").await;
     assert_eq!(r["state"], "running", "Globex's tries changed nothing");
+    // Its metrics hold its rollouts; Globex's none.
+    let text = read_text(server, acme, "/metrics").await;
+    assert!(text.contains(r#"drover_rollout_devices{rollout="acme/r1",state="#), "{text}");
+    assert!(!read_text(server, globex, "/metrics").await.contains("acme/"));
 
     // Their events are Acme's, never Globex's.
     let acme_events = logged(server, acme, "rollout.").await;

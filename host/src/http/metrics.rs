@@ -12,8 +12,14 @@
 //!
 //! Rollouts (read from the database at scrape time): rollouts by state, and the devices
 //! of each rollout not yet over by state (`rollout`, `state` labels).
+//!
+//! A tenant's viewer scrapes its tenant's own figures (docs/security.md, "Tenants"): its
+//! devices by type and status, those seen in the last 15 minutes, its devices' operations
+//! by state, and its rollouts, all read from the database at scrape time. The plugin and
+//! delivery counters are the whole server's, counted in the process without a tenant,
+//! and are not served to it.
 
-use super::{ApiError, AppState, Viewer};
+use super::{ApiError, AppState, TenantViewer};
 use crate::plugins::{LoadedPlugin, Registry};
 use crate::stats::{CHANNELS, DeliveryStats};
 use axum::extract::State;
@@ -82,10 +88,12 @@ struct Rollouts {
 }
 
 impl Rollouts {
-    async fn read(state: &AppState) -> Result<Rollouts, ApiError> {
+    /// Every rollout, or `tenant`'s only.
+    async fn read(state: &AppState, tenant: Option<&str>) -> Result<Rollouts, ApiError> {
         let mut by_state = std::collections::BTreeMap::new();
         let mut devices = Vec::new();
-        for r in state.store.rollouts().await? {
+        let rows = state.store.rollouts().await?;
+        for r in rows.into_iter().filter(|r| tenant.is_none() || r.tenant.as_deref() == tenant) {
             *by_state.entry(r.state.clone()).or_default() += 1;
             if r.done_at.is_none() {
                 let mut totals: std::collections::BTreeMap<String, i64> = Default::default();
@@ -119,13 +127,50 @@ impl Collector for Rollouts {
     }
 }
 
+/// A tenant's fleet as read at scrape time (`Store::fleet_counts`).
+#[derive(Debug)]
+struct Fleet(crate::store::FleetCounts);
+
+impl Collector for Fleet {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family =
+            encoder.encode_descriptor("drover_devices", "Devices by type and status", None, MetricType::Gauge)?;
+        for d in &self.0.devices {
+            ConstGauge::new(d.count).encode(
+                family.encode_family(&[("device_type", d.device_type.as_str()), ("status", d.status.as_str())])?,
+            )?;
+        }
+        let family = encoder.encode_descriptor(
+            "drover_devices_seen_15m",
+            "Devices that called in within the last 15 minutes",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.0.seen_last_15_min).encode(family)?;
+        let mut family =
+            encoder.encode_descriptor("drover_operations", "Operations by state", None, MetricType::Gauge)?;
+        for o in &self.0.operations {
+            ConstGauge::new(o.count).encode(family.encode_family(&[("state", o.state.as_str())])?)?;
+        }
+        Ok(())
+    }
+}
+
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-pub async fn metrics(State(state): State<AppState>, _: Viewer) -> Result<impl IntoResponse, ApiError> {
+pub async fn metrics(
+    State(state): State<AppState>,
+    TenantViewer(admin): TenantViewer,
+) -> Result<impl IntoResponse, ApiError> {
     let mut registry = prometheus_client::registry::Registry::default();
-    registry.register_collector(Box::new(Plugins(state.registry.clone())));
-    registry.register_collector(Box::new(Delivery(state.stats.clone())));
-    registry.register_collector(Box::new(Rollouts::read(&state).await?));
+    match admin.tenant.as_deref() {
+        None => {
+            registry.register_collector(Box::new(Plugins(state.registry.clone())));
+            registry.register_collector(Box::new(Delivery(state.stats.clone())));
+        }
+        Some(t) => registry.register_collector(Box::new(Fleet(state.store.fleet_counts(Some(t)).await?))),
+    }
+    registry.register_collector(Box::new(Rollouts::read(&state, admin.tenant.as_deref()).await?));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)
         .map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;
