@@ -159,6 +159,10 @@ async fn admit_with(
                 ))
             })?,
     };
+    // A tenant's own device type takes that tenant's devices only (`plugin_owners`).
+    if !crate::tenants::may_use_type(&core.store, device_type, &tenant).await? {
+        return Err(Error::not_found(format!("no device type `{device_type}` takes this enrollment")));
+    }
     let device = core
         .store
         .enroll_device(
@@ -457,7 +461,9 @@ pub async fn import_csv(core: &Core, csv_text: &[u8], self_enroll: bool, tenant:
         let empty = |what: &str| Error::invalid("invalid", format!("line {line}: `{what}` is empty"));
         let device_type = get(Some(ty_col)).ok_or_else(|| empty("device_type"))?;
         let device_id = get(Some(id_col)).ok_or_else(|| empty("device_id"))?;
-        if core.registry.device_type(&device_type).is_none() {
+        if core.registry.device_type(&device_type).is_none()
+            || !crate::tenants::may_use_type(&core.store, &device_type, tenant).await?
+        {
             return Err(Error::invalid(
                 "unknown_device_type",
                 format!("line {line}: no device type `{device_type}` is loaded"),

@@ -99,6 +99,13 @@ pub async fn of_new_principal(store: &Store, own: Option<&str>, asked: Option<&s
     }
 }
 
+/// Whether devices of `tenant` may be of `device_type`: a shared type (first-party, or
+/// uploaded by the operators) or the tenant's own plugin's. Another tenant's type does
+/// not exist for it: callers answer as for a type that is not loaded.
+pub async fn may_use_type(store: &Store, device_type: &str, tenant: &str) -> Result<bool> {
+    Ok(store.plugin_owner(device_type).await?.is_none_or(|owner| owner == tenant))
+}
+
 /// Refuse a tenant that does not exist, naming it.
 pub async fn exists(store: &Store, name: &str) -> Result<()> {
     if store.tenant_exists(name).await? {

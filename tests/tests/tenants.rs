@@ -143,6 +143,14 @@ const TENANT_ADMIN: &[(&str, &str)] = &[
     ("get", "/api/v1/alert-rules/{name}"),
     ("put", "/api/v1/alert-rules/{name}"),
     ("delete", "/api/v1/alert-rules/{name}"),
+    ("get", "/api/v1/plugins"),
+    ("post", "/api/v1/plugins"),
+    ("get", "/api/v1/plugins/{name}"),
+    ("post", "/api/v1/plugins/{name}/rollback"),
+    ("post", "/api/v1/plugins/{name}/suspend"),
+    ("post", "/api/v1/plugins/{name}/enable"),
+    ("get", "/api/v1/plugins/{name}/grants"),
+    ("put", "/api/v1/plugins/{name}/grants"),
 ];
 
 async fn two_tenants(server: &TestServer) {
@@ -553,6 +561,7 @@ async fn two_tenants(server: &TestServer) {
     // Last: their boards and phones would be in the device lists above.
     tenant_rollouts(server, &acme, &globex).await;
     tenant_alerts(server, &acme, &globex).await;
+    tenant_plugins(server, &acme, &globex).await;
 }
 
 /// What a successful `GET path` with `token` answers.
@@ -1158,6 +1167,104 @@ async fn tenant_alerts(server: &TestServer, acme: &str, globex: &str) {
     );
     let r = with(server, acme, Method::DELETE, "/api/v1/alert-rules/low-battery").send().await.unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["resolved_alerts"], 1);
+}
+
+/// Upload `component` as `token`'s caller (unsigned: the operators allow it here).
+async fn upload_plugin(server: &TestServer, token: &str, component: Vec<u8>) -> reqwest::Response {
+    let form = reqwest::multipart::Form::new().part("component", reqwest::multipart::Part::bytes(component));
+    with(server, token, Method::POST, "/api/v1/plugins").multipart(form).send().await.unwrap()
+}
+
+/// Plugins of a tenant: Acme's admin uploads a device type of its own (`acme-an`, the
+/// Android plugin renamed), which Globex neither sees, manages nor enrolls into, and
+/// which takes no device of another tenant (nor an open enrollment); a tenant cannot
+/// replace or suspend a shared plugin, upload another kind, or grant files or network.
+async fn tenant_plugins(server: &TestServer, acme: &str, globex: &str) {
+    let r = server.admin(Method::PUT, "/api/v1/settings").json(&json!({"allow_unsigned_plugins": true})).send().await;
+    assert_eq!(r.unwrap().status(), StatusCode::OK);
+    // The Android plugin renamed throughout (its manifest and what `describe` says).
+    let mut ours = drover_tests::android().to_vec();
+    let mut at = 0;
+    while let Some(i) = ours[at..].windows(7).position(|w| w == b"android") {
+        ours[at + i..at + i + 7].copy_from_slice(b"acme-an");
+        at += i + 7;
+    }
+    let grants = |caps: Value| json!({ "capabilities": caps });
+    // Grants first, as an admin would: sandbox-only ones, on its own name only.
+    let r =
+        with(server, acme, Method::PUT, "/api/v1/plugins/acme-an/grants").json(&grants(json!(["log", "kv"]))).send();
+    assert_eq!(r.await.unwrap().status(), StatusCode::OK);
+    let r = with(server, acme, Method::PUT, "/api/v1/plugins/acme-an/grants").json(&grants(json!(["network"]))).send();
+    assert_eq!(r.await.unwrap().status(), StatusCode::FORBIDDEN, "a tenant granted network access");
+    let r = with(server, globex, Method::PUT, "/api/v1/plugins/acme-an/grants").json(&grants(json!([]))).send();
+    assert_eq!(r.await.unwrap().status(), StatusCode::BAD_REQUEST, "Globex granted Acme's plugin");
+    let r = with(server, acme, Method::PUT, "/api/v1/plugins/android/grants").json(&grants(json!([]))).send();
+    assert_eq!(r.await.unwrap().status(), StatusCode::BAD_REQUEST, "Acme changed a shared plugin's grants");
+
+    // Globex cannot upload it (not its name); Acme cannot replace a shared plugin.
+    assert_eq!(upload_plugin(server, globex, ours.clone()).await.status(), StatusCode::BAD_REQUEST);
+    let r = upload_plugin(server, acme, drover_tests::android().to_vec()).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "Acme uploaded over the first-party android");
+    let r = upload_plugin(server, acme, ours).await;
+    let up: Value = created(r).await;
+    assert_eq!((&up["plugin"]["name"], &up["plugin"]["tenant"]), (&json!("acme-an"), &json!("acme")), "{up}");
+
+    // Who sees it.
+    assert!(names(server, acme, "/api/v1/plugins").await.contains(&"acme-an".to_string()));
+    let all: Value = read(server, drover_tests::ADMIN_TOKEN, "/api/v1/plugins").await;
+    assert!(all["items"].as_array().unwrap().iter().any(|p| p["name"] == "acme-an" && p["tenant"] == "acme"));
+    let theirs = names(server, globex, "/api/v1/plugins").await;
+    assert!(theirs.contains(&"android".to_string()) && !theirs.contains(&"acme-an".to_string()), "{theirs:?}");
+    let types = |v: Value| v["items"].as_array().unwrap().len();
+    let (ours, theirs) = (
+        types(read(server, acme, "/api/v1/device-types").await),
+        types(read(server, globex, "/api/v1/device-types").await),
+    );
+    assert_eq!(ours, theirs + 1, "Globex sees Acme's device type");
+    for (method, path) in [
+        (Method::GET, "/api/v1/plugins/acme-an"),
+        (Method::GET, "/api/v1/plugins/acme-an/grants"),
+        (Method::POST, "/api/v1/plugins/acme-an/suspend"),
+        (Method::POST, "/api/v1/plugins/acme-an/rollback"),
+    ] {
+        let r = with(server, globex, method.clone(), path).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} {path}");
+    }
+    // A tenant manages its own, not the shared ones.
+    let r = with(server, acme, Method::POST, "/api/v1/plugins/android/suspend").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    for action in ["suspend", "enable"] {
+        let r = with(server, acme, Method::POST, &format!("/api/v1/plugins/acme-an/{action}")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{action}");
+    }
+    let r = with(server, acme, Method::PUT, "/api/v1/tenants/globex/plugins/acme-an/settings").json(&json!({})).send();
+    assert_eq!(r.await.unwrap().status(), StatusCode::FORBIDDEN);
+    let r =
+        with(server, globex, Method::PUT, "/api/v1/tenants/globex/plugins/acme-an/settings").json(&json!({})).send();
+    assert_eq!(r.await.unwrap().status(), StatusCode::NOT_FOUND, "Globex set Acme's plugin");
+
+    // Only Acme's devices are of its type.
+    let token = |admin: &str| {
+        with(server, admin, Method::POST, "/api/v1/enrollment-tokens").json(&json!({ "device_type": "acme-an" })).send()
+    };
+    assert_eq!(token(globex).await.unwrap().status(), StatusCode::BAD_REQUEST);
+    let r = token(drover_tests::ADMIN_TOKEN).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "an operator's token into default");
+    let t = created(token(acme).await.unwrap()).await;
+    let enroll = |token: Option<&str>, id: &str| {
+        let mut r = server.http.post(server.url("/agent/v1/acme-an/enroll")).body(enroll_body(id));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    let r = enroll(None, "acme-an-open").await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "an open enrollment into Acme's type");
+    let r = enroll(t["token"].as_str(), "acme-an-1").await.unwrap();
+    let d = created(r).await;
+    assert_eq!(d["device_id"], "acme-an-1", "{d}");
+    let device: Value = read(server, acme, "/api/v1/devices/acme-an/acme-an-1").await;
+    assert_eq!(device["tenant"], "acme", "{device}");
 }
 
 async fn run(backend: Backend) {

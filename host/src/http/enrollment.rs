@@ -69,6 +69,12 @@ pub(super) async fn create_enrollment_token(
         return Err(ApiError::bad_request("invalid", "`uses` must be 1 to 100000 and `ttl_secs` 1 to 31536000"));
     }
     let tenant = crate::tenants::acting_in(&state.store, admin.tenant.as_deref(), t.tenant.as_deref()).await?;
+    if !crate::tenants::may_use_type(&state.store, &t.device_type, &tenant).await? {
+        return Err(ApiError::bad_request(
+            "unknown_device_type",
+            format!("no device type `{}` is loaded for tenant `{tenant}`", t.device_type),
+        ));
+    }
     let (token, hash) = crate::auth::new_token("enroll");
     let expires_at = crate::store::now_ms() + ttl * 1000;
     state

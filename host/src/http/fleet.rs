@@ -67,10 +67,18 @@ pub(super) struct DeviceTypes {
     items: Vec<DeviceType>,
 }
 
-/// The loaded device types and their operation catalogues, as their plugins describe them.
-pub(super) fn device_types(state: &AppState) -> Vec<DeviceType> {
+/// The loaded device types and their operation catalogues, as their plugins describe them;
+/// for a caller of `tenant`, the shared ones and its own (`owners`: every tenant's plugin).
+pub(super) fn device_types(
+    state: &AppState,
+    tenant: Option<&str>,
+    owners: &std::collections::HashMap<String, String>,
+) -> Vec<DeviceType> {
     let mut items = Vec::new();
     for name in state.registry.names() {
+        if tenant.is_some() && owners.get(&name).is_some_and(|o| Some(o.as_str()) != tenant) {
+            continue;
+        }
         let Some(plugin) = state.registry.get(&name).filter(|p| p.kind() == Kind::DeviceType) else { continue };
         let Some(info) = plugin.device_type_info() else { continue };
         items.push(DeviceType {
@@ -104,7 +112,8 @@ pub(super) fn device_types(state: &AppState) -> Vec<DeviceType> {
     responses((status = 200, body = DeviceTypes), Errors))]
 pub(super) async fn list_device_types(
     State(state): State<AppState>,
-    _: super::ScopedViewer,
+    super::ScopedViewer(admin): super::ScopedViewer,
 ) -> Result<Json<DeviceTypes>, ApiError> {
-    Ok(Json(DeviceTypes { items: device_types(&state) }))
+    let owners = state.store.plugin_owners().await?;
+    Ok(Json(DeviceTypes { items: device_types(&state, admin.tenant.as_deref(), &owners) }))
 }

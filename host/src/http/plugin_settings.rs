@@ -77,6 +77,10 @@ pub(super) async fn put_tenant_plugin_settings(
     ApiJson(settings): ApiJson<TenantPluginSettings>,
 ) -> Result<Json<TenantPluginSettings>, ApiError> {
     let tenant = path_tenant(&state, &admin, &tenant).await?;
+    // Another tenant's plugin does not exist for this one.
+    if !crate::tenants::may_use_type(&state.store, &name, &tenant).await? {
+        return Err(ApiError::not_found(format!("no plugin `{name}` is loaded")));
+    }
     crate::plugin_settings::put_tenant(&state, &name, &tenant, settings, &admin.actor()).await?;
     Ok(Json(crate::plugin_settings::shown_tenant(&state, &name, &tenant)?.unwrap_or_default()))
 }

@@ -1,10 +1,16 @@
 //! The plugin platform's admin API: upload, versions, rollback, suspension, grants,
 //! publisher keys and the unsigned-upload setting (docs/plugin-platform.md).
+//!
+//! A tenant's admin uploads device-type plugins of its own (named `TENANT-…`), rolls them
+//! back, suspends and enables them, and grants them the capabilities that reach nothing
+//! outside the sandbox; its callers see the shared plugins and their own, never another
+//! tenant's (404). Shared plugins, filesystem and network grants, publisher keys and the
+//! server's settings stay the operators' (docs/security.md, "Tenants").
 
 use super::api::Errors;
-use super::{Administrator, ApiError, ApiJson, AppState, Viewer};
+use super::{Admin, Administrator, ApiError, ApiJson, AppState, TenantAdministrator, TenantViewer, Viewer};
 use crate::plugins::catalog::{ALLOW_UNSIGNED, CatalogError, parse_grants};
-use crate::plugins::{PluginSummary, signing};
+use crate::plugins::{Capability, PluginSummary, signing};
 
 use super::Path;
 use crate::store::{ComponentRow, PluginEventRow, PublisherKeyRow, now_ms};
@@ -41,10 +47,38 @@ pub(super) struct PluginList {
     items: Vec<PluginSummary>,
 }
 
-/// The loaded plugins.
+/// The loaded plugins; a tenant's callers, the shared ones and their tenant's.
 #[utoipa::path(get, path = "/api/v1/plugins", tag = "plugins", responses((status = 200, body = PluginList), Errors))]
-pub(super) async fn list_plugins(State(state): State<AppState>, _: Viewer) -> Result<Json<PluginList>, ApiError> {
-    Ok(Json(PluginList { items: state.registry.list() }))
+pub(super) async fn list_plugins(
+    State(state): State<AppState>,
+    TenantViewer(admin): TenantViewer,
+) -> Result<Json<PluginList>, ApiError> {
+    let owners = state.store.plugin_owners().await?;
+    let items = state
+        .registry
+        .list()
+        .into_iter()
+        .map(|mut p| {
+            p.tenant = owners.get(&p.name).cloned();
+            p
+        })
+        .filter(|p| p.tenant.is_none() || admin.reaches_tenant(&p.tenant))
+        .collect();
+    Ok(Json(PluginList { items }))
+}
+
+/// Refuse what `admin` may not see of plugin `name` (another tenant's: 404) and, with
+/// `manage`, may not change (a shared plugin, for a tenant's caller: 403).
+async fn plugin_for(state: &AppState, admin: &Admin, name: &str, manage: bool) -> Result<(), ApiError> {
+    let Some(own) = &admin.tenant else { return Ok(()) };
+    match state.store.plugin_owner(name).await? {
+        Some(owner) if owner == *own => Ok(()),
+        Some(_) => Err(ApiError::not_found(format!("no plugin `{name}` is loaded"))),
+        None if manage => Err(ApiError::forbidden(format!(
+            "plugin `{name}` is shared: the server's operators manage it, not tenant `{own}`"
+        ))),
+        None => Ok(()),
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -84,7 +118,7 @@ pub(super) struct Uploaded {
         Errors))]
 pub(super) async fn upload_plugin(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<(StatusCode, Json<Uploaded>), ApiError> {
     // axum's own rejection is text/plain; the API answers its JSON error.
@@ -111,8 +145,9 @@ pub(super) async fn upload_plugin(
         ApiError::bad_request("malformed_upload", "no `component` field: send the .wasm file as `component`")
     })?;
     let signature = signature.filter(|s| !s.is_empty());
-    let done = state.catalog.upload(&component, signature.as_deref(), &admin.actor()).await?;
-    let plugin = summary(&state, &done.plugin.manifest.name)?;
+    let done = state.catalog.upload(&component, signature.as_deref(), &admin.actor(), admin.tenant.as_deref()).await?;
+    let mut plugin = summary(&state, &done.plugin.manifest.name)?;
+    plugin.tenant = state.store.plugin_owner(&plugin.name).await?;
     let status = if done.unchanged { StatusCode::OK } else { StatusCode::CREATED };
     Ok((
         status,
@@ -149,10 +184,12 @@ pub(super) struct PluginDetail {
     responses((status = 200, body = PluginDetail), Errors))]
 pub(super) async fn get_plugin(
     State(state): State<AppState>,
-    _: Viewer,
+    TenantViewer(admin): TenantViewer,
     Path(name): Path<String>,
 ) -> Result<Json<PluginDetail>, ApiError> {
-    let plugin = summary(&state, &name)?;
+    plugin_for(&state, &admin, &name, false).await?;
+    let mut plugin = summary(&state, &name)?;
+    plugin.tenant = state.store.plugin_owner(&name).await?;
     let (components, history) = state.catalog.describe(&name).await?;
     Ok(Json(PluginDetail { plugin, components, history }))
 }
@@ -198,10 +235,11 @@ fn reason(body: &[u8]) -> Result<Option<String>, ApiError> {
         (status = 409, description = "No earlier version is loaded", body = super::ErrorBody), Errors))]
 pub(super) async fn rollback_plugin(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<PluginSummary>, ApiError> {
+    plugin_for(&state, &admin, &name, true).await?;
     let reason = reason(&body)?;
     state.catalog.rollback(&name, &admin.actor(), reason.as_deref(), false).await?;
     Ok(Json(summary(&state, &name)?))
@@ -214,10 +252,11 @@ pub(super) async fn rollback_plugin(
     responses((status = 200, body = Object, description = "The plugin, suspended"), Errors))]
 pub(super) async fn suspend_plugin(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<PluginSummary>, ApiError> {
+    plugin_for(&state, &admin, &name, true).await?;
     let reason = reason(&body)?.unwrap_or_else(|| format!("suspended by {}", admin.actor()));
     state.catalog.suspend(&name, &reason, &admin.actor()).await?;
     Ok(Json(summary(&state, &name)?))
@@ -228,9 +267,10 @@ pub(super) async fn suspend_plugin(
     responses((status = 200, body = Object, description = "The plugin, serving"), Errors))]
 pub(super) async fn enable_plugin(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     Path(name): Path<String>,
 ) -> Result<Json<PluginSummary>, ApiError> {
+    plugin_for(&state, &admin, &name, true).await?;
     state.catalog.enable(&name, &admin.actor()).await?;
     Ok(Json(summary(&state, &name)?))
 }
@@ -251,9 +291,10 @@ pub(super) struct GrantList {
     responses((status = 200, body = GrantList), Errors))]
 pub(super) async fn get_grants(
     State(state): State<AppState>,
-    _: Viewer,
+    TenantViewer(admin): TenantViewer,
     Path(name): Path<String>,
 ) -> Result<Json<GrantList>, ApiError> {
+    plugin_for(&state, &admin, &name, false).await?;
     let stored = state.catalog.stored_grants(&name).await?;
     let set_by_admin = stored.is_some();
     let grants = match stored {
@@ -276,13 +317,25 @@ pub(super) async fn get_grants(
          body = super::ErrorBody), Errors))]
 pub(super) async fn put_grants(
     State(state): State<AppState>,
-    Administrator(admin): Administrator,
+    TenantAdministrator(admin): TenantAdministrator,
     Path(name): Path<String>,
     ApiJson(list): ApiJson<GrantList>,
 ) -> Result<Json<GrantList>, ApiError> {
     let grants = parse_grants(&list.capabilities).map_err(|m| ApiError::bad_request("invalid", m))?;
+    if let Some(t) = &admin.tenant {
+        // Its own plugin (or a name of its own not yet uploaded), and only what stays in
+        // the sandbox: files and the network are the operators' to give.
+        state.catalog.tenant_may_use(&name, t).await?;
+        if let Some(c) = grants.iter().find(|c| matches!(c, Capability::Filesystem | Capability::Network)) {
+            return Err(ApiError::forbidden(format!(
+                "a tenant's admin grants its plugins log, config, kv, clock and random; `{}` is the server's \
+                 operators' to grant",
+                serde_json::to_value(c).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+            )));
+        }
+    }
     state.catalog.set_grants(&name, grants, &admin.actor()).await?;
-    get_grants(State(state), Viewer(admin), Path(name)).await
+    get_grants(State(state), TenantViewer(admin), Path(name)).await
 }
 
 #[derive(Serialize, ToSchema)]

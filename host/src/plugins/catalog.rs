@@ -321,9 +321,22 @@ impl Catalog {
     /// registered for its manifest's publisher (unless unsigned uploads are allowed and
     /// it has none), load it (compile, pre-instantiate, smoke-test), store it, then
     /// publish it on every replica. Nothing is published if any step fails.
-    pub async fn upload(&self, bytes: &[u8], signature: Option<&[u8]>, actor: &str) -> Result<Uploaded, CatalogError> {
+    ///
+    /// `tenant` is the uploading admin's tenant (`None`: an operator, whose uploads are
+    /// shared). A tenant's upload must be a device type named `TENANT-…`, and its name
+    /// becomes (or must already be) the tenant's ([`Catalog::tenant_may_upload`]).
+    pub async fn upload(
+        &self,
+        bytes: &[u8],
+        signature: Option<&[u8]>,
+        actor: &str,
+        tenant: Option<&str>,
+    ) -> Result<Uploaded, CatalogError> {
         let manifest = Manifest::from_component(bytes)
             .map_err(|e| CatalogError::Manifest(format!("cannot take the plugin: {e}")))?;
+        if let Some(t) = tenant {
+            self.tenant_may_upload(&manifest, t).await?;
+        }
         let label = format!("{}@{}", manifest.name, manifest.version);
         let signed_by = match signature {
             Some(sig) => {
@@ -406,11 +419,54 @@ impl Catalog {
         {
             self.append(&manifest.name, "install", Some(&current), None, "first-party").await?;
         }
+        if let Some(t) = tenant
+            && self.store.claim_plugin_name(&manifest.name, t).await? != t
+        {
+            return Err(CatalogError::Conflict(format!("plugin `{}` is another tenant's", manifest.name)));
+        }
         self.preloaded.lock().unwrap_or_else(|p| p.into_inner()).insert((sha, grants), plugin.clone());
         self.append(&manifest.name, "install", Some(&plugin), None, actor).await?;
         self.sync_locked(&mut applied).await?;
         tracing::info!(plugin = %plugin.label(), actor, signed_by = ?signed_by, "plugin published");
         Ok(Uploaded { plugin, unchanged: false, signed_by })
+    }
+
+    /// Whether tenant `t`'s admin may upload `manifest`: a device type (transports and
+    /// policy rules run for every tenant's devices, so they are the operators'), named
+    /// `t-…` (so a tenant never takes, or learns of, a name outside its own), and not a
+    /// name the operators' plugins hold (a first-party one, or one uploaded as shared).
+    async fn tenant_may_upload(&self, manifest: &Manifest, t: &str) -> Result<(), CatalogError> {
+        if manifest.kind != super::manifest::Kind::DeviceType {
+            return Err(CatalogError::Manifest(format!(
+                "a tenant's admin uploads device-type plugins only; `{}` is a {}: transports and policy rules \
+                 serve every tenant, and the server's operators upload them",
+                manifest.name, manifest.kind
+            )));
+        }
+        self.tenant_may_use(&manifest.name, t).await
+    }
+
+    /// Whether plugin name `name` is, or may become, tenant `t`'s: named `t-…`, and either
+    /// already its, or no one's and never installed (first-party and the operators'
+    /// uploads are shared, and stay out of a tenant's hands).
+    pub async fn tenant_may_use(&self, name: &str, t: &str) -> Result<(), CatalogError> {
+        if !name.strip_prefix(t).is_some_and(|rest| rest.starts_with('-') && rest.len() > 1) {
+            return Err(CatalogError::Manifest(format!(
+                "a plugin of tenant `{t}` is named `{t}-…` (its device type's name too); this one is `{name}`"
+            )));
+        }
+        match self.store.plugin_owner(name).await? {
+            Some(owner) if owner == t => Ok(()),
+            Some(_) => Err(CatalogError::Conflict(format!("plugin `{name}` is another tenant's"))),
+            None if self.registry.get(name).is_some()
+                || self.store.plugin_history(name, 100_000).await?.iter().any(|e| e.kind == "install") =>
+            {
+                Err(CatalogError::Conflict(format!(
+                    "plugin `{name}` is shared by the server's operators: a tenant cannot replace it"
+                )))
+            }
+            None => Ok(()),
+        }
     }
 
     /// What an upload of `sha` amounts to without publishing anything: a conflict when the

@@ -52,6 +52,9 @@ pub struct PluginSummary {
     pub previous_version: Option<String>,
     /// Every loaded version, oldest first (the last serves).
     pub loaded_versions: Vec<String>,
+    /// The tenant whose plugin it is; absent: shared (first-party, or the operators').
+    /// The registry does not know; the API fills it in from the catalog.
+    pub tenant: Option<String>,
 }
 
 impl Registry {
@@ -130,6 +133,7 @@ impl Registry {
                     stats: p.stats(),
                     previous_version: s.versions.iter().rev().nth(1).map(|p| p.manifest.version.clone()),
                     loaded_versions: s.versions.iter().map(|p| p.manifest.version.clone()).collect(),
+                    tenant: None,
                 })
             })
             .collect()

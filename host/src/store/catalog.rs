@@ -2,7 +2,7 @@
 //! serves, grants, trusted publisher keys and server-wide settings
 //! (docs/plugin-platform.md).
 
-use super::{Backend, Store, StoreError, now_ms, with_pool, with_write_pool};
+use super::{Backend, Store, StoreError, WriteTx, now_ms, with_pool, with_write_pool};
 use serde::Serialize;
 
 /// An uploaded component, without its bytes.
@@ -154,6 +154,36 @@ impl Store {
                 .map_err(|e| StoreError::conflict_or(e, || format!("publisher key {}", row.key_id)))?;
         });
         Ok(())
+    }
+
+    /// The tenant whose plugin `name` is; `None`: shared (first-party, or the operators').
+    pub async fn plugin_owner(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> = with_pool!(self, pool => sqlx::query_as(
+                "SELECT tenant FROM plugin_owners WHERE name = $1")
+            .bind(name).fetch_optional(pool).await?);
+        Ok(row.map(|(t,)| t))
+    }
+
+    /// Every tenant's plugin name, with its tenant.
+    pub async fn plugin_owners(&self) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        let rows: Vec<(String, String)> = with_pool!(self, pool => sqlx::query_as(
+                "SELECT name, tenant FROM plugin_owners").fetch_all(pool).await?);
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Make `name` `tenant`'s unless it is already someone's; returns whose it is now (two
+    /// tenants racing for a name: the first one's).
+    pub async fn claim_plugin_name(&self, name: &str, tenant: &str) -> Result<String, StoreError> {
+        with_write_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query("INSERT INTO plugin_owners (name, tenant, claimed_at) VALUES ($1, $2, $3)
+                         ON CONFLICT (name) DO NOTHING")
+                .bind(name).bind(tenant).bind(now_ms()).execute(&mut *tx).await?;
+            let (owner,): (String,) = sqlx::query_as("SELECT tenant FROM plugin_owners WHERE name = $1")
+                .bind(name).fetch_one(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(owner)
+        })
     }
 
     pub async fn publisher_keys(&self) -> Result<Vec<PublisherKeyRow>, StoreError> {
