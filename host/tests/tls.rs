@@ -1122,7 +1122,9 @@ fn an_iphone_enrolls_with_the_profile_its_scep_certificate_and_its_first_check_i
     let (code, body) = server.api("POST", "/api/v1/enrollment-tokens", Some(r#"{"device_type":"ios","uses":1}"#));
     assert_eq!(code, 0, "{body}");
     let token = field(&body, "token");
-    let link = format!("{base}/agent/v1/ios/enroll/profile?token={token}");
+    // The token's link (its QR code) is the profile's, from the public URL.
+    let link = field(&body, "enrollment_url");
+    assert_eq!(link, format!("{base}/agent/v1/ios/enroll/profile?token={token}"));
     let get = |url: &str, out: &Path| {
         let (code, status) =
             curl(url, &["--cacert", ca, "-o", out.to_str().unwrap(), "-w", "%{http_code} %{content_type}"]);

@@ -2,9 +2,11 @@
 //! own admin token, enrollment tokens and devices. A tenant's token reads and touches only
 //! its own devices and their operations; every other endpoint of the OpenAPI document
 //! refuses it (the walk fails for an endpoint added without thought for tenants), and no
-//! answer names the other tenant's device; the event log, the MQTT event feed and the
-//! metrics refuse it; a token of one tenant never claims a device another pre-registered;
-//! the server's operators (tokens of no tenant, as every token before tenants) see all.
+//! answer names the other tenant's device; the event log is its own, the MQTT event
+//! feed refuses it and its metrics are its own; a token of one tenant never claims a
+//! device another pre-registered; each tenant's artifacts, rollouts, alert rules and
+//! plugins are its own; the server's operators (tokens of no tenant, as every token before
+//! tenants) see all.
 
 use drover_tests::{Backend, TestServer};
 use reqwest::{Method, StatusCode};
@@ -38,23 +40,23 @@ async fn tenant_admin(server: &TestServer, tenant: &str) -> String {
     created(r).await["token"].as_str().unwrap().to_string()
 }
 
-/// Enroll Android device `id` with an enrollment token `admin` makes (for its own tenant).
-async fn enroll(server: &TestServer, admin: &str, id: &str) -> String {
+/// Enroll a device of `device_type` from `body` with an enrollment token `admin` makes
+/// (for its own tenant): the enrollment's answer.
+async fn enrolled(server: &TestServer, admin: &str, device_type: &str, body: String) -> Value {
     let r = with(server, admin, Method::POST, "/api/v1/enrollment-tokens")
-        .json(&json!({ "device_type": "android" }))
+        .json(&json!({ "device_type": device_type }))
         .send()
         .await
         .unwrap();
     let t = created(r).await;
-    let r = server
-        .http
-        .post(server.url("/agent/v1/android/enroll"))
-        .bearer_auth(t["token"].as_str().unwrap())
-        .body(enroll_body(id))
-        .send()
-        .await
-        .unwrap();
-    created(r).await["access_token"].as_str().unwrap().to_string()
+    let url = server.url(&format!("/agent/v1/{device_type}/enroll"));
+    let r = server.http.post(url).bearer_auth(t["token"].as_str().unwrap()).body(body).send().await.unwrap();
+    created(r).await
+}
+
+/// Enroll Android device `id` with an enrollment token `admin` makes (for its own tenant).
+async fn enroll(server: &TestServer, admin: &str, id: &str) -> String {
+    enrolled(server, admin, "android", enroll_body(id)).await["access_token"].as_str().unwrap().to_string()
 }
 
 /// mosquitto_sub against the embedded broker for at most 3 s: whether it succeeded, and
@@ -926,21 +928,8 @@ async fn tenant_plugin_settings(server: &TestServer, acme: &str, globex: &str) {
 /// An ESP8266 board of the tenant whose admin is `admin`, enrolled with its token;
 /// returns its id.
 async fn board(server: &TestServer, admin: &str, chip: &str) -> String {
-    let r = with(server, admin, Method::POST, "/api/v1/enrollment-tokens")
-        .json(&json!({ "device_type": "esp8266" }))
-        .send()
-        .await
-        .unwrap();
-    let t = created(r).await;
-    let r = server
-        .http
-        .post(server.url("/agent/v1/esp8266/enroll"))
-        .bearer_auth(t["token"].as_str().unwrap())
-        .json(&json!({ "chip_id": chip, "model": "ESP-12F", "firmware": "1.0" }))
-        .send()
-        .await
-        .unwrap();
-    created(r).await["device_id"].as_str().unwrap().to_string()
+    let body = json!({ "chip_id": chip, "model": "ESP-12F", "firmware": "1.0" }).to_string();
+    enrolled(server, admin, "esp8266", body).await["device_id"].as_str().unwrap().to_string()
 }
 
 /// Upload image `fw` 2.0 (the same bytes for everyone) as `token`'s caller, with more

@@ -91,8 +91,14 @@ pub(super) async fn create_enrollment_token(
         .await?;
     // From the configured public URL, never from the request's Host header: a forged Host
     // would otherwise put an attacker's address in the QR code devices scan.
+    // Where the type's plugin says enrollment starts (an Apple profile, say), else `enroll`.
+    let path = state
+        .registry
+        .device_type(&t.device_type)
+        .and_then(|p| p.manifest.enrollment_path.clone())
+        .unwrap_or_else(|| "enroll".into());
     let enrollment_url =
-        format!("{}/agent/v1/{}/enroll?token={token}", state.public_url.trim_end_matches('/'), t.device_type);
+        format!("{}/agent/v1/{}/{path}?token={token}", state.public_url.trim_end_matches('/'), t.device_type);
     Ok((
         StatusCode::CREATED,
         Json(EnrollmentTokenCreated { token, device_type: t.device_type, tenant, uses, expires_at, enrollment_url }),

@@ -69,6 +69,12 @@ pub struct Manifest {
     /// never shows them back. (Keys whose names look secret are masked as well.)
     #[serde(default)]
     pub secret_config: Vec<String>,
+    /// For device types: where, under the type's agent URL, a device starts enrolling —
+    /// the link an enrollment token's QR code carries (`…/agent/v1/{type}/{path}?token=…`).
+    /// `enroll` (the default) or a step below it, e.g. `enroll/profile` for an Apple
+    /// enrollment profile.
+    #[serde(default)]
+    pub enrollment_path: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -167,6 +173,18 @@ impl Manifest {
         if !contract_compatible(&self.contract) {
             return Err(ManifestError::IncompatibleContract { found: self.contract.clone() });
         }
+        if let Some(p) = &self.enrollment_path {
+            let ok = (p == "enroll" || p.starts_with("enroll/"))
+                && p.len() <= 128
+                && p.split('/').all(|s| !s.is_empty() && s != "." && s != "..")
+                && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_./".contains(&b));
+            if !ok {
+                return invalid(format!(
+                    "enrollment_path `{p}`: `enroll` or a step below it (`enroll/…`), of lowercase letters, digits, \
+                     `-`, `_`, `.` and `/`"
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -195,6 +213,16 @@ capabilities = ["log", "kv"]
         assert!(e.to_string().contains("Android!"));
         let e = Manifest::parse(&GOOD.replace("\"kv\"", "\"teleport\"")).unwrap_err();
         assert!(e.to_string().contains("teleport"), "{e}");
+    }
+
+    #[test]
+    fn enrollment_paths_stay_under_enroll() {
+        let with = |p: &str| Manifest::parse(&format!("{GOOD}enrollment_path = \"{p}\"\n"));
+        assert_eq!(with("enroll/profile").unwrap().enrollment_path.as_deref(), Some("enroll/profile"));
+        assert!(with("enroll").is_ok());
+        for bad in ["mdm", "enrollment", "enroll/../mdm", "enroll//x", "enroll/?x=1", "/enroll", "enroll/Profile"] {
+            assert!(with(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
