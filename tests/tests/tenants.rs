@@ -1158,6 +1158,18 @@ async fn tenant_alerts(server: &TestServer, acme: &str, globex: &str) {
     assert_eq!(r.json::<Value>().await.unwrap()["resolved_alerts"], 1);
 }
 
+/// The Android plugin renamed throughout (its manifest and what `describe` says) to a
+/// name of the same length.
+fn android_as(name: &[u8; 7]) -> Vec<u8> {
+    let mut out = drover_tests::android().to_vec();
+    let mut at = 0;
+    while let Some(i) = out[at..].windows(7).position(|w| w == b"android") {
+        out[at + i..at + i + 7].copy_from_slice(name);
+        at += i + 7;
+    }
+    out
+}
+
 /// Upload `component` as `token`'s caller (unsigned: the operators allow it here).
 async fn upload_plugin(server: &TestServer, token: &str, component: Vec<u8>) -> reqwest::Response {
     let form = reqwest::multipart::Form::new().part("component", reqwest::multipart::Part::bytes(component));
@@ -1171,13 +1183,7 @@ async fn upload_plugin(server: &TestServer, token: &str, component: Vec<u8>) -> 
 async fn tenant_plugins(server: &TestServer, acme: &str, globex: &str) {
     let r = server.admin(Method::PUT, "/api/v1/settings").json(&json!({"allow_unsigned_plugins": true})).send().await;
     assert_eq!(r.unwrap().status(), StatusCode::OK);
-    // The Android plugin renamed throughout (its manifest and what `describe` says).
-    let mut ours = drover_tests::android().to_vec();
-    let mut at = 0;
-    while let Some(i) = ours[at..].windows(7).position(|w| w == b"android") {
-        ours[at + i..at + i + 7].copy_from_slice(b"acme-an");
-        at += i + 7;
-    }
+    let ours = android_as(b"acme-an");
     let grants = |caps: Value| json!({ "capabilities": caps });
     // Grants first, as an admin would: sandbox-only ones, on its own name only.
     let r =
@@ -1254,6 +1260,40 @@ async fn tenant_plugins(server: &TestServer, acme: &str, globex: &str) {
     assert_eq!(d["device_id"], "acme-an-1", "{d}");
     let device: Value = read(server, acme, "/api/v1/devices/acme-an/acme-an-1").await;
     assert_eq!(device["tenant"], "acme", "{device}");
+
+    // A removed tenant's plugin is no one's: a tenant made again with its name does not
+    // inherit it.
+    let admin_of = |tenant: &'static str, name: &'static str| async move {
+        let r = server
+            .admin(Method::POST, "/api/v1/admin-tokens")
+            .json(&json!({ "name": name, "role": "admin", "tenant": tenant }))
+            .send()
+            .await
+            .unwrap();
+        created(r).await["token"].as_str().unwrap().to_string()
+    };
+    let r = server.admin(Method::POST, "/api/v1/tenants").json(&json!({ "name": "gone" })).send().await.unwrap();
+    created(r).await;
+    let gone = admin_of("gone", "first").await;
+    created(upload_plugin(server, &gone, android_as(b"gone-an")).await).await;
+    let r = server.admin(Method::DELETE, "/api/v1/admin-tokens/gone%2Ffirst").send().await.unwrap();
+    assert!(r.status().is_success());
+    let r = server.admin(Method::DELETE, "/api/v1/tenants/gone").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = server.admin(Method::POST, "/api/v1/tenants").json(&json!({ "name": "gone" })).send().await.unwrap();
+    created(r).await;
+    let again = admin_of("gone", "second").await;
+    assert!(!names(server, &again, "/api/v1/plugins").await.contains(&"gone-an".to_string()));
+    let r = with(server, &again, Method::POST, "/api/v1/enrollment-tokens")
+        .json(&json!({ "device_type": "gone-an" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "the new `gone` enrolls into the old one's type");
+    let r = with(server, &again, Method::POST, "/api/v1/plugins/gone-an/suspend").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let all: Value = read(server, drover_tests::ADMIN_TOKEN, "/api/v1/plugins").await;
+    assert!(all["items"].as_array().unwrap().iter().any(|p| p["name"] == "gone-an" && p["tenant"] == "-gone"), "{all}");
 }
 
 async fn run(backend: Backend) {

@@ -99,6 +99,11 @@ impl Store {
             // Its policies applied to its devices only, and it has none left.
             sqlx::query("DELETE FROM policies WHERE tenant = $1").bind(name).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM tenant_plugin_settings WHERE tenant = $1").bind(name).execute(&mut *tx).await?;
+            // Its plugins stay (a plugin name's history is never rewritten) but become no
+            // one's: `-NAME` is no tenant's name, so no tenant made later, even one of the
+            // same name, sees them, manages them or enrolls devices as their types.
+            sqlx::query("UPDATE plugin_owners SET tenant = '-' || tenant WHERE tenant = $1")
+                .bind(name).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM tenants WHERE name = $1").bind(name).execute(&mut *tx).await?;
             super::record_event!(&mut *tx, event);
             tx.commit().await?;
