@@ -168,6 +168,9 @@ async fn check_and_keep(core: &Core, up: Upload, actor: &str) -> Result<Artifact
             })?)
         }
     };
+    if let Some(t) = &up.tenant {
+        crate::tenants::check_storage(&core.store, t, up.size, core.tenant_storage).await?;
+    }
     let (staged, sha) = (up.staged.clone(), up.sha256.clone());
     tokio::task::spawn_blocking(move || storage.keep(&staged, &sha))
         .await

@@ -81,6 +81,9 @@ pub struct ServeArgs {
     /// Let devices enroll themselves at POST /agent/v1/{type}/enroll [default: true]
     #[arg(long, env = "DROVER_OPEN_ENROLLMENT")]
     pub open_enrollment: Option<bool>,
+    /// MiB a tenant's uploads (its artifacts and its plugins' components) may take on the server; 0: no limit [default: 20480]
+    #[arg(long, env = "DROVER_TENANT_STORAGE_MB")]
+    pub tenant_storage_mb: Option<u64>,
     /// Delete finished operations and their history after this many days [default: 30]
     #[arg(long, env = "DROVER_RETENTION_DAYS")]
     pub retention_days: Option<u32>,
@@ -229,6 +232,8 @@ pub struct Config {
     pub broker: Option<String>,
     pub log_format: LogFormat,
     pub open_enrollment: bool,
+    /// Bytes a tenant's uploads may take (`tenants::check_storage`); 0: no limit.
+    pub tenant_storage: u64,
     pub retention_days: u32,
     /// Roll telemetry up as it is stored.
     pub telemetry_rollups: bool,
@@ -312,6 +317,7 @@ impl Config {
             broker: None,
             log_format: LogFormat::default(),
             open_enrollment: true,
+            tenant_storage: DEFAULT_TENANT_STORAGE_MB << 20,
             retention_days: 30,
             telemetry_rollups: true,
             rollup_minute_retention_days: 90,
@@ -416,6 +422,8 @@ impl ServeArgs {
                 .unwrap_or(false),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             open_enrollment: self.open_enrollment.or(file.open_enrollment).unwrap_or(true),
+            tenant_storage: self.tenant_storage_mb.or(file.tenant_storage_mb).unwrap_or(DEFAULT_TENANT_STORAGE_MB)
+                << 20,
             retention_days: self.retention_days.or(file.retention_days).unwrap_or(30),
             telemetry_rollups: self.telemetry_rollups.or(file.telemetry_rollups).unwrap_or(true),
             rollup_minute_retention_days: self
@@ -556,6 +564,9 @@ mod tests {
 
 /// Default requests before any credential per second per client address (`http/throttle.rs`).
 pub const DEFAULT_ENROLL_RATE: u32 = 20;
+/// MiB a tenant's uploads may take unless `--tenant-storage-mb` says otherwise: 20 GiB,
+/// ten full-size firmware images.
+pub const DEFAULT_TENANT_STORAGE_MB: u64 = 20 << 10;
 /// Default burst of them: what one device's enrollment takes at once (an iPhone's is five
 /// requests: profile, three SCEP, check-in), twenty times over.
 pub const DEFAULT_ENROLL_BURST: u32 = 100;

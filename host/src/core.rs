@@ -31,6 +31,8 @@ pub struct Core {
     pub events: Events,
     /// Devices may enroll themselves without an enrollment token.
     pub open_enrollment: bool,
+    /// Bytes a tenant's uploads may take (`tenants::check_storage`); 0: no limit.
+    pub tenant_storage: u64,
     /// How webhooks are delivered, and where they may go.
     pub webhooks: crate::webhooks::Policy,
     /// How a device's applicable policies combine.
@@ -113,6 +115,7 @@ impl Core {
             stats: Arc::default(),
             events,
             open_enrollment: config.open_enrollment,
+            tenant_storage: config.tenant_storage,
             webhooks: config.webhooks.clone(),
             policy_mode: config.policy_mode,
             policy_monitor: config.policy_monitor,

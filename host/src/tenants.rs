@@ -106,6 +106,29 @@ pub async fn may_use_type(store: &Store, device_type: &str, tenant: &str) -> Res
     Ok(store.plugin_owner(device_type).await?.is_none_or(|owner| owner == tenant))
 }
 
+/// Refuse an upload of `adding` bytes by `tenant` that would take its uploads (artifacts
+/// and its plugins' components) over `quota` bytes (0: no limit): a tenant's admin must
+/// not be able to fill the server's disk or database, which every tenant shares.
+pub async fn check_storage(store: &Store, tenant: &str, adding: u64, quota: u64) -> Result<()> {
+    if quota == 0 {
+        return Ok(());
+    }
+    let used = u64::try_from(store.tenant_storage(tenant).await?).unwrap_or(0);
+    if used.saturating_add(adding) > quota {
+        return Err(Error::conflict(
+            "quota",
+            format!(
+                "tenant `{tenant}`'s uploads take {} MiB; {} MiB more would pass its quota of {} MiB: remove \
+                 artifacts or ask an operator (--tenant-storage-mb)",
+                used >> 20,
+                adding.div_ceil(1 << 20),
+                quota >> 20
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Refuse a tenant that does not exist, naming it.
 pub async fn exists(store: &Store, name: &str) -> Result<()> {
     if store.tenant_exists(name).await? {

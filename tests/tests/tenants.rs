@@ -1307,6 +1307,51 @@ async fn run(backend: Backend) {
     server.stop().await;
 }
 
+/// A tenant's uploads stop at its quota (`--tenant-storage-mb`): artifacts and plugin
+/// components count, another tenant's and the operators' do not, and what a removal
+/// frees can be used again.
+async fn storage_quota(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.tenant_storage = 6000).await;
+    for name in ["acme", "globex"] {
+        let r = server.admin(Method::POST, "/api/v1/tenants").json(&json!({ "name": name })).send().await.unwrap();
+        created(r).await;
+    }
+    let (acme, globex) = (tenant_admin(&server, "acme").await, tenant_admin(&server, "globex").await);
+    let r = server.admin(Method::PUT, "/api/v1/settings").json(&json!({"allow_unsigned_plugins": true})).send().await;
+    assert_eq!(r.unwrap().status(), StatusCode::OK);
+    created(upload(&server, &acme, &[]).await).await;
+    // 4096 more bytes would pass 6000.
+    let mut form = reqwest::multipart::Form::new().text("name", "fw2").text("version", "2.0");
+    form = form.text("device_types", "esp8266");
+    let form = form.part("file", reqwest::multipart::Part::bytes(vec![8u8; 4096]).file_name("fw.bin"));
+    let r = with(&server, &acme, Method::POST, "/api/v1/artifacts").multipart(form).send().await.unwrap();
+    let (code, body) = refused(r, StatusCode::CONFLICT).await;
+    assert_eq!(code, "quota", "{body}");
+    assert!(body.contains("--tenant-storage-mb"), "{body}");
+    // A plugin component counts too.
+    let r = upload_plugin(&server, &acme, android_as(b"acme-an")).await;
+    assert_eq!(refused(r, StatusCode::CONFLICT).await.0, "quota");
+    // Another tenant's quota is its own, and the operators' uploads count for no tenant.
+    created(upload(&server, &globex, &[]).await).await;
+    created(upload(&server, drover_tests::ADMIN_TOKEN, &[]).await).await;
+    // What a removal frees is Acme's again.
+    let r = with(&server, &acme, Method::DELETE, "/api/v1/artifacts/fw/2.0").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    created(upload(&server, &acme, &[]).await).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_quota_sqlite() {
+    storage_quota(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_quota_postgres() {
+    let Some(backend) = Backend::postgres() else { return };
+    storage_quota(backend).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tenants_sqlite() {
     run(Backend::Sqlite).await;

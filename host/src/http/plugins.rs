@@ -145,6 +145,9 @@ pub(super) async fn upload_plugin(
         ApiError::bad_request("malformed_upload", "no `component` field: send the .wasm file as `component`")
     })?;
     let signature = signature.filter(|s| !s.is_empty());
+    if let Some(t) = &admin.tenant {
+        crate::tenants::check_storage(&state.store, t, component.len() as u64, state.tenant_storage).await?;
+    }
     let done = state.catalog.upload(&component, signature.as_deref(), &admin.actor(), admin.tenant.as_deref()).await?;
     let mut plugin = summary(&state, &done.plugin.manifest.name)?;
     plugin.tenant = state.store.plugin_owner(&plugin.name).await?;

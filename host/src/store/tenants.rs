@@ -28,6 +28,16 @@ impl Store {
         Ok(with_pool!(self, pool => sqlx::query_as(super::trusted(&sql)).bind(name).fetch_optional(pool).await?))
     }
 
+    /// Bytes a tenant's uploads take: its artifacts and its plugins' components.
+    pub async fn tenant_storage(&self, name: &str) -> Result<i64, StoreError> {
+        let (n,): (i64,) = with_pool!(self, pool => sqlx::query_as(
+                "SELECT CAST(COALESCE((SELECT SUM(size) FROM artifacts WHERE tenant = $1), 0)
+                           + COALESCE((SELECT SUM(c.size) FROM plugin_components c
+                                       JOIN plugin_owners o ON o.name = c.name WHERE o.tenant = $1), 0) AS BIGINT)")
+            .bind(name).fetch_one(pool).await?);
+        Ok(n)
+    }
+
     /// Whether a tenant of this name exists (without counting its devices).
     pub async fn tenant_exists(&self, name: &str) -> Result<bool, StoreError> {
         // COUNT, not `SELECT 1`: one integer type on both databases.
