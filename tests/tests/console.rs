@@ -725,6 +725,21 @@ async fn tenants(server: &TestServer, plain: &reqwest::Client) {
     let html = get(&admin, "/console/policies").await.text().await.unwrap();
     assert!(html.contains("<td>operators-only</td>") && html.contains("<td>initech</td>"), "the operators' view");
 
+    // Its alerts, metrics and rollouts pages serve it; the plugins page shows the shared
+    // plugins without the operators' controls.
+    for page in ["/console/alerts", "/console/metrics", "/console/rollouts", "/console/plugins"] {
+        let r = get(&boss, page).await;
+        assert_eq!(r.status(), StatusCode::OK, "{page}");
+        let html = r.text().await.unwrap();
+        assert!(html.contains(&format!("href=\"{page}\"")), "{page} offered in the navigation");
+    }
+    let html = get(&boss, "/console/plugins").await.text().await.unwrap();
+    assert!(html.contains("/console/plugins/android") && !html.contains("(shared)"), "{html}");
+    let html = get(&boss, "/console/plugins/android").await.text().await.unwrap();
+    assert!(!html.contains("/suspend") && !html.contains("Save grants"), "a shared plugin's controls: {html}");
+    let html = get(&admin, "/console/plugins").await.text().await.unwrap();
+    assert!(html.contains("(shared)"), "the operators' view says whose each plugin is");
+
     // Its overview counts its tenant's devices (none yet), without the server's push
     // connections; its audit trail holds its own calls only.
     let r = get(&boss, "/console").await;

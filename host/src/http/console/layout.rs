@@ -59,9 +59,9 @@ pub fn page(title: &str, session: Option<&Session>, active: &str, body: Markup) 
                                 // A scoped session sees its devices only: the other pages
                                 // show the whole fleet, which its token may not read. A
                                 // tenant's unscoped callers also see its groups,
-                                // alerts, metrics, policies and rollouts, and its admin enrolls into the tenant and
+                                // alerts, metrics, plugins, policies and rollouts, and its admin enrolls into the tenant and
                                 // manages its users.
-                                @for (key, href, label) in NAV.iter().filter(|(k, _, _)| !s.scoped || *k == "devices" || (s.tenant_whole && matches!(*k, "overview" | "groups" | "alerts" | "metrics" | "policies" | "rollouts" | "audit")) || (s.tenant_admin && matches!(*k, "enrollment" | "users"))) {
+                                @for (key, href, label) in NAV.iter().filter(|(k, _, _)| !s.scoped || *k == "devices" || (s.tenant_whole && matches!(*k, "overview" | "groups" | "alerts" | "metrics" | "plugins" | "policies" | "rollouts" | "audit")) || (s.tenant_admin && matches!(*k, "enrollment" | "users"))) {
                                     li { a href=(href) aria-current=[(*key == active).then_some("page")] { (label) } }
                                 }
                             }

@@ -15,10 +15,11 @@ pub async fn list(State(console): State<ConsoleState>, session: Session) -> Page
     let plugins: Value = api.get("plugins").await.or_page(&session)?;
     let body = html! {
         div.scroll { table {
-            thead { tr { th scope="col" { "Plugin" } th scope="col" { "Version" } th scope="col" { "Kind" } th scope="col" { "State" } th scope="col" { "Publisher" } th.num scope="col" { "Calls" } th.num scope="col" { "Faults" } th scope="col" { "Loaded versions" } } }
+            thead { tr { th scope="col" { "Plugin" } @if session.tenant.is_none() { th scope="col" { "Tenant" } } th scope="col" { "Version" } th scope="col" { "Kind" } th scope="col" { "State" } th scope="col" { "Publisher" } th.num scope="col" { "Calls" } th.num scope="col" { "Faults" } th scope="col" { "Loaded versions" } } }
             tbody { @for p in plugins["items"].as_array().into_iter().flatten() {
                 tr {
                     td { a href={"/console/plugins/" (enc(text(&p["name"])))} { (text(&p["name"])) } }
+                    @if session.tenant.is_none() { td { @if p["tenant"].is_null() { "(shared)" } @else { (text(&p["tenant"])) } } }
                     td { (text(&p["version"])) }
                     td { (text(&p["kind"])) }
                     td { (badge(text(&p["state"]))) }
@@ -45,6 +46,8 @@ pub async fn show(State(console): State<ConsoleState>, session: Session, Path(na
     let p = &detail["plugin"];
     let href = format!("/console/plugins/{}", enc(&name));
     let suspended = p["state"] == "suspended";
+    // A tenant's session manages its tenant's plugins; the shared ones are the operators'.
+    let manages = session.tenant.is_none() || p["tenant"].as_str() == session.tenant.as_deref();
     let granted: Vec<&str> =
         grants["capabilities"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
     let requested: Vec<&str> =
@@ -60,17 +63,17 @@ pub async fn show(State(console): State<ConsoleState>, session: Session, Path(na
             tr { th scope="row" { "SHA-256" } td { code { (text(&p["sha256"])) } } }
             tr { th scope="row" { "Description" } td { (text(&p["description"])) } }
         } }
-        p {
+        @if manages { p {
             @if !p["previous_version"].is_null() { (button(&session, Role::Admin, &format!("{href}/rollback"), "Roll back", "secondary")) " " }
             @if suspended { (button(&session, Role::Admin, &format!("{href}/enable"), "Enable", "secondary")) }
             @else { (button(&session, Role::Admin, &format!("{href}/suspend"), "Suspend", "danger")) }
-        }
+        } }
         h2 { "Calls (serving version, since it loaded)" }
         table { tbody { @for (k, v) in p["stats"].as_object().into_iter().flatten() {
             @if v.is_number() { tr { th scope="row" { (k.replace('_', " ")) } td.num { (v) } } }
         } } }
         h2 { "Capabilities" }
-        @if session.can(Role::Admin) {
+        @if session.can(Role::Admin) && manages {
             form.card method="post" action={(href) "/grants"} {
                 (csrf(&session))
                 fieldset {
