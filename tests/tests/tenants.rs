@@ -1260,6 +1260,10 @@ async fn tenant_plugins(server: &TestServer, acme: &str, globex: &str) {
     assert_eq!(d["device_id"], "acme-an-1", "{d}");
     let device: Value = read(server, acme, "/api/v1/devices/acme-an/acme-an-1").await;
     assert_eq!(device["tenant"], "acme", "{device}");
+    // Its plugin's changes are in its event log, not Globex's; a shared plugin's in neither.
+    let changes = logged(server, acme, "plugin.").await;
+    assert_eq!(changes, ["plugin.changed plugin/acme-an"; 4], "regrant, install, suspend, enable");
+    assert_eq!(logged(server, globex, "plugin.").await, Vec::<String>::new());
 
     // A removed tenant's plugin is no one's: a tenant made again with its name does not
     // inherit it.

@@ -336,6 +336,14 @@ pub(super) async fn put_grants(
                 serde_json::to_value(c).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
             )));
         }
+        // Granting claims the name, as its first upload would: the grant is the tenant's
+        // (its event too), and no one else takes the name meanwhile.
+        if state.store.claim_plugin_name(&name, t).await? != *t {
+            return Err(crate::plugins::catalog::CatalogError::Conflict(format!(
+                "plugin `{name}` is another tenant's"
+            ))
+            .into());
+        }
     }
     state.catalog.set_grants(&name, grants, &admin.actor()).await?;
     get_grants(State(state), TenantViewer(admin), Path(name)).await
