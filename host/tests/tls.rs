@@ -124,6 +124,15 @@ fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null()).output().unwrap()
 }
 
+/// Check, with openssl, that `cert` names `subject` (e.g. `CN=SCEP-0001`) and is a client
+/// certificate the device CA (`ca`) issued.
+fn issued(cert: &Path, ca: &Path, subject: &str) {
+    let o = run(Command::new("openssl").args(["x509", "-noout", "-subject", "-in"]).arg(cert));
+    assert!(text(&o).replace(" = ", "=").contains(subject), "not issued to {subject}: {}", text(&o));
+    let o = run(Command::new("openssl").args(["verify", "-purpose", "sslclient", "-CAfile"]).arg(ca).arg(cert));
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
@@ -1017,13 +1026,7 @@ fn scep_issues_a_certificate_to_micromdms_client() {
     let token = token_of(&server);
     let (ok, said, key, cert) = enroll(&scep_url, "SCEP-0001", &token, "first");
     assert!(ok && said.contains("SUCCESS"), "{said}\n{}", server.log());
-    let o = run(Command::new("openssl").args(["x509", "-noout", "-subject", "-in"]).arg(&cert));
-    assert!(text(&o).replace(" = ", "=").contains("CN=SCEP-0001"), "{}", text(&o));
-    let o = run(Command::new("openssl")
-        .args(["verify", "-purpose", "sslclient", "-CAfile"])
-        .arg(&device_ca_pem)
-        .arg(&cert));
-    assert!(o.status.success(), "{}", text(&o));
+    issued(&cert, &device_ca_pem, "CN=SCEP-0001");
     // The certificate is the device's credential: it polls over mTLS with no token.
     let (code, body) = curl(
         &format!("{base}/agent/v1/android/devices/SCEP-0001/pending-operations"),
@@ -1183,13 +1186,7 @@ fn an_iphone_enrolls_with_the_profile_its_scep_certificate_and_its_first_check_i
     };
     let (ok, said, key, cert) = scep(&challenge, "iphone");
     assert!(ok && said.contains("SUCCESS"), "{said}\n{}", server.log());
-    let o = run(Command::new("openssl").args(["x509", "-noout", "-subject", "-in"]).arg(&cert));
-    assert!(text(&o).replace(" = ", "=").contains("CN=enrollment "), "issued to the enrollment: {}", text(&o));
-    let o = run(Command::new("openssl")
-        .args(["verify", "-purpose", "sslclient", "-CAfile"])
-        .arg(&device_ca_pem)
-        .arg(&cert));
-    assert!(o.status.success(), "{}", text(&o));
+    issued(&cert, &device_ca_pem, "CN=enrollment ");
 
     let mtls = |url: &str, cert: &Path, key: &Path, fixture: &str| {
         put_mtls(

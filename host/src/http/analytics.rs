@@ -8,7 +8,7 @@
 //! (docs/security.md, "Tenants").
 
 use super::api::{DEFAULT_PAGE, Errors, MAX_PAGE, next_after};
-use super::devices::{device_for, group_or_404};
+use super::devices::{device_for, group_or_404, in_reach};
 use super::{Admin, ApiError, AppState, Path, Query, ScopedOperator, ScopedViewer, TenantOperator, TenantViewer};
 use crate::analytics::{self, RuleSpec};
 use crate::store::{AlertFilter, AlertRow, Bucket, GroupBucket, MetricScope, RuleRow};
@@ -410,13 +410,8 @@ pub(super) async fn list_alerts(
 
 /// Alert `id`, if it is about a device `admin` reaches; else 404.
 async fn alert_or_404(state: &AppState, admin: &Admin, id: i64) -> Result<AlertRow, ApiError> {
-    let missing = || ApiError::not_found(format!("alert {id} not found"));
-    let a = state.store.alert(id).await?.ok_or_else(missing)?;
-    if let Some(reach) = admin.reach(state).await?
-        && !state.store.in_reach(a.device, &reach).await?
-    {
-        return Err(missing());
-    }
+    let a = state.store.alert(id).await?.ok_or_else(|| ApiError::not_found(format!("alert {id} not found")))?;
+    in_reach(state, admin, a.device, || format!("alert {id} not found")).await?;
     Ok(a)
 }
 

@@ -106,19 +106,19 @@ pub(super) async fn device_for(
     device_id: &str,
 ) -> Result<DeviceRow, ApiError> {
     let d = device_or_404(state, device_type, device_id).await?;
-    in_reach(state, admin, &d, || format!("device {device_type}/{device_id} not found")).await?;
+    in_reach(state, admin, d.id, || format!("device {device_type}/{device_id} not found")).await?;
     Ok(d)
 }
 
-/// Refuse (404 with `missing`'s message) a device out of a scoped caller's reach.
+/// Refuse (404 with `missing`'s message) a device (its key) out of a scoped caller's reach.
 pub(super) async fn in_reach(
     state: &AppState,
     admin: &Admin,
-    d: &DeviceRow,
+    device: i64,
     missing: impl FnOnce() -> String,
 ) -> Result<(), ApiError> {
     if let Some(reach) = admin.reach(state).await?
-        && !state.store.in_reach(d.id, &reach).await?
+        && !state.store.in_reach(device, &reach).await?
     {
         return Err(ApiError::not_found(missing()));
     }
