@@ -1313,7 +1313,7 @@ async fn run(backend: Backend) {
 
 /// A tenant's uploads stop at its quota (`--tenant-storage-mb`): artifacts and plugin
 /// components count, another tenant's and the operators' do not, and what a removal
-/// frees can be used again.
+/// frees can be used again. The plugin names a tenant holds stop at 50.
 async fn storage_quota(backend: Backend) {
     let server = TestServer::start_with(backend, |c| c.tenant_storage = 6000).await;
     for name in ["acme", "globex"] {
@@ -1342,6 +1342,24 @@ async fn storage_quota(backend: Backend) {
     let r = with(&server, &acme, Method::DELETE, "/api/v1/artifacts/fw/2.0").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     created(upload(&server, &acme, &[]).await).await;
+
+    // Plugin names too: a grant claims one, and a tenant holds at most 50.
+    for i in 0..51 {
+        let r = with(&server, &globex, Method::PUT, &format!("/api/v1/plugins/globex-p{i}/grants"))
+            .json(&json!({ "capabilities": ["log"] }))
+            .send()
+            .await
+            .unwrap();
+        if i < 50 {
+            assert_eq!(r.status(), StatusCode::OK, "{i}");
+        } else {
+            assert!(refused(r, StatusCode::CONFLICT).await.1.contains("50 plugin names"));
+        }
+    }
+    // Names it holds stay its own to grant again.
+    let r =
+        with(&server, &globex, Method::PUT, "/api/v1/plugins/globex-p0/grants").json(&json!({ "capabilities": [] }));
+    assert_eq!(r.send().await.unwrap().status(), StatusCode::OK);
     server.stop().await;
 }
 

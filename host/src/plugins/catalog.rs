@@ -21,6 +21,10 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Plugin names one tenant may hold: each is a catalog history, grants and a slot in
+/// every replica's registry, and a tenant's admin takes one with a single request.
+pub const MAX_TENANT_PLUGINS: i64 = 50;
+
 /// Server setting that lets admins upload unsigned plugins.
 pub const ALLOW_UNSIGNED: &str = "allow_unsigned_plugins";
 
@@ -463,6 +467,11 @@ impl Catalog {
             {
                 Err(CatalogError::Conflict(format!(
                     "plugin `{name}` is shared by the server's operators: a tenant cannot replace it"
+                )))
+            }
+            None if self.store.tenant_plugin_names(t).await? >= MAX_TENANT_PLUGINS => {
+                Err(CatalogError::Conflict(format!(
+                    "tenant `{t}` holds {MAX_TENANT_PLUGINS} plugin names, the most a tenant may: `{name}` would be one more"
                 )))
             }
             None => Ok(()),

@@ -164,6 +164,14 @@ impl Store {
         Ok(row.map(|(t,)| t))
     }
 
+    /// How many plugin names are `tenant`'s.
+    pub async fn tenant_plugin_names(&self, tenant: &str) -> Result<i64, StoreError> {
+        let (n,): (i64,) = with_pool!(self, pool => sqlx::query_as(
+                "SELECT COUNT(*) FROM plugin_owners WHERE tenant = $1")
+            .bind(tenant).fetch_one(pool).await?);
+        Ok(n)
+    }
+
     /// Every tenant's plugin name, with its tenant.
     pub async fn plugin_owners(&self) -> Result<std::collections::HashMap<String, String>, StoreError> {
         let rows: Vec<(String, String)> = with_pool!(self, pool => sqlx::query_as(
